@@ -1,0 +1,291 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/m2mhub/m2mhub/internal/authmsg"
+)
+
+// SessionDropper closes a device's live session. The session server
+// implements it; the registry calls it when a device is revoked or rotated so
+// the change takes effect at once.
+type SessionDropper interface {
+	Drop(deviceID, code, reason string)
+}
+
+// RegistryConfig configures a Registry.
+type RegistryConfig struct {
+	Store Store
+	// OperatorKey verifies enrolment tokens. Without it, token enrolment is
+	// refused.
+	OperatorKey *btcec.PublicKey
+	// Now is the clock; time.Now when nil.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// Registry holds the devices and providers known to the hub and writes every
+// change to them into the audit log, atomically with the change itself.
+type Registry struct {
+	store    Store
+	operator *btcec.PublicKey
+	now      func() time.Time
+	log      *slog.Logger
+	dropper  SessionDropper
+}
+
+// NewRegistry returns a registry over cfg.Store.
+func NewRegistry(cfg RegistryConfig) (*Registry, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("hub: registry needs a store")
+	}
+	r := &Registry{store: cfg.Store, operator: cfg.OperatorKey, now: cfg.Now, log: cfg.Logger}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	return r, nil
+}
+
+// SetSessionDropper tells the registry which sessions to close on revoke and
+// rotate. It is set once at wiring time, before serving, because the session
+// server itself needs the registry to authenticate.
+func (r *Registry) SetSessionDropper(d SessionDropper) { r.dropper = d }
+
+// maxApplyAttempts bounds retries when another writer (another hubd on the
+// same Redis) appends to the audit log between our read and our write.
+const maxApplyAttempts = 16
+
+// apply builds a change against the current audit head and writes it,
+// rebuilding it if the head moved in between.
+func (r *Registry) apply(ctx context.Context, build func(head AuditEntry) (Change, error)) error {
+	for range maxApplyAttempts {
+		head, err := r.store.AuditHead(ctx)
+		if err != nil {
+			return fmt.Errorf("hub: read audit head: %w", err)
+		}
+		ch, err := build(head)
+		if err != nil {
+			return err
+		}
+		err = r.store.Apply(ctx, ch)
+		if errors.Is(err, ErrAuditConflict) {
+			continue
+		}
+		return err
+	}
+	return fmt.Errorf("hub: gave up after %d attempts: %w", maxApplyAttempts, ErrAuditConflict)
+}
+
+// EnrolRequest names what an operator registers.
+type EnrolRequest struct {
+	Key   PubKey
+	Roles []Role
+	Owner string
+	Kind  string
+}
+
+func (q EnrolRequest) validate() error {
+	if len(q.Roles) == 0 {
+		return fmt.Errorf("%w: at least one role is required", ErrInvalid)
+	}
+	for _, role := range q.Roles {
+		if _, err := ParseRole(string(role)); err != nil {
+			return err
+		}
+	}
+	if len(q.Owner) > 200 || len(q.Kind) > 100 {
+		return fmt.Errorf("%w: owner or kind too long", ErrInvalid)
+	}
+	return nil
+}
+
+// Enrol registers a new device. actor names who asked ("operator",
+// "token:<id>"). It returns ErrAlreadyExists if the key is known.
+func (r *Registry) Enrol(ctx context.Context, q EnrolRequest, actor string) (Device, error) {
+	return r.enrol(ctx, q, actor, "")
+}
+
+func (r *Registry) enrol(ctx context.Context, q EnrolRequest, actor, tokenID string) (Device, error) {
+	if err := q.validate(); err != nil {
+		return Device{}, err
+	}
+	if _, err := r.store.DeviceByKey(ctx, q.Key); err == nil {
+		return Device{}, fmt.Errorf("%w: key %s is registered", ErrAlreadyExists, q.Key)
+	} else if !errors.Is(err, ErrNotFound) {
+		return Device{}, err
+	}
+	now := r.now().UTC()
+	d := Device{
+		ID: DeviceID(q.Key), Key: q.Key, Roles: q.Roles, Owner: q.Owner, Kind: q.Kind,
+		Status: StatusActive, EnrolledAt: now, UpdatedAt: now,
+	}
+	err := r.apply(ctx, func(head AuditEntry) (Change, error) {
+		e, err := NextAuditEntry(head, now, AuditEnrol, d.ID, actor, map[string]any{
+			"pubkey": d.Key, "roles": d.Roles, "owner": d.Owner, "kind": d.Kind,
+		})
+		return Change{Devices: []Device{d}, Audit: e, SpendToken: tokenID}, err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("hub: enrol %s: %w", d.ID, err)
+	}
+	r.log.Info("device enrolled", "id", d.ID, "roles", d.Roles, "actor", actor)
+	return d, nil
+}
+
+// Revoke marks a device revoked and drops its live session. Revocation is
+// final; revoking a revoked device is a no-op that returns it unchanged.
+func (r *Registry) Revoke(ctx context.Context, id, actor, reason string) (Device, error) {
+	var out Device
+	err := r.apply(ctx, func(head AuditEntry) (Change, error) {
+		d, err := r.store.Device(ctx, id)
+		if err != nil {
+			return Change{}, err
+		}
+		if d.Status == StatusRevoked {
+			out = d
+			return Change{}, errNoChange
+		}
+		d.Status, d.UpdatedAt = StatusRevoked, r.now().UTC()
+		out = d
+		e, err := NextAuditEntry(head, d.UpdatedAt, AuditRevoke, id, actor, map[string]string{"reason": reason})
+		return Change{Devices: []Device{d}, Audit: e}, err
+	})
+	if errors.Is(err, errNoChange) {
+		return out, nil
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("hub: revoke %s: %w", id, err)
+	}
+	if r.dropper != nil {
+		r.dropper.Drop(id, "revoked", "device revoked by operator")
+	}
+	r.log.Info("device revoked", "id", id, "actor", actor)
+	return out, nil
+}
+
+// errNoChange stops apply without writing when the change is already in place.
+var errNoChange = errors.New("hub: no change")
+
+// Rotate moves a device to newKey. sig is the old key's BIP-340 signature
+// over authmsg.RotationDigest(id, newKey). The old key is retired: it stays
+// indexed so a connection with it is refused as rotated-out.
+func (r *Registry) Rotate(ctx context.Context, id string, newKey PubKey, sig []byte, actor string) (Device, error) {
+	var out Device
+	err := r.apply(ctx, func(head AuditEntry) (Change, error) {
+		d, err := r.store.Device(ctx, id)
+		if err != nil {
+			return Change{}, err
+		}
+		if d.Status == StatusRevoked {
+			return Change{}, ErrRevoked
+		}
+		old, err := btcec.ParsePubKey(d.Key[:])
+		if err != nil {
+			return Change{}, fmt.Errorf("hub: stored key of %s: %w", id, err)
+		}
+		if err := authmsg.VerifyRotation(old, id, newKey[:], sig); err != nil {
+			return Change{}, fmt.Errorf("%w: %v", ErrBadSignature, err)
+		}
+		if other, err := r.store.DeviceByKey(ctx, newKey); err == nil {
+			return Change{}, fmt.Errorf("%w: key already belongs to %s", ErrAlreadyExists, other.ID)
+		} else if !errors.Is(err, ErrNotFound) {
+			return Change{}, err
+		}
+		prev := d.Key
+		d.RetiredKeys = append(d.RetiredKeys, prev)
+		d.Key, d.UpdatedAt = newKey, r.now().UTC()
+		out = d
+		e, err := NextAuditEntry(head, d.UpdatedAt, AuditRotate, id, actor, map[string]any{
+			"old_pubkey": prev, "new_pubkey": newKey,
+		})
+		return Change{Devices: []Device{d}, Audit: e}, err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("hub: rotate %s: %w", id, err)
+	}
+	if r.dropper != nil {
+		r.dropper.Drop(id, "rotated-out", "device key rotated")
+	}
+	r.log.Info("device key rotated", "id", id, "actor", actor)
+	return out, nil
+}
+
+// Authenticate returns the device whose current key is key. It returns an
+// error wrapping ErrUnknownKey, ErrRevoked or ErrRotatedOut when the key may
+// not hold a session.
+func (r *Registry) Authenticate(ctx context.Context, key PubKey) (Device, error) {
+	d, err := r.store.DeviceByKey(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return Device{}, fmt.Errorf("%w: %s", ErrUnknownKey, key)
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	if err := d.Authorize(key); err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", d.ID, err)
+	}
+	return d, nil
+}
+
+// EnrolWithToken registers key from an operator-signed enrolment token
+// (zero-touch provisioning). A token is single-use, expires, and may be bound
+// to one key.
+func (r *Registry) EnrolWithToken(ctx context.Context, key PubKey, raw []byte) (Device, error) {
+	if r.operator == nil {
+		return Device{}, fmt.Errorf("%w: token enrolment is not configured", ErrBadSignature)
+	}
+	tok, err := authmsg.ParseToken(r.operator, raw)
+	if err != nil {
+		return Device{}, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	if !r.now().Before(tok.Expires) {
+		return Device{}, ErrTokenExpired
+	}
+	if tok.DeviceKey != "" && tok.DeviceKey != key.String() {
+		return Device{}, ErrTokenKeyDiffer
+	}
+	q := EnrolRequest{Key: key, Owner: tok.Owner, Kind: tok.Kind}
+	for _, s := range tok.Roles {
+		role, err := ParseRole(s)
+		if err != nil {
+			return Device{}, err
+		}
+		q.Roles = append(q.Roles, role)
+	}
+	return r.enrol(ctx, q, "token:"+tok.ID, tok.ID)
+}
+
+// Device returns one device by id.
+func (r *Registry) Device(ctx context.Context, id string) (Device, error) {
+	return r.store.Device(ctx, id)
+}
+
+// Devices lists every device.
+func (r *Registry) Devices(ctx context.Context) ([]Device, error) {
+	return r.store.Devices(ctx)
+}
+
+// RecordAdmin appends an admin change (a setting altered, a credential
+// issued) to the audit log.
+func (r *Registry) RecordAdmin(ctx context.Context, subject, actor string, detail any) (AuditEntry, error) {
+	var out AuditEntry
+	err := r.apply(ctx, func(head AuditEntry) (Change, error) {
+		e, err := NextAuditEntry(head, r.now(), AuditAdmin, subject, actor, detail)
+		out = e
+		return Change{Audit: e}, err
+	})
+	return out, err
+}
+
+// Audit returns up to limit audit entries from seq from on.
+func (r *Registry) Audit(ctx context.Context, from uint64, limit int) ([]AuditEntry, error) {
+	return r.store.AuditRange(ctx, from, limit)
+}
