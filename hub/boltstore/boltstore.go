@@ -1,0 +1,388 @@
+// Package boltstore is the embedded hub.Store: one bbolt file in the hub's
+// data directory, as lnd keeps its channel state. It is the default for a
+// single hubd; several hubd instances share state through redisstore instead.
+//
+// Every acknowledged Apply has been fsynced: bbolt syncs the file on each
+// commit, and Apply goes through DB.Batch so concurrent writers share one
+// commit (group commit) instead of paying an fsync each.
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// ErrLocked is returned by New when another process has the database open.
+// bbolt holds an exclusive file lock for as long as a DB is open.
+var ErrLocked = errors.New("boltstore: database is locked by another process")
+
+// FileName is the name of the database file inside Config.Path.
+const FileName = "hub.db"
+
+// DefaultOpenTimeout is how long New waits for the file lock before it
+// gives up with ErrLocked.
+const DefaultOpenTimeout = 2 * time.Second
+
+// Bucket names. The layout is part of the on-disk format.
+var (
+	bucketDevices  = []byte("devices")  // id -> Device JSON
+	bucketKeyIndex = []byte("keyindex") // 33-byte key -> device id
+	bucketAudit    = []byte("audit")    // big-endian seq -> AuditEntry JSON
+	bucketTokens   = []byte("tokens")   // spent token id -> empty
+	bucketMeta     = []byte("meta")     // "head" -> big-endian seq || hash
+
+	keyHead = []byte("head")
+)
+
+// Config configures a Store.
+type Config struct {
+	// Path is the directory that holds the database file; it is created
+	// (mode 0700) if missing.
+	Path string
+	// OpenTimeout bounds the wait for the file lock held by another
+	// process; zero means DefaultOpenTimeout.
+	OpenTimeout time.Duration
+	// BatchDelay is how long the first writer of a group commit waits for
+	// others to join; zero keeps bbolt's default (10 ms). Registry writes
+	// are rare, so latency matters less than sharing fsyncs.
+	BatchDelay time.Duration
+	// Logger receives operational messages; nil discards them.
+	Logger *slog.Logger
+}
+
+// Store is a hub.Store backed by a bbolt file.
+type Store struct {
+	db        *bolt.DB
+	log       *slog.Logger
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ hub.Store = (*Store)(nil)
+
+// New opens (creating if needed) the database under cfg.Path. It returns
+// an error wrapping ErrLocked when another process has the file open.
+func New(cfg Config) (*Store, error) {
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("boltstore: %w: Path is required", hub.ErrInvalid)
+	}
+	if cfg.OpenTimeout <= 0 {
+		cfg.OpenTimeout = DefaultOpenTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.Path, 0o700); err != nil {
+		return nil, fmt.Errorf("boltstore: create %s: %w", cfg.Path, err)
+	}
+	file := filepath.Join(cfg.Path, FileName)
+	db, err := bolt.Open(file, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (waited %v; is another hubd running on this data directory?)", ErrLocked, file, cfg.OpenTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: open %s: %w", file, err)
+	}
+	if cfg.BatchDelay > 0 {
+		db.MaxBatchDelay = cfg.BatchDelay
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDevices, bucketKeyIndex, bucketAudit, bucketTokens, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: create buckets in %s: %w", file, err)
+	}
+	log.Info("registry store opened", "path", file)
+	return &Store{db: db, log: log}, nil
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// Close closes the database and releases its file lock. Calling it again
+// returns the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+// preparedDevice is a device with everything Apply needs computed outside
+// the transaction, so the function bbolt may run more than once does no
+// encoding and mutates nothing but the transaction.
+type preparedDevice struct {
+	id   []byte
+	doc  []byte
+	keys [][]byte // current key first, then retired keys
+}
+
+// Apply writes ch atomically and durably. See hub.Store for the errors.
+func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validate(ch); err != nil {
+		return err
+	}
+	devs := make([]preparedDevice, 0, len(ch.Devices))
+	for _, d := range ch.Devices {
+		doc, err := json.Marshal(d)
+		if err != nil {
+			return fmt.Errorf("boltstore: encode device %s: %w", d.ID, err)
+		}
+		p := preparedDevice{id: []byte(d.ID), doc: doc}
+		p.keys = append(p.keys, bytes.Clone(d.Key[:]))
+		for _, k := range d.RetiredKeys {
+			p.keys = append(p.keys, bytes.Clone(k[:]))
+		}
+		devs = append(devs, p)
+	}
+	entry, err := json.Marshal(ch.Audit)
+	if err != nil {
+		return fmt.Errorf("boltstore: encode audit entry: %w", err)
+	}
+	seqKey := seqBytes(ch.Audit.Seq)
+	head := make([]byte, 8+len(ch.Audit.Hash))
+	copy(head, seqKey)
+	copy(head[8:], ch.Audit.Hash[:])
+
+	// bbolt re-runs this function alone when another function in the same
+	// batch fails, so it must only read and write through tx.
+	err = s.db.Batch(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		var headSeq uint64
+		var headHash hub.Hash
+		if h := meta.Get(keyHead); h != nil {
+			headSeq = binary.BigEndian.Uint64(h[:8])
+			copy(headHash[:], h[8:])
+		}
+		if ch.Audit.Seq != headSeq+1 || ch.Audit.Prev != headHash {
+			return fmt.Errorf("%w: entry %d does not follow head %d", hub.ErrAuditConflict, ch.Audit.Seq, headSeq)
+		}
+
+		tokens := tx.Bucket(bucketTokens)
+		if ch.SpendToken != "" {
+			if tokens.Get([]byte(ch.SpendToken)) != nil {
+				return fmt.Errorf("%w: %s", hub.ErrTokenUsed, ch.SpendToken)
+			}
+			if err := tokens.Put([]byte(ch.SpendToken), []byte{}); err != nil {
+				return err
+			}
+		}
+
+		// Index and device writes happen in order, so a key claimed by an
+		// earlier device of the same change is seen by the later ones.
+		idx := tx.Bucket(bucketKeyIndex)
+		devices := tx.Bucket(bucketDevices)
+		for _, d := range devs {
+			for _, k := range d.keys {
+				if owner := idx.Get(k); owner != nil && !bytes.Equal(owner, d.id) {
+					return fmt.Errorf("%w: key %x is indexed to device %s, not %s", hub.ErrAlreadyExists, k, owner, d.id)
+				}
+			}
+			if err := unindexDropped(idx, devices.Get(d.id), d); err != nil {
+				return err
+			}
+			for _, k := range d.keys {
+				if err := idx.Put(k, d.id); err != nil {
+					return err
+				}
+			}
+			if err := devices.Put(d.id, d.doc); err != nil {
+				return err
+			}
+		}
+
+		if err := tx.Bucket(bucketAudit).Put(seqKey, entry); err != nil {
+			return err
+		}
+		return meta.Put(keyHead, head)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: apply audit %d: %w", ch.Audit.Seq, err)
+	}
+	return nil
+}
+
+// unindexDropped removes index entries for keys the stored version of the
+// device had and the new version no longer lists, so a key the operator
+// dropped stops resolving to this device.
+func unindexDropped(idx *bolt.Bucket, oldDoc []byte, d preparedDevice) error {
+	if oldDoc == nil {
+		return nil
+	}
+	var old hub.Device
+	if err := json.Unmarshal(oldDoc, &old); err != nil {
+		return fmt.Errorf("boltstore: decode stored device %s: %w", d.id, err)
+	}
+	keep := func(k []byte) bool {
+		for _, nk := range d.keys {
+			if bytes.Equal(nk, k) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, k := range append([]hub.PubKey{old.Key}, old.RetiredKeys...) {
+		if keep(k[:]) || !bytes.Equal(idx.Get(k[:]), d.id) {
+			continue
+		}
+		if err := idx.Delete(k[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Device returns the device with the given id, or hub.ErrNotFound.
+func (s *Store) Device(ctx context.Context, id string) (hub.Device, error) {
+	if err := ctx.Err(); err != nil {
+		return hub.Device{}, err
+	}
+	var d hub.Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return getDevice(tx, []byte(id), &d)
+	})
+	return d, err
+}
+
+// DeviceByKey returns the device whose current or retired key is key, or
+// hub.ErrNotFound.
+func (s *Store) DeviceByKey(ctx context.Context, key hub.PubKey) (hub.Device, error) {
+	if err := ctx.Err(); err != nil {
+		return hub.Device{}, err
+	}
+	var d hub.Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketKeyIndex).Get(key[:])
+		if id == nil {
+			return fmt.Errorf("%w: key %s", hub.ErrNotFound, key)
+		}
+		return getDevice(tx, id, &d)
+	})
+	return d, err
+}
+
+func getDevice(tx *bolt.Tx, id []byte, d *hub.Device) error {
+	doc := tx.Bucket(bucketDevices).Get(id)
+	if doc == nil {
+		return fmt.Errorf("%w: device %s", hub.ErrNotFound, id)
+	}
+	if err := json.Unmarshal(doc, d); err != nil {
+		return fmt.Errorf("boltstore: decode device %s: %w", id, err)
+	}
+	return nil
+}
+
+// Devices returns every device ordered by id (bbolt keeps keys sorted by
+// bytes, which is Go's string order).
+func (s *Store) Devices(ctx context.Context) ([]hub.Device, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []hub.Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var d hub.Device
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("boltstore: decode device %s: %w", k, err)
+			}
+			out = append(out, d)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// AuditHead returns the newest audit entry, or the zero entry when the log
+// is empty.
+func (s *Store) AuditHead(ctx context.Context) (hub.AuditEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return hub.AuditEntry{}, err
+	}
+	var e hub.AuditEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		h := tx.Bucket(bucketMeta).Get(keyHead)
+		if h == nil {
+			return nil
+		}
+		doc := tx.Bucket(bucketAudit).Get(h[:8])
+		if doc == nil {
+			return fmt.Errorf("boltstore: head names audit entry %d, which is missing", binary.BigEndian.Uint64(h[:8]))
+		}
+		return decodeEntry(doc, &e)
+	})
+	return e, err
+}
+
+// AuditRange returns up to limit entries with Seq >= from, in order. A
+// limit below one returns none.
+func (s *Store) AuditRange(ctx context.Context, from uint64, limit int) ([]hub.AuditEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	var out []hub.AuditEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketAudit).Cursor()
+		for k, v := c.Seek(seqBytes(from)); k != nil && len(out) < limit; k, v = c.Next() {
+			var e hub.AuditEntry
+			if err := decodeEntry(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func decodeEntry(doc []byte, e *hub.AuditEntry) error {
+	if err := json.Unmarshal(doc, e); err != nil {
+		return fmt.Errorf("boltstore: decode audit entry: %w", err)
+	}
+	return nil
+}
+
+func seqBytes(seq uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], seq)
+	return b[:]
+}
+
+// validate refuses changes no store should write: an entry whose hash does
+// not cover its contents would break the chain for every later verifier.
+func validate(ch hub.Change) error {
+	if ch.Audit.ComputeHash() != ch.Audit.Hash {
+		return fmt.Errorf("boltstore: %w: audit entry %d does not match its hash", hub.ErrInvalid, ch.Audit.Seq)
+	}
+	for _, d := range ch.Devices {
+		if d.ID == "" {
+			return fmt.Errorf("boltstore: %w: device without id", hub.ErrInvalid)
+		}
+	}
+	return nil
+}
