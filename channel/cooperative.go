@@ -140,7 +140,8 @@ func (s *KeySession) Combine(peerSig *musig2.PartialSignature) (*schnorr.Signatu
 		return nil, fmt.Errorf("%w: combine before sign", ErrSessionState)
 	case s.combined:
 		return nil, fmt.Errorf("%w: session already combined", ErrSessionState)
-	case peerSig == nil:
+	case peerSig == nil || peerSig.S == nil:
+		// musig2 dereferences S unchecked.
 		return nil, fmt.Errorf("%w: no partial signature", ErrBadSignature)
 	}
 	if !peerSig.Verify(s.peerNonce, s.combinedNonce, s.out.musigKeys, s.peerKey, s.msg,
