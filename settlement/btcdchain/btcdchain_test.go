@@ -53,23 +53,22 @@ func mustClient(t *testing.T, rpc regtest.RPCConfig) *btcdchain.Client {
 	return c
 }
 
-// mustHarness creates the wallet key first, since btcd needs the wallet's
-// address as --miningaddr before it starts. A Client that is never used
-// opens no connection, which makes that bootstrap order possible.
+// mustHarness wires things in the order hubd does: the wallet key and its
+// address first, since btcd needs the address as --miningaddr, then the node,
+// then the client and the wallet over it.
 func mustHarness(t *testing.T) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "wallet.key")
 
-	boot := mustClient(t, regtest.RPCConfig{Host: "127.0.0.1:1", Cert: []byte("unused")})
-	w0, err := btcdchain.NewWallet(btcdchain.WalletConfig{KeyPath: keyPath, Chain: boot})
+	addr, err := btcdchain.KeyAddress(keyPath, regtestParams)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	node, err := regtest.Start(t.Context(), regtest.Config{
 		Dir:        filepath.Join(dir, "btcd"),
-		MiningAddr: w0.Address().EncodeAddress(),
+		MiningAddr: addr.EncodeAddress(),
 		Logger:     testLogger(t),
 	})
 	if err != nil {
@@ -82,8 +81,8 @@ func mustHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.Address().EncodeAddress() != w0.Address().EncodeAddress() {
-		t.Fatal("reloaded wallet has another address")
+	if w.Address().EncodeAddress() != addr.EncodeAddress() {
+		t.Fatal("wallet address differs from KeyAddress")
 	}
 	return &harness{node: node, chain: chain, wallet: w}
 }

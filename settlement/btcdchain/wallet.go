@@ -14,6 +14,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/btcutil"
+	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/mempool"
 	"github.com/btcsuite/btcd/txscript"
@@ -78,12 +79,9 @@ func NewWallet(cfg WalletConfig) (*Wallet, error) {
 	if err != nil {
 		return nil, err
 	}
-	// BIP 86: the output key is the internal key tweaked with no script
-	// tree, so only the key path exists.
-	outKey := txscript.ComputeTaprootKeyNoScript(priv.PubKey())
-	addr, err := btcutil.NewAddressTaproot(schnorr.SerializePubKey(outKey), cfg.Chain.Params())
+	addr, err := bip86Address(priv, cfg.Chain.Params())
 	if err != nil {
-		return nil, fmt.Errorf("btcdchain: %w", err)
+		return nil, err
 	}
 	script, err := txscript.PayToAddrScript(addr)
 	if err != nil {
@@ -97,6 +95,29 @@ func NewWallet(cfg WalletConfig) (*Wallet, error) {
 		feeRate: cfg.FeeRate,
 		log:     cfg.Logger,
 	}, nil
+}
+
+// KeyAddress returns the P2TR address of the wallet key at keyPath, creating
+// the key if missing, without needing a node. It breaks the start-up cycle of
+// an embedded regtest node: btcd wants the wallet's address as --miningaddr
+// before the Client that NewWallet needs can exist.
+func KeyAddress(keyPath string, params *chaincfg.Params) (*btcutil.AddressTaproot, error) {
+	priv, err := loadOrCreateKey(keyPath)
+	if err != nil {
+		return nil, err
+	}
+	return bip86Address(priv, params)
+}
+
+// bip86Address returns the key-path-only taproot address of priv: the output
+// key is the internal key tweaked with an empty script tree (BIP 86).
+func bip86Address(priv *btcec.PrivateKey, params *chaincfg.Params) (*btcutil.AddressTaproot, error) {
+	outKey := txscript.ComputeTaprootKeyNoScript(priv.PubKey())
+	addr, err := btcutil.NewAddressTaproot(schnorr.SerializePubKey(outKey), params)
+	if err != nil {
+		return nil, fmt.Errorf("btcdchain: %w", err)
+	}
+	return addr, nil
 }
 
 // Address returns the wallet's P2TR address.
