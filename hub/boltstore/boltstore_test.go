@@ -1,11 +1,18 @@
 package boltstore_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -63,8 +70,137 @@ func TestErrLockedWhileOpen(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
 	defer s.Close()
-	_, err := boltstore.New(boltstore.Config{Path: dir, OpenTimeout: 200_000_000})
+	_, err := boltstore.New(boltstore.Config{Path: dir, OpenTimeout: 200 * time.Millisecond})
 	if !errors.Is(err, boltstore.ErrLocked) {
 		t.Fatalf("second New error = %v, want ErrLocked", err)
 	}
+}
+
+// childDirEnv names the data directory for TestChildWriter when the test
+// binary runs as the child of TestKillNineKeepsAcknowledgedWrites.
+const childDirEnv = "BOLTSTORE_TEST_CHILD_DIR"
+
+// TestKillNineKeepsAcknowledgedWrites runs concurrent writers in a child
+// process, kills it with SIGKILL in the middle of the stream, and checks
+// that every Apply the child saw succeed is in the file, with the chain
+// intact. While the child runs, a second open must fail with ErrLocked.
+func TestKillNineKeepsAcknowledgedWrites(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChildWriter$", "-test.count=1")
+	cmd.Env = append(os.Environ(), childDirEnv+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	defer func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+
+	// The child prints "acked <seq> <hash>" after each Apply returns nil.
+	acked := map[uint64]string{}
+	sc := bufio.NewScanner(out)
+	const killAfter = 150
+	for len(acked) < killAfter && sc.Scan() {
+		if seq, hash, ok := parseAck(sc.Text()); ok {
+			acked[seq] = hash
+		}
+	}
+	if len(acked) < killAfter {
+		t.Fatalf("child stopped after %d acknowledged writes: %v", len(acked), sc.Err())
+	}
+	if _, err := boltstore.New(boltstore.Config{Path: dir, OpenTimeout: 100 * time.Millisecond}); !errors.Is(err, boltstore.ErrLocked) {
+		t.Fatalf("New while another process holds the file: error = %v, want ErrLocked", err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed = true
+	// Acknowledgements already in the pipe were acknowledged before the
+	// kill too.
+	for sc.Scan() {
+		if seq, hash, ok := parseAck(sc.Text()); ok {
+			acked[seq] = hash
+		}
+	}
+	cmd.Wait()
+
+	s := mustOpen(t, dir)
+	defer s.Close()
+	all, err := s.AuditRange(context.Background(), 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v hub.AuditVerifier
+	for _, e := range all {
+		if err := v.Next(e); err != nil {
+			t.Fatalf("chain after kill: %v", err)
+		}
+	}
+	for seq, hash := range acked {
+		if seq > uint64(len(all)) || all[seq-1].Hash.String() != hash {
+			t.Fatalf("acknowledged entry %d lost in the kill (log has %d entries)", seq, len(all))
+		}
+	}
+	t.Logf("%d acknowledged entries survived SIGKILL; log holds %d", len(acked), len(all))
+}
+
+func parseAck(line string) (uint64, string, bool) {
+	f := strings.Fields(line)
+	if len(f) != 3 || f[0] != "acked" {
+		return 0, "", false
+	}
+	seq, err := strconv.ParseUint(f[1], 10, 64)
+	return seq, f[2], err == nil
+}
+
+// TestChildWriter is the child side of TestKillNineKeepsAcknowledgedWrites;
+// it does nothing in a normal run.
+func TestChildWriter(t *testing.T) {
+	dir := os.Getenv(childDirEnv)
+	if dir == "" {
+		t.Skip("runs only as the child of TestKillNineKeepsAcknowledgedWrites")
+	}
+	s := mustOpen(t, dir)
+	ctx := context.Background()
+	var mu sync.Mutex // one line at a time on stdout
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				head, err := s.AuditHead(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				d := storetest.NewDevice(t)
+				e, err := hub.NextAuditEntry(head, head.Time, hub.AuditEnrol, d.ID, "child", nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				err = s.Apply(ctx, hub.Change{Devices: []hub.Device{d}, Audit: e})
+				if errors.Is(err, hub.ErrAuditConflict) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				fmt.Printf("acked %d %s\n", e.Seq, e.Hash)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait() // only reached on error; the parent kills this process
 }

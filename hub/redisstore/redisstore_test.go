@@ -1,0 +1,272 @@
+package redisstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/redisstore"
+	"github.com/m2mhub/m2mhub/hub/storetest"
+	"github.com/m2mhub/m2mhub/internal/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func mustOpen(tb testing.TB, url, prefix string) *redisstore.Store {
+	tb.Helper()
+	s, err := redisstore.New(redisstore.Config{URL: url, Prefix: prefix})
+	if err != nil {
+		tb.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.Run(t, func(t *testing.T) hub.Store {
+		// The prefix follows the test name, so a second call from the same
+		// subtest opens the same keys.
+		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
+	})
+}
+
+// TestKillNineKeepsAcknowledgedWrites kills redis-server with SIGKILL while
+// writers are appending, restarts it on the same directory, and checks that
+// every Apply that returned nil is there and the chain is unbroken.
+func TestKillNineKeepsAcknowledgedWrites(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := mustOpen(t, srv.URL(), "")
+	defer s.Close()
+
+	var (
+		mu    sync.Mutex
+		acked = map[uint64]hub.AuditEntry{}
+		wg    sync.WaitGroup
+	)
+	// The kill comes once this many writes are acknowledged, so it lands
+	// in the middle of a steady stream of Applies.
+	const writers, killAfter = 4, 200
+	enough := make(chan struct{})
+	var once sync.Once
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				head, err := s.AuditHead(ctx)
+				if err != nil {
+					return // the server is gone
+				}
+				d := storetest.NewDevice(t)
+				e, err := hub.NextAuditEntry(head, head.Time, hub.AuditEnrol, d.ID, fmt.Sprintf("writer-%d", w), nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				err = s.Apply(ctx, hub.Change{Devices: []hub.Device{d}, Audit: e})
+				if errors.Is(err, hub.ErrAuditConflict) {
+					continue
+				}
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				acked[e.Seq] = e
+				if len(acked) >= killAfter {
+					once.Do(func() { close(enough) })
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	<-enough
+	srv.Kill()
+	wg.Wait()
+	if len(acked) == 0 {
+		t.Fatal("no write was acknowledged before the kill")
+	}
+
+	srv.Restart()
+	s2 := mustOpen(t, srv.URL(), "")
+	defer s2.Close()
+	all, err := s2.AuditRange(ctx, 1, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v hub.AuditVerifier
+	for _, e := range all {
+		if err := v.Next(e); err != nil {
+			t.Fatalf("chain after restart: %v", err)
+		}
+	}
+	for seq, e := range acked {
+		if seq > uint64(len(all)) || all[seq-1].Hash != e.Hash {
+			t.Fatalf("acknowledged entry %d lost in the crash (log has %d entries)", seq, len(all))
+		}
+		if _, err := s2.Device(ctx, e.Subject); err != nil {
+			t.Fatalf("device of acknowledged entry %d: %v", seq, err)
+		}
+	}
+	t.Logf("%d acknowledged entries survived SIGKILL; log holds %d", len(acked), len(all))
+}
+
+// TestTwoInstancesSerialize runs writers through two Stores, as two hubd
+// processes would, on one prefix: the script must let only one extend each
+// head.
+func TestTwoInstancesSerialize(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a := mustOpen(t, srv.URL(), "shared:")
+	defer a.Close()
+	b := mustOpen(t, srv.URL(), "shared:")
+	defer b.Close()
+
+	const writers = 16
+	devs := make([]hub.Device, writers)
+	for i := range devs {
+		devs[i] = storetest.NewDevice(t)
+	}
+	var wg sync.WaitGroup
+	for i, d := range devs {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				head, err := s.AuditHead(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				e, err := hub.NextAuditEntry(head, head.Time, hub.AuditEnrol, d.ID, "operator", nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				err = s.Apply(ctx, hub.Change{Devices: []hub.Device{d}, Audit: e})
+				if errors.Is(err, hub.ErrAuditConflict) {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+				}
+				return
+			}
+		}()
+	}
+	wg.Wait()
+
+	es, err := b.AuditRange(ctx, 1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != writers {
+		t.Fatalf("log has %d entries, want %d", len(es), writers)
+	}
+	var v hub.AuditVerifier
+	for _, e := range es {
+		if err := v.Next(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range devs {
+		if _, err := a.DeviceByKey(ctx, d.Key); err != nil {
+			t.Fatalf("DeviceByKey(%s) via the other instance: %v", d.ID, err)
+		}
+	}
+}
+
+func TestPrefixesAreIsolated(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a := mustOpen(t, srv.URL(), "a:")
+	defer a.Close()
+	b := mustOpen(t, srv.URL(), "b:")
+	defer b.Close()
+
+	d := storetest.NewDevice(t)
+	storetest.MustApply(t, a, "tok", d)
+	if _, err := b.DeviceByKey(ctx, d.Key); !errors.Is(err, hub.ErrNotFound) {
+		t.Fatalf("other prefix DeviceByKey error = %v, want ErrNotFound", err)
+	}
+	if h := storetest.MustHead(t, b); h.Seq != 0 {
+		t.Fatalf("other prefix head seq = %d, want 0", h.Seq)
+	}
+	storetest.MustApply(t, b, "tok", d) // the token is per prefix too
+}
+
+func TestDurabilityWarning(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+
+	open := func() string {
+		var buf bytes.Buffer
+		s, err := redisstore.New(redisstore.Config{
+			URL:    srv.URL(),
+			Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		return buf.String()
+	}
+
+	t.Run("NoWarningWhenFsyncAlways", func(t *testing.T) {
+		if out := open(); out != "" {
+			t.Fatalf("unexpected warning: %s", out)
+		}
+	})
+	t.Run("WarnsWhenFsyncEverySec", func(t *testing.T) {
+		opts, _ := redis.ParseURL(srv.URL())
+		c := redis.NewClient(opts)
+		defer c.Close()
+		if err := c.ConfigSet(ctx, "appendfsync", "everysec").Err(); err != nil {
+			t.Fatal(err)
+		}
+		out := open()
+		if !strings.Contains(out, "level=WARN") || !strings.Contains(out, "appendfsync=everysec") {
+			t.Fatalf("want a warning naming appendfsync=everysec, got %q", out)
+		}
+	})
+}
+
+func TestHealthy(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := mustOpen(t, srv.URL(), "")
+	defer s.Close()
+	if err := s.Healthy(ctx); err != nil {
+		t.Fatalf("Healthy: %v", err)
+	}
+	srv.Kill()
+	if err := s.Healthy(ctx); err == nil {
+		t.Fatal("Healthy = nil with the server killed")
+	}
+	srv.Restart()
+	if err := s.Healthy(ctx); err != nil {
+		t.Fatalf("Healthy after restart: %v", err)
+	}
+}
+
+func TestNewFailsWithoutServer(t *testing.T) {
+	srv := redistest.Start(t)
+	url := srv.URL()
+	srv.Kill()
+	if _, err := redisstore.New(redisstore.Config{URL: url}); err == nil {
+		t.Fatal("New succeeded with no server listening")
+	}
+}
