@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
@@ -118,6 +119,23 @@ type Claim struct {
 	// sighash of State (see Output.ClaimSigHash), without the sighash
 	// type byte, which is always ClaimHashType.
 	DeviceSig [64]byte
+}
+
+// NewClaim pairs s with the device's claim signature for it.
+func NewClaim(s State, deviceSig *schnorr.Signature) Claim {
+	c := Claim{State: s}
+	copy(c.DeviceSig[:], deviceSig.Serialize())
+	return c
+}
+
+// Signature parses DeviceSig. It returns an error wrapping ErrBadSignature
+// when the bytes are not a well-formed BIP340 signature.
+func (c Claim) Signature() (*schnorr.Signature, error) {
+	sig, err := schnorr.ParseSignature(c.DeviceSig[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	return sig, nil
 }
 
 // ClaimSize is the length of a Claim's binary encoding.
