@@ -1,0 +1,459 @@
+// Package m2mclient is the device side of m2mhub: it connects to a hub over
+// BOLT 8 with the device's identity key, keeps the connection alive and
+// reconnects on its own, and carries the custom messages later layers
+// (channels, payments, receipts) exchange with the hub.
+//
+// The package links no server-side code: no NATS server, no Redis client,
+// no bbolt, nothing from the hub (deps_test.go enforces it), so it stays
+// small enough for embedded devices.
+package m2mclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/brontide"
+	"github.com/lightningnetwork/lnd/keychain"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// Client errors. Callers test them with errors.Is.
+var (
+	ErrNotConnected = errors.New("m2mclient: not connected")
+	ErrClosed       = errors.New("m2mclient: session closed")
+)
+
+// Codes a hub sends when it refuses or closes a session (docs/protocol.md has
+// the full table). The first four are permanent: the session stops
+// reconnecting and Err returns a *RefusedError carrying one of them.
+const (
+	CodeUnknownKey      = string(wire.CodeUnknownKey)
+	CodeRevoked         = string(wire.CodeRevoked)
+	CodeRotatedOut      = string(wire.CodeRotatedOut)
+	CodeEnrolRefused    = string(wire.CodeEnrolRefused)
+	CodeTooManySessions = string(wire.CodeTooManySessions)
+	CodeTooManyFromIP   = string(wire.CodeTooManyFromIP)
+	CodeReplaced        = string(wire.CodeReplaced)
+	CodeMessageTooLarge = string(wire.CodeMessageTooLarge)
+	CodeProtocol        = string(wire.CodeProtocol)
+	CodeShuttingDown    = string(wire.CodeShuttingDown)
+	CodeTooSlow         = string(wire.CodeTooSlow)
+	CodeTimeout         = string(wire.CodeTimeout)
+	CodeInternal        = string(wire.CodeInternal)
+)
+
+// RefusedError is a hub's refusal or close notice: the lnwire.Error it sent,
+// split into its code and human message. Test for it with errors.As.
+type RefusedError struct {
+	Code    string
+	Message string
+}
+
+// Error describes the refusal.
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("m2mclient: hub refused: %s: %s", e.Code, e.Message)
+}
+
+// Permanent reports whether retrying is pointless until an operator acts.
+func (e *RefusedError) Permanent() bool { return wire.Code(e.Code).Permanent() }
+
+// Defaults for the options.
+const (
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultPingInterval = 30 * time.Second
+	DefaultBackoffMin   = 500 * time.Millisecond
+	DefaultBackoffMax   = 30 * time.Second
+	// messageBuffer is how many custom messages wait for the caller
+	// before the read loop blocks.
+	messageBuffer = 64
+)
+
+type options struct {
+	token        []byte
+	log          *slog.Logger
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	pingInterval time.Duration
+	dialTimeout  time.Duration
+}
+
+// Option adjusts Dial.
+type Option func(*options)
+
+// WithEnrolToken makes the device present an operator-signed enrolment token
+// on every connection. The hub enrols the key from it the first time and
+// ignores it once the key is registered.
+func WithEnrolToken(token []byte) Option {
+	return func(o *options) { o.token = append([]byte(nil), token...) }
+}
+
+// WithLogger sets the logger. The default discards nothing: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithBackoff bounds the wait between connection attempts: it starts at min,
+// doubles per failure up to max, and is jittered down by up to half so a
+// fleet that lost the hub together does not come back in lockstep.
+func WithBackoff(min, max time.Duration) Option {
+	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
+}
+
+// WithPingInterval sets how often the client pings the hub. A hub that has
+// not answered a ping by the next one is taken as gone and the connection
+// is replaced.
+func WithPingInterval(d time.Duration) Option {
+	return func(o *options) { o.pingInterval = d }
+}
+
+// WithDialTimeout bounds one connection attempt: TCP connect, the noise
+// handshake (whose acts brontide also bounds to 5 s each) and the Init
+// exchange.
+func WithDialTimeout(d time.Duration) Option {
+	return func(o *options) { o.dialTimeout = d }
+}
+
+// Session is a device's connection to its hub, kept up across network
+// failures until Close or a permanent refusal.
+type Session struct {
+	addr      string
+	hubKey    *btcec.PublicKey
+	deviceKey *btcec.PrivateKey
+	opt       options
+	log       *slog.Logger
+
+	msgs chan lnwire.Message
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	wmu sync.Mutex // serialises writes: a brontide conn is not safe for concurrent writers
+
+	mu   sync.Mutex
+	conn *brontide.Conn // nil while disconnected
+	err  error          // permanent failure, set once
+}
+
+// Dial connects to the hub at addr, whose identity key is pinned as hubKey,
+// proving deviceKey in the BOLT 8 handshake. It returns once the hub has
+// answered the device's Init. Transient failures (network, a hub at its
+// limits) are retried with backoff until ctx is done; a permanent refusal is
+// returned at once as a *RefusedError. After Dial returns, the Session
+// reconnects by itself until Close.
+func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *btcec.PrivateKey, opts ...Option) (*Session, error) {
+	if hubKey == nil || deviceKey == nil {
+		return nil, errors.New("m2mclient: hub key and device key are required")
+	}
+	o := options{
+		log:          slog.Default(),
+		backoffMin:   DefaultBackoffMin,
+		backoffMax:   DefaultBackoffMax,
+		pingInterval: DefaultPingInterval,
+		dialTimeout:  DefaultDialTimeout,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin || o.pingInterval <= 0 || o.dialTimeout <= 0 {
+		return nil, errors.New("m2mclient: durations must be positive and backoff min <= max")
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &Session{
+		addr:      addr,
+		hubKey:    hubKey,
+		deviceKey: deviceKey,
+		opt:       o,
+		log:       o.log.With("hub", addr),
+		msgs:      make(chan lnwire.Message, messageBuffer),
+		ctx:       sctx,
+		cancel:    cancel,
+	}
+	c, err := s.connectRetry(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("m2mclient: dial %s: %w", addr, err)
+	}
+	// Connected must hold as soon as Dial returns.
+	s.mu.Lock()
+	s.conn = c
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go s.run(c)
+	return s, nil
+}
+
+// Messages delivers the custom messages (type >= 32768) the hub sends. The
+// caller must keep reading: while the buffer is full the session stops
+// reading the connection, and the hub drops it for not answering pings. The
+// channel is closed when the session ends.
+func (s *Session) Messages() <-chan lnwire.Message { return s.msgs }
+
+// Connected reports whether a connection to the hub is up right now.
+func (s *Session) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn != nil
+}
+
+// Err returns why the session stopped for good: a *RefusedError with a
+// permanent code or "replaced", or nil while it is still running or was closed by Close.
+func (s *Session) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Send writes msg to the hub. It fails with ErrNotConnected while the session
+// is reconnecting (the caller decides whether to wait and retry), ErrClosed
+// after Close, and the session's permanent error once it has stopped. The
+// write is bounded by ctx's deadline or, without one, the dial timeout.
+func (s *Session) Send(ctx context.Context, msg lnwire.Message) error {
+	s.mu.Lock()
+	c, perm := s.conn, s.err
+	s.mu.Unlock()
+	switch {
+	case perm != nil:
+		return perm
+	case s.ctx.Err() != nil:
+		return ErrClosed
+	case c == nil:
+		return ErrNotConnected
+	}
+	return s.write(ctx, c, msg)
+}
+
+func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(s.opt.dialTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = c.SetWriteDeadline(deadline)
+	return wire.WriteMessage(c, msg)
+}
+
+// Close ends the session: it closes the connection, stops reconnecting and
+// waits for the session's goroutines.
+func (s *Session) Close() error {
+	s.cancel()
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	if c != nil {
+		_ = c.SetDeadline(time.Now())
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// run owns the connection: it serves one, and when it ends reconnects with
+// backoff, until Close or a permanent refusal.
+func (s *Session) run(c *brontide.Conn) {
+	defer s.wg.Done()
+	defer close(s.msgs)
+	for {
+		err := s.serve(c)
+		if s.stopFor(err) || s.ctx.Err() != nil {
+			return
+		}
+		s.log.Info("disconnected from hub, reconnecting", "err", err)
+		c, err = s.connectRetry(s.ctx)
+		if err != nil {
+			s.stopFor(err)
+			return
+		}
+		s.log.Info("reconnected to hub")
+	}
+}
+
+// stopFor records err as the session's end if it is a permanent refusal, or
+// "replaced": this Session holds one connection at a time, so a replacement
+// means another process uses the same key, and reconnecting would only make
+// the two evict each other forever.
+func (s *Session) stopFor(err error) bool {
+	var re *RefusedError
+	if !errors.As(err, &re) || !(re.Permanent() || re.Code == CodeReplaced) {
+		return false
+	}
+	s.mu.Lock()
+	s.err = re
+	s.mu.Unlock()
+	s.log.Warn("hub refused this device, not reconnecting", "code", re.Code, "message", re.Message)
+	return true
+}
+
+// serve runs one live connection until it fails or the session closes. The
+// reader runs in its own goroutine; this one sends pings and watches the
+// answers.
+func (s *Session) serve(c *brontide.Conn) error {
+	s.mu.Lock()
+	s.conn = c
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.conn = nil
+		s.mu.Unlock()
+		_ = c.Close()
+	}()
+
+	pongs := make(chan struct{}, 1)
+	readErr := make(chan error, 1)
+	go func() { readErr <- s.readLoop(c, pongs) }()
+
+	t := time.NewTicker(s.opt.pingInterval)
+	defer t.Stop()
+	answered := true
+	for {
+		select {
+		case err := <-readErr:
+			return err
+		case <-s.ctx.Done():
+			_ = c.SetDeadline(time.Now())
+			<-readErr
+			return ErrClosed
+		case <-pongs:
+			answered = true
+		case <-t.C:
+			if !answered {
+				_ = c.SetDeadline(time.Now())
+				<-readErr
+				return errors.New("m2mclient: hub did not answer ping")
+			}
+			answered = false
+			if err := s.write(s.ctx, c, lnwire.NewPing(0)); err != nil {
+				_ = c.SetDeadline(time.Now())
+				<-readErr
+				return err
+			}
+		}
+	}
+}
+
+func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
+	for {
+		msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *lnwire.Ping:
+			if err := s.write(s.ctx, c, lnwire.NewPong(make([]byte, m.NumPongBytes))); err != nil {
+				return err
+			}
+		case *lnwire.Pong:
+			select {
+			case pongs <- struct{}{}:
+			default:
+			}
+		case *lnwire.Error:
+			ce := wire.ParseError(m)
+			return &RefusedError{Code: string(ce.Code), Message: ce.Message}
+		case *lnwire.Warning:
+			s.log.Warn("hub warning", "data", string(m.Data))
+		case *lnwire.Custom:
+			select {
+			case s.msgs <- m:
+			case <-s.ctx.Done():
+				return ErrClosed
+			}
+		default:
+			s.log.Debug("ignoring hub message", "type", msg.MsgType())
+		}
+	}
+}
+
+// connectRetry connects, retrying transient failures with jittered
+// exponential backoff until ctx is done.
+func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
+	wait := s.opt.backoffMin
+	for {
+		c, err := s.connect(ctx)
+		if err == nil {
+			return c, nil
+		}
+		var re *RefusedError
+		if errors.As(err, &re) && re.Permanent() {
+			return nil, err
+		}
+		s.log.Debug("connect failed", "err", err, "retry_in", wait)
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (last attempt: %w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(wait*2, s.opt.backoffMax)
+	}
+}
+
+// connect makes one attempt: TCP, noise handshake, optional Enrol, Init
+// exchange.
+func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tcpAddr, err := net.ResolveTCPAddr("tcp", s.addr)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(s.opt.dialTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c, err := brontide.Dial(
+		&keychain.PrivKeyECDH{PrivKey: s.deviceKey},
+		&lnwire.NetAddress{IdentityKey: s.hubKey, Address: tcpAddr},
+		time.Until(deadline), net.DialTimeout,
+	)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+
+	c, err = s.hello(c)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// hello sends Enrol (with a token) and Init, and reads the hub's answer.
+func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
+	if s.opt.token != nil {
+		if err := wire.WriteMessage(c, &wire.Enrol{Token: s.opt.token}); err != nil {
+			return c, err
+		}
+	}
+	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {
+		return c, err
+	}
+	msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
+	if err != nil {
+		return c, err
+	}
+	switch m := msg.(type) {
+	case *lnwire.Init:
+		return c, wire.CheckInit(m)
+	case *lnwire.Error:
+		ce := wire.ParseError(m)
+		return c, &RefusedError{Code: string(ce.Code), Message: ce.Message}
+	}
+	return c, fmt.Errorf("%w: hub answered init with %v", wire.ErrProtocol, msg.MsgType())
+}
