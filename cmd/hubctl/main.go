@@ -1,0 +1,183 @@
+// Command hubctl is the operator's tool for a running hubd: it reads the hub's
+// address and admin credential from the data dir (or flags) and calls the
+// admin API.
+//
+// Exit codes: 0 success, 1 failure, 2 usage error, 3 not found,
+// 4 the audit log does not verify.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	flags "github.com/jessevdk/go-flags"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/internal/datadir"
+)
+
+// Exit codes scripts can rely on.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitNotFound = 3
+	exitAudit    = 4
+)
+
+// globals are the options every command shares.
+type globals struct {
+	DataDir string `long:"datadir" env:"M2MHUB_DATADIR" description:"hubd data directory (default: $XDG_DATA_HOME/m2mhub or ~/.m2mhub)"`
+	Admin   string `long:"admin" env:"M2MHUB_ADMIN" description:"admin API address (default: read from the data dir)"`
+	Token   string `long:"token" env:"M2MHUB_ADMIN_TOKEN" description:"admin credential (default: read from the data dir)"`
+	JSON    bool   `long:"json" description:"print JSON for scripts"`
+}
+
+// app carries what commands share: options, output and the context.
+type app struct {
+	g   globals
+	out io.Writer
+	ctx context.Context
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run parses args and executes one command, returning the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a := &app{out: stdout, ctx: ctx}
+	p := flags.NewParser(&a.g, flags.HelpFlag|flags.PassDoubleDash)
+	p.Name = "hubctl"
+	a.register(p)
+	_, err := p.ParseArgs(args)
+	if err == nil {
+		return exitOK
+	}
+	var fe *flags.Error
+	if errors.As(err, &fe) {
+		if fe.Type == flags.ErrHelp {
+			fmt.Fprintln(stdout, fe.Message)
+			return exitOK
+		}
+		fmt.Fprintln(stderr, "hubctl:", fe.Message)
+		return exitUsage
+	}
+	fmt.Fprintln(stderr, "hubctl:", err)
+	var api *httpapi.APIError
+	switch {
+	case errors.Is(err, hub.ErrAuditBroken):
+		return exitAudit
+	case errors.As(err, &api) && api.Status == 404:
+		return exitNotFound
+	case errors.Is(err, errUsage):
+		return exitUsage
+	}
+	return exitFailure
+}
+
+var errUsage = errors.New("usage")
+
+func (a *app) dir() datadir.Dir {
+	if a.g.DataDir != "" {
+		return datadir.Dir(a.g.DataDir)
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return datadir.Dir(d + "/m2mhub")
+	}
+	home, _ := os.UserHomeDir()
+	return datadir.Dir(home + "/.m2mhub")
+}
+
+// client finds the admin API: flags first, then the data dir.
+func (a *app) client() (*httpapi.Client, error) {
+	addr, token := a.g.Admin, a.g.Token
+	if addr == "" {
+		rt, err := a.dir().ReadRuntime()
+		if err != nil {
+			return nil, err
+		}
+		addr = rt.AdminAddr
+	}
+	if token == "" {
+		t, err := a.dir().ReadToken(datadir.AdminTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin credential: %w", err)
+		}
+		token = t
+	}
+	return httpapi.NewClient(addr, token), nil
+}
+
+// callCtx bounds one admin call.
+func (a *app) callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(a.ctx, 30*time.Second)
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table prints aligned columns for people.
+func (a *app) table(header []string, rows [][]string) error {
+	w := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	for i, h := range header {
+		if i > 0 {
+			fmt.Fprint(w, "\t")
+		}
+		fmt.Fprint(w, h)
+	}
+	fmt.Fprintln(w)
+	for _, r := range rows {
+		for i, c := range r {
+			if i > 0 {
+				fmt.Fprint(w, "\t")
+			}
+			fmt.Fprint(w, c)
+		}
+		fmt.Fprintln(w)
+	}
+	return w.Flush()
+}
+
+// register adds every command to the parser.
+func (a *app) register(p *flags.Parser) {
+	mustAdd(p.AddCommand("info", "show the hub's identity and addresses", "", &infoCmd{a: a}))
+
+	dev := mustAdd(p.AddCommand("device", "manage devices and providers", "", &struct{}{}))
+	mustAdd(dev.AddCommand("add", "enrol a device", "", &deviceAddCmd{a: a}))
+	mustAdd(dev.AddCommand("list", "list devices", "", &deviceListCmd{a: a}))
+	mustAdd(dev.AddCommand("show", "show one device", "", &deviceShowCmd{a: a}))
+	mustAdd(dev.AddCommand("revoke", "revoke a device at once", "", &deviceRevokeCmd{a: a}))
+	mustAdd(dev.AddCommand("rotate", "move a device to a new key signed by its old key", "", &deviceRotateCmd{a: a}))
+
+	aud := mustAdd(p.AddCommand("audit", "inspect the audit log", "", &struct{}{}))
+	mustAdd(aud.AddCommand("verify", "check the whole hash chain", "", &auditVerifyCmd{a: a}))
+	mustAdd(aud.AddCommand("list", "print audit entries", "", &auditListCmd{a: a}))
+
+	tok := mustAdd(p.AddCommand("token", "operator-signed enrolment tokens", "", &struct{}{}))
+	mustAdd(tok.AddCommand("create", "sign an enrolment token with the operator key", "", &tokenCreateCmd{a: a}))
+
+	mustAdd(p.AddCommand("keygen", "make a device key pair (for tests and demos)", "", &keygenCmd{a: a}))
+	mustAdd(p.AddCommand("sign-rotation", "sign a key rotation with the old device key", "", &signRotationCmd{a: a}))
+}
+
+func mustAdd(c *flags.Command, err error) *flags.Command {
+	if err != nil {
+		panic(err) // a programming error in the command table
+	}
+	return c
+}

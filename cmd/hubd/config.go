@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	flags "github.com/jessevdk/go-flags"
+)
+
+// config is hubd's configuration. Every option can come from a flag, from an
+// M2MHUB_* environment variable, or from an ini config file (--config), in
+// that order of precedence: flag over environment over file over default.
+type config struct {
+	ConfigFile string `long:"config" env:"M2MHUB_CONFIG" description:"ini config file (options by long name)" no-ini:"true"`
+	DataDir    string `long:"datadir" env:"M2MHUB_DATADIR" description:"data directory (default: $XDG_DATA_HOME/m2mhub or ~/.m2mhub)"`
+	LogLevel   string `long:"loglevel" env:"M2MHUB_LOGLEVEL" default:"info" choice:"debug" choice:"info" choice:"warn" choice:"error" description:"log level"`
+
+	Listen    string `long:"listen" env:"M2MHUB_LISTEN" default:"127.0.0.1:9736" description:"BOLT 8 listen address for devices"`
+	AdminAddr string `long:"admin" env:"M2MHUB_ADMIN" default:"127.0.0.1:9737" description:"admin API listen address (keep it private)"`
+
+	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
+	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:0" description:"listen address of the in-process NATS"`
+
+	RedisURL    string `long:"redis-url" env:"M2MHUB_REDIS_URL" description:"Redis URL (redis://host:port/db); empty uses the embedded store in the data dir"`
+	RedisPrefix string `long:"redis-prefix" env:"M2MHUB_REDIS_PREFIX" default:"m2mhub:" description:"key prefix in Redis"`
+
+	Btcd btcdConfig `group:"btcd" namespace:"btcd" env-namespace:"M2MHUB_BTCD"`
+
+	Limits limitsConfig `group:"limits" namespace:"limits" env-namespace:"M2MHUB_LIMITS"`
+}
+
+type btcdConfig struct {
+	RPCHost string `long:"rpchost" env:"RPCHOST" description:"external btcd RPC host:port; empty starts btcd in regtest as a child process"`
+	RPCUser string `long:"rpcuser" env:"RPCUSER" description:"btcd RPC user"`
+	RPCPass string `long:"rpcpass" env:"RPCPASS" description:"btcd RPC password"`
+	RPCCert string `long:"rpccert" env:"RPCCERT" description:"btcd RPC TLS certificate file"`
+	Network string `long:"network" env:"NETWORK" default:"regtest" choice:"regtest" choice:"testnet3" choice:"signet" choice:"mainnet" description:"bitcoin network"`
+	Binary  string `long:"binary" env:"BINARY" description:"btcd binary for the child process (default: next to hubd, then PATH, then go tool btcd)"`
+}
+
+type limitsConfig struct {
+	HandshakeTimeout time.Duration `long:"handshake-timeout" env:"HANDSHAKE_TIMEOUT" default:"10s" description:"time a connection has after the noise handshake to authenticate"`
+	MaxSessions      int           `long:"max-sessions" env:"MAX_SESSIONS" default:"20000" description:"live sessions in total"`
+	MaxSessionsPerIP int           `long:"max-sessions-per-ip" env:"MAX_SESSIONS_PER_IP" default:"1000" description:"live sessions from one IP address"`
+	MaxMessageSize   int           `long:"max-message-size" env:"MAX_MESSAGE_SIZE" default:"65535" description:"largest message accepted from a device, in bytes"`
+	SendQueue        int           `long:"send-queue" env:"SEND_QUEUE" default:"256" description:"messages queued to one device before it is dropped as too slow"`
+	PingInterval     time.Duration `long:"ping-interval" env:"PING_INTERVAL" default:"30s" description:"keepalive ping interval"`
+	PongTimeout      time.Duration `long:"pong-timeout" env:"PONG_TIMEOUT" default:"20s" description:"time to answer a ping before the session is dropped"`
+}
+
+// defaultDataDir follows the XDG base directory convention.
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "m2mhub")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".m2mhub")
+	}
+	return ".m2mhub"
+}
+
+// loadConfig parses flags and environment, then the config file if one is
+// named, then flags again so they win over the file.
+func loadConfig(args []string) (config, error) {
+	var pre config
+	p := flags.NewParser(&pre, flags.Default)
+	if _, err := p.ParseArgs(args); err != nil {
+		return config{}, err
+	}
+	var cfg config
+	p = flags.NewParser(&cfg, flags.Default)
+	if pre.ConfigFile != "" {
+		if err := flags.NewIniParser(p).ParseFile(pre.ConfigFile); err != nil {
+			return config{}, fmt.Errorf("config file %s: %w", pre.ConfigFile, err)
+		}
+	}
+	rest, err := p.ParseArgs(args)
+	if err != nil {
+		return config{}, err
+	}
+	if len(rest) > 0 {
+		return config{}, fmt.Errorf("unexpected arguments: %v", rest)
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = defaultDataDir()
+	}
+	cfg.DataDir, err = filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return config{}, err
+	}
+	if cfg.Btcd.RPCHost == "" && cfg.Btcd.Network != "regtest" {
+		return config{}, errors.New("an in-process btcd runs only in regtest: set --btcd.rpchost for other networks")
+	}
+	if cfg.Limits.MaxMessageSize < 1 || cfg.Limits.MaxMessageSize > 65535 {
+		return config{}, errors.New("--limits.max-message-size must be between 1 and 65535")
+	}
+	return cfg, nil
+}

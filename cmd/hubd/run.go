@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/btcsuite/btcd/chaincfg"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/redisstore"
+	"github.com/m2mhub/m2mhub/internal/datadir"
+	"github.com/m2mhub/m2mhub/internal/natsembed"
+	"github.com/m2mhub/m2mhub/internal/regtest"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
+	"github.com/nats-io/nats.go"
+)
+
+// shutdownGrace bounds each step of a clean shutdown.
+const shutdownGrace = 20 * time.Second
+
+// stack collects what run started so it can be stopped in reverse order,
+// whatever step failed.
+type stack struct {
+	log   *slog.Logger
+	stops []func(ctx context.Context)
+}
+
+func (s *stack) push(name string, stop func(ctx context.Context) error) {
+	s.stops = append(s.stops, func(ctx context.Context) {
+		if err := stop(ctx); err != nil {
+			s.log.Warn("stop failed", "part", name, "err", err)
+		}
+	})
+}
+
+func (s *stack) stopAll() {
+	for i := len(s.stops) - 1; i >= 0; i-- {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		s.stops[i](ctx)
+		cancel()
+	}
+}
+
+// run starts every part of the hub, serves until ctx ends, then stops them.
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	dir := datadir.Dir(cfg.DataDir)
+	if err := dir.Ensure(); err != nil {
+		return err
+	}
+	st := &stack{log: log}
+	defer st.stopAll()
+
+	// Identity, operator key and admin credential: created once, 0600.
+	hubKey, err := dir.LoadOrCreateKey(datadir.HubKeyFile)
+	if err != nil {
+		return fmt.Errorf("hub key: %w", err)
+	}
+	operatorKey, err := dir.LoadOrCreateKey(datadir.OperatorKeyFile)
+	if err != nil {
+		return fmt.Errorf("operator key: %w", err)
+	}
+	adminToken, err := dir.LoadOrCreateToken(datadir.AdminTokenFile)
+	if err != nil {
+		return fmt.Errorf("admin credential: %w", err)
+	}
+
+	// State.
+	store, storeName, health, err := openStore(ctx, cfg, dir, log)
+	if err != nil {
+		return err
+	}
+	st.push("store", func(context.Context) error { return store.Close() })
+	checks := []httpapi.HealthCheck{{Name: "store", Check: health}}
+
+	// Event bus.
+	natsURL, natsCheck, err := startNATS(cfg, dir, log, st)
+	if err != nil {
+		return err
+	}
+	checks = append(checks, httpapi.HealthCheck{Name: "nats", Check: natsCheck})
+
+	// Base chain and the hub's wallet.
+	chain, params, err := startChain(ctx, cfg, dir, log, st)
+	if err != nil {
+		return err
+	}
+	checks = append(checks, httpapi.HealthCheck{Name: "btcd", Check: chain.Healthy})
+	wallet, err := btcdchain.NewWallet(btcdchain.WalletConfig{
+		KeyPath: dir.Path(datadir.WalletKeyFile), Chain: chain, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("wallet: %w", err)
+	}
+	log.Info("hub wallet", "address", wallet.Address().String())
+
+	// Registry and device sessions.
+	registry, err := hub.NewRegistry(hub.RegistryConfig{
+		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := hub.NewServer(hub.ServerConfig{
+		Addr: cfg.Listen, Key: hubKey, Auth: registry, Logger: log,
+		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
+		MaxSessions:      cfg.Limits.MaxSessions,
+		MaxSessionsPerIP: cfg.Limits.MaxSessionsPerIP,
+		MaxMessageSize:   cfg.Limits.MaxMessageSize,
+		SendQueue:        cfg.Limits.SendQueue,
+		PingInterval:     cfg.Limits.PingInterval,
+		PongTimeout:      cfg.Limits.PongTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	st.push("sessions", func(context.Context) error { return srv.Close() })
+	registry.SetSessionDropper(srv)
+
+	// Admin API.
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("admin listen: %w", err)
+	}
+	pubHex := hex.EncodeToString(hubKey.PubKey().SerializeCompressed())
+	info := httpapi.Info{
+		PubKey: pubHex, P2PAddr: srv.Addr().String(), AdminAddr: adminLn.Addr().String(),
+		NATSURL: natsURL, Network: params.Name, Store: storeName,
+	}
+	api, err := httpapi.New(httpapi.Config{
+		Registry: registry, Token: adminToken, Logger: log, Health: checks,
+		Info: func() httpapi.Info {
+			i := info
+			i.Sessions = srv.Sessions()
+			return i
+		},
+	})
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpSrv.Serve(adminLn) }()
+	st.push("admin api", func(ctx context.Context) error {
+		err := httpSrv.Shutdown(ctx)
+		<-serveErr // Serve has returned once Shutdown has
+		return err
+	})
+
+	// Tell hubctl where we are, last, so it never finds a half-started hub.
+	if err := dir.WriteRuntime(datadir.Runtime{
+		PID: os.Getpid(), PubKey: pubHex, P2PAddr: info.P2PAddr, AdminAddr: info.AdminAddr,
+		NATSURL: natsURL, Network: params.Name,
+	}); err != nil {
+		return err
+	}
+	st.push("runtime file", func(context.Context) error { return dir.RemoveRuntime() })
+	log.Info("hubd ready", "pubkey", pubHex, "p2p", info.P2PAddr, "admin", info.AdminAddr,
+		"nats", natsURL, "store", storeName, "network", params.Name, "datadir", cfg.DataDir)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		return nil
+	case err := <-serveErr:
+		serveErr <- err // let the stop step see it
+		return fmt.Errorf("admin api: %w", err)
+	}
+}
+
+// openStore opens the embedded store, or Redis when --redis-url is set.
+func openStore(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger) (hub.Store, string, func(context.Context) error, error) {
+	if cfg.RedisURL != "" {
+		s, err := redisstore.New(redisstore.Config{URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, Logger: log})
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("redis store: %w", err)
+		}
+		return s, "redis", s.Healthy, nil
+	}
+	s, err := boltstore.New(boltstore.Config{Path: cfg.DataDir, Logger: log})
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("embedded store: %w", err)
+	}
+	return s, "embedded", func(context.Context) error { return nil }, nil
+}
+
+// startNATS runs nats-server in-process unless --nats-url names one, and
+// returns the URL and a health check.
+func startNATS(cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (string, func(context.Context) error, error) {
+	if cfg.NATSURL == "" {
+		ns, err := natsembed.Start(natsembed.Config{
+			Listen: cfg.NATSListen, StoreDir: dir.Path(datadir.NATSDir), SyncAlways: true, Logger: log,
+		})
+		if err != nil {
+			return "", nil, err
+		}
+		st.push("nats", func(context.Context) error { ns.Close(); return nil })
+		return ns.ClientURL(), func(context.Context) error { return ns.Healthy() }, nil
+	}
+	nc, err := nats.Connect(cfg.NATSURL, nats.Name("hubd"), nats.MaxReconnects(-1))
+	if err != nil {
+		return "", nil, fmt.Errorf("nats %s: %w", cfg.NATSURL, err)
+	}
+	st.push("nats client", func(context.Context) error { nc.Close(); return nil })
+	return cfg.NATSURL, func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("nats: not connected")
+		}
+		return nil
+	}, nil
+}
+
+// startChain starts btcd in regtest as a child process unless
+// --btcd.rpchost names a node, and connects the chain client.
+func startChain(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (*btcdchain.Client, *chaincfg.Params, error) {
+	params, err := networkParams(cfg.Btcd.Network)
+	if err != nil {
+		return nil, nil, err
+	}
+	ccfg := btcdchain.Config{
+		Host: cfg.Btcd.RPCHost, User: cfg.Btcd.RPCUser, Pass: cfg.Btcd.RPCPass,
+		CertPath: cfg.Btcd.RPCCert, Params: params, Logger: log,
+	}
+	var node *regtest.Node
+	if cfg.Btcd.RPCHost == "" {
+		addr, err := btcdchain.KeyAddress(dir.Path(datadir.WalletKeyFile), params)
+		if err != nil {
+			return nil, nil, fmt.Errorf("wallet key: %w", err)
+		}
+		node, err = regtest.Start(ctx, regtest.Config{
+			Dir: dir.Path(datadir.BtcdDir), Binary: cfg.Btcd.Binary, MiningAddr: addr.String(), Logger: log,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("btcd: %w", err)
+		}
+		st.push("btcd", node.Stop)
+		rpc := node.RPC()
+		ccfg.Host, ccfg.User, ccfg.Pass, ccfg.Cert, ccfg.CertPath = rpc.Host, rpc.User, rpc.Pass, rpc.Cert, ""
+	}
+	chain, err := btcdchain.New(ccfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("btcd rpc: %w", err)
+	}
+	st.push("btcd rpc", func(context.Context) error { chain.Close(); return nil })
+	if err := chain.Healthy(ctx); err != nil {
+		return nil, nil, fmt.Errorf("btcd rpc: %w", err)
+	}
+	// Channels are taproot outputs: on a fresh regtest chain, mine past the
+	// segwit/taproot activation height once, to the hub's wallet.
+	if node != nil {
+		if err := node.MineToActivation(ctx); err != nil {
+			return nil, nil, fmt.Errorf("btcd: activate taproot: %w", err)
+		}
+	}
+	return chain, params, nil
+}
+
+func networkParams(name string) (*chaincfg.Params, error) {
+	switch name {
+	case "regtest":
+		return &chaincfg.RegressionNetParams, nil
+	case "testnet3":
+		return &chaincfg.TestNet3Params, nil
+	case "signet":
+		return &chaincfg.SigNetParams, nil
+	case "mainnet":
+		return &chaincfg.MainNetParams, nil
+	}
+	return nil, fmt.Errorf("unknown network %q", name)
+}

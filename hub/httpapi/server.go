@@ -1,0 +1,303 @@
+// Package httpapi serves the hub's admin API over HTTP and holds the client
+// that hubctl uses to call it. Requests carry the operator credential as a
+// bearer token; one table (statusOf) maps domain errors to HTTP answers, and
+// internal details are logged, never sent.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// Registry is what the admin API needs of the hub's registry.
+type Registry interface {
+	Enrol(ctx context.Context, q hub.EnrolRequest, actor string) (hub.Device, error)
+	Revoke(ctx context.Context, id, actor, reason string) (hub.Device, error)
+	Rotate(ctx context.Context, id string, newKey hub.PubKey, sig []byte, actor string) (hub.Device, error)
+	Device(ctx context.Context, id string) (hub.Device, error)
+	Devices(ctx context.Context) ([]hub.Device, error)
+	Audit(ctx context.Context, from uint64, limit int) ([]hub.AuditEntry, error)
+}
+
+// Info describes a running hub; hubctl info prints it.
+type Info struct {
+	PubKey    string `json:"pubkey"`
+	P2PAddr   string `json:"p2p_addr"`
+	AdminAddr string `json:"admin_addr"`
+	NATSURL   string `json:"nats_url,omitempty"`
+	Network   string `json:"network"`
+	Store     string `json:"store"`
+	Sessions  int    `json:"sessions"`
+}
+
+// HealthCheck reports whether one dependency answers.
+type HealthCheck struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Config configures the admin API handler.
+type Config struct {
+	Registry Registry
+	// Token is the operator credential expected as "Authorization: Bearer".
+	Token  string
+	Info   func() Info
+	Health []HealthCheck
+	Logger *slog.Logger
+}
+
+// maxBody bounds request bodies; admin requests are small.
+const maxBody = 1 << 20
+
+// maxAuditPage bounds one page of the audit log.
+const maxAuditPage = 1000
+
+// Handler serves the admin API.
+type Handler struct {
+	cfg Config
+	mux *http.ServeMux
+	log *slog.Logger
+}
+
+// New returns the admin API handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Registry == nil || cfg.Info == nil {
+		return nil, errors.New("httpapi: registry and info are required")
+	}
+	if len(cfg.Token) < 16 {
+		return nil, errors.New("httpapi: operator token too short")
+	}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	h.mux.HandleFunc("GET /healthz", h.health)
+	h.mux.Handle("GET /v1/info", h.auth(h.info))
+	h.mux.Handle("GET /v1/devices", h.auth(h.listDevices))
+	h.mux.Handle("POST /v1/devices", h.auth(h.addDevice))
+	h.mux.Handle("GET /v1/devices/{id}", h.auth(h.getDevice))
+	h.mux.Handle("POST /v1/devices/{id}/revoke", h.auth(h.revokeDevice))
+	h.mux.Handle("POST /v1/devices/{id}/rotate", h.auth(h.rotateDevice))
+	h.mux.Handle("GET /v1/audit", h.auth(h.audit))
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// errorBody is every error answer's shape.
+type errorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+var errUnauthorized = errors.New("httpapi: missing or wrong credential")
+
+// statusOf is the one table that maps errors to HTTP answers. Messages of
+// known errors are safe to show; anything else is reported as internal.
+func statusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, errUnauthorized):
+		return http.StatusUnauthorized, "unauthorized"
+	case errors.Is(err, hub.ErrNotFound):
+		return http.StatusNotFound, "not_found"
+	case errors.Is(err, hub.ErrAlreadyExists):
+		return http.StatusConflict, "already_exists"
+	case errors.Is(err, hub.ErrRevoked):
+		return http.StatusConflict, "revoked"
+	case errors.Is(err, hub.ErrInvalid), errors.Is(err, hub.ErrBadSignature):
+		return http.StatusBadRequest, "invalid"
+	case errors.Is(err, hub.ErrAuditConflict):
+		return http.StatusServiceUnavailable, "busy"
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := statusOf(err)
+	msg := err.Error()
+	if status == http.StatusInternalServerError {
+		h.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		msg = "internal error"
+	}
+	writeJSON(w, status, errorBody{Code: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: body: %v", hub.ErrInvalid, err)
+	}
+	return nil
+}
+
+// auth admits requests that carry the operator token.
+func (h *Handler) auth(next http.HandlerFunc) http.Handler {
+	want := []byte("Bearer " + h.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="m2mhub"`)
+			h.fail(w, r, errUnauthorized)
+			return
+		}
+		next(w, r)
+	})
+}
+
+// health answers without a credential so load balancers can probe it; it
+// names failing dependencies but not why.
+func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
+	out := map[string]string{}
+	status := http.StatusOK
+	for _, c := range h.cfg.Health {
+		if err := c.Check(r.Context()); err != nil {
+			h.log.Warn("dependency unhealthy", "dependency", c.Name, "err", err)
+			out[c.Name] = "down"
+			status = http.StatusServiceUnavailable
+			continue
+		}
+		out[c.Name] = "ok"
+	}
+	writeJSON(w, status, out)
+}
+
+func (h *Handler) info(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.cfg.Info())
+}
+
+func (h *Handler) listDevices(w http.ResponseWriter, r *http.Request) {
+	ds, err := h.cfg.Registry.Devices(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if ds == nil {
+		ds = []hub.Device{}
+	}
+	writeJSON(w, http.StatusOK, ds)
+}
+
+// AddDeviceRequest is the body of POST /v1/devices.
+type AddDeviceRequest struct {
+	PubKey hub.PubKey `json:"pubkey"`
+	Roles  []hub.Role `json:"roles"`
+	Owner  string     `json:"owner,omitempty"`
+	Kind   string     `json:"kind,omitempty"`
+}
+
+func (h *Handler) addDevice(w http.ResponseWriter, r *http.Request) {
+	var q AddDeviceRequest
+	if err := decode(r, &q); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	d, err := h.cfg.Registry.Enrol(r.Context(), hub.EnrolRequest{
+		Key: q.PubKey, Roles: q.Roles, Owner: q.Owner, Kind: q.Kind,
+	}, "operator")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (h *Handler) getDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := h.cfg.Registry.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// RevokeRequest is the body of POST /v1/devices/{id}/revoke.
+type RevokeRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+func (h *Handler) revokeDevice(w http.ResponseWriter, r *http.Request) {
+	var q RevokeRequest
+	if err := decode(r, &q); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	d, err := h.cfg.Registry.Revoke(r.Context(), r.PathValue("id"), "operator", q.Reason)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// RotateRequest is the body of POST /v1/devices/{id}/rotate: the new key and
+// the old key's BIP-340 signature over it, in hex.
+type RotateRequest struct {
+	NewPubKey hub.PubKey `json:"new_pubkey"`
+	Sig       string     `json:"sig"`
+}
+
+func (h *Handler) rotateDevice(w http.ResponseWriter, r *http.Request) {
+	var q RotateRequest
+	if err := decode(r, &q); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	sig, err := hex.DecodeString(q.Sig)
+	if err != nil || len(sig) != 64 {
+		h.fail(w, r, fmt.Errorf("%w: sig must be 64 bytes of hex", hub.ErrInvalid))
+		return
+	}
+	d, err := h.cfg.Registry.Rotate(r.Context(), r.PathValue("id"), q.NewPubKey, sig, "operator")
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (h *Handler) audit(w http.ResponseWriter, r *http.Request) {
+	from, limit := uint64(1), maxAuditPage
+	if s := r.URL.Query().Get("from"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			h.fail(w, r, fmt.Errorf("%w: from: %v", hub.ErrInvalid, err))
+			return
+		}
+		from = v
+	}
+	if s := r.URL.Query().Get("limit"); s != "" {
+		v, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || v < 1 {
+			h.fail(w, r, fmt.Errorf("%w: limit must be a positive integer", hub.ErrInvalid))
+			return
+		}
+		limit = min(v, maxAuditPage)
+	}
+	es, err := h.cfg.Registry.Audit(r.Context(), from, limit)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if es == nil {
+		es = []hub.AuditEntry{}
+	}
+	writeJSON(w, http.StatusOK, es)
+}
