@@ -204,3 +204,21 @@ func TestChildWriter(t *testing.T) {
 	}
 	wg.Wait() // only reached on error; the parent kills this process
 }
+
+// BenchmarkApply measures one acknowledged (fsynced) registry write at a
+// time: the latency an operator's enrol command sees.
+func BenchmarkApply(b *testing.B) {
+	s, err := boltstore.New(boltstore.Config{Path: b.TempDir(), BatchDelay: time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	devs := make([]hub.Device, b.N)
+	for i := range devs {
+		devs[i] = storetest.NewDevice(b)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		storetest.MustApply(b, s, "", devs[i])
+	}
+}

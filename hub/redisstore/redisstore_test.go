@@ -270,3 +270,19 @@ func TestNewFailsWithoutServer(t *testing.T) {
 		t.Fatal("New succeeded with no server listening")
 	}
 }
+
+// BenchmarkApply measures one acknowledged registry write at a time against
+// a redis-server with appendfsync always.
+func BenchmarkApply(b *testing.B) {
+	srv := redistest.Start(b)
+	s := mustOpen(b, srv.URL(), "")
+	defer s.Close()
+	devs := make([]hub.Device, b.N)
+	for i := range devs {
+		devs[i] = storetest.NewDevice(b)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		storetest.MustApply(b, s, "", devs[i])
+	}
+}

@@ -56,12 +56,10 @@ func Run(t *testing.T, newStore func(t *testing.T) hub.Store) {
 	t.Run("ReopenKeepsData", func(t *testing.T) { testReopenKeepsData(t, newStore) })
 }
 
-// start is the fixed epoch of the suite. Entries and devices carry UTC
-// times without a monotonic reading, so they compare exactly after a round
-// trip through any encoding.
-const startUnix = 1772366400 // 2026-03-01T12:00:00Z
-
-var start = time.Unix(startUnix, 0).UTC()
+// epoch is the fixed time of the suite, 2026-03-01T12:00:00Z. Entries and
+// devices carry UTC times without a monotonic reading, so they compare
+// exactly after a round trip through any encoding.
+func epoch() time.Time { return time.Unix(1772366400, 0).UTC() }
 
 // NewKey returns a fresh valid compressed public key.
 func NewKey(tb testing.TB) hub.PubKey {
@@ -84,15 +82,15 @@ func NewDevice(tb testing.TB) hub.Device {
 		Owner:      "fleet-1",
 		Kind:       "car",
 		Status:     hub.StatusActive,
-		EnrolledAt: start,
-		UpdatedAt:  start,
+		EnrolledAt: epoch(),
+		UpdatedAt:  epoch(),
 	}
 }
 
 // MustNext returns the audit entry that follows head.
 func MustNext(tb testing.TB, head hub.AuditEntry, kind, subject string) hub.AuditEntry {
 	tb.Helper()
-	e, err := hub.NextAuditEntry(head, start.Add(time.Duration(head.Seq+1)*time.Second), kind, subject, "operator",
+	e, err := hub.NextAuditEntry(head, epoch().Add(time.Duration(head.Seq+1)*time.Second), kind, subject, "operator",
 		map[string]string{"note": fmt.Sprintf("entry %d", head.Seq+1)})
 	if err != nil {
 		tb.Fatalf("NextAuditEntry: %v", err)
@@ -233,7 +231,7 @@ func testReplaceDevice(t *testing.T, s hub.Store) {
 	d := NewDevice(t)
 	MustApply(t, s, "", d)
 	d.Status = hub.StatusRevoked
-	d.UpdatedAt = start.Add(time.Hour)
+	d.UpdatedAt = epoch().Add(time.Hour)
 	MustApply(t, s, "", d)
 	assertDevice(t, mustDevice(t, s, d.ID), d)
 	assertDevice(t, mustByKey(t, s, d.Key), d)
@@ -415,7 +413,7 @@ func testRetiredKeyIndexed(t *testing.T, s hub.Store) {
 
 	d.RetiredKeys = append(d.RetiredKeys, old)
 	d.Key = NewKey(t)
-	d.UpdatedAt = start.Add(time.Minute)
+	d.UpdatedAt = epoch().Add(time.Minute)
 	MustApply(t, s, "", d)
 
 	d.RetiredKeys = append(d.RetiredKeys, d.Key)
@@ -559,7 +557,7 @@ func testConcurrentAppends(t *testing.T, s hub.Store) {
 					errs <- err
 					return
 				}
-				e, err := hub.NextAuditEntry(head, start, hub.AuditEnrol, d.ID, "operator", nil)
+				e, err := hub.NextAuditEntry(head, epoch(), hub.AuditEnrol, d.ID, "operator", nil)
 				if err != nil {
 					errs <- err
 					return
