@@ -270,4 +270,5 @@ func (o *Output) participant(key *btcec.PublicKey) bool {
 	return key.IsEqual(o.params.DeviceKey) || key.IsEqual(o.params.HubKey)
 }
 
+// clone copies b so callers cannot mutate an Output's cached bytes.
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
