@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +20,7 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/internal/authmsg"
 	"github.com/m2mhub/m2mhub/internal/datadir"
+	"github.com/m2mhub/m2mhub/internal/hubproc"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -48,96 +49,67 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// hubProc is a hubd child process.
+// hubProc is a hubd child process with its log kept for failing tests.
 type hubProc struct {
-	cmd  *exec.Cmd
-	dir  datadir.Dir
-	rt   datadir.Runtime
-	logs *bytes.Buffer
-	done chan struct{}
+	*hubproc.Proc
+	rt datadir.Runtime
 }
 
-// startHubd starts hubd on dir with free ports and waits until it has
-// published its runtime file.
+// startHubd starts hubd on dir with free ports and short keepalives, and
+// stops it when the test ends.
 func startHubd(t *testing.T, dir string, extra ...string) *hubProc {
 	t.Helper()
-	args := append([]string{"--datadir", dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-		"--limits.ping-interval", "1s", "--limits.pong-timeout", "2s"}, extra...)
-	cmd := exec.Command(filepath.Join(binDir, "hubd"), args...)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	logs := &syncBuffer{}
+	p, err := hubproc.Start(context.Background(), hubproc.Config{
+		Binary:  filepath.Join(binDir, "hubd"),
+		DataDir: dir,
+		Args:    append([]string{"--limits.ping-interval", "1s", "--limits.pong-timeout", "2s"}, extra...),
+		Output:  logs,
+	})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
 	}
-	p := &hubProc{cmd: cmd, dir: datadir.Dir(dir), logs: &logs, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			p.signal(syscall.SIGKILL)
-			<-p.done
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = p.Stop(ctx)
 		if t.Failed() {
 			t.Logf("hubd log:\n%s", logs.String())
 		}
 	})
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		select {
-		case <-p.done:
-			t.Fatalf("hubd exited during start:\n%s", logs.String())
-		default:
-		}
-		rt, err := p.dir.ReadRuntime()
-		if err == nil && rt.PID == cmd.Process.Pid {
-			p.rt = rt
-			return p
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("hubd did not start in time:\n%s", logs.String())
-	return nil
+	return &hubProc{Proc: p, rt: p.Runtime()}
 }
 
-func (p *hubProc) signal(sig syscall.Signal) {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Signal(sig)
-	}
+// syncBuffer is a bytes.Buffer safe for hubd's two output streams.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
-// kill9 kills hubd with SIGKILL and waits for it to be reaped.
-func (p *hubProc) kill9(t *testing.T) {
-	t.Helper()
-	p.signal(syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("hubd survived SIGKILL")
-	}
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
 }
 
-// stop asks hubd to shut down and waits.
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func (p *hubProc) stop(t *testing.T) {
 	t.Helper()
-	p.signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("hubd did not stop on SIGTERM")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Stop(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func (p *hubProc) hubKey(t *testing.T) *btcec.PublicKey {
 	t.Helper()
-	b, err := hex.DecodeString(p.rt.PubKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := btcec.ParsePubKey(b)
+	k, err := p.HubKey()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,7 +329,7 @@ func TestKill9AfterEnrol(t *testing.T) {
 	}
 
 	_, id := enrol(t, dir, "payer")
-	p.kill9(t)
+	p.Kill()
 
 	// The kernel kills btcd when its parent dies (PR_SET_PDEATHSIG).
 	deadline := time.Now().Add(5 * time.Second)

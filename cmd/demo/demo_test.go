@@ -1,0 +1,34 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo runs the demo end to end against real binaries and checks what it
+// reports, not just that it exits.
+func TestDemo(t *testing.T) {
+	bin := t.TempDir()
+	for _, pkg := range []string{"../hubd", "github.com/btcsuite/btcd"} {
+		if out, err := exec.Command("go", "build", "-o", bin+"/", pkg).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	sum, err := run(ctx, &out, bin+"/hubd", "", false, false)
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 1 || sum.DeviceID == "" {
+		t.Fatalf("summary %+v", sum)
+	}
+	if len(sum.HubPubKey) != 66 || !strings.Contains(out.String(), "demo OK") {
+		t.Fatalf("unexpected output:\n%s", out.String())
+	}
+}
