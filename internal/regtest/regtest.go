@@ -7,10 +7,16 @@
 // clean up after a crash that somehow left it running, and Stop shuts it down
 // with SIGTERM before escalating.
 //
-// btcd deletes its regtest block database every time it starts, so the chain
-// begins again at the genesis block after each Start even though Dir is
-// reused. Callers that remember on-chain outputs across restarts must expect
-// them to be gone (simnet, which btcd does not wipe, would keep them).
+// The chain survives restarts, including a kill -9 of the hub. btcd deletes
+// its regtest block database every time it starts (removeRegressionDB, with
+// no flag to turn it off), so the package keeps its own durable copy: an
+// append-only archive of raw blocks in Dir (ArchiveFile), which a goroutine
+// keeps in step with the node's best chain, following reorganisations, and
+// which Mine updates before it returns. Start replays the archive into the
+// fresh btcd with submitblock, where every block is validated again, before
+// it returns. A record cut short by a crash in the middle of an append is
+// dropped with a warning. The mempool is not kept: unconfirmed transactions
+// are gone after a restart and must be broadcast again.
 package regtest
 
 import (
@@ -60,13 +66,29 @@ var (
 
 	// ErrNotReady means btcd did not answer RPC within the start timeout.
 	ErrNotReady = errors.New("regtest: btcd did not become ready")
+
+	// ErrArchiveLocked means another node, in this process or another,
+	// holds the chain archive in Dir for longer than the start timeout.
+	ErrArchiveLocked = errors.New("regtest: chain archive locked by another node")
+
+	// ErrArchiveCorrupt means the chain archive file in Dir is not an
+	// archive at all (a damaged tail is repaired, not reported).
+	ErrArchiveCorrupt = errors.New("regtest: chain archive corrupt")
+
+	// ErrReplay means btcd refused an archived block or ended on a
+	// different tip. Removing ArchiveFile from Dir starts a new chain.
+	ErrReplay = errors.New("regtest: chain archive replay failed")
+
+	// ErrArchiveClosed means the archive can no longer be written: the
+	// node was stopped or btcd exited.
+	ErrArchiveClosed = errors.New("regtest: chain archive closed")
 )
 
 // Config configures a regtest node.
 type Config struct {
-	// Dir holds everything the node writes: chain data, logs, the RPC TLS
-	// certificate and key, its config file and the pid file. It is created
-	// if missing. btcd itself wipes the regtest chain on each start.
+	// Dir holds everything the node writes: the chain archive, btcd's
+	// data and logs, the RPC TLS certificate and key, its config file and
+	// the pid file. It is created if missing. Reusing it keeps the chain.
 	Dir string
 
 	// Binary is the btcd executable. When empty, Start looks for `btcd`
@@ -88,6 +110,11 @@ type Config struct {
 	// StopGrace is how long Stop waits after SIGTERM before SIGKILL. Zero
 	// means DefaultStopGrace.
 	StopGrace time.Duration
+
+	// ArchiveInterval is how often the best chain is compared with the
+	// archive, to catch blocks mined by other RPC clients and reorgs.
+	// Zero means DefaultArchiveInterval.
+	ArchiveInterval time.Duration
 
 	// Logger receives lifecycle events. Nil means slog.Default().
 	Logger *slog.Logger
@@ -113,6 +140,7 @@ type Node struct {
 	rpc     RPCConfig
 	p2p     string
 	client  *rpcclient.Client
+	batch   *batchClient
 	pid     int
 	pidFile string
 
@@ -124,12 +152,24 @@ type Node struct {
 
 	stopOnce sync.Once
 	stopErr  error
+
+	// archMu serialises every use of arch, which is nil once closed. The
+	// archive loop is owned through archCancel and archWG.
+	archMu     sync.Mutex
+	arch       *archive
+	archCancel context.CancelFunc
+	archWG     sync.WaitGroup
+
+	// replayed and replayTook describe the replay done by Start.
+	replayed   int
+	replayTook time.Duration
 }
 
 // Start launches btcd in regtest mode with data under cfg.Dir, on free
-// loopback ports, and returns once it answers getblockcount. If a pid file in
-// cfg.Dir names a btcd still running from an earlier crashed run, that
-// process is terminated first, since it would hold the database lock.
+// loopback ports, replays the chain archived in cfg.Dir into it and returns
+// once its best block is the archive's tip. If a pid file in cfg.Dir names a
+// btcd still running from an earlier crashed run, that process is terminated
+// first, since it would hold the database lock.
 func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("regtest: Config.Dir is required")
@@ -139,6 +179,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = DefaultStopGrace
+	}
+	if cfg.ArchiveInterval == 0 {
+		cfg.ArchiveInterval = DefaultArchiveInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -158,6 +201,34 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := killStale(ctx, cfg.Logger, dir); err != nil {
 		return nil, err
 	}
+	// The archive is opened, locked and repaired before btcd is spawned,
+	// so a Dir in use or beyond repair fails without starting anything.
+	arch, err := openArchive(ctx, filepath.Join(dir, ArchiveFile), cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	n, err := startNode(ctx, cfg)
+	if err != nil {
+		arch.close()
+		return nil, err
+	}
+
+	n.arch = arch
+	if err := n.replay(ctx); err != nil {
+		n.closeArchive()
+		n.kill()
+		os.Remove(n.pidFile)
+		return nil, err
+	}
+	archCtx, archCancel := context.WithCancel(context.Background())
+	n.archCancel = archCancel
+	n.archWG.Add(1)
+	go n.archiveLoop(archCtx, cfg.ArchiveInterval)
+	return n, nil
+}
+
+// startNode finds the binary and launches btcd, retrying on a port race.
+func startNode(ctx context.Context, cfg Config) (*Node, error) {
 	bin, err := findBinary(ctx, cfg.Binary)
 	if err != nil {
 		return nil, err
@@ -296,6 +367,11 @@ func launch(ctx context.Context, cfg Config, bin string) (*Node, error) {
 		tail := tailFile(outPath, 2048)
 		return nil, fmt.Errorf("%w (output: %s)", err, tail)
 	}
+	if n.batch, err = newBatchClient(n.rpc); err != nil {
+		n.kill()
+		os.Remove(n.pidFile)
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -373,16 +449,34 @@ func (n *Node) Pid() int { return n.pid }
 // Exited is closed when the btcd process has exited, whether by Stop or not.
 func (n *Node) Exited() <-chan struct{} { return n.exited }
 
-// Stop shuts btcd down: SIGTERM, then SIGKILL if it has not exited within the
-// grace period or before ctx is done. It always waits until the process is
-// reaped, closes the RPC client and removes the pid file. It is safe to call
-// more than once.
+// Stop archives any blocks not yet archived, then shuts btcd down: SIGTERM,
+// then SIGKILL if it has not exited within the grace period or before ctx is
+// done. It always waits until the process is reaped, closes the archive and
+// the RPC client and removes the pid file. It is safe to call more than once.
 func (n *Node) Stop(ctx context.Context) error {
 	n.stopOnce.Do(func() { n.stopErr = n.stop(ctx) })
 	return n.stopErr
 }
 
 func (n *Node) stop(ctx context.Context) error {
+	// A last sync keeps the blocks other clients mined since the previous
+	// poll; it needs btcd, so it comes before btcd is told to go.
+	n.archCancel()
+	n.archWG.Wait()
+	select {
+	case <-n.exited:
+	default:
+		syncCtx, cancel := context.WithTimeout(ctx, n.cfg.StopGrace)
+		if err := n.syncArchive(syncCtx); err != nil && !errors.Is(err, ErrArchiveClosed) {
+			n.log.Warn("final chain archive sync failed", "err", err)
+		}
+		cancel()
+	}
+	if err := n.closeArchive(); err != nil {
+		n.log.Warn("closing chain archive", "err", err)
+	}
+	n.batch.close()
+
 	if n.client != nil {
 		n.client.Shutdown()
 		n.client.WaitForShutdown()
@@ -460,7 +554,10 @@ func (n *Node) BlockCount(ctx context.Context) (int64, error) {
 	return count, nil
 }
 
-// Mine mines n blocks paying Config.MiningAddr and returns their hashes.
+// Mine mines n blocks paying Config.MiningAddr and returns their hashes once
+// they are in the chain archive, so they survive even a kill -9 right after
+// Mine returns. If archiving fails the blocks exist in btcd but Mine returns
+// the error; the archive loop retries.
 func (n *Node) Mine(ctx context.Context, blocks uint32) ([]chainhash.Hash, error) {
 	var hexes []string
 	if err := n.call(ctx, btcjson.NewGenerateCmd(blocks), &hexes); err != nil {
@@ -473,6 +570,9 @@ func (n *Node) Mine(ctx context.Context, blocks uint32) ([]chainhash.Hash, error
 			return nil, fmt.Errorf("regtest: generate: %w", err)
 		}
 		hashes[i] = *hash
+	}
+	if err := n.syncArchive(ctx); err != nil {
+		return nil, fmt.Errorf("regtest: archive mined blocks: %w", err)
 	}
 	return hashes, nil
 }
