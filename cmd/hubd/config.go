@@ -43,12 +43,12 @@ type btcdConfig struct {
 
 type limitsConfig struct {
 	HandshakeTimeout time.Duration `long:"handshake-timeout" env:"HANDSHAKE_TIMEOUT" default:"10s" description:"time a connection has after the noise handshake to authenticate"`
-	MaxSessions      int           `long:"max-sessions" env:"MAX_SESSIONS" default:"20000" description:"live sessions in total"`
+	MaxSessions      int           `long:"max-sessions" env:"MAX_SESSIONS" default:"10000" description:"live sessions in total"`
 	MaxSessionsPerIP int           `long:"max-sessions-per-ip" env:"MAX_SESSIONS_PER_IP" default:"1000" description:"live sessions from one IP address"`
 	MaxMessageSize   int           `long:"max-message-size" env:"MAX_MESSAGE_SIZE" default:"65535" description:"largest message accepted from a device, in bytes"`
-	SendQueue        int           `long:"send-queue" env:"SEND_QUEUE" default:"256" description:"messages queued to one device before it is dropped as too slow"`
+	SendQueue        int           `long:"send-queue" env:"SEND_QUEUE" default:"64" description:"messages queued to one device before it is dropped as too slow"`
 	PingInterval     time.Duration `long:"ping-interval" env:"PING_INTERVAL" default:"30s" description:"keepalive ping interval"`
-	PongTimeout      time.Duration `long:"pong-timeout" env:"PONG_TIMEOUT" default:"20s" description:"time to answer a ping before the session is dropped"`
+	PongTimeout      time.Duration `long:"pong-timeout" env:"PONG_TIMEOUT" default:"15s" description:"time to answer a ping before the session is dropped"`
 }
 
 // defaultDataDir follows the XDG base directory convention.
