@@ -11,8 +11,10 @@ import (
 )
 
 // config is hubd's configuration. Every option can come from a flag, from an
-// M2MHUB_* environment variable, or from an ini config file (--config), in
-// that order of precedence: flag over environment over file over default.
+// M2MHUB_* environment variable, or from an ini config file (--config). The
+// precedence is go-flags': a flag beats the file, the file beats the
+// environment (which go-flags treats as a default), and that beats the
+// built-in default.
 type config struct {
 	ConfigFile string `long:"config" env:"M2MHUB_CONFIG" description:"ini config file (options by long name)" no-ini:"true"`
 	DataDir    string `long:"datadir" env:"M2MHUB_DATADIR" description:"data directory (default: $XDG_DATA_HOME/m2mhub or ~/.m2mhub)"`
