@@ -160,10 +160,14 @@ func (a *archive) load() error {
 			a.log.Warn("chain archive: cutting off a damaged tail, likely a crash mid-append",
 				"path", a.path, "offset", off, "dropped_bytes", fi.Size()-off,
 				"kept_blocks", len(a.hashes), "reason", why)
+			a.size = off
 			if err := a.f.Truncate(off); err != nil {
 				return fmt.Errorf("regtest: archive: %w", err)
 			}
-			return a.f.Sync()
+			if err := a.f.Sync(); err != nil {
+				return fmt.Errorf("regtest: archive: %w", err)
+			}
+			return nil
 		}
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return bad("record header cut short")
