@@ -101,7 +101,7 @@ func New(cfg Config) (*Store, error) {
 		db.MaxBatchDelay = cfg.BatchDelay
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketKeyIndex, bucketAudit, bucketTokens, bucketMeta} {
+		for _, b := range append([][]byte{bucketDevices, bucketKeyIndex, bucketAudit, bucketTokens, bucketMeta}, channelBucketSet...) {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -41,6 +41,13 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestChannelConformance(t *testing.T) {
+	root := t.TempDir()
+	storetest.RunChannels(t, func(t *testing.T) storetest.ChannelStoreUnderTest {
+		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
+	})
+}
+
 func TestReopenAfterCloseKeepsData(t *testing.T) {
 	dir := t.TempDir()
 	s := mustOpen(t, dir)
