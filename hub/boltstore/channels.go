@@ -24,14 +24,14 @@ import (
 // transaction and inside it only compares a sequence number and copies
 // bytes. Holds are split the same way.
 var (
-	bucketChannels   = []byte("channels")   // pending id -> ChannelRecord JSON (state fields zero)
-	bucketChanState  = []byte("chanstate")  // pending id -> state (see encodeState)
-	bucketFunding    = []byte("funding")    // outpoint key -> pending id
-	bucketDevChans   = []byte("devchans")   // device id || 0 || big-endian order -> pending id
-	bucketHolds      = []byte("holds")      // hold id -> Hold JSON (Captured zero)
-	bucketHoldState  = []byte("holdstate")  // hold id -> hold state (see encodeHoldState)
-	bucketChanHolds  = []byte("chanholds")  // outpoint key || hold id -> empty
-	bucketReceipts   = []byte("receipts")   // outpoint key || big-endian seq -> receipt
+	bucketChannels   = []byte("channels")  // pending id -> ChannelRecord JSON (state fields zero)
+	bucketChanState  = []byte("chanstate") // pending id -> state (see encodeState)
+	bucketFunding    = []byte("funding")   // outpoint key -> pending id
+	bucketDevChans   = []byte("devchans")  // device id || 0 || big-endian order -> pending id
+	bucketHolds      = []byte("holds")     // hold id -> Hold JSON (Captured zero)
+	bucketHoldState  = []byte("holdstate") // hold id -> hold state (see encodeHoldState)
+	bucketChanHolds  = []byte("chanholds") // outpoint key || hold id -> empty
+	bucketReceipts   = []byte("receipts")  // outpoint key || big-endian seq -> receipt
 	channelBucketSet = [][]byte{bucketChannels, bucketChanState, bucketFunding, bucketDevChans, bucketHolds, bucketHoldState, bucketChanHolds, bucketReceipts}
 )
 
