@@ -2,6 +2,7 @@ package regtest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/btcsuite/btcd/blockchain"
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/btcjson"
@@ -481,4 +483,68 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	b.ReportMetric(float64(replay.Milliseconds())/float64(b.N), "replay-ms/op")
 	b.ReportMetric(500, "blocks")
+}
+
+// oldChain builds n valid regtest blocks on the genesis block, dated from
+// days ago at one-minute spacing, as a chain archived long before would be.
+func oldChain(tb testing.TB, n int, age time.Duration) [][]byte {
+	tb.Helper()
+	params := &chaincfg.RegressionNetParams
+	target := blockchain.CompactToBig(params.PowLimitBits)
+	prev := *params.GenesisHash
+	t0 := time.Now().Add(-age).Truncate(time.Second)
+	var out [][]byte
+	for i := range n {
+		coinbase := wire.NewMsgTx(1)
+		coinbase.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&chainhash.Hash{}, wire.MaxPrevOutIndex),
+			[]byte{txscript.OP_DATA_4, byte(i), byte(i >> 8), 0xaa, 0x55}, nil))
+		coinbase.AddTxOut(wire.NewTxOut(blockchain.CalcBlockSubsidy(int32(i+1), params), []byte{txscript.OP_TRUE}))
+		merkle := coinbase.TxHash()
+		hdr := wire.NewBlockHeader(0x20000000, &prev, &merkle, params.PowLimitBits, 0)
+		hdr.Timestamp = t0.Add(time.Duration(i) * time.Minute)
+		for {
+			h := hdr.BlockHash()
+			if blockchain.HashToBig(&h).Cmp(target) <= 0 {
+				break
+			}
+			hdr.Nonce++
+		}
+		blk := wire.NewMsgBlock(hdr)
+		if err := blk.AddTransaction(coinbase); err != nil {
+			tb.Fatal(err)
+		}
+		var buf bytes.Buffer
+		if err := blk.Serialize(&buf); err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, buf.Bytes())
+		prev = blk.BlockHash()
+	}
+	return out
+}
+
+// TestReplayOldChain replays a chain whose blocks are days old, as after a
+// hub was down over a weekend: btcd accepts them and mines on top of them
+// at today's time.
+func TestReplayOldChain(t *testing.T) {
+	cfg := Config{Dir: t.TempDir(), MiningAddr: mustTaprootAddr(t), Logger: testLogger(t)}
+	blocks := oldChain(t, 150, 72*time.Hour)
+	a := mustOpenArchive(t, filepath.Join(cfg.Dir, ArchiveFile), testLogger(t))
+	if err := a.appendBlocks(blocks); err != nil {
+		t.Fatal(err)
+	}
+	tip := a.tip()
+	a.close()
+
+	n := mustStart(t, cfg)
+	if got := mustChainState(t, n); got.height != 150 || got.best != tip {
+		t.Fatalf("chain after replaying old blocks = %+v, want height 150 at %s", got, tip)
+	}
+	hashes, err := n.Mine(t.Context(), 2)
+	if err != nil {
+		t.Fatalf("Mine on an old chain: %v", err)
+	}
+	if h, archived, _ := archiveTip(n); h != 152 || archived != hashes[1] {
+		t.Fatalf("archive at %d %s, want 152 %s", h, archived, hashes[1])
+	}
 }

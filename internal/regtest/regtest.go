@@ -12,7 +12,9 @@
 // no flag to turn it off), so the package keeps its own durable copy: an
 // append-only archive of raw blocks in Dir (ArchiveFile), which a goroutine
 // keeps in step with the node's best chain, following reorganisations, and
-// which Mine updates before it returns. Start replays the archive into the
+// which Mine updates before it returns; blocks mined by other RPC clients
+// are durable within ArchiveInterval, at once after SyncArchive, and at Stop.
+// Start replays the archive into the
 // fresh btcd with submitblock, where every block is validated again, before
 // it returns. A record cut short by a crash in the middle of an append is
 // dropped with a warning. The mempool is not kept: unconfirmed transactions
