@@ -159,7 +159,7 @@ type FrameWriter interface {
 // included). The size is checked from the frame header before the body is
 // read or allocated, so a peer cannot make the reader buffer more than
 // maxSize. Custom messages m2mhub defines are returned as their own types
-// (*Enrol); other custom types come back as *lnwire.Custom. Errors wrap
+// (*Enrol, *Pay, ...); other custom types come back as *lnwire.Custom. Errors wrap
 // ErrMessageTooLarge or ErrProtocol when the peer is at fault; any other error
 // is the transport's.
 func ReadMessage(r FrameReader, maxSize int) (lnwire.Message, error) {
@@ -178,19 +178,26 @@ func ReadMessage(r FrameReader, maxSize int) (lnwire.Message, error) {
 }
 
 // DecodeMessage parses one plaintext lnwire message (2-byte type and payload).
+// m2mhub's custom types come back as their own types (see NewMessage); other
+// custom types as *lnwire.Custom. A payload the type's decoder refuses yields
+// an error wrapping ErrProtocol.
 func DecodeMessage(b []byte) (lnwire.Message, error) {
 	msg, err := lnwire.ReadMessage(bytes.NewReader(b), ProtocolVersion)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
 	}
-	if c, ok := msg.(*lnwire.Custom); ok && c.Type == MsgEnrol {
-		e := new(Enrol)
-		if err := e.Decode(bytes.NewReader(c.Data), ProtocolVersion); err != nil {
-			return nil, err
-		}
-		return e, nil
+	c, ok := msg.(*lnwire.Custom)
+	if !ok {
+		return msg, nil
 	}
-	return msg, nil
+	m := NewMessage(c.Type)
+	if m == nil {
+		return msg, nil
+	}
+	if err := m.Decode(bytes.NewReader(c.Data), ProtocolVersion); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // EncodeMessage serialises msg with its 2-byte type, refusing anything larger
