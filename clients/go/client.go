@@ -362,14 +362,19 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 			return &RefusedError{Code: string(ce.Code), Message: ce.Message}
 		case *lnwire.Warning:
 			s.log.Warn("hub warning", "data", string(m.Data))
-		case *lnwire.Custom:
+		default:
+			// Custom messages reach the caller whether wire.DecodeMessage
+			// returned one of m2mhub's own types (*wire.Pay …) or an
+			// *lnwire.Custom it does not know.
+			if msg.MsgType() < lnwire.CustomTypeStart {
+				s.log.Debug("ignoring hub message", "type", msg.MsgType())
+				continue
+			}
 			select {
-			case s.msgs <- m:
+			case s.msgs <- msg:
 			case <-s.ctx.Done():
 				return ErrClosed
 			}
-		default:
-			s.log.Debug("ignoring hub message", "type", msg.MsgType())
 		}
 	}
 }

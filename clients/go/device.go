@@ -1,0 +1,713 @@
+package m2mclient
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/btcsuite/btcd/btcutil"
+	"github.com/btcsuite/btcd/chaincfg"
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/clock"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// Device errors. Callers test them with errors.Is; hub refusals come as
+// *ChannelError (errors.As).
+var (
+	// ErrOffline means the Device has no session (NewDevice was given
+	// none): only local operations (Balance, History, Refund) work.
+	ErrOffline = errors.New("m2mclient: device has no hub session")
+	// ErrNotReady means the channel is not in a state that allows the
+	// operation (not funded yet, closing, closed).
+	ErrNotReady = errors.New("m2mclient: channel not ready")
+	// ErrBadOffer means the hub offered a channel whose key or script does
+	// not derive from the pinned hub key and the device's own terms; the
+	// device must not fund it.
+	ErrBadOffer = errors.New("m2mclient: hub offer does not verify")
+	// ErrBadReceipt means the hub acknowledged a payment with a receipt
+	// that does not verify or does not describe the payment.
+	ErrBadReceipt = errors.New("m2mclient: bad receipt")
+	// ErrBadProposal means the hub's close transaction does not pay the
+	// device what it is owed; the device did not sign it.
+	ErrBadProposal = errors.New("m2mclient: close proposal refused")
+	// ErrDeviceClosed means Close was called.
+	ErrDeviceClosed = errors.New("m2mclient: device closed")
+)
+
+// Channel error codes the hub sends (docs/protocol.md has the meaning of
+// each). They are the Code of a *ChannelError.
+const (
+	CodeUnknownChannel  = string(wire.ChanUnknownChannel)
+	CodeNotReady        = string(wire.ChanNotReady)
+	CodeFrozen          = string(wire.ChanFrozen)
+	CodeChannelClosed   = string(wire.ChanClosed)
+	CodeStaleState      = string(wire.ChanStaleState)
+	CodeSeqGap          = string(wire.ChanSeqGap)
+	CodeBadAmount       = string(wire.ChanBadAmount)
+	CodeOverCapacity    = string(wire.ChanOverCapacity)
+	CodeBadSignature    = string(wire.ChanBadSignature)
+	CodeUnknownPayee    = string(wire.ChanUnknownPayee)
+	CodeHoldExceeded    = string(wire.ChanHoldExceeded)
+	CodeHoldExpired     = string(wire.ChanHoldExpired)
+	CodeHoldUnknown     = string(wire.ChanHoldUnknown)
+	CodeCreditLimit     = string(wire.ChanCreditLimit)
+	CodeRateLimited     = string(wire.ChanRateLimited)
+	CodeFundingMismatch = string(wire.ChanFundingMismatch)
+	CodePolicyRefused   = string(wire.ChanPolicyRefused)
+	CodeBusy            = string(wire.ChanBusy)
+)
+
+// ChannelError is a hub's refusal of a channel operation. Test for it with
+// errors.As.
+type ChannelError struct {
+	Code    string
+	Message string
+}
+
+// Error describes the refusal.
+func (e *ChannelError) Error() string {
+	return fmt.Sprintf("m2mclient: hub refused: %s: %s", e.Code, e.Message)
+}
+
+// DefaultRequestTimeout bounds a wait for the hub's answer when the
+// caller's context has no deadline.
+const DefaultRequestTimeout = 30 * time.Second
+
+// DeviceConfig configures NewDevice.
+type DeviceConfig struct {
+	// Key is the device's identity key, the one its Session proves.
+	Key *btcec.PrivateKey
+	// HubKey is the hub's pinned identity key. Channel keys the hub offers
+	// and receipts it signs are checked against it.
+	HubKey *btcec.PublicKey
+	// Params is the bitcoin network (funding addresses are encoded for
+	// it).
+	Params *chaincfg.Params
+	// Store keeps the device's channels. Nil selects a FileStore in Dir.
+	Store ChannelStore
+	// Dir is the FileStore's directory when Store is nil.
+	Dir string
+	// Policy bounds what the device signs.
+	Policy Policy
+	// AutoAuthorize signs every hold the hub forwards that Policy allows.
+	AutoAuthorize bool
+	// OnHold, when set, decides holds Policy allows (AutoAuthorize is then
+	// ignored). It runs on its own goroutine and must return promptly;
+	// the provider is waiting.
+	OnHold func(HoldRequest) bool
+	// OnPaymentRequest, when set, decides payment requests that do not
+	// capture a hold the device signed; without it they are paid whenever
+	// Policy allows. Captures are paid when they fit their hold and
+	// Policy, without asking.
+	OnPaymentRequest func(PaymentRequest) bool
+	// MaxCloseFee bounds the part of a cooperative close's fee the device
+	// accepts to pay (only when the hub's own share cannot cover it).
+	// Zero means DefaultMaxCloseFee.
+	MaxCloseFee btcutil.Amount
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Clock drives the policy window and hold expiry. Defaults to the
+	// wall clock.
+	Clock clock.Clock
+}
+
+// DefaultMaxCloseFee is the default DeviceConfig.MaxCloseFee.
+const DefaultMaxCloseFee btcutil.Amount = 5000
+
+// devChannel is one channel in memory.
+type devChannel struct {
+	// op serialises the operations that talk to the hub about this
+	// channel (pay, close): each signs on top of the previous state, and
+	// the hub's answers are matched by channel.
+	op sync.Mutex
+
+	mu  sync.Mutex // guards st; held across Save so saves stay ordered
+	st  *ChannelState
+	out *channel.Output
+}
+
+// waitKey names what a waiting call expects an answer about.
+type waitKey struct {
+	kind    byte // 'r' req id, 'p' pending id, 'c' channel, 'h' hold id
+	req     uint64
+	pending [32]byte
+	chanID  btcwire.OutPoint
+	hold    [16]byte
+}
+
+// waiters routes hub answers to the calls waiting for them. Device and
+// Provider share it.
+type waiters struct {
+	mu sync.Mutex
+	m  map[waitKey]chan lnwire.Message
+}
+
+func (w *waiters) add(k waitKey) (<-chan lnwire.Message, func()) {
+	ch := make(chan lnwire.Message, 4)
+	w.mu.Lock()
+	if w.m == nil {
+		w.m = make(map[waitKey]chan lnwire.Message)
+	}
+	w.m[k] = ch
+	w.mu.Unlock()
+	return ch, func() {
+		w.mu.Lock()
+		if w.m[k] == ch {
+			delete(w.m, k)
+		}
+		w.mu.Unlock()
+	}
+}
+
+// deliver hands msg to the waiter under k, reporting whether there was one.
+// It never blocks: a waiter gets at most a few answers and reads them.
+func (w *waiters) deliver(k waitKey, msg lnwire.Message) bool {
+	w.mu.Lock()
+	ch, ok := w.m[k]
+	w.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case ch <- msg:
+	default:
+	}
+	return true
+}
+
+// deliverError routes a ChannelError by the ids it carries, most specific
+// first.
+func (w *waiters) deliverError(e *wire.ChannelError) bool {
+	switch {
+	case e.ReqID != nil && w.deliver(waitKey{kind: 'r', req: *e.ReqID}, e):
+	case e.PendingID != nil && w.deliver(waitKey{kind: 'p', pending: *e.PendingID}, e):
+	case e.HoldID != nil && w.deliver(waitKey{kind: 'h', hold: *e.HoldID}, e):
+	case e.ChanID != nil && w.deliver(waitKey{kind: 'c', chanID: *e.ChanID}, e):
+	default:
+		return false
+	}
+	return true
+}
+
+// Device is the payer side of m2mhub channels: it opens and funds channels,
+// pays within its Policy, answers the hub's hold and payment requests, and
+// closes or refunds channels. Its state lives in a ChannelStore so that it
+// survives restarts; every signature is saved before it is sent.
+type Device struct {
+	cfg     DeviceConfig
+	s       *Session
+	log     *slog.Logger
+	limiter *Limiter
+	w       waiters
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	chans   map[[32]byte]*devChannel // by pending id
+	byID    map[btcwire.OutPoint]*devChannel
+	nextReq uint64
+}
+
+// NewDevice loads the device's channels from the store and, when s is not
+// nil, starts serving the hub's messages on s; Close stops it. The Device
+// must be the only reader of s.Messages(). With a nil session the Device
+// works offline: Balance, History and Refund need no hub, which is what a
+// device whose hub has vanished needs.
+func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
+	switch {
+	case cfg.Key == nil || cfg.HubKey == nil || cfg.Params == nil:
+		return nil, errors.New("m2mclient: device key, hub key and chain params are required")
+	case cfg.Store == nil && cfg.Dir == "":
+		return nil, errors.New("m2mclient: a store or a directory is required")
+	}
+	if s != nil && !s.deviceKey.PubKey().IsEqual(cfg.Key.PubKey()) {
+		return nil, errors.New("m2mclient: device key differs from the session's")
+	}
+	if cfg.Store == nil {
+		fs, err := NewFileStore(cfg.Dir)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Store = fs
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.NewDefaultClock()
+	}
+	if cfg.MaxCloseFee == 0 {
+		cfg.MaxCloseFee = DefaultMaxCloseFee
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Device{
+		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock),
+		ctx: ctx, cancel: cancel,
+		chans: make(map[[32]byte]*devChannel), byID: make(map[btcwire.OutPoint]*devChannel),
+		// Request ids only need to be unique among this process's
+		// outstanding requests; starting from the clock keeps a restarted
+		// device from matching a stale answer to a new request.
+		nextReq: uint64(cfg.Clock.Now().UnixNano()),
+	}
+	states, err := cfg.Store.Load(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	for i := range states {
+		if err := d.addChannel(&states[i]); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	if s != nil {
+		d.wg.Add(1)
+		go d.run()
+	}
+	return d, nil
+}
+
+// Close stops serving the hub's messages and waits for the handlers under
+// way. It does not close the Session, which the caller owns.
+func (d *Device) Close() error {
+	d.cancel()
+	d.wg.Wait()
+	return nil
+}
+
+// addChannel indexes a loaded or new channel record.
+func (d *Device) addChannel(st *ChannelState) error {
+	out, err := channel.NewOutput(st.Params(d.cfg.Key.PubKey()))
+	if err != nil {
+		return fmt.Errorf("m2mclient: channel %x: %w", st.PendingID, err)
+	}
+	c := &devChannel{st: st, out: out}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.chans[st.PendingID] = c
+	if st.Funding != (btcwire.OutPoint{}) {
+		d.byID[st.Funding] = c
+	}
+	return nil
+}
+
+func (d *Device) channel(id btcwire.OutPoint) (*devChannel, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.byID[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %v", ErrUnknownChannel, id)
+	}
+	return c, nil
+}
+
+// channelCopy returns a snapshot of the channel's record.
+func (d *Device) channelCopy(id btcwire.OutPoint) (*ChannelState, error) {
+	c, err := d.channel(id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.clone(), nil
+}
+
+// save persists c.st; c.mu must be held.
+func (d *Device) save(ctx context.Context, c *devChannel) error {
+	return d.cfg.Store.Save(context.WithoutCancel(ctx), *c.st)
+}
+
+func (d *Device) reqID() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nextReq++
+	return d.nextReq
+}
+
+// send writes msg to the hub.
+func (d *Device) send(ctx context.Context, msg lnwire.Message) error {
+	if d.s == nil {
+		return ErrOffline
+	}
+	return d.s.Send(ctx, msg)
+}
+
+// await waits for one answer on ch, bounded by ctx (or
+// DefaultRequestTimeout when ctx has no deadline) and by Close.
+func (d *Device) await(ctx context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
+	return await(ctx, d.ctx, ch)
+}
+
+func await(ctx, owner context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
+		defer cancel()
+	}
+	select {
+	case m := <-ch:
+		return m, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("m2mclient: waiting for the hub: %w", ctx.Err())
+	case <-owner.Done():
+		return nil, ErrDeviceClosed
+	}
+}
+
+// asError turns a hub ChannelError into the caller's *ChannelError.
+func asError(m *wire.ChannelError) *ChannelError {
+	return &ChannelError{Code: string(m.Code), Message: m.Message}
+}
+
+// run dispatches the hub's messages until Close or the session ends.
+// Answers go to the waiting call; requests (holds, payment requests) get a
+// handler goroutine each, because answering them may itself wait for the
+// hub.
+func (d *Device) run() {
+	defer d.wg.Done()
+	for {
+		var msg lnwire.Message
+		var ok bool
+		select {
+		case <-d.ctx.Done():
+			return
+		case msg, ok = <-d.s.Messages():
+			if !ok {
+				return
+			}
+		}
+		d.dispatch(msg)
+	}
+}
+
+func (d *Device) dispatch(msg lnwire.Message) {
+	var routed bool
+	switch m := msg.(type) {
+	case *wire.ChannelOffer:
+		routed = d.w.deliver(waitKey{kind: 'r', req: m.ReqID}, m)
+	case *wire.ChannelReady:
+		routed = d.w.deliver(waitKey{kind: 'p', pending: m.PendingID}, m)
+	case *wire.PayAck:
+		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+	case *wire.CloseProposal:
+		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+	case *wire.ChannelClosed:
+		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+		d.markClosed(m)
+		routed = true
+	case *wire.ChannelError:
+		routed = d.w.deliverError(m)
+	case *wire.HoldRequest:
+		d.spawn(func() { d.onHoldRequest(m) })
+		routed = true
+	case *wire.PaymentRequest:
+		d.spawn(func() { d.onPaymentRequest(m) })
+		routed = true
+	case *wire.HoldClosed:
+		d.onHoldClosed(m)
+		routed = true
+	}
+	if !routed {
+		d.log.Debug("unexpected hub message", "type", msg.MsgType())
+	}
+}
+
+// spawn runs f on a goroutine the Device owns.
+func (d *Device) spawn(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+// PendingChannel is a channel the hub offered: pay exactly Capacity to
+// Address (or PkScript), then call Funded.
+type PendingChannel struct {
+	PendingID [32]byte
+	Address   btcutil.Address
+	PkScript  []byte
+	Capacity  btcutil.Amount
+	Expiry    uint32
+	MinDepth  uint32
+}
+
+// OpenChannel asks the hub for a channel of capacity expiring at block
+// expiryHeight. It checks the offer before returning it: the hub's channel
+// key must be the pinned hub key tweaked for this device and offer, and the
+// script to fund must be the one those keys and terms derive, so a hub (or
+// anyone in between) cannot make the device fund an output it could not
+// refund. The offer is saved before it is returned. Errors: *ChannelError,
+// ErrBadOffer, or a transport or context error.
+func (d *Device) OpenChannel(ctx context.Context, capacity btcutil.Amount, expiryHeight uint32) (*PendingChannel, error) {
+	req := d.reqID()
+	ch, done := d.w.add(waitKey{kind: 'r', req: req})
+	defer done()
+	if err := d.send(ctx, &wire.OpenChannel{ReqID: req, Capacity: capacity, Expiry: expiryHeight}); err != nil {
+		return nil, fmt.Errorf("m2mclient: open channel: %w", err)
+	}
+	msg, err := d.await(ctx, ch)
+	if err != nil {
+		return nil, err
+	}
+	var offer *wire.ChannelOffer
+	switch m := msg.(type) {
+	case *wire.ChannelError:
+		return nil, asError(m)
+	case *wire.ChannelOffer:
+		offer = m
+	default:
+		return nil, fmt.Errorf("%w: unexpected answer %v", wire.ErrProtocol, msg.MsgType())
+	}
+	if offer.Capacity != capacity || offer.Expiry != expiryHeight {
+		return nil, fmt.Errorf("%w: offer for %d sat expiring at %d, asked %d sat at %d",
+			ErrBadOffer, offer.Capacity, offer.Expiry, capacity, expiryHeight)
+	}
+	tweak := channel.ChannelKeyTweak(d.cfg.Key.PubKey(), offer.PendingID)
+	want, err := channel.HubChannelPubKey(d.cfg.HubKey, tweak)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadOffer, err)
+	}
+	if offer.HubChanKey == nil || !offer.HubChanKey.IsEqual(want) {
+		return nil, fmt.Errorf("%w: hub channel key is not the pinned key tweaked for this offer", ErrBadOffer)
+	}
+	st := &ChannelState{
+		PendingID: offer.PendingID, HubKey: want, Capacity: capacity, Expiry: expiryHeight,
+		MinDepth: offer.MinDepth, Status: StatusOffered,
+	}
+	out, err := channel.NewOutput(st.Params(d.cfg.Key.PubKey()))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadOffer, err)
+	}
+	if !bytes.Equal(out.PkScript(), offer.PkScript) {
+		return nil, fmt.Errorf("%w: script to fund differs from the channel's", ErrBadOffer)
+	}
+	addr, err := out.Address(d.cfg.Params)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.cfg.Store.Save(ctx, *st); err != nil {
+		return nil, err
+	}
+	if err := d.addChannel(st); err != nil {
+		return nil, err
+	}
+	return &PendingChannel{
+		PendingID: offer.PendingID, Address: addr, PkScript: out.PkScript(),
+		Capacity: capacity, Expiry: expiryHeight, MinDepth: offer.MinDepth,
+	}, nil
+}
+
+// Channel is a snapshot of one channel.
+type Channel struct {
+	ID        btcwire.OutPoint
+	PendingID [32]byte
+	Capacity  btcutil.Amount
+	Expiry    uint32
+	Status    ChannelStatus
+	Seq       uint64
+	Paid      lnwire.MilliSatoshi
+	CloseTx   *chainhash.Hash
+}
+
+func snapshot(st *ChannelState) *Channel {
+	return &Channel{
+		ID: st.Funding, PendingID: st.PendingID, Capacity: st.Capacity, Expiry: st.Expiry,
+		Status: st.Status, Seq: st.Seq, Paid: st.Paid, CloseTx: st.CloseTx,
+	}
+}
+
+// Funded tells the hub that outpoint pays the offered channel and waits
+// until the hub reports it ready (funding confirmed at the offer's depth),
+// bounded by ctx. The outpoint is saved first, so Refund works from here on
+// even if the hub never answers. Calling Funded again after a timeout
+// resumes the wait. Errors: ErrUnknownChannel, *ChannelError (e.g.
+// "funding-mismatch"), or a transport or context error.
+func (d *Device) Funded(ctx context.Context, pendingID [32]byte, outpoint btcwire.OutPoint) (*Channel, error) {
+	d.mu.Lock()
+	c, ok := d.chans[pendingID]
+	d.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: pending %x", ErrUnknownChannel, pendingID)
+	}
+	c.mu.Lock()
+	switch {
+	case c.st.Status == StatusReady && c.st.Funding == outpoint:
+		defer c.mu.Unlock()
+		return snapshot(c.st), nil
+	case c.st.Status != StatusOffered && c.st.Status != StatusFunded,
+		c.st.Status == StatusFunded && c.st.Funding != outpoint:
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: channel is %s", ErrNotReady, c.st.Status)
+	}
+	c.st.Funding, c.st.Status = outpoint, StatusFunded
+	err := d.save(ctx, c)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.byID[outpoint] = c
+	d.mu.Unlock()
+
+	ch, done := d.w.add(waitKey{kind: 'p', pending: pendingID})
+	defer done()
+	if err := d.send(ctx, &wire.ChannelFunded{PendingID: pendingID, Outpoint: outpoint}); err != nil {
+		return nil, fmt.Errorf("m2mclient: channel funded: %w", err)
+	}
+	msg, err := d.await(ctx, ch)
+	if err != nil {
+		return nil, err
+	}
+	switch m := msg.(type) {
+	case *wire.ChannelError:
+		return nil, asError(m)
+	case *wire.ChannelReady:
+		if m.Outpoint != outpoint || m.Capacity != c.st.Capacity || m.Expiry != c.st.Expiry {
+			return nil, fmt.Errorf("%w: ready for %v %d sat expiry %d", ErrBadOffer, m.Outpoint, m.Capacity, m.Expiry)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st.Status = StatusReady
+	if err := d.save(ctx, c); err != nil {
+		return nil, err
+	}
+	return snapshot(c.st), nil
+}
+
+// Funder pays an address from a wallet; *btcdchain.Wallet satisfies it.
+type Funder interface {
+	// Send pays amount to to and returns the transaction id.
+	Send(ctx context.Context, to btcutil.Address, amount btcutil.Amount) (chainhash.Hash, error)
+}
+
+// TxLookup returns a transaction by id, from the mempool or the chain. With
+// a *btcdchain.Client c:
+//
+//	func(ctx context.Context, id chainhash.Hash) (*wire.MsgTx, error) {
+//		info, err := c.GetTx(ctx, id)
+//		return info.Tx, err
+//	}
+type TxLookup func(ctx context.Context, txid chainhash.Hash) (*btcwire.MsgTx, error)
+
+// FundAndOpen opens a channel, pays it from funder, finds the funding
+// output in the transaction (lookup) and waits for the hub's ChannelReady,
+// bounded by ctx. The caller mines or waits for the confirmations.
+func (d *Device) FundAndOpen(ctx context.Context, funder Funder, lookup TxLookup,
+	capacity btcutil.Amount, expiryHeight uint32) (*Channel, error) {
+
+	pc, err := d.OpenChannel(ctx, capacity, expiryHeight)
+	if err != nil {
+		return nil, err
+	}
+	txid, err := funder.Send(ctx, pc.Address, capacity)
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: fund channel: %w", err)
+	}
+	tx, err := lookup(ctx, txid)
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: fund channel: %w", err)
+	}
+	for i, out := range tx.TxOut {
+		if out.Value == int64(capacity) && bytes.Equal(out.PkScript, pc.PkScript) {
+			return d.Funded(ctx, pc.PendingID, btcwire.OutPoint{Hash: txid, Index: uint32(i)})
+		}
+	}
+	return nil, fmt.Errorf("m2mclient: funding tx %s has no output paying the channel", txid)
+}
+
+// Channels returns a snapshot of every channel the device knows.
+func (d *Device) Channels() []*Channel {
+	d.mu.Lock()
+	cs := make([]*devChannel, 0, len(d.chans))
+	for _, c := range d.chans {
+		cs = append(cs, c)
+	}
+	d.mu.Unlock()
+	out := make([]*Channel, 0, len(cs))
+	for _, c := range cs {
+		c.mu.Lock()
+		out = append(out, snapshot(c.st))
+		c.mu.Unlock()
+	}
+	return out
+}
+
+// Balance is what a channel holds, as the device's records say.
+type Balance struct {
+	Capacity btcutil.Amount
+	// Paid is the latest acknowledged cumulative payment.
+	Paid lnwire.MilliSatoshi
+	// Unconfirmed is a signed payment the hub has not acknowledged yet
+	// (zero without one); the hub may hold its signature.
+	Unconfirmed lnwire.MilliSatoshi
+	// Reserved is what active holds can still capture.
+	Reserved lnwire.MilliSatoshi
+	// Available is what the device can still pay: the channel's maximum
+	// less Paid, Unconfirmed and Reserved.
+	Available lnwire.MilliSatoshi
+}
+
+// Balance returns the channel's balance from the local records; it needs
+// no hub. It returns an error wrapping ErrUnknownChannel.
+func (d *Device) Balance(chanID btcwire.OutPoint) (Balance, error) {
+	st, err := d.channelCopy(chanID)
+	if err != nil {
+		return Balance{}, err
+	}
+	b := Balance{Capacity: st.Capacity, Paid: st.Paid}
+	if st.Pending != nil {
+		b.Unconfirmed = st.Pending.Amount
+	}
+	now := d.cfg.Clock.Now()
+	for _, h := range st.Holds {
+		if now.Before(h.Expires) {
+			b.Reserved += h.Max - h.Captured
+		}
+	}
+	maxPaid := st.Params(d.cfg.Key.PubKey()).MaxPaid()
+	if used := b.Paid + b.Unconfirmed + b.Reserved; used < maxPaid {
+		b.Available = maxPaid - used
+	}
+	return b, nil
+}
+
+// History returns the channel's receipts from the local store, oldest
+// first.
+func (d *Device) History(ctx context.Context, chanID btcwire.OutPoint) ([]*channel.Receipt, error) {
+	if _, err := d.channel(chanID); err != nil {
+		return nil, err
+	}
+	return d.cfg.Store.Receipts(ctx, chanID)
+}
+
+// markClosed records a close the hub reported.
+func (d *Device) markClosed(m *wire.ChannelClosed) {
+	c, err := d.channel(m.ChanID)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.Status == StatusClosed {
+		return
+	}
+	txid := m.Txid
+	c.st.Status, c.st.CloseTx = StatusClosed, &txid
+	if err := d.save(d.ctx, c); err != nil {
+		d.log.Error("saving closed channel", "chan", m.ChanID, "err", err)
+	}
+}
