@@ -1,0 +1,189 @@
+package hub
+
+import (
+	"context"
+	"errors"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+
+	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
+)
+
+// watch is the manager's chain watcher. Every PollInterval it confirms
+// fundings and closes, expires holds and stale offers, and, when the tip
+// moved, runs the expiry safety scan.
+func (c *Channels) watch() {
+	height := int32(-1)
+	c.loadActiveHolds(c.ctx)
+	for {
+		c.poll(c.ctx, &height)
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.clock.TickAfter(c.cfg.PollInterval):
+		}
+	}
+}
+
+// poll runs one round of the watcher. Each step logs its own failures and
+// the next round tries again, so one unreachable node or store error does
+// not stop the others.
+func (c *Channels) poll(ctx context.Context, height *int32) {
+	c.expireHolds(ctx)
+	c.checkPending(ctx)
+	c.checkClosing(ctx)
+	h, err := c.cfg.Chain.BlockCount(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("chain height unavailable", "err", err)
+		}
+		return
+	}
+	if h != *height {
+		*height = h
+		c.expiryScan(ctx, uint32(h))
+	}
+}
+
+// loadActiveHolds caches the channels that have active holds, so holds
+// made before a restart still expire on time.
+func (c *Channels) loadActiveHolds(ctx context.Context) {
+	recs, err := c.store.Channels(ctx, ChannelReady, ChannelFrozen)
+	if err != nil {
+		c.log.Error("loading channels failed", "err", err)
+		return
+	}
+	for _, r := range recs {
+		holds, err := c.store.Holds(ctx, r.Funding)
+		if err != nil {
+			c.log.Error("loading holds failed", "channel", r.Funding, "err", err)
+			continue
+		}
+		for _, h := range holds {
+			if h.Status == HoldActive {
+				if _, err := c.entry(ctx, r.Funding); err != nil {
+					c.log.Error("loading channel failed", "channel", r.Funding, "err", err)
+				}
+				break
+			}
+		}
+	}
+}
+
+// checkPending re-checks every offer: a named funding output is looked up
+// until it is deep enough or proves wrong; an offer left unfunded past
+// PendingTimeout fails, so it stops counting against the device's
+// MaxPendingOpens.
+func (c *Channels) checkPending(ctx context.Context) {
+	recs, err := c.store.Channels(ctx, ChannelPending)
+	if err != nil {
+		c.log.Error("listing pending channels failed", "err", err)
+		return
+	}
+	now := c.clock.Now()
+	for _, r := range recs {
+		if r.Funding != (btcwire.OutPoint{}) {
+			left, err := c.checkFunding(ctx, r)
+			var ce *wire.ChannelError
+			switch {
+			case errors.As(err, &ce):
+				c.send(ctx, r.DeviceID, ce)
+				continue
+			case err != nil:
+				c.log.Warn("funding check failed", "channel", r.Funding, "err", err)
+				continue
+			case left:
+				continue
+			}
+		}
+		if now.Sub(r.CreatedAt) > c.cfg.PendingTimeout {
+			if _, err := c.putStatus(ctx, r, ChannelFailed); err != nil {
+				c.log.Error("failing stale offer failed", "err", err)
+				continue
+			}
+			c.log.Info("offer expired unfunded", "device", r.DeviceID)
+			pid := r.PendingID
+			ce := refuse(wire.ChanFundingMismatch, "no confirmed funding within %s", c.cfg.PendingTimeout)
+			ce.PendingID = &pid
+			c.send(ctx, r.DeviceID, ce)
+		}
+	}
+}
+
+// checkClosing marks a closing channel closed once its close or claim
+// transaction is MinDepth deep.
+func (c *Channels) checkClosing(ctx context.Context) {
+	recs, err := c.store.Channels(ctx, ChannelClosing)
+	if err != nil {
+		c.log.Error("listing closing channels failed", "err", err)
+		return
+	}
+	for _, r := range recs {
+		if r.CloseTx == nil {
+			continue
+		}
+		conf, err := c.cfg.Chain.Confirmations(ctx, *r.CloseTx)
+		if errors.Is(err, btcdchain.ErrNotFound) {
+			c.log.Warn("closing transaction unknown to the node", "channel", r.Funding, "txid", r.CloseTx)
+			continue
+		}
+		if err != nil {
+			c.log.Warn("close confirmation check failed", "channel", r.Funding, "err", err)
+			continue
+		}
+		if conf < int64(r.MinDepth) || conf < 1 {
+			continue
+		}
+		c.setStatus(ctx, r.Funding, ChannelClosing, ChannelClosed)
+	}
+}
+
+// setStatus moves channel op from status from to status to, through its
+// cached entry so the cache and the store agree.
+func (c *Channels) setStatus(ctx context.Context, op btcwire.OutPoint, from, to ChannelStatus) {
+	e, err := c.entry(ctx, op)
+	if err != nil {
+		c.log.Error("loading channel failed", "channel", op, "err", err)
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.rec.Status != from {
+		return
+	}
+	rec, err := c.putStatus(ctx, e.rec, to)
+	if err != nil {
+		c.log.Error("channel status change failed", "channel", op, "err", err)
+		return
+	}
+	e.rec = rec
+	c.log.Info("channel "+string(to), "channel", op, "txid", rec.CloseTx)
+}
+
+// expiryScan claims every channel the hub was paid in whose expiry is
+// within SafetyMargin blocks, so the claim confirms before the device's
+// refund becomes valid, and warns at twice the margin.
+func (c *Channels) expiryScan(ctx context.Context, height uint32) {
+	recs, err := c.store.Channels(ctx, ChannelReady, ChannelFrozen)
+	if err != nil {
+		c.log.Error("listing open channels failed", "err", err)
+		return
+	}
+	m := c.cfg.SafetyMargin
+	for _, r := range recs {
+		switch {
+		case r.Paid == 0 || height+2*m < r.Expiry:
+			continue
+		case height+m < r.Expiry:
+			c.log.Warn("channel nears expiry", "channel", r.Funding, "expiry", r.Expiry, "height", height)
+			continue
+		}
+		txid, err := c.Claim(ctx, r.Funding)
+		if err != nil {
+			c.log.Warn("expiry claim not made", "channel", r.Funding, "expiry", r.Expiry, "height", height, "err", err)
+			continue
+		}
+		c.log.Warn("channel claimed before expiry", "channel", r.Funding, "expiry", r.Expiry, "height", height, "txid", txid)
+	}
+}
