@@ -9,15 +9,18 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcjson"
+	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	"github.com/btcsuite/btcd/rpcclient"
 	"github.com/btcsuite/btcd/wire"
 )
 
 // DefaultArchiveInterval is how often a running node's best chain is
-// compared with the archive when Config.ArchiveInterval is zero. Blocks mined
-// through Mine are archived before it returns; the interval only bounds how
-// long blocks mined by other RPC clients stay undurable.
-const DefaultArchiveInterval = 200 * time.Millisecond
+// compared with the archive when Config.ArchiveInterval is zero. It is only
+// the fallback: btcd announces every block connected or disconnected over a
+// websocket, and the archive follows at once. Blocks mined through Mine are
+// archived before it returns in any case.
+const DefaultArchiveInterval = time.Second
 
 // SyncArchive brings the chain archive in step with the node's best chain
 // now, instead of at the next poll: blocks mined by other RPC clients are
@@ -194,10 +197,64 @@ func hashResult(r batchResult, method string) (chainhash.Hash, error) {
 	return *h, nil
 }
 
+// watchBlocks opens a websocket on which btcd announces every block
+// connected to or disconnected from its best chain, each a nudge on wake.
+// Polling alone would be wasteful: btcd closes every HTTP RPC connection
+// after one call, so each poll costs a TLS handshake, about 2% of a core
+// (hub and btcd together) at five polls a second.
+func (n *Node) watchBlocks(ctx context.Context, wake chan<- struct{}) (*rpcclient.Client, error) {
+	nudge := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	c, err := rpcclient.New(&rpcclient.ConnConfig{
+		Host:         n.rpc.Host,
+		Endpoint:     "ws",
+		User:         n.rpc.User,
+		Pass:         n.rpc.Pass,
+		Certificates: n.rpc.Cert,
+		// Without reconnection the client's goroutines end with the
+		// connection; the poll covers a lost socket.
+		DisableAutoReconnect: true,
+	}, &rpcclient.NotificationHandlers{
+		OnFilteredBlockConnected:    func(int32, *wire.BlockHeader, []*btcutil.Tx) { nudge() },
+		OnFilteredBlockDisconnected: func(int32, *wire.BlockHeader) { nudge() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("regtest: block notifications: %w", err)
+	}
+	shutdown := func() {
+		c.Shutdown()
+		c.WaitForShutdown()
+	}
+	select {
+	case r := <-c.SendCmd(btcjson.NewNotifyBlocksCmd()):
+		replay := make(chan *rpcclient.Response, 1)
+		replay <- r
+		if _, err := rpcclient.ReceiveFuture(replay); err != nil {
+			shutdown()
+			return nil, fmt.Errorf("regtest: notifyblocks: %w", err)
+		}
+	case <-ctx.Done():
+		shutdown()
+		return nil, ctx.Err()
+	}
+	return c, nil
+}
+
 // archiveLoop keeps the archive in step with the node until ctx is cancelled
-// or btcd exits.
-func (n *Node) archiveLoop(ctx context.Context, every time.Duration) {
+// or btcd exits, syncing on every block notification from ws and every
+// interval. It owns ws, which may be nil, and shuts it down.
+func (n *Node) archiveLoop(ctx context.Context, every time.Duration, ws *rpcclient.Client, wake <-chan struct{}) {
 	defer n.archWG.Done()
+	if ws != nil {
+		defer func() {
+			ws.Shutdown()
+			ws.WaitForShutdown()
+		}()
+	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	failing := false
@@ -213,6 +270,7 @@ func (n *Node) archiveLoop(ctx context.Context, every time.Duration) {
 			}
 			return
 		case <-tick.C:
+		case <-wake:
 		}
 		err := n.syncArchive(ctx)
 		switch {

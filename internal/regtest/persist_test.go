@@ -327,8 +327,9 @@ func TestRestartCutsDamagedTail(t *testing.T) {
 
 // TestArchiveFollowsReorg makes btcd switch branches with invalidateblock and
 // a longer branch mined behind the package's back (plain generate, not
-// Mine): the archive loop notices, cuts back to the fork point and follows
-// the new branch, and a restart comes up on it.
+// Mine): the archive loop, woken by btcd's notifications (the poll is set
+// to an hour), cuts back to the fork point and follows the new branch, and
+// a restart comes up on it.
 func TestArchiveFollowsReorg(t *testing.T) {
 	dir := t.TempDir()
 	keyPath := filepath.Join(dir, "wallet.key")
@@ -338,7 +339,7 @@ func TestArchiveFollowsReorg(t *testing.T) {
 	}
 	cfg := Config{
 		Dir: filepath.Join(dir, "btcd"), MiningAddr: addr.EncodeAddress(),
-		ArchiveInterval: 20 * time.Millisecond, Logger: testLogger(t),
+		ArchiveInterval: time.Hour, Logger: testLogger(t),
 	}
 	ctx := t.Context()
 	n := mustStart(t, cfg)
@@ -414,38 +415,55 @@ func TestArchiveFollowsReorg(t *testing.T) {
 }
 
 // TestArchiveLoopCatchesForeignBlocks checks that blocks mined by another
-// RPC client, not through Mine, reach the archive by themselves.
+// RPC client, not through Mine, reach the archive by themselves: through
+// btcd's block notifications with no poll to speak of, and through the poll
+// alone with notifications off.
 func TestArchiveLoopCatchesForeignBlocks(t *testing.T) {
-	cfg := Config{
-		Dir: t.TempDir(), MiningAddr: mustTaprootAddr(t),
-		ArchiveInterval: 20 * time.Millisecond, Logger: testLogger(t),
+	for _, tt := range []struct {
+		name     string
+		interval time.Duration
+		pollOnly bool
+	}{
+		{"Notified", time.Hour, false},
+		{"Polled", 20 * time.Millisecond, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{
+				Dir: t.TempDir(), MiningAddr: mustTaprootAddr(t),
+				ArchiveInterval: tt.interval, Logger: testLogger(t), pollOnly: tt.pollOnly,
+			}
+			n := mustStart(t, cfg)
+			var hexes []string
+			if err := n.call(t.Context(), btcjson.NewGenerateCmd(300), &hexes); err != nil {
+				t.Fatal(err)
+			}
+			want, err := chainhash.NewHashFromStr(hexes[len(hexes)-1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "archive to reach height 300", func() bool {
+				h, tip, _ := archiveTip(n)
+				return h == 300 && tip == *want
+			})
+		})
 	}
-	n := mustStart(t, cfg)
-	var hexes []string
-	if err := n.call(t.Context(), btcjson.NewGenerateCmd(300), &hexes); err != nil {
-		t.Fatal(err)
-	}
-	want, err := chainhash.NewHashFromStr(hexes[len(hexes)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "archive to reach height 300", func() bool {
-		h, tip, _ := archiveTip(n)
-		return h == 300 && tip == *want
-	})
 }
 
 // TestStopArchivesForeignBlocks checks Stop's last sync: blocks another
-// client mined just before Stop are kept even though no poll saw them.
+// client mined just before Stop are kept even though neither a poll nor a
+// notification (both off) brought them to the archive.
 func TestStopArchivesForeignBlocks(t *testing.T) {
 	cfg := Config{
 		Dir: t.TempDir(), MiningAddr: mustTaprootAddr(t),
-		ArchiveInterval: time.Hour, Logger: testLogger(t),
+		ArchiveInterval: time.Hour, Logger: testLogger(t), pollOnly: true,
 	}
 	n := mustStart(t, cfg)
 	var hexes []string
 	if err := n.call(t.Context(), btcjson.NewGenerateCmd(12), &hexes); err != nil {
 		t.Fatal(err)
+	}
+	if h, _, _ := archiveTip(n); h != 0 {
+		t.Fatalf("archive at height %d before Stop; the test needs it behind", h)
 	}
 	if err := n.Stop(t.Context()); err != nil {
 		t.Fatal(err)

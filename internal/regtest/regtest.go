@@ -13,7 +13,8 @@
 // append-only archive of raw blocks in Dir (ArchiveFile), which a goroutine
 // keeps in step with the node's best chain, following reorganisations, and
 // which Mine updates before it returns; blocks mined by other RPC clients
-// are durable within ArchiveInterval, at once after SyncArchive, and at Stop.
+// are archived as soon as btcd announces them on a websocket (within
+// ArchiveInterval should that fail), at once by SyncArchive, and at Stop.
 // Start replays the archive into the
 // fresh btcd with submitblock, where every block is validated again, before
 // it returns. A record cut short by a crash in the middle of an append is
@@ -114,12 +115,17 @@ type Config struct {
 	StopGrace time.Duration
 
 	// ArchiveInterval is how often the best chain is compared with the
-	// archive, to catch blocks mined by other RPC clients and reorgs.
-	// Zero means DefaultArchiveInterval.
+	// archive even without a block notification from btcd, to catch
+	// blocks mined by other RPC clients and reorgs should a notification
+	// be lost. Zero means DefaultArchiveInterval.
 	ArchiveInterval time.Duration
 
 	// Logger receives lifecycle events. Nil means slog.Default().
 	Logger *slog.Logger
+
+	// pollOnly turns block notifications off, so tests can check the
+	// fallback poll on its own.
+	pollOnly bool
 }
 
 // RPCConfig is what a client needs to reach the node's JSON-RPC server.
@@ -222,10 +228,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		os.Remove(n.pidFile)
 		return nil, err
 	}
+	// Without notifications the archive still follows, by polling only.
+	wake := make(chan struct{}, 1)
+	var ws *rpcclient.Client
+	if !cfg.pollOnly {
+		if ws, err = n.watchBlocks(ctx, wake); err != nil {
+			n.log.Warn("no block notifications, archive polls only", "err", err)
+		}
+	}
 	archCtx, archCancel := context.WithCancel(context.Background())
 	n.archCancel = archCancel
 	n.archWG.Add(1)
-	go n.archiveLoop(archCtx, cfg.ArchiveInterval)
+	go n.archiveLoop(archCtx, cfg.ArchiveInterval, ws, wake)
 	return n, nil
 }
 
