@@ -15,11 +15,11 @@
 // which Mine updates before it returns; blocks mined by other RPC clients
 // are archived as soon as btcd announces them on a websocket (within
 // ArchiveInterval should that fail), at once by SyncArchive, and at Stop.
-// Start replays the archive into the
-// fresh btcd with submitblock, where every block is validated again, before
-// it returns. A record cut short by a crash in the middle of an append is
-// dropped with a warning. The mempool is not kept: unconfirmed transactions
-// are gone after a restart and must be broadcast again.
+// Start replays the archive into the fresh btcd with submitblock, where every
+// block is validated again, before it returns. A record cut short by a crash
+// in the middle of an append is dropped with a warning. The mempool is not
+// kept: unconfirmed transactions are gone after a restart and must be
+// broadcast again.
 package regtest
 
 import (
