@@ -90,7 +90,16 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: create %s: %w", cfg.Path, err)
 	}
 	file := filepath.Join(cfg.Path, FileName)
-	db, err := bolt.Open(file, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
+	// The freelist is not written on each commit but rebuilt from the pages
+	// when the file is opened (as lnd runs bbolt): with many channels it
+	// grows large, and rewriting it on every group commit of the payment
+	// path costs more than the scan at start-up. The hashmap freelist keeps
+	// page allocation cheap when it is large.
+	db, err := bolt.Open(file, 0o600, &bolt.Options{
+		Timeout:        cfg.OpenTimeout,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (waited %v; is another hubd running on this data directory?)", ErrLocked, file, cfg.OpenTimeout)
 	}

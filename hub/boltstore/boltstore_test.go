@@ -229,3 +229,14 @@ func BenchmarkApply(b *testing.B) {
 		storetest.MustApply(b, s, "", devs[i])
 	}
 }
+
+// BenchmarkApplyPayment measures durable payment updates per second with
+// many concurrent writers sharing group commits: the hub's hot path.
+func BenchmarkApplyPayment(b *testing.B) {
+	s, err := boltstore.New(boltstore.Config{Path: b.TempDir(), BatchDelay: time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	storetest.BenchApplyPayment(b, s, 4096, 128)
+}
