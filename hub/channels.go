@@ -244,6 +244,9 @@ type Channels struct {
 	nextReq   uint64                        // last PaymentRequest id, atomic
 
 	limits sync.Map // device id → *rateLimiter
+	// fundMu serialises funding checks, which run from sessions and from
+	// the watcher.
+	fundMu sync.Mutex
 
 	startOnce sync.Once
 	closeOnce sync.Once

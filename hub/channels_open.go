@@ -166,6 +166,17 @@ func (c *Channels) funded(ctx context.Context, s *Session, m *wire.ChannelFunded
 // it ready and tells the device. It reports whether the channel left
 // pending.
 func (c *Channels) checkFunding(ctx context.Context, rec ChannelRecord) (bool, error) {
+	// The device's ChannelFunded and the watcher may check one offer at
+	// the same time; one of them decides, the other sees it decided.
+	c.fundMu.Lock()
+	defer c.fundMu.Unlock()
+	rec, err := c.store.ChannelByPending(ctx, rec.PendingID)
+	if err != nil {
+		return false, err
+	}
+	if rec.Status != ChannelPending {
+		return true, nil
+	}
 	out, err := c.output(rec)
 	if err != nil {
 		return false, err
