@@ -69,6 +69,7 @@ type Store struct {
 	rdb    *redis.Client
 	log    *slog.Logger
 	apply  *redis.Script
+	chs    channelScripts
 	prefix string
 
 	kHead, kAudit, kTokens, kKeyIndex, kDevices string
@@ -101,6 +102,7 @@ func New(cfg Config) (*Store, error) {
 		rdb:       redis.NewClient(opts),
 		log:       log,
 		apply:     redis.NewScript(applySource),
+		chs:       newChannelScripts(),
 		prefix:    p,
 		kHead:     p + "head",
 		kAudit:    p + "audit",
@@ -116,10 +118,12 @@ func New(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.checkDurability(ctx)
-	// Loading the script now turns the first Apply's EVALSHA into a hit.
-	if err := s.apply.Load(ctx, s.rdb).Err(); err != nil {
-		s.rdb.Close()
-		return nil, fmt.Errorf("redisstore: load apply script: %w", err)
+	// Loading the scripts now turns the first EVALSHA of each into a hit.
+	for _, sc := range append([]*redis.Script{s.apply}, s.chs.all()...) {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			s.rdb.Close()
+			return nil, fmt.Errorf("redisstore: load script: %w", err)
+		}
 	}
 	log.Info("registry store opened", "addr", opts.Addr, "db", opts.DB, "prefix", p)
 	return s, nil

@@ -39,6 +39,13 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestChannelConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunChannels(t, func(t *testing.T) storetest.ChannelStoreUnderTest {
+		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
+	})
+}
+
 // TestKillNineKeepsAcknowledgedWrites kills redis-server with SIGKILL while
 // writers are appending, restarts it on the same directory, and checks that
 // every Apply that returned nil is there and the chain is unbroken.
