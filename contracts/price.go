@@ -1,0 +1,288 @@
+package contracts
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/shopspring/decimal"
+)
+
+// Usage is one priced event as the hub sees it: who used what, when, and
+// the attributes the contract kind needs. Fields a kind does not use are
+// ignored by it.
+type Usage struct {
+	// Device is the paying device; Provider the one that served it.
+	Device   string `json:"device,omitempty"`
+	Provider string `json:"provider,omitempty"`
+	// Contract, when set (hex SHA-256), must equal the pricing contract's
+	// hash: a provider cannot have usage priced under another tariff.
+	Contract string `json:"contract,omitempty"`
+	// Session groups the events of one charging session or shipment.
+	Session string `json:"session,omitempty"`
+	// Start and End bound a session (EV charging).
+	Start time.Time `json:"start,omitzero"`
+	End   time.Time `json:"end,omitzero"`
+	// EventTime is when a point event happened: a toll passage, the start
+	// of an energy interval, a bandwidth report.
+	EventTime time.Time `json:"event_time,omitzero"`
+	// Quantity and Unit measure the event: passages, MB or kWh.
+	Quantity Dec    `json:"quantity,omitzero"`
+	Unit     string `json:"unit,omitempty"`
+
+	// VehicleClass selects the toll table row.
+	VehicleClass string `json:"vehicle_class,omitempty"`
+	// CumulativeMB is the volume already used in the current bandwidth
+	// billing window before this event; the hub tracks it.
+	CumulativeMB Dec `json:"cumulative_mb,omitzero"`
+	// SellerMeter and BuyerMeter are the two meters of an energy trade.
+	SellerMeter string `json:"seller_meter,omitempty"`
+	BuyerMeter  string `json:"buyer_meter,omitempty"`
+	// Periods is the charging profile of an EV session.
+	Periods []ChargingPeriod `json:"periods,omitempty"`
+	// Readings are the condition readings of a conditional release.
+	Readings []Reading `json:"readings,omitempty"`
+}
+
+// ChargingPeriod is one stretch of an EV session with constant state. It
+// lasts until the next period's Start, the last one until Usage.End.
+type ChargingPeriod struct {
+	Start time.Time `json:"start"`
+	// EnergyKWh is the energy delivered during the period.
+	EnergyKWh Dec `json:"energy_kwh,omitzero"`
+	// PowerKW is the charging power, for min_power/max_power restrictions.
+	PowerKW Dec `json:"power_kw,omitzero"`
+	// State is StateCharging or StateParking.
+	State string `json:"state"`
+}
+
+// Charging period states.
+const (
+	StateCharging = "charging"
+	StateParking  = "parking"
+)
+
+// Reading is one measurement, such as a temperature, with its time.
+type Reading struct {
+	Time  time.Time `json:"time,omitzero"`
+	Value Dec       `json:"value"`
+}
+
+// ParseUsage decodes a usage record strictly: unknown fields and trailing
+// data are refused, errors wrap ErrBadUsage.
+func ParseUsage(b []byte) (Usage, error) {
+	var u Usage
+	if len(b) > MaxSize {
+		return u, fmt.Errorf("%w: %d bytes, limit %d", ErrBadUsage, len(b), MaxSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		return u, fmt.Errorf("%w: %v", ErrBadUsage, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return u, fmt.Errorf("%w: trailing data after usage", ErrBadUsage)
+	}
+	return u, nil
+}
+
+// Line is one priced component of a breakdown.
+type Line struct {
+	// Component names what is priced: ENERGY, TIME, PARKING_TIME, FLAT,
+	// PASSAGE, TIER, INTERVAL, RELEASE.
+	Component string `json:"component"`
+	// Element is the index of the tariff element, band or tier that
+	// priced the line, -1 for a default price.
+	Element int `json:"element"`
+	// Quantity is what was billed, in Unit, after step rounding. Hours
+	// are shown to 9 decimal places; the amount uses the exact seconds.
+	Quantity Dec    `json:"quantity"`
+	Unit     string `json:"unit"`
+	// UnitPrice is the contract price per Unit.
+	UnitPrice Dec `json:"unit_price"`
+	// Amount is Quantity × UnitPrice in the contract currency, exact to
+	// 12 decimal places.
+	Amount Dec `json:"amount"`
+	// Msat is Amount converted at the contract rate and rounded half up.
+	Msat lnwire.MilliSatoshi `json:"msat"`
+	// VATPercent and VATMsat are the VAT rate and amount of the line,
+	// reported for invoicing; VAT is not charged through the hub.
+	VATPercent *Dec                `json:"vat_percent,omitempty"`
+	VATMsat    lnwire.MilliSatoshi `json:"vat_msat"`
+}
+
+// Breakdown is the result of pricing one usage record. Invariants:
+// SubtotalMsat is the sum of the lines' Msat; TotalMsat is SubtotalMsat
+// unless Adjustment names a min or max price; TotalMsat = FeeMsat +
+// ProviderMsat exactly.
+type Breakdown struct {
+	// Contract is the hex hash of the pricing contract.
+	Contract string `json:"contract"`
+	Kind     Kind   `json:"kind"`
+	Currency string `json:"currency"`
+	// Payer is debited TotalMsat; Provider is credited ProviderMsat. For
+	// an energy trade these are the buyer and seller meters.
+	Payer    string `json:"payer,omitempty"`
+	Provider string `json:"provider,omitempty"`
+	Lines    []Line `json:"lines"`
+
+	SubtotalMsat lnwire.MilliSatoshi `json:"subtotal_msat"`
+	// Adjustment is "MIN_PRICE" or "MAX_PRICE" when an EV tariff's bound
+	// replaced the subtotal, else empty.
+	Adjustment   string              `json:"adjustment,omitempty"`
+	TotalMsat    lnwire.MilliSatoshi `json:"total_msat"`
+	FeeMsat      lnwire.MilliSatoshi `json:"fee_msat"`
+	ProviderMsat lnwire.MilliSatoshi `json:"provider_msat"`
+	// VATMsat is the VAT on TotalMsat, reported, not charged.
+	VATMsat lnwire.MilliSatoshi `json:"vat_msat"`
+
+	// Release is the decision of a conditional release contract.
+	Release *ReleaseDecision `json:"release,omitempty"`
+}
+
+// item is a line before conversion: its amount is num/den in the contract
+// currency, kept as a fraction so that hours (den 3600) convert to msat
+// with a single rounding.
+type item struct {
+	component string
+	element   int
+	quantity  decimal.Decimal
+	unit      string
+	unitPrice decimal.Decimal
+	num       decimal.Decimal
+	den       int64
+	vat       *Dec
+}
+
+// Price prices one usage record under c. Per line, the exact amount in the
+// contract currency is multiplied by the rate and rounded half up to a whole
+// msat; the subtotal is the sum of those lines; an EV tariff's min/max price
+// then bounds it; the hub fee is floor(total × bps / 10000) + per-event fee,
+// capped at the total; the provider gets total − fee. Errors wrap
+// ErrBadUsage, ErrContractMismatch, ErrNoPrice, ErrOverLimit or ErrOverflow.
+func Price(c *Contract, u Usage) (Breakdown, error) {
+	if c == nil {
+		return Breakdown{}, fmt.Errorf("%w: nil contract", ErrInvalid)
+	}
+	hash := c.Hash()
+	hexHash := hex.EncodeToString(hash[:])
+	if u.Contract != "" && u.Contract != hexHash {
+		return Breakdown{}, fmt.Errorf("%w: usage names %s, contract is %s", ErrContractMismatch, u.Contract, hexHash)
+	}
+	b := Breakdown{Contract: hexHash, Kind: c.Kind, Currency: c.Currency, Payer: u.Device, Provider: u.Provider}
+
+	var (
+		items []item
+		ev    *EVCharging
+		err   error
+	)
+	switch c.Kind {
+	case KindEVCharging:
+		ev = c.EVCharging
+		items, err = ev.items(u)
+	case KindToll:
+		items, err = c.Toll.items(u)
+	case KindBandwidth:
+		items, err = c.Bandwidth.items(u)
+	case KindEnergy:
+		items, err = c.Energy.items(u)
+		b.Payer, b.Provider = u.BuyerMeter, u.SellerMeter
+	case KindConditionalRelease:
+		var d ReleaseDecision
+		d, items, err = c.ConditionalRelease.decide(c, u.Readings)
+		b.Release = &d
+	default:
+		err = fmt.Errorf("%w: unknown kind %q", ErrInvalid, c.Kind)
+	}
+	if err != nil {
+		return Breakdown{}, err
+	}
+
+	rate := c.rate()
+	var subtotal, vat decimal.Decimal
+	for _, it := range items {
+		msat := it.num.Mul(rate).DivRound(decimal.NewFromInt(it.den), 0)
+		m, err := toMsat(msat)
+		if err != nil {
+			return Breakdown{}, err
+		}
+		line := Line{
+			Component: it.component,
+			Element:   it.element,
+			Quantity:  D(it.quantity),
+			Unit:      it.unit,
+			UnitPrice: D(it.unitPrice),
+			Amount:    D(it.num.DivRound(decimal.NewFromInt(it.den), 12)),
+			Msat:      m,
+			VATPercent: it.vat,
+		}
+		if it.vat != nil {
+			v, err := toMsat(msat.Mul(it.vat.Decimal).DivRound(decimal.NewFromInt(100), 0))
+			if err != nil {
+				return Breakdown{}, err
+			}
+			line.VATMsat = v
+			vat = vat.Add(decimal.NewFromUint64(uint64(v)))
+		}
+		subtotal = subtotal.Add(msat)
+		b.Lines = append(b.Lines, line)
+	}
+	if b.SubtotalMsat, err = toMsat(subtotal); err != nil {
+		return Breakdown{}, err
+	}
+	total, vatTotal := subtotal, vat
+	if ev != nil {
+		total, vatTotal, b.Adjustment = ev.bound(subtotal, vat, rate)
+	}
+	if b.TotalMsat, err = toMsat(total); err != nil {
+		return Breakdown{}, err
+	}
+	if b.VATMsat, err = toMsat(vatTotal); err != nil {
+		return Breakdown{}, err
+	}
+	b.FeeMsat = c.fee(b.TotalMsat)
+	b.ProviderMsat = b.TotalMsat - b.FeeMsat
+	return b, nil
+}
+
+// rate is msat per unit of the contract currency.
+func (c *Contract) rate() decimal.Decimal {
+	if c.RateMsatPerUnit == nil {
+		return decimal.NewFromInt(1)
+	}
+	return c.RateMsatPerUnit.Decimal
+}
+
+// fee is the hub's share of total: floor(total × bps / 10000) plus the
+// per-event fee, never more than total, so the provider's share is never
+// negative.
+func (c *Contract) fee(total lnwire.MilliSatoshi) lnwire.MilliSatoshi {
+	if c.Fee == nil {
+		return 0
+	}
+	t := decimal.NewFromUint64(uint64(total))
+	f := t.Mul(decimal.NewFromInt(c.Fee.bps)).Shift(-4).Floor()
+	f = f.Add(decimal.NewFromInt(c.Fee.perEvent))
+	if f.GreaterThan(t) {
+		return total
+	}
+	return lnwire.MilliSatoshi(f.BigInt().Uint64())
+}
+
+// toMsat converts a decimal msat amount, rounding half up (all amounts
+// here are non-negative, where half away from zero is half up).
+func toMsat(d decimal.Decimal) (lnwire.MilliSatoshi, error) {
+	r := d.Round(0)
+	if r.IsNegative() {
+		return 0, fmt.Errorf("%w: negative amount %s", ErrOverflow, r)
+	}
+	n := r.BigInt()
+	if !n.IsUint64() {
+		return 0, fmt.Errorf("%w: %s msat", ErrOverflow, r)
+	}
+	return lnwire.MilliSatoshi(n.Uint64()), nil
+}
