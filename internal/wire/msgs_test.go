@@ -11,6 +11,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/channel"
 	"pgregory.net/rapid"
 )
 
@@ -278,5 +279,13 @@ func TestChannelErrorIsError(t *testing.T) {
 	var err error = &ChannelError{Code: ChanSeqGap, Message: "want seq 4"}
 	if err.Error() != "seq-gap: want seq 4" {
 		t.Fatalf("Error() = %q", err.Error())
+	}
+}
+
+// TestReceiptBound keeps the wire bound on carried receipts equal to the
+// largest receipt the channel package accepts.
+func TestReceiptBound(t *testing.T) {
+	if MaxReceiptSize != channel.MaxReceiptSize {
+		t.Fatalf("wire bound %d, channel bound %d", MaxReceiptSize, channel.MaxReceiptSize)
 	}
 }
