@@ -163,10 +163,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conns    int                          // noise-authenticated connections, sessions included
-	perIP    map[string]int               // conns by remote IP
-	pending  map[*brontide.Conn]struct{}  // conns not yet authenticated
-	sessions map[string]*Session          // live session by device id
+	conns    int                         // noise-authenticated connections, sessions included
+	perIP    map[string]int              // conns by remote IP
+	pending  map[*brontide.Conn]struct{} // conns not yet authenticated
+	sessions map[string]*Session         // live session by device id
 }
 
 // NewServer starts listening on cfg.Addr. The server runs until Close.

@@ -175,54 +175,58 @@ func TestHostileConnections(t *testing.T) {
 		return c
 	}
 
-	t.Run("Garbage", func(t *testing.T) {
-		t.Parallel()
-		c := tcp(t)
-		_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: hub\r\n\r\n-------------------------------------------------"))
-		closedWithin(t, c, 2*time.Second)
-	})
-	t.Run("TruncatedHandshake", func(t *testing.T) {
-		t.Parallel()
-		c := tcp(t)
-		_, _ = c.Write(make([]byte, 20)) // act one is 50 bytes
-		c.(*net.TCPConn).CloseWrite()
-		closedWithin(t, c, 7*time.Second)
-	})
-	t.Run("StalledHandshake", func(t *testing.T) {
-		t.Parallel()
-		// brontide's own 5 s act timeout closes it.
-		closedWithin(t, tcp(t), 7*time.Second)
-	})
-	t.Run("NoInitAfterHandshake", func(t *testing.T) {
-		t.Parallel()
-		c := h.rawDial(t, h.auth.add(t, StatusActive))
-		if e := readError(t, c, 2*time.Second); e.Code != wire.CodeTimeout {
-			t.Fatalf("code = %q, want timeout", e.Code)
-		}
-	})
-	t.Run("WrongFirstMessage", func(t *testing.T) {
-		t.Parallel()
-		c := h.rawDial(t, h.auth.add(t, StatusActive))
-		_ = wire.WriteMessage(c, lnwire.NewPing(0))
-		if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
-			t.Fatalf("code = %q, want protocol-violation", e.Code)
-		}
-	})
-	t.Run("OversizedFrameAfterAuth", func(t *testing.T) {
-		t.Parallel()
-		c := h.rawSession(t, h.auth.add(t, StatusActive))
-		_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 2, Data: make([]byte, 4000)})
-		if e := readError(t, c, 2*time.Second); e.Code != wire.CodeMessageTooLarge {
-			t.Fatalf("code = %q, want message-too-large", e.Code)
-		}
-	})
-	t.Run("GreedyPing", func(t *testing.T) {
-		t.Parallel()
-		c := h.rawSession(t, h.auth.add(t, StatusActive))
-		_ = wire.WriteMessage(c, lnwire.NewPing(60000))
-		if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
-			t.Fatalf("code = %q, want protocol-violation", e.Code)
-		}
+	// The group returns only when every parallel attack has finished.
+	t.Run("Attacks", func(t *testing.T) {
+		t.Run("Garbage", func(t *testing.T) {
+			t.Parallel()
+			c := tcp(t)
+			_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: hub\r\n\r\n-------------------------------------------------"))
+			closedWithin(t, c, 2*time.Second)
+		})
+		t.Run("TruncatedHandshake", func(t *testing.T) {
+			t.Parallel()
+			c := tcp(t)
+			_, _ = c.Write(make([]byte, 20)) // act one is 50 bytes
+			c.(*net.TCPConn).CloseWrite()
+			closedWithin(t, c, 7*time.Second)
+		})
+		t.Run("StalledHandshake", func(t *testing.T) {
+			t.Parallel()
+			// brontide's own 5 s act timeout closes it.
+			closedWithin(t, tcp(t), 7*time.Second)
+		})
+		t.Run("NoInitAfterHandshake", func(t *testing.T) {
+			t.Parallel()
+			c := h.rawDial(t, h.auth.add(t, StatusActive))
+			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeTimeout {
+				t.Fatalf("code = %q, want timeout", e.Code)
+			}
+		})
+		t.Run("WrongFirstMessage", func(t *testing.T) {
+			t.Parallel()
+			c := h.rawDial(t, h.auth.add(t, StatusActive))
+			_ = wire.WriteMessage(c, lnwire.NewPing(0))
+			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
+				t.Fatalf("code = %q, want protocol-violation", e.Code)
+			}
+		})
+		t.Run("OversizedFrameAfterAuth", func(t *testing.T) {
+			t.Parallel()
+			c := h.rawSession(t, h.auth.add(t, StatusActive))
+			_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 2, Data: make([]byte, 4000)})
+			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeMessageTooLarge {
+				t.Fatalf("code = %q, want message-too-large", e.Code)
+			}
+		})
+		t.Run("GreedyPing", func(t *testing.T) {
+			t.Parallel()
+			c := h.rawSession(t, h.auth.add(t, StatusActive))
+			_ = wire.WriteMessage(c, lnwire.NewPing(60000))
+			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
+				t.Fatalf("code = %q, want protocol-violation", e.Code)
+			}
+		})
+
 	})
 
 	// The hub is still healthy: the first device kept its very session,
