@@ -293,3 +293,15 @@ func BenchmarkApply(b *testing.B) {
 		storetest.MustApply(b, s, "", devs[i])
 	}
 }
+
+// BenchmarkApplyPayment measures durable payment updates per second against
+// a redis-server with appendfsync always: Redis fsyncs once per event-loop
+// turn, so concurrent clients share fsyncs. The pool has one connection per
+// writer, as a hub with many devices in flight would use.
+func BenchmarkApplyPayment(b *testing.B) {
+	const channels, parallelism = 4096, 128
+	srv := redistest.Start(b)
+	s := mustOpen(b, fmt.Sprintf("%s?pool_size=%d", srv.URL(), 2*parallelism), "")
+	defer s.Close()
+	storetest.BenchApplyPayment(b, s, channels, parallelism)
+}
