@@ -185,12 +185,16 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 	case *lnwire.Warning:
 		s.srv.log.Info("device sent warning", "device", s.device.ID, "data", string(m.Data))
 		return nil
-	case *lnwire.Custom:
+	}
+	// Custom messages reach the handler whether wire.DecodeMessage returned
+	// one of m2mhub's own types (*wire.Pay …) or an *lnwire.Custom it does
+	// not know; the handler answers unknown types.
+	if msg.MsgType() >= lnwire.CustomTypeStart {
 		if s.srv.cfg.Handler == nil {
-			s.srv.log.Debug("custom message without handler", "device", s.device.ID, "type", uint16(m.Type))
+			s.srv.log.Debug("custom message without handler", "device", s.device.ID, "type", uint16(msg.MsgType()))
 			return nil
 		}
-		return s.srv.cfg.Handler.HandleMessage(s.ctx, s, m)
+		return s.srv.cfg.Handler.HandleMessage(s.ctx, s, msg)
 	}
 	return fmt.Errorf("%w: unexpected %v after init", wire.ErrProtocol, msg.MsgType())
 }
