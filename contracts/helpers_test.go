@@ -91,3 +91,5 @@ func lineMsat(b Breakdown) []lnwire.MilliSatoshi {
 	}
 	return out
 }
+
+func hexOf(h [32]byte) string { return hex.EncodeToString(h[:]) }

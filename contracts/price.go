@@ -211,13 +211,13 @@ func Price(c *Contract, u Usage) (Breakdown, error) {
 			return Breakdown{}, err
 		}
 		line := Line{
-			Component: it.component,
-			Element:   it.element,
-			Quantity:  D(it.quantity),
-			Unit:      it.unit,
-			UnitPrice: D(it.unitPrice),
-			Amount:    D(it.num.DivRound(decimal.NewFromInt(it.den), 12)),
-			Msat:      m,
+			Component:  it.component,
+			Element:    it.element,
+			Quantity:   D(it.quantity),
+			Unit:       it.unit,
+			UnitPrice:  D(it.unitPrice),
+			Amount:     D(it.num.DivRound(decimal.NewFromInt(it.den), 12)),
+			Msat:       m,
 			VATPercent: it.vat,
 		}
 		if it.vat != nil {
