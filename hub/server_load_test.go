@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"sync/atomic"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 

@@ -1,0 +1,67 @@
+package m2mclient_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+
+	m2mclient "github.com/m2mhub/m2mhub/clients/go"
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// exampleRegistry is an in-memory Authenticator for the example only; a real
+// hub asks its registry.
+type exampleRegistry map[hub.PubKey]hub.Device
+
+func (r exampleRegistry) Authenticate(_ context.Context, key hub.PubKey) (hub.Device, error) {
+	d, ok := r[key]
+	if !ok {
+		return hub.Device{}, hub.ErrUnknownKey
+	}
+	return d, nil
+}
+
+func (r exampleRegistry) EnrolWithToken(context.Context, hub.PubKey, []byte) (hub.Device, error) {
+	return hub.Device{}, hub.ErrBadSignature
+}
+
+// ExampleDial connects a registered device to a hub running in this process,
+// then shows what an unregistered device gets.
+func ExampleDial() {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hubKey, _ := btcec.NewPrivateKey()
+	deviceKey, _ := btcec.NewPrivateKey()
+	pk := hub.PubKeyOf(deviceKey.PubKey())
+	reg := exampleRegistry{pk: {ID: "dev-charger-7", Key: pk, Status: hub.StatusActive}}
+
+	srv, err := hub.NewServer(hub.ServerConfig{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := m2mclient.Dial(ctx, srv.Addr().String(), hubKey.PubKey(), deviceKey, m2mclient.WithLogger(quiet))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("connected:", sess.Connected(), "sessions on hub:", srv.Sessions())
+	sess.Close()
+
+	stranger, _ := btcec.NewPrivateKey()
+	_, err = m2mclient.Dial(ctx, srv.Addr().String(), hubKey.PubKey(), stranger, m2mclient.WithLogger(quiet))
+	if refused, ok := errors.AsType[*m2mclient.RefusedError](err); ok {
+		fmt.Println("refused:", refused.Code, "permanent:", refused.Permanent())
+	}
+	// Output:
+	// connected: true sessions on hub: 1
+	// refused: unknown-key permanent: true
+}
