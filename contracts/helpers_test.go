@@ -93,3 +93,12 @@ func lineMsat(b Breakdown) []lnwire.MilliSatoshi {
 }
 
 func hexOf(h [32]byte) string { return hex.EncodeToString(h[:]) }
+
+func mustRead(tb testing.TB, path string) []byte {
+	tb.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return b
+}
