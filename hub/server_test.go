@@ -56,7 +56,7 @@ func TestSessionStaysConnected(t *testing.T) {
 	t.Run("CustomMessagesBothWays", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if err := dev.Send(ctx, &lnwire.Custom{Type: wire.TypeBase + 2, Data: []byte("hello")}); err != nil {
+		if err := dev.Send(ctx, &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: []byte("hello")}); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -70,7 +70,7 @@ func TestSessionStaysConnected(t *testing.T) {
 		select {
 		case m := <-dev.Messages():
 			c, ok := m.(*lnwire.Custom)
-			if !ok || c.Type != wire.TypeBase+3 || string(c.Data) != "hello" {
+			if !ok || c.Type != wire.TypeBase+0xF2 || string(c.Data) != "hello" {
 				t.Fatalf("device got %#v", m)
 			}
 		case <-ctx.Done():
@@ -213,7 +213,7 @@ func TestHostileConnections(t *testing.T) {
 		t.Run("OversizedFrameAfterAuth", func(t *testing.T) {
 			t.Parallel()
 			c := h.rawSession(t, h.auth.add(t, StatusActive))
-			_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 2, Data: make([]byte, 4000)})
+			_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 4000)})
 			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeMessageTooLarge {
 				t.Fatalf("code = %q, want message-too-large", e.Code)
 			}
@@ -258,7 +258,7 @@ func TestSlowReaderDropped(t *testing.T) {
 	key := h.auth.add(t, StatusActive)
 	_ = h.rawSession(t, key) // authenticated, then never reads
 	sess, _ := h.Session(DeviceID(PubKeyOf(key.PubKey())))
-	big := &lnwire.Custom{Type: wire.TypeBase + 3, Data: make([]byte, 60000)}
+	big := &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 60000)}
 	var err error
 	start := time.Now()
 	for i := 0; i < 5000 && err == nil; i++ {
