@@ -42,7 +42,13 @@ func MustPrice(tb testing.TB, c *Contract, u Usage) Breakdown {
 	return b
 }
 
-func checkBreakdown(tb testing.TB, c *Contract, b Breakdown) {
+// fataler is the part of testing.TB that rapid.T also has.
+type fataler interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+func checkBreakdown(tb fataler, c *Contract, b Breakdown) {
 	tb.Helper()
 	var sum lnwire.MilliSatoshi
 	for _, l := range b.Lines {
