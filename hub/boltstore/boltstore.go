@@ -1,10 +1,11 @@
-// Package boltstore is the embedded hub.Store: one bbolt file in the hub's
-// data directory, as lnd keeps its channel state. It is the default for a
-// single hubd; several hubd instances share state through redisstore instead.
+// Package boltstore is the embedded hub.Store and hub.ChannelStore: one
+// bbolt file in the hub's data directory, as lnd keeps its channel state. It
+// is the default for a single hubd; several hubd instances share state
+// through redisstore instead.
 //
-// Every acknowledged Apply has been fsynced: bbolt syncs the file on each
-// commit, and Apply goes through DB.Batch so concurrent writers share one
-// commit (group commit) instead of paying an fsync each.
+// Every acknowledged Apply and ApplyPayment has been fsynced: bbolt syncs the
+// file on each commit, and writes go through DB.Batch so concurrent writers
+// share one commit (group commit) instead of paying an fsync each.
 package boltstore
 
 import (

@@ -31,8 +31,9 @@ var (
 	bucketHolds      = []byte("holds")     // hold id -> Hold JSON (Captured zero)
 	bucketHoldState  = []byte("holdstate") // hold id -> hold state (see encodeHoldState)
 	bucketChanHolds  = []byte("chanholds") // outpoint key || hold id -> empty
-	bucketReceipts   = []byte("receipts")  // outpoint key || big-endian seq -> receipt
-	channelBucketSet = [][]byte{bucketChannels, bucketChanState, bucketFunding, bucketDevChans, bucketHolds, bucketHoldState, bucketChanHolds, bucketReceipts}
+	bucketReceipts   = []byte("receipts")  // outpoint key || big-endian seq -> big-endian log position
+	bucketReceiptLog = []byte("rcptlog")   // big-endian log position -> receipt
+	channelBucketSet = [][]byte{bucketChannels, bucketChanState, bucketFunding, bucketDevChans, bucketHolds, bucketHoldState, bucketChanHolds, bucketReceipts, bucketReceiptLog}
 )
 
 var _ hub.ChannelStore = (*Store)(nil)
@@ -435,7 +436,7 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 		if err := states.Put(pid, state); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketReceipts).Put(rkey, u.Receipt)
+		return putReceipt(tx, rkey, u.Receipt)
 	})
 	if err == nil {
 		err = refused
@@ -444,6 +445,27 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 		return fmt.Errorf("boltstore: apply payment %s seq %d: %w", u.Channel, u.Seq, err)
 	}
 	return nil
+}
+
+// putReceipt appends a receipt to the log and indexes it under rkey
+// (outpoint key || seq). The receipts of one group commit are spread over
+// many channels; keyed by channel they would dirty one growing page per
+// update, which measured four times the CPU of the rest of ApplyPayment.
+// Appended in commit order, they fill a few new pages per commit, and the
+// index entries that stay scattered are 8-byte values.
+func putReceipt(tx *bolt.Tx, rkey, receipt []byte) error {
+	log := tx.Bucket(bucketReceiptLog)
+	// Keys only ever grow, so pages can be filled completely.
+	log.FillPercent = 1.0
+	pos, err := log.NextSequence()
+	if err != nil {
+		return err
+	}
+	pk := seqBytes(pos)
+	if err := log.Put(pk, receipt); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketReceipts).Put(rkey, pk)
 }
 
 // ApplyOwed raises a channel's Owed (and a hold's Captured) by amount; see
@@ -517,9 +539,14 @@ func (s *Store) Receipts(ctx context.Context, op wire.OutPoint, from uint64, lim
 	var out [][]byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketReceipts).Cursor()
-		for k, v := c.Seek(binary.BigEndian.AppendUint64(bytes.Clone(p), from)); k != nil && bytes.HasPrefix(k, p) && len(out) < limit; k, v = c.Next() {
+		log := tx.Bucket(bucketReceiptLog)
+		for k, pos := c.Seek(binary.BigEndian.AppendUint64(bytes.Clone(p), from)); k != nil && bytes.HasPrefix(k, p) && len(out) < limit; k, pos = c.Next() {
+			r := log.Get(pos)
+			if r == nil {
+				return fmt.Errorf("boltstore: receipt %x is indexed at %x, which is missing", k, pos)
+			}
 			// Values are only valid inside the transaction.
-			out = append(out, bytes.Clone(v))
+			out = append(out, bytes.Clone(r))
 		}
 		return nil
 	})

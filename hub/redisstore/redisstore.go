@@ -1,7 +1,9 @@
-// Package redisstore is the hub.Store on Redis, for several hubd instances
-// sharing one registry. Every Apply runs as one Lua script, which Redis
-// executes atomically, so the audit-link, token and key-index checks and the
-// writes cannot interleave with another hubd's.
+// Package redisstore is the hub.Store and hub.ChannelStore on Redis, for
+// several hubd instances sharing one registry and one set of channels. Every
+// Apply, ApplyPayment and ApplyOwed runs as one Lua script, which Redis
+// executes atomically, so the checks (audit link, token, key index, channel
+// seq, hold, credit limit) and the writes cannot interleave with another
+// hubd's. The channel keys are described in channels.go.
 //
 // Durability: the hub acknowledges an Apply only after Redis has answered
 // it, and Redis answers a write before it reaches disk unless the server
