@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
@@ -310,6 +312,94 @@ func TestDeviceAgainstHub(t *testing.T) {
 		if err != nil || after != before {
 			t.Fatalf("reloaded balance %+v (%v), want %+v", after, err, before)
 		}
+	})
+
+	t.Run("Resync", func(t *testing.T) {
+		// What a crash leaves behind: a signed state saved as pending
+		// but never sent (a), or sent and acknowledged with the PayAck
+		// lost (b). A restarted device resolves it before paying again.
+		_ = d.Close()
+		store, err := m2mclient.NewFileStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		load := func() m2mclient.ChannelState {
+			sts, err := store.Load(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range sts {
+				if st.Funding == ch.ID {
+					return st
+				}
+			}
+			t.Fatal("channel not stored")
+			return m2mclient.ChannelState{}
+		}
+		st := load()
+		out, err := channel.NewOutput(st.Params(devKey.PubKey()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := channel.State{ChannelID: ch.ID, Seq: st.Seq + 1, Paid: st.Paid + 3_000}
+		sig, err := out.SignClaim(devKey, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Pending = &m2mclient.PendingPayment{Seq: next.Seq, Paid: next.Paid, Amount: 3_000, Payee: provID, Sig: [64]byte(sig.Serialize())}
+		if err := store.Save(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		d = newDevice(devSess)
+		if b, _ := d.Balance(ch.ID); b.Unconfirmed != 3_000 {
+			t.Fatalf("pending not reloaded: %+v", b)
+		}
+		r, err := d.Pay(ctx, ch.ID, provID, 1_000, "")
+		if err != nil {
+			t.Fatalf("pay after restart with an unsent state: %v", err)
+		}
+		if r.Seq != next.Seq+1 || r.Paid != next.Paid+1_000 {
+			t.Fatalf("unsent state not resent first: receipt seq %d paid %d", r.Seq, r.Paid)
+		}
+
+		// (b): roll the record back one state, with that state pending.
+		_ = d.Close()
+		acked := load()
+		rolled := acked
+		rolled.Seq, rolled.Paid = acked.Seq-1, acked.Paid-1_000
+		rolled.Pending = &m2mclient.PendingPayment{Seq: acked.Seq, Paid: acked.Paid, Amount: 1_000, Payee: provID, Sig: acked.Sig}
+		if err := store.Save(ctx, rolled); err != nil {
+			t.Fatal(err)
+		}
+		d = newDevice(devSess)
+		r, err = d.Pay(ctx, ch.ID, provID, 500, "")
+		if err != nil {
+			t.Fatalf("pay after restart with an acknowledged pending state: %v", err)
+		}
+		if r.Seq != acked.Seq+1 || r.Paid != acked.Paid+500 {
+			t.Fatalf("acknowledged state not adopted: receipt seq %d paid %d", r.Seq, r.Paid)
+		}
+		for len(prov.Receipts()) > 0 {
+			<-prov.Receipts()
+		}
+	})
+
+	t.Run("Latency", func(t *testing.T) {
+		const n = 300
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			t0 := time.Now()
+			if _, err := d.Pay(ctx, ch.ID, provID, 1, ""); err != nil {
+				t.Fatal(err)
+			}
+			lat[i] = time.Since(t0)
+			select {
+			case <-prov.Receipts():
+			default:
+			}
+		}
+		slices.Sort(lat)
+		t.Logf("Pay round trip over loopback incl. fsyncs, %d payments: p50 %v p99 %v", n, lat[n/2], lat[n*99/100])
 	})
 
 	t.Run("CloseChannel", func(t *testing.T) {
