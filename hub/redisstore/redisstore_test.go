@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
@@ -304,4 +305,89 @@ func BenchmarkApplyPayment(b *testing.B) {
 	s := mustOpen(b, fmt.Sprintf("%s?pool_size=%d", srv.URL(), 2*parallelism), "")
 	defer s.Close()
 	storetest.BenchApplyPayment(b, s, channels, parallelism)
+}
+
+// TestKillNineKeepsAcknowledgedPayments kills redis-server with SIGKILL
+// while payers are applying updates, restarts it, and checks that every
+// acknowledged payment is stored with its receipt and that no channel went
+// past the last seq attempted on it.
+func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	s := mustOpen(t, srv.URL(), "")
+	defer s.Close()
+
+	const channels, payers, killAfter = 8, 16, 1000
+	chans := make([]hub.ChannelRecord, channels)
+	for i := range chans {
+		chans[i] = storetest.NewChannel(t, fmt.Sprintf("dev-%d", i))
+		storetest.MustPutChannel(t, s, chans[i])
+	}
+	var (
+		mu           sync.Mutex
+		acked, tried [channels]uint64
+		nAcked       int
+		wg           sync.WaitGroup
+		once         sync.Once
+	)
+	enough := make(chan struct{})
+	for w := range payers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := w; ; k++ {
+				i := k % channels
+				cur, err := s.Channel(ctx, chans[i].Funding)
+				if err != nil {
+					return // the server is gone
+				}
+				u := storetest.Payment(cur.Funding, cur.Seq+1, lnwire.MilliSatoshi((cur.Seq+1)*1_000))
+				mu.Lock()
+				tried[i] = max(tried[i], u.Seq)
+				mu.Unlock()
+				err = s.ApplyPayment(ctx, u)
+				if errors.Is(err, hub.ErrSeqConflict) {
+					continue
+				}
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				acked[i] = max(acked[i], u.Seq)
+				if nAcked++; nAcked >= killAfter {
+					once.Do(func() { close(enough) })
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	<-enough
+	srv.Kill()
+	wg.Wait()
+
+	srv.Restart()
+	s2 := mustOpen(t, srv.URL(), "")
+	defer s2.Close()
+	for i, c := range chans {
+		got := storetest.MustChannel(t, s2, c.Funding)
+		if got.Seq < acked[i] || got.Seq > tried[i] {
+			t.Fatalf("channel %d: stored seq %d, acknowledged %d, attempted up to %d", i, got.Seq, acked[i], tried[i])
+		}
+		if got.Paid != lnwire.MilliSatoshi(got.Seq*1_000) {
+			t.Fatalf("channel %d: paid %d at seq %d", i, got.Paid, got.Seq)
+		}
+		rs, err := s2.Receipts(ctx, c.Funding, 1, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uint64(len(rs)) != got.Seq {
+			t.Fatalf("channel %d: %d receipts for seq %d", i, len(rs), got.Seq)
+		}
+		for j, r := range rs {
+			if string(r) != string(storetest.Receipt(c.Funding, uint64(j+1))) {
+				t.Fatalf("channel %d: receipt %d is not the one sent", i, j+1)
+			}
+		}
+	}
+	t.Logf("%d payments acknowledged before SIGKILL survived the restart", nAcked)
 }
