@@ -244,6 +244,12 @@ type Channels struct {
 	nextReq   uint64                        // last PaymentRequest id, atomic
 
 	limits sync.Map // device id → *rateLimiter
+	payees sync.Map // provider id → time.Time until which it is known active
+	// watched are the channels the watcher follows between full scans:
+	// offers waiting for funding (by pending id) and closing channels.
+	watchMu     sync.Mutex
+	watchedPend map[[32]byte]struct{}
+	watchedShut map[btcwire.OutPoint]struct{}
 	// fundMu serialises funding checks, which run from sessions and from
 	// the watcher.
 	fundMu sync.Mutex
@@ -262,16 +268,18 @@ func NewChannels(cfg ChannelsConfig) (*Channels, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Channels{
-		cfg:       cfg,
-		store:     cfg.Store,
-		log:       cfg.Logger,
-		clock:     cfg.Clock,
-		hubPub:    PubKeyOf(cfg.HubKey.PubKey()),
-		ctx:       ctx,
-		cancel:    cancel,
-		cache:     make(map[btcwire.OutPoint]*chanEntry),
-		holdIndex: make(map[[16]byte]btcwire.OutPoint),
-		asks:      make(map[[16]byte]*holdAsk),
+		cfg:         cfg,
+		store:       cfg.Store,
+		log:         cfg.Logger,
+		clock:       cfg.Clock,
+		hubPub:      PubKeyOf(cfg.HubKey.PubKey()),
+		ctx:         ctx,
+		cancel:      cancel,
+		cache:       make(map[btcwire.OutPoint]*chanEntry),
+		holdIndex:   make(map[[16]byte]btcwire.OutPoint),
+		watchedPend: make(map[[32]byte]struct{}),
+		watchedShut: make(map[btcwire.OutPoint]struct{}),
+		asks:        make(map[[16]byte]*holdAsk),
 	}, nil
 }
 

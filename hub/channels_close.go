@@ -201,6 +201,7 @@ func (c *Channels) broadcastClose(ctx context.Context, e *chanEntry, tx *btcwire
 		return chainhash.Hash{}, err
 	}
 	e.rec = rec
+	c.watchClosing(rec.Funding)
 	c.closeHoldsLocked(ctx, e, HoldReleased, wire.HoldChannelClosed)
 	c.log.Info("channel closing", "channel", rec.Funding, "txid", txid, "paid", rec.Paid)
 	return txid, nil

@@ -3,7 +3,6 @@ package hub_test
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -109,9 +108,13 @@ type harness struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func newHarness(tb testing.TB, chain hub.Chain, mod func(*hub.ChannelsConfig)) *harness {
+func newHarness(tb testing.TB, chain hub.Chain, mod func(*hub.ChannelsConfig), storeOpts ...func(*boltstore.Config)) *harness {
 	tb.Helper()
-	st, err := boltstore.New(boltstore.Config{Path: tb.TempDir()})
+	scfg := boltstore.Config{Path: tb.TempDir()}
+	for _, o := range storeOpts {
+		o(&scfg)
+	}
+	st, err := boltstore.New(scfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -348,6 +351,3 @@ func refusal(d *device, code wire.ChanCode) *wire.ChannelError {
 	}
 	return ce
 }
-
-// isNotFound reports whether err is the store's not-found error.
-func isNotFound(err error) bool { return errors.Is(err, hub.ErrNotFound) }

@@ -104,6 +104,7 @@ func (c *Channels) open(ctx context.Context, s *Session, m *wire.OpenChannel) er
 	if err := c.store.PutChannel(ctx, rec); err != nil {
 		return fmt.Errorf("hub: open: %w", err)
 	}
+	c.watchPending(pendingID)
 	c.log.Info("channel offered", "device", s.DeviceID(), "pending", fmt.Sprintf("%x", pendingID[:8]),
 		"capacity", m.Capacity, "expiry", m.Expiry)
 	return s.Send(ctx, &wire.ChannelOffer{
@@ -156,6 +157,7 @@ func (c *Channels) funded(ctx context.Context, s *Session, m *wire.ChannelFunded
 	if err := c.store.PutChannel(ctx, rec); err != nil {
 		return fmt.Errorf("hub: funded: %w", err)
 	}
+	c.watchPending(rec.PendingID)
 	c.log.Info("channel funding named", "device", rec.DeviceID, "outpoint", m.Outpoint)
 	_, err = c.checkFunding(ctx, rec)
 	return err

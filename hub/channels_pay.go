@@ -125,8 +125,18 @@ func (c *Channels) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pa
 	return &wire.PayAck{ChanID: m.ChanID, Seq: m.Seq, Receipt: receipt}, nil
 }
 
+// payeeTTL is how long a payee found to be an active provider is trusted
+// without asking the registry again. Decoding a device record parses its
+// key (a square root on the curve), which would otherwise cost each
+// payment as much as a fifth of its signature check.
+const payeeTTL = time.Second
+
 // checkPayee refuses a payee that is not an active, registered provider.
 func (c *Channels) checkPayee(ctx context.Context, payee string) error {
+	now := c.clock.Now()
+	if v, ok := c.payees.Load(payee); ok && now.Before(v.(time.Time)) {
+		return nil
+	}
 	d, err := c.cfg.Devices.Device(ctx, payee)
 	if errors.Is(err, ErrNotFound) {
 		return refuse(wire.ChanUnknownPayee, "payee %q is not registered", payee)
@@ -137,6 +147,7 @@ func (c *Channels) checkPayee(ctx context.Context, payee string) error {
 	if d.Status != StatusActive || !d.HasRole(RoleProvider) {
 		return refuse(wire.ChanUnknownPayee, "payee %q is not an active provider", payee)
 	}
+	c.payees.Store(payee, now.Add(payeeTTL))
 	return nil
 }
 

@@ -28,22 +28,93 @@ func (c *Channels) watch() {
 
 // poll runs one round of the watcher. Each step logs its own failures and
 // the next round tries again, so one unreachable node or store error does
-// not stop the others.
+// not stop the others. Listing every channel from the store is the
+// expensive part, so it happens once per block; between blocks only the
+// channels this hub is waiting on are looked at.
 func (c *Channels) poll(ctx context.Context, height *int32) {
 	c.expireHolds(ctx)
-	c.checkPending(ctx)
-	c.checkClosing(ctx)
 	h, err := c.cfg.Chain.BlockCount(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			c.log.Warn("chain height unavailable", "err", err)
-		}
-		return
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn("chain height unavailable", "err", err)
 	}
-	if h != *height {
+	full := err == nil && h != *height
+	if full {
 		*height = h
+	}
+	c.checkPending(ctx, full)
+	c.checkClosing(ctx, full)
+	if full {
 		c.expiryScan(ctx, uint32(h))
 	}
+}
+
+// watchPending makes the watcher follow an offer until it leaves pending.
+func (c *Channels) watchPending(id [32]byte) {
+	c.watchMu.Lock()
+	c.watchedPend[id] = struct{}{}
+	c.watchMu.Unlock()
+}
+
+// watchClosing makes the watcher follow a closing channel until it closes.
+func (c *Channels) watchClosing(op btcwire.OutPoint) {
+	c.watchMu.Lock()
+	c.watchedShut[op] = struct{}{}
+	c.watchMu.Unlock()
+}
+
+// watched lists the channels in status st to look at this round: all of
+// them from the store on a full round, else the ones being followed.
+func (c *Channels) watched(ctx context.Context, st ChannelStatus, full bool) ([]ChannelRecord, error) {
+	if full {
+		recs, err := c.store.Channels(ctx, st)
+		if err != nil {
+			return nil, err
+		}
+		c.watchMu.Lock()
+		for _, r := range recs {
+			if st == ChannelPending {
+				c.watchedPend[r.PendingID] = struct{}{}
+			} else {
+				c.watchedShut[r.Funding] = struct{}{}
+			}
+		}
+		c.watchMu.Unlock()
+	}
+	c.watchMu.Lock()
+	var pend [][32]byte
+	var shut []btcwire.OutPoint
+	if st == ChannelPending {
+		for id := range c.watchedPend {
+			pend = append(pend, id)
+		}
+	} else {
+		for op := range c.watchedShut {
+			shut = append(shut, op)
+		}
+	}
+	c.watchMu.Unlock()
+	var recs []ChannelRecord
+	for _, id := range pend {
+		r, err := c.store.ChannelByPending(ctx, id)
+		if err != nil || r.Status != st {
+			c.watchMu.Lock()
+			delete(c.watchedPend, id)
+			c.watchMu.Unlock()
+			continue
+		}
+		recs = append(recs, r)
+	}
+	for _, op := range shut {
+		r, err := c.store.Channel(ctx, op)
+		if err != nil || r.Status != st {
+			c.watchMu.Lock()
+			delete(c.watchedShut, op)
+			c.watchMu.Unlock()
+			continue
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
 }
 
 // loadActiveHolds caches the channels that have active holds, so holds
@@ -75,8 +146,8 @@ func (c *Channels) loadActiveHolds(ctx context.Context) {
 // until it is deep enough or proves wrong; an offer left unfunded past
 // PendingTimeout fails, so it stops counting against the device's
 // MaxPendingOpens.
-func (c *Channels) checkPending(ctx context.Context) {
-	recs, err := c.store.Channels(ctx, ChannelPending)
+func (c *Channels) checkPending(ctx context.Context, full bool) {
+	recs, err := c.watched(ctx, ChannelPending, full)
 	if err != nil {
 		c.log.Error("listing pending channels failed", "err", err)
 		return
@@ -113,8 +184,8 @@ func (c *Channels) checkPending(ctx context.Context) {
 
 // checkClosing marks a closing channel closed once its close or claim
 // transaction is MinDepth deep.
-func (c *Channels) checkClosing(ctx context.Context) {
-	recs, err := c.store.Channels(ctx, ChannelClosing)
+func (c *Channels) checkClosing(ctx context.Context, full bool) {
+	recs, err := c.watched(ctx, ChannelClosing, full)
 	if err != nil {
 		c.log.Error("listing closing channels failed", "err", err)
 		return
