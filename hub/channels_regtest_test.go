@@ -199,4 +199,3 @@ func waitStatus(t *testing.T, h *harness, op btcwire.OutPoint, want hub.ChannelS
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
