@@ -61,7 +61,8 @@ type Contract struct {
 	Energy             *Energy     `json:"energy,omitempty"`
 	ConditionalRelease *Release    `json:"conditional_release,omitempty"`
 
-	hash [32]byte
+	hash   [32]byte
+	parsed bool // validated, with zones and derived fields resolved
 }
 
 // Fee is the hub's fee split: basis points of each event's total and/or a
@@ -99,6 +100,7 @@ func Parse(b []byte) (*Contract, error) {
 		return nil, err
 	}
 	c.hash = sha256.Sum256(c.Canonical())
+	c.parsed = true
 	return &c, nil
 }
 

@@ -156,3 +156,14 @@ func TestParseErrorsPerKind(t *testing.T) {
 		})
 	}
 }
+
+func TestPriceNeedsParse(t *testing.T) {
+	c := *MustParse(t, minimalToll)
+	c.parsed = false
+	if _, err := Price(&c, Usage{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	if _, err := Price(&Contract{Kind: KindToll}, Usage{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+}

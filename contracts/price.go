@@ -165,15 +165,17 @@ type item struct {
 // capped at the total; the provider gets total − fee. Errors wrap
 // ErrBadUsage, ErrContractMismatch, ErrNoPrice, ErrOverLimit or ErrOverflow.
 func Price(c *Contract, u Usage) (Breakdown, error) {
-	if c == nil {
-		return Breakdown{}, fmt.Errorf("%w: nil contract", ErrInvalid)
+	if c == nil || !c.parsed {
+		// Time zones and integer fields are resolved by Parse; a
+		// contract assembled by hand would price wrongly, not fail.
+		return Breakdown{}, fmt.Errorf("%w: contract was not made by Parse", ErrInvalid)
 	}
 	hash := c.Hash()
 	hexHash := hex.EncodeToString(hash[:])
 	if u.Contract != "" && u.Contract != hexHash {
 		return Breakdown{}, fmt.Errorf("%w: usage names %s, contract is %s", ErrContractMismatch, u.Contract, hexHash)
 	}
-	b := Breakdown{Contract: hexHash, Kind: c.Kind, Currency: c.Currency, Payer: u.Device, Provider: u.Provider}
+	b := Breakdown{Contract: hexHash, Kind: c.Kind, Currency: c.Currency, Payer: u.Device, Provider: u.Provider, Lines: []Line{}}
 
 	var (
 		items []item

@@ -101,8 +101,8 @@ func (r *Release) validate() error {
 // HoldMsat returns the amount a conditional release contract holds from
 // the payer, in msat (Amount × rate, rounded half up).
 func HoldMsat(c *Contract) (lnwire.MilliSatoshi, error) {
-	if c == nil || c.ConditionalRelease == nil {
-		return 0, fmt.Errorf("%w: not a conditional release contract", ErrInvalid)
+	if c == nil || !c.parsed || c.ConditionalRelease == nil {
+		return 0, fmt.Errorf("%w: not a parsed conditional release contract", ErrInvalid)
 	}
 	return toMsat(c.ConditionalRelease.Amount.Mul(c.rate()))
 }
@@ -111,8 +111,8 @@ func HoldMsat(c *Contract) (lnwire.MilliSatoshi, error) {
 // it when the job ends and moves the held funds as the decision says;
 // Price does the same and also splits the released amount with the hub.
 func Decide(c *Contract, readings []Reading) (ReleaseDecision, error) {
-	if c == nil || c.ConditionalRelease == nil {
-		return ReleaseDecision{}, fmt.Errorf("%w: not a conditional release contract", ErrInvalid)
+	if c == nil || !c.parsed || c.ConditionalRelease == nil {
+		return ReleaseDecision{}, fmt.Errorf("%w: not a parsed conditional release contract", ErrInvalid)
 	}
 	d, _, err := c.ConditionalRelease.decide(c, readings)
 	return d, err

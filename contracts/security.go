@@ -94,8 +94,12 @@ func (r *SecurityRule) validate(field string) error {
 
 // CheckSecurity applies c's security rules, in order, to w. It reports the
 // first rule broken; the caller freezes the subject and audits the reason.
-// It is pure: the same window always gives the same answer.
+// It is pure: the same window always gives the same answer. c must come
+// from Parse, which resolves the rules' limits.
 func CheckSecurity(c *Contract, w Window) (Freeze, bool) {
+	if c == nil || !c.parsed {
+		return Freeze{}, false
+	}
 	for i := range c.Security {
 		r := &c.Security[i]
 		subject, events := w.Device, w.DeviceEvents
