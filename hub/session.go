@@ -142,6 +142,13 @@ func (s *Session) run() {
 func (s *Session) readLoop() {
 	for s.ctx.Err() == nil {
 		msg, err := wire.ReadMessage(s.conn, s.srv.cfg.MaxMessageSize)
+		// A custom message whose payload does not decode goes to the
+		// handler as it came, so it can answer with a precise channel
+		// error and the session survives.
+		var malformed *wire.MalformedError
+		if errors.As(err, &malformed) {
+			msg, err = malformed.Raw, nil
+		}
 		if err != nil {
 			if code := readErrCode(s.ctx, err); code != "" && code != wire.CodeTimeout {
 				s.closeWith(code, refusalText(code))

@@ -195,10 +195,26 @@ func DecodeMessage(b []byte) (lnwire.Message, error) {
 		return msg, nil
 	}
 	if err := m.Decode(bytes.NewReader(c.Data), ProtocolVersion); err != nil {
-		return nil, err
+		return nil, &MalformedError{Raw: c, Err: err}
 	}
 	return m, nil
 }
+
+// MalformedError is DecodeMessage's error for a custom message of a known
+// type whose payload does not decode. The frame itself was intact, so the
+// stream is still aligned: a receiver may answer the message (the hub replies
+// with a channel error) instead of closing the connection. It wraps
+// ErrProtocol.
+type MalformedError struct {
+	// Raw is the message as received.
+	Raw *lnwire.Custom
+	Err error
+}
+
+func (e *MalformedError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the decoder's error, which wraps ErrProtocol.
+func (e *MalformedError) Unwrap() error { return e.Err }
 
 // EncodeMessage serialises msg with its 2-byte type, refusing anything larger
 // than MaxMessageSize.
