@@ -18,6 +18,13 @@ type SessionDropper interface {
 	Drop(deviceID, code, reason string)
 }
 
+// ChannelFreezer stops new payments on a device's channels. The channel
+// manager implements it; the registry calls it when a device is revoked, so
+// the revoked device's channels are settled next period and pay no more.
+type ChannelFreezer interface {
+	Freeze(ctx context.Context, deviceID string) error
+}
+
 // RegistryConfig configures a Registry.
 type RegistryConfig struct {
 	Store Store
@@ -37,6 +44,7 @@ type Registry struct {
 	now      func() time.Time
 	log      *slog.Logger
 	dropper  SessionDropper
+	freezer  ChannelFreezer
 }
 
 // NewRegistry returns a registry over cfg.Store.
@@ -58,6 +66,10 @@ func NewRegistry(cfg RegistryConfig) (*Registry, error) {
 // rotate. It is set once at wiring time, before serving, because the session
 // server itself needs the registry to authenticate.
 func (r *Registry) SetSessionDropper(d SessionDropper) { r.dropper = d }
+
+// SetChannelFreezer tells the registry whose channels to freeze on revoke;
+// set once at wiring time, like the session dropper.
+func (r *Registry) SetChannelFreezer(f ChannelFreezer) { r.freezer = f }
 
 // maxApplyAttempts bounds retries when another writer (another hubd on the
 // same Redis) appends to the audit log between our read and our write.
@@ -166,6 +178,13 @@ func (r *Registry) Revoke(ctx context.Context, id, actor, reason string) (Device
 	}
 	if r.dropper != nil {
 		r.dropper.Drop(id, "revoked", "device revoked by operator")
+	}
+	if r.freezer != nil {
+		// The revocation is durable already; a failed freeze is logged
+		// and retried by the operator, never undoes it.
+		if err := r.freezer.Freeze(ctx, id); err != nil {
+			r.log.Error("freeze channels of revoked device", "id", id, "err", err)
+		}
 	}
 	r.log.Info("device revoked", "id", id, "actor", actor)
 	return out, nil

@@ -32,6 +32,18 @@ type config struct {
 	Btcd btcdConfig `group:"btcd" namespace:"btcd" env-namespace:"M2MHUB_BTCD"`
 
 	Limits limitsConfig `group:"limits" namespace:"limits" env-namespace:"M2MHUB_LIMITS"`
+
+	Channels channelsConfig `group:"channels" namespace:"channels" env-namespace:"M2MHUB_CHANNELS"`
+}
+
+// channelsConfig sets the channel manager's terms; zero values take the
+// manager's defaults (hub.Default…), which the descriptions name.
+type channelsConfig struct {
+	MinDepth        uint32        `long:"min-depth" env:"MIN_DEPTH" description:"confirmations a funding output needs (default 1 on regtest, 3 elsewhere)"`
+	MinExpiryDelta  uint32        `long:"min-expiry-delta" env:"MIN_EXPIRY_DELTA" description:"fewest blocks from now a new channel may expire (default 144)"`
+	SafetyMargin    uint32        `long:"safety-margin" env:"SAFETY_MARGIN" description:"blocks before expiry at which the hub claims what it was paid (default 36)"`
+	CreditLimitMsat uint64        `long:"credit-limit-msat" env:"CREDIT_LIMIT_MSAT" description:"service on credit allowed per channel, msat (default 10000)"`
+	PollInterval    time.Duration `long:"poll-interval" env:"POLL_INTERVAL" description:"how often the chain is polled for funding and closing (default 5s)"`
 }
 
 type btcdConfig struct {

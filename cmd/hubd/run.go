@@ -9,9 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/btcsuite/btcd/chaincfg"
+	"github.com/btcsuite/btcd/txscript"
+	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
@@ -88,7 +91,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	checks = append(checks, httpapi.HealthCheck{Name: "nats", Check: natsCheck})
 
 	// Base chain and the hub's wallet.
-	chain, params, err := startChain(ctx, cfg, dir, log, st)
+	chain, params, btcdRPC, err := startChain(ctx, cfg, dir, log, st)
 	if err != nil {
 		return err
 	}
@@ -108,8 +111,27 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The channel manager reaches devices through the server, and the
+	// server hands it their messages: sessions breaks that cycle.
+	sessions := &sessionsRef{}
+	payout, err := txscript.PayToAddrScript(wallet.Address())
+	if err != nil {
+		return fmt.Errorf("wallet script: %w", err)
+	}
+	channels, err := hub.NewChannels(hub.ChannelsConfig{
+		Store: store, Devices: registry, Sessions: sessions, Chain: chain,
+		HubKey: hubKey, PayoutScript: payout, Params: params, Logger: log,
+		MinDepth:       cfg.Channels.MinDepth,
+		MinExpiryDelta: cfg.Channels.MinExpiryDelta,
+		SafetyMargin:   cfg.Channels.SafetyMargin,
+		CreditLimit:    lnwire.MilliSatoshi(cfg.Channels.CreditLimitMsat),
+		PollInterval:   cfg.Channels.PollInterval,
+	})
+	if err != nil {
+		return err
+	}
 	srv, err := hub.NewServer(hub.ServerConfig{
-		Addr: cfg.Listen, Key: hubKey, Auth: registry, Logger: log,
+		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: channels, Logger: log,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxSessions:      cfg.Limits.MaxSessions,
 		MaxSessionsPerIP: cfg.Limits.MaxSessionsPerIP,
@@ -122,7 +144,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	st.push("sessions", func(context.Context) error { return srv.Close() })
+	sessions.srv.Store(srv)
 	registry.SetSessionDropper(srv)
+	registry.SetChannelFreezer(channels)
+	channels.Start()
+	st.push("channels", func(context.Context) error { return channels.Close() })
 
 	// Admin API.
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
@@ -157,7 +183,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Tell hubctl where we are, last, so it never finds a half-started hub.
 	if err := dir.WriteRuntime(datadir.Runtime{
 		PID: os.Getpid(), PubKey: pubHex, P2PAddr: info.P2PAddr, AdminAddr: info.AdminAddr,
-		NATSURL: natsURL, Network: params.Name,
+		NATSURL: natsURL, Network: params.Name, Btcd: btcdRPC,
 	}); err != nil {
 		return err
 	}
@@ -175,8 +201,28 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 }
 
+// sessionsRef lets the channel manager look sessions up on a server that is
+// created after it.
+type sessionsRef struct {
+	srv atomic.Pointer[hub.Server]
+}
+
+func (r *sessionsRef) Session(deviceID string) (*hub.Session, bool) {
+	srv := r.srv.Load()
+	if srv == nil {
+		return nil, false
+	}
+	return srv.Session(deviceID)
+}
+
+// channelStore is what hubd needs of a store: the registry and the channels.
+type channelStore interface {
+	hub.Store
+	hub.ChannelStore
+}
+
 // openStore opens the embedded store, or Redis when --redis-url is set.
-func openStore(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger) (hub.Store, string, func(context.Context) error, error) {
+func openStore(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger) (channelStore, string, func(context.Context) error, error) {
 	if cfg.RedisURL != "" {
 		s, err := redisstore.New(redisstore.Config{URL: cfg.RedisURL, Prefix: cfg.RedisPrefix, Logger: log})
 		if err != nil {
@@ -219,47 +265,51 @@ func startNATS(cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (string
 
 // startChain starts btcd in regtest as a child process unless
 // --btcd.rpchost names a node, and connects the chain client.
-func startChain(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (*btcdchain.Client, *chaincfg.Params, error) {
+func startChain(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (*btcdchain.Client, *chaincfg.Params, *datadir.BtcdRPC, error) {
 	params, err := networkParams(cfg.Btcd.Network)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	ccfg := btcdchain.Config{
 		Host: cfg.Btcd.RPCHost, User: cfg.Btcd.RPCUser, Pass: cfg.Btcd.RPCPass,
 		CertPath: cfg.Btcd.RPCCert, Params: params, Logger: log,
 	}
-	var node *regtest.Node
+	var (
+		node *regtest.Node
+		info *datadir.BtcdRPC
+	)
 	if cfg.Btcd.RPCHost == "" {
 		addr, err := btcdchain.KeyAddress(dir.Path(datadir.WalletKeyFile), params)
 		if err != nil {
-			return nil, nil, fmt.Errorf("wallet key: %w", err)
+			return nil, nil, nil, fmt.Errorf("wallet key: %w", err)
 		}
 		node, err = regtest.Start(ctx, regtest.Config{
 			Dir: dir.Path(datadir.BtcdDir), Binary: cfg.Btcd.Binary, MiningAddr: addr.String(), Logger: log,
 		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("btcd: %w", err)
+			return nil, nil, nil, fmt.Errorf("btcd: %w", err)
 		}
 		st.push("btcd", node.Stop)
 		rpc := node.RPC()
 		ccfg.Host, ccfg.User, ccfg.Pass, ccfg.Cert, ccfg.CertPath = rpc.Host, rpc.User, rpc.Pass, rpc.Cert, ""
+		info = &datadir.BtcdRPC{Host: rpc.Host, User: rpc.User, Pass: rpc.Pass, CertPath: rpc.CertPath}
 	}
 	chain, err := btcdchain.New(ccfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("btcd rpc: %w", err)
+		return nil, nil, nil, fmt.Errorf("btcd rpc: %w", err)
 	}
 	st.push("btcd rpc", func(context.Context) error { chain.Close(); return nil })
 	if err := chain.Healthy(ctx); err != nil {
-		return nil, nil, fmt.Errorf("btcd rpc: %w", err)
+		return nil, nil, nil, fmt.Errorf("btcd rpc: %w", err)
 	}
 	// Channels are taproot outputs: on a fresh regtest chain, mine past the
 	// segwit/taproot activation height once, to the hub's wallet.
 	if node != nil {
 		if err := node.MineToActivation(ctx); err != nil {
-			return nil, nil, fmt.Errorf("btcd: activate taproot: %w", err)
+			return nil, nil, nil, fmt.Errorf("btcd: activate taproot: %w", err)
 		}
 	}
-	return chain, params, nil
+	return chain, params, info, nil
 }
 
 func networkParams(name string) (*chaincfg.Params, error) {

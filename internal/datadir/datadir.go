@@ -138,6 +138,17 @@ type Runtime struct {
 	AdminAddr string `json:"admin_addr"`
 	NATSURL   string `json:"nats_url"`
 	Network   string `json:"network"`
+	// Btcd is set when hubd runs its own regtest btcd, so local tools (the
+	// demo, tests) can fund channels and mine blocks on it.
+	Btcd *BtcdRPC `json:"btcd,omitempty"`
+}
+
+// BtcdRPC locates a btcd RPC server.
+type BtcdRPC struct {
+	Host     string `json:"host"`
+	User     string `json:"user"`
+	Pass     string `json:"pass"`
+	CertPath string `json:"cert_path"`
 }
 
 // WriteRuntime replaces RuntimeFile atomically.
