@@ -314,8 +314,10 @@ func BenchmarkApplyPayment(b *testing.B) {
 func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	s := mustOpen(t, srv.URL(), "")
-	defer s.Close()
+	// No command retries: each payer stops at its first error, so the pool
+	// sees too few failed dials to start its background re-dialer, whose
+	// one-second back-off outlives Close and would trip goleak.
+	s := mustOpen(t, srv.URL()+"?max_retries=-1", "")
 
 	const channels, payers, killAfter = 8, 16, 1000
 	chans := make([]hub.ChannelRecord, channels)
@@ -364,6 +366,7 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 	<-enough
 	srv.Kill()
 	wg.Wait()
+	s.Close()
 
 	srv.Restart()
 	s2 := mustOpen(t, srv.URL(), "")
