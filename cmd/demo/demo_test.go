@@ -25,8 +25,14 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
-	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 1 || sum.DeviceID == "" {
+	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 2 || sum.DeviceID == "" {
 		t.Fatalf("summary %+v", sum)
+	}
+	c := sum.Channel
+	const paid = 12_345_678 + 2_500_500 + 777
+	if c.Payments != 3 || c.PaidMsat != paid || c.ProviderReceipt != 3 || c.ClaimableSat != paid/1000 ||
+		c.DeviceGotSat != c.CapacitySat-paid/1000 || c.CloseTxID == "" {
+		t.Fatalf("channel summary %+v", c)
 	}
 	if len(sum.HubPubKey) != 66 || !strings.Contains(out.String(), "demo OK") {
 		t.Fatalf("unexpected output:\n%s", out.String())

@@ -74,6 +74,22 @@ type summary struct {
 	StrangerRefusal string `json:"stranger_refusal"`
 	AuditEntries    uint64 `json:"audit_entries"`
 	DataDir         string `json:"datadir,omitempty"`
+
+	Channel channelSummary `json:"channel"`
+}
+
+// channelSummary is what the channel part of the demo measured.
+type channelSummary struct {
+	Outpoint        string `json:"outpoint"`
+	CapacitySat     int64  `json:"capacity_sat"`
+	Payments        int    `json:"payments"`
+	PaidMsat        uint64 `json:"paid_msat"`
+	ProviderReceipt int    `json:"provider_receipts"`
+	// ClaimableSat is what the hub's stored device signature moves to the
+	// hub on chain: the paid amount rounded down to whole satoshis.
+	ClaimableSat int64  `json:"claimable_sat"`
+	CloseTxID    string `json:"close_txid"`
+	DeviceGotSat int64  `json:"device_got_sat"`
 }
 
 func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool) (summary, error) {
@@ -164,7 +180,11 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	sum.StrangerRefusal = string(refused.Code)
 	say("   refused: %s", refused)
 
-	say("5. the audit log records every change and verifies (hubctl audit verify)")
+	if err := channelDemo(ctx, say, dir, rt, hubKey, admin, carKey, &sum); err != nil {
+		return sum, err
+	}
+
+	say("8. the audit log records every change and verifies (hubctl audit verify)")
 	head, err := admin.VerifyAudit(ctx)
 	if err != nil {
 		return sum, err
@@ -172,7 +192,7 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	sum.AuditEntries = head.Seq
 	say("   %d entries, head %s", head.Seq, head.Hash)
 
-	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 1 {
+	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 2 {
 		return sum, fmt.Errorf("unexpected outcome: %+v", sum)
 	}
 	say("\ndemo OK")
