@@ -1,0 +1,104 @@
+package hub
+
+import (
+	"context"
+	"time"
+
+	"github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+)
+
+// ContractRecord is a published tariff contract: its canonical document
+// (contracts.Contract.Canonical) under its hash.
+type ContractRecord struct {
+	Hash      Hash      `json:"hash"`
+	Kind      string    `json:"kind"`
+	Name      string    `json:"name"` // the document's human id
+	Version   int       `json:"version"`
+	Document  []byte    `json:"document"` // canonical form
+	Published time.Time `json:"published"`
+}
+
+// ContractStore keeps published contracts. Contracts are immutable: a new
+// version is a new document with a new hash.
+type ContractStore interface {
+	// PutContract stores c; storing the same hash again is a no-op.
+	PutContract(ctx context.Context, c ContractRecord) error
+	// Contract returns the contract with hash h, or ErrNotFound.
+	Contract(ctx context.Context, h Hash) (ContractRecord, error)
+	// Contracts lists every contract, newest first.
+	Contracts(ctx context.Context) ([]ContractRecord, error)
+}
+
+// ChargeStatus says how a charge is being paid.
+type ChargeStatus string
+
+// Charge statuses.
+const (
+	// ChargeOwed: recorded against the payer's channel as Owed, within
+	// its credit limit; a device-signed payment will cover it.
+	ChargeOwed ChargeStatus = "owed"
+	// ChargePaid: covered by a device-signed channel state.
+	ChargePaid ChargeStatus = "paid"
+	// ChargeUnpaid: beyond the credit limit, or no channel: the provider
+	// was told to stop service; the hub does not pay it out.
+	ChargeUnpaid ChargeStatus = "unpaid"
+	// ChargeHeld: a conditional-release payment waiting for its
+	// condition (cold chain).
+	ChargeHeld ChargeStatus = "held"
+)
+
+// Charge is one priced usage event, the unit of exactly-once charging:
+// (Provider, EventID) is unique.
+type Charge struct {
+	Provider string `json:"provider"`
+	EventID  string `json:"event_id"`
+	Payer    string `json:"payer"`
+	Contract Hash   `json:"contract"`
+	// Amount is what the payer owes; Fee is the hub's part of it, so the
+	// provider earns Amount − Fee.
+	Amount lnwire.MilliSatoshi `json:"amount_msat"`
+	Fee    lnwire.MilliSatoshi `json:"fee_msat"`
+	// Channel is the payer channel charged; zero when Status is unpaid
+	// for want of one.
+	Channel wire.OutPoint `json:"channel"`
+	Status  ChargeStatus  `json:"status"`
+	// EventTime is the usage's own time (pricing uses it); Charged is
+	// when the hub recorded it.
+	EventTime time.Time `json:"event_time"`
+	Charged   time.Time `json:"charged"`
+}
+
+// ChargeResult tells a caller of RecordCharges what happened to one charge.
+type ChargeResult struct {
+	// Duplicate is true when (Provider, EventID) was recorded before: the
+	// stored charge is returned in Stored and nothing changed.
+	Duplicate bool
+	Stored    Charge
+}
+
+// ChargeStore records charges exactly once. Implementations make
+// RecordCharges durable before returning and share fsyncs between callers.
+type ChargeStore interface {
+	// RecordCharges writes every charge whose (Provider, EventID) is new,
+	// atomically with raising its channel's Owed by Amount when Status
+	// is ChargeOwed. A charge with Status ChargeOwed that would push Owed
+	// past creditLimit is stored as ChargeUnpaid instead. Results are in
+	// the order of cs. It returns an error only when nothing was written.
+	RecordCharges(ctx context.Context, cs []Charge, creditLimit lnwire.MilliSatoshi) ([]ChargeResult, error)
+
+	// SetChargeStatus moves charges to status (owed → paid when a payment
+	// covers them, held → owed or unpaid when a condition resolves).
+	SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status ChargeStatus) error
+
+	// Charge returns one charge, or ErrNotFound.
+	Charge(ctx context.Context, provider, eventID string) (Charge, error)
+
+	// ChargesByProvider returns a provider's charges recorded in
+	// [from, to), oldest first.
+	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]Charge, error)
+
+	// ChargesByPayer returns a payer's charges recorded in [from, to),
+	// oldest first.
+	ChargesByPayer(ctx context.Context, payer string, from, to time.Time) ([]Charge, error)
+}
