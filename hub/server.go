@@ -245,11 +245,16 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
-	s.cancel()
-	err := s.ln.Close()
+	// Sessions are told first: their contexts derive from s.ctx, and
+	// closeWith does nothing on a session whose context is already done,
+	// so after s.cancel it would neither queue the final Error nor wake
+	// the read loop, and Close would wait for the device's next message
+	// (its keepalive, up to a ping interval away).
 	for _, sess := range sessions {
 		sess.closeWith(wire.CodeShuttingDown, "hub shutting down")
 	}
+	s.cancel()
+	err := s.ln.Close()
 	s.wg.Wait()
 	return err
 }
@@ -376,6 +381,14 @@ func (s *Server) serveConn(c *brontide.Conn, ip string) {
 func (s *Server) authenticate(c *brontide.Conn, key PubKey) (Device, wire.Code, error) {
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	_ = c.SetReadDeadline(deadline)
+	// Close wakes pending connections by moving their deadline to now; if
+	// it did so before the line above, that deadline was just overwritten.
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return Device{}, wire.CodeShuttingDown, ErrServerClosed
+	}
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
 
