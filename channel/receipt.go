@@ -21,8 +21,13 @@ var ErrBadReceipt = errors.New("channel: bad receipt")
 
 // Receipt bounds and layout constants.
 const (
-	// ReceiptVersion is the first byte of every receipt encoding.
+	// ReceiptVersion is the first byte of a receipt encoding without
+	// metering fields (EventCount zero).
 	ReceiptVersion = 1
+	// ReceiptVersionEvents is the first byte of a receipt that names the
+	// usage events it pays for (EventCount above zero): it adds Contract,
+	// EventsRoot and EventCount.
+	ReceiptVersionEvents = 2
 	// MaxReceiptIDSize bounds Payer and Payee.
 	MaxReceiptIDSize = 64
 	// MaxReceiptMemoSize bounds Memo.
@@ -54,6 +59,15 @@ type Receipt struct {
 	// Time is encoded as unix milliseconds; finer precision is dropped
 	// and times before 1970 are refused.
 	Time time.Time
+	// Contract is the hash of the contract that priced the events this
+	// payment covers, EventsRoot the Merkle root of their ids (see
+	// EventsRoot) and EventCount how many there are. A receipt with
+	// EventCount zero is a plain payment and encodes as version 1, with
+	// Contract and EventsRoot zero; one with EventCount above zero encodes
+	// as version 2.
+	Contract   [32]byte
+	EventsRoot [32]byte
+	EventCount uint32
 	// HubKey is the compressed public key that made Sig. Verify checks
 	// the signature against it; the caller checks that it is a hub key
 	// it trusts (VerifyKey does both).
@@ -70,9 +84,15 @@ type Receipt struct {
 // (internal order) || vout u32 || seq u64 || len u32 || payer || len u32 ||
 // payee || amount msat u64 || paid msat u64 || hold id [16] || len u32 ||
 // memo || time unix ms i64 || hub key [33]; MarshalBinary then appends
-// sig [64].
+// sig [64]. Version 2 (EventCount above zero) starts with version u8 = 2 and
+// inserts contract [32] || events root [32] || event count u32 between the
+// time and the hub key.
 func (r *Receipt) appendUnsigned(b []byte) []byte {
-	b = append(b, ReceiptVersion)
+	if r.EventCount == 0 {
+		b = append(b, ReceiptVersion)
+	} else {
+		b = append(b, ReceiptVersionEvents)
+	}
 	b = append(b, r.Channel.Hash[:]...)
 	b = binary.BigEndian.AppendUint32(b, r.Channel.Index)
 	b = binary.BigEndian.AppendUint64(b, r.Seq)
@@ -83,6 +103,11 @@ func (r *Receipt) appendUnsigned(b []byte) []byte {
 	b = append(b, r.HoldID[:]...)
 	b = appendString(b, r.Memo)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Time.UnixMilli()))
+	if r.EventCount != 0 {
+		b = append(b, r.Contract[:]...)
+		b = append(b, r.EventsRoot[:]...)
+		b = binary.BigEndian.AppendUint32(b, r.EventCount)
+	}
 	return append(b, r.HubKey[:]...)
 }
 
@@ -112,6 +137,11 @@ func (r *Receipt) validate() error {
 	if r.Time.UnixMilli() < 0 {
 		return fmt.Errorf("%w: time %v before 1970", ErrBadReceipt, r.Time)
 	}
+	if r.EventCount == 0 && (r.Contract != [32]byte{} || r.EventsRoot != [32]byte{}) {
+		// Version 1 has no room for them: they would be dropped, and
+		// the signature would not cover them.
+		return fmt.Errorf("%w: contract or events root without events", ErrBadReceipt)
+	}
 	return nil
 }
 
@@ -136,7 +166,8 @@ func (r *Receipt) UnmarshalBinary(b []byte) error {
 	}
 	d := receiptReader{b: b}
 	var out Receipt
-	if v := d.bytes(1); v != nil && v[0] != ReceiptVersion {
+	v := d.bytes(1)
+	if v != nil && v[0] != ReceiptVersion && v[0] != ReceiptVersionEvents {
 		return fmt.Errorf("%w: version %d", ErrBadReceipt, v[0])
 	}
 	copy(out.Channel.Hash[:], d.bytes(chainhash.HashSize))
@@ -149,6 +180,15 @@ func (r *Receipt) UnmarshalBinary(b []byte) error {
 	copy(out.HoldID[:], d.bytes(16))
 	out.Memo = d.str(MaxReceiptMemoSize)
 	ms := int64(d.u64())
+	if v != nil && v[0] == ReceiptVersionEvents {
+		copy(out.Contract[:], d.bytes(32))
+		copy(out.EventsRoot[:], d.bytes(32))
+		out.EventCount = d.u32()
+		if d.err == nil && out.EventCount == 0 {
+			// Canonical: a receipt without events is version 1.
+			d.err = fmt.Errorf("%w: version 2 with no events", ErrBadReceipt)
+		}
+	}
 	copy(out.HubKey[:], d.bytes(33))
 	copy(out.Sig[:], d.bytes(receiptSigSize))
 	if d.err != nil {
@@ -210,7 +250,8 @@ func (d *receiptReader) str(max int) string {
 }
 
 // ID is tagged_hash("m2mhub/receipt/v1", encoding without Sig): what the hub
-// signs and the Merkle leaf settlement commits to.
+// signs and the Merkle leaf settlement commits to. Both versions use the same
+// tag; the version byte inside the hashed encoding keeps them apart.
 func (r *Receipt) ID() [32]byte {
 	return *chainhash.TaggedHash([]byte(receiptTag), r.appendUnsigned(make([]byte, 0, 256)))
 }

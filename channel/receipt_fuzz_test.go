@@ -17,6 +17,12 @@ func FuzzReceipt(f *testing.F) {
 	}
 	f.Add(good)
 	f.Add(good[:100])
+	v2, err := sampleReceiptV2(f).MarshalBinary()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(v2)
+	f.Add(v2[:len(v2)-70])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var r Receipt
 		if err := r.UnmarshalBinary(b); err != nil {
