@@ -8,7 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +48,15 @@ const (
 	killMaxDelay = 300 * time.Millisecond
 )
 
+// startKillEvery is how often (one trial in startKillEvery) a trial first
+// kills a hubd in the middle of its start-up, at a random point up to
+// startKillWindow after launch (about what a start takes here): store open,
+// NATS recovery, btcd launch and chain replay.
+const (
+	startKillEvery  = 4
+	startKillWindow = 500 * time.Millisecond
+)
+
 // killHubArgs are hubd's flags for the trials: a fast chain poll so the
 // channel opens quickly, an expiry window that fits regtest, and short
 // keepalives.
@@ -78,14 +90,16 @@ type killRun struct {
 	ackedSeq uint64
 }
 
+func (r *killRun) hubdConfig() hubproc.Config {
+	r.logs = &syncBuffer{}
+	return hubproc.Config{Binary: filepath.Join(binDir, "hubd"), DataDir: r.dir, Args: killHubArgs, Output: r.logs}
+}
+
 // start runs hubd on the run's data dir. Its log replaces the previous
 // one's, so a failure shows the hubd that failed.
 func (r *killRun) start() {
 	r.t.Helper()
-	r.logs = &syncBuffer{}
-	p, err := hubproc.Start(context.Background(), hubproc.Config{
-		Binary: filepath.Join(binDir, "hubd"), DataDir: r.dir, Args: killHubArgs, Output: r.logs,
-	})
+	p, err := hubproc.Start(context.Background(), r.hubdConfig())
 	if err != nil {
 		r.t.Fatalf("%v\n%s", err, r.logs.String())
 	}
@@ -98,6 +112,45 @@ func (r *killRun) start() {
 		r.t.Fatal("hub key changed across a restart")
 	}
 	r.hubKey = k
+}
+
+// killDuringStart launches hubd and kills it after delay, wherever its
+// start-up is, and checks that its btcd child (if it got that far) dies too.
+func (r *killRun) killDuringStart(trial int, delay time.Duration) {
+	r.t.Helper()
+	p, err := hubproc.Launch(r.hubdConfig())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.proc = p
+	time.Sleep(delay)
+	p.Kill()
+	// The pid file names the btcd this hubd started, or one already dead
+	// from an earlier trial.
+	if pid, ok := readPidIfAny(filepath.Join(r.dir, datadir.BtcdDir, "btcd.pid")); ok && !waitGone(pid) {
+		r.t.Fatalf("trial %d: btcd %d outlived hubd killed during start-up", trial, pid)
+	}
+}
+
+// readPidIfAny reads a pid file that may not exist or may be half
+// written.
+func readPidIfAny(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid, err == nil
+}
+
+// waitGone waits up to five seconds for pid to exit; the kernel kills
+// btcd when hubd dies (PR_SET_PDEATHSIG), so this is quick.
+func waitGone(pid int) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return !alive(pid)
 }
 
 // dial opens a device session and a Device over the persistent FileStore.
@@ -407,14 +460,27 @@ func TestKill9DuringPayments(t *testing.T) {
 	var (
 		startTotal, trialTotal time.Duration
 		acked, refused, held   int
+		startKills, starts     int
 		mu                     sync.Mutex
 	)
 	for trial := 1; trial <= *killTrials; trial++ {
 		trialStart := time.Now()
-		if trial > 1 {
-			r.start()
+		mu.Lock()
+		startKill := trial > 1 && rng.IntN(startKillEvery) == 0
+		startDelay := time.Duration(rng.Int64N(int64(startKillWindow)))
+		mu.Unlock()
+		if startKill {
+			r.killDuringStart(trial, startDelay)
+			r.verifyStore(ctx, trial)
+			startKills++
+			t.Logf("trial %d: hubd killed %v into its start-up", trial, startDelay.Round(time.Millisecond))
 		}
-		startTotal += time.Since(trialStart)
+		if trial > 1 {
+			s0 := time.Now()
+			r.start()
+			startTotal += time.Since(s0)
+			starts++
+		}
 		btcdPid := readPid(t, filepath.Join(r.dir, datadir.BtcdDir, "btcd.pid"))
 		s, d := r.dial(ctx)
 
@@ -439,11 +505,7 @@ func TestKill9DuringPayments(t *testing.T) {
 		d.Close()
 		s.Close()
 
-		deadline := time.Now().Add(5 * time.Second)
-		for alive(btcdPid) && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if alive(btcdPid) {
+		if !waitGone(btcdPid) {
 			t.Fatalf("trial %d: btcd %d outlived hubd killed with SIGKILL", trial, btcdPid)
 		}
 
@@ -469,9 +531,9 @@ func TestKill9DuringPayments(t *testing.T) {
 			trial, delay.Round(time.Millisecond), res.acked, stored, inFlight)
 	}
 	n := max(*killTrials, 1)
-	t.Logf("%d trials: %d payments acknowledged, %d rate-limited, %d kills left the in-flight payment stored; per trial %v (hubd start %v)",
-		*killTrials, acked, refused, held, (trialTotal / time.Duration(n)).Round(time.Millisecond),
-		(startTotal / time.Duration(n)).Round(time.Millisecond))
+	t.Logf("%d trials (%d with a kill during start-up too): %d payments acknowledged, %d rate-limited, %d kills left the in-flight payment stored; per trial %v (hubd start %v)",
+		*killTrials, startKills, acked, refused, held, (trialTotal / time.Duration(n)).Round(time.Millisecond),
+		(startTotal / time.Duration(max(starts, 1))).Round(time.Millisecond))
 
 	// One more start: the device resolves whatever the last kill left
 	// pending, and pays again.

@@ -45,9 +45,20 @@ type Proc struct {
 
 // Start launches hubd and returns once it has published its runtime file.
 func Start(ctx context.Context, cfg Config) (*Proc, error) {
-	if cfg.StartTimeout == 0 {
-		cfg.StartTimeout = 2 * time.Minute
+	p, err := Launch(cfg)
+	if err != nil {
+		return nil, err
 	}
+	if err := p.WaitReady(ctx, cfg.StartTimeout); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Launch starts hubd without waiting for it to be ready, for tests that
+// kill it in the middle of its start-up; WaitReady completes what Start
+// does.
+func Launch(cfg Config) (*Proc, error) {
 	args := append([]string{"--datadir", cfg.DataDir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}, cfg.Args...)
 	cmd := exec.Command(cfg.Binary, args...)
 	if cfg.Output != nil {
@@ -61,23 +72,32 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
+	return p, nil
+}
 
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+// WaitReady waits until hubd has published its runtime file, bounded by ctx
+// and by timeout (zero means two minutes: a first start may build btcd). It
+// kills hubd when the wait times out.
+func (p *Proc) WaitReady(ctx context.Context, timeout time.Duration) error {
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		rt, err := p.dir.ReadRuntime()
-		if err == nil && rt.PID == cmd.Process.Pid {
+		if err == nil && rt.PID == p.cmd.Process.Pid {
 			p.rt = rt
-			return p, nil
+			return nil
 		}
 		select {
 		case <-p.done:
-			return nil, fmt.Errorf("hubproc: hubd exited during start: %v", p.err)
+			return fmt.Errorf("hubproc: hubd exited during start: %v", p.err)
 		case <-ctx.Done():
 			p.Kill()
-			return nil, fmt.Errorf("hubproc: hubd not ready: %w", ctx.Err())
+			return fmt.Errorf("hubproc: hubd not ready: %w", ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -97,7 +117,8 @@ func Binary(name string) (string, error) {
 	return p, nil
 }
 
-// Runtime is what hubd published about itself.
+// Runtime is what hubd published about itself; it is zero until Start or
+// WaitReady has returned without error.
 func (p *Proc) Runtime() datadir.Runtime { return p.rt }
 
 // Pid is hubd's process id.
