@@ -3,9 +3,11 @@
 // is the default for a single hubd; several hubd instances share state
 // through redisstore instead.
 //
-// Every acknowledged Apply and ApplyPayment has been fsynced: bbolt syncs the
-// file on each commit, and writes go through DB.Batch so concurrent writers
-// share one commit (group commit) instead of paying an fsync each.
+// Every acknowledged write has been fsynced: bbolt syncs the file on each
+// commit, and every write goes through one committer goroutine that puts
+// all writes queued so far into one commit (group commit, see committer),
+// so concurrent writers share an fsync instead of paying one each, and a
+// lone writer waits for no timer.
 package boltstore
 
 import (
@@ -56,10 +58,6 @@ type Config struct {
 	// OpenTimeout bounds the wait for the file lock held by another
 	// process; zero means DefaultOpenTimeout.
 	OpenTimeout time.Duration
-	// BatchDelay is how long the first writer of a group commit waits for
-	// others to join; zero keeps bbolt's default (10 ms). Registry writes
-	// are rare, so latency matters less than sharing fsyncs.
-	BatchDelay time.Duration
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
 }
@@ -67,6 +65,7 @@ type Config struct {
 // Store is a hub.Store backed by a bbolt file.
 type Store struct {
 	db        *bolt.DB
+	commit    *committer
 	log       *slog.Logger
 	closeOnce sync.Once
 	closeErr  error
@@ -107,9 +106,6 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open %s: %w", file, err)
 	}
-	if cfg.BatchDelay > 0 {
-		db.MaxBatchDelay = cfg.BatchDelay
-	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range append([][]byte{bucketDevices, bucketKeyIndex, bucketAudit, bucketTokens, bucketMeta}, channelBucketSet...) {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -123,16 +119,18 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: create buckets in %s: %w", file, err)
 	}
 	log.Info("registry store opened", "path", file)
-	return &Store{db: db, log: log}, nil
+	return &Store{db: db, commit: newCommitter(db), log: log}, nil
 }
 
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.db.Path() }
 
-// Close closes the database and releases its file lock. Calling it again
-// returns the first call's result.
+// Close commits the writes already queued, stops the committer, closes the
+// database and releases its file lock. Writes after Close fail. Calling it
+// again returns the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.commit.close()
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
@@ -177,9 +175,9 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 	copy(head, seqKey)
 	copy(head[8:], ch.Audit.Hash[:])
 
-	// bbolt re-runs this function alone when another function in the same
-	// batch fails, so it must only read and write through tx.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	// The committer reruns this function alone when another function in
+	// the same group fails, so it must only read and write through tx.
+	err = s.commit.do(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		var headSeq uint64
 		var headHash hub.Hash

@@ -215,7 +215,7 @@ func TestChildWriter(t *testing.T) {
 // BenchmarkApply measures one acknowledged (fsynced) registry write at a
 // time: the latency an operator's enrol command sees.
 func BenchmarkApply(b *testing.B) {
-	s, err := boltstore.New(boltstore.Config{Path: b.TempDir(), BatchDelay: time.Millisecond})
+	s, err := boltstore.New(boltstore.Config{Path: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkApplyPayment measures durable payment updates per second with
 // many concurrent writers sharing group commits: the hub's hot path.
 func BenchmarkApplyPayment(b *testing.B) {
-	s, err := boltstore.New(boltstore.Config{Path: b.TempDir(), BatchDelay: time.Millisecond})
+	s, err := boltstore.New(boltstore.Config{Path: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}

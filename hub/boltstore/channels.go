@@ -199,7 +199,7 @@ func (s *Store) PutChannel(ctx context.Context, c hub.ChannelRecord) error {
 		fund = opKey(c.Funding)
 	}
 
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.do(func(tx *bolt.Tx) error {
 		chans := tx.Bucket(bucketChannels)
 		states := tx.Bucket(bucketChanState)
 		funding := tx.Bucket(bucketFunding)
@@ -377,7 +377,7 @@ func (s *Store) Channels(ctx context.Context, statuses ...hub.ChannelStatus) ([]
 }
 
 // ApplyPayment writes u atomically and durably; see hub.ChannelStore for
-// the errors. Concurrent calls share one commit and one fsync (DB.Batch).
+// the errors. Concurrent calls share one commit and one fsync (committer).
 func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -385,8 +385,8 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 	if u.Seq == 0 {
 		return fmt.Errorf("boltstore: %w: payment with seq 0", hub.ErrInvalid)
 	}
-	// Everything written is built here, outside the transaction: the batch
-	// holds the single writer lock, so work inside it is not parallel.
+	// Everything written is built here, outside the transaction: the
+	// committer runs the group serially, so work inside it is not parallel.
 	op := opKey(u.Channel)
 	state := encodeState(chanState{seq: u.Seq, paid: u.Paid, owed: u.Owed, updated: u.Time, sig: u.DeviceSig})
 	rkey := binary.BigEndian.AppendUint64(bytes.Clone(op), u.Seq)
@@ -397,11 +397,11 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 
 	// A refusal (seq or hold conflict, unknown channel) is reported through
 	// refused and the function returns nil, so it does not fail the whole
-	// batch: bbolt would roll back every other caller's update and rerun
-	// them. Batch may run the function more than once; it resets refused
+	// group: the committer would roll back every other caller's update and
+	// rerun them. It may run the function more than once; it resets refused
 	// and only reads and writes through tx, so every run is the same.
 	var refused error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
 		pid := tx.Bucket(bucketFunding).Get(op)
 		if pid == nil {
@@ -480,7 +480,7 @@ func (s *Store) ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byt
 		hid = bytes.Clone(holdID[:])
 	}
 	var refused error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
 		pid := tx.Bucket(bucketFunding).Get(ok)
 		if pid == nil {
@@ -570,7 +570,7 @@ func (s *Store) PutHold(ctx context.Context, h hub.Hold) error {
 	}
 	newIdx := append(opKey(h.Channel), id...)
 
-	err = s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.commit.do(func(tx *bolt.Tx) error {
 		hs := tx.Bucket(bucketHoldState)
 		idx := tx.Bucket(bucketChanHolds)
 		captured := h.Captured
