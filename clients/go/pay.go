@@ -138,7 +138,7 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 				// only after seq was acknowledged, so a hub at or past
 				// p.Seq holds exactly p: it acknowledged a copy whose
 				// PayAck was lost.
-				return nil, d.adopt(ctx, c, p)
+				return nil, d.adopt(ctx, c, p, nil)
 			case wire.ChanInternal, wire.ChanBusy:
 				// The hub may or may not have stored it; keep it
 				// pending and let the next Pay resend it.
@@ -167,19 +167,25 @@ func (d *Device) resync(ctx context.Context, c *devChannel) error {
 }
 
 // acknowledged checks the receipt of an acknowledged payment and records
-// the new state (and the receipt when it is good).
+// the new state (and the receipt when it is good). With a ReceiptSaver both
+// go to the store in one durable write; see FileStore for why that write
+// is still synced.
 func (d *Device) acknowledged(ctx context.Context, c *devChannel, p *PendingPayment, raw []byte) (*channel.Receipt, error) {
-	if err := d.adopt(ctx, c, p); err != nil {
-		return nil, err
-	}
 	r := new(channel.Receipt)
-	if err := r.UnmarshalBinary(raw); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+	rerr := r.UnmarshalBinary(raw)
+	if rerr != nil {
+		rerr = fmt.Errorf("%w: %w", ErrBadReceipt, rerr)
+	} else {
+		rerr = d.checkReceipt(r, c.st.Funding, p)
 	}
-	if err := d.checkReceipt(r, c.st.Funding, p); err != nil {
-		return nil, err
+	if rerr != nil {
+		// The hub acknowledged: the payment counts, the receipt does not.
+		if err := d.adopt(ctx, c, p, nil); err != nil {
+			return nil, err
+		}
+		return nil, rerr
 	}
-	if err := d.cfg.Store.AppendReceipt(context.WithoutCancel(ctx), c.st.Funding, r); err != nil {
+	if err := d.adopt(ctx, c, p, r); err != nil {
 		return r, err
 	}
 	return r, nil
@@ -203,13 +209,20 @@ func (d *Device) checkReceipt(r *channel.Receipt, chanID btcwire.OutPoint, p *Pe
 	return nil
 }
 
-// adopt makes p the channel's acknowledged state.
-func (d *Device) adopt(ctx context.Context, c *devChannel, p *PendingPayment) error {
+// adopt makes p the channel's acknowledged state, recording r (when not
+// nil) as its receipt.
+func (d *Device) adopt(ctx context.Context, c *devChannel, p *PendingPayment, r *channel.Receipt) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	store := context.WithoutCancel(ctx)
 	if c.st.Pending == nil || c.st.Pending.Seq != p.Seq {
+		// Already adopted (a late answer): only the receipt is new.
+		if r != nil {
+			return d.cfg.Store.AppendReceipt(store, c.st.Funding, r)
+		}
 		return nil
 	}
+	prev := c.st.clone()
 	c.st.Seq, c.st.Paid, c.st.Sig, c.st.Pending = p.Seq, p.Paid, p.Sig, nil
 	if p.HoldID != nil {
 		for i := range c.st.Holds {
@@ -218,7 +231,22 @@ func (d *Device) adopt(ctx context.Context, c *devChannel, p *PendingPayment) er
 			}
 		}
 	}
-	return d.save(ctx, c)
+	if rs, ok := d.cfg.Store.(ReceiptSaver); ok && r != nil {
+		if err := rs.SaveWithReceipt(store, *c.st, r); err != nil {
+			// Neither is recorded; the pending state stays, and the
+			// next Pay resolves it with the hub.
+			*c.st = *prev
+			return err
+		}
+		return nil
+	}
+	if err := d.save(ctx, c); err != nil {
+		return err
+	}
+	if r != nil {
+		return d.cfg.Store.AppendReceipt(store, c.st.Funding, r)
+	}
+	return nil
 }
 
 // dropPending forgets p after the hub refused it.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -136,23 +137,86 @@ type ChannelStore interface {
 	Receipts(ctx context.Context, chanID wire.OutPoint) ([]*channel.Receipt, error)
 }
 
-// FileStore is the default ChannelStore: one JSON file per channel in a
-// directory, replaced atomically (temporary file, fsync, rename, directory
-// fsync), and an append-only receipts file per channel. Files are 0600: the
-// records name the device's channels and amounts.
+// ReceiptSaver is implemented by a ChannelStore that can record an
+// acknowledged state together with its receipt in one durable write. The
+// device uses it, when present, instead of Save followed by AppendReceipt,
+// so that a payment costs one write (and one fsync) after the PayAck
+// instead of two.
+type ReceiptSaver interface {
+	// SaveWithReceipt is Save(c) and AppendReceipt(c.Funding, r), made
+	// durable together.
+	SaveWithReceipt(ctx context.Context, c ChannelState, r *channel.Receipt) error
+}
+
+// FileStore is the default ChannelStore. Each channel has a base record
+// (<pending id>.json, replaced atomically: temporary file, fsync, rename,
+// directory fsync), an append-only journal of later records
+// (<pending id>.journal) and an append-only receipts file. Files are 0600:
+// the records name the device's channels and amounts.
+//
+// Why a journal. A payment writes the channel twice: the signed state as
+// pending before it is sent, and the acknowledged state with its receipt
+// after the PayAck. Replacing a file durably costs two fsyncs (the file,
+// then its directory, because an unsynced rename can be undone by a crash),
+// and the receipt append a third, so a payment used to cost five. Appending
+// a record to a journal that already exists and fsyncing it costs one: the
+// data and the file size reach the disk together, and no directory entry
+// changes. A payment now costs two fsyncs, and neither can be dropped:
+//
+//   - The pending state must be durable before it is sent. The hub's answer
+//     to a state it already holds is "stale-state" with no state and no
+//     signature in it, so a device that forgot a state it signed and sent
+//     would sign a different state under the same seq, take the hub's
+//     refusal as proof the hub holds that one (see exchange), and diverge
+//     from the hub for good: its balance wrong, every later payment
+//     refused.
+//   - The acknowledged state could be recovered from the durable pending one
+//     (the next Pay resends it and adopts it on "stale-state"), but the
+//     receipt could not: the hub hands it out only in the PayAck. Pay
+//     returns the receipt as stored, so the record of the acknowledgement is
+//     synced too, state and receipt in the same write.
+//
+// A journal is compacted once it passes journalCompactSize: its receipts are
+// appended (and synced) to the receipts file, the latest state becomes the
+// new base record, and the journal is emptied. A crash between those steps
+// leaves receipts in both places, which Receipts reads once (by seq), and a
+// journal whose records are no newer than the base, which Load reads
+// harmlessly. A torn record at a journal's end (a crash during an append
+// that was never reported as stored) fails its checksum and is cut off
+// before the next append.
 type FileStore struct {
 	dir string
 	mu  sync.Mutex // serialises writers, so appends never interleave
+	// journals holds, per pending id (hex), the length of the journal's
+	// valid prefix as checked by this process, and the number of bytes
+	// appended since the base record was written.
+	journals map[string]*journalInfo
+	// funding maps channel outpoints to pending ids (hex), so Receipts can
+	// find a channel's journal.
+	funding map[wire.OutPoint]string
 }
 
-var _ ChannelStore = (*FileStore)(nil)
+// journalInfo is what a FileStore knows of one channel's journal.
+type journalInfo struct {
+	size int64 // bytes of whole, checked records
+}
+
+// journalCompactSize is the journal length past which it is folded into
+// the base record: about 300 payments, so compaction's four extra fsyncs
+// cost about one hundredth of an fsync per payment.
+const journalCompactSize = 256 << 10
+
+var (
+	_ ChannelStore = (*FileStore)(nil)
+	_ ReceiptSaver = (*FileStore)(nil)
+)
 
 // NewFileStore returns a FileStore in dir, creating it (0700) if needed.
 func NewFileStore(dir string) (*FileStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("m2mclient: store dir: %w", err)
 	}
-	return &FileStore{dir: dir}, nil
+	return &FileStore{dir: dir, journals: make(map[string]*journalInfo), funding: make(map[wire.OutPoint]string)}, nil
 }
 
 // fileState is ChannelState as stored: hex strings for keys and ids.
@@ -250,23 +314,238 @@ func parseOutPoint(s string) (wire.OutPoint, error) {
 	return *op, nil
 }
 
-// Save writes c atomically: a reader (or a restart after a crash) sees
-// either the old record or the new one, never a torn file.
+// Save records c durably: a reader (or a restart after a crash) sees
+// either the old record or the new one, never a torn one.
 func (s *FileStore) Save(ctx context.Context, c ChannelState) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(toFile(c), "", "  ")
-	if err != nil {
-		return fmt.Errorf("m2mclient: encode channel: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	name := filepath.Join(s.dir, hex.EncodeToString(c.PendingID[:])+".json")
-	if err := writeFileAtomic(name, append(b, '\n')); err != nil {
+	if err := s.save(c, nil); err != nil {
 		return fmt.Errorf("m2mclient: save channel: %w", err)
 	}
 	return nil
+}
+
+// SaveWithReceipt records c and r in one durable write; see ReceiptSaver.
+func (s *FileStore) SaveWithReceipt(ctx context.Context, c ChannelState, r *channel.Receipt) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.save(c, r); err != nil {
+		return fmt.Errorf("m2mclient: save channel: %w", err)
+	}
+	return nil
+}
+
+// journalRecord is one line of a journal: a whole channel record and, for
+// an acknowledged payment, its receipt (hex).
+type journalRecord struct {
+	State   fileState `json:"state"`
+	Receipt string    `json:"receipt,omitempty"`
+}
+
+func (s *FileStore) basePath(pid string) string    { return filepath.Join(s.dir, pid+".json") }
+func (s *FileStore) journalPath(pid string) string { return filepath.Join(s.dir, pid+".journal") }
+
+// save writes c (and r) as the channel's newest record: the base record for
+// a channel not stored before, a journal append otherwise.
+func (s *FileStore) save(c ChannelState, r *channel.Receipt) error {
+	rec := journalRecord{State: toFile(c)}
+	if r != nil {
+		b, err := r.MarshalBinary()
+		if err != nil {
+			return fmt.Errorf("encode receipt: %w", err)
+		}
+		rec.Receipt = hex.EncodeToString(b)
+	}
+	pid := rec.State.PendingID
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.Funding != (wire.OutPoint{}) {
+		s.funding[c.Funding] = pid
+	}
+	if _, err := os.Stat(s.basePath(pid)); errors.Is(err, fs.ErrNotExist) {
+		if err := s.writeBase(rec.State); err != nil {
+			return err
+		}
+		if r != nil {
+			return s.appendReceiptLocked(c.Funding, r)
+		}
+		return nil
+	}
+	j, err := s.journal(pid)
+	if err != nil {
+		return err
+	}
+	line, err := encodeJournalLine(rec)
+	if err != nil {
+		return err
+	}
+	if err := appendSync(s.journalPath(pid), line, j.size == 0, s.dir); err != nil {
+		return err
+	}
+	j.size += int64(len(line))
+	if j.size >= journalCompactSize {
+		return s.compact(pid, j, rec.State)
+	}
+	return nil
+}
+
+// writeBase replaces a channel's base record.
+func (s *FileStore) writeBase(f fileState) error {
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode channel: %w", err)
+	}
+	return writeFileAtomic(s.basePath(f.PendingID), append(b, '\n'))
+}
+
+// encodeJournalLine frames rec as "crc32c-hex json\n", so a record torn by
+// a crash is recognised even if its last byte happens to be a newline.
+func encodeJournalLine(rec journalRecord) ([]byte, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("encode channel: %w", err)
+	}
+	line := make([]byte, 0, 9+len(b)+1)
+	line = fmt.Appendf(line, "%08x ", crc32.Checksum(b, castagnoli))
+	line = append(line, b...)
+	return append(line, '\n'), nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// readJournal returns the records of a journal's valid prefix and that
+// prefix's length. It stops at the first record that is cut short or fails
+// its checksum: records are appended and synced one at a time, so only the
+// last can be torn.
+func readJournal(name string) ([]journalRecord, int64, error) {
+	b, err := os.ReadFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	var (
+		recs []journalRecord
+		good int64
+	)
+	for len(b) > 0 {
+		nl := bytes.IndexByte(b, '\n')
+		if nl < 9 || b[8] != ' ' {
+			break
+		}
+		var sum uint32
+		if _, err := fmt.Sscanf(string(b[:8]), "%08x", &sum); err != nil || crc32.Checksum(b[9:nl], castagnoli) != sum {
+			break
+		}
+		var rec journalRecord
+		if err := json.Unmarshal(b[9:nl], &rec); err != nil {
+			// The checksum matched, so this is not a torn write.
+			return nil, 0, fmt.Errorf("journal %s: %w", filepath.Base(name), err)
+		}
+		recs = append(recs, rec)
+		good += int64(nl + 1)
+		b = b[nl+1:]
+	}
+	return recs, good, nil
+}
+
+// journal returns what this process knows of pid's journal, checking it
+// (and cutting off a torn tail, so the next append follows a whole record)
+// the first time.
+func (s *FileStore) journal(pid string) (*journalInfo, error) {
+	if j := s.journals[pid]; j != nil {
+		return j, nil
+	}
+	name := s.journalPath(pid)
+	_, good, err := readJournal(name)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(name); err == nil && fi.Size() > good {
+		if err := truncateSync(name, good); err != nil {
+			return nil, err
+		}
+	}
+	j := &journalInfo{size: good}
+	s.journals[pid] = j
+	return j, nil
+}
+
+// compact folds pid's journal into its base record; see FileStore.
+func (s *FileStore) compact(pid string, j *journalInfo, latest fileState) error {
+	recs, _, err := readJournal(s.journalPath(pid))
+	if err != nil {
+		return err
+	}
+	var lines []byte
+	var chanID wire.OutPoint
+	for _, rec := range recs {
+		if rec.Receipt == "" {
+			continue
+		}
+		if chanID, err = parseOutPoint(rec.State.Funding); err != nil {
+			return fmt.Errorf("journal %s: funding: %w", pid, err)
+		}
+		lines = append(lines, rec.Receipt+"\n"...)
+	}
+	if len(lines) > 0 {
+		if err := s.appendReceiptLines(chanID, lines); err != nil {
+			return err
+		}
+	}
+	if err := s.writeBase(latest); err != nil {
+		return err
+	}
+	if err := truncateSync(s.journalPath(pid), 0); err != nil {
+		return err
+	}
+	j.size = 0
+	return nil
+}
+
+// appendSync appends data to name and fsyncs it. When the file may be new
+// (created is true) the directory is synced too, so the file's name is as
+// durable as its content.
+func appendSync(name string, data []byte, created bool, dir string) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if created {
+		return syncDir(dir)
+	}
+	return nil
+}
+
+// truncateSync cuts name to size bytes durably.
+func truncateSync(name string, size int64) error {
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // writeFileAtomic replaces name with data durably.
@@ -307,12 +586,19 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// Load reads every channel record. Leftover temporary files of an
-// interrupted Save are ignored.
+// Load reads every channel record: the base record, superseded by the last
+// whole record of its journal if it has one. Leftover temporary files of an
+// interrupted base replacement are ignored.
 func (s *FileStore) Load(ctx context.Context) ([]ChannelState, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loadLocked()
+}
+
+func (s *FileStore) loadLocked() ([]ChannelState, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("m2mclient: load channels: %w", err)
@@ -330,9 +616,19 @@ func (s *FileStore) Load(ctx context.Context) ([]ChannelState, error) {
 		if err := json.Unmarshal(b, &f); err != nil {
 			return nil, fmt.Errorf("m2mclient: load %s: %w", e.Name(), err)
 		}
+		recs, _, err := readJournal(s.journalPath(strings.TrimSuffix(e.Name(), ".json")))
+		if err != nil {
+			return nil, fmt.Errorf("m2mclient: load %s: %w", e.Name(), err)
+		}
+		if len(recs) > 0 {
+			f = recs[len(recs)-1].State
+		}
 		c, err := fromFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("m2mclient: load %s: %w", e.Name(), err)
+		}
+		if c.Funding != (wire.OutPoint{}) {
+			s.funding[c.Funding] = f.PendingID
 		}
 		out = append(out, c)
 	}
@@ -348,43 +644,92 @@ func (s *FileStore) AppendReceipt(ctx context.Context, chanID wire.OutPoint, r *
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendReceiptLocked(chanID, r)
+}
+
+func (s *FileStore) appendReceiptLocked(chanID wire.OutPoint, r *channel.Receipt) error {
 	b, err := r.MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("m2mclient: encode receipt: %w", err)
 	}
-	line := hex.EncodeToString(b) + "\n"
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	return s.appendReceiptLines(chanID, []byte(hex.EncodeToString(b)+"\n"))
+}
+
+// appendReceiptLines appends whole lines to a channel's receipts file and
+// fsyncs it. A torn last line left by a crash is cut off first, so the new
+// lines do not continue it.
+func (s *FileStore) appendReceiptLines(chanID wire.OutPoint, lines []byte) error {
 	name := s.receiptsPath(chanID)
-	_, statErr := os.Stat(name)
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("m2mclient: append receipt: %w", err)
+	fi, statErr := os.Stat(name)
+	if statErr == nil && fi.Size() > 0 {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("m2mclient: append receipt: %w", err)
+		}
+		if i := bytes.LastIndexByte(b, '\n'); i != len(b)-1 {
+			if err := truncateSync(name, int64(i+1)); err != nil {
+				return fmt.Errorf("m2mclient: append receipt: %w", err)
+			}
+		}
 	}
-	if _, err := f.WriteString(line); err != nil {
-		_ = f.Close()
+	if err := appendSync(name, lines, errors.Is(statErr, fs.ErrNotExist), s.dir); err != nil {
 		return fmt.Errorf("m2mclient: append receipt: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("m2mclient: append receipt: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("m2mclient: append receipt: %w", err)
-	}
-	if errors.Is(statErr, fs.ErrNotExist) {
-		return syncDir(s.dir)
 	}
 	return nil
 }
 
-// Receipts reads a channel's receipts. A last line cut short by a crash
-// during AppendReceipt (no newline) is ignored: that receipt was never
-// reported as stored.
+// Receipts reads a channel's receipts: those in its receipts file, then
+// those still in its journal. A last line cut short by a crash during an
+// append (no newline) is ignored: that receipt was never reported as
+// stored.
 func (s *FileStore) Receipts(ctx context.Context, chanID wire.OutPoint) ([]*channel.Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out, err := s.fileReceipts(chanID)
+	if err != nil {
+		return nil, err
+	}
+	pid, ok := s.funding[chanID]
+	if !ok {
+		if _, err := s.loadLocked(); err != nil {
+			return nil, err
+		}
+		if pid, ok = s.funding[chanID]; !ok {
+			return out, nil
+		}
+	}
+	recs, _, err := readJournal(s.journalPath(pid))
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: receipts: %w", err)
+	}
+	// After a crash during compaction a receipt may be in both places.
+	seen := make(map[uint64]bool, len(out))
+	for _, r := range out {
+		seen[r.Seq] = true
+	}
+	for _, rec := range recs {
+		if rec.Receipt == "" {
+			continue
+		}
+		r, err := decodeReceipt(rec.Receipt)
+		if err != nil {
+			return nil, fmt.Errorf("m2mclient: receipts in journal %s: %w", pid, err)
+		}
+		if r.Channel != chanID || seen[r.Seq] {
+			continue
+		}
+		seen[r.Seq] = true
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (s *FileStore) fileReceipts(chanID wire.OutPoint) ([]*channel.Receipt, error) {
 	b, err := os.ReadFile(s.receiptsPath(chanID))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -398,15 +743,23 @@ func (s *FileStore) Receipts(ctx context.Context, chanID wire.OutPoint) ([]*chan
 	var out []*channel.Receipt
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
-		raw, err := hex.DecodeString(sc.Text())
+		r, err := decodeReceipt(sc.Text())
 		if err != nil {
-			return nil, fmt.Errorf("m2mclient: receipts line %d: %w", n, err)
-		}
-		r := new(channel.Receipt)
-		if err := r.UnmarshalBinary(raw); err != nil {
 			return nil, fmt.Errorf("m2mclient: receipts line %d: %w", n, err)
 		}
 		out = append(out, r)
 	}
 	return out, sc.Err()
+}
+
+func decodeReceipt(h string) (*channel.Receipt, error) {
+	raw, err := hex.DecodeString(h)
+	if err != nil {
+		return nil, err
+	}
+	r := new(channel.Receipt)
+	if err := r.UnmarshalBinary(raw); err != nil {
+		return nil, err
+	}
+	return r, nil
 }
