@@ -232,10 +232,10 @@ func TestToUsage(t *testing.T) {
 
 func TestReason(t *testing.T) {
 	for err, code := range map[error]string{
-		fmt.Errorf("x: %w", metering.ErrFuture):     metering.ReasonFuture,
+		fmt.Errorf("x: %w", metering.ErrFuture):       metering.ReasonFuture,
 		fmt.Errorf("x: %w", metering.ErrBadSignature): metering.ReasonSignature,
-		metering.ErrSourceMismatch:                   metering.ReasonSourceMismatch,
-		errors.New("other"):                          metering.ReasonOther,
+		metering.ErrSourceMismatch:                    metering.ReasonSourceMismatch,
+		errors.New("other"):                           metering.ReasonOther,
 	} {
 		if got := metering.Reason(err); got != code {
 			t.Errorf("Reason(%v) = %q, want %q", err, got, code)
