@@ -1,0 +1,478 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// Charge buckets. A charge is written once to an append-only log, in
+// commit order, and found through three indexes that hold its log
+// position: by (provider, event id) for exactly-once, and by provider and
+// by payer in time order for the windowed lists. The log is what makes
+// RecordCharges cheap: the charges of one commit fill a few new pages at
+// the end of the log instead of dirtying one page per charge across a
+// tree keyed by event id; only the 8-byte index values are scattered.
+// Like the contract buckets they are created by the first write.
+var (
+	bucketChargeLog   = []byte("chglog")   // big-endian position -> charge (see encodeCharge)
+	bucketChargeIDs   = []byte("chgids")   // provider || 0 || event id -> position
+	bucketChargeProv  = []byte("chgprov")  // provider || 0 || timeKey(charged) || position -> empty
+	bucketChargePayer = []byte("chgpayer") // payer || 0 || timeKey(charged) || position -> empty
+	chargeBucketSet   = [][]byte{bucketChargeLog, bucketChargeIDs, bucketChargeProv, bucketChargePayer}
+)
+
+var _ hub.ChargeStore = (*Store)(nil)
+
+// Charge value layout: status | channel outpoint key | amount | fee |
+// contract | event time | charged (both as encodeTime) | then provider,
+// payer and event id, each a uvarint length and the bytes. The status and
+// channel come first at fixed offsets so RecordCharges and SetChargeStatus
+// can change them without decoding the rest.
+const (
+	cgStatus    = 0
+	cgChannel   = 1
+	cgAmount    = cgChannel + opKeyLen
+	cgFee       = cgAmount + 8
+	cgContract  = cgFee + 8
+	cgEventTime = cgContract + 32
+	cgCharged   = cgEventTime + 8
+	cgFixedLen  = cgCharged + 8
+)
+
+// statusCode is the one-byte form of a charge status in the value.
+func statusCode(st hub.ChargeStatus) (byte, bool) {
+	switch st {
+	case hub.ChargeOwed:
+		return 'o', true
+	case hub.ChargePaid:
+		return 'p', true
+	case hub.ChargeUnpaid:
+		return 'u', true
+	case hub.ChargeHeld:
+		return 'h', true
+	}
+	return 0, false
+}
+
+func statusOf(code byte) (hub.ChargeStatus, bool) {
+	switch code {
+	case 'o':
+		return hub.ChargeOwed, true
+	case 'p':
+		return hub.ChargePaid, true
+	case 'u':
+		return hub.ChargeUnpaid, true
+	case 'h':
+		return hub.ChargeHeld, true
+	}
+	return "", false
+}
+
+func encodeCharge(c hub.Charge, code byte) []byte {
+	b := make([]byte, cgFixedLen, cgFixedLen+3*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID))
+	b[cgStatus] = code
+	if !isZeroOutPoint(c.Channel) {
+		copy(b[cgChannel:], c.Channel.Hash[:])
+		binary.BigEndian.PutUint32(b[cgChannel+chainHashLen:], c.Channel.Index)
+	}
+	binary.BigEndian.PutUint64(b[cgAmount:], uint64(c.Amount))
+	binary.BigEndian.PutUint64(b[cgFee:], uint64(c.Fee))
+	copy(b[cgContract:], c.Contract[:])
+	binary.BigEndian.PutUint64(b[cgEventTime:], uint64(encodeTime(c.EventTime)))
+	binary.BigEndian.PutUint64(b[cgCharged:], uint64(encodeTime(c.Charged)))
+	for _, s := range []string{c.Provider, c.Payer, c.EventID} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+var errBadCharge = errors.New("boltstore: malformed charge value")
+
+func decodeCharge(b []byte) (hub.Charge, error) {
+	var c hub.Charge
+	if len(b) < cgFixedLen {
+		return c, errBadCharge
+	}
+	st, ok := statusOf(b[cgStatus])
+	if !ok {
+		return c, fmt.Errorf("%w: status %q", errBadCharge, b[cgStatus])
+	}
+	c.Status = st
+	copy(c.Channel.Hash[:], b[cgChannel:])
+	c.Channel.Index = binary.BigEndian.Uint32(b[cgChannel+chainHashLen:])
+	c.Amount = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgAmount:]))
+	c.Fee = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgFee:]))
+	copy(c.Contract[:], b[cgContract:])
+	c.EventTime = decodeTime(int64(binary.BigEndian.Uint64(b[cgEventTime:])))
+	c.Charged = decodeTime(int64(binary.BigEndian.Uint64(b[cgCharged:])))
+	rest := b[cgFixedLen:]
+	for _, dst := range []*string{&c.Provider, &c.Payer, &c.EventID} {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return c, errBadCharge
+		}
+		// string() copies, so the charge outlives the transaction.
+		*dst = string(rest[k : k+int(n)])
+		rest = rest[k+int(n):]
+	}
+	return c, nil
+}
+
+// chargeID is the exactly-once key of a charge.
+func chargeID(provider, eventID string) []byte {
+	k := make([]byte, 0, len(provider)+1+len(eventID))
+	k = append(k, provider...)
+	k = append(k, 0)
+	return append(k, eventID...)
+}
+
+// partyKey is the start of a provider's or payer's index keys at time t;
+// the log position follows it.
+func partyKey(party string, t time.Time) []byte {
+	k := make([]byte, 0, len(party)+1+8+8)
+	k = append(k, party...)
+	k = append(k, 0)
+	return append(k, timeKey(t)...)
+}
+
+// roundTrip returns t as the store gives it back: UTC, no monotonic
+// reading.
+func roundTrip(t time.Time) time.Time { return decodeTime(encodeTime(t)) }
+
+func validateCharge(c hub.Charge) error {
+	switch {
+	case c.Provider == "" || c.EventID == "":
+		return fmt.Errorf("boltstore: %w: charge needs a provider and an event id", hub.ErrInvalid)
+	case strings.IndexByte(c.Provider, 0) >= 0 || strings.IndexByte(c.Payer, 0) >= 0:
+		// A zero byte would end the name early in the index keys.
+		return fmt.Errorf("boltstore: %w: charge %s: zero byte in a name", hub.ErrInvalid, c.EventID)
+	case c.Fee > c.Amount:
+		return fmt.Errorf("boltstore: %w: charge %s: fee %d above amount %d", hub.ErrInvalid, c.EventID, c.Fee, c.Amount)
+	}
+	if _, ok := statusCode(c.Status); !ok {
+		return fmt.Errorf("boltstore: %w: charge %s: status %q", hub.ErrInvalid, c.EventID, c.Status)
+	}
+	return nil
+}
+
+// preparedCharge is one charge of RecordCharges with everything its write
+// needs built outside the transaction.
+type preparedCharge struct {
+	stored  hub.Charge // as it reads back, before the status is decided
+	doc     []byte
+	id      []byte
+	prov    []byte // partyKey of the provider
+	payer   []byte // partyKey of the payer
+	channel string // outpoint key when the charge raises Owed, else ""
+	firstOf int    // index of the earlier charge with the same id, or -1
+}
+
+// owedChannel is a channel's state as RecordCharges moves it within one
+// transaction.
+type owedChannel struct {
+	pid   []byte
+	state []byte // a copy, written back at the end when dirty
+	owed  uint64
+	dirty bool
+}
+
+// RecordCharges writes the new charges of cs and raises their channels'
+// Owed in one transaction, durable before it returns and shared with other
+// writers' commits; see hub.ChargeStore. A charge with Status ChargeOwed
+// whose channel is zero or unknown is stored as ChargeUnpaid with a zero
+// Channel; credit is granted in the order of cs. It returns an error
+// wrapping hub.ErrInvalid, writing nothing, when a charge lacks a provider
+// or event id, names an unknown status, has a fee above its amount, or has
+// a zero byte in its provider or payer.
+func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit lnwire.MilliSatoshi) ([]hub.ChargeResult, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(cs) == 0 {
+		return []hub.ChargeResult{}, nil
+	}
+	// Encoding happens here, outside the transaction: the committer runs
+	// its group serially, so work inside it uses one core.
+	ps := make([]preparedCharge, len(cs))
+	seen := make(map[string]int, len(cs))
+	for i, c := range cs {
+		if err := validateCharge(c); err != nil {
+			return nil, err
+		}
+		p := &ps[i]
+		p.id = chargeID(c.Provider, c.EventID)
+		p.firstOf = -1
+		if j, ok := seen[string(p.id)]; ok {
+			p.firstOf = j
+			continue
+		}
+		seen[string(p.id)] = i
+		p.stored = c
+		p.stored.EventTime, p.stored.Charged = roundTrip(c.EventTime), roundTrip(c.Charged)
+		code, _ := statusCode(c.Status)
+		p.doc = encodeCharge(c, code)
+		p.prov = partyKey(c.Provider, c.Charged)
+		p.payer = partyKey(c.Payer, c.Charged)
+		if c.Status == hub.ChargeOwed && !isZeroOutPoint(c.Channel) {
+			p.channel = string(opKey(c.Channel))
+		}
+	}
+	limit := uint64(creditLimit)
+
+	// The function may run more than once (the committer reruns it alone
+	// when another write of its group fails); it resets what it builds
+	// and changes nothing outside tx but res, so every run is the same.
+	var res []hub.ChargeResult
+	err := s.commit.do(func(tx *bolt.Tx) error {
+		res = make([]hub.ChargeResult, len(cs))
+		var bs [4]*bolt.Bucket
+		for i, name := range chargeBucketSet {
+			b, err := tx.CreateBucketIfNotExists(name)
+			if err != nil {
+				return err
+			}
+			bs[i] = b
+		}
+		log, ids, prov, payer := bs[0], bs[1], bs[2], bs[3]
+		// Positions only grow, so log pages can be filled completely.
+		log.FillPercent = 1.0
+		funding, states := tx.Bucket(bucketFunding), tx.Bucket(bucketChanState)
+		chans := make(map[string]*owedChannel)
+
+		for i := range ps {
+			p := &ps[i]
+			if p.firstOf >= 0 {
+				continue
+			}
+			if pos := ids.Get(p.id); pos != nil {
+				c, err := decodeCharge(log.Get(pos))
+				if err != nil {
+					return fmt.Errorf("charge %q at %x: %w", p.id, pos, err)
+				}
+				res[i] = hub.ChargeResult{Duplicate: true, Stored: c}
+				continue
+			}
+			stored, doc := p.stored, p.doc
+			if stored.Status == hub.ChargeOwed {
+				ch, err := owedChannelOf(chans, funding, states, p.channel)
+				if err != nil {
+					return err
+				}
+				amount := uint64(stored.Amount)
+				switch {
+				case ch == nil:
+					// No channel to charge: the payer cannot pay.
+					stored.Status, stored.Channel = hub.ChargeUnpaid, wire.OutPoint{}
+					doc = bytes.Clone(doc)
+					doc[cgStatus] = 'u'
+					clear(doc[cgChannel : cgChannel+opKeyLen])
+				case ch.owed > limit || amount > limit-ch.owed:
+					stored.Status = hub.ChargeUnpaid
+					doc = bytes.Clone(doc)
+					doc[cgStatus] = 'u'
+				default:
+					ch.owed += amount
+					ch.dirty = true
+				}
+			}
+			seq, err := log.NextSequence()
+			if err != nil {
+				return err
+			}
+			pos := seqBytes(seq)
+			if err := log.Put(pos, doc); err != nil {
+				return err
+			}
+			if err := ids.Put(p.id, pos); err != nil {
+				return err
+			}
+			if err := prov.Put(append(p.prov[:len(p.prov):len(p.prov)], pos...), []byte{}); err != nil {
+				return err
+			}
+			if err := payer.Put(append(p.payer[:len(p.payer):len(p.payer)], pos...), []byte{}); err != nil {
+				return err
+			}
+			res[i] = hub.ChargeResult{Stored: stored}
+		}
+		for i := range ps {
+			if j := ps[i].firstOf; j >= 0 {
+				res[i] = hub.ChargeResult{Duplicate: true, Stored: res[j].Stored}
+			}
+		}
+		for _, ch := range chans {
+			if ch == nil || !ch.dirty {
+				continue
+			}
+			binary.BigEndian.PutUint64(ch.state[stOwed:], ch.owed)
+			if err := states.Put(ch.pid, ch.state); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: record %d charges: %w", len(cs), err)
+	}
+	return res, nil
+}
+
+// owedChannelOf returns the channel funded by the outpoint key op as this
+// transaction has moved it so far, or nil when no channel is funded by op.
+func owedChannelOf(chans map[string]*owedChannel, funding, states *bolt.Bucket, op string) (*owedChannel, error) {
+	if op == "" {
+		return nil, nil
+	}
+	if ch, ok := chans[op]; ok {
+		return ch, nil
+	}
+	var ch *owedChannel
+	if pid := funding.Get([]byte(op)); pid != nil {
+		cur := states.Get(pid)
+		if len(cur) != stateLen {
+			return nil, fmt.Errorf("channel %x state is %d bytes", pid, len(cur))
+		}
+		ch = &owedChannel{pid: bytes.Clone(pid), state: bytes.Clone(cur), owed: binary.BigEndian.Uint64(cur[stOwed:])}
+	}
+	// A missing channel is remembered as nil, so it is looked up once.
+	chans[op] = ch
+	return ch, nil
+}
+
+// SetChargeStatus moves the named charges of provider to status, changing
+// nothing else (Owed moves with payments). It returns an error wrapping
+// hub.ErrNotFound, writing nothing, when one of the events was never
+// charged, and hub.ErrInvalid for an unknown status.
+func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	code, ok := statusCode(status)
+	if !ok {
+		return fmt.Errorf("boltstore: %w: charge status %q", hub.ErrInvalid, status)
+	}
+	ids := make([][]byte, len(eventIDs))
+	for i, e := range eventIDs {
+		ids[i] = chargeID(provider, e)
+	}
+	var refused error
+	err := s.commit.do(func(tx *bolt.Tx) error {
+		refused = nil
+		idx, log := tx.Bucket(bucketChargeIDs), tx.Bucket(bucketChargeLog)
+		// Every id is checked before the first write.
+		pos := make([][]byte, len(ids))
+		for i, id := range ids {
+			if idx != nil {
+				pos[i] = idx.Get(id)
+			}
+			if pos[i] == nil {
+				refused = fmt.Errorf("%w: charge %s/%s", hub.ErrNotFound, provider, eventIDs[i])
+				return nil
+			}
+		}
+		for i, p := range pos {
+			cur := log.Get(p)
+			if len(cur) < cgFixedLen {
+				return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], errBadCharge)
+			}
+			if cur[cgStatus] == code {
+				continue
+			}
+			next := bytes.Clone(cur)
+			next[cgStatus] = code
+			if err := log.Put(p, next); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = refused
+	}
+	if err != nil {
+		return fmt.Errorf("boltstore: set status of %d charges of %s: %w", len(eventIDs), provider, err)
+	}
+	return nil
+}
+
+// Charge returns one charge, or hub.ErrNotFound.
+func (s *Store) Charge(ctx context.Context, provider, eventID string) (hub.Charge, error) {
+	if err := ctx.Err(); err != nil {
+		return hub.Charge{}, err
+	}
+	var c hub.Charge
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var pos []byte
+		if idx := tx.Bucket(bucketChargeIDs); idx != nil {
+			pos = idx.Get(chargeID(provider, eventID))
+		}
+		if pos == nil {
+			return fmt.Errorf("%w: charge %s/%s", hub.ErrNotFound, provider, eventID)
+		}
+		var err error
+		if c, err = decodeCharge(tx.Bucket(bucketChargeLog).Get(pos)); err != nil {
+			return fmt.Errorf("charge %s/%s: %w", provider, eventID, err)
+		}
+		return nil
+	})
+	return c, err
+}
+
+// ChargesByProvider returns a provider's charges recorded in [from, to),
+// oldest first; charges of the same instant come in the order they were
+// recorded.
+func (s *Store) ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error) {
+	return s.chargesBy(ctx, bucketChargeProv, provider, from, to)
+}
+
+// ChargesByPayer returns a payer's charges recorded in [from, to), oldest
+// first; charges of the same instant come in the order they were recorded.
+func (s *Store) ChargesByPayer(ctx context.Context, payer string, from, to time.Time) ([]hub.Charge, error) {
+	return s.chargesBy(ctx, bucketChargePayer, payer, from, to)
+}
+
+func (s *Store) chargesBy(ctx context.Context, bucket []byte, party string, from, to time.Time) ([]hub.Charge, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !from.Before(to) {
+		return nil, nil
+	}
+	start, end := partyKey(party, from), partyKey(party, to)
+	var out []hub.Charge
+	err := s.db.View(func(tx *bolt.Tx) error {
+		idx := tx.Bucket(bucket)
+		if idx == nil {
+			return nil
+		}
+		log := tx.Bucket(bucketChargeLog)
+		c := idx.Cursor()
+		// Keys of this party in the window sort between start and end:
+		// the zero byte after the name keeps "charger" from reaching
+		// into "charger-7".
+		for k, _ := c.Seek(start); k != nil && bytes.Compare(k, end) < 0; k, _ = c.Next() {
+			if len(k) != len(start)+8 {
+				return fmt.Errorf("boltstore: charge index key %x has the wrong length", k)
+			}
+			pos := k[len(start):]
+			ch, err := decodeCharge(log.Get(pos))
+			if err != nil {
+				return fmt.Errorf("charge at %x: %w", pos, err)
+			}
+			out = append(out, ch)
+		}
+		return nil
+	})
+	return out, err
+}
