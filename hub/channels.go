@@ -242,6 +242,7 @@ type Channels struct {
 	asks      map[[16]byte]*holdAsk         // hold requests waiting for the device
 	closed    bool                          // set by Close; no goroutine starts after it
 	nextReq   uint64                        // last PaymentRequest id, atomic
+	charges   chargeBook                    // payment requests for metered charges
 
 	limits sync.Map // device id → *rateLimiter
 	payees sync.Map // provider id → time.Time until which it is known active

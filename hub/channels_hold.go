@@ -209,6 +209,9 @@ func (c *Channels) holdSigned(s *Session, e *chanEntry, m *wire.HoldAuthorize) b
 // deviceError handles a ChannelError from a device: a refused hold request
 // is passed on to its provider; anything else is only logged.
 func (c *Channels) deviceError(ctx context.Context, s *Session, m *wire.ChannelError) {
+	if c.chargeRefused(s.DeviceID(), m) {
+		return
+	}
 	if m.HoldID != nil {
 		c.mu.Lock()
 		ask := c.asks[*m.HoldID]

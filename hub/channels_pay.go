@@ -67,6 +67,7 @@ func (c *Channels) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pa
 			uint64(used), uint64(e.out.Params().MaxPaid()))
 	}
 	req := c.matchRequest(e, m)
+	chargeID, chargeReq := c.chargeRequest(payer, m)
 	capture := m.HoldID
 	if req != nil && req.onCredit {
 		// The capture this pays was charged on credit already; the
@@ -87,7 +88,7 @@ func (c *Channels) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pa
 	}
 
 	now := c.clock.Now()
-	receipt, err := c.receipt(e, m, now)
+	receipt, err := c.receipt(e, m, now, chargeReq)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +122,9 @@ func (c *Channels) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pa
 	}
 	if req != nil {
 		c.answered(e, req)
+	}
+	if chargeReq != nil {
+		c.chargePaid(chargeID, receipt)
 	}
 	return &wire.PayAck{ChanID: m.ChanID, Seq: m.Seq, Receipt: receipt}, nil
 }
@@ -185,8 +189,9 @@ func (c *Channels) checkHoldPayment(ctx context.Context, e *chanEntry, m *wire.P
 }
 
 // receipt builds and signs the receipt of payment m with the hub identity
-// key, and returns its encoding.
-func (c *Channels) receipt(e *chanEntry, m *wire.Pay, now time.Time) ([]byte, error) {
+// key, and returns its encoding; a payment answering a charge request gets
+// a version-2 receipt naming the charges' contract and events.
+func (c *Channels) receipt(e *chanEntry, m *wire.Pay, now time.Time, cr *ChargeRequest) ([]byte, error) {
 	r := channel.Receipt{
 		Channel: m.ChanID,
 		Seq:     m.Seq,
@@ -201,6 +206,7 @@ func (c *Channels) receipt(e *chanEntry, m *wire.Pay, now time.Time) ([]byte, er
 	if m.HoldID != nil {
 		r.HoldID = *m.HoldID
 	}
+	chargeMeta(&r, cr)
 	if err := r.Sign(c.cfg.HubKey); err != nil {
 		return nil, fmt.Errorf("hub: sign receipt: %w", err)
 	}
