@@ -25,14 +25,14 @@ import (
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
-// Sizes of the state machine run. The default run (about 15 checks of ~30
+// Sizes of the state machine run. The default run (25 checks of ~30
 // steps, every step followed by the full invariant check against the hub's
 // store and the device's records) takes well under a minute; run longer
 // with e.g.
 //
 //	go test ./clients/go -run TestChannelStateMachine -rapid.checks=200 -rapid.steps=60
 const (
-	smDefaultChecks = 15
+	smDefaultChecks = 25
 	smCapacity      = btcutil.Amount(200_000)
 	// smReopenBelow: a check starts on a fresh channel when the current
 	// one has less than this left, so "fill the channel" steps do not
