@@ -30,6 +30,13 @@ const (
 	WalletKeyFile   = "wallet.key"   // the hub's on-chain wallet key
 )
 
+// NATS credentials of the embedded bus: the hub's own nkey seed (0600) and
+// the providers' public nkeys.
+const (
+	NATSKeyFile       = "nats.nkey"
+	NATSProvidersFile = "nats-providers.json"
+)
+
 // Dir is a data directory.
 type Dir string
 

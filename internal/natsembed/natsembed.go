@@ -1,13 +1,18 @@
 // Package natsembed runs nats-server in-process with JetStream storing under
 // a directory: hubd's embedded event bus, and the real NATS that tests use.
+// With HubNkey set the server admits only nkey users: the hub itself, with
+// full rights, and each provider, confined to its own subjects (see
+// ProviderPermissions). SetProviders changes the provider users at runtime.
 package natsembed
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -23,12 +28,24 @@ type Config struct {
 	// SyncInterval (nats-server's default is two minutes). The metering
 	// stream acknowledges nothing it could lose, so hubd turns it on.
 	SyncAlways bool
-	Logger     *slog.Logger
+	// HubNkey is the public nkey of the hub's own NATS user, which has
+	// full rights. Empty leaves the server open to anyone who can reach
+	// it, with no users: fine on a loopback test bus, not for hubd.
+	HubNkey string
+	// Providers are the provider users at start; SetProviders replaces
+	// them. They need HubNkey.
+	Providers []ProviderCreds
+	Logger    *slog.Logger
 }
 
 // Server is a running embedded nats-server.
 type Server struct {
 	ns *server.Server
+	// base is the options the server started with; reloads copy it and
+	// change only the users.
+	base *server.Options
+	mu   sync.Mutex // serialises SetProviders
+	log  *slog.Logger
 }
 
 // Start starts the server and waits until it accepts connections.
@@ -58,6 +75,17 @@ func Start(cfg Config) (*Server, error) {
 		NoLog:      true,
 		MaxPayload: 1 << 20,
 	}
+	if cfg.HubNkey == "" && len(cfg.Providers) > 0 {
+		return nil, errors.New("natsembed: provider users need the hub's own nkey user")
+	}
+	base := opts.Clone()
+	if cfg.HubNkey != "" {
+		users, err := nkeyUsers(cfg.HubNkey, cfg.Providers)
+		if err != nil {
+			return nil, err
+		}
+		opts.Nkeys = users
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: %w", err)
@@ -70,7 +98,38 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Logger != nil {
 		cfg.Logger.Info("embedded NATS ready", "url", ns.ClientURL(), "jetstream", cfg.StoreDir)
 	}
-	return &Server{ns: ns}, nil
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	base.Nkeys = opts.Nkeys
+	return &Server{ns: ns, base: base, log: log}, nil
+}
+
+// SetProviders replaces the provider users with creds and reloads the
+// server's options: a new provider can connect at once, a removed one is
+// disconnected. It needs a server started with HubNkey.
+func (s *Server) SetProviders(ctx context.Context, creds []ProviderCreds) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.base.Nkeys) == 0 {
+		return errors.New("natsembed: the server runs without users (no HubNkey)")
+	}
+	users, err := nkeyUsers(s.base.Nkeys[0].Nkey, creds)
+	if err != nil {
+		return err
+	}
+	opts := s.base.Clone()
+	opts.Nkeys = users
+	if err := s.ns.ReloadOptions(opts); err != nil {
+		return fmt.Errorf("natsembed: reload: %w", err)
+	}
+	s.base.Nkeys = users
+	s.log.Info("NATS provider users reloaded", "providers", len(creds))
+	return nil
 }
 
 // ClientURL is the nats:// URL clients connect to.
