@@ -319,8 +319,10 @@ func (r *killRun) deviceState(ctx context.Context) m2mclient.ChannelState {
 
 // verifyStore checks, with hubd stopped, that the hub's store holds every
 // payment the device counts as acknowledged, exactly once, with a device
-// signature that claims it (I2, I4, I5). It returns the stored seq.
-func (r *killRun) verifyStore(ctx context.Context, trial int) (stored uint64, inFlightHeld bool) {
+// signature that claims it (I2, I4, I5). It returns the stored seq,
+// whether the device holds a payment it sent without an answer, and whether
+// the hub stored that one.
+func (r *killRun) verifyStore(ctx context.Context, trial int) (stored uint64, unanswered, inFlightHeld bool) {
 	t := r.t
 	t.Helper()
 	dev := r.deviceState(ctx)
@@ -423,7 +425,7 @@ func (r *killRun) verifyStore(ctx context.Context, trial int) (stored uint64, in
 	if sum != rec.Paid {
 		fail("receipts sum to %d msat, channel paid %d", uint64(sum), uint64(rec.Paid))
 	}
-	return rec.Seq, inFlightHeld
+	return rec.Seq, dev.Pending != nil, inFlightHeld
 }
 
 // TestKill9DuringPayments kills the real hubd with SIGKILL at random points
@@ -460,6 +462,7 @@ func TestKill9DuringPayments(t *testing.T) {
 	var (
 		startTotal, trialTotal time.Duration
 		acked, refused, held   int
+		unanswered             int
 		startKills, starts     int
 		mu                     sync.Mutex
 	)
@@ -522,17 +525,20 @@ func TestKill9DuringPayments(t *testing.T) {
 		refused += res.refused
 		mu.Unlock()
 
-		stored, inFlight := r.verifyStore(ctx, trial)
+		stored, pending, inFlight := r.verifyStore(ctx, trial)
+		if pending {
+			unanswered++
+		}
 		if inFlight {
 			held++
 		}
 		trialTotal += time.Since(trialStart)
-		t.Logf("trial %d: killed after %v, %d acknowledged, stored seq %d, in-flight held %v",
-			trial, delay.Round(time.Millisecond), res.acked, stored, inFlight)
+		t.Logf("trial %d: killed after %v, %d acknowledged, stored seq %d, unanswered payment %v (stored by the hub %v)",
+			trial, delay.Round(time.Millisecond), res.acked, stored, pending, inFlight)
 	}
 	n := max(*killTrials, 1)
-	t.Logf("%d trials (%d with a kill during start-up too): %d payments acknowledged, %d rate-limited, %d kills left the in-flight payment stored; per trial %v (hubd start %v)",
-		*killTrials, startKills, acked, refused, held, (trialTotal / time.Duration(n)).Round(time.Millisecond),
+	t.Logf("%d trials (%d with a kill during start-up too): %d payments acknowledged, %d rate-limited; %d kills left a payment unanswered, %d of them stored by the hub; per trial %v (hubd start %v)",
+		*killTrials, startKills, acked, refused, unanswered, held, (trialTotal / time.Duration(n)).Round(time.Millisecond),
 		(startTotal / time.Duration(max(starts, 1))).Round(time.Millisecond))
 
 	// One more start: the device resolves whatever the last kill left
@@ -554,7 +560,7 @@ func TestKill9DuringPayments(t *testing.T) {
 	if err := r.proc.Stop(stopCtx); err != nil {
 		t.Fatal(err)
 	}
-	if stored, _ := r.verifyStore(ctx, *killTrials+1); stored != rc.Seq {
-		t.Fatalf("after a clean stop the hub holds seq %d, last receipt %d", stored, rc.Seq)
+	if stored, pending, _ := r.verifyStore(ctx, *killTrials+1); stored != rc.Seq || pending {
+		t.Fatalf("after a clean stop the hub holds seq %d, last receipt %d, device pending %v", stored, rc.Seq, pending)
 	}
 }
