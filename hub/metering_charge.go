@@ -52,6 +52,8 @@ type plan struct {
 	// release names the held charge (EventID) an end-of-job event
 	// resolves.
 	release string
+	// counted: the event was added to the security windows.
+	counted bool
 }
 
 // holdEventID is the EventID of the charge that holds a conditional
@@ -130,6 +132,15 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 		}
 	}
 	c.undoVolumes(dups)
+	if len(dups) > 0 {
+		c.mu.Lock()
+		for _, p := range dups {
+			if p.counted {
+				c.uncount(&evs[p.idx])
+			}
+		}
+		c.mu.Unlock()
+	}
 	for prov, ids := range resolved {
 		// The held amount is no longer owed by anyone: what the job
 		// earned was charged by the end event itself. Unpaid marks the
@@ -223,16 +234,17 @@ func (c *Charging) planOne(ctx context.Context, ev *UsageEvent, now time.Time, h
 	u := ev.Usage
 	u.Device, u.Provider, u.EventTime = ev.Payer, ev.Provider, ev.Time
 	u.CumulativeMB = contracts.Dec{}
-	if len(k.Security) > 0 {
-		if reason, detail := c.security(ctx, k, ev, u, now); reason != "" {
+	p := plan{counted: len(k.Security) > 0}
+	if p.counted {
+		var reason, detail string
+		if reason, detail, p.counted = c.security(ctx, k, ev, u, now); reason != "" {
 			return plan{}, reason, detail, nil
 		}
 	}
-
-	p := plan{charge: Charge{
+	p.charge = Charge{
 		Provider: ev.Provider, EventID: ev.ID, Payer: ev.Payer, Contract: ev.Contract,
 		Status: ChargeOwed, EventTime: ev.Time.UTC(), Charged: now.UTC(),
-	}}
+	}
 	if k.Kind == contracts.KindConditionalRelease && u.End.IsZero() {
 		// Start of a job: hold the contract's amount until the end
 		// event's readings decide.
@@ -301,7 +313,10 @@ func (c *Charging) checkHeld(ctx context.Context, provider, session string, held
 // security runs k's rules over the hub's recent view of both parties and
 // freezes whoever broke one. The hub's own clock times the windows: a
 // provider cannot spread a flood by back-dating its events.
-func (c *Charging) security(ctx context.Context, k *contracts.Contract, ev *UsageEvent, u contracts.Usage, now time.Time) (string, string) {
+//
+// It returns a Reject reason and detail when ev must not be charged, and
+// whether ev stays counted in the windows.
+func (c *Charging) security(ctx context.Context, k *contracts.Contract, ev *UsageEvent, u contracts.Usage, now time.Time) (string, string, bool) {
 	keep := 1
 	for _, r := range k.Security {
 		if r.Rule == contracts.RuleMaxEventRate && r.Limit != nil {
@@ -315,7 +330,15 @@ func (c *Charging) security(ctx context.Context, k *contracts.Contract, ev *Usag
 	}
 	f, broken := contracts.CheckSecurity(k, w)
 	if !broken {
-		return "", ""
+		return "", "", true
+	}
+	// A redelivered event was counted when it was first charged: it is
+	// not a new one and must not trip a rule (a batch redelivered after a
+	// restart would otherwise freeze an honest party). Looking it up only
+	// here keeps the store off the common path.
+	if _, err := c.cfg.Charges.Charge(ctx, ev.Provider, ev.ID); err == nil {
+		c.uncount(ev)
+		return "", "", false
 	}
 	reason := fmt.Sprintf("contract %s security rule %d (%s): %s", ev.Contract, f.Rule, k.Security[f.Rule].Rule, f.Reason)
 	d, err := c.cfg.Freezer.Freeze(ctx, f.Subject, "system", reason)
@@ -324,7 +347,17 @@ func (c *Charging) security(ctx context.Context, k *contracts.Contract, ev *Usag
 	} else {
 		c.devices[f.Subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
 	}
-	return RejectSecurity, reason
+	return RejectSecurity, reason, true
+}
+
+// uncount takes back the newest time counted for ev's parties: charging
+// found ev was a duplicate.
+func (c *Charging) uncount(ev *UsageEvent) {
+	for _, key := range []string{"d/" + ev.Payer, "p/" + ev.Provider} {
+		if w := c.windows[key]; w != nil && len(w.times) > 0 {
+			w.times = w.times[:len(w.times)-1]
+		}
+	}
 }
 
 func (c *Charging) window(key string) *eventWindow {
