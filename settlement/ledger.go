@@ -19,11 +19,12 @@ type Msat int64
 // no sum of two of them can overflow int64.
 const MaxMsat Msat = Msat(btcutil.MaxSatoshi) * 1000
 
-// MsatOf converts an unsigned lnwire amount. Amounts above MaxMsat are
-// clamped to it; Post refuses them anyway.
+// MsatOf converts an unsigned lnwire amount. Amounts above MaxMsat become
+// MaxMsat+1, still positive, so that Post refuses them instead of
+// wrapping to a negative number.
 func MsatOf(a lnwire.MilliSatoshi) Msat {
 	if a > lnwire.MilliSatoshi(MaxMsat) {
-		return MaxMsat
+		return MaxMsat + 1
 	}
 	return Msat(a)
 }
