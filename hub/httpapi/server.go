@@ -54,6 +54,8 @@ type Config struct {
 	Info   func() Info
 	Health []HealthCheck
 	Logger *slog.Logger
+	// Contracts, when set, serves the contract and income endpoints.
+	Contracts Contracts
 }
 
 // maxBody bounds request bodies; admin requests are small.
@@ -89,6 +91,7 @@ func New(cfg Config) (*Handler, error) {
 	h.mux.Handle("POST /v1/devices/{id}/revoke", h.auth(h.revokeDevice))
 	h.mux.Handle("POST /v1/devices/{id}/rotate", h.auth(h.rotateDevice))
 	h.mux.Handle("GET /v1/audit", h.auth(h.audit))
+	h.routeContracts()
 	return h, nil
 }
 
