@@ -336,6 +336,7 @@ func (in PlanInput) Plan() (*Plan, error) {
 			carry(po.Participant, nil, po.Net, CarryLowValue)
 		default:
 			payouts = append(payouts, PlannedPayout{Participant: po.Participant, Script: po.Script, Value: sat})
+			carry(po.Participant, nil, po.Net-FromSat(sat), CarryRemainder)
 		}
 	}
 
