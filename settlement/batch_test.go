@@ -281,7 +281,7 @@ func TestPlanRules(t *testing.T) {
 	})
 	t.Run("ErrRevenueShort", func(t *testing.T) {
 		in := PlanInput{
-			Channels: []ChannelInput{{Participant: "q", Output: q.out, Funding: q.funding, Net: 5_000_000, Cooperative: true}},
+			Channels:      []ChannelInput{{Participant: "q", Output: q.out, Funding: q.funding, Net: 5_000_000, Cooperative: true}},
 			RevenueScript: rev, FeeRate: 2000,
 		}
 		if _, err := in.Plan(); !errors.Is(err, ErrRevenueShort) {
