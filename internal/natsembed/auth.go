@@ -58,7 +58,7 @@ func nkeyUsers(hubNkey string, creds []ProviderCreds) ([]*server.NkeyUser, error
 			return nil, fmt.Errorf("natsembed: provider id %q cannot be a subject token", c.ID)
 		}
 		if !nkeys.IsValidPublicUserKey(c.NkeyPub) || seen[c.NkeyPub] {
-			return nil, fmt.Errorf("natsembed: provider %s: bad or reused public user nkey", c.ID)
+			return nil, fmt.Errorf("natsembed: provider %s: bad or reused public user nkey %q", c.ID, c.NkeyPub)
 		}
 		seen[c.NkeyPub] = true
 		users = append(users, &server.NkeyUser{Nkey: c.NkeyPub, Permissions: ProviderPermissions(c.ID)})

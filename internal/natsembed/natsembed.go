@@ -43,8 +43,9 @@ type Server struct {
 	ns *server.Server
 	// base is the options the server started with; reloads copy it and
 	// change only the users.
-	base *server.Options
-	mu   sync.Mutex // serialises SetProviders
+	base    *server.Options
+	hubNkey string
+	mu      sync.Mutex // serialises SetProviders
 	log  *slog.Logger
 }
 
@@ -102,8 +103,7 @@ func Start(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	base.Nkeys = opts.Nkeys
-	return &Server{ns: ns, base: base, log: log}, nil
+	return &Server{ns: ns, base: base, hubNkey: cfg.HubNkey, log: log}, nil
 }
 
 // SetProviders replaces the provider users with creds and reloads the
@@ -115,10 +115,12 @@ func (s *Server) SetProviders(ctx context.Context, creds []ProviderCreds) error 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.base.Nkeys) == 0 {
+	if s.hubNkey == "" {
 		return errors.New("natsembed: the server runs without users (no HubNkey)")
 	}
-	users, err := nkeyUsers(s.base.Nkeys[0].Nkey, creds)
+	// Fresh users every time: the server keeps (and reorders) the slice
+	// it is given.
+	users, err := nkeyUsers(s.hubNkey, creds)
 	if err != nil {
 		return err
 	}
@@ -127,7 +129,6 @@ func (s *Server) SetProviders(ctx context.Context, creds []ProviderCreds) error 
 	if err := s.ns.ReloadOptions(opts); err != nil {
 		return fmt.Errorf("natsembed: reload: %w", err)
 	}
-	s.base.Nkeys = users
 	s.log.Info("NATS provider users reloaded", "providers", len(creds))
 	return nil
 }
