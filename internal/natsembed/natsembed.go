@@ -46,7 +46,7 @@ type Server struct {
 	base    *server.Options
 	hubNkey string
 	mu      sync.Mutex // serialises SetProviders
-	log  *slog.Logger
+	log     *slog.Logger
 }
 
 // Start starts the server and waits until it accepts connections.
