@@ -1,0 +1,334 @@
+package m2mclient
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/metering"
+)
+
+// Meter defaults.
+const (
+	DefaultMeterBatch = metering.MaxBatchEvents
+	DefaultMeterRetry = 200 * time.Millisecond
+)
+
+// ErrMeterClosed means Close was called on the Meter.
+var ErrMeterClosed = errors.New("m2mclient: meter closed")
+
+// ConnectNATS connects a provider to the hub's NATS with its nkey seed (as
+// issued by `hubctl provider add`), using the inbox prefix its permissions
+// allow ("_INBOX_<id>").
+func ConnectNATS(url, providerID string, seed []byte, opts ...nats.Option) (*nats.Conn, error) {
+	kp, err := nkeys.FromSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: nats seed: %w", err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	opts = append([]nats.Option{
+		nats.Nkey(pub, kp.Sign),
+		nats.CustomInboxPrefix(metering.InboxPrefix(providerID)),
+		nats.Name("m2mhub provider " + providerID),
+	}, opts...)
+	return nats.Connect(url, opts...)
+}
+
+// MeterConfig configures NewMeter.
+type MeterConfig struct {
+	// Conn is the provider's NATS connection (see ConnectNATS). The
+	// caller owns it.
+	Conn *nats.Conn
+	// ProviderID is the provider's device id: events go to usage.<id>.
+	ProviderID string
+	// Key signs the events: the provider's registered identity key.
+	Key *btcec.PrivateKey
+	// HubKey is the pinned hub key receipts are verified against.
+	HubKey *btcec.PublicKey
+	// MaxBatch bounds events per NATS message (≤ metering.MaxBatchEvents);
+	// batches also stay under metering.MaxBatchBytes.
+	MaxBatch int
+	// Retry is the pause between publish attempts of an unacknowledged
+	// batch.
+	Retry time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Meter publishes a provider's signed usage events to the hub and receives
+// its receipts and enforcement notices.
+type Meter struct {
+	cfg MeterConfig
+	js  nats.JetStreamContext
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	received []Receipt // verified receipts, for Income
+}
+
+// NewMeter returns a Meter over cfg.Conn; Close stops its receipt
+// subscription.
+func NewMeter(cfg MeterConfig) (*Meter, error) {
+	if cfg.Conn == nil || cfg.Key == nil || cfg.HubKey == nil || !metering.ValidSubjectToken(cfg.ProviderID) {
+		return nil, errors.New("m2mclient: meter needs a connection, a provider id, its key and the hub key")
+	}
+	if cfg.MaxBatch <= 0 || cfg.MaxBatch > metering.MaxBatchEvents {
+		cfg.MaxBatch = DefaultMeterBatch
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = DefaultMeterRetry
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	js, err := cfg.Conn.JetStream()
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: jetstream: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Meter{cfg: cfg, js: js, log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
+}
+
+// Close stops the receipt subscriptions and waits for them.
+func (m *Meter) Close() error {
+	m.cancel()
+	m.wg.Wait()
+	return nil
+}
+
+// Meter signs events (setting their source, spec version and type) and
+// publishes them in batches, each with its Nats-Msg-Id (metering.MsgID),
+// retrying a batch with the same ids until JetStream acknowledges it: a
+// retry the stream already holds is dropped by its dedup window, and one
+// past it by the hub's own record of charged events. It returns once every
+// batch is acknowledged, or ctx's error.
+func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
+	for i := range events {
+		e := &events[i]
+		e.Source = m.cfg.ProviderID
+		if e.SpecVersion == "" {
+			e.SpecVersion = metering.SpecVersion
+		}
+		if e.Type == "" {
+			e.Type = metering.EventType
+		}
+		if err := metering.Sign(e, m.cfg.Key); err != nil {
+			return fmt.Errorf("m2mclient: sign event %q: %w", e.ID, err)
+		}
+	}
+	for start := 0; start < len(events); {
+		end, body, err := m.batch(events, start)
+		if err != nil {
+			return err
+		}
+		if err := m.publish(ctx, body, metering.MsgID(events[start:end])); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+// batch encodes the longest run of events from start that fits a message.
+func (m *Meter) batch(events []metering.Event, start int) (int, []byte, error) {
+	end := min(len(events), start+m.cfg.MaxBatch)
+	for {
+		body, err := metering.EncodeBatch(events[start:end])
+		if err != nil {
+			return 0, nil, fmt.Errorf("m2mclient: encode batch: %w", err)
+		}
+		if len(body) <= metering.MaxBatchBytes {
+			return end, body, nil
+		}
+		if end-start == 1 {
+			return 0, nil, fmt.Errorf("m2mclient: event %q alone exceeds %d bytes", events[start].ID, metering.MaxBatchBytes)
+		}
+		end = start + (end-start)/2
+	}
+}
+
+func (m *Meter) publish(ctx context.Context, body []byte, msgID string) error {
+	msg := nats.NewMsg(metering.UsageSubject(m.cfg.ProviderID))
+	msg.Data = body
+	for {
+		_, err := m.js.PublishMsg(msg, nats.MsgId(msgID), nats.Context(ctx))
+		if err == nil {
+			return nil
+		}
+		m.log.Debug("usage batch not acknowledged, retrying", "msg_id", msgID, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("m2mclient: publish usage: %w (last: %v)", ctx.Err(), err)
+		case <-m.ctx.Done():
+			return ErrMeterClosed
+		case <-time.After(m.cfg.Retry):
+		}
+	}
+}
+
+// Receipt is a verified hub receipt for metered events.
+type Receipt struct {
+	*channel.Receipt
+	// Events are the ids the receipt covers (checked against its
+	// EventsRoot).
+	Events []string
+}
+
+// Unpaid is the hub's enforcement notice: Payer will not pay EventIDs
+// (Reason: credit-limit, no-channel, policy-refused, no-answer); the
+// provider should stop serving it when StopService is set.
+type Unpaid struct {
+	Payer       string
+	EventIDs    []string
+	Reason      string
+	StopService bool
+}
+
+// Notice is one message from the hub on receipts.<id>: exactly one of
+// Receipt and Unpaid is set.
+type Notice struct {
+	Receipt *Receipt
+	Unpaid  *Unpaid
+}
+
+// providerMessage mirrors what the hub publishes (docs/metering-charging.md).
+type providerMessage struct {
+	Kind        string   `json:"kind"`
+	Receipt     string   `json:"receipt"`
+	Events      []string `json:"events"`
+	Payer       string   `json:"payer"`
+	EventIDs    []string `json:"event_ids"`
+	Reason      string   `json:"reason"`
+	StopService string   `json:"stop_service"`
+}
+
+// Receipts subscribes to receipts.<id> and delivers the hub's notices until
+// ctx ends or Close. A receipt that does not verify against the pinned hub
+// key, or does not cover the events it lists, is logged and dropped. The
+// channel is closed when the subscription ends.
+func (m *Meter) Receipts(ctx context.Context) (<-chan Notice, error) {
+	raw := make(chan *nats.Msg, 1024)
+	sub, err := m.cfg.Conn.ChanSubscribe(metering.ReceiptsSubject(m.cfg.ProviderID), raw)
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: subscribe receipts: %w", err)
+	}
+	out := make(chan Notice, 256)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(out)
+		defer func() { _ = sub.Unsubscribe() }()
+		for {
+			var msg *nats.Msg
+			select {
+			case <-ctx.Done():
+				return
+			case <-m.ctx.Done():
+				return
+			case msg = <-raw:
+			}
+			n, err := m.decode(msg.Data)
+			if err != nil {
+				m.log.Warn("hub notice dropped", "err", err)
+				continue
+			}
+			select {
+			case out <- n:
+			case <-ctx.Done():
+				return
+			case <-m.ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// decode checks one hub message.
+func (m *Meter) decode(b []byte) (Notice, error) {
+	var pm providerMessage
+	if err := json.Unmarshal(b, &pm); err != nil {
+		return Notice{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+	}
+	switch pm.Kind {
+	case "unpaid":
+		return Notice{Unpaid: &Unpaid{Payer: pm.Payer, EventIDs: pm.EventIDs, Reason: pm.Reason, StopService: pm.StopService == "true"}}, nil
+	case "receipt":
+		r, err := m.VerifyReceipt(pm.Receipt, pm.Events)
+		if err != nil {
+			return Notice{}, err
+		}
+		m.mu.Lock()
+		m.received = append(m.received, r)
+		m.mu.Unlock()
+		return Notice{Receipt: &r}, nil
+	}
+	return Notice{}, fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind)
+}
+
+// VerifyReceipt checks a hex receipt as the hub publishes it: signed by the
+// pinned hub key, paid to this provider, and covering exactly events. Errors
+// wrap ErrBadReceipt.
+func (m *Meter) VerifyReceipt(hexReceipt string, events []string) (Receipt, error) {
+	b, err := hex.DecodeString(hexReceipt)
+	if err != nil {
+		return Receipt{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+	}
+	r := new(channel.Receipt)
+	if err := r.UnmarshalBinary(b); err != nil {
+		return Receipt{}, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+	}
+	if err := r.VerifyKey(m.cfg.HubKey); err != nil {
+		return Receipt{}, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+	}
+	if r.Payee != m.cfg.ProviderID || !r.CoversEvents(events) {
+		return Receipt{}, fmt.Errorf("%w: receipt does not pay %s for the events it lists", ErrBadReceipt, m.cfg.ProviderID)
+	}
+	return Receipt{Receipt: r, Events: events}, nil
+}
+
+// MeterIncome is what verified receipts paid a provider over a period.
+type MeterIncome struct {
+	// Gross is the sum of the receipts' amounts: what payers paid for this
+	// provider's events. The hub fee of each contract comes off it at
+	// settlement (contracts.Price gives the split).
+	Gross    lnwire.MilliSatoshi
+	Receipts int
+	Events   int
+}
+
+// Income sums the verified receipts this Meter received (through Receipts)
+// dated in [from, to). It needs no hub query: the admin API is operator-only,
+// and a provider's own signed receipts are the proof of its income anyway.
+func (m *Meter) Income(from, to time.Time) MeterIncome {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var in MeterIncome
+	for _, r := range m.received {
+		if r.Time.Before(from) || !r.Time.Before(to) {
+			continue
+		}
+		in.Gross += r.Amount
+		in.Receipts++
+		in.Events += int(r.EventCount)
+	}
+	return in
+}
