@@ -174,6 +174,7 @@ func (a *app) register(p *flags.Parser) {
 	mustAdd(p.AddCommand("keygen", "make a device key pair (for tests and demos)", "", &keygenCmd{a: a}))
 	mustAdd(p.AddCommand("sign-rotation", "sign a key rotation with the old device key", "", &signRotationCmd{a: a}))
 	a.registerContracts(p)
+	a.registerProvider(p)
 }
 
 func mustAdd(c *flags.Command, err error) *flags.Command {

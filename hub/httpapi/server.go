@@ -56,6 +56,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Contracts, when set, serves the contract and income endpoints.
 	Contracts Contracts
+	// Providers issues providers' NATS credentials; nil with an external NATS.
+	Providers ProviderCredentials
 }
 
 // maxBody bounds request bodies; admin requests are small.
@@ -91,6 +93,7 @@ func New(cfg Config) (*Handler, error) {
 	h.mux.Handle("POST /v1/devices/{id}/revoke", h.auth(h.revokeDevice))
 	h.mux.Handle("POST /v1/devices/{id}/rotate", h.auth(h.rotateDevice))
 	h.mux.Handle("GET /v1/audit", h.auth(h.audit))
+	h.routeProviders()
 	h.routeContracts()
 	return h, nil
 }
