@@ -117,8 +117,12 @@ func (s *KeySession) Sign(sigHash [32]byte, peerNonce [musig2.PubNonceSize]byte)
 	// Forget the secret nonce before signing, so no error path can leave
 	// it around for a second use.
 	s.nonces = nil
+	// WithFastSign skips musig2's self-check of the partial signature:
+	// Combine verifies the final signature against the output key, and the
+	// peer verifies ours, so the check would only double the cost of a
+	// settlement round.
 	sig, err := musig2.Sign(secNonce, s.key, combined, s.out.musigKeys, sigHash,
-		musig2.WithSortedKeys(), musig2.WithTaprootSignTweak(s.out.rootHash))
+		musig2.WithSortedKeys(), musig2.WithTaprootSignTweak(s.out.rootHash), musig2.WithFastSign())
 	if err != nil {
 		return nil, fmt.Errorf("channel: musig2 sign: %w", err)
 	}
