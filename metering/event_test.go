@@ -253,3 +253,36 @@ func TestMsgID(t *testing.T) {
 		t.Fatalf("batch id %q must be 64 hex and depend on order", ab)
 	}
 }
+
+// BenchmarkVerify is the per-event CPU floor of the intake: one BIP-340
+// verification plus the canonical form and digest it needs.
+func BenchmarkVerify(b *testing.B) {
+	key := mustKey(b, 1)
+	e := mustSigned(b, "bench", key)
+	pub := key.PubKey()
+	for b.Loop() {
+		if err := metering.Verify(&e, pub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseBatch parses a message of 100 signed events; one op is one
+// message.
+func BenchmarkParseBatch(b *testing.B) {
+	key := mustKey(b, 1)
+	evs := make([]metering.Event, 100)
+	for i := range evs {
+		evs[i] = mustSigned(b, fmt.Sprint("e", i), key)
+	}
+	body, err := metering.EncodeBatch(evs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := metering.ParseBatch(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
