@@ -12,6 +12,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
@@ -330,3 +331,11 @@ func (c *charger) total() int {
 	}
 	return n
 }
+
+// The hub's parts satisfy the interfaces the intake and the admin API
+// declare, so hubd can wire them directly.
+var (
+	_ natsintake.Providers        = (*hub.Registry)(nil)
+	_ natsintake.Charger          = (*hub.Charging)(nil)
+	_ httpapi.ProviderCredentials = (*natsembed.Issuer)(nil)
+)
