@@ -151,7 +151,7 @@ func ChanCodes() []ChanCode {
 		ChanBadSignature, ChanUnknownPayee, ChanNotOwner, ChanHoldExceeded,
 		ChanHoldExpired, ChanHoldUnknown, ChanCreditLimit, ChanRateLimited,
 		ChanTooManyPending, ChanBadParams, ChanFundingMismatch,
-		ChanPolicyRefused, ChanBusy, ChanInternal,
+		ChanPolicyRefused, ChanBusy, ChanInternal, ChanSettleRefused,
 	}
 }
 

@@ -73,7 +73,7 @@ func genKey(t *rapid.T, label string) *btcec.PublicKey {
 // messageGens returns one generator of valid messages per channel message
 // type, indexed by type.
 func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
-	return map[lnwire.MessageType]func(*rapid.T) lnwire.Message{
+	gens := map[lnwire.MessageType]func(*rapid.T) lnwire.Message{
 		MsgOpenChannel: func(t *rapid.T) lnwire.Message {
 			return &OpenChannel{ReqID: genU64(t, "req"), Capacity: genSat(t, "cap"), Expiry: rapid.Uint32().Draw(t, "exp")}
 		},
@@ -151,6 +151,10 @@ func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 			return &ChannelClosed{ChanID: genOutPoint(t, "chan"), Txid: genArr32(t, "txid")}
 		},
 	}
+	for typ, gen := range settleGens() {
+		gens[typ] = gen
+	}
+	return gens
 }
 
 // record is one raw TLV record, for building malformed streams by hand.

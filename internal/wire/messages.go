@@ -48,6 +48,12 @@ func NewMessage(t lnwire.MessageType) lnwire.Message {
 		return new(CloseSign)
 	case MsgChannelClosed:
 		return new(ChannelClosed)
+	case MsgSettleProposal:
+		return new(SettleProposal)
+	case MsgSettleSign:
+		return new(SettleSign)
+	case MsgSettleDone:
+		return new(SettleDone)
 	}
 	return nil
 }

@@ -28,8 +28,8 @@ func sortedTypes() []lnwire.MessageType {
 // constructor and the spec's number.
 func TestMessageTable(t *testing.T) {
 	ts := sortedTypes()
-	if len(ts) != 19 {
-		t.Fatalf("%d message types, spec has 19", len(ts))
+	if len(ts) != 22 {
+		t.Fatalf("%d message types, spec has 22", len(ts))
 	}
 	for i, typ := range ts {
 		if want := TypeBase + lnwire.MessageType(2*(i+1)); typ != want {
@@ -43,8 +43,8 @@ func TestMessageTable(t *testing.T) {
 	if NewMessage(TypeBase+1) != nil {
 		t.Error("NewMessage knows an odd type")
 	}
-	if len(ChanCodes()) != 22 {
-		t.Errorf("%d channel error codes, spec has 22", len(ChanCodes()))
+	if len(ChanCodes()) != 23 {
+		t.Errorf("%d channel error codes, spec has 23", len(ChanCodes()))
 	}
 }
 
