@@ -1,0 +1,443 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	"github.com/btcsuite/btcd/wire"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/settlement"
+)
+
+// Settlement buckets. Like the contract buckets they are created by the
+// first write that needs them, so a database written before settlement
+// existed opens unchanged; readers treat a missing bucket as empty.
+//
+// Epochs are keyed by number, so the last key is the open epoch (a cut
+// writes the closed epoch and its successor in one transaction). Runs are
+// keyed by epoch then attempt, so the last key under an epoch is its latest
+// attempt and a reverse scan meets every epoch's latest attempt first.
+var (
+	bucketEpochs = []byte("epochs") // big-endian number -> Epoch JSON
+	bucketRuns   = []byte("runs")   // big-endian epoch || big-endian attempt -> Run JSON
+)
+
+var _ hub.SettlementStore = (*Store)(nil)
+
+func runKey(epoch uint64, attempt uint32) []byte {
+	k := make([]byte, 12)
+	binary.BigEndian.PutUint64(k, epoch)
+	binary.BigEndian.PutUint32(k[8:], attempt)
+	return k
+}
+
+// OpenEpoch returns the open epoch, or hub.ErrNotFound before the first
+// one was stored.
+func (s *Store) OpenEpoch(ctx context.Context) (settlement.Epoch, error) {
+	if err := ctx.Err(); err != nil {
+		return settlement.Epoch{}, err
+	}
+	var e settlement.Epoch
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEpochs)
+		if b == nil {
+			return fmt.Errorf("%w: no epoch stored", hub.ErrNotFound)
+		}
+		k, v := b.Cursor().Last()
+		if k == nil {
+			return fmt.Errorf("%w: no epoch stored", hub.ErrNotFound)
+		}
+		return decodeJSON("epoch", k, v, &e)
+	})
+	return e, err
+}
+
+// CutEpoch atomically stores closed and opens successor; see
+// hub.SettlementStore. It returns an error wrapping hub.ErrInvalid when
+// successor does not follow closed or closed has no End.
+func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validateCut(closed, successor); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
+	}
+	closedDoc, err := json.Marshal(closed)
+	if err != nil {
+		return fmt.Errorf("boltstore: encode epoch %d: %w", closed.Number, err)
+	}
+	nextDoc, err := json.Marshal(successor)
+	if err != nil {
+		return fmt.Errorf("boltstore: encode epoch %d: %w", successor.Number, err)
+	}
+	err = s.commit.do(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketEpochs)
+		if err != nil {
+			return err
+		}
+		// The open epoch is the last key; with none stored only a cut of
+		// "epoch 0" (the first open) is accepted.
+		var open uint64
+		if k, v := b.Cursor().Last(); k != nil {
+			var cur settlement.Epoch
+			if err := decodeJSON("epoch", k, v, &cur); err != nil {
+				return err
+			}
+			if !cur.Open() {
+				return fmt.Errorf("boltstore: stored epoch %d is the last and is not open", cur.Number)
+			}
+			open = cur.Number
+		}
+		if open != closed.Number {
+			return fmt.Errorf("%w: open epoch is %d, cut names %d", hub.ErrEpochConflict, open, closed.Number)
+		}
+		if closed.Number > 0 {
+			if err := b.Put(seqBytes(closed.Number), closedDoc); err != nil {
+				return err
+			}
+		}
+		return b.Put(seqBytes(successor.Number), nextDoc)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: cut epoch %d: %w", closed.Number, err)
+	}
+	return nil
+}
+
+// validateCut refuses cuts no store should write. Number 0 stands for "no
+// epoch yet", so closed is only checked when it names a real epoch.
+func validateCut(closed, successor settlement.Epoch) error {
+	switch {
+	case successor.Number != closed.Number+1:
+		return fmt.Errorf("%w: epoch %d cannot follow epoch %d", hub.ErrInvalid, successor.Number, closed.Number)
+	case !successor.Open():
+		return fmt.Errorf("%w: successor epoch %d has an end", hub.ErrInvalid, successor.Number)
+	case closed.Number > 0 && closed.Open():
+		return fmt.Errorf("%w: cut epoch %d has no end", hub.ErrInvalid, closed.Number)
+	}
+	return nil
+}
+
+// Epochs returns up to limit epochs, newest first. A limit below one
+// returns none.
+func (s *Store) Epochs(ctx context.Context, limit int) ([]settlement.Epoch, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	var out []settlement.Epoch
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketEpochs)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var e settlement.Epoch
+			if err := decodeJSON("epoch", k, v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func validateRun(r settlement.Run) error {
+	if r.Epoch.Number == 0 || r.Attempt == 0 {
+		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", hub.ErrInvalid, r.Epoch.Number, r.Attempt)
+	}
+	return nil
+}
+
+// PutRun stores r under (r.Epoch.Number, r.Attempt), replacing it. It
+// returns an error wrapping hub.ErrInvalid when either is zero.
+func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := validateRun(r); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
+	}
+	doc, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("boltstore: encode run %d/%d: %w", r.Epoch.Number, r.Attempt, err)
+	}
+	key := runKey(r.Epoch.Number, r.Attempt)
+	err = s.commit.do(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketRuns)
+		if err != nil {
+			return err
+		}
+		return b.Put(key, doc)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: put run %d/%d: %w", r.Epoch.Number, r.Attempt, err)
+	}
+	return nil
+}
+
+// Run returns the latest attempt for an epoch, or hub.ErrNotFound.
+func (s *Store) Run(ctx context.Context, epoch uint64) (settlement.Run, error) {
+	if err := ctx.Err(); err != nil {
+		return settlement.Run{}, err
+	}
+	var r settlement.Run
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRuns)
+		if b == nil {
+			return fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
+		}
+		// The latest attempt is the last key with the epoch's prefix.
+		c := b.Cursor()
+		end := runKey(epoch, math.MaxUint32)
+		k, v := c.Seek(end)
+		switch {
+		case k == nil:
+			k, v = c.Last()
+		case !bytes.Equal(k, end):
+			k, v = c.Prev()
+		}
+		if k == nil || !bytes.HasPrefix(k, seqBytes(epoch)) {
+			return fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
+		}
+		return decodeJSON("run", k, v, &r)
+	})
+	return r, err
+}
+
+// Runs returns up to limit runs, the latest attempt of each epoch, newest
+// epoch first. A limit below one returns none.
+func (s *Store) Runs(ctx context.Context, limit int) ([]settlement.Run, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	var out []settlement.Run
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRuns)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		var last []byte // epoch prefix of the run appended last
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			if last != nil && bytes.Equal(k[:8], last) {
+				continue // an earlier attempt of an epoch already listed
+			}
+			var r settlement.Run
+			if err := decodeJSON("run", k, v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			last = bytes.Clone(k[:8])
+		}
+		return nil
+	})
+	return out, err
+}
+
+// rollover is a CommitRollover with everything encoded before the
+// transaction.
+type rollover struct {
+	runKey, runDoc []byte
+	old            []oldChannel
+	next           []newChannel
+}
+
+type oldChannel struct {
+	op      wire.OutPoint
+	key     []byte
+	closeTx chainhash.Hash
+}
+
+type newChannel struct {
+	pid, fund, doc, state []byte
+	device                string
+	name                  string
+}
+
+// CommitRollover atomically stores r and moves the settled channels to
+// their next outputs, in one transaction; see hub.SettlementStore. The
+// CloseTx of each old channel is the transaction of r.Txs that spends it;
+// an old channel that no transaction spends, a repeated outpoint, or a next
+// record without a pending id, device or funding is refused with
+// hub.ErrInvalid. A next record whose pending id or funding is already
+// stored is refused with hub.ErrAlreadyExists. Nothing is written when
+// anything is refused.
+func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ro, err := prepareRollover(r, old, next)
+	if err != nil {
+		return fmt.Errorf("boltstore: commit rollover of epoch %d: %w", r.Epoch.Number, err)
+	}
+	// An error from the function rolls the whole transaction back (the
+	// committer reruns it alone to report the error), so the checks below
+	// may interleave with writes without a refusal leaving half a rollover.
+	err = s.commit.do(func(tx *bolt.Tx) error {
+		funding := tx.Bucket(bucketFunding)
+		chans := tx.Bucket(bucketChannels)
+		states := tx.Bucket(bucketChanState)
+		devs := tx.Bucket(bucketDevChans)
+		for _, o := range ro.old {
+			pid := funding.Get(o.key)
+			if pid == nil {
+				return fmt.Errorf("%w: channel %s", hub.ErrNotFound, o.op)
+			}
+			c, err := readChannel(tx, pid)
+			if err != nil {
+				return err
+			}
+			if c.Status == hub.ChannelClosed {
+				return fmt.Errorf("%w: channel %s is already closed by %v", hub.ErrSeqConflict, o.op, c.CloseTx)
+			}
+			c.Status = hub.ChannelClosed
+			closeTx := o.closeTx
+			c.CloseTx = &closeTx
+			doc, err := json.Marshal(staticPart(c))
+			if err != nil {
+				return fmt.Errorf("encode channel %x: %w", pid, err)
+			}
+			if err := chans.Put(pid, doc); err != nil {
+				return err
+			}
+			// The state (seq, paid, signature) stays: it is what the
+			// batch claimed. Only the update time moves on.
+			if r.Updated.After(c.UpdatedAt) {
+				st, err := decodeState(states.Get(pid))
+				if err != nil {
+					return err
+				}
+				st.updated = r.Updated
+				if err := states.Put(pid, encodeState(st)); err != nil {
+					return err
+				}
+			}
+		}
+		for _, n := range ro.next {
+			if chans.Get(n.pid) != nil {
+				return fmt.Errorf("%w: channel %s", hub.ErrAlreadyExists, n.name)
+			}
+			if owner := funding.Get(n.fund); owner != nil {
+				return fmt.Errorf("%w: funding of channel %s is channel %x", hub.ErrAlreadyExists, n.name, owner)
+			}
+			order, err := devs.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := devs.Put(devKey(n.device, order), n.pid); err != nil {
+				return err
+			}
+			if err := funding.Put(n.fund, n.pid); err != nil {
+				return err
+			}
+			if err := states.Put(n.pid, n.state); err != nil {
+				return err
+			}
+			if err := chans.Put(n.pid, n.doc); err != nil {
+				return err
+			}
+		}
+		runs, err := tx.CreateBucketIfNotExists(bucketRuns)
+		if err != nil {
+			return err
+		}
+		return runs.Put(ro.runKey, ro.runDoc)
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: commit rollover of epoch %d: %w", r.Epoch.Number, err)
+	}
+	return nil
+}
+
+// prepareRollover checks and encodes a rollover outside the transaction.
+func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) (rollover, error) {
+	if err := validateRun(r); err != nil {
+		return rollover{}, err
+	}
+	doc, err := json.Marshal(r)
+	if err != nil {
+		return rollover{}, fmt.Errorf("encode run: %w", err)
+	}
+	ro := rollover{runKey: runKey(r.Epoch.Number, r.Attempt), runDoc: doc}
+	spender, err := spenders(r.Txs)
+	if err != nil {
+		return rollover{}, err
+	}
+	seen := make(map[wire.OutPoint]bool, len(old)+len(next))
+	for _, op := range old {
+		txid, ok := spender[op]
+		switch {
+		case seen[op]:
+			return rollover{}, fmt.Errorf("%w: channel %s named twice", hub.ErrInvalid, op)
+		case !ok:
+			return rollover{}, fmt.Errorf("%w: no transaction of the run spends channel %s", hub.ErrInvalid, op)
+		}
+		seen[op] = true
+		ro.old = append(ro.old, oldChannel{op: op, key: opKey(op), closeTx: txid})
+	}
+	pids := make(map[[32]byte]bool, len(next))
+	for _, c := range next {
+		if err := validateChannel(c); err != nil {
+			return rollover{}, err
+		}
+		name := fmt.Sprintf("%x", c.PendingID)
+		switch {
+		case isZeroOutPoint(c.Funding):
+			return rollover{}, fmt.Errorf("%w: next channel %s has no funding", hub.ErrInvalid, name)
+		case seen[c.Funding] || pids[c.PendingID]:
+			return rollover{}, fmt.Errorf("%w: next channel %s or its funding %s named twice", hub.ErrInvalid, name, c.Funding)
+		}
+		seen[c.Funding], pids[c.PendingID] = true, true
+		doc, err := json.Marshal(staticPart(c))
+		if err != nil {
+			return rollover{}, fmt.Errorf("encode channel %s: %w", name, err)
+		}
+		// A new channel starts with no payments; only the unsigned
+		// balance carries over from the channel it replaces.
+		state := encodeState(chanState{owed: c.Owed, updated: c.UpdatedAt})
+		ro.next = append(ro.next, newChannel{
+			pid: bytes.Clone(c.PendingID[:]), fund: opKey(c.Funding), doc: doc, state: state,
+			device: c.DeviceID, name: name,
+		})
+	}
+	return ro, nil
+}
+
+// spenders maps every outpoint the serialized transactions spend to the
+// txid that spends it.
+func spenders(txs [][]byte) (map[wire.OutPoint]chainhash.Hash, error) {
+	out := make(map[wire.OutPoint]chainhash.Hash)
+	for i, raw := range txs {
+		var tx wire.MsgTx
+		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
+			return nil, fmt.Errorf("%w: run transaction %d: %v", hub.ErrInvalid, i, err)
+		}
+		txid := tx.TxHash()
+		for _, in := range tx.TxIn {
+			out[in.PreviousOutPoint] = txid
+		}
+	}
+	return out, nil
+}
+
+func decodeJSON(what string, k, v []byte, into any) error {
+	if err := json.Unmarshal(v, into); err != nil {
+		return fmt.Errorf("boltstore: decode %s %x: %w", what, k, err)
+	}
+	return nil
+}
