@@ -25,6 +25,9 @@ type config struct {
 
 	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
 	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:0" description:"listen address of the in-process NATS"`
+	NATSCreds  string `long:"nats-creds" env:"M2MHUB_NATS_CREDS" description:"credentials file of the hub's user on an external NATS"`
+	// DedupWindow is JetStream's de-duplication window of the usage stream.
+	DedupWindow time.Duration `long:"dedup-window" env:"M2MHUB_DEDUP_WINDOW" default:"2m" description:"JetStream de-duplication window for usage events (the hub's own record catches later repeats)"`
 
 	RedisURL    string `long:"redis-url" env:"M2MHUB_REDIS_URL" description:"Redis URL (redis://host:port/db); empty uses the embedded store in the data dir"`
 	RedisPrefix string `long:"redis-prefix" env:"M2MHUB_REDIS_PREFIX" default:"m2mhub:" description:"key prefix in Redis"`

@@ -22,8 +22,10 @@ import (
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/regtest"
+	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // shutdownGrace bounds each step of a clean shutdown.
@@ -84,11 +86,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	checks := []httpapi.HealthCheck{{Name: "store", Check: health}}
 
 	// Event bus.
-	natsURL, natsCheck, err := startNATS(cfg, dir, log, st)
+	events, err := startNATS(ctx, cfg, dir, log, st)
 	if err != nil {
 		return err
 	}
-	checks = append(checks, httpapi.HealthCheck{Name: "nats", Check: natsCheck})
+	natsURL := events.url
+	checks = append(checks, httpapi.HealthCheck{Name: "nats", Check: events.Healthy})
 
 	// Base chain and the hub's wallet.
 	chain, params, btcdRPC, err := startChain(ctx, cfg, dir, log, st)
@@ -150,6 +153,33 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	channels.Start()
 	st.push("channels", func(context.Context) error { return channels.Close() })
 
+	// Metering: usage events from NATS are verified, priced, charged
+	// exactly once and paid through the payers' channels.
+	charging, err := hub.NewCharging(hub.ChargingConfig{
+		Contracts: store, Charges: store, Devices: registry, Channels: channels,
+		Freezer: registry, Publisher: events, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	charging.Start()
+	st.push("charging", func(context.Context) error { return charging.Close() })
+	intake, err := natsintake.New(natsintake.Config{
+		JS: events.js, Providers: registry, Charger: charging, Logger: log,
+		Duplicates: cfg.DedupWindow,
+	})
+	if err != nil {
+		return err
+	}
+	if err := intake.Start(ctx); err != nil {
+		return fmt.Errorf("metering intake: %w", err)
+	}
+	st.push("intake", func(context.Context) error { return intake.Close() })
+	contractsAPI, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: registry, Incomes: charging})
+	if err != nil {
+		return err
+	}
+
 	// Admin API.
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
@@ -160,14 +190,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		PubKey: pubHex, P2PAddr: srv.Addr().String(), AdminAddr: adminLn.Addr().String(),
 		NATSURL: natsURL, Network: params.Name, Store: storeName,
 	}
-	api, err := httpapi.New(httpapi.Config{
+	apiCfg := httpapi.Config{
 		Registry: registry, Token: adminToken, Logger: log, Health: checks,
+		Contracts: contractsAPI,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
 			return i
 		},
-	})
+	}
+	if events.issuer != nil { // an external NATS has its own users
+		apiCfg.Providers = events.issuer
+	}
+	api, err := httpapi.New(apiCfg)
 	if err != nil {
 		return err
 	}
@@ -219,6 +254,8 @@ func (r *sessionsRef) Session(deviceID string) (*hub.Session, bool) {
 type channelStore interface {
 	hub.Store
 	hub.ChannelStore
+	hub.ContractStore
+	hub.ChargeStore
 }
 
 // openStore opens the embedded store, or Redis when --redis-url is set.
@@ -237,30 +274,89 @@ func openStore(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	return s, "embedded", func(context.Context) error { return nil }, nil
 }
 
-// startNATS runs nats-server in-process unless --nats-url names one, and
-// returns the URL and a health check.
-func startNATS(cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (string, func(context.Context) error, error) {
+// bus is the hub's event bus: its own NATS connection with JetStream, and,
+// when NATS runs in-process, the issuer of per-provider NATS users.
+type bus struct {
+	url    string
+	conn   *nats.Conn
+	js     jetstream.JetStream
+	issuer *natsembed.Issuer // nil with an external NATS
+}
+
+// startNATS runs nats-server in-process (with nkey users: the hub's own and
+// one per provider) unless --nats-url names a server, connects the hub, and
+// makes sure the metering streams exist.
+func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logger, st *stack) (*bus, error) {
+	b := &bus{url: cfg.NATSURL}
+	var ns *natsembed.Server
+	opts := []nats.Option{nats.Name("hubd"), nats.MaxReconnects(-1)}
 	if cfg.NATSURL == "" {
-		ns, err := natsembed.Start(natsembed.Config{
-			Listen: cfg.NATSListen, StoreDir: dir.Path(datadir.NATSDir), SyncAlways: true, Logger: log,
+		hubNkey, err := natsembed.LoadOrCreateSeed(dir.Path(datadir.NATSKeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("nats key: %w", err)
+		}
+		providers, err := natsembed.LoadProviders(dir.Path(datadir.NATSProvidersFile))
+		if err != nil {
+			return nil, fmt.Errorf("nats providers: %w", err)
+		}
+		ns, err = natsembed.Start(natsembed.Config{
+			Listen: cfg.NATSListen, StoreDir: dir.Path(datadir.NATSDir), SyncAlways: true,
+			HubNkey: hubNkey, Providers: providers, Logger: log,
 		})
 		if err != nil {
-			return "", nil, err
+			return nil, err
 		}
 		st.push("nats", func(context.Context) error { ns.Close(); return nil })
-		return ns.ClientURL(), func(context.Context) error { return ns.Healthy() }, nil
-	}
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("hubd"), nats.MaxReconnects(-1))
-	if err != nil {
-		return "", nil, fmt.Errorf("nats %s: %w", cfg.NATSURL, err)
-	}
-	st.push("nats client", func(context.Context) error { nc.Close(); return nil })
-	return cfg.NATSURL, func(context.Context) error {
-		if !nc.IsConnected() {
-			return errors.New("nats: not connected")
+		b.url = ns.ClientURL()
+		seed, err := nats.NkeyOptionFromSeed(dir.Path(datadir.NATSKeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("nats key: %w", err)
 		}
-		return nil
-	}, nil
+		opts = append(opts, seed)
+	} else if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	nc, err := nats.Connect(b.url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats %s: %w", b.url, err)
+	}
+	st.push("nats client", func(context.Context) error { return nc.Drain() })
+	b.conn = nc
+	if b.js, err = jetstream.New(nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := natsintake.EnsureStreams(ctx, b.js, 0); err != nil {
+		return nil, fmt.Errorf("metering streams: %w", err)
+	}
+	if ns != nil {
+		b.issuer, err = natsembed.NewIssuer(natsembed.IssuerConfig{
+			Server: ns, Path: dir.Path(datadir.NATSProvidersFile),
+			// Providers may not create consumers (one could deliver onto
+			// another provider's subject), so the hub makes each one's.
+			Prepare: func(ctx context.Context, id string) error {
+				return natsintake.EnsureReceiptsConsumer(ctx, b.js, id)
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// Healthy reports whether the hub's NATS connection is up.
+func (b *bus) Healthy(context.Context) error {
+	if !b.conn.IsConnected() {
+		return errors.New("nats: not connected")
+	}
+	return nil
+}
+
+// Publish sends receipts and enforcement messages to providers through
+// JetStream, so a provider that was offline reads them later.
+func (b *bus) Publish(ctx context.Context, subject string, data []byte) error {
+	_, err := b.js.Publish(ctx, subject, data)
+	return err
 }
 
 // startChain starts btcd in regtest as a child process unless
