@@ -58,6 +58,8 @@ type Config struct {
 	Contracts Contracts
 	// Providers issues providers' NATS credentials; nil with an external NATS.
 	Providers ProviderCredentials
+	// Settlement, when set, serves the settlement, epoch and proof endpoints.
+	Settlement Settlement
 }
 
 // maxBody bounds request bodies; admin requests are small.
@@ -95,6 +97,7 @@ func New(cfg Config) (*Handler, error) {
 	h.mux.Handle("GET /v1/audit", h.auth(h.audit))
 	h.routeProviders()
 	h.routeContracts()
+	h.routeSettlement()
 	return h, nil
 }
 
