@@ -1,0 +1,189 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/settlement"
+)
+
+// epochLedger is an epoch's ledger and what planning needs beside it.
+type epochLedger struct {
+	ledger *settlement.Ledger
+	// spent is what each channel paid in the epoch.
+	spent map[btcwire.OutPoint]settlement.Msat
+	// root is the Merkle root of the epoch's receipt ids, in issue order.
+	root     [32]byte
+	receipts int
+}
+
+// buildLedger builds the ledger of a closed epoch from the store, the same
+// way every time it is asked (a resumed run rebuilds it):
+//
+//   - the balances the previous epoch carried (its run's Closing);
+//   - one charge per receipt whose time is in [Start, End), from the payer
+//     to the payee, on whichever outpoint it was paid — so a payment made
+//     on an old outpoint after the cut belongs to the next epoch;
+//   - the hub's fee of every paid charge the provider recorded in the
+//     epoch.
+func (s *Settlement) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochLedger, error) {
+	l := settlement.NewLedger(ep.Number)
+	if ep.Number > 1 {
+		prev, err := s.store.Run(ctx, ep.Number-1)
+		if err != nil {
+			return nil, fmt.Errorf("%w: epoch %d: %w", ErrSettlePending, ep.Number-1, err)
+		}
+		if prev.State != settlement.RunBroadcast && prev.State != settlement.RunConfirmed {
+			return nil, fmt.Errorf("%w: epoch %d is %s", ErrSettlePending, ep.Number-1, prev.State)
+		}
+		if prev.Closing != nil && len(prev.Closing.Carried) > 0 {
+			carry := settlement.Posting{Kind: settlement.KindCarry, Ref: fmt.Sprintf("epoch %d", prev.Epoch.Number)}
+			accts := make([]settlement.Account, 0, len(prev.Closing.Carried))
+			for a := range prev.Closing.Carried {
+				accts = append(accts, a)
+			}
+			sort.Slice(accts, func(i, j int) bool { return accts[i] < accts[j] })
+			for _, a := range accts {
+				carry.Entries = append(carry.Entries, settlement.Entry{Account: a, Amount: prev.Closing.Carried[a]})
+			}
+			if err := l.Post(carry); err != nil {
+				return nil, fmt.Errorf("hub: carry of epoch %d: %w", prev.Epoch.Number, err)
+			}
+		}
+	}
+
+	recs, err := s.store.Channels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	type issued struct {
+		id   [32]byte
+		r    channel.Receipt
+		hash string
+	}
+	var all []issued
+	el := &epochLedger{ledger: l, spent: make(map[btcwire.OutPoint]settlement.Msat)}
+	payees := make(map[string]bool)
+	for _, rec := range recs {
+		// A channel closed before the epoch began cannot hold its
+		// payments; every other one may.
+		if rec.Funding == (btcwire.OutPoint{}) || rec.Seq == 0 ||
+			rec.Status == ChannelClosed && rec.UpdatedAt.Before(ep.Start) {
+			continue
+		}
+		for from := uint64(1); ; {
+			page, err := s.store.Receipts(ctx, rec.Funding, from, defaultReceiptPage)
+			if err != nil {
+				return nil, err
+			}
+			for _, raw := range page {
+				var r channel.Receipt
+				if err := r.UnmarshalBinary(raw); err != nil {
+					return nil, fmt.Errorf("hub: receipt of %v: %w", rec.Funding, err)
+				}
+				from = r.Seq + 1
+				if !ep.Contains(r.Time) || !r.Time.Before(ep.End) {
+					continue
+				}
+				id := r.ID()
+				all = append(all, issued{id: id, r: r, hash: hex.EncodeToString(id[:])})
+			}
+			if len(page) < defaultReceiptPage {
+				break
+			}
+		}
+	}
+	// Issue order: time, then channel and sequence for payments in the
+	// same millisecond.
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i].r, all[j].r
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.Channel != b.Channel {
+			return outpointLess(a.Channel, b.Channel)
+		}
+		return a.Seq < b.Seq
+	})
+	ids := make([][32]byte, len(all))
+	for i, x := range all {
+		ids[i] = x.id
+		if err := l.Post(settlement.Charge(x.r.Payer, x.r.Payee, x.r.Amount, x.hash)); err != nil {
+			return nil, fmt.Errorf("hub: receipt %s: %w", x.hash, err)
+		}
+		el.spent[x.r.Channel] += settlement.MsatOf(x.r.Amount)
+		payees[x.r.Payee] = true
+	}
+	el.root = settlement.NewMerkleTree(ids).Root()
+	el.receipts = len(ids)
+
+	// Fees: the hub's part of every paid charge of the epoch's payees.
+	names := make([]string, 0, len(payees))
+	for p := range payees {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	for _, p := range names {
+		cs, err := s.store.ChargesByProvider(ctx, p, ep.Start, ep.End)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cs {
+			if c.Status != ChargePaid || c.Fee == 0 {
+				continue
+			}
+			if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
+				return nil, fmt.Errorf("hub: fee of %s/%s: %w", c.Provider, c.EventID, err)
+			}
+		}
+	}
+	return el, nil
+}
+
+// paidAtCut returns a channel's cumulative Paid as of the epoch's end: the
+// Paid of its last receipt timed before End (0 when none).
+func (s *Settlement) paidAtCut(ctx context.Context, op btcwire.OutPoint, ep settlement.Epoch) (lnwire.MilliSatoshi, error) {
+	var paid lnwire.MilliSatoshi
+	for from := uint64(1); ; {
+		page, err := s.store.Receipts(ctx, op, from, defaultReceiptPage)
+		if err != nil {
+			return 0, err
+		}
+		for _, raw := range page {
+			var r channel.Receipt
+			if err := r.UnmarshalBinary(raw); err != nil {
+				return 0, fmt.Errorf("hub: receipt of %v: %w", op, err)
+			}
+			from = r.Seq + 1
+			if r.Time.Before(ep.End) {
+				paid = r.Paid
+			}
+		}
+		if len(page) < defaultReceiptPage {
+			return paid, nil
+		}
+	}
+}
+
+// anchor is what the epoch's batch commits to.
+func (s *Settlement) anchor(ctx context.Context, el *epochLedger) (settlement.Anchor, error) {
+	a := settlement.Anchor{ReceiptsRoot: el.root}
+	if s.cfg.AuditHead != nil {
+		h, err := s.cfg.AuditHead(ctx)
+		if err != nil {
+			return a, fmt.Errorf("hub: audit head: %w", err)
+		}
+		a.AuditHead = h
+	}
+	return a, nil
+}
+
+// sameBytes compares two scripts.
+func sameBytes(a, b []byte) bool { return bytes.Equal(a, b) }
