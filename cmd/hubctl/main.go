@@ -3,7 +3,8 @@
 // admin API.
 //
 // Exit codes: 0 success, 1 failure, 2 usage error, 3 not found,
-// 4 the audit log does not verify.
+// 4 the audit log does not verify, 5 a receipt does not verify on chain,
+// 6 a receipt's settlement is not confirmed yet.
 package main
 
 import (
@@ -75,6 +76,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	fmt.Fprintln(stderr, "hubctl:", err)
+	if code := settleExitCode(err); code != 0 {
+		return code
+	}
 	var api *httpapi.APIError
 	switch {
 	case errors.Is(err, hub.ErrAuditBroken):
@@ -175,6 +179,7 @@ func (a *app) register(p *flags.Parser) {
 	mustAdd(p.AddCommand("sign-rotation", "sign a key rotation with the old device key", "", &signRotationCmd{a: a}))
 	a.registerContracts(p)
 	a.registerProvider(p)
+	a.registerSettle(p)
 }
 
 func mustAdd(c *flags.Command, err error) *flags.Command {

@@ -464,7 +464,8 @@ func (h *Handler) receiptProof(w http.ResponseWriter, r *http.Request) {
 
 // proofView names the batch transaction that carries the run's anchor: with
 // a batch split in several transactions every one carries it, and the
-// first is named.
+// first is named. A run not broadcast yet has its transactions planned but
+// no txid is named until it is (the verifier would find none on chain).
 func proofView(rc *channel.Receipt, proof settlement.Proof, run settlement.Run) (ProofView, error) {
 	enc, err := rc.MarshalBinary()
 	if err != nil {
@@ -483,10 +484,22 @@ func proofView(rc *channel.Receipt, proof settlement.Proof, run settlement.Run) 
 		Index: proof.Index, Leaves: proof.Leaves, Epoch: run.Epoch,
 		AuditHead: run.Anchor.AuditHead, RunState: run.State, ConfirmHeight: run.ConfirmHeight,
 	}
+	if run.State != settlement.RunBroadcast && run.State != settlement.RunConfirmed {
+		return v, nil
+	}
+	// Prefer a transaction carrying exactly the run's anchor; failing
+	// that, name the first with any anchor, so the verifier finds the
+	// mismatch on chain rather than being told there is no transaction.
 	for _, tx := range decodeTxs(run.Txs) {
-		if a, _, err := settlement.FindAnchor(tx); err == nil && a == run.Anchor {
+		a, _, err := settlement.FindAnchor(tx)
+		switch {
+		case err != nil:
+			continue
+		case a == run.Anchor:
 			v.Proof.Txid = tx.TxHash().String()
-			break
+			return v, nil
+		case v.Proof.Txid == "":
+			v.Proof.Txid = tx.TxHash().String()
 		}
 	}
 	return v, nil
