@@ -68,3 +68,62 @@ func MsgID(evs []Event) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// BatchSigTag is the BIP-340 tag of a batch signature's digest.
+const BatchSigTag = "m2mhub/usage-batch/v1"
+
+// HeaderBatchSig is the NATS header carrying a batch signature: 128 hex
+// characters, BIP-340 by the provider key over BatchDigest of the message's
+// events in message order.
+const HeaderBatchSig = "M2M-Batch-Sig"
+
+// BatchDigest returns the 32 bytes a provider signs for a whole batch:
+// taggedHash(BatchSigTag, Digest(evs[0]) || Digest(evs[1]) || …), the
+// events in the order they travel. One signature then covers every event:
+// each per-event digest commits to its event's canonical form, so no event
+// can be changed, dropped, added or moved without breaking it.
+func BatchDigest(evs []Event) [32]byte {
+	tag := sha256.Sum256([]byte(BatchSigTag))
+	h := sha256.New()
+	h.Write(tag[:])
+	h.Write(tag[:])
+	for i := range evs {
+		d := Digest(&evs[i])
+		h.Write(d[:])
+	}
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// SignBatch returns key's BIP-340 batch signature over evs in hex, the
+// value of the HeaderBatchSig header. The events' own m2mhubsig fields are
+// not part of the digest, so they may be left empty.
+func SignBatch(evs []Event, key *btcec.PrivateKey) (string, error) {
+	d := BatchDigest(evs)
+	sig, err := schnorr.Sign(key, d[:])
+	if err != nil {
+		return "", fmt.Errorf("metering: sign batch: %w", err)
+	}
+	return hex.EncodeToString(sig.Serialize()), nil
+}
+
+// VerifyBatch checks a batch signature (hex, as in HeaderBatchSig) over evs
+// against the provider key pub. It returns an error wrapping
+// ErrBadSignature. When it returns nil, every event of evs is
+// authenticated and its m2mhubsig, if any, need not be checked.
+func VerifyBatch(evs []Event, sigHex string, pub *btcec.PublicKey) error {
+	raw, err := hex.DecodeString(sigHex)
+	if err != nil || len(raw) != schnorr.SignatureSize {
+		return fmt.Errorf("%w: %s must be 64 bytes of hex", ErrBadSignature, HeaderBatchSig)
+	}
+	sig, err := schnorr.ParseSignature(raw)
+	if err != nil {
+		return fmt.Errorf("%w: batch: %v", ErrBadSignature, err)
+	}
+	d := BatchDigest(evs)
+	if !sig.Verify(d[:], pub) {
+		return fmt.Errorf("%w: batch signature does not verify under the provider's key", ErrBadSignature)
+	}
+	return nil
+}

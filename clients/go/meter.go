@@ -62,6 +62,11 @@ type MeterConfig struct {
 	// MaxBatch bounds events per NATS message (≤ metering.MaxBatchEvents);
 	// batches also stay under metering.MaxBatchBytes.
 	MaxBatch int
+	// EventSignatures makes every event carry its own m2mhubsig, as hubs
+	// before the batch signature need; by default a message of several
+	// events carries one M2M-Batch-Sig header instead, which the hub
+	// checks once per message.
+	EventSignatures bool
 	// Retry is the pause between publish attempts of an unacknowledged
 	// batch.
 	Retry time.Duration
@@ -118,8 +123,11 @@ func (m *Meter) Close() error {
 // publishes them in batches, each with its Nats-Msg-Id (metering.MsgID),
 // retrying a batch with the same ids until JetStream acknowledges it: a
 // retry the stream already holds is dropped by its dedup window, and one
-// past it by the hub's own record of charged events. It returns once every
-// batch is acknowledged, or ctx's error.
+// past it by the hub's own record of charged events. A message of several
+// events carries one batch signature (header M2M-Batch-Sig) instead of one
+// signature per event, unless EventSignatures is set; a lone event is
+// signed itself. It returns once every batch is acknowledged, or ctx's
+// error.
 func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 	for i := range events {
 		e := &events[i]
@@ -130,8 +138,11 @@ func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 		if e.Type == "" {
 			e.Type = metering.EventType
 		}
-		if err := metering.Sign(e, m.cfg.Key); err != nil {
-			return fmt.Errorf("m2mclient: sign event %q: %w", e.ID, err)
+		e.Sig = ""
+		if m.cfg.EventSignatures {
+			if err := metering.Sign(e, m.cfg.Key); err != nil {
+				return fmt.Errorf("m2mclient: sign event %q: %w", e.ID, err)
+			}
 		}
 	}
 	for start := 0; start < len(events); {
@@ -139,7 +150,13 @@ func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 		if err != nil {
 			return err
 		}
-		if err := m.publish(ctx, body, metering.MsgID(events[start:end])); err != nil {
+		var batchSig string
+		if events[start].Sig == "" && end-start > 1 {
+			if batchSig, err = metering.SignBatch(events[start:end], m.cfg.Key); err != nil {
+				return fmt.Errorf("m2mclient: sign batch: %w", err)
+			}
+		}
+		if err := m.publish(ctx, body, metering.MsgID(events[start:end]), batchSig); err != nil {
 			return err
 		}
 		start = end
@@ -147,10 +164,16 @@ func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 	return nil
 }
 
-// batch encodes the longest run of events from start that fits a message.
+// batch encodes the longest run of events from start that fits a message,
+// signing a lone unsigned event on its own.
 func (m *Meter) batch(events []metering.Event, start int) (int, []byte, error) {
 	end := min(len(events), start+m.cfg.MaxBatch)
 	for {
+		if end-start == 1 && events[start].Sig == "" {
+			if err := metering.Sign(&events[start], m.cfg.Key); err != nil {
+				return 0, nil, fmt.Errorf("m2mclient: sign event %q: %w", events[start].ID, err)
+			}
+		}
 		body, err := metering.EncodeBatch(events[start:end])
 		if err != nil {
 			return 0, nil, fmt.Errorf("m2mclient: encode batch: %w", err)
@@ -165,9 +188,12 @@ func (m *Meter) batch(events []metering.Event, start int) (int, []byte, error) {
 	}
 }
 
-func (m *Meter) publish(ctx context.Context, body []byte, msgID string) error {
+func (m *Meter) publish(ctx context.Context, body []byte, msgID, batchSig string) error {
 	msg := nats.NewMsg(metering.UsageSubject(m.cfg.ProviderID))
 	msg.Data = body
+	if batchSig != "" {
+		msg.Header.Set(metering.HeaderBatchSig, batchSig)
+	}
 	for {
 		_, err := m.js.PublishMsg(msg, nats.MsgId(msgID), nats.Context(ctx))
 		if err == nil {

@@ -317,6 +317,18 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 	if perr != nil && !errors.Is(perr, metering.ErrUnknownSource) && !errors.Is(perr, metering.ErrSourceInactive) {
 		return 0, perr // the registry is unreachable: try again later
 	}
+	// A batch signature, when present, authenticates every event of the
+	// message with one BIP-340 check instead of one per event. If it is
+	// present but wrong, the whole message is refused: nothing in it is
+	// known to come from the provider.
+	batchOK := false
+	if sig := msg.Headers().Get(metering.HeaderBatchSig); sig != "" && perr == nil {
+		if err := metering.VerifyBatch(evs, sig, pub); err != nil {
+			perr = err
+		} else {
+			batchOK = true
+		}
+	}
 	now := in.cfg.Clock()
 	for i := range evs {
 		e := &evs[i]
@@ -326,7 +338,7 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 		case e.Source != provider:
 			reject(i, fmt.Errorf("%w: %q published on %s", metering.ErrSourceMismatch, e.Source, msg.Subject()))
 		default:
-			if err := metering.Verify(e, pub); err != nil {
+			if err := verifyOne(e, pub, batchOK); err != nil {
 				reject(i, err)
 			} else if err := metering.Validate(e, now, in.cfg.Limits); err != nil {
 				reject(i, err)
@@ -364,6 +376,15 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 		in.st.duplicates.Add(dups)
 	}
 	return len(evs), in.publishDead(ctx, dead)
+}
+
+// verifyOne checks an event's own signature unless a verified batch
+// signature already covers it.
+func verifyOne(e *metering.Event, pub *btcec.PublicKey, batchOK bool) error {
+	if batchOK {
+		return nil
+	}
+	return metering.Verify(e, pub)
 }
 
 // providerKey returns the BIP-340 key of an active provider, or an error
