@@ -119,6 +119,22 @@ type DeviceConfig struct {
 	// Clock drives the policy window and hold expiry. Defaults to the
 	// wall clock.
 	Clock clock.Clock
+	// Router, when set, is the Router of the Session that a Provider of
+	// the same identity also uses (a prosumer). Nil gives the Device a
+	// Router of its own, and the Device must then be the only consumer
+	// of the Session.
+	Router *Router
+	// OnSettle, when set, may veto a settlement proposal that passed every
+	// check (see settle.go); returning false refuses it with
+	// "settle-refused". It runs on its own goroutine and must return
+	// promptly: the hub's round is waiting.
+	OnSettle func(SettleProposal) bool
+	// Earnings, when set, returns what this device earned as a provider
+	// in the epoch, after fees, as its own records (for example the
+	// receipts its Provider received) justify, for the hub's Earned
+	// figure to be checked against. Nil means a payer-only device: it
+	// expects to have earned nothing.
+	Earnings func(ctx context.Context, epoch uint64) (lnwire.MilliSatoshi, error)
 }
 
 // DefaultMaxCloseFee is the default DeviceConfig.MaxCloseFee.
@@ -145,8 +161,8 @@ type waitKey struct {
 	hold    [16]byte
 }
 
-// waiters routes hub answers to the calls waiting for them. Device and
-// Provider share it.
+// waiters routes hub answers to the calls waiting for them. The Device and
+// the Provider of one Session share their Router's.
 type waiters struct {
 	mu sync.Mutex
 	m  map[waitKey]chan lnwire.Message
@@ -208,7 +224,18 @@ type Device struct {
 	s       *Session
 	log     *slog.Logger
 	limiter *Limiter
-	w       waiters
+	w       *waiters
+
+	// r reads the Session (nil offline); ownRouter means the Device
+	// created it and closes it; detach stops its handler.
+	r         *Router
+	ownRouter bool
+	detach    func()
+
+	// settle remembers the proposals signed and not yet done, by channel
+	// (see settle.go). Nothing in it is secret: the nonces are gone.
+	settleMu sync.Mutex
+	settle   map[btcwire.OutPoint]signedSettle
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -222,8 +249,8 @@ type Device struct {
 
 // NewDevice loads the device's channels from the store and, when s is not
 // nil, starts serving the hub's messages on s; Close stops it. The Device
-// must be the only reader of s.Messages(). With a nil session the Device
-// works offline: Balance, History and Refund need no hub, which is what a
+// reads s through cfg.Router, or a Router of its own when that is nil. With
+// a nil session the Device works offline: Balance, History and Refund need no hub, which is what a
 // device whose hub has vanished needs.
 func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 	switch {
@@ -256,6 +283,8 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock),
 		ctx: ctx, cancel: cancel,
 		chans: make(map[[32]byte]*devChannel), byID: make(map[btcwire.OutPoint]*devChannel),
+		settle: make(map[btcwire.OutPoint]signedSettle),
+		w:      new(waiters),
 		// Request ids only need to be unique among this process's
 		// outstanding requests; starting from the clock keeps a restarted
 		// device from matching a stale answer to a new request.
@@ -273,17 +302,31 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		}
 	}
 	if s != nil {
-		d.wg.Add(1)
-		go d.run()
+		r, owned, err := routerFor(s, cfg.Router, cfg.Logger)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		d.r, d.ownRouter, d.w = r, owned, &r.w
+		d.detach = r.attach(d.handle)
 	}
 	return d, nil
 }
 
 // Close stops serving the hub's messages and waits for the handlers under
-// way. It does not close the Session, which the caller owns.
+// way. It does not close the Session, which the caller owns, nor a Router
+// passed in DeviceConfig.
 func (d *Device) Close() error {
+	// Detach first: once it returns no handler can spawn another
+	// goroutine, so the wait below is final.
+	if d.detach != nil {
+		d.detach()
+	}
 	d.cancel()
 	d.wg.Wait()
+	if d.ownRouter {
+		return d.r.Close()
+	}
 	return nil
 }
 
@@ -371,57 +414,28 @@ func asError(m *wire.ChannelError) *ChannelError {
 	return &ChannelError{Code: string(m.Code), Message: m.Message}
 }
 
-// run dispatches the hub's messages until Close or the session ends.
-// Answers go to the waiting call; requests (holds, payment requests) get a
-// handler goroutine each, because answering them may itself wait for the
-// hub.
-func (d *Device) run() {
-	defer d.wg.Done()
-	for {
-		var msg lnwire.Message
-		var ok bool
-		select {
-		case <-d.ctx.Done():
-			return
-		case msg, ok = <-d.s.Messages():
-			if !ok {
-				return
-			}
-		}
-		d.dispatch(msg)
-	}
-}
-
-func (d *Device) dispatch(msg lnwire.Message) {
-	var routed bool
+// handle takes the hub's messages that are not answers to a waiting call
+// (the Router delivers those). Requests (holds, payment requests,
+// settlement proposals) get a goroutine each, because answering them may
+// itself wait for the hub.
+func (d *Device) handle(msg lnwire.Message) bool {
 	switch m := msg.(type) {
-	case *wire.ChannelOffer:
-		routed = d.w.deliver(waitKey{kind: 'r', req: m.ReqID}, m)
-	case *wire.ChannelReady:
-		routed = d.w.deliver(waitKey{kind: 'p', pending: m.PendingID}, m)
-	case *wire.PayAck:
-		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
-	case *wire.CloseProposal:
-		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
 	case *wire.ChannelClosed:
-		routed = d.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
 		d.markClosed(m)
-		routed = true
-	case *wire.ChannelError:
-		routed = d.w.deliverError(m)
 	case *wire.HoldRequest:
 		d.spawn(func() { d.onHoldRequest(m) })
-		routed = true
 	case *wire.PaymentRequest:
 		d.spawn(func() { d.onPaymentRequest(m) })
-		routed = true
 	case *wire.HoldClosed:
 		d.onHoldClosed(m)
-		routed = true
+	case *wire.SettleProposal:
+		d.spawn(func() { d.onSettleProposal(m) })
+	case *wire.SettleDone:
+		d.spawn(func() { d.onSettleDone(m) })
+	default:
+		return false
 	}
-	if !routed {
-		d.log.Debug("unexpected hub message", "type", msg.MsgType())
-	}
+	return true
 }
 
 // spawn runs f on a goroutine the Device owns.

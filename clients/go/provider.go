@@ -35,6 +35,11 @@ type ProviderConfig struct {
 	// Clock turns hold durations into expiry times. Defaults to the wall
 	// clock.
 	Clock clock.Clock
+	// Router, when set, is the Router of the Session that a Device of the
+	// same identity also uses (a prosumer). Nil gives the Provider a
+	// Router of its own, and the Provider must then be the only consumer
+	// of the Session.
+	Router *Router
 }
 
 // Provider is the service side: it asks payers for holds through the hub,
@@ -44,7 +49,11 @@ type Provider struct {
 	cfg ProviderConfig
 	s   *Session
 	log *slog.Logger
-	w   waiters
+	w   *waiters
+
+	r         *Router
+	ownRouter bool
+	detach    func()
 
 	receipts chan *channel.Receipt
 	errs     chan *HoldError
@@ -55,7 +64,8 @@ type Provider struct {
 }
 
 // NewProvider starts serving the hub's messages on s; Close stops it. The
-// Provider must be the only reader of s.Messages().
+// Provider reads s through cfg.Router, or a Router of its own when that is
+// nil.
 func NewProvider(s *Session, cfg ProviderConfig) (*Provider, error) {
 	if s == nil || cfg.HubKey == nil {
 		return nil, errors.New("m2mclient: provider needs a session and the hub key")
@@ -66,23 +76,31 @@ func NewProvider(s *Session, cfg ProviderConfig) (*Provider, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewDefaultClock()
 	}
+	r, owned, err := routerFor(s, cfg.Router, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Provider{
-		cfg: cfg, s: s, log: cfg.Logger,
+		cfg: cfg, s: s, log: cfg.Logger, w: &r.w, r: r, ownRouter: owned,
 		receipts: make(chan *channel.Receipt, receiptBuffer),
 		errs:     make(chan *HoldError, receiptBuffer),
 		ctx:      ctx, cancel: cancel,
 	}
+	p.detach = r.attach(p.handle)
 	p.wg.Add(1)
 	go p.run()
 	return p, nil
 }
 
 // Close stops serving the hub's messages and closes the Receipts channel.
-// It does not close the Session.
+// It does not close the Session, nor a Router passed in ProviderConfig.
 func (p *Provider) Close() error {
 	p.cancel()
 	p.wg.Wait()
+	if p.ownRouter {
+		return p.r.Close()
+	}
 	return nil
 }
 
@@ -98,36 +116,32 @@ func (p *Provider) VerifyReceipt(r *channel.Receipt) error {
 	return r.VerifyKey(p.cfg.HubKey)
 }
 
+// run closes Receipts and Errors once the Provider is closed or the
+// session has ended, after detaching, so no handler can write to them
+// afterwards.
 func (p *Provider) run() {
 	defer p.wg.Done()
-	defer close(p.receipts)
-	defer close(p.errs)
-	for {
-		var msg lnwire.Message
-		var ok bool
-		select {
-		case <-p.ctx.Done():
-			return
-		case msg, ok = <-p.s.Messages():
-			if !ok {
-				return
-			}
-		}
-		switch m := msg.(type) {
-		case *wire.HoldResult:
-			p.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m)
-		case *wire.HoldClosed:
-			p.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m)
-		case *wire.ChannelError:
-			if !p.w.deliverError(m) {
-				p.onError(m)
-			}
-		case *wire.ReceiptNotice:
-			p.onReceipt(m)
-		default:
-			p.log.Debug("unexpected hub message", "type", msg.MsgType())
-		}
+	select {
+	case <-p.ctx.Done():
+	case <-p.r.done:
 	}
+	p.detach()
+	close(p.receipts)
+	close(p.errs)
+}
+
+// handle takes the hub's messages that are not answers to a waiting call:
+// receipts, and refusals no call waits for.
+func (p *Provider) handle(msg lnwire.Message) bool {
+	switch m := msg.(type) {
+	case *wire.ChannelError:
+		p.onError(m)
+	case *wire.ReceiptNotice:
+		p.onReceipt(m)
+	default:
+		return false
+	}
+	return true
 }
 
 // HoldError is a refusal the hub reported about a hold outside any waiting

@@ -1,0 +1,169 @@
+package m2mclient
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// handler takes a hub message that is not (only) an answer to a waiting
+// call and reports whether it was for it. It runs on the Router's
+// goroutine, so it must not block: anything that waits for the hub runs on
+// a goroutine of its own.
+type handler func(lnwire.Message) bool
+
+// Router is the single reader of one Session's messages. It hands each
+// answer to the call waiting for it and every other message to the Device
+// and the Provider attached to it, so that one device identity can pay and
+// be paid over one connection (a prosumer: a meter that buys and sells, a
+// car that also sells its battery's energy).
+//
+// NewDevice and NewProvider create a private Router when their config names
+// none; a prosumer creates one with NewRouter and passes it to both:
+//
+//	r := m2mclient.NewRouter(s, logger)
+//	defer r.Close()
+//	d, _ := m2mclient.NewDevice(s, m2mclient.DeviceConfig{Router: r, ...})
+//	p, _ := m2mclient.NewProvider(s, m2mclient.ProviderConfig{Router: r, ...})
+//
+// Two consumers of one Session without a shared Router would each see only
+// some of its messages.
+type Router struct {
+	s   *Session
+	log *slog.Logger
+	// w holds the calls waiting for an answer, of the Device and the
+	// Provider alike: their keys never collide (request and pending ids
+	// are the device's, hold ids are random, channel ids are the
+	// device's channels).
+	w waiters
+
+	// mu is read-held while handlers run and write-held to change them,
+	// so once detach returns its handler never runs again.
+	mu       sync.RWMutex
+	handlers map[int]handler
+	nextID   int
+
+	done   chan struct{} // closed when the read loop ends
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// NewRouter starts reading s's messages; Close stops it. The Router must be
+// the only reader of s.Messages(). A nil logger means slog.Default().
+func NewRouter(s *Session, log *slog.Logger) *Router {
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Router{
+		s: s, log: log, handlers: make(map[int]handler),
+		done: make(chan struct{}), ctx: ctx, cancel: cancel,
+	}
+	r.wg.Add(1)
+	go r.run()
+	return r
+}
+
+// Close stops reading the Session and waits for the read loop. It does not
+// close the Session, and the Device and Provider attached stop receiving
+// messages; close them first.
+func (r *Router) Close() error {
+	r.cancel()
+	r.wg.Wait()
+	return nil
+}
+
+// routerFor returns the Router a Device or Provider of s uses: the shared
+// one the config names, which must read s, or a private one it owns.
+func routerFor(s *Session, shared *Router, log *slog.Logger) (r *Router, owned bool, err error) {
+	if shared == nil {
+		return NewRouter(s, log), true, nil
+	}
+	if shared.s != s {
+		return nil, false, errors.New("m2mclient: the router reads another session")
+	}
+	return shared, false, nil
+}
+
+// attach adds h to the handlers and returns the function that removes it.
+func (r *Router) attach(h handler) (detach func()) {
+	r.mu.Lock()
+	id := r.nextID
+	r.nextID++
+	r.handlers[id] = h
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			delete(r.handlers, id)
+			r.mu.Unlock()
+		})
+	}
+}
+
+func (r *Router) run() {
+	defer r.wg.Done()
+	defer close(r.done)
+	for {
+		var msg lnwire.Message
+		var ok bool
+		select {
+		case <-r.ctx.Done():
+			return
+		case msg, ok = <-r.s.Messages():
+			if !ok {
+				return
+			}
+		}
+		r.dispatch(msg)
+	}
+}
+
+// dispatch routes one message: answers to their waiting call, everything
+// else (and the notices a waiting call and a handler both need) to the
+// handlers.
+func (r *Router) dispatch(msg lnwire.Message) {
+	answered, notice := false, false
+	switch m := msg.(type) {
+	case *wire.ChannelOffer:
+		answered = r.w.deliver(waitKey{kind: 'r', req: m.ReqID}, m)
+	case *wire.ChannelReady:
+		answered = r.w.deliver(waitKey{kind: 'p', pending: m.PendingID}, m)
+	case *wire.PayAck:
+		answered = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+	case *wire.CloseProposal:
+		answered = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+	case *wire.HoldResult:
+		answered = r.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m)
+	case *wire.ChannelError:
+		answered = r.w.deliverError(m)
+	case *wire.ChannelClosed:
+		// The closing call waits for it and the device records it.
+		answered, notice = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m), true
+	case *wire.HoldClosed:
+		// The provider's hold call may wait for it; the payer forgets
+		// the hold.
+		answered, notice = r.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m), true
+	}
+	if answered && !notice {
+		return
+	}
+	handled := false
+	r.mu.RLock()
+	for _, h := range r.handlers {
+		if h(msg) {
+			handled = true
+		}
+	}
+	r.mu.RUnlock()
+	if !answered && !handled {
+		r.log.Debug("unexpected hub message", "type", msg.MsgType())
+	}
+}
