@@ -393,7 +393,10 @@ func (s *Settlement) openEpoch(ctx context.Context) (settlement.Epoch, error) {
 	if err != nil {
 		return settlement.Epoch{}, err
 	}
-	first := settlement.FirstEpoch(cutTime(s.clock.Now()), uint32(height))
+	// The first epoch holds every payment made before it was stored
+	// (receipt times start at the Unix epoch), so a hub that ran before
+	// settlement was switched on settles its history too.
+	first := settlement.FirstEpoch(time.Unix(0, 0).UTC(), uint32(height))
 	if err := s.store.CutEpoch(ctx, settlement.Epoch{}, first); err != nil && !errors.Is(err, ErrEpochConflict) {
 		return settlement.Epoch{}, err
 	}
