@@ -141,14 +141,16 @@ type settleRunCmd struct {
 // Execute starts the run, then polls its status and prints every state
 // change until it confirms, fails or is replaced.
 func (c *settleRunCmd) Execute([]string) error {
-	if c.Poll <= 0 {
-		return fmt.Errorf("%w: --poll must be positive", errUsage)
+	if c.Poll <= 0 || c.Timeout <= 0 {
+		return fmt.Errorf("%w: --poll and --timeout must be positive", errUsage)
 	}
 	cl, err := c.a.client()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.a.callCtx()
+	// The hub may answer only after its signing round: bound the call
+	// by --timeout, not the usual 30 seconds.
+	ctx, cancel := context.WithTimeout(c.a.ctx, c.Timeout)
 	run, err := cl.Settle(ctx)
 	cancel()
 	if err != nil {

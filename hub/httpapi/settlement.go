@@ -48,9 +48,10 @@ type Settlement interface {
 	// what Settle would start from (state planned, unsigned Txs, Closing
 	// with the nets); the plan adds weights, modes and carry reasons.
 	Preview(ctx context.Context) (settlement.Run, *settlement.Plan, error)
-	// Settle cuts the open epoch and starts its run. It returns once the
-	// run is durably planned; signing, broadcast and confirmation go on
-	// in the background, observed through Run.
+	// Settle cuts the open epoch and starts its run. It may return as
+	// soon as the run is durably planned or after broadcast; what is
+	// left (signing, broadcast, confirmation) goes on in the
+	// background, observed through Run.
 	Settle(ctx context.Context) (settlement.Run, error)
 	// Run returns the latest attempt of an epoch's run.
 	Run(ctx context.Context, epoch uint64) (settlement.Run, error)
@@ -523,10 +524,14 @@ func (c *Client) SettlementPlan(ctx context.Context) (PlanView, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/settlement/plan", nil, &out)
 }
 
-// Settle cuts the open epoch and starts its settlement run.
+// Settle cuts the open epoch and starts its settlement run. The hub may
+// answer only after the cooperative signing round, which can outlast the
+// client's usual 30-second limit, so this call is bounded by ctx alone.
 func (c *Client) Settle(ctx context.Context) (RunView, error) {
 	var out RunView
-	return out, c.do(ctx, http.MethodPost, "/v1/settlement/run", nil, &out)
+	long := *c
+	long.http = &http.Client{Transport: c.http.Transport}
+	return out, long.do(ctx, http.MethodPost, "/v1/settlement/run", nil, &out)
 }
 
 // SettlementStatus returns the open epoch and up to limit recent runs, or,
