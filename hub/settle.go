@@ -181,8 +181,10 @@ type SettlementConfig struct {
 	FeeRate     settlement.FeeRate
 	CPFPFeeRate settlement.FeeRate
 	// CPFPAfter is how many blocks a batch may wait unconfirmed before
-	// the child is sent.
-	CPFPAfter uint32
+	// the child is sent; zero means DefaultCPFPAfter and a negative
+	// value bumps at the first check (regtest mines every relayable
+	// transaction, so tests cannot make a batch wait).
+	CPFPAfter int
 	// CutRule is the settlement period; zero settles on demand only.
 	CutRule settlement.CutRule
 	// RoundTimeout bounds each device's answer in the cooperative round.
@@ -271,11 +273,11 @@ type Settlement struct {
 	// whether driven by the loop or by Settle.
 	mu sync.Mutex
 	// sentAt is the height at which each batch transaction was first seen
-	// broadcast by this process, and bumped the ones CPFP'd; both are
+	// broadcast by this process, and bumped the CPFP child of each; both are
 	// rebuilt after a restart (a restart delays a bump, never repeats a
 	// settlement).
 	sentAt map[chainhash.Hash]uint32
-	bumped map[chainhash.Hash]bool
+	bumped map[chainhash.Hash]*chainhash.Hash // nil: no bump possible
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -293,7 +295,7 @@ func NewSettlement(cfg SettlementConfig) (*Settlement, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Settlement{
 		cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock,
-		sentAt: make(map[chainhash.Hash]uint32), bumped: make(map[chainhash.Hash]bool),
+		sentAt: make(map[chainhash.Hash]uint32), bumped: make(map[chainhash.Hash]*chainhash.Hash),
 		ctx: ctx, cancel: cancel,
 	}, nil
 }

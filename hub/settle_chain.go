@@ -166,7 +166,7 @@ func (s *Settlement) followRun(ctx context.Context, r *settlement.Run, tip uint3
 			if _, ok := s.sentAt[txid]; !ok {
 				s.sentAt[txid] = tip
 			}
-			if tip >= s.sentAt[txid]+s.cfg.CPFPAfter && !s.bumped[txid] {
+			if _, done := s.bumped[txid]; !done && int64(tip) >= int64(s.sentAt[txid])+int64(s.cfg.CPFPAfter) {
 				s.bump(ctx, tx, tip)
 			}
 		}
@@ -220,7 +220,7 @@ func (s *Settlement) bump(ctx context.Context, tx *btcwire.MsgTx, tip uint32) {
 	}
 	if idx < 0 {
 		s.log.Warn("settlement stuck without a revenue output to bump", "txid", txid)
-		s.bumped[txid] = true
+		s.bumped[txid] = nil
 		return
 	}
 	prev := tx.TxOut[idx]
@@ -233,7 +233,7 @@ func (s *Settlement) bump(ctx context.Context, tx *btcwire.MsgTx, tip uint32) {
 	value := btcutilAmount(prev.Value) - fee
 	if value < settlement.Dust(s.cfg.RevenueScript) {
 		s.log.Warn("settlement revenue too small to bump", "txid", txid, "revenue", prev.Value, "fee", fee)
-		s.bumped[txid] = true
+		s.bumped[txid] = nil
 		return
 	}
 	child.TxOut[0].Value = int64(value)
@@ -250,16 +250,20 @@ func (s *Settlement) bump(ctx context.Context, tx *btcwire.MsgTx, tip uint32) {
 		s.log.Warn("settlement fee bump refused", "txid", txid, "err", err)
 		return
 	}
-	s.bumped[txid] = true
+	childID := child.TxHash()
+	s.bumped[txid] = &childID
 	s.log.Info("settlement fee bumped by CPFP", "txid", txid, "child", child.TxHash(), "fee", fee, "height", tip)
 }
 
-// Bumped reports whether this process sent a CPFP child for a batch
-// transaction.
-func (s *Settlement) Bumped(txid chainhash.Hash) bool {
+// Bumped returns the txid of the CPFP child this process sent for a batch
+// transaction, and false when it sent none.
+func (s *Settlement) Bumped(txid chainhash.Hash) (chainhash.Hash, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.bumped[txid]
+	if c := s.bumped[txid]; c != nil {
+		return *c, true
+	}
+	return chainhash.Hash{}, false
 }
 
 // txWeight is tx's weight: base size × 3 + total size.
