@@ -1,7 +1,6 @@
 package hub
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -185,5 +184,3 @@ func (s *Settlement) anchor(ctx context.Context, el *epochLedger) (settlement.An
 	return a, nil
 }
 
-// sameBytes compares two scripts.
-func sameBytes(a, b []byte) bool { return bytes.Equal(a, b) }
