@@ -183,4 +183,3 @@ func (s *Settlement) anchor(ctx context.Context, el *epochLedger) (settlement.An
 	}
 	return a, nil
 }
-
