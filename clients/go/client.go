@@ -140,6 +140,21 @@ type Session struct {
 	mu   sync.Mutex
 	conn *brontide.Conn // nil while disconnected
 	err  error          // permanent failure, set once
+
+	// router is the session's shared reader of Messages, made on first
+	// use, so a Device and a Provider of one session share it without
+	// the caller wiring one.
+	routerOnce sync.Once
+	router     *Router
+}
+
+// Router returns the session's shared Router, starting it on first use. A
+// Device and a Provider created on this session without a Router of their
+// own both use it, so a prosumer pays and is paid over one connection. Close
+// stops it.
+func (s *Session) Router() *Router {
+	s.routerOnce.Do(func() { s.router = NewRouter(s, s.log) })
+	return s.router
 }
 
 // Dial connects to the hub at addr, whose identity key is pinned as hubKey,
@@ -255,6 +270,12 @@ func (s *Session) Close() error {
 		_ = c.SetDeadline(time.Now())
 	}
 	s.wg.Wait()
+	// Started (or not) for good: a Router asked for after Close is never
+	// started, since routerOnce is spent here.
+	s.routerOnce.Do(func() {})
+	if s.router != nil {
+		_ = s.router.Close()
+	}
 	return nil
 }
 

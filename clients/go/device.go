@@ -302,7 +302,7 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		}
 	}
 	if s != nil {
-		r, owned, err := routerFor(s, cfg.Router, cfg.Logger)
+		r, owned, err := routerFor(s, cfg.Router)
 		if err != nil {
 			cancel()
 			return nil, err

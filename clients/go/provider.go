@@ -76,7 +76,7 @@ func NewProvider(s *Session, cfg ProviderConfig) (*Provider, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewDefaultClock()
 	}
-	r, owned, err := routerFor(s, cfg.Router, cfg.Logger)
+	r, owned, err := routerFor(s, cfg.Router)
 	if err != nil {
 		return nil, err
 	}

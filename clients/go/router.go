@@ -23,8 +23,10 @@ type handler func(lnwire.Message) bool
 // be paid over one connection (a prosumer: a meter that buys and sells, a
 // car that also sells its battery's energy).
 //
-// NewDevice and NewProvider create a private Router when their config names
-// none; a prosumer creates one with NewRouter and passes it to both:
+// NewDevice and NewProvider use the Session's own Router (Session.Router)
+// when their config names none, so a prosumer needs no wiring; a caller
+// that wants a Router it closes itself creates one with NewRouter and
+// passes it to both:
 //
 //	r := m2mclient.NewRouter(s, logger)
 //	defer r.Close()
@@ -79,11 +81,12 @@ func (r *Router) Close() error {
 	return nil
 }
 
-// routerFor returns the Router a Device or Provider of s uses: the shared
-// one the config names, which must read s, or a private one it owns.
-func routerFor(s *Session, shared *Router, log *slog.Logger) (r *Router, owned bool, err error) {
+// routerFor returns the Router a Device or Provider of s uses: the one the
+// config names, which must read s, or else the session's own (Session.Router),
+// which the session closes.
+func routerFor(s *Session, shared *Router) (r *Router, owned bool, err error) {
 	if shared == nil {
-		return NewRouter(s, log), true, nil
+		return s.Router(), false, nil
 	}
 	if shared.s != s {
 		return nil, false, errors.New("m2mclient: the router reads another session")

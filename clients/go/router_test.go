@@ -18,14 +18,13 @@ import (
 func TestRouterProsumer(t *testing.T) {
 	noLeaks(t)
 	f := newSettleFixture(t, DeviceConfig{})
-	// Rebuild the device on a shared router: the fixture's own device
-	// reads the session through a private one, so close it first.
+	// Rebuild the device next to a provider on the session's own Router,
+	// which the fixture's device already reads through.
 	if err := f.dev.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s := f.dev.s
-	r := NewRouter(s, discard())
-	defer r.Close()
+	r := s.Router()
 	d, err := NewDevice(s, DeviceConfig{Key: f.devKey, HubKey: f.hub.key.PubKey(),
 		Params: &chaincfg.RegressionNetParams, Store: f.dev.cfg.Store, Logger: discard(),
 		Router: r, AutoAuthorize: true})
