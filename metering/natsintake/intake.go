@@ -71,8 +71,11 @@ type Config struct {
 	// doubles with every delivery up to MaxNakDelay (1 s, 1 min).
 	NakDelay    time.Duration
 	MaxNakDelay time.Duration
-	// Workers is how many messages are processed at once (GOMAXPROCS):
-	// signature checks are CPU-bound.
+	// Workers is how many messages are processed at once (4 ×
+	// GOMAXPROCS). Parsing and signature checks are CPU-bound, but each
+	// message then waits for its charge to be durable (an fsync): with
+	// more workers than cores, one worker's wait overlaps another's CPU
+	// work and the store commits several messages' charges per fsync.
 	Workers int
 	// Limits bound event times (metering defaults).
 	Limits metering.Limits
@@ -150,7 +153,7 @@ func New(cfg Config) (*Intake, error) {
 		cfg.MaxNakDelay = max(time.Minute, cfg.NakDelay)
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = runtime.GOMAXPROCS(0)
+		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
 	}
 	return &Intake{cfg: cfg, log: cfg.Logger, keys: map[hub.PubKey]*btcec.PublicKey{}}, nil
 }
