@@ -375,3 +375,91 @@ func (w *Wallet) sign(tx *wire.MsgTx, prevOuts map[wire.OutPoint]*wire.TxOut) er
 	}
 	return nil
 }
+
+// SendMany pays every output in one transaction, with change back to the
+// wallet, and broadcasts it; output i of the transaction is outputs[i] and
+// the change, when not dust, comes last. Funding hundreds of channels in
+// one transaction pays for one set of inputs and one change output instead
+// of one per channel. Coins are chosen, checked and signed as in Send. It
+// returns ErrInsufficientFunds if the spendable coins do not cover the
+// outputs plus fee, or ErrRejected if the node refuses the transaction.
+func (w *Wallet) SendMany(ctx context.Context, outputs []*wire.TxOut) (chainhash.Hash, error) {
+	if len(outputs) == 0 {
+		return chainhash.Hash{}, errors.New("btcdchain: no outputs to pay")
+	}
+	var total btcutil.Amount
+	for i, o := range outputs {
+		if o == nil || len(o.PkScript) == 0 {
+			return chainhash.Hash{}, fmt.Errorf("btcdchain: output %d has no script", i)
+		}
+		if o.Value <= 0 || o.Value > btcutil.MaxSatoshi || mempool.IsDust(o, mempool.DefaultMinRelayTxFee) {
+			return chainhash.Hash{}, fmt.Errorf("btcdchain: output %d: amount %v is not above the dust limit",
+				i, btcutil.Amount(o.Value))
+		}
+		total += btcutil.Amount(o.Value)
+		if total > btcutil.MaxSatoshi {
+			return chainhash.Hash{}, fmt.Errorf("btcdchain: outputs total more than %v", btcutil.Amount(btcutil.MaxSatoshi))
+		}
+	}
+
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+
+	utxos, err := w.UTXOs(ctx)
+	if err != nil {
+		return chainhash.Hash{}, err
+	}
+	maturity := int64(w.chain.Params().CoinbaseMaturity)
+	utxos = slices.DeleteFunc(utxos, func(u UTXO) bool { return !u.spendable(maturity) })
+	slices.SortFunc(utxos, func(a, b UTXO) int { return cmp.Compare(b.Value, a.Value) })
+
+	// The outputs are copied so that the caller's slice is never
+	// aliased by the transaction the wallet signs.
+	tx := wire.NewMsgTx(2)
+	for _, o := range outputs {
+		tx.AddTxOut(wire.NewTxOut(o.Value, slices.Clone(o.PkScript)))
+	}
+	prevOuts := make(map[wire.OutPoint]*wire.TxOut)
+	var in btcutil.Amount
+	funded := false
+	for _, u := range utxos {
+		tx.AddTxIn(wire.NewTxIn(&u.OutPoint, nil, nil))
+		prevOuts[u.OutPoint] = wire.NewTxOut(int64(u.Value), w.script)
+		in += u.Value
+
+		change := wire.NewTxOut(0, w.script)
+		tx.AddTxOut(change)
+		if rest := in - total - w.fee(tx); rest > 0 {
+			change.Value = int64(rest)
+			if !mempool.IsDust(change, mempool.DefaultMinRelayTxFee) {
+				funded = true
+				break
+			}
+		}
+		// Change would be dust or negative: without it, the rest goes
+		// to the fee if it covers it.
+		tx.TxOut = tx.TxOut[:len(tx.TxOut)-1]
+		if in-total >= w.fee(tx) {
+			funded = true
+			break
+		}
+	}
+	if !funded {
+		return chainhash.Hash{}, fmt.Errorf("%w: have %v spendable, need %v plus fee",
+			ErrInsufficientFunds, in, total)
+	}
+
+	if err := w.checkInputs(ctx, tx, prevOuts); err != nil {
+		return chainhash.Hash{}, err
+	}
+	if err := w.sign(tx, prevOuts); err != nil {
+		return chainhash.Hash{}, err
+	}
+	txid, err := w.chain.SendRawTransaction(ctx, tx)
+	if err != nil {
+		return chainhash.Hash{}, err
+	}
+	w.log.Info("wallet sent to many", "txid", txid, "outputs", len(outputs),
+		"amount", total, "inputs", len(tx.TxIn))
+	return txid, nil
+}
