@@ -430,23 +430,23 @@ func (c *Channels) output(rec ChannelRecord) (*channel.Output, error) {
 	return channel.NewOutput(channel.Params{DeviceKey: dev, HubKey: hk, Capacity: rec.Capacity, Expiry: rec.Expiry})
 }
 
-// hubChannelKey is the private key of the hub's side of rec.
+// hubChannelKey is the private key of the hub's side of rec. The tweak
+// comes from the channel's root pending id (RootPendingID): a channel
+// created by a settlement rollover has a masked pending id of its own but
+// keeps the key of the channel the device first opened, so claims,
+// cooperative closes and expiry claims work on it as on the original.
 func (c *Channels) hubChannelKey(rec ChannelRecord) (*btcec.PrivateKey, error) {
-	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
-	if err != nil {
-		return nil, fmt.Errorf("hub: channel device key: %w", err)
-	}
-	tweak := channel.ChannelKeyTweak(dev, rec.PendingID)
-	priv, err := channel.HubChannelPrivKey(c.cfg.HubKey, tweak)
-	if err != nil {
-		return nil, err
-	}
-	if PubKeyOf(priv.PubKey()) != rec.HubKey {
+	root, ok := RootPendingID(rec, c.cfg.HubKey.PubKey())
+	if !ok {
 		// The identity key changed since the channel was offered; the
 		// hub cannot sign for it any more.
 		return nil, fmt.Errorf("hub: channel %v: hub key does not derive from the identity key", rec.Funding)
 	}
-	return priv, nil
+	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
+	if err != nil {
+		return nil, fmt.Errorf("hub: channel device key: %w", err)
+	}
+	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
 
 // setRecord replaces the cached record of an entry the caller has locked.

@@ -32,7 +32,7 @@ type settleEnv struct {
 	revenue []byte
 
 	mu      sync.Mutex
-	keys    map[string]*btcec.PrivateKey      // device id → key
+	keys    map[string]*btcec.PrivateKey         // device id → key
 	outs    map[btcwire.OutPoint]*channel.Output // channel → output, as the device knows it
 	seq     map[btcwire.OutPoint]uint64
 	paid    map[btcwire.OutPoint]lnwire.MilliSatoshi
