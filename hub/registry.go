@@ -113,6 +113,11 @@ type Device struct {
 	RetiredKeys []PubKey  `json:"retired_keys,omitempty"`
 	EnrolledAt  time.Time `json:"enrolled_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
+
+	// Payout is the pkScript the settlement pays this party's earnings
+	// to when they are not settled into a channel of its own (see
+	// Registry.SetPayout); empty carries them.
+	Payout []byte `json:"payout_script,omitempty"`
 }
 
 // HasRole reports whether d holds role r.
