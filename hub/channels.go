@@ -140,6 +140,9 @@ type ChannelsConfig struct {
 	// payments on the channel are refused with "busy".
 	CloseTimeout time.Duration
 
+	// PayObserver, when set, sees every payment's outcome (metrics).
+	PayObserver PayObserver
+
 	// Clock drives holds, capture timeouts and polling. Defaults to the
 	// wall clock.
 	Clock clock.Clock

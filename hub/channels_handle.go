@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/lightningnetwork/lnd/lnwire"
 
@@ -87,7 +88,9 @@ func (c *Channels) dispatch(ctx context.Context, s *Session, msg lnwire.Message)
 		err := c.funded(ctx, s, m)
 		return withIDs(err, func(ce *wire.ChannelError) { ce.PendingID = &m.PendingID })
 	case *wire.Pay:
+		start := time.Now()
 		ack, err := c.Pay(ctx, s.DeviceID(), m)
+		c.observePay(m, start, err)
 		if err != nil {
 			return withIDs(err, func(ce *wire.ChannelError) {
 				ce.ChanID, ce.Seq, ce.ReqID, ce.HoldID = &m.ChanID, &m.Seq, m.ReqID, m.HoldID

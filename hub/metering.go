@@ -131,6 +131,8 @@ type ChargingConfig struct {
 	RequestTimeout time.Duration
 	// DeviceTTL is how long a looked-up device status is trusted.
 	DeviceTTL time.Duration
+	// Observer, when set, sees every event's outcome (metrics).
+	Observer ChargeObserver
 	// Clock drives flushes, timeouts and security windows.
 	Clock clock.Clock
 	// Logger defaults to slog.Default().

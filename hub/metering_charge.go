@@ -54,6 +54,8 @@ type plan struct {
 	release string
 	// counted: the event was added to the security windows.
 	counted bool
+	// kind is the contract's kind, for the ChargeObserver.
+	kind contracts.Kind
 }
 
 // holdEventID is the EventID of the charge that holds a conditional
@@ -87,6 +89,7 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 		return nil, err
 	}
 	if len(plans) == 0 {
+		c.observeRejected(out)
 		return out, nil
 	}
 	cs := make([]Charge, len(plans))
@@ -113,9 +116,15 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 		if r.Duplicate {
 			o.Duplicate = true
 			dups = append(dups, p)
+			if c.cfg.Observer != nil {
+				c.cfg.Observer.EventDuplicate()
+			}
 			continue
 		}
 		o.Charged = true
+		if c.cfg.Observer != nil {
+			c.cfg.Observer.EventCharged(p.kind, r.Stored.Status, r.Stored.Amount)
+		}
 		switch r.Stored.Status {
 		case ChargeOwed:
 			owed = append(owed, r.Stored)
@@ -153,6 +162,7 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 	for k, ids := range unpaid {
 		c.enforce(ctx, k, ids)
 	}
+	c.observeRejected(out)
 	return out, nil
 }
 
@@ -234,7 +244,7 @@ func (c *Charging) planOne(ctx context.Context, ev *UsageEvent, now time.Time, h
 	u := ev.Usage
 	u.Device, u.Provider, u.EventTime = ev.Payer, ev.Provider, ev.Time
 	u.CumulativeMB = contracts.Dec{}
-	p := plan{counted: len(k.Security) > 0}
+	p := plan{counted: len(k.Security) > 0, kind: k.Kind}
 	if p.counted {
 		var reason, detail string
 		if reason, detail, p.counted = c.security(ctx, k, ev, u, now); reason != "" {

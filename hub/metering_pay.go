@@ -272,6 +272,9 @@ func (c *Charging) unbusy(g *payGroup, wait bool, now time.Time) {
 // serving it.
 func (c *Charging) enforce(ctx context.Context, k unpaidKey, ids []string) {
 	c.log.Info("unpaid charges", "provider", k.provider, "payer", k.payer, "reason", k.reason, "events", len(ids))
+	if c.cfg.Observer != nil {
+		c.cfg.Observer.EventsUnpaid(k.reason, len(ids))
+	}
 	c.publish(ctx, k.provider, ProviderMessage{
 		Kind: ProviderMsgUnpaid, Payer: k.payer, EventIDs: ids, Reason: k.reason, StopService: "true",
 	})
