@@ -281,21 +281,27 @@ func (c *SessionCosigners) Deliver(ctx context.Context) error {
 	return nil
 }
 
-// deliver sends deviceID's owed notices on its current session, once per
-// session, dropping those it no longer needs.
+// deliver drops deviceID's notices it no longer needs and sends the
+// others on its current session, once per session. Each pass reads one
+// channel record per owed notice: a notice lives only until its device's
+// next payment, so they are few.
 func (c *SessionCosigners) deliver(ctx context.Context, deviceID string) {
 	s, online := c.cfg.Sessions.Session(deviceID)
 	c.mu.Lock()
-	var due []*notice
+	owed := make([]*notice, 0, len(c.notices[deviceID]))
 	for _, n := range c.notices[deviceID] {
-		if online && n.sentOn != s {
-			due = append(due, n)
-		}
+		owed = append(owed, n)
 	}
 	c.mu.Unlock()
-	for _, n := range due {
+	for _, n := range owed {
 		if c.acknowledged(ctx, n) {
 			c.forget(deviceID, n)
+			continue
+		}
+		c.mu.Lock()
+		due := online && n.sentOn != s
+		c.mu.Unlock()
+		if !due {
 			continue
 		}
 		if err := s.Send(ctx, &n.msg); err != nil {
