@@ -71,10 +71,12 @@ func (h *Handler) routeContracts() {
 	if h.cfg.Contracts == nil {
 		return
 	}
-	h.mux.Handle("POST /v1/contracts", h.auth(h.publishContract))
-	h.mux.Handle("GET /v1/contracts", h.auth(h.listContracts))
-	h.mux.Handle("GET /v1/contracts/{hash}", h.auth(h.getContract))
-	h.mux.Handle("GET /v1/income", h.auth(h.income))
+	h.add("POST", "/v1/contracts", AccessOperator, h.publishContract)
+	// Contracts are the tariffs providers publish under; every provider
+	// may read them.
+	h.add("GET", "/v1/contracts", AccessOwn, h.listContracts)
+	h.add("GET", "/v1/contracts/{hash}", AccessOwn, h.getContract)
+	h.add("GET", "/v1/income", AccessOwn, h.income)
 }
 
 // publishContract parses the posted document strictly, stores its
@@ -108,7 +110,7 @@ func (h *Handler) publishContract(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if _, err := h.cfg.Contracts.RecordEvent(ctx, hub.AuditContractPublish, hash.String(), "operator", map[string]any{
+	if _, err := h.cfg.Contracts.RecordEvent(ctx, hub.AuditContractPublish, hash.String(), actorOf(r), map[string]any{
 		"kind": rec.Kind, "id": rec.Name, "version": rec.Version,
 	}); err != nil {
 		h.fail(w, r, err)
@@ -149,7 +151,15 @@ func (h *Handler) income(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	provider := q.Get("provider")
 	if provider == "" {
+		// A provider credential asks for its own income by default.
+		provider = ownProvider(r)
+	}
+	if provider == "" {
 		h.fail(w, r, fmt.Errorf("%w: provider is required", hub.ErrInvalid))
+		return
+	}
+	if err := ownerOnly(r, provider); err != nil {
+		h.fail(w, r, err)
 		return
 	}
 	from, to := time.Unix(0, 0).UTC(), time.Now().UTC()

@@ -63,8 +63,8 @@ func providerNATS(id, user string, seed []byte) *ProviderNATS {
 
 // routeProviders registers the provider endpoints.
 func (h *Handler) routeProviders() {
-	h.mux.Handle("GET /v1/providers", h.auth(h.listProviders))
-	h.mux.Handle("POST /v1/providers", h.auth(h.addProvider))
+	h.add("GET", "/v1/providers", AccessRead, h.listProviders)
+	h.add("POST", "/v1/providers", AccessOperator, h.addProvider)
 }
 
 // addProvider enrols a provider (or finds the one enrolled with that key)
@@ -80,7 +80,7 @@ func (h *Handler) addProvider(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusCreated
 	d, err := h.cfg.Registry.Enrol(ctx, hub.EnrolRequest{
 		Key: q.PubKey, Roles: []hub.Role{hub.RoleProvider}, Owner: q.Owner, Kind: q.Kind,
-	}, "operator")
+	}, actorOf(r))
 	if errors.Is(err, hub.ErrAlreadyExists) {
 		status = http.StatusOK
 		d, err = h.cfg.Registry.Device(ctx, hub.DeviceID(q.PubKey))
@@ -107,7 +107,7 @@ func (h *Handler) addProvider(w http.ResponseWriter, r *http.Request) {
 		out.NATS = providerNATS(d.ID, user, seed)
 		if ar, ok := h.cfg.Registry.(auditRecorder); ok {
 			detail := map[string]string{"action": "nats-credentials-issued", "nkey": user}
-			if _, err := ar.RecordAdmin(ctx, d.ID, "operator", detail); err != nil {
+			if _, err := ar.RecordAdmin(ctx, d.ID, actorOf(r), detail); err != nil {
 				h.log.Error("audit of issued NATS credentials failed", "provider", d.ID, "err", err)
 			}
 		}

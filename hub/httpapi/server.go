@@ -1,12 +1,15 @@
-// Package httpapi serves the hub's admin API over HTTP and holds the client
-// that hubctl uses to call it. Requests carry the operator credential as a
-// bearer token; one table (statusOf) maps domain errors to HTTP answers, and
-// internal details are logged, never sent.
+// Package httpapi serves the hub's admin API and its dashboard over HTTP and
+// holds the client that hubctl uses to call it. Requests carry a bearer
+// credential: the root operator token from the data dir, or a scoped one
+// (operator, read-only, provider:<id>) kept hashed in a CredStore. Every
+// route is declared once in a table with the access it needs (routes.go);
+// docs/openapi.yaml is checked against that table. One table (statusOf)
+// maps domain errors to HTTP answers, and internal details are logged,
+// never sent.
 package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,8 +18,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/settlement"
 )
 
 // Registry is what the admin API needs of the hub's registry.
@@ -60,6 +65,13 @@ type Config struct {
 	Providers ProviderCredentials
 	// Settlement, when set, serves the settlement, epoch and proof endpoints.
 	Settlement Settlement
+	// Creds, when set, keeps scoped credentials (operator, read-only,
+	// provider) besides Token, and serves /v1/creds.
+	Creds CredStore
+	// Channels, when set, serves the channel, exposure and hold endpoints.
+	Channels Channels
+	// Now is the clock of credential timestamps; time.Now when nil.
+	Now func() time.Time
 }
 
 // maxBody bounds request bodies; admin requests are small.
@@ -70,9 +82,10 @@ const maxAuditPage = 1000
 
 // Handler serves the admin API.
 type Handler struct {
-	cfg Config
-	mux *http.ServeMux
-	log *slog.Logger
+	cfg    Config
+	mux    *http.ServeMux
+	log    *slog.Logger
+	routes []Route
 }
 
 // New returns the admin API handler.
@@ -87,19 +100,35 @@ func New(cfg Config) (*Handler, error) {
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
-	h.mux.HandleFunc("GET /healthz", h.health)
-	h.mux.Handle("GET /v1/info", h.auth(h.info))
-	h.mux.Handle("GET /v1/devices", h.auth(h.listDevices))
-	h.mux.Handle("POST /v1/devices", h.auth(h.addDevice))
-	h.mux.Handle("GET /v1/devices/{id}", h.auth(h.getDevice))
-	h.mux.Handle("POST /v1/devices/{id}/revoke", h.auth(h.revokeDevice))
-	h.mux.Handle("POST /v1/devices/{id}/rotate", h.auth(h.rotateDevice))
-	h.mux.Handle("GET /v1/audit", h.auth(h.audit))
+	if h.cfg.Now == nil {
+		h.cfg.Now = time.Now
+	}
+	if _, ok := cfg.Registry.(auditRecorder); cfg.Creds != nil && !ok {
+		return nil, errors.New("httpapi: scoped credentials need a registry that audits (RecordAdmin)")
+	}
+	h.add("GET", "/healthz", AccessPublic, h.health)
+	h.add("GET", "/v1/info", AccessRead, h.info)
+	h.add("GET", "/v1/devices", AccessRead, h.listDevices)
+	h.add("POST", "/v1/devices", AccessOperator, h.addDevice)
+	h.add("GET", "/v1/devices/{id}", AccessRead, h.getDevice)
+	h.add("POST", "/v1/devices/{id}/revoke", AccessOperator, h.revokeDevice)
+	h.add("POST", "/v1/devices/{id}/rotate", AccessOperator, h.rotateDevice)
+	h.add("GET", "/v1/audit", AccessRead, h.audit)
+	if cfg.Creds != nil {
+		h.add("POST", "/v1/creds", AccessOperator, h.createCred)
+		h.add("GET", "/v1/creds", AccessOperator, h.listCreds)
+		h.add("POST", "/v1/creds/{id}/revoke", AccessOperator, h.revokeCred)
+	}
 	h.routeProviders()
 	h.routeContracts()
 	h.routeSettlement()
+	h.routeChannels()
+	h.routeDashboard()
 	return h, nil
 }
+
+// now is the handler's clock.
+func (h *Handler) now() time.Time { return h.cfg.Now() }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
@@ -110,14 +139,17 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
-var errUnauthorized = errors.New("httpapi: missing or wrong credential")
-
 // statusOf is the one table that maps errors to HTTP answers. Messages of
 // known errors are safe to show; anything else is reported as internal.
 func statusOf(err error) (int, string) {
 	switch {
 	case errors.Is(err, errUnauthorized):
 		return http.StatusUnauthorized, "unauthorized"
+	case errors.Is(err, errForbidden):
+		return http.StatusForbidden, "forbidden"
+	case errors.Is(err, hub.ErrEpochConflict), errors.Is(err, settlement.ErrBadTransition):
+		// A cut or run that lost a race with another.
+		return http.StatusConflict, "conflict"
 	case errors.Is(err, hub.ErrNotFound):
 		return http.StatusNotFound, "not_found"
 	case errors.Is(err, hub.ErrAlreadyExists):
@@ -155,20 +187,6 @@ func decode(r *http.Request, v any) error {
 		return fmt.Errorf("%w: body: %v", hub.ErrInvalid, err)
 	}
 	return nil
-}
-
-// auth admits requests that carry the operator token.
-func (h *Handler) auth(next http.HandlerFunc) http.Handler {
-	want := []byte("Bearer " + h.cfg.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="m2mhub"`)
-			h.fail(w, r, errUnauthorized)
-			return
-		}
-		next(w, r)
-	})
 }
 
 // health answers without a credential so load balancers can probe it; it
@@ -220,7 +238,7 @@ func (h *Handler) addDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := h.cfg.Registry.Enrol(r.Context(), hub.EnrolRequest{
 		Key: q.PubKey, Roles: q.Roles, Owner: q.Owner, Kind: q.Kind,
-	}, "operator")
+	}, actorOf(r))
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -248,7 +266,7 @@ func (h *Handler) revokeDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	d, err := h.cfg.Registry.Revoke(r.Context(), r.PathValue("id"), "operator", q.Reason)
+	d, err := h.cfg.Registry.Revoke(r.Context(), r.PathValue("id"), actorOf(r), q.Reason)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -274,7 +292,7 @@ func (h *Handler) rotateDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, fmt.Errorf("%w: sig must be 64 bytes of hex", hub.ErrInvalid))
 		return
 	}
-	d, err := h.cfg.Registry.Rotate(r.Context(), r.PathValue("id"), q.NewPubKey, sig, "operator")
+	d, err := h.cfg.Registry.Rotate(r.Context(), r.PathValue("id"), q.NewPubKey, sig, actorOf(r))
 	if err != nil {
 		h.fail(w, r, err)
 		return

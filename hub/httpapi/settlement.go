@@ -80,24 +80,16 @@ func (h *Handler) routeSettlement() {
 	if h.cfg.Settlement == nil {
 		return
 	}
-	h.mux.Handle("GET /v1/settlement/plan", h.auth(h.settlementPlan))
-	h.mux.Handle("POST /v1/settlement/run", h.auth(h.settlementRun))
-	h.mux.Handle("GET /v1/settlement/status", h.auth(h.settlementStatus))
-	h.mux.Handle("GET /v1/epochs", h.auth(h.listEpochs))
-	h.mux.Handle("GET /v1/receipts/{id}/proof", h.auth(h.receiptProof))
+	h.add("GET", "/v1/settlement/plan", AccessRead, h.settlementPlan)
+	h.add("POST", "/v1/settlement/run", AccessOperator, h.settlementRun)
+	h.add("GET", "/v1/settlement/status", AccessRead, h.settlementStatus)
+	h.add("GET", "/v1/epochs", AccessRead, h.listEpochs)
+	h.add("GET", "/v1/receipts/{id}/proof", AccessOwn, h.receiptProof)
 }
 
-var errSettleConflict = errors.New("httpapi: settlement conflict")
-
-// failSettle maps the settlement service's conflicts (a cut or run that
-// lost a race with another) to 409, then defers to the common table.
-func (h *Handler) failSettle(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, hub.ErrEpochConflict) || errors.Is(err, settlement.ErrBadTransition) {
-		writeJSON(w, http.StatusConflict, errorBody{Code: "conflict", Message: err.Error()})
-		return
-	}
-	h.fail(w, r, err)
-}
+// failSettle answers a settlement service error; its conflicts (a cut or
+// run that lost a race) are in the common table as 409.
+func (h *Handler) failSettle(w http.ResponseWriter, r *http.Request, err error) { h.fail(w, r, err) }
 
 // HexHash is a 32-byte hash shown as hex in byte order (receipt ids,
 // Merkle roots, the audit head); transaction ids use chainhash's reversed
@@ -317,6 +309,9 @@ type EpochView struct {
 	RunState settlement.RunState `json:"run_state,omitempty"`
 	Attempt  uint32              `json:"attempt,omitempty"`
 	Txids    []string            `json:"txids,omitempty"`
+	// ConfirmHeight is the block that confirmed the run's batch, so a
+	// reader with the tip height can count confirmations.
+	ConfirmHeight uint32 `json:"confirm_height,omitempty"`
 }
 
 // ProofJSON is a receipt's on-chain proof in the JSON form of the client
@@ -437,7 +432,7 @@ func (h *Handler) listEpochs(w http.ResponseWriter, r *http.Request) {
 		v := EpochView{Epoch: e}
 		if run, ok := byEpoch[e.Number]; ok {
 			rv := runView(run)
-			v.RunState, v.Attempt, v.Txids = rv.State, rv.Attempt, rv.Txids
+			v.RunState, v.Attempt, v.Txids, v.ConfirmHeight = rv.State, rv.Attempt, rv.Txids, rv.ConfirmHeight
 		}
 		out = append(out, v)
 	}
@@ -453,6 +448,11 @@ func (h *Handler) receiptProof(w http.ResponseWriter, r *http.Request) {
 	rc, proof, run, err := h.cfg.Settlement.ReceiptProof(r.Context(), id)
 	if err != nil {
 		h.failSettle(w, r, err)
+		return
+	}
+	// A provider sees the receipts it is named in, payee or payer.
+	if err := ownerOnly(r, rc.Payee, rc.Payer); err != nil {
+		h.fail(w, r, err)
 		return
 	}
 	v, err := proofView(rc, proof, run)
