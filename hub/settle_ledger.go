@@ -58,59 +58,12 @@ func (s *Settlement) buildLedger(ctx context.Context, ep settlement.Epoch) (*epo
 		}
 	}
 
-	recs, err := s.store.Channels(ctx)
+	all, err := s.epochReceipts(ctx, ep)
 	if err != nil {
 		return nil, err
 	}
-	type issued struct {
-		id   [32]byte
-		r    channel.Receipt
-		hash string
-	}
-	var all []issued
 	el := &epochLedger{ledger: l, spent: make(map[btcwire.OutPoint]settlement.Msat)}
 	payees := make(map[string]bool)
-	for _, rec := range recs {
-		// A channel closed before the epoch began cannot hold its
-		// payments; every other one may.
-		if rec.Funding == (btcwire.OutPoint{}) || rec.Seq == 0 ||
-			rec.Status == ChannelClosed && rec.UpdatedAt.Before(ep.Start) {
-			continue
-		}
-		for from := uint64(1); ; {
-			page, err := s.store.Receipts(ctx, rec.Funding, from, defaultReceiptPage)
-			if err != nil {
-				return nil, err
-			}
-			for _, raw := range page {
-				var r channel.Receipt
-				if err := r.UnmarshalBinary(raw); err != nil {
-					return nil, fmt.Errorf("hub: receipt of %v: %w", rec.Funding, err)
-				}
-				from = r.Seq + 1
-				if !ep.Contains(r.Time) || !r.Time.Before(ep.End) {
-					continue
-				}
-				id := r.ID()
-				all = append(all, issued{id: id, r: r, hash: hex.EncodeToString(id[:])})
-			}
-			if len(page) < defaultReceiptPage {
-				break
-			}
-		}
-	}
-	// Issue order: time, then channel and sequence for payments in the
-	// same millisecond.
-	sort.Slice(all, func(i, j int) bool {
-		a, b := all[i].r, all[j].r
-		if !a.Time.Equal(b.Time) {
-			return a.Time.Before(b.Time)
-		}
-		if a.Channel != b.Channel {
-			return outpointLess(a.Channel, b.Channel)
-		}
-		return a.Seq < b.Seq
-	})
 	ids := make([][32]byte, len(all))
 	for i, x := range all {
 		ids[i] = x.id
@@ -144,6 +97,80 @@ func (s *Settlement) buildLedger(ctx context.Context, ep settlement.Epoch) (*epo
 		}
 	}
 	return el, nil
+}
+
+// issued is one receipt of an epoch, decoded, with its id.
+type issued struct {
+	id   [32]byte
+	r    channel.Receipt
+	hash string
+}
+
+// epochReceipts returns the receipts timed in ep, in issue order (time,
+// then channel and sequence for payments in the same millisecond): the
+// leaves of the epoch's receipts tree, in order.
+func (s *Settlement) epochReceipts(ctx context.Context, ep settlement.Epoch) ([]issued, error) {
+	var all []issued
+	err := s.scanReceipts(ctx, func(rec ChannelRecord) bool {
+		// A channel closed before the epoch began cannot hold its
+		// payments; every other one may.
+		return !(rec.Status == ChannelClosed && rec.UpdatedAt.Before(ep.Start))
+	}, func(r channel.Receipt) bool {
+		if ep.Contains(r.Time) && r.Time.Before(ep.End) {
+			id := r.ID()
+			all = append(all, issued{id: id, r: r, hash: hex.EncodeToString(id[:])})
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i].r, all[j].r
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.Channel != b.Channel {
+			return outpointLess(a.Channel, b.Channel)
+		}
+		return a.Seq < b.Seq
+	})
+	return all, nil
+}
+
+// scanReceipts calls each with every stored receipt of every channel that
+// has payments and that keep accepts, page by page, until each returns
+// false.
+func (s *Settlement) scanReceipts(ctx context.Context, keep func(ChannelRecord) bool, each func(channel.Receipt) bool) error {
+	recs, err := s.store.Channels(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		if rec.Funding == (btcwire.OutPoint{}) || rec.Seq == 0 || !keep(rec) {
+			continue
+		}
+		for from := uint64(1); ; {
+			page, err := s.store.Receipts(ctx, rec.Funding, from, defaultReceiptPage)
+			if err != nil {
+				return err
+			}
+			for _, raw := range page {
+				var r channel.Receipt
+				if err := r.UnmarshalBinary(raw); err != nil {
+					return fmt.Errorf("hub: receipt of %v: %w", rec.Funding, err)
+				}
+				from = r.Seq + 1
+				if !each(r) {
+					return nil
+				}
+			}
+			if len(page) < defaultReceiptPage {
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // paidAtCut returns a channel's cumulative Paid as of the epoch's end: the

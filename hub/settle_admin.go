@@ -1,0 +1,172 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/settlement"
+)
+
+// maxEpochScan bounds the epochs ReceiptProof looks through for a
+// receipt's epoch: one epoch a day for over a century.
+const maxEpochScan = 50_000
+
+// Preview plans a settlement of the open epoch as if it were cut now and
+// stores, signs and broadcasts nothing, and asks no device anything
+// (devices online now are planned as cooperative). The run is what Settle
+// would start from: state planned, the epoch as the cut would close it,
+// the anchor, the closing balances, the fee and the unsigned transactions;
+// the plan adds weights, modes and carry reasons. It returns an error
+// wrapping ErrSettlePending while the previous epoch's run has not been
+// broadcast. It does not wait for a run in progress.
+func (s *Settlement) Preview(ctx context.Context) (settlement.Run, *settlement.Plan, error) {
+	height, err := s.cfg.Chain.BlockCount(ctx)
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	open, err := s.store.OpenEpoch(ctx)
+	if errors.Is(err, ErrNotFound) {
+		// What openEpoch would store; Preview stores nothing.
+		open, err = settlement.FirstEpoch(time.Unix(0, 0).UTC(), uint32(height)), nil
+	}
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	now := cutTime(s.clock.Now())
+	if now.Before(open.Start) {
+		now = open.Start
+	}
+	closed, _, err := open.Cut(now, max(uint32(height), open.StartHeight))
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	el, err := s.buildLedger(ctx, closed)
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	anchor, err := s.anchor(ctx, el)
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	chans, err := s.cfg.Channels.OpenChannels(ctx)
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	in, _, err := s.planInput(ctx, el, chans, anchor, uint32(height))
+	if err != nil {
+		return settlement.Run{}, nil, err
+	}
+	// The order planAndSign's first round uses.
+	sort.SliceStable(in.Channels, func(i, j int) bool {
+		return in.Channels[i].Cooperative && !in.Channels[j].Cooperative
+	})
+	plan, err := in.Plan()
+	if err != nil {
+		return settlement.Run{}, nil, fmt.Errorf("hub: plan epoch %d: %w", closed.Number, err)
+	}
+	closing, _, err := el.ledger.Close(plan.Settled)
+	if err != nil {
+		return settlement.Run{}, nil, fmt.Errorf("hub: close epoch %d: %w", closed.Number, err)
+	}
+	r := settlement.NewRun(closed, 1, s.clock.Now().UTC())
+	r.Anchor, r.Closing, r.Fee = anchor, closing, plan.Fee
+	for _, t := range plan.Txs {
+		var buf bytes.Buffer
+		if err := t.Tx.Serialize(&buf); err != nil {
+			return settlement.Run{}, nil, err
+		}
+		r.Txs = append(r.Txs, buf.Bytes())
+	}
+	return *r, plan, nil
+}
+
+// Runs returns up to limit runs (the latest attempt of each epoch),
+// newest first.
+func (s *Settlement) Runs(ctx context.Context, limit int) ([]settlement.Run, error) {
+	return s.store.Runs(ctx, limit)
+}
+
+// Epochs returns up to limit epochs, newest first; the first is the open
+// one.
+func (s *Settlement) Epochs(ctx context.Context, limit int) ([]settlement.Epoch, error) {
+	return s.store.Epochs(ctx, limit)
+}
+
+// ReceiptProof returns the receipt the hub issued under receiptID, its
+// Merkle proof in its epoch's receipts tree, and the epoch's run, whose
+// anchor commits to that tree's root. It returns an error wrapping
+// ErrNotFound for an unknown receipt or one whose epoch has no run yet
+// (the open epoch, or one cut a moment ago).
+//
+// Receipts are stored by channel, not by id, so finding one reads every
+// stored receipt, and the proof reads the epoch's again: an operator's
+// query, not a device's.
+func (s *Settlement) ReceiptProof(ctx context.Context, receiptID [32]byte) (*channel.Receipt, settlement.Proof, settlement.Run, error) {
+	var found *channel.Receipt
+	err := s.scanReceipts(ctx, func(ChannelRecord) bool { return true }, func(r channel.Receipt) bool {
+		if r.ID() == receiptID {
+			found = &r
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return nil, settlement.Proof{}, settlement.Run{}, err
+	}
+	if found == nil {
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("%w: receipt %x", ErrNotFound, receiptID)
+	}
+	eps, err := s.store.Epochs(ctx, maxEpochScan)
+	if err != nil {
+		return nil, settlement.Proof{}, settlement.Run{}, err
+	}
+	var ep *settlement.Epoch
+	for i := range eps {
+		if eps[i].Contains(found.Time) && !eps[i].Open() && found.Time.Before(eps[i].End) {
+			ep = &eps[i]
+			break
+		}
+	}
+	if ep == nil {
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("%w: receipt %x is in the open epoch", ErrNotFound, receiptID)
+	}
+	run, err := s.store.Run(ctx, ep.Number)
+	if err != nil {
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("run of epoch %d: %w", ep.Number, err)
+	}
+	if run.Anchor.ReceiptsRoot == ([32]byte{}) {
+		// A run that has not planned yet: nothing anchors the tree.
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("%w: epoch %d not planned yet", ErrNotFound, ep.Number)
+	}
+	all, err := s.epochReceipts(ctx, *ep)
+	if err != nil {
+		return nil, settlement.Proof{}, settlement.Run{}, err
+	}
+	ids := make([][32]byte, len(all))
+	idx := -1
+	for i, x := range all {
+		ids[i] = x.id
+		if x.id == receiptID {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("hub: receipt %x not among epoch %d's", receiptID, ep.Number)
+	}
+	tree := settlement.NewMerkleTree(ids)
+	if tree.Root() != run.Anchor.ReceiptsRoot {
+		// The store changed under the epoch (it must not): refuse to
+		// hand out a proof that does not verify.
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("hub: epoch %d receipts no longer give the anchored root", ep.Number)
+	}
+	proof, err := tree.Proof(idx)
+	if err != nil {
+		return nil, settlement.Proof{}, settlement.Run{}, err
+	}
+	return found, proof, run, nil
+}
