@@ -113,6 +113,7 @@ func New(cfg Config) (*Handler, error) {
 	h.add("GET", "/v1/devices/{id}", AccessRead, h.getDevice)
 	h.add("POST", "/v1/devices/{id}/revoke", AccessOperator, h.revokeDevice)
 	h.add("POST", "/v1/devices/{id}/rotate", AccessOperator, h.rotateDevice)
+	h.routePayout()
 	h.add("GET", "/v1/audit", AccessRead, h.audit)
 	if cfg.Creds != nil {
 		h.add("POST", "/v1/creds", AccessOperator, h.createCred)
