@@ -167,6 +167,7 @@ func (a *app) register(p *flags.Parser) {
 	mustAdd(dev.AddCommand("show", "show one device", "", &deviceShowCmd{a: a}))
 	mustAdd(dev.AddCommand("revoke", "revoke a device at once", "", &deviceRevokeCmd{a: a}))
 	mustAdd(dev.AddCommand("rotate", "move a device to a new key signed by its old key", "", &deviceRotateCmd{a: a}))
+	a.registerPayout(dev)
 
 	aud := mustAdd(p.AddCommand("audit", "inspect the audit log", "", &struct{}{}))
 	mustAdd(aud.AddCommand("verify", "check the whole hash chain", "", &auditVerifyCmd{a: a}))
