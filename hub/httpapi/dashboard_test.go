@@ -1,0 +1,183 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	m2mclient "github.com/m2mhub/m2mhub/clients/go"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
+)
+
+// chromium finds Debian's headless browser. Without it the test skips,
+// except under CI, where .ci/run installs it and its absence is a failure.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
+	}
+	t.Skip("chromium is not installed (apt-get install -y chromium); CI runs this test")
+	return ""
+}
+
+// browse loads url in headless Chromium, lets the page run for a few
+// seconds of virtual time (fetches finish first) and returns the rendered
+// DOM; extra flags add a screenshot.
+func browse(t *testing.T, bin, url string, extra ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	args := append([]string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+		"--no-first-run", "--user-data-dir=" + t.TempDir(),
+		"--virtual-time-budget=5000", "--window-size=1280,1800",
+	}, extra...)
+	args = append(args, "--dump-dom", url)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium: %v\n%s", err, stderr.String())
+	}
+	return string(out)
+}
+
+// section returns the HTML of the element with id (up to its table's end).
+func section(dom, id string) string {
+	i := strings.Index(dom, `id="`+id+`"`)
+	if i < 0 {
+		return ""
+	}
+	rest := dom[i:]
+	if j := strings.Index(rest, "</table>"); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}
+
+var tagRE = regexp.MustCompile(`<[^>]*>`)
+
+// TestDashboard serves the dashboard over a real in-process hub (btcd
+// regtest, bolt store, a device session) and drives it in headless
+// Chromium: with a read-only credential it shows a payment made during the
+// test; without one, or with a wrong one, it shows "unauthorized" and the
+// API refuses.
+func TestDashboard(t *testing.T) {
+	bin := chromium(t)
+	h := hubtest.Start(t, hubtest.Config{})
+	ctx := t.Context()
+
+	creds, err := credfile.New(credfile.Config{Path: filepath.Join(t.TempDir(), "creds.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: h.Store(), Auditor: h.Registry(), Incomes: incomesOf{h.Store()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api, err := httpapi.New(httpapi.Config{
+		Registry: h.Registry(), Token: token, Creds: creds, Channels: h.Channels(), Contracts: cs,
+		Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} },
+		Health: []httpapi.HealthCheck{
+			{Name: "store", Check: func(context.Context) error { return nil }},
+			{Name: "btcd", Check: h.Chain().Healthy},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	t.Cleanup(srv.Close)
+	root := httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
+	ro, err := root.CreateCred(ctx, httpapi.CreateCredRequest{Scope: "read-only", Label: "dashboard test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A payment made now, with an amount no other number on the page has.
+	devKey, devID := h.EnrolDevice(t, hub.RolePayer)
+	_, provID := h.EnrolDevice(t, hub.RoleProvider)
+	sess := h.Dial(t, devKey)
+	d := h.NewDevice(t, sess, devKey, m2mclient.DeviceConfig{})
+	ch := h.OpenChannel(t, d, 70_000)
+	const amount = 4_321_987
+	rc, err := d.Pay(ctx, ch.ID, provID, amount, "dashboard test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("ShowsPayment", func(t *testing.T) {
+		shot := filepath.Join(t.TempDir(), "dashboard.png")
+		dom := browse(t, bin, srv.URL+"/dashboard#token="+ro.Token, "--screenshot="+shot)
+		if !strings.Contains(section(dom, "status"), ">live<") {
+			t.Fatalf("status is not live:\n%s", section(dom, "status"))
+		}
+		rows := tagRE.ReplaceAllString(section(dom, "channels"), " ")
+		for _, want := range []string{ch.ID.String(), devID, "ready", " 4321987 ", " 1 "} {
+			if !strings.Contains(rows, want) {
+				t.Errorf("channels table lacks %q:\n%s", want, rows)
+			}
+		}
+		if rc.Paid != amount {
+			t.Fatalf("receipt paid %d", rc.Paid)
+		}
+		audit := tagRE.ReplaceAllString(section(dom, "audit"), " ")
+		if !strings.Contains(audit, "cred:") || !strings.Contains(audit, devID) {
+			t.Errorf("audit tail lacks the credential and the enrolment:\n%s", audit)
+		}
+		health := tagRE.ReplaceAllString(section(dom, "health"), " ")
+		if !strings.Contains(health, "btcd: ok") || !strings.Contains(health, "store: ok") {
+			t.Errorf("health: %s", health)
+		}
+		if !strings.Contains(tagRE.ReplaceAllString(section(dom, "income"), " "), provID) {
+			t.Errorf("income table lacks provider %s", provID)
+		}
+		if strings.Contains(dom, ro.Token) {
+			t.Error("the token is left in the page")
+		}
+		png, err := os.ReadFile(shot)
+		if err != nil || !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) || len(png) < 10_000 {
+			t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
+		}
+		t.Logf("dashboard screenshot: %s (%d bytes)", shot, len(png))
+	})
+
+	for _, c := range []struct{ name, frag string }{{"RefusesWithoutCredential", ""}, {"RefusesWrongCredential", "#token=m2m_wrong"}} {
+		t.Run(c.name, func(t *testing.T) {
+			dom := browse(t, bin, srv.URL+"/dashboard"+c.frag)
+			if !strings.Contains(section(dom, "status"), ">unauthorized<") {
+				t.Fatalf("status:\n%s", section(dom, "status"))
+			}
+			if strings.Contains(dom, ch.ID.String()) {
+				t.Fatal("channel data shown without a credential")
+			}
+		})
+	}
+	t.Run("APIRefusesWithoutCredential", func(t *testing.T) {
+		resp, err := http.Get(srv.URL + "/v1/channels")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	})
+}
