@@ -1,7 +1,10 @@
 package hub_test
 
 import (
+	"errors"
 	"testing"
+
+	"github.com/btcsuite/btcd/txscript"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -57,4 +60,24 @@ func readyChannel(t *testing.T, e *settleEnv, id string) hub.ChannelRecord {
 	}
 	t.Fatalf("%s has no ready channel", id)
 	return hub.ChannelRecord{}
+}
+
+// TestWalletRevenueKey checks that the faucet wallet's key is the key of
+// its own address as the settlement sees it, so hubd can take both from
+// one wallet and bump its batches by CPFP.
+func TestWalletRevenueKey(t *testing.T) {
+	e := newSettleEnv(t)
+	w := e.h.Wallet()
+	script, err := txscript.PayToAddrScript(w.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.settlement(func(c *hub.SettlementConfig) { c.RevenueScript, c.RevenueKey = script, w.PrivKey() })
+	_, err = hub.NewSettlement(hub.SettlementConfig{
+		Store: e.h.Store(), Channels: e.h.Channels(), Chain: e.h.Chain(), Cosigners: e,
+		RevenueScript: script, RevenueKey: e.revKey,
+	})
+	if !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("a revenue key that does not own the script: %v, want ErrInvalid", err)
+	}
 }

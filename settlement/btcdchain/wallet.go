@@ -126,6 +126,12 @@ func (w *Wallet) Address() btcutil.Address { return w.addr }
 // PubKey returns the wallet's internal (untweaked) public key.
 func (w *Wallet) PubKey() *btcec.PublicKey { return w.priv.PubKey() }
 
+// PrivKey returns the wallet's internal private key: the BIP 86 key of its
+// address, which is what the hub's settlement takes as RevenueKey when its
+// revenue goes to this wallet, so it can spend that output in a fee-bumping
+// child (CPFP).
+func (w *Wallet) PrivKey() *btcec.PrivateKey { return w.priv }
+
 // UTXO is an unspent output paying the wallet.
 type UTXO struct {
 	OutPoint wire.OutPoint
