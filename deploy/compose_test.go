@@ -236,6 +236,8 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	t.Run("BtcdConfig", func(t *testing.T) { checkBtcd(t, all, bins) })
+
 	t.Run("ConfigLoadsInHubd", func(t *testing.T) {
 		// hubd validates --limits.max-message-size only after it has read
 		// the config file, so an out-of-range value stops it right there:
