@@ -1,0 +1,105 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/btcsuite/btcd/wire"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/settlement"
+)
+
+// Publisher is a hub.Publisher that hands every message to next (NATS)
+// and also queues the provider messages (receipts and unpaid notices on
+// receipts.<provider>) as webhooks, so a provider back end gets what its
+// NATS consumer gets.
+type Publisher struct {
+	next hub.Publisher
+	d    *Dispatcher
+}
+
+var _ hub.Publisher = (*Publisher)(nil)
+
+// NewPublisher wraps next.
+func NewPublisher(next hub.Publisher, d *Dispatcher) *Publisher {
+	return &Publisher{next: next, d: d}
+}
+
+// Envelope is the body of every webhook: the event type, the provider it
+// is for, and the event itself (for receipts and unpaid notices, the
+// hub.ProviderMessage published on NATS).
+type Envelope struct {
+	Type     string          `json:"type"`
+	Provider string          `json:"provider,omitempty"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// Publish publishes data to next and, for a provider message, queues it
+// as a webhook. Both are tried; the errors of both are returned.
+func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) error {
+	err := p.next.Publish(ctx, subject, data)
+	provider, ok := strings.CutPrefix(subject, hub.ReceiptsSubject(""))
+	if !ok {
+		return err
+	}
+	var m hub.ProviderMessage
+	if jerr := json.Unmarshal(data, &m); jerr != nil {
+		return errors.Join(err, fmt.Errorf("webhook: provider message: %w", jerr))
+	}
+	event := EventReceipt
+	if m.Kind == hub.ProviderMsgUnpaid {
+		event = EventUnpaid
+	}
+	body, jerr := json.Marshal(Envelope{Type: event, Provider: provider, Data: data})
+	if jerr != nil {
+		return errors.Join(err, jerr)
+	}
+	return errors.Join(err, p.d.Enqueue(ctx, provider, event, body))
+}
+
+// SettlementEvent is the data of a settlement webhook: where a run is.
+type SettlementEvent struct {
+	Epoch         uint64    `json:"epoch"`
+	Attempt       uint32    `json:"attempt"`
+	State         string    `json:"state"`
+	Txids         []string  `json:"txids,omitempty"`
+	FeeSat        int64     `json:"fee_sat"`
+	ConfirmHeight uint32    `json:"confirm_height,omitempty"`
+	Error         string    `json:"error,omitempty"`
+	Updated       time.Time `json:"updated"`
+}
+
+// SettlementState queues a settlement webhook for every endpoint when a
+// run changes state. Its signature fits hub.SettlementConfig.AfterState;
+// it never returns an error, since a webhook outbox failure must not stop
+// a settlement run (it is logged).
+func (d *Dispatcher) SettlementState(r settlement.Run) error {
+	ev := SettlementEvent{
+		Epoch: r.Epoch.Number, Attempt: r.Attempt, State: string(r.State), FeeSat: int64(r.Fee),
+		ConfirmHeight: r.ConfirmHeight, Error: r.Error, Updated: r.Updated.UTC(),
+	}
+	for _, raw := range r.Txs {
+		var tx wire.MsgTx
+		if err := tx.Deserialize(bytes.NewReader(raw)); err == nil {
+			ev.Txids = append(ev.Txids, tx.TxHash().String())
+		}
+	}
+	data, err := json.Marshal(ev)
+	if err == nil {
+		var body []byte
+		body, err = json.Marshal(Envelope{Type: EventSettlement, Data: data})
+		if err == nil {
+			err = d.Enqueue(d.ctx, "", EventSettlement, body)
+		}
+	}
+	if err != nil {
+		d.log.Error("settlement webhook not queued", "epoch", r.Epoch.Number, "state", r.State, "err", err)
+	}
+	return nil
+}
