@@ -70,6 +70,9 @@ type Config struct {
 	Creds CredStore
 	// Channels, when set, serves the channel, exposure and hold endpoints.
 	Channels Channels
+	// Webhooks, when set, serves /v1/webhooks (providers' webhook
+	// endpoints).
+	Webhooks Webhooks
 	// Now is the clock of credential timestamps; time.Now when nil.
 	Now func() time.Time
 }
@@ -125,6 +128,7 @@ func New(cfg Config) (*Handler, error) {
 	h.routeSettlement()
 	h.routeChannels()
 	h.routeDashboard()
+	h.routeWebhooks()
 	return h, nil
 }
 
