@@ -1,8 +1,9 @@
 // Command demo is what `make demo` runs: it starts hubd on the embedded
 // defaults (in-process NATS, embedded store, btcd regtest child) in a
 // throw-away data dir, enrols a device through the admin API the way hubctl
-// does, authenticates the device over BOLT 8 with the Go client library, and
-// shows an unregistered key being refused. It exits 0 only if every step
+// does, authenticates the device over BOLT 8 with the Go client library,
+// shows an unregistered key being refused, pays over a regtest channel, and
+// meters one event of each use case through NATS (metering.go). It exits 0 only if every step
 // behaved as expected, and stops everything it started.
 package main
 
@@ -75,7 +76,8 @@ type summary struct {
 	AuditEntries    uint64 `json:"audit_entries"`
 	DataDir         string `json:"datadir,omitempty"`
 
-	Channel channelSummary `json:"channel"`
+	Channel  channelSummary  `json:"channel"`
+	Metering meteringSummary `json:"metering"`
 }
 
 // channelSummary is what the channel part of the demo measured.
@@ -112,7 +114,8 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	}
 
 	say("1. starting hubd (embedded NATS, embedded store, btcd regtest child) in %s", dir)
-	p, err := hubproc.Start(ctx, hubproc.Config{Binary: bin, DataDir: dir, Output: hubLog})
+	p, err := hubproc.Start(ctx, hubproc.Config{Binary: bin, DataDir: dir, Output: hubLog,
+		Args: []string{"--channels.credit-limit-msat", demoCreditLimit}})
 	if err != nil {
 		return sum, err
 	}
@@ -184,7 +187,11 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 		return sum, err
 	}
 
-	say("8. the audit log records every change and verifies (hubctl audit verify)")
+	if err := meteringDemo(ctx, say, dir, rt, hubKey, admin, &sum); err != nil {
+		return sum, fmt.Errorf("metering: %w", err)
+	}
+
+	say("9. the audit log records every change and verifies (hubctl audit verify)")
 	head, err := admin.VerifyAudit(ctx)
 	if err != nil {
 		return sum, err
@@ -192,7 +199,7 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	sum.AuditEntries = head.Seq
 	say("   %d entries, head %s", head.Seq, head.Hash)
 
-	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 2 {
+	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 2+sum.Metering.Audited {
 		return sum, fmt.Errorf("unexpected outcome: %+v", sum)
 	}
 	say("\ndemo OK")
