@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -251,6 +252,8 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	t.Run("OperationsDocFlags", func(t *testing.T) { checkDocFlags(t, bins.flags["hubd"]) })
+
 	t.Run("DockerComposeConfig", func(t *testing.T) {
 		if exec.Command("docker", "compose", "version").Run() != nil {
 			t.Skip("no docker CLI with the compose plugin on PATH")
@@ -342,3 +345,39 @@ func checkBuilt(t *testing.T, name string, s types.ServiceConfig, stages map[str
 		}
 	}
 }
+
+// checkDocFlags compares the flags of the configuration reference in
+// docs/operations.md with hubd's, both ways.
+func checkDocFlags(t *testing.T, hubd map[string]bool) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "docs/operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ref, ok := strings.Cut(string(data), "## Configuration reference")
+	if !ok {
+		t.Fatal("docs/operations.md has no configuration reference")
+	}
+	ref, _, _ = strings.Cut(ref, "\n## ")
+	documented := map[string]bool{}
+	for _, line := range strings.Split(ref, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 3 || !strings.Contains(cells[1], "`--") {
+			continue
+		}
+		for _, m := range docFlagRE.FindAllStringSubmatch(cells[1], -1) {
+			documented[m[1]] = true
+		}
+	}
+	for f := range hubd {
+		if f != "help" && !documented[f] {
+			t.Errorf("hubd --%s is missing from the configuration reference in docs/operations.md", f)
+		}
+	}
+	for f := range documented {
+		if !hubd[f] {
+			t.Errorf("docs/operations.md documents --%s, which hubd does not have", f)
+		}
+	}
+}
+
+var docFlagRE = regexp.MustCompile("`--([a-z0-9.-]+)`")
