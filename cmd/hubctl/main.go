@@ -2,9 +2,13 @@
 // address and admin credential from the data dir (or flags) and calls the
 // admin API.
 //
-// Exit codes: 0 success, 1 failure, 2 usage error, 3 not found,
+// Exit codes: 0 success, 1 failure, 2 usage error (bad flags, or an
+// argument the hub refused with 400), 3 not found,
 // 4 the audit log does not verify, 5 a receipt does not verify on chain,
-// 6 a receipt's settlement is not confirmed yet.
+// 6 a receipt's settlement is not confirmed yet, 7 the credential is
+// missing, wrong or revoked (401), 8 the credential's scope does not allow
+// the command (403), 9 conflict (409: already exists, revoked, a run
+// under way).
 package main
 
 import (
@@ -32,6 +36,10 @@ const (
 	exitUsage    = 2
 	exitNotFound = 3
 	exitAudit    = 4
+	// 5 and 6 are settle.go's (receipt verification).
+	exitUnauthorized = 7
+	exitForbidden    = 8
+	exitConflict     = 9
 )
 
 // globals are the options every command shares.
@@ -85,6 +93,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitAudit
 	case errors.As(err, &api) && api.Status == 404:
 		return exitNotFound
+	case errors.As(err, &api) && api.Status == 401:
+		return exitUnauthorized
+	case errors.As(err, &api) && api.Status == 403:
+		return exitForbidden
+	case errors.As(err, &api) && api.Status == 409:
+		return exitConflict
+	case errors.As(err, &api) && api.Status == 400:
+		return exitUsage // the hub refused an argument
 	case errors.Is(err, errUsage):
 		return exitUsage
 	}
@@ -181,6 +197,9 @@ func (a *app) register(p *flags.Parser) {
 	a.registerContracts(p)
 	a.registerProvider(p)
 	a.registerSettle(p)
+	a.registerCreds(p)
+	a.registerChannels(p)
+	a.registerWebhook(p)
 }
 
 func mustAdd(c *flags.Command, err error) *flags.Command {
