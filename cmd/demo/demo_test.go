@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/m2mhub/m2mhub/contracts"
 )
 
 // TestDemo runs the demo end to end against real binaries and checks what it
@@ -64,5 +68,28 @@ func TestDemo(t *testing.T) {
 	}
 	if len(sum.HubPubKey) != 66 || !strings.Contains(out.String(), "demo OK") {
 		t.Fatalf("unexpected output:\n%s", out.String())
+	}
+}
+
+// TestDemoContractsMatchExamples keeps the demo's copies of the example
+// contracts identical (by contract hash) to contracts/testdata/examples,
+// whose figures contracts/examples_test.go checks.
+func TestDemoContractsMatchExamples(t *testing.T) {
+	for _, kind := range []string{"ev_charging", "toll", "bandwidth", "energy"} {
+		doc, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "examples", kind+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex, err := contracts.Parse(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours, err := contracts.Parse([]byte(demoContracts[kind]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ex.Hash() != ours.Hash() {
+			t.Fatalf("the demo's %s contract differs from the example", kind)
+		}
 	}
 }
