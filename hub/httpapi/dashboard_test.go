@@ -157,6 +157,12 @@ func TestDashboard(t *testing.T) {
 			t.Fatalf("screenshot %s: %d bytes, %v", shot, len(png), err)
 		}
 		t.Logf("dashboard screenshot: %s (%d bytes)", shot, len(png))
+		// CI may keep it as an artifact.
+		if dir := os.Getenv("M2MHUB_SCREENSHOT_DIR"); dir != "" {
+			if err := os.WriteFile(filepath.Join(dir, "dashboard.png"), png, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 
 	for _, c := range []struct{ name, frag string }{{"RefusesWithoutCredential", ""}, {"RefusesWrongCredential", "#token=m2m_wrong"}} {
