@@ -83,9 +83,9 @@ func Histogram(sorted []int64) []Bucket {
 type op int
 
 const (
-	opPay         op = iota // one channel payment, Pay to PayAck
-	opPublish               // one usage batch, publish to JetStream ack
-	opReceipt               // one receipt, batch publish to receipt arrival
+	opPay     op = iota // one channel payment, Pay to PayAck
+	opPublish           // one usage batch, publish to JetStream ack
+	opReceipt           // one receipt, batch publish to receipt arrival
 	opCount
 )
 
