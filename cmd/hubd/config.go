@@ -37,6 +37,16 @@ type config struct {
 	Limits limitsConfig `group:"limits" namespace:"limits" env-namespace:"M2MHUB_LIMITS"`
 
 	Channels channelsConfig `group:"channels" namespace:"channels" env-namespace:"M2MHUB_CHANNELS"`
+
+	Settle settleConfig `group:"settle" namespace:"settle" env-namespace:"M2MHUB_SETTLE"`
+}
+
+// settleConfig is the operator's settlement period. With neither a period nor
+// a block count, epochs settle only on demand (hubctl settle run).
+type settleConfig struct {
+	Period        time.Duration `long:"period" env:"PERIOD" description:"settle once per this period (0: on demand only)"`
+	Blocks        uint32        `long:"blocks" env:"BLOCKS" description:"settle once per this many blocks (0: not by blocks)"`
+	Confirmations uint32        `long:"confirmations" env:"CONFIRMATIONS" description:"confirmations before a settlement counts as done (default 1 on regtest, more elsewhere: see docs/settlement-run.md)"`
 }
 
 // channelsConfig sets the channel manager's terms; zero values take the

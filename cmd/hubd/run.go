@@ -23,6 +23,7 @@ import (
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/regtest"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
+	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -133,8 +134,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The settlement round's device answers arrive on the same sessions as
+	// payments: the cosigners take theirs and pass the rest on.
+	cosigners, err := hub.NewSessionCosigners(hub.SessionCosignersConfig{
+		Sessions: sessions, Channels: channels, Runs: store, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
 	srv, err := hub.NewServer(hub.ServerConfig{
-		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: channels, Logger: log,
+		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: cosigners.Handler(channels), Logger: log,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxSessions:      cfg.Limits.MaxSessions,
 		MaxSessionsPerIP: cfg.Limits.MaxSessionsPerIP,
@@ -152,6 +161,28 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	registry.SetChannelFreezer(channels)
 	channels.Start()
 	st.push("channels", func(context.Context) error { return channels.Close() })
+	cosigners.Start()
+	st.push("cosigners", func(context.Context) error { return cosigners.Close() })
+
+	// Settlement: once per period (and on demand) every participant's net
+	// is settled on chain in one batch.
+	settle, err := hub.NewSettlement(hub.SettlementConfig{
+		Store: store, Channels: channels, Chain: chain, Cosigners: cosigners,
+		Payouts: registry,
+		AuditHead: func(ctx context.Context) ([32]byte, error) {
+			e, err := store.AuditHead(ctx)
+			return e.Hash, err
+		},
+		RevenueScript: payout, RevenueKey: wallet.PrivKey(),
+		CutRule:       settlement.CutRule{Period: cfg.Settle.Period, Blocks: cfg.Settle.Blocks},
+		Confirmations: cfg.Settle.Confirmations,
+		Logger:        log,
+	})
+	if err != nil {
+		return err
+	}
+	settle.Start()
+	st.push("settlement", func(context.Context) error { return settle.Close() })
 
 	// Metering: usage events from NATS are verified, priced, charged
 	// exactly once and paid through the payers' channels.
@@ -192,7 +223,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	apiCfg := httpapi.Config{
 		Registry: registry, Token: adminToken, Logger: log, Health: checks,
-		Contracts: contractsAPI,
+		Contracts: contractsAPI, Settlement: settle,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
@@ -256,6 +287,7 @@ type channelStore interface {
 	hub.ChannelStore
 	hub.ContractStore
 	hub.ChargeStore
+	hub.SettlementStore
 }
 
 // openStore opens the embedded store, or Redis when --redis-url is set.
