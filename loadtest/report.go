@@ -72,6 +72,9 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	p("Seed: %d  ", r.Seed)
 	m := r.Machine
 	p("Machine: %d CPUs (GOMAXPROCS %d), %s, %s/%s. The load generator and hubd share these cores.", m.CPUs, m.GOMAXPROCS, m.GoVersion, m.OS, m.Arch)
+	if m.LoadAvg != "" {
+		p("Load average when the run started: %s (other work on the machine counts against every figure, the ceilings included).", m.LoadAvg)
+	}
 	p("")
 	p("## Headline")
 	p("")

@@ -20,7 +20,7 @@ func sampleResults() *Results {
 		Command: "loadtest -devices 3 -duration 3s", Seed: 7, Started: "2026-11-21T12:00:00Z",
 		Config: RunConfig{Devices: 3, Providers: 2, Duration: "3s", Batch: 100,
 			Mix: map[string]int{KindToll: 1, KindEnergy: 2}, Hub: "child"},
-		Machine:  Machine{CPUs: 2, GOMAXPROCS: 2, GoVersion: "go1.26.8", OS: "linux", Arch: "amd64"},
+		Machine:  Machine{CPUs: 2, GOMAXPROCS: 2, GoVersion: "go1.26.8", OS: "linux", Arch: "amd64", LoadAvg: "1.50 1.20 0.90"},
 		Setup:    Setup{EnrolS: 0.1, ConnectS: 0.2, ChannelsS: 1.5, FundingTxs: 1, Channels: 3},
 		ElapsedS: 3,
 		Payments: Flow{Count: 5, PerSecond: 5.0 / 3, Latency: Summarize(pay), Histogram: Histogram(pay)},
@@ -82,7 +82,7 @@ func TestWriteMarkdown(t *testing.T) {
 		"| payment (Pay → PayAck) | 5 | 1.00 | 5.00 | 5.00 | 5.00 | 1.78 |",
 		"| event:no-receipt | 100 |", "| pay:refused:rate-limited | 2 |",
 		"settlement: not available in this hubd", "RSS 87.9 MiB, peak (VmHWM) 97.7 MiB",
-		"mix toll=1,energy=2", "2 CPUs (GOMAXPROCS 2), go1.26.8",
+		"mix toll=1,energy=2", "Load average when the run started: 1.50 1.20 0.90", "2 CPUs (GOMAXPROCS 2), go1.26.8",
 		"![throughput](throughput.png)", "![latency](latency.png)",
 	} {
 		if !strings.Contains(md, want) {

@@ -56,6 +56,10 @@ type Machine struct {
 	GoVersion  string `json:"go_version"`
 	OS         string `json:"os"`
 	Arch       string `json:"arch"`
+	// LoadAvg is /proc/loadavg's 1, 5 and 15 minute averages when the
+	// run started: other work on a shared machine counts against every
+	// figure, the ceilings included.
+	LoadAvg string `json:"load_avg,omitempty"`
 }
 
 // Setup is what preparing the fleet took.

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
@@ -124,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		},
 		Machine: Machine{
 			CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),
-			OS: runtime.GOOS, Arch: runtime.GOARCH,
+			OS: runtime.GOOS, Arch: runtime.GOARCH, LoadAvg: loadAvg(),
 		},
 		Errors: map[string]int{},
 	}
@@ -173,6 +174,20 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		res.Ratios.EventsToJetStream = res.Events.PerSecond / jsEv
 	}
 	return res, nil
+}
+
+// loadAvg returns the three load averages of /proc/loadavg, or "" where
+// there is none.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // hubRSS reads a process's resident and peak resident set sizes from
