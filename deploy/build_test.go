@@ -27,7 +27,8 @@ type binaries struct {
 func (b *binaries) path(name string) string { return filepath.Join(b.dir, name) }
 
 var (
-	longOptRE = regexp.MustCompile(`^\s+(?:-\w, )?--([A-Za-z0-9][A-Za-z0-9.-]*)`)
+	// go-flags lists "  -x, --name=", the standard flag package "  -name type".
+	longOptRE = regexp.MustCompile(`^\s+(?:-\w, )?--?([A-Za-z0-9][A-Za-z0-9.-]*)`)
 	envRE     = regexp.MustCompile(`\[\$([A-Z0-9_]+)\]`)
 )
 
@@ -40,14 +41,15 @@ func mustBuild(tb testing.TB) *binaries {
 	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 		"github.com/m2mhub/m2mhub/cmd/hubd",
 		"github.com/btcsuite/btcd",
-		"github.com/btcsuite/btcd/cmd/btcctl")
+		"github.com/btcsuite/btcd/cmd/btcctl",
+		"github.com/m2mhub/m2mhub/cmd/loadtest")
 	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("go build: %v\n%s", err, out)
 	}
 	b := &binaries{dir: dir, flags: map[string]map[string]bool{}, envs: map[string]map[string]bool{}}
-	for _, name := range []string{"hubd", "btcd", "btcctl"} {
-		out, _ := exec.Command(b.path(name), "--help").CombinedOutput() // btcd exits 0, btcctl 1 on help
+	for _, name := range []string{"hubd", "btcd", "btcctl", "loadtest"} {
+		out, _ := exec.Command(b.path(name), "--help").CombinedOutput() // btcd exits 0, btcctl 1, loadtest 2 on help
 		b.flags[name], b.envs[name] = parseHelp(string(out))
 		if len(b.flags[name]) < 5 {
 			tb.Fatalf("%s --help lists only %d options:\n%s", name, len(b.flags[name]), out)
@@ -73,12 +75,12 @@ func parseHelp(help string) (flags, envs map[string]bool) {
 	return flags, envs
 }
 
-// optionName returns the long option name of a "--name=value" or "--name"
-// argument, and whether arg is one.
+// optionName returns the option name of a "--name=value", "--name" or
+// "-name" argument, and whether arg is one (a value such as "60s" is not).
 func optionName(arg string) (string, bool) {
-	if !strings.HasPrefix(arg, "--") || arg == "--" {
+	if !strings.HasPrefix(arg, "-") || arg == "--" || arg == "-" {
 		return "", false
 	}
-	name, _, _ := strings.Cut(strings.TrimPrefix(arg, "--"), "=")
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 	return name, true
 }
