@@ -1,0 +1,201 @@
+package m2mclient_test
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2/schnorr"
+	"github.com/btcsuite/btcd/btcutil"
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	btcwire "github.com/btcsuite/btcd/wire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	m2mclient "github.com/m2mhub/m2mhub/clients/go"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
+)
+
+// benchDevices is how many devices pay at once in the Devices100 benchmark
+// (DESIGN.md §8: max sustained payments/s with 100 concurrent devices).
+const benchDevices = 100
+
+// benchPayer is one device with its own session and one ready channel.
+type benchPayer struct {
+	dev  *m2mclient.Device
+	chID btcwire.OutPoint
+}
+
+// BenchmarkPay measures payments through the Go client against an
+// in-process hub on loopback (real BOLT 8 session, real channel manager,
+// bbolt store with fsync, device FileStore with fsync), in one setup:
+//
+//   - RoundTrip: one device paying sequentially (light load); reports the
+//     p50 and p99 of one Pay call, signature, device fsyncs, hub verify and
+//     commit, receipt check included.
+//   - Devices100: benchDevices devices, each with its own session and
+//     channel, each paying sequentially; reports payments/s and latency.
+//   - VerifyBaseline: one claim signature check on this machine at the
+//     same moment, the unit the other two are compared with.
+func BenchmarkPay(b *testing.B) {
+	h := hubtest.Start(b, hubtest.Config{Channels: func(c *hub.ChannelsConfig) {
+		c.PayRate, c.PayBurst = 1_000_000, 1_000_000
+	}})
+	_, provID := h.EnrolDevice(b, hub.RoleProvider)
+	payers := openPayers(b, h, benchDevices)
+	ctx := context.Background()
+
+	b.Run("RoundTrip", func(b *testing.B) {
+		p := payers[0]
+		lat := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for range b.N {
+			start := time.Now()
+			if _, err := p.dev.Pay(ctx, p.chID, provID, 1, ""); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		b.StopTimer()
+		reportLatency(b, lat)
+	})
+
+	b.Run("Devices100", func(b *testing.B) {
+		var (
+			wg  sync.WaitGroup
+			mu  sync.Mutex
+			lat = make([]time.Duration, 0, b.N)
+		)
+		b.ResetTimer()
+		for i, p := range payers {
+			// b.N payments in all, spread evenly.
+			n := b.N / len(payers)
+			if i < b.N%len(payers) {
+				n++
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				local := make([]time.Duration, 0, n)
+				for range n {
+					start := time.Now()
+					if _, err := p.dev.Pay(ctx, p.chID, provID, 1, ""); err != nil {
+						b.Error(err)
+						return
+					}
+					local = append(local, time.Since(start))
+				}
+				mu.Lock()
+				lat = append(lat, local...)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		b.StopTimer()
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "payments/s")
+		reportLatency(b, lat)
+	})
+
+	b.Run("VerifyBaseline", func(b *testing.B) {
+		key := hubtest.NewKey(b)
+		out, err := channel.NewOutput(channel.Params{DeviceKey: key.PubKey(), HubKey: h.PubKey(), Capacity: 1_000_000, Expiry: 900_000})
+		if err != nil {
+			b.Fatal(err)
+		}
+		st := channel.State{Seq: 1, Paid: 5_000}
+		sig, err := out.SignClaim(key, st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw := sig.Serialize()
+		b.ResetTimer()
+		for range b.N {
+			s, err := schnorr.ParseSignature(raw)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := out.VerifyClaim(st, s); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// lockedFunder serialises the faucet wallet, so channels can be opened
+// concurrently: the wallet picks coins per call.
+type lockedFunder struct {
+	mu sync.Mutex
+	w  m2mclient.Funder
+}
+
+func (f *lockedFunder) Send(ctx context.Context, to btcutil.Address, amount btcutil.Amount) (chainhash.Hash, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w.Send(ctx, to, amount)
+}
+
+// openPayers enrols n payer devices, each with its own session, and opens
+// and funds one channel for each, all at once with a block mined every
+// 200 ms, because one after another (hubtest.OpenChannel) takes seconds
+// each.
+func openPayers(b *testing.B, h *hubtest.Hub, n int) []benchPayer {
+	payers := make([]benchPayer, n)
+	for i := range payers {
+		key, _ := h.EnrolDevice(b, hub.RolePayer)
+		s := h.Dial(b, key)
+		payers[i].dev = h.NewDevice(b, s, key, m2mclient.DeviceConfig{})
+	}
+	ctx, cancel := context.WithTimeout(b.Context(), 5*time.Minute)
+	defer cancel()
+	expiry := h.Height(b) + hubtest.DefaultExpiryDelta
+	funder := &lockedFunder{w: h.Wallet()}
+	stop := make(chan struct{})
+	var miner, opens sync.WaitGroup
+	miner.Add(1)
+	go func() {
+		defer miner.Done()
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				_, _ = h.Node().Mine(ctx, 1)
+			}
+		}
+	}()
+	errs := make([]error, n)
+	for i := range payers {
+		opens.Add(1)
+		go func() {
+			defer opens.Done()
+			c, err := payers[i].dev.FundAndOpen(ctx, funder, h.LookupTx, 1_000_000, expiry)
+			if err == nil {
+				payers[i].chID = c.ID
+			}
+			errs[i] = err
+		}()
+	}
+	opens.Wait()
+	close(stop)
+	miner.Wait()
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return payers
+}
+
+// reportLatency reports the median and 99th percentile of lat in µs.
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
