@@ -22,6 +22,9 @@ type config struct {
 
 	Listen    string `long:"listen" env:"M2MHUB_LISTEN" default:"127.0.0.1:9736" description:"BOLT 8 listen address for devices"`
 	AdminAddr string `long:"admin" env:"M2MHUB_ADMIN" default:"127.0.0.1:9737" description:"admin API listen address (keep it private)"`
+	// MetricsListen serves Prometheus metrics without a credential, so it
+	// belongs on a private interface like the admin API.
+	MetricsListen string `long:"metrics-listen" env:"M2MHUB_METRICS_LISTEN" default:"127.0.0.1:9738" description:"Prometheus /metrics listen address (empty disables)"`
 
 	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
 	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:0" description:"listen address of the in-process NATS"`

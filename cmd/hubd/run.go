@@ -18,10 +18,14 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
+	"github.com/m2mhub/m2mhub/hub/webhook"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/regtest"
+	"github.com/m2mhub/m2mhub/metering"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
@@ -115,6 +119,38 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Metrics: counters are fed by the parts below as they work; gauges
+	// are read from them on each scrape, through live, which points at
+	// them once they exist.
+	live := &liveParts{}
+	probes := make([]metrics.HealthCheck, len(checks))
+	for i, c := range checks {
+		probes[i] = metrics.HealthCheck(c)
+	}
+	meter, err := metrics.New(metrics.Config{
+		Sessions: live, Exposure: live, Intake: live, Channels: store, Chain: chain, Runs: store,
+		IntakeLag: metrics.JetStreamLag(events.js, metering.UsageStream, natsintake.DefaultConsumer),
+		Health:    probes, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+
+	// Webhooks: receipts, enforcement and settlement events are also
+	// POSTed to providers' back ends, from a durable outbox.
+	hookEndpoints, err := webhook.OpenEndpoints(dir.Path(datadir.WebhooksFile), nil)
+	if err != nil {
+		return err
+	}
+	hooks, err := webhook.New(webhook.Config{
+		OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	hooks.Start()
+	st.push("webhooks", func(context.Context) error { return hooks.Close() })
+
 	// The channel manager reaches devices through the server, and the
 	// server hands it their messages: sessions breaks that cycle.
 	sessions := &sessionsRef{}
@@ -130,6 +166,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		SafetyMargin:   cfg.Channels.SafetyMargin,
 		CreditLimit:    lnwire.MilliSatoshi(cfg.Channels.CreditLimitMsat),
 		PollInterval:   cfg.Channels.PollInterval,
+		PayObserver:    meter,
 	})
 	if err != nil {
 		return err
@@ -157,6 +194,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	st.push("sessions", func(context.Context) error { return srv.Close() })
 	sessions.srv.Store(srv)
+	live.srv.Store(srv)
+	live.channels.Store(channels)
 	registry.SetSessionDropper(srv)
 	registry.SetChannelFreezer(channels)
 	channels.Start()
@@ -175,6 +214,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		},
 		RevenueScript: payout, RevenueKey: wallet.PrivKey(),
 		CutRule:       settlement.CutRule{Period: cfg.Settle.Period, Blocks: cfg.Settle.Blocks},
+		AfterState:    hooks.SettlementState,
 		Confirmations: cfg.Settle.Confirmations,
 		Logger:        log,
 	})
@@ -188,7 +228,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// exactly once and paid through the payers' channels.
 	charging, err := hub.NewCharging(hub.ChargingConfig{
 		Contracts: store, Charges: store, Devices: registry, Channels: channels,
-		Freezer: registry, Publisher: events, Logger: log,
+		Freezer: registry, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -206,6 +246,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("metering intake: %w", err)
 	}
 	st.push("intake", func(context.Context) error { return intake.Close() })
+	live.intake.Store(intake)
 	contractsAPI, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: registry, Incomes: charging})
 	if err != nil {
 		return err
@@ -221,9 +262,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		PubKey: pubHex, P2PAddr: srv.Addr().String(), AdminAddr: adminLn.Addr().String(),
 		NATSURL: natsURL, Network: params.Name, Store: storeName,
 	}
+	creds, err := credfile.New(credfile.Config{Path: dir.Path(datadir.CredsFile)})
+	if err != nil {
+		return fmt.Errorf("admin credentials: %w", err)
+	}
 	apiCfg := httpapi.Config{
 		Registry: registry, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
+		Creds: creds, Channels: channels, Webhooks: hookEndpoints,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
@@ -246,10 +292,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	})
 
+	metricsAddr, err := serveMetrics(cfg.MetricsListen, meter, st)
+	if err != nil {
+		return err
+	}
+
 	// Tell hubctl where we are, last, so it never finds a half-started hub.
 	if err := dir.WriteRuntime(datadir.Runtime{
 		PID: os.Getpid(), PubKey: pubHex, P2PAddr: info.P2PAddr, AdminAddr: info.AdminAddr,
-		NATSURL: natsURL, Network: params.Name, Btcd: btcdRPC,
+		NATSURL: natsURL, Network: params.Name, Btcd: btcdRPC, MetricsAddr: metricsAddr,
 	}); err != nil {
 		return err
 	}
@@ -265,6 +316,60 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		serveErr <- err // let the stop step see it
 		return fmt.Errorf("admin api: %w", err)
 	}
+}
+
+// liveParts lets the metrics read parts that are created after them.
+type liveParts struct {
+	srv      atomic.Pointer[hub.Server]
+	channels atomic.Pointer[hub.Channels]
+	intake   atomic.Pointer[natsintake.Intake]
+}
+
+func (l *liveParts) Sessions() int {
+	if srv := l.srv.Load(); srv != nil {
+		return srv.Sessions()
+	}
+	return 0
+}
+
+func (l *liveParts) Exposure(ctx context.Context) (hub.Exposure, error) {
+	if c := l.channels.Load(); c != nil {
+		return c.Exposure(ctx)
+	}
+	return hub.Exposure{}, errors.New("channels not started")
+}
+
+func (l *liveParts) Stats() natsintake.Stats {
+	if in := l.intake.Load(); in != nil {
+		return in.Stats()
+	}
+	return natsintake.Stats{}
+}
+
+// serveMetrics serves Prometheus metrics on addr (nothing when empty) and
+// returns the address it listens on.
+func serveMetrics(addr string, m *metrics.Metrics, st *stack) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln) // returns ErrServerClosed after Shutdown
+	}()
+	st.push("metrics", func(ctx context.Context) error {
+		err := srv.Shutdown(ctx)
+		<-done
+		return err
+	})
+	return ln.Addr().String(), nil
 }
 
 // sessionsRef lets the channel manager look sessions up on a server that is

@@ -37,6 +37,15 @@ const (
 	NATSProvidersFile = "nats-providers.json"
 )
 
+// Operator-surface files: scoped admin credentials (hashes only, 0600),
+// providers' webhook endpoints with their secrets (0600) and the durable
+// outbox of webhook deliveries.
+const (
+	CredsFile         = "creds.json"
+	WebhooksFile      = "webhooks.json"
+	WebhookOutboxFile = "webhooks-outbox.db"
+)
+
 // Dir is a data directory.
 type Dir string
 
@@ -145,6 +154,8 @@ type Runtime struct {
 	AdminAddr string `json:"admin_addr"`
 	NATSURL   string `json:"nats_url"`
 	Network   string `json:"network"`
+	// MetricsAddr serves Prometheus /metrics; empty when disabled.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 	// Btcd is set when hubd runs its own regtest btcd, so local tools (the
 	// demo, tests) can fund channels and mine blocks on it.
 	Btcd *BtcdRPC `json:"btcd,omitempty"`
