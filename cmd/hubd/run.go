@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/btcsuite/btcd/chaincfg"
@@ -196,7 +197,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	sessions.srv.Store(srv)
 	live.srv.Store(srv)
 	live.channels.Store(channels)
-	registry.SetSessionDropper(srv)
+	registry.SetSessionDropper(revocations{srv: srv, nats: events.issuer, log: log})
 	registry.SetChannelFreezer(channels)
 	channels.Start()
 	st.push("channels", func(context.Context) error { return channels.Close() })
@@ -214,7 +215,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		},
 		RevenueScript: payout, RevenueKey: wallet.PrivKey(),
 		CutRule:       settlement.CutRule{Period: cfg.Settle.Period, Blocks: cfg.Settle.Blocks},
-		AfterState:    hooks.SettlementState,
+		AfterState:    afterSettleState(hooks.SettlementState, log),
 		Confirmations: cfg.Settle.Confirmations,
 		Logger:        log,
 	})
@@ -315,6 +316,50 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	case err := <-serveErr:
 		serveErr <- err // let the stop step see it
 		return fmt.Errorf("admin api: %w", err)
+	}
+}
+
+// revocations closes a revoked or rotated device's session and, for a
+// revoked provider on the embedded bus, removes its NATS user so it can no
+// longer publish at all (its events would be dead-lettered anyway).
+type revocations struct {
+	srv  *hub.Server
+	nats *natsembed.Issuer // nil with an external NATS
+	log  *slog.Logger
+}
+
+func (r revocations) Drop(deviceID, code, reason string) {
+	r.srv.Drop(deviceID, code, reason)
+	if r.nats == nil || code != "revoked" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.nats.RemoveNATS(ctx, deviceID); err != nil {
+		r.log.Error("remove NATS user of revoked device", "id", deviceID, "err", err)
+	}
+}
+
+// crashAfterEnv names a settlement state after which hubd kills itself with
+// SIGKILL, once that state is durable. It exists for the kill -9 tests of
+// the settlement state machine, which must crash the real process at each
+// step; operators never set it.
+const crashAfterEnv = "M2MHUB_TEST_CRASH_AFTER_SETTLE_STATE"
+
+// afterSettleState chains the crash point (when set) after next.
+func afterSettleState(next func(settlement.Run) error, log *slog.Logger) func(settlement.Run) error {
+	crashAt := os.Getenv(crashAfterEnv)
+	if crashAt == "" {
+		return next
+	}
+	log.Warn("test crash point armed", "env", crashAfterEnv, "state", crashAt)
+	return func(r settlement.Run) error {
+		err := next(r)
+		if string(r.State) == crashAt {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // SIGKILL cannot be caught; wait for it
+		}
+		return err
 	}
 }
 
