@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -23,6 +25,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/hub/webhook"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
@@ -44,11 +47,24 @@ func (fixedChain) SendRawTransaction(context.Context, *wire.MsgTx) (chainhash.Ha
 
 type noSessions struct{}
 
+// fakeNATS is a test-only provider credential issuer: it remembers one
+// made-up nkey per provider (the real issuer needs an embedded NATS).
+type fakeNATS struct{ users map[string]string }
+
+func (f *fakeNATS) IssueNATS(_ context.Context, id string) (string, []byte, error) {
+	f.users[id] = "U" + strings.ToUpper(id)
+	return f.users[id], []byte("SU" + id), nil
+}
+
+func (f *fakeNATS) NATSUsers(context.Context) (map[string]string, error) { return f.users, nil }
+
 func (noSessions) Session(string) (*hub.Session, bool) { return nil, false }
 
-// fullAPI is an admin API with every part configured: a real registry,
+// fullAPI is an admin API with every optional part of httpapi.Config
+// configured, so its route table is the complete one: a real registry,
 // contract store and channel manager over one bolt store, scoped
-// credentials in a real file, and the fake settlement service.
+// credentials and webhook endpoints in real files, a fake NATS issuer and
+// the fake settlement service.
 type fullAPI struct {
 	srv      *httptest.Server
 	h        *httpapi.Handler
@@ -88,12 +104,28 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := httpapi.New(httpapi.Config{
+	hooks, err := webhook.OpenEndpoints(filepath.Join(dir, "webhooks.json"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
-		Creds: creds, Channels: chans,
-		Info:   func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
-		Health: []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
-	})
+		Creds: creds, Channels: chans, Webhooks: hooks,
+		Providers: &fakeNATS{users: map[string]string{}},
+		Info:      func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
+		Logger:    slog.New(slog.DiscardHandler), Now: time.Now,
+	}
+	// Routes are registered only for the parts that are configured; a
+	// field added to Config later and left out here would hide its routes
+	// from the spec and authorisation tests.
+	v := reflect.ValueOf(cfg)
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Fatalf("fullAPI leaves httpapi.Config.%s unset: its routes would go unchecked", v.Type().Field(i).Name)
+		}
+	}
+	h, err := httpapi.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
