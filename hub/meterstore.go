@@ -67,6 +67,11 @@ type Charge struct {
 	// when the hub recorded it.
 	EventTime time.Time `json:"event_time"`
 	Charged   time.Time `json:"charged"`
+	// Quantity is the metered quantity the charge priced, as a decimal
+	// string, for kinds whose price depends on what came before in a
+	// billing window (bandwidth, in MB); empty otherwise. Charging sums
+	// it to rebuild a window's volume after a restart.
+	Quantity string `json:"quantity,omitempty"`
 }
 
 // ChargeResult tells a caller of RecordCharges what happened to one charge.
@@ -101,4 +106,11 @@ type ChargeStore interface {
 	// ChargesByPayer returns a payer's charges recorded in [from, to),
 	// oldest first.
 	ChargesByPayer(ctx context.Context, payer string, from, to time.Time) ([]Charge, error)
+
+	// OwedCharges returns every charge whose status is ChargeOwed, oldest
+	// recorded first (a charge moved back to owed by SetChargeStatus may
+	// come by its recording or by the move). Charging reloads them at start to request them
+	// again; implementations keep an index of owed charges so this costs
+	// what is owed, not every charge ever recorded.
+	OwedCharges(ctx context.Context) ([]Charge, error)
 }

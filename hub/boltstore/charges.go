@@ -29,6 +29,7 @@ var (
 	bucketChargeIDs   = []byte("chgids")   // provider || 0 || event id -> position
 	bucketChargeProv  = []byte("chgprov")  // provider || 0 || timeKey(charged) || position -> empty
 	bucketChargePayer = []byte("chgpayer") // payer || 0 || timeKey(charged) || position -> empty
+	bucketChargeOwed  = []byte("chgowed")  // position -> empty, for every charge now owed
 	chargeBucketSet   = [][]byte{bucketChargeLog, bucketChargeIDs, bucketChargeProv, bucketChargePayer}
 )
 
@@ -36,7 +37,9 @@ var _ hub.ChargeStore = (*Store)(nil)
 
 // Charge value layout: status | channel outpoint key | amount | fee |
 // contract | event time | charged (both as encodeTime) | then provider,
-// payer and event id, each a uvarint length and the bytes. The status and
+// payer, event id and quantity, each a uvarint length and the bytes
+// (values written before quantity was kept end after the event id, and
+// read back with an empty one). The status and
 // channel come first at fixed offsets so RecordCharges and SetChargeStatus
 // can change them without decoding the rest.
 const (
@@ -80,7 +83,7 @@ func statusOf(code byte) (hub.ChargeStatus, bool) {
 }
 
 func encodeCharge(c hub.Charge, code byte) []byte {
-	b := make([]byte, cgFixedLen, cgFixedLen+3*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID))
+	b := make([]byte, cgFixedLen, cgFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
 	b[cgStatus] = code
 	if !isZeroOutPoint(c.Channel) {
 		copy(b[cgChannel:], c.Channel.Hash[:])
@@ -91,7 +94,7 @@ func encodeCharge(c hub.Charge, code byte) []byte {
 	copy(b[cgContract:], c.Contract[:])
 	binary.BigEndian.PutUint64(b[cgEventTime:], uint64(encodeTime(c.EventTime)))
 	binary.BigEndian.PutUint64(b[cgCharged:], uint64(encodeTime(c.Charged)))
-	for _, s := range []string{c.Provider, c.Payer, c.EventID} {
+	for _, s := range []string{c.Provider, c.Payer, c.EventID, c.Quantity} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -118,7 +121,10 @@ func decodeCharge(b []byte) (hub.Charge, error) {
 	c.EventTime = decodeTime(int64(binary.BigEndian.Uint64(b[cgEventTime:])))
 	c.Charged = decodeTime(int64(binary.BigEndian.Uint64(b[cgCharged:])))
 	rest := b[cgFixedLen:]
-	for _, dst := range []*string{&c.Provider, &c.Payer, &c.EventID} {
+	for i, dst := range []*string{&c.Provider, &c.Payer, &c.EventID, &c.Quantity} {
+		if i == 3 && len(rest) == 0 {
+			break // written before quantities were kept
+		}
 		n, k := binary.Uvarint(rest)
 		if k <= 0 || n > uint64(len(rest)-k) {
 			return c, errBadCharge
@@ -246,6 +252,12 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 			bs[i] = b
 		}
 		log, ids, prov, payer := bs[0], bs[1], bs[2], bs[3]
+		// Through owedIndex: a store written before the index existed
+		// gets it built from the log, not started empty.
+		owedIdx, err := owedIndex(tx)
+		if err != nil {
+			return err
+		}
 		// Positions only grow, so log pages can be filled completely.
 		log.FillPercent = 1.0
 		funding, states := tx.Bucket(bucketFunding), tx.Bucket(bucketChanState)
@@ -303,6 +315,11 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 			}
 			if err := payer.Put(append(p.payer[:len(p.payer):len(p.payer)], pos...), []byte{}); err != nil {
 				return err
+			}
+			if stored.Status == hub.ChargeOwed {
+				if err := owedIdx.Put(pos, []byte{}); err != nil {
+					return err
+				}
 			}
 			res[i] = hub.ChargeResult{Stored: stored}
 		}
@@ -370,6 +387,10 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
 		idx, log := tx.Bucket(bucketChargeIDs), tx.Bucket(bucketChargeLog)
+		owedIdx, err := owedIndex(tx)
+		if err != nil {
+			return err
+		}
 		// Every id is checked before the first write.
 		pos := make([][]byte, len(ids))
 		for i, id := range ids {
@@ -392,6 +413,14 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 			next := bytes.Clone(cur)
 			next[cgStatus] = code
 			if err := log.Put(p, next); err != nil {
+				return err
+			}
+			if code == 'o' {
+				err = owedIdx.Put(p, []byte{})
+			} else {
+				err = owedIdx.Delete(p)
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -475,4 +504,68 @@ func (s *Store) chargesBy(ctx context.Context, bucket []byte, party string, from
 		return nil
 	})
 	return out, err
+}
+
+// owedIndex returns the index of owed charges, building it from the log
+// when the store was written before the index existed (a one-off scan).
+func owedIndex(tx *bolt.Tx) (*bolt.Bucket, error) {
+	if b := tx.Bucket(bucketChargeOwed); b != nil {
+		return b, nil
+	}
+	b, err := tx.CreateBucket(bucketChargeOwed)
+	if err != nil {
+		return nil, err
+	}
+	log := tx.Bucket(bucketChargeLog)
+	if log == nil {
+		return b, nil
+	}
+	err = log.ForEach(func(pos, v []byte) error {
+		if len(v) > cgStatus && v[cgStatus] == 'o' {
+			return b.Put(bytes.Clone(pos), []byte{})
+		}
+		return nil
+	})
+	return b, err
+}
+
+// OwedCharges returns every charge now owed, oldest recorded first: the
+// owed index holds log positions, which grow with every commit.
+func (s *Store) OwedCharges(ctx context.Context) ([]hub.Charge, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var built bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		built = tx.Bucket(bucketChargeOwed) != nil || tx.Bucket(bucketChargeLog) == nil
+		return nil
+	})
+	if err == nil && !built {
+		err = s.commit.do(func(tx *bolt.Tx) error {
+			_, err := owedIndex(tx)
+			return err
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: owed charges: %w", err)
+	}
+	var out []hub.Charge
+	err = s.db.View(func(tx *bolt.Tx) error {
+		idx, log := tx.Bucket(bucketChargeOwed), tx.Bucket(bucketChargeLog)
+		if idx == nil || log == nil {
+			return nil
+		}
+		return idx.ForEach(func(pos, _ []byte) error {
+			c, err := decodeCharge(log.Get(pos))
+			if err != nil {
+				return fmt.Errorf("charge at %x: %w", pos, err)
+			}
+			out = append(out, c)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: owed charges: %w", err)
+	}
+	return out, nil
 }

@@ -18,7 +18,9 @@ import (
 )
 
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
-// charge document, see encodeCharge), chgp:<provider> and chgy:<payer>
+// charge document, see encodeCharge), chgo (sorted set of the ids of the
+// charges now owed, scored by a per-store sequence so they list in
+// recording order), chgp:<provider> and chgy:<payer>
 // (sorted sets, every score 0, of time key || provider || 0 || event id,
 // so a lexicographic range is a time window exact to the nanosecond and
 // needs no double).
@@ -33,13 +35,15 @@ var (
 var _ hub.ChargeStore = (*Store)(nil)
 
 func (s *Store) chargesKey() string           { return s.prefix + "chg" }
+func (s *Store) owedKey() string              { return s.prefix + "chgo" }
 func (s *Store) providerKey(p string) string  { return s.prefix + "chgp:" + p }
 func (s *Store) payerKey(payer string) string { return s.prefix + "chgy:" + payer }
 
 // Charge document layout: status | channel (txid, big-endian index) |
 // amount | fee | contract | event time | charged (unix ns, MinInt64 for the
-// zero time) | then provider, payer and event id, each a uvarint length and
-// the bytes. The status and channel come first at fixed offsets so the
+// zero time) | then provider, payer, event id and quantity, each a uvarint
+// length and the bytes (documents written before quantity was kept end
+// after the event id and read back with an empty one). The status and channel come first at fixed offsets so the
 // scripts can rewrite them without decoding the rest.
 const (
 	cgStatus    = 0
@@ -105,7 +109,7 @@ func timeKey(t time.Time) []byte {
 }
 
 func encodeCharge(c hub.Charge, code byte) []byte {
-	b := make([]byte, cgFixedLen, cgFixedLen+3*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID))
+	b := make([]byte, cgFixedLen, cgFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
 	b[cgStatus] = code
 	copy(b[cgChannel:], c.Channel.Hash[:])
 	binary.BigEndian.PutUint32(b[cgChannel+32:], c.Channel.Index)
@@ -114,7 +118,7 @@ func encodeCharge(c hub.Charge, code byte) []byte {
 	copy(b[cgContract:], c.Contract[:])
 	binary.BigEndian.PutUint64(b[cgEventTime:], uint64(unixNano(c.EventTime)))
 	binary.BigEndian.PutUint64(b[cgCharged:], uint64(unixNano(c.Charged)))
-	for _, s := range []string{c.Provider, c.Payer, c.EventID} {
+	for _, s := range []string{c.Provider, c.Payer, c.EventID, c.Quantity} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -140,7 +144,10 @@ func decodeCharge(doc string) (hub.Charge, error) {
 	c.EventTime = fromUnixNano(int64(binary.BigEndian.Uint64(b[cgEventTime:])))
 	c.Charged = fromUnixNano(int64(binary.BigEndian.Uint64(b[cgCharged:])))
 	rest := b[cgFixedLen:]
-	for _, dst := range []*string{&c.Provider, &c.Payer, &c.EventID} {
+	for i, dst := range []*string{&c.Provider, &c.Payer, &c.EventID, &c.Quantity} {
+		if i == 3 && len(rest) == 0 {
+			break // written before quantities were kept
+		}
 		n, k := binary.Uvarint(rest)
 		if k <= 0 || n > uint64(len(rest)-k) {
 			return c, errBadCharge
@@ -201,7 +208,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		args = append(args, id, encodeCharge(c, code), op, fmtMsat(c.Amount), c.Provider, c.Payer,
 			string(timeKey(c.Charged))+id)
 	}
-	res, err := scriptReply(ctx, s.rdb, chargesScript, []string{s.chargesKey(), s.fundKey()}, args...)
+	res, err := scriptReply(ctx, s.rdb, chargesScript, []string{s.chargesKey(), s.fundKey(), s.owedKey(), s.owedKey() + "seq"}, args...)
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: record %d charges: %w", len(cs), err)
 	}
@@ -253,7 +260,7 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 	for _, e := range eventIDs {
 		args = append(args, chargeID(provider, e))
 	}
-	res, err := scriptReply(ctx, s.rdb, chargeStatusScript, []string{s.chargesKey()}, args...)
+	res, err := scriptReply(ctx, s.rdb, chargeStatusScript, []string{s.chargesKey(), s.owedKey(), s.owedKey() + "seq"}, args...)
 	if err != nil {
 		return fmt.Errorf("redisstore: set status of %d charges of %s: %w", len(eventIDs), provider, err)
 	}
@@ -333,6 +340,39 @@ func (s *Store) chargesBy(ctx context.Context, key string, from, to time.Time) (
 			return nil, fmt.Errorf("redisstore: charge %q: %w", ids[i], err)
 		}
 		out = append(out, c)
+	}
+	return out, nil
+}
+
+// OwedCharges returns every charge now owed, oldest recorded first (the
+// owed index is scored by a sequence the recording script advances).
+func (s *Store) OwedCharges(ctx context.Context) ([]hub.Charge, error) {
+	ids, err := s.rdb.ZRange(ctx, s.owedKey(), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: owed charges: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	docs, err := s.rdb.HMGet(ctx, s.chargesKey(), ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: owed charges: %w", err)
+	}
+	out := make([]hub.Charge, 0, len(docs))
+	for i, d := range docs {
+		doc, ok := d.(string)
+		if !ok {
+			return nil, fmt.Errorf("redisstore: owed charge %q is indexed but missing", ids[i])
+		}
+		c, err := decodeCharge(doc)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: charge %q: %w", ids[i], err)
+		}
+		// The index and the documents are read in two calls; a charge
+		// paid in between is left out.
+		if c.Status == hub.ChargeOwed {
+			out = append(out, c)
+		}
 	}
 	return out, nil
 }

@@ -10,7 +10,9 @@
 -- Amounts are Lua doubles; the Go side keeps them and the limit at most
 -- MaxAmount (below 2^52), so Owed + amount is exact.
 --
--- KEYS: 1 charges hash (provider 0 event id -> document), 2 funding index
+-- KEYS: 1 charges hash (provider 0 event id -> document), 2 funding index,
+--       3 owed index (sorted set of owed charge ids, scored by a sequence
+--       in KEYS[4], field n, so they list in recording order), 4 that sequence
 -- ARGV: 1 key prefix, 2 credit limit, 3 number of charges, then for each
 --       charge 7 values: id, document, funding outpoint ('' = none or not
 --       owed), amount, provider, payer, index member (time key || id)
@@ -18,7 +20,8 @@
 --        'n' .. status byte for a new charge, followed by 'x' when the
 --        channel was cleared because it does not exist
 
-local chg, fund, prefix = KEYS[1], KEYS[2], ARGV[1]
+local chg, fund, owedIdx, owedSeq, prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1]
+local seq = false
 local limit = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local noChannel = string.rep('\0', 36)
@@ -60,12 +63,22 @@ for i = 0, n - 1 do
       end
     end
     redis.call('HSET', chg, id, doc)
+    if string.sub(doc, 1, 1) == 'o' then
+      if not seq then
+        seq = tonumber(redis.call('HGET', owedSeq, 'n') or '0')
+      end
+      seq = seq + 1
+      redis.call('ZADD', owedIdx, seq, id)
+    end
     -- Derived from the prefix: on a cluster its hash tag keeps these in
     -- the slot of KEYS.
     redis.call('ZADD', prefix .. 'chgp:' .. ARGV[b + 4], 0, ARGV[b + 6])
     redis.call('ZADD', prefix .. 'chgy:' .. ARGV[b + 5], 0, ARGV[b + 6])
     out[#out + 1] = 'n' .. string.sub(doc, 1, 1) .. cleared
   end
+end
+if seq then
+  redis.call('HSET', owedSeq, 'n', string.format('%.0f', seq))
 end
 for _, ch in pairs(chans) do
   if ch and ch.dirty then

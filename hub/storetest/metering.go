@@ -39,7 +39,9 @@ type MeteringStoreUnderTest interface {
 // slice, so a later, smaller charge may still fit after a larger one was
 // refused; SetChargeStatus changes nothing but the status (Owed moves with
 // payments, not with it) and returns hub.ErrNotFound, changing nothing,
-// when one of the events was never charged.
+// when one of the events was never charged; OwedCharges lists charges recorded
+// owed in the order they were recorded, whatever their Charged times (one
+// moved back to owed later may come by its recording or by the move).
 func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTest) {
 	open := func(t *testing.T) MeteringStoreUnderTest {
 		t.Helper()
@@ -67,6 +69,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTes
 	t.Run("ChargesByPayerWindow", func(t *testing.T) { testChargesByPayerWindow(t, open(t)) })
 	t.Run("ConcurrentExactlyOnce", func(t *testing.T) { testConcurrentExactlyOnce(t, open(t)) })
 	t.Run("ReopenKeepsCharges", func(t *testing.T) { testReopenKeepsCharges(t, newStore) })
+	runMeteringOwed(t, open, newStore)
 }
 
 // noLimit is a credit limit no test reaches.

@@ -1,0 +1,151 @@
+package storetest
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// runMeteringOwed runs the parts of the metering suite about what charging
+// reloads after a restart: the owed charges and the charges' quantities.
+func runMeteringOwed(t *testing.T, open, reopen func(t *testing.T) MeteringStoreUnderTest) {
+	t.Run("OwedCharges", func(t *testing.T) { testOwedCharges(t, open(t)) })
+	t.Run("OwedChargesSurviveReopen", func(t *testing.T) { testOwedChargesReopen(t, open, reopen) })
+	t.Run("QuantityKept", func(t *testing.T) { testQuantityKept(t, open(t)) })
+}
+
+// owedIDs lists the event ids OwedCharges returns, in its order.
+func owedIDs(t *testing.T, s hub.ChargeStore) []string {
+	t.Helper()
+	cs, err := s.OwedCharges(context.Background())
+	if err != nil {
+		t.Fatalf("OwedCharges: %v", err)
+	}
+	ids := make([]string, 0, len(cs))
+	for _, c := range cs {
+		if c.Status != hub.ChargeOwed {
+			t.Fatalf("OwedCharges returned %s with status %s", c.EventID, c.Status)
+		}
+		ids = append(ids, c.EventID)
+	}
+	return ids
+}
+
+func assertIDs(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %q, want %q", what, got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s: %q, want %q", what, got, want)
+		}
+	}
+}
+
+func testOwedCharges(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	assertIDs(t, "empty store", owedIDs(t, s))
+	c := NewChannel(t, "payer-1")
+	MustPutChannel(t, s, c)
+	held := NewCharge("gantry-1", "evt-held", "payer-1", c.Funding, 50, epoch())
+	held.Status = hub.ChargeHeld
+	paid := NewCharge("gantry-1", "evt-free", "payer-1", c.Funding, 0, epoch())
+	paid.Status = hub.ChargePaid
+	// Recorded in two calls, the later one with an earlier Charged time:
+	// the order is the order of recording.
+	MustRecordCharges(t, s, []hub.Charge{
+		NewCharge("gantry-1", "evt-1", "payer-1", c.Funding, 100, epoch().Add(time.Minute)),
+		held, paid,
+		NewCharge("gantry-1", "evt-nochan", "payer-1", NewChannel(t, "ghost").Funding, 10, epoch()),
+	}, noLimit)
+	MustRecordCharges(t, s, []hub.Charge{
+		NewCharge("meter-2", "evt-2", "payer-1", c.Funding, 200, epoch()),
+		// Beyond the limit once evt-1 and evt-2 are owed: unpaid.
+		NewCharge("meter-2", "evt-3", "payer-1", c.Funding, 1000, epoch()),
+		NewCharge("gantry-1", "evt-1", "payer-1", c.Funding, 100, epoch()), // duplicate
+	}, 400)
+	assertIDs(t, "after recording", owedIDs(t, s), "evt-1", "evt-2")
+
+	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-held"}, hub.ChargeOwed); err != nil {
+		t.Fatal(err)
+	}
+	// A charge moved back to owed may list by its first recording or by
+	// the move: the order only matters among charges recorded owed.
+	ids := owedIDs(t, s)
+	slices.Sort(ids)
+	assertIDs(t, "after status changes", ids, "evt-2", "evt-held")
+	// Setting owed again does not move a charge in the order.
+	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeOwed); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeUnpaid); err != nil {
+		t.Fatal(err)
+	}
+	assertIDs(t, "after unpaid", owedIDs(t, s), "evt-held")
+	got, err := s.OwedCharges(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := held
+	want.Status = hub.ChargeOwed
+	assertCharge(t, got[0], want)
+}
+
+func testOwedChargesReopen(t *testing.T, open, reopen func(t *testing.T) MeteringStoreUnderTest) {
+	s := open(t)
+	c := NewChannel(t, "payer-1")
+	MustPutChannel(t, s, c)
+	MustRecordCharges(t, s, []hub.Charge{
+		NewCharge("gantry-1", "evt-1", "payer-1", c.Funding, 100, epoch()),
+		NewCharge("gantry-1", "evt-2", "payer-1", c.Funding, 100, epoch()),
+	}, noLimit)
+	if err := s.SetChargeStatus(context.Background(), "gantry-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again := reopen(t)
+	defer again.Close()
+	assertIDs(t, "after reopen", owedIDs(t, again), "evt-2")
+}
+
+func testQuantityKept(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	c := NewChannel(t, "router-1")
+	MustPutChannel(t, s, c)
+	bw := NewCharge("isp-1", "evt-bw", "router-1", c.Funding, 100, epoch())
+	bw.Quantity = "1234.5678"
+	plain := NewCharge("isp-1", "evt-plain", "router-1", c.Funding, 100, epoch())
+	res := MustRecordCharges(t, s, []hub.Charge{bw, plain}, noLimit)
+	assertCharge(t, res[0].Stored, bw)
+	assertCharge(t, MustCharge(t, s, "isp-1", "evt-bw"), bw)
+	assertCharge(t, MustCharge(t, s, "isp-1", "evt-plain"), plain)
+	dup := MustRecordCharges(t, s, []hub.Charge{bw}, noLimit)
+	if !dup[0].Duplicate || dup[0].Stored.Quantity != bw.Quantity {
+		t.Fatalf("duplicate result %+v, want the stored quantity", dup[0])
+	}
+	list, err := s.ChargesByPayer(ctx, "router-1", epoch(), epoch().Add(time.Second))
+	if err != nil || len(list) != 2 {
+		t.Fatalf("ChargesByPayer: %d charges, %v", len(list), err)
+	}
+	for _, ch := range list {
+		if ch.EventID == "evt-bw" && ch.Quantity != bw.Quantity {
+			t.Fatalf("ChargesByPayer quantity %q, want %q", ch.Quantity, bw.Quantity)
+		}
+	}
+	// A status change keeps the quantity.
+	if err := s.SetChargeStatus(ctx, "isp-1", []string{"evt-bw"}, hub.ChargePaid); err != nil {
+		t.Fatal(err)
+	}
+	if q := MustCharge(t, s, "isp-1", "evt-bw").Quantity; q != bw.Quantity {
+		t.Fatalf("quantity after SetChargeStatus %q", q)
+	}
+}
