@@ -100,6 +100,20 @@ func (c *Channels) PayerChannel(ctx context.Context, payer string) (btcwire.OutP
 	return best, nil
 }
 
+// ChannelOwed returns what is owed on the channel funded by op and whether
+// the channel is ready to take payments. Charging uses it after a restart
+// to tell reloaded owed charges that were paid from those still owed. It
+// returns an error wrapping ErrNotFound for an unknown channel.
+func (c *Channels) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error) {
+	e, err := c.entry(ctx, op)
+	if err != nil {
+		return 0, false, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rec.Owed, e.rec.Status == ChannelReady, nil
+}
+
 // RecordCharges writes charges through store.RecordCharges with the
 // channels' credit limit, holding the lock of every channel the owed
 // charges name, and raises the cached Owed of each by what was recorded as

@@ -88,6 +88,7 @@ type ChargeOutcome struct {
 type ChargeChannels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store ChargeStore, cs []Charge) ([]ChargeResult, error)
+	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
 	RequestPayment(ctx context.Context, r ChargeRequest) (uint64, error)
 	CancelPayment(reqID uint64)
 	SetChargeListener(l ChargeListener)
@@ -196,6 +197,9 @@ type Charging struct {
 	kick     chan struct{}
 
 	startOnce, closeOnce sync.Once
+	// reloadOnce reloads the owed charges of a previous run before the
+	// first flush (run or Flush, whichever comes first).
+	reloadOnce sync.Once
 }
 
 // cachedDevice is a registry lookup kept for DeviceTTL.
@@ -241,7 +245,7 @@ func (c *Charging) Start() {
 }
 
 // Close stops the flusher and waits for it. Owed charges not yet requested
-// stay owed in the store.
+// stay owed in the store; the next run requests them again (reloadOwed).
 func (c *Charging) Close() error {
 	c.closeOnce.Do(c.cancel)
 	c.wg.Wait()

@@ -276,8 +276,13 @@ func (c *Charging) planOne(ctx context.Context, ev *UsageEvent, now time.Time, h
 	}
 	if k.Kind == contracts.KindBandwidth {
 		key := volumeKey{provider: ev.Provider, payer: ev.Payer, contract: ev.Contract, window: k.Bandwidth.WindowStart(ev.Time)}
-		u.CumulativeMB = c.volumes[key]
+		vol, err := c.volume(ctx, k, key, now)
+		if err != nil {
+			return plan{}, "", "", err
+		}
+		u.CumulativeMB = vol
 		p.vkey, p.volume = &key, u.Quantity.Decimal
+		p.charge.Quantity = u.Quantity.Decimal.String()
 	}
 	b, err := contracts.Price(k, u)
 	switch {

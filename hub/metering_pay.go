@@ -124,6 +124,7 @@ func (c *Charging) queue(ev payEvent) {
 // run is the flusher: every FlushInterval (or when kicked) it settles the
 // answered requests, times out the silent ones and requests what is owed.
 func (c *Charging) run() {
+	c.reloadOnce.Do(func() { c.reloadOwed(c.ctx) })
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -139,6 +140,7 @@ func (c *Charging) run() {
 // Flush requests every owed group now and settles answered requests; the
 // flusher does the same every FlushInterval. Tests and shutdown use it.
 func (c *Charging) Flush(ctx context.Context) {
+	c.reloadOnce.Do(func() { c.reloadOwed(ctx) })
 	c.settle(ctx)
 	c.flush(ctx)
 }
