@@ -29,6 +29,9 @@ type Config struct {
 	Args []string
 	// Output receives hubd's log; nil discards it.
 	Output io.Writer
+	// Env are extra environment variables (KEY=VALUE) for hubd, on top of
+	// the caller's own, such as a test-only crash point.
+	Env []string
 	// StartTimeout bounds the wait for readiness; zero means two minutes
 	// (a first start may build btcd).
 	StartTimeout time.Duration
@@ -61,6 +64,9 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 func Launch(cfg Config) (*Proc, error) {
 	args := append([]string{"--datadir", cfg.DataDir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, cfg.Args...)
 	cmd := exec.Command(cfg.Binary, args...)
+	if len(cfg.Env) > 0 {
+		cmd.Env = append(os.Environ(), cfg.Env...)
+	}
 	if cfg.Output != nil {
 		cmd.Stdout, cmd.Stderr = cfg.Output, cfg.Output
 	}
