@@ -1,10 +1,16 @@
 // Command demo is what `make demo` runs: it starts hubd on the embedded
 // defaults (in-process NATS, embedded store, btcd regtest child) in a
-// throw-away data dir, enrols a device through the admin API the way hubctl
-// does, authenticates the device over BOLT 8 with the Go client library,
-// shows an unregistered key being refused, pays over a regtest channel, and
-// meters one event of each use case through NATS (metering.go). It exits 0 only if every step
-// behaved as expected, and stops everything it started.
+// throw-away data dir, enrols a car through the admin API the way hubctl
+// does, authenticates it over BOLT 8 with the Go client library, shows an
+// unregistered key being refused, then runs the use cases through the
+// client libraries over BOLT 8 and NATS (scenarios.go): an EV charging
+// session under a hold, a vehicle past three toll gantries, a router
+// selling bandwidth across a tier boundary, two households trading energy,
+// and two cold-chain shipments (one released, one refunded). It then
+// settles one epoch on regtest, reads the batch back from the chain,
+// verifies a receipt against it (settle.go) and prints a summary. It exits
+// 0 only if every step behaved as expected, and stops everything it
+// started.
 package main
 
 import (
@@ -76,26 +82,21 @@ type summary struct {
 	AuditEntries    uint64 `json:"audit_entries"`
 	DataDir         string `json:"datadir,omitempty"`
 
-	Channel  channelSummary  `json:"channel"`
-	Metering meteringSummary `json:"metering"`
-}
-
-// channelSummary is what the channel part of the demo measured.
-type channelSummary struct {
-	Outpoint        string `json:"outpoint"`
-	CapacitySat     int64  `json:"capacity_sat"`
-	Payments        int    `json:"payments"`
-	PaidMsat        uint64 `json:"paid_msat"`
-	ProviderReceipt int    `json:"provider_receipts"`
-	// ClaimableSat is what the hub's stored device signature moves to the
-	// hub on chain: the paid amount rounded down to whole satoshis.
-	ClaimableSat int64  `json:"claimable_sat"`
-	CloseTxID    string `json:"close_txid"`
-	DeviceGotSat int64  `json:"device_got_sat"`
+	// Participants is each device's paid, earned and net (msat) and its
+	// part of the settlement.
+	Participants []*participant    `json:"participants"`
+	Scenarios    scenarioSummary   `json:"scenarios"`
+	Settlement   settlementSummary `json:"settlement"`
+	// ReceiptVerified is true once the EV capture's receipt was proven
+	// against the settlement's on-chain anchor.
+	ReceiptVerified bool         `json:"receipt_verified"`
+	Receipt         receiptCheck `json:"receipt"`
+	Seconds         float64      `json:"seconds"`
 }
 
 func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool) (summary, error) {
 	var sum summary
+	began := time.Now()
 	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
 
 	if dir == "" {
@@ -121,7 +122,12 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	}
 	if keep {
 		sum.DataDir = dir
-		defer say("\nhubd keeps running (pid %d). Explore with:\n  ./bin/hubctl --datadir %s info\n  ./bin/hubctl --datadir %s device list\nStop it with: kill %d", p.Pid(), dir, dir, p.Pid())
+		defer say("\nhubd keeps running (pid %d). Explore with:\n"+
+			"  ./bin/hubctl --datadir %s info\n  ./bin/hubctl --datadir %s device list\n"+
+			"  ./bin/hubctl --datadir %s epochs\n  ./bin/hubctl --datadir %s settle status\n"+
+			"Dashboard: ./bin/hubctl --datadir %s creds create --scope read-only, then open\n"+
+			"  http://%s/dashboard#token=<the token it prints>\nStop it with: kill %d",
+			p.Pid(), dir, dir, dir, dir, dir, p.Runtime().AdminAddr, p.Pid())
 	} else {
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -183,25 +189,76 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 	sum.StrangerRefusal = string(refused.Code)
 	say("   refused: %s", refused)
 
-	if err := channelDemo(ctx, say, dir, rt, hubKey, admin, carKey, &sum); err != nil {
+	clientDir, err := tempDir()
+	if err != nil {
 		return sum, err
 	}
-
-	if err := meteringDemo(ctx, say, dir, rt, hubKey, admin, &sum); err != nil {
-		return sum, fmt.Errorf("metering: %w", err)
+	defer os.RemoveAll(clientDir)
+	chain, err := dialChain(dir, rt)
+	if err != nil {
+		return sum, err
 	}
+	defer chain.Close()
+	w := &world{ctx: ctx, say: say, rt: rt, hubKey: hubKey, admin: admin, quiet: quiet, dir: clientDir, sum: &sum.Scenarios}
+	// The clients stay connected until the epoch is settled: the payers
+	// co-sign their part of the batch.
+	defer w.close()
+	if err := runScenarios(w, chain, dev.ID, carKey); err != nil {
+		return sum, err
+	}
+	sum.Participants = w.parts
+	if err := settleEpoch(w, chain, &sum); err != nil {
+		return sum, fmt.Errorf("settlement: %w", err)
+	}
+	rc, err := verifyReceipt(ctx, admin, chain, hubKey, w.evReceipt)
+	if err != nil {
+		return sum, fmt.Errorf("receipt against the chain: %w", err)
+	}
+	sum.Receipt, sum.ReceiptVerified = rc, true
 
-	say("9. the audit log records every change and verifies (hubctl audit verify)")
+	say("10. the audit log records every change and verifies (hubctl audit verify)")
 	head, err := admin.VerifyAudit(ctx)
 	if err != nil {
 		return sum, err
 	}
 	sum.AuditEntries = head.Seq
 	say("   %d entries, head %s", head.Seq, head.Hash)
+	sum.Seconds = time.Since(began).Seconds()
+	printSummary(say, &sum)
 
-	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries != 2+sum.Metering.Audited {
-		return sum, fmt.Errorf("unexpected outcome: %+v", sum)
+	// At least the enrolment of step 2 and the scenarios' operator
+	// actions.
+	if !sum.Authenticated || sum.StrangerRefusal != "unknown-key" || sum.AuditEntries < 1+sum.Scenarios.Audited {
+		return sum, fmt.Errorf("unexpected outcome: authenticated %v, refusal %q, %d audit entries for %d actions",
+			sum.Authenticated, sum.StrangerRefusal, sum.AuditEntries, 1+sum.Scenarios.Audited)
 	}
 	say("\ndemo OK")
 	return sum, nil
+}
+
+// printSummary prints the participants' figures, the settlement and the
+// receipt check.
+func printSummary(say func(string, ...any), sum *summary) {
+	say("\nSummary")
+	say("  %-14s %-15s %13s %13s %13s  %s", "participant", "role", "paid msat", "earned msat", "net msat", "settled on chain")
+	for _, p := range sum.Participants {
+		how := fmt.Sprintf("%+d sat (%s)", p.OnChainSat, p.Mode)
+		if p.Mode == "" {
+			how = "carried to the next epoch: " + p.CarryReason
+		}
+		say("  %-14s %-15s %13d %13d %+13d  %s", p.Name, p.Role, p.PaidMsat, p.EarnedMsat, p.NetMsat, how)
+	}
+	sc := sum.Scenarios
+	say("  paid %d msat = earned %d + hub fees %d", sc.PaidMsat, sc.EarnedMsat, sc.FeesMsat)
+	ss := sum.Settlement
+	for _, id := range ss.Txids {
+		say("  settlement txid %s (epoch %d, height %d)", id, ss.Epoch, ss.ConfirmHeight)
+	}
+	say("  %d channels and %d payouts in %d vB: %.2f vB per cooperative channel (%.1f on average with payouts, revenue and anchor)",
+		ss.Channels, ss.Payouts, ss.VBytes, ss.VBytesPerChannel, ss.VBytesAvgPerChannel)
+	say("  fee %d sat, hub revenue %d sat", ss.FeeSat, ss.RevenueSat)
+	if sum.ReceiptVerified {
+		say("  receipt %s…: leaf %d of %d, anchored by %s with %d confirmation(s): verified against the chain",
+			sum.Receipt.ID[:16], sum.Receipt.Leaf, sum.Receipt.Leaves, sum.Receipt.Txid, sum.Receipt.Confirmations)
+	}
 }
