@@ -48,6 +48,32 @@ const (
 	ChargeHeld ChargeStatus = "held"
 )
 
+// Code is the one-byte form of s that the stores keep in their compact
+// charge records; ok is false for a status this version does not know.
+func (s ChargeStatus) Code() (code byte, ok bool) {
+	switch s {
+	case ChargeOwed:
+		return 'o', true
+	case ChargePaid:
+		return 'p', true
+	case ChargeUnpaid:
+		return 'u', true
+	case ChargeHeld:
+		return 'h', true
+	}
+	return 0, false
+}
+
+// ChargeStatusOf is the inverse of ChargeStatus.Code.
+func ChargeStatusOf(code byte) (ChargeStatus, bool) {
+	for _, s := range []ChargeStatus{ChargeOwed, ChargePaid, ChargeUnpaid, ChargeHeld} {
+		if c, _ := s.Code(); c == code {
+			return s, true
+		}
+	}
+	return "", false
+}
+
 // Charge is one priced usage event, the unit of exactly-once charging:
 // (Provider, EventID) is unique.
 type Charge struct {

@@ -53,35 +53,6 @@ const (
 	cgFixedLen  = cgCharged + 8
 )
 
-// statusCode is the one-byte form of a charge status in the value.
-func statusCode(st hub.ChargeStatus) (byte, bool) {
-	switch st {
-	case hub.ChargeOwed:
-		return 'o', true
-	case hub.ChargePaid:
-		return 'p', true
-	case hub.ChargeUnpaid:
-		return 'u', true
-	case hub.ChargeHeld:
-		return 'h', true
-	}
-	return 0, false
-}
-
-func statusOf(code byte) (hub.ChargeStatus, bool) {
-	switch code {
-	case 'o':
-		return hub.ChargeOwed, true
-	case 'p':
-		return hub.ChargePaid, true
-	case 'u':
-		return hub.ChargeUnpaid, true
-	case 'h':
-		return hub.ChargeHeld, true
-	}
-	return "", false
-}
-
 func encodeCharge(c hub.Charge, code byte) []byte {
 	b := make([]byte, cgFixedLen, cgFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
 	b[cgStatus] = code
@@ -108,7 +79,7 @@ func decodeCharge(b []byte) (hub.Charge, error) {
 	if len(b) < cgFixedLen {
 		return c, errBadCharge
 	}
-	st, ok := statusOf(b[cgStatus])
+	st, ok := hub.ChargeStatusOf(b[cgStatus])
 	if !ok {
 		return c, fmt.Errorf("%w: status %q", errBadCharge, b[cgStatus])
 	}
@@ -167,7 +138,7 @@ func validateCharge(c hub.Charge) error {
 	case c.Fee > c.Amount:
 		return fmt.Errorf("boltstore: %w: charge %s: fee %d above amount %d", hub.ErrInvalid, c.EventID, c.Fee, c.Amount)
 	}
-	if _, ok := statusCode(c.Status); !ok {
+	if _, ok := c.Status.Code(); !ok {
 		return fmt.Errorf("boltstore: %w: charge %s: status %q", hub.ErrInvalid, c.EventID, c.Status)
 	}
 	return nil
@@ -227,7 +198,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		seen[string(p.id)] = i
 		p.stored = c
 		p.stored.EventTime, p.stored.Charged = roundTrip(c.EventTime), roundTrip(c.Charged)
-		code, _ := statusCode(c.Status)
+		code, _ := c.Status.Code()
 		p.doc = encodeCharge(c, code)
 		p.prov = partyKey(c.Provider, c.Charged)
 		p.payer = partyKey(c.Payer, c.Charged)
@@ -375,7 +346,7 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	code, ok := statusCode(status)
+	code, ok := status.Code()
 	if !ok {
 		return fmt.Errorf("boltstore: %w: charge status %q", hub.ErrInvalid, status)
 	}

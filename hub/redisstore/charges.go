@@ -58,34 +58,6 @@ const (
 
 var errBadCharge = errors.New("redisstore: malformed charge document")
 
-func statusCode(st hub.ChargeStatus) (byte, bool) {
-	switch st {
-	case hub.ChargeOwed:
-		return 'o', true
-	case hub.ChargePaid:
-		return 'p', true
-	case hub.ChargeUnpaid:
-		return 'u', true
-	case hub.ChargeHeld:
-		return 'h', true
-	}
-	return 0, false
-}
-
-func statusOf(code byte) (hub.ChargeStatus, bool) {
-	switch code {
-	case 'o':
-		return hub.ChargeOwed, true
-	case 'p':
-		return hub.ChargePaid, true
-	case 'u':
-		return hub.ChargeUnpaid, true
-	case 'h':
-		return hub.ChargeHeld, true
-	}
-	return "", false
-}
-
 // unixNano keeps the zero time distinct: its UnixNano is not defined.
 func unixNano(t time.Time) int64 {
 	if t.IsZero() {
@@ -131,7 +103,7 @@ func decodeCharge(doc string) (hub.Charge, error) {
 		return c, errBadCharge
 	}
 	b := []byte(doc)
-	st, ok := statusOf(b[cgStatus])
+	st, ok := hub.ChargeStatusOf(b[cgStatus])
 	if !ok {
 		return c, fmt.Errorf("%w: status %q", errBadCharge, b[cgStatus])
 	}
@@ -171,7 +143,7 @@ func validateCharge(c hub.Charge) error {
 	case c.Fee > c.Amount:
 		return fmt.Errorf("redisstore: %w: charge %s: fee %d above amount %d", hub.ErrInvalid, c.EventID, c.Fee, c.Amount)
 	}
-	if _, ok := statusCode(c.Status); !ok {
+	if _, ok := c.Status.Code(); !ok {
 		return fmt.Errorf("redisstore: %w: charge %s: status %q", hub.ErrInvalid, c.EventID, c.Status)
 	}
 	return checkAmounts("charge", c.Amount)
@@ -199,7 +171,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		if err := validateCharge(c); err != nil {
 			return nil, err
 		}
-		code, _ := statusCode(c.Status)
+		code, _ := c.Status.Code()
 		id := chargeID(c.Provider, c.EventID)
 		op := ""
 		if c.Status == hub.ChargeOwed && c.Channel != (wire.OutPoint{}) {
@@ -228,7 +200,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		if len(r) < 2 || r[0] != 'n' {
 			return nil, fmt.Errorf("redisstore: record charges: unexpected reply %q", r)
 		}
-		st, ok := statusOf(r[1])
+		st, ok := hub.ChargeStatusOf(r[1])
 		if !ok {
 			return nil, fmt.Errorf("redisstore: record charges: unexpected reply %q", r)
 		}
@@ -248,7 +220,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 // hub.ErrNotFound, writing nothing, when one of the events was never
 // charged, and hub.ErrInvalid for an unknown status.
 func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus) error {
-	code, ok := statusCode(status)
+	code, ok := status.Code()
 	if !ok {
 		return fmt.Errorf("redisstore: %w: charge status %q", hub.ErrInvalid, status)
 	}
