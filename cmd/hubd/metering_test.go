@@ -735,7 +735,12 @@ func TestMeteringEndToEnd(t *testing.T) {
 		if _, err := h.admin.Revoke(ctx, gone.id, "decommissioned"); err != nil {
 			t.Fatal(err)
 		}
-		goneErr := gone.meter.Meter(ctx, passage("revoked-prov-1", carID, flat))
+		// hubd removes a revoked provider's NATS user, so the publish is
+		// normally refused outright; Meter would retry until its context
+		// ends, so give it a short one.
+		goneCtx, cancelGone := context.WithTimeout(ctx, 5*time.Second)
+		goneErr := gone.meter.Meter(goneCtx, passage("revoked-prov-1", carID, flat))
+		cancelGone()
 
 		for _, c := range []struct{ prov, id, reason string }{
 			{gantry.id, "forged-1", metering.ReasonSignature},
@@ -746,13 +751,12 @@ func TestMeteringEndToEnd(t *testing.T) {
 				t.Fatalf("%s dead-lettered %q (%s), want %q", c.id, reason, detail, c.reason)
 			}
 		}
+		// Revoking the provider removed its NATS user before the admin
+		// call returned, so nothing it publishes reaches the stream.
 		if goneErr == nil {
-			if reason, detail := h.deadLetter(t, ctx, gone.id, "revoked-prov-1"); reason != metering.ReasonSourceInactive {
-				t.Fatalf("revoked provider's event dead-lettered %q (%s)", reason, detail)
-			}
-		} else {
-			t.Logf("the revoked provider could not publish at all: %v", goneErr)
+			t.Fatal("a revoked provider could still publish")
 		}
+		t.Logf("the revoked provider could not publish: %v", goneErr)
 	})
 
 	t.Run("SecurityRuleFreezesFlooder", func(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
@@ -300,8 +301,17 @@ func settleKillTrial(t *testing.T, state settlement.RunState) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The device's session reconnects to the restarted hubd on its own
+	// backoff; until it has, Pay answers ErrNotConnected.
 	payCtx, cancelPay := context.WithTimeout(ctx, 20*time.Second)
-	rc, err := online.dev.Pay(payCtx, next[online.id], prov.id, 1_000, "after the settlement")
+	var rc *channel.Receipt
+	for {
+		rc, err = online.dev.Pay(payCtx, next[online.id], prov.id, 1_000, "after the settlement")
+		if !errors.Is(err, m2mclient.ErrNotConnected) || payCtx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	cancelPay()
 	if err != nil {
 		t.Fatalf("payment on the next channel: %v", err)
