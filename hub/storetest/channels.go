@@ -33,16 +33,7 @@ const ReceiptSize = 250
 // earlier store was closed) reopens the same data, and Close may be called
 // twice.
 func RunChannels(t *testing.T, newStore func(t *testing.T) ChannelStoreUnderTest) {
-	open := func(t *testing.T) ChannelStoreUnderTest {
-		t.Helper()
-		s := newStore(t)
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
-	}
+	open := closing(newStore)
 
 	t.Run("PutThenRead", func(t *testing.T) { testPutThenRead(t, open(t)) })
 	t.Run("IndexByFundingAndDevice", func(t *testing.T) { testIndexByFundingAndDevice(t, open(t)) })

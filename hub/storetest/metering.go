@@ -43,16 +43,7 @@ type MeteringStoreUnderTest interface {
 // owed in the order they were recorded, whatever their Charged times (one
 // moved back to owed later may come by its recording or by the move).
 func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTest) {
-	open := func(t *testing.T) MeteringStoreUnderTest {
-		t.Helper()
-		s := newStore(t)
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
-	}
+	open := closing(newStore)
 
 	t.Run("PutContractIdempotent", func(t *testing.T) { testPutContractIdempotent(t, open(t)) })
 	t.Run("ContractNotFound", func(t *testing.T) { testContractNotFound(t, open(t)) })

@@ -39,16 +39,7 @@ type SettlementStoreUnderTest interface {
 // of the same channels let exactly one through; PutRun refuses a run whose
 // epoch number or attempt is zero with hub.ErrInvalid.
 func RunSettlement(t *testing.T, newStore func(t *testing.T) SettlementStoreUnderTest) {
-	open := func(t *testing.T) SettlementStoreUnderTest {
-		t.Helper()
-		s := newStore(t)
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
-	}
+	open := closing(newStore)
 
 	t.Run("FirstEpoch", func(t *testing.T) { testFirstEpoch(t, open(t)) })
 	t.Run("CutEpochOK", func(t *testing.T) { testCutEpochOK(t, open(t)) })

@@ -28,16 +28,7 @@ import (
 // does this. Run closes every store it gets, so Close must tolerate being
 // called twice.
 func Run(t *testing.T, newStore func(t *testing.T) hub.Store) {
-	open := func(t *testing.T) hub.Store {
-		t.Helper()
-		s := newStore(t)
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		})
-		return s
-	}
+	open := closing(newStore)
 
 	t.Run("EmptyStore", func(t *testing.T) { testEmptyStore(t, open(t)) })
 	t.Run("ApplyThenRead", func(t *testing.T) { testApplyThenRead(t, open(t)) })
@@ -639,5 +630,21 @@ func testReopenKeepsData(t *testing.T, newStore func(t *testing.T) hub.Store) {
 	}
 	if err := s2.Apply(context.Background(), hub.Change{Audit: e}); err != nil {
 		t.Fatalf("next entry after reopen: %v", err)
+	}
+}
+
+// closing wraps newStore so every store a subtest opens is closed when that
+// subtest ends; each suite (Run, RunChannels, RunMetering, RunSettlement)
+// opens its stores through it.
+func closing[S interface{ Close() error }](newStore func(t *testing.T) S) func(t *testing.T) S {
+	return func(t *testing.T) S {
+		t.Helper()
+		s := newStore(t)
+		t.Cleanup(func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		})
+		return s
 	}
 }
