@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -77,7 +76,7 @@ func encodeState(s chanState) []byte {
 	binary.BigEndian.PutUint64(b[stSeq:], s.seq)
 	binary.BigEndian.PutUint64(b[stPaid:], uint64(s.paid))
 	binary.BigEndian.PutUint64(b[stOwed:], uint64(s.owed))
-	binary.BigEndian.PutUint64(b[stUpdated:], uint64(encodeTime(s.updated)))
+	binary.BigEndian.PutUint64(b[stUpdated:], uint64(hub.UnixNano(s.updated)))
 	copy(b[stSig:], s.sig[:])
 	return b
 }
@@ -90,25 +89,10 @@ func decodeState(b []byte) (chanState, error) {
 		seq:     binary.BigEndian.Uint64(b[stSeq:]),
 		paid:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stPaid:])),
 		owed:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stOwed:])),
-		updated: decodeTime(int64(binary.BigEndian.Uint64(b[stUpdated:]))),
+		updated: hub.FromUnixNano(int64(binary.BigEndian.Uint64(b[stUpdated:]))),
 	}
 	copy(s.sig[:], b[stSig:])
 	return s, nil
-}
-
-// encodeTime keeps the zero time distinct: its UnixNano is not defined.
-func encodeTime(t time.Time) int64 {
-	if t.IsZero() {
-		return math.MinInt64
-	}
-	return t.UnixNano()
-}
-
-func decodeTime(n int64) time.Time {
-	if n == math.MinInt64 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
 }
 
 // Hold state layout: active flag | max | captured | channel outpoint key.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,7 +24,7 @@ import (
 // tree keyed by event id; only the 8-byte index values are scattered.
 // Like the contract buckets they are created by the first write.
 var (
-	bucketChargeLog   = []byte("chglog")   // big-endian position -> charge (see encodeCharge)
+	bucketChargeLog   = []byte("chglog")   // big-endian position -> charge (see hub.EncodeChargeRecord)
 	bucketChargeIDs   = []byte("chgids")   // provider || 0 || event id -> position
 	bucketChargeProv  = []byte("chgprov")  // provider || 0 || timeKey(charged) || position -> empty
 	bucketChargePayer = []byte("chgpayer") // payer || 0 || timeKey(charged) || position -> empty
@@ -34,78 +33,6 @@ var (
 )
 
 var _ hub.ChargeStore = (*Store)(nil)
-
-// Charge value layout: status | channel outpoint key | amount | fee |
-// contract | event time | charged (both as encodeTime) | then provider,
-// payer, event id and quantity, each a uvarint length and the bytes
-// (values written before quantity was kept end after the event id, and
-// read back with an empty one). The status and
-// channel come first at fixed offsets so RecordCharges and SetChargeStatus
-// can change them without decoding the rest.
-const (
-	cgStatus    = 0
-	cgChannel   = 1
-	cgAmount    = cgChannel + opKeyLen
-	cgFee       = cgAmount + 8
-	cgContract  = cgFee + 8
-	cgEventTime = cgContract + 32
-	cgCharged   = cgEventTime + 8
-	cgFixedLen  = cgCharged + 8
-)
-
-func encodeCharge(c hub.Charge, code byte) []byte {
-	b := make([]byte, cgFixedLen, cgFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
-	b[cgStatus] = code
-	if !isZeroOutPoint(c.Channel) {
-		copy(b[cgChannel:], c.Channel.Hash[:])
-		binary.BigEndian.PutUint32(b[cgChannel+chainHashLen:], c.Channel.Index)
-	}
-	binary.BigEndian.PutUint64(b[cgAmount:], uint64(c.Amount))
-	binary.BigEndian.PutUint64(b[cgFee:], uint64(c.Fee))
-	copy(b[cgContract:], c.Contract[:])
-	binary.BigEndian.PutUint64(b[cgEventTime:], uint64(encodeTime(c.EventTime)))
-	binary.BigEndian.PutUint64(b[cgCharged:], uint64(encodeTime(c.Charged)))
-	for _, s := range []string{c.Provider, c.Payer, c.EventID, c.Quantity} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
-	return b
-}
-
-var errBadCharge = errors.New("boltstore: malformed charge value")
-
-func decodeCharge(b []byte) (hub.Charge, error) {
-	var c hub.Charge
-	if len(b) < cgFixedLen {
-		return c, errBadCharge
-	}
-	st, ok := hub.ChargeStatusOf(b[cgStatus])
-	if !ok {
-		return c, fmt.Errorf("%w: status %q", errBadCharge, b[cgStatus])
-	}
-	c.Status = st
-	copy(c.Channel.Hash[:], b[cgChannel:])
-	c.Channel.Index = binary.BigEndian.Uint32(b[cgChannel+chainHashLen:])
-	c.Amount = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgAmount:]))
-	c.Fee = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgFee:]))
-	copy(c.Contract[:], b[cgContract:])
-	c.EventTime = decodeTime(int64(binary.BigEndian.Uint64(b[cgEventTime:])))
-	c.Charged = decodeTime(int64(binary.BigEndian.Uint64(b[cgCharged:])))
-	rest := b[cgFixedLen:]
-	for i, dst := range []*string{&c.Provider, &c.Payer, &c.EventID, &c.Quantity} {
-		if i == 3 && len(rest) == 0 {
-			break // written before quantities were kept
-		}
-		n, k := binary.Uvarint(rest)
-		if k <= 0 || n > uint64(len(rest)-k) {
-			return c, errBadCharge
-		}
-		// string() copies, so the charge outlives the transaction.
-		*dst = string(rest[k : k+int(n)])
-		rest = rest[k+int(n):]
-	}
-	return c, nil
-}
 
 // chargeID is the exactly-once key of a charge.
 func chargeID(provider, eventID string) []byte {
@@ -126,7 +53,7 @@ func partyKey(party string, t time.Time) []byte {
 
 // roundTrip returns t as the store gives it back: UTC, no monotonic
 // reading.
-func roundTrip(t time.Time) time.Time { return decodeTime(encodeTime(t)) }
+func roundTrip(t time.Time) time.Time { return hub.FromUnixNano(hub.UnixNano(t)) }
 
 func validateCharge(c hub.Charge) error {
 	switch {
@@ -198,8 +125,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		seen[string(p.id)] = i
 		p.stored = c
 		p.stored.EventTime, p.stored.Charged = roundTrip(c.EventTime), roundTrip(c.Charged)
-		code, _ := c.Status.Code()
-		p.doc = encodeCharge(c, code)
+		p.doc = hub.EncodeChargeRecord(c)
 		p.prov = partyKey(c.Provider, c.Charged)
 		p.payer = partyKey(c.Payer, c.Charged)
 		if c.Status == hub.ChargeOwed && !isZeroOutPoint(c.Channel) {
@@ -240,7 +166,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 				continue
 			}
 			if pos := ids.Get(p.id); pos != nil {
-				c, err := decodeCharge(log.Get(pos))
+				c, err := hub.DecodeChargeRecord(log.Get(pos))
 				if err != nil {
 					return fmt.Errorf("charge %q at %x: %w", p.id, pos, err)
 				}
@@ -259,12 +185,12 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 					// No channel to charge: the payer cannot pay.
 					stored.Status, stored.Channel = hub.ChargeUnpaid, wire.OutPoint{}
 					doc = bytes.Clone(doc)
-					doc[cgStatus] = 'u'
-					clear(doc[cgChannel : cgChannel+opKeyLen])
+					doc[hub.ChargeRecordStatus] = 'u'
+					clear(doc[hub.ChargeRecordChannel : hub.ChargeRecordChannel+opKeyLen])
 				case ch.owed > limit || amount > limit-ch.owed:
 					stored.Status = hub.ChargeUnpaid
 					doc = bytes.Clone(doc)
-					doc[cgStatus] = 'u'
+					doc[hub.ChargeRecordStatus] = 'u'
 				default:
 					ch.owed += amount
 					ch.dirty = true
@@ -375,14 +301,14 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 		}
 		for i, p := range pos {
 			cur := log.Get(p)
-			if len(cur) < cgFixedLen {
-				return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], errBadCharge)
+			if len(cur) < hub.ChargeRecordFixedLen {
+				return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], hub.ErrBadChargeRecord)
 			}
-			if cur[cgStatus] == code {
+			if cur[hub.ChargeRecordStatus] == code {
 				continue
 			}
 			next := bytes.Clone(cur)
-			next[cgStatus] = code
+			next[hub.ChargeRecordStatus] = code
 			if err := log.Put(p, next); err != nil {
 				return err
 			}
@@ -421,7 +347,7 @@ func (s *Store) Charge(ctx context.Context, provider, eventID string) (hub.Charg
 			return fmt.Errorf("%w: charge %s/%s", hub.ErrNotFound, provider, eventID)
 		}
 		var err error
-		if c, err = decodeCharge(tx.Bucket(bucketChargeLog).Get(pos)); err != nil {
+		if c, err = hub.DecodeChargeRecord(tx.Bucket(bucketChargeLog).Get(pos)); err != nil {
 			return fmt.Errorf("charge %s/%s: %w", provider, eventID, err)
 		}
 		return nil
@@ -466,7 +392,7 @@ func (s *Store) chargesBy(ctx context.Context, bucket []byte, party string, from
 				return fmt.Errorf("boltstore: charge index key %x has the wrong length", k)
 			}
 			pos := k[len(start):]
-			ch, err := decodeCharge(log.Get(pos))
+			ch, err := hub.DecodeChargeRecord(log.Get(pos))
 			if err != nil {
 				return fmt.Errorf("charge at %x: %w", pos, err)
 			}
@@ -492,7 +418,7 @@ func owedIndex(tx *bolt.Tx) (*bolt.Bucket, error) {
 		return b, nil
 	}
 	err = log.ForEach(func(pos, v []byte) error {
-		if len(v) > cgStatus && v[cgStatus] == 'o' {
+		if len(v) > hub.ChargeRecordStatus && v[hub.ChargeRecordStatus] == 'o' {
 			return b.Put(bytes.Clone(pos), []byte{})
 		}
 		return nil
@@ -527,7 +453,7 @@ func (s *Store) OwedCharges(ctx context.Context) ([]hub.Charge, error) {
 			return nil
 		}
 		return idx.ForEach(func(pos, _ []byte) error {
-			c, err := decodeCharge(log.Get(pos))
+			c, err := hub.DecodeChargeRecord(log.Get(pos))
 			if err != nil {
 				return fmt.Errorf("charge at %x: %w", pos, err)
 			}

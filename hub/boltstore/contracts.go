@@ -28,7 +28,7 @@ var _ hub.ContractStore = (*Store)(nil)
 // encodeTime maps to the smallest int64) sort first rather than last.
 func timeKey(t time.Time) []byte {
 	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(encodeTime(t))^1<<63)
+	binary.BigEndian.PutUint64(b[:], uint64(hub.UnixNano(t))^1<<63)
 	return b[:]
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
@@ -18,7 +17,7 @@ import (
 )
 
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
-// charge document, see encodeCharge), chgo (sorted set of the ids of the
+// charge document, see hub.EncodeChargeRecord), chgo (sorted set of the ids of the
 // charges now owed, scored by a per-store sequence so they list in
 // recording order), chgp:<provider> and chgy:<payer>
 // (sorted sets, every score 0, of time key || provider || 0 || event id,
@@ -39,95 +38,15 @@ func (s *Store) owedKey() string              { return s.prefix + "chgo" }
 func (s *Store) providerKey(p string) string  { return s.prefix + "chgp:" + p }
 func (s *Store) payerKey(payer string) string { return s.prefix + "chgy:" + payer }
 
-// Charge document layout: status | channel (txid, big-endian index) |
-// amount | fee | contract | event time | charged (unix ns, MinInt64 for the
-// zero time) | then provider, payer, event id and quantity, each a uvarint
-// length and the bytes (documents written before quantity was kept end
-// after the event id and read back with an empty one). The status and channel come first at fixed offsets so the
-// scripts can rewrite them without decoding the rest.
-const (
-	cgStatus    = 0
-	cgChannel   = 1
-	cgAmount    = cgChannel + 36
-	cgFee       = cgAmount + 8
-	cgContract  = cgFee + 8
-	cgEventTime = cgContract + 32
-	cgCharged   = cgEventTime + 8
-	cgFixedLen  = cgCharged + 8
-)
-
-var errBadCharge = errors.New("redisstore: malformed charge document")
-
-// unixNano keeps the zero time distinct: its UnixNano is not defined.
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return math.MinInt64
-	}
-	return t.UnixNano()
-}
-
-func fromUnixNano(n int64) time.Time {
-	if n == math.MinInt64 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
 // timeKey is t as 8 bytes that sort in time order (sign bit flipped).
 func timeKey(t time.Time) []byte {
 	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(unixNano(t))^1<<63)
+	binary.BigEndian.PutUint64(b[:], uint64(hub.UnixNano(t))^1<<63)
 	return b[:]
 }
 
-func encodeCharge(c hub.Charge, code byte) []byte {
-	b := make([]byte, cgFixedLen, cgFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
-	b[cgStatus] = code
-	copy(b[cgChannel:], c.Channel.Hash[:])
-	binary.BigEndian.PutUint32(b[cgChannel+32:], c.Channel.Index)
-	binary.BigEndian.PutUint64(b[cgAmount:], uint64(c.Amount))
-	binary.BigEndian.PutUint64(b[cgFee:], uint64(c.Fee))
-	copy(b[cgContract:], c.Contract[:])
-	binary.BigEndian.PutUint64(b[cgEventTime:], uint64(unixNano(c.EventTime)))
-	binary.BigEndian.PutUint64(b[cgCharged:], uint64(unixNano(c.Charged)))
-	for _, s := range []string{c.Provider, c.Payer, c.EventID, c.Quantity} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
-	return b
-}
-
 func decodeCharge(doc string) (hub.Charge, error) {
-	var c hub.Charge
-	if len(doc) < cgFixedLen {
-		return c, errBadCharge
-	}
-	b := []byte(doc)
-	st, ok := hub.ChargeStatusOf(b[cgStatus])
-	if !ok {
-		return c, fmt.Errorf("%w: status %q", errBadCharge, b[cgStatus])
-	}
-	c.Status = st
-	copy(c.Channel.Hash[:], b[cgChannel:])
-	c.Channel.Index = binary.BigEndian.Uint32(b[cgChannel+32:])
-	c.Amount = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgAmount:]))
-	c.Fee = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[cgFee:]))
-	copy(c.Contract[:], b[cgContract:])
-	c.EventTime = fromUnixNano(int64(binary.BigEndian.Uint64(b[cgEventTime:])))
-	c.Charged = fromUnixNano(int64(binary.BigEndian.Uint64(b[cgCharged:])))
-	rest := b[cgFixedLen:]
-	for i, dst := range []*string{&c.Provider, &c.Payer, &c.EventID, &c.Quantity} {
-		if i == 3 && len(rest) == 0 {
-			break // written before quantities were kept
-		}
-		n, k := binary.Uvarint(rest)
-		if k <= 0 || n > uint64(len(rest)-k) {
-			return c, errBadCharge
-		}
-		*dst = string(rest[k : k+int(n)])
-		rest = rest[k+int(n):]
-	}
-	return c, nil
+	return hub.DecodeChargeRecord([]byte(doc))
 }
 
 // chargeID is the exactly-once key of a charge.
@@ -171,13 +90,12 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		if err := validateCharge(c); err != nil {
 			return nil, err
 		}
-		code, _ := c.Status.Code()
 		id := chargeID(c.Provider, c.EventID)
 		op := ""
 		if c.Status == hub.ChargeOwed && c.Channel != (wire.OutPoint{}) {
 			op = c.Channel.String()
 		}
-		args = append(args, id, encodeCharge(c, code), op, fmtMsat(c.Amount), c.Provider, c.Payer,
+		args = append(args, id, hub.EncodeChargeRecord(c), op, fmtMsat(c.Amount), c.Provider, c.Payer,
 			string(timeKey(c.Charged))+id)
 	}
 	res, err := scriptReply(ctx, s.rdb, chargesScript, []string{s.chargesKey(), s.fundKey(), s.owedKey(), s.owedKey() + "seq"}, args...)
@@ -206,7 +124,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		}
 		c := cs[i]
 		c.Status = st
-		c.EventTime, c.Charged = fromUnixNano(unixNano(c.EventTime)), fromUnixNano(unixNano(c.Charged))
+		c.EventTime, c.Charged = hub.FromUnixNano(hub.UnixNano(c.EventTime)), hub.FromUnixNano(hub.UnixNano(c.Charged))
 		if len(r) > 2 && r[2] == 'x' {
 			c.Channel = wire.OutPoint{}
 		}

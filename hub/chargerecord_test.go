@@ -1,0 +1,51 @@
+package hub
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/wire"
+)
+
+func TestChargeRecord(t *testing.T) {
+	c := Charge{
+		Provider: "cp-1", EventID: "ev-1", Payer: "car-1", Contract: Hash{1, 2}, Amount: 12_345, Fee: 67,
+		Channel: wire.OutPoint{Hash: [32]byte{9}, Index: 3}, Status: ChargeOwed, Quantity: "1.5",
+		EventTime: time.Date(2026, 6, 10, 8, 0, 0, 1, time.UTC), Charged: time.Date(2026, 6, 10, 8, 0, 1, 0, time.UTC),
+	}
+	t.Run("RoundTrip", func(t *testing.T) {
+		got, err := DecodeChargeRecord(EncodeChargeRecord(c))
+		if err != nil || got != c {
+			t.Fatalf("got %+v, %v; want %+v", got, err, c)
+		}
+	})
+	t.Run("ZeroTimesStayZero", func(t *testing.T) {
+		z := c
+		z.EventTime, z.Charged = time.Time{}, time.Time{}
+		got, err := DecodeChargeRecord(EncodeChargeRecord(z))
+		if err != nil || !got.EventTime.IsZero() || !got.Charged.IsZero() {
+			t.Fatalf("got %+v, %v", got, err)
+		}
+	})
+	t.Run("RecordWithoutQuantity", func(t *testing.T) {
+		old := c
+		old.Quantity = ""
+		b := EncodeChargeRecord(old)
+		b = b[:len(b)-1] // records written before quantities end after the event id
+		got, err := DecodeChargeRecord(b)
+		if err != nil || got != old {
+			t.Fatalf("got %+v, %v; want %+v", got, err, old)
+		}
+	})
+	t.Run("ErrBadChargeRecord", func(t *testing.T) {
+		b := EncodeChargeRecord(c)
+		bad := append([]byte(nil), b...)
+		bad[ChargeRecordStatus] = 'x'
+		for name, in := range map[string][]byte{"Short": b[:ChargeRecordFixedLen-1], "Status": bad, "Truncated": b[:len(b)-2]} {
+			if _, err := DecodeChargeRecord(in); !errors.Is(err, ErrBadChargeRecord) {
+				t.Errorf("%s: err = %v", name, err)
+			}
+		}
+	})
+}
