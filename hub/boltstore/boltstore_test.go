@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,23 +94,8 @@ const childDirEnv = "BOLTSTORE_TEST_CHILD_DIR"
 // intact. While the child runs, a second open must fail with ErrLocked.
 func TestKillNineKeepsAcknowledgedWrites(t *testing.T) {
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestChildWriter$", "-test.count=1")
-	cmd.Env = append(os.Environ(), childDirEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killed := false
-	defer func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
+	proc := startChild(t, "TestChildWriter", childDirEnv+"="+dir)
+	out := proc.out
 
 	// The child prints "acked <seq> <hash>" after each Apply returns nil.
 	acked := map[uint64]string{}
@@ -126,10 +112,7 @@ func TestKillNineKeepsAcknowledgedWrites(t *testing.T) {
 	if _, err := boltstore.New(boltstore.Config{Path: dir, OpenTimeout: 100 * time.Millisecond}); !errors.Is(err, boltstore.ErrLocked) {
 		t.Fatalf("New while another process holds the file: error = %v, want ErrLocked", err)
 	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killed = true
+	proc.kill(t)
 	// Acknowledgements already in the pipe were acknowledged before the
 	// kill too.
 	for sc.Scan() {
@@ -137,7 +120,7 @@ func TestKillNineKeepsAcknowledgedWrites(t *testing.T) {
 			acked[seq] = hash
 		}
 	}
-	cmd.Wait()
+	proc.wait()
 
 	s := mustOpen(t, dir)
 	defer s.Close()
@@ -240,3 +223,47 @@ func BenchmarkApplyPayment(b *testing.B) {
 	defer s.Close()
 	storetest.BenchApplyPayment(b, s, 4096, 128)
 }
+
+// child is this test binary re-run as a writer process that a test kills
+// with SIGKILL mid-stream.
+type child struct {
+	cmd    *exec.Cmd
+	out    io.Reader
+	killed bool
+}
+
+// startChild runs the test named test in a child process with env set, its
+// stdout readable through out; the child is killed when t ends if the test
+// did not kill it.
+func startChild(t *testing.T, test string, env string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, out: out}
+	t.Cleanup(func() {
+		if !c.killed {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+		}
+	})
+	return c
+}
+
+// kill sends SIGKILL; the caller then drains out and calls wait.
+func (c *child) kill(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.killed = true
+}
+
+func (c *child) wait() { c.cmd.Wait() }

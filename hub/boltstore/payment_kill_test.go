@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,23 +44,8 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestChildPayer$", "-test.count=1")
-	cmd.Env = append(os.Environ(), payChildDirEnv+"="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killed := false
-	defer func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	}()
+	proc := startChild(t, "TestChildPayer", payChildDirEnv+"="+dir)
+	out := proc.out
 
 	// The child prints "try <op> <seq>" before each ApplyPayment and
 	// "acked <op> <seq>" after one returns nil.
@@ -92,15 +76,12 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 	if nAcked < killAfter {
 		t.Fatalf("child stopped after %d acknowledged payments: %v", nAcked, sc.Err())
 	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	killed = true
+	proc.kill(t)
 	// Lines already in the pipe were written before the kill.
 	for sc.Scan() {
 		read(sc.Text())
 	}
-	cmd.Wait()
+	proc.wait()
 
 	s = mustOpen(t, dir)
 	defer s.Close()
