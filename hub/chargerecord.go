@@ -18,8 +18,10 @@ var ErrBadChargeRecord = errors.New("hub: malformed charge record")
 // fields): status code | channel (txid, big-endian index) | amount | fee |
 // contract | event time | charged (unix ns, MinInt64 for the zero time) |
 // then provider, payer, event id and quantity, each a uvarint length and the
-// bytes. Records written before quantities were kept end after the event id
-// and decode with an empty one. Status and channel come first at fixed
+// bytes, then the 32-byte event digest when it is not zero. Records written
+// before quantities were kept end after the event id and decode with an
+// empty one; records written before digests were kept end after the
+// quantity and decode with a zero one. Status and channel come first at fixed
 // offsets so a store (or a Redis script) can rewrite them in place without
 // decoding the rest.
 const (
@@ -39,7 +41,7 @@ const (
 func EncodeChargeRecord(c Charge) []byte {
 	code, _ := c.Status.Code()
 	b := make([]byte, ChargeRecordFixedLen,
-		ChargeRecordFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity))
+		ChargeRecordFixedLen+4*binary.MaxVarintLen16+len(c.Provider)+len(c.Payer)+len(c.EventID)+len(c.Quantity)+len(c.Digest))
 	b[ChargeRecordStatus] = code
 	copy(b[ChargeRecordChannel:], c.Channel.Hash[:])
 	binary.BigEndian.PutUint32(b[ChargeRecordChannel+32:], c.Channel.Index)
@@ -51,6 +53,9 @@ func EncodeChargeRecord(c Charge) []byte {
 	for _, s := range []string{c.Provider, c.Payer, c.EventID, c.Quantity} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	if c.Digest != (Hash{}) {
+		b = append(b, c.Digest[:]...)
 	}
 	return b
 }
@@ -86,6 +91,13 @@ func DecodeChargeRecord(b []byte) (Charge, error) {
 		// string() copies, so the charge outlives a store transaction.
 		*dst = string(rest[k : k+int(n)])
 		rest = rest[k+int(n):]
+	}
+	switch len(rest) {
+	case 0: // no digest: written before digests were kept
+	case len(c.Digest):
+		copy(c.Digest[:], rest)
+	default:
+		return c, ErrBadChargeRecord
 	}
 	return c, nil
 }

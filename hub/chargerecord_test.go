@@ -11,7 +11,7 @@ import (
 func TestChargeRecord(t *testing.T) {
 	c := Charge{
 		Provider: "cp-1", EventID: "ev-1", Payer: "car-1", Contract: Hash{1, 2}, Amount: 12_345, Fee: 67,
-		Channel: wire.OutPoint{Hash: [32]byte{9}, Index: 3}, Status: ChargeOwed, Quantity: "1.5",
+		Channel: wire.OutPoint{Hash: [32]byte{9}, Index: 3}, Status: ChargeOwed, Quantity: "1.5", Digest: Hash{7, 0, 7},
 		EventTime: time.Date(2026, 6, 10, 8, 0, 0, 1, time.UTC), Charged: time.Date(2026, 6, 10, 8, 0, 1, 0, time.UTC),
 	}
 	t.Run("RoundTrip", func(t *testing.T) {
@@ -28,9 +28,21 @@ func TestChargeRecord(t *testing.T) {
 			t.Fatalf("got %+v, %v", got, err)
 		}
 	})
+	t.Run("RecordWithoutDigest", func(t *testing.T) {
+		old := c
+		old.Digest = Hash{}
+		b := EncodeChargeRecord(old)
+		if len(b) != len(EncodeChargeRecord(c))-len(c.Digest) {
+			t.Fatalf("a record without a digest is %d bytes", len(b))
+		}
+		got, err := DecodeChargeRecord(b)
+		if err != nil || got != old {
+			t.Fatalf("got %+v, %v; want %+v", got, err, old)
+		}
+	})
 	t.Run("RecordWithoutQuantity", func(t *testing.T) {
 		old := c
-		old.Quantity = ""
+		old.Quantity, old.Digest = "", Hash{}
 		b := EncodeChargeRecord(old)
 		b = b[:len(b)-1] // records written before quantities end after the event id
 		got, err := DecodeChargeRecord(b)

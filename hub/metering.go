@@ -28,6 +28,10 @@ const (
 	RejectContractMismatch = "contract-mismatch"
 	RejectSecurity         = "security-freeze"
 	RejectNoHold           = "no-hold"
+	// RejectIDConflict: the event's (provider, id) was charged before
+	// for other content. The id is charged once, so this event is not;
+	// it is dead-lettered rather than taken for a redelivery.
+	RejectIDConflict = "id-conflict"
 )
 
 // Unpaid reasons sent to providers in enforcement messages.
@@ -66,6 +70,11 @@ type UsageEvent struct {
 	// Usage holds the data fields; Device, Provider, EventTime and
 	// CumulativeMB are set by charging, never taken from the provider.
 	Usage contracts.Usage
+	// Digest identifies the event's content (metering.Digest). A
+	// redelivery has the same one; another event reusing the id has not
+	// and is refused with RejectIDConflict. Zero when unknown: such an
+	// event is compared by payer, contract, time and quantity instead.
+	Digest Hash
 }
 
 // ChargeOutcome is what charging did with one event.

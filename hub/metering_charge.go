@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
@@ -113,6 +114,14 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 		p := plans[i]
 		o := &out[p.idx]
 		o.Status, o.Amount = r.Stored.Status, r.Stored.Amount
+		if r.Duplicate && !sameEvent(r.Stored, p.charge) {
+			// Another event under a charged id: never taken for a
+			// redelivery (that would drop it unseen), never charged
+			// twice; the provider sees it dead-lettered.
+			dups = append(dups, p)
+			*o = ChargeOutcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}
+			continue
+		}
 		if r.Duplicate {
 			o.Duplicate = true
 			dups = append(dups, p)
@@ -164,6 +173,33 @@ func (c *Charging) ChargeUsage(ctx context.Context, evs []UsageEvent) ([]ChargeO
 	}
 	c.observeRejected(out)
 	return out, nil
+}
+
+// sameEvent reports whether c, a charge about to be recorded, comes from
+// the same event as stored, the charge already recorded under its
+// (Provider, EventID): the same content digest, or, when either digest is
+// unknown (a charge recorded before digests were kept), the same payer,
+// contract, event time and quantity.
+func sameEvent(stored, c Charge) bool {
+	if stored.Digest != (Hash{}) && c.Digest != (Hash{}) {
+		return stored.Digest == c.Digest
+	}
+	return stored.Payer == c.Payer && stored.Contract == c.Contract && stored.EventTime.Equal(c.EventTime) &&
+		(stored.Quantity == "" || c.Quantity == "" || stored.Quantity == c.Quantity)
+}
+
+// conflictDetail explains a RejectIDConflict for the provider's operator.
+func conflictDetail(stored, c Charge) string {
+	what := fmt.Sprintf("event id %q", c.EventID)
+	if session, ok := strings.CutPrefix(c.EventID, holdEventID("")); ok {
+		what = fmt.Sprintf("conditional release session %q", session)
+	}
+	if stored.Digest != (Hash{}) && c.Digest != (Hash{}) {
+		return fmt.Sprintf("%s was charged at %s for other content (digest %s, this event's %s); an id is charged once: send new usage under a new id",
+			what, stored.Charged.Format(time.RFC3339), stored.Digest, c.Digest)
+	}
+	return fmt.Sprintf("%s was charged at %s for another payer, contract, time or quantity; an id is charged once: send new usage under a new id",
+		what, stored.Charged.Format(time.RFC3339))
 }
 
 // planBatch checks and prices every event, filling out for the rejected
@@ -253,7 +289,7 @@ func (c *Charging) planOne(ctx context.Context, ev *UsageEvent, now time.Time, h
 	}
 	p.charge = Charge{
 		Provider: ev.Provider, EventID: ev.ID, Payer: ev.Payer, Contract: ev.Contract,
-		Status: ChargeOwed, EventTime: ev.Time.UTC(), Charged: now.UTC(),
+		Status: ChargeOwed, EventTime: ev.Time.UTC(), Charged: now.UTC(), Digest: ev.Digest,
 	}
 	if k.Kind == contracts.KindConditionalRelease && u.End.IsZero() {
 		// Start of a job: hold the contract's amount until the end

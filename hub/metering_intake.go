@@ -48,5 +48,6 @@ func toUsageEvent(e *metering.Event) (UsageEvent, error) {
 	if n, err := hex.Decode(h[:], []byte(e.Data.Contract)); err != nil || n != len(h) {
 		return UsageEvent{}, fmt.Errorf("%w: contract %q", ErrInvalid, e.Data.Contract)
 	}
-	return UsageEvent{ID: e.ID, Provider: e.Source, Payer: e.Subject, Contract: h, Time: u.EventTime, Usage: u}, nil
+	return UsageEvent{ID: e.ID, Provider: e.Source, Payer: e.Subject, Contract: h, Time: u.EventTime, Usage: u,
+		Digest: metering.Digest(e)}, nil
 }

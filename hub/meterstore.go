@@ -98,12 +98,19 @@ type Charge struct {
 	// billing window (bandwidth, in MB); empty otherwise. Charging sums
 	// it to rebuild a window's volume after a restart.
 	Quantity string `json:"quantity,omitempty"`
+	// Digest identifies the content of the event the charge was made
+	// from (metering.Digest: its canonical form without the signature),
+	// so that another event under the same (Provider, EventID) is told
+	// apart from a redelivery. Zero in charges recorded
+	// before digests were kept.
+	Digest Hash `json:"digest"`
 }
 
 // ChargeResult tells a caller of RecordCharges what happened to one charge.
 type ChargeResult struct {
 	// Duplicate is true when (Provider, EventID) was recorded before: the
-	// stored charge is returned in Stored and nothing changed.
+	// stored charge (with its own Digest, which may differ from the one
+	// offered) is returned in Stored and nothing changed.
 	Duplicate bool
 	Stored    Charge
 }

@@ -49,6 +49,7 @@ var (
 	ErrSourceMismatch = errors.New("metering: event source is not the publishing provider")
 	ErrUnknownSource  = errors.New("metering: unknown provider")
 	ErrSourceInactive = errors.New("metering: provider not active")
+	ErrBadMsgID       = errors.New("metering: Nats-Msg-Id is not the message's own")
 )
 
 // Dead-letter reason codes (header M2M-Reason). Codes the Charger reports
@@ -67,6 +68,7 @@ const (
 	ReasonSourceMismatch = "source-mismatch"
 	ReasonUnknownSource  = "unknown-provider"
 	ReasonSourceInactive = "provider-inactive"
+	ReasonMsgID          = "bad-msg-id"
 	ReasonOther          = "rejected"
 )
 
@@ -81,6 +83,7 @@ func Reason(err error) string {
 		{ErrTooOld, ReasonTooOld}, {ErrBadQuantity, ReasonQuantity}, {ErrBadContract, ReasonContract},
 		{ErrBadSignature, ReasonSignature}, {ErrSourceMismatch, ReasonSourceMismatch},
 		{ErrUnknownSource, ReasonUnknownSource}, {ErrSourceInactive, ReasonSourceInactive},
+		{ErrBadMsgID, ReasonMsgID},
 	} {
 		if errors.Is(err, r.err) {
 			return r.code

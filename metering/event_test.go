@@ -244,13 +244,24 @@ func TestReason(t *testing.T) {
 }
 
 func TestMsgID(t *testing.T) {
-	a, b := testEvent("a"), testEvent("b")
-	if got := metering.MsgID([]metering.Event{a}); got != "a" {
-		t.Fatalf("single: %q", got)
+	body := []byte(`{"id":"session-413"}`)
+	id := metering.MsgID("dev-a", body, "")
+	hexPart, ok := strings.CutPrefix(id, "dev-a/")
+	if !ok || len(hexPart) != 64 {
+		t.Fatalf("id %q must be the provider, a slash and 64 hex", id)
 	}
-	ab := metering.MsgID([]metering.Event{a, b})
-	if len(ab) != 64 || ab == metering.MsgID([]metering.Event{b, a}) {
-		t.Fatalf("batch id %q must be 64 hex and depend on order", ab)
+	if metering.MsgID("dev-a", body, "") != id {
+		t.Fatal("the same message must keep its id (retries are de-duplicated on it)")
+	}
+	// Another provider, other bytes or another batch signature: another id.
+	for _, other := range []string{
+		metering.MsgID("dev-b", body, ""),
+		metering.MsgID("dev-a", []byte(`{"id":"session-414"}`), ""),
+		metering.MsgID("dev-a", body, strings.Repeat("ab", 64)),
+	} {
+		if other == id {
+			t.Fatalf("%q collides with %q", other, id)
+		}
 	}
 }
 

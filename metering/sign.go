@@ -54,19 +54,27 @@ func Verify(e *Event, pub *btcec.PublicKey) error {
 	return nil
 }
 
-// MsgID returns the Nats-Msg-Id a provider sets on a message carrying evs:
-// the event id for one event, else the hex SHA-256 of the concatenated ids.
-// A retry of the same batch carries the same id, so JetStream's duplicate
-// window drops it.
-func MsgID(evs []Event) string {
-	if len(evs) == 1 {
-		return evs[0].ID
-	}
+// MsgID returns the Nats-Msg-Id of a usage message that provider
+// publishes with body and the M2M-Batch-Sig header value batchSig (empty
+// when the message has none):
+//
+//	<provider>/hex(SHA256(batchSig || 0x0A || body))
+//
+// JetStream de-duplicates on this header across the whole usage stream,
+// so the id is scoped to its provider and commits to the exact bytes
+// published, signatures included. A retry of the same message carries the
+// same id, so the stream's duplicate window drops it; nobody without the
+// provider's key can compute the id of a message before the provider
+// publishes it (it covers the provider's signatures), so no other
+// provider can occupy it and have the provider's message answered as a
+// duplicate. The intake refuses a message whose header is not this value.
+// A newline cannot occur in a header value, so the input is unambiguous.
+func MsgID(provider string, body []byte, batchSig string) string {
 	h := sha256.New()
-	for i := range evs {
-		h.Write([]byte(evs[i].ID))
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	h.Write([]byte(batchSig))
+	h.Write([]byte{'\n'})
+	h.Write(body)
+	return provider + "/" + hex.EncodeToString(h.Sum(nil))
 }
 
 // BatchSigTag is the BIP-340 tag of a batch signature's digest.

@@ -120,10 +120,11 @@ func (m *Meter) Close() error {
 }
 
 // Meter signs events (setting their source, spec version and type) and
-// publishes them in batches, each with its Nats-Msg-Id (metering.MsgID),
-// retrying a batch with the same ids until JetStream acknowledges it: a
-// retry the stream already holds is dropped by its dedup window, and one
-// past it by the hub's own record of charged events. A message of several
+// publishes them in batches, each with its Nats-Msg-Id (metering.MsgID:
+// this provider's id and a hash of the signed bytes), retrying a batch
+// unchanged until JetStream acknowledges it: a retry the stream already
+// holds is dropped by its dedup window, and one past it by the hub's own
+// record of charged events. A message of several
 // events carries one batch signature (header M2M-Batch-Sig) instead of one
 // signature per event, unless EventSignatures is set; a lone event is
 // signed itself. It returns once every batch is acknowledged, or ctx's
@@ -156,7 +157,7 @@ func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 				return fmt.Errorf("m2mclient: sign batch: %w", err)
 			}
 		}
-		if err := m.publish(ctx, body, metering.MsgID(events[start:end]), batchSig); err != nil {
+		if err := m.publish(ctx, body, batchSig); err != nil {
 			return err
 		}
 		start = end
@@ -188,15 +189,30 @@ func (m *Meter) batch(events []metering.Event, start int) (int, []byte, error) {
 	}
 }
 
-func (m *Meter) publish(ctx context.Context, body []byte, msgID, batchSig string) error {
+// publish sends one message until JetStream has it. A PubAck marked
+// Duplicate counts as stored: the id commits to this provider and to the
+// exact bytes, signatures included, so the message the stream already
+// holds under it is this one, published before (a retry whose first
+// acknowledgement was lost, or a resend after a restart); no other
+// provider can compute the id before this one publishes it.
+func (m *Meter) publish(ctx context.Context, body []byte, batchSig string) error {
 	msg := nats.NewMsg(metering.UsageSubject(m.cfg.ProviderID))
 	msg.Data = body
 	if batchSig != "" {
 		msg.Header.Set(metering.HeaderBatchSig, batchSig)
 	}
+	msgID := metering.MsgID(m.cfg.ProviderID, body, batchSig)
 	for {
-		_, err := m.js.PublishMsg(msg, nats.MsgId(msgID), nats.Context(ctx))
+		ack, err := m.js.PublishMsg(msg, nats.MsgId(msgID), nats.Context(ctx))
+		if err == nil && ack.Stream != metering.UsageStream {
+			// The hub consumes only M2M_USAGE: a message stored
+			// elsewhere would never be charged.
+			return fmt.Errorf("m2mclient: usage stored in stream %q, not %s", ack.Stream, metering.UsageStream)
+		}
 		if err == nil {
+			if ack.Duplicate {
+				m.log.Debug("usage batch already stored", "msg_id", msgID, "seq", ack.Sequence)
+			}
 			return nil
 		}
 		m.log.Debug("usage batch not acknowledged, retrying", "msg_id", msgID, "err", err)

@@ -35,7 +35,7 @@ func TestBatchSignature(t *testing.T) {
 		}
 		m := nats.NewMsg(metering.UsageSubject(a.dev.ID))
 		m.Data = body
-		m.Header.Set(jetstream.MsgIDHeader, metering.MsgID(evs))
+		m.Header.Set(jetstream.MsgIDHeader, metering.MsgID(a.dev.ID, body, sig))
 		if sig != "" {
 			m.Header.Set(metering.HeaderBatchSig, sig)
 		}

@@ -81,7 +81,7 @@ func BenchmarkIntake(b *testing.B) {
 		}
 		msg := nats.NewMsg(metering.UsageSubject(p.dev.ID))
 		msg.Data = body
-		msg.Header.Set(jetstream.MsgIDHeader, metering.MsgID(evs))
+		msg.Header.Set(jetstream.MsgIDHeader, metering.MsgID(p.dev.ID, body, ""))
 		bodies[m] = msg
 	}
 	b.ResetTimer()

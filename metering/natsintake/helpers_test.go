@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,7 +176,8 @@ func (e *env) publish(js jetstream.JetStream, subject string, evs ...metering.Ev
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return e.publishRaw(js, subject, body, metering.MsgID(evs))
+	provider := strings.TrimPrefix(subject, "usage.")
+	return e.publishRaw(js, subject, body, metering.MsgID(provider, body, ""))
 }
 
 func (e *env) publishRaw(js jetstream.JetStream, subject string, body []byte, msgID string) *jetstream.PubAck {

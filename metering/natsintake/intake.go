@@ -1,9 +1,10 @@
 // Package natsintake consumes providers' usage events from NATS JetStream:
 // a durable pull consumer on M2M_USAGE whose workers parse each message,
 // check that every event comes from the provider whose subject carried it,
-// verify its signature against the provider's registered key, validate it,
-// and hand the valid events to a Charger. Rejected events go to the
-// dead-letter stream with their reason. A message is acknowledged only
+// check that the message's Nats-Msg-Id is the one its provider and bytes
+// give (metering.MsgID), verify its signature against the provider's
+// registered key, validate it, and hand the valid events to a Charger.
+// Rejected events go to the dead-letter stream with their reason. A message is acknowledged only
 // after the Charger returned (every outcome durable) and its dead letters
 // are stored; any failure before that naks it, and JetStream redelivers it.
 package natsintake
@@ -320,6 +321,9 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 	if perr != nil && !errors.Is(perr, metering.ErrUnknownSource) && !errors.Is(perr, metering.ErrSourceInactive) {
 		return 0, perr // the registry is unreachable: try again later
 	}
+	if perr == nil {
+		perr = checkMsgID(msg, provider)
+	}
 	// A batch signature, when present, authenticates every event of the
 	// message with one BIP-340 check instead of one per event. If it is
 	// present but wrong, the whole message is refused: nothing in it is
@@ -379,6 +383,25 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 		in.st.duplicates.Add(dups)
 	}
 	return len(evs), in.publishDead(ctx, dead)
+}
+
+// checkMsgID refuses a message whose Nats-Msg-Id is not the one
+// metering.MsgID computes from its subject's provider, body and batch
+// signature. JetStream de-duplicates on the header across every
+// provider's subject, so a header any other way could be a copy of another
+// provider's id (or predictable by one) and get a message answered as a
+// duplicate without ever reaching the hub. A message without the header is
+// accepted: it claims no de-duplication, and the charge store's record of
+// (provider, event id) still catches a retry.
+func checkMsgID(msg jetstream.Msg, provider string) error {
+	got := msg.Headers().Get(jetstream.MsgIDHeader)
+	if got == "" {
+		return nil
+	}
+	if want := metering.MsgID(provider, msg.Data(), msg.Headers().Get(metering.HeaderBatchSig)); got != want {
+		return fmt.Errorf("%w: %q, want %q (provider/SHA-256 of batch signature, newline, body)", metering.ErrBadMsgID, got, want)
+	}
+	return nil
 }
 
 // verifyOne checks an event's own signature unless a verified batch
