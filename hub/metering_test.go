@@ -316,6 +316,66 @@ func TestChargingDuplicates(t *testing.T) {
 	env.payRequest(120_000)
 }
 
+// TestChargingIDConflict: an event under an id the provider was charged
+// for, with other content, is neither charged nor taken for a
+// redelivery: it is rejected id-conflict (the intake dead-letters it),
+// also after a restart; the true redelivery stays a duplicate.
+func TestChargingIDConflict(t *testing.T) {
+	checkLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	k := env.publish("toll")
+	first := env.event(k, "toll", "session-413")
+	first.Digest = hub.Hash{1}
+	other := first
+	other.Digest = hub.Hash{2}
+	other.Time = first.Time.Add(time.Minute)
+	out := env.charge(first, other)
+	if !out[0].Charged || out[1].Rejected != hub.RejectIDConflict || out[1].Duplicate || out[1].Charged {
+		t.Fatalf("same id, other content in one batch: %+v", out)
+	}
+	if !strings.Contains(out[1].Detail, `"session-413"`) {
+		t.Fatalf("detail %q does not name the id", out[1].Detail)
+	}
+	env.restart()
+	t.Cleanup(func() { env.chg.Close() })
+	out = env.charge(other, first)
+	if out[0].Rejected != hub.RejectIDConflict || !out[1].Duplicate {
+		t.Fatalf("after a restart: %+v, want id-conflict then duplicate", out)
+	}
+	// Without digests (charges recorded before they were kept), the
+	// payer, contract, time and quantity tell the events apart.
+	legacy := env.event(k, "toll", "legacy-1")
+	moved := legacy
+	moved.Time = legacy.Time.Add(time.Second)
+	out = env.charge(legacy)
+	if !out[0].Charged {
+		t.Fatalf("legacy %+v", out)
+	}
+	out = env.charge(legacy, moved)
+	if !out[0].Duplicate || out[1].Rejected != hub.RejectIDConflict {
+		t.Fatalf("without digests: %+v, want duplicate then id-conflict", out)
+	}
+	// Charged once each: one request for the two passages.
+	env.payRequest(120_000)
+
+	t.Run("SecondStartOfAHeldSession", func(t *testing.T) {
+		env := newChargeEnv(t, 100_000_000)
+		t.Cleanup(func() { env.chg.Close() })
+		k := env.publish("conditional_release")
+		start := env.event(k, "conditional_release", "job-start")
+		start.Usage.Readings, start.Digest = nil, hub.Hash{3}
+		again := start
+		again.ID, again.Digest = "job-start-2", hub.Hash{4}
+		out := env.charge(start, again, start)
+		if !out[0].Charged || out[1].Rejected != hub.RejectIDConflict || !out[2].Duplicate {
+			t.Fatalf("%+v: want held, id-conflict, duplicate", out)
+		}
+		if !strings.Contains(out[1].Detail, `session "shipment-4411"`) {
+			t.Fatalf("detail %q does not name the session", out[1].Detail)
+		}
+	})
+}
+
 func TestChargingRejections(t *testing.T) {
 	checkLeaks(t)
 	env := newChargeEnv(t, 100_000_000)

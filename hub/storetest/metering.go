@@ -50,6 +50,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTes
 	t.Run("ContractsNewestFirst", func(t *testing.T) { testContractsNewestFirst(t, open(t)) })
 	t.Run("RecordChargesNew", func(t *testing.T) { testRecordChargesNew(t, open(t)) })
 	t.Run("RecordChargesDuplicate", func(t *testing.T) { testRecordChargesDuplicate(t, open(t)) })
+	t.Run("DuplicateKeepsFirstDigest", func(t *testing.T) { testDuplicateKeepsFirstDigest(t, open(t)) })
 	t.Run("OwedRaisedAtomically", func(t *testing.T) { testOwedRaisedAtomically(t, open(t)) })
 	t.Run("CreditLimitMakesUnpaid", func(t *testing.T) { testCreditLimitMakesUnpaid(t, open(t)) })
 	t.Run("UnknownChannel", func(t *testing.T) { testUnknownChannel(t, open(t)) })
@@ -193,6 +194,40 @@ func testRecordChargesDuplicate(t *testing.T, s MeteringStoreUnderTest) {
 	}
 	if len(got) != 2 {
 		t.Fatalf("ChargesByProvider = %d charges after duplicates, want 2", len(got))
+	}
+}
+
+// testDuplicateKeepsFirstDigest: a charge under a recorded (provider,
+// event id) but with another content digest is reported Duplicate with
+// the stored charge, whose digest is the first one, and changes nothing:
+// charging compares the digests to tell a redelivery from another event
+// reusing the id (which it dead-letters). A charge without a digest (as
+// recorded before digests were kept) reads back with a zero one.
+func testDuplicateKeepsFirstDigest(t *testing.T, s MeteringStoreUnderTest) {
+	c := NewChannel(t, "payer-1")
+	MustPutChannel(t, s, c)
+	first := NewCharge("charger-7", "session-413", "payer-1", c.Funding, 1000, epoch())
+	other := first
+	other.Digest = hub.Hash{0xd1, 0xff}
+	other.Amount = 5000
+	legacy := NewCharge("charger-7", "legacy-1", "payer-1", c.Funding, 10, epoch())
+	legacy.Digest = hub.Hash{}
+	res := MustRecordCharges(t, s, []hub.Charge{first, other, legacy}, noLimit)
+	if res[0].Duplicate || !res[1].Duplicate || res[2].Duplicate {
+		t.Fatalf("results %+v: want new, duplicate, new", res)
+	}
+	assertCharge(t, res[0].Stored, first)
+	assertCharge(t, res[1].Stored, first)
+	assertCharge(t, res[2].Stored, legacy)
+	res = MustRecordCharges(t, s, []hub.Charge{other}, noLimit)
+	if !res[0].Duplicate {
+		t.Fatal("another digest under a recorded id: Duplicate false")
+	}
+	assertCharge(t, res[0].Stored, first)
+	assertCharge(t, MustCharge(t, s, first.Provider, first.EventID), first)
+	assertCharge(t, MustCharge(t, s, legacy.Provider, legacy.EventID), legacy)
+	if got := MustChannel(t, s, c.Funding).Owed; got != 1010 {
+		t.Fatalf("Owed = %d msat, want 1010: the other content must not be charged", got)
 	}
 }
 

@@ -3,6 +3,7 @@ package natsintake_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -345,4 +346,98 @@ func TestAckOnlyAfterCharge(t *testing.T) {
 		t.Fatalf("charger saw the event %d times, want 2 (charge, then duplicate)", c.count(a.dev.ID, "crash"))
 	}
 	mustDrained(t, e)
+}
+
+// TestMsgIDScopedToProvider is the attack of a provider on another's
+// de-duplication: JetStream drops any message whose Nats-Msg-Id it saw in
+// its window, across every usage.* subject. Provider E publishes
+// messages under the ids provider V's events would have had (the event id,
+// and V's id prefixed): V's event is still stored, not answered as a
+// duplicate, and charged; E's messages, whose ids are not their own, are
+// dead-lettered bad-msg-id. A new provider whose event ids others have
+// used is not answered duplicate either.
+func TestMsgIDScopedToProvider(t *testing.T) {
+	e := newEnv(t, false)
+	evil, victim, fresh := e.addProvider(), e.addProvider(), e.addProvider()
+	c := newCharger()
+	in := e.intake(e.nc, c, nil)
+	ejs, err := jetstream.New(e.connect(evil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	squat := []string{"session-413", victim.dev.ID + "/session-413"}
+	for i, id := range squat {
+		body, err := metering.EncodeBatch([]metering.Event{e.event(evil, fmt.Sprint("squat-", i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.publishRaw(ejs, metering.UsageSubject(evil.dev.ID), body, id)
+	}
+	vjs, err := jetstream.New(e.connect(victim, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack := e.publish(vjs, metering.UsageSubject(victim.dev.ID), e.event(victim, "session-413")); ack.Duplicate {
+		t.Fatal("the victim's event was answered duplicate: JetStream dropped it unseen")
+	}
+	// A new provider reusing ids others sent within the window, in
+	// single messages and in batches.
+	fjs, err := jetstream.New(e.connect(fresh, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 18 {
+		evs := []metering.Event{e.event(fresh, fmt.Sprint(i))}
+		vevs := []metering.Event{e.event(victim, fmt.Sprint(i))}
+		if i%2 == 1 {
+			evs = append(evs, e.event(fresh, fmt.Sprint(i, "b")))
+			vevs = append(vevs, e.event(victim, fmt.Sprint(i, "b")))
+		}
+		e.publish(vjs, metering.UsageSubject(victim.dev.ID), vevs...)
+		if ack := e.publish(fjs, metering.UsageSubject(fresh.dev.ID), evs...); ack.Duplicate {
+			t.Fatalf("the new provider's message %d was answered duplicate", i)
+		}
+	}
+	waitFor(t, "every message handled", func() bool { return in.Stats().Messages == 2+1+2*18 })
+	if c.count(victim.dev.ID, "session-413") != 1 || c.count(fresh.dev.ID, "17b") != 1 {
+		t.Fatalf("charger saw %v", c.seen)
+	}
+	if c.count(evil.dev.ID, "squat-0")+c.count(evil.dev.ID, "squat-1") != 0 {
+		t.Fatal("a message under another id than its own was charged")
+	}
+	dead := e.deadLetters()
+	if len(dead) != 2 {
+		t.Fatalf("%d dead letters, want the 2 squatting messages", len(dead))
+	}
+	for _, m := range dead {
+		if r := m.Headers().Get(metering.HeaderReason); r != metering.ReasonMsgID || m.Subject() != metering.DLQSubject(evil.dev.ID) {
+			t.Fatalf("dead letter on %s: reason %q (%s)", m.Subject(), r, m.Headers().Get(metering.HeaderDetail))
+		}
+	}
+}
+
+// TestNoMsgIDAccepted: a message without Nats-Msg-Id claims no
+// de-duplication and is charged; the charger's record catches a resend.
+func TestNoMsgIDAccepted(t *testing.T) {
+	e := newEnv(t, false)
+	a := e.addProvider()
+	c := newCharger()
+	in := e.intake(e.nc, c, nil)
+	js, err := jetstream.New(e.connect(a, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := metering.EncodeBatch([]metering.Event{e.event(a, "no-header")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := js.Publish(t.Context(), metering.UsageSubject(a.dev.ID), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both messages handled", func() bool { return in.Stats().Messages == 2 })
+	if st := in.Stats(); st.Charged != 1 || st.Duplicates != 1 || st.DeadLettered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }
