@@ -154,6 +154,16 @@ func (e *env) connect(p provider, errs chan<- error) *nats.Conn {
 	return nc
 }
 
+// providerJS is provider p's JetStream context on its own connection.
+func (e *env) providerJS(p provider) jetstream.JetStream {
+	e.t.Helper()
+	js, err := jetstream.New(e.connect(p, nil))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return js
+}
+
 // event returns a valid event of provider p, signed.
 func (e *env) event(p provider, id string) metering.Event {
 	e.t.Helper()

@@ -361,10 +361,7 @@ func TestMsgIDScopedToProvider(t *testing.T) {
 	evil, victim, fresh := e.addProvider(), e.addProvider(), e.addProvider()
 	c := newCharger()
 	in := e.intake(e.nc, c, nil)
-	ejs, err := jetstream.New(e.connect(evil, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ejs := e.providerJS(evil)
 	squat := []string{"session-413", victim.dev.ID + "/session-413"}
 	for i, id := range squat {
 		body, err := metering.EncodeBatch([]metering.Event{e.event(evil, fmt.Sprint("squat-", i))})
@@ -373,19 +370,13 @@ func TestMsgIDScopedToProvider(t *testing.T) {
 		}
 		e.publishRaw(ejs, metering.UsageSubject(evil.dev.ID), body, id)
 	}
-	vjs, err := jetstream.New(e.connect(victim, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	vjs := e.providerJS(victim)
 	if ack := e.publish(vjs, metering.UsageSubject(victim.dev.ID), e.event(victim, "session-413")); ack.Duplicate {
 		t.Fatal("the victim's event was answered duplicate: JetStream dropped it unseen")
 	}
 	// A new provider reusing ids others sent within the window, in
 	// single messages and in batches.
-	fjs, err := jetstream.New(e.connect(fresh, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fjs := e.providerJS(fresh)
 	for i := range 18 {
 		evs := []metering.Event{e.event(fresh, fmt.Sprint(i))}
 		vevs := []metering.Event{e.event(victim, fmt.Sprint(i))}
@@ -423,10 +414,7 @@ func TestNoMsgIDAccepted(t *testing.T) {
 	a := e.addProvider()
 	c := newCharger()
 	in := e.intake(e.nc, c, nil)
-	js, err := jetstream.New(e.connect(a, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := e.providerJS(a)
 	body, err := metering.EncodeBatch([]metering.Event{e.event(a, "no-header")})
 	if err != nil {
 		t.Fatal(err)
