@@ -1,6 +1,8 @@
 package metering_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"reflect"
@@ -249,6 +251,12 @@ func TestMsgID(t *testing.T) {
 	hexPart, ok := strings.CutPrefix(id, "dev-a/")
 	if !ok || len(hexPart) != 64 {
 		t.Fatalf("id %q must be the provider, a slash and 64 hex", id)
+	}
+	// The construction docs/metering.md gives, recomputed independently.
+	sig := strings.Repeat("ab", 64)
+	sum := sha256.Sum256([]byte(sig + "\n" + string(body)))
+	if got, want := metering.MsgID("dev-a", body, sig), "dev-a/"+hex.EncodeToString(sum[:]); got != want {
+		t.Fatalf("MsgID %q, want %q", got, want)
 	}
 	if metering.MsgID("dev-a", body, "") != id {
 		t.Fatal("the same message must keep its id (retries are de-duplicated on it)")
