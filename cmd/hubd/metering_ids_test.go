@@ -37,7 +37,7 @@ func TestUsageIDsPerProvider(t *testing.T) {
 	}
 	evil := h.addProvider(t, ctx, nil, "toll-gantry")
 	victim := h.addProvider(t, ctx, nil, "toll-gantry")
-	charged := func(p *meterProvider, events int) {
+	charged := func(t *testing.T, p *meterProvider, events int) {
 		t.Helper()
 		h.drained(t, ctx)
 		if in := h.income(t, ctx, p.id); in.Events != events || in.Unpaid != lnwire.MilliSatoshi(events)*1000 {
@@ -67,7 +67,7 @@ func TestUsageIDsPerProvider(t *testing.T) {
 			}
 		}
 		victim.send(t, ctx, passage("session-413"))
-		charged(victim, 1)
+		charged(t, victim, 1)
 		// The squatting messages carry ids that are not their own:
 		// refused, with the reason, on the evil provider's dead letters.
 		for _, id := range []string{"squat-0", "squat-1"} {
@@ -75,7 +75,7 @@ func TestUsageIDsPerProvider(t *testing.T) {
 				t.Fatalf("%s dead-lettered %q (%s), want %s", id, reason, detail, metering.ReasonMsgID)
 			}
 		}
-		charged(evil, 0)
+		charged(t, evil, 0)
 	})
 
 	t.Run("NewProviderIsNotAnsweredDuplicate", func(t *testing.T) {
@@ -92,8 +92,8 @@ func TestUsageIDsPerProvider(t *testing.T) {
 		for i := 0; i < len(evs); i += 1 + i%2 {
 			newcomer.send(t, ctx, evs[i:min(len(evs), i+1+i%2)]...)
 		}
-		charged(victim, 1+18)
-		charged(newcomer, 18)
+		charged(t, victim, 1+18)
+		charged(t, newcomer, 18)
 	})
 
 	t.Run("SameIDOtherContentDeadLettered", func(t *testing.T) {
@@ -106,7 +106,7 @@ func TestUsageIDsPerProvider(t *testing.T) {
 		if reason != hub.RejectIDConflict || !strings.Contains(detail, "session-413") {
 			t.Fatalf("dead-lettered %q (%s), want %s naming the id", reason, detail, hub.RejectIDConflict)
 		}
-		charged(victim, 1+18)
+		charged(t, victim, 1+18)
 	})
 
 	t.Run("SameContentChargedOnceAfterRestart", func(t *testing.T) {
@@ -122,6 +122,6 @@ func TestUsageIDsPerProvider(t *testing.T) {
 		if got := h.usageMsgs(t, ctx) - before; got != 1 {
 			t.Fatalf("the usage stream took %d messages, want 1", got)
 		}
-		charged(victim, 1+18+1)
+		charged(t, victim, 1+18+1)
 	})
 }
