@@ -92,8 +92,8 @@ func TestUsageIDsPerProvider(t *testing.T) {
 		for i := 0; i < len(evs); i += 1 + i%2 {
 			newcomer.send(t, ctx, evs[i:min(len(evs), i+1+i%2)]...)
 		}
-		charged(t, victim, 1+18)
 		charged(t, newcomer, 18)
+		charged(t, victim, 1+18)
 	})
 
 	t.Run("SameIDOtherContentDeadLettered", func(t *testing.T) {
