@@ -308,6 +308,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 				if r.Access != httpapi.AccessOwn {
 					denied = http.StatusForbidden
 				}
+			case c.name == "provider-other" && key == "GET /v1/receipts/{id}/proof":
+				// Another's receipt looks like no receipt at all.
+				denied = http.StatusNotFound
 			case c.name == "provider-other":
 				if r.Access != httpapi.AccessOwn || !ownerless[key] {
 					denied = http.StatusForbidden
