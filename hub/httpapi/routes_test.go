@@ -104,7 +104,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hooks, err := webhook.OpenEndpoints(filepath.Join(dir, "webhooks.json"), nil)
+	hooks, err := webhook.OpenEndpoints(filepath.Join(dir, "webhooks.json"), nil, webhook.AddressPolicy{AllowPrivate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,14 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/hex"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/storetest"
 )
 
@@ -14,8 +17,14 @@ import (
 // the answer's body.
 func (a *fullAPI) send(t *testing.T, method, path, body string) (int, string) {
 	t.Helper()
+	return a.sendAs(t, token, method, path, body)
+}
+
+// sendAs is send with the credential tok.
+func (a *fullAPI) sendAs(t *testing.T, tok, method, path, body string) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest(method, a.srv.URL+path, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -153,5 +162,49 @@ func TestBadBodiesRefused(t *testing.T) {
 		if status, body := a.send(t, "GET", path, ""); status != http.StatusOK {
 			t.Fatalf("GET %s after bad bodies: %d %s", path, status, body)
 		}
+	}
+}
+
+// TestWebhookMetadataURLRefused registers a provider's webhook to the
+// cloud metadata address: refused, even where private addresses are
+// allowed (as this API's are, for its loopback tests).
+func TestWebhookMetadataURLRefused(t *testing.T) {
+	a := newFullAPI(t)
+	d, err := a.reg.Enrol(context.Background(), hub.EnrolRequest{Key: storetest.NewKey(t), Roles: []hub.Role{hub.RoleProvider}}, "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"http://169.254.169.254/latest/meta-data/", "http://[fe80::1]:80/"} {
+		status, body := a.send(t, "POST", "/v1/webhooks", `{"provider":"`+d.ID+`","url":"`+u+`"}`)
+		if status != http.StatusBadRequest {
+			t.Fatalf("webhook to %s: status %d (%s), want 400", u, status, body)
+		}
+	}
+	if status, body := a.send(t, "GET", "/v1/webhooks", ""); status != http.StatusOK || strings.TrimSpace(body) != "[]" {
+		t.Fatalf("webhooks after refusals: %d %s, want none", status, body)
+	}
+}
+
+// TestReceiptProofHidesOthers asks, with a provider credential, for the
+// proof of another provider's receipt and of a receipt that does not
+// exist: the answers are the same, so the credential learns nothing of
+// receipts not naming it. The provider named in it gets the proof.
+func TestReceiptProofHidesOthers(t *testing.T) {
+	a := newFullAPI(t)
+	_, ownTok := a.addCred(t, httpapi.ProviderScope("gantry-7"))
+	_, otherTok := a.addCred(t, httpapi.ProviderScope("meter-3"))
+	var receiptID string
+	for id := range mustFakeSettlement(t).receipts {
+		receiptID = hex.EncodeToString(id[:])
+		break
+	}
+	proof := func(id string) string { return "/v1/receipts/" + id + "/proof" }
+	st1, b1 := a.sendAs(t, otherTok, "GET", proof(receiptID), "")
+	st2, b2 := a.sendAs(t, otherTok, "GET", proof(strings.Repeat("ab", 32)), "")
+	if st1 != http.StatusNotFound || st1 != st2 || b1 != b2 {
+		t.Fatalf("another's receipt: %d %s; no receipt: %d %s; want the same 404", st1, b1, st2, b2)
+	}
+	if st, b := a.sendAs(t, ownTok, "GET", proof(receiptID), ""); st != http.StatusOK {
+		t.Fatalf("own receipt: %d %s", st, b)
 	}
 }
