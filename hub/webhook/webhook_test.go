@@ -109,7 +109,7 @@ func (e *env) dispatcher(t *testing.T, maxAttempts int) *webhook.Dispatcher {
 	d, err := webhook.New(webhook.Config{
 		OutboxPath: filepath.Join(e.dir, "outbox.db"), Endpoints: e.eps,
 		// The receiver is a loopback httptest server.
-		Policy: webhook.AddressPolicy{AllowPrivate: true},
+		Policy:     webhook.AddressPolicy{AllowPrivate: true},
 		MinBackoff: 40 * time.Millisecond, MaxBackoff: time.Second, MaxAttempts: maxAttempts,
 	})
 	if err != nil {
