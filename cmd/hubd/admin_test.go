@@ -17,6 +17,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/datadir"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
 
 // healthzOn makes one keep-alive GET /healthz on c and reads the answer,
@@ -32,18 +33,6 @@ func healthzOn(t *testing.T, c net.Conn, br *bufio.Reader) {
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-}
-
-// waitServerClose blocks until hubd closes c. The deadline only keeps a
-// broken hubd from hanging the test; the close itself is what is waited on.
-func waitServerClose(t *testing.T, c net.Conn) {
-	t.Helper()
-	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
-	_, err := c.Read(make([]byte, 1))
-	var ne net.Error
-	if err == nil || errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("hubd kept the connection open: %v", err)
-	}
 }
 
 // TestAdminConnectionFlood floods a real hubd's admin port with idle
@@ -69,7 +58,9 @@ func TestAdminConnectionFlood(t *testing.T) {
 		healthzOn(t, c, bufio.NewReader(c))
 		idle = append(idle, c)
 	}
-	waitServerClose(t, idle[0]) // evicted for a newer one
+	// Every one was served, so at most the cap are still open: the
+	// others, idle longest when a new one came, were closed.
+	hubtest.WaitServerClosed(t, idle, len(idle)-capConns)
 
 	mustHubctl(t, dir, "device", "list")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -80,8 +71,8 @@ func TestAdminConnectionFlood(t *testing.T) {
 	}
 	s.Close()
 
-	// The newest idle connection is closed by the idle timeout.
-	waitServerClose(t, idle[len(idle)-1])
+	// The rest are closed by the idle timeout.
+	hubtest.WaitServerClosed(t, idle, len(idle))
 
 	// Connections that send nothing fill every slot and cannot be
 	// evicted; they are closed by the header timeout, and a fresh
@@ -96,7 +87,7 @@ func TestAdminConnectionFlood(t *testing.T) {
 		silent = append(silent, c)
 	}
 	mustHubctl(t, dir, "info")
-	waitServerClose(t, silent[0])
+	hubtest.WaitServerClosed(t, silent, len(silent))
 
 	// The metrics listener has its own cap (--http.metrics-max-conns):
 	// the admin flood took none of its slots, and its own flood of
