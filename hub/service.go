@@ -105,6 +105,9 @@ type EnrolRequest struct {
 }
 
 func (q EnrolRequest) validate() error {
+	if err := q.Key.Validate(); err != nil {
+		return err
+	}
 	if len(q.Roles) == 0 {
 		return fmt.Errorf("%w: at least one role is required", ErrInvalid)
 	}
@@ -113,7 +116,7 @@ func (q EnrolRequest) validate() error {
 			return err
 		}
 	}
-	if len(q.Owner) > 200 || len(q.Kind) > 100 {
+	if len(q.Owner) > MaxOwnerLen || len(q.Kind) > MaxKindLen {
 		return fmt.Errorf("%w: owner or kind too long", ErrInvalid)
 	}
 	return nil

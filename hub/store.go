@@ -11,6 +11,10 @@ type Change struct {
 	// SpendToken, if set, names an enrolment token id that must not have
 	// been spent before; the change marks it spent.
 	SpendToken string
+	// Remove names device ids whose records, and every key index entry
+	// naming them, are deleted (an unreadable record the operator
+	// removes; see Registry.RemoveUnreadable).
+	Remove []string
 }
 
 // Store persists the registry and the audit log. Implementations must make a
@@ -32,8 +36,19 @@ type Store interface {
 	// or ErrNotFound.
 	DeviceByKey(ctx context.Context, key PubKey) (Device, error)
 
-	// Devices returns every device, ordered by id.
+	// Device and DeviceByKey return an error wrapping ErrUnreadable for
+	// a stored record that does not decode (DecodeDevice); Apply never
+	// writes one (it encodes with EncodeDevice, which refuses with
+	// ErrInvalid a device that would not read back).
+
+	// Devices returns every readable device, ordered by id. A record
+	// that does not decode is left out and logged, so one bad record
+	// never hides the others; UnreadableDevices names it.
 	Devices(ctx context.Context) ([]Device, error)
+
+	// UnreadableDevices returns the device records that do not decode,
+	// ordered by id.
+	UnreadableDevices(ctx context.Context) ([]UnreadableRecord, error)
 
 	// AuditHead returns the newest audit entry, or the zero entry when the
 	// log is empty.

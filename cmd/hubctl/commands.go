@@ -148,6 +148,53 @@ func (c *deviceRevokeCmd) Execute([]string) error {
 	return c.a.printDevices([]hub.Device{d})
 }
 
+type deviceUnreadableCmd struct{ a *app }
+
+func (c *deviceUnreadableCmd) Execute([]string) error {
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	rs, err := cl.UnreadableDevices(ctx)
+	if err != nil {
+		return err
+	}
+	if c.a.g.JSON {
+		return c.a.printJSON(rs)
+	}
+	rows := make([][]string, 0, len(rs))
+	for _, r := range rs {
+		rows = append(rows, []string{r.ID, r.Error})
+	}
+	return c.a.table([]string{"ID", "ERROR"}, rows)
+}
+
+type deviceRemoveCmd struct {
+	a      *app
+	Force  bool      `long:"force" description:"confirm: the record is deleted for good"`
+	Reason string    `long:"reason" description:"why, for the audit log"`
+	Args   deviceArg `positional-args:"true" required:"true"`
+}
+
+func (c *deviceRemoveCmd) Execute([]string) error {
+	if !c.Force {
+		return fmt.Errorf("%w: device remove deletes the record for good: pass --force (only unreadable records are removed; revoke a readable device)", errUsage)
+	}
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	if err := cl.RemoveDevice(ctx, c.Args.ID, c.Reason); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c.a.out, "removed %s\n", c.Args.ID)
+	return err
+}
+
 type deviceRotateCmd struct {
 	a      *app
 	NewKey string    `long:"new-pubkey" required:"true" description:"the device's new public key, hex"`

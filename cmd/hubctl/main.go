@@ -183,6 +183,8 @@ func (a *app) register(p *flags.Parser) {
 	mustAdd(dev.AddCommand("show", "show one device", "", &deviceShowCmd{a: a}))
 	mustAdd(dev.AddCommand("revoke", "revoke a device at once", "", &deviceRevokeCmd{a: a}))
 	mustAdd(dev.AddCommand("rotate", "move a device to a new key signed by its old key", "", &deviceRotateCmd{a: a}))
+	mustAdd(dev.AddCommand("unreadable", "list device records the hub cannot read", "", &deviceUnreadableCmd{a: a}))
+	mustAdd(dev.AddCommand("remove", "delete an unreadable device record (needs --force)", "", &deviceRemoveCmd{a: a}))
 	a.registerPayout(dev)
 
 	aud := mustAdd(p.AddCommand("audit", "inspect the audit log", "", &struct{}{}))

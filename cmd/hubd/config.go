@@ -8,6 +8,8 @@ import (
 	"time"
 
 	flags "github.com/jessevdk/go-flags"
+
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 )
 
 // config is hubd's configuration. Every option can come from a flag, from an
@@ -38,6 +40,10 @@ type config struct {
 	Btcd btcdConfig `group:"btcd" namespace:"btcd" env-namespace:"M2MHUB_BTCD"`
 
 	Limits limitsConfig `group:"limits" namespace:"limits" env-namespace:"M2MHUB_LIMITS"`
+
+	HTTP httpConfig `group:"http" namespace:"http" env-namespace:"M2MHUB_HTTP"`
+
+	Webhook webhookConfig `group:"webhook" namespace:"webhook" env-namespace:"M2MHUB_WEBHOOK"`
 
 	Channels channelsConfig `group:"channels" namespace:"channels" env-namespace:"M2MHUB_CHANNELS"`
 
@@ -71,7 +77,39 @@ type btcdConfig struct {
 	Binary  string `long:"binary" env:"BINARY" description:"btcd binary for the child process (default: next to hubd, then PATH, then go tool btcd)"`
 }
 
+// webhookConfig is the address policy of webhook deliveries
+// (webhook.AddressPolicy).
+type webhookConfig struct {
+	AllowPrivate bool `long:"allow-private" env:"ALLOW_PRIVATE" description:"let webhook URLs reach loopback and private addresses (link-local and metadata addresses stay refused)"`
+}
+
+// httpConfig bounds the admin API's and the metrics' HTTP listeners, so
+// that idle or slow clients cannot hold the descriptors the rest of hubd
+// needs (docs/operations.md, "Connections and descriptors").
+type httpConfig struct {
+	MaxConns          int           `long:"max-conns" env:"MAX_CONNS" default:"256" description:"admin API connections open at once; at the cap the one idle longest is closed for a new one"`
+	MetricsMaxConns   int           `long:"metrics-max-conns" env:"METRICS_MAX_CONNS" default:"32" description:"metrics connections open at once"`
+	ReadHeaderTimeout time.Duration `long:"read-header-timeout" env:"READ_HEADER_TIMEOUT" default:"10s" description:"time a connection has to send a request's headers (and its first request)"`
+	ReadTimeout       time.Duration `long:"read-timeout" env:"READ_TIMEOUT" default:"30s" description:"time to read a whole request"`
+	WriteTimeout      time.Duration `long:"write-timeout" env:"WRITE_TIMEOUT" default:"2m" description:"time to handle a request and write its answer"`
+	IdleTimeout       time.Duration `long:"idle-timeout" env:"IDLE_TIMEOUT" default:"60s" description:"keep-alive connections idle this long are closed"`
+}
+
+// limits returns the admin (or, with metrics, the metrics) listener's
+// bounds.
+func (c httpConfig) limits(metrics bool) httpapi.Limits {
+	l := httpapi.Limits{MaxConns: c.MaxConns, ReadHeaderTimeout: c.ReadHeaderTimeout,
+		ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout}
+	if metrics {
+		l.MaxConns = c.MetricsMaxConns
+	}
+	return l
+}
+
 type limitsConfig struct {
+	// MaxConns is the device listener's share of the descriptor budget;
+	// the device accept path (hub.Server) is its to enforce.
+	MaxConns         int           `long:"max-conns" env:"MAX_CONNS" default:"11000" description:"device listener connections at once, sessions and handshakes (its share of the descriptor budget)"`
 	HandshakeTimeout time.Duration `long:"handshake-timeout" env:"HANDSHAKE_TIMEOUT" default:"10s" description:"time a connection has after the noise handshake to authenticate"`
 	MaxSessions      int           `long:"max-sessions" env:"MAX_SESSIONS" default:"10000" description:"live sessions in total"`
 	MaxSessionsPerIP int           `long:"max-sessions-per-ip" env:"MAX_SESSIONS_PER_IP" default:"1000" description:"live sessions from one IP address"`
@@ -126,6 +164,12 @@ func loadConfig(args []string) (config, error) {
 	}
 	if cfg.Limits.MaxMessageSize < 1 || cfg.Limits.MaxMessageSize > 65535 {
 		return config{}, errors.New("--limits.max-message-size must be between 1 and 65535")
+	}
+	if cfg.HTTP.MaxConns < 1 || cfg.HTTP.MetricsMaxConns < 1 || cfg.Limits.MaxConns < 1 {
+		return config{}, errors.New("--http.max-conns, --http.metrics-max-conns and --limits.max-conns must be positive")
+	}
+	if cfg.HTTP.ReadHeaderTimeout <= 0 || cfg.HTTP.ReadTimeout <= 0 || cfg.HTTP.WriteTimeout <= 0 || cfg.HTTP.IdleTimeout <= 0 {
+		return config{}, errors.New("the --http.*-timeout options must be positive")
 	}
 	return cfg, nil
 }

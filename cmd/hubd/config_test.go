@@ -42,6 +42,11 @@ func TestLoadConfigRejects(t *testing.T) {
 		"MessageSize":      {"--limits.max-message-size", "70000"},
 		"ChildOnlyRegtest": {"--btcd.network", "mainnet"},
 		"StrayArgument":    {"extra"},
+		"NoAdminConns":     {"--http.max-conns", "0"},
+		"NoMetricsConns":   {"--http.metrics-max-conns", "0"},
+		"NoDeviceConns":    {"--limits.max-conns", "0"},
+		"NoIdleTimeout":    {"--http.idle-timeout", "0s"},
+		"NoHeaderTimeout":  {"--http.read-header-timeout", "0s"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := loadConfig(args); err == nil {

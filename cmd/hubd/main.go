@@ -29,6 +29,10 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(cfg.LogLevel)
+	if err := raiseFDLimit(cfg, log); err != nil {
+		log.Error("hubd cannot start", "err", err)
+		os.Exit(1)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

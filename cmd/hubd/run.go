@@ -139,12 +139,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// Webhooks: receipts, enforcement and settlement events are also
 	// POSTed to providers' back ends, from a durable outbox.
-	hookEndpoints, err := webhook.OpenEndpoints(dir.Path(datadir.WebhooksFile), nil)
+	hookPolicy := webhook.AddressPolicy{AllowPrivate: cfg.Webhook.AllowPrivate}
+	hookEndpoints, err := webhook.OpenEndpoints(dir.Path(datadir.WebhooksFile), nil, hookPolicy)
 	if err != nil {
 		return err
 	}
 	hooks, err := webhook.New(webhook.Config{
-		OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Logger: log,
+		OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Policy: hookPolicy, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -284,16 +285,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	httpSrv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv, adminLimited, err := httpapi.NewServer(api, adminLn, cfg.HTTP.limits(false))
+	if err != nil {
+		return err
+	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpSrv.Serve(adminLn) }()
+	go func() { serveErr <- httpSrv.Serve(adminLimited) }()
 	st.push("admin api", func(ctx context.Context) error {
 		err := httpSrv.Shutdown(ctx)
 		<-serveErr // Serve has returned once Shutdown has
 		return err
 	})
 
-	metricsAddr, err := serveMetrics(cfg.MetricsListen, meter, st)
+	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.HTTP.limits(true), meter, st)
 	if err != nil {
 		return err
 	}
@@ -393,7 +397,7 @@ func (l *liveParts) Stats() natsintake.Stats {
 
 // serveMetrics serves Prometheus metrics on addr (nothing when empty) and
 // returns the address it listens on.
-func serveMetrics(addr string, m *metrics.Metrics, st *stack) (string, error) {
+func serveMetrics(addr string, lim httpapi.Limits, m *metrics.Metrics, st *stack) (string, error) {
 	if addr == "" {
 		return "", nil
 	}
@@ -403,11 +407,15 @@ func serveMetrics(addr string, m *metrics.Metrics, st *stack) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv, limited, err := httpapi.NewServer(mux, ln, lim)
+	if err != nil {
+		_ = ln.Close()
+		return "", err
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(ln) // returns ErrServerClosed after Shutdown
+		_ = srv.Serve(limited) // returns ErrServerClosed after Shutdown
 	}()
 	st.push("metrics", func(ctx context.Context) error {
 		err := srv.Shutdown(ctx)

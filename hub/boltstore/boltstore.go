@@ -155,9 +155,9 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 	}
 	devs := make([]preparedDevice, 0, len(ch.Devices))
 	for _, d := range ch.Devices {
-		doc, err := json.Marshal(d)
+		doc, err := hub.EncodeDevice(d)
 		if err != nil {
-			return fmt.Errorf("boltstore: encode device %s: %w", d.ID, err)
+			return fmt.Errorf("boltstore: %w", err)
 		}
 		p := preparedDevice{id: []byte(d.ID), doc: doc}
 		p.keys = append(p.keys, bytes.Clone(d.Key[:]))
@@ -222,6 +222,12 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 			}
 		}
 
+		for _, id := range ch.Remove {
+			if err := removeDevice(idx, devices, []byte(id)); err != nil {
+				return err
+			}
+		}
+
 		if err := tx.Bucket(bucketAudit).Put(seqKey, entry); err != nil {
 			return err
 		}
@@ -263,6 +269,28 @@ func unindexDropped(idx *bolt.Bucket, oldDoc []byte, d preparedDevice) error {
 	return nil
 }
 
+// removeDevice deletes a device record and every index entry naming it.
+// The record may not decode, so the index is scanned rather than read from
+// it: an operator's rare repair, not a hot path.
+func removeDevice(idx, devices *bolt.Bucket, id []byte) error {
+	var keys [][]byte
+	err := idx.ForEach(func(k, v []byte) error {
+		if bytes.Equal(v, id) {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := idx.Delete(k); err != nil {
+			return err
+		}
+	}
+	return devices.Delete(id)
+}
+
 // Device returns the device with the given id, or hub.ErrNotFound.
 func (s *Store) Device(ctx context.Context, id string) (hub.Device, error) {
 	if err := ctx.Err(); err != nil {
@@ -297,9 +325,11 @@ func getDevice(tx *bolt.Tx, id []byte, d *hub.Device) error {
 	if doc == nil {
 		return fmt.Errorf("%w: device %s", hub.ErrNotFound, id)
 	}
-	if err := json.Unmarshal(doc, d); err != nil {
-		return fmt.Errorf("boltstore: decode device %s: %w", id, err)
+	v, err := hub.DecodeDevice(string(id), doc)
+	if err != nil {
+		return fmt.Errorf("boltstore: %w", err)
 	}
+	*d = v
 	return nil
 }
 
@@ -310,17 +340,40 @@ func (s *Store) Devices(ctx context.Context) ([]hub.Device, error) {
 		return nil, err
 	}
 	var out []hub.Device
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.eachDevice(func(id []byte, d hub.Device, err error) {
+		if err != nil {
+			s.log.Error("device record left out of the list: remove it with hubctl device remove --force", "id", string(id), "err", err)
+			return
+		}
+		out = append(out, d)
+	})
+	return out, err
+}
+
+// UnreadableDevices returns the device records that do not decode,
+// ordered by id.
+func (s *Store) UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []hub.UnreadableRecord
+	err := s.eachDevice(func(id []byte, _ hub.Device, err error) {
+		if err != nil {
+			out = append(out, hub.UnreadableRecord{ID: string(id), Error: err.Error()})
+		}
+	})
+	return out, err
+}
+
+// eachDevice calls f with every device record, decoded or with why not.
+func (s *Store) eachDevice(f func(id []byte, d hub.Device, err error)) error {
+	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-			var d hub.Device
-			if err := json.Unmarshal(v, &d); err != nil {
-				return fmt.Errorf("boltstore: decode device %s: %w", k, err)
-			}
-			out = append(out, d)
+			d, err := hub.DecodeDevice(string(k), v)
+			f(k, d, err)
 			return nil
 		})
 	})
-	return out, err
 }
 
 // AuditHead returns the newest audit entry, or the zero entry when the log
@@ -387,9 +440,9 @@ func validate(ch hub.Change) error {
 	if ch.Audit.ComputeHash() != ch.Audit.Hash {
 		return fmt.Errorf("boltstore: %w: audit entry %d does not match its hash", hub.ErrInvalid, ch.Audit.Seq)
 	}
-	for _, d := range ch.Devices {
-		if d.ID == "" {
-			return fmt.Errorf("boltstore: %w: device without id", hub.ErrInvalid)
+	for _, id := range ch.Remove {
+		if id == "" {
+			return fmt.Errorf("boltstore: %w: removal without id", hub.ErrInvalid)
 		}
 	}
 	return nil

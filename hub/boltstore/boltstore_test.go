@@ -33,6 +33,17 @@ func mustOpen(tb testing.TB, dir string) *boltstore.Store {
 	return s
 }
 
+func TestRecordConformance(t *testing.T) {
+	root := t.TempDir()
+	storetest.RunRecords(t, func(t *testing.T) hub.Store {
+		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
+	}, func(t *testing.T, s hub.Store, id string, doc []byte, key hub.PubKey) {
+		if err := s.(*boltstore.Store).PutRawDevice(id, doc, key[:]); err != nil {
+			t.Fatalf("PutRawDevice: %v", err)
+		}
+	})
+}
+
 func TestConformance(t *testing.T) {
 	root := t.TempDir()
 	storetest.Run(t, func(t *testing.T) hub.Store {

@@ -113,6 +113,17 @@ func (c *Client) Revoke(ctx context.Context, id, reason string) (hub.Device, err
 	return out, c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/revoke", RevokeRequest{Reason: reason}, &out)
 }
 
+// UnreadableDevices lists the device records the hub cannot read.
+func (c *Client) UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, error) {
+	var out []hub.UnreadableRecord
+	return out, c.do(ctx, http.MethodGet, "/v1/devices/unreadable", nil, &out)
+}
+
+// RemoveDevice deletes an unreadable device record for good.
+func (c *Client) RemoveDevice(ctx context.Context, id, reason string) error {
+	return c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/remove", RemoveDeviceRequest{Force: true, Reason: reason}, nil)
+}
+
 // Rotate moves a device to a new key with the old key's signature.
 func (c *Client) Rotate(ctx context.Context, id string, newKey hub.PubKey, sig []byte) (hub.Device, error) {
 	var out hub.Device

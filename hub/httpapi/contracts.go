@@ -83,7 +83,12 @@ func (h *Handler) routeContracts() {
 // canonical form under its hash and audits the publication. Publishing the
 // same document again answers 200 with the stored record; a new one 201.
 func (h *Handler) publishContract(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		h.fail(w, r, fmt.Errorf("%w: more than %d bytes", errTooLarge, tooLarge.Limit))
+		return
+	}
 	if err != nil {
 		h.fail(w, r, fmt.Errorf("%w: body: %v", hub.ErrInvalid, err))
 		return

@@ -125,9 +125,17 @@ func (h *Handler) auditCred(ctx context.Context, c Credential, action, actor str
 	return err
 }
 
+func (q *CreateCredRequest) validate() error {
+	return errors.Join(
+		checkLen("scope", q.Scope, maxScopeLen, true),
+		checkLen("device", q.Device, hub.MaxIDLen, false),
+		checkLen("label", q.Label, maxLabelLen, false),
+	)
+}
+
 func (h *Handler) createCred(w http.ResponseWriter, r *http.Request) {
 	var q CreateCredRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -188,6 +196,10 @@ func (h *Handler) listCreds(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) revokeCred(w http.ResponseWriter, r *http.Request) {
+	if err := noBody(w, r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	ctx := r.Context()
 	c, err := h.cfg.Creds.Revoke(ctx, r.PathValue("id"), h.now().UTC())
 	if err != nil {

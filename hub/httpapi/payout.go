@@ -35,9 +35,11 @@ func (h *Handler) routePayout() {
 	}
 }
 
+func (q *PayoutRequest) validate() error { return checkLen("address", q.Address, maxAddrLen, false) }
+
 func (h *Handler) setPayout(w http.ResponseWriter, r *http.Request) {
 	var q PayoutRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}

@@ -70,9 +70,16 @@ func (h *Handler) routeProviders() {
 // addProvider enrols a provider (or finds the one enrolled with that key)
 // and issues it a fresh NATS user. Posting again for the same key replaces
 // its NATS credentials, which is how an operator recovers a lost seed.
+func (q *AddProviderRequest) validate() error {
+	if err := checkKey("pubkey", q.PubKey); err != nil {
+		return err
+	}
+	return checkOwnerKind(q.Owner, q.Kind)
+}
+
 func (h *Handler) addProvider(w http.ResponseWriter, r *http.Request) {
 	var q AddProviderRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}

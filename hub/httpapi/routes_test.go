@@ -104,7 +104,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hooks, err := webhook.OpenEndpoints(filepath.Join(dir, "webhooks.json"), nil)
+	hooks, err := webhook.OpenEndpoints(filepath.Join(dir, "webhooks.json"), nil, webhook.AddressPolicy{AllowPrivate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,6 +308,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 				if r.Access != httpapi.AccessOwn {
 					denied = http.StatusForbidden
 				}
+			case c.name == "provider-other" && key == "GET /v1/receipts/{id}/proof":
+				// Another's receipt looks like no receipt at all.
+				denied = http.StatusNotFound
 			case c.name == "provider-other":
 				if r.Access != httpapi.AccessOwn || !ownerless[key] {
 					denied = http.StatusForbidden

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -31,6 +32,8 @@ type Registry interface {
 	Rotate(ctx context.Context, id string, newKey hub.PubKey, sig []byte, actor string) (hub.Device, error)
 	Device(ctx context.Context, id string) (hub.Device, error)
 	Devices(ctx context.Context) ([]hub.Device, error)
+	UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, error)
+	RemoveUnreadable(ctx context.Context, id, actor, reason string) error
 	Audit(ctx context.Context, from uint64, limit int) ([]hub.AuditEntry, error)
 }
 
@@ -77,8 +80,21 @@ type Config struct {
 	Now func() time.Time
 }
 
-// maxBody bounds request bodies; admin requests are small.
-const maxBody = 1 << 20
+// maxBody bounds a contract document's body; maxJSONBody every other
+// request body, which are small.
+const (
+	maxBody     = 1 << 20
+	maxJSONBody = 64 << 10
+)
+
+// Bounds of free-text request fields.
+const (
+	maxReasonLen = 500
+	maxLabelLen  = 200
+	maxURLLen    = 2048
+	maxAddrLen   = 100
+	maxScopeLen  = len(providerPrefix) + hub.MaxIDLen
+)
 
 // maxAuditPage bounds one page of the audit log.
 const maxAuditPage = 1000
@@ -116,6 +132,8 @@ func New(cfg Config) (*Handler, error) {
 	h.add("GET", "/v1/devices/{id}", AccessRead, h.getDevice)
 	h.add("POST", "/v1/devices/{id}/revoke", AccessOperator, h.revokeDevice)
 	h.add("POST", "/v1/devices/{id}/rotate", AccessOperator, h.rotateDevice)
+	h.add("GET", "/v1/devices/unreadable", AccessRead, h.unreadableDevices)
+	h.add("POST", "/v1/devices/{id}/remove", AccessOperator, h.removeDevice)
 	h.routePayout()
 	h.add("GET", "/v1/audit", AccessRead, h.audit)
 	if cfg.Creds != nil {
@@ -163,6 +181,12 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "revoked"
 	case errors.Is(err, hub.ErrInvalid), errors.Is(err, hub.ErrBadSignature):
 		return http.StatusBadRequest, "invalid"
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, hub.ErrUnreadable):
+		// A record an older hub let through: the message names it and
+		// the way out (POST /v1/devices/{id}/remove).
+		return http.StatusConflict, "unreadable"
 	case errors.Is(err, hub.ErrAuditConflict):
 		return http.StatusServiceUnavailable, "busy"
 	}
@@ -185,13 +209,74 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+// errTooLarge answers a body past maxJSONBody (or maxBody) with 413.
+var errTooLarge = errors.New("httpapi: request body too large")
+
+// validator is a request body that checks its own fields once decoded:
+// required fields present, keys on the curve, strings within bounds.
+type validator interface{ validate() error }
+
+// decode reads one JSON object of at most maxJSONBody bytes into q,
+// refusing unknown fields, wrong types and trailing data, then validates
+// it.
+func decode(w http.ResponseWriter, r *http.Request, q validator) error {
+	if err := decodeJSON(w, r, q, false); err != nil {
+		return err
+	}
+	return q.validate()
+}
+
+// noBody accepts an empty body or "{}" on routes that take none, and
+// refuses anything else the way decode does.
+func noBody(w http.ResponseWriter, r *http.Request) error {
+	return decodeJSON(w, r, &struct{}{}, true)
+}
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any, optional bool) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if optional && errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			err = errors.Join(terr, errors.New("trailing data after the JSON object"))
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return fmt.Errorf("%w: more than %d bytes", errTooLarge, tooLarge.Limit)
+	case err != nil:
 		return fmt.Errorf("%w: body: %v", hub.ErrInvalid, err)
 	}
 	return nil
+}
+
+// checkLen refuses a field longer than limit bytes, or an empty one when
+// required.
+func checkLen(field, s string, limit int, required bool) error {
+	switch {
+	case required && s == "":
+		return fmt.Errorf("%w: %s is required", hub.ErrInvalid, field)
+	case len(s) > limit:
+		return fmt.Errorf("%w: %s is longer than %d bytes", hub.ErrInvalid, field, limit)
+	}
+	return nil
+}
+
+// checkKey refuses a missing key or one off the curve.
+func checkKey(field string, k hub.PubKey) error {
+	if err := k.Validate(); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+// checkOwnerKind bounds the free-text fields of an enrolment.
+func checkOwnerKind(owner, kind string) error {
+	return errors.Join(checkLen("owner", owner, hub.MaxOwnerLen, false), checkLen("kind", kind, hub.MaxKindLen, false))
 }
 
 // health answers without a credential so load balancers can probe it; it
@@ -235,9 +320,24 @@ type AddDeviceRequest struct {
 	Kind   string     `json:"kind,omitempty"`
 }
 
+func (q *AddDeviceRequest) validate() error {
+	if err := checkKey("pubkey", q.PubKey); err != nil {
+		return err
+	}
+	if len(q.Roles) == 0 {
+		return fmt.Errorf("%w: roles: at least one is required", hub.ErrInvalid)
+	}
+	for _, role := range q.Roles {
+		if _, err := hub.ParseRole(string(role)); err != nil {
+			return err
+		}
+	}
+	return checkOwnerKind(q.Owner, q.Kind)
+}
+
 func (h *Handler) addDevice(w http.ResponseWriter, r *http.Request) {
 	var q AddDeviceRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -265,9 +365,11 @@ type RevokeRequest struct {
 	Reason string `json:"reason,omitempty"`
 }
 
+func (q *RevokeRequest) validate() error { return checkLen("reason", q.Reason, maxReasonLen, false) }
+
 func (h *Handler) revokeDevice(w http.ResponseWriter, r *http.Request) {
 	var q RevokeRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -286,17 +388,23 @@ type RotateRequest struct {
 	Sig       string     `json:"sig"`
 }
 
+func (q *RotateRequest) validate() error {
+	if err := checkKey("new_pubkey", q.NewPubKey); err != nil {
+		return err
+	}
+	if sig, err := hex.DecodeString(q.Sig); err != nil || len(sig) != 64 {
+		return fmt.Errorf("%w: sig must be 64 bytes of hex", hub.ErrInvalid)
+	}
+	return nil
+}
+
 func (h *Handler) rotateDevice(w http.ResponseWriter, r *http.Request) {
 	var q RotateRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	sig, err := hex.DecodeString(q.Sig)
-	if err != nil || len(sig) != 64 {
-		h.fail(w, r, fmt.Errorf("%w: sig must be 64 bytes of hex", hub.ErrInvalid))
-		return
-	}
+	sig, _ := hex.DecodeString(q.Sig) // checked by validate
 	d, err := h.cfg.Registry.Rotate(r.Context(), r.PathValue("id"), q.NewPubKey, sig, actorOf(r))
 	if err != nil {
 		h.fail(w, r, err)
@@ -332,4 +440,47 @@ func (h *Handler) audit(w http.ResponseWriter, r *http.Request) {
 		es = []hub.AuditEntry{}
 	}
 	writeJSON(w, http.StatusOK, es)
+}
+
+// RemoveDeviceRequest is the body of POST /v1/devices/{id}/remove. Force
+// must be true: removal deletes the record for good.
+type RemoveDeviceRequest struct {
+	Force  bool   `json:"force"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func (q *RemoveDeviceRequest) validate() error {
+	if !q.Force {
+		return fmt.Errorf("%w: removing a device record is final: set force", hub.ErrInvalid)
+	}
+	return checkLen("reason", q.Reason, maxReasonLen, false)
+}
+
+// removeDevice deletes a device record the hub cannot read (and its key
+// index entries), audited. A readable device is refused: revoke it.
+func (h *Handler) removeDevice(w http.ResponseWriter, r *http.Request) {
+	var q RemoveDeviceRequest
+	if err := decode(w, r, &q); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if err := h.cfg.Registry.RemoveUnreadable(r.Context(), r.PathValue("id"), actorOf(r), q.Reason); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// unreadableDevices lists the device records GET /v1/devices leaves out
+// because they do not decode.
+func (h *Handler) unreadableDevices(w http.ResponseWriter, r *http.Request) {
+	rs, err := h.cfg.Registry.UnreadableDevices(r.Context())
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if rs == nil {
+		rs = []hub.UnreadableRecord{}
+	}
+	writeJSON(w, http.StatusOK, rs)
 }

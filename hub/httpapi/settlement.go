@@ -349,6 +349,10 @@ func (h *Handler) settlementPlan(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) settlementRun(w http.ResponseWriter, r *http.Request) {
+	if err := noBody(w, r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	run, err := h.cfg.Settlement.Settle(r.Context())
 	if err != nil {
 		h.failSettle(w, r, err)
@@ -446,13 +450,15 @@ func (h *Handler) receiptProof(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc, proof, run, err := h.cfg.Settlement.ReceiptProof(r.Context(), id)
-	if err != nil {
-		h.failSettle(w, r, err)
+	// A provider sees the receipts it is named in, payee or payer, and
+	// learns nothing of the others: one it is not named in, one that
+	// does not exist and one not anchored yet get the same answer.
+	if ownProvider(r) != "" && (errors.Is(err, hub.ErrNotFound) || err == nil && ownerOnly(r, rc.Payee, rc.Payer) != nil) {
+		h.fail(w, r, errNoReceipt)
 		return
 	}
-	// A provider sees the receipts it is named in, payee or payer.
-	if err := ownerOnly(r, rc.Payee, rc.Payer); err != nil {
-		h.fail(w, r, err)
+	if err != nil {
+		h.failSettle(w, r, err)
 		return
 	}
 	v, err := proofView(rc, proof, run)
@@ -462,6 +468,10 @@ func (h *Handler) receiptProof(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, v)
 }
+
+// errNoReceipt is a provider credential's one answer for a receipt it may
+// not see, whether it exists or not.
+var errNoReceipt = fmt.Errorf("%w: no anchored receipt with this id names you", hub.ErrNotFound)
 
 // proofView names the batch transaction that carries the run's anchor: with
 // a batch split in several transactions every one carries it, and the

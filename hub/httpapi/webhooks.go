@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -39,9 +40,13 @@ func (h *Handler) routeWebhooks() {
 
 // addWebhook registers an endpoint for a registered provider and answers
 // with its secret, shown this once.
+func (q *AddWebhookRequest) validate() error {
+	return errors.Join(checkLen("provider", q.Provider, hub.MaxIDLen, true), checkLen("url", q.URL, maxURLLen, true))
+}
+
 func (h *Handler) addWebhook(w http.ResponseWriter, r *http.Request) {
 	var q AddWebhookRequest
-	if err := decode(r, &q); err != nil {
+	if err := decode(w, r, &q); err != nil {
 		h.fail(w, r, err)
 		return
 	}
@@ -75,6 +80,10 @@ func (h *Handler) listWebhooks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) removeWebhook(w http.ResponseWriter, r *http.Request) {
+	if err := noBody(w, r); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	if err := h.cfg.Webhooks.Remove(r.Context(), r.PathValue("id")); err != nil {
 		h.fail(w, r, err)
 		return

@@ -6,8 +6,10 @@
 --       4 keyindex (hash hexkey -> id), 5 devices (hash id -> JSON)
 -- ARGV: 1 seq, 2 prev hash hex, 3 hash hex, 4 entry JSON, 5 token ('' = none),
 --       6 device count, then per device: id, JSON, key count, keys (hex,
---       current key first, then retired keys)
+--       current key first, then retired keys), then the count of device
+--       ids to remove and those ids
 -- Reply: {'ok'} | {'audit', headseq} | {'token'} | {'exists', key, owner, id}
+--        | {'unreadable', id}
 
 local n = redis.call('LLEN', KEYS[2])
 local head = redis.call('GET', KEYS[1]) or string.rep('0', 64)
@@ -48,7 +50,10 @@ for _ = 1, tonumber(ARGV[6]) do
   -- Release keys the stored version listed and this one drops.
   local old = docs[id] or redis.call('HGET', KEYS[5], id)
   if old then
-    local od = cjson.decode(old)
+    local okdoc, od = pcall(cjson.decode, old)
+    if not okdoc or type(od) ~= 'table' then
+      return {'unreadable', id}
+    end
     local oldkeys = {od.pubkey}
     if type(od.retired_keys) == 'table' then
       for _, k in ipairs(od.retired_keys) do oldkeys[#oldkeys + 1] = k end
@@ -71,6 +76,18 @@ for k, o in pairs(idx) do
 end
 for id, doc in pairs(docs) do
   redis.call('HSET', KEYS[5], id, doc)
+end
+-- Removals: a record that may not decode, so its index entries are found
+-- by scanning the index (an operator's rare repair).
+local nremove = tonumber(ARGV[i])
+if nremove and nremove > 0 then
+  local gone = {}
+  for r = 1, nremove do gone[ARGV[i + r]] = true end
+  local all = redis.call('HGETALL', KEYS[4])
+  for j = 1, #all, 2 do
+    if gone[all[j + 1]] then redis.call('HDEL', KEYS[4], all[j]) end
+  end
+  for id in pairs(gone) do redis.call('HDEL', KEYS[5], id) end
 end
 if ARGV[5] ~= '' then
   redis.call('SADD', KEYS[3], ARGV[5])

@@ -180,14 +180,18 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 		len(ch.Devices),
 	}
 	for _, d := range ch.Devices {
-		doc, err := json.Marshal(d)
+		doc, err := hub.EncodeDevice(d)
 		if err != nil {
-			return fmt.Errorf("redisstore: encode device %s: %w", d.ID, err)
+			return fmt.Errorf("redisstore: %w", err)
 		}
 		args = append(args, d.ID, doc, 1+len(d.RetiredKeys), d.Key.String())
 		for _, k := range d.RetiredKeys {
 			args = append(args, k.String())
 		}
+	}
+	args = append(args, len(ch.Remove))
+	for _, id := range ch.Remove {
+		args = append(args, id)
 	}
 	keys := []string{s.kHead, s.kAudit, s.kTokens, s.kKeyIndex, s.kDevices}
 	res, err := s.apply.Run(ctx, s.rdb, keys, args...).StringSlice()
@@ -206,6 +210,8 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 		return fmt.Errorf("redisstore: apply: %w: %s", hub.ErrTokenUsed, ch.SpendToken)
 	case "exists":
 		return fmt.Errorf("redisstore: apply: %w: key %s is indexed to device %s, not %s", hub.ErrAlreadyExists, at(res, 1), at(res, 2), at(res, 3))
+	case "unreadable":
+		return fmt.Errorf("redisstore: apply: %w: stored device %s", hub.ErrUnreadable, at(res, 1))
 	}
 	return fmt.Errorf("redisstore: apply audit %d: unexpected script reply %q", ch.Audit.Seq, res)
 }
@@ -239,7 +245,8 @@ func (s *Store) DeviceByKey(ctx context.Context, key hub.PubKey) (hub.Device, er
 	if err != nil {
 		return hub.Device{}, fmt.Errorf("redisstore: key index: %w", err)
 	}
-	// Devices are never deleted, so the id the index names is there.
+	// A removal deletes the record and its index entries in one script,
+	// so the id the index names is there.
 	return s.Device(ctx, id)
 }
 
@@ -258,10 +265,28 @@ func (s *Store) Devices(ctx context.Context) ([]hub.Device, error) {
 	for _, id := range ids {
 		d, err := decodeDevice(id, []byte(all[id]))
 		if err != nil {
-			return nil, err
+			s.log.Error("device record left out of the list: remove it with hubctl device remove --force", "id", id, "err", err)
+			continue
 		}
 		out = append(out, d)
 	}
+	return out, nil
+}
+
+// UnreadableDevices returns the device records that do not decode,
+// ordered by id.
+func (s *Store) UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, error) {
+	all, err := s.rdb.HGetAll(ctx, s.kDevices).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: devices: %w", err)
+	}
+	var out []hub.UnreadableRecord
+	for id, doc := range all {
+		if _, err := decodeDevice(id, []byte(doc)); err != nil {
+			out = append(out, hub.UnreadableRecord{ID: id, Error: err.Error()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 
@@ -310,9 +335,9 @@ func (s *Store) AuditRange(ctx context.Context, from uint64, limit int) ([]hub.A
 }
 
 func decodeDevice(id string, doc []byte) (hub.Device, error) {
-	var d hub.Device
-	if err := json.Unmarshal(doc, &d); err != nil {
-		return hub.Device{}, fmt.Errorf("redisstore: decode device %s: %w", id, err)
+	d, err := hub.DecodeDevice(id, doc)
+	if err != nil {
+		return hub.Device{}, fmt.Errorf("redisstore: %w", err)
 	}
 	return d, nil
 }
@@ -323,9 +348,9 @@ func validate(ch hub.Change) error {
 	if ch.Audit.ComputeHash() != ch.Audit.Hash {
 		return fmt.Errorf("redisstore: %w: audit entry %d does not match its hash", hub.ErrInvalid, ch.Audit.Seq)
 	}
-	for _, d := range ch.Devices {
-		if d.ID == "" {
-			return fmt.Errorf("redisstore: %w: device without id", hub.ErrInvalid)
+	for _, id := range ch.Remove {
+		if id == "" {
+			return fmt.Errorf("redisstore: %w: removal without id", hub.ErrInvalid)
 		}
 	}
 	return nil

@@ -70,8 +70,9 @@ type Config struct {
 	OutboxPath string
 	// Endpoints resolves providers to endpoints. Required.
 	Endpoints EndpointSource
-	// Client sends the POSTs; its Timeout defaults to DefaultTimeout.
-	Client *http.Client
+	// Policy is the address policy of deliveries: the client dials only
+	// the addresses it allows, checked after DNS resolution.
+	Policy AddressPolicy
 	// Workers is how many deliveries are in flight at once.
 	Workers int
 	// MaxAttempts bounds the attempts of one delivery; after the last
@@ -102,10 +103,11 @@ type delivery struct {
 // Dispatcher delivers queued events. It owns a scheduler goroutine and
 // Workers delivery goroutines, started by Start and stopped by Close.
 type Dispatcher struct {
-	cfg   Config
-	log   *slog.Logger
-	clock clock.Clock
-	db    *bolt.DB
+	cfg    Config
+	client *http.Client
+	log    *slog.Logger
+	clock  clock.Clock
+	db     *bolt.DB
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -125,9 +127,6 @@ type Dispatcher struct {
 func New(cfg Config) (*Dispatcher, error) {
 	if cfg.OutboxPath == "" || cfg.Endpoints == nil {
 		return nil, errors.New("webhook: outbox path and endpoints are required")
-	}
-	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: DefaultTimeout}
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = DefaultWorkers
@@ -152,7 +151,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("webhook: outbox %s: %w", cfg.OutboxPath, err)
 	}
 	d := &Dispatcher{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, db: db,
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, db: db, client: cfg.Policy.Client(DefaultTimeout),
 		work: make(chan *delivery), kick: make(chan struct{}, 1),
 		pending: map[string]*delivery{}, inflight: map[string]bool{},
 	}
@@ -377,7 +376,7 @@ func (d *Dispatcher) send(dl *delivery) error {
 	req.Header.Set(HeaderTimestamp, ts)
 	req.Header.Set(HeaderRedelivery, strconv.FormatBool(dl.Attempts > 0 || dl.maybeSent))
 	req.Header.Set(HeaderSignature, Sign(ep.Secret, ts, dl.Body))
-	resp, err := d.cfg.Client.Do(req)
+	resp, err := d.client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -42,20 +41,21 @@ type Endpoint struct {
 // several hubd instances on one Redis, each needs the same file (see
 // docs/webhooks.md).
 type Endpoints struct {
-	path string
-	now  func() time.Time
+	path   string
+	now    func() time.Time
+	policy AddressPolicy
 
 	mu   sync.Mutex
 	list []Endpoint
 }
 
 // OpenEndpoints loads the registry at path, creating none until the first
-// Add. now defaults to time.Now.
-func OpenEndpoints(path string, now func() time.Time) (*Endpoints, error) {
+// Add, which checks URLs against policy. now defaults to time.Now.
+func OpenEndpoints(path string, now func() time.Time, policy AddressPolicy) (*Endpoints, error) {
 	if now == nil {
 		now = time.Now
 	}
-	e := &Endpoints{path: path, now: now}
+	e := &Endpoints{path: path, now: now, policy: policy}
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -71,11 +71,12 @@ func OpenEndpoints(path string, now func() time.Time) (*Endpoints, error) {
 
 // Add registers url for provider and returns the endpoint with its new
 // secret, the only time the secret is shown. A url that is not absolute
-// http(s) is refused with an error wrapping hub.ErrInvalid.
+// http(s), or whose host the address policy refuses, is refused with an
+// error wrapping hub.ErrInvalid.
 func (e *Endpoints) Add(ctx context.Context, provider, rawURL string) (Endpoint, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return Endpoint{}, fmt.Errorf("%w: webhook url %q is not an absolute http(s) URL", hub.ErrInvalid, rawURL)
+	u, err := e.policy.CheckURL(ctx, rawURL)
+	if err != nil {
+		return Endpoint{}, err
 	}
 	if provider == "" {
 		return Endpoint{}, fmt.Errorf("%w: webhook without provider", hub.ErrInvalid)

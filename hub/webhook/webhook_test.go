@@ -96,7 +96,7 @@ type env struct {
 func newEnv(t *testing.T, fails int) *env {
 	e := &env{dir: t.TempDir(), rcv: newReceiver(t, fails)}
 	var err error
-	if e.eps, err = webhook.OpenEndpoints(filepath.Join(e.dir, "webhooks.json"), nil); err != nil {
+	if e.eps, err = webhook.OpenEndpoints(filepath.Join(e.dir, "webhooks.json"), nil, webhook.AddressPolicy{AllowPrivate: true}); err != nil {
 		t.Fatal(err)
 	}
 	if e.ep, err = e.eps.Add(t.Context(), "prov1", e.rcv.srv.URL+"/hook"); err != nil {
@@ -108,6 +108,8 @@ func newEnv(t *testing.T, fails int) *env {
 func (e *env) dispatcher(t *testing.T, maxAttempts int) *webhook.Dispatcher {
 	d, err := webhook.New(webhook.Config{
 		OutboxPath: filepath.Join(e.dir, "outbox.db"), Endpoints: e.eps,
+		// The receiver is a loopback httptest server.
+		Policy:     webhook.AddressPolicy{AllowPrivate: true},
 		MinBackoff: 40 * time.Millisecond, MaxBackoff: time.Second, MaxAttempts: maxAttempts,
 	})
 	if err != nil {
@@ -275,7 +277,7 @@ func TestEndpoints(t *testing.T) {
 	if _, err := e.eps.Add(ctx, "prov1", "ftp://x"); !errors.Is(err, hub.ErrInvalid) {
 		t.Fatalf("bad url: %v", err)
 	}
-	again, err := webhook.OpenEndpoints(filepath.Join(e.dir, "webhooks.json"), nil)
+	again, err := webhook.OpenEndpoints(filepath.Join(e.dir, "webhooks.json"), nil, webhook.AddressPolicy{AllowPrivate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,153 @@
+package hub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+)
+
+// ErrUnreadable marks a stored record that does not decode into a valid
+// value (written by an older hub that let it through, or damaged). Reads
+// of it return this error; listings leave it out and name it separately;
+// an operator removes it (Registry.RemoveUnreadable).
+var ErrUnreadable = errors.New("hub: stored record unreadable")
+
+// Limits of a device record, checked at the admin edge and again by the
+// stores before they write one.
+const (
+	MaxOwnerLen  = 200
+	MaxKindLen   = 100
+	MaxIDLen     = 64
+	maxPayoutLen = 10_000 // consensus bound of a script
+)
+
+// Validate reports whether k is a point on the curve; the zero key is not.
+func (k PubKey) Validate() error {
+	if k == (PubKey{}) {
+		return fmt.Errorf("%w: public key is required", ErrInvalid)
+	}
+	if _, err := btcec.ParsePubKey(k[:]); err != nil {
+		return fmt.Errorf("%w: public key: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+// Validate reports whether d is a record the stores may hold: an id, valid
+// keys, known roles and status, bounded text. It returns an error wrapping
+// ErrInvalid.
+func (d Device) Validate() error {
+	if d.ID == "" || len(d.ID) > MaxIDLen {
+		return fmt.Errorf("%w: device id must be 1 to %d bytes", ErrInvalid, MaxIDLen)
+	}
+	if err := d.Key.Validate(); err != nil {
+		return fmt.Errorf("device %s: %w", d.ID, err)
+	}
+	for _, k := range d.RetiredKeys {
+		if err := k.Validate(); err != nil {
+			return fmt.Errorf("device %s: retired key: %w", d.ID, err)
+		}
+	}
+	if len(d.Roles) == 0 {
+		return fmt.Errorf("%w: device %s: at least one role is required", ErrInvalid, d.ID)
+	}
+	for _, role := range d.Roles {
+		if _, err := ParseRole(string(role)); err != nil {
+			return fmt.Errorf("device %s: %w", d.ID, err)
+		}
+	}
+	switch d.Status {
+	case StatusActive, StatusFrozen, StatusRevoked:
+	default:
+		return fmt.Errorf("%w: device %s: unknown status %q", ErrInvalid, d.ID, d.Status)
+	}
+	if len(d.Owner) > MaxOwnerLen || len(d.Kind) > MaxKindLen {
+		return fmt.Errorf("%w: device %s: owner (%d bytes at most) or kind (%d) too long", ErrInvalid, d.ID, MaxOwnerLen, MaxKindLen)
+	}
+	if len(d.Payout) > maxPayoutLen {
+		return fmt.Errorf("%w: device %s: payout script too long", ErrInvalid, d.ID)
+	}
+	return nil
+}
+
+// EncodeDevice is the stored form of d, the one both stores write. It
+// refuses, with an error wrapping ErrInvalid, a device that does not
+// validate or whose encoding does not decode back to the same record, so
+// no store ever holds a record it cannot read.
+func EncodeDevice(d Device) ([]byte, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	doc, err := json.Marshal(d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: encode device %s: %v", ErrInvalid, d.ID, err)
+	}
+	back, err := DecodeDevice(d.ID, doc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: device %s does not read back: %v", ErrInvalid, d.ID, err)
+	}
+	if again, err := json.Marshal(back); err != nil || !bytes.Equal(again, doc) {
+		return nil, fmt.Errorf("%w: device %s does not read back the same", ErrInvalid, d.ID)
+	}
+	return doc, nil
+}
+
+// DecodeDevice decodes a stored device record kept under id. A record that
+// does not decode, does not validate or names another id is refused with
+// an error wrapping ErrUnreadable.
+func DecodeDevice(id string, doc []byte) (Device, error) {
+	var d Device
+	if err := json.Unmarshal(doc, &d); err != nil {
+		return Device{}, fmt.Errorf("%w: device %s: %v", ErrUnreadable, id, err)
+	}
+	if err := d.Validate(); err != nil {
+		return Device{}, fmt.Errorf("%w: device %s: %v", ErrUnreadable, id, err)
+	}
+	if d.ID != id {
+		return Device{}, fmt.Errorf("%w: device %s: record names %q", ErrUnreadable, id, d.ID)
+	}
+	return d, nil
+}
+
+// UnreadableRecord names a stored record that does not decode, and why.
+type UnreadableRecord struct {
+	ID    string `json:"id"`
+	Error string `json:"error"`
+}
+
+// UnreadableDevices lists the device records the store holds but cannot
+// read; Devices leaves them out.
+func (r *Registry) UnreadableDevices(ctx context.Context) ([]UnreadableRecord, error) {
+	return r.store.UnreadableDevices(ctx)
+}
+
+// RemoveUnreadable deletes device id's record and every key index entry
+// that names it, with an audit entry (kind AuditAdmin, detail action
+// "device-removed") in the same write. It refuses a device that reads
+// back (error wrapping ErrInvalid: revoke it instead; its channels and
+// books stay whole) and returns an error wrapping ErrNotFound for an
+// unknown id. It is the operator's way out of a record an older hub let
+// through.
+func (r *Registry) RemoveUnreadable(ctx context.Context, id, actor, reason string) error {
+	err := r.apply(ctx, func(head AuditEntry) (Change, error) {
+		_, err := r.store.Device(ctx, id)
+		switch {
+		case err == nil:
+			return Change{}, fmt.Errorf("%w: device %s is readable: revoke it instead", ErrInvalid, id)
+		case !errors.Is(err, ErrUnreadable):
+			return Change{}, err
+		}
+		e, err := NextAuditEntry(head, r.now().UTC(), AuditAdmin, id, actor, map[string]string{
+			"action": "device-removed", "reason": reason, "error": err.Error(),
+		})
+		return Change{Remove: []string{id}, Audit: e}, err
+	})
+	if err != nil {
+		return fmt.Errorf("hub: remove %s: %w", id, err)
+	}
+	r.log.Warn("unreadable device record removed", "id", id, "actor", actor, "reason", reason)
+	return nil
+}
