@@ -160,7 +160,18 @@ func (s RunState) Final() bool {
 // had nothing to broadcast (empty). Only then may the next epoch be cut:
 // until then a run is open, and one run is open at a time.
 func (s RunState) Settled() bool {
-	return s == RunBroadcast || s == RunConfirmed || s == RunEmpty
+	for _, x := range SettledStates() {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// SettledStates lists the states Settled accepts, for a store that checks
+// them in its own language (the Redis cut script).
+func SettledStates() []RunState {
+	return []RunState{RunBroadcast, RunConfirmed, RunEmpty}
 }
 
 // Run is the durable record of one settlement run: everything the hub needs
