@@ -37,11 +37,12 @@ func (e Epoch) Contains(t time.Time) bool {
 	return !t.Before(e.From()) && (e.Open() || t.Before(e.End))
 }
 
-// From is the earliest payment time e holds: Start, or the zero time for
-// epoch 1, which also holds what was paid before it was opened.
+// From is the earliest payment time e holds: Start, or for epoch 1, which
+// also holds what was paid before it was opened, the Unix epoch (receipt
+// and charge times start there; stores index them from there).
 func (e Epoch) From() time.Time {
-	if e.Number == 1 {
-		return time.Time{}
+	if e.Number == 1 && e.Start.After(time.Unix(0, 0)) {
+		return time.Unix(0, 0).UTC()
 	}
 	return e.Start
 }

@@ -46,9 +46,9 @@ func TestPlanNeverFailsAndConserves(t *testing.T) {
 				rapid.Int64Range(1_000_000, 100_000_000), // large
 			).Draw(rt, "capacity"))
 			expiry := uint32(rapid.OneOf(
-				rapid.Int64Range(height-10, height+RefundGuard), // expired or refundable next block
+				rapid.Int64Range(height-10, height+RefundGuard),                            // expired or refundable next block
 				rapid.Int64Range(height+RefundGuard+1, height+int64(margin)+RefundGuard+1), // near
-				rapid.Int64Range(height+1_000, height+100_000), // far
+				rapid.Int64Range(height+1_000, height+100_000),                             // far
 			).Draw(rt, "expiry"))
 			out, err := channel.NewOutput(channel.Params{
 				DeviceKey: p.device.PubKey(), HubKey: hubKey.PubKey(), Capacity: capacity, Expiry: expiry,
