@@ -2,6 +2,9 @@ package hub_test
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/settlement"
 )
@@ -18,8 +22,9 @@ import (
 // holds open, and while it is held asks for more runs: in the same
 // process (Begin and Settle at once) and from a second settlement service
 // on the same store, as a second hubd's admin API would (Begin). Every one is refused with
-// ErrRunOpen at once (none waits for the round), Begin returned as soon as
-// the run was durably planned, and once the round ends exactly one epoch
+// ErrRunOpen at once (409 through the admin API; none waits for the round),
+// the admin API's run answered 202 as soon as the run was durably planned,
+// and once the round ends exactly one epoch
 // was cut and it is broadcast.
 func TestSettleOneRunAtATime(t *testing.T) {
 	e := newSettleEnv(t)
@@ -34,9 +39,20 @@ func TestSettleOneRunAtATime(t *testing.T) {
 	s := e.settlement(func(cfg *hub.SettlementConfig) {
 		cfg.AfterState = func(r settlement.Run) error { states <- r.State; return nil }
 	})
-	r, err := s.Begin(t.Context())
+	// Through the admin API, as hubctl settle run --no-wait: the answer
+	// comes while the round is still held, 202 with the planned run.
+	const token = "0123456789abcdef0123456789abcdef"
+	api, err := httpapi.New(httpapi.Config{Registry: e.h.Registry(), Token: token, Settlement: s,
+		Info: func() httpapi.Info { return httpapi.Info{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	t.Cleanup(srv.Close)
+	cl := httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
+	r, err := cl.Settle(t.Context())
 	if err != nil || r.State != settlement.RunPlanned || r.Epoch.Number != 1 {
-		t.Fatalf("Begin: %+v, %v", r, err)
+		t.Fatalf("POST /v1/settlement/run: %+v, %v", r, err)
 	}
 	if got := <-states; got != settlement.RunPlanned {
 		t.Fatalf("first stored state %s", got)
@@ -45,8 +61,9 @@ func TestSettleOneRunAtATime(t *testing.T) {
 
 	other := e.settlement(nil) // another hub on the same store
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
+	errs := make([]error, 4)
 	for i, f := range []func() error{
+		func() error { _, err := cl.Settle(t.Context()); return err },
 		func() error { _, err := s.Begin(t.Context()); return err },
 		func() error { _, err := s.Settle(t.Context()); return err },
 		func() error { _, err := other.Begin(t.Context()); return err },
@@ -55,9 +72,13 @@ func TestSettleOneRunAtATime(t *testing.T) {
 		go func() { defer wg.Done(); errs[i] = f() }()
 	}
 	wg.Wait()
-	for i, err := range errs {
+	var apiErr *httpapi.APIError
+	if !errors.As(errs[0], &apiErr) || apiErr.Status != http.StatusConflict {
+		t.Errorf("concurrent POST: %v, want 409", errs[0])
+	}
+	for i, err := range errs[1:] {
 		if !errors.Is(err, hub.ErrRunOpen) {
-			t.Errorf("concurrent request %d: %v, want hub.ErrRunOpen", i, err)
+			t.Errorf("concurrent request %d: %v, want hub.ErrRunOpen", i+1, err)
 		}
 	}
 
