@@ -234,7 +234,11 @@ func (c *Channels) setStatus(ctx context.Context, op btcwire.OutPoint, from, to 
 
 // expiryScan claims every channel the hub was paid in whose expiry is
 // within SafetyMargin blocks, so the claim confirms before the device's
-// refund becomes valid, and warns at twice the margin.
+// refund becomes valid, and warns at twice the margin. From its expiry on,
+// a channel's output may be spent by the device's refund, which the hub
+// does not sign: an expired channel whose output is spent in a block is
+// moved to closed (spentOnChain), so it leaves settlement and is not
+// claimed again at every block.
 func (c *Channels) expiryScan(ctx context.Context, height uint32) {
 	recs, err := c.store.Channels(ctx, ChannelReady, ChannelFrozen)
 	if err != nil {
@@ -243,6 +247,9 @@ func (c *Channels) expiryScan(ctx context.Context, height uint32) {
 	}
 	m := c.cfg.SafetyMargin
 	for _, r := range recs {
+		if height >= r.Expiry && c.spentOnChain(ctx, r) {
+			continue
+		}
 		switch {
 		case r.Paid == 0 || height+2*m < r.Expiry:
 			continue
@@ -251,10 +258,36 @@ func (c *Channels) expiryScan(ctx context.Context, height uint32) {
 			continue
 		}
 		txid, err := c.Claim(ctx, r.Funding)
+		if errors.Is(err, ErrNothingToClaim) {
+			// Dust: claiming would cost more than it brings; the
+			// device's refund takes the channel back.
+			c.log.Info("expiry claim not worth its fee; left to the device's refund", "channel", r.Funding,
+				"expiry", r.Expiry, "height", height, "err", err)
+			continue
+		}
 		if err != nil {
 			c.log.Warn("expiry claim not made", "channel", r.Funding, "expiry", r.Expiry, "height", height, "err", err)
 			continue
 		}
 		c.log.Warn("channel claimed before expiry", "channel", r.Funding, "expiry", r.Expiry, "height", height, "txid", txid)
 	}
+}
+
+// spentOnChain reports whether an open channel's output is spent in the
+// best chain (a refund: every other spend goes through the hub, which
+// tracks it), and if so moves the channel to closed. A node error counts
+// as not spent; the next block asks again.
+func (c *Channels) spentOnChain(ctx context.Context, r ChannelRecord) bool {
+	_, err := c.cfg.Chain.TxOut(ctx, r.Funding, false)
+	switch {
+	case err == nil:
+		return false
+	case !errors.Is(err, btcdchain.ErrNotFound):
+		c.log.Warn("expired channel output check failed", "channel", r.Funding, "err", err)
+		return false
+	}
+	c.log.Warn("expired channel spent on chain by someone else (the device's refund); closing it",
+		"channel", r.Funding, "expiry", r.Expiry, "paid_msat", uint64(r.Paid))
+	c.setStatus(ctx, r.Funding, r.Status, ChannelClosed)
+	return true
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
@@ -270,8 +271,15 @@ type Settlement struct {
 	clock clock.Clock
 
 	// mu serialises every step of every run: one run moves at a time,
-	// whether driven by the loop or by Settle.
+	// whether driven by the loop, by Settle or by Begin's goroutine.
 	mu sync.Mutex
+	// busy is set while this process drives a run from its cut (or
+	// resumption) to broadcast, so a request arriving meanwhile is
+	// answered ErrRunOpen at once instead of waiting on mu and then
+	// cutting another epoch. It is taken before mu, never while
+	// holding it and waiting. Across processes the store's CutEpoch
+	// refuses a cut while the previous run is open.
+	busy atomic.Bool
 	// sentAt is the height at which each batch transaction was first seen
 	// broadcast by this process, and bumped the CPFP child of each; both are
 	// rebuilt after a restart (a restart delays a bump, never repeats a
@@ -337,11 +345,17 @@ func (s *Settlement) loop() {
 }
 
 // Settle cuts the open epoch now and runs its settlement up to broadcast,
-// after finishing any run left unfinished. It returns the new run.
+// after finishing any run left unfinished, and returns the new run. It
+// returns an error wrapping ErrRunOpen while another run is under way
+// (driven by this process, or not settled yet in the store).
 func (s *Settlement) Settle(ctx context.Context) (settlement.Run, error) {
 	if s.ctx.Err() != nil {
 		return settlement.Run{}, ErrSettlementClosed
 	}
+	if !s.busy.CompareAndSwap(false, true) {
+		return settlement.Run{}, fmt.Errorf("%w: this hub is driving a run", ErrRunOpen)
+	}
+	defer s.busy.Store(false)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.resume(ctx); err != nil {
@@ -350,19 +364,66 @@ func (s *Settlement) Settle(ctx context.Context) (settlement.Run, error) {
 	return s.cutAndRun(ctx)
 }
 
+// Begin cuts the open epoch now, stores its run and returns it as soon as
+// it is durable: planned, with the rest of the run (signing round,
+// broadcast) going on in the background, or empty when the epoch has
+// nothing to settle on chain. It returns an error wrapping ErrRunOpen
+// while another run is under way, including one left unfinished (the loop
+// resumes that one), without waiting for it.
+func (s *Settlement) Begin(ctx context.Context) (settlement.Run, error) {
+	if s.ctx.Err() != nil {
+		return settlement.Run{}, ErrSettlementClosed
+	}
+	if !s.busy.CompareAndSwap(false, true) {
+		return settlement.Run{}, fmt.Errorf("%w: this hub is driving a run", ErrRunOpen)
+	}
+	s.mu.Lock()
+	r, chans, err := s.cut(ctx)
+	s.mu.Unlock()
+	if err != nil || r.State != settlement.RunPlanned {
+		s.busy.Store(false)
+		if err != nil {
+			return settlement.Run{}, err
+		}
+		return *r, nil
+	}
+	started := *r
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// Free before mu: whoever takes mu next finds no run driven.
+		defer s.busy.Store(false)
+		// The service's context, not the request's: the run outlives
+		// the answer. Close stops it at its last durable state.
+		if _, err := s.drive(s.ctx, r, chans); err != nil && s.ctx.Err() == nil {
+			s.log.Warn("settlement run stopped; the loop resumes it", "epoch", r.Epoch.Number, "err", err)
+		}
+	}()
+	return started, nil
+}
+
 // Poll runs one step of the loop: resume an unfinished run, follow the
-// chain, and cut the epoch if the CutRule is due.
+// chain, and cut the epoch if the CutRule is due. Following does not
+// depend on the resumption: a run that cannot go on never hides another
+// run's confirmation.
 func (s *Settlement) Poll(ctx context.Context) error {
 	if s.ctx.Err() != nil {
 		return ErrSettlementClosed
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.resume(ctx); err != nil {
-		return err
+	var resumeErr error
+	if s.busy.CompareAndSwap(false, true) {
+		resumeErr = s.resume(ctx)
+		s.busy.Store(false)
 	}
 	if err := s.follow(ctx); err != nil {
-		return err
+		return errors.Join(resumeErr, err)
+	}
+	if resumeErr != nil {
+		return resumeErr
 	}
 	open, err := s.openEpoch(ctx)
 	if err != nil {
@@ -372,11 +433,16 @@ func (s *Settlement) Poll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if s.cfg.CutRule.Due(open, s.clock.Now(), uint32(height)) {
-		_, err := s.cutAndRun(ctx)
-		return err
+	if !s.cfg.CutRule.Due(open, s.clock.Now(), uint32(height)) || !s.busy.CompareAndSwap(false, true) {
+		return nil
 	}
-	return nil
+	defer s.busy.Store(false)
+	_, err = s.cutAndRun(ctx)
+	if errors.Is(err, ErrRunOpen) {
+		// Another hub sharing the store runs the previous epoch.
+		return nil
+	}
+	return err
 }
 
 // Run returns the latest run of an epoch, or ErrNotFound.
@@ -395,10 +461,10 @@ func (s *Settlement) openEpoch(ctx context.Context) (settlement.Epoch, error) {
 	if err != nil {
 		return settlement.Epoch{}, err
 	}
-	// The first epoch holds every payment made before it was stored
-	// (receipt times start at the Unix epoch), so a hub that ran before
-	// settlement was switched on settles its history too.
-	first := settlement.FirstEpoch(time.Unix(0, 0).UTC(), uint32(height))
+	// The first epoch opens now, and holds every payment made before
+	// too (settlement.Epoch.From), so a hub that ran before settlement
+	// was switched on settles its history.
+	first := settlement.FirstEpoch(cutTime(s.clock.Now()), uint32(height))
 	if err := s.store.CutEpoch(ctx, settlement.Epoch{}, first); err != nil && !errors.Is(err, ErrEpochConflict) {
 		return settlement.Epoch{}, err
 	}
@@ -410,23 +476,34 @@ func (s *Settlement) openEpoch(ctx context.Context) (settlement.Epoch, error) {
 func cutTime(t time.Time) time.Time { return t.UTC().Truncate(time.Millisecond) }
 
 // cutAndRun cuts the open epoch with every channel locked and runs the
-// closed epoch up to broadcast.
+// closed epoch up to broadcast (or records it empty).
 func (s *Settlement) cutAndRun(ctx context.Context) (settlement.Run, error) {
-	open, err := s.openEpoch(ctx)
+	r, chans, err := s.cut(ctx)
 	if err != nil {
 		return settlement.Run{}, err
+	}
+	if r.State != settlement.RunPlanned {
+		return *r, nil
+	}
+	return s.drive(ctx, r, chans)
+}
+
+// cut cuts the open epoch with every channel locked and stores the closed
+// epoch's first run: planned, or empty when its plan has no transaction
+// (then it is final: nothing is signed, broadcast or announced). The store
+// refuses the cut with ErrRunOpen while the previous run is open.
+func (s *Settlement) cut(ctx context.Context) (*settlement.Run, []SettleChannel, error) {
+	open, err := s.openEpoch(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	height, err := s.cfg.Chain.BlockCount(ctx)
 	if err != nil {
-		return settlement.Run{}, err
+		return nil, nil, err
 	}
 	var closed settlement.Epoch
 	chans, err := s.cfg.Channels.CutOpen(ctx, func() error {
-		now := cutTime(s.clock.Now())
-		if now.Before(open.Start) {
-			now = open.Start
-		}
-		c, next, err := open.Cut(now, uint32(height))
+		c, next, err := open.Cut(cutAt(s.clock.Now(), open), max(uint32(height), open.StartHeight))
 		if err != nil {
 			return err
 		}
@@ -434,14 +511,53 @@ func (s *Settlement) cutAndRun(ctx context.Context) (settlement.Run, error) {
 		return s.store.CutEpoch(ctx, c, next)
 	})
 	if err != nil {
-		return settlement.Run{}, err
+		return nil, nil, err
 	}
 	s.log.Info("epoch cut", "epoch", closed.Number, "end", closed.End, "height", closed.EndHeight, "channels", len(chans))
 	r := settlement.NewRun(closed, 1, s.clock.Now().UTC())
-	if err := s.put(ctx, *r); err != nil {
-		return settlement.Run{}, err
+	// Plan once before anything is announced: an epoch with nothing to
+	// move on chain is recorded empty and no planned run is ever seen.
+	p, err := s.prepare(ctx, closed, chans)
+	if err != nil {
+		return nil, nil, err
 	}
-	return s.drive(ctx, r, chans)
+	if len(p.plan.Txs) == 0 {
+		if err := s.empty(ctx, r, p); err != nil {
+			return nil, nil, err
+		}
+		return r, nil, nil
+	}
+	if err := s.put(ctx, *r); err != nil {
+		return nil, nil, err
+	}
+	return r, chans, nil
+}
+
+// cutAt is the time of a cut of open at now: truncated to the millisecond,
+// the precision of receipt times, so a receipt's epoch is decided by the
+// same numbers everywhere, and never before the epoch's start.
+func cutAt(now time.Time, open settlement.Epoch) time.Time {
+	t := cutTime(now)
+	if t.Before(open.Start) {
+		return open.Start
+	}
+	return t
+}
+
+// empty records r, whose plan has no transaction, as empty with its
+// closing: the balances carry into the next epoch, nothing goes on chain.
+func (s *Settlement) empty(ctx context.Context, r *settlement.Run, p *prepared) error {
+	closing, _, err := p.el.ledger.Close(p.plan.Settled)
+	if err != nil {
+		return fmt.Errorf("hub: close epoch %d: %w", r.Epoch.Number, err)
+	}
+	r.Anchor, r.Closing, r.Fee, r.Txs = p.anchor, closing, 0, nil
+	if err := s.transition(ctx, r, settlement.RunEmpty); err != nil {
+		return err
+	}
+	s.log.Info("settlement empty: nothing to settle on chain", "epoch", r.Epoch.Number,
+		"receipts", p.el.receipts, "carried", len(p.plan.Carried))
+	return nil
 }
 
 // resume finishes the latest closed epoch's run if it stopped before
@@ -472,10 +588,10 @@ func (s *Settlement) resume(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	switch r.State {
-	case settlement.RunBroadcast, settlement.RunConfirmed:
+	switch {
+	case r.State.Settled():
 		return nil
-	case settlement.RunFailed, settlement.RunReplaced:
+	case r.State.Final():
 		s.log.Warn("settlement run is final without settling; starting a new attempt",
 			"epoch", r.Epoch.Number, "attempt", r.Attempt, "state", r.State, "error", r.Error)
 		r = *settlement.NewRun(r.Epoch, r.Attempt+1, s.clock.Now().UTC())

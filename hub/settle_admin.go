@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
-	"time"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/settlement"
@@ -32,24 +30,12 @@ func (s *Settlement) Preview(ctx context.Context) (settlement.Run, *settlement.P
 	open, err := s.store.OpenEpoch(ctx)
 	if errors.Is(err, ErrNotFound) {
 		// What openEpoch would store; Preview stores nothing.
-		open, err = settlement.FirstEpoch(time.Unix(0, 0).UTC(), uint32(height)), nil
+		open, err = settlement.FirstEpoch(cutTime(s.clock.Now()), uint32(height)), nil
 	}
 	if err != nil {
 		return settlement.Run{}, nil, err
 	}
-	now := cutTime(s.clock.Now())
-	if now.Before(open.Start) {
-		now = open.Start
-	}
-	closed, _, err := open.Cut(now, max(uint32(height), open.StartHeight))
-	if err != nil {
-		return settlement.Run{}, nil, err
-	}
-	el, err := s.buildLedger(ctx, closed)
-	if err != nil {
-		return settlement.Run{}, nil, err
-	}
-	anchor, err := s.anchor(ctx, el)
+	closed, _, err := open.Cut(cutAt(s.clock.Now(), open), max(uint32(height), open.StartHeight))
 	if err != nil {
 		return settlement.Run{}, nil, err
 	}
@@ -57,24 +43,23 @@ func (s *Settlement) Preview(ctx context.Context) (settlement.Run, *settlement.P
 	if err != nil {
 		return settlement.Run{}, nil, err
 	}
-	in, _, err := s.planInput(ctx, el, chans, anchor, uint32(height))
+	p, err := s.prepare(ctx, closed, chans)
 	if err != nil {
 		return settlement.Run{}, nil, err
 	}
-	// The order planAndSign's first round uses.
-	sort.SliceStable(in.Channels, func(i, j int) bool {
-		return in.Channels[i].Cooperative && !in.Channels[j].Cooperative
-	})
-	plan, err := in.Plan()
-	if err != nil {
-		return settlement.Run{}, nil, fmt.Errorf("hub: plan epoch %d: %w", closed.Number, err)
-	}
-	closing, _, err := el.ledger.Close(plan.Settled)
+	anchor, plan := p.anchor, p.plan
+	closing, _, err := p.el.ledger.Close(plan.Settled)
 	if err != nil {
 		return settlement.Run{}, nil, fmt.Errorf("hub: close epoch %d: %w", closed.Number, err)
 	}
 	r := settlement.NewRun(closed, 1, s.clock.Now().UTC())
 	r.Anchor, r.Closing, r.Fee = anchor, closing, plan.Fee
+	if len(plan.Txs) == 0 {
+		// What the cut would record: an empty run.
+		if err := r.Transition(settlement.RunEmpty, r.Created); err != nil {
+			return settlement.Run{}, nil, err
+		}
+	}
 	for _, t := range plan.Txs {
 		var buf bytes.Buffer
 		if err := t.Tx.Serialize(&buf); err != nil {

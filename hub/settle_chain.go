@@ -116,29 +116,40 @@ func (s *Settlement) send(ctx context.Context, txs []*btcwire.MsgTx) {
 // transaction the node does not know is sent again; one waiting CPFPAfter
 // blocks gets a fee-bumping child; a confirmed run whose transaction left
 // the best chain (a reorg) goes back to broadcast and is sent again.
+//
+// Runs are read newest first, page by page, until a confirmed run older
+// than the reorg watch: runs settle in epoch order, so every older one is
+// settled and deep too. Empty runs have nothing on chain and are skipped,
+// however many there are, so a broadcast run is never lost from view.
 func (s *Settlement) follow(ctx context.Context) error {
-	runs, err := s.store.Runs(ctx, 3)
-	if err != nil {
-		return err
-	}
 	tip32, err := s.cfg.Chain.BlockCount(ctx)
 	if err != nil {
 		return err
 	}
 	tip := uint32(tip32)
-	for i := range runs {
-		r := &runs[i]
-		if r.State != settlement.RunBroadcast && r.State != settlement.RunConfirmed {
-			continue
-		}
-		if r.State == settlement.RunConfirmed && r.ConfirmHeight+DefaultReorgWatch < tip {
-			continue
-		}
-		if err := s.followRun(ctx, r, tip); err != nil {
+	seen := 0
+	for limit := 4; ; limit *= 2 {
+		runs, err := s.store.Runs(ctx, limit)
+		if err != nil {
 			return err
 		}
+		for i := seen; i < len(runs); i++ {
+			r := &runs[i]
+			if r.State == settlement.RunConfirmed && r.ConfirmHeight+DefaultReorgWatch < tip {
+				return nil
+			}
+			if r.State != settlement.RunBroadcast && r.State != settlement.RunConfirmed {
+				continue
+			}
+			if err := s.followRun(ctx, r, tip); err != nil {
+				return err
+			}
+		}
+		if len(runs) < limit {
+			return nil
+		}
+		seen = len(runs)
 	}
-	return nil
 }
 
 func (s *Settlement) followRun(ctx context.Context, r *settlement.Run, tip uint32) error {
@@ -171,10 +182,9 @@ func (s *Settlement) followRun(ctx context.Context, r *settlement.Run, tip uint3
 			}
 		}
 	}
-	if len(txs) == 0 {
-		minConf = int64(s.cfg.Confirmations)
-	}
-	confirmed := minConf >= int64(s.cfg.Confirmations)
+	// A run with no transaction is empty, never broadcast; one read
+	// back without any cannot be confirmed by the chain.
+	confirmed := len(txs) > 0 && minConf >= int64(s.cfg.Confirmations)
 	switch {
 	case r.State == settlement.RunBroadcast && confirmed:
 		r.ConfirmHeight = tip - uint32(minConf) + 1

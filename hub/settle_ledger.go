@@ -39,7 +39,7 @@ func (s *Settlement) buildLedger(ctx context.Context, ep settlement.Epoch) (*epo
 		if err != nil {
 			return nil, fmt.Errorf("%w: epoch %d: %w", ErrSettlePending, ep.Number-1, err)
 		}
-		if prev.State != settlement.RunBroadcast && prev.State != settlement.RunConfirmed {
+		if !prev.State.Settled() {
 			return nil, fmt.Errorf("%w: epoch %d is %s", ErrSettlePending, ep.Number-1, prev.State)
 		}
 		if prev.Closing != nil && len(prev.Closing.Carried) > 0 {
@@ -83,7 +83,7 @@ func (s *Settlement) buildLedger(ctx context.Context, ep settlement.Epoch) (*epo
 	}
 	sort.Strings(names)
 	for _, p := range names {
-		cs, err := s.store.ChargesByProvider(ctx, p, ep.Start, ep.End)
+		cs, err := s.store.ChargesByProvider(ctx, p, ep.From(), ep.End)
 		if err != nil {
 			return nil, err
 		}
@@ -114,7 +114,7 @@ func (s *Settlement) epochReceipts(ctx context.Context, ep settlement.Epoch) ([]
 	err := s.scanReceipts(ctx, func(rec ChannelRecord) bool {
 		// A channel closed before the epoch began cannot hold its
 		// payments; every other one may.
-		return !(rec.Status == ChannelClosed && rec.UpdatedAt.Before(ep.Start))
+		return !(rec.Status == ChannelClosed && rec.UpdatedAt.Before(ep.From()))
 	}, func(r channel.Receipt) bool {
 		if ep.Contains(r.Time) && r.Time.Before(ep.End) {
 			id := r.ID()

@@ -41,6 +41,11 @@ type settleEnv struct {
 	nonces  map[[66]byte][32]byte // every nonce seen (hub's and devices') → message
 	reuse   []string
 	done    map[string]hub.SettleDone
+
+	// gate, when set, holds every Cosign until it is closed (or the
+	// round's context ends), after telling inRound it started: a round
+	// in progress for as long as the test wants.
+	gate, inRound chan struct{}
 }
 
 func newSettleEnv(t *testing.T) *settleEnv {
@@ -79,8 +84,19 @@ func (e *settleEnv) Online(id string) bool {
 
 func (e *settleEnv) Cosign(ctx context.Context, id string, req hub.CosignRequest) (hub.CosignReply, error) {
 	e.mu.Lock()
-	key, out := e.keys[id], e.outs[req.Channel]
+	key, out, gate, inRound := e.keys[id], e.outs[req.Channel], e.gate, e.inRound
 	e.mu.Unlock()
+	if gate != nil {
+		select {
+		case inRound <- struct{}{}:
+		default:
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return hub.CosignReply{}, ctx.Err()
+		}
+	}
 	if key == nil || out == nil {
 		return hub.CosignReply{}, hub.ErrSettleRefused
 	}
@@ -172,6 +188,11 @@ func (e *settleEnv) device(name string, online bool) string {
 // openChannel funds a channel of capacity on chain from the faucet and
 // stores its record as ready.
 func (e *settleEnv) openChannel(id string, capacity btcutil.Amount) btcwire.OutPoint {
+	return e.openChannelAt(id, capacity, e.h.Height(e.t)+1000)
+}
+
+// openChannelAt is openChannel with the expiry height given.
+func (e *settleEnv) openChannelAt(id string, capacity btcutil.Amount, expiry uint32) btcwire.OutPoint {
 	t, ctx := e.t, e.t.Context()
 	var pid [32]byte
 	_, _ = rand.Read(pid[:])
@@ -180,7 +201,6 @@ func (e *settleEnv) openChannel(id string, capacity btcutil.Amount) btcwire.OutP
 	if err != nil {
 		t.Fatal(err)
 	}
-	expiry := e.h.Height(t) + 1000
 	out, err := channel.NewOutput(channel.Params{DeviceKey: dev, HubKey: hubKey, Capacity: capacity, Expiry: expiry})
 	if err != nil {
 		t.Fatal(err)

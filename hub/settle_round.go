@@ -24,22 +24,11 @@ import (
 // kept their index and amounts, and a round costs one nonce, one partial
 // signature and two verifications per device.
 func (s *Settlement) planAndSign(ctx context.Context, r *settlement.Run, chans []SettleChannel) error {
-	el, err := s.buildLedger(ctx, r.Epoch)
+	p, err := s.prepare(ctx, r.Epoch, chans)
 	if err != nil {
 		return err
 	}
-	anchor, err := s.anchor(ctx, el)
-	if err != nil {
-		return err
-	}
-	height, err := s.cfg.Chain.BlockCount(ctx)
-	if err != nil {
-		return err
-	}
-	in, info, err := s.planInput(ctx, el, chans, anchor, uint32(height))
-	if err != nil {
-		return err
-	}
+	el, anchor, in, info := p.el, p.anchor, p.in, p.info
 	absent := make(map[btcwire.OutPoint]bool)
 	for round := 1; ; round++ {
 		for i := range in.Channels {
@@ -47,14 +36,15 @@ func (s *Settlement) planAndSign(ctx context.Context, r *settlement.Run, chans [
 				in.Channels[i].Cooperative = false
 			}
 		}
-		// Cooperative pairs first, claims after: a device's index in
-		// the batch moves only when someone before it drops out.
-		sort.SliceStable(in.Channels, func(i, j int) bool {
-			return in.Channels[i].Cooperative && !in.Channels[j].Cooperative
-		})
+		sortCoopFirst(in.Channels)
 		plan, err := in.Plan()
 		if err != nil {
 			return fmt.Errorf("hub: plan epoch %d: %w", r.Epoch.Number, err)
+		}
+		if len(plan.Txs) == 0 {
+			// Nothing left to move on chain (the cut found something,
+			// the devices that made it have left): the run ends empty.
+			return s.empty(ctx, r, &prepared{el: el, anchor: anchor, plan: plan})
 		}
 		closing, _, err := el.ledger.Close(plan.Settled)
 		if err != nil {
@@ -106,6 +96,49 @@ func (s *Settlement) planAndSign(ctx context.Context, r *settlement.Run, chans [
 			}
 		}
 	}
+}
+
+// prepared is an epoch's plan with what it was made from.
+type prepared struct {
+	el     *epochLedger
+	anchor settlement.Anchor
+	in     settlement.PlanInput
+	info   map[btcwire.OutPoint]*chanInfo
+	plan   *settlement.Plan
+}
+
+// prepare builds ep's ledger and anchor and plans its batch over chans at
+// the current height, online devices as cooperative: what a run's first
+// round, the cut's empty check and Preview all start from.
+func (s *Settlement) prepare(ctx context.Context, ep settlement.Epoch, chans []SettleChannel) (*prepared, error) {
+	el, err := s.buildLedger(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	anchor, err := s.anchor(ctx, el)
+	if err != nil {
+		return nil, err
+	}
+	height, err := s.cfg.Chain.BlockCount(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in, info, err := s.planInput(ctx, el, chans, anchor, uint32(height))
+	if err != nil {
+		return nil, err
+	}
+	sortCoopFirst(in.Channels)
+	plan, err := in.Plan()
+	if err != nil {
+		return nil, fmt.Errorf("hub: plan epoch %d: %w", ep.Number, err)
+	}
+	return &prepared{el: el, anchor: anchor, in: in, info: info, plan: plan}, nil
+}
+
+// sortCoopFirst puts cooperative pairs first, claims after: a device's
+// index in the batch moves only when someone before it drops out.
+func sortCoopFirst(cs []settlement.ChannelInput) {
+	sort.SliceStable(cs, func(i, j int) bool { return cs[i].Cooperative && !cs[j].Cooperative })
 }
 
 // chanInfo is what the round needs about a channel beside the plan input.

@@ -12,6 +12,12 @@ import (
 // (another cut happened first).
 var ErrEpochConflict = errors.New("hub: epoch already cut")
 
+// ErrRunOpen is returned when a settlement run is still under way: a cut
+// while the previous epoch's run has not settled it (settlement.RunState
+// Settled), or a run asked for while this hub drives one. One run is open
+// at a time, across every hub sharing a store.
+var ErrRunOpen = errors.New("hub: a settlement run is under way")
+
 // SettlementStore persists epochs and settlement runs. Every method that
 // writes is durable before it returns.
 type SettlementStore interface {
@@ -21,8 +27,12 @@ type SettlementStore interface {
 
 	// CutEpoch atomically stores closed (the open epoch, now with its
 	// End) and opens successor. It returns ErrEpochConflict when the
-	// stored open epoch is not closed.Number. With no epoch stored yet, a
-	// closed.Number of 0 stores successor as the first open epoch.
+	// stored open epoch is not closed.Number, and ErrRunOpen when the
+	// epoch before closed has no run or its latest run has not settled it
+	// (its state is not Settled): the check and the cut are one atomic
+	// step, so of hubs sharing a store only one run is open at a time.
+	// With no epoch stored yet, a closed.Number of 0 stores successor as
+	// the first open epoch.
 	CutEpoch(ctx context.Context, closed, successor settlement.Epoch) error
 
 	// Epochs returns up to limit epochs, newest first.

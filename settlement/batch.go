@@ -91,7 +91,17 @@ const (
 	CarryDebt      CarryReason = "debt"             // owes more than its channel can pay now
 	CarryUnfunded  CarryReason = "unfunded"         // no transaction had the inputs to pay it
 	CarryRemainder CarryReason = "remainder"        // the sub-satoshi part of a settled net
+	CarryRefund    CarryReason = "left to refund"   // expired, or near expiry and not worth its own fee: the device's refund takes the channel back
+	CarryInvalid   CarryReason = "invalid"          // the channel's terms or claim cannot be spent as given
 )
+
+// RefundGuard is how many blocks before its expiry a channel leaves every
+// batch: from expiry on the device's refund is valid, and a refund that
+// confirms before the batch would make the whole batch invalid, everyone's
+// settlement with it. A channel at Height+RefundGuard ≥ Expiry is carried
+// ("left to refund"); the hub's own expiry claim comes earlier
+// (hub.ChannelsConfig.SafetyMargin).
+const RefundGuard = 1
 
 // ChannelInput is one channel the batch may settle.
 type ChannelInput struct {
@@ -256,6 +266,21 @@ type pair struct {
 	out     *wire.TxOut
 	prev    *wire.TxOut
 	weight  int
+
+	// slot is the channel's index in PlanInput.Channels; net its whole
+	// net and near whether its expiry is within ExpiryMargin, for when
+	// the pair has to leave its transaction. payout is the claim's
+	// payout of earnings, which leaves with it.
+	slot   int
+	net    Msat
+	near   bool
+	payout *PlannedPayout
+}
+
+// margin is what the pair adds to its transaction's surplus after its own
+// marginal fee: negative when the batch pays to include it.
+func (p pair) margin(r FeeRate) btcutil.Amount {
+	return btcutil.Amount(p.prev.Value-p.out.Value) - r.Fee(p.weight)
 }
 
 // Plan builds the settlement batch for in. For each channel:
@@ -272,8 +297,17 @@ type pair struct {
 // Payouts without a channel are paid when above dust and their fee. Pairs
 // go first, in the order given, then payouts, the revenue and the anchor;
 // a new transaction starts only when the next pair would push one past
-// MaxWeight. It returns an error wrapping ErrBadInput for unusable input or
-// ErrRevenueShort when a transaction's inputs cannot pay its outputs.
+// MaxWeight.
+//
+// One channel never fails the plan: a channel whose refund is (nearly)
+// valid, or whose terms or claim cannot be spent, is carried with a
+// reason, and when a transaction's inputs cannot pay its outputs and fee
+// the pairs that cost it most leave it, one at a time, carried as
+// "unfunded" (or "left to refund" near expiry). Plan returns an error
+// only for input no channel population explains: ErrBadInput for a
+// negative fee rate, no revenue script, a MaxWeight above standard or
+// too small for one channel, a channel without output or participant, or
+// one channel given twice.
 func (in PlanInput) Plan() (*Plan, error) {
 	maxWeight := in.MaxWeight
 	if maxWeight == 0 {
@@ -292,15 +326,22 @@ func (in PlanInput) Plan() (*Plan, error) {
 	anchorWeight := OutputWeight(anchorOut.PkScript)
 
 	plan := &Plan{Settled: make(map[string]btcutil.Amount)}
-	carry := func(participant string, funding *wire.OutPoint, amount Msat, why CarryReason) {
-		if amount != 0 {
-			plan.Carried = append(plan.Carried, Carry{participant, funding, amount, why})
+	// Carries are collected per channel, so a pair that leaves its
+	// transaction replaces its channel's carries with one of its whole
+	// net; then come the payouts' and the unfunded payouts'.
+	chanCarries := make([][]Carry, len(in.Channels))
+	var otherCarries []Carry
+	carryTo := func(list *[]Carry) func(string, *wire.OutPoint, Msat, CarryReason) {
+		return func(participant string, funding *wire.OutPoint, amount Msat, why CarryReason) {
+			if amount != 0 {
+				*list = append(*list, Carry{participant, funding, amount, why})
+			}
 		}
 	}
+	carry := carryTo(&otherCarries)
 
 	// Decide each channel's fate.
 	var pairs []pair
-	var payouts []PlannedPayout
 	seen := make(map[wire.OutPoint]bool, len(in.Channels))
 	for i := range in.Channels {
 		c := &in.Channels[i]
@@ -311,18 +352,22 @@ func (in PlanInput) Plan() (*Plan, error) {
 			return nil, fmt.Errorf("%w: channel %v twice", ErrBadInput, c.Funding)
 		}
 		seen[c.Funding] = true
-		p, payout, err := in.settleChannel(c, carry)
+		p, err := in.settleChannel(c, carryTo(&chanCarries[i]))
 		if err != nil {
-			return nil, err
+			// This channel's input is unusable (a bad claim, terms
+			// no next output can have): it alone is carried.
+			funding := c.Funding
+			chanCarries[i] = nil
+			carryTo(&chanCarries[i])(c.Participant, &funding, c.Net, CarryInvalid)
+			continue
 		}
 		if p == nil {
 			continue
 		}
+		p.slot, p.net = i, c.Net
 		pairs = append(pairs, *p)
-		if payout != nil {
-			payouts = append(payouts, *payout)
-		}
 	}
+	var standalone []PlannedPayout
 	for _, po := range in.Payouts {
 		sat, _ := po.Net.Split()
 		switch {
@@ -335,7 +380,7 @@ func (in PlanInput) Plan() (*Plan, error) {
 		case sat < in.FeeRate.Fee(OutputWeight(po.Script)):
 			carry(po.Participant, nil, po.Net, CarryLowValue)
 		default:
-			payouts = append(payouts, PlannedPayout{Participant: po.Participant, Script: po.Script, Value: sat})
+			standalone = append(standalone, PlannedPayout{Participant: po.Participant, Script: po.Script, Value: sat})
 			carry(po.Participant, nil, po.Net-FromSat(sat), CarryRemainder)
 		}
 	}
@@ -369,8 +414,51 @@ func (in PlanInput) Plan() (*Plan, error) {
 		d.surplus += btcutil.Amount(p.prev.Value - p.out.Value)
 	}
 
-	// Payouts go where the most surplus is left and there is room, so
-	// each transaction can pay its own.
+	// A transaction whose pairs cannot pay its fee (a tiny channel forced
+	// in by its expiry, earnings larger than what the others pay) sheds
+	// the pair that costs it most until it can; a transaction left with
+	// no pair is dropped.
+	kept := drafts[:0]
+	for _, d := range drafts {
+		for len(d.pairs) > 0 &&
+			d.surplus < in.FeeRate.Fee(txFixedWeight(len(d.pairs), len(d.pairs)+1)+d.weight+anchorWeight) {
+			worst := 0
+			for i, p := range d.pairs {
+				if p.margin(in.FeeRate) < d.pairs[worst].margin(in.FeeRate) {
+					worst = i
+				}
+			}
+			p := d.pairs[worst]
+			d.pairs = append(d.pairs[:worst], d.pairs[worst+1:]...)
+			d.weight -= p.weight
+			d.surplus -= btcutil.Amount(p.prev.Value - p.out.Value)
+			why := CarryUnfunded
+			if p.near {
+				why = CarryRefund
+			}
+			funding := p.funding
+			chanCarries[p.slot] = nil
+			carryTo(&chanCarries[p.slot])(p.pc.Participant, &funding, p.net, why)
+		}
+		if len(d.pairs) > 0 {
+			kept = append(kept, d)
+		}
+	}
+	drafts = kept
+
+	// Payouts (claims' earnings first, in channel order, then providers
+	// without a channel) go where the most surplus is left and there is
+	// room, so each transaction can pay its own.
+	var payouts []PlannedPayout
+	for _, d := range drafts {
+		for _, p := range d.pairs {
+			if p.payout != nil {
+				payouts = append(payouts, *p.payout)
+			}
+		}
+	}
+	payouts = append(payouts, standalone...)
+	var unfunded []Carry
 	for _, po := range payouts {
 		w := OutputWeight(po.Script)
 		var best *draft
@@ -385,13 +473,18 @@ func (in PlanInput) Plan() (*Plan, error) {
 			}
 		}
 		if best == nil {
-			carry(po.Participant, nil, FromSat(po.Value), CarryUnfunded)
+			carryTo(&unfunded)(po.Participant, nil, FromSat(po.Value), CarryUnfunded)
 			continue
 		}
 		best.payouts = append(best.payouts, po)
 		best.weight += w
 		best.surplus -= po.Value
 	}
+	for _, cs := range chanCarries {
+		plan.Carried = append(plan.Carried, cs...)
+	}
+	plan.Carried = append(plan.Carried, otherCarries...)
+	plan.Carried = append(plan.Carried, unfunded...)
 
 	// Settled per participant, now that unfunded payouts are known.
 	for _, d := range drafts {
@@ -422,12 +515,20 @@ func (in PlanInput) Plan() (*Plan, error) {
 }
 
 // settleChannel decides how c is settled: the pair to add (nil when it is
-// carried) and, for a claim with earnings, the payout to add with it.
+// carried), with, for a claim with earnings, the payout that goes with it.
+// An error means c's input is unusable; the caller carries it.
 func (in PlanInput) settleChannel(c *ChannelInput,
-	carry func(string, *wire.OutPoint, Msat, CarryReason)) (*pair, *PlannedPayout, error) {
+	carry func(string, *wire.OutPoint, Msat, CarryReason)) (*pair, error) {
 
 	params := c.Output.Params()
 	funding := c.Funding
+	if uint64(in.Height)+RefundGuard >= uint64(params.Expiry) {
+		// The device may refund from the next block on; spending the
+		// channel in the batch would race that refund with everyone's
+		// settlement at stake.
+		carry(c.Participant, &funding, c.Net, CarryRefund)
+		return nil, nil
+	}
 	near := uint64(in.Height)+uint64(in.ExpiryMargin) >= uint64(params.Expiry)
 	prev := c.Output.TxOut()
 
@@ -446,7 +547,7 @@ func (in PlanInput) settleChannel(c *ChannelInput,
 		}
 		if !near && !renew && value < in.FeeRate.Fee(weight) {
 			carry(c.Participant, &funding, c.Net, CarryLowValue)
-			return nil, nil, nil
+			return nil, nil
 		}
 		next := params
 		next.Capacity += sat
@@ -455,7 +556,7 @@ func (in PlanInput) settleChannel(c *ChannelInput,
 			next.Expiry = c.NewExpiry
 			o, err := channel.NewOutput(next)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%w: next channel of %v: %v", ErrBadInput, funding, err)
+				return nil, fmt.Errorf("%w: next channel of %v: %v", ErrBadInput, funding, err)
 			}
 			script = o.PkScript()
 		}
@@ -472,21 +573,22 @@ func (in PlanInput) settleChannel(c *ChannelInput,
 			out:     wire.NewTxOut(int64(next.Capacity), script),
 			prev:    prev,
 			weight:  weight,
-		}, nil, nil
+			near:    near,
+		}, nil
 	}
 
 	// Absent: settle with the latest claim.
 	if c.Claim.ChannelID != funding {
-		return nil, nil, fmt.Errorf("%w: claim of %v for channel %v", ErrBadInput, c.Claim.ChannelID, funding)
+		return nil, fmt.Errorf("%w: claim of %v for channel %v", ErrBadInput, c.Claim.ChannelID, funding)
 	}
 	if c.Claim.Seq == 0 {
 		carry(c.Participant, &funding, c.Net, CarryNoClaim)
-		return nil, nil, nil
+		return nil, nil
 	}
 	paid := c.Claim.PaidSat()
 	out, err := c.Output.NextTxOut(c.Claim.Paid)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
 	// What the claim does not settle: positive when the participant
 	// earned more (or was charged less) than the device signed away,
@@ -514,7 +616,7 @@ func (in PlanInput) settleChannel(c *ChannelInput,
 	}
 	if !near && value < in.FeeRate.Fee(weight) {
 		carry(c.Participant, &funding, c.Net, CarryLowValue)
-		return nil, nil, nil
+		return nil, nil
 	}
 	if payout != nil {
 		rest -= FromSat(payout.Value)
@@ -532,7 +634,9 @@ func (in PlanInput) settleChannel(c *ChannelInput,
 		out:     out,
 		prev:    prev,
 		weight:  ClaimInputWeight + P2TROutputWeight,
-	}, payout, nil
+		near:    near,
+		payout:  payout,
+	}, nil
 }
 
 // remainderReason says why a cooperative channel carries net − 1000×sat:

@@ -275,25 +275,60 @@ func TestPlanRules(t *testing.T) {
 	t.Run("AbsentWithoutClaim", func(t *testing.T) {
 		c := ChannelInput{Participant: "q", Output: q.out, Funding: q.funding,
 			Claim: channel.Claim{State: channel.Initial(q.funding)}, Net: -5_000_000}
-		if p := plan1(t, c, 899_999); len(p.Txs[0].Channels) != 1 || p.Carried[0].Reason != CarryNoClaim {
+		if p := plan1(t, c, 899_990); len(p.Txs[0].Channels) != 1 || p.Carried[0].Reason != CarryNoClaim {
 			t.Fatalf("carried %+v", p.Carried)
 		}
 	})
-	t.Run("ErrRevenueShort", func(t *testing.T) {
+	t.Run("UnfundedCarriedNotError", func(t *testing.T) {
+		// The hub owes q 5,000 sat and nobody pays in: the batch
+		// cannot fund it, so q is carried, not the plan failed.
 		in := PlanInput{
 			Channels:      []ChannelInput{{Participant: "q", Output: q.out, Funding: q.funding, Net: 5_000_000, Cooperative: true}},
 			RevenueScript: rev, FeeRate: 2000,
 		}
-		if _, err := in.Plan(); !errors.Is(err, ErrRevenueShort) {
-			t.Fatalf("got %v", err)
+		p, err := in.Plan()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Txs) != 0 || len(p.Carried) != 1 || p.Carried[0].Reason != CarryUnfunded || p.Carried[0].Amount != 5_000_000 {
+			t.Fatalf("txs %d carried %+v", len(p.Txs), p.Carried)
+		}
+	})
+	t.Run("DustNearExpiryLeftToRefund", func(t *testing.T) {
+		// A 5-sat claim near expiry alone in the batch cannot pay its
+		// fee: it is left to the device's refund, with its reason.
+		c := ChannelInput{Participant: "q", Output: q.out, Funding: q.funding, Claim: q.claim(t, 1, 5_000), Net: -5_000}
+		in := PlanInput{Channels: []ChannelInput{c}, RevenueScript: rev, FeeRate: 2000, Height: 900_000 - 10, ExpiryMargin: 144}
+		p, err := in.Plan()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Txs) != 0 || len(p.Carried) != 1 || p.Carried[0].Reason != CarryRefund {
+			t.Fatalf("txs %d carried %+v", len(p.Txs), p.Carried)
+		}
+	})
+	t.Run("ExpiredLeftToRefund", func(t *testing.T) {
+		// Its refund is valid in the next block: it stays out of the
+		// batch even though it is worth settling.
+		e := mustParty(t, "e", 60_000, 800_100)
+		c := ChannelInput{Participant: "e", Output: e.out, Funding: e.funding, Net: -20_000_000, Cooperative: true}
+		if p := plan1(t, c, 800_100-RefundGuard); len(p.Txs[0].Channels) != 1 || p.Carried[0].Reason != CarryRefund {
+			t.Fatalf("carried %+v", p.Carried)
+		}
+	})
+	t.Run("ForeignClaimCarriedInvalid", func(t *testing.T) {
+		c := ChannelInput{Participant: "q", Output: q.out, Funding: q.funding, Net: -1_000_000,
+			Claim: mustParty(t, "z", 1000, 5).claim(t, 1, 0)}
+		if p := plan1(t, c, 800_000); len(p.Txs[0].Channels) != 1 || p.Carried[0].Reason != CarryInvalid {
+			t.Fatalf("carried %+v", p.Carried)
 		}
 	})
 	t.Run("ErrBadInput", func(t *testing.T) {
 		c := ChannelInput{Participant: "q", Output: q.out, Funding: q.funding, Net: -5_000_000, Cooperative: true}
 		for name, in := range map[string]PlanInput{
-			"duplicate":     {Channels: []ChannelInput{c, c}, RevenueScript: rev},
-			"no revenue":    {Channels: []ChannelInput{c}},
-			"foreign claim": {Channels: []ChannelInput{{Participant: "q", Output: q.out, Funding: q.funding, Claim: mustParty(t, "z", 1000, 5).claim(t, 1, 0)}}, RevenueScript: rev},
+			"duplicate":  {Channels: []ChannelInput{c, c}, RevenueScript: rev},
+			"no revenue": {Channels: []ChannelInput{c}},
+			"no output":  {Channels: []ChannelInput{{Participant: "q", Funding: q.funding}}, RevenueScript: rev},
 		} {
 			if _, err := in.Plan(); !errors.Is(err, ErrBadInput) {
 				t.Errorf("%s: got %v", name, err)

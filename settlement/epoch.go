@@ -18,7 +18,10 @@ type Epoch struct {
 	EndHeight   uint32    `json:"end_height,omitempty"`
 }
 
-// FirstEpoch opens epoch 1 at now and height.
+// FirstEpoch opens epoch 1 at now and height. now is when the hub opened
+// it (its first start with settlement); epoch 1 also holds every payment
+// timed before it (see Contains), so a hub that ran before settlement was
+// switched on settles its history too.
 func FirstEpoch(now time.Time, height uint32) Epoch {
 	return Epoch{Number: 1, Start: now, StartHeight: height}
 }
@@ -28,9 +31,20 @@ func (e Epoch) Open() bool { return e.End.IsZero() }
 
 // Contains reports whether a payment at t belongs to e. The end is
 // exclusive, so a payment at the very instant of a cut goes to the next
-// epoch, and every instant belongs to exactly one epoch.
+// epoch, and every instant belongs to exactly one epoch: epoch 1 has no
+// lower bound (payments made before it was opened are its own).
 func (e Epoch) Contains(t time.Time) bool {
-	return !t.Before(e.Start) && (e.Open() || t.Before(e.End))
+	return !t.Before(e.From()) && (e.Open() || t.Before(e.End))
+}
+
+// From is the earliest payment time e holds: Start, or for epoch 1, which
+// also holds what was paid before it was opened, the Unix epoch (receipt
+// and charge times start there; stores index them from there).
+func (e Epoch) From() time.Time {
+	if e.Number == 1 && e.Start.After(time.Unix(0, 0)) {
+		return time.Unix(0, 0).UTC()
+	}
+	return e.Start
 }
 
 // Cut closes e at now and height and opens its successor starting at the
@@ -89,7 +103,9 @@ func (r CutRule) NextCut(e Epoch) (time.Time, bool) {
 // confirmed → broadcast when a reorg unconfirms the batch. failed and
 // replaced are final: failed before anything was broadcast, replaced when a
 // conflicting spend (a device's refund, say) confirmed instead; the epoch's
-// nets are then settled by a new run.
+// nets are then settled by a new run. planned → empty is the end of a run
+// whose plan has no transaction (nothing to move on chain): it is never
+// broadcast, has no txid, and its closing carries every balance forward.
 type RunState string
 
 // Run states.
@@ -101,6 +117,7 @@ const (
 	RunConfirmed RunState = "confirmed"
 	RunFailed    RunState = "failed"
 	RunReplaced  RunState = "replaced"
+	RunEmpty     RunState = "empty"
 )
 
 // next is the state machine: the states each state may move to. A switch
@@ -108,7 +125,7 @@ const (
 func next(from RunState) []RunState {
 	switch from {
 	case RunPlanned:
-		return []RunState{RunSigning, RunFailed}
+		return []RunState{RunSigning, RunEmpty, RunFailed}
 	case RunSigning:
 		return []RunState{RunSigned, RunPlanned, RunFailed}
 	case RunSigned:
@@ -131,10 +148,31 @@ func CanTransition(from, to RunState) bool {
 	return false
 }
 
-// Final reports whether s is a state a run never leaves. A confirmed run is
-// not final: a reorg can unconfirm it.
+// Final reports whether s is a state a run never leaves without having
+// settled its epoch (failed or replaced: a new attempt follows). A
+// confirmed run is not final: a reorg can unconfirm it. An empty run never
+// moves again either, but it settled its epoch (see Settled).
 func (s RunState) Final() bool {
 	return s == RunFailed || s == RunReplaced
+}
+
+// Settled reports whether a run in state s has settled its epoch as far as
+// the next epoch is concerned: its batch is broadcast (or confirmed), or it
+// had nothing to broadcast (empty). Only then may the next epoch be cut:
+// until then a run is open, and one run is open at a time.
+func (s RunState) Settled() bool {
+	for _, x := range SettledStates() {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// SettledStates lists the states Settled accepts, for a store that checks
+// them in its own language (the Redis cut script).
+func SettledStates() []RunState {
+	return []RunState{RunBroadcast, RunConfirmed, RunEmpty}
 }
 
 // Run is the durable record of one settlement run: everything the hub needs

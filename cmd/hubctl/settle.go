@@ -148,9 +148,9 @@ func (c *settleRunCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
-	// The hub may answer only after its signing round: bound the call
-	// by --timeout, not the usual 30 seconds.
-	ctx, cancel := context.WithTimeout(c.a.ctx, c.Timeout)
+	// The hub answers once the run is durably started (or found
+	// empty); the signing round goes on in hubd.
+	ctx, cancel := c.a.callCtx()
 	run, err := cl.Settle(ctx)
 	cancel()
 	if err != nil {
@@ -197,8 +197,11 @@ func (c *settleRunCmd) Execute([]string) error {
 }
 
 // settled reports whether a run has nothing more to do: confirmed (a reorg
-// can still undo it, which settle status would show), failed or replaced.
-func settled(s settlement.RunState) bool { return s == settlement.RunConfirmed || s.Final() }
+// can still undo it, which settle status would show), empty (nothing to
+// settle on chain), failed or replaced.
+func settled(s settlement.RunState) bool {
+	return s == settlement.RunConfirmed || s == settlement.RunEmpty || s.Final()
+}
 
 func (a *app) printRunChange(r httpapi.RunView) {
 	line := fmt.Sprintf("%s  epoch %d attempt %d: %s", r.Updated.UTC().Format(time.TimeOnly), r.Epoch.Number, r.Attempt, r.State)
@@ -209,6 +212,8 @@ func (a *app) printRunChange(r httpapi.RunView) {
 		line += fmt.Sprintf("  at height %d, fee %d sat, %d settled", r.ConfirmHeight, int64(r.Fee), r.Settled)
 	case settlement.RunFailed, settlement.RunReplaced:
 		line += "  " + r.Error
+	case settlement.RunEmpty:
+		line += "  nothing to settle on chain; balances carried to the next epoch"
 	}
 	fmt.Fprintln(a.out, line)
 }

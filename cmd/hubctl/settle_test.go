@@ -51,7 +51,7 @@ func (f *fakeSettlement) Preview(context.Context) (settlement.Run, *settlement.P
 	return f.preview, f.plan, nil
 }
 
-func (f *fakeSettlement) Settle(context.Context) (settlement.Run, error) {
+func (f *fakeSettlement) Begin(context.Context) (settlement.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.preview

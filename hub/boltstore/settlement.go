@@ -98,6 +98,15 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 		if open != closed.Number {
 			return fmt.Errorf("%w: open epoch is %d, cut names %d", hub.ErrEpochConflict, open, closed.Number)
 		}
+		if closed.Number > 1 {
+			prev, err := latestRun(tx.Bucket(bucketRuns), closed.Number-1)
+			if err != nil {
+				return fmt.Errorf("%w: epoch %d: %w", hub.ErrRunOpen, closed.Number-1, err)
+			}
+			if !prev.State.Settled() {
+				return fmt.Errorf("%w: epoch %d is %s", hub.ErrRunOpen, closed.Number-1, prev.State)
+			}
+		}
 		if closed.Number > 0 {
 			if err := b.Put(seqBytes(closed.Number), closedDoc); err != nil {
 				return err
@@ -194,26 +203,34 @@ func (s *Store) Run(ctx context.Context, epoch uint64) (settlement.Run, error) {
 	}
 	var r settlement.Run
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRuns)
-		if b == nil {
-			return fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
-		}
-		// The latest attempt is the last key with the epoch's prefix.
-		c := b.Cursor()
-		end := runKey(epoch, math.MaxUint32)
-		k, v := c.Seek(end)
-		switch {
-		case k == nil:
-			k, v = c.Last()
-		case !bytes.Equal(k, end):
-			k, v = c.Prev()
-		}
-		if k == nil || !bytes.HasPrefix(k, seqBytes(epoch)) {
-			return fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
-		}
-		return decodeJSON("run", k, v, &r)
+		var err error
+		r, err = latestRun(tx.Bucket(bucketRuns), epoch)
+		return err
 	})
 	return r, err
+}
+
+// latestRun reads the latest attempt of an epoch's run from the runs
+// bucket b (nil when none was created yet), or hub.ErrNotFound.
+func latestRun(b *bolt.Bucket, epoch uint64) (settlement.Run, error) {
+	var r settlement.Run
+	if b == nil {
+		return r, fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
+	}
+	// The latest attempt is the last key with the epoch's prefix.
+	c := b.Cursor()
+	end := runKey(epoch, math.MaxUint32)
+	k, v := c.Seek(end)
+	switch {
+	case k == nil:
+		k, v = c.Last()
+	case !bytes.Equal(k, end):
+		k, v = c.Prev()
+	}
+	if k == nil || !bytes.HasPrefix(k, seqBytes(epoch)) {
+		return r, fmt.Errorf("%w: run of epoch %d", hub.ErrNotFound, epoch)
+	}
+	return r, decodeJSON("run", k, v, &r)
 }
 
 // Runs returns up to limit runs, the latest attempt of each epoch, newest

@@ -170,8 +170,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusUnauthorized, "unauthorized"
 	case errors.Is(err, errForbidden):
 		return http.StatusForbidden, "forbidden"
-	case errors.Is(err, hub.ErrEpochConflict), errors.Is(err, settlement.ErrBadTransition):
-		// A cut or run that lost a race with another.
+	case errors.Is(err, hub.ErrEpochConflict), errors.Is(err, settlement.ErrBadTransition),
+		errors.Is(err, hub.ErrRunOpen), errors.Is(err, hub.ErrSettlePending):
+		// A cut or run that lost a race with another, or a run asked
+		// for while one is under way.
 		return http.StatusConflict, "conflict"
 	case errors.Is(err, hub.ErrNotFound):
 		return http.StatusNotFound, "not_found"

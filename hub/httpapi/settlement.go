@@ -9,7 +9,7 @@ package httpapi
 //
 //	type Settlement interface {
 //		Preview(ctx context.Context) (settlement.Run, *settlement.Plan, error)
-//		Settle(ctx context.Context) (settlement.Run, error)
+//		Begin(ctx context.Context) (settlement.Run, error)
 //		Run(ctx context.Context, epoch uint64) (settlement.Run, error)
 //		Runs(ctx context.Context, limit int) ([]settlement.Run, error)
 //		Epochs(ctx context.Context, limit int) ([]settlement.Epoch, error)
@@ -40,19 +40,22 @@ import (
 
 // Settlement is what the settlement endpoints need of the hub's settlement
 // service. Methods return errors wrapping hub.ErrNotFound for an unknown
-// epoch or receipt, hub.ErrEpochConflict or settlement.ErrBadTransition when
-// a run is already under way, and hub.ErrInvalid for a bad argument.
+// epoch or receipt, hub.ErrRunOpen, hub.ErrEpochConflict or
+// settlement.ErrBadTransition when a run is already under way, and
+// hub.ErrInvalid for a bad argument.
 type Settlement interface {
 	// Preview plans a settlement of the open epoch as if it were cut
 	// now, and cuts, stores, signs and broadcasts nothing. The run is
 	// what Settle would start from (state planned, unsigned Txs, Closing
 	// with the nets); the plan adds weights, modes and carry reasons.
 	Preview(ctx context.Context) (settlement.Run, *settlement.Plan, error)
-	// Settle cuts the open epoch and starts its run. It may return as
-	// soon as the run is durably planned or after broadcast; what is
-	// left (signing, broadcast, confirmation) goes on in the
-	// background, observed through Run.
-	Settle(ctx context.Context) (settlement.Run, error)
+	// Begin cuts the open epoch and starts its run, returning as soon
+	// as the run is durable: planned, with what is left (signing,
+	// broadcast, confirmation) going on in the background, observed
+	// through Run; or empty when the epoch has nothing to settle on
+	// chain. It returns hub.ErrRunOpen at once while another run is
+	// under way.
+	Begin(ctx context.Context) (settlement.Run, error)
 	// Run returns the latest attempt of an epoch's run.
 	Run(ctx context.Context, epoch uint64) (settlement.Run, error)
 	// Runs returns up to limit runs (latest attempt per epoch), newest
@@ -353,9 +356,14 @@ func (h *Handler) settlementRun(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	run, err := h.cfg.Settlement.Settle(r.Context())
+	run, err := h.cfg.Settlement.Begin(r.Context())
 	if err != nil {
 		h.failSettle(w, r, err)
+		return
+	}
+	if run.State == settlement.RunEmpty {
+		// Done: the epoch had nothing to settle on chain.
+		writeJSON(w, http.StatusOK, runView(run))
 		return
 	}
 	// Accepted: the run goes on after this answer; poll the status.
@@ -534,14 +542,12 @@ func (c *Client) SettlementPlan(ctx context.Context) (PlanView, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/settlement/plan", nil, &out)
 }
 
-// Settle cuts the open epoch and starts its settlement run. The hub may
-// answer only after the cooperative signing round, which can outlast the
-// client's usual 30-second limit, so this call is bounded by ctx alone.
+// Settle cuts the open epoch and starts its settlement run. The hub
+// answers as soon as the run is durably started (202, state planned) or
+// found empty (200, state empty); follow it with SettlementStatus.
 func (c *Client) Settle(ctx context.Context) (RunView, error) {
 	var out RunView
-	long := *c
-	long.http = &http.Client{Transport: c.http.Transport}
-	return out, long.do(ctx, http.MethodPost, "/v1/settlement/run", nil, &out)
+	return out, c.do(ctx, http.MethodPost, "/v1/settlement/run", nil, &out)
 }
 
 // SettlementStatus returns the open epoch and up to limit recent runs, or,

@@ -42,7 +42,7 @@ func (f *fakeSettlement) Preview(context.Context) (settlement.Run, *settlement.P
 	return f.preview, f.plan, nil
 }
 
-func (f *fakeSettlement) Settle(context.Context) (settlement.Run, error) { return f.settle() }
+func (f *fakeSettlement) Begin(context.Context) (settlement.Run, error) { return f.settle() }
 
 func (f *fakeSettlement) Run(_ context.Context, epoch uint64) (settlement.Run, error) {
 	r, ok := f.runs[epoch]
@@ -239,7 +239,7 @@ func TestSettlementRunAndStatus(t *testing.T) {
 		}
 	})
 	t.Run("Conflict", func(t *testing.T) {
-		for _, e := range []error{hub.ErrEpochConflict, settlement.ErrBadTransition} {
+		for _, e := range []error{hub.ErrEpochConflict, settlement.ErrBadTransition, hub.ErrRunOpen, hub.ErrSettlePending} {
 			f.settle = func() (settlement.Run, error) { return settlement.Run{}, fmt.Errorf("cut: %w", e) }
 			_, err := cl.Settle(ctx)
 			var api *httpapi.APIError

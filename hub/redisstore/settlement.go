@@ -95,8 +95,18 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 	if err != nil {
 		return fmt.Errorf("redisstore: encode epoch %d: %w", successor.Number, err)
 	}
-	res, err := scriptReply(ctx, s.rdb, cutEpochScript, []string{s.epochsKey(), s.epochOpenKey()},
-		strconv.FormatUint(closed.Number, 10), closedDoc, strconv.FormatUint(successor.Number, 10), nextDoc)
+	// The previous epoch's runs, whose latest must have settled it.
+	prevFirst, prevLast := "", ""
+	if closed.Number > 1 {
+		prevFirst, prevLast = runKey(closed.Number-1, 0), runKey(closed.Number-1, ^uint32(0))
+	}
+	args := []any{strconv.FormatUint(closed.Number, 10), closedDoc, strconv.FormatUint(successor.Number, 10), nextDoc,
+		prevFirst, prevLast}
+	for _, st := range settlement.SettledStates() {
+		args = append(args, string(st))
+	}
+	res, err := scriptReply(ctx, s.rdb, cutEpochScript,
+		[]string{s.epochsKey(), s.epochOpenKey(), s.runsKey(), s.runIdxKey()}, args...)
 	if err != nil {
 		return fmt.Errorf("redisstore: cut epoch %d: %w", closed.Number, err)
 	}
@@ -105,6 +115,8 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 		return nil
 	case "conflict":
 		return fmt.Errorf("redisstore: cut epoch %d: %w: open epoch is %s", closed.Number, hub.ErrEpochConflict, at(res, 1))
+	case "open":
+		return fmt.Errorf("redisstore: cut epoch %d: %w: epoch %d is %s", closed.Number, hub.ErrRunOpen, closed.Number-1, at(res, 1))
 	}
 	return fmt.Errorf("redisstore: cut epoch %d: unexpected script reply %q", closed.Number, res)
 }

@@ -37,7 +37,9 @@ type SettlementStoreUnderTest interface {
 // Updated when that is later; a second rollover of an already closed
 // channel is refused with hub.ErrSeqConflict, and two concurrent rollovers
 // of the same channels let exactly one through; PutRun refuses a run whose
-// epoch number or attempt is zero with hub.ErrInvalid.
+// epoch number or attempt is zero with hub.ErrInvalid; CutEpoch checks the
+// open epoch before the previous epoch's run (a stale cut is
+// hub.ErrEpochConflict whatever the runs).
 func RunSettlement(t *testing.T, newStore func(t *testing.T) SettlementStoreUnderTest) {
 	open := closing(newStore)
 
@@ -45,6 +47,8 @@ func RunSettlement(t *testing.T, newStore func(t *testing.T) SettlementStoreUnde
 	t.Run("CutEpochOK", func(t *testing.T) { testCutEpochOK(t, open(t)) })
 	t.Run("ErrEpochConflict", func(t *testing.T) { testErrEpochConflict(t, open(t)) })
 	t.Run("ErrEpochConflictConcurrent", func(t *testing.T) { testErrEpochConflictConcurrent(t, open(t)) })
+	t.Run("ErrRunOpen", func(t *testing.T) { testErrRunOpen(t, open(t)) })
+	t.Run("ErrRunOpenConcurrent", func(t *testing.T) { testErrRunOpenConcurrent(t, open(t)) })
 	t.Run("EpochsNewestFirst", func(t *testing.T) { testEpochsNewestFirst(t, open(t)) })
 	t.Run("PutRunReplace", func(t *testing.T) { testPutRunReplace(t, open(t)) })
 	t.Run("RunLatestAttempt", func(t *testing.T) { testRunLatestAttempt(t, open(t)) })
@@ -124,6 +128,7 @@ func testErrEpochConflict(t *testing.T, s SettlementStoreUnderTest) {
 		t.Fatal(err)
 	}
 	MustCut(t, s, a1, a2)
+	MustPutRun(t, s, NewRun(t, a1, 1, settlement.RunConfirmed))
 	if err := s.CutEpoch(ctx, b1, b2); !errors.Is(err, hub.ErrEpochConflict) {
 		t.Fatalf("second cut of epoch 1: %v, want hub.ErrEpochConflict", err)
 	}
@@ -202,6 +207,92 @@ func testErrEpochConflictConcurrent(t *testing.T, s SettlementStoreUnderTest) {
 	}
 	w2 := race(func(i int) error { return s.CutEpoch(ctx, closed[i], successors[i]) })
 	assertEpochs(t, mustEpochs(t, s, 10), []settlement.Epoch{successors[w2], closed[w2]})
+}
+
+// testErrRunOpen: epoch 2 cannot be cut until epoch 1's latest run has
+// settled it (broadcast, confirmed or empty): with no run, or a latest run
+// planned, signing, signed, failed or replaced, the cut is refused with
+// hub.ErrRunOpen and nothing changes.
+func testErrRunOpen(t *testing.T, s SettlementStoreUnderTest) {
+	ctx := context.Background()
+	MustCut(t, s, settlement.Epoch{}, first())
+	e1, e2 := MustCutNext(t, s)
+	c2, c3, err := e2.Cut(e2.Start.Add(time.Hour), e2.StartHeight+6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func(what string) {
+		t.Helper()
+		if err := s.CutEpoch(ctx, c2, c3); !errors.Is(err, hub.ErrRunOpen) {
+			t.Fatalf("cut with epoch 1 %s: %v, want hub.ErrRunOpen", what, err)
+		}
+		assertEpochs(t, mustEpochs(t, s, 10), []settlement.Epoch{e2, e1})
+	}
+	refused("without a run")
+	for _, st := range []settlement.RunState{settlement.RunPlanned, settlement.RunSigning, settlement.RunSigned} {
+		MustPutRun(t, s, NewRun(t, e1, 1, st))
+		refused(string(st))
+	}
+	MustPutRun(t, s, NewRun(t, e1, 1, settlement.RunBroadcast))
+	// A later attempt is what counts: attempt 2 failed reopens the epoch.
+	MustPutRun(t, s, NewRun(t, e1, 2, settlement.RunFailed))
+	refused("failed on its latest attempt")
+	MustPutRun(t, s, NewRun(t, e1, 3, settlement.RunReplaced))
+	refused("replaced on its latest attempt")
+	MustPutRun(t, s, NewRun(t, e1, 4, settlement.RunEmpty))
+	MustCut(t, s, c2, c3)
+	assertEpochs(t, mustEpochs(t, s, 10), []settlement.Epoch{c3, c2, e1})
+}
+
+// testErrRunOpenConcurrent: racers each try to cut the open epoch and
+// then the next one without a run in between; exactly one cut goes
+// through, every other is hub.ErrEpochConflict or hub.ErrRunOpen.
+func testErrRunOpenConcurrent(t *testing.T, s SettlementStoreUnderTest) {
+	ctx := context.Background()
+	MustCut(t, s, settlement.Epoch{}, first())
+	e1, e2 := MustCutNext(t, s)
+	MustPutRun(t, s, NewRun(t, e1, 1, settlement.RunConfirmed))
+	const racers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, racers)
+	start := make(chan struct{})
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			// Each racer cuts the epoch it last saw open, as a hub
+			// does: epoch 2, or epoch 3 once another cut 2.
+			open, err := s.OpenEpoch(ctx)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			c, n, err := open.Cut(open.Start.Add(time.Hour+time.Duration(i)*time.Second), open.StartHeight+6)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = s.CutEpoch(ctx, c, n)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	won := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, hub.ErrEpochConflict) && !errors.Is(err, hub.ErrRunOpen):
+			t.Fatalf("racer %d: %v", i, err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d racers cut, want exactly 1", won)
+	}
+	if es := mustEpochs(t, s, 10); len(es) != 3 || es[1].Number != e2.Number {
+		t.Fatalf("epochs after the race: %+v", es)
+	}
 }
 
 func testEpochsNewestFirst(t *testing.T, s SettlementStoreUnderTest) {
@@ -289,8 +380,13 @@ func testRunsNewestFirst(t *testing.T, s SettlementStoreUnderTest) {
 		e, _ := MustCutNext(t, s)
 		// Epoch n has n+1 attempts; the last one is what Runs lists.
 		var r settlement.Run
+		// The latest settled the epoch (the next cut needs it).
 		for a := uint32(1); a <= uint32(n)+1; a++ {
-			r = NewRun(t, e, a, settlement.RunFailed)
+			st := settlement.RunFailed
+			if a == uint32(n)+1 {
+				st = settlement.RunEmpty
+			}
+			r = NewRun(t, e, a, st)
 			MustPutRun(t, s, r)
 		}
 		latest = append([]settlement.Run{r}, latest...)

@@ -88,10 +88,18 @@ func MustCut(tb testing.TB, s hub.SettlementStore, closed, successor settlement.
 }
 
 // MustCutNext cuts the store's open epoch an hour after its start, six
-// blocks higher, and returns the closed epoch and its successor.
+// blocks higher, and returns the closed epoch and its successor. A cut
+// needs the previous epoch settled: when that epoch has no run at all, an
+// empty one (attempt 1) is stored first.
 func MustCutNext(tb testing.TB, s hub.SettlementStore) (closed, successor settlement.Epoch) {
 	tb.Helper()
 	open := MustOpenEpoch(tb, s)
+	if open.Number > 1 {
+		prev := mustEpochs(tb, s, 2)[1]
+		if _, err := s.Run(context.Background(), prev.Number); errors.Is(err, hub.ErrNotFound) {
+			MustPutRun(tb, s, NewRun(tb, prev, 1, settlement.RunEmpty))
+		}
+	}
 	closed, successor, err := open.Cut(open.Start.Add(time.Hour), open.StartHeight+6)
 	if err != nil {
 		tb.Fatalf("Cut: %v", err)

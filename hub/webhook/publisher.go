@@ -78,8 +78,12 @@ type SettlementEvent struct {
 // SettlementState queues a settlement webhook for every endpoint when a
 // run changes state. Its signature fits hub.SettlementConfig.AfterState;
 // it never returns an error, since a webhook outbox failure must not stop
-// a settlement run (it is logged).
+// a settlement run (it is logged). An empty run (an epoch with nothing to
+// settle on chain) is not announced.
 func (d *Dispatcher) SettlementState(r settlement.Run) error {
+	if r.State == settlement.RunEmpty {
+		return nil
+	}
 	ev := SettlementEvent{
 		Epoch: r.Epoch.Number, Attempt: r.Attempt, State: string(r.State), FeeSat: int64(r.Fee),
 		ConfirmHeight: r.ConfirmHeight, Error: r.Error, Updated: r.Updated.UTC(),
