@@ -31,14 +31,27 @@ bench:
 
 # fuzz runs every fuzz target for FUZZTIME each (default 30s); longer runs
 # belong here, not in `make test`, which replays the committed corpora only.
+# It ends with a table of executions per target (from go test's last
+# "execs:" line); a target far below its neighbours is doing something per
+# input that it should not (disk, a large allocation, minimising).
 FUZZTIME ?= 30s
+FUZZPKGS ?= ./...
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@set -e; log=$$(mktemp -d); trap 'rm -rf $$log' EXIT; n=0; failed=0; \
+	for pkg in $$($(GO) list $(FUZZPKGS)); do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$t"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    n=$$((n+1)); echo "== $$pkg $$t"; \
+	    st=ok; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg > $$log/$$n.out 2>&1 || { st=FAIL; failed=1; }; \
+	    cat $$log/$$n.out; echo "$${pkg#github.com/m2mhub/m2mhub/} $$t" > $$log/$$n.name; echo $$st > $$log/$$n.st; \
 	  done; \
-	done
+	done; \
+	echo; printf '%-48s %12s %10s %s\n' target execs execs/s result; \
+	for i in $$(seq 1 $$n); do \
+	  awk -v name="$$(cat $$log/$$i.name)" -v st="$$(cat $$log/$$i.st)" ' \
+	    /^fuzz: elapsed: .*execs: / { e=$$3; sub(/s,$$/, "", e); x=$$5; \
+	      if (e ~ /m/) { split(e, p, "m"); e=p[1]*60+p[2] } last=x; secs=e } \
+	    END { printf "%-48s %12d %10d %s\n", name, last, (secs>0 ? last/secs : 0), st }' $$log/$$i.out; \
+	done; exit $$failed
 
 # loadtest drives a real hubd child with simulated fleets and writes a report
 # with charts to ./loadtest-report (see README "Performance").
