@@ -19,9 +19,10 @@ demo: build
 	$(BIN)/demo
 
 # test runs the whole suite. It needs redis-server on PATH (the Redis store
-# tests start their own) and chromium (the dashboard test); .ci/run installs
-# both.
+# tests start their own) and chromium (the dashboard test): .ci/deps
+# installs them when run as root and otherwise stops saying how to.
 test:
+	@.ci/deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
