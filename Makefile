@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test build bench fuzz loadtest soak clean
+.PHONY: demo test build bench fuzz loadtest soak chaos clean
 
 # build puts hubd, hubctl, demo and btcd (the go.mod tool, so hubd finds it
 # next to itself) in ./bin.
@@ -65,6 +65,19 @@ loadtest: build
 soak:
 	$(GO) test -count=1 -timeout 60m -run TestKill9DuringPayments ./cmd/hubd -killtrials 500
 	$(GO) test -count=1 -timeout 30m -run TestChannelStateMachine ./clients/go -rapid.checks=300
+
+# chaos runs devices and providers under load against a real hubd on an
+# external Redis (appendfsync always) and nats-server while hubd, its btcd,
+# Redis and NATS are killed -9 at random for CHAOS_DURATION, then compares
+# the devices' stores, the hub's ledger and the chain; it ends with the line
+# "faults N, acknowledged payments lost 0, doubled 0, events lost 0" and
+# fails if a count is not zero (cmd/chaos says what each means).
+CHAOS_DURATION ?= 10m
+CHAOS_ARGS ?=
+chaos: build
+	@.ci/deps
+	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+	$(BIN)/chaos -duration $(CHAOS_DURATION) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(BIN)
