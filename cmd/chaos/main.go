@@ -32,6 +32,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Minute, "how long faults are injected under load")
 	devices := flag.Int("devices", 4, "payer devices, each with a durable file store and one channel")
 	providers := flag.Int("providers", 2, "providers metering toll passages of the devices")
+	uniqueIDs := flag.Bool("unique-ids", false, "give every provider's events ids no other provider uses (by default they share one sequence, as ids need only be unique per provider)")
 	seed := flag.Uint64("seed", 0, "seed of the faults and amounts (0: from the clock)")
 	dir := flag.String("dir", "", "work directory, kept for inspection (default: a new one under $TMPDIR)")
 	flag.Parse()
@@ -54,7 +55,7 @@ func main() {
 	start := time.Now()
 	res, err := chaos.Run(ctx, chaos.Config{
 		HubdBinary: hubd, NATSBinary: natsBin, Dir: *dir, Duration: *duration,
-		Devices: *devices, Providers: *providers, Seed: *seed,
+		Devices: *devices, Providers: *providers, Seed: *seed, UniqueIDs: *uniqueIDs,
 		Say: func(format string, args ...any) {
 			fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		},

@@ -51,6 +51,10 @@ type Config struct {
 	Devices, Providers int
 	// MinGap and MaxGap bound the pause between two faults.
 	MinGap, MaxGap time.Duration
+	// UniqueIDs makes event ids unique across providers. By default the
+	// providers draw ids from the same sequence, as the metering docs
+	// allow (an id is unique per provider only).
+	UniqueIDs bool
 	// Seed draws the faults and amounts; zero takes the clock.
 	Seed uint64
 	// Say reports progress; nil is quiet.
@@ -479,6 +483,9 @@ func (r *run) meterLoop(ctx context.Context, index int, p *provider) {
 		for i := range evs {
 			payer := r.devices[rng.IntN(len(r.devices))]
 			ids[i] = fmt.Sprintf("chaos-%d-%d", b, i)
+			if r.cfg.UniqueIDs {
+				ids[i] = fmt.Sprintf("chaos-p%d-%d-%d", index, b, i)
+			}
 			evs[i] = metering.Event{ID: ids[i], Subject: payer.id, Time: now.Format(time.RFC3339Nano),
 				Data: metering.Data{Contract: p.contract, Quantity: "1", Unit: "passage", VehicleClass: "car"}}
 		}
