@@ -34,7 +34,10 @@ bench:
 # belong here, not in `make test`, which replays the committed corpora only.
 # It ends with a table of executions per target (from go test's last
 # "execs:" line); a target far below its neighbours is doing something per
-# input that it should not (disk, a large allocation, minimising).
+# input that it should not (disk, a large allocation, minimising). A run
+# that fails only with "context deadline exceeded" and writes no failing
+# input is Go 1.26's coordinator race at the end of -fuzztime
+# (go.dev/issue/75804, fixed in 1.27), not a finding.
 # FUZZMINIMIZETIME bounds the minimising of each new interesting input
 # (go test's default is 60 s): no executions count meanwhile, and in the
 # packages whose test binaries link the hub, nats-server and lnd every
@@ -48,7 +51,11 @@ fuzz:
 	for pkg in $$($(GO) list $(FUZZPKGS)); do \
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    n=$$((n+1)); echo "== $$pkg $$t"; \
-	    st=ok; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg > $$log/$$n.out 2>&1 || { st=FAIL; failed=1; }; \
+	    corpus=$$($(GO) list -f '{{.Dir}}' $$pkg)/testdata/fuzz/$$t; before=$$(ls $$corpus 2>/dev/null | wc -l); \
+	    st=ok; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg > $$log/$$n.out 2>&1 || st=FAIL; \
+	    if [ $$st = FAIL ] && [ $$(ls $$corpus 2>/dev/null | wc -l) = $$before ] && grep -q '^    context deadline exceeded$$' $$log/$$n.out; then \
+	      st="ok (deadline race, go.dev/issue/75804)"; fi; \
+	    [ "$$st" = FAIL ] && failed=1; \
 	    cat $$log/$$n.out; echo "$${pkg#github.com/m2mhub/m2mhub/} $$t" > $$log/$$n.name; echo $$st > $$log/$$n.st; \
 	  done; \
 	done; \
