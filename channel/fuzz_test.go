@@ -6,12 +6,23 @@ import (
 	"testing"
 )
 
+// fuzzCap bounds the inputs of the fixed-size decoders' fuzz targets to
+// twice the size they accept. Any other length is refused by the first
+// check; the only new coverage a longer input reaches is fmt printing the
+// length with one more digit, and the fuzzer then minimised each such
+// input (hundreds of kilobytes) byte by byte for its whole
+// -fuzzminimizetime, counting no executions: FuzzStateDecode ran 18,648
+// in 45 s. Lengths past the cap are refused the same way, as the seeds
+// one-long and all-ones check.
+func fuzzCap(b []byte, size int) []byte { return b[:min(len(b), 2*size)] }
+
 // FuzzStateDecode checks that State decoding accepts exactly the StateSize
 // inputs and that whatever it accepts re-encodes to the same bytes.
 func FuzzStateDecode(f *testing.F) {
 	f.Add(make([]byte, StateSize))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		b = fuzzCap(b, StateSize)
 		var s State
 		err := s.UnmarshalBinary(b)
 		if len(b) != StateSize {
@@ -51,6 +62,7 @@ func FuzzClaimDecode(f *testing.F) {
 	}
 	f.Add(genuine)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		b = fuzzCap(b, ClaimSize)
 		var c Claim
 		err := c.UnmarshalBinary(b)
 		if len(b) != ClaimSize {

@@ -253,17 +253,6 @@ func TestCompose(t *testing.T) {
 	})
 
 	t.Run("OperationsDocFlags", func(t *testing.T) { checkDocFlags(t, bins.flags["hubd"]) })
-
-	t.Run("DockerComposeConfig", func(t *testing.T) {
-		if exec.Command("docker", "compose", "version").Run() != nil {
-			t.Skip("no docker CLI with the compose plugin on PATH")
-		}
-		cmd := exec.Command("docker", "compose", "--profile", "load", "config", "--quiet")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("docker compose config: %v\n%s", err, out)
-		}
-	})
 }
 
 // dataVolume is the named volume a service mounts at /data.

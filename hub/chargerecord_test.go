@@ -8,12 +8,17 @@ import (
 	"github.com/btcsuite/btcd/wire"
 )
 
-func TestChargeRecord(t *testing.T) {
-	c := Charge{
+// sampleCharge is a charge with every field set.
+func sampleCharge() Charge {
+	return Charge{
 		Provider: "cp-1", EventID: "ev-1", Payer: "car-1", Contract: Hash{1, 2}, Amount: 12_345, Fee: 67,
 		Channel: wire.OutPoint{Hash: [32]byte{9}, Index: 3}, Status: ChargeOwed, Quantity: "1.5", Digest: Hash{7, 0, 7},
 		EventTime: time.Date(2026, 6, 10, 8, 0, 0, 1, time.UTC), Charged: time.Date(2026, 6, 10, 8, 0, 1, 0, time.UTC),
 	}
+}
+
+func TestChargeRecord(t *testing.T) {
+	c := sampleCharge()
 	t.Run("RoundTrip", func(t *testing.T) {
 		got, err := DecodeChargeRecord(EncodeChargeRecord(c))
 		if err != nil || got != c {

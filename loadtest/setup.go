@@ -375,23 +375,7 @@ func (f *fleet) openChannels(ctx context.Context) (int, error) {
 		return txs, err
 	}
 	// Mine on while waiting, in case the hub wants more depth.
-	mctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(2 * time.Second)
-		defer tk.Stop()
-		for {
-			select {
-			case <-mctx.Done():
-				return
-			case <-tk.C:
-				_, _ = f.chain.Mine(mctx, 1)
-			}
-		}
-	}()
-	defer func() { stop(); wg.Wait() }()
+	defer f.chain.MineEvery(ctx, 2*time.Second)()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	err = parallel(wctx, len(f.devices), func(ctx context.Context, i int) error {

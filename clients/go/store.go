@@ -427,6 +427,15 @@ func readJournal(name string) ([]journalRecord, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	recs, good, err := parseJournal(b)
+	if err != nil {
+		return nil, 0, fmt.Errorf("journal %s: %w", filepath.Base(name), err)
+	}
+	return recs, good, nil
+}
+
+// parseJournal is readJournal on the journal's bytes.
+func parseJournal(b []byte) ([]journalRecord, int64, error) {
 	var (
 		recs []journalRecord
 		good int64
@@ -443,7 +452,7 @@ func readJournal(name string) ([]journalRecord, int64, error) {
 		var rec journalRecord
 		if err := json.Unmarshal(b[9:nl], &rec); err != nil {
 			// The checksum matched, so this is not a torn write.
-			return nil, 0, fmt.Errorf("journal %s: %w", filepath.Base(name), err)
+			return nil, 0, err
 		}
 		recs = append(recs, rec)
 		good += int64(nl + 1)

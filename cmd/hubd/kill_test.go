@@ -228,22 +228,7 @@ func (r *killRun) setup(ctx context.Context) {
 
 	// Mine while FundAndOpen waits, so the funding confirms whenever it
 	// reaches the mempool.
-	mineCtx, stopMining := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(300 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-mineCtx.Done():
-				return
-			case <-tk.C:
-				_, _ = chain.Mine(mineCtx, 1)
-			}
-		}
-	}()
+	stopMining := chain.MineEvery(ctx, 300*time.Millisecond)
 	lookup := func(ctx context.Context, id chainhash.Hash) (*btcwire.MsgTx, error) {
 		info, err := chain.GetTx(ctx, id)
 		return info.Tx, err
@@ -252,7 +237,6 @@ func (r *killRun) setup(ctx context.Context) {
 	ch, err := d.FundAndOpen(openCtx, wallet, lookup, btcutil.Amount(1_000_000), uint32(height)+500)
 	cancel()
 	stopMining()
-	wg.Wait()
 	if err != nil {
 		t.Fatalf("FundAndOpen: %v\n%s", err, r.logs.String())
 	}

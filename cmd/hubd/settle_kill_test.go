@@ -9,7 +9,6 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -98,25 +97,9 @@ func (h *meterHub) chain() *btcdchain.Client {
 // the returned stop is called (hubd mines nothing itself).
 func (h *meterHub) mineEvery(ctx context.Context) (stop func()) {
 	chain := h.chain()
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tk := time.NewTicker(300 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tk.C:
-				_, _ = chain.Mine(ctx, 1)
-			}
-		}
-	}()
+	stopMining := chain.MineEvery(ctx, 300*time.Millisecond)
 	return func() {
-		cancel()
-		wg.Wait()
+		stopMining()
 		chain.Close()
 	}
 }

@@ -147,65 +147,95 @@ func (a *archive) load() error {
 		return fmt.Errorf("%w: %s has no archive header", ErrArchiveCorrupt, a.path)
 	}
 
-	r := io.NewSectionReader(a.f, 0, fi.Size())
-	off := int64(len(archiveMagic))
-	if _, err := r.Seek(off, io.SeekStart); err != nil {
-		return fmt.Errorf("regtest: archive: %w", err)
+	idx := scanArchive(a.f, fi.Size())
+	a.offs, a.hashes, a.size = idx.offs, idx.hashes, idx.end
+	for i, h := range idx.hashes {
+		a.heights[h] = i + 1
 	}
-	prev := genesis
+	if idx.end < fi.Size() {
+		// A damaged tail: cut it off, as a crash mid-append leaves one.
+		a.log.Warn("chain archive: cutting off a damaged tail, likely a crash mid-append",
+			"path", a.path, "offset", idx.end, "dropped_bytes", fi.Size()-idx.end,
+			"kept_blocks", len(a.hashes), "reason", idx.why)
+		if err := a.f.Truncate(idx.end); err != nil {
+			return fmt.Errorf("regtest: archive: %w", err)
+		}
+		if err := a.f.Sync(); err != nil {
+			return fmt.Errorf("regtest: archive: %w", err)
+		}
+	}
+	return nil
+}
+
+// archiveIndex is what scanArchive found: the offset and hash of each
+// record of the valid linked prefix, where that prefix ends, and why the
+// scan stopped there when it is not the end of the file.
+type archiveIndex struct {
+	offs   []int64
+	hashes []chainhash.Hash
+	end    int64
+	why    string
+}
+
+// scanArchive reads the records of an archive of size bytes (its magic
+// already checked) up to the first one that is cut short, fails its
+// checksum or does not extend the chain before it. It only reads: the
+// caller truncates. A length field is checked against the bytes left
+// before anything is allocated for it, so a corrupt length costs nothing.
+func scanArchive(f io.ReaderAt, size int64) archiveIndex {
+	r := io.NewSectionReader(f, 0, size)
+	off := int64(len(archiveMagic))
+	idx := archiveIndex{end: off}
+	if _, err := r.Seek(off, io.SeekStart); err != nil {
+		idx.why = err.Error()
+		return idx
+	}
+	prev := *chaincfg.RegressionNetParams.GenesisHash
 	var hdr [recordHeaderLen]byte
 	var buf []byte
-	for off < fi.Size() {
-		bad := func(why string) error {
-			a.log.Warn("chain archive: cutting off a damaged tail, likely a crash mid-append",
-				"path", a.path, "offset", off, "dropped_bytes", fi.Size()-off,
-				"kept_blocks", len(a.hashes), "reason", why)
-			a.size = off
-			if err := a.f.Truncate(off); err != nil {
-				return fmt.Errorf("regtest: archive: %w", err)
-			}
-			if err := a.f.Sync(); err != nil {
-				return fmt.Errorf("regtest: archive: %w", err)
-			}
-			return nil
-		}
+	for off < size {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return bad("record header cut short")
+			idx.why = "record header cut short"
+			return idx
 		}
 		n := binary.LittleEndian.Uint32(hdr[0:4])
 		sum := binary.LittleEndian.Uint32(hdr[4:8])
 		if n < wire.MaxBlockHeaderPayload || n > maxRecordLen {
-			return bad(fmt.Sprintf("record length %d out of range", n))
+			idx.why = fmt.Sprintf("record length %d out of range", n)
+			return idx
 		}
-		if int64(n) > fi.Size()-off-recordHeaderLen {
-			return bad("record cut short")
+		if int64(n) > size-off-recordHeaderLen {
+			idx.why = "record cut short"
+			return idx
 		}
 		if cap(buf) < int(n) {
 			buf = make([]byte, n)
 		}
 		buf = buf[:n]
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return bad("record cut short")
+			idx.why = "record cut short"
+			return idx
 		}
 		if crc32.Checksum(buf, castagnoli) != sum {
-			return bad("checksum mismatch")
+			idx.why = "checksum mismatch"
+			return idx
 		}
 		var bh wire.BlockHeader
 		if err := bh.Deserialize(bytes.NewReader(buf)); err != nil {
-			return bad("block header unreadable")
+			idx.why = "block header unreadable"
+			return idx
 		}
 		if bh.PrevBlock != prev {
-			return bad("block does not extend the archived chain")
+			idx.why = "block does not extend the archived chain"
+			return idx
 		}
-		hash := bh.BlockHash()
-		a.offs = append(a.offs, off)
-		a.hashes = append(a.hashes, hash)
-		a.heights[hash] = len(a.hashes)
-		prev = hash
+		prev = bh.BlockHash()
+		idx.offs = append(idx.offs, off)
+		idx.hashes = append(idx.hashes, prev)
 		off += recordHeaderLen + int64(n)
+		idx.end = off
 	}
-	a.size = off
-	return nil
+	return idx
 }
 
 // height returns the height of the archived tip, 0 for an empty archive.

@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/btcsuite/btcd/btcjson"
 	"github.com/btcsuite/btcd/btcutil"
@@ -193,6 +195,30 @@ func (c *Client) Mine(ctx context.Context, n uint32) ([]chainhash.Hash, error) {
 		}
 	}
 	return hashes, nil
+}
+
+// MineEvery mines a block every interval on a regtest node until the
+// returned stop is called, for tests and tools that fund channels and must
+// see them confirm (the hub mines nothing itself). Errors are ignored: a
+// node that is restarting just misses a tick.
+func (c *Client) MineEvery(ctx context.Context, every time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+				_, _ = c.Mine(ctx, 1)
+			}
+		}
+	}()
+	return func() { cancel(); wg.Wait() }
 }
 
 // SendRawTransaction broadcasts tx and returns its id. A transaction the node

@@ -1,0 +1,32 @@
+package hub
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+// FuzzChargeRecord feeds arbitrary bytes to DecodeChargeRecord, the codec
+// of both stores' charge records: it must never panic, must refuse with
+// ErrBadChargeRecord, and whatever it accepts must encode to a record that
+// decodes to the same charge.
+func FuzzChargeRecord(f *testing.F) {
+	c := sampleCharge()
+	f.Add(EncodeChargeRecord(c))
+	c.Quantity = ""
+	f.Add(EncodeChargeRecord(c)[:ChargeRecordFixedLen+20])
+	f.Add(make([]byte, ChargeRecordFixedLen))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := DecodeChargeRecord(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadChargeRecord) {
+				t.Fatalf("refused with %v, want ErrBadChargeRecord", err)
+			}
+			return
+		}
+		again, err := DecodeChargeRecord(EncodeChargeRecord(got))
+		if err != nil || !reflect.DeepEqual(again, got) {
+			t.Fatalf("charge changed in a round trip (%v):\n %+v\n %+v", err, got, again)
+		}
+	})
+}
