@@ -27,13 +27,13 @@ func refuse(code wire.ChanCode, format string, args ...any) *wire.ChannelError {
 // HandleMessage handles the channel messages of one session. A refused
 // request is answered with a ChannelError and never closes the session:
 // only the transport's own failures do. Malformed channel messages and
-// unknown even message types are refused with "bad-params"; unknown odd
+// unknown even message types are refused with "malformed"; unknown odd
 // types are ignored, as BOLT 1 asks.
 func (c *Channels) HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error {
 	if raw, ok := msg.(*lnwire.Custom); ok {
 		decoded, err := decodeCustom(raw)
 		if err != nil {
-			c.answer(ctx, s, refuse(wire.ChanBadParams, "malformed message %d: %v", uint16(raw.Type), err))
+			c.answer(ctx, s, refuse(wire.ChanMalformed, "malformed message %d: %v", uint16(raw.Type), err))
 			return nil
 		}
 		msg = decoded
@@ -127,7 +127,7 @@ func (c *Channels) dispatch(ctx context.Context, s *Session, msg lnwire.Message)
 		c.log.Debug("ignoring unknown odd message", "device", s.DeviceID(), "type", uint16(m.Type))
 		return nil
 	}
-	return refuse(wire.ChanBadParams, "message type %d is not accepted from a device", uint16(msg.MsgType()))
+	return refuse(wire.ChanMalformed, "message type %d is not accepted from a device", uint16(msg.MsgType()))
 }
 
 // withIDs lets set name the request in a refusal; other errors pass through.

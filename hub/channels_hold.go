@@ -65,7 +65,7 @@ func (c *Channels) holdRequest(ctx context.Context, s *Session, m *wire.HoldRequ
 	c.mu.Lock()
 	if _, dup := c.asks[m.HoldID]; dup {
 		c.mu.Unlock()
-		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanBadParams, "hold id in use"))
+		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanHoldIDInUse, "hold id in use"))
 		return
 	}
 	c.asks[m.HoldID] = &holdAsk{req: fwd, expires: expires}
@@ -74,7 +74,7 @@ func (c *Channels) holdRequest(ctx context.Context, s *Session, m *wire.HoldRequ
 		c.mu.Lock()
 		delete(c.asks, m.HoldID)
 		c.mu.Unlock()
-		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanBusy, "payer is not connected"))
+		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanPayerOffline, "payer is not connected"))
 	}
 }
 
@@ -97,7 +97,7 @@ func (c *Channels) checkHoldRequest(ctx context.Context, m *wire.HoldRequest) (t
 		return time.Time{}, refuse(wire.ChanBadParams, "hold must expire within %s", c.cfg.MaxHoldDuration)
 	}
 	if _, err := c.store.Hold(ctx, m.HoldID); err == nil {
-		return time.Time{}, refuse(wire.ChanBadParams, "hold id in use")
+		return time.Time{}, refuse(wire.ChanHoldIDInUse, "hold id in use")
 	} else if !errors.Is(err, ErrNotFound) {
 		return time.Time{}, err
 	}
