@@ -12,6 +12,18 @@ import (
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
+// payingPair is a hub with a payer holding one ready channel of 100,000
+// sat and a provider, both connected.
+func payingPair(t *testing.T, mod func(*hub.ChannelsConfig)) (*harness, *device, *device, *devChannel) {
+	t.Helper()
+	checkLeaks(t)
+	f := newFakeChain(testHeight)
+	h := newHarness(t, f, mod)
+	payer := h.enrol(hub.RolePayer)
+	prov := h.enrol(hub.RoleProvider)
+	return h, payer, prov, payer.open(f, 100_000, testHeight+500)
+}
+
 // authorizeHold has prov ask payer for a hold of max on c and payer sign it.
 func authorizeHold(t *testing.T, payer, prov *device, c *devChannel, id [16]byte, max uint64) {
 	t.Helper()
@@ -32,12 +44,7 @@ func authorizeHold(t *testing.T, payer, prov *device, c *devChannel, id [16]byte
 // cover is refused with its own code, naming the request, and changes
 // nothing.
 func TestRefusalCodes(t *testing.T) {
-	checkLeaks(t)
-	f := newFakeChain(testHeight)
-	h := newHarness(t, f, func(c *hub.ChannelsConfig) { c.CaptureTimeout = 100 * time.Millisecond })
-	payer := h.enrol(hub.RolePayer)
-	prov := h.enrol(hub.RoleProvider)
-	c := payer.open(f, 100_000, testHeight+500)
+	h, payer, prov, c := payingPair(t, func(c *hub.ChannelsConfig) { c.CaptureTimeout = 100 * time.Millisecond })
 	ctx := context.Background()
 	closeReq := func() *wire.CloseRequest {
 		sess, err := c.out.NewKeySession(payer.key)
@@ -111,6 +118,25 @@ func TestRefusalCodes(t *testing.T) {
 		expect[*wire.ReceiptNotice](prov)
 	})
 
+	t.Run("AuthorizeRefused", func(t *testing.T) {
+		// A refused authorisation ends the request: the provider hears
+		// now, not when the request expires.
+		id := [16]byte{0xa4}
+		expires := uint64(time.Now().Add(time.Hour).Unix())
+		prov.send(&wire.HoldRequest{HoldID: id, Payer: payer.id, Max: 1_000, Expires: expires})
+		expect[*wire.HoldRequest](payer)
+		payer.send(&wire.HoldAuthorize{HoldID: id, ChanID: c.op, Provider: prov.id, Max: 1_000, Expires: expires, Sig: [64]byte{1}})
+		if ce := refusal(payer, wire.ChanBadSignature); ce.HoldID == nil || *ce.HoldID != id || ce.ChanID == nil || ce.Seq != nil {
+			t.Fatalf("refusal of the authorisation names %v/%v/%v", ce.HoldID, ce.ChanID, ce.Seq)
+		}
+		if res := expect[*wire.HoldResult](prov); res.HoldID != id || res.Status != wire.HoldRefused || res.Code != wire.ChanBadSignature {
+			t.Fatalf("provider got %+v", res)
+		}
+		if x, _ := h.ch.Exposure(ctx); x.Reserved != 0 {
+			t.Fatalf("refused hold reserves %d", x.Reserved)
+		}
+	})
+
 	t.Run("PayerOffline", func(t *testing.T) {
 		_ = payer.conn.Close()
 		<-payer.done
@@ -144,5 +170,20 @@ func waitOwed(t *testing.T, h *harness, c *devChannel, want uint64) {
 			t.Fatalf("owed %d (%v), want %d", rec.Owed, err, want)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestInternalNamesRequest: a failure inside the hub is answered
+// "internal" with the ids of the request, so the device matches it to the
+// payment it waits for instead of timing out.
+func TestInternalNamesRequest(t *testing.T) {
+	h, payer, prov, c := payingPair(t, nil)
+	payer.pay(c, 1_000, prov.id) // the payee is looked up and cached
+	expect[*wire.ReceiptNotice](prov)
+	_ = h.store.Close() // every write fails from now on
+	payer.send(payer.payMsg(c, c.seq+1, c.paid+1_000, 1_000, prov.id))
+	ce := refusal(payer, wire.ChanInternal)
+	if ce.ChanID == nil || *ce.ChanID != c.op || ce.Seq == nil || *ce.Seq != c.seq+1 {
+		t.Fatalf("internal names %v/%v, want %v/%d", ce.ChanID, ce.Seq, c.op, c.seq+1)
 	}
 }

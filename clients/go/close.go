@@ -73,6 +73,9 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 		}
 		switch m := msg.(type) {
 		case *wire.ChannelError:
+			if m.Seq != nil || m.HoldID != nil {
+				continue // about a payment or a hold on the channel
+			}
 			return nil, asError(m)
 		case *wire.CloseProposal:
 			prop = m
@@ -139,6 +142,9 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 		}
 		switch m := msg.(type) {
 		case *wire.ChannelError:
+			if m.Seq != nil || m.HoldID != nil {
+				continue
+			}
 			return tx, asError(m)
 		case *wire.ChannelClosed:
 			if m.Txid != txid {

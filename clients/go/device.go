@@ -485,6 +485,8 @@ func (d *Device) handle(msg lnwire.Message) bool {
 		d.spawn(func() { d.onSettleProposal(m) })
 	case *wire.SettleDone:
 		d.spawn(func() { d.onSettleDone(m) })
+	case *wire.ChannelError:
+		return d.onHoldAuthorizeRefused(m)
 	default:
 		return false
 	}

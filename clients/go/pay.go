@@ -132,7 +132,10 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 			}
 			return d.acknowledged(ctx, c, p, m.Receipt)
 		case *wire.ChannelError:
-			if m.Seq != nil && *m.Seq != p.Seq {
+			if m.Seq == nil || *m.Seq != p.Seq {
+				// Not about this payment: the hub names the seq of
+				// every Pay it refuses; one without is about another
+				// request on the channel (a hold authorisation).
 				continue
 			}
 			switch m.Code {

@@ -13,19 +13,27 @@ import (
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
-// payRefused has the device pay amount, refuses the Pay with code as the
-// hub does (naming the channel and seq) and returns Pay's error.
-func (f *settleFixture) payRefused(t *testing.T, code wire.ChanCode, amount lnwire.MilliSatoshi) error {
+// startPay has the device pay amount on chanID in the background and
+// returns the Pay the hub received and where Pay's error will arrive.
+func (f *settleFixture) startPay(t *testing.T, chanID btcwire.OutPoint, amount lnwire.MilliSatoshi) (*wire.Pay, chan error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := f.dev.Pay(context.Background(), f.st.Funding, "prov", amount, "")
+		_, err := f.dev.Pay(context.Background(), chanID, "prov", amount, "")
 		errc <- err
 	}()
 	pay, ok := f.hub.recv(10 * time.Second).(*wire.Pay)
 	if !ok {
 		t.Fatal("device sent no Pay")
 	}
+	return pay, errc
+}
+
+// payRefused has the device pay amount, refuses the Pay with code as the
+// hub does (naming the channel and seq) and returns Pay's error.
+func (f *settleFixture) payRefused(t *testing.T, code wire.ChanCode, amount lnwire.MilliSatoshi) error {
+	t.Helper()
+	pay, errc := f.startPay(t, f.st.Funding, amount)
 	seq := pay.Seq
 	f.hub.send(&wire.ChannelError{Code: code, Message: "test", ChanID: &pay.ChanID, Seq: &seq})
 	return <-errc
@@ -128,15 +136,7 @@ func TestSettleDoneDuringPay(t *testing.T) {
 	done := f.claimDone()
 	next := done.NextOutpoint
 
-	errc := make(chan error, 1)
-	go func() {
-		_, err := f.dev.Pay(context.Background(), f.st.Funding, "prov", 1_000, "")
-		errc <- err
-	}()
-	pay, ok := f.hub.recv(10 * time.Second).(*wire.Pay)
-	if !ok {
-		t.Fatal("device sent no Pay")
-	}
+	pay, errc := f.startPay(t, f.st.Funding, 1_000)
 	// The batch was broadcast just before the Pay arrived (the device was
 	// absent from the round): the notice, then the refusal.
 	f.hub.send(done)
@@ -151,12 +151,8 @@ func TestSettleDoneDuringPay(t *testing.T) {
 		t.Fatalf("next channel %+v", b)
 	}
 
-	go func() {
-		_, err := f.dev.Pay(context.Background(), next, "prov", 1_000, "")
-		errc <- err
-	}()
-	p2, ok := f.hub.recv(10 * time.Second).(*wire.Pay)
-	if !ok || p2.ChanID != next || p2.Seq != 1 || p2.Paid != 1_000 {
+	p2, errc := f.startPay(t, next, 1_000)
+	if p2.ChanID != next || p2.Seq != 1 || p2.Paid != 1_000 {
 		t.Fatalf("payment after the switch: %+v", p2)
 	}
 	s2 := p2.Seq
@@ -258,4 +254,32 @@ func TestCloseProposalChecks(t *testing.T) {
 			t.Errorf("%s: %v, want ErrBadProposal", name, err)
 		}
 	}
+}
+
+// TestHoldAuthorizeRefusedDuringPay: the hub's refusal of a hold the device
+// authorised (hold and channel named, no seq) makes the device forget the
+// hold, and is not taken for the answer to a Pay waiting on the same
+// channel.
+func TestHoldAuthorizeRefusedDuringPay(t *testing.T) {
+	noLeaks(t)
+	f := newSettleFixture(t, DeviceConfig{AutoAuthorize: true})
+	pay, errc := f.startPay(t, f.st.Funding, 1_000)
+	hold := [16]byte{7}
+	f.hub.send(&wire.HoldRequest{HoldID: hold, Payer: "dev", Provider: "prov", Max: 5_000,
+		Expires: uint64(time.Now().Add(time.Hour).Unix())})
+	if _, ok := f.hub.recv(10 * time.Second).(*wire.HoldAuthorize); !ok {
+		t.Fatal("device did not authorise the hold")
+	}
+	if b, _ := f.dev.Balance(f.st.Funding); b.Reserved != 5_000 {
+		t.Fatalf("reserved %d after authorising", b.Reserved)
+	}
+	f.hub.send(&wire.ChannelError{Code: wire.ChanBadSignature, Message: "hold authorisation signature does not verify",
+		HoldID: &hold, ChanID: &f.st.Funding})
+	seq := pay.Seq
+	f.hub.send(&wire.ChannelError{Code: wire.ChanOverCapacity, ChanID: &pay.ChanID, Seq: &seq})
+	var ce *ChannelError
+	if err := <-errc; !errors.As(err, &ce) || ce.Code != CodeOverCapacity {
+		t.Fatalf("Pay returned %v, want its own over-capacity refusal", err)
+	}
+	waitUntil(t, func() bool { b, _ := f.dev.Balance(f.st.Funding); return b.Reserved == 0 })
 }
