@@ -137,7 +137,7 @@ type ChannelsConfig struct {
 	// output before it fails and stops counting as pending.
 	PendingTimeout time.Duration
 	// CloseTimeout bounds a cooperative close negotiation; until it ends
-	// payments on the channel are refused with "busy".
+	// payments on the channel are refused with "closing".
 	CloseTimeout time.Duration
 
 	// PayObserver, when set, sees every payment's outcome (metrics).

@@ -51,9 +51,9 @@ func (c *Channels) closeRequest(ctx context.Context, s *Session, m *wire.CloseRe
 	case e.rec.Status != ChannelReady && e.rec.Status != ChannelFrozen:
 		return refuse(statusCode(e.rec.Status), "channel is %s", e.rec.Status)
 	case len(e.holds) > 0:
-		return refuse(wire.ChanBusy, "channel has %d active holds", len(e.holds))
+		return refuse(wire.ChanHoldActive, "channel has %d active holds", len(e.holds))
 	case e.rec.Owed > 0:
-		return refuse(wire.ChanBusy, "channel owes %d msat of unsigned credit; pay it first", uint64(e.rec.Owed))
+		return refuse(wire.ChanCreditOwed, "channel owes %d msat of unsigned credit; pay it first", uint64(e.rec.Owed))
 	}
 	if cls := txscript.GetScriptClass(m.PkScript); cls == txscript.NonStandardTy || cls == txscript.NullDataTy {
 		return refuse(wire.ChanBadParams, "payout script is not a standard output script")
@@ -163,7 +163,7 @@ func (c *Channels) closeSign(ctx context.Context, s *Session, m *wire.CloseSign)
 	defer e.mu.Unlock()
 	if !c.closeUnderWay(e) {
 		e.closing = nil
-		return refuse(wire.ChanBadParams, "no cooperative close is being negotiated")
+		return refuse(wire.ChanCloseUnknown, "no cooperative close is being negotiated")
 	}
 	attempt := e.closing
 	e.closing = nil // one CloseSign per attempt, right or wrong

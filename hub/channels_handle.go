@@ -27,13 +27,13 @@ func refuse(code wire.ChanCode, format string, args ...any) *wire.ChannelError {
 // HandleMessage handles the channel messages of one session. A refused
 // request is answered with a ChannelError and never closes the session:
 // only the transport's own failures do. Malformed channel messages and
-// unknown even message types are refused with "bad-params"; unknown odd
+// unknown even message types are refused with "malformed"; unknown odd
 // types are ignored, as BOLT 1 asks.
 func (c *Channels) HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error {
 	if raw, ok := msg.(*lnwire.Custom); ok {
 		decoded, err := decodeCustom(raw)
 		if err != nil {
-			c.answer(ctx, s, refuse(wire.ChanBadParams, "malformed message %d: %v", uint16(raw.Type), err))
+			c.answer(ctx, s, refuse(wire.ChanMalformed, "malformed message %d: %v", uint16(raw.Type), err))
 			return nil
 		}
 		msg = decoded
@@ -62,15 +62,24 @@ func decodeCustom(raw *lnwire.Custom) (lnwire.Message, error) {
 }
 
 // answer sends a handler's error to the session: a refusal as it is, any
-// other error as "internal" with the details kept in the log.
+// other error as "internal" (naming the request when withIDs saw it) with
+// the details kept in the log.
 func (c *Channels) answer(ctx context.Context, s *Session, err error) {
 	var ce *wire.ChannelError
-	if !errors.As(err, &ce) {
+	var f *failed
+	switch {
+	case errors.As(err, &f):
+		ce, err = f.refusal, f.cause
+	case errors.As(err, &ce):
+		err = nil // a refusal: nothing to log
+	default:
+		ce = &wire.ChannelError{Code: wire.ChanInternal, Message: "internal error"}
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
 		c.log.Error("channel request failed", "device", s.DeviceID(), "err", err)
-		ce = &wire.ChannelError{Code: wire.ChanInternal, Message: "internal error"}
 	}
 	if err := s.Send(ctx, ce); err != nil {
 		c.log.Debug("refusal not delivered", "device", s.DeviceID(), "err", err)
@@ -127,15 +136,32 @@ func (c *Channels) dispatch(ctx context.Context, s *Session, msg lnwire.Message)
 		c.log.Debug("ignoring unknown odd message", "device", s.DeviceID(), "type", uint16(m.Type))
 		return nil
 	}
-	return refuse(wire.ChanBadParams, "message type %d is not accepted from a device", uint16(msg.MsgType()))
+	return refuse(wire.ChanMalformed, "message type %d is not accepted from a device", uint16(msg.MsgType()))
 }
 
-// withIDs lets set name the request in a refusal; other errors pass through.
+// failed is a handler's failure that is not a refusal: the device gets
+// refusal ("internal", naming its request), the log gets cause.
+type failed struct {
+	cause   error
+	refusal *wire.ChannelError
+}
+
+func (f *failed) Error() string { return f.cause.Error() }
+func (f *failed) Unwrap() error { return f.cause }
+
+// withIDs lets set name the request in a refusal, and in the "internal"
+// answer to any other failure, so the device can match either to the
+// request it waits on.
 func withIDs(err error, set func(*wire.ChannelError)) error {
-	var ce *wire.ChannelError
-	if errors.As(err, &ce) {
-		set(ce)
+	if err == nil {
+		return nil
 	}
+	var ce *wire.ChannelError
+	if !errors.As(err, &ce) {
+		ce = &wire.ChannelError{Code: wire.ChanInternal, Message: "internal error"}
+		err = &failed{cause: err, refusal: ce}
+	}
+	set(ce)
 	return err
 }
 

@@ -65,7 +65,7 @@ func (c *Channels) holdRequest(ctx context.Context, s *Session, m *wire.HoldRequ
 	c.mu.Lock()
 	if _, dup := c.asks[m.HoldID]; dup {
 		c.mu.Unlock()
-		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanBadParams, "hold id in use"))
+		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanHoldIDInUse, "hold id in use"))
 		return
 	}
 	c.asks[m.HoldID] = &holdAsk{req: fwd, expires: expires}
@@ -74,7 +74,7 @@ func (c *Channels) holdRequest(ctx context.Context, s *Session, m *wire.HoldRequ
 		c.mu.Lock()
 		delete(c.asks, m.HoldID)
 		c.mu.Unlock()
-		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanBusy, "payer is not connected"))
+		c.holdResult(ctx, fwd.Provider, m.HoldID, refuse(wire.ChanPayerOffline, "payer is not connected"))
 	}
 }
 
@@ -97,7 +97,7 @@ func (c *Channels) checkHoldRequest(ctx context.Context, m *wire.HoldRequest) (t
 		return time.Time{}, refuse(wire.ChanBadParams, "hold must expire within %s", c.cfg.MaxHoldDuration)
 	}
 	if _, err := c.store.Hold(ctx, m.HoldID); err == nil {
-		return time.Time{}, refuse(wire.ChanBadParams, "hold id in use")
+		return time.Time{}, refuse(wire.ChanHoldIDInUse, "hold id in use")
 	} else if !errors.Is(err, ErrNotFound) {
 		return time.Time{}, err
 	}
@@ -139,8 +139,35 @@ func (c *Channels) checkHoldRequest(ctx context.Context, m *wire.HoldRequest) (t
 }
 
 // holdAuthorize turns the device's signed authorisation into an active hold
-// that reserves capacity, and tells the provider.
+// that reserves capacity, and tells the provider. An authorisation it
+// refuses ends the request too: the provider gets the refusal at once
+// rather than when the request expires, and the device, told by the
+// ChannelError, forgets the hold it signed.
 func (c *Channels) holdAuthorize(ctx context.Context, s *Session, m *wire.HoldAuthorize) error {
+	err := c.authorizeHold(ctx, s, m)
+	var ce *wire.ChannelError
+	if errors.As(err, &ce) {
+		if ask := c.endAsk(s.DeviceID(), m.HoldID); ask != nil {
+			c.holdResult(ctx, ask.req.Provider, m.HoldID, &wire.ChannelError{Code: ce.Code, Message: ce.Message})
+		}
+	}
+	return err
+}
+
+// endAsk forgets the hold request id if it waits for deviceID and returns
+// it; nil otherwise.
+func (c *Channels) endAsk(deviceID string, id [16]byte) *holdAsk {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ask := c.asks[id]
+	if ask == nil || ask.req.Payer != deviceID {
+		return nil
+	}
+	delete(c.asks, id)
+	return ask
+}
+
+func (c *Channels) authorizeHold(ctx context.Context, s *Session, m *wire.HoldAuthorize) error {
 	c.mu.RLock()
 	ask := c.asks[m.HoldID]
 	c.mu.RUnlock()
@@ -213,15 +240,7 @@ func (c *Channels) deviceError(ctx context.Context, s *Session, m *wire.ChannelE
 		return
 	}
 	if m.HoldID != nil {
-		c.mu.Lock()
-		ask := c.asks[*m.HoldID]
-		if ask != nil && ask.req.Payer == s.DeviceID() {
-			delete(c.asks, *m.HoldID)
-		} else {
-			ask = nil
-		}
-		c.mu.Unlock()
-		if ask != nil {
+		if ask := c.endAsk(s.DeviceID(), *m.HoldID); ask != nil {
 			c.holdResult(ctx, ask.req.Provider, *m.HoldID, &wire.ChannelError{Code: m.Code, Message: m.Message})
 			return
 		}

@@ -42,7 +42,7 @@ func (c *Channels) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pa
 		return nil, refuse(statusCode(e.rec.Status), "channel is %s", e.rec.Status)
 	}
 	if c.closeUnderWay(e) {
-		return nil, refuse(wire.ChanBusy, "a cooperative close is being negotiated")
+		return nil, refuse(wire.ChanClosing, "a cooperative close is being negotiated")
 	}
 	cur := e.state()
 	next := channel.State{ChannelID: m.ChanID, Seq: m.Seq, Paid: m.Paid}

@@ -102,10 +102,10 @@ func TestPayRefusals(t *testing.T) {
 	}{
 		{"MalformedTLV", func() lnwire.Message {
 			return &lnwire.Custom{Type: wire.MsgPay, Data: []byte{0x00, 0x20, 0x01}}
-		}, wire.ChanBadParams},
+		}, wire.ChanMalformed},
 		{"UnknownEvenType", func() lnwire.Message {
 			return &lnwire.Custom{Type: wire.TypeBase + 0xF0, Data: nil}
-		}, wire.ChanBadParams},
+		}, wire.ChanMalformed},
 		{"UnknownChannel", func() lnwire.Message {
 			c := *good
 			c.op.Index += 7

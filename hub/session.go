@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lightningnetwork/lnd/brontide"
@@ -26,6 +27,10 @@ type Session struct {
 
 	queue chan lnwire.Message
 	pong  chan struct{}
+	// heard is when the last message from the device was read (the
+	// clock's unix nanoseconds): the keepalive pings only after
+	// PingInterval of quiet.
+	heard atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -37,7 +42,7 @@ type Session struct {
 
 func newSession(srv *Server, c *brontide.Conn, dev Device, key PubKey, ip string) *Session {
 	ctx, cancel := context.WithCancel(srv.ctx)
-	return &Session{
+	s := &Session{
 		srv:    srv,
 		conn:   c,
 		device: dev,
@@ -48,6 +53,8 @@ func newSession(srv *Server, c *brontide.Conn, dev Device, key PubKey, ip string
 		ctx:    ctx,
 		cancel: cancel,
 	}
+	s.heard.Store(srv.cfg.Clock.Now().UnixNano()) // its Init, just read
+	return s
 }
 
 // DeviceID returns the registry id of the session's device.
@@ -155,6 +162,7 @@ func (s *Session) readLoop() {
 			}
 			return
 		}
+		s.heard.Store(s.srv.cfg.Clock.Now().UnixNano())
 		if err := s.dispatch(msg); err != nil {
 			code := wire.CodeInternal
 			var ce *wire.CodeError
@@ -207,10 +215,14 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 }
 
 // writeLoop owns the socket's write side: queued messages, keepalive pings
-// and, on close, the final Error.
+// and, on close, the final Error. The hub pings after PingInterval of quiet
+// (nothing read from the device), as BOLT 1 peers use ping for idle links;
+// a device that talks is never pinged. Once it has pinged, only a Pong
+// within PongTimeout keeps the session.
 func (s *Session) writeLoop() {
 	clk := s.srv.cfg.Clock
-	nextPing := clk.TickAfter(s.srv.cfg.PingInterval)
+	interval := s.srv.cfg.PingInterval
+	nextPing := clk.TickAfter(interval)
 	var pongDue <-chan time.Time
 	for {
 		select {
@@ -228,13 +240,19 @@ func (s *Session) writeLoop() {
 				return
 			}
 		case <-nextPing:
+			if quiet := clk.Now().Sub(time.Unix(0, s.heard.Load())); quiet < interval {
+				// The device spoke since the timer was set: wait
+				// for a full interval after its last message.
+				nextPing = clk.TickAfter(interval - quiet)
+				continue
+			}
 			if !s.write(lnwire.NewPing(0)) {
 				return
 			}
 			nextPing, pongDue = nil, clk.TickAfter(s.srv.cfg.PongTimeout)
 		case <-s.pong:
 			if pongDue != nil {
-				nextPing, pongDue = clk.TickAfter(s.srv.cfg.PingInterval), nil
+				nextPing, pongDue = clk.TickAfter(interval), nil
 			}
 		case <-pongDue:
 			s.srv.log.Info("keepalive timeout", "device", s.device.ID)

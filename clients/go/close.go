@@ -25,7 +25,9 @@ import (
 // itself too. (Close, without arguments, stops the Device.)
 //
 // Errors: ErrUnknownChannel, ErrNotReady, ErrBadProposal, *ChannelError
-// (e.g. an active hold, or credit owed), or a transport or context error.
+// (errors.Is: ErrHoldActive while holds are active, ErrCreditOwed while
+// service given on credit is unpaid; neither is worth retrying before that
+// changes), or a transport or context error.
 func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, destScript []byte) (*btcwire.MsgTx, error) {
 	if len(destScript) == 0 || len(destScript) > wire.MaxPkScriptSize {
 		return nil, fmt.Errorf("m2mclient: close: destination script of %d bytes", len(destScript))
@@ -71,6 +73,9 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 		}
 		switch m := msg.(type) {
 		case *wire.ChannelError:
+			if m.Seq != nil || m.HoldID != nil {
+				continue // about a payment or a hold on the channel
+			}
 			return nil, asError(m)
 		case *wire.CloseProposal:
 			prop = m
@@ -137,6 +142,9 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 		}
 		switch m := msg.(type) {
 		case *wire.ChannelError:
+			if m.Seq != nil || m.HoldID != nil {
+				continue
+			}
 			return tx, asError(m)
 		case *wire.ChannelClosed:
 			if m.Txid != txid {
@@ -149,12 +157,19 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 }
 
 // checkProposal checks the hub's close transaction before the device signs
-// it: it must spend only the channel, and pay the device capacity −
-// floor(paid) to destScript, less at most MaxCloseFee when the hub's share
-// is too small to pay the fee (then the hub takes no output).
+// it (docs/protocol.md §2.7): version 2, lock time 0, one final input
+// spending the channel, and the device paid capacity − floor(paid) to
+// destScript, less at most MaxCloseFee when the hub's share is too small to
+// pay the fee (then the hub takes no output). A lock time or a relative
+// lock (BIP 68 applies to a version 2 input without sequence 0xffffffff)
+// would keep the device's money out of reach, so neither is signed.
 func (d *Device) checkProposal(tx *btcwire.MsgTx, st *ChannelState, dest []byte) error {
 	if len(tx.TxIn) != 1 || tx.TxIn[0].PreviousOutPoint != st.Funding {
 		return fmt.Errorf("%w: must spend exactly the channel output", ErrBadProposal)
+	}
+	if tx.Version != channel.TxVersion || tx.LockTime != 0 || tx.TxIn[0].Sequence != btcwire.MaxTxInSequenceNum {
+		return fmt.Errorf("%w: version %d, lock time %d, sequence %#x; want %d, 0, %#x", ErrBadProposal,
+			tx.Version, tx.LockTime, tx.TxIn[0].Sequence, channel.TxVersion, uint32(btcwire.MaxTxInSequenceNum))
 	}
 	owed := st.Capacity - st.Paid.ToSatoshis()
 	var mine, others btcutil.Amount

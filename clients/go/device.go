@@ -65,10 +65,49 @@ const (
 	CodeFundingMismatch = string(wire.ChanFundingMismatch)
 	CodePolicyRefused   = string(wire.ChanPolicyRefused)
 	CodeBusy            = string(wire.ChanBusy)
+	CodeHoldActive      = string(wire.ChanHoldActive)
+	CodeCreditOwed      = string(wire.ChanCreditOwed)
+	CodeClosing         = string(wire.ChanClosing)
+	CodePayerOffline    = string(wire.ChanPayerOffline)
+	CodeHoldIDInUse     = string(wire.ChanHoldIDInUse)
+	CodeMalformed       = string(wire.ChanMalformed)
+	CodeCloseUnknown    = string(wire.ChanCloseUnknown)
 )
 
+// Refusals a *ChannelError matches with errors.Is, one per code whose
+// reaction differs from a plain failure. ErrTemporary matches every code
+// after which the same request may succeed unchanged later
+// (wire.ChanCode.Retryable); nothing else is worth retrying as it is.
+var (
+	// ErrTemporary: retry the same request after a backoff.
+	ErrTemporary = errors.New("m2mclient: temporary refusal")
+	// ErrBusy: the hub is overloaded (temporary).
+	ErrBusy = errors.New("m2mclient: hub busy")
+	// ErrRateLimited: the device sent too many requests (temporary).
+	ErrRateLimited = errors.New("m2mclient: rate limited")
+	// ErrClosing: a cooperative close of the channel is being
+	// negotiated; payments resume if it fails (temporary).
+	ErrClosing = errors.New("m2mclient: channel closing")
+	// ErrHoldActive: a close was refused because holds are active;
+	// they must be released or expire first.
+	ErrHoldActive = errors.New("m2mclient: channel has active holds")
+	// ErrCreditOwed: a close was refused because the hub gave service
+	// on credit that no signed state covers yet; any payment on the
+	// channel pays it down.
+	ErrCreditOwed = errors.New("m2mclient: credit owed on channel")
+	// ErrPayerOffline: a hold request found the payer without a session
+	// (temporary).
+	ErrPayerOffline = errors.New("m2mclient: payer offline")
+)
+
+// codeErrors maps the codes above to their sentinel.
+var codeErrors = map[string]error{
+	CodeBusy: ErrBusy, CodeRateLimited: ErrRateLimited, CodeClosing: ErrClosing,
+	CodeHoldActive: ErrHoldActive, CodeCreditOwed: ErrCreditOwed, CodePayerOffline: ErrPayerOffline,
+}
+
 // ChannelError is a hub's refusal of a channel operation. Test for it with
-// errors.As.
+// errors.As, or for its kind with errors.Is (ErrTemporary, ErrClosing …).
 type ChannelError struct {
 	Code    string
 	Message string
@@ -78,6 +117,20 @@ type ChannelError struct {
 func (e *ChannelError) Error() string {
 	return fmt.Sprintf("m2mclient: hub refused: %s: %s", e.Code, e.Message)
 }
+
+// Is matches the sentinel of e's code, and ErrTemporary for every code
+// after which retrying unchanged may succeed.
+func (e *ChannelError) Is(target error) bool {
+	if target == ErrTemporary {
+		return e.Temporary()
+	}
+	s, ok := codeErrors[e.Code]
+	return ok && s == target
+}
+
+// Temporary reports whether the same request may succeed when sent again
+// unchanged after a pause (docs/protocol.md, the code table).
+func (e *ChannelError) Temporary() bool { return wire.ChanCode(e.Code).Retryable() }
 
 // DefaultRequestTimeout bounds a wait for the hub's answer when the
 // caller's context has no deadline.
@@ -432,6 +485,8 @@ func (d *Device) handle(msg lnwire.Message) bool {
 		d.spawn(func() { d.onSettleProposal(m) })
 	case *wire.SettleDone:
 		d.spawn(func() { d.onSettleDone(m) })
+	case *wire.ChannelError:
+		return d.onHoldAuthorizeRefused(m)
 	default:
 		return false
 	}

@@ -138,6 +138,34 @@ func (d *Device) roomiest(max lnwire.MilliSatoshi) (*devChannel, error) {
 	return best, nil
 }
 
+// onHoldAuthorizeRefused forgets a hold the device authorised and the hub
+// refused (the refusal names the hold and the channel and, unlike a
+// refused capture, no seq or request id): nothing was reserved at the hub,
+// so nothing may stay reserved here. It reports whether it forgot one.
+func (d *Device) onHoldAuthorizeRefused(m *wire.ChannelError) bool {
+	if m.HoldID == nil || m.ChanID == nil || m.Seq != nil || m.ReqID != nil {
+		return false
+	}
+	c, err := d.channel(*m.ChanID)
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, h := range c.st.Holds {
+		if h.ID != *m.HoldID || h.Captured != 0 {
+			continue
+		}
+		c.st.Holds = append(c.st.Holds[:i], c.st.Holds[i+1:]...)
+		d.log.Info("hold authorisation refused by the hub", "hold", h.ID, "code", m.Code, "message", m.Message)
+		if err := d.save(d.ctx, c); err != nil && !errors.Is(err, context.Canceled) {
+			d.log.Error("saving channel after a refused hold", "err", err)
+		}
+		return true
+	}
+	return false
+}
+
 // onHoldClosed forgets a hold the hub closed (released, expired or its
 // channel closed).
 func (d *Device) onHoldClosed(m *wire.HoldClosed) {

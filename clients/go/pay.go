@@ -28,7 +28,10 @@ type payment struct {
 // amounts, payee) before recording and returning it.
 //
 // Errors: ErrPolicy (nothing signed), ErrUnknownChannel, ErrNotReady,
-// channel.ErrOverCapacity, *ChannelError (the hub refused; nothing paid),
+// channel.ErrOverCapacity, *ChannelError (the hub refused; nothing paid;
+// errors.Is(err, ErrTemporary) when the same payment may succeed later,
+// e.g. ErrClosing while a cooperative close is negotiated, ErrBusy,
+// ErrRateLimited),
 // ErrBadReceipt (the hub acknowledged but its receipt is wrong; the payment
 // counts as made, since the hub holds the signature), or a transport or
 // context error, in which case the payment stays pending and the next Pay
@@ -129,7 +132,10 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 			}
 			return d.acknowledged(ctx, c, p, m.Receipt)
 		case *wire.ChannelError:
-			if m.Seq != nil && *m.Seq != p.Seq {
+			if m.Seq == nil || *m.Seq != p.Seq {
+				// Not about this payment: the hub names the seq of
+				// every Pay it refuses; one without is about another
+				// request on the channel (a hold authorisation).
 				continue
 			}
 			switch m.Code {
@@ -139,9 +145,11 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 				// p.Seq holds exactly p: it acknowledged a copy whose
 				// PayAck was lost.
 				return nil, d.adopt(ctx, c, p, nil)
-			case wire.ChanInternal, wire.ChanBusy:
+			case wire.ChanInternal:
 				// The hub may or may not have stored it; keep it
-				// pending and let the next Pay resend it.
+				// pending and let the next Pay resend it. Every other
+				// refusal, "busy" and "closing" included, is given
+				// before anything is stored (docs/protocol.md).
 				return nil, asError(m)
 			}
 			d.dropPending(ctx, c, p)
@@ -160,7 +168,7 @@ func (d *Device) resync(ctx context.Context, c *devChannel) error {
 	switch {
 	case err == nil, errors.Is(err, ErrBadReceipt):
 		return nil // applied either way
-	case errors.As(err, &ce) && ce.Code != CodeInternal && ce.Code != CodeBusy:
+	case errors.As(err, &ce) && ce.Code != CodeInternal:
 		return nil // definitely refused and dropped; the channel moves on
 	}
 	return err

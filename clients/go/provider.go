@@ -191,11 +191,32 @@ func (p *Provider) onReceipt(m *wire.ReceiptNotice) {
 	}
 }
 
+// holdIDAttempts bounds how often RequestHold draws a new id after the hub
+// answered "hold-id-in-use": random 16-byte ids collide only when someone
+// reuses them on purpose, so one more draw is normally enough.
+const holdIDAttempts = 3
+
 // RequestHold asks the payer, through the hub, to authorise charges of up to
 // max for ttl, and waits for the answer. It returns the hold's id once
 // authorised, or an error wrapping ErrHoldRefused (with the hub's
-// *ChannelError), or a transport or context error.
+// *ChannelError: errors.Is(err, ErrPayerOffline) when the payer has no
+// session, errors.Is(err, ErrTemporary) whenever asking again later may
+// succeed), or a transport or context error. An id the hub finds in use is
+// replaced by a fresh one and asked again, up to holdIDAttempts times.
 func (p *Provider) RequestHold(ctx context.Context, payer string, max lnwire.MilliSatoshi,
+	ttl time.Duration, memo string) (HoldID, error) {
+
+	for attempt := 1; ; attempt++ {
+		id, err := p.requestHold(ctx, payer, max, ttl, memo)
+		var ce *ChannelError
+		if attempt < holdIDAttempts && errors.As(err, &ce) && ce.Code == CodeHoldIDInUse {
+			continue
+		}
+		return id, err
+	}
+}
+
+func (p *Provider) requestHold(ctx context.Context, payer string, max lnwire.MilliSatoshi,
 	ttl time.Duration, memo string) (HoldID, error) {
 
 	var id HoldID

@@ -146,7 +146,10 @@ func (r *Router) dispatch(msg lnwire.Message) {
 	case *wire.HoldResult:
 		answered = r.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m)
 	case *wire.ChannelError:
-		answered = r.w.deliverError(m)
+		// A refused hold authorisation (hold and channel named, no
+		// seq) is news to the Device as well as to any call waiting on
+		// the channel.
+		answered, notice = r.w.deliverError(m), m.HoldID != nil && m.ChanID != nil && m.Seq == nil && m.ReqID == nil
 	case *wire.ChannelClosed:
 		// The closing call waits for it and the device records it.
 		answered, notice = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m), true

@@ -526,12 +526,19 @@ func TestSettleDoneSwitchesChannel(t *testing.T) {
 func TestSettleDoneByClaim(t *testing.T) {
 	noLeaks(t)
 	f := newSettleFixture(t, DeviceConfig{})
+	done := f.claimDone()
+	f.hub.send(done)
+	waitUntil(t, func() bool { _, err := f.dev.Balance(done.NextOutpoint); return err == nil })
+}
+
+// claimDone is the SettleDone of a batch that settled the fixture's
+// channel by its claim (the device absent from the round): the next
+// output is the claim's, same expiry.
+func (f *settleFixture) claimDone() *wire.SettleDone {
 	var txid chainhash.Hash
 	_, _ = rand.Read(txid[:])
-	next := btcwire.OutPoint{Hash: txid, Index: 4}
-	f.hub.send(&wire.SettleDone{Epoch: 3, ChanID: f.st.Funding, NextOutpoint: next,
-		NextCapacity: fxCapacity - fxPaid.ToSatoshis(), NextExpiry: fxExpiry, Txid: txid})
-	waitUntil(t, func() bool { _, err := f.dev.Balance(next); return err == nil })
+	return &wire.SettleDone{Epoch: 3, ChanID: f.st.Funding, NextOutpoint: btcwire.OutPoint{Hash: txid, Index: 4},
+		NextCapacity: fxCapacity - fxPaid.ToSatoshis(), NextExpiry: fxExpiry, Txid: txid}
 }
 
 // noLeaks checks, after every cleanup of t, that t left no goroutine

@@ -140,6 +140,15 @@ const (
 	ChanPolicyRefused   ChanCode = "policy-refused"
 	ChanBusy            ChanCode = "busy"
 	ChanInternal        ChanCode = "internal"
+	// Each code below took one meaning away from "busy" or "bad-params",
+	// which used to cover them too.
+	ChanHoldActive   ChanCode = "hold-active"   // close refused: the channel has active holds
+	ChanCreditOwed   ChanCode = "credit-owed"   // close refused: service on credit is not paid yet
+	ChanClosing      ChanCode = "closing"       // a cooperative close of the channel is being negotiated
+	ChanPayerOffline ChanCode = "payer-offline" // a hold request found the payer without a session
+	ChanHoldIDInUse  ChanCode = "hold-id-in-use"
+	ChanMalformed    ChanCode = "malformed"     // a channel message that does not decode, or is not for the hub
+	ChanCloseUnknown ChanCode = "close-unknown" // CloseSign without a CloseProposal still waiting for it
 )
 
 // ChanCodes lists every code of protocol version 1, in the order of
@@ -152,7 +161,23 @@ func ChanCodes() []ChanCode {
 		ChanHoldExpired, ChanHoldUnknown, ChanCreditLimit, ChanRateLimited,
 		ChanTooManyPending, ChanBadParams, ChanFundingMismatch,
 		ChanPolicyRefused, ChanBusy, ChanInternal, ChanSettleRefused,
+		ChanHoldActive, ChanCreditOwed, ChanClosing, ChanPayerOffline,
+		ChanHoldIDInUse, ChanMalformed, ChanCloseUnknown,
 	}
+}
+
+// Retryable reports whether a request refused with c may succeed when sent
+// again unchanged after a pause: the refusal is about the hub's load or a
+// passing condition of the channel, not about the request. Every other code
+// needs the sender to change something (or to stop), and retrying it
+// unchanged only repeats the refusal.
+func (c ChanCode) Retryable() bool {
+	switch c {
+	case ChanBusy, ChanRateLimited, ChanInternal, ChanClosing, ChanPayerOffline,
+		ChanNotReady, ChanTooManyPending:
+		return true
+	}
+	return false
 }
 
 // ChannelError refuses a request without closing the session. The optional

@@ -43,8 +43,8 @@ func TestMessageTable(t *testing.T) {
 	if NewMessage(TypeBase+1) != nil {
 		t.Error("NewMessage knows an odd type")
 	}
-	if len(ChanCodes()) != 23 {
-		t.Errorf("%d channel error codes, spec has 23", len(ChanCodes()))
+	if len(ChanCodes()) != 30 {
+		t.Errorf("%d channel error codes, spec has 30", len(ChanCodes()))
 	}
 }
 
