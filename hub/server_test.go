@@ -192,7 +192,7 @@ func TestHostileConnections(t *testing.T) {
 		})
 		t.Run("StalledHandshake", func(t *testing.T) {
 			t.Parallel()
-			// brontide's own 5 s act timeout closes it.
+			// The act timeout (ActTimeout, 3 s by default) closes it.
 			closedWithin(t, tcp(t), 7*time.Second)
 		})
 		t.Run("NoInitAfterHandshake", func(t *testing.T) {

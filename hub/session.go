@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -19,7 +19,7 @@ import (
 // socket's write side, the send queue and the keepalive timers.
 type Session struct {
 	srv    *Server
-	conn   *brontide.Conn
+	conn   *p2plisten.Conn
 	device Device
 	key    PubKey
 	ip     string
@@ -35,7 +35,7 @@ type Session struct {
 	why   string        // close reason for the log
 }
 
-func newSession(srv *Server, c *brontide.Conn, dev Device, key PubKey, ip string) *Session {
+func newSession(srv *Server, c *p2plisten.Conn, dev Device, key PubKey, ip string) *Session {
 	ctx, cancel := context.WithCancel(srv.ctx)
 	return &Session{
 		srv:    srv,
