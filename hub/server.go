@@ -61,10 +61,10 @@ const (
 	DefaultMaxHandshakesPerSource = p2plisten.DefaultMaxHandshakesPerSource
 	DefaultActTimeout             = p2plisten.DefaultActTimeout
 	DefaultMaxMessageSize         = wire.MaxMessageSize
-	DefaultSendQueue        = 64
-	DefaultPingInterval     = 30 * time.Second
-	DefaultPongTimeout      = 15 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
+	DefaultSendQueue              = 64
+	DefaultPingInterval           = 30 * time.Second
+	DefaultPongTimeout            = 15 * time.Second
+	DefaultWriteTimeout           = 10 * time.Second
 	// MaxPongBytes is the most pong padding a device may ask for in a
 	// Ping. BOLT 1 allows 65531; answering that to every tiny Ping would
 	// let a device turn the hub into a bandwidth amplifier.
@@ -184,10 +184,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conns    int                         // noise-authenticated connections, sessions included
-	perIP    map[string]int              // conns by remote IP
+	conns    int                          // noise-authenticated connections, sessions included
+	perIP    map[string]int               // conns by remote IP
 	pending  map[*p2plisten.Conn]struct{} // conns not yet authenticated
-	sessions map[string]*Session         // live session by device id
+	sessions map[string]*Session          // live session by device id
 }
 
 // NewServer starts listening on cfg.Addr. The server runs until Close.
@@ -417,11 +417,11 @@ func (s *Server) authenticate(c *p2plisten.Conn, key PubKey) (Device, wire.Code,
 	defer cancel()
 
 	var token []byte
-	msg, err := wire.ReadMessage(c, s.cfg.MaxMessageSize)
+	msg, err := s.readPreInit(c, key)
 	if err == nil {
 		if e, ok := msg.(*wire.Enrol); ok {
 			token = e.Token
-			msg, err = wire.ReadMessage(c, s.cfg.MaxMessageSize)
+			msg, err = s.readPreInit(c, key)
 		}
 	}
 	if err != nil {
@@ -453,6 +453,23 @@ func (s *Server) authenticate(c *p2plisten.Conn, key PubKey) (Device, wire.Code,
 		return Device{}, authErrCode(s.ctx, err, wire.CodeInternal), err
 	}
 	return dev, "", nil
+}
+
+// readPreInit reads the next message before authentication, skipping
+// BOLT 1 warnings: a warning is logged, never fatal (protocol.md §1.3),
+// also before Init. HandshakeTimeout's read deadline bounds how many.
+func (s *Server) readPreInit(c *p2plisten.Conn, key PubKey) (lnwire.Message, error) {
+	for {
+		msg, err := wire.ReadMessage(c, s.cfg.MaxMessageSize)
+		if err != nil {
+			return nil, err
+		}
+		w, ok := msg.(*lnwire.Warning)
+		if !ok {
+			return msg, nil
+		}
+		s.log.Debug("warning before init", "key", key, "data", warningText(w))
+	}
 }
 
 // authErrCode is the one table mapping registry errors to wire codes. Details

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +28,8 @@ type Session struct {
 
 	queue chan lnwire.Message
 	pong  chan struct{}
+
+	warnings int // BOLT 1 warnings received; read loop only
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -190,7 +194,14 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 		s.closeWith("", "")
 		return nil
 	case *lnwire.Warning:
-		s.srv.log.Info("device sent warning", "device", s.device.ID, "data", string(m.Data))
+		// Logged, never fatal (protocol.md §1.3). Past the first few,
+		// only at debug level, so a device cannot flood the log.
+		s.warnings++
+		level := slog.LevelInfo
+		if s.warnings > maxLoggedWarnings {
+			level = slog.LevelDebug
+		}
+		s.srv.log.Log(s.ctx, level, "device sent warning", "device", s.device.ID, "n", s.warnings, "data", warningText(m))
 		return nil
 	}
 	// Custom messages reach the handler whether wire.DecodeMessage returned
@@ -204,6 +215,20 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 		return s.srv.cfg.Handler.HandleMessage(s.ctx, s, msg)
 	}
 	return fmt.Errorf("%w: unexpected %v after init", wire.ErrProtocol, msg.MsgType())
+}
+
+// maxLoggedWarnings is how many warnings of one session are logged at info
+// level; later ones go to debug.
+const maxLoggedWarnings = 10
+
+// warningText is a warning's data for the log: at most 256 bytes, valid
+// UTF-8.
+func warningText(w *lnwire.Warning) string {
+	d := w.Data
+	if len(d) > 256 {
+		d = d[:256]
+	}
+	return strings.ToValidUTF8(string(d), "?")
 }
 
 // writeLoop owns the socket's write side: queued messages, keepalive pings
