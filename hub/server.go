@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -50,12 +50,21 @@ type Handler interface {
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultMaxSessions      = 10000
-	DefaultMaxSessionsPerIP = 64
-	DefaultMaxMessageSize   = wire.MaxMessageSize
-	DefaultSendQueue        = 64
-	DefaultPingInterval     = 30 * time.Second
-	DefaultPongTimeout      = 15 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
+	// DefaultMaxSessionsPerIP is high because one public address often
+	// stands for many devices (a depot's gateway, carrier-grade NAT on a
+	// cellular network) and the loopback load test runs 1,000 devices
+	// from one address. It is no defence against unauthenticated floods:
+	// only registered keys get sessions, and connections still in their
+	// handshake are bounded per source by MaxHandshakesPerSource.
+	DefaultMaxSessionsPerIP       = 1000
+	DefaultMaxHandshakes          = p2plisten.DefaultMaxHandshakes
+	DefaultMaxHandshakesPerSource = p2plisten.DefaultMaxHandshakesPerSource
+	DefaultActTimeout             = p2plisten.DefaultActTimeout
+	DefaultMaxMessageSize         = wire.MaxMessageSize
+	DefaultSendQueue              = 64
+	DefaultPingInterval           = 30 * time.Second
+	DefaultPongTimeout            = 15 * time.Second
+	DefaultWriteTimeout           = 10 * time.Second
 	// MaxPongBytes is the most pong padding a device may ask for in a
 	// Ping. BOLT 1 allows 65531; answering that to every tiny Ping would
 	// let a device turn the hub into a bandwidth amplifier.
@@ -67,12 +76,13 @@ const (
 
 // ServerConfig configures a Server. Zero limits take the defaults above.
 //
-// The noise handshake itself is run by lnd's brontide listener, unmodified:
-// it allows each of the three acts a fixed 5 s and runs at most 50 handshakes
-// at once; further TCP connections wait in the kernel's accept backlog. Those
-// two figures are not configurable. HandshakeTimeout bounds what comes after
-// the noise acts: the device's first message (Init, or Enrol then Init) must
-// arrive within it, and authentication must finish within it.
+// A connection is "in handshake" from TCP accept until its device is
+// authenticated: the noise acts (each within ActTimeout, run by
+// internal/p2plisten with brontide's noise machine), then the first
+// message (Init, or Enrol then Init) and the registry's decision, within
+// HandshakeTimeout. MaxHandshakes and MaxHandshakesPerSource bound those
+// connections; one over its source's share is closed at once, never
+// queued (see p2plisten.Listener for fair admission when all are taken).
 type ServerConfig struct {
 	// Addr is the TCP listen address, e.g. ":9735" or "127.0.0.1:0".
 	Addr string
@@ -92,6 +102,14 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds the time from the end of the noise
 	// handshake to a decided authentication.
 	HandshakeTimeout time.Duration
+	// ActTimeout bounds each noise act (one and three read, two written).
+	ActTimeout time.Duration
+	// MaxHandshakes bounds connections in handshake at once, which is
+	// also the p2p listener's budget of file descriptors beyond sessions.
+	MaxHandshakes int
+	// MaxHandshakesPerSource bounds the same per source: an IPv4
+	// address or an IPv6 /64.
+	MaxHandshakesPerSource int
 	// MaxSessions bounds connections that finished the noise handshake,
 	// authenticated or not yet.
 	MaxSessions int
@@ -132,6 +150,7 @@ func (c *ServerConfig) setDefaults() error {
 		}
 	}
 	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	def(&c.ActTimeout, DefaultActTimeout)
 	def(&c.PingInterval, DefaultPingInterval)
 	def(&c.PongTimeout, DefaultPongTimeout)
 	def(&c.WriteTimeout, DefaultWriteTimeout)
@@ -142,6 +161,8 @@ func (c *ServerConfig) setDefaults() error {
 	}
 	defInt(&c.MaxSessions, DefaultMaxSessions)
 	defInt(&c.MaxSessionsPerIP, DefaultMaxSessionsPerIP)
+	defInt(&c.MaxHandshakes, DefaultMaxHandshakes)
+	defInt(&c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
 	defInt(&c.MaxMessageSize, DefaultMaxMessageSize)
 	defInt(&c.SendQueue, DefaultSendQueue)
 	if c.MaxMessageSize > wire.MaxMessageSize {
@@ -155,7 +176,7 @@ func (c *ServerConfig) setDefaults() error {
 type Server struct {
 	cfg ServerConfig
 	log *slog.Logger
-	ln  *brontide.Listener
+	ln  *p2plisten.Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -163,10 +184,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conns    int                         // noise-authenticated connections, sessions included
-	perIP    map[string]int              // conns by remote IP
-	pending  map[*brontide.Conn]struct{} // conns not yet authenticated
-	sessions map[string]*Session         // live session by device id
+	conns    int                          // noise-authenticated connections, sessions included
+	perIP    map[string]int               // conns by remote IP
+	pending  map[*p2plisten.Conn]struct{} // conns not yet authenticated
+	sessions map[string]*Session          // live session by device id
 }
 
 // NewServer starts listening on cfg.Addr. The server runs until Close.
@@ -174,7 +195,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	ln, err := brontide.NewListener(&keychain.PrivKeyECDH{PrivKey: cfg.Key}, cfg.Addr, brontide.DisabledBanClosure)
+	ln, err := p2plisten.Listen(p2plisten.Config{
+		Addr:                   cfg.Addr,
+		Key:                    &keychain.PrivKeyECDH{PrivKey: cfg.Key},
+		MaxHandshakes:          cfg.MaxHandshakes,
+		MaxHandshakesPerSource: cfg.MaxHandshakesPerSource,
+		ActTimeout:             cfg.ActTimeout,
+		Logger:                 cfg.Logger,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("hub: listen %s: %w", cfg.Addr, err)
 	}
@@ -186,7 +214,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		perIP:    make(map[string]int),
-		pending:  make(map[*brontide.Conn]struct{}),
+		pending:  make(map[*p2plisten.Conn]struct{}),
 		sessions: make(map[string]*Session),
 	}
 	s.wg.Add(1)
@@ -224,10 +252,8 @@ func (s *Server) Drop(deviceID string, code, reason string) {
 	}
 }
 
-// Close stops accepting, tells every device "shutting-down", and waits for
-// every goroutine the server started. Handshakes still inside brontide's
-// noise acts are brontide's own goroutines: they end when their act times out
-// (at most 5 s each) and never reach the server.
+// Close stops accepting, tells every device "shutting-down", ends every
+// handshake in progress, and waits for every goroutine the server started.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -262,17 +288,12 @@ func (s *Server) Close() error {
 func (s *Server) acceptLoop() {
 	defer s.wg.Done()
 	for {
-		c, err := s.ln.Accept()
+		conn, err := s.ln.Accept()
 		if err != nil {
-			if s.ctx.Err() != nil {
-				return
-			}
-			// A failed noise handshake: garbage, a wrong hub key, a
-			// timeout. Routine on a public port, so only debug.
-			s.log.Debug("handshake failed", "err", err)
-			continue
+			// Only Close ends Accept; failed handshakes stay inside
+			// the listener.
+			return
 		}
-		conn := c.(*brontide.Conn)
 		ip := remoteIP(conn.RemoteAddr())
 		code, ok := s.admit(conn, ip)
 		s.wg.Add(1)
@@ -286,7 +307,7 @@ func (s *Server) acceptLoop() {
 
 // admit counts a new connection against the limits. When it returns false
 // the connection is not counted and must be refused with code.
-func (s *Server) admit(c *brontide.Conn, ip string) (wire.Code, bool) {
+func (s *Server) admit(c *p2plisten.Conn, ip string) (wire.Code, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -303,7 +324,7 @@ func (s *Server) admit(c *brontide.Conn, ip string) (wire.Code, bool) {
 	return "", true
 }
 
-func (s *Server) release(c *brontide.Conn, ip string) {
+func (s *Server) release(c *p2plisten.Conn, ip string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.pending, c)
@@ -314,7 +335,7 @@ func (s *Server) release(c *brontide.Conn, ip string) {
 }
 
 // refuse tells a connection over the limits why and closes it.
-func (s *Server) refuse(c *brontide.Conn, ip string, code wire.Code) {
+func (s *Server) refuse(c *p2plisten.Conn, ip string, code wire.Code) {
 	defer s.wg.Done()
 	s.log.Warn("connection refused", "ip", ip, "key", PubKeyOf(c.RemotePub()), "code", code)
 	s.writeFinal(c, code, refusalText(code))
@@ -322,7 +343,7 @@ func (s *Server) refuse(c *brontide.Conn, ip string, code wire.Code) {
 }
 
 // writeFinal sends one Error on a connection that has no session writer.
-func (s *Server) writeFinal(c *brontide.Conn, code wire.Code, msg string) {
+func (s *Server) writeFinal(c *p2plisten.Conn, code wire.Code, msg string) {
 	_ = c.SetWriteDeadline(time.Now().Add(closeGrace))
 	_ = wire.WriteMessage(c, wire.NewError(code, msg))
 }
@@ -331,7 +352,7 @@ func (s *Server) writeFinal(c *brontide.Conn, code wire.Code, msg string) {
 // device still sends until it closes its side. Closing a socket with unread
 // input makes the kernel send a TCP reset, and a reset can discard the
 // Error the device has not read yet; draining first lets the Error arrive.
-func (s *Server) lingerClose(c *brontide.Conn) {
+func (s *Server) lingerClose(c *p2plisten.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(closeGrace))
 	for {
 		if _, err := wire.ReadMessage(c, s.cfg.MaxMessageSize); err != nil {
@@ -343,7 +364,7 @@ func (s *Server) lingerClose(c *brontide.Conn) {
 
 // serveConn runs one connection from the end of the noise handshake to its
 // close: authentication, then the session's read loop.
-func (s *Server) serveConn(c *brontide.Conn, ip string) {
+func (s *Server) serveConn(c *p2plisten.Conn, ip string) {
 	defer s.wg.Done()
 	defer s.release(c, ip)
 	key := PubKeyOf(c.RemotePub())
@@ -361,6 +382,9 @@ func (s *Server) serveConn(c *brontide.Conn, ip string) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
+	// Authenticated: the connection now counts as a session, no longer
+	// against its source's handshake slots.
+	c.EndHandshake()
 
 	sess := newSession(s, c, dev, key, ip)
 	// The Init reply is queued before the session becomes visible, so it
@@ -378,7 +402,7 @@ func (s *Server) serveConn(c *brontide.Conn, ip string) {
 // authenticate reads the device's first messages within HandshakeTimeout and
 // asks the Authenticator. On failure it returns the code to send ("" to send
 // nothing) and the cause for the log.
-func (s *Server) authenticate(c *brontide.Conn, key PubKey) (Device, wire.Code, error) {
+func (s *Server) authenticate(c *p2plisten.Conn, key PubKey) (Device, wire.Code, error) {
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	_ = c.SetReadDeadline(deadline)
 	// Close wakes pending connections by moving their deadline to now; if
@@ -393,11 +417,11 @@ func (s *Server) authenticate(c *brontide.Conn, key PubKey) (Device, wire.Code, 
 	defer cancel()
 
 	var token []byte
-	msg, err := wire.ReadMessage(c, s.cfg.MaxMessageSize)
+	msg, err := s.readPreInit(c, key)
 	if err == nil {
 		if e, ok := msg.(*wire.Enrol); ok {
 			token = e.Token
-			msg, err = wire.ReadMessage(c, s.cfg.MaxMessageSize)
+			msg, err = s.readPreInit(c, key)
 		}
 	}
 	if err != nil {
@@ -429,6 +453,23 @@ func (s *Server) authenticate(c *brontide.Conn, key PubKey) (Device, wire.Code, 
 		return Device{}, authErrCode(s.ctx, err, wire.CodeInternal), err
 	}
 	return dev, "", nil
+}
+
+// readPreInit reads the next message before authentication, skipping
+// BOLT 1 warnings: a warning is logged, never fatal (protocol.md §1.3),
+// also before Init. HandshakeTimeout's read deadline bounds how many.
+func (s *Server) readPreInit(c *p2plisten.Conn, key PubKey) (lnwire.Message, error) {
+	for {
+		msg, err := wire.ReadMessage(c, s.cfg.MaxMessageSize)
+		if err != nil {
+			return nil, err
+		}
+		w, ok := msg.(*lnwire.Warning)
+		if !ok {
+			return msg, nil
+		}
+		s.log.Debug("warning before init", "key", key, "data", warningText(w))
+	}
 }
 
 // authErrCode is the one table mapping registry errors to wire codes. Details

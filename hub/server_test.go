@@ -192,7 +192,7 @@ func TestHostileConnections(t *testing.T) {
 		})
 		t.Run("StalledHandshake", func(t *testing.T) {
 			t.Parallel()
-			// brontide's own 5 s act timeout closes it.
+			// The act timeout (ActTimeout, 3 s by default) closes it.
 			closedWithin(t, tcp(t), 7*time.Second)
 		})
 		t.Run("NoInitAfterHandshake", func(t *testing.T) {
@@ -345,4 +345,74 @@ func TestManyDevicesConcurrently(t *testing.T) {
 		t.Fatalf("sessions = %d, want %d", got, n)
 	}
 	t.Logf("%d devices authenticated concurrently in %v (%.0f/s)", n, elapsed, n/elapsed.Seconds())
+}
+
+// TestWarningIsNotFatal sends BOLT 1 warnings before Init, before and after
+// Enrol, and on a live session, for the connection and for a channel:
+// protocol.md §1.3 says they are logged, never fatal, so the device gets its
+// session and the session still answers a Ping afterwards.
+func TestWarningIsNotFatal(t *testing.T) {
+	checkLeaks(t)
+	h := startHub(t, func(c *ServerConfig) { c.PingInterval = time.Hour })
+	warnings := []*lnwire.Warning{
+		{Data: lnwire.WarningData("low battery")},
+		{ChanID: lnwire.ChannelID{1}, Data: lnwire.WarningData("channel: odd state")},
+		{},
+	}
+	send := func(t *testing.T, c interface {
+		WriteMessage([]byte) error
+		Flush() (int, error)
+	}, msgs ...lnwire.Message) {
+		t.Helper()
+		for _, m := range msgs {
+			if err := wire.WriteMessage(c, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		enrol bool
+	}{{"BeforeInit", false}, {"AroundEnrol", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			key := h.auth.add(t, StatusActive)
+			c := h.rawDial(t, key)
+			send(t, c, warnings[0])
+			if tc.enrol {
+				send(t, c, &wire.Enrol{Token: []byte("unused")}, warnings[1])
+			}
+			send(t, c, wire.NewInit())
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
+			if err != nil {
+				t.Fatalf("no answer to init after a warning: %v", err)
+			}
+			if _, ok := msg.(*lnwire.Init); !ok {
+				t.Fatalf("hub answered init after a warning with %#v", msg)
+			}
+		})
+	}
+	t.Run("InSession", func(t *testing.T) {
+		key := h.auth.add(t, StatusActive)
+		c := h.rawSession(t, key)
+		id := DeviceID(PubKeyOf(key.PubKey()))
+		first, _ := h.Session(id)
+		for range 20 {
+			for _, w := range warnings {
+				send(t, c, w)
+			}
+		}
+		send(t, c, lnwire.NewPing(4))
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
+		if err != nil {
+			t.Fatalf("session closed after a warning: %v", err)
+		}
+		if p, ok := msg.(*lnwire.Pong); !ok || len(p.PongBytes) != 4 {
+			t.Fatalf("hub answered the ping with %#v", msg)
+		}
+		if now, ok := h.Session(id); !ok || now != first {
+			t.Fatal("the session was replaced or dropped")
+		}
+	})
 }

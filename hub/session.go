@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -20,7 +22,7 @@ import (
 // socket's write side, the send queue and the keepalive timers.
 type Session struct {
 	srv    *Server
-	conn   *brontide.Conn
+	conn   *p2plisten.Conn
 	device Device
 	key    PubKey
 	ip     string
@@ -32,6 +34,8 @@ type Session struct {
 	// PingInterval of quiet.
 	heard atomic.Int64
 
+	warnings int // BOLT 1 warnings received; read loop only
+
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -40,7 +44,7 @@ type Session struct {
 	why   string        // close reason for the log
 }
 
-func newSession(srv *Server, c *brontide.Conn, dev Device, key PubKey, ip string) *Session {
+func newSession(srv *Server, c *p2plisten.Conn, dev Device, key PubKey, ip string) *Session {
 	ctx, cancel := context.WithCancel(srv.ctx)
 	s := &Session{
 		srv:    srv,
@@ -198,7 +202,14 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 		s.closeWith("", "")
 		return nil
 	case *lnwire.Warning:
-		s.srv.log.Info("device sent warning", "device", s.device.ID, "data", string(m.Data))
+		// Logged, never fatal (protocol.md §1.3). Past the first few,
+		// only at debug level, so a device cannot flood the log.
+		s.warnings++
+		level := slog.LevelInfo
+		if s.warnings > maxLoggedWarnings {
+			level = slog.LevelDebug
+		}
+		s.srv.log.Log(s.ctx, level, "device sent warning", "device", s.device.ID, "n", s.warnings, "data", warningText(m))
 		return nil
 	}
 	// Custom messages reach the handler whether wire.DecodeMessage returned
@@ -212,6 +223,20 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 		return s.srv.cfg.Handler.HandleMessage(s.ctx, s, msg)
 	}
 	return fmt.Errorf("%w: unexpected %v after init", wire.ErrProtocol, msg.MsgType())
+}
+
+// maxLoggedWarnings is how many warnings of one session are logged at info
+// level; later ones go to debug.
+const maxLoggedWarnings = 10
+
+// warningText is a warning's data for the log: at most 256 bytes, valid
+// UTF-8.
+func warningText(w *lnwire.Warning) string {
+	d := w.Data
+	if len(d) > 256 {
+		d = d[:256]
+	}
+	return strings.ToValidUTF8(string(d), "?")
 }
 
 // writeLoop owns the socket's write side: queued messages, keepalive pings

@@ -117,6 +117,14 @@ type limitsConfig struct {
 	SendQueue        int           `long:"send-queue" env:"SEND_QUEUE" default:"64" description:"messages queued to one device before it is dropped as too slow"`
 	PingInterval     time.Duration `long:"ping-interval" env:"PING_INTERVAL" default:"30s" description:"keepalive ping interval"`
 	PongTimeout      time.Duration `long:"pong-timeout" env:"PONG_TIMEOUT" default:"15s" description:"time to answer a ping before the session is dropped"`
+
+	// The accept path: a connection is in handshake from TCP accept until
+	// its device is authenticated (docs/protocol.md §1.1).
+	ActTimeout    time.Duration `long:"act-timeout" env:"ACT_TIMEOUT" default:"3s" description:"time for each act of the noise handshake"`
+	MaxHandshakes int           `long:"max-handshakes" env:"MAX_HANDSHAKES" default:"512" description:"connections in handshake at once (TCP accept to authenticated), which bounds their file descriptors"`
+	// MaxHandshakesPerSource is one source's share of MaxHandshakes; a
+	// connection beyond it is closed as soon as it is accepted.
+	MaxHandshakesPerSource int `long:"max-handshakes-per-source" env:"MAX_HANDSHAKES_PER_SOURCE" default:"8" description:"connections in handshake from one IPv4 address or IPv6 /64; more are closed at once"`
 }
 
 // defaultDataDir follows the XDG base directory convention.

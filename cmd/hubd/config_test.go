@@ -1,10 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/m2mhub/m2mhub/hub"
 )
 
 func TestLoadConfigPrecedence(t *testing.T) {
@@ -54,4 +58,89 @@ func TestLoadConfigRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLimitDefaultsAgree checks that each session server limit has one
+// default: hubd's flag default (what --help shows) equals the hub's own
+// (hub.Default…), and both docs/protocol.md §1.7 and docs/operations.md's
+// configuration reference state it. The per-IP limit once read 64 in one
+// and 1000 in the others.
+func TestLimitDefaultsAgree(t *testing.T) {
+	cfg, err := loadConfig([]string{"--datadir", t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Limits
+	protocol := readDoc(t, "protocol.md")
+	operations := readDoc(t, "operations.md")
+	for _, tc := range []struct {
+		flag, field string // operations.md flag, protocol.md ServerConfig field
+		got, want   any    // hubd's flag default, hub's default
+	}{
+		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, hub.DefaultHandshakeTimeout},
+		{"act-timeout", "ActTimeout", l.ActTimeout, hub.DefaultActTimeout},
+		{"max-handshakes", "MaxHandshakes", l.MaxHandshakes, hub.DefaultMaxHandshakes},
+		{"max-handshakes-per-source", "MaxHandshakesPerSource", l.MaxHandshakesPerSource, hub.DefaultMaxHandshakesPerSource},
+		{"max-sessions", "MaxSessions", l.MaxSessions, hub.DefaultMaxSessions},
+		{"max-sessions-per-ip", "MaxSessionsPerIP", l.MaxSessionsPerIP, hub.DefaultMaxSessionsPerIP},
+		{"max-message-size", "MaxMessageSize", l.MaxMessageSize, hub.DefaultMaxMessageSize},
+		{"send-queue", "SendQueue", l.SendQueue, hub.DefaultSendQueue},
+		{"ping-interval", "PingInterval", l.PingInterval, hub.DefaultPingInterval},
+		{"pong-timeout", "PongTimeout", l.PongTimeout, hub.DefaultPongTimeout},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			want := fmt.Sprint(tc.want)
+			if got := fmt.Sprint(tc.got); got != want {
+				t.Errorf("hubd --limits.%s defaults to %s, hub.Default%s is %s", tc.flag, got, tc.field, want)
+			}
+			if got := docDefault(t, protocol, "| `"+tc.field+"` |"); got != want {
+				t.Errorf("docs/protocol.md gives %s a default of %s, the code %s", tc.field, got, want)
+			}
+			if got := docDefault(t, operations, "| `--limits."+tc.flag+"` |"); got != want {
+				t.Errorf("docs/operations.md gives --limits.%s a default of %s, the code %s", tc.flag, got, want)
+			}
+		})
+	}
+}
+
+func readDoc(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// docDefault finds the table row starting with prefix and returns its
+// default cell normalised as Go prints the value: "10,000" → "10000",
+// "10 s" → "10s", "64 messages" → "64".
+func docDefault(t *testing.T, doc, prefix string) string {
+	t.Helper()
+	for _, line := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		cells := strings.Split(line, "|")
+		// protocol.md: | name | default | meaning |; operations.md:
+		// | flag | environment | default | meaning |.
+		cell := cells[2]
+		if strings.HasPrefix(prefix, "| `--") {
+			cell = cells[3]
+		}
+		f := strings.Fields(strings.ReplaceAll(cell, ",", ""))
+		if len(f) == 0 {
+			return ""
+		}
+		v := f[0]
+		if len(f) > 1 && (f[1] == "s" || f[1] == "ms") {
+			v += f[1]
+		}
+		if d, err := time.ParseDuration(v); err == nil && strings.TrimRight(v, "0123456789") != "" {
+			return d.String()
+		}
+		return v
+	}
+	t.Fatalf("no table row %q", prefix)
+	return ""
 }

@@ -183,6 +183,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	srv, err := hub.NewServer(hub.ServerConfig{
 		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: cosigners.Handler(channels), Logger: log,
+		ActTimeout: cfg.Limits.ActTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes, MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxSessions:      cfg.Limits.MaxSessions,
 		MaxSessionsPerIP: cfg.Limits.MaxSessionsPerIP,
