@@ -107,9 +107,6 @@ func (c httpConfig) limits(metrics bool) httpapi.Limits {
 }
 
 type limitsConfig struct {
-	// MaxConns is the device listener's share of the descriptor budget;
-	// the device accept path (hub.Server) is its to enforce.
-	MaxConns         int           `long:"max-conns" env:"MAX_CONNS" default:"11000" description:"device listener connections at once, sessions and handshakes (its share of the descriptor budget)"`
 	HandshakeTimeout time.Duration `long:"handshake-timeout" env:"HANDSHAKE_TIMEOUT" default:"10s" description:"time a connection has after the noise handshake to authenticate"`
 	MaxSessions      int           `long:"max-sessions" env:"MAX_SESSIONS" default:"10000" description:"live sessions in total"`
 	MaxSessionsPerIP int           `long:"max-sessions-per-ip" env:"MAX_SESSIONS_PER_IP" default:"1000" description:"live sessions from one IP address"`
@@ -173,8 +170,8 @@ func loadConfig(args []string) (config, error) {
 	if cfg.Limits.MaxMessageSize < 1 || cfg.Limits.MaxMessageSize > 65535 {
 		return config{}, errors.New("--limits.max-message-size must be between 1 and 65535")
 	}
-	if cfg.HTTP.MaxConns < 1 || cfg.HTTP.MetricsMaxConns < 1 || cfg.Limits.MaxConns < 1 {
-		return config{}, errors.New("--http.max-conns, --http.metrics-max-conns and --limits.max-conns must be positive")
+	if cfg.HTTP.MaxConns < 1 || cfg.HTTP.MetricsMaxConns < 1 {
+		return config{}, errors.New("--http.max-conns and --http.metrics-max-conns must be positive")
 	}
 	if cfg.HTTP.ReadHeaderTimeout <= 0 || cfg.HTTP.ReadTimeout <= 0 || cfg.HTTP.WriteTimeout <= 0 || cfg.HTTP.IdleTimeout <= 0 {
 		return config{}, errors.New("the --http.*-timeout options must be positive")

@@ -48,7 +48,6 @@ func TestLoadConfigRejects(t *testing.T) {
 		"StrayArgument":    {"extra"},
 		"NoAdminConns":     {"--http.max-conns", "0"},
 		"NoMetricsConns":   {"--http.metrics-max-conns", "0"},
-		"NoDeviceConns":    {"--limits.max-conns", "0"},
 		"NoIdleTimeout":    {"--http.idle-timeout", "0s"},
 		"NoHeaderTimeout":  {"--http.read-header-timeout", "0s"},
 	} {

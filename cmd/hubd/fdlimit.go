@@ -26,10 +26,13 @@ func raiseFDLimit(cfg config, log *slog.Logger) error {
 			return fmt.Errorf("raise descriptor limit to %d: %w", lim.Max, err)
 		}
 	}
-	budget := uint64(cfg.Limits.MaxConns) + uint64(cfg.HTTP.MaxConns) + uint64(cfg.HTTP.MetricsMaxConns) + fdReserve
+	// The device port holds at most its sessions plus the connections
+	// still in handshake; the accept path enforces both caps.
+	p2p := uint64(cfg.Limits.MaxSessions) + uint64(cfg.Limits.MaxHandshakes)
+	budget := p2p + uint64(cfg.HTTP.MaxConns) + uint64(cfg.HTTP.MetricsMaxConns) + fdReserve
 	if budget > lim.Cur {
-		log.Warn("listener caps exceed the descriptor limit: lower --limits.max-conns or raise the hard RLIMIT_NOFILE",
-			"limit", lim.Cur, "budget", budget, "p2p", cfg.Limits.MaxConns, "admin", cfg.HTTP.MaxConns, "metrics", cfg.HTTP.MetricsMaxConns, "reserve", fdReserve)
+		log.Warn("listener caps exceed the descriptor limit: lower --limits.max-sessions or raise the hard RLIMIT_NOFILE",
+			"limit", lim.Cur, "budget", budget, "p2p", p2p, "admin", cfg.HTTP.MaxConns, "metrics", cfg.HTTP.MetricsMaxConns, "reserve", fdReserve)
 		return nil
 	}
 	log.Debug("descriptor budget", "limit", lim.Cur, "budget", budget)
