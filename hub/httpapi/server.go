@@ -22,6 +22,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/settlement"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Registry is what the admin API needs of the hub's registry.
@@ -89,6 +90,7 @@ type Handler struct {
 	mux    *http.ServeMux
 	log    *slog.Logger
 	routes []Route
+	checks []HealthCheck // cfg.Health, bounded (BoundChecks)
 }
 
 // New returns the admin API handler.
@@ -99,7 +101,8 @@ func New(cfg Config) (*Handler, error) {
 	if len(cfg.Token) < 16 {
 		return nil, errors.New("httpapi: operator token too short")
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger,
+		checks: BoundChecks(cfg.Health, HealthTimeout)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -165,6 +168,9 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, "invalid"
 	case errors.Is(err, hub.ErrAuditConflict):
 		return http.StatusServiceUnavailable, "busy"
+	case errors.Is(err, btcdchain.ErrUnavailable):
+		// btcd is down, stopped or restarting: worth retrying.
+		return http.StatusServiceUnavailable, "chain_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"
 }
@@ -192,23 +198,6 @@ func decode(r *http.Request, v any) error {
 		return fmt.Errorf("%w: body: %v", hub.ErrInvalid, err)
 	}
 	return nil
-}
-
-// health answers without a credential so load balancers can probe it; it
-// names failing dependencies but not why.
-func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
-	out := map[string]string{}
-	status := http.StatusOK
-	for _, c := range h.cfg.Health {
-		if err := c.Check(r.Context()); err != nil {
-			h.log.Warn("dependency unhealthy", "dependency", c.Name, "err", err)
-			out[c.Name] = "down"
-			status = http.StatusServiceUnavailable
-			continue
-		}
-		out[c.Name] = "ok"
-	}
-	writeJSON(w, status, out)
 }
 
 func (h *Handler) info(w http.ResponseWriter, r *http.Request) {
