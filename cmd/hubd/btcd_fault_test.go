@@ -50,27 +50,6 @@ func btcdPid(t *testing.T, dir string) int {
 	return pid
 }
 
-// waitHealth polls /healthz until btcd is reported as want, for up to two
-// minutes (a restart replays the chain).
-func waitHealth(t *testing.T, addr, want string) map[string]string {
-	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		_, body, _ := healthOf(t, addr)
-		if body["btcd"] == want {
-			return body
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("btcd still %q in /healthz, want %q: %v", body["btcd"], want, body)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatal(t.Context().Err())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // With the embedded btcd stopped (SIGSTOP), /healthz answers at once that
 // btcd is down and the rest up, and `settle plan` fails with 503
 // chain_unavailable instead of hanging; once continued, both recover. A
@@ -124,7 +103,7 @@ func TestBtcdFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		continued = true
-		waitHealth(t, p.rt.AdminAddr, "ok")
+		waitDep(t, p.rt.AdminAddr, "btcd", "ok")
 		if err := plan(); err != nil {
 			t.Fatalf("settle plan after SIGCONT: %v", err)
 		}
@@ -135,8 +114,8 @@ func TestBtcdFaults(t *testing.T) {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		waitHealth(t, p.rt.AdminAddr, "down")
-		body := waitHealth(t, p.rt.AdminAddr, "ok")
+		waitDep(t, p.rt.AdminAddr, "btcd", "down")
+		body := waitDep(t, p.rt.AdminAddr, "btcd", "ok")
 		if body["store"] != "ok" || body["nats"] != "ok" {
 			t.Fatalf("/healthz after the restart: %v", body)
 		}

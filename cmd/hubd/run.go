@@ -526,10 +526,15 @@ func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	return b, nil
 }
 
-// Healthy reports whether the hub's NATS connection is up.
-func (b *bus) Healthy(context.Context) error {
+// Healthy reports whether the hub's NATS connection is up and the server
+// answers a PING within ctx: a stopped server keeps the connection open,
+// and the client notices only after minutes of missed pings.
+func (b *bus) Healthy(ctx context.Context) error {
 	if !b.conn.IsConnected() {
 		return errors.New("nats: not connected")
+	}
+	if err := b.conn.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("nats: ping: %w", err)
 	}
 	return nil
 }
