@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test build bench fuzz loadtest soak clean
+.PHONY: demo test build bench fuzz loadtest soak chaos-deps clean
 
 # build puts hubd, hubctl, demo and btcd (the go.mod tool, so hubd finds it
 # next to itself) in ./bin.
@@ -51,6 +51,11 @@ loadtest: build
 soak:
 	$(GO) test -count=1 -timeout 60m -run TestKill9DuringPayments ./cmd/hubd -killtrials 500
 	$(GO) test -count=1 -timeout 30m -run TestChannelStateMachine ./clients/go -rapid.checks=300
+
+# chaos-deps holds each dependency outage (external NATS, Redis, btcd paused;
+# NATS and Redis killed -9) for 30 s instead of make test's 2 s.
+chaos-deps:
+	$(GO) test -count=1 -timeout 30m -run 'TestDependencyFaults|TestBtcdFaults' ./cmd/hubd -v -deppause 30s
 
 clean:
 	rm -rf $(BIN)
