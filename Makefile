@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test build bench fuzz loadtest soak chaos clean
+.PHONY: demo test build bench fuzz loadtest soak chaos chaos-deps clean
 
 # build puts hubd, hubctl, demo and btcd (the go.mod tool, so hubd finds it
 # next to itself) in ./bin.
@@ -91,6 +91,11 @@ chaos: build
 	@.ci/deps
 	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
 	$(BIN)/chaos -duration $(CHAOS_DURATION) $(CHAOS_ARGS)
+
+# chaos-deps holds each dependency outage (external NATS, Redis, btcd paused;
+# NATS and Redis killed -9) for 30 s instead of make test's 2 s.
+chaos-deps:
+	$(GO) test -count=1 -timeout 30m -run 'TestDependencyFaults|TestBtcdFaults' ./cmd/hubd -v -deppause 30s
 
 clean:
 	rm -rf $(BIN)

@@ -125,7 +125,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// them once they exist.
 	live := &liveParts{}
 	probes := make([]metrics.HealthCheck, len(checks))
-	for i, c := range checks {
+	for i, c := range httpapi.BoundChecks(checks, httpapi.HealthTimeout) {
 		probes[i] = metrics.HealthCheck(c)
 	}
 	meter, err := metrics.New(metrics.Config{
@@ -462,7 +462,7 @@ func openStore(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("embedded store: %w", err)
 	}
-	return s, "embedded", func(context.Context) error { return nil }, nil
+	return s, "embedded", s.Healthy, nil
 }
 
 // bus is the hub's event bus: its own NATS connection with JetStream, and,
@@ -535,10 +535,15 @@ func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	return b, nil
 }
 
-// Healthy reports whether the hub's NATS connection is up.
-func (b *bus) Healthy(context.Context) error {
+// Healthy reports whether the hub's NATS connection is up and the server
+// answers a PING within ctx: a stopped server keeps the connection open,
+// and the client notices only after minutes of missed pings.
+func (b *bus) Healthy(ctx context.Context) error {
 	if !b.conn.IsConnected() {
 		return errors.New("nats: not connected")
+	}
+	if err := b.conn.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("nats: ping: %w", err)
 	}
 	return nil
 }
@@ -562,7 +567,7 @@ func startChain(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logg
 		CertPath: cfg.Btcd.RPCCert, Params: params, Logger: log,
 	}
 	var (
-		node *regtest.Node
+		node *regtest.Supervisor
 		info *datadir.BtcdRPC
 	)
 	if cfg.Btcd.RPCHost == "" {
@@ -570,7 +575,9 @@ func startChain(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logg
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("wallet key: %w", err)
 		}
-		node, err = regtest.Start(ctx, regtest.Config{
+		// Supervised: a btcd that dies is started again, on the same
+		// chain and behind the same RPC address.
+		node, err = regtest.Supervise(ctx, regtest.Config{
 			Dir: dir.Path(datadir.BtcdDir), Binary: cfg.Btcd.Binary, MiningAddr: addr.String(), Logger: log,
 		})
 		if err != nil {

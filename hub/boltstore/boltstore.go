@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -58,14 +59,28 @@ type Config struct {
 	// OpenTimeout bounds the wait for the file lock held by another
 	// process; zero means DefaultOpenTimeout.
 	OpenTimeout time.Duration
+	// MinFree is the free space under Path below which Healthy reports
+	// the store failing before a write does. Zero means DefaultMinFree.
+	MinFree uint64
 	// Logger receives operational messages; nil discards them.
 	Logger *slog.Logger
 }
+
+// DefaultMinFree is Config.MinFree's default. bbolt grows its file in
+// steps (doubling up to 1 GiB), so a disk is already full for it while
+// some megabytes are still free.
+const DefaultMinFree = 64 << 20
+
+// ErrDiskFull means the file system under the store has less free space
+// than Config.MinFree.
+var ErrDiskFull = errors.New("boltstore: disk (nearly) full")
 
 // Store is a hub.Store backed by a bbolt file.
 type Store struct {
 	db        *bolt.DB
 	commit    *committer
+	dir       string
+	minFree   uint64
 	log       *slog.Logger
 	closeOnce sync.Once
 	closeErr  error
@@ -119,7 +134,28 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: create buckets in %s: %w", file, err)
 	}
 	log.Info("registry store opened", "path", file)
-	return &Store{db: db, commit: newCommitter(db), log: log}, nil
+	if cfg.MinFree == 0 {
+		cfg.MinFree = DefaultMinFree
+	}
+	return &Store{db: db, commit: newCommitter(db), dir: cfg.Path, minFree: cfg.MinFree, log: log}, nil
+}
+
+// Healthy reports whether writes can be made durable: it fails when the
+// last commit failed (until one succeeds again) and when the file system
+// has less than Config.MinFree bytes free (ErrDiskFull). It never waits
+// for the committer, so it answers at once even when a commit hangs.
+func (s *Store) Healthy(ctx context.Context) error {
+	if err := s.commit.failing(); err != nil {
+		return fmt.Errorf("boltstore: last commit failed: %w", err)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &fs); err != nil {
+		return fmt.Errorf("boltstore: statfs %s: %w", s.dir, err)
+	}
+	if free := fs.Bavail * uint64(fs.Bsize); free < s.minFree {
+		return fmt.Errorf("%w: %d bytes free under %s, want %d", ErrDiskFull, free, s.dir, s.minFree)
+	}
+	return nil
 }
 
 // Path returns the database file's path.

@@ -34,11 +34,12 @@ type commitReq struct {
 type committer struct {
 	db *bolt.DB
 
-	mu     sync.Mutex
-	queue  []commitReq
-	closed bool
-	wake   chan struct{} // capacity 1: a write is queued, or Close began
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	queue   []commitReq
+	closed  bool
+	lastErr error         // of the last commit (not of a write's own check); nil once one succeeds
+	wake    chan struct{} // capacity 1: a write is queued, or Close began
+	wg      sync.WaitGroup
 }
 
 func newCommitter(db *bolt.DB) *committer {
@@ -81,6 +82,13 @@ func (c *committer) close() {
 	default:
 	}
 	c.wg.Wait()
+}
+
+// failing returns the error of the last commit, nil if it succeeded.
+func (c *committer) failing() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
 }
 
 func (c *committer) run() {
@@ -127,8 +135,11 @@ func (c *committer) commit(group []commitReq) {
 			return nil
 		})
 		if failed < 0 {
-			// Success, or the commit itself failed: the same answer
-			// for every write in it.
+			// Success, or the commit itself failed (a full disk, an
+			// I/O error): the same answer for every write in it.
+			c.mu.Lock()
+			c.lastErr = err
+			c.mu.Unlock()
 			for _, r := range group {
 				r.done <- err
 			}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/settlement"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Registry is what the admin API needs of the hub's registry.
@@ -105,6 +106,7 @@ type Handler struct {
 	mux    *http.ServeMux
 	log    *slog.Logger
 	routes []Route
+	checks []HealthCheck // cfg.Health, bounded (BoundChecks)
 }
 
 // New returns the admin API handler.
@@ -115,7 +117,8 @@ func New(cfg Config) (*Handler, error) {
 	if len(cfg.Token) < 16 {
 		return nil, errors.New("httpapi: operator token too short")
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger,
+		checks: BoundChecks(cfg.Health, HealthTimeout)}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -191,6 +194,9 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, "unreadable"
 	case errors.Is(err, hub.ErrAuditConflict):
 		return http.StatusServiceUnavailable, "busy"
+	case errors.Is(err, btcdchain.ErrUnavailable):
+		// btcd is down, stopped or restarting: worth retrying.
+		return http.StatusServiceUnavailable, "chain_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"
 }
@@ -279,23 +285,6 @@ func checkKey(field string, k hub.PubKey) error {
 // checkOwnerKind bounds the free-text fields of an enrolment.
 func checkOwnerKind(owner, kind string) error {
 	return errors.Join(checkLen("owner", owner, hub.MaxOwnerLen, false), checkLen("kind", kind, hub.MaxKindLen, false))
-}
-
-// health answers without a credential so load balancers can probe it; it
-// names failing dependencies but not why.
-func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
-	out := map[string]string{}
-	status := http.StatusOK
-	for _, c := range h.cfg.Health {
-		if err := c.Check(r.Context()); err != nil {
-			h.log.Warn("dependency unhealthy", "dependency", c.Name, "err", err)
-			out[c.Name] = "down"
-			status = http.StatusServiceUnavailable
-			continue
-		}
-		out[c.Name] = "ok"
-	}
-	writeJSON(w, status, out)
 }
 
 func (h *Handler) info(w http.ResponseWriter, r *http.Request) {

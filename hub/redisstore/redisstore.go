@@ -36,6 +36,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,10 +147,19 @@ func (s *Store) checkDurability(ctx context.Context) {
 	}
 }
 
-// Healthy reports whether the server answers a PING.
+// Healthy reports whether the server answers and can persist: it fails
+// when the server's last append-only-file write failed (a full disk), since
+// Redis then refuses writes while still answering PING.
 func (s *Store) Healthy(ctx context.Context) error {
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redisstore: ping: %w", err)
+	info, err := s.rdb.Info(ctx, "persistence").Result()
+	if err != nil {
+		return fmt.Errorf("redisstore: info: %w", err)
+	}
+	for line := range strings.Lines(info) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && k == "aof_last_write_status" && v != "ok" {
+			return fmt.Errorf("redisstore: the server's last append-only file write failed (%s)", v)
+		}
 	}
 	return nil
 }

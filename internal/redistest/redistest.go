@@ -77,6 +77,15 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // URL returns a redis:// URL for database 0 of the server.
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
+// Pid returns the running server's process id, to pause it with SIGSTOP.
+func (s *Server) Pid() int {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatalf("redistest: Pid: server is not running")
+	}
+	return s.cmd.Process.Pid
+}
+
 // Dir returns the server's data directory (it holds the AOF).
 func (s *Server) Dir() string { return s.dir }
 

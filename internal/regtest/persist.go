@@ -13,6 +13,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/rpcclient"
 	"github.com/btcsuite/btcd/wire"
+	"github.com/m2mhub/m2mhub/internal/btcrpc"
 )
 
 // DefaultArchiveInterval is how often a running node's best chain is
@@ -52,7 +53,7 @@ func (n *Node) syncArchive(ctx context.Context) error {
 		return ErrArchiveClosed
 	}
 
-	res, err := n.batch.do(ctx, []any{btcjson.NewGetBestBlockHashCmd(), btcjson.NewGetBlockCountCmd()})
+	res, err := n.batch.Batch(ctx, []any{btcjson.NewGetBestBlockHashCmd(), btcjson.NewGetBlockCountCmd()})
 	if err != nil {
 		return err
 	}
@@ -104,7 +105,7 @@ func (n *Node) forkPoint(ctx context.Context, top int) (int, error) {
 		for h := lo; h <= top; h++ {
 			cmds = append(cmds, btcjson.NewGetBlockHashCmd(int64(h)))
 		}
-		res, err := n.batch.do(ctx, cmds)
+		res, err := n.batch.Batch(ctx, cmds)
 		if err != nil {
 			return 0, err
 		}
@@ -130,7 +131,7 @@ func (n *Node) fetchBlocks(ctx context.Context, from, to int) ([][]byte, error) 
 	for h := from; h <= to; h++ {
 		cmds = append(cmds, btcjson.NewGetBlockHashCmd(int64(h)))
 	}
-	res, err := n.batch.do(ctx, cmds)
+	res, err := n.batch.Batch(ctx, cmds)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +143,7 @@ func (n *Node) fetchBlocks(ctx context.Context, from, to int) ([][]byte, error) 
 		}
 		cmds[i] = btcjson.NewGetBlockCmd(hashes[i].String(), &verbosity)
 	}
-	if res, err = n.batch.do(ctx, cmds); err != nil {
+	if res, err = n.batch.Batch(ctx, cmds); err != nil {
 		return nil, err
 	}
 
@@ -174,7 +175,7 @@ func (n *Node) fetchBlocks(ctx context.Context, from, to int) ([][]byte, error) 
 }
 
 // decodeResult unmarshals one batch entry's result into v.
-func decodeResult(r batchResult, method string, v any) error {
+func decodeResult(r btcrpc.Result, method string, v any) error {
 	if r.Err != nil {
 		return fmt.Errorf("regtest: %s: %w", method, r.Err)
 	}
@@ -185,7 +186,7 @@ func decodeResult(r batchResult, method string, v any) error {
 }
 
 // hashResult decodes a batch entry whose result is a block hash.
-func hashResult(r batchResult, method string) (chainhash.Hash, error) {
+func hashResult(r btcrpc.Result, method string) (chainhash.Hash, error) {
 	var s string
 	if err := decodeResult(r, method, &s); err != nil {
 		return chainhash.Hash{}, err
@@ -322,7 +323,7 @@ func (n *Node) replay(ctx context.Context) error {
 			cmds = append(cmds, btcjson.NewSubmitBlockCmd(hex.EncodeToString(raw), nil))
 			size += len(raw)
 		}
-		res, err := n.batch.do(ctx, cmds)
+		res, err := n.batch.Batch(ctx, cmds)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrReplay, err)
 		}

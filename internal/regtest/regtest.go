@@ -26,7 +26,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +43,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/rpcclient"
+	"github.com/m2mhub/m2mhub/internal/btcrpc"
 )
 
 // ActivationHeight is the block count after which segwit and taproot are
@@ -126,7 +126,15 @@ type Config struct {
 	// pollOnly turns block notifications off, so tests can check the
 	// fallback poll on its own.
 	pollOnly bool
+
+	// creds, when set, are the RPC credentials to start with instead of
+	// fresh ones: a Supervisor restarts btcd with the credentials its
+	// clients already hold.
+	creds *rpcCreds
 }
+
+// rpcCreds are the user and password of a node's RPC server.
+type rpcCreds struct{ user, pass string }
 
 // RPCConfig is what a client needs to reach the node's JSON-RPC server.
 type RPCConfig struct {
@@ -148,7 +156,7 @@ type Node struct {
 	rpc     RPCConfig
 	p2p     string
 	client  *rpcclient.Client
-	batch   *batchClient
+	batch   *btcrpc.Client
 	pid     int
 	pidFile string
 
@@ -271,18 +279,17 @@ func startNode(ctx context.Context, cfg Config) (*Node, error) {
 
 // launch makes one attempt at starting btcd and waiting for it.
 func launch(ctx context.Context, cfg Config, bin string) (*Node, error) {
-	rpcPort, p2pPort, err := freePorts()
+	rpcHost, p2pHost, err := freeHosts()
 	if err != nil {
 		return nil, err
 	}
-	user, err := randomHex(8)
-	if err != nil {
-		return nil, err
+	creds := cfg.creds
+	if creds == nil {
+		if creds, err = freshCreds(); err != nil {
+			return nil, err
+		}
 	}
-	pass, err := randomHex(16)
-	if err != nil {
-		return nil, err
-	}
+	user, pass := creds.user, creds.pass
 
 	// Credentials go in a 0600 config file rather than on the command
 	// line, where any local user could read them from /proc.
@@ -292,8 +299,6 @@ func launch(ctx context.Context, cfg Config, bin string) (*Node, error) {
 		return nil, err
 	}
 
-	rpcHost := net.JoinHostPort("127.0.0.1", strconv.Itoa(rpcPort))
-	p2pHost := net.JoinHostPort("127.0.0.1", strconv.Itoa(p2pPort))
 	certPath := filepath.Join(cfg.Dir, "rpc.cert")
 	args := []string{
 		"--regtest",
@@ -383,11 +388,6 @@ func launch(ctx context.Context, cfg Config, bin string) (*Node, error) {
 		tail := tailFile(outPath, 2048)
 		return nil, fmt.Errorf("%w (output: %s)", err, tail)
 	}
-	if n.batch, err = newBatchClient(n.rpc); err != nil {
-		n.kill()
-		os.Remove(n.pidFile)
-		return nil, err
-	}
 	return n, nil
 }
 
@@ -423,6 +423,9 @@ func (n *Node) waitReady(ctx context.Context) error {
 				continue
 			}
 			n.rpc.Cert = cert
+			n.batch = btcrpc.New(btcrpc.Config{
+				Host: n.rpc.Host, User: n.rpc.User, Pass: n.rpc.Pass, Cert: cert,
+			})
 			c, err := rpcclient.New(&rpcclient.ConnConfig{
 				Host:         n.rpc.Host,
 				User:         n.rpc.User,
@@ -491,7 +494,9 @@ func (n *Node) stop(ctx context.Context) error {
 	if err := n.closeArchive(); err != nil {
 		n.log.Warn("closing chain archive", "err", err)
 	}
-	n.batch.close()
+	if n.batch != nil {
+		n.batch.Close()
+	}
 
 	if n.client != nil {
 		n.client.Shutdown()
@@ -535,30 +540,12 @@ func (n *Node) kill() {
 	}
 }
 
-// call sends one JSON-RPC command and waits for its answer or for ctx. The
-// rpcclient futures are buffered channels, so abandoning one on cancellation
-// leaks nothing: the late answer lands in the buffer and is collected.
+// call sends one JSON-RPC command and waits for its answer or for ctx.
 func (n *Node) call(ctx context.Context, cmd any, result any) error {
-	if n.client == nil {
+	if n.batch == nil {
 		return fmt.Errorf("regtest: no rpc client")
 	}
-	var raw []byte
-	select {
-	case r := <-n.client.SendCmd(cmd):
-		replay := make(chan *rpcclient.Response, 1)
-		replay <- r
-		var err error
-		raw, err = rpcclient.ReceiveFuture(replay)
-		if err != nil {
-			return err
-		}
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if result == nil {
-		return nil
-	}
-	return json.Unmarshal(raw, result)
+	return n.batch.Call(ctx, cmd, result)
 }
 
 // BlockCount returns the height of the best block.
@@ -606,6 +593,29 @@ func (n *Node) MineToActivation(ctx context.Context) error {
 	}
 	_, err = n.Mine(ctx, uint32(ActivationHeight-count))
 	return err
+}
+
+// freeHosts returns two distinct free loopback addresses, for RPC and P2P.
+func freeHosts() (string, string, error) {
+	rpcPort, p2pPort, err := freePorts()
+	if err != nil {
+		return "", "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(rpcPort)),
+		net.JoinHostPort("127.0.0.1", strconv.Itoa(p2pPort)), nil
+}
+
+// freshCreds returns random RPC credentials.
+func freshCreds() (*rpcCreds, error) {
+	user, err := randomHex(8)
+	if err != nil {
+		return nil, err
+	}
+	pass, err := randomHex(16)
+	if err != nil {
+		return nil, err
+	}
+	return &rpcCreds{user: user, pass: pass}, nil
 }
 
 // freePorts returns two distinct free loopback TCP ports. Both listeners are

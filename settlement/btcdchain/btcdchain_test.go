@@ -42,9 +42,15 @@ type harness struct {
 
 func mustClient(t *testing.T, rpc regtest.RPCConfig) *btcdchain.Client {
 	t.Helper()
+	return mustClientTimeout(t, rpc, 0)
+}
+
+// mustClientTimeout is mustClient with a call timeout (0: the default).
+func mustClientTimeout(t *testing.T, rpc regtest.RPCConfig, timeout time.Duration) *btcdchain.Client {
+	t.Helper()
 	c, err := btcdchain.New(btcdchain.Config{
 		Host: rpc.Host, User: rpc.User, Pass: rpc.Pass, Cert: rpc.Cert,
-		Params: regtestParams, Logger: testLogger(t),
+		Params: regtestParams, CallTimeout: timeout, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -3,16 +3,16 @@
 // looking up transactions and unspent outputs, address history, and, on test
 // networks, mining. It also holds the hub's own on-chain wallet (Wallet).
 //
-// Every call takes a context; rpcclient itself has none, so a cancelled call
-// returns at once while the request finishes in the background into a
-// buffered channel, leaking nothing.
+// Every call takes a context and is also bounded by Config.CallTimeout, so
+// a node that is stopped, dead or restarting costs a caller at most that
+// long and yields ErrUnavailable; each call is its own HTTPS request, so
+// the first call after the node is back reaches it again.
 package btcdchain
 
 import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,8 +24,8 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
-	"github.com/btcsuite/btcd/rpcclient"
 	"github.com/btcsuite/btcd/wire"
+	"github.com/m2mhub/m2mhub/internal/btcrpc"
 )
 
 // Errors returned by this package.
@@ -46,6 +46,11 @@ var (
 	// Config.Params.
 	ErrWrongNetwork = errors.New("btcdchain: node is on a different network")
 
+	// ErrUnavailable means the node gave no answer: it refused or dropped
+	// the connection (down, restarting) or did not answer within the
+	// call's deadline (stopped, overloaded). The call may be retried.
+	ErrUnavailable = errors.New("btcdchain: chain unavailable")
+
 	// ErrInsufficientFunds means the wallet's spendable outputs do not
 	// cover the amount and fee.
 	ErrInsufficientFunds = errors.New("btcdchain: insufficient funds")
@@ -64,15 +69,25 @@ type Config struct {
 	CertPath string
 	// Params is the network the node is expected to run.
 	Params *chaincfg.Params
+	// CallTimeout bounds each call (Mine's grows with the blocks asked
+	// for) when the caller's context allows longer. Zero means
+	// DefaultCallTimeout.
+	CallTimeout time.Duration
 	// Logger receives diagnostics. Nil means slog.Default().
 	Logger *slog.Logger
 }
 
+// DefaultCallTimeout bounds one RPC call when Config.CallTimeout is zero:
+// far above a healthy node's answer (milliseconds), short enough that a
+// settlement plan or a health probe behind a dead node returns promptly.
+const DefaultCallTimeout = 10 * time.Second
+
 // Client talks to one btcd node over TLS JSON-RPC (HTTP POST mode).
 type Client struct {
-	rpc    *rpcclient.Client
-	params *chaincfg.Params
-	log    *slog.Logger
+	rpc     *btcrpc.Client
+	params  *chaincfg.Params
+	timeout time.Duration
+	log     *slog.Logger
 }
 
 // New returns a Client for the node in cfg. It does not contact the node; use
@@ -97,23 +112,17 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("btcdchain: %w", err)
 		}
 	}
-	rpc, err := rpcclient.New(&rpcclient.ConnConfig{
-		Host:         cfg.Host,
-		User:         cfg.User,
-		Pass:         cfg.Pass,
-		Certificates: cert,
-		HTTPPostMode: true,
-	}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("btcdchain: %w", err)
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
 	}
-	return &Client{rpc: rpc, params: cfg.Params, log: cfg.Logger}, nil
+	rpc := btcrpc.New(btcrpc.Config{Host: cfg.Host, User: cfg.User, Pass: cfg.Pass, Cert: cert})
+	return &Client{rpc: rpc, params: cfg.Params, timeout: cfg.CallTimeout, log: cfg.Logger}, nil
 }
 
-// Close stops the RPC client and waits for its goroutines.
+// Close releases the client's idle connections. Calls made after it still
+// work; it exists for symmetry with the other adapters.
 func (c *Client) Close() error {
-	c.rpc.Shutdown()
-	c.rpc.WaitForShutdown()
+	c.rpc.Close()
 	return nil
 }
 
@@ -121,26 +130,21 @@ func (c *Client) Close() error {
 func (c *Client) Params() *chaincfg.Params { return c.params }
 
 // call sends one JSON-RPC command and decodes its result into result (which
-// may be nil). It returns when the answer arrives or ctx is done.
+// may be nil), within ctx and the client's call timeout. A node that gives
+// no answer yields ErrUnavailable; an answer that is an error, the node's
+// *btcjson.RPCError.
 func (c *Client) call(ctx context.Context, cmd any, result any) error {
-	var raw []byte
-	select {
-	case r := <-c.rpc.SendCmd(cmd):
-		// ReceiveFuture is the only way to read a Response; hand it
-		// the one we already took off the channel.
-		replay := make(chan *rpcclient.Response, 1)
-		replay <- r
-		var err error
-		if raw, err = rpcclient.ReceiveFuture(replay); err != nil {
-			return err
-		}
-	case <-ctx.Done():
-		return ctx.Err()
+	return c.callWithin(ctx, c.timeout, cmd, result)
+}
+
+func (c *Client) callWithin(ctx context.Context, d time.Duration, cmd any, result any) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	err := c.rpc.Call(ctx, cmd, result)
+	if errors.Is(err, btcrpc.ErrTransport) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if result == nil {
-		return nil
-	}
-	return json.Unmarshal(raw, result)
+	return err
 }
 
 // rpcCode returns the JSON-RPC error code in err, if any.
@@ -184,8 +188,11 @@ func (c *Client) Mine(ctx context.Context, n uint32) ([]chainhash.Hash, error) {
 	if !c.params.GenerateSupported {
 		return nil, fmt.Errorf("%w: %s", ErrMiningUnsupported, c.params.Name)
 	}
+	// Mining takes time per block, on a loaded machine tens of
+	// milliseconds each.
+	d := c.timeout + time.Duration(n)*50*time.Millisecond
 	var hexes []string
-	if err := c.call(ctx, btcjson.NewGenerateCmd(n), &hexes); err != nil {
+	if err := c.callWithin(ctx, d, btcjson.NewGenerateCmd(n), &hexes); err != nil {
 		return nil, fmt.Errorf("btcdchain: generate %d: %w", n, err)
 	}
 	hashes := make([]chainhash.Hash, len(hexes))

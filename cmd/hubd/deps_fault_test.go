@@ -1,0 +1,197 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/m2mhub/m2mhub/internal/redistest"
+)
+
+var (
+	natsBinOnce sync.Once
+	natsBinErr  error
+)
+
+// natsServerBinary builds nats-server from the module pinned in go.mod, once.
+func natsServerBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(binDir, "nats-server")
+	natsBinOnce.Do(func() {
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+		if err != nil {
+			natsBinErr = fmt.Errorf("build nats-server: %w: %s", err, out)
+		}
+	})
+	if natsBinErr != nil {
+		t.Fatal(natsBinErr)
+	}
+	return bin
+}
+
+// natsChild is an external nats-server with JetStream on disk, a child of
+// the test, restartable on the same port and store.
+type natsChild struct {
+	t    *testing.T
+	bin  string
+	dir  string
+	port int
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startNATSChild(t *testing.T) *natsChild {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	n := &natsChild{t: t, bin: natsServerBinary(t), dir: t.TempDir(), port: port}
+	n.start()
+	t.Cleanup(func() {
+		if n.cmd != nil {
+			n.cmd.Process.Kill()
+			<-n.done
+		}
+	})
+	return n
+}
+
+func (n *natsChild) url() string { return "nats://127.0.0.1:" + strconv.Itoa(n.port) }
+
+func (n *natsChild) start() {
+	n.t.Helper()
+	cmd := exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-js", "-sd", n.dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	n.cmd, n.done = cmd, done
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(n.port), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("nats-server not listening: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (n *natsChild) kill() {
+	n.cmd.Process.Kill()
+	<-n.done
+	n.cmd = nil
+}
+
+// depPause is how long each outage of the dependency fault tests lasts;
+// `make chaos-deps` runs them with 30 s.
+var depPause = flag.Duration("deppause", 2*time.Second, "how long TestDependencyFaults and TestBtcdFaults hold each dependency paused or dead")
+
+// holdDown probes /healthz for depPause while dep is paused or dead: each
+// answer must name dep, and nothing else, down, and come about when the
+// checks' deadline (800 ms) says; the bound leaves room for a loaded
+// machine.
+func holdDown(t *testing.T, addr, dep string) {
+	t.Helper()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for start := time.Now(); ; {
+		status, body, took := healthOf(t, addr)
+		if status != http.StatusServiceUnavailable || took > 2*time.Second {
+			t.Fatalf("/healthz with %s down: %d %v in %v, want 503 within the checks' deadline", dep, status, body, took)
+		}
+		for k, v := range body {
+			if want := map[bool]string{true: "down", false: "ok"}[k == dep]; v != want {
+				t.Fatalf("/healthz with %s down: %v", dep, body)
+			}
+		}
+		if time.Since(start) >= *depPause {
+			t.Logf("/healthz with %s down: %d %v in %v (last of %v)", dep, status, body, took, *depPause)
+			return
+		}
+		<-tick.C
+	}
+}
+
+// waitDep polls /healthz until dependency dep is reported as want, for up
+// to two minutes (a btcd restart replays the chain).
+func waitDep(t *testing.T, addr, dep, want string) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, body, _ := healthOf(t, addr)
+		if body[dep] == want {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still %q in /healthz, want %q: %v", dep, body[dep], want, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// With an external NATS (a real nats-server child) and Redis (a real
+// redis-server child with its AOF), each paused (SIGSTOP) and then killed
+// -9 and restarted: /healthz names exactly that dependency down, within a
+// second of asking, and reports it up again once it is back, without a
+// hubd restart.
+func TestDependencyFaults(t *testing.T) {
+	ns := startNATSChild(t)
+	rs := redistest.Start(t)
+	p := startHubd(t, t.TempDir(), "--nats-url", ns.url(), "--redis-url", rs.URL())
+	addr := p.rt.AdminAddr
+	if status, body, _ := healthOf(t, addr); status != http.StatusOK {
+		t.Fatalf("/healthz before the faults: %d %v", status, body)
+	}
+	for _, c := range []struct {
+		dep         string
+		pid         func() int
+		kill, start func()
+	}{
+		{"store", rs.Pid, rs.Kill, rs.Restart},
+		{"nats", func() int { return ns.cmd.Process.Pid }, ns.kill, ns.start},
+	} {
+		t.Run(c.dep+"Paused", func(t *testing.T) {
+			pid := c.pid()
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			holdDown(t, addr, c.dep)
+			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			waitDep(t, addr, c.dep, "ok")
+		})
+		t.Run(c.dep+"Killed", func(t *testing.T) {
+			c.kill()
+			waitDep(t, addr, c.dep, "down")
+			holdDown(t, addr, c.dep)
+			c.start()
+			waitDep(t, addr, c.dep, "ok")
+			select {
+			case <-p.Done():
+				t.Fatal("hubd exited")
+			default:
+			}
+		})
+	}
+}
