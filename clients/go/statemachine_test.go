@@ -42,6 +42,14 @@ const (
 	smWait        = 10 * time.Second
 )
 
+// smDialTimeout bounds each reconnection attempt. A hub that is stopping
+// tells its sessions first and closes its listener after, so a session
+// reconnecting at once can complete the noise handshake with the listener
+// that is going away and then wait for an Init that never comes; with the
+// client's default 10 s per attempt, that alone outlasted WaitSession
+// after a restart (1 run in about 40).
+var smDialTimeout = m2mclient.WithDialTimeout(3 * time.Second)
+
 // TestChannelStateMachine drives one device and one provider against the
 // real hub with random sequences of payments (sub-satoshi, ordinary, over
 // capacity), holds (request, capture, over-capture, release), attacks on the
@@ -145,7 +153,7 @@ func newWorld(t *testing.T, h *hubtest.Hub) *world {
 	w.devKey, w.devID = h.EnrolDevice(t, hub.RolePayer)
 	var provKey *btcec.PrivateKey
 	provKey, w.provID = h.EnrolDevice(t, hub.RoleProvider)
-	w.provSess = h.Dial(t, provKey)
+	w.provSess = h.Dial(t, provKey, smDialTimeout)
 	var err error
 	w.prov, err = m2mclient.NewProvider(w.provSess, m2mclient.ProviderConfig{HubKey: h.PubKey(), Logger: h.Logger()})
 	if err != nil {
@@ -159,7 +167,7 @@ func newWorld(t *testing.T, h *hubtest.Hub) *world {
 // connect dials the device's session and builds its Device on the same
 // directory, as a rebooted device would.
 func (w *world) connect(tb hubtest.TB) {
-	w.sess = w.h.Dial(w.t, w.devKey)
+	w.sess = w.h.Dial(w.t, w.devKey, smDialTimeout)
 	w.dev = w.h.NewDevice(w.t, w.sess, w.devKey, m2mclient.DeviceConfig{Dir: w.dir, AutoAuthorize: true})
 	w.h.WaitSession(tb, w.devID)
 }
