@@ -78,9 +78,7 @@ func TestBtcdFaults(t *testing.T) {
 
 	t.Run("Stopped", func(t *testing.T) {
 		pid := btcdPid(t, dir)
-		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
+		pause(t, pid)
 		continued := false
 		defer func() {
 			if !continued {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -132,6 +134,31 @@ func holdDown(t *testing.T, addr, dep string) {
 	}
 }
 
+// pause stops pid with SIGSTOP and waits until the kernel shows it stopped:
+// the signal takes effect asynchronously, and a probe sent just after kill
+// could still be answered.
+func pause(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The state follows the parenthesised command name.
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && i+2 < len(stat) && stat[i+2] == 'T' {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d not stopped 10 s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // waitDep polls /healthz until dependency dep is reported as want, for up
 // to two minutes (a btcd restart replays the chain).
 func waitDep(t *testing.T, addr, dep, want string) map[string]string {
@@ -172,9 +199,7 @@ func TestDependencyFaults(t *testing.T) {
 	} {
 		t.Run(c.dep+"Paused", func(t *testing.T) {
 			pid := c.pid()
-			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
+			pause(t, pid)
 			holdDown(t, addr, c.dep)
 			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 				t.Fatal(err)
