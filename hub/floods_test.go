@@ -208,8 +208,8 @@ func TestFloods(t *testing.T) {
 				&lnwire.Custom{Type: 0xF001, Data: []byte("y")},
 			}
 		})
-		if codes[wire.ChanBadParams] != 2000 {
-			t.Fatalf("refusals %v, want 2000 bad-params", codes)
+		if codes[wire.ChanMalformed] != 2000 {
+			t.Fatalf("refusals %v, want 2000 malformed (docs/protocol.md §2.2)", codes)
 		}
 		if _, ok := h.Server().Session(id); !ok {
 			t.Fatal("session dropped for unknown messages it was told about")
