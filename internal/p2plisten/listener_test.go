@@ -3,9 +3,9 @@ package p2plisten
 import (
 	"errors"
 	"io"
-	"os"
 	"log/slog"
 	"net"
+	"os"
 	"testing"
 	"time"
 
