@@ -159,19 +159,7 @@ func testErrEpochConflictConcurrent(t *testing.T, s SettlementStoreUnderTest) {
 	// that won; every other must get hub.ErrEpochConflict.
 	race := func(cut func(i int) error) int {
 		t.Helper()
-		errs := make([]error, racers)
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for i := range racers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				errs[i] = cut(i)
-			}()
-		}
-		close(start)
-		wg.Wait()
+		errs := atOnce(racers, cut)
 		winner := -1
 		for i, err := range errs {
 			switch {
@@ -252,32 +240,19 @@ func testErrRunOpenConcurrent(t *testing.T, s SettlementStoreUnderTest) {
 	MustCut(t, s, settlement.Epoch{}, first())
 	e1, e2 := MustCutNext(t, s)
 	MustPutRun(t, s, NewRun(t, e1, 1, settlement.RunConfirmed))
-	const racers = 8
-	var wg sync.WaitGroup
-	errs := make([]error, racers)
-	start := make(chan struct{})
-	for i := range racers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			// Each racer cuts the epoch it last saw open, as a hub
-			// does: epoch 2, or epoch 3 once another cut 2.
-			open, err := s.OpenEpoch(ctx)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			c, n, err := open.Cut(open.Start.Add(time.Hour+time.Duration(i)*time.Second), open.StartHeight+6)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			errs[i] = s.CutEpoch(ctx, c, n)
-		}()
-	}
-	close(start)
-	wg.Wait()
+	errs := atOnce(8, func(i int) error {
+		// Each racer cuts the epoch it last saw open, as a hub does:
+		// epoch 2, or epoch 3 once another cut 2.
+		open, err := s.OpenEpoch(ctx)
+		if err != nil {
+			return err
+		}
+		c, n, err := open.Cut(open.Start.Add(time.Hour+time.Duration(i)*time.Second), open.StartHeight+6)
+		if err != nil {
+			return err
+		}
+		return s.CutEpoch(ctx, c, n)
+	})
 	won := 0
 	for i, err := range errs {
 		switch {
@@ -654,4 +629,23 @@ func testReopenKeepsRuns(t *testing.T, newStore func(t *testing.T) SettlementSto
 	}
 	// And the cut continues from the stored open epoch.
 	MustCutNext(t, s)
+}
+
+// atOnce runs f(0) … f(n-1) in n goroutines released together, so their
+// store writes race, and returns each one's error.
+func atOnce(n int, f func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = f(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errs
 }
