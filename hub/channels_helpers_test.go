@@ -351,3 +351,13 @@ func refusal(d *device, code wire.ChanCode) *wire.ChannelError {
 	}
 	return ce
 }
+
+// CheckLeaks fails t if goroutines started during it outlive it.
+func checkLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// TestHeight is the fake chain's starting height in the channel tests.
+const testHeight = 1000

@@ -19,14 +19,6 @@ import (
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
-const testHeight = 1000
-
 func TestPayOK(t *testing.T) {
 	checkLeaks(t)
 	f := newFakeChain(testHeight)

@@ -317,18 +317,6 @@ func (e *settleEnv) chainTx(txid chainhash.Hash) *btcwire.MsgTx {
 	return info.Tx
 }
 
-func runTxids(t *testing.T, r settlement.Run) []chainhash.Hash {
-	var ids []chainhash.Hash
-	for _, raw := range r.Txs {
-		var tx btcwire.MsgTx
-		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, tx.TxHash())
-	}
-	return ids
-}
-
 // outputOf returns the value the batch tx pays to the input spending op,
 // or to script.
 func valueTo(tx *btcwire.MsgTx, script []byte) (int64, bool) {
@@ -338,15 +326,6 @@ func valueTo(tx *btcwire.MsgTx, script []byte) (int64, bool) {
 		}
 	}
 	return 0, false
-}
-
-func indexOfInput(tx *btcwire.MsgTx, op btcwire.OutPoint) int {
-	for i, in := range tx.TxIn {
-		if in.PreviousOutPoint == op {
-			return i
-		}
-	}
-	return -1
 }
 
 var errCrash = errors.New("simulated crash")

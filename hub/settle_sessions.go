@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/btcsuite/btcd/btcutil"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/lnwire"
@@ -205,7 +206,7 @@ func (c *SessionCosigners) Cosign(ctx context.Context, deviceID string, req Cosi
 	}()
 	err := s.Send(ctx, &wire.SettleProposal{
 		Epoch: req.Epoch, ChanID: req.Channel, Template: tmpl.Bytes(),
-		NextCapacity: btcutilAmount(req.NextCapacity), NextExpiry: req.NextExpiry,
+		NextCapacity: btcutil.Amount(req.NextCapacity), NextExpiry: req.NextExpiry,
 		Spent: req.Spent, Earned: req.Earned, HubNonce: req.HubNonce,
 	})
 	if err != nil {
@@ -231,7 +232,7 @@ func (c *SessionCosigners) Cosign(ctx context.Context, deviceID string, req Cosi
 func (c *SessionCosigners) Done(ctx context.Context, deviceID string, d SettleDone) {
 	n := &notice{msg: wire.SettleDone{
 		Epoch: d.Epoch, ChanID: d.Old, NextOutpoint: d.Next,
-		NextCapacity: btcutilAmount(d.NextCapacity), NextExpiry: d.NextExpiry, Txid: d.Txid,
+		NextCapacity: btcutil.Amount(d.NextCapacity), NextExpiry: d.NextExpiry, Txid: d.Txid,
 	}}
 	c.mu.Lock()
 	if c.notices[deviceID] == nil {
