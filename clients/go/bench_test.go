@@ -13,6 +13,8 @@ import (
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
 
@@ -39,9 +41,9 @@ type benchPayer struct {
 //     same moment, the unit the other two are compared with.
 func BenchmarkPay(b *testing.B) {
 	h := hubtest.Start(b, hubtest.Config{
-		Channels: func(c *hub.ChannelsConfig) { c.PayRate, c.PayBurst = 1_000_000, 1_000_000 },
+		Channels: func(c *channels.Config) { c.PayRate, c.PayBurst = 1_000_000, 1_000_000 },
 		// Every device dials from 127.0.0.1: lift the per-IP session bound.
-		Server: func(c *hub.ServerConfig) { c.MaxSessionsPerIP = 2 * benchDevices },
+		Server: func(c *session.Config) { c.MaxSessionsPerIP = 2 * benchDevices },
 	})
 	_, provID := h.EnrolDevice(b, hub.RoleProvider)
 	payers := openPayers(b, h, benchDevices)

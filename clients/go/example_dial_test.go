@@ -12,6 +12,7 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/session"
 )
 
 // exampleRegistry is an in-memory Authenticator for the example only; a real
@@ -39,7 +40,7 @@ func ExampleDial() {
 	pk := hub.PubKeyOf(deviceKey.PubKey())
 	reg := exampleRegistry{pk: {ID: "dev-charger-7", Key: pk, Status: hub.StatusActive}}
 
-	srv, err := hub.NewServer(hub.ServerConfig{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
+	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
 	if err != nil {
 		fmt.Println(err)
 		return

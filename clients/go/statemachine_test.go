@@ -21,6 +21,7 @@ import (
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
@@ -543,7 +544,7 @@ func (w *world) captureOffline(rt *rapid.T) {
 		rt.Skip("hold used up")
 	}
 	w.counts["CaptureOffline"]++
-	amount := lnwire.MilliSatoshi(rapid.Uint64Range(1, min(uint64(h.left()), 2*uint64(hub.DefaultCreditLimit))).Draw(rt, "amount"))
+	amount := lnwire.MilliSatoshi(rapid.Uint64Range(1, min(uint64(h.left()), 2*uint64(channels.DefaultCreditLimit))).Draw(rt, "amount"))
 	w.disconnect()
 	hubtest.WaitFor(rt, smWait, "device session gone", func() bool {
 		_, ok := w.h.Server().Session(w.devID)
@@ -552,7 +553,7 @@ func (w *world) captureOffline(rt *rapid.T) {
 	if err := w.prov.Capture(rt.Context(), id, amount, "offline"); err != nil {
 		rt.Fatal(err)
 	}
-	if w.owed+amount > hub.DefaultCreditLimit {
+	if w.owed+amount > channels.DefaultCreditLimit {
 		select {
 		case e := <-w.prov.Errors():
 			if e.Hold != id || e.Err.Code != m2mclient.CodeCreditLimit {
@@ -777,7 +778,7 @@ func (w *world) check(rt *rapid.T) {
 
 	// I1: unsigned exposure within the credit limit.
 	credit := channel.State{Paid: rec.Paid}.Credit()
-	if rec.Owed+credit > hub.DefaultCreditLimit+999 {
+	if rec.Owed+credit > channels.DefaultCreditLimit+999 {
 		rt.Fatalf("I1: owed %d + credit %d msat exceed the limit", rec.Owed, credit)
 	}
 

@@ -20,6 +20,7 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/metering"
@@ -364,7 +365,7 @@ func awaitReceipts(p *provider, ids map[string]bool) (lnwire.MilliSatoshi, int, 
 }
 
 // waitIncome polls a provider's income until ok holds, for up to 10 s.
-func waitIncome(ctx context.Context, admin *httpapi.Client, provider string, ok func(hub.Income) bool) error {
+func waitIncome(ctx context.Context, admin *httpapi.Client, provider string, ok func(charging.Income) bool) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		in, err := admin.Income(ctx, provider, time.Time{}, time.Now().Add(time.Hour))

@@ -12,6 +12,7 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/metering"
 )
@@ -231,7 +232,7 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	}
 	// The end of a job that is not open yet is refused: wait for both
 	// holds.
-	if err := waitIncome(ctx, w.admin, truck.id, func(in hub.Income) bool { return in.Held == 2*held }); err != nil {
+	if err := waitIncome(ctx, w.admin, truck.id, func(in charging.Income) bool { return in.Held == 2*held }); err != nil {
 		return fmt.Errorf("cold chain holds: %w", err)
 	}
 	for _, s := range []struct {
@@ -258,7 +259,7 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	if err := w.meterAll(sales); err != nil {
 		return err
 	}
-	if err := waitIncome(ctx, w.admin, truck.id, func(in hub.Income) bool { return in.Held == 0 }); err != nil {
+	if err := waitIncome(ctx, w.admin, truck.id, func(in charging.Income) bool { return in.Held == 0 }); err != nil {
 		return fmt.Errorf("cold chain refund: %w", err)
 	}
 

@@ -22,8 +22,11 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
@@ -46,7 +49,7 @@ func (tipChain) SendRawTransaction(context.Context, *wire.MsgTx) (chainhash.Hash
 
 type noSessions struct{}
 
-func (noSessions) Session(string) (*hub.Session, bool) { return nil, false }
+func (noSessions) Session(string) (*session.Session, bool) { return nil, false }
 
 // tick is a clock that moves one second per reading, so audit entries and
 // credentials get distinct, reproducible times.
@@ -90,19 +93,19 @@ func newGoldenHub(t *testing.T) *goldenHub {
 	}
 	t.Cleanup(func() { store.Close() })
 	clk := &tick{t: t0}
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store, Now: clk.now})
+	reg, err := registry.New(registry.Config{Store: store, Now: clk.now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := &goldenHub{clock: clk}
-	if g.payer, err = reg.Enrol(ctx, hub.EnrolRequest{Key: hub.PubKeyOf(seededKey(1).PubKey()), Roles: []hub.Role{hub.RolePayer}, Owner: "fleet-a", Kind: "car"}, "operator"); err != nil {
+	if g.payer, err = reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(seededKey(1).PubKey()), Roles: []hub.Role{hub.RolePayer}, Owner: "fleet-a", Kind: "car"}, "operator"); err != nil {
 		t.Fatal(err)
 	}
-	if g.prov, err = reg.Enrol(ctx, hub.EnrolRequest{Key: hub.PubKeyOf(seededKey(2).PubKey()), Roles: []hub.Role{hub.RoleProvider}, Owner: "tolls-inc", Kind: "gantry"}, "operator"); err != nil {
+	if g.prov, err = reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(seededKey(2).PubKey()), Roles: []hub.Role{hub.RoleProvider}, Owner: "tolls-inc", Kind: "gantry"}, "operator"); err != nil {
 		t.Fatal(err)
 	}
 	hubKey := seededKey(9)
-	chans, err := hub.NewChannels(hub.ChannelsConfig{
+	chans, err := channels.New(channels.Config{
 		Store: store, Devices: reg, Sessions: noSessions{}, Chain: tipChain{height: 500},
 		HubKey: hubKey, PayoutScript: []byte{0x51}, Params: &chaincfg.RegressionNetParams,
 	})

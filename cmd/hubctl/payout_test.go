@@ -15,6 +15,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 func TestDeviceSetPayout(t *testing.T) {
@@ -23,7 +24,7 @@ func TestDeviceSetPayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func TestDeviceSetPayout(t *testing.T) {
 	conn := []string{"--admin", strings.TrimPrefix(srv.URL, "http://"), "--token", testToken}
 
 	k, _ := btcec.NewPrivateKey()
-	d, err := reg.Enrol(t.Context(), hub.EnrolRequest{Key: hub.PubKeyOf(k.PubKey()), Roles: []hub.Role{hub.RoleProvider}}, "test")
+	d, err := reg.Enrol(t.Context(), registry.EnrolRequest{Key: hub.PubKeyOf(k.PubKey()), Roles: []hub.Role{hub.RoleProvider}}, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

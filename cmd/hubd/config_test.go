@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/session"
 )
 
 func TestLoadConfigPrecedence(t *testing.T) {
@@ -76,16 +76,16 @@ func TestLimitDefaultsAgree(t *testing.T) {
 		flag, field string // operations.md flag, protocol.md ServerConfig field
 		got, want   any    // hubd's flag default, hub's default
 	}{
-		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, hub.DefaultHandshakeTimeout},
-		{"act-timeout", "ActTimeout", l.ActTimeout, hub.DefaultActTimeout},
-		{"max-handshakes", "MaxHandshakes", l.MaxHandshakes, hub.DefaultMaxHandshakes},
-		{"max-handshakes-per-source", "MaxHandshakesPerSource", l.MaxHandshakesPerSource, hub.DefaultMaxHandshakesPerSource},
-		{"max-sessions", "MaxSessions", l.MaxSessions, hub.DefaultMaxSessions},
-		{"max-sessions-per-ip", "MaxSessionsPerIP", l.MaxSessionsPerIP, hub.DefaultMaxSessionsPerIP},
-		{"max-message-size", "MaxMessageSize", l.MaxMessageSize, hub.DefaultMaxMessageSize},
-		{"send-queue", "SendQueue", l.SendQueue, hub.DefaultSendQueue},
-		{"ping-interval", "PingInterval", l.PingInterval, hub.DefaultPingInterval},
-		{"pong-timeout", "PongTimeout", l.PongTimeout, hub.DefaultPongTimeout},
+		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, session.DefaultHandshakeTimeout},
+		{"act-timeout", "ActTimeout", l.ActTimeout, session.DefaultActTimeout},
+		{"max-handshakes", "MaxHandshakes", l.MaxHandshakes, session.DefaultMaxHandshakes},
+		{"max-handshakes-per-source", "MaxHandshakesPerSource", l.MaxHandshakesPerSource, session.DefaultMaxHandshakesPerSource},
+		{"max-sessions", "MaxSessions", l.MaxSessions, session.DefaultMaxSessions},
+		{"max-sessions-per-ip", "MaxSessionsPerIP", l.MaxSessionsPerIP, session.DefaultMaxSessionsPerIP},
+		{"max-message-size", "MaxMessageSize", l.MaxMessageSize, session.DefaultMaxMessageSize},
+		{"send-queue", "SendQueue", l.SendQueue, session.DefaultSendQueue},
+		{"ping-interval", "PingInterval", l.PingInterval, session.DefaultPingInterval},
+		{"pong-timeout", "PongTimeout", l.PongTimeout, session.DefaultPongTimeout},
 	} {
 		t.Run(tc.field, func(t *testing.T) {
 			want := fmt.Sprint(tc.want)

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/metering"
 )
 
@@ -103,8 +104,8 @@ func TestUsageIDsPerProvider(t *testing.T) {
 		victim.send(t, ctx, other)
 		h.drained(t, ctx)
 		reason, detail := h.deadLetter(t, ctx, victim.id, "session-413")
-		if reason != hub.RejectIDConflict || !strings.Contains(detail, "session-413") {
-			t.Fatalf("dead-lettered %q (%s), want %s naming the id", reason, detail, hub.RejectIDConflict)
+		if reason != charging.RejectIDConflict || !strings.Contains(detail, "session-413") {
+			t.Fatalf("dead-lettered %q (%s), want %s naming the id", reason, detail, charging.RejectIDConflict)
 		}
 		charged(t, victim, 1+18)
 	})

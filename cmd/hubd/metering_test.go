@@ -25,6 +25,7 @@ import (
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/metering"
@@ -368,7 +369,7 @@ func (py *payer) paid(t *testing.T) lnwire.MilliSatoshi {
 }
 
 // income asks the admin API for a provider's income over every charge.
-func (h *meterHub) income(t *testing.T, ctx context.Context, provider string) hub.Income {
+func (h *meterHub) income(t *testing.T, ctx context.Context, provider string) charging.Income {
 	t.Helper()
 	in, err := h.admin.Income(ctx, provider, time.Time{}, time.Now().Add(time.Hour))
 	if err != nil {
@@ -744,8 +745,8 @@ func TestMeteringEndToEnd(t *testing.T) {
 
 		for _, c := range []struct{ prov, id, reason string }{
 			{gantry.id, "forged-1", metering.ReasonSignature},
-			{gantry.id, "nocontract-1", hub.RejectUnknownContract},
-			{gantry.id, "revoked-dev-1", hub.RejectRevoked},
+			{gantry.id, "nocontract-1", charging.RejectUnknownContract},
+			{gantry.id, "revoked-dev-1", charging.RejectRevoked},
 		} {
 			if reason, detail := h.deadLetter(t, ctx, c.prov, c.id); reason != c.reason {
 				t.Fatalf("%s dead-lettered %q (%s), want %q", c.id, reason, detail, c.reason)
@@ -769,8 +770,8 @@ func TestMeteringEndToEnd(t *testing.T) {
 				Data: metering.Data{Contract: toll, Quantity: "1", Unit: "passage", VehicleClass: "car"}})
 		}
 		gantry.send(t, ctx, evs...)
-		if reason, detail := h.deadLetter(t, ctx, gantry.id, "flood-4"); reason != hub.RejectSecurity || !strings.Contains(detail, "max_event_rate") {
-			t.Fatalf("fifth passage dead-lettered %q (%s), want %s", reason, detail, hub.RejectSecurity)
+		if reason, detail := h.deadLetter(t, ctx, gantry.id, "flood-4"); reason != charging.RejectSecurity || !strings.Contains(detail, "max_event_rate") {
+			t.Fatalf("fifth passage dead-lettered %q (%s), want %s", reason, detail, charging.RejectSecurity)
 		}
 		d, err := h.admin.Device(ctx, floodID)
 		if err != nil || d.Status != hub.StatusFrozen {

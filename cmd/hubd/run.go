@@ -18,10 +18,16 @@ import (
 	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
+	"github.com/m2mhub/m2mhub/hub/cosign"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
 	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/hub/webhook"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
@@ -114,7 +120,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	log.Info("hub wallet", "address", wallet.Address().String())
 
 	// Registry and device sessions.
-	registry, err := hub.NewRegistry(hub.RegistryConfig{
+	registry, err := registry.New(registry.Config{
 		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
 	})
 	if err != nil {
@@ -160,7 +166,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("wallet script: %w", err)
 	}
-	channels, err := hub.NewChannels(hub.ChannelsConfig{
+	channels, err := channels.New(channels.Config{
 		Store: store, Devices: registry, Sessions: sessions, Chain: chain,
 		HubKey: hubKey, PayoutScript: payout, Params: params, Logger: log,
 		MinDepth:       cfg.Channels.MinDepth,
@@ -175,13 +181,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	// The settlement round's device answers arrive on the same sessions as
 	// payments: the cosigners take theirs and pass the rest on.
-	cosigners, err := hub.NewSessionCosigners(hub.SessionCosignersConfig{
+	cosigners, err := cosign.New(cosign.Config{
 		Sessions: sessions, Channels: channels, Runs: store, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	srv, err := hub.NewServer(hub.ServerConfig{
+	srv, err := session.New(session.Config{
 		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: cosigners.Handler(channels), Logger: log,
 		ActTimeout: cfg.Limits.ActTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes, MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
@@ -208,7 +214,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// Settlement: once per period (and on demand) every participant's net
 	// is settled on chain in one batch.
-	settle, err := hub.NewSettlement(hub.SettlementConfig{
+	settle, err := settler.New(settler.Config{
 		Store: store, Channels: channels, Chain: chain, Cosigners: cosigners,
 		Payouts: registry,
 		AuditHead: func(ctx context.Context) ([32]byte, error) {
@@ -229,7 +235,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	// Metering: usage events from NATS are verified, priced, charged
 	// exactly once and paid through the payers' channels.
-	charging, err := hub.NewCharging(hub.ChargingConfig{
+	charging, err := charging.New(charging.Config{
 		Contracts: store, Charges: store, Devices: registry, Channels: channels,
 		Freezer: registry, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log,
 	})
@@ -328,7 +334,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 // revoked provider on the embedded bus, removes its NATS user so it can no
 // longer publish at all (its events would be dead-lettered anyway).
 type revocations struct {
-	srv  *hub.Server
+	srv  *session.Server
 	nats *natsembed.Issuer // nil with an external NATS
 	log  *slog.Logger
 }
@@ -370,8 +376,8 @@ func afterSettleState(next func(settlement.Run) error, log *slog.Logger) func(se
 
 // liveParts lets the metrics read parts that are created after them.
 type liveParts struct {
-	srv      atomic.Pointer[hub.Server]
-	channels atomic.Pointer[hub.Channels]
+	srv      atomic.Pointer[session.Server]
+	channels atomic.Pointer[channels.Manager]
 	intake   atomic.Pointer[natsintake.Intake]
 }
 
@@ -382,11 +388,11 @@ func (l *liveParts) Sessions() int {
 	return 0
 }
 
-func (l *liveParts) Exposure(ctx context.Context) (hub.Exposure, error) {
+func (l *liveParts) Exposure(ctx context.Context) (channels.Exposure, error) {
 	if c := l.channels.Load(); c != nil {
 		return c.Exposure(ctx)
 	}
-	return hub.Exposure{}, errors.New("channels not started")
+	return channels.Exposure{}, errors.New("channels not started")
 }
 
 func (l *liveParts) Stats() natsintake.Stats {
@@ -429,10 +435,10 @@ func serveMetrics(addr string, lim httpapi.Limits, m *metrics.Metrics, st *stack
 // sessionsRef lets the channel manager look sessions up on a server that is
 // created after it.
 type sessionsRef struct {
-	srv atomic.Pointer[hub.Server]
+	srv atomic.Pointer[session.Server]
 }
 
-func (r *sessionsRef) Session(deviceID string) (*hub.Session, bool) {
+func (r *sessionsRef) Session(deviceID string) (*session.Session, bool) {
 	srv := r.srv.Load()
 	if srv == nil {
 		return nil, false

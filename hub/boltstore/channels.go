@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // Channel buckets. A channel is stored in two parts: the record as JSON
@@ -76,7 +77,7 @@ func encodeState(s chanState) []byte {
 	binary.BigEndian.PutUint64(b[stSeq:], s.seq)
 	binary.BigEndian.PutUint64(b[stPaid:], uint64(s.paid))
 	binary.BigEndian.PutUint64(b[stOwed:], uint64(s.owed))
-	binary.BigEndian.PutUint64(b[stUpdated:], uint64(hub.UnixNano(s.updated)))
+	binary.BigEndian.PutUint64(b[stUpdated:], uint64(record.UnixNano(s.updated)))
 	copy(b[stSig:], s.sig[:])
 	return b
 }
@@ -89,7 +90,7 @@ func decodeState(b []byte) (chanState, error) {
 		seq:     binary.BigEndian.Uint64(b[stSeq:]),
 		paid:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stPaid:])),
 		owed:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stOwed:])),
-		updated: hub.FromUnixNano(int64(binary.BigEndian.Uint64(b[stUpdated:]))),
+		updated: record.FromUnixNano(int64(binary.BigEndian.Uint64(b[stUpdated:]))),
 	}
 	copy(s.sig[:], b[stSig:])
 	return s, nil

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // Charge buckets. A charge is written once to an append-only log, in
@@ -53,7 +54,7 @@ func partyKey(party string, t time.Time) []byte {
 
 // roundTrip returns t as the store gives it back: UTC, no monotonic
 // reading.
-func roundTrip(t time.Time) time.Time { return hub.FromUnixNano(hub.UnixNano(t)) }
+func roundTrip(t time.Time) time.Time { return record.FromUnixNano(record.UnixNano(t)) }
 
 func validateCharge(c hub.Charge) error {
 	switch {
@@ -125,7 +126,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		seen[string(p.id)] = i
 		p.stored = c
 		p.stored.EventTime, p.stored.Charged = roundTrip(c.EventTime), roundTrip(c.Charged)
-		p.doc = hub.EncodeChargeRecord(c)
+		p.doc = record.EncodeCharge(c)
 		p.prov = partyKey(c.Provider, c.Charged)
 		p.payer = partyKey(c.Payer, c.Charged)
 		if c.Status == hub.ChargeOwed && !isZeroOutPoint(c.Channel) {
@@ -166,7 +167,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 				continue
 			}
 			if pos := ids.Get(p.id); pos != nil {
-				c, err := hub.DecodeChargeRecord(log.Get(pos))
+				c, err := record.DecodeCharge(log.Get(pos))
 				if err != nil {
 					return fmt.Errorf("charge %q at %x: %w", p.id, pos, err)
 				}
@@ -185,12 +186,12 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 					// No channel to charge: the payer cannot pay.
 					stored.Status, stored.Channel = hub.ChargeUnpaid, wire.OutPoint{}
 					doc = bytes.Clone(doc)
-					doc[hub.ChargeRecordStatus] = 'u'
-					clear(doc[hub.ChargeRecordChannel : hub.ChargeRecordChannel+opKeyLen])
+					doc[record.ChargeRecordStatus] = 'u'
+					clear(doc[record.ChargeRecordChannel : record.ChargeRecordChannel+opKeyLen])
 				case ch.owed > limit || amount > limit-ch.owed:
 					stored.Status = hub.ChargeUnpaid
 					doc = bytes.Clone(doc)
-					doc[hub.ChargeRecordStatus] = 'u'
+					doc[record.ChargeRecordStatus] = 'u'
 				default:
 					ch.owed += amount
 					ch.dirty = true
@@ -301,14 +302,14 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 		}
 		for i, p := range pos {
 			cur := log.Get(p)
-			if len(cur) < hub.ChargeRecordFixedLen {
-				return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], hub.ErrBadChargeRecord)
+			if len(cur) < record.ChargeFixedLen {
+				return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], record.ErrBadCharge)
 			}
-			if cur[hub.ChargeRecordStatus] == code {
+			if cur[record.ChargeRecordStatus] == code {
 				continue
 			}
 			next := bytes.Clone(cur)
-			next[hub.ChargeRecordStatus] = code
+			next[record.ChargeRecordStatus] = code
 			if err := log.Put(p, next); err != nil {
 				return err
 			}
@@ -347,7 +348,7 @@ func (s *Store) Charge(ctx context.Context, provider, eventID string) (hub.Charg
 			return fmt.Errorf("%w: charge %s/%s", hub.ErrNotFound, provider, eventID)
 		}
 		var err error
-		if c, err = hub.DecodeChargeRecord(tx.Bucket(bucketChargeLog).Get(pos)); err != nil {
+		if c, err = record.DecodeCharge(tx.Bucket(bucketChargeLog).Get(pos)); err != nil {
 			return fmt.Errorf("charge %s/%s: %w", provider, eventID, err)
 		}
 		return nil
@@ -392,7 +393,7 @@ func (s *Store) chargesBy(ctx context.Context, bucket []byte, party string, from
 				return fmt.Errorf("boltstore: charge index key %x has the wrong length", k)
 			}
 			pos := k[len(start):]
-			ch, err := hub.DecodeChargeRecord(log.Get(pos))
+			ch, err := record.DecodeCharge(log.Get(pos))
 			if err != nil {
 				return fmt.Errorf("charge at %x: %w", pos, err)
 			}
@@ -418,7 +419,7 @@ func owedIndex(tx *bolt.Tx) (*bolt.Bucket, error) {
 		return b, nil
 	}
 	err = log.ForEach(func(pos, v []byte) error {
-		if len(v) > hub.ChargeRecordStatus && v[hub.ChargeRecordStatus] == 'o' {
+		if len(v) > record.ChargeRecordStatus && v[record.ChargeRecordStatus] == 'o' {
 			return b.Put(bytes.Clone(pos), []byte{})
 		}
 		return nil
@@ -453,7 +454,7 @@ func (s *Store) OwedCharges(ctx context.Context) ([]hub.Charge, error) {
 			return nil
 		}
 		return idx.ForEach(func(pos, _ []byte) error {
-			c, err := hub.DecodeChargeRecord(log.Get(pos))
+			c, err := record.DecodeCharge(log.Get(pos))
 			if err != nil {
 				return fmt.Errorf("charge at %x: %w", pos, err)
 			}

@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // Contract buckets. They are created by the first write that needs them,
@@ -28,7 +29,7 @@ var _ hub.ContractStore = (*Store)(nil)
 // encodeTime maps to the smallest int64) sort first rather than last.
 func timeKey(t time.Time) []byte {
 	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(hub.UnixNano(t))^1<<63)
+	binary.BigEndian.PutUint64(b[:], uint64(record.UnixNano(t))^1<<63)
 	return b[:]
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
 )
 
 // Channels is what the channel, exposure and hold endpoints read of the
@@ -23,12 +24,12 @@ type Channels interface {
 	ListChannels(ctx context.Context, statuses ...hub.ChannelStatus) ([]hub.ChannelRecord, error)
 	ChannelsOf(ctx context.Context, deviceID string) ([]hub.ChannelRecord, error)
 	Channel(ctx context.Context, op wire.OutPoint) (hub.ChannelRecord, error)
-	Exposure(ctx context.Context) (hub.Exposure, error)
+	Exposure(ctx context.Context) (channels.Exposure, error)
 	Expiring(ctx context.Context, within uint32) (uint32, []hub.ChannelRecord, error)
 	HoldsOf(ctx context.Context, deviceID string) ([]hub.Hold, error)
 }
 
-var _ Channels = (*hub.Channels)(nil)
+var _ Channels = (*channels.Manager)(nil)
 
 // DefaultExpiringWithin is the window of GET /v1/channels/expiring without
 // ?within: one day of blocks.
@@ -232,8 +233,8 @@ func (c *Client) ChannelShow(ctx context.Context, outpoint string) (ChannelView,
 }
 
 // Exposure returns what the hub stands to lose if every device vanished.
-func (c *Client) Exposure(ctx context.Context) (hub.Exposure, error) {
-	var out hub.Exposure
+func (c *Client) Exposure(ctx context.Context) (channels.Exposure, error) {
+	var out channels.Exposure
 	return out, c.do(ctx, http.MethodGet, "/v1/exposure", nil, &out)
 }
 

@@ -12,6 +12,8 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 // Contracts is what the contract and income endpoints need: the contract
@@ -23,7 +25,7 @@ type Contracts interface {
 	Contract(ctx context.Context, h hub.Hash) (hub.ContractRecord, error)
 	Contracts(ctx context.Context) ([]hub.ContractRecord, error)
 	RecordEvent(ctx context.Context, kind, subject, actor string, detail any) (hub.AuditEntry, error)
-	Income(ctx context.Context, provider string, from, to time.Time) (hub.Income, error)
+	Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error)
 }
 
 // ContractsConfig joins the three parts of Contracts that live in
@@ -35,7 +37,7 @@ type ContractsConfig struct {
 		RecordEvent(ctx context.Context, kind, subject, actor string, detail any) (hub.AuditEntry, error)
 	}
 	Incomes interface {
-		Income(ctx context.Context, provider string, from, to time.Time) (hub.Income, error)
+		Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error)
 	}
 }
 
@@ -61,7 +63,7 @@ func (j joined) Contracts(ctx context.Context) ([]hub.ContractRecord, error) {
 func (j joined) RecordEvent(ctx context.Context, kind, subject, actor string, detail any) (hub.AuditEntry, error) {
 	return j.Auditor.RecordEvent(ctx, kind, subject, actor, detail)
 }
-func (j joined) Income(ctx context.Context, provider string, from, to time.Time) (hub.Income, error) {
+func (j joined) Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error) {
 	return j.Incomes.Income(ctx, provider, from, to)
 }
 
@@ -115,7 +117,7 @@ func (h *Handler) publishContract(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	if _, err := h.cfg.Contracts.RecordEvent(ctx, hub.AuditContractPublish, hash.String(), actorOf(r), map[string]any{
+	if _, err := h.cfg.Contracts.RecordEvent(ctx, registry.AuditContractPublish, hash.String(), actorOf(r), map[string]any{
 		"kind": rec.Kind, "id": rec.Name, "version": rec.Version,
 	}); err != nil {
 		h.fail(w, r, err)
@@ -206,7 +208,7 @@ func (c *Client) Contract(ctx context.Context, h hub.Hash) (hub.ContractRecord, 
 
 // Income returns a provider's income over charges recorded in [from, to);
 // zero times leave the bound to the hub's default.
-func (c *Client) Income(ctx context.Context, provider string, from, to time.Time) (hub.Income, error) {
+func (c *Client) Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error) {
 	q := url.Values{"provider": {provider}}
 	if !from.IsZero() {
 		q.Set("from", from.UTC().Format(time.RFC3339))
@@ -214,6 +216,6 @@ func (c *Client) Income(ctx context.Context, provider string, from, to time.Time
 	if !to.IsZero() {
 		q.Set("to", to.UTC().Format(time.RFC3339))
 	}
-	var out hub.Income
+	var out charging.Income
 	return out, c.do(ctx, http.MethodGet, "/v1/income?"+q.Encode(), nil, &out)
 }

@@ -14,25 +14,27 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 // incomesOf sums the store's charges as charging does.
 type incomesOf struct{ st *boltstore.Store }
 
-func (i incomesOf) Income(ctx context.Context, provider string, from, to time.Time) (hub.Income, error) {
+func (i incomesOf) Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error) {
 	cs, err := i.st.ChargesByProvider(ctx, provider, from, to)
-	return hub.IncomeOf(provider, from, to, cs), err
+	return charging.IncomeOf(provider, from, to, cs), err
 }
 
-func newContractAPI(t *testing.T) (*httpapi.Client, *hub.Registry, *boltstore.Store) {
+func newContractAPI(t *testing.T) (*httpapi.Client, *registry.Registry, *boltstore.Store) {
 	t.Helper()
 	store, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func TestContracts(t *testing.T) {
 	}
 	// Published once, audited once.
 	es, err := reg.Audit(ctx, 1, 10)
-	if err != nil || len(es) != 1 || es[0].Kind != hub.AuditContractPublish || es[0].Subject != rec.Hash.String() {
+	if err != nil || len(es) != 1 || es[0].Kind != registry.AuditContractPublish || es[0].Subject != rec.Hash.String() {
 		t.Fatalf("audit %+v %v", es, err)
 	}
 

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 // /healthz answers with every dependency named, whatever hangs: a check
@@ -29,7 +29,7 @@ func TestHealthAnswersWhateverHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 func TestSetPayout(t *testing.T) {
@@ -25,7 +26,7 @@ func TestSetPayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestSetPayout(t *testing.T) {
 		t.Fatalf("registry payout %x, %v", s, err)
 	}
 	audit, err := cl.Audit(ctx, 0, 100)
-	if err != nil || audit[len(audit)-1].Kind != hub.AuditPayout {
+	if err != nil || audit[len(audit)-1].Kind != registry.AuditPayout {
 		t.Fatalf("last audit entry %+v, %v", audit[len(audit)-1], err)
 	}
 

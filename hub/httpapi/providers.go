@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/metering"
 )
 
@@ -85,7 +86,7 @@ func (h *Handler) addProvider(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	status := http.StatusCreated
-	d, err := h.cfg.Registry.Enrol(ctx, hub.EnrolRequest{
+	d, err := h.cfg.Registry.Enrol(ctx, registry.EnrolRequest{
 		Key: q.PubKey, Roles: []hub.Role{hub.RoleProvider}, Owner: q.Owner, Kind: q.Kind,
 	}, actorOf(r))
 	if errors.Is(err, hub.ErrAlreadyExists) {

@@ -23,8 +23,11 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/webhook"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
@@ -58,7 +61,7 @@ func (f *fakeNATS) IssueNATS(_ context.Context, id string) (string, []byte, erro
 
 func (f *fakeNATS) NATSUsers(context.Context) (map[string]string, error) { return f.users, nil }
 
-func (noSessions) Session(string) (*hub.Session, bool) { return nil, false }
+func (noSessions) Session(string) (*session.Session, bool) { return nil, false }
 
 // fullAPI is an admin API with every optional part of httpapi.Config
 // configured, so its route table is the complete one: a real registry,
@@ -69,7 +72,7 @@ type fullAPI struct {
 	srv      *httptest.Server
 	h        *httpapi.Handler
 	store    *boltstore.Store
-	reg      *hub.Registry
+	reg      *registry.Registry
 	creds    *credfile.Store
 	credPath string
 }
@@ -82,7 +85,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +94,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 		t.Fatal(err)
 	}
 	hubKey, _ := btcec.NewPrivateKey()
-	chans, err := hub.NewChannels(hub.ChannelsConfig{
+	chans, err := channels.New(channels.Config{
 		Store: store, Devices: reg, Sessions: noSessions{}, Chain: fixedChain{height: 500},
 		HubKey: hubKey, PayoutScript: []byte{0x51}, Params: &chaincfg.RegressionNetParams,
 	})

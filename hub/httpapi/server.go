@@ -22,13 +22,15 @@ import (
 	"time"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Registry is what the admin API needs of the hub's registry.
 type Registry interface {
-	Enrol(ctx context.Context, q hub.EnrolRequest, actor string) (hub.Device, error)
+	Enrol(ctx context.Context, q registry.EnrolRequest, actor string) (hub.Device, error)
 	Revoke(ctx context.Context, id, actor, reason string) (hub.Device, error)
 	Rotate(ctx context.Context, id string, newKey hub.PubKey, sig []byte, actor string) (hub.Device, error)
 	Device(ctx context.Context, id string) (hub.Device, error)
@@ -174,7 +176,7 @@ func statusOf(err error) (int, string) {
 	case errors.Is(err, errForbidden):
 		return http.StatusForbidden, "forbidden"
 	case errors.Is(err, hub.ErrEpochConflict), errors.Is(err, settlement.ErrBadTransition),
-		errors.Is(err, hub.ErrRunOpen), errors.Is(err, hub.ErrSettlePending):
+		errors.Is(err, hub.ErrRunOpen), errors.Is(err, settler.ErrPending):
 		// A cut or run that lost a race with another, or a run asked
 		// for while one is under way.
 		return http.StatusConflict, "conflict"
@@ -332,7 +334,7 @@ func (h *Handler) addDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	d, err := h.cfg.Registry.Enrol(r.Context(), hub.EnrolRequest{
+	d, err := h.cfg.Registry.Enrol(r.Context(), registry.EnrolRequest{
 		Key: q.PubKey, Roles: q.Roles, Owner: q.Owner, Kind: q.Kind,
 	}, actorOf(r))
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 const token = "0123456789abcdef0123456789abcdef"
@@ -24,7 +25,7 @@ func newAPI(t *testing.T) (*httptest.Server, *httpapi.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}

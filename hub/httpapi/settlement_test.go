@@ -21,6 +21,8 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -166,7 +168,7 @@ func newSettleAPI(t *testing.T, s httpapi.Settlement) (*httptest.Server, *httpap
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +241,7 @@ func TestSettlementRunAndStatus(t *testing.T) {
 		}
 	})
 	t.Run("Conflict", func(t *testing.T) {
-		for _, e := range []error{hub.ErrEpochConflict, settlement.ErrBadTransition, hub.ErrRunOpen, hub.ErrSettlePending} {
+		for _, e := range []error{hub.ErrEpochConflict, settlement.ErrBadTransition, hub.ErrRunOpen, settler.ErrPending} {
 			f.settle = func() (settlement.Run, error) { return settlement.Run{}, fmt.Errorf("cut: %w", e) }
 			_, err := cl.Settle(ctx)
 			var api *httpapi.APIError

@@ -10,6 +10,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/storetest"
 )
 
@@ -170,7 +171,7 @@ func TestBadBodiesRefused(t *testing.T) {
 // allowed (as this API's are, for its loopback tests).
 func TestWebhookMetadataURLRefused(t *testing.T) {
 	a := newFullAPI(t)
-	d, err := a.reg.Enrol(context.Background(), hub.EnrolRequest{Key: storetest.NewKey(t), Roles: []hub.Role{hub.RoleProvider}}, "operator")
+	d, err := a.reg.Enrol(context.Background(), registry.EnrolRequest{Key: storetest.NewKey(t), Roles: []hub.Role{hub.RoleProvider}}, "operator")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,8 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/m2mhub/m2mhub/settlement"
 )
@@ -48,7 +50,7 @@ type SessionCounter interface {
 // ExposureReader sums what the hub stands to lose. *hub.Channels
 // satisfies it.
 type ExposureReader interface {
-	Exposure(ctx context.Context) (hub.Exposure, error)
+	Exposure(ctx context.Context) (channels.Exposure, error)
 }
 
 // ChannelLister lists channels by status. Both hub stores satisfy it.
@@ -125,8 +127,8 @@ type Metrics struct {
 }
 
 var (
-	_ hub.PayObserver    = (*Metrics)(nil)
-	_ hub.ChargeObserver = (*Metrics)(nil)
+	_ channels.PayObserver = (*Metrics)(nil)
+	_ charging.Observer    = (*Metrics)(nil)
 )
 
 // New builds the metrics and their registry, with the Go runtime and

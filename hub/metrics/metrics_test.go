@@ -16,6 +16,8 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/metering"
@@ -30,7 +32,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type lazyHub struct{ h *hubtest.Hub }
 
 func (l lazyHub) Sessions() int { return l.h.Server().Sessions() }
-func (l lazyHub) Exposure(ctx context.Context) (hub.Exposure, error) {
+func (l lazyHub) Exposure(ctx context.Context) (channels.Exposure, error) {
 	return l.h.Channels().Exposure(ctx)
 }
 func (l lazyHub) Channels(ctx context.Context, st ...hub.ChannelStatus) ([]hub.ChannelRecord, error) {
@@ -118,9 +120,9 @@ func TestMetricsMoveAfterPayment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hubtest.Start(t, hubtest.Config{Channels: func(c *hub.ChannelsConfig) { c.PayObserver = m }})
+	h := hubtest.Start(t, hubtest.Config{Channels: func(c *channels.Config) { c.PayObserver = m }})
 	l.h = h
-	met := h.StartMetering(t, hubtest.MeteringConfig{Charging: func(c *hub.ChargingConfig) { c.Observer = m }})
+	met := h.StartMetering(t, hubtest.MeteringConfig{Charging: func(c *charging.Config) { c.Observer = m }})
 	intake = met.Intake
 	lag = metrics.JetStreamLag(met.JS, metering.UsageStream, natsintake.DefaultConsumer)
 	srv := httptest.NewServer(m.Handler())
@@ -219,8 +221,8 @@ func TestMetricsMoveAfterPayment(t *testing.T) {
 		{"m2mhub_charged_msat_total", []string{"kind", "toll"}, 4_000},
 		{"m2mhub_events_charged_total", []string{"kind", "toll", "status", "unpaid"}, 1},
 		{"m2mhub_events_duplicate_total", nil, 2},
-		{"m2mhub_events_rejected_total", []string{"reason", hub.RejectUnknownContract}, 1},
-		{"m2mhub_events_unpaid_total", []string{"reason", hub.UnpaidNoChannel}, 1},
+		{"m2mhub_events_rejected_total", []string{"reason", charging.RejectUnknownContract}, 1},
+		{"m2mhub_events_unpaid_total", []string{"reason", charging.UnpaidNoChannel}, 1},
 		{"m2mhub_intake_charged_total", nil, 4},
 		{"m2mhub_intake_duplicates_total", nil, 2},
 	} {

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
@@ -41,12 +42,12 @@ func (s *Store) payerKey(payer string) string { return s.prefix + "chgy:" + paye
 // timeKey is t as 8 bytes that sort in time order (sign bit flipped).
 func timeKey(t time.Time) []byte {
 	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(hub.UnixNano(t))^1<<63)
+	binary.BigEndian.PutUint64(b[:], uint64(record.UnixNano(t))^1<<63)
 	return b[:]
 }
 
 func decodeCharge(doc string) (hub.Charge, error) {
-	return hub.DecodeChargeRecord([]byte(doc))
+	return record.DecodeCharge([]byte(doc))
 }
 
 // chargeID is the exactly-once key of a charge.
@@ -95,7 +96,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		if c.Status == hub.ChargeOwed && c.Channel != (wire.OutPoint{}) {
 			op = c.Channel.String()
 		}
-		args = append(args, id, hub.EncodeChargeRecord(c), op, fmtMsat(c.Amount), c.Provider, c.Payer,
+		args = append(args, id, record.EncodeCharge(c), op, fmtMsat(c.Amount), c.Provider, c.Payer,
 			string(timeKey(c.Charged))+id)
 	}
 	res, err := scriptReply(ctx, s.rdb, chargesScript, []string{s.chargesKey(), s.fundKey(), s.owedKey(), s.owedKey() + "seq"}, args...)
@@ -124,7 +125,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		}
 		c := cs[i]
 		c.Status = st
-		c.EventTime, c.Charged = hub.FromUnixNano(hub.UnixNano(c.EventTime)), hub.FromUnixNano(hub.UnixNano(c.Charged))
+		c.EventTime, c.Charged = record.FromUnixNano(record.UnixNano(c.EventTime)), record.FromUnixNano(record.UnixNano(c.Charged))
 		if len(r) > 2 && r[2] == 'x' {
 			c.Channel = wire.OutPoint{}
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 // Planter writes a device record and a key index entry for it straight
@@ -98,7 +99,7 @@ func testUnreadableRemoved(t *testing.T, s hub.Store, plant Planter) {
 		t.Fatalf("DeviceByKey(zero) error = %v, want ErrUnreadable", err)
 	}
 
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: s})
+	reg, err := registry.New(registry.Config{Store: s})
 	if err != nil {
 		t.Fatal(err)
 	}

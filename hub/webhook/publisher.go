@@ -11,7 +11,7 @@ import (
 
 	"github.com/btcsuite/btcd/wire"
 
-	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -20,14 +20,14 @@ import (
 // receipts.<provider>) as webhooks, so a provider back end gets what its
 // NATS consumer gets.
 type Publisher struct {
-	next hub.Publisher
+	next charging.Publisher
 	d    *Dispatcher
 }
 
-var _ hub.Publisher = (*Publisher)(nil)
+var _ charging.Publisher = (*Publisher)(nil)
 
 // NewPublisher wraps next.
-func NewPublisher(next hub.Publisher, d *Dispatcher) *Publisher {
+func NewPublisher(next charging.Publisher, d *Dispatcher) *Publisher {
 	return &Publisher{next: next, d: d}
 }
 
@@ -44,16 +44,16 @@ type Envelope struct {
 // as a webhook. Both are tried; the errors of both are returned.
 func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) error {
 	err := p.next.Publish(ctx, subject, data)
-	provider, ok := strings.CutPrefix(subject, hub.ReceiptsSubject(""))
+	provider, ok := strings.CutPrefix(subject, charging.ReceiptsSubject(""))
 	if !ok {
 		return err
 	}
-	var m hub.ProviderMessage
+	var m charging.ProviderMessage
 	if jerr := json.Unmarshal(data, &m); jerr != nil {
 		return errors.Join(err, fmt.Errorf("webhook: provider message: %w", jerr))
 	}
 	event := EventReceipt
-	if m.Kind == hub.ProviderMsgUnpaid {
+	if m.Kind == charging.ProviderMsgUnpaid {
 		event = EventUnpaid
 	}
 	body, jerr := json.Marshal(Envelope{Type: event, Provider: provider, Data: data})

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/webhook"
 )
 
@@ -244,8 +245,8 @@ func TestPublisherQueuesProviderMessages(t *testing.T) {
 	defer d.Close()
 	next := &recorder{}
 	p := webhook.NewPublisher(next, d)
-	msg, _ := json.Marshal(hub.ProviderMessage{Kind: hub.ProviderMsgUnpaid, Payer: "dev1", EventIDs: []string{"e1"}, Reason: hub.UnpaidNoChannel, StopService: "true"})
-	if err := p.Publish(t.Context(), hub.ReceiptsSubject("prov1"), msg); err != nil {
+	msg, _ := json.Marshal(charging.ProviderMessage{Kind: charging.ProviderMsgUnpaid, Payer: "dev1", EventIDs: []string{"e1"}, Reason: charging.UnpaidNoChannel, StopService: "true"})
+	if err := p.Publish(t.Context(), charging.ReceiptsSubject("prov1"), msg); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Publish(t.Context(), "usage.prov1", []byte(`{}`)); err != nil {
@@ -257,7 +258,7 @@ func TestPublisherQueuesProviderMessages(t *testing.T) {
 	if err := json.Unmarshal(h.body, &env); err != nil {
 		t.Fatal(err)
 	}
-	var got hub.ProviderMessage
+	var got charging.ProviderMessage
 	if err := json.Unmarshal(env.Data, &got); err != nil {
 		t.Fatal(err)
 	}

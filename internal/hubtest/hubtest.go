@@ -30,6 +30,9 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/regtest"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
@@ -67,11 +70,11 @@ type TB interface {
 type Config struct {
 	// Channels, when set, adjusts the channel manager's configuration
 	// after the harness filled it in. It runs again at every restart.
-	Channels func(*hub.ChannelsConfig)
+	Channels func(*channels.Config)
 	// Server, when set, adjusts the session server's configuration the
 	// same way. Addr and Key are reset afterwards, at restarts, so the
 	// hub keeps its address and identity.
-	Server func(*hub.ServerConfig)
+	Server func(*session.Config)
 	// Logger receives the hub's, btcd's and the clients' logs; nil
 	// discards them.
 	Logger *slog.Logger
@@ -96,9 +99,9 @@ type Hub struct {
 
 	mu    sync.Mutex
 	store *boltstore.Store
-	reg   *hub.Registry
-	srv   *hub.Server
-	ch    *hub.Channels
+	reg   *registry.Registry
+	srv   *session.Server
+	ch    *channels.Manager
 }
 
 // Start runs a hub for tb and stops it (and its btcd) in tb's cleanup. It
@@ -156,9 +159,9 @@ func Start(tb testing.TB, cfg Config) *Hub {
 // sessionsRef breaks the cycle between the server (which needs the channel
 // manager as its handler) and the manager (which needs the server's
 // sessions), as cmd/hubd's wiring does.
-type sessionsRef struct{ srv *hub.Server }
+type sessionsRef struct{ srv *session.Server }
 
-func (r *sessionsRef) Session(id string) (*hub.Session, bool) { return r.srv.Session(id) }
+func (r *sessionsRef) Session(id string) (*session.Session, bool) { return r.srv.Session(id) }
 
 // run opens the store and starts the registry, channel manager and server
 // listening on addr.
@@ -167,13 +170,13 @@ func (h *Hub) run(addr string) error {
 	if err != nil {
 		return err
 	}
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: st, Logger: h.log})
+	reg, err := registry.New(registry.Config{Store: st, Logger: h.log})
 	if err != nil {
 		_ = st.Close()
 		return err
 	}
 	ref := &sessionsRef{}
-	ccfg := hub.ChannelsConfig{
+	ccfg := channels.Config{
 		Store: st, Devices: reg, Sessions: ref, Chain: h.chain, HubKey: h.key,
 		PayoutScript: h.payout, Params: h.params, PollInterval: DefaultPollInterval,
 		MinExpiryDelta: DefaultMinExpiryDelta, SafetyMargin: DefaultSafetyMargin, Logger: h.log,
@@ -181,17 +184,17 @@ func (h *Hub) run(addr string) error {
 	if h.cfg.Channels != nil {
 		h.cfg.Channels(&ccfg)
 	}
-	ch, err := hub.NewChannels(ccfg)
+	ch, err := channels.New(ccfg)
 	if err != nil {
 		_ = st.Close()
 		return err
 	}
-	scfg := hub.ServerConfig{Auth: reg, Handler: ch, Logger: h.log}
+	scfg := session.Config{Auth: reg, Handler: ch, Logger: h.log}
 	if h.cfg.Server != nil {
 		h.cfg.Server(&scfg)
 	}
 	scfg.Addr, scfg.Key = addr, h.key
-	srv, err := hub.NewServer(scfg)
+	srv, err := session.New(scfg)
 	if err != nil {
 		_ = st.Close()
 		return err
@@ -269,7 +272,7 @@ func (h *Hub) Store() *boltstore.Store {
 }
 
 // Registry is the current run's registry; nil while the hub is stopped.
-func (h *Hub) Registry() *hub.Registry {
+func (h *Hub) Registry() *registry.Registry {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.reg
@@ -277,7 +280,7 @@ func (h *Hub) Registry() *hub.Registry {
 
 // Server is the current run's session server; nil while the hub is
 // stopped.
-func (h *Hub) Server() *hub.Server {
+func (h *Hub) Server() *session.Server {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.srv
@@ -285,7 +288,7 @@ func (h *Hub) Server() *hub.Server {
 
 // Channels is the current run's channel manager; nil while the hub is
 // stopped.
-func (h *Hub) Channels() *hub.Channels {
+func (h *Hub) Channels() *channels.Manager {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.ch
@@ -337,7 +340,7 @@ func (h *Hub) EnrolDevice(tb TB, roles ...hub.Role) (*btcec.PrivateKey, string) 
 		tb.Fatal("hubtest: hub stopped")
 	}
 	key := NewKey(tb)
-	d, err := reg.Enrol(tb.Context(), hub.EnrolRequest{Key: hub.PubKeyOf(key.PubKey()), Roles: roles}, "hubtest")
+	d, err := reg.Enrol(tb.Context(), registry.EnrolRequest{Key: hub.PubKeyOf(key.PubKey()), Roles: roles}, "hubtest")
 	if err != nil {
 		tb.Fatal(err)
 	}

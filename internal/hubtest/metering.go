@@ -13,6 +13,7 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
 )
@@ -24,7 +25,7 @@ type MeteringConfig struct {
 	NoSyncAlways bool
 	// Charging and Intake, when set, adjust the configurations after the
 	// harness filled them in.
-	Charging func(*hub.ChargingConfig)
+	Charging func(*charging.Config)
 	Intake   func(*natsintake.Config)
 }
 
@@ -39,7 +40,7 @@ type Metering struct {
 	Issuer   *natsembed.Issuer
 	Conn     *nats.Conn // the hub's own connection
 	JS       jetstream.JetStream
-	Charging *hub.Charging
+	Charging *charging.Service
 	Intake   *natsintake.Intake
 }
 
@@ -103,14 +104,14 @@ func (h *Hub) StartMetering(tb TB, cfg MeteringConfig) *Metering {
 	}
 
 	store := h.Store()
-	ccfg := hub.ChargingConfig{
+	ccfg := charging.Config{
 		Contracts: store, Charges: store, Devices: h.Registry(), Channels: h.Channels(),
 		Freezer: h.Registry(), Publisher: natsPublisher{m.JS}, Logger: h.log,
 	}
 	if cfg.Charging != nil {
 		cfg.Charging(&ccfg)
 	}
-	if m.Charging, err = hub.NewCharging(ccfg); err != nil {
+	if m.Charging, err = charging.New(ccfg); err != nil {
 		tb.Fatal(err)
 	}
 	m.Charging.Start()

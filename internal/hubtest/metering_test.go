@@ -14,6 +14,7 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/metering"
 )
@@ -38,7 +39,7 @@ type meterEnv struct {
 
 func newMeterEnv(tb testing.TB, payers int, batch int, price string) *meterEnv {
 	tb.Helper()
-	h := hubtest.Start(tb, hubtest.Config{Channels: func(c *hub.ChannelsConfig) {
+	h := hubtest.Start(tb, hubtest.Config{Channels: func(c *channels.Config) {
 		c.CreditLimit = 10_000_000 // events in flight between two payments
 	}})
 	m := h.StartMetering(tb, hubtest.MeteringConfig{})

@@ -10,6 +10,10 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/cosign"
+	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -21,7 +25,7 @@ type Settling struct {
 	h *Hub
 	// Cosigners reach the devices over their sessions; they follow the
 	// hub across restarts.
-	Cosigners *hub.SessionCosigners
+	Cosigners *cosign.Cosigners
 	// RevenueKey and RevenueScript receive the hub's revenue.
 	RevenueKey    *btcec.PrivateKey
 	RevenueScript []byte
@@ -39,14 +43,14 @@ func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 		tb.Fatal(err)
 	}
 	ref := &liveHub{}
-	st.Cosigners, err = hub.NewSessionCosigners(hub.SessionCosignersConfig{
+	st.Cosigners, err = cosign.New(cosign.Config{
 		Sessions: ref, Channels: ref, Runs: ref, PollInterval: 50 * time.Millisecond, Logger: cfg.Logger,
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	inner := cfg.Server
-	cfg.Server = func(sc *hub.ServerConfig) {
+	cfg.Server = func(sc *session.Config) {
 		if inner != nil {
 			inner(sc)
 		}
@@ -64,10 +68,10 @@ func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 // channel manager, registry), closed in tb's cleanup. mod, when set,
 // adjusts its configuration. It is not started: tests drive it with
 // Settle and Poll.
-func (st *Settling) NewSettlement(tb TB, mod func(*hub.SettlementConfig)) *hub.Settlement {
+func (st *Settling) NewSettlement(tb TB, mod func(*settler.Config)) *settler.Service {
 	tb.Helper()
 	h := st.h
-	cfg := hub.SettlementConfig{
+	cfg := settler.Config{
 		Store: h.Store(), Channels: h.Channels(), Chain: h.Chain(), Cosigners: st.Cosigners,
 		Payouts: h.Registry(), AuditHead: auditHead(h),
 		RevenueScript: st.RevenueScript, RevenueKey: st.RevenueKey,
@@ -76,7 +80,7 @@ func (st *Settling) NewSettlement(tb TB, mod func(*hub.SettlementConfig)) *hub.S
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := hub.NewSettlement(cfg)
+	s, err := settler.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -86,7 +90,7 @@ func (st *Settling) NewSettlement(tb TB, mod func(*hub.SettlementConfig)) *hub.S
 
 // Confirm mines a block at a time and polls s until the epoch's run is
 // confirmed, failing the test after 20 blocks.
-func (st *Settling) Confirm(tb TB, s *hub.Settlement, epoch uint64) settlement.Run {
+func (st *Settling) Confirm(tb TB, s *settler.Service, epoch uint64) settlement.Run {
 	tb.Helper()
 	for range 20 {
 		st.h.Mine(tb, 1)
@@ -122,7 +126,7 @@ type liveHub struct{ h *Hub }
 
 func (l *liveHub) set(h *Hub) { l.h = h }
 
-func (l *liveHub) Session(id string) (*hub.Session, bool) {
+func (l *liveHub) Session(id string) (*session.Session, bool) {
 	if l.h == nil {
 		return nil, false
 	}
@@ -135,14 +139,14 @@ func (l *liveHub) Session(id string) (*hub.Session, bool) {
 
 func (l *liveHub) Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error) {
 	if l.h == nil || l.h.Channels() == nil {
-		return hub.ChannelRecord{}, hub.ErrChannelsClosed
+		return hub.ChannelRecord{}, channels.ErrClosed
 	}
 	return l.h.Channels().Channel(ctx, op)
 }
 
 func (l *liveHub) Runs(ctx context.Context, limit int) ([]settlement.Run, error) {
 	if l.h == nil || l.h.Store() == nil {
-		return nil, hub.ErrChannelsClosed
+		return nil, channels.ErrClosed
 	}
 	return l.h.Store().Runs(ctx, limit)
 }

@@ -13,7 +13,9 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/m2mhub/m2mhub/metering/natsintake"
@@ -30,7 +32,7 @@ type env struct {
 	dir      string
 	srv      *natsembed.Server
 	issuer   *natsembed.Issuer
-	reg      *hub.Registry
+	reg      *registry.Registry
 	hubSeed  string // path of the hub's nkey seed file
 	nc       *nats.Conn
 	js       jetstream.JetStream
@@ -82,12 +84,12 @@ func newEnv(tb testing.TB, syncAlways bool) *env {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { store.Close() })
-	e.reg, err = hub.NewRegistry(hub.RegistryConfig{Store: store})
+	e.reg, err = registry.New(registry.Config{Store: store})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	pk, _ := btcec.NewPrivateKey()
-	e.payer, err = e.reg.Enrol(ctx, hub.EnrolRequest{Key: hub.PubKeyOf(pk.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
+	e.payer, err = e.reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(pk.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func (e *env) addProvider() provider {
 	e.t.Helper()
 	ctx := context.Background()
 	key, _ := btcec.NewPrivateKey()
-	d, err := e.reg.Enrol(ctx, hub.EnrolRequest{Key: hub.PubKeyOf(key.PubKey()), Roles: []hub.Role{hub.RoleProvider}}, "test")
+	d, err := e.reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(key.PubKey()), Roles: []hub.Role{hub.RoleProvider}}, "test")
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -347,7 +349,7 @@ func (c *charger) total() int {
 // The hub's parts satisfy the interfaces the intake and the admin API
 // declare, so hubd can wire them directly.
 var (
-	_ natsintake.Providers        = (*hub.Registry)(nil)
-	_ natsintake.Charger          = (*hub.Charging)(nil)
+	_ natsintake.Providers        = (*registry.Registry)(nil)
+	_ natsintake.Charger          = (*charging.Service)(nil)
 	_ httpapi.ProviderCredentials = (*natsembed.Issuer)(nil)
 )

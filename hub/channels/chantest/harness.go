@@ -1,0 +1,367 @@
+package chantest
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/btcsuite/btcd/btcutil"
+	"github.com/btcsuite/btcd/chaincfg"
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
+	"github.com/btcsuite/btcd/txscript"
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/brontide"
+	"github.com/lightningnetwork/lnd/keychain"
+	"github.com/lightningnetwork/lnd/lnwire"
+	"go.uber.org/goleak"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
+)
+
+// fakeChain is a test-only stand-in for the chain adapter in unit tests of
+// the channel manager; the regtest test uses the real btcd node.
+type FakeChain struct {
+	Mu     sync.Mutex
+	height int32
+	Outs   map[btcwire.OutPoint]btcdchain.TxOut
+	Confs  map[chainhash.Hash]int64
+	Sent   []*btcwire.MsgTx
+}
+
+func NewFakeChain(height int32) *FakeChain {
+	return &FakeChain{height: height, Outs: map[btcwire.OutPoint]btcdchain.TxOut{}, Confs: map[chainhash.Hash]int64{}}
+}
+
+func (f *FakeChain) BlockCount(context.Context) (int32, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	return f.height, nil
+}
+
+func (f *FakeChain) TxOut(_ context.Context, op btcwire.OutPoint, _ bool) (btcdchain.TxOut, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	o, ok := f.Outs[op]
+	if !ok {
+		return btcdchain.TxOut{}, btcdchain.ErrNotFound
+	}
+	return o, nil
+}
+
+func (f *FakeChain) Confirmations(_ context.Context, txid chainhash.Hash) (int64, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	n, ok := f.Confs[txid]
+	if !ok {
+		return 0, btcdchain.ErrNotFound
+	}
+	return n, nil
+}
+
+func (f *FakeChain) SendRawTransaction(_ context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error) {
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	f.Sent = append(f.Sent, tx)
+	f.Confs[tx.TxHash()] = 0
+	return tx.TxHash(), nil
+}
+
+// fund pays value to pkScript in a made-up transaction with confs
+// confirmations and returns the outpoint.
+func (f *FakeChain) Fund(value btcutil.Amount, pkScript []byte, confs int64) btcwire.OutPoint {
+	var op btcwire.OutPoint
+	_, _ = rand.Read(op.Hash[:])
+	f.Mu.Lock()
+	defer f.Mu.Unlock()
+	f.Outs[op] = btcdchain.TxOut{Value: value, PkScript: pkScript, Confirmations: confs}
+	return op
+}
+
+// sessionsRef breaks the construction cycle between the server (which needs
+// its handler) and the channel manager (which needs the server's sessions),
+// as hubd's wiring must too.
+type SessionsRef struct{ Srv *session.Server }
+
+func (r *SessionsRef) Session(id string) (*session.Session, bool) { return r.Srv.Session(id) }
+
+// harness is a hub with a real bbolt store, a real registry, a real BOLT 8
+// server, and the channel manager as its handler.
+type Harness struct {
+	T      testing.TB
+	HubKey *btcec.PrivateKey
+	Store  *boltstore.Store
+	Reg    *registry.Registry
+	Srv    *session.Server
+	Ch     *channels.Manager
+	Chain  channels.Chain
+	Params *chaincfg.Params
+}
+
+func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config), storeOpts ...func(*boltstore.Config)) *Harness {
+	tb.Helper()
+	scfg := boltstore.Config{Path: tb.TempDir()}
+	for _, o := range storeOpts {
+		o(&scfg)
+	}
+	st, err := boltstore.New(scfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = st.Close() })
+	reg, err := registry.New(registry.Config{Store: st, Logger: Quiet()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := &Harness{T: tb, HubKey: MustKey(tb), Store: st, Reg: reg, Chain: chain, Params: &chaincfg.RegressionNetParams}
+	payout, err := txscript.PayToTaprootScript(txscript.ComputeTaprootKeyNoScript(MustKey(tb).PubKey()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ref := &SessionsRef{}
+	cfg := channels.Config{
+		Store: st, Devices: reg, Sessions: ref, Chain: chain, HubKey: h.HubKey,
+		PayoutScript: payout, Params: h.Params, PollInterval: 50 * time.Millisecond,
+		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6,
+		Logger: Quiet(),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h.Ch, err = channels.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.Srv, err = session.New(session.Config{
+		Addr: "127.0.0.1:0", Key: h.HubKey, Auth: reg, Handler: h.Ch, Logger: Quiet(),
+		PingInterval: time.Hour, PongTimeout: time.Hour,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ref.Srv = h.Srv
+	h.Ch.Start()
+	tb.Cleanup(func() {
+		_ = h.Srv.Close()
+		_ = h.Ch.Close()
+	})
+	return h
+}
+
+func MustKey(tb testing.TB) *btcec.PrivateKey {
+	tb.Helper()
+	k, err := btcec.NewPrivateKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+// device is a minimal device-side driver speaking internal/wire directly
+// over a BOLT 8 connection.
+type Device struct {
+	T    testing.TB
+	Key  *btcec.PrivateKey
+	ID   string
+	Conn *brontide.Conn
+	In   chan lnwire.Message
+	Done chan struct{}
+}
+
+// enrol registers a device with roles and connects it.
+func (h *Harness) Enrol(roles ...hub.Role) *Device {
+	h.T.Helper()
+	key := MustKey(h.T)
+	d, err := h.Reg.Enrol(context.Background(), registry.EnrolRequest{Key: hub.PubKeyOf(key.PubKey()), Roles: roles}, "test")
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	return h.Connect(key, d.ID)
+}
+
+func (h *Harness) Connect(key *btcec.PrivateKey, id string) *Device {
+	h.T.Helper()
+	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
+		&lnwire.NetAddress{IdentityKey: h.HubKey.PubKey(), Address: h.Srv.Addr().(*net.TCPAddr)},
+		5*time.Second, net.DialTimeout)
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	dev := &Device{T: h.T, Key: key, ID: id, Conn: c, In: make(chan lnwire.Message, 256), Done: make(chan struct{})}
+	h.T.Cleanup(func() {
+		_ = c.Close()
+		<-dev.Done
+	})
+	dev.Send(wire.NewInit())
+	go dev.read()
+	if _, ok := dev.Next(5 * time.Second).(*lnwire.Init); !ok {
+		h.T.Fatal("hub did not answer init")
+	}
+	// The session is registered just after the Init reply is queued.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if _, ok := h.Srv.Session(id); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			h.T.Fatal("session not registered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return dev
+}
+
+func (d *Device) read() {
+	defer close(d.Done)
+	defer close(d.In)
+	for {
+		m, err := wire.ReadMessage(d.Conn, wire.MaxMessageSize)
+		if err != nil {
+			return
+		}
+		if _, ok := m.(*lnwire.Ping); ok {
+			continue
+		}
+		d.In <- m
+	}
+}
+
+func (d *Device) Send(m lnwire.Message) {
+	d.T.Helper()
+	_ = d.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := wire.WriteMessage(d.Conn, m); err != nil {
+		d.T.Fatalf("send %T: %v", m, err)
+	}
+}
+
+// next returns the next message from the hub, failing the test after
+// within.
+func (d *Device) Next(within time.Duration) lnwire.Message {
+	d.T.Helper()
+	select {
+	case m, ok := <-d.In:
+		if !ok {
+			d.T.Fatal("hub closed the connection")
+		}
+		return m
+	case <-time.After(within):
+		d.T.Fatalf("nothing from the hub within %v", within)
+	}
+	return nil
+}
+
+// expect reads the next message and requires it to be a T.
+func Expect[T lnwire.Message](d *Device) T {
+	d.T.Helper()
+	m := d.Next(5 * time.Second)
+	v, ok := m.(T)
+	if !ok {
+		if ce, isErr := m.(*wire.ChannelError); isErr {
+			d.T.Fatalf("got ChannelError %s, want %T", ce.Error(), v)
+		}
+		if le, isErr := m.(*lnwire.Error); isErr {
+			d.T.Fatalf("got Error %s, want %T", wire.ParseError(le).Error(), v)
+		}
+		d.T.Fatalf("got %T, want %T", m, v)
+	}
+	return v
+}
+
+// devChannel is the device's view of one channel.
+type Channel struct {
+	Op   btcwire.OutPoint
+	Out  *channel.Output
+	Seq  uint64
+	Paid lnwire.MilliSatoshi
+	Pend [32]byte
+}
+
+// offer opens a channel and returns the hub's offer.
+func (d *Device) Offer(capacity btcutil.Amount, expiry uint32) (*wire.ChannelOffer, *channel.Output) {
+	d.T.Helper()
+	d.Send(&wire.OpenChannel{ReqID: 1, Capacity: capacity, Expiry: expiry})
+	off := Expect[*wire.ChannelOffer](d)
+	out, err := channel.NewOutput(channel.Params{DeviceKey: d.Key.PubKey(), HubKey: off.HubChanKey, Capacity: capacity, Expiry: expiry})
+	if err != nil {
+		d.T.Fatal(err)
+	}
+	if string(out.PkScript()) != string(off.PkScript) {
+		d.T.Fatal("offer's pk script is not the channel output of its params")
+	}
+	return off, out
+}
+
+// open runs open → fund (on the fake chain, already deep enough) → ready.
+func (d *Device) Open(f *FakeChain, capacity btcutil.Amount, expiry uint32) *Channel {
+	d.T.Helper()
+	off, out := d.Offer(capacity, expiry)
+	op := f.Fund(capacity, off.PkScript, 1)
+	d.Send(&wire.ChannelFunded{PendingID: off.PendingID, Outpoint: op})
+	r := Expect[*wire.ChannelReady](d)
+	if r.Outpoint != op {
+		d.T.Fatalf("ready for %v, funded %v", r.Outpoint, op)
+	}
+	return &Channel{Op: op, Out: out, Pend: off.PendingID}
+}
+
+// payMsg builds a signed Pay of amount on top of the device's state.
+func (d *Device) PayMsg(c *Channel, seq uint64, paid lnwire.MilliSatoshi, amount lnwire.MilliSatoshi, payee string) *wire.Pay {
+	d.T.Helper()
+	st := channel.State{ChannelID: c.Op, Seq: seq, Paid: paid}
+	var sig [64]byte
+	if paid <= c.Out.Params().MaxPaid() {
+		s, err := c.Out.SignClaim(d.Key, st)
+		if err != nil {
+			d.T.Fatal(err)
+		}
+		copy(sig[:], s.Serialize())
+	}
+	return &wire.Pay{ChanID: c.Op, Seq: seq, Paid: paid, Amount: amount, Payee: payee, Sig: sig}
+}
+
+// pay pays amount to payee and requires the PayAck.
+func (d *Device) Pay(c *Channel, amount lnwire.MilliSatoshi, payee string) *wire.PayAck {
+	d.T.Helper()
+	d.Send(d.PayMsg(c, c.Seq+1, c.Paid+amount, amount, payee))
+	ack := Expect[*wire.PayAck](d)
+	c.Seq++
+	c.Paid += amount
+	if ack.Seq != c.Seq || ack.ChanID != c.Op {
+		d.T.Fatalf("ack for %v/%d, want %v/%d", ack.ChanID, ack.Seq, c.Op, c.Seq)
+	}
+	return ack
+}
+
+// refusal reads the next message and requires a ChannelError with code.
+func Refusal(d *Device, code wire.ChanCode) *wire.ChannelError {
+	d.T.Helper()
+	ce := Expect[*wire.ChannelError](d)
+	if ce.Code != code {
+		d.T.Fatalf("refused with %q (%s), want %q", ce.Code, ce.Message, code)
+	}
+	return ce
+}
+
+// CheckLeaks fails t if goroutines started during it outlive it.
+func CheckLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// TestHeight is the fake chain's starting height in the channel tests.
+const TestHeight = 1000

@@ -1,0 +1,259 @@
+package channels
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// ErrDeviceOffline is returned by RequestPayment when the payer has no live
+// session to ask.
+var ErrDeviceOffline = errors.New("hub: device not connected")
+
+// ChargeListener hears how the payment requests sent by RequestPayment end.
+// Channels calls it with a channel's lock held, so implementations must
+// only queue the news and return.
+type ChargeListener interface {
+	// ChargePaid reports that the device paid request reqID; receipt is
+	// the hub-signed, version-2 receipt encoding it was acknowledged with.
+	ChargePaid(reqID uint64, receipt []byte)
+	// ChargeRefused reports that the device refused request reqID (its
+	// spending policy said no), with the device's code and message.
+	ChargeRefused(reqID uint64, code wire.ChanCode, message string)
+}
+
+// ChargeRequest is a payment the hub asks a payer for, covering metered
+// charges: one request, one device signature, many events.
+type PaymentRequest struct {
+	Payer, Payee string
+	Channel      btcwire.OutPoint
+	Amount       lnwire.MilliSatoshi
+	// Contract, EventsRoot and EventCount go into the version-2 receipt
+	// (channel.EventsRoot over the covered event ids).
+	Contract   [32]byte
+	EventsRoot [32]byte
+	EventCount uint32
+	Memo       string
+}
+
+// chargeBook is the Channels' record of payment requests sent for charges,
+// until the device pays or refuses them or the requester cancels them. Its
+// zero value is ready to use.
+type chargeBook struct {
+	mu       sync.Mutex
+	reqs     map[uint64]*PaymentRequest
+	listener ChargeListener
+}
+
+// SetChargeListener names who hears about paid and refused charge requests.
+// It is set once at wiring time, before RequestPayment is first called.
+func (c *Manager) SetChargeListener(l ChargeListener) {
+	c.charges.mu.Lock()
+	c.charges.listener = l
+	c.charges.mu.Unlock()
+}
+
+// CreditLimit is the per-channel bound on service given on credit
+// (invariant I1); charging records charges against it.
+func (c *Manager) CreditLimit() lnwire.MilliSatoshi { return c.cfg.CreditLimit }
+
+// PayerChannel returns the ready channel of payer with the most free
+// capacity, where its charges are recorded. It returns an error wrapping
+// ErrNotFound when the payer has no ready channel.
+func (c *Manager) PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error) {
+	recs, err := c.store.ChannelsByDevice(ctx, payer)
+	if err != nil {
+		return btcwire.OutPoint{}, err
+	}
+	var (
+		best     btcwire.OutPoint
+		bestFree lnwire.MilliSatoshi
+		found    bool
+	)
+	for _, r := range recs {
+		if r.Status != hub.ChannelReady {
+			continue
+		}
+		e, err := c.entry(ctx, r.Funding)
+		if err != nil {
+			return btcwire.OutPoint{}, err
+		}
+		e.mu.Lock()
+		free, ready := e.free(), e.rec.Status == hub.ChannelReady
+		e.mu.Unlock()
+		if ready && (!found || free > bestFree) {
+			best, bestFree, found = r.Funding, free, true
+		}
+	}
+	if !found {
+		return btcwire.OutPoint{}, fmt.Errorf("%w: payer %s has no ready channel", hub.ErrNotFound, payer)
+	}
+	return best, nil
+}
+
+// ChannelOwed returns what is owed on the channel funded by op and whether
+// the channel is ready to take payments. Charging uses it after a restart
+// to tell reloaded owed charges that were paid from those still owed. It
+// returns an error wrapping ErrNotFound for an unknown channel.
+func (c *Manager) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error) {
+	e, err := c.entry(ctx, op)
+	if err != nil {
+		return 0, false, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rec.Owed, e.rec.Status == hub.ChannelReady, nil
+}
+
+// RecordCharges writes charges through store.RecordCharges with the
+// channels' credit limit, holding the lock of every channel the owed
+// charges name, and raises the cached Owed of each by what was recorded as
+// owed. Holding the locks keeps a concurrent payment on the same channel
+// from writing an Owed computed before the charges raised it.
+func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error) {
+	var ops []btcwire.OutPoint
+	for i := range cs {
+		if cs[i].Status == hub.ChargeOwed && cs[i].Channel != (btcwire.OutPoint{}) {
+			ops = append(ops, cs[i].Channel)
+		}
+	}
+	slices.SortFunc(ops, func(a, b btcwire.OutPoint) int {
+		if d := slices.Compare(a.Hash[:], b.Hash[:]); d != 0 {
+			return d
+		}
+		return cmp.Compare(a.Index, b.Index)
+	})
+	ops = slices.Compact(ops)
+	entries := make(map[btcwire.OutPoint]*chanEntry, len(ops))
+	for _, op := range ops {
+		e, err := c.entry(ctx, op)
+		if err != nil {
+			for _, held := range entries {
+				held.mu.Unlock()
+			}
+			return nil, fmt.Errorf("hub: charge channel %v: %w", op, err)
+		}
+		// Sorted order: two recorders never wait on each other.
+		e.mu.Lock()
+		entries[op] = e
+	}
+	defer func() {
+		for _, e := range entries {
+			e.mu.Unlock()
+		}
+	}()
+	res, err := store.RecordCharges(ctx, cs, c.cfg.CreditLimit)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range res {
+		if r.Duplicate || r.Stored.Status != hub.ChargeOwed {
+			continue
+		}
+		if e := entries[r.Stored.Channel]; e != nil {
+			e.rec.Owed += r.Stored.Amount
+		}
+	}
+	return res, nil
+}
+
+// RequestPayment asks the payer to pay r over its session and returns the
+// request id its Pay must name. The payment's receipt is version 2 (it names
+// r's contract and events) and the ChargeListener hears when it is paid or
+// refused. It returns ErrDeviceOffline when the payer is not connected.
+func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64, error) {
+	if r.Amount == 0 || r.EventCount == 0 {
+		return 0, fmt.Errorf("%w: charge request of %d msat for %d events", hub.ErrInvalid, uint64(r.Amount), r.EventCount)
+	}
+	id := c.newReqID()
+	req := r
+	c.charges.mu.Lock()
+	if c.charges.reqs == nil {
+		c.charges.reqs = make(map[uint64]*PaymentRequest)
+	}
+	c.charges.reqs[id] = &req
+	c.charges.mu.Unlock()
+	sent := c.send(ctx, r.Payer, &wire.PaymentRequest{
+		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo,
+	})
+	if !sent {
+		c.CancelPayment(id)
+		return 0, fmt.Errorf("%w: %s", ErrDeviceOffline, r.Payer)
+	}
+	return id, nil
+}
+
+// CancelPayment forgets a charge request: a later Pay naming it is a plain
+// payment (it still lowers the channel's Owed) and nobody is told.
+func (c *Manager) CancelPayment(reqID uint64) {
+	c.charges.mu.Lock()
+	delete(c.charges.reqs, reqID)
+	c.charges.mu.Unlock()
+}
+
+// chargeRequest finds the charge request payment m answers: the one it
+// names, for the same channel, payer, payee and amount, without a hold.
+func (c *Manager) chargeRequest(payer string, m *wire.Pay) (uint64, *PaymentRequest) {
+	if m.ReqID == nil || m.HoldID != nil {
+		return 0, nil
+	}
+	c.charges.mu.Lock()
+	defer c.charges.mu.Unlock()
+	r := c.charges.reqs[*m.ReqID]
+	if r == nil || r.Payer != payer || r.Payee != m.Payee || r.Channel != m.ChanID || r.Amount != m.Amount {
+		return 0, nil
+	}
+	return *m.ReqID, r
+}
+
+// chargeMeta fills the version-2 fields of a receipt for a charge payment.
+func chargeMeta(r *channel.Receipt, cr *PaymentRequest) {
+	if cr == nil {
+		return
+	}
+	r.Contract, r.EventsRoot, r.EventCount = cr.Contract, cr.EventsRoot, cr.EventCount
+}
+
+// chargePaid settles a charge request once its payment is durable; only the
+// first payment answering it is reported.
+func (c *Manager) chargePaid(id uint64, receipt []byte) {
+	c.charges.mu.Lock()
+	_, ok := c.charges.reqs[id]
+	delete(c.charges.reqs, id)
+	l := c.charges.listener
+	c.charges.mu.Unlock()
+	if ok && l != nil {
+		l.ChargePaid(id, receipt)
+	}
+}
+
+// chargeRefused handles a device's refusal of a charge request, reporting
+// whether m was about one.
+func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
+	if m.ReqID == nil || m.HoldID != nil {
+		return false
+	}
+	c.charges.mu.Lock()
+	r, ok := c.charges.reqs[*m.ReqID]
+	if ok && r.Payer == deviceID {
+		delete(c.charges.reqs, *m.ReqID)
+	} else {
+		ok = false
+	}
+	l := c.charges.listener
+	c.charges.mu.Unlock()
+	if ok && l != nil {
+		l.ChargeRefused(*m.ReqID, m.Code, m.Message)
+	}
+	return ok
+}

@@ -1,0 +1,258 @@
+package channels
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2/schnorr"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// Pay handles one payment of device payer: every check of the protocol, in
+// the protocol's order, then the durable write, and only then the
+// acknowledgement with the hub-signed receipt. It is the hub's hot path:
+// the signature check (about 110 µs) and the store's group-committed write
+// run under the channel's own lock only, so payments on different channels
+// proceed in parallel. A refusal is returned as a *wire.ChannelError; the
+// caller delivers the PayAck and the payee's ReceiptNotice.
+func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.PayAck, error) {
+	if !c.allow(payer) {
+		return nil, refuse(wire.ChanRateLimited, "more than %d payments/s", c.cfg.PayRate)
+	}
+	e, err := c.entry(ctx, m.ChanID)
+	if errors.Is(err, hub.ErrNotFound) {
+		return nil, refuse(wire.ChanUnknownChannel, "no channel %v", m.ChanID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	if e.rec.DeviceID != payer {
+		return nil, refuse(wire.ChanNotOwner, "channel belongs to another device")
+	}
+	if e.rec.Status != hub.ChannelReady {
+		return nil, refuse(statusCode(e.rec.Status), "channel is %s", e.rec.Status)
+	}
+	if c.closeUnderWay(e) {
+		return nil, refuse(wire.ChanClosing, "a cooperative close is being negotiated")
+	}
+	cur := e.state()
+	next := channel.State{ChannelID: m.ChanID, Seq: m.Seq, Paid: m.Paid}
+	if err := e.out.Params().CheckUpdate(cur, next); err != nil {
+		return nil, refuse(updateCode(err), "%v", err)
+	}
+	if m.Amount == 0 || m.Amount != m.Paid-cur.Paid {
+		return nil, refuse(wire.ChanBadAmount, "amount %d msat, paid moves by %d msat",
+			uint64(m.Amount), uint64(m.Paid-cur.Paid))
+	}
+	if err := c.checkPayee(ctx, m.Payee); err != nil {
+		return nil, err
+	}
+	owed := e.rec.Owed
+	if owed > m.Amount {
+		owed -= m.Amount
+	} else {
+		owed = 0
+	}
+	if used := m.Paid + owed + e.reserved(m.HoldID); used > e.out.Params().MaxPaid() {
+		return nil, refuse(wire.ChanOverCapacity, "paid, owed and holds reach %d msat of %d",
+			uint64(used), uint64(e.out.Params().MaxPaid()))
+	}
+	req := c.matchRequest(e, m)
+	chargeID, chargeReq := c.chargeRequest(payer, m)
+	capture := m.HoldID
+	if req != nil && req.onCredit {
+		// The capture this pays was charged on credit already; the
+		// payment settles the credit and must not capture twice.
+		capture = nil
+	}
+	if m.HoldID != nil {
+		if err := c.checkHoldPayment(ctx, e, m, capture != nil); err != nil {
+			return nil, err
+		}
+	}
+	sig, err := schnorr.ParseSignature(m.Sig[:])
+	if err != nil {
+		return nil, refuse(wire.ChanBadSignature, "malformed signature")
+	}
+	if err := e.out.VerifyClaim(next, sig); err != nil {
+		return nil, refuse(wire.ChanBadSignature, "signature does not claim this state")
+	}
+
+	now := c.clock.Now()
+	receipt, err := c.receipt(e, m, now, chargeReq)
+	if err != nil {
+		return nil, err
+	}
+	err = c.store.ApplyPayment(ctx, hub.PaymentUpdate{
+		Channel: m.ChanID, Seq: m.Seq, Paid: m.Paid, DeviceSig: m.Sig, Owed: owed,
+		HoldID: capture, Amount: m.Amount, Receipt: receipt, Time: now,
+	})
+	switch {
+	case errors.Is(err, hub.ErrSeqConflict):
+		// Another writer (another hubd on the same store) moved the
+		// channel; resynchronise the cache and let the device retry.
+		if fresh, rerr := c.store.Channel(ctx, m.ChanID); rerr == nil {
+			e.rec = fresh
+		}
+		return nil, refuse(wire.ChanStaleState, "channel state moved; current seq %d", e.rec.Seq)
+	case errors.Is(err, hub.ErrHoldConflict):
+		return nil, refuse(wire.ChanHoldExceeded, "hold has less left than %d msat", uint64(m.Amount))
+	case errors.Is(err, hub.ErrNotFound):
+		return nil, refuse(wire.ChanUnknownChannel, "no channel %v", m.ChanID)
+	case err != nil:
+		return nil, fmt.Errorf("hub: apply payment %v/%d: %w", m.ChanID, m.Seq, err)
+	}
+
+	// Durable: only now does the cache move, so it never runs ahead of
+	// the store.
+	e.rec.Seq, e.rec.Paid, e.rec.DeviceSig, e.rec.Owed, e.rec.UpdatedAt = m.Seq, m.Paid, m.Sig, owed, now.UTC()
+	if capture != nil {
+		if h := e.holds[*capture]; h != nil {
+			h.Captured += m.Amount
+		}
+	}
+	if req != nil {
+		c.answered(e, req)
+	}
+	if chargeReq != nil {
+		c.chargePaid(chargeID, receipt)
+	}
+	return &wire.PayAck{ChanID: m.ChanID, Seq: m.Seq, Receipt: receipt}, nil
+}
+
+// payeeTTL is how long a payee found to be an active provider is trusted
+// without asking the registry again. Decoding a device record parses its
+// key (a square root on the curve), which would otherwise cost each
+// payment as much as a fifth of its signature check.
+const payeeTTL = time.Second
+
+// checkPayee refuses a payee that is not an active, registered provider.
+func (c *Manager) checkPayee(ctx context.Context, payee string) error {
+	now := c.clock.Now()
+	if v, ok := c.payees.Load(payee); ok && now.Before(v.(time.Time)) {
+		return nil
+	}
+	d, err := c.cfg.Devices.Device(ctx, payee)
+	if errors.Is(err, hub.ErrNotFound) {
+		return refuse(wire.ChanUnknownPayee, "payee %q is not registered", payee)
+	}
+	if err != nil {
+		return err
+	}
+	if d.Status != hub.StatusActive || !d.HasRole(hub.RoleProvider) {
+		return refuse(wire.ChanUnknownPayee, "payee %q is not an active provider", payee)
+	}
+	c.payees.Store(payee, now.Add(payeeTTL))
+	return nil
+}
+
+// checkHoldPayment checks a payment against the hold it names. When
+// capturing is false the payment settles a capture already charged on
+// credit, so only the hold's identity is checked.
+func (c *Manager) checkHoldPayment(ctx context.Context, e *chanEntry, m *wire.Pay, capturing bool) error {
+	h := e.holds[*m.HoldID]
+	if h == nil {
+		stored, err := c.store.Hold(ctx, *m.HoldID)
+		switch {
+		case errors.Is(err, hub.ErrNotFound) || err == nil && stored.Channel != m.ChanID:
+			return refuse(wire.ChanHoldUnknown, "no hold %x on this channel", m.HoldID[:])
+		case err != nil:
+			return err
+		case capturing:
+			return refuse(wire.ChanHoldExpired, "hold is %s", stored.Status)
+		}
+		h = &stored
+	}
+	if h.Provider != m.Payee {
+		return refuse(wire.ChanHoldUnknown, "hold %x is for another provider", m.HoldID[:])
+	}
+	if !capturing {
+		return nil
+	}
+	if !c.clock.Now().Before(h.Expires) {
+		return refuse(wire.ChanHoldExpired, "hold expired at %s", h.Expires.UTC().Format(time.RFC3339))
+	}
+	if m.Amount > h.Remaining() {
+		return refuse(wire.ChanHoldExceeded, "amount %d msat, hold has %d msat left",
+			uint64(m.Amount), uint64(h.Remaining()))
+	}
+	return nil
+}
+
+// receipt builds and signs the receipt of payment m with the hub identity
+// key, and returns its encoding; a payment answering a charge request gets
+// a version-2 receipt naming the charges' contract and events.
+func (c *Manager) receipt(e *chanEntry, m *wire.Pay, now time.Time, cr *PaymentRequest) ([]byte, error) {
+	r := channel.Receipt{
+		Channel: m.ChanID,
+		Seq:     m.Seq,
+		Payer:   e.rec.DeviceID,
+		Payee:   m.Payee,
+		Amount:  m.Amount,
+		Paid:    m.Paid,
+		Memo:    m.Memo,
+		Time:    now,
+		HubKey:  [33]byte(c.hubPub),
+	}
+	if m.HoldID != nil {
+		r.HoldID = *m.HoldID
+	}
+	chargeMeta(&r, cr)
+	if err := r.Sign(c.cfg.HubKey); err != nil {
+		return nil, fmt.Errorf("hub: sign receipt: %w", err)
+	}
+	b, err := r.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("hub: encode receipt: %w", err)
+	}
+	return b, nil
+}
+
+// rateLimiter is one device's token bucket, kept as a GCRA: tat is the
+// theoretical arrival time of the next payment, and a payment is allowed
+// while tat is at most burst−1 intervals ahead of now.
+type rateLimiter struct {
+	mu  sync.Mutex
+	tat time.Time
+}
+
+// allow takes a token from deviceID's bucket.
+func (c *Manager) allow(deviceID string) bool {
+	v, ok := c.limits.Load(deviceID)
+	if !ok {
+		v, _ = c.limits.LoadOrStore(deviceID, &rateLimiter{})
+	}
+	l := v.(*rateLimiter)
+	interval := time.Second / time.Duration(c.cfg.PayRate)
+	tolerance := interval * time.Duration(c.cfg.PayBurst-1)
+	now := c.clock.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tat := l.tat
+	if tat.Before(now) {
+		tat = now
+	}
+	if tat.Sub(now) > tolerance {
+		return false
+	}
+	l.tat = tat.Add(interval)
+	return true
+}
+
+// remainingCredit is how much more a channel may be charged on credit.
+func (c *Manager) remainingCredit(e *chanEntry) lnwire.MilliSatoshi {
+	if e.rec.Owed >= c.cfg.CreditLimit {
+		return 0
+	}
+	return c.cfg.CreditLimit - e.rec.Owed
+}

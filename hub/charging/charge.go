@@ -1,0 +1,441 @@
+package charging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/shopspring/decimal"
+
+	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// volumeKey names one bandwidth billing window of one payer at one
+// provider under one contract.
+type volumeKey struct {
+	provider, payer string
+	contract        hub.Hash
+	window          time.Time
+}
+
+// eventWindow is the recent event times of one device or provider, for
+// max_event_rate rules. It keeps the newest keep times at most.
+type eventWindow struct {
+	times []time.Time
+	keep  int
+}
+
+func (w *eventWindow) add(t time.Time, keep int) []time.Time {
+	if keep > w.keep {
+		w.keep = min(keep, MaxSecurityWindow)
+	}
+	w.times = append(w.times, t)
+	if len(w.times) > 2*w.keep {
+		// Amortised trim: drop the old half in one copy.
+		w.times = append(w.times[:0], w.times[len(w.times)-w.keep:]...)
+	}
+	if n := len(w.times); n > keep {
+		return w.times[n-keep:]
+	}
+	return w.times
+}
+
+// plan is one event priced and ready to record.
+type plan struct {
+	idx    int
+	charge hub.Charge
+	// volume is the bandwidth added to vkey when the charge is new.
+	vkey   *volumeKey
+	volume decimal.Decimal
+	// release names the held charge (EventID) an end-of-job event
+	// resolves.
+	release string
+	// counted: the event was added to the security windows.
+	counted bool
+	// kind is the contract's kind, for the ChargeObserver.
+	kind contracts.Kind
+}
+
+// holdEventID is the EventID of the charge that holds a conditional
+// release job's amount: one per (provider, session), so a repeated start
+// event holds once.
+func holdEventID(session string) string { return "hold/" + session }
+
+// ChargeUsage prices and records a batch of verified events and returns one
+// outcome per event, in order. Everything it records is durable when it
+// returns nil; an error means nothing of the batch was recorded and the
+// whole batch may be retried (duplicates are then reported as such).
+//
+// Per event: the contract by hash, the payer (active, payer role) and the
+// provider (active, provider role) are checked; the contract's security
+// rules run over the hub's own recent view of both parties; the event is
+// priced at its own time (bandwidth with the volume the hub counted in the
+// billing window); and the charge is recorded against the payer's ready
+// channel: owed within its credit limit, unpaid beyond it or without a
+// channel. Owed charges are then requested from the payer by the flusher,
+// many events per payment.
+func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, error) {
+	out := make([]Outcome, len(evs))
+	if len(evs) == 0 {
+		return out, nil
+	}
+	now := c.clock.Now()
+	c.mu.Lock()
+	plans, err := c.planBatch(ctx, evs, now, out)
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if len(plans) == 0 {
+		c.observeRejected(out)
+		return out, nil
+	}
+	cs := make([]hub.Charge, len(plans))
+	for i := range plans {
+		cs[i] = plans[i].charge
+	}
+	res, err := c.cfg.Channels.RecordCharges(ctx, c.cfg.Charges, cs)
+	if err == nil && len(res) != len(cs) {
+		err = fmt.Errorf("hub: charge store returned %d results for %d charges", len(res), len(cs))
+	}
+	if err != nil {
+		c.undoVolumes(plans)
+		return nil, fmt.Errorf("hub: record charges: %w", err)
+	}
+
+	var dups []plan
+	var owed []hub.Charge
+	unpaid := map[unpaidKey][]string{}
+	resolved := map[string][]string{} // provider → held charges to close
+	for i, r := range res {
+		p := plans[i]
+		o := &out[p.idx]
+		o.Status, o.Amount = r.Stored.Status, r.Stored.Amount
+		if r.Duplicate && !sameEvent(r.Stored, p.charge) {
+			// Another event under a charged id: never taken for a
+			// redelivery (that would drop it unseen), never charged
+			// twice; the provider sees it dead-lettered.
+			dups = append(dups, p)
+			*o = Outcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}
+			continue
+		}
+		if r.Duplicate {
+			o.Duplicate = true
+			dups = append(dups, p)
+			if c.cfg.Observer != nil {
+				c.cfg.Observer.EventDuplicate()
+			}
+			continue
+		}
+		o.Charged = true
+		if c.cfg.Observer != nil {
+			c.cfg.Observer.EventCharged(p.kind, r.Stored.Status, r.Stored.Amount)
+		}
+		switch r.Stored.Status {
+		case hub.ChargeOwed:
+			owed = append(owed, r.Stored)
+		case hub.ChargeUnpaid:
+			why := UnpaidCreditLimit
+			if r.Stored.Channel == (btcwire.OutPoint{}) {
+				why = UnpaidNoChannel
+			}
+			k := unpaidKey{provider: r.Stored.Provider, payer: r.Stored.Payer, reason: why}
+			unpaid[k] = append(unpaid[k], r.Stored.EventID)
+		}
+		if p.release != "" {
+			resolved[p.charge.Provider] = append(resolved[p.charge.Provider], p.release)
+		}
+	}
+	c.undoVolumes(dups)
+	if len(dups) > 0 {
+		c.mu.Lock()
+		for _, p := range dups {
+			if p.counted {
+				c.uncount(&evs[p.idx])
+			}
+		}
+		c.mu.Unlock()
+	}
+	for prov, ids := range resolved {
+		// The held amount is no longer owed by anyone: what the job
+		// earned was charged by the end event itself. Unpaid marks the
+		// hold as never to be paid out.
+		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargeUnpaid); err != nil {
+			c.log.Error("closing conditional release holds", "provider", prov, "err", err)
+		}
+	}
+	c.addOwed(owed)
+	for k, ids := range unpaid {
+		c.enforce(ctx, k, ids)
+	}
+	c.observeRejected(out)
+	return out, nil
+}
+
+// sameEvent reports whether c, a charge about to be recorded, comes from
+// the same event as stored, the charge already recorded under its
+// (Provider, EventID): the same content digest, or, when either digest is
+// unknown (a charge recorded before digests were kept), the same payer,
+// contract, event time and quantity.
+func sameEvent(stored, c hub.Charge) bool {
+	if stored.Digest != (hub.Hash{}) && c.Digest != (hub.Hash{}) {
+		return stored.Digest == c.Digest
+	}
+	return stored.Payer == c.Payer && stored.Contract == c.Contract && stored.EventTime.Equal(c.EventTime) &&
+		(stored.Quantity == "" || c.Quantity == "" || stored.Quantity == c.Quantity)
+}
+
+// conflictDetail explains a RejectIDConflict for the provider's operator.
+func conflictDetail(stored, c hub.Charge) string {
+	what := fmt.Sprintf("event id %q", c.EventID)
+	if session, ok := strings.CutPrefix(c.EventID, holdEventID("")); ok {
+		what = fmt.Sprintf("conditional release session %q", session)
+	}
+	if stored.Digest != (hub.Hash{}) && c.Digest != (hub.Hash{}) {
+		return fmt.Sprintf("%s was charged at %s for other content (digest %s, this event's %s); an id is charged once: send new usage under a new id",
+			what, stored.Charged.Format(time.RFC3339), stored.Digest, c.Digest)
+	}
+	return fmt.Sprintf("%s was charged at %s for another payer, contract, time or quantity; an id is charged once: send new usage under a new id",
+		what, stored.Charged.Format(time.RFC3339))
+}
+
+// planBatch checks and prices every event, filling out for the rejected
+// ones. c.mu is held.
+func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out []Outcome) ([]plan, error) {
+	plans := make([]plan, 0, len(evs))
+	chans := map[string]btcwire.OutPoint{} // payer → channel, once per batch
+	heldHere := map[string]bool{}          // hold ids planned in this batch
+	for i := range evs {
+		ev := &evs[i]
+		p, reason, detail, err := c.planOne(ctx, ev, now, heldHere)
+		if err != nil {
+			c.undoVolumesLocked(plans)
+			return nil, err
+		}
+		if reason != "" {
+			out[i] = Outcome{Rejected: reason, Detail: detail}
+			continue
+		}
+		p.idx = i
+		if p.charge.Status == hub.ChargeOwed {
+			op, ok := chans[ev.Payer]
+			if !ok {
+				op, err = c.cfg.Channels.PayerChannel(ctx, ev.Payer)
+				if err != nil && !errors.Is(err, hub.ErrNotFound) {
+					c.undoVolumesLocked(append(plans, p))
+					return nil, err
+				}
+				chans[ev.Payer] = op
+			}
+			if op == (btcwire.OutPoint{}) {
+				p.charge.Status = hub.ChargeUnpaid
+			}
+			p.charge.Channel = op
+		}
+		if p.charge.Status == hub.ChargeHeld {
+			heldHere[p.charge.Provider+"\x00"+p.charge.EventID] = true
+		}
+		plans = append(plans, p)
+	}
+	return plans, nil
+}
+
+// planOne checks and prices one event. A rejection comes back as a reason
+// and detail; an error means the batch cannot be charged now (a store is
+// down) and must be retried.
+func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHere map[string]bool) (plan, string, string, error) {
+	k, err := c.contract(ctx, ev.Contract)
+	if errors.Is(err, hub.ErrNotFound) {
+		return plan{}, RejectUnknownContract, fmt.Sprintf("no contract %s", ev.Contract), nil
+	}
+	if err != nil {
+		return plan{}, "", "", err
+	}
+	payer, err := c.device(ctx, ev.Payer, now)
+	switch {
+	case errors.Is(err, hub.ErrNotFound):
+		return plan{}, RejectUnknownDevice, fmt.Sprintf("payer %q is not registered", ev.Payer), nil
+	case err != nil:
+		return plan{}, "", "", err
+	case payer.Status == hub.StatusRevoked:
+		return plan{}, RejectRevoked, fmt.Sprintf("payer %s is revoked", ev.Payer), nil
+	case payer.Status == hub.StatusFrozen:
+		return plan{}, RejectFrozen, fmt.Sprintf("payer %s is frozen", ev.Payer), nil
+	case !payer.HasRole(hub.RolePayer):
+		return plan{}, RejectNotPayer, fmt.Sprintf("%s has no payer role", ev.Payer), nil
+	}
+	prov, err := c.device(ctx, ev.Provider, now)
+	switch {
+	case errors.Is(err, hub.ErrNotFound):
+		return plan{}, RejectProvider, fmt.Sprintf("provider %q is not registered", ev.Provider), nil
+	case err != nil:
+		return plan{}, "", "", err
+	case prov.Status != hub.StatusActive || !prov.HasRole(hub.RoleProvider):
+		return plan{}, RejectProvider, fmt.Sprintf("provider %s is not an active provider", ev.Provider), nil
+	}
+
+	u := ev.Usage
+	u.Device, u.Provider, u.EventTime = ev.Payer, ev.Provider, ev.Time
+	u.CumulativeMB = contracts.Dec{}
+	p := plan{counted: len(k.Security) > 0, kind: k.Kind}
+	if p.counted {
+		var reason, detail string
+		if reason, detail, p.counted = c.security(ctx, k, ev, u, now); reason != "" {
+			return plan{}, reason, detail, nil
+		}
+	}
+	p.charge = hub.Charge{
+		Provider: ev.Provider, EventID: ev.ID, Payer: ev.Payer, Contract: ev.Contract,
+		Status: hub.ChargeOwed, EventTime: ev.Time.UTC(), Charged: now.UTC(), Digest: ev.Digest,
+	}
+	if k.Kind == contracts.KindConditionalRelease && u.End.IsZero() {
+		// Start of a job: hold the contract's amount until the end
+		// event's readings decide.
+		if u.Session == "" {
+			return plan{}, RejectPrice, "a conditional release event needs a session", nil
+		}
+		held, err := contracts.HoldMsat(k)
+		if err != nil {
+			return plan{}, RejectPrice, err.Error(), nil
+		}
+		p.charge.EventID, p.charge.Amount, p.charge.Status = holdEventID(u.Session), held, hub.ChargeHeld
+		return p, "", "", nil
+	}
+	if k.Kind == contracts.KindConditionalRelease {
+		if reason, detail, err := c.checkHeld(ctx, ev.Provider, u.Session, heldHere); reason != "" || err != nil {
+			return plan{}, reason, detail, err
+		}
+		p.release = holdEventID(u.Session)
+	}
+	if k.Kind == contracts.KindBandwidth {
+		key := volumeKey{provider: ev.Provider, payer: ev.Payer, contract: ev.Contract, window: k.Bandwidth.WindowStart(ev.Time)}
+		vol, err := c.volume(ctx, k, key, now)
+		if err != nil {
+			return plan{}, "", "", err
+		}
+		u.CumulativeMB = vol
+		p.vkey, p.volume = &key, u.Quantity.Decimal
+		p.charge.Quantity = u.Quantity.Decimal.String()
+	}
+	b, err := contracts.Price(k, u)
+	switch {
+	case errors.Is(err, contracts.ErrContractMismatch):
+		return plan{}, RejectContractMismatch, err.Error(), nil
+	case err != nil:
+		return plan{}, RejectPrice, err.Error(), nil
+	}
+	p.charge.Amount, p.charge.Fee = b.TotalMsat, b.FeeMsat
+	if b.TotalMsat == 0 {
+		// Nothing to pay (a refunded job, a free period): recorded so
+		// the event is charged once, never requested.
+		p.charge.Status = hub.ChargePaid
+	}
+	if p.vkey != nil {
+		c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Add(p.volume))
+	}
+	return p, "", "", nil
+}
+
+// checkHeld finds the held charge an end-of-job event resolves.
+func (c *Service) checkHeld(ctx context.Context, provider, session string, heldHere map[string]bool) (string, string, error) {
+	if session == "" {
+		return RejectNoHold, "a conditional release event needs a session", nil
+	}
+	id := holdEventID(session)
+	if heldHere[provider+"\x00"+id] {
+		return "", "", nil
+	}
+	h, err := c.cfg.Charges.Charge(ctx, provider, id)
+	switch {
+	case errors.Is(err, hub.ErrNotFound):
+		return RejectNoHold, fmt.Sprintf("no job started for session %q", session), nil
+	case err != nil:
+		return "", "", err
+	case h.Status != hub.ChargeHeld:
+		// Resolved before: the end event is a repeat under a new id.
+		return RejectNoHold, fmt.Sprintf("job %q already ended", session), nil
+	}
+	return "", "", nil
+}
+
+// security runs k's rules over the hub's recent view of both parties and
+// freezes whoever broke one. The hub's own clock times the windows: a
+// provider cannot spread a flood by back-dating its events.
+//
+// It returns a Reject reason and detail when ev must not be charged, and
+// whether ev stays counted in the windows.
+func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage, u contracts.Usage, now time.Time) (string, string, bool) {
+	keep := 1
+	for _, r := range k.Security {
+		if r.Rule == contracts.RuleMaxEventRate && r.Limit != nil {
+			keep = max(keep, int(min(r.Limit.IntPart(), MaxSecurityWindow-1))+1)
+		}
+	}
+	w := contracts.Window{
+		Device: ev.Payer, Provider: ev.Provider, Now: now, Readings: u.Readings,
+		DeviceEvents:   c.window("d/"+ev.Payer).add(now, keep),
+		ProviderEvents: c.window("p/"+ev.Provider).add(now, keep),
+	}
+	f, broken := contracts.CheckSecurity(k, w)
+	if !broken {
+		return "", "", true
+	}
+	// A redelivered event was counted when it was first charged: it is
+	// not a new one and must not trip a rule (a batch redelivered after a
+	// restart would otherwise freeze an honest party). Looking it up only
+	// here keeps the store off the common path.
+	if _, err := c.cfg.Charges.Charge(ctx, ev.Provider, ev.ID); err == nil {
+		c.uncount(ev)
+		return "", "", false
+	}
+	reason := fmt.Sprintf("contract %s security rule %d (%s): %s", ev.Contract, f.Rule, k.Security[f.Rule].Rule, f.Reason)
+	d, err := c.cfg.Freezer.Freeze(ctx, f.Subject, "system", reason)
+	if err != nil {
+		c.log.Error("security freeze failed", "subject", f.Subject, "err", err)
+	} else {
+		c.devices[f.Subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
+	}
+	return RejectSecurity, reason, true
+}
+
+// uncount takes back the newest time counted for ev's parties: charging
+// found ev was a duplicate.
+func (c *Service) uncount(ev *Usage) {
+	for _, key := range []string{"d/" + ev.Payer, "p/" + ev.Provider} {
+		if w := c.windows[key]; w != nil && len(w.times) > 0 {
+			w.times = w.times[:len(w.times)-1]
+		}
+	}
+}
+
+func (c *Service) window(key string) *eventWindow {
+	w := c.windows[key]
+	if w == nil {
+		w = &eventWindow{}
+		c.windows[key] = w
+	}
+	return w
+}
+
+// undoVolumes takes back the bandwidth counted for plans that were not
+// recorded (duplicates, or a batch that failed).
+func (c *Service) undoVolumes(plans []plan) {
+	if len(plans) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.undoVolumesLocked(plans)
+}
+
+func (c *Service) undoVolumesLocked(plans []plan) {
+	for _, p := range plans {
+		if p.vkey != nil {
+			c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Sub(p.volume))
+		}
+	}
+}

@@ -1,0 +1,301 @@
+package charging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/clock"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+)
+
+// Rejection reasons of charging; the intake dead-letters an event with one
+// of them in its M2M-Reason header.
+const (
+	RejectUnknownContract  = "unknown-contract"
+	RejectUnknownDevice    = "unknown-device"
+	RejectRevoked          = "revoked"
+	RejectFrozen           = "frozen"
+	RejectNotPayer         = "not-payer"
+	RejectProvider         = "provider-inactive"
+	RejectPrice            = "unpriceable"
+	RejectContractMismatch = "contract-mismatch"
+	RejectSecurity         = "security-freeze"
+	RejectNoHold           = "no-hold"
+	// RejectIDConflict: the event's (provider, id) was charged before
+	// for other content. The id is charged once, so this event is not;
+	// it is dead-lettered rather than taken for a redelivery.
+	RejectIDConflict = "id-conflict"
+)
+
+// Unpaid reasons sent to providers in enforcement messages.
+const (
+	UnpaidCreditLimit   = "credit-limit"
+	UnpaidNoChannel     = "no-channel"
+	UnpaidPolicyRefused = "policy-refused"
+	UnpaidFrozen        = "frozen"
+	UnpaidNoAnswer      = "no-answer"
+)
+
+// Defaults for ChargingConfig.
+const (
+	DefaultFlushInterval  = 20 * time.Millisecond
+	DefaultFlushThreshold = lnwire.MilliSatoshi(1_000_000)
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultDeviceTTL      = time.Second
+	// MaxSecurityWindow bounds the event times kept per device and per
+	// provider for max_event_rate rules, whatever a contract's limit.
+	MaxSecurityWindow = 100_000
+)
+
+// UsageEvent is one verified usage event as charging sees it: the intake
+// has checked its signature, its provider and its plausibility and turned
+// its data into a contracts.Usage.
+type Usage struct {
+	// ID is unique per provider; (Provider, ID) is charged once.
+	ID string
+	// Provider published the event (its source); Payer is its subject,
+	// who pays (the buyer of an energy trade).
+	Provider, Payer string
+	// Contract is the hash of the contract the event names.
+	Contract hub.Hash
+	// Time is the event's own time: pricing uses it.
+	Time time.Time
+	// Usage holds the data fields; Device, Provider, EventTime and
+	// CumulativeMB are set by charging, never taken from the provider.
+	Usage contracts.Usage
+	// Digest identifies the event's content (metering.Digest). A
+	// redelivery has the same one; another event reusing the id has not
+	// and is refused with RejectIDConflict. Zero when unknown: such an
+	// event is compared by payer, contract, time and quantity instead.
+	Digest hub.Hash
+}
+
+// ChargeOutcome is what charging did with one event.
+type Outcome struct {
+	// Charged: recorded now (whatever its status).
+	Charged bool
+	// Duplicate: recorded before; nothing changed.
+	Duplicate bool
+	// Rejected is a Reject… reason code, empty when the event was
+	// charged or a duplicate; Detail explains it.
+	Rejected string
+	Detail   string
+	// Status and Amount describe the recorded charge.
+	Status hub.ChargeStatus
+	Amount lnwire.MilliSatoshi
+}
+
+// ChargeChannels is what charging needs from the channel manager.
+// *Channels satisfies it.
+type Channels interface {
+	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
+	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
+	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
+	RequestPayment(ctx context.Context, r channels.PaymentRequest) (uint64, error)
+	CancelPayment(reqID uint64)
+	SetChargeListener(l channels.ChargeListener)
+}
+
+// DeviceFreezer freezes a device or provider a security rule caught.
+// *Registry satisfies it.
+type Freezer interface {
+	Freeze(ctx context.Context, id, actor, reason string) (hub.Device, error)
+}
+
+// Publisher publishes a message on a subject (NATS in production: the
+// receipts.<provider> subjects).
+type Publisher interface {
+	Publish(ctx context.Context, subject string, data []byte) error
+}
+
+// ChargingConfig configures NewCharging.
+type Config struct {
+	// Contracts and Charges persist contracts and charges. Required.
+	Contracts hub.ContractStore
+	Charges   hub.ChargeStore
+	// Devices looks payers and providers up. Required.
+	Devices channels.Devices
+	// Channels records owed charges and asks payers to pay. Required.
+	Channels Channels
+	// Freezer freezes parties that break a contract's security rules.
+	// Required.
+	Freezer Freezer
+	// Publisher delivers receipts and enforcement messages to providers.
+	// Required.
+	Publisher Publisher
+
+	// FlushInterval is how often owed charges are gathered into payment
+	// requests; FlushThreshold flushes a payer earlier once that much is
+	// owed to one provider.
+	FlushInterval  time.Duration
+	FlushThreshold lnwire.MilliSatoshi
+	// RequestTimeout is how long a payment request waits for the device
+	// before its charges are left on credit and the provider told.
+	RequestTimeout time.Duration
+	// DeviceTTL is how long a looked-up device status is trusted.
+	DeviceTTL time.Duration
+	// Observer, when set, sees every event's outcome (metrics).
+	Observer Observer
+	// Clock drives flushes, timeouts and security windows.
+	Clock clock.Clock
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Contracts == nil || c.Charges == nil || c.Devices == nil || c.Channels == nil || c.Freezer == nil || c.Publisher == nil {
+		return fmt.Errorf("%w: charging: contracts, charges, devices, channels, freezer and publisher are required", hub.ErrInvalid)
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.FlushThreshold == 0 {
+		c.FlushThreshold = DefaultFlushThreshold
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.DeviceTTL <= 0 {
+		c.DeviceTTL = DefaultDeviceTTL
+	}
+	if c.Clock == nil {
+		c.Clock = clock.NewDefaultClock()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Charging is the hub side of metering: it prices verified usage events,
+// records them exactly once, gathers each payer's owed charges into one
+// payment request per provider and contract at a time, and publishes the
+// receipts (or, for charges nobody will pay, an enforcement message) to the
+// providers. It owns one goroutine, the flusher, started by Start.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	clock clock.Clock
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// mu guards the pricing state: caches, security windows, bandwidth
+	// volumes, frozen parties. Charge holds it while pricing a batch.
+	mu        sync.Mutex
+	contracts map[hub.Hash]*contracts.Contract
+	devices   map[string]cachedDevice
+	windows   map[string]*eventWindow
+	volumes   map[volumeKey]contracts.Dec
+
+	// pay guards the payment side: owed charges waiting for a request and
+	// the requests in flight.
+	pay      sync.Mutex
+	pending  map[payKey]*payGroup
+	inflight map[uint64]*payGroup
+	busy     map[payKey]bool // keys with a request in flight
+	paidQ    []payEvent      // listener news for the flusher
+	kick     chan struct{}
+
+	startOnce, closeOnce sync.Once
+	// reloadOnce reloads the owed charges of a previous run before the
+	// first flush (run or Flush, whichever comes first).
+	reloadOnce sync.Once
+}
+
+// cachedDevice is a registry lookup kept for DeviceTTL.
+type cachedDevice struct {
+	d     hub.Device
+	err   error
+	until time.Time
+}
+
+var _ channels.ChargeListener = (*Service)(nil)
+
+// NewCharging returns a Charging; Start runs its flusher and Close stops it.
+// It registers itself as the channel manager's charge listener.
+func New(cfg Config) (*Service, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Service{
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, ctx: ctx, cancel: cancel,
+		contracts: map[hub.Hash]*contracts.Contract{},
+		devices:   map[string]cachedDevice{},
+		windows:   map[string]*eventWindow{},
+		volumes:   map[volumeKey]contracts.Dec{},
+		pending:   map[payKey]*payGroup{},
+		inflight:  map[uint64]*payGroup{},
+		busy:      map[payKey]bool{},
+		kick:      make(chan struct{}, 1),
+	}
+	cfg.Channels.SetChargeListener(c)
+	return c, nil
+}
+
+// Start launches the flusher.
+func (c *Service) Start() {
+	c.startOnce.Do(func() {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.run()
+		}()
+	})
+}
+
+// Close stops the flusher and waits for it. Owed charges not yet requested
+// stay owed in the store; the next run requests them again (reloadOwed).
+func (c *Service) Close() error {
+	c.closeOnce.Do(c.cancel)
+	c.wg.Wait()
+	return nil
+}
+
+// contract returns the parsed contract with hash h, from the cache or the
+// store (contracts are immutable, so a parsed one is kept for good).
+func (c *Service) contract(ctx context.Context, h hub.Hash) (*contracts.Contract, error) {
+	if k := c.contracts[h]; k != nil {
+		return k, nil
+	}
+	rec, err := c.cfg.Contracts.Contract(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	k, err := contracts.Parse(rec.Document)
+	if err != nil {
+		return nil, fmt.Errorf("hub: stored contract %s: %w", h, err)
+	}
+	if hub.Hash(k.Hash()) != h {
+		return nil, fmt.Errorf("hub: stored contract %s hashes to %x", h, k.Hash())
+	}
+	c.contracts[h] = k
+	return k, nil
+}
+
+// device returns a registry entry, trusted for DeviceTTL.
+func (c *Service) device(ctx context.Context, id string, now time.Time) (hub.Device, error) {
+	if v, ok := c.devices[id]; ok && now.Before(v.until) {
+		return v.d, v.err
+	}
+	d, err := c.cfg.Devices.Device(ctx, id)
+	if err != nil && !errors.Is(err, hub.ErrNotFound) {
+		return d, err // not cached: the registry may recover
+	}
+	c.devices[id] = cachedDevice{d: d, err: err, until: now.Add(c.cfg.DeviceTTL)}
+	return d, err
+}
+
+// forget drops a cached device, after a freeze.
+func (c *Service) forget(id string) { delete(c.devices, id) }

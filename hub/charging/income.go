@@ -1,0 +1,58 @@
+package charging
+
+import (
+	"context"
+	"time"
+
+	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// Income sums a provider's charges recorded in [From, To).
+type Income struct {
+	Provider string    `json:"provider"`
+	From     time.Time `json:"from"`
+	To       time.Time `json:"to"`
+	// Events counts the charges, holds included.
+	Events int `json:"events"`
+	// Earned is what paid charges bring the provider (amount − fee);
+	// Fees is the hub's part of them.
+	Earned lnwire.MilliSatoshi `json:"earned_msat"`
+	Fees   lnwire.MilliSatoshi `json:"fees_msat"`
+	// Owed is the provider's part of charges the payer has not paid yet;
+	// Held the amounts held for conditional releases still open; Unpaid
+	// the charges nobody will pay (resolved holds included).
+	Owed   lnwire.MilliSatoshi `json:"owed_msat"`
+	Held   lnwire.MilliSatoshi `json:"held_msat"`
+	Unpaid lnwire.MilliSatoshi `json:"unpaid_msat"`
+}
+
+// IncomeOf sums charges by status. It is pure, so the admin API and tests
+// share it.
+func IncomeOf(provider string, from, to time.Time, cs []hub.Charge) Income {
+	in := Income{Provider: provider, From: from, To: to, Events: len(cs)}
+	for _, c := range cs {
+		switch c.Status {
+		case hub.ChargePaid:
+			in.Earned += c.Amount - c.Fee
+			in.Fees += c.Fee
+		case hub.ChargeOwed:
+			in.Owed += c.Amount - c.Fee
+		case hub.ChargeHeld:
+			in.Held += c.Amount
+		case hub.ChargeUnpaid:
+			in.Unpaid += c.Amount
+		}
+	}
+	return in
+}
+
+// Income returns a provider's income over the charges recorded in
+// [from, to).
+func (c *Service) Income(ctx context.Context, provider string, from, to time.Time) (Income, error) {
+	cs, err := c.cfg.Charges.ChargesByProvider(ctx, provider, from, to)
+	if err != nil {
+		return Income{}, err
+	}
+	return IncomeOf(provider, from, to, cs), nil
+}

@@ -1,0 +1,136 @@
+package charging
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/shopspring/decimal"
+
+	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// What charging rebuilds from the store after a restart: the bandwidth
+// volume of each billing window (from the charges' quantities) and the
+// owed charges still to be requested (from ChargeStore.OwedCharges).
+
+// volumeSlack bounds how far before a billing window's start a charge of
+// an event inside it can have been recorded: the intake refuses events
+// more than metering.DefaultMaxFuture (minutes) ahead of the hub's clock,
+// so a day is ample and keeps the rebuild to one window's charges.
+const volumeSlack = 24 * time.Hour
+
+// volume returns the bandwidth counted in key's billing window. The first
+// time a window is used in this process it is summed from the stored
+// charges, so a restart in the middle of a window keeps its tier. c.mu is
+// held.
+func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeKey, now time.Time) (contracts.Dec, error) {
+	if v, ok := c.volumes[key]; ok {
+		return v, nil
+	}
+	// Every charge of the window was recorded (Charged) between its start
+	// less the slack and now; the window's end is not needed because
+	// EventTime decides membership.
+	cs, err := c.cfg.Charges.ChargesByPayer(ctx, key.payer, key.window.Add(-volumeSlack), now.Add(time.Nanosecond))
+	if err != nil {
+		return contracts.Dec{}, fmt.Errorf("hub: bandwidth volume of %s at %s: %w", key.payer, key.provider, err)
+	}
+	sum := decimal.Zero
+	for _, ch := range cs {
+		if ch.Provider != key.provider || ch.Contract != key.contract || ch.Quantity == "" ||
+			!k.Bandwidth.WindowStart(ch.EventTime).Equal(key.window) {
+			continue
+		}
+		q, err := decimal.NewFromString(ch.Quantity)
+		if err != nil {
+			return contracts.Dec{}, fmt.Errorf("hub: charge %s/%s: quantity %q: %w", ch.Provider, ch.EventID, ch.Quantity, err)
+		}
+		sum = sum.Add(q)
+	}
+	v := contracts.D(sum)
+	c.volumes[key] = v
+	return v, nil
+}
+
+// reloadOwed queues the charges a previous run of the hub left owed, so
+// they are requested again; it runs once, before the first flush, so no
+// request of this run is in flight yet. Charges this run has queued
+// already (recorded since the start) are not queued twice.
+//
+// A charge can be owed in the store although its payment went through:
+// the hub stopped between the payment's durable write and marking the
+// charges paid. The payment lowered its channel's Owed, which is the
+// truth of what the payer still owes there, so per channel the oldest
+// charges are marked paid until the rest fit in Owed: the payer is never
+// asked twice for one charge (at worst the hub forgives part of one).
+// Charges on a channel that is no longer ready stay owed and are not
+// requested: there is no channel to pay them on.
+func (c *Service) reloadOwed(ctx context.Context) {
+	cs, err := c.cfg.Charges.OwedCharges(ctx)
+	if err != nil {
+		c.log.Error("reloading owed charges", "err", err)
+		return
+	}
+	if len(cs) == 0 {
+		return
+	}
+	c.pay.Lock()
+	queued := map[string]bool{}
+	queuedOn := map[btcwire.OutPoint]lnwire.MilliSatoshi{} // raised Owed already
+	for _, g := range c.pending {
+		for _, id := range g.ids {
+			queued[g.key.provider+"\x00"+id] = true
+		}
+		queuedOn[g.key.channel] += g.amount
+	}
+	c.pay.Unlock()
+
+	byChan := map[btcwire.OutPoint][]hub.Charge{}
+	var order []btcwire.OutPoint
+	for _, ch := range cs {
+		if queued[ch.Provider+"\x00"+ch.EventID] || ch.Channel == (btcwire.OutPoint{}) {
+			continue
+		}
+		if byChan[ch.Channel] == nil {
+			order = append(order, ch.Channel)
+		}
+		byChan[ch.Channel] = append(byChan[ch.Channel], ch)
+	}
+	var again []hub.Charge
+	found := 0
+	paid := map[string][]string{} // provider → charges found paid
+	for _, op := range order {
+		list := byChan[op]
+		owed, ready, err := c.cfg.Channels.ChannelOwed(ctx, op)
+		if err != nil || !ready {
+			c.log.Warn("owed charges on a channel that is not ready are not requested",
+				"channel", op, "charges", len(list), "err", err)
+			continue
+		}
+		// Charges recorded since the start raised Owed too.
+		owed -= min(owed, queuedOn[op])
+		var sum lnwire.MilliSatoshi
+		for _, ch := range list {
+			sum += ch.Amount
+		}
+		i := 0
+		for ; i < len(list) && sum > owed; i++ {
+			sum -= list[i].Amount
+			paid[list[i].Provider] = append(paid[list[i].Provider], list[i].EventID)
+			found++
+		}
+		again = append(again, list[i:]...)
+	}
+	for _, prov := range slices.Sorted(maps.Keys(paid)) {
+		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, paid[prov], hub.ChargePaid); err != nil {
+			c.log.Error("marking charges paid before the restart", "provider", prov, "err", err)
+		}
+	}
+	c.log.Info("owed charges reloaded", "requested", len(again), "found paid", found)
+	c.addOwed(again)
+}

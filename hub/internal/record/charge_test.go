@@ -1,0 +1,69 @@
+package record
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/wire"
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+// sampleCharge is a charge with every field set.
+func sampleCharge() hub.Charge {
+	return hub.Charge{
+		Provider: "cp-1", EventID: "ev-1", Payer: "car-1", Contract: hub.Hash{1, 2}, Amount: 12_345, Fee: 67,
+		Channel: wire.OutPoint{Hash: [32]byte{9}, Index: 3}, Status: hub.ChargeOwed, Quantity: "1.5", Digest: hub.Hash{7, 0, 7},
+		EventTime: time.Date(2026, 6, 10, 8, 0, 0, 1, time.UTC), Charged: time.Date(2026, 6, 10, 8, 0, 1, 0, time.UTC),
+	}
+}
+
+func TestChargeRecord(t *testing.T) {
+	c := sampleCharge()
+	t.Run("RoundTrip", func(t *testing.T) {
+		got, err := DecodeCharge(EncodeCharge(c))
+		if err != nil || got != c {
+			t.Fatalf("got %+v, %v; want %+v", got, err, c)
+		}
+	})
+	t.Run("ZeroTimesStayZero", func(t *testing.T) {
+		z := c
+		z.EventTime, z.Charged = time.Time{}, time.Time{}
+		got, err := DecodeCharge(EncodeCharge(z))
+		if err != nil || !got.EventTime.IsZero() || !got.Charged.IsZero() {
+			t.Fatalf("got %+v, %v", got, err)
+		}
+	})
+	t.Run("RecordWithoutDigest", func(t *testing.T) {
+		old := c
+		old.Digest = hub.Hash{}
+		b := EncodeCharge(old)
+		if len(b) != len(EncodeCharge(c))-len(c.Digest) {
+			t.Fatalf("a record without a digest is %d bytes", len(b))
+		}
+		got, err := DecodeCharge(b)
+		if err != nil || got != old {
+			t.Fatalf("got %+v, %v; want %+v", got, err, old)
+		}
+	})
+	t.Run("RecordWithoutQuantity", func(t *testing.T) {
+		old := c
+		old.Quantity, old.Digest = "", hub.Hash{}
+		b := EncodeCharge(old)
+		b = b[:len(b)-1] // records written before quantities end after the event id
+		got, err := DecodeCharge(b)
+		if err != nil || got != old {
+			t.Fatalf("got %+v, %v; want %+v", got, err, old)
+		}
+	})
+	t.Run("ErrBadChargeRecord", func(t *testing.T) {
+		b := EncodeCharge(c)
+		bad := append([]byte(nil), b...)
+		bad[ChargeRecordStatus] = 'x'
+		for name, in := range map[string][]byte{"Short": b[:ChargeFixedLen-1], "Status": bad, "Truncated": b[:len(b)-2]} {
+			if _, err := DecodeCharge(in); !errors.Is(err, ErrBadCharge) {
+				t.Errorf("%s: err = %v", name, err)
+			}
+		}
+	})
+}

@@ -1,0 +1,176 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/brontide"
+	"github.com/lightningnetwork/lnd/keychain"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	m2mclient "github.com/m2mhub/m2mhub/clients/go"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+func memInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
+}
+
+// TestIdleFloodBounded opens 300 TCP connections from one address that
+// never start the noise handshake. The hub keeps at most
+// MaxHandshakesPerSource of them, each for up to ActTimeout, and closes the
+// rest as soon as it accepts them: goroutines and memory stay flat. A
+// legitimate device from the same address retries through the flood and
+// gets in once those slots time out.
+func TestIdleFloodBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the act timeout (3 s)")
+	}
+	checkLeaks(t)
+	h := startHub(t, nil)
+	time.Sleep(50 * time.Millisecond)
+	g0, m0 := runtime.NumGoroutine(), memInUse()
+
+	const flood = 300
+	for range flood {
+		c, err := net.Dial("tcp", h.Addr().String())
+		if err != nil {
+			// Reset by the hub before connect returned: refused at
+			// once, as it should be.
+			continue
+		}
+		t.Cleanup(func() { _ = c.Close() })
+	}
+	time.Sleep(500 * time.Millisecond)
+	g1, m1 := runtime.NumGoroutine(), memInUse()
+	t.Logf("idle flood of %d: goroutines %d -> %d, heap+stacks %d KiB -> %d KiB", flood, g0, g1, m0>>10, m1>>10)
+	// A handshake goroutine per admitted connection plus slack for the
+	// runtime; nothing for the refused ones.
+	if g1-g0 > 60 {
+		t.Fatalf("goroutines grew by %d for %d idle connections", g1-g0, flood)
+	}
+	if m1 > m0 && m1-m0 > 16<<20 {
+		t.Fatalf("memory grew by %d KiB", (m1-m0)>>10)
+	}
+	if h.Sessions() != 0 {
+		t.Fatalf("sessions = %d", h.Sessions())
+	}
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dev, err := m2mclient.Dial(ctx, h.Addr().String(), h.key.PubKey(), h.auth.add(t, hub.StatusActive),
+		m2mclient.WithLogger(quietLogger()), m2mclient.WithBackoff(100*time.Millisecond, time.Second))
+	if err != nil {
+		t.Fatalf("legit device locked out by the flood: %v", err)
+	}
+	defer dev.Close()
+	t.Logf("legit device connected %v after the flood started draining", time.Since(start))
+}
+
+// hello is rawSession without the testing.TB: it connects key, exchanges
+// Init and returns the conn or the error.
+func (h *testHub) hello(key *btcec.PrivateKey) (*brontide.Conn, error) {
+	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
+		&lnwire.NetAddress{IdentityKey: h.key.PubKey(), Address: h.Addr().(*net.TCPAddr)},
+		5*time.Second, net.DialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
+	if err == nil {
+		if _, ok := msg.(*lnwire.Init); !ok {
+			err = fmt.Errorf("hub answered init with %T", msg)
+		}
+	}
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// BenchmarkHandshake measures noise handshake + Init exchange + registry
+// lookup per second, two devices connecting at a time over loopback. Both
+// ends run in this process, so the figure is a lower bound for the hub alone.
+func BenchmarkHandshake(b *testing.B) {
+	h := startHub(b, func(c *Config) {
+		c.MaxSessionsPerIP = 1 << 20
+		c.MaxSessions = 1 << 20
+		c.PingInterval = time.Hour
+	})
+	var failed atomic.Int64
+	b.ResetTimer()
+	b.SetParallelism(1)
+	b.RunParallel(func(pb *testing.PB) {
+		// One device per goroutine: the same key twice at once would
+		// replace its own session.
+		key := h.auth.add(b, hub.StatusActive)
+		for pb.Next() {
+			c, err := h.hello(key)
+			if err != nil {
+				if failed.Add(1) == 1 {
+					b.Logf("first failure: %v", err)
+				}
+				continue
+			}
+			_ = c.Close()
+		}
+	})
+	b.StopTimer()
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d of %d handshakes failed", n, b.N)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handshakes/s")
+}
+
+// BenchmarkIdleSessionMemory reports the heap and stack bytes one idle,
+// authenticated session costs. The device ends of the connections live in
+// the same process and are included, so the figure over-states the hub's
+// share. Run it with -benchtime=1x.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	const n = 1000
+	for range b.N {
+		b.StopTimer()
+		h := startHub(b, func(c *Config) {
+			c.MaxSessionsPerIP = 2 * n
+			c.PingInterval = time.Hour
+		})
+		before := memInUse()
+		b.StartTimer()
+		conns := make([]*brontide.Conn, 0, n)
+		for range n {
+			c, err := h.hello(h.auth.add(b, hub.StatusActive))
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		b.StopTimer()
+		after := memInUse()
+		if h.Sessions() != n {
+			b.Fatalf("sessions = %d", h.Sessions())
+		}
+		b.ReportMetric(float64(after-before)/n, "B/session")
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		_ = h.Close()
+	}
+}

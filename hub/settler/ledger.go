@@ -1,0 +1,214 @@
+package settler
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
+
+	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/settlement"
+)
+
+// epochLedger is an epoch's ledger and what planning needs beside it.
+type epochLedger struct {
+	ledger *settlement.Ledger
+	// spent is what each channel paid in the epoch.
+	spent map[btcwire.OutPoint]settlement.Msat
+	// root is the Merkle root of the epoch's receipt ids, in issue order.
+	root     [32]byte
+	receipts int
+}
+
+// buildLedger builds the ledger of a closed epoch from the store, the same
+// way every time it is asked (a resumed run rebuilds it):
+//
+//   - the balances the previous epoch carried (its run's Closing);
+//   - one charge per receipt whose time is in [Start, End), from the payer
+//     to the payee, on whichever outpoint it was paid — so a payment made
+//     on an old outpoint after the cut belongs to the next epoch;
+//   - the hub's fee of every paid charge the provider recorded in the
+//     epoch.
+func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochLedger, error) {
+	l := settlement.NewLedger(ep.Number)
+	if ep.Number > 1 {
+		prev, err := s.store.Run(ctx, ep.Number-1)
+		if err != nil {
+			return nil, fmt.Errorf("%w: epoch %d: %w", ErrPending, ep.Number-1, err)
+		}
+		if !prev.State.Settled() {
+			return nil, fmt.Errorf("%w: epoch %d is %s", ErrPending, ep.Number-1, prev.State)
+		}
+		if prev.Closing != nil && len(prev.Closing.Carried) > 0 {
+			carry := settlement.Posting{Kind: settlement.KindCarry, Ref: fmt.Sprintf("epoch %d", prev.Epoch.Number)}
+			accts := make([]settlement.Account, 0, len(prev.Closing.Carried))
+			for a := range prev.Closing.Carried {
+				accts = append(accts, a)
+			}
+			sort.Slice(accts, func(i, j int) bool { return accts[i] < accts[j] })
+			for _, a := range accts {
+				carry.Entries = append(carry.Entries, settlement.Entry{Account: a, Amount: prev.Closing.Carried[a]})
+			}
+			if err := l.Post(carry); err != nil {
+				return nil, fmt.Errorf("hub: carry of epoch %d: %w", prev.Epoch.Number, err)
+			}
+		}
+	}
+
+	all, err := s.epochReceipts(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	el := &epochLedger{ledger: l, spent: make(map[btcwire.OutPoint]settlement.Msat)}
+	payees := make(map[string]bool)
+	ids := make([][32]byte, len(all))
+	for i, x := range all {
+		ids[i] = x.id
+		if err := l.Post(settlement.Charge(x.r.Payer, x.r.Payee, x.r.Amount, x.hash)); err != nil {
+			return nil, fmt.Errorf("hub: receipt %s: %w", x.hash, err)
+		}
+		el.spent[x.r.Channel] += settlement.MsatOf(x.r.Amount)
+		payees[x.r.Payee] = true
+	}
+	el.root = settlement.NewMerkleTree(ids).Root()
+	el.receipts = len(ids)
+
+	// Fees: the hub's part of every paid charge of the epoch's payees.
+	names := make([]string, 0, len(payees))
+	for p := range payees {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	for _, p := range names {
+		cs, err := s.store.ChargesByProvider(ctx, p, ep.From(), ep.End)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cs {
+			if c.Status != hub.ChargePaid || c.Fee == 0 {
+				continue
+			}
+			if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
+				return nil, fmt.Errorf("hub: fee of %s/%s: %w", c.Provider, c.EventID, err)
+			}
+		}
+	}
+	return el, nil
+}
+
+// issued is one receipt of an epoch, decoded, with its id.
+type issued struct {
+	id   [32]byte
+	r    channel.Receipt
+	hash string
+}
+
+// epochReceipts returns the receipts timed in ep, in issue order (time,
+// then channel and sequence for payments in the same millisecond): the
+// leaves of the epoch's receipts tree, in order.
+func (s *Service) epochReceipts(ctx context.Context, ep settlement.Epoch) ([]issued, error) {
+	var all []issued
+	err := s.scanReceipts(ctx, func(rec hub.ChannelRecord) bool {
+		// A channel closed before the epoch began cannot hold its
+		// payments; every other one may.
+		return !(rec.Status == hub.ChannelClosed && rec.UpdatedAt.Before(ep.From()))
+	}, func(r channel.Receipt) bool {
+		if ep.Contains(r.Time) && r.Time.Before(ep.End) {
+			id := r.ID()
+			all = append(all, issued{id: id, r: r, hash: hex.EncodeToString(id[:])})
+		}
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i].r, all[j].r
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.Channel != b.Channel {
+			return channels.OutpointLess(a.Channel, b.Channel)
+		}
+		return a.Seq < b.Seq
+	})
+	return all, nil
+}
+
+// scanReceipts calls each with every stored receipt of every channel that
+// has payments and that keep accepts, page by page, until each returns
+// false.
+func (s *Service) scanReceipts(ctx context.Context, keep func(hub.ChannelRecord) bool, each func(channel.Receipt) bool) error {
+	recs, err := s.store.Channels(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		if rec.Funding == (btcwire.OutPoint{}) || rec.Seq == 0 || !keep(rec) {
+			continue
+		}
+		for from := uint64(1); ; {
+			page, err := s.store.Receipts(ctx, rec.Funding, from, defaultReceiptPage)
+			if err != nil {
+				return err
+			}
+			for _, raw := range page {
+				var r channel.Receipt
+				if err := r.UnmarshalBinary(raw); err != nil {
+					return fmt.Errorf("hub: receipt of %v: %w", rec.Funding, err)
+				}
+				from = r.Seq + 1
+				if !each(r) {
+					return nil
+				}
+			}
+			if len(page) < defaultReceiptPage {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// paidAtCut returns a channel's cumulative Paid as of the epoch's end: the
+// Paid of its last receipt timed before End (0 when none).
+func (s *Service) paidAtCut(ctx context.Context, op btcwire.OutPoint, ep settlement.Epoch) (lnwire.MilliSatoshi, error) {
+	var paid lnwire.MilliSatoshi
+	for from := uint64(1); ; {
+		page, err := s.store.Receipts(ctx, op, from, defaultReceiptPage)
+		if err != nil {
+			return 0, err
+		}
+		for _, raw := range page {
+			var r channel.Receipt
+			if err := r.UnmarshalBinary(raw); err != nil {
+				return 0, fmt.Errorf("hub: receipt of %v: %w", op, err)
+			}
+			from = r.Seq + 1
+			if r.Time.Before(ep.End) {
+				paid = r.Paid
+			}
+		}
+		if len(page) < defaultReceiptPage {
+			return paid, nil
+		}
+	}
+}
+
+// anchor is what the epoch's batch commits to.
+func (s *Service) anchor(ctx context.Context, el *epochLedger) (settlement.Anchor, error) {
+	a := settlement.Anchor{ReceiptsRoot: el.root}
+	if s.cfg.AuditHead != nil {
+		h, err := s.cfg.AuditHead(ctx)
+		if err != nil {
+			return a, fmt.Errorf("hub: audit head: %w", err)
+		}
+		a.AuditHead = h
+	}
+	return a, nil
+}
