@@ -16,7 +16,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/compose-spec/compose-go/v2/types"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"

@@ -2,7 +2,7 @@
 // CloudEvents 1.0 JSON form, the canonical encoding they are signed over,
 // signing and verification, plausibility checks, and the conversion to the
 // usage record contracts price. It is pure: no bus, store or RPC client.
-// The NATS intake lives in metering/natsintake.
+// The NATS intake lives in hub/natsintake.
 package metering
 
 import (

@@ -27,7 +27,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/golden from the current output")
@@ -37,8 +36,8 @@ var update = flag.Bool("update", false, "rewrite testdata/golden from the curren
 type tipChain struct{ height int32 }
 
 func (c tipChain) BlockCount(context.Context) (int32, error) { return c.height, nil }
-func (tipChain) TxOut(context.Context, wire.OutPoint, bool) (btcdchain.TxOut, error) {
-	return btcdchain.TxOut{}, errors.New("tipChain: no outputs")
+func (tipChain) TxOut(context.Context, wire.OutPoint, bool) (hub.TxOut, error) {
+	return hub.TxOut{}, errors.New("tipChain: no outputs")
 }
 func (tipChain) Confirmations(context.Context, chainhash.Hash) (int64, error) {
 	return 0, errors.New("tipChain: no transactions")

@@ -27,9 +27,9 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/metering"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 

@@ -16,6 +16,9 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -24,6 +27,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
 	"github.com/m2mhub/m2mhub/hub/metrics"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
@@ -33,11 +37,8 @@ import (
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/regtest"
 	"github.com/m2mhub/m2mhub/metering"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // shutdownGrace bounds each step of a clean shutdown.
@@ -167,7 +168,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("wallet script: %w", err)
 	}
 	channels, err := channels.New(channels.Config{
-		Store: store, Devices: registry, Sessions: sessions, Chain: chain,
+		Store: store, Devices: registry, Sessions: sessions, Chain: btcdchain.HubChain{Client: chain},
 		HubKey: hubKey, PayoutScript: payout, Params: params, Logger: log,
 		MinDepth:       cfg.Channels.MinDepth,
 		MinExpiryDelta: cfg.Channels.MinExpiryDelta,
@@ -215,7 +216,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Settlement: once per period (and on demand) every participant's net
 	// is settled on chain in one batch.
 	settle, err := settler.New(settler.Config{
-		Store: store, Channels: channels, Chain: chain, Cosigners: cosigners,
+		Store: store, Channels: channels, Chain: btcdchain.HubChain{Client: chain}, Cosigners: cosigners,
 		Payouts: registry,
 		AuditHead: func(ctx context.Context) ([32]byte, error) {
 			e, err := store.AuditHead(ctx)

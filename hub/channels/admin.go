@@ -4,8 +4,9 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/m2mhub/m2mhub/hub"
 	"slices"
+
+	"github.com/m2mhub/m2mhub/hub"
 )
 
 // The reads below serve the admin API and the dashboard. They go to the

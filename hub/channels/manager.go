@@ -21,7 +21,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/wire"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Channel manager errors. Callers test them with errors.Is.
@@ -50,15 +49,15 @@ type Sessions interface {
 }
 
 // Chain is what the channel manager needs from the base chain.
-// *btcdchain.Client satisfies it.
+// btcdchain.HubChain satisfies it.
 type Chain interface {
 	// BlockCount returns the height of the best block.
 	BlockCount(ctx context.Context) (int32, error)
 	// TxOut looks up an unspent output; an unknown or spent output yields
-	// an error wrapping btcdchain.ErrNotFound.
-	TxOut(ctx context.Context, op btcwire.OutPoint, includeMempool bool) (btcdchain.TxOut, error)
+	// an error wrapping hub.ErrNotFound.
+	TxOut(ctx context.Context, op btcwire.OutPoint, includeMempool bool) (hub.TxOut, error)
 	// Confirmations returns how many blocks confirm txid (0 in the
-	// mempool), or an error wrapping btcdchain.ErrNotFound.
+	// mempool), or an error wrapping hub.ErrNotFound.
 	Confirmations(ctx context.Context, txid chainhash.Hash) (int64, error)
 	// SendRawTransaction broadcasts tx and returns its id.
 	SendRawTransaction(ctx context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error)

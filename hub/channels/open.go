@@ -13,7 +13,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/wire"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // activePayer checks that deviceID is a registered, active payer. The
@@ -186,7 +185,7 @@ func (c *Manager) checkFunding(ctx context.Context, rec hub.ChannelRecord) (bool
 		return false, err
 	}
 	txo, err := c.cfg.Chain.TxOut(ctx, rec.Funding, true)
-	if errors.Is(err, btcdchain.ErrNotFound) {
+	if errors.Is(err, hub.ErrNotFound) {
 		// Not broadcast yet, not propagated yet, or spent. The
 		// watcher asks again until PendingTimeout fails the offer.
 		return false, nil

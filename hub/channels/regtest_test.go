@@ -91,7 +91,7 @@ func TestRegtestOpenPayClaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := chantest.NewHarness(t, client, func(c *channels.Config) {
+	h := chantest.NewHarness(t, btcdchain.HubChain{Client: client}, func(c *channels.Config) {
 		c.PayoutScript = payout
 		c.PollInterval = 100 * time.Millisecond
 		c.FeeRate = 2

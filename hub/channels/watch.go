@@ -8,7 +8,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/internal/wire"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // watch is the manager's chain watcher. Every PollInterval it confirms
@@ -196,7 +195,7 @@ func (c *Manager) checkClosing(ctx context.Context, full bool) {
 			continue
 		}
 		conf, err := c.cfg.Chain.Confirmations(ctx, *r.CloseTx)
-		if errors.Is(err, btcdchain.ErrNotFound) {
+		if errors.Is(err, hub.ErrNotFound) {
 			c.log.Warn("closing transaction unknown to the node", "channel", r.Funding, "txid", r.CloseTx)
 			continue
 		}
@@ -283,7 +282,7 @@ func (c *Manager) spentOnChain(ctx context.Context, r hub.ChannelRecord) bool {
 	switch {
 	case err == nil:
 		return false
-	case !errors.Is(err, btcdchain.ErrNotFound):
+	case !errors.Is(err, hub.ErrNotFound):
 		c.log.Warn("expired channel output check failed", "channel", r.Funding, "err", err)
 		return false
 	}

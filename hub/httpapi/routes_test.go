@@ -29,7 +29,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/webhook"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // fixedChain is a test-only chain for the channel manager's read paths:
@@ -38,8 +37,8 @@ import (
 type fixedChain struct{ height int32 }
 
 func (c fixedChain) BlockCount(context.Context) (int32, error) { return c.height, nil }
-func (fixedChain) TxOut(context.Context, wire.OutPoint, bool) (btcdchain.TxOut, error) {
-	return btcdchain.TxOut{}, errors.New("fixedChain: no outputs")
+func (fixedChain) TxOut(context.Context, wire.OutPoint, bool) (hub.TxOut, error) {
+	return hub.TxOut{}, errors.New("fixedChain: no outputs")
 }
 func (fixedChain) Confirmations(context.Context, chainhash.Hash) (int64, error) {
 	return 0, errors.New("fixedChain: no transactions")

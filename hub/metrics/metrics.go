@@ -23,7 +23,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/charging"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 

@@ -16,7 +16,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // decodeTxs parses a run's raw transactions.
@@ -165,7 +164,7 @@ func (s *Service) followRun(ctx context.Context, r *settlement.Run, tip uint32) 
 		txid := tx.TxHash()
 		info, err := s.cfg.Chain.GetTx(ctx, txid)
 		switch {
-		case errors.Is(err, btcdchain.ErrNotFound):
+		case errors.Is(err, hub.ErrNotFound):
 			missing = append(missing, tx)
 			minConf = 0
 			continue

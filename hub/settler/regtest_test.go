@@ -22,6 +22,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/settlement"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // settleEnv is a real hub on a real regtest node, with channels whose
@@ -160,7 +161,7 @@ func (e *settleEnv) PayoutScript(_ context.Context, id string) ([]byte, error) {
 // settlement builds a Settlement on the hub's current run.
 func (e *settleEnv) settlement(mod func(*settler.Config)) *settler.Service {
 	cfg := settler.Config{
-		Store: e.h.Store(), Channels: e.h.Channels(), Chain: e.h.Chain(), Cosigners: e, Payouts: e,
+		Store: e.h.Store(), Channels: e.h.Channels(), Chain: btcdchain.HubChain{Client: e.h.Chain()}, Cosigners: e, Payouts: e,
 		RevenueScript: e.revenue, RevenueKey: e.revKey, FeeRate: 2000, RoundTimeout: 5 * time.Second,
 		Confirmations: 2, CPFPAfter: 1000, Logger: e.h.Logger(),
 		NonceObserver: func(u settler.NonceUse) { e.seeNonce(u.Nonce, u.Msg) },

@@ -10,6 +10,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // TestClaimAfterRollover claims a channel that a settlement rolled over:
@@ -77,7 +78,7 @@ func TestWalletRevenueKey(t *testing.T) {
 	}
 	e.settlement(func(c *settler.Config) { c.RevenueScript, c.RevenueKey = script, w.PrivKey() })
 	_, err = settler.New(settler.Config{
-		Store: e.h.Store(), Channels: e.h.Channels(), Chain: e.h.Chain(), Cosigners: e,
+		Store: e.h.Store(), Channels: e.h.Channels(), Chain: btcdchain.HubChain{Client: e.h.Chain()}, Cosigners: e,
 		RevenueScript: script, RevenueKey: e.revKey,
 	})
 	if !errors.Is(err, hub.ErrInvalid) {

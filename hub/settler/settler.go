@@ -21,7 +21,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Settlement errors. Callers test them with errors.Is.
@@ -68,13 +67,13 @@ type Channels interface {
 }
 
 // SettleChain is what the settlement service needs from the base chain.
-// *btcdchain.Client satisfies it.
+// btcdchain.HubChain satisfies it.
 type Chain interface {
 	// BlockCount returns the height of the best block.
 	BlockCount(ctx context.Context) (int32, error)
 	// GetTx returns a transaction from the mempool or the best chain, or
-	// an error wrapping btcdchain.ErrNotFound.
-	GetTx(ctx context.Context, txid chainhash.Hash) (btcdchain.TxInfo, error)
+	// an error wrapping hub.ErrNotFound.
+	GetTx(ctx context.Context, txid chainhash.Hash) (hub.TxInfo, error)
 	// SendRawTransaction broadcasts tx.
 	SendRawTransaction(ctx context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error)
 }

@@ -13,9 +13,9 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/metering"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
 )
 
 // drain lets every device resolve a payment left pending (one more small

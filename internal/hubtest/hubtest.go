@@ -177,7 +177,7 @@ func (h *Hub) run(addr string) error {
 	}
 	ref := &sessionsRef{}
 	ccfg := channels.Config{
-		Store: st, Devices: reg, Sessions: ref, Chain: h.chain, HubKey: h.key,
+		Store: st, Devices: reg, Sessions: ref, Chain: btcdchain.HubChain{Client: h.chain}, HubKey: h.key,
 		PayoutScript: h.payout, Params: h.params, PollInterval: DefaultPollInterval,
 		MinExpiryDelta: DefaultMinExpiryDelta, SafetyMargin: DefaultSafetyMargin, Logger: h.log,
 	}

@@ -14,8 +14,8 @@ import (
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/charging"
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
 )
 
 // MeteringConfig adjusts StartMetering. The zero value is hubd's setup.

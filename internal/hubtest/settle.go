@@ -15,6 +15,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/settlement"
+	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // Settling is the settlement side of a hub started by StartSettling,
@@ -72,7 +73,7 @@ func (st *Settling) NewSettlement(tb TB, mod func(*settler.Config)) *settler.Ser
 	tb.Helper()
 	h := st.h
 	cfg := settler.Config{
-		Store: h.Store(), Channels: h.Channels(), Chain: h.Chain(), Cosigners: st.Cosigners,
+		Store: h.Store(), Channels: h.Channels(), Chain: btcdchain.HubChain{Client: h.Chain()}, Cosigners: st.Cosigners,
 		Payouts: h.Registry(), AuditHead: auditHead(h),
 		RevenueScript: st.RevenueScript, RevenueKey: st.RevenueKey,
 		RoundTimeout: 5 * time.Second, Confirmations: 1, CPFPAfter: 1000, Logger: h.Logger(),

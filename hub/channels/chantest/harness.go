@@ -28,7 +28,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/wire"
-	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
 
 // fakeChain is a test-only stand-in for the chain adapter in unit tests of
@@ -36,13 +35,13 @@ import (
 type FakeChain struct {
 	Mu     sync.Mutex
 	height int32
-	Outs   map[btcwire.OutPoint]btcdchain.TxOut
+	Outs   map[btcwire.OutPoint]hub.TxOut
 	Confs  map[chainhash.Hash]int64
 	Sent   []*btcwire.MsgTx
 }
 
 func NewFakeChain(height int32) *FakeChain {
-	return &FakeChain{height: height, Outs: map[btcwire.OutPoint]btcdchain.TxOut{}, Confs: map[chainhash.Hash]int64{}}
+	return &FakeChain{height: height, Outs: map[btcwire.OutPoint]hub.TxOut{}, Confs: map[chainhash.Hash]int64{}}
 }
 
 func (f *FakeChain) BlockCount(context.Context) (int32, error) {
@@ -51,12 +50,12 @@ func (f *FakeChain) BlockCount(context.Context) (int32, error) {
 	return f.height, nil
 }
 
-func (f *FakeChain) TxOut(_ context.Context, op btcwire.OutPoint, _ bool) (btcdchain.TxOut, error) {
+func (f *FakeChain) TxOut(_ context.Context, op btcwire.OutPoint, _ bool) (hub.TxOut, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	o, ok := f.Outs[op]
 	if !ok {
-		return btcdchain.TxOut{}, btcdchain.ErrNotFound
+		return hub.TxOut{}, hub.ErrNotFound
 	}
 	return o, nil
 }
@@ -66,7 +65,7 @@ func (f *FakeChain) Confirmations(_ context.Context, txid chainhash.Hash) (int64
 	defer f.Mu.Unlock()
 	n, ok := f.Confs[txid]
 	if !ok {
-		return 0, btcdchain.ErrNotFound
+		return 0, hub.ErrNotFound
 	}
 	return n, nil
 }
@@ -86,7 +85,7 @@ func (f *FakeChain) Fund(value btcutil.Amount, pkScript []byte, confs int64) btc
 	_, _ = rand.Read(op.Hash[:])
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
-	f.Outs[op] = btcdchain.TxOut{Value: value, PkScript: pkScript, Confirmations: confs}
+	f.Outs[op] = hub.TxOut{Value: value, PkScript: pkScript, Confirmations: confs}
 	return op
 }
 

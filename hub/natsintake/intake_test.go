@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/metering"
-	"github.com/m2mhub/m2mhub/metering/natsintake"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
