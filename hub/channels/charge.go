@@ -32,9 +32,12 @@ type ChargeListener interface {
 	ChargeRefused(reqID uint64, code wire.ChanCode, message string)
 }
 
-// ChargeRequest is a payment the hub asks a payer for, covering metered
+// PaymentRequest is a payment the hub asks a payer for, covering metered
 // charges: one request, one device signature, many events.
 type PaymentRequest struct {
+	// Listener hears how the request ends: paid or refused. It is
+	// required; a cancelled request is reported to nobody.
+	Listener     ChargeListener
 	Payer, Payee string
 	Channel      btcwire.OutPoint
 	Amount       lnwire.MilliSatoshi
@@ -50,17 +53,8 @@ type PaymentRequest struct {
 // until the device pays or refuses them or the requester cancels them. Its
 // zero value is ready to use.
 type chargeBook struct {
-	mu       sync.Mutex
-	reqs     map[uint64]*PaymentRequest
-	listener ChargeListener
-}
-
-// SetChargeListener names who hears about paid and refused charge requests.
-// It is set once at wiring time, before RequestPayment is first called.
-func (c *Manager) SetChargeListener(l ChargeListener) {
-	c.charges.mu.Lock()
-	c.charges.listener = l
-	c.charges.mu.Unlock()
+	mu   sync.Mutex
+	reqs map[uint64]*PaymentRequest
 }
 
 // CreditLimit is the per-channel bound on service given on credit
@@ -169,9 +163,12 @@ func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs [
 
 // RequestPayment asks the payer to pay r over its session and returns the
 // request id its Pay must name. The payment's receipt is version 2 (it names
-// r's contract and events) and the ChargeListener hears when it is paid or
+// r's contract and events) and r.Listener hears when it is paid or
 // refused. It returns ErrDeviceOffline when the payer is not connected.
 func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64, error) {
+	if r.Listener == nil {
+		return 0, fmt.Errorf("%w: charge request without a listener", hub.ErrInvalid)
+	}
 	if r.Amount == 0 || r.EventCount == 0 {
 		return 0, fmt.Errorf("%w: charge request of %d msat for %d events", hub.ErrInvalid, uint64(r.Amount), r.EventCount)
 	}
@@ -228,12 +225,11 @@ func chargeMeta(r *channel.Receipt, cr *PaymentRequest) {
 // first payment answering it is reported.
 func (c *Manager) chargePaid(id uint64, receipt []byte) {
 	c.charges.mu.Lock()
-	_, ok := c.charges.reqs[id]
+	r, ok := c.charges.reqs[id]
 	delete(c.charges.reqs, id)
-	l := c.charges.listener
 	c.charges.mu.Unlock()
-	if ok && l != nil {
-		l.ChargePaid(id, receipt)
+	if ok {
+		r.Listener.ChargePaid(id, receipt)
 	}
 }
 
@@ -250,10 +246,9 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 	} else {
 		ok = false
 	}
-	l := c.charges.listener
 	c.charges.mu.Unlock()
-	if ok && l != nil {
-		l.ChargeRefused(*m.ReqID, m.Code, m.Message)
+	if ok {
+		r.Listener.ChargeRefused(*m.ReqID, m.Code, m.Message)
 	}
 	return ok
 }

@@ -102,7 +102,6 @@ type Channels interface {
 	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
 	RequestPayment(ctx context.Context, r channels.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
-	SetChargeListener(l channels.ChargeListener)
 }
 
 // DeviceFreezer freezes a device or provider a security rule caught.
@@ -222,8 +221,8 @@ type cachedDevice struct {
 
 var _ channels.ChargeListener = (*Service)(nil)
 
-// NewCharging returns a Charging; Start runs its flusher and Close stops it.
-// It registers itself as the channel manager's charge listener.
+// New returns a Service; Start runs its flusher and Close stops it. It
+// listens to each payment request it sends (channels.PaymentRequest.Listener).
 func New(cfg Config) (*Service, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -240,7 +239,6 @@ func New(cfg Config) (*Service, error) {
 		busy:      map[payKey]bool{},
 		kick:      make(chan struct{}, 1),
 	}
-	cfg.Channels.SetChargeListener(c)
 	return c, nil
 }
 

@@ -241,7 +241,7 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		return
 	}
 	id, err := c.cfg.Channels.RequestPayment(ctx, channels.PaymentRequest{
-		Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
+		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,
 		Memo: fmt.Sprintf("%d events", n),
 	})
