@@ -36,6 +36,7 @@ import (
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/regtest"
+	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
@@ -120,13 +121,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("hub wallet", "address", wallet.Address().String())
 
-	// Registry and device sessions.
-	registry, err := registry.New(registry.Config{
-		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
-	})
-	if err != nil {
-		return err
-	}
 	// Metrics: counters are fed by the parts below as they work; gauges
 	// are read from them on each scrape, through live, which points at
 	// them once they exist.
@@ -160,15 +154,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	hooks.Start()
 	st.push("webhooks", func(context.Context) error { return hooks.Close() })
 
-	// The channel manager reaches devices through the server, and the
-	// server hands it their messages: sessions breaks that cycle.
-	sessions := &sessionsRef{}
+	// Devices, channels and sessions, in dependency order: the directory
+	// of live sessions first, which the channel manager and the cosigners
+	// reach devices through and the registry drops revoked ones from; the
+	// server last, which lists its sessions in it, authenticates through
+	// the registry and routes each device message to its subsystem.
+	sessions := session.NewDirectory()
 	payout, err := txscript.PayToAddrScript(wallet.Address())
 	if err != nil {
 		return fmt.Errorf("wallet script: %w", err)
 	}
-	channels, err := channels.New(channels.Config{
-		Store: store, Devices: registry, Sessions: sessions, Chain: btcdchain.HubChain{Client: chain},
+	chans, err := channels.New(channels.Config{
+		Store: store, Devices: store, Sessions: sessions, Chain: btcdchain.HubChain{Client: chain},
 		HubKey: hubKey, PayoutScript: payout, Params: params, Logger: log,
 		MinDepth:       cfg.Channels.MinDepth,
 		MinExpiryDelta: cfg.Channels.MinExpiryDelta,
@@ -180,16 +177,29 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// The settlement round's device answers arrive on the same sessions as
-	// payments: the cosigners take theirs and pass the rest on.
-	cosigners, err := cosign.New(cosign.Config{
-		Sessions: sessions, Channels: channels, Runs: store, Logger: log,
+	reg, err := registry.New(registry.Config{
+		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
+		Sessions: revocations{sessions: sessions, nats: events.issuer, log: log},
+		Channels: chans,
 	})
 	if err != nil {
 		return err
 	}
+	cosigners, err := cosign.New(cosign.Config{
+		Sessions: sessions, Channels: chans, Runs: store, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	// Settlement answers go to the cosigners, every other channel
+	// message to the channel manager.
+	router := &session.Router{
+		Default:      chans,
+		ByType:       map[lnwire.MessageType]session.Handler{wire.MsgSettleSign: cosigners},
+		ErrorsByCode: map[wire.ChanCode]session.Handler{wire.ChanSettleRefused: cosigners},
+	}
 	srv, err := session.New(session.Config{
-		Addr: cfg.Listen, Key: hubKey, Auth: registry, Handler: cosigners.Handler(channels), Logger: log,
+		Addr: cfg.Listen, Key: hubKey, Auth: reg, Handler: router, Directory: sessions, Logger: log,
 		ActTimeout: cfg.Limits.ActTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes, MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxSessions:      cfg.Limits.MaxSessions,
@@ -203,21 +213,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	st.push("sessions", func(context.Context) error { return srv.Close() })
-	sessions.srv.Store(srv)
 	live.srv.Store(srv)
-	live.channels.Store(channels)
-	registry.SetSessionDropper(revocations{srv: srv, nats: events.issuer, log: log})
-	registry.SetChannelFreezer(channels)
-	channels.Start()
-	st.push("channels", func(context.Context) error { return channels.Close() })
+	live.channels.Store(chans)
+	chans.Start()
+	st.push("channels", func(context.Context) error { return chans.Close() })
 	cosigners.Start()
 	st.push("cosigners", func(context.Context) error { return cosigners.Close() })
 
 	// Settlement: once per period (and on demand) every participant's net
 	// is settled on chain in one batch.
 	settle, err := settler.New(settler.Config{
-		Store: store, Channels: channels, Chain: btcdchain.HubChain{Client: chain}, Cosigners: cosigners,
-		Payouts: registry,
+		Store: store, Channels: chans, Chain: btcdchain.HubChain{Client: chain}, Cosigners: cosigners,
+		Payouts: reg,
 		AuditHead: func(ctx context.Context) ([32]byte, error) {
 			e, err := store.AuditHead(ctx)
 			return e.Hash, err
@@ -237,8 +244,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Metering: usage events from NATS are verified, priced, charged
 	// exactly once and paid through the payers' channels.
 	charging, err := charging.New(charging.Config{
-		Contracts: store, Charges: store, Devices: registry, Channels: channels,
-		Freezer: registry, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log,
+		Contracts: store, Charges: store, Devices: reg, Channels: chans,
+		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -246,7 +253,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	charging.Start()
 	st.push("charging", func(context.Context) error { return charging.Close() })
 	intake, err := natsintake.New(natsintake.Config{
-		JS: events.js, Providers: registry, Charger: charging, Logger: log,
+		JS: events.js, Providers: reg, Charger: charging, Logger: log,
 		Duplicates: cfg.DedupWindow,
 	})
 	if err != nil {
@@ -257,7 +264,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	st.push("intake", func(context.Context) error { return intake.Close() })
 	live.intake.Store(intake)
-	contractsAPI, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: registry, Incomes: charging})
+	contractsAPI, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: reg, Incomes: charging})
 	if err != nil {
 		return err
 	}
@@ -277,9 +284,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("admin credentials: %w", err)
 	}
 	apiCfg := httpapi.Config{
-		Registry: registry, Token: adminToken, Logger: log, Health: checks,
+		Registry: reg, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
-		Creds: creds, Channels: channels, Webhooks: hookEndpoints,
+		Creds: creds, Channels: chans, Webhooks: hookEndpoints,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
@@ -335,13 +342,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 // revoked provider on the embedded bus, removes its NATS user so it can no
 // longer publish at all (its events would be dead-lettered anyway).
 type revocations struct {
-	srv  *session.Server
-	nats *natsembed.Issuer // nil with an external NATS
-	log  *slog.Logger
+	sessions *session.Directory
+	nats     *natsembed.Issuer // nil with an external NATS
+	log      *slog.Logger
 }
 
 func (r revocations) Drop(deviceID, code, reason string) {
-	r.srv.Drop(deviceID, code, reason)
+	r.sessions.Drop(deviceID, code, reason)
 	if r.nats == nil || code != "revoked" {
 		return
 	}
@@ -431,20 +438,6 @@ func serveMetrics(addr string, lim httpapi.Limits, m *metrics.Metrics, st *stack
 		return err
 	})
 	return ln.Addr().String(), nil
-}
-
-// sessionsRef lets the channel manager look sessions up on a server that is
-// created after it.
-type sessionsRef struct {
-	srv atomic.Pointer[session.Server]
-}
-
-func (r *sessionsRef) Session(deviceID string) (*session.Session, bool) {
-	srv := r.srv.Load()
-	if srv == nil {
-		return nil, false
-	}
-	return srv.Session(deviceID)
 }
 
 // channelStore is what hubd needs of a store: the registry and the channels.

@@ -82,7 +82,6 @@ func newChargeEnv(t *testing.T, credit lnwire.MilliSatoshi) *chargeEnv {
 	t.Helper()
 	f := chantest.NewFakeChain(chantest.TestHeight)
 	h := chantest.NewHarness(t, f, func(c *channels.Config) { c.CreditLimit = credit })
-	h.Reg.SetChannelFreezer(h.Ch)
 	env := &chargeEnv{t: t, h: h, pub: &recPublisher{}, clock: clock.NewTestClock(chargeStart)}
 	env.payer = h.Enrol(hub.RolePayer)
 	env.prov = h.Enrol(hub.RoleProvider)

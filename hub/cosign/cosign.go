@@ -404,35 +404,27 @@ func (c *Cosigners) load(ctx context.Context) error {
 	return nil
 }
 
-// Handler returns a session handler that takes the devices' answers to
-// settlement proposals (SettleSign, and ChannelError "settle-refused" for
-// a proposal in flight) and passes every other message to next, normally
-// the channel manager. Install it as ServerConfig.Handler.
-func (c *Cosigners) Handler(next session.Handler) session.Handler {
-	return &settleHandler{c: c, next: next}
-}
-
-type settleHandler struct {
-	c    *Cosigners
-	next session.Handler
-}
-
-// HandleMessage routes a settlement reply to the Cosign call waiting for
-// it. A SettleSign nobody waits for (it came after the round timeout) is
-// dropped: the round already re-planned the device as absent.
-func (h *settleHandler) HandleMessage(ctx context.Context, s *session.Session, msg lnwire.Message) error {
+// HandleMessage takes the devices' answers to settlement proposals: a
+// SettleSign, and a ChannelError "settle-refused". Route those two to it
+// (session.Router); it logs and drops any other message. An answer nobody
+// waits for (it came after the round timeout) is dropped: the round already
+// re-planned the device as absent.
+func (c *Cosigners) HandleMessage(_ context.Context, s *session.Session, msg lnwire.Message) error {
 	switch m := msg.(type) {
 	case *wire.SettleSign:
-		if !h.c.reply(s.DeviceID(), m.ChanID, m.Epoch, m, true) {
-			h.c.log.Debug("late or unexpected settle sign", "device", s.DeviceID(), "chan", m.ChanID, "epoch", m.Epoch)
+		if !c.reply(s.DeviceID(), m.ChanID, m.Epoch, m, true) {
+			c.log.Debug("late or unexpected settle sign", "device", s.DeviceID(), "chan", m.ChanID, "epoch", m.Epoch)
 		}
 		return nil
 	case *wire.ChannelError:
-		if m.Code == wire.ChanSettleRefused && m.ChanID != nil && h.c.reply(s.DeviceID(), *m.ChanID, 0, m, false) {
+		if m.Code == wire.ChanSettleRefused && m.ChanID != nil && c.reply(s.DeviceID(), *m.ChanID, 0, m, false) {
 			return nil
 		}
+		c.log.Info("device reported an error", "device", s.DeviceID(), "code", m.Code, "message", m.Message)
+		return nil
 	}
-	return h.next.HandleMessage(ctx, s, msg)
+	c.log.Warn("message routed to the cosigners is not theirs", "device", s.DeviceID(), "type", uint16(msg.MsgType()))
+	return nil
 }
 
 // reply hands m to the Cosign waiting for (deviceID, chanID), checking

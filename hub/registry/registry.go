@@ -12,7 +12,7 @@ import (
 	"github.com/m2mhub/m2mhub/internal/authmsg"
 )
 
-// SessionDropper closes a device's live session. The session server
+// SessionDropper closes a device's live session. session.Directory
 // implements it; the registry calls it when a device is revoked or rotated so
 // the change takes effect at once.
 type SessionDropper interface {
@@ -32,6 +32,14 @@ type Config struct {
 	// OperatorKey verifies enrolment tokens. Without it, token enrolment is
 	// refused.
 	OperatorKey *btcec.PublicKey
+	// Sessions closes a device's live session when it is revoked or its
+	// key rotated (a session.Directory, or one that also cuts the
+	// device's other access). Optional: without it nothing is closed.
+	Sessions SessionDropper
+	// Channels stops payments on a revoked or frozen device's channels
+	// (the channel manager). Optional: without it channels keep running
+	// until settled.
+	Channels ChannelFreezer
 	// Now is the clock; time.Now when nil.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -53,7 +61,10 @@ func New(cfg Config) (*Registry, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("hub: registry needs a store")
 	}
-	r := &Registry{store: cfg.Store, operator: cfg.OperatorKey, now: cfg.Now, log: cfg.Logger}
+	r := &Registry{
+		store: cfg.Store, operator: cfg.OperatorKey, now: cfg.Now, log: cfg.Logger,
+		dropper: cfg.Sessions, freezer: cfg.Channels,
+	}
 	if r.now == nil {
 		r.now = time.Now
 	}
@@ -62,15 +73,6 @@ func New(cfg Config) (*Registry, error) {
 	}
 	return r, nil
 }
-
-// SetSessionDropper tells the registry which sessions to close on revoke and
-// rotate. It is set once at wiring time, before serving, because the session
-// server itself needs the registry to authenticate.
-func (r *Registry) SetSessionDropper(d SessionDropper) { r.dropper = d }
-
-// SetChannelFreezer tells the registry whose channels to freeze on revoke;
-// set once at wiring time, like the session dropper.
-func (r *Registry) SetChannelFreezer(f ChannelFreezer) { r.freezer = f }
 
 // maxApplyAttempts bounds retries when another writer (another hubd on the
 // same Redis) appends to the audit log between our read and our write.

@@ -95,6 +95,10 @@ type Config struct {
 	// Handler receives custom messages after authentication. Optional:
 	// without one, custom messages are logged and dropped.
 	Handler Handler
+	// Directory is where the server lists its live sessions, for the
+	// subsystems that message devices by id. Optional: without one the
+	// server keeps a directory of its own.
+	Directory *Directory
 	// Logger receives connection events. Defaults to slog.Default().
 	Logger *slog.Logger
 	// Clock drives the keepalive timers. Defaults to the wall clock.
@@ -133,6 +137,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
+	if c.Directory == nil {
+		c.Directory = NewDirectory()
+	}
 	if c.Key == nil {
 		return fmt.Errorf("%w: server: no identity key", hub.ErrInvalid)
 	}
@@ -188,7 +195,7 @@ type Server struct {
 	conns    int                          // noise-authenticated connections, sessions included
 	perIP    map[string]int               // conns by remote IP
 	pending  map[*p2plisten.Conn]struct{} // conns not yet authenticated
-	sessions map[string]*Session          // live session by device id
+	sessions *Directory                   // live session by device id
 }
 
 // NewServer starts listening on cfg.Addr. The server runs until Close.
@@ -216,7 +223,7 @@ func New(cfg Config) (*Server, error) {
 		cancel:   cancel,
 		perIP:    make(map[string]int),
 		pending:  make(map[*p2plisten.Conn]struct{}),
-		sessions: make(map[string]*Session),
+		sessions: cfg.Directory,
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -227,31 +234,13 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Sessions returns the number of live, authenticated sessions.
-func (s *Server) Sessions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.sessions)
-}
+func (s *Server) Sessions() int { return s.sessions.Len() }
 
 // Session returns the live session of a device, if any.
-func (s *Server) Session(deviceID string) (*Session, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sess, ok := s.sessions[deviceID]
-	return sess, ok
-}
+func (s *Server) Session(deviceID string) (*Session, bool) { return s.sessions.Session(deviceID) }
 
-// Drop closes the live session of deviceID at once, telling the device code
-// and reason in an lnwire.Error (used when a device is revoked: code
-// "revoked"). It does nothing when the device has no live session.
-func (s *Server) Drop(deviceID string, code, reason string) {
-	s.mu.Lock()
-	sess := s.sessions[deviceID]
-	s.mu.Unlock()
-	if sess != nil {
-		sess.closeWith(wire.Code(code), reason)
-	}
-}
+// Drop closes the live session of deviceID, as Directory.Drop does.
+func (s *Server) Drop(deviceID string, code, reason string) { s.sessions.Drop(deviceID, code, reason) }
 
 // Close stops accepting, tells every device "shutting-down", ends every
 // handshake in progress, and waits for every goroutine the server started.
@@ -262,10 +251,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
-	sessions := make([]*Session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		sessions = append(sessions, sess)
-	}
+	// Under s.mu, so no session registers unseen (register checks closed
+	// and lists the session under it too).
+	sessions := s.sessions.all()
 	for c := range s.pending {
 		// Wake the pre-auth read; the conn goroutine then closes it.
 		_ = c.SetDeadline(time.Now())
@@ -541,8 +529,7 @@ func (s *Server) register(sess *Session) bool {
 		s.mu.Unlock()
 		return false
 	}
-	old := s.sessions[sess.device.ID]
-	s.sessions[sess.device.ID] = sess
+	old := s.sessions.put(sess)
 	delete(s.pending, sess.conn)
 	s.mu.Unlock()
 	if old != nil {
@@ -552,11 +539,7 @@ func (s *Server) register(sess *Session) bool {
 }
 
 func (s *Server) unregister(sess *Session) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sessions[sess.device.ID] == sess {
-		delete(s.sessions, sess.device.ID)
-	}
+	s.sessions.remove(sess)
 }
 
 func remoteIP(a net.Addr) string {

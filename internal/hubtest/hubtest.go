@@ -156,13 +156,6 @@ func Start(tb testing.TB, cfg Config) *Hub {
 	return h
 }
 
-// sessionsRef breaks the cycle between the server (which needs the channel
-// manager as its handler) and the manager (which needs the server's
-// sessions), as cmd/hubd's wiring does.
-type sessionsRef struct{ srv *session.Server }
-
-func (r *sessionsRef) Session(id string) (*session.Session, bool) { return r.srv.Session(id) }
-
 // run opens the store and starts the registry, channel manager and server
 // listening on addr.
 func (h *Hub) run(addr string) error {
@@ -170,14 +163,11 @@ func (h *Hub) run(addr string) error {
 	if err != nil {
 		return err
 	}
-	reg, err := registry.New(registry.Config{Store: st, Logger: h.log})
-	if err != nil {
-		_ = st.Close()
-		return err
-	}
-	ref := &sessionsRef{}
+	// In dependency order, as cmd/hubd builds them: the directory of
+	// live sessions, the channel manager, the registry, the server.
+	dir := session.NewDirectory()
 	ccfg := channels.Config{
-		Store: st, Devices: reg, Sessions: ref, Chain: btcdchain.HubChain{Client: h.chain}, HubKey: h.key,
+		Store: st, Devices: st, Sessions: dir, Chain: btcdchain.HubChain{Client: h.chain}, HubKey: h.key,
 		PayoutScript: h.payout, Params: h.params, PollInterval: DefaultPollInterval,
 		MinExpiryDelta: DefaultMinExpiryDelta, SafetyMargin: DefaultSafetyMargin, Logger: h.log,
 	}
@@ -189,7 +179,12 @@ func (h *Hub) run(addr string) error {
 		_ = st.Close()
 		return err
 	}
-	scfg := session.Config{Auth: reg, Handler: ch, Logger: h.log}
+	reg, err := registry.New(registry.Config{Store: st, Logger: h.log})
+	if err != nil {
+		_ = st.Close()
+		return err
+	}
+	scfg := session.Config{Auth: reg, Handler: ch, Directory: dir, Logger: h.log}
 	if h.cfg.Server != nil {
 		h.cfg.Server(&scfg)
 	}
@@ -199,7 +194,6 @@ func (h *Hub) run(addr string) error {
 		_ = st.Close()
 		return err
 	}
-	ref.srv = srv
 	ch.Start()
 	h.mu.Lock()
 	h.store, h.reg, h.srv, h.ch = st, reg, srv, ch

@@ -8,12 +8,14 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/cosign"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/settler"
+	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
@@ -55,7 +57,11 @@ func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 		if inner != nil {
 			inner(sc)
 		}
-		sc.Handler = st.Cosigners.Handler(sc.Handler)
+		sc.Handler = &session.Router{
+			Default:      sc.Handler,
+			ByType:       map[lnwire.MessageType]session.Handler{wire.MsgSettleSign: st.Cosigners},
+			ErrorsByCode: map[wire.ChanCode]session.Handler{wire.ChanSettleRefused: st.Cosigners},
+		}
 	}
 	h := Start(tb, cfg)
 	ref.set(h)

@@ -89,13 +89,6 @@ func (f *FakeChain) Fund(value btcutil.Amount, pkScript []byte, confs int64) btc
 	return op
 }
 
-// sessionsRef breaks the construction cycle between the server (which needs
-// its handler) and the channel manager (which needs the server's sessions),
-// as hubd's wiring must too.
-type SessionsRef struct{ Srv *session.Server }
-
-func (r *SessionsRef) Session(id string) (*session.Session, bool) { return r.Srv.Session(id) }
-
 // harness is a hub with a real bbolt store, a real registry, a real BOLT 8
 // server, and the channel manager as its handler.
 type Harness struct {
@@ -122,18 +115,19 @@ func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config),
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = st.Close() })
-	reg, err := registry.New(registry.Config{Store: st, Logger: Quiet()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h := &Harness{T: tb, HubKey: MustKey(tb), Store: st, Reg: reg, Chain: chain, Params: &chaincfg.RegressionNetParams}
+	// Built in dependency order: the directory of live sessions, the
+	// channel manager (which reads devices from the store and reaches them
+	// through the directory), the registry (which freezes their channels),
+	// and the server (which authenticates through the registry and hands
+	// messages to the manager).
+	dir := session.NewDirectory()
+	h := &Harness{T: tb, HubKey: MustKey(tb), Store: st, Chain: chain, Params: &chaincfg.RegressionNetParams}
 	payout, err := txscript.PayToTaprootScript(txscript.ComputeTaprootKeyNoScript(MustKey(tb).PubKey()))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ref := &SessionsRef{}
 	cfg := channels.Config{
-		Store: st, Devices: reg, Sessions: ref, Chain: chain, HubKey: h.HubKey,
+		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: h.HubKey,
 		PayoutScript: payout, Params: h.Params, PollInterval: 50 * time.Millisecond,
 		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6,
 		Logger: Quiet(),
@@ -145,14 +139,17 @@ func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config),
 	if err != nil {
 		tb.Fatal(err)
 	}
+	h.Reg, err = registry.New(registry.Config{Store: st, Channels: h.Ch, Logger: Quiet()})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	h.Srv, err = session.New(session.Config{
-		Addr: "127.0.0.1:0", Key: h.HubKey, Auth: reg, Handler: h.Ch, Logger: Quiet(),
+		Addr: "127.0.0.1:0", Key: h.HubKey, Auth: h.Reg, Handler: h.Ch, Directory: dir, Logger: Quiet(),
 		PingInterval: time.Hour, PongTimeout: time.Hour,
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ref.Srv = h.Srv
 	h.Ch.Start()
 	tb.Cleanup(func() {
 		_ = h.Srv.Close()
