@@ -1,0 +1,89 @@
+package deptest_test
+
+import (
+	"testing"
+
+	"github.com/m2mhub/m2mhub/internal/deptest"
+)
+
+const mod = "github.com/m2mhub/m2mhub"
+
+// lnd is the one dependency allowed to reach an RPC client and wallet:
+// lnwire (the wire messages and lnwire.MilliSatoshi) imports lnd's keychain,
+// which imports btcwallet and with it btcd's rpcclient. Nothing of ours may
+// reach them another way.
+var lnd = []string{"github.com/lightningnetwork/lnd"}
+
+// infrastructure is what no domain package and no hub service links.
+var infrastructure = []deptest.Rule{
+	{Deny: "github.com/nats-io"},
+	{Deny: "github.com/redis/go-redis"},
+	{Deny: "go.etcd.io/bbolt"},
+	{Deny: "github.com/btcsuite/btcd/rpcclient", Except: lnd},
+	{Deny: "github.com/btcsuite/btcwallet", Except: lnd},
+}
+
+// TestLayers checks the transitive dependencies of the layers
+// docs/architecture.md draws: domain packages link no infrastructure and no
+// hub, hub services link no adapter, and the client library links no server
+// code.
+func TestLayers(t *testing.T) {
+	g := deptest.LoadGraph(t, mod+"/...")
+
+	domain := []string{"channel", "contracts", "metering", "settlement"}
+	core := []string{"hub", "hub/registry", "hub/session", "hub/channels", "hub/charging", "hub/settler", "hub/cosign"}
+	adapters := []string{
+		"hub/boltstore", "hub/redisstore", "hub/natsintake", "hub/httpapi", "hub/webhook", "hub/metrics",
+		"settlement/btcdchain", "internal/natsembed",
+	}
+
+	t.Run("domain", func(t *testing.T) {
+		for _, p := range domain {
+			g.Deny(t, mod+"/"+p, append(infrastructure, deptest.Rule{Deny: mod + "/hub"})...)
+		}
+	})
+	t.Run("core", func(t *testing.T) {
+		rules := append([]deptest.Rule(nil), infrastructure...)
+		for _, a := range adapters {
+			rules = append(rules, deptest.Rule{Deny: mod + "/" + a})
+		}
+		for _, p := range core {
+			g.Deny(t, mod+"/"+p, rules...)
+		}
+	})
+	t.Run("client", func(t *testing.T) {
+		g.Deny(t, mod+"/clients/go",
+			deptest.Rule{Deny: mod + "/hub"},
+			deptest.Rule{Deny: mod + "/cmd"},
+			deptest.Rule{Deny: mod + "/internal/natsembed"},
+			deptest.Rule{Deny: mod + "/settlement/btcdchain"},
+			deptest.Rule{Deny: "go.etcd.io/bbolt"},
+			deptest.Rule{Deny: "github.com/redis/go-redis"},
+		)
+	})
+}
+
+// TestDenyFindsPath checks that a denied package is found, with the path to
+// it, and that an exception stops the walk.
+func TestDenyFindsPath(t *testing.T) {
+	g := deptest.Graph{
+		"a": {"b", "x"},
+		"b": {"c/d"},
+		"x": {"c/e"},
+	}
+	var ft fakeT
+	g.Deny(&ft, "a", deptest.Rule{Deny: "c"})
+	if len(ft.errs) != 1 || ft.errs[0] != "a links c: a → b → c/d" {
+		t.Fatalf("errors = %q", ft.errs)
+	}
+	ft = fakeT{}
+	g.Deny(&ft, "a", deptest.Rule{Deny: "c", Except: []string{"b", "x"}})
+	if len(ft.errs) != 0 {
+		t.Fatalf("excepted paths reported: %q", ft.errs)
+	}
+	ft = fakeT{}
+	g.Deny(&ft, "a", deptest.Rule{Deny: "c", Except: []string{"b"}})
+	if len(ft.errs) != 1 || ft.errs[0] != "a links c: a → x → c/e" {
+		t.Fatalf("errors = %q", ft.errs)
+	}
+}
