@@ -13,7 +13,9 @@ type fakeT struct {
 
 func (f *fakeT) Helper() {}
 
-func (f *fakeT) Errorf(format string, args ...any) { f.errs = append(f.errs, fmt.Sprintf(format, args...)) }
+func (f *fakeT) Errorf(format string, args ...any) {
+	f.errs = append(f.errs, fmt.Sprintf(format, args...))
+}
 
 func (f *fakeT) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
