@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
@@ -152,6 +153,11 @@ func TestPayRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			payer.Send(tc.send())
+			if tc.code == wire.ChanStaleState || tc.code == wire.ChanSeqGap {
+				// Refused (I4), but first answered with the state
+				// the hub holds, signed by the device itself.
+				expectState(t, payer, good)
+			}
 			chantest.Refusal(payer, tc.code)
 			// The session stays healthy and the channel usable.
 			payer.Pay(good, 1000, prov.ID)
@@ -195,6 +201,57 @@ func TestPayRefusals(t *testing.T) {
 		p.Send(p.PayMsg(c, c.Seq+1, c.Paid+1000, 1000, pv.ID))
 		chantest.Refusal(p, wire.ChanRateLimited)
 	})
+}
+
+// expectState reads the ChannelState the hub sends and checks it is c's
+// latest state with the device's own signature over it.
+func expectState(t *testing.T, d *chantest.Device, c *chantest.Channel) {
+	t.Helper()
+	st := chantest.Expect[*wire.ChannelState](d)
+	if st.ChanID != c.Op || st.Seq != c.Seq || st.Paid != c.Paid || st.Sig == nil {
+		t.Fatalf("state %v seq %d paid %d sig %v, want %v seq %d paid %d",
+			st.ChanID, st.Seq, uint64(st.Paid), st.Sig != nil, c.Op, c.Seq, uint64(c.Paid))
+	}
+	sig, err := schnorr.ParseSignature(st.Sig[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Out.VerifyClaim(channel.State{ChannelID: c.Op, Seq: st.Seq, Paid: st.Paid}, sig); err != nil {
+		t.Fatalf("state signature: %v", err)
+	}
+}
+
+// TestChannelSync: a device asking for its channel's state gets the
+// latest one with its own signature; another device's channel and an
+// unknown one are refused.
+func TestChannelSync(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	h := chantest.NewHarness(t, f, nil)
+	payer := h.Enrol(hub.RolePayer)
+	other := h.Enrol(hub.RolePayer)
+	prov := h.Enrol(hub.RoleProvider)
+	c := payer.Open(f, 50_000, chantest.TestHeight+500)
+
+	payer.Send(&wire.ChannelSync{ChanID: c.Op})
+	if st := chantest.Expect[*wire.ChannelState](payer); st.Seq != 0 || st.Paid != 0 || st.Sig != nil {
+		t.Fatalf("fresh channel state seq %d paid %d sig %v", st.Seq, uint64(st.Paid), st.Sig != nil)
+	}
+	for range 2 {
+		payer.Pay(c, 3000, prov.ID)
+		chantest.Expect[*wire.ReceiptNotice](prov)
+	}
+	payer.Send(&wire.ChannelSync{ChanID: c.Op})
+	expectState(t, payer, c)
+
+	other.Send(&wire.ChannelSync{ChanID: c.Op})
+	if ce := chantest.Refusal(other, wire.ChanNotOwner); ce.ChanID == nil || *ce.ChanID != c.Op {
+		t.Fatalf("refusal names %v", ce.ChanID)
+	}
+	unknown := c.Op
+	unknown.Index += 9
+	payer.Send(&wire.ChannelSync{ChanID: unknown})
+	chantest.Refusal(payer, wire.ChanUnknownChannel)
 }
 
 func TestFundingMismatch(t *testing.T) {
