@@ -73,7 +73,7 @@ func TestLimitDefaultsAgree(t *testing.T) {
 	protocol := readDoc(t, "protocol.md")
 	operations := readDoc(t, "operations.md")
 	for _, tc := range []struct {
-		flag, field string // operations.md flag, protocol.md ServerConfig field
+		flag, field string // operations.md flag, protocol.md session.Config field
 		got, want   any    // hubd's flag default, hub's default
 	}{
 		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, session.DefaultHandshakeTimeout},

@@ -21,7 +21,7 @@ import (
 var ErrDeviceOffline = errors.New("hub: device not connected")
 
 // ChargeListener hears how the payment requests sent by RequestPayment end.
-// Channels calls it with a channel's lock held, so implementations must
+// The Manager calls it with a channel's lock held, so implementations must
 // only queue the news and return.
 type ChargeListener interface {
 	// ChargePaid reports that the device paid request reqID; receipt is

@@ -25,7 +25,7 @@ import (
 
 // Channel manager errors. Callers test them with errors.Is.
 var (
-	// ErrChannelsClosed is returned once Close has been called.
+	// ErrClosed is returned once Close has been called.
 	ErrClosed = errors.New("hub: channel manager closed")
 	// ErrNothingToClaim is returned by Claim when the channel's latest
 	// state moves no whole satoshi to the hub, or what it moves would not
@@ -36,13 +36,13 @@ var (
 	ErrChannelState = errors.New("hub: channel status does not allow this")
 )
 
-// Devices looks registered parties up. *Registry satisfies it.
+// Devices looks registered parties up. *registry.Registry satisfies it.
 type Devices interface {
 	// Device returns the device with id, or an error wrapping ErrNotFound.
 	Device(ctx context.Context, id string) (hub.Device, error)
 }
 
-// Sessions finds the live session of a device. *Server satisfies it.
+// Sessions finds the live session of a device. *session.Server satisfies it.
 type Sessions interface {
 	// Session returns the live session of deviceID, if it has one.
 	Session(deviceID string) (*session.Session, bool)
@@ -63,7 +63,7 @@ type Chain interface {
 	SendRawTransaction(ctx context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error)
 }
 
-// Defaults for ChannelsConfig.
+// Defaults for Config.
 const (
 	DefaultMinExpiryDelta  = 144        // one day of blocks
 	DefaultMaxExpiryDelta  = 144 * 365  // one year
@@ -82,7 +82,7 @@ const (
 	DefaultCloseTimeout    = time.Minute
 )
 
-// ChannelsConfig configures a Channels manager. Zero values take the
+// Config configures a Channels manager. Zero values take the
 // defaults above.
 type Config struct {
 	// Store persists channels, holds and receipts. Required.
@@ -221,7 +221,7 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Channels is the hub side of payment channels: it offers channels, watches
+// Manager is the hub side of payment channels: it offers channels, watches
 // their funding, accepts payments, runs holds, and closes or claims them.
 // It receives the channel messages of every session (it is the server's
 // Handler) and owns two goroutines of its own, started by Start: the chain
@@ -265,7 +265,7 @@ type Manager struct {
 
 var _ session.Handler = (*Manager)(nil)
 
-// NewChannels returns a channel manager. Call Start to run its watchers and
+// New returns a channel manager. Call Start to run its watchers and
 // Close to stop them.
 func New(cfg Config) (*Manager, error) {
 	if err := cfg.setDefaults(); err != nil {

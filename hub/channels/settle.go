@@ -82,7 +82,7 @@ func (c *Manager) SettleKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error) {
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
 
-// SettleChannel is one open channel as a settlement sees it at the cut: the
+// Settleable is one open channel as a settlement sees it at the cut: the
 // record with its state as of the cut and the channel output it spends.
 type Settleable struct {
 	Record hub.ChannelRecord
@@ -122,7 +122,7 @@ func (c *Manager) lockOpen(ctx context.Context) ([]*chanEntry, error) {
 	return entries, nil
 }
 
-// outpointLess orders outpoints by txid bytes, then index.
+// OutpointLess orders outpoints by txid bytes, then index.
 func OutpointLess(a, b btcwire.OutPoint) bool {
 	if d := bytes.Compare(a.Hash[:], b.Hash[:]); d != 0 {
 		return d < 0

@@ -56,7 +56,7 @@ type plan struct {
 	release string
 	// counted: the event was added to the security windows.
 	counted bool
-	// kind is the contract's kind, for the ChargeObserver.
+	// kind is the contract's kind, for the Observer.
 	kind contracts.Kind
 }
 

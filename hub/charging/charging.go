@@ -45,7 +45,7 @@ const (
 	UnpaidNoAnswer      = "no-answer"
 )
 
-// Defaults for ChargingConfig.
+// Defaults for Config.
 const (
 	DefaultFlushInterval  = 20 * time.Millisecond
 	DefaultFlushThreshold = lnwire.MilliSatoshi(1_000_000)
@@ -56,7 +56,7 @@ const (
 	MaxSecurityWindow = 100_000
 )
 
-// UsageEvent is one verified usage event as charging sees it: the intake
+// Usage is one verified usage event as charging sees it: the intake
 // has checked its signature, its provider and its plausibility and turned
 // its data into a contracts.Usage.
 type Usage struct {
@@ -79,7 +79,7 @@ type Usage struct {
 	Digest hub.Hash
 }
 
-// ChargeOutcome is what charging did with one event.
+// Outcome is what charging did with one event.
 type Outcome struct {
 	// Charged: recorded now (whatever its status).
 	Charged bool
@@ -94,8 +94,8 @@ type Outcome struct {
 	Amount lnwire.MilliSatoshi
 }
 
-// ChargeChannels is what charging needs from the channel manager.
-// *Channels satisfies it.
+// Channels is what charging needs from the channel manager.
+// *channels.Manager satisfies it.
 type Channels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
@@ -104,8 +104,8 @@ type Channels interface {
 	CancelPayment(reqID uint64)
 }
 
-// DeviceFreezer freezes a device or provider a security rule caught.
-// *Registry satisfies it.
+// Freezer freezes a device or provider a security rule caught.
+// *registry.Registry satisfies it.
 type Freezer interface {
 	Freeze(ctx context.Context, id, actor, reason string) (hub.Device, error)
 }
@@ -116,7 +116,7 @@ type Publisher interface {
 	Publish(ctx context.Context, subject string, data []byte) error
 }
 
-// ChargingConfig configures NewCharging.
+// Config configures New.
 type Config struct {
 	// Contracts and Charges persist contracts and charges. Required.
 	Contracts hub.ContractStore
@@ -175,7 +175,7 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Charging is the hub side of metering: it prices verified usage events,
+// Service is the hub side of metering: it prices verified usage events,
 // records them exactly once, gathers each payer's owed charges into one
 // payment request per provider and contract at a time, and publishes the
 // receipts (or, for charges nobody will pay, an enforcement message) to the

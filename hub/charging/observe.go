@@ -7,7 +7,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 )
 
-// ChargeObserver sees what charging does with each usage event, so an
+// Observer sees what charging does with each usage event, so an
 // adapter (hub/metrics) can count events by contract kind and outcome. Its
 // methods are called from charging's own goroutines and must not block.
 type Observer interface {

@@ -22,15 +22,15 @@ import (
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
-// SettleNoticeChannels is what SessionCosigners needs from the channel
+// Channels is what Cosigners needs from the channel
 // manager: a channel record by funding outpoint, to tell whether a device
-// already uses its next channel. *Channels satisfies it.
+// already uses its next channel. *channels.Manager satisfies it.
 type Channels interface {
 	// Channel returns a channel by funding outpoint, or ErrNotFound.
 	Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error)
 }
 
-// SettleRuns gives the latest settlement runs, from which SessionCosigners
+// Runs gives the latest settlement runs, from which Cosigners
 // rebuilds the SettleDone notices devices may not have seen after a hub
 // restart. Both hub stores satisfy it.
 type Runs interface {
@@ -39,7 +39,7 @@ type Runs interface {
 	Runs(ctx context.Context, limit int) ([]settlement.Run, error)
 }
 
-// Defaults for SessionCosignersConfig.
+// Defaults for Config.
 const (
 	// DefaultNoticePoll is how often devices owed a SettleDone are
 	// looked for among the live sessions.
@@ -50,7 +50,7 @@ const (
 	noticeRuns = 3
 )
 
-// SessionCosignersConfig configures SessionCosigners.
+// Config configures Cosigners.
 type Config struct {
 	// Sessions reaches online devices. Required.
 	Sessions channels.Sessions
@@ -66,7 +66,7 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
-// SessionCosigners is the Cosigners of a running hub: it reaches devices
+// Cosigners is the Cosigners of a running hub: it reaches devices
 // over their BOLT 8 sessions. Cosign sends a SettleProposal and waits for
 // the device's SettleSign or its "settle-refused" ChannelError; Done sends
 // a SettleDone.
@@ -117,7 +117,7 @@ type notice struct {
 	sentOn *session.Session
 }
 
-// NewSessionCosigners returns session-based cosigners. Call Start to send
+// New returns session-based cosigners. Call Start to send
 // owed notices to reconnecting devices, and install Handler as the
 // session server's handler.
 func New(cfg Config) (*Cosigners, error) {
@@ -185,7 +185,7 @@ func (c *Cosigners) Online(deviceID string) bool {
 
 // Cosign sends req to deviceID as a SettleProposal and waits for its
 // answer until ctx ends. It returns ErrDeviceOffline without a session,
-// an error wrapping ErrSettleRefused when the device refuses, and ctx's
+// an error wrapping settler.ErrRefused when the device refuses, and ctx's
 // error when it does not answer in time.
 func (c *Cosigners) Cosign(ctx context.Context, deviceID string, req settler.CosignRequest) (settler.CosignReply, error) {
 	var tmpl bytes.Buffer

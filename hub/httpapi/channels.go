@@ -18,7 +18,7 @@ import (
 )
 
 // Channels is what the channel, exposure and hold endpoints read of the
-// hub's channel manager; *hub.Channels implements it. Channel returns an
+// hub's channel manager; *channels.Manager implements it. Channel returns an
 // error wrapping hub.ErrNotFound for an unknown outpoint.
 type Channels interface {
 	ListChannels(ctx context.Context, statuses ...hub.ChannelStatus) ([]hub.ChannelRecord, error)

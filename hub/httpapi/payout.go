@@ -14,7 +14,7 @@ import (
 )
 
 // PayoutSetter is the part of the registry that sets payout scripts.
-// *hub.Registry satisfies it; POST /v1/devices/{id}/payout is served only
+// *registry.Registry satisfies it; POST /v1/devices/{id}/payout is served only
 // when Config.Registry does.
 type PayoutSetter interface {
 	SetPayout(ctx context.Context, id string, pkScript []byte, actor string) (hub.Device, error)

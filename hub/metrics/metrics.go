@@ -1,6 +1,6 @@
 // Package metrics exports the hub's Prometheus metrics: counters and
 // histograms fed by the hub's observer hooks (hub.PayObserver,
-// hub.ChargeObserver), and gauges read on every scrape from the hub's own
+// charging.Observer), and gauges read on every scrape from the hub's own
 // read methods (sessions, channels, exposure, intake, settlement, health).
 // It keeps its own registry, never the process-wide default one, so two
 // hubs in one test process do not collide. docs/metrics.md lists every
@@ -42,12 +42,12 @@ const (
 // ErrInvalid is returned by New for a configuration it cannot use.
 var ErrInvalid = errors.New("metrics: invalid configuration")
 
-// SessionCounter counts live device sessions. *hub.Server satisfies it.
+// SessionCounter counts live device sessions. *session.Server satisfies it.
 type SessionCounter interface {
 	Sessions() int
 }
 
-// ExposureReader sums what the hub stands to lose. *hub.Channels
+// ExposureReader sums what the hub stands to lose. *channels.Manager
 // satisfies it.
 type ExposureReader interface {
 	Exposure(ctx context.Context) (channels.Exposure, error)
@@ -70,7 +70,7 @@ type IntakeStats interface {
 }
 
 // RunLister lists settlement runs, newest first. Both hub stores and
-// *hub.Settlement's store satisfy it.
+// *settler.Service's store satisfy it.
 type RunLister interface {
 	Runs(ctx context.Context, limit int) ([]settlement.Run, error)
 }
@@ -107,7 +107,7 @@ type Config struct {
 }
 
 // Metrics holds the hub's metrics and serves them. It implements
-// hub.PayObserver and hub.ChargeObserver; its methods are safe for
+// hub.PayObserver and charging.Observer; its methods are safe for
 // concurrent use.
 type Metrics struct {
 	cfg Config

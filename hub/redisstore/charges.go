@@ -18,7 +18,7 @@ import (
 )
 
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
-// charge document, see hub.EncodeChargeRecord), chgo (sorted set of the ids of the
+// charge document, see record.EncodeCharge), chgo (sorted set of the ids of the
 // charges now owed, scored by a per-store sequence so they list in
 // recording order), chgp:<provider> and chgy:<payer>
 // (sorted sets, every score 0, of time key || provider || 0 || event id,

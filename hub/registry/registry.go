@@ -26,7 +26,7 @@ type ChannelFreezer interface {
 	Freeze(ctx context.Context, deviceID string) error
 }
 
-// RegistryConfig configures a Registry.
+// Config configures a Registry.
 type Config struct {
 	Store hub.Store
 	// OperatorKey verifies enrolment tokens. Without it, token enrolment is
@@ -56,7 +56,7 @@ type Registry struct {
 	freezer  ChannelFreezer
 }
 
-// NewRegistry returns a registry over cfg.Store.
+// New returns a registry over cfg.Store.
 func New(cfg Config) (*Registry, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("hub: registry needs a store")

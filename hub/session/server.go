@@ -46,7 +46,7 @@ type Handler interface {
 	HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error
 }
 
-// Defaults for ServerConfig. They bound what one hub process spends on
+// Defaults for Config. They bound what one hub process spends on
 // devices; DESIGN.md §8 sizes a hub for 10,000 connected devices.
 const (
 	DefaultHandshakeTimeout = 10 * time.Second
@@ -75,7 +75,7 @@ const (
 	closeGrace = time.Second
 )
 
-// ServerConfig configures a Server. Zero limits take the defaults above.
+// Config configures a Server. Zero limits take the defaults above.
 //
 // A connection is "in handshake" from TCP accept until its device is
 // authenticated: the noise acts (each within ActTimeout, run by
@@ -198,7 +198,7 @@ type Server struct {
 	sessions *Directory                   // live session by device id
 }
 
-// NewServer starts listening on cfg.Addr. The server runs until Close.
+// New starts listening on cfg.Addr. The server runs until Close.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err

@@ -21,7 +21,7 @@ const maxEpochScan = 50_000
 // would start from: state planned, the epoch as the cut would close it,
 // the anchor, the closing balances, the fee and the unsigned transactions;
 // the plan adds weights, modes and carry reasons. It returns an error
-// wrapping ErrSettlePending while the previous epoch's run has not been
+// wrapping ErrPending while the previous epoch's run has not been
 // broadcast. It does not wait for a run in progress.
 func (s *Service) Preview(ctx context.Context) (settlement.Run, *settlement.Plan, error) {
 	height, err := s.cfg.Chain.BlockCount(ctx)

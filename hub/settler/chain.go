@@ -18,7 +18,7 @@ import (
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
-// decodeTxs parses a run's raw transactions.
+// DecodeTxs parses a run's raw transactions.
 func DecodeTxs(raw [][]byte) ([]*btcwire.MsgTx, error) {
 	txs := make([]*btcwire.MsgTx, len(raw))
 	for i, b := range raw {

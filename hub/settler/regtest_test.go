@@ -158,7 +158,7 @@ func (e *settleEnv) PayoutScript(_ context.Context, id string) ([]byte, error) {
 	return e.payouts[id], nil
 }
 
-// settlement builds a Settlement on the hub's current run.
+// settlement builds a settler.Service on the hub's current run.
 func (e *settleEnv) settlement(mod func(*settler.Config)) *settler.Service {
 	cfg := settler.Config{
 		Store: e.h.Store(), Channels: e.h.Channels(), Chain: btcdchain.HubChain{Client: e.h.Chain()}, Cosigners: e, Payouts: e,

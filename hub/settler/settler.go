@@ -25,18 +25,18 @@ import (
 
 // Settlement errors. Callers test them with errors.Is.
 var (
-	// ErrSettlementClosed is returned once Close has been called.
+	// ErrClosed is returned once Close has been called.
 	ErrClosed = errors.New("hub: settlement closed")
-	// ErrSettlePending is returned when an epoch cannot be planned yet:
+	// ErrPending is returned when an epoch cannot be planned yet:
 	// the previous epoch's run has not reached broadcast, so the balances
 	// it carries are not final.
 	ErrPending = errors.New("hub: previous settlement not broadcast")
-	// ErrSettleRefused is what a Cosigners implementation returns when a
+	// ErrRefused is what a Cosigners implementation returns when a
 	// device refuses to co-sign (wire code "settle-refused").
 	ErrRefused = errors.New("hub: device refused the settlement")
 )
 
-// SettleStore is what the settlement service needs from the hub's store:
+// Store is what the settlement service needs from the hub's store:
 // epochs and runs, channel receipts, and charges for the hub's fees.
 // Both hub stores satisfy it.
 type Store interface {
@@ -51,8 +51,8 @@ type Store interface {
 	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error)
 }
 
-// SettleChannels is what the settlement service needs from the channel
-// manager. *Channels satisfies it.
+// Channels is what the settlement service needs from the channel
+// manager. *channels.Manager satisfies it.
 type Channels interface {
 	// CutOpen runs cut with every open channel locked and returns them.
 	CutOpen(ctx context.Context, cut func() error) ([]channels.Settleable, error)
@@ -66,7 +66,7 @@ type Channels interface {
 	Rollover(ctx context.Context, st hub.SettlementStore, r settlement.Run, pairs []channels.RolloverPair) ([]hub.ChannelRecord, error)
 }
 
-// SettleChain is what the settlement service needs from the base chain.
+// Chain is what the settlement service needs from the base chain.
 // btcdchain.HubChain satisfies it.
 type Chain interface {
 	// BlockCount returns the height of the best block.
@@ -102,7 +102,7 @@ type CosignReply struct {
 	PartialSig  [32]byte
 }
 
-// SettleDone tells a device its channel moved: the SettleDone wire message.
+// Done tells a device its channel moved: the SettleDone wire message.
 type Done struct {
 	Epoch        uint64
 	Old, Next    btcwire.OutPoint
@@ -118,7 +118,7 @@ type Cosigners interface {
 	// Online reports whether deviceID can take part in a round now.
 	Online(deviceID string) bool
 	// Cosign asks deviceID to co-sign req and returns its nonce and
-	// partial signature. It returns ErrSettleRefused when the device
+	// partial signature. It returns ErrRefused when the device
 	// refuses, ctx's error on timeout, or a transport error.
 	Cosign(ctx context.Context, deviceID string, req CosignRequest) (CosignReply, error)
 	// Done tells deviceID, best effort, that its channel moved.
@@ -134,14 +134,14 @@ type PayoutAddresses interface {
 }
 
 // NonceUse is one public MuSig2 nonce the hub generated and the message it
-// was generated for, reported to SettlementConfig.NonceObserver.
+// was generated for, reported to Config.NonceObserver.
 type NonceUse struct {
 	Channel btcwire.OutPoint
 	Nonce   [musig2.PubNonceSize]byte
 	Msg     [32]byte
 }
 
-// Defaults for SettlementConfig.
+// Defaults for Config.
 const (
 	DefaultRoundTimeout    = 30 * time.Second
 	DefaultConfirmations   = 3
@@ -154,7 +154,7 @@ const (
 	defaultMaxRoundsPerRun = 8
 )
 
-// SettlementConfig configures a Settlement. Zero values take the defaults.
+// Config configures a Service. Zero values take the defaults.
 type Config struct {
 	// Store persists epochs and runs and holds receipts and charges.
 	// Required.
@@ -258,7 +258,7 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Settlement runs the hub's settlement: it cuts epochs (on the CutRule and
+// Service runs the hub's settlement: it cuts epochs (on the CutRule and
 // on demand), plans each epoch's batch from the store, runs the
 // cooperative round, persists the signed batch before broadcasting it,
 // moves the channels to their next outputs, and follows the batch until it
@@ -295,7 +295,7 @@ type Service struct {
 	closeOnce sync.Once
 }
 
-// NewSettlement returns a settlement service. Call Start to run its loop,
+// New returns a settlement service. Call Start to run its loop,
 // or drive it with Settle and Poll.
 func New(cfg Config) (*Service, error) {
 	if err := cfg.setDefaults(); err != nil {

@@ -76,7 +76,7 @@ type SettlementEvent struct {
 }
 
 // SettlementState queues a settlement webhook for every endpoint when a
-// run changes state. Its signature fits hub.SettlementConfig.AfterState;
+// run changes state. Its signature fits settler.Config.AfterState;
 // it never returns an error, since a webhook outbox failure must not stop
 // a settlement run (it is logged). An empty run (an epoch with nothing to
 // settle on chain) is not announced.

@@ -31,7 +31,7 @@ type MeteringConfig struct {
 
 // Metering is the metering path of a harness hub, wired as cmd/hubd wires
 // it: an embedded nats-server with nkey users (the hub's and one per
-// provider), the metering streams, hub.Charging on the hub's store,
+// provider), the metering streams, charging.Service on the hub's store,
 // registry and channel manager, and the natsintake consumer feeding it.
 // It does not survive RestartHub: start it after the last restart.
 type Metering struct {

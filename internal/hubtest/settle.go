@@ -35,7 +35,7 @@ type Settling struct {
 }
 
 // StartSettling is Start with session-based settlement cosigners wired
-// into the hub. Build the Settlement itself with NewSettlement (again
+// into the hub. Build the settler.Service itself with settler.New (again
 // after a RestartHub).
 func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 	tb.Helper()
@@ -71,7 +71,7 @@ func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 	return h, st
 }
 
-// NewSettlement builds a Settlement on the hub's current run (store,
+// settler.New builds a settler.Service on the hub's current run (store,
 // channel manager, registry), closed in tb's cleanup. mod, when set,
 // adjusts its configuration. It is not started: tests drive it with
 // Settle and Poll.

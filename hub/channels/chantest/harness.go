@@ -1,3 +1,6 @@
+// Package chantest runs a hub's channel manager behind a real session
+// server and bbolt store, with devices driven from tests over internal/wire,
+// for the tests of the channel manager and of what builds on it (charging).
 package chantest
 
 import (
@@ -30,7 +33,7 @@ import (
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
-// fakeChain is a test-only stand-in for the chain adapter in unit tests of
+// FakeChain is a test-only stand-in for the chain adapter in unit tests of
 // the channel manager; the regtest test uses the real btcd node.
 type FakeChain struct {
 	Mu     sync.Mutex
@@ -40,16 +43,19 @@ type FakeChain struct {
 	Sent   []*btcwire.MsgTx
 }
 
+// NewFakeChain returns a fake chain at height with nothing on it.
 func NewFakeChain(height int32) *FakeChain {
 	return &FakeChain{height: height, Outs: map[btcwire.OutPoint]hub.TxOut{}, Confs: map[chainhash.Hash]int64{}}
 }
 
+// BlockCount returns the fake tip height.
 func (f *FakeChain) BlockCount(context.Context) (int32, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
 	return f.height, nil
 }
 
+// TxOut returns a funded output, or an error wrapping hub.ErrNotFound.
 func (f *FakeChain) TxOut(_ context.Context, op btcwire.OutPoint, _ bool) (hub.TxOut, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
@@ -60,6 +66,7 @@ func (f *FakeChain) TxOut(_ context.Context, op btcwire.OutPoint, _ bool) (hub.T
 	return o, nil
 }
 
+// Confirmations returns a sent transaction's confirmations.
 func (f *FakeChain) Confirmations(_ context.Context, txid chainhash.Hash) (int64, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
@@ -70,6 +77,7 @@ func (f *FakeChain) Confirmations(_ context.Context, txid chainhash.Hash) (int64
 	return n, nil
 }
 
+// SendRawTransaction records tx as sent.
 func (f *FakeChain) SendRawTransaction(_ context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
@@ -78,7 +86,7 @@ func (f *FakeChain) SendRawTransaction(_ context.Context, tx *btcwire.MsgTx) (ch
 	return tx.TxHash(), nil
 }
 
-// fund pays value to pkScript in a made-up transaction with confs
+// Fund pays value to pkScript in a made-up transaction with confs
 // confirmations and returns the outpoint.
 func (f *FakeChain) Fund(value btcutil.Amount, pkScript []byte, confs int64) btcwire.OutPoint {
 	var op btcwire.OutPoint
@@ -89,7 +97,7 @@ func (f *FakeChain) Fund(value btcutil.Amount, pkScript []byte, confs int64) btc
 	return op
 }
 
-// harness is a hub with a real bbolt store, a real registry, a real BOLT 8
+// Harness is a hub with a real bbolt store, a real registry, a real BOLT 8
 // server, and the channel manager as its handler.
 type Harness struct {
 	T      testing.TB
@@ -102,8 +110,12 @@ type Harness struct {
 	Params *chaincfg.Params
 }
 
+// Quiet returns a logger that discards everything.
 func Quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// NewHarness starts a hub on chain: mod adjusts the channel manager's
+// configuration, storeOpts the bbolt store's. Everything stops at the end
+// of tb.
 func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config), storeOpts ...func(*boltstore.Config)) *Harness {
 	tb.Helper()
 	scfg := boltstore.Config{Path: tb.TempDir()}
@@ -158,6 +170,7 @@ func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config),
 	return h
 }
 
+// MustKey returns a fresh private key.
 func MustKey(tb testing.TB) *btcec.PrivateKey {
 	tb.Helper()
 	k, err := btcec.NewPrivateKey()
@@ -167,7 +180,7 @@ func MustKey(tb testing.TB) *btcec.PrivateKey {
 	return k
 }
 
-// device is a minimal device-side driver speaking internal/wire directly
+// Device is a minimal device-side driver speaking internal/wire directly
 // over a BOLT 8 connection.
 type Device struct {
 	T    testing.TB
@@ -178,7 +191,7 @@ type Device struct {
 	Done chan struct{}
 }
 
-// enrol registers a device with roles and connects it.
+// Enrol registers a device with roles and connects it.
 func (h *Harness) Enrol(roles ...hub.Role) *Device {
 	h.T.Helper()
 	key := MustKey(h.T)
@@ -189,6 +202,7 @@ func (h *Harness) Enrol(roles ...hub.Role) *Device {
 	return h.Connect(key, d.ID)
 }
 
+// Connect opens a session for the device id with key.
 func (h *Harness) Connect(key *btcec.PrivateKey, id string) *Device {
 	h.T.Helper()
 	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
@@ -236,6 +250,7 @@ func (d *Device) read() {
 	}
 }
 
+// Send writes m to the device's session.
 func (d *Device) Send(m lnwire.Message) {
 	d.T.Helper()
 	_ = d.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
@@ -244,7 +259,7 @@ func (d *Device) Send(m lnwire.Message) {
 	}
 }
 
-// next returns the next message from the hub, failing the test after
+// Next returns the next message from the hub, failing the test after
 // within.
 func (d *Device) Next(within time.Duration) lnwire.Message {
 	d.T.Helper()
@@ -260,7 +275,7 @@ func (d *Device) Next(within time.Duration) lnwire.Message {
 	return nil
 }
 
-// expect reads the next message and requires it to be a T.
+// Expect reads the next message and requires it to be a T.
 func Expect[T lnwire.Message](d *Device) T {
 	d.T.Helper()
 	m := d.Next(5 * time.Second)
@@ -277,7 +292,7 @@ func Expect[T lnwire.Message](d *Device) T {
 	return v
 }
 
-// devChannel is the device's view of one channel.
+// Channel is the device's view of one channel.
 type Channel struct {
 	Op   btcwire.OutPoint
 	Out  *channel.Output
@@ -286,7 +301,7 @@ type Channel struct {
 	Pend [32]byte
 }
 
-// offer opens a channel and returns the hub's offer.
+// Offer opens a channel and returns the hub's offer.
 func (d *Device) Offer(capacity btcutil.Amount, expiry uint32) (*wire.ChannelOffer, *channel.Output) {
 	d.T.Helper()
 	d.Send(&wire.OpenChannel{ReqID: 1, Capacity: capacity, Expiry: expiry})
@@ -301,7 +316,7 @@ func (d *Device) Offer(capacity btcutil.Amount, expiry uint32) (*wire.ChannelOff
 	return off, out
 }
 
-// open runs open → fund (on the fake chain, already deep enough) → ready.
+// Open runs open → fund (on the fake chain, already deep enough) → ready.
 func (d *Device) Open(f *FakeChain, capacity btcutil.Amount, expiry uint32) *Channel {
 	d.T.Helper()
 	off, out := d.Offer(capacity, expiry)
@@ -314,7 +329,7 @@ func (d *Device) Open(f *FakeChain, capacity btcutil.Amount, expiry uint32) *Cha
 	return &Channel{Op: op, Out: out, Pend: off.PendingID}
 }
 
-// payMsg builds a signed Pay of amount on top of the device's state.
+// PayMsg builds a signed Pay of amount on top of the device's state.
 func (d *Device) PayMsg(c *Channel, seq uint64, paid lnwire.MilliSatoshi, amount lnwire.MilliSatoshi, payee string) *wire.Pay {
 	d.T.Helper()
 	st := channel.State{ChannelID: c.Op, Seq: seq, Paid: paid}
@@ -329,7 +344,7 @@ func (d *Device) PayMsg(c *Channel, seq uint64, paid lnwire.MilliSatoshi, amount
 	return &wire.Pay{ChanID: c.Op, Seq: seq, Paid: paid, Amount: amount, Payee: payee, Sig: sig}
 }
 
-// pay pays amount to payee and requires the PayAck.
+// Pay pays amount to payee and requires the PayAck.
 func (d *Device) Pay(c *Channel, amount lnwire.MilliSatoshi, payee string) *wire.PayAck {
 	d.T.Helper()
 	d.Send(d.PayMsg(c, c.Seq+1, c.Paid+amount, amount, payee))
@@ -342,7 +357,7 @@ func (d *Device) Pay(c *Channel, amount lnwire.MilliSatoshi, payee string) *wire
 	return ack
 }
 
-// refusal reads the next message and requires a ChannelError with code.
+// Refusal reads the next message and requires a ChannelError with code.
 func Refusal(d *Device, code wire.ChanCode) *wire.ChannelError {
 	d.T.Helper()
 	ce := Expect[*wire.ChannelError](d)

@@ -11,7 +11,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 )
 
-// ErrBadChargeRecord is returned by DecodeChargeRecord for bytes that are
+// ErrBadCharge is returned by DecodeCharge for bytes that are
 // not a charge record.
 var ErrBadCharge = errors.New("hub: malformed charge record")
 
@@ -33,11 +33,11 @@ const (
 	chargeRecordContract = chargeRecordFee + 8
 	chargeRecordEvent    = chargeRecordContract + 32
 	chargeRecordCharged  = chargeRecordEvent + 8
-	// ChargeRecordFixedLen is the length of the fixed part.
+	// ChargeFixedLen is the length of the fixed part.
 	ChargeFixedLen = chargeRecordCharged + 8
 )
 
-// EncodeChargeRecord returns c's compact record. c.Status must be a known
+// EncodeCharge returns c's compact record. c.Status must be a known
 // status (ChargeStatus.Code); stores validate charges before encoding them.
 func EncodeCharge(c hub.Charge) []byte {
 	code, _ := c.Status.Code()
@@ -61,8 +61,8 @@ func EncodeCharge(c hub.Charge) []byte {
 	return b
 }
 
-// DecodeChargeRecord parses a record made by EncodeChargeRecord. The
-// returned charge does not alias b. Errors wrap ErrBadChargeRecord.
+// DecodeCharge parses a record made by EncodeCharge. The
+// returned charge does not alias b. Errors wrap ErrBadCharge.
 func DecodeCharge(b []byte) (hub.Charge, error) {
 	var c hub.Charge
 	if len(b) < ChargeFixedLen {

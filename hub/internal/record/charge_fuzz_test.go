@@ -6,9 +6,9 @@ import (
 	"testing"
 )
 
-// FuzzChargeRecord feeds arbitrary bytes to DecodeChargeRecord, the codec
+// FuzzChargeRecord feeds arbitrary bytes to DecodeCharge, the codec
 // of both stores' charge records: it must never panic, must refuse with
-// ErrBadChargeRecord, and whatever it accepts must encode to a record that
+// ErrBadCharge, and whatever it accepts must encode to a record that
 // decodes to the same charge.
 func FuzzChargeRecord(f *testing.F) {
 	c := sampleCharge()
