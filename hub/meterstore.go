@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
@@ -104,6 +106,26 @@ type Charge struct {
 	// apart from a redelivery. Zero in charges recorded
 	// before digests were kept.
 	Digest Hash `json:"digest"`
+}
+
+// Validate checks what every store requires of a charge before recording
+// it: a provider and an event id, no zero byte in the provider or the payer
+// (stores end names with one in their index keys), a fee no larger than the
+// amount, and a known status. Errors wrap ErrInvalid. A store may refuse
+// more (redisstore bounds amounts), never less.
+func (c Charge) Validate() error {
+	switch {
+	case c.Provider == "" || c.EventID == "":
+		return fmt.Errorf("%w: charge needs a provider and an event id", ErrInvalid)
+	case strings.IndexByte(c.Provider, 0) >= 0 || strings.IndexByte(c.Payer, 0) >= 0:
+		return fmt.Errorf("%w: charge %s: zero byte in a name", ErrInvalid, c.EventID)
+	case c.Fee > c.Amount:
+		return fmt.Errorf("%w: charge %s: fee %d above amount %d", ErrInvalid, c.EventID, c.Fee, c.Amount)
+	}
+	if _, ok := c.Status.Code(); !ok {
+		return fmt.Errorf("%w: charge %s: status %q", ErrInvalid, c.EventID, c.Status)
+	}
+	return nil
 }
 
 // ChargeResult tells a caller of RecordCharges what happened to one charge.

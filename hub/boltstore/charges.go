@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
@@ -57,17 +56,8 @@ func partyKey(party string, t time.Time) []byte {
 func roundTrip(t time.Time) time.Time { return record.FromUnixNano(record.UnixNano(t)) }
 
 func validateCharge(c hub.Charge) error {
-	switch {
-	case c.Provider == "" || c.EventID == "":
-		return fmt.Errorf("boltstore: %w: charge needs a provider and an event id", hub.ErrInvalid)
-	case strings.IndexByte(c.Provider, 0) >= 0 || strings.IndexByte(c.Payer, 0) >= 0:
-		// A zero byte would end the name early in the index keys.
-		return fmt.Errorf("boltstore: %w: charge %s: zero byte in a name", hub.ErrInvalid, c.EventID)
-	case c.Fee > c.Amount:
-		return fmt.Errorf("boltstore: %w: charge %s: fee %d above amount %d", hub.ErrInvalid, c.EventID, c.Fee, c.Amount)
-	}
-	if _, ok := c.Status.Code(); !ok {
-		return fmt.Errorf("boltstore: %w: charge %s: status %q", hub.ErrInvalid, c.EventID, c.Status)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
 	}
 	return nil
 }

@@ -54,17 +54,8 @@ func decodeCharge(doc string) (hub.Charge, error) {
 func chargeID(provider, eventID string) string { return provider + "\x00" + eventID }
 
 func validateCharge(c hub.Charge) error {
-	switch {
-	case c.Provider == "" || c.EventID == "":
-		return fmt.Errorf("redisstore: %w: charge needs a provider and an event id", hub.ErrInvalid)
-	case strings.IndexByte(c.Provider, 0) >= 0:
-		// A zero byte would end the name early in the charge id.
-		return fmt.Errorf("redisstore: %w: charge %s: zero byte in the provider", hub.ErrInvalid, c.EventID)
-	case c.Fee > c.Amount:
-		return fmt.Errorf("redisstore: %w: charge %s: fee %d above amount %d", hub.ErrInvalid, c.EventID, c.Fee, c.Amount)
-	}
-	if _, ok := c.Status.Code(); !ok {
-		return fmt.Errorf("redisstore: %w: charge %s: status %q", hub.ErrInvalid, c.EventID, c.Status)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
 	}
 	return checkAmounts("charge", c.Amount)
 }
@@ -77,7 +68,8 @@ func validateCharge(c hub.Charge) error {
 // Channel; credit is granted in the order of cs. It returns an error
 // wrapping hub.ErrInvalid, writing nothing, when a charge lacks a provider
 // or event id, names an unknown status, has a fee above its amount or an
-// amount above MaxAmount, or has a zero byte in its provider.
+// amount above MaxAmount, or has a zero byte in its provider or payer
+// (hub.Charge.Validate).
 func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit lnwire.MilliSatoshi) ([]hub.ChargeResult, error) {
 	if len(cs) == 0 {
 		return []hub.ChargeResult{}, nil
