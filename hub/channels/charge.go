@@ -18,7 +18,7 @@ import (
 
 // ErrDeviceOffline is returned by RequestPayment when the payer has no live
 // session to ask.
-var ErrDeviceOffline = errors.New("hub: device not connected")
+var ErrDeviceOffline = errors.New("channels: device not connected")
 
 // ChargeListener hears how the payment requests sent by RequestPayment end.
 // The Manager calls it with a channel's lock held, so implementations must

@@ -26,14 +26,14 @@ import (
 // Channel manager errors. Callers test them with errors.Is.
 var (
 	// ErrClosed is returned once Close has been called.
-	ErrClosed = errors.New("hub: channel manager closed")
+	ErrClosed = errors.New("channels: manager closed")
 	// ErrNothingToClaim is returned by Claim when the channel's latest
 	// state moves no whole satoshi to the hub, or what it moves would not
 	// pay the claim's fee plus a relayable output.
-	ErrNothingToClaim = errors.New("hub: nothing worth claiming")
+	ErrNothingToClaim = errors.New("channels: nothing worth claiming")
 	// ErrChannelState is returned when an operation does not fit the
 	// channel's status (claiming a closed channel, for example).
-	ErrChannelState = errors.New("hub: channel status does not allow this")
+	ErrChannelState = errors.New("channels: channel status does not allow this")
 )
 
 // Devices looks registered parties up. *registry.Registry satisfies it.

@@ -42,7 +42,7 @@ func (r *Registry) Freeze(ctx context.Context, id, actor, reason string) (hub.De
 		return out, nil
 	}
 	if err != nil {
-		return hub.Device{}, fmt.Errorf("hub: freeze %s: %w", id, err)
+		return hub.Device{}, fmt.Errorf("freeze %s: %w", id, err)
 	}
 	if r.freezer != nil {
 		// The freeze is durable already; a failed channel freeze is
@@ -67,7 +67,7 @@ func (r *Registry) RecordEvent(ctx context.Context, kind, subject, actor string,
 		return hub.Change{Audit: e}, err
 	})
 	if err != nil {
-		return hub.AuditEntry{}, fmt.Errorf("hub: audit %s %s: %w", kind, subject, err)
+		return hub.AuditEntry{}, fmt.Errorf("audit %s %s: %w", kind, subject, err)
 	}
 	return out, nil
 }

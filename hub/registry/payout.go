@@ -55,7 +55,7 @@ func (r *Registry) SetPayout(ctx context.Context, id string, pkScript []byte, ac
 		return out, nil
 	}
 	if err != nil {
-		return hub.Device{}, fmt.Errorf("hub: set payout of %s: %w", id, err)
+		return hub.Device{}, fmt.Errorf("set payout of %s: %w", id, err)
 	}
 	r.log.Info("payout script set", "id", id, "actor", actor, "script", hex.EncodeToString(pkScript))
 	return out, nil

@@ -59,7 +59,7 @@ type Registry struct {
 // New returns a registry over cfg.Store.
 func New(cfg Config) (*Registry, error) {
 	if cfg.Store == nil {
-		return nil, errors.New("hub: registry needs a store")
+		return nil, errors.New("registry: no store")
 	}
 	r := &Registry{
 		store: cfg.Store, operator: cfg.OperatorKey, now: cfg.Now, log: cfg.Logger,
@@ -84,7 +84,7 @@ func (r *Registry) apply(ctx context.Context, build func(head hub.AuditEntry) (h
 	for range maxApplyAttempts {
 		head, err := r.store.AuditHead(ctx)
 		if err != nil {
-			return fmt.Errorf("hub: read audit head: %w", err)
+			return fmt.Errorf("registry: read audit head: %w", err)
 		}
 		ch, err := build(head)
 		if err != nil {
@@ -96,7 +96,7 @@ func (r *Registry) apply(ctx context.Context, build func(head hub.AuditEntry) (h
 		}
 		return err
 	}
-	return fmt.Errorf("hub: gave up after %d attempts: %w", maxApplyAttempts, hub.ErrAuditConflict)
+	return fmt.Errorf("gave up after %d attempts: %w", maxApplyAttempts, hub.ErrAuditConflict)
 }
 
 // EnrolRequest names what an operator registers.
@@ -152,7 +152,7 @@ func (r *Registry) enrol(ctx context.Context, q EnrolRequest, actor, tokenID str
 		return hub.Change{Devices: []hub.Device{d}, Audit: e, SpendToken: tokenID}, err
 	})
 	if err != nil {
-		return hub.Device{}, fmt.Errorf("hub: enrol %s: %w", d.ID, err)
+		return hub.Device{}, fmt.Errorf("enrol %s: %w", d.ID, err)
 	}
 	r.log.Info("device enrolled", "id", d.ID, "roles", d.Roles, "actor", actor)
 	return d, nil
@@ -180,7 +180,7 @@ func (r *Registry) Revoke(ctx context.Context, id, actor, reason string) (hub.De
 		return out, nil
 	}
 	if err != nil {
-		return hub.Device{}, fmt.Errorf("hub: revoke %s: %w", id, err)
+		return hub.Device{}, fmt.Errorf("revoke %s: %w", id, err)
 	}
 	if r.dropper != nil {
 		r.dropper.Drop(id, "revoked", "device revoked by operator")
@@ -197,7 +197,7 @@ func (r *Registry) Revoke(ctx context.Context, id, actor, reason string) (hub.De
 }
 
 // errNoChange stops apply without writing when the change is already in place.
-var errNoChange = errors.New("hub: no change")
+var errNoChange = errors.New("registry: no change")
 
 // Rotate moves a device to newKey. sig is the old key's BIP-340 signature
 // over authmsg.RotationDigest(id, newKey). The old key is retired: it stays
@@ -214,7 +214,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, newKey hub.PubKey, sig
 		}
 		old, err := btcec.ParsePubKey(d.Key[:])
 		if err != nil {
-			return hub.Change{}, fmt.Errorf("hub: stored key of %s: %w", id, err)
+			return hub.Change{}, fmt.Errorf("registry: stored key of %s: %w", id, err)
 		}
 		if err := authmsg.VerifyRotation(old, id, newKey[:], sig); err != nil {
 			return hub.Change{}, fmt.Errorf("%w: %v", hub.ErrBadSignature, err)
@@ -234,7 +234,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, newKey hub.PubKey, sig
 		return hub.Change{Devices: []hub.Device{d}, Audit: e}, err
 	})
 	if err != nil {
-		return hub.Device{}, fmt.Errorf("hub: rotate %s: %w", id, err)
+		return hub.Device{}, fmt.Errorf("rotate %s: %w", id, err)
 	}
 	if r.dropper != nil {
 		r.dropper.Drop(id, "rotated-out", "device key rotated")

@@ -35,7 +35,7 @@ func (r *Registry) RemoveUnreadable(ctx context.Context, id, actor, reason strin
 		return hub.Change{Remove: []string{id}, Audit: e}, err
 	})
 	if err != nil {
-		return fmt.Errorf("hub: remove %s: %w", id, err)
+		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	r.log.Warn("unreadable device record removed", "id", id, "actor", actor, "reason", reason)
 	return nil

@@ -21,9 +21,9 @@ import (
 
 // Session server errors. Callers test them with errors.Is.
 var (
-	ErrServerClosed  = errors.New("hub: server closed")
-	ErrSessionClosed = errors.New("hub: session closed")
-	ErrSendQueueFull = errors.New("hub: send queue full")
+	ErrServerClosed  = errors.New("session: server closed")
+	ErrSessionClosed = errors.New("session: session closed")
+	ErrSendQueueFull = errors.New("session: send queue full")
 )
 
 // Authenticator decides whether a key proven by the BOLT 8 handshake may hold a session.

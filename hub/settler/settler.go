@@ -26,14 +26,14 @@ import (
 // Settlement errors. Callers test them with errors.Is.
 var (
 	// ErrClosed is returned once Close has been called.
-	ErrClosed = errors.New("hub: settlement closed")
+	ErrClosed = errors.New("settler: closed")
 	// ErrPending is returned when an epoch cannot be planned yet:
 	// the previous epoch's run has not reached broadcast, so the balances
 	// it carries are not final.
-	ErrPending = errors.New("hub: previous settlement not broadcast")
+	ErrPending = errors.New("settler: previous settlement not broadcast")
 	// ErrRefused is what a Cosigners implementation returns when a
 	// device refuses to co-sign (wire code "settle-refused").
-	ErrRefused = errors.New("hub: device refused the settlement")
+	ErrRefused = errors.New("settler: device refused the settlement")
 )
 
 // Store is what the settlement service needs from the hub's store:
