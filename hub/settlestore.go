@@ -3,10 +3,21 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/btcsuite/btcd/wire"
 	"github.com/m2mhub/m2mhub/settlement"
 )
+
+// ValidateRun refuses a run no SettlementStore should write: runs are
+// keyed by (Epoch.Number, Attempt), and both start at 1. Errors wrap
+// ErrInvalid. A store may refuse more (redisstore bounds epoch numbers).
+func ValidateRun(r settlement.Run) error {
+	if r.Epoch.Number == 0 || r.Attempt == 0 {
+		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", ErrInvalid, r.Epoch.Number, r.Attempt)
+	}
+	return nil
+}
 
 // ErrEpochConflict is returned when a cut does not close the open epoch
 // (another cut happened first).

@@ -1,6 +1,9 @@
 package hub
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
 
 // Change is one atomic write to the store: the devices to put (insert or
 // replace, keyed by ID) together with the audit entry that records why.
@@ -13,8 +16,23 @@ type Change struct {
 	SpendToken string
 	// Remove names device ids whose records, and every key index entry
 	// naming them, are deleted (an unreadable record the operator
-	// removes; see Registry.RemoveUnreadable).
+	// removes; see registry.Registry.RemoveUnreadable).
 	Remove []string
+}
+
+// Validate refuses a change no store should write: an audit entry whose
+// hash does not cover its contents would break the chain for every later
+// verifier, and a removal must name its device. Errors wrap ErrInvalid.
+func (ch Change) Validate() error {
+	if ch.Audit.ComputeHash() != ch.Audit.Hash {
+		return fmt.Errorf("%w: audit entry %d does not match its hash", ErrInvalid, ch.Audit.Seq)
+	}
+	for _, id := range ch.Remove {
+		if id == "" {
+			return fmt.Errorf("%w: removal without id", ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // Store persists the registry and the audit log. Implementations must make a

@@ -162,20 +162,13 @@ func (s *Store) Epochs(ctx context.Context, limit int) ([]settlement.Epoch, erro
 	return out, err
 }
 
-func validateRun(r settlement.Run) error {
-	if r.Epoch.Number == 0 || r.Attempt == 0 {
-		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", hub.ErrInvalid, r.Epoch.Number, r.Attempt)
-	}
-	return nil
-}
-
 // PutRun stores r under (r.Epoch.Number, r.Attempt), replacing it. It
 // returns an error wrapping hub.ErrInvalid when either is zero.
 func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := validateRun(r); err != nil {
+	if err := hub.ValidateRun(r); err != nil {
 		return fmt.Errorf("boltstore: %w", err)
 	}
 	doc, err := json.Marshal(r)
@@ -383,7 +376,7 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 
 // prepareRollover checks and encodes a rollover outside the transaction.
 func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) (rollover, error) {
-	if err := validateRun(r); err != nil {
+	if err := hub.ValidateRun(r); err != nil {
 		return rollover{}, err
 	}
 	doc, err := json.Marshal(r)

@@ -352,16 +352,10 @@ func decodeDevice(id string, doc []byte) (hub.Device, error) {
 	return d, nil
 }
 
-// validate refuses changes no store should write: an entry whose hash does
-// not cover its contents would break the chain for every later verifier.
+// validate refuses changes no store should write (hub.Change.Validate).
 func validate(ch hub.Change) error {
-	if ch.Audit.ComputeHash() != ch.Audit.Hash {
-		return fmt.Errorf("redisstore: %w: audit entry %d does not match its hash", hub.ErrInvalid, ch.Audit.Seq)
-	}
-	for _, id := range ch.Remove {
-		if id == "" {
-			return fmt.Errorf("redisstore: %w: removal without id", hub.ErrInvalid)
-		}
+	if err := ch.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
 	}
 	return nil
 }

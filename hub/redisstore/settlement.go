@@ -141,8 +141,11 @@ func (s *Store) Epochs(ctx context.Context, limit int) ([]settlement.Epoch, erro
 }
 
 func validateRun(r settlement.Run) error {
-	if r.Epoch.Number == 0 || r.Attempt == 0 || r.Epoch.Number > maxEpoch {
-		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", hub.ErrInvalid, r.Epoch.Number, r.Attempt)
+	if err := hub.ValidateRun(r); err != nil {
+		return err
+	}
+	if r.Epoch.Number > maxEpoch {
+		return fmt.Errorf("%w: run of epoch %d beyond %d", hub.ErrInvalid, r.Epoch.Number, uint64(maxEpoch))
 	}
 	return nil
 }
