@@ -84,6 +84,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 		return out, nil
 	}
 	now := c.clock.Now()
+	c.warm(ctx, evs, now)
 	c.mu.Lock()
 	plans, err := c.planBatch(ctx, evs, now, out)
 	c.mu.Unlock()

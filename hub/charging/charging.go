@@ -267,6 +267,17 @@ func (c *Service) contract(ctx context.Context, h hub.Hash) (*contracts.Contract
 	if k := c.contracts[h]; k != nil {
 		return k, nil
 	}
+	k, err := c.loadContract(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	c.contracts[h] = k
+	return k, nil
+}
+
+// loadContract reads and checks a stored contract. It touches no cache, so
+// it needs no c.mu.
+func (c *Service) loadContract(ctx context.Context, h hub.Hash) (*contracts.Contract, error) {
 	rec, err := c.cfg.Contracts.Contract(ctx, h)
 	if err != nil {
 		return nil, err
@@ -278,8 +289,57 @@ func (c *Service) contract(ctx context.Context, h hub.Hash) (*contracts.Contract
 	if hub.Hash(k.Hash()) != h {
 		return nil, fmt.Errorf("hub: stored contract %s hashes to %x", h, k.Hash())
 	}
-	c.contracts[h] = k
 	return k, nil
+}
+
+// warm reads the contracts and devices of evs that the caches lack, without
+// c.mu, so that intake workers charging at once do not wait on each
+// other's store reads; planBatch then finds them cached. A device entry
+// set meanwhile (a security freeze) is never overwritten, and a read that
+// fails is left for planBatch to meet again.
+func (c *Service) warm(ctx context.Context, evs []Usage, now time.Time) {
+	hashes := map[hub.Hash]*contracts.Contract{}
+	ids := map[string]cachedDevice{}
+	c.mu.Lock()
+	for i := range evs {
+		if c.contracts[evs[i].Contract] == nil {
+			hashes[evs[i].Contract] = nil
+		}
+		for _, id := range []string{evs[i].Payer, evs[i].Provider} {
+			if v, ok := c.devices[id]; !ok || !now.Before(v.until) {
+				ids[id] = cachedDevice{}
+			}
+		}
+	}
+	c.mu.Unlock()
+	if len(hashes) == 0 && len(ids) == 0 {
+		return
+	}
+	for h := range hashes {
+		if k, err := c.loadContract(ctx, h); err == nil {
+			hashes[h] = k
+		}
+	}
+	for id := range ids {
+		d, err := c.cfg.Devices.Device(ctx, id)
+		if err != nil && !errors.Is(err, hub.ErrNotFound) {
+			delete(ids, id)
+			continue
+		}
+		ids[id] = cachedDevice{d: d, err: err, until: now.Add(c.cfg.DeviceTTL)}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for h, k := range hashes {
+		if k != nil && c.contracts[h] == nil {
+			c.contracts[h] = k
+		}
+	}
+	for id, v := range ids {
+		if cur, ok := c.devices[id]; !ok || !now.Before(cur.until) {
+			c.devices[id] = v
+		}
+	}
 }
 
 // device returns a registry entry, trusted for DeviceTTL.

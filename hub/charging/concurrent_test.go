@@ -1,0 +1,84 @@
+package charging_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/hub/charging"
+)
+
+// gatedDevices holds the first lookup of one device until released, as a
+// slow registry would.
+type gatedDevices struct {
+	channels.Devices
+	slow     string
+	entered  chan struct{}
+	release  chan struct{}
+	gateOnce sync.Once
+}
+
+func (g *gatedDevices) Device(ctx context.Context, id string) (hub.Device, error) {
+	if id == g.slow {
+		g.gateOnce.Do(func() {
+			close(g.entered)
+			<-g.release
+		})
+	}
+	return g.Devices.Device(ctx, id)
+}
+
+// TestChargeUsageReadsOutsideItsLock: a batch waiting on a slow device
+// lookup does not hold up another intake worker's batch.
+func TestChargeUsageReadsOutsideItsLock(t *testing.T) {
+	env := newChargeEnv(t, 1_000_000)
+	k := env.publish("toll")
+	other := env.h.Enrol(hub.RolePayer)
+	gate := &gatedDevices{Devices: env.h.Reg, slow: env.payer.ID, entered: make(chan struct{}), release: make(chan struct{})}
+	chg, err := charging.New(charging.Config{
+		Contracts: env.h.Store, Charges: env.h.Store, Devices: gate, Channels: env.h.Ch, Freezer: env.h.Reg,
+		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = chg.Close() })
+
+	slow := env.event(k, "toll", "slow-1")
+	type result struct {
+		out []charging.Outcome
+		err error
+	}
+	slowDone := make(chan result, 1)
+	go func() {
+		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{slow})
+		slowDone <- result{out, err}
+	}()
+	<-gate.entered
+
+	fast := env.event(k, "toll", "fast-1")
+	fast.Payer = other.ID
+	fastDone := make(chan result, 1)
+	go func() {
+		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{fast})
+		fastDone <- result{out, err}
+	}()
+	select {
+	case r := <-fastDone:
+		if r.err != nil || len(r.out) != 1 || !r.out[0].Charged {
+			t.Fatalf("other payer's batch: %+v, %v", r.out, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		close(gate.release)
+		t.Fatal("a batch waited on another batch's device lookup")
+	}
+	close(gate.release)
+	r := <-slowDone
+	if r.err != nil || len(r.out) != 1 || !r.out[0].Charged || r.out[0].Status != hub.ChargeOwed {
+		t.Fatalf("slow payer's batch: %+v, %v", r.out, r.err)
+	}
+}
