@@ -106,7 +106,7 @@ func TestMeterValuesAndCDRPeriodsAgree(t *testing.T) {
 		periods := resv
 		for i := 0; i+1 < len(mvs); i++ {
 			a, b := mvs[i], mvs[i+1]
-			hours := decimal.NewFromInt(int64(b.Time.Sub(a.Time) / time.Second)).DivRound(decimal.NewFromInt(3600), 9)
+			hours := decimal.NewFromInt(int64(b.Time.Sub(a.Time)/time.Second)).DivRound(decimal.NewFromInt(3600), 9)
 			kind := "PARKING_TIME"
 			if a.Charging {
 				kind = "TIME"
