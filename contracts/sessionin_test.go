@@ -140,6 +140,9 @@ func TestMeterValuesAndCDRPeriodsAgree(t *testing.T) {
 		if !reflect.DeepEqual(b1, b2) {
 			t.Fatalf("prices differ:\nmeter %+v\ncdr   %+v", b1, b2)
 		}
+		// The CDR of the session states what was paid and prices back
+		// to it from its own charging periods.
+		mustCDR(t, c, fromMeter)
 	})
 }
 

@@ -310,3 +310,24 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// SignedData returns the OCPI SignedData of a session's verified readings,
+// in order, for its CDR: encoding OCMF, the meter's public key as given
+// (base64 DER, as OCPI wants it), and per reading the nature (Start, End,
+// Intermediate), the signed payload as plain data and the whole OCMF
+// message in base64 as signed data.
+func SignedData(msgs []*Message, publicKeyBase64 string) *contracts.SignedData {
+	sd := &contracts.SignedData{EncodingMethod: "OCMF", PublicKey: publicKeyBase64}
+	for i, m := range msgs {
+		nature := "Intermediate"
+		switch {
+		case i == 0:
+			nature = "Start"
+		case i == len(msgs)-1:
+			nature = "End"
+		}
+		sd.SignedValues = append(sd.SignedValues, contracts.SignedValue{Nature: nature, PlainData: string(m.Payload),
+			SignedData: base64.StdEncoding.EncodeToString([]byte(m.Raw))})
+	}
+	return sd
+}

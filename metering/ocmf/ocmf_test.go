@@ -201,6 +201,20 @@ func TestBilledReadings(t *testing.T) {
 		t.Fatal("event id binds other readings")
 	}
 
+	// The session's CDR carries the readings as OCPI signed_data.
+	der, err := hex.DecodeString(mustRead(t, "secp256r1.pub.hex"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd := SignedData(msgs, b64(der))
+	if _, err := ParsePublicKey([]byte(sd.PublicKey)); err != nil {
+		t.Fatalf("public key in signed data: %v", err)
+	}
+	if sd.EncodingMethod != "OCMF" || len(sd.SignedValues) != 2 || sd.SignedValues[0].Nature != "Start" || sd.SignedValues[1].Nature != "End" ||
+		sd.SignedValues[1].PlainData != string(msgs[1].Payload) || sd.SignedValues[1].SignedData != b64([]byte(raw[1])) {
+		t.Fatalf("signed data %+v", sd)
+	}
+
 	// Readings the law does not let be billed.
 	for name, edit := range map[string]func(r *Reading){
 		"ErrorFlag":   func(r *Reading) { r.ErrorFlags = "E" },
