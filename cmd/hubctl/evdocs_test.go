@@ -9,16 +9,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
 // noIncome answers the income endpoint, which these docs do not use.
 type noIncome struct{}
 
-func (noIncome) Income(_ context.Context, provider string, from, to time.Time) (hub.Income, error) {
-	return hub.Income{Provider: provider}, nil
+func (noIncome) Income(_ context.Context, provider string, from, to time.Time) (charging.Income, error) {
+	return charging.Income{Provider: provider}, nil
 }
 
 // shBlocks returns the lines of the ```sh blocks of a markdown file.
@@ -52,7 +53,7 @@ func TestEVChargingDocCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: store})
+	reg, err := registry.New(registry.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)
 	}
