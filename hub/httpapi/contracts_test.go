@@ -47,7 +47,7 @@ func newContractAPI(t *testing.T) (*httpapi.Client, *hub.Registry, *boltstore.St
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token), reg, store
 }

@@ -53,7 +53,7 @@ func TestHealthAnswersWhateverHangs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	defer srv.Close()
 
 	for probe := range 3 {

@@ -129,7 +129,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return &fullAPI{srv: srv, h: h, store: store, reg: reg, creds: creds, credPath: credPath}
 }

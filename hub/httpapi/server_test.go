@@ -38,7 +38,7 @@ func newAPI(t *testing.T) (*httptest.Server, *httpapi.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return srv, httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
 }

@@ -177,7 +177,7 @@ func newSettleAPI(t *testing.T, s httpapi.Settlement) (*httptest.Server, *httpap
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return srv, httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
 }
