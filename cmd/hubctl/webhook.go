@@ -87,7 +87,7 @@ func (a *app) printWebhooks(eps []webhook.Endpoint) error {
 	w := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tPROVIDER\tURL\tCREATED")
 	for _, ep := range eps {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ep.ID, ep.Provider, ep.URL, ep.Created.Format("2006-01-02 15:04:05Z"))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ep.ID, ep.Provider, ep.URL, stamp(ep.Created))
 	}
 	return w.Flush()
 }

@@ -268,7 +268,7 @@ func TestDevicesAuthenticate(t *testing.T) {
 	})
 
 	t.Run("EnrolWithToken", func(t *testing.T) {
-		tok := mustHubctl(t, dir, "token", "create", "--role", "provider", "--kind", "charger", "--ttl", "1h")
+		tok := mustHubctl(t, dir, "--json", "token", "create", "--role", "provider", "--kind", "charger", "--ttl", "1h")
 		dev, _ := btcec.NewPrivateKey()
 		s, err := dial(ctx, p, t, dev, m2mclient.WithEnrolToken([]byte(strings.TrimSpace(tok))))
 		if err != nil {
