@@ -32,7 +32,7 @@ func (c *infoCmd) Execute([]string) error {
 		return c.a.printJSON(info)
 	}
 	return c.a.table([]string{"FIELD", "VALUE"}, [][]string{
-		{"pubkey", info.PubKey}, {"p2p_addr", info.P2PAddr}, {"admin_addr", info.AdminAddr},
+		{"pubkey", info.PubKey}, {"p2p_addr", info.P2PAddr}, {"admin_addr", info.AdminAddr}, {"metrics_addr", dash(info.MetricsAddr)},
 		{"nats_url", info.NATSURL}, {"network", info.Network}, {"store", info.Store},
 		{"sessions", fmt.Sprint(info.Sessions)},
 	})

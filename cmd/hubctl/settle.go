@@ -67,6 +67,7 @@ func (a *app) registerSettle(p *flags.Parser) {
 	mustAdd(p.AddCommand("epochs", "list epochs and how they settled", "", &epochsCmd{a: a}))
 	rc := mustAdd(p.AddCommand("receipt", "hub receipts", "", &struct{}{}))
 	mustAdd(rc.AddCommand("verify", "verify a receipt against the chain (exit 5: does not hold, 6: not confirmed yet)", "", &receiptVerifyCmd{a: a}))
+	a.registerReceipts(rc)
 }
 
 type settlePlanCmd struct{ a *app }

@@ -110,7 +110,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	}
 	cfg := httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
-		Creds: creds, Channels: chans, Webhooks: hooks,
+		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store,
 		Providers: &fakeNATS{users: map[string]string{}},
 		Info:      func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},

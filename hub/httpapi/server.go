@@ -76,6 +76,8 @@ type Config struct {
 	Creds CredStore
 	// Channels, when set, serves the channel, exposure and hold endpoints.
 	Channels Channels
+	// Receipts, when set, serves a channel's receipts.
+	Receipts Receipts
 	// Webhooks, when set, serves /v1/webhooks (providers' webhook
 	// endpoints).
 	Webhooks Webhooks
@@ -150,6 +152,7 @@ func New(cfg Config) (*Handler, error) {
 	h.routeContracts()
 	h.routeSettlement()
 	h.routeChannels()
+	h.routeReceipts()
 	h.routeDashboard()
 	h.routeWebhooks()
 	return h, nil
