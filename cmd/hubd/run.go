@@ -283,7 +283,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	apiCfg := httpapi.Config{
 		Registry: registry, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
-		Creds: creds, Channels: channels, Webhooks: hookEndpoints, Receipts: store,
+		Creds: creds, Channels: channels, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()

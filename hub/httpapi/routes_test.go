@@ -108,9 +108,14 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
+	outbox, err := webhook.New(webhook.Config{OutboxPath: filepath.Join(dir, "outbox.db"), Endpoints: hooks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outbox.Close() })
 	cfg := httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
-		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store,
+		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store, Deliveries: outbox,
 		Providers: &fakeNATS{users: map[string]string{}},
 		Info:      func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},

@@ -78,6 +78,9 @@ type Config struct {
 	Channels Channels
 	// Receipts, when set, serves a channel's receipts.
 	Receipts Receipts
+	// Deliveries, when set, serves the webhook delivery endpoints (list,
+	// redeliver, test).
+	Deliveries WebhookDeliveries
 	// Webhooks, when set, serves /v1/webhooks (providers' webhook
 	// endpoints).
 	Webhooks Webhooks
@@ -153,6 +156,7 @@ func New(cfg Config) (*Handler, error) {
 	h.routeSettlement()
 	h.routeChannels()
 	h.routeReceipts()
+	h.routeDeliveries()
 	h.routeDashboard()
 	h.routeWebhooks()
 	return h, nil
