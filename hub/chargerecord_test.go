@@ -25,6 +25,16 @@ func TestChargeRecord(t *testing.T) {
 			t.Fatalf("got %+v, %v; want %+v", got, err, c)
 		}
 	})
+	t.Run("Withheld", func(t *testing.T) {
+		for _, digest := range []Hash{c.Digest, {}} {
+			w := c
+			w.Digest, w.Withheld = digest, 165_000_000
+			got, err := DecodeChargeRecord(EncodeChargeRecord(w))
+			if err != nil || got != w {
+				t.Fatalf("got %+v, %v; want %+v", got, err, w)
+			}
+		}
+	})
 	t.Run("ZeroTimesStayZero", func(t *testing.T) {
 		z := c
 		z.EventTime, z.Charged = time.Time{}, time.Time{}

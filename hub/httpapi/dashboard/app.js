@@ -134,7 +134,7 @@ async function drawIncome(providers) {
     hist.push([now, in_.earned_msat]);
     if (hist.length > HISTORY) hist.shift();
     state.income.set(id, hist);
-    rows.push([cell(id), n(in_.events), n(in_.earned_msat), n(in_.fees_msat), n(in_.owed_msat), n(in_.held_msat), n(in_.unpaid_msat)]);
+    rows.push([cell(id), n(in_.events), n(in_.earned_msat), n(in_.fees_msat), n(in_.owed_msat), n(in_.held_msat), n(in_.withheld_msat), n(in_.unpaid_msat)]);
   }
   fill("income", rows);
   drawChart();
