@@ -100,6 +100,11 @@ func (c *Channels) dispatch(ctx context.Context, s *Session, msg lnwire.Message)
 		start := time.Now()
 		ack, err := c.Pay(ctx, s.DeviceID(), m)
 		c.observePay(m, start, err)
+		if staleRefusal(err) {
+			// The device is behind (or ahead of) the state the hub
+			// holds: show it that state first, so it can resume.
+			c.sendState(ctx, s, m.ChanID)
+		}
 		if err != nil {
 			return withIDs(err, func(ce *wire.ChannelError) {
 				ce.ChanID, ce.Seq, ce.ReqID, ce.HoldID = &m.ChanID, &m.Seq, m.ReqID, m.HoldID
@@ -109,6 +114,15 @@ func (c *Channels) dispatch(ctx context.Context, s *Session, msg lnwire.Message)
 			c.log.Debug("pay ack not delivered", "device", s.DeviceID(), "err", err)
 		}
 		c.send(ctx, m.Payee, &wire.ReceiptNotice{Receipt: ack.Receipt})
+		return nil
+	case *wire.ChannelSync:
+		st, err := c.channelState(ctx, s, m.ChanID)
+		if err != nil {
+			return withIDs(err, func(ce *wire.ChannelError) { ce.ChanID = &m.ChanID })
+		}
+		if err := s.Send(ctx, st); err != nil {
+			c.log.Debug("channel state not delivered", "device", s.DeviceID(), "err", err)
+		}
 		return nil
 	case *wire.HoldRequest:
 		c.holdRequest(ctx, s, m)

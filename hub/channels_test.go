@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
@@ -159,6 +160,11 @@ func TestPayRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			payer.send(tc.send())
+			if tc.code == wire.ChanStaleState || tc.code == wire.ChanSeqGap {
+				// Refused (I4), but first answered with the state
+				// the hub holds, signed by the device itself.
+				expectState(t, payer, good)
+			}
 			refusal(payer, tc.code)
 			// The session stays healthy and the channel usable.
 			payer.pay(good, 1000, prov.id)
@@ -202,6 +208,57 @@ func TestPayRefusals(t *testing.T) {
 		p.send(p.payMsg(c, c.seq+1, c.paid+1000, 1000, pv.id))
 		refusal(p, wire.ChanRateLimited)
 	})
+}
+
+// expectState reads the ChannelState the hub sends and checks it is c's
+// latest state with the device's own signature over it.
+func expectState(t *testing.T, d *device, c *devChannel) {
+	t.Helper()
+	st := expect[*wire.ChannelState](d)
+	if st.ChanID != c.op || st.Seq != c.seq || st.Paid != c.paid || st.Sig == nil {
+		t.Fatalf("state %v seq %d paid %d sig %v, want %v seq %d paid %d",
+			st.ChanID, st.Seq, uint64(st.Paid), st.Sig != nil, c.op, c.seq, uint64(c.paid))
+	}
+	sig, err := schnorr.ParseSignature(st.Sig[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.out.VerifyClaim(channel.State{ChannelID: c.op, Seq: st.Seq, Paid: st.Paid}, sig); err != nil {
+		t.Fatalf("state signature: %v", err)
+	}
+}
+
+// TestChannelSync: a device asking for its channel's state gets the
+// latest one with its own signature; another device's channel and an
+// unknown one are refused.
+func TestChannelSync(t *testing.T) {
+	checkLeaks(t)
+	f := newFakeChain(testHeight)
+	h := newHarness(t, f, nil)
+	payer := h.enrol(hub.RolePayer)
+	other := h.enrol(hub.RolePayer)
+	prov := h.enrol(hub.RoleProvider)
+	c := payer.open(f, 50_000, testHeight+500)
+
+	payer.send(&wire.ChannelSync{ChanID: c.op})
+	if st := expect[*wire.ChannelState](payer); st.Seq != 0 || st.Paid != 0 || st.Sig != nil {
+		t.Fatalf("fresh channel state seq %d paid %d sig %v", st.Seq, uint64(st.Paid), st.Sig != nil)
+	}
+	for range 2 {
+		payer.pay(c, 3000, prov.id)
+		expect[*wire.ReceiptNotice](prov)
+	}
+	payer.send(&wire.ChannelSync{ChanID: c.op})
+	expectState(t, payer, c)
+
+	other.send(&wire.ChannelSync{ChanID: c.op})
+	if ce := refusal(other, wire.ChanNotOwner); ce.ChanID == nil || *ce.ChanID != c.op {
+		t.Fatalf("refusal names %v", ce.ChanID)
+	}
+	unknown := c.op
+	unknown.Index += 9
+	payer.send(&wire.ChannelSync{ChanID: unknown})
+	refusal(payer, wire.ChanUnknownChannel)
 }
 
 func TestFundingMismatch(t *testing.T) {

@@ -84,6 +84,7 @@ type options struct {
 	backoffMax   time.Duration
 	pingInterval time.Duration
 	dialTimeout  time.Duration
+	fault        *faultHook // tests only
 }
 
 // Option adjusts Dial.
@@ -146,6 +147,31 @@ type Session struct {
 	// the caller wiring one.
 	routerOnce sync.Once
 	router     *Router
+
+	// hooks run each time a connection comes up (see onConnect).
+	hookMu   sync.RWMutex
+	hooks    map[int]func()
+	nextHook int
+}
+
+// onConnect registers f to run, on the session's goroutine, each time a
+// connection to the hub is up and before any message is read from it; f
+// must not block. The Device uses it to ask for its channels' state after
+// a reconnect. Once the returned remove has returned, f never runs again.
+func (s *Session) onConnect(f func()) (remove func()) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	if s.hooks == nil {
+		s.hooks = make(map[int]func())
+	}
+	id := s.nextHook
+	s.nextHook++
+	s.hooks[id] = f
+	return func() {
+		s.hookMu.Lock()
+		delete(s.hooks, id)
+		s.hookMu.Unlock()
+	}
 }
 
 // Router returns the session's shared Router, starting it on first use. A
@@ -255,9 +281,21 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	before, after := s.opt.fault.at(true, msg)
+	if before {
+		_ = c.Close()
+		return errFault
+	}
 	_ = c.SetWriteDeadline(deadline)
-	return wire.WriteMessage(c, msg)
+	err := wire.WriteMessage(c, msg)
+	if after {
+		_ = c.Close()
+	}
+	return err
 }
+
+// errFault is the connection loss a test's fault hook caused.
+var errFault = errors.New("m2mclient: connection dropped by the fault hook")
 
 // Close ends the session: it closes the connection, stops reconnecting and
 // waits for the session's goroutines.
@@ -322,6 +360,11 @@ func (s *Session) serve(c *brontide.Conn) error {
 	s.mu.Lock()
 	s.conn = c
 	s.mu.Unlock()
+	s.hookMu.RLock()
+	for _, f := range s.hooks {
+		f()
+	}
+	s.hookMu.RUnlock()
 	defer func() {
 		s.mu.Lock()
 		s.conn = nil
@@ -391,10 +434,17 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 				s.log.Debug("ignoring hub message", "type", msg.MsgType())
 				continue
 			}
+			before, after := s.opt.fault.at(false, msg)
+			if before {
+				return errFault
+			}
 			select {
 			case s.msgs <- msg:
 			case <-s.ctx.Done():
 				return ErrClosed
+			}
+			if after {
+				return errFault
 			}
 		}
 	}

@@ -203,6 +203,11 @@ type devChannel struct {
 	mu  sync.Mutex // guards st; held across Save so saves stay ordered
 	st  *ChannelState
 	out *channel.Output
+	// auths counts the holds authorised on the channel by this process;
+	// authsAsked is its value when the device last asked for the hub's
+	// state (ChannelSync or Pay), so a ChannelState answering that request
+	// knows which holds the hub had the chance to see (see syncHolds).
+	auths, authsAsked uint64
 }
 
 // waitKey names what a waiting call expects an answer about.
@@ -284,6 +289,8 @@ type Device struct {
 	r         *Router
 	ownRouter bool
 	detach    func()
+	// unhook stops the resynchronisation at each reconnect.
+	unhook func()
 
 	// settle remembers the proposals signed and not yet done, by channel
 	// (see settle.go). Nothing in it is secret: the nonces are gone.
@@ -298,6 +305,10 @@ type Device struct {
 	chans   map[[32]byte]*devChannel // by pending id
 	byID    map[btcwire.OutPoint]*devChannel
 	nextReq uint64
+	// closedHolds are the holds the hub reported closed; ids are random
+	// and never reused, so a hold listed in a later-applied ChannelState
+	// is not brought back (see syncHolds).
+	closedHolds map[[16]byte]bool
 }
 
 // NewDevice loads the device's channels from the store and, when s is not
@@ -336,8 +347,9 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock),
 		ctx: ctx, cancel: cancel,
 		chans: make(map[[32]byte]*devChannel), byID: make(map[btcwire.OutPoint]*devChannel),
-		settle: make(map[btcwire.OutPoint]signedSettle),
-		w:      new(waiters),
+		settle:      make(map[btcwire.OutPoint]signedSettle),
+		closedHolds: make(map[[16]byte]bool),
+		w:           new(waiters),
 		// Request ids only need to be unique among this process's
 		// outstanding requests; starting from the clock keeps a restarted
 		// device from matching a stale answer to a new request.
@@ -362,6 +374,13 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		}
 		d.r, d.ownRouter, d.w = r, owned, &r.w
 		d.detach = r.attach(d.handle)
+		// Learn the hub's state of every channel now and after each
+		// reconnect, so a device restored from an older copy of its
+		// store resumes without first failing a payment.
+		d.unhook = s.onConnect(func() { d.spawn(d.requestSync) })
+		if s.Connected() {
+			d.spawn(d.requestSync)
+		}
 	}
 	return d, nil
 }
@@ -374,6 +393,9 @@ func (d *Device) Close() error {
 	// goroutine, so the wait below is final.
 	if d.detach != nil {
 		d.detach()
+	}
+	if d.unhook != nil {
+		d.unhook()
 	}
 	d.cancel()
 	d.wg.Wait()
@@ -487,6 +509,8 @@ func (d *Device) handle(msg lnwire.Message) bool {
 		d.spawn(func() { d.onSettleDone(m) })
 	case *wire.ChannelError:
 		return d.onHoldAuthorizeRefused(m)
+	case *wire.ChannelState:
+		d.onChannelState(m)
 	default:
 		return false
 	}

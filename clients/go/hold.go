@@ -92,6 +92,7 @@ func (d *Device) Authorize(ctx context.Context, req HoldRequest) (btcwire.OutPoi
 	c.st.Holds = append(c.st.Holds, AuthorizedHold{
 		ID: req.ID, Provider: req.Provider, Max: req.Max, Expires: time.Unix(int64(expires), 0),
 	})
+	c.auths++
 	err = d.save(ctx, c)
 	c.mu.Unlock()
 	if err != nil {
@@ -166,10 +167,19 @@ func (d *Device) onHoldAuthorizeRefused(m *wire.ChannelError) bool {
 	return false
 }
 
+// holdClosed reports whether the hub closed hold id during this process's
+// life: a ChannelState listing it was sent before the HoldClosed.
+func (d *Device) holdClosed(id [16]byte) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closedHolds[id]
+}
+
 // onHoldClosed forgets a hold the hub closed (released, expired or its
 // channel closed).
 func (d *Device) onHoldClosed(m *wire.HoldClosed) {
 	d.mu.Lock()
+	d.closedHolds[m.HoldID] = true
 	cs := make([]*devChannel, 0, len(d.chans))
 	for _, c := range d.chans {
 		cs = append(cs, c)

@@ -49,7 +49,23 @@ func (d *Device) pay(ctx context.Context, chanID btcwire.OutPoint, p payment) (*
 	}
 	c.op.Lock()
 	defer c.op.Unlock()
+	r, err := d.payOnce(ctx, c, p)
+	if errors.Is(err, errResynced) {
+		// The hub holds a later state the device had lost (it restarted
+		// from an older copy of its store) and the device adopted it:
+		// sign the payment again on top of it, once.
+		r, err = d.payOnce(ctx, c, p)
+	}
+	if errors.Is(err, errResynced) {
+		return nil, fmt.Errorf("m2mclient: pay: the hub's state moved twice: %w", err)
+	}
+	return r, err
+}
 
+// payOnce signs p on the channel's current state, saves it as pending and
+// exchanges it; c.op must be held.
+func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channel.Receipt, error) {
+	chanID := c.st.Funding
 	c.mu.Lock()
 	status, hasPending := c.st.Status, c.st.Pending != nil
 	c.mu.Unlock()
@@ -94,7 +110,7 @@ func (d *Device) pay(ctx context.Context, chanID btcwire.OutPoint, p payment) (*
 
 	r, err := d.exchange(ctx, c, pend)
 	var ce *ChannelError
-	if errors.As(err, &ce) {
+	if errors.As(err, &ce) || errors.Is(err, errResynced) {
 		// The hub refused the payment: it holds no signature for it,
 		// so it does not count against the policy either.
 		undo()
@@ -109,6 +125,9 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 	chanID := c.st.Funding
 	ch, done := d.w.add(waitKey{kind: 'c', chanID: chanID})
 	defer done()
+	c.mu.Lock()
+	c.authsAsked = c.auths
+	c.mu.Unlock()
 	msg := &wire.Pay{
 		ChanID: chanID, Seq: p.Seq, Paid: p.Paid, Amount: p.Amount, Payee: p.Payee,
 		Sig: p.Sig, Memo: p.Memo, HoldID: p.HoldID, ReqID: p.ReqID,
@@ -120,12 +139,24 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 		}
 		return nil, fmt.Errorf("m2mclient: pay: %w", err)
 	}
+	// hubState is the state the hub showed before refusing p as stale.
+	var hubState *wire.ChannelState
 	for {
 		ans, err := d.await(ctx, ch)
 		if err != nil {
 			return nil, err
 		}
 		switch m := ans.(type) {
+		case *wire.ChannelState:
+			// Holds now, in the order the hub sent them (the
+			// answer to a ChannelSync lands here while a Pay waits).
+			hubState = m
+			c.mu.Lock()
+			err := d.syncHolds(ctx, c, m)
+			c.mu.Unlock()
+			if err != nil {
+				d.log.Warn("hub holds not adopted", "chan", m.ChanID, "err", err)
+			}
 		case *wire.PayAck:
 			if m.Seq != p.Seq {
 				continue // a late answer to an earlier attempt
@@ -133,19 +164,22 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 			return d.acknowledged(ctx, c, p, m.Receipt)
 		case *wire.ChannelError:
 			if m.Seq == nil || *m.Seq != p.Seq {
-				// Not about this payment: the hub names the seq of
-				// every Pay it refuses; one without is about another
-				// request on the channel (a hold authorisation).
+				// The hub names the seq in every refusal of a Pay: one
+				// without it is about another request on the channel
+				// (a hold authorisation); one with another seq is a late
+				// answer to an earlier attempt, or to a ChannelSync.
 				continue
 			}
-			switch m.Code {
-			case wire.ChanStaleState:
-				// Only this device signs states, and it signs seq+1
-				// only after seq was acknowledged, so a hub at or past
-				// p.Seq holds exactly p: it acknowledged a copy whose
-				// PayAck was lost.
+			switch {
+			case hubState != nil && (m.Code == wire.ChanStaleState || m.Code == wire.ChanSeqGap):
+				return nil, d.staleAnswer(ctx, c, p, hubState, m)
+			case m.Code == wire.ChanStaleState:
+				// A hub that shows no state (an older one): only this
+				// device signs states, and it signs seq+1 only after
+				// seq was acknowledged, so a hub at or past p.Seq holds
+				// exactly p, unless the device lost part of its store.
 				return nil, d.adopt(ctx, c, p, nil)
-			case wire.ChanInternal:
+			case m.Code == wire.ChanInternal:
 				// The hub may or may not have stored it; keep it
 				// pending and let the next Pay resend it. Every other
 				// refusal, "busy" and "closing" included, is given
@@ -158,6 +192,27 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 	}
 }
 
+// staleAnswer settles p by the state the hub showed when it refused it as
+// stale or out of sequence: p itself (its PayAck was lost), a later state
+// the device adopts (errResynced: p was refused), or a forged one
+// (ErrForgedState: p stays pending, the hub is not believed).
+func (d *Device) staleAnswer(ctx context.Context, c *devChannel, p *PendingPayment, st *wire.ChannelState, refusal *wire.ChannelError) error {
+	err := d.applyState(ctx, c, st)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	taken := c.st.Seq >= p.Seq && c.st.Pending == nil
+	c.mu.Unlock()
+	if taken {
+		return nil
+	}
+	// The hub's state is not newer than the device's: it refused p for
+	// another reason (a hub that lost data is behind).
+	d.dropPending(ctx, c, p)
+	return asError(refusal)
+}
+
 // resync resends the pending payment and waits for its outcome.
 func (d *Device) resync(ctx context.Context, c *devChannel) error {
 	c.mu.Lock()
@@ -168,6 +223,8 @@ func (d *Device) resync(ctx context.Context, c *devChannel) error {
 	switch {
 	case err == nil, errors.Is(err, ErrBadReceipt):
 		return nil // applied either way
+	case errors.Is(err, errResynced):
+		return nil // refused; the channel moved to the hub's state
 	case errors.As(err, &ce) && ce.Code != CodeInternal:
 		return nil // definitely refused and dropped; the channel moves on
 	}

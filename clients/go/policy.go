@@ -97,6 +97,8 @@ func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(
 	switch {
 	case amount == 0:
 		return nil, fmt.Errorf("%w: zero amount", ErrPolicy)
+	case provider == "":
+		return nil, fmt.Errorf("%w: no provider", ErrPolicy)
 	case !l.allowed(provider):
 		return nil, fmt.Errorf("%w: provider %q not allowed", ErrPolicy, provider)
 	case p.MaxPerPayment > 0 && amount > p.MaxPerPayment:
@@ -111,7 +113,9 @@ func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(
 	var total, toProvider lnwire.MilliSatoshi
 	for _, s := range l.spends {
 		total += s.amount
-		if s.provider == provider {
+		if s.provider == provider || s.provider == "" {
+			// A spend to no provider in particular (see record) may
+			// have gone to this one.
 			toProvider += s.amount
 		}
 	}
@@ -138,6 +142,17 @@ func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(
 			}
 		})
 	}, nil
+}
+
+// record adds a spend the device learned of afterwards (the hub held a
+// state the device's restored store did not know) as made just now to no
+// provider in particular, so it counts against every hourly limit. Spend
+// refuses provider "", so no attributed spend shares the mark.
+func (l *Limiter) record(amount lnwire.MilliSatoshi) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.expire(l.clock.Now())
+	l.spends = append(l.spends, spend{at: l.clock.Now(), amount: amount})
 }
 
 // CheckHold decides whether the device authorises a hold of up to max for

@@ -143,6 +143,10 @@ func (r *Router) dispatch(msg lnwire.Message) {
 		answered = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
 	case *wire.CloseProposal:
 		answered = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
+	case *wire.ChannelState:
+		// The call under way on the channel (a Pay refused as stale, a
+		// Sync) takes it; without one the device applies it itself.
+		answered = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m)
 	case *wire.HoldResult:
 		answered = r.w.deliver(waitKey{kind: 'h', hold: m.HoldID}, m)
 	case *wire.ChannelError:

@@ -113,6 +113,14 @@ func (h *testHub) recv(wait time.Duration) lnwire.Message {
 		if err != nil {
 			h.t.Fatal(err)
 		}
+		if _, ok := m.(*wire.ChannelSync); ok {
+			// This hub keeps no channel states and leaves the
+			// device's sync at connect unanswered, as a slow hub
+			// would: the device keeps its own record. (Refusing it
+			// would race the test's own exchange on the channel,
+			// whose waiter takes any ChannelError for it.)
+			continue
+		}
 		if m.MsgType() >= lnwire.CustomTypeStart {
 			return m
 		}

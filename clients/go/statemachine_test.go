@@ -99,7 +99,9 @@ func setDefault(name string, v int) {
 
 // mHold is the model of one active hold. captured is the hub's count,
 // devCaptured the device's: they differ by captures charged on credit while
-// the device was offline, which the device never hears of.
+// the device was offline, until the device's next connection, when it
+// resynchronises with the hub (docs/protocol.md §4) and adopts the hub's
+// captured amounts.
 type mHold struct {
 	max, captured, devCaptured lnwire.MilliSatoshi
 }
@@ -170,6 +172,16 @@ func (w *world) connect(tb hubtest.TB) {
 	w.sess = w.h.Dial(w.t, w.devKey, smDialTimeout)
 	w.dev = w.h.NewDevice(w.t, w.sess, w.devKey, m2mclient.DeviceConfig{Dir: w.dir, AutoAuthorize: true})
 	w.h.WaitSession(tb, w.devID)
+}
+
+// resynced moves the model's device view to the hub's after a connection:
+// the device asked for its channel's state at connect and adopts the
+// holds' captured amounts, on its own goroutines, so this waits for them.
+func (w *world) resynced(rt *rapid.T) {
+	for _, h := range w.holds {
+		h.devCaptured = h.captured
+	}
+	w.waitDevice(rt)
 }
 
 // disconnect closes the Device and its session.
@@ -328,12 +340,11 @@ func (w *world) payFits(amount lnwire.MilliSatoshi) bool {
 	return w.paid+amount+w.owedAfter(amount)+w.reserved() <= w.out.Params().MaxPaid()
 }
 
-// devFree is what the device lets a new hold use. It can be less than
-// free: a capture charged on credit while the device was offline stays
-// reserved on the device (it never hears of it), while the hub counts it as
-// captured, and once later payments have paid that credit down the device
-// counts it twice, as paid and as reserved, and may see its channel full
-// before the hub does.
+// devFree is what the device lets a new hold use. It differs from free
+// while a capture charged on credit during an offline spell is still
+// reserved on the device, until its reconnection's resync tells it the
+// hub's captured amount (captureOffline reconnects at its end, so between
+// steps the two views agree on the holds).
 func (w *world) devFree() lnwire.MilliSatoshi {
 	used := w.paid + w.devReserved()
 	if max := w.out.Params().MaxPaid(); used < max {
@@ -570,6 +581,7 @@ func (w *world) captureOffline(rt *rapid.T) {
 		})
 	}
 	w.connect(rt)
+	w.resynced(rt)
 }
 
 func (w *world) release(rt *rapid.T) {
@@ -603,8 +615,16 @@ func (w *world) raw(rt *rapid.T, m *wire.Pay) *wire.ChannelError {
 	before := w.record(rt)
 	rc := w.h.RawConn(rt, w.devKey, w.devID)
 	rc.Send(m)
-	ce := refusal(rt, rc)
+	ce, state := refusal(rt, rc)
 	rc.Close()
+	// A Pay refused for its seq comes after the hub's latest state, which
+	// the device signed; no other refusal does.
+	switch stale := ce.Code == wire.ChanStaleState || ce.Code == wire.ChanSeqGap; {
+	case stale && (state == nil || state.Seq != w.seq || state.Paid != w.paid):
+		rt.Fatalf("%s refusal preceded by state %+v, model at %d/%d", ce.Code, state, w.seq, w.paid)
+	case !stale && state != nil:
+		rt.Fatalf("%s refusal preceded by a channel state", ce.Code)
+	}
 	// A refused update changes nothing (I4).
 	if after := w.record(rt); after.Seq != before.Seq || after.Paid != before.Paid ||
 		after.DeviceSig != before.DeviceSig || after.Owed != before.Owed {
@@ -612,19 +632,25 @@ func (w *world) raw(rt *rapid.T, m *wire.Pay) *wire.ChannelError {
 	}
 	w.disconnect()
 	w.connect(rt)
+	w.resynced(rt)
 	return ce
 }
 
-// refusal reads the hub's answer on rc. Notices the hub sends a device at
-// any time (docs/protocol.md §2.8) are skipped: a HoldClosed of a hold
-// released just before, used up so that its release changed no balance
-// the model waits on, may still be on its way to the device's session.
-func refusal(rt *rapid.T, rc *hubtest.RawConn) *wire.ChannelError {
+// refusal reads the hub's answer on rc, with the ChannelState the hub
+// sends right before a "stale-state" or "seq-gap" refusal (docs/protocol.md
+// §4), nil when none came. Notices the hub sends a device at any time
+// (docs/protocol.md §2.8) are skipped: a HoldClosed of a hold released just
+// before, used up so that its release changed no balance the model waits
+// on, may still be on its way to the device's session.
+func refusal(rt *rapid.T, rc *hubtest.RawConn) (*wire.ChannelError, *wire.ChannelState) {
 	deadline := time.Now().Add(smWait)
+	var state *wire.ChannelState
 	for {
 		switch m := rc.Next(time.Until(deadline)).(type) {
 		case *wire.ChannelError:
-			return m
+			return m, state
+		case *wire.ChannelState:
+			state = m
 		case *wire.HoldClosed, *wire.HoldRequest, *wire.PaymentRequest, *wire.ReceiptNotice,
 			*wire.SettleProposal, *wire.SettleDone, *wire.ChannelClosed:
 			continue
@@ -724,6 +750,7 @@ func (w *world) reconnectStep(rt *rapid.T) {
 	w.counts["Reconnect"]++
 	w.disconnect()
 	w.connect(rt)
+	w.resynced(rt)
 }
 
 func (w *world) hubRestart(rt *rapid.T) {
@@ -735,6 +762,7 @@ func (w *world) hubRestart(rt *rapid.T) {
 	hubtest.WaitFor(rt, smWait, "client sessions reconnected", func() bool {
 		return w.sess.Connected() && w.provSess.Connected()
 	})
+	w.resynced(rt)
 	// I5: every receipt the device holds is in the restarted hub's store.
 	hist, err := w.dev.History(rt.Context(), w.ch.ID)
 	if err != nil {

@@ -106,10 +106,14 @@ func (r *RawConn) Next(within time.Duration) lnwire.Message {
 }
 
 // Refusal reads the next message and requires a ChannelError, which it
-// returns.
+// returns. A ChannelState before it (the hub shows its state before
+// refusing a stale Pay) is skipped.
 func (r *RawConn) Refusal(within time.Duration) *wire.ChannelError {
 	r.tb.Helper()
 	m := r.Next(within)
+	if _, ok := m.(*wire.ChannelState); ok {
+		m = r.Next(within)
+	}
 	ce, ok := m.(*wire.ChannelError)
 	if !ok {
 		r.tb.Fatalf("hubtest: got %T from the hub, want a ChannelError", m)

@@ -151,6 +151,9 @@ func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 			return &ChannelClosed{ChanID: genOutPoint(t, "chan"), Txid: genArr32(t, "txid")}
 		},
 	}
+	for typ, gen := range syncGens() {
+		gens[typ] = gen
+	}
 	for typ, gen := range settleGens() {
 		gens[typ] = gen
 	}

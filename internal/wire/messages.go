@@ -54,6 +54,10 @@ func NewMessage(t lnwire.MessageType) lnwire.Message {
 		return new(SettleSign)
 	case MsgSettleDone:
 		return new(SettleDone)
+	case MsgChannelSync:
+		return new(ChannelSync)
+	case MsgChannelState:
+		return new(ChannelState)
 	}
 	return nil
 }

@@ -28,8 +28,8 @@ func sortedTypes() []lnwire.MessageType {
 // constructor and the spec's number.
 func TestMessageTable(t *testing.T) {
 	ts := sortedTypes()
-	if len(ts) != 22 {
-		t.Fatalf("%d message types, spec has 22", len(ts))
+	if len(ts) != 24 {
+		t.Fatalf("%d message types, spec has 24", len(ts))
 	}
 	for i, typ := range ts {
 		if want := TypeBase + lnwire.MessageType(2*(i+1)); typ != want {
