@@ -69,10 +69,7 @@ func main() {
 // run parses args and executes one command, returning the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	a := &app{out: stdout, ctx: ctx}
-	p := flags.NewParser(&a.g, flags.HelpFlag|flags.PassDoubleDash)
-	p.Name = "hubctl"
-	p.SubcommandsOptional = true // for --version alone
-	a.register(p)
+	p := a.parser()
 	_, err := p.ParseArgs(args)
 	if err == nil && p.Active == nil {
 		if a.g.Version {
@@ -119,6 +116,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 var errUsage = errors.New("usage")
+
+// parser is hubctl's command line grammar: the global options and every
+// command.
+func (a *app) parser() *flags.Parser {
+	p := flags.NewParser(&a.g, flags.HelpFlag|flags.PassDoubleDash)
+	p.Name = "hubctl"
+	p.SubcommandsOptional = true // for --version alone
+	a.register(p)
+	return p
+}
 
 func (a *app) dir() datadir.Dir {
 	if a.g.DataDir != "" {
