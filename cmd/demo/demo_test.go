@@ -19,9 +19,17 @@ import (
 // that it exits.
 func TestDemo(t *testing.T) {
 	bin := t.TempDir()
-	for _, pkg := range []string{"../hubd", "../hubctl", "github.com/btcsuite/btcd"} {
+	for _, pkg := range []string{"../hubd", "../hubctl", ".", "../loadtest", "github.com/btcsuite/btcd"} {
 		if out, err := exec.Command("go", "build", "-o", bin+"/", pkg).CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	// --help lists the programs' own flags, not the -rapid.* test flags
+	// lnwire's import of rapid registers on flag.CommandLine.
+	for _, prog := range []string{"demo", "loadtest"} {
+		out, _ := exec.Command(bin+"/"+prog, "-h").CombinedOutput()
+		if strings.Contains(string(out), "rapid") || !strings.Contains(string(out), "-hubd") {
+			t.Errorf("%s -h:\n%s", prog, out)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
