@@ -12,10 +12,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
@@ -30,6 +32,12 @@ import (
 var (
 	ErrNotConnected = errors.New("m2mclient: not connected")
 	ErrClosed       = errors.New("m2mclient: session closed")
+	// ErrHubKeyMismatch is returned when the hub closed the noise
+	// handshake before answering, attempt after attempt: the handshake's
+	// first act is encrypted to the pinned hub key, and a hub with
+	// another key cannot read it. Check the key against the hub's
+	// (hubctl info prints it as pubkey).
+	ErrHubKeyMismatch = errors.New("m2mclient: the hub closed the handshake: the pinned hub key is probably not this hub's")
 )
 
 // Codes a hub sends when it refuses or closes a session (docs/protocol.md has
@@ -454,6 +462,7 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 // exponential backoff until ctx is done.
 func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 	wait := s.opt.backoffMin
+	closedHandshakes := 0
 	for {
 		c, err := s.connect(ctx)
 		if err == nil {
@@ -462,6 +471,17 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		var re *RefusedError
 		if errors.As(err, &re) && re.Permanent() {
 			return nil, err
+		}
+		// A hub sheds a handshake now and then under a flood; one that
+		// closes every handshake before answering cannot read them.
+		if closedHandshake(err) {
+			closedHandshakes++
+		} else {
+			closedHandshakes = 0
+		}
+		if closedHandshakes >= handshakeClosesForMismatch {
+			return nil, fmt.Errorf("%w (pinned %x, %d handshakes closed in a row: %w)",
+				ErrHubKeyMismatch, s.hubKey.SerializeCompressed(), closedHandshakes, err)
 		}
 		s.log.Debug("connect failed", "err", err, "retry_in", wait)
 		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
@@ -474,6 +494,30 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		wait = min(wait*2, s.opt.backoffMax)
 	}
 }
+
+// handshakeClosesForMismatch is how many handshakes in a row the hub must
+// close unanswered before Dial reports ErrHubKeyMismatch instead of
+// retrying.
+const handshakeClosesForMismatch = 3
+
+// closedHandshake reports whether err is the hub closing the connection
+// during the noise handshake (after TCP connected): EOF or a reset, not
+// a dial failure.
+func closedHandshake(err error) bool {
+	if _, ok := errors.AsType[*handshakeError](err); !ok {
+		return false
+	}
+	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// handshakeError is a failure of the TCP dial or the noise handshake.
+type handshakeError struct{ err error }
+
+func (e *handshakeError) Error() string { return "noise handshake: " + e.err.Error() }
+func (e *handshakeError) Unwrap() error { return e.err }
 
 // connect makes one attempt: TCP, noise handshake, optional Enrol, Init
 // exchange.
@@ -495,7 +539,7 @@ func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
 		time.Until(deadline), net.DialTimeout,
 	)
 	if err != nil {
-		return nil, err
+		return nil, &handshakeError{err}
 	}
 	_ = c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
