@@ -63,6 +63,14 @@ type TB interface {
 	Context() context.Context
 }
 
+// StartTB is what Start needs of its caller: a *testing.T or *testing.B,
+// or a Runner in an Example function.
+type StartTB interface {
+	TB
+	TempDir() string
+	Skip(args ...any)
+}
+
 // Config adjusts the hub Start runs. The zero value is a working hub.
 type Config struct {
 	// Channels, when set, adjusts the channel manager's configuration
@@ -104,7 +112,7 @@ type Hub struct {
 // Start runs a hub for tb and stops it (and its btcd) in tb's cleanup. It
 // skips the test under -short, since btcd takes a second or two to start
 // and mine to activation.
-func Start(tb testing.TB, cfg Config) *Hub {
+func Start(tb StartTB, cfg Config) *Hub {
 	tb.Helper()
 	if testing.Short() {
 		tb.Skip("starts btcd")
