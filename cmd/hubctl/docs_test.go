@@ -100,7 +100,7 @@ func TestDocCommandsParse(t *testing.T) {
 func TestDocsUseDefaultPorts(t *testing.T) {
 	files, _ := filepath.Glob("../../docs/*.md")
 	files = append(files, "../../README.md", "../../docs/openapi.yaml")
-	known := map[string]bool{"9736": true, "9737": true, "9738": true, "9739": true, "4222": true, "6379": true, "18334": true, "18443": true, "8080": true, "0": true, "9747": true} // 9747: compose's second hubd
+	known := map[string]bool{"9736": true, "9737": true, "9738": true, "9739": true, "4222": true, "6379": true, "18334": true, "18443": true, "8080": true, "0": true, "9747": true, "3000": true, "9090": true} // 9747: compose's second hubd; 3000, 9090: its Grafana and Prometheus
 	re := regexp.MustCompile(`(?:127\.0\.0\.1|localhost):(\d+)`)
 	for _, f := range files {
 		b, err := os.ReadFile(f)

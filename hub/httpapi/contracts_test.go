@@ -42,7 +42,7 @@ func newContractAPI(t *testing.T) (*httpapi.Client, *hub.Registry, *boltstore.St
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs,
-		Info: func() httpapi.Info { return httpapi.Info{} },
+		Info: testInfo,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 )
 
 // specPath is the published API description every response is checked
@@ -141,4 +143,12 @@ func truncate(b []byte, n int) string {
 		return string(b[:n]) + "…"
 	}
 	return string(b)
+}
+
+// testInfo is what a hub on the embedded defaults answers to /v1/info.
+func testInfo() httpapi.Info {
+	return httpapi.Info{
+		PubKey: "02" + strings.Repeat("ab", 32), P2PAddr: "127.0.0.1:9736", AdminAddr: "127.0.0.1:9737",
+		MetricsAddr: "127.0.0.1:9738", NATSURL: "nats://127.0.0.1:9739", Network: "regtest", Store: "bolt:/tmp/hub.db",
+	}
 }

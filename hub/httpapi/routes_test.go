@@ -117,7 +117,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
 		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store, Deliveries: outbox,
 		Providers: &fakeNATS{users: map[string]string{}},
-		Info:      func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info:      testInfo,
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
 		Logger:    slog.New(slog.DiscardHandler), Now: time.Now,
 	}

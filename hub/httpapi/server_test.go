@@ -30,7 +30,7 @@ func newAPI(t *testing.T) (*httptest.Server, *httpapi.Client) {
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token,
-		Info: func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info: testInfo,
 		Health: []httpapi.HealthCheck{
 			{Name: "store", Check: func(context.Context) error { return nil }},
 		},

@@ -172,7 +172,7 @@ func newSettleAPI(t *testing.T, s httpapi.Settlement) (*httptest.Server, *httpap
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token, Settlement: s,
-		Info: func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info: testInfo,
 	})
 	if err != nil {
 		t.Fatal(err)
