@@ -32,8 +32,9 @@ import (
 var (
 	ErrNotConnected = errors.New("m2mclient: not connected")
 	ErrClosed       = errors.New("m2mclient: session closed")
-	// ErrHubKeyMismatch is returned when the hub closed the noise
-	// handshake before answering, attempt after attempt: the handshake's
+	// ErrHubKeyMismatch is wrapped in Dial's error, beside the
+	// context's, when every attempt up to the deadline (at least three)
+	// ended with the hub closing the noise handshake unanswered: its
 	// first act is encrypted to the pinned hub key, and a hub with
 	// another key cannot read it. Check the key against the hub's
 	// (hubctl info prints it as pubkey).
@@ -472,22 +473,26 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		if errors.As(err, &re) && re.Permanent() {
 			return nil, err
 		}
-		// A hub sheds a handshake now and then under a flood; one that
-		// closes every handshake before answering cannot read them.
+		// A hub that closes every handshake before answering cannot
+		// read them: the pinned key is not its. A hub shedding
+		// handshakes under a flood does the same now and then, so this
+		// only names the likely cause when the attempts run out; it
+		// never stops the retries.
 		if closedHandshake(err) {
 			closedHandshakes++
 		} else {
 			closedHandshakes = 0
 		}
-		if closedHandshakes >= handshakeClosesForMismatch {
-			return nil, fmt.Errorf("%w (pinned %x, %d handshakes closed in a row: %w)",
-				ErrHubKeyMismatch, s.hubKey.SerializeCompressed(), closedHandshakes, err)
-		}
+
 		s.log.Debug("connect failed", "err", err, "retry_in", wait)
 		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if closedHandshakes >= handshakeClosesForMismatch {
+				return nil, fmt.Errorf("%w: %w (pinned %x; the last %d handshakes were closed unanswered, the last with: %w)",
+					ctx.Err(), ErrHubKeyMismatch, s.hubKey.SerializeCompressed(), closedHandshakes, err)
+			}
 			return nil, fmt.Errorf("%w (last attempt: %w)", ctx.Err(), err)
 		case <-t.C:
 		}
@@ -496,8 +501,8 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 }
 
 // handshakeClosesForMismatch is how many handshakes in a row the hub must
-// close unanswered before Dial reports ErrHubKeyMismatch instead of
-// retrying.
+// have closed unanswered for Dial's deadline error to name
+// ErrHubKeyMismatch.
 const handshakeClosesForMismatch = 3
 
 // closedHandshake reports whether err is the hub closing the connection
