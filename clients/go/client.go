@@ -23,6 +23,7 @@ import (
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/msgfault"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -84,7 +85,7 @@ type options struct {
 	backoffMax   time.Duration
 	pingInterval time.Duration
 	dialTimeout  time.Duration
-	fault        *faultHook // tests only
+	fault        *msgfault.Point // tests only
 }
 
 // Option adjusts Dial.
@@ -281,7 +282,7 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	before, after := s.opt.fault.at(true, msg)
+	before, after := s.opt.fault.At(true, msg)
 	if before {
 		_ = c.Close()
 		return errFault
@@ -434,7 +435,7 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 				s.log.Debug("ignoring hub message", "type", msg.MsgType())
 				continue
 			}
-			before, after := s.opt.fault.at(false, msg)
+			before, after := s.opt.fault.At(false, msg)
 			if before {
 				return errFault
 			}
@@ -513,8 +514,16 @@ func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
 // hello sends Enrol (with a token) and Init, and reads the hub's answer.
 func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
 	if s.opt.token != nil {
-		if err := wire.WriteMessage(c, &wire.Enrol{Token: s.opt.token}); err != nil {
+		enrol := &wire.Enrol{Token: s.opt.token}
+		dropBefore, dropAfter := s.opt.fault.At(true, enrol)
+		if dropBefore {
+			return c, errFault
+		}
+		if err := wire.WriteMessage(c, enrol); err != nil {
 			return c, err
+		}
+		if dropAfter {
+			return c, errFault
 		}
 	}
 	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {
