@@ -376,13 +376,22 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		d.detach = r.attach(d.handle)
 		// Learn the hub's state of every channel now and after each
 		// reconnect, so a device restored from an older copy of its
-		// store resumes without first failing a payment.
-		d.unhook = s.onConnect(func() { d.spawn(d.requestSync) })
+		// store resumes without first failing a payment, and finish
+		// the closes a lost connection interrupted.
+		d.unhook = s.onConnect(func() { d.spawn(d.atConnect) })
 		if s.Connected() {
-			d.spawn(d.requestSync)
+			d.spawn(d.atConnect)
 		}
 	}
 	return d, nil
+}
+
+// atConnect resumes what a lost connection interrupted: it asks for the
+// hub's state of every ready channel and sends the close signature of
+// every closing one again.
+func (d *Device) atConnect() {
+	d.requestSync()
+	d.resendCloseSigns()
 }
 
 // Close stops serving the hub's messages and waits for the handlers under
