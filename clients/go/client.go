@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
@@ -142,6 +143,11 @@ type Session struct {
 	mu   sync.Mutex
 	conn *brontide.Conn // nil while disconnected
 	err  error          // permanent failure, set once
+	// life is conn's connection: its end is seen by the calls waiting
+	// for an answer on it (see lost).
+	life *connLife
+	// queued counts the messages put on msgs.
+	queued atomic.Uint64
 
 	// router is the session's shared reader of Messages, made on first
 	// use, so a Device and a Provider of one session share it without
@@ -225,7 +231,7 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 	}
 	// Connected must hold as soon as Dial returns.
 	s.mu.Lock()
-	s.conn = c
+	s.conn, s.life = c, &connLife{done: make(chan struct{})}
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.run(c)
@@ -295,6 +301,29 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 	return err
 }
 
+// connLife is one connection's life: done is closed when it ends, and
+// queued is then the count of messages put on the session's msgs up to
+// its end.
+type connLife struct {
+	done   chan struct{}
+	queued uint64
+}
+
+// lost returns the current connection's life (one already ended while
+// disconnected). The hub answers a request on the connection it came by,
+// so a call waiting for an answer stops at the loss instead of waiting out
+// its timeout.
+func (s *Session) lost() *connLife {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.life == nil {
+		l := &connLife{done: make(chan struct{}), queued: s.queued.Load()}
+		close(l.done)
+		return l
+	}
+	return s.life
+}
+
 // errFault is the connection loss a test's fault hook caused.
 var errFault = errors.New("m2mclient: connection dropped by the fault hook")
 
@@ -359,6 +388,9 @@ func (s *Session) stopFor(err error) bool {
 // answers.
 func (s *Session) serve(c *brontide.Conn) error {
 	s.mu.Lock()
+	if s.conn != c || s.life == nil {
+		s.life = &connLife{done: make(chan struct{})}
+	}
 	s.conn = c
 	s.mu.Unlock()
 	s.hookMu.RLock()
@@ -369,6 +401,10 @@ func (s *Session) serve(c *brontide.Conn) error {
 	defer func() {
 		s.mu.Lock()
 		s.conn = nil
+		// The read loop has returned: nothing more is queued from
+		// this connection.
+		s.life.queued = s.queued.Load()
+		close(s.life.done)
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
@@ -441,6 +477,7 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 			}
 			select {
 			case s.msgs <- msg:
+				s.queued.Add(1)
 			case <-s.ctx.Done():
 				return ErrClosed
 			}
