@@ -93,9 +93,13 @@ chaos: build
 	$(BIN)/chaos -duration $(CHAOS_DURATION) $(CHAOS_ARGS)
 
 # chaos-deps holds each dependency outage (external NATS, Redis, btcd paused;
-# NATS and Redis killed -9) for 30 s instead of make test's 2 s.
+# NATS and Redis killed -9) for 30 s instead of make test's 2 s: without load
+# (the health answers, cmd/hubd) and under payment and metering load
+# (nothing acknowledged lost, internal/chaos).
 chaos-deps:
+	@.ci/deps
 	$(GO) test -count=1 -timeout 30m -run 'TestDependencyFaults|TestBtcdFaults' ./cmd/hubd -v -deppause 30s
+	$(GO) test -count=1 -timeout 30m -run TestOutagesUnderLoad ./internal/chaos -v -outage 30s
 
 clean:
 	rm -rf $(BIN)

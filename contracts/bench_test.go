@@ -35,3 +35,34 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOCPI parses the example OCPI tariff file as `hubctl contract
+// publish` does, and prices the example session under it.
+func BenchmarkOCPI(b *testing.B) {
+	file := mustRead(b, filepath.Join("testdata", "ocpi", "tariff.json"))
+	env := OCPIEnvelope{RateMsatPerUnit: MustDec("1000000"), TimeZone: "Europe/Berlin"}
+	b.Run("Parse", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ParseOCPI(file, env); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Price", func(b *testing.B) {
+		c, err := ParseOCPI(file, env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		u, err := ParseUsage(mustRead(b, filepath.Join("testdata", "ocpi", "usage.json")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Price(c, u); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -176,7 +176,7 @@ func (c *Contract) validate() error {
 	var err error
 	switch {
 	case c.Kind == KindEVCharging && c.EVCharging != nil:
-		err = c.EVCharging.validate()
+		err = c.EVCharging.validate(c.Currency)
 	case c.Kind == KindToll && c.Toll != nil:
 		err = c.Toll.validate()
 	case c.Kind == KindBandwidth && c.Bandwidth != nil:

@@ -225,3 +225,73 @@ func loadZone(field, name string) (*time.Location, error) {
 	}
 	return loc, nil
 }
+
+// Num is a decimal carried as a JSON number, as OCPI writes prices and
+// volumes ("price": 0.25). The number's text is parsed exactly, through
+// json.Number, never through float64. An exponent is accepted ("2.5e-1");
+// the value must still fit Dec's bounds of 30 integer and 18 fraction
+// digits. It encodes as a JSON number in Dec's normalized form, so two
+// spellings of one value ("0.250", "25e-2") have one canonical form.
+type Num struct {
+	decimal.Decimal
+}
+
+// N returns the Num holding d.
+func N(d decimal.Decimal) Num { return Num{d} }
+
+// MustNum parses s as a JSON number and panics if it is malformed; it is
+// meant for constants in tests and examples.
+func MustNum(s string) Num {
+	var n Num
+	if err := n.UnmarshalJSON([]byte(s)); err != nil {
+		panic(err)
+	}
+	return n
+}
+
+// String returns the normalized decimal text.
+func (n Num) String() string { return canonDecimal(n.Decimal) }
+
+// Dec returns n as a Dec.
+func (n Num) Dec() Dec { return Dec(n) }
+
+// MarshalJSON encodes n as a JSON number in normalized form.
+func (n Num) MarshalJSON() ([]byte, error) { return []byte(n.String()), nil }
+
+// UnmarshalJSON accepts only a JSON number (not a string) within Dec's
+// bounds.
+func (n *Num) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || (b[0] != '-' && (b[0] < '0' || b[0] > '9')) {
+		return fmt.Errorf("%w: number must be a JSON number, got %.20s", ErrInvalid, b)
+	}
+	var jn json.Number
+	if err := json.Unmarshal(b, &jn); err != nil {
+		return fmt.Errorf("%w: malformed number %.40s", ErrInvalid, b)
+	}
+	s := jn.String()
+	mant, exp, hasExp := strings.Cut(strings.ToLower(s), "e")
+	e := 0
+	if hasExp {
+		v, err := strconv.Atoi(exp)
+		// Bound the exponent before decimal sees it: "1e999999999"
+		// would otherwise cost memory when printed.
+		if err != nil || v < -(maxIntDigits+maxFracDigits) || v > maxIntDigits+maxFracDigits {
+			return fmt.Errorf("%w: number %.40s is out of range", ErrInvalid, s)
+		}
+		e = v
+	}
+	if len(mant) > 2*(maxIntDigits+maxFracDigits) {
+		return fmt.Errorf("%w: number %.40s has too many digits", ErrInvalid, s)
+	}
+	d, err := decimal.NewFromString(mant)
+	if err != nil {
+		return fmt.Errorf("%w: malformed number %.40s", ErrInvalid, s)
+	}
+	d = d.Shift(int32(e))
+	// Check the bounds on the normalized value, the same as Dec's.
+	if _, err := parseDec(canonDecimal(d)); err != nil {
+		return fmt.Errorf("%w: number %.40s is out of range", ErrInvalid, s)
+	}
+	n.Decimal = d
+	return nil
+}

@@ -29,23 +29,66 @@ const (
 	maxPeriods       = 10000
 )
 
-// EVCharging is an OCPI 2.2.1 Tariff body: elements evaluated in order,
-// restrictions in the tariff's own time zone, optional min/max price. The
-// currency is the envelope's.
+// EVCharging is an EV charging tariff body in one of two forms. The
+// native form gives one OCPI 2.2.1 style tariff in decimal strings:
+// elements evaluated in order, restrictions in the tariff's own time zone,
+// optional min/max price. The OCPI form lists OCPI 2.2.1 or 2.3.0 Tariff
+// objects exactly as their publisher wrote them (Tariffs); the first one in
+// force at the start of a session prices it. The currency is the
+// envelope's, and every listed tariff must be in it.
 type EVCharging struct {
 	// TimeZone is the IANA zone of the charge point (OCPI takes it from
 	// the Location); all restrictions are evaluated in it.
-	TimeZone string          `json:"time_zone"`
-	Elements []TariffElement `json:"elements"`
+	TimeZone string `json:"time_zone"`
+	// TaxIncluded is OCPI 2.3.0's tax_included for the native form:
+	// TaxYes, TaxNo (the default, as in OCPI 2.2.1) or TaxNA.
+	TaxIncluded string          `json:"tax_included,omitempty"`
+	Elements    []TariffElement `json:"elements,omitempty"`
 	// MinPrice and MaxPrice bound the session total.
 	MinPrice *PriceBound `json:"min_price,omitempty"`
 	MaxPrice *PriceBound `json:"max_price,omitempty"`
+	// Tariffs, given instead of Elements, are OCPI Tariff objects as
+	// published, in order of preference.
+	Tariffs []OCPITariff `json:"tariffs,omitempty"`
 
-	loc *time.Location
+	loc     *time.Location
+	tariffs []*evTariff
+}
+
+// OCPI 2.3.0 TaxIncluded values.
+const (
+	TaxYes = "YES" // prices include taxes
+	TaxNo  = "NO"  // taxes are added on top of the prices
+	TaxNA  = "N/A" // no taxes apply
+)
+
+// OCPI ReservationRestrictionType values.
+const (
+	ReservationActive  = "RESERVATION"
+	ReservationExpires = "RESERVATION_EXPIRES"
+)
+
+// evTariff is one tariff as the engine prices it, from either form.
+type evTariff struct {
+	id          string // OCPI tariff id; "" for the native form
+	typ         string // OCPI TariffType; "" is valid for all sessions
+	from, until time.Time
+	elements    []TariffElement
+	min, max    *priceLimit
+	taxIncluded string
+	preauth     *decimal.Decimal
+	loc         *time.Location
+	current     bool // some restriction names min_current or max_current
+}
+
+// priceLimit is a min or max price: before taxes, and optionally after.
+type priceLimit struct {
+	before decimal.Decimal
+	after  *decimal.Decimal
 }
 
 // PriceBound is an OCPI Price: an amount excluding VAT, and optionally
-// including it. The hub charges the excl-VAT amount.
+// including it. Both bounds apply (OCPI's min/max price note).
 type PriceBound struct {
 	ExclVAT Dec  `json:"excl_vat"`
 	InclVAT *Dec `json:"incl_vat,omitempty"`
@@ -71,8 +114,9 @@ type PriceComponent struct {
 // Restrictions are OCPI TariffRestrictions, all of which must hold for the
 // element to apply to a stretch of the session. Times of day and dates are
 // local to the tariff's zone; start bounds are inclusive, end bounds
-// exclusive. OCPI's current (A) and reservation restrictions are not
-// supported: the hub knows power, not current, and has no reservations.
+// exclusive. Current is the sum over all phases, in A; power in kW. An
+// element with Reservation set prices only the reservation before a
+// session (FLAT and TIME only), an element without it only the session.
 type Restrictions struct {
 	StartTime   string   `json:"start_time,omitempty"`
 	EndTime     string   `json:"end_time,omitempty"`
@@ -80,11 +124,15 @@ type Restrictions struct {
 	EndDate     string   `json:"end_date,omitempty"`
 	MinKWh      *Dec     `json:"min_kwh,omitempty"`
 	MaxKWh      *Dec     `json:"max_kwh,omitempty"`
+	MinCurrent  *Dec     `json:"min_current,omitempty"`
+	MaxCurrent  *Dec     `json:"max_current,omitempty"`
 	MinPower    *Dec     `json:"min_power,omitempty"`
 	MaxPower    *Dec     `json:"max_power,omitempty"`
 	MinDuration *Dec     `json:"min_duration,omitempty"`
 	MaxDuration *Dec     `json:"max_duration,omitempty"`
 	DayOfWeek   []string `json:"day_of_week,omitempty"`
+	// Reservation is ReservationActive or ReservationExpires.
+	Reservation string `json:"reservation,omitempty"`
 
 	clock              clockWindow
 	startDate, endDate int   // yyyymmdd, 0 when absent
@@ -92,49 +140,149 @@ type Restrictions struct {
 	minDur, maxDur     int64 // seconds, -1 when absent
 }
 
-func (t *EVCharging) validate() error {
+func (t *EVCharging) validate(currency string) error {
 	var err error
 	if t.loc, err = loadZone("ev_charging.time_zone", t.TimeZone); err != nil {
 		return err
 	}
-	if len(t.Elements) == 0 {
+	t.tariffs = nil
+	switch {
+	case len(t.Elements) > 0 && len(t.Tariffs) > 0:
+		return fmt.Errorf("%w: ev_charging takes elements or tariffs, not both", ErrInvalid)
+	case len(t.Tariffs) > 0:
+		if t.MinPrice != nil || t.MaxPrice != nil || t.TaxIncluded != "" {
+			return fmt.Errorf("%w: ev_charging with tariffs takes prices and taxes from each tariff", ErrInvalid)
+		}
+		for i := range t.Tariffs {
+			tr, err := t.Tariffs[i].engine(fmt.Sprintf("ev_charging.tariffs[%d]", i), currency, t.loc)
+			if err != nil {
+				return err
+			}
+			t.tariffs = append(t.tariffs, tr)
+		}
+		return nil
+	case len(t.Elements) == 0:
 		return fmt.Errorf("%w: ev_charging needs at least one element", ErrInvalid)
 	}
-	for i := range t.Elements {
-		el := &t.Elements[i]
-		field := fmt.Sprintf("ev_charging.elements[%d]", i)
+	tr := &evTariff{elements: t.Elements, loc: t.loc}
+	if tr.taxIncluded, err = taxIncluded("ev_charging.tax_included", t.TaxIncluded); err != nil {
+		return err
+	}
+	if tr.current, err = validateElements("ev_charging", tr.elements); err != nil {
+		return err
+	}
+	if t.MinPrice != nil {
+		tr.min = &priceLimit{before: t.MinPrice.ExclVAT.Decimal}
+		if t.MinPrice.InclVAT != nil {
+			tr.min.after = &t.MinPrice.InclVAT.Decimal
+		}
+	}
+	if t.MaxPrice != nil {
+		tr.max = &priceLimit{before: t.MaxPrice.ExclVAT.Decimal}
+		if t.MaxPrice.InclVAT != nil {
+			tr.max.after = &t.MaxPrice.InclVAT.Decimal
+		}
+	}
+	if err := validateLimits("ev_charging", tr.min, tr.max); err != nil {
+		return err
+	}
+	t.tariffs = []*evTariff{tr}
+	return nil
+}
+
+// taxIncluded checks an OCPI TaxIncluded value; absent means TaxNo.
+func taxIncluded(field, v string) (string, error) {
+	switch v {
+	case "":
+		return TaxNo, nil
+	case TaxYes, TaxNo, TaxNA:
+		return v, nil
+	}
+	return "", fmt.Errorf("%w: %s %q is not YES, NO or N/A", ErrInvalid, field, v)
+}
+
+// validateElements checks tariff elements and reports whether any of them
+// restricts current.
+func validateElements(field string, els []TariffElement) (current bool, err error) {
+	if len(els) == 0 {
+		return false, fmt.Errorf("%w: %s needs at least one element", ErrInvalid, field)
+	}
+	for i := range els {
+		el := &els[i]
+		f := fmt.Sprintf("%s.elements[%d]", field, i)
 		if len(el.PriceComponents) == 0 {
-			return fmt.Errorf("%w: %s has no price_components", ErrInvalid, field)
+			return false, fmt.Errorf("%w: %s has no price_components", ErrInvalid, f)
 		}
 		for j := range el.PriceComponents {
-			if err := el.PriceComponents[j].validate(fmt.Sprintf("%s.price_components[%d]", field, j)); err != nil {
-				return err
+			if err := el.PriceComponents[j].validate(fmt.Sprintf("%s.price_components[%d]", f, j)); err != nil {
+				return false, err
 			}
 		}
-		if el.Restrictions != nil {
-			if err := el.Restrictions.validate(field + ".restrictions"); err != nil {
-				return err
+		if r := el.Restrictions; r != nil {
+			if err := r.validate(f + ".restrictions"); err != nil {
+				return false, err
+			}
+			current = current || r.MinCurrent != nil || r.MaxCurrent != nil
+			if r.Reservation != "" {
+				// OCPI: a reservation has only FLAT and TIME.
+				for j, pc := range el.PriceComponents {
+					if pc.Type != DimFlat && pc.Type != DimTime {
+						return false, fmt.Errorf("%w: %s.price_components[%d]: a reservation element prices only FLAT and TIME", ErrInvalid, f, j)
+					}
+				}
 			}
 		}
 	}
+	return current, nil
+}
+
+// validateLimits checks a tariff's min and max price.
+func validateLimits(field string, lo, hi *priceLimit) error {
 	for _, b := range []struct {
 		name string
-		p    *PriceBound
-	}{{"min_price", t.MinPrice}, {"max_price", t.MaxPrice}} {
+		p    *priceLimit
+	}{{"min_price", lo}, {"max_price", hi}} {
 		if b.p == nil {
 			continue
 		}
-		if err := nonNeg("ev_charging."+b.name+".excl_vat", b.p.ExclVAT); err != nil {
-			return err
+		if b.p.before.IsNegative() {
+			return fmt.Errorf("%w: %s.%s must not be negative", ErrInvalid, field, b.name)
 		}
-		if b.p.InclVAT != nil && b.p.InclVAT.LessThan(b.p.ExclVAT.Decimal) {
-			return fmt.Errorf("%w: ev_charging.%s.incl_vat is below excl_vat", ErrInvalid, b.name)
+		if b.p.after != nil && b.p.after.LessThan(b.p.before) {
+			return fmt.Errorf("%w: %s.%s after taxes is below before taxes", ErrInvalid, field, b.name)
 		}
 	}
-	if t.MinPrice != nil && t.MaxPrice != nil && t.MinPrice.ExclVAT.GreaterThan(t.MaxPrice.ExclVAT.Decimal) {
-		return fmt.Errorf("%w: ev_charging.min_price is above max_price", ErrInvalid)
+	if lo != nil && hi != nil {
+		if lo.before.GreaterThan(hi.before) || (lo.after != nil && hi.after != nil && lo.after.GreaterThan(*hi.after)) {
+			return fmt.Errorf("%w: %s.min_price is above max_price", ErrInvalid, field)
+		}
 	}
 	return nil
+}
+
+// tariffFor returns the tariff that prices u: the first, in document
+// order, whose type suits the session and whose validity window holds the
+// session's start (the reservation's start when there is one), since a
+// driver accepts the tariff in force when they begin.
+func (t *EVCharging) tariffFor(u Usage) (*evTariff, error) {
+	at := u.Start
+	if u.Reservation != nil {
+		at = u.Reservation.Start
+	}
+	want := u.TariffType
+	if want == "" {
+		want = TariffRegular
+	}
+	for _, tr := range t.tariffs {
+		if tr.typ != "" && tr.typ != want {
+			continue
+		}
+		if (!tr.from.IsZero() && at.Before(tr.from)) || (!tr.until.IsZero() && !at.Before(tr.until)) {
+			continue
+		}
+		return tr, nil
+	}
+	return nil, fmt.Errorf("%w: no %s tariff in force at %s", ErrNoPrice, want, at.UTC().Format(time.RFC3339))
 }
 
 func (p *PriceComponent) validate(field string) error {
@@ -155,6 +303,13 @@ func (p *PriceComponent) validate(field string) error {
 		}
 	}
 	var err error
+	if p.Type == DimFlat {
+		// OCPI: FLAT has no unit for step_size; any whole number is
+		// accepted and none is used.
+		_, err = whole(field+".step_size", p.StepSize, 0, 1_000_000_000)
+		p.step = 1
+		return err
+	}
 	p.step, err = whole(field+".step_size", p.StepSize, 1, 1_000_000_000)
 	return err
 }
@@ -180,12 +335,18 @@ func (r *Restrictions) validate(field string) error {
 	for _, b := range []struct {
 		name string
 		d    *Dec
-	}{{"min_kwh", r.MinKWh}, {"max_kwh", r.MaxKWh}, {"min_power", r.MinPower}, {"max_power", r.MaxPower}} {
+	}{{"min_kwh", r.MinKWh}, {"max_kwh", r.MaxKWh}, {"min_current", r.MinCurrent}, {"max_current", r.MaxCurrent},
+		{"min_power", r.MinPower}, {"max_power", r.MaxPower}} {
 		if b.d != nil {
 			if err := nonNeg(field+"."+b.name, *b.d); err != nil {
 				return err
 			}
 		}
+	}
+	switch r.Reservation {
+	case "", ReservationActive, ReservationExpires:
+	default:
+		return fmt.Errorf("%w: %s.reservation %q is not %s or %s", ErrInvalid, field, r.Reservation, ReservationActive, ReservationExpires)
 	}
 	r.minDur, r.maxDur = -1, -1
 	if r.MinDuration != nil {
@@ -208,6 +369,7 @@ type moment struct {
 	elapsed  time.Duration   // since session start
 	kwh      decimal.Decimal // energy delivered before the piece
 	powerKW  decimal.Decimal
+	currentA decimal.Decimal
 	charging bool
 }
 
@@ -231,6 +393,9 @@ func (r *Restrictions) match(m moment) bool {
 	if (r.MinPower != nil && m.powerKW.LessThan(r.MinPower.Decimal)) || (r.MaxPower != nil && !m.powerKW.LessThan(r.MaxPower.Decimal)) {
 		return false
 	}
+	if (r.MinCurrent != nil && m.currentA.LessThan(r.MinCurrent.Decimal)) || (r.MaxCurrent != nil && !m.currentA.LessThan(r.MaxCurrent.Decimal)) {
+		return false
+	}
 	sec := int64(m.elapsed / time.Second)
 	if (r.minDur >= 0 && sec < r.minDur) || (r.maxDur >= 0 && sec >= r.maxDur) {
 		return false
@@ -240,10 +405,14 @@ func (r *Restrictions) match(m moment) bool {
 
 // find returns the first element, in document order, that has a component
 // of dimension dim and whose restrictions all hold at m: OCPI looks up each
-// dimension separately.
-func (t *EVCharging) find(dim Dimension, m moment) (int, *PriceComponent) {
-	for i := range t.Elements {
-		el := &t.Elements[i]
+// dimension separately. resv selects session elements ("") or the
+// reservation elements of that ReservationRestrictionType.
+func (t *evTariff) find(dim Dimension, m moment, resv string) (int, *PriceComponent) {
+	for i := range t.elements {
+		el := &t.elements[i]
+		if r := el.Restrictions; (r == nil && resv != "") || (r != nil && r.Reservation != resv) {
+			continue
+		}
 		for j := range el.PriceComponents {
 			if el.PriceComponents[j].Type == dim && el.Restrictions.match(m) {
 				return i, &el.PriceComponents[j]
@@ -261,10 +430,11 @@ type piece struct {
 	start, end time.Time
 	wh         decimal.Decimal
 	powerKW    decimal.Decimal
+	currentA   decimal.Decimal
 	charging   bool
 }
 
-func (t *EVCharging) pieces(u Usage) ([]piece, error) {
+func (t *evTariff) pieces(u Usage) ([]piece, error) {
 	n := len(u.Periods)
 	switch {
 	case n == 0 || n > maxPeriods:
@@ -279,8 +449,8 @@ func (t *EVCharging) pieces(u Usage) ([]piece, error) {
 	// local day, and fixed offsets from the session start.
 	clocks := []int{0}
 	var offsets []time.Duration
-	for i := range t.Elements {
-		r := t.Elements[i].Restrictions
+	for i := range t.elements {
+		r := t.elements[i].Restrictions
 		if r == nil {
 			continue
 		}
@@ -308,8 +478,11 @@ func (t *EVCharging) pieces(u Usage) ([]piece, error) {
 		if p.State != StateCharging && p.State != StateParking {
 			return nil, fmt.Errorf("%w: period %d state %q is not %q or %q", ErrBadUsage, i, p.State, StateCharging, StateParking)
 		}
-		if p.EnergyKWh.IsNegative() || p.PowerKW.IsNegative() {
-			return nil, fmt.Errorf("%w: period %d has negative energy or power", ErrBadUsage, i)
+		if p.EnergyKWh.IsNegative() || p.PowerKW.IsNegative() || p.CurrentA.IsNegative() {
+			return nil, fmt.Errorf("%w: period %d has negative energy, power or current", ErrBadUsage, i)
+		}
+		if t.current && p.State == StateCharging && p.CurrentA.Sign() == 0 {
+			return nil, fmt.Errorf("%w: the tariff restricts current and charging period %d gives none", ErrBadUsage, i)
 		}
 
 		cuts := []time.Time{p.Start, end}
@@ -345,11 +518,18 @@ func (t *EVCharging) pieces(u Usage) ([]piece, error) {
 				share = wh.Mul(decimal.NewFromInt(int64(cuts[k+1].Sub(cuts[k])))).DivRound(total, 6)
 				left = left.Sub(share)
 			}
-			out = append(out, piece{start: cuts[k], end: cuts[k+1], wh: share, powerKW: p.PowerKW.Decimal, charging: p.State == StateCharging})
+			out = append(out, piece{start: cuts[k], end: cuts[k+1], wh: share, powerKW: p.PowerKW.Decimal,
+				currentA: p.CurrentA.Decimal, charging: p.State == StateCharging})
 		}
 	}
 	return out, nil
 }
+
+// Line components of a reservation; the session's use the Dimension names.
+const (
+	compReservationFlat Dimension = "RESERVATION_FLAT"
+	compReservationTime Dimension = "RESERVATION_TIME"
+)
 
 // use is one dimension billed over one piece by one element.
 type use struct {
@@ -361,45 +541,29 @@ type use struct {
 
 // items applies the tariff to a session as OCPI 2.2.1 prescribes: per
 // piece and per dimension the first matching element; FLAT once, from the
-// session start; then step_size rounding of the totals: ENERGY always, and
-// of TIME and PARKING_TIME only the dimension billed last in the session,
-// each with the step_size of the last element used for it, the rounded-up
-// remainder billed at that element's price.
-func (t *EVCharging) items(u Usage) ([]item, error) {
-	ps, err := t.pieces(u)
-	if err != nil {
-		return nil, err
-	}
+// session start; then step_size rounding of the totals (OCPI 2.2.1 CDR
+// module, as OCPI 2.3.0 spells it out): ENERGY once per session, and TIME
+// and PARKING_TIME once together, which rounds only the time-based
+// dimension billed last in the session (charging followed by parking rounds
+// the parking alone); each with the step_size of the last element used for
+// it, the rounded-up remainder billed at that element's price. A
+// reservation before the session is priced by the reservation elements,
+// its time rounded on its own.
+func (t *evTariff) items(u Usage) ([]item, error) {
 	var uses []use
-	kwh := decimal.Zero
-	for i, p := range ps {
-		m := moment{local: p.start.In(t.loc), elapsed: p.start.Sub(u.Start), kwh: kwh, powerKW: p.powerKW, charging: p.charging}
-		if i == 0 {
-			if e, pc := t.find(DimFlat, m); pc != nil {
-				uses = append(uses, use{DimFlat, e, pc, decimal.NewFromInt(1)})
-			}
+	if r := u.Reservation; r != nil {
+		ru, err := t.reservationUses(u)
+		if err != nil {
+			return nil, err
 		}
-		if p.wh.Sign() > 0 {
-			if e, pc := t.find(DimEnergy, m); pc != nil {
-				uses = append(uses, use{DimEnergy, e, pc, p.wh})
-			}
-		}
-		dim := DimParkingTime
-		if p.charging {
-			dim = DimTime
-		}
-		if e, pc := t.find(dim, m); pc != nil {
-			uses = append(uses, use{dim, e, pc, decimal.New(int64(p.end.Sub(p.start)), -9)})
-		}
-		kwh = kwh.Add(p.wh.Shift(-3))
+		uses = append(uses, ru...)
 	}
-
-	roundUp(uses, func(d Dimension) bool { return d == DimEnergy })
-	for i := len(uses) - 1; i >= 0; i-- {
-		if d := uses[i].dim; d == DimTime || d == DimParkingTime {
-			roundUp(uses, func(x Dimension) bool { return x == d })
-			break
+	if r := u.Reservation; r == nil || !r.Expired {
+		su, err := t.sessionUses(u)
+		if err != nil {
+			return nil, err
 		}
+		uses = append(uses, su...)
 	}
 
 	// One line per (dimension, element), in order of first use.
@@ -420,10 +584,16 @@ func (t *EVCharging) items(u Usage) ([]item, error) {
 	}
 	items := make([]item, 0, len(sums))
 	for _, s := range sums {
-		it := item{component: string(s.dim), element: s.elem, unitPrice: s.pc.Price.Decimal, vat: s.pc.VAT, den: 1}
+		it := item{component: string(s.dim), element: s.elem, unitPrice: s.pc.Price.Decimal, vat: s.pc.VAT, den: 1,
+			taxIncluded: t.taxIncluded == TaxYes}
+		if t.taxIncluded == TaxNA {
+			it.vat = nil
+		}
 		switch s.dim {
 		case DimFlat:
 			it.quantity, it.unit, it.num = decimal.NewFromInt(1), "session", s.pc.Price.Decimal
+		case compReservationFlat:
+			it.quantity, it.unit, it.num = decimal.NewFromInt(1), "reservation", s.pc.Price.Decimal
 		case DimEnergy:
 			it.quantity, it.unit = s.qty.Shift(-3), "kWh"
 			it.num = s.pc.Price.Mul(it.quantity)
@@ -434,6 +604,92 @@ func (t *EVCharging) items(u Usage) ([]item, error) {
 		items = append(items, it)
 	}
 	return items, nil
+}
+
+// sessionUses prices the charging session itself.
+func (t *evTariff) sessionUses(u Usage) ([]use, error) {
+	ps, err := t.pieces(u)
+	if err != nil {
+		return nil, err
+	}
+	var uses []use
+	kwh := decimal.Zero
+	for i, p := range ps {
+		m := moment{local: p.start.In(t.loc), elapsed: p.start.Sub(u.Start), kwh: kwh, powerKW: p.powerKW,
+			currentA: p.currentA, charging: p.charging}
+		if i == 0 {
+			if e, pc := t.find(DimFlat, m, ""); pc != nil {
+				uses = append(uses, use{DimFlat, e, pc, decimal.NewFromInt(1)})
+			}
+		}
+		if p.wh.Sign() > 0 {
+			if e, pc := t.find(DimEnergy, m, ""); pc != nil {
+				uses = append(uses, use{DimEnergy, e, pc, p.wh})
+			}
+		}
+		dim := DimParkingTime
+		if p.charging {
+			dim = DimTime
+		}
+		if e, pc := t.find(dim, m, ""); pc != nil {
+			uses = append(uses, use{dim, e, pc, decimal.New(int64(p.end.Sub(p.start)), -9)})
+		}
+		kwh = kwh.Add(p.wh.Shift(-3))
+	}
+
+	roundUp(uses, func(d Dimension) bool { return d == DimEnergy })
+	for i := len(uses) - 1; i >= 0; i-- {
+		if d := uses[i].dim; d == DimTime || d == DimParkingTime {
+			roundUp(uses, func(x Dimension) bool { return x == d })
+			break
+		}
+	}
+	return uses, nil
+}
+
+// reservationUses prices the reservation before a session, or one that
+// expired without a session (OCPI ReservationRestrictionType): FLAT once
+// and TIME over the reservation from the RESERVATION elements; for an
+// expired reservation also the RESERVATION_EXPIRES FLAT (an expiry fee),
+// and its TIME in place of the RESERVATION one where it has one.
+func (t *evTariff) reservationUses(u Usage) ([]use, error) {
+	r := u.Reservation
+	switch {
+	case !r.End.After(r.Start) || r.End.Sub(r.Start) > maxSessionLength:
+		return nil, fmt.Errorf("%w: reservation end must follow its start by at most %s", ErrBadUsage, maxSessionLength)
+	case r.Expired && len(u.Periods) > 0:
+		return nil, fmt.Errorf("%w: an expired reservation has no charging periods", ErrBadUsage)
+	case !r.Expired && !r.End.Equal(u.Start):
+		return nil, fmt.Errorf("%w: a reservation ends when its session starts", ErrBadUsage)
+	}
+	ps, err := t.pieces(Usage{Start: r.Start, End: r.End, Periods: []ChargingPeriod{{Start: r.Start, State: StateParking}}})
+	if err != nil {
+		return nil, err
+	}
+	var uses []use
+	for i, p := range ps {
+		m := moment{local: p.start.In(t.loc), elapsed: p.start.Sub(r.Start)}
+		if i == 0 {
+			if e, pc := t.find(DimFlat, m, ReservationActive); pc != nil {
+				uses = append(uses, use{compReservationFlat, e, pc, decimal.NewFromInt(1)})
+			}
+			if e, pc := t.find(DimFlat, m, ReservationExpires); r.Expired && pc != nil {
+				uses = append(uses, use{compReservationFlat, e, pc, decimal.NewFromInt(1)})
+			}
+		}
+		e, pc := -1, (*PriceComponent)(nil)
+		if r.Expired {
+			e, pc = t.find(DimTime, m, ReservationExpires)
+		}
+		if pc == nil {
+			e, pc = t.find(DimTime, m, ReservationActive)
+		}
+		if pc != nil {
+			uses = append(uses, use{compReservationTime, e, pc, decimal.New(int64(p.end.Sub(p.start)), -9)})
+		}
+	}
+	roundUp(uses, func(d Dimension) bool { return d == compReservationTime })
+	return uses, nil
 }
 
 // roundUp rounds the total quantity of the selected dimension up to a
@@ -459,28 +715,50 @@ func roundUp(uses []use, sel func(Dimension) bool) {
 	uses[last].qty = uses[last].qty.Add(q.Mul(step).Sub(total))
 }
 
-// bound applies min_price and max_price to the session subtotal (msat,
-// excl. VAT). When a bound replaces the subtotal, VAT becomes the bound's
-// incl − excl difference if the tariff gives incl_vat, else the line VAT
-// scaled by total/subtotal, rounded half up.
-func (t *EVCharging) bound(subtotal, vat, rate decimal.Decimal) (decimal.Decimal, decimal.Decimal, string) {
-	apply := func(b *PriceBound, adj string) (decimal.Decimal, decimal.Decimal, string) {
-		total := b.ExclVAT.Mul(rate).Round(0)
-		switch {
-		case b.InclVAT != nil:
-			vat = b.InclVAT.Mul(rate).Round(0).Sub(total)
-		case subtotal.Sign() > 0:
-			vat = vat.Mul(total).DivRound(subtotal, 0)
-		default:
-			vat = decimal.Zero
+// bound applies min_price and max_price to the session (msat). subtotal
+// is the sum of the lines at the tariff's prices: before taxes, or after
+// them when the tariff includes taxes; tax is the lines' tax. Both sides
+// of a bound apply (OCPI's note on min_price and max_price): first the
+// total before taxes is clamped to the before-tax bounds, the total after
+// taxes scaling with it; then the total after taxes is clamped to the
+// after-tax bounds, which changes only the tax. The payer is charged the
+// before-tax total, or the after-tax total for a tax-included tariff; the
+// returned tax is after − before. A tariff without VAT rates has an unknown
+// tax, counted as zero; one with no taxes (N/A) ignores after-tax bounds.
+func (t *evTariff) bound(subtotal, tax, rate decimal.Decimal) (charged, taxOut decimal.Decimal, adj string) {
+	before, after := subtotal, subtotal.Add(tax)
+	if t.taxIncluded == TaxYes {
+		before = subtotal.Sub(tax)
+		after = subtotal
+	}
+	msat := func(d decimal.Decimal) decimal.Decimal { return d.Mul(rate).Round(0) }
+	b := before
+	if t.min != nil && b.LessThan(msat(t.min.before)) {
+		b, adj = msat(t.min.before), "MIN_PRICE"
+	}
+	if t.max != nil && b.GreaterThan(msat(t.max.before)) {
+		b, adj = msat(t.max.before), "MAX_PRICE"
+	}
+	a := after
+	if !b.Equal(before) {
+		a = b
+		if before.Sign() > 0 {
+			a = after.Mul(b).DivRound(before, 0)
 		}
-		return total, vat, adj
 	}
-	if b := t.MinPrice; b != nil && subtotal.LessThan(b.ExclVAT.Mul(rate).Round(0)) {
-		return apply(b, "MIN_PRICE")
+	if t.taxIncluded != TaxNA {
+		if t.min != nil && t.min.after != nil && a.LessThan(msat(*t.min.after)) {
+			a, adj = msat(*t.min.after), "MIN_PRICE"
+		}
+		if t.max != nil && t.max.after != nil && a.GreaterThan(msat(*t.max.after)) {
+			a, adj = msat(*t.max.after), "MAX_PRICE"
+		}
 	}
-	if b := t.MaxPrice; b != nil && subtotal.GreaterThan(b.ExclVAT.Mul(rate).Round(0)) {
-		return apply(b, "MAX_PRICE")
+	if a.LessThan(b) {
+		a = b // a bound can lower the tax to zero, never below
 	}
-	return subtotal, vat, ""
+	if t.taxIncluded == TaxYes {
+		return a, a.Sub(b), adj
+	}
+	return b, a.Sub(b), adj
 }

@@ -44,6 +44,12 @@ type Usage struct {
 	BuyerMeter  string `json:"buyer_meter,omitempty"`
 	// Periods is the charging profile of an EV session.
 	Periods []ChargingPeriod `json:"periods,omitempty"`
+	// Reservation is the reservation that preceded an EV session, or one
+	// that expired without a session (then Periods is empty).
+	Reservation *Reservation `json:"reservation,omitempty"`
+	// TariffType is the OCPI TariffType the session asks for through a
+	// charging preference; empty means TariffRegular.
+	TariffType string `json:"tariff_type,omitempty"`
 	// Readings are the condition readings of a conditional release.
 	Readings []Reading `json:"readings,omitempty"`
 }
@@ -56,9 +62,25 @@ type ChargingPeriod struct {
 	EnergyKWh Dec `json:"energy_kwh,omitzero"`
 	// PowerKW is the charging power, for min_power/max_power restrictions.
 	PowerKW Dec `json:"power_kw,omitzero"`
+	// CurrentA is the charging current summed over all phases, for
+	// min_current/max_current restrictions.
+	CurrentA Dec `json:"current_a,omitzero"`
 	// State is StateCharging or StateParking.
 	State string `json:"state"`
 }
+
+// Reservation is a reservation of a charge point: from when it was made
+// to when its session started (End equals the session's Start) or, when
+// Expired, to when it expired without a session.
+type Reservation struct {
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	Expired bool      `json:"expired,omitempty"`
+}
+
+// TariffRegular is the OCPI TariffType of a session without a charging
+// preference.
+const TariffRegular = "REGULAR"
 
 // Charging period states.
 const (
@@ -110,7 +132,8 @@ type Line struct {
 	// Msat is Amount converted at the contract rate and rounded half up.
 	Msat lnwire.MilliSatoshi `json:"msat"`
 	// VATPercent and VATMsat are the VAT rate and amount of the line,
-	// reported for invoicing; VAT is not charged through the hub.
+	// reported for invoicing. VAT is not charged on top through the hub;
+	// under a tax-included tariff it is the part of Msat that is tax.
 	VATPercent *Dec                `json:"vat_percent,omitempty"`
 	VATMsat    lnwire.MilliSatoshi `json:"vat_msat"`
 }
@@ -137,8 +160,14 @@ type Breakdown struct {
 	TotalMsat    lnwire.MilliSatoshi `json:"total_msat"`
 	FeeMsat      lnwire.MilliSatoshi `json:"fee_msat"`
 	ProviderMsat lnwire.MilliSatoshi `json:"provider_msat"`
-	// VATMsat is the VAT on TotalMsat, reported, not charged.
+	// VATMsat is the VAT on TotalMsat, reported, not charged on top.
 	VATMsat lnwire.MilliSatoshi `json:"vat_msat"`
+	// TaxIncluded is set when TotalMsat includes VATMsat (an OCPI 2.3.0
+	// tariff with tax_included YES); otherwise VAT comes on top.
+	TaxIncluded bool `json:"tax_included,omitempty"`
+	// Tariff names the OCPI tariff (country_code*party_id*id) that priced
+	// an EV session, when the contract lists OCPI tariffs.
+	Tariff string `json:"tariff,omitempty"`
 
 	// Release is the decision of a conditional release contract.
 	Release *ReleaseDecision `json:"release,omitempty"`
@@ -156,6 +185,8 @@ type item struct {
 	num       decimal.Decimal
 	den       int64
 	vat       *Dec
+	// taxIncluded: num includes the VAT, which is then num × vat/(100+vat).
+	taxIncluded bool
 }
 
 // Price prices one usage record under c. Per line, the exact amount in the
@@ -179,13 +210,16 @@ func Price(c *Contract, u Usage) (Breakdown, error) {
 
 	var (
 		items []item
-		ev    *EVCharging
+		ev    *evTariff
 		err   error
 	)
 	switch c.Kind {
 	case KindEVCharging:
-		ev = c.EVCharging
-		items, err = ev.items(u)
+		if ev, err = c.EVCharging.tariffFor(u); err == nil {
+			items, err = ev.items(u)
+			b.Tariff = ev.id
+			b.TaxIncluded = ev.taxIncluded == TaxYes
+		}
 	case KindToll:
 		items, err = c.Toll.items(u)
 	case KindBandwidth:
@@ -223,7 +257,11 @@ func Price(c *Contract, u Usage) (Breakdown, error) {
 			VATPercent: it.vat,
 		}
 		if it.vat != nil {
-			v, err := toMsat(msat.Mul(it.vat.Decimal).DivRound(decimal.NewFromInt(100), 0))
+			den := decimal.NewFromInt(100)
+			if it.taxIncluded {
+				den = den.Add(it.vat.Decimal)
+			}
+			v, err := toMsat(msat.Mul(it.vat.Decimal).DivRound(den, 0))
 			if err != nil {
 				return Breakdown{}, err
 			}

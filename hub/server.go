@@ -277,16 +277,21 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 
-	// Sessions are told first: their contexts derive from s.ctx, and
-	// closeWith does nothing on a session whose context is already done,
-	// so after s.cancel it would neither queue the final Error nor wake
-	// the read loop, and Close would wait for the device's next message
-	// (its keepalive, up to a ping interval away).
+	// The listener closes before any session hears of the shutdown, so
+	// a device that reconnects at once is refused at the socket instead
+	// of landing on a hub that is going away (it then backs off and
+	// finds the next one).
+	err := s.ln.Close()
+
+	// Sessions are told before s.cancel: their contexts derive from
+	// s.ctx, and closeWith does nothing on a session whose context is
+	// already done, so after s.cancel it would neither queue the final
+	// Error nor wake the read loop, and Close would wait for the
+	// device's next message (its keepalive, up to a ping interval away).
 	for _, sess := range sessions {
 		sess.closeWith(wire.CodeShuttingDown, "hub shutting down")
 	}
 	s.cancel()
-	err := s.ln.Close()
 	s.wg.Wait()
 	return err
 }

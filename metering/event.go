@@ -125,6 +125,20 @@ type Data struct {
 	Periods      []Period          `json:"periods,omitempty"`
 	Readings     []Reading         `json:"readings,omitempty"`
 	Attributes   map[string]string `json:"attributes,omitempty"`
+	// TariffType is the OCPI TariffType an EV session asks for (a
+	// charging preference); empty means REGULAR.
+	TariffType string `json:"tariff_type,omitempty"`
+	// Reservation is the reservation before an EV session, or one that
+	// expired without a session.
+	Reservation *Reservation `json:"reservation,omitempty"`
+}
+
+// Reservation is a charge point reservation: Start and End in RFC 3339,
+// Expired "true" when it expired without a session.
+type Reservation struct {
+	Start   string `json:"start"`
+	End     string `json:"end"`
+	Expired string `json:"expired,omitempty"`
 }
 
 // Period is one stretch of an EV charging session with constant state.
@@ -132,7 +146,10 @@ type Period struct {
 	Start     string `json:"start"`
 	EnergyKWh string `json:"energy_kwh,omitempty"`
 	PowerKW   string `json:"power_kw,omitempty"`
-	State     string `json:"state"`
+	// CurrentA is the current summed over phases, for OCPI current
+	// restrictions.
+	CurrentA string `json:"current_a,omitempty"`
+	State    string `json:"state"`
 }
 
 // Reading is one condition measurement (a temperature, say).

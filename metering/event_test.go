@@ -1,8 +1,10 @@
 package metering_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -303,5 +305,44 @@ func BenchmarkParseBatch(b *testing.B) {
 		if _, err := metering.ParseBatch(body); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestEVReservationAndCurrent carries the OCPI fields of an EV session
+// (current per period, the tariff type, a reservation) through the wire
+// form and into the usage record.
+func TestEVReservationAndCurrent(t *testing.T) {
+	e := testEvent("ev")
+	e.Data.Start, e.Data.End = "2026-03-01T10:00:00Z", "2026-03-01T11:00:00Z"
+	e.Data.TariffType = "PROFILE_GREEN"
+	e.Data.Reservation = &metering.Reservation{Start: "2026-03-01T09:40:00Z", End: "2026-03-01T10:00:00Z"}
+	e.Data.Periods = []metering.Period{{Start: "2026-03-01T10:00:00Z", EnergyKWh: "7.25", CurrentA: "32", State: "charging"}}
+	b, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"current_a":"32"`, `"tariff_type":"PROFILE_GREEN"`, `"reservation":{"end":"2026-03-01T10:00:00Z","start":"2026-03-01T09:40:00Z"}`} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("wire form lacks %s: %s", want, b)
+		}
+	}
+	evs, err := metering.ParseBatch(b)
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("parse: %v", err)
+	}
+	if !bytes.Equal(evs[0].Canonical(), e.Canonical()) {
+		t.Fatalf("canonical form changed:\n%s\n%s", evs[0].Canonical(), e.Canonical())
+	}
+	u, err := metering.ToUsage(&evs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.TariffType != "PROFILE_GREEN" || u.Reservation == nil || u.Reservation.Expired ||
+		!u.Reservation.Start.Equal(time.Date(2026, 3, 1, 9, 40, 0, 0, time.UTC)) || u.Periods[0].CurrentA.String() != "32" {
+		t.Fatalf("usage %+v", u)
+	}
+	evs[0].Data.Reservation.Expired = "yes"
+	if _, err := metering.ToUsage(&evs[0]); !errors.Is(err, metering.ErrMalformed) {
+		t.Fatalf("expired %q: err = %v", "yes", err)
 	}
 }

@@ -150,6 +150,7 @@ func dataFromTree(m map[string]any) (Data, error) {
 		VehicleClass: f.str("vehicle_class", false, MaxNameLen),
 		SellerMeter:  f.str("seller_meter", false, MaxNameLen),
 		BuyerMeter:   f.str("buyer_meter", false, MaxNameLen),
+		TariffType:   f.str("tariff_type", false, MaxNameLen),
 	}
 	for _, pm := range f.list("periods", MaxPeriods) {
 		pf := fields{m: pm, at: "data.periods[]."}
@@ -157,6 +158,7 @@ func dataFromTree(m map[string]any) (Data, error) {
 			Start:     pf.str("start", true, MaxValueLen),
 			EnergyKWh: pf.str("energy_kwh", false, MaxValueLen),
 			PowerKW:   pf.str("power_kw", false, MaxValueLen),
+			CurrentA:  pf.str("current_a", false, MaxValueLen),
 			State:     pf.str("state", true, MaxNameLen),
 		}
 		if err := pf.done(); err != nil {
@@ -171,6 +173,19 @@ func dataFromTree(m map[string]any) (Data, error) {
 			return Data{}, err
 		}
 		d.Readings = append(d.Readings, r)
+	}
+	if rv, ok := m["reservation"]; ok && f.err == nil {
+		f.seen++
+		rm, ok := rv.(map[string]any)
+		if !ok {
+			return Data{}, fmt.Errorf("%w: data.reservation must be an object", ErrMalformed)
+		}
+		rf := fields{m: rm, at: "data.reservation."}
+		r := &Reservation{Start: rf.str("start", true, MaxValueLen), End: rf.str("end", true, MaxValueLen), Expired: rf.str("expired", false, MaxValueLen)}
+		if err := rf.done(); err != nil {
+			return Data{}, err
+		}
+		d.Reservation = r
 	}
 	if av, ok := m["attributes"]; ok && f.err == nil {
 		f.seen++
@@ -213,12 +228,19 @@ func (e *Event) tree(withSig bool) map[string]any {
 	put(d, "vehicle_class", e.Data.VehicleClass)
 	put(d, "seller_meter", e.Data.SellerMeter)
 	put(d, "buyer_meter", e.Data.BuyerMeter)
+	put(d, "tariff_type", e.Data.TariffType)
+	if r := e.Data.Reservation; r != nil {
+		rm := map[string]any{"start": r.Start, "end": r.End}
+		put(rm, "expired", r.Expired)
+		d["reservation"] = rm
+	}
 	if len(e.Data.Periods) > 0 {
 		ps := make([]any, len(e.Data.Periods))
 		for i, p := range e.Data.Periods {
 			pm := map[string]any{"start": p.Start, "state": p.State}
 			put(pm, "energy_kwh", p.EnergyKWh)
 			put(pm, "power_kw", p.PowerKW)
+			put(pm, "current_a", p.CurrentA)
 			ps[i] = pm
 		}
 		d["periods"] = ps

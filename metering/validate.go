@@ -74,7 +74,7 @@ func toUsage(e *Event) (contracts.Usage, error) {
 	u := contracts.Usage{
 		Device: e.Subject, Provider: e.Source, Contract: e.Data.Contract, Session: e.Data.Session,
 		Unit: e.Data.Unit, VehicleClass: e.Data.VehicleClass,
-		SellerMeter: e.Data.SellerMeter, BuyerMeter: e.Data.BuyerMeter,
+		SellerMeter: e.Data.SellerMeter, BuyerMeter: e.Data.BuyerMeter, TariffType: e.Data.TariffType,
 	}
 	var err error
 	if u.EventTime, err = parseTime("time", e.Time); err != nil {
@@ -106,7 +106,24 @@ func toUsage(e *Event) (contracts.Usage, error) {
 				return u, err
 			}
 		}
+		if p.CurrentA != "" {
+			if cp.CurrentA, err = nonNegDec("current_a", p.CurrentA); err != nil {
+				return u, err
+			}
+		}
 		u.Periods = append(u.Periods, cp)
+	}
+	if r := e.Data.Reservation; r != nil {
+		if r.Expired != "" && r.Expired != "true" {
+			return u, fmt.Errorf("%w: data.reservation.expired must be \"true\" or absent", ErrMalformed)
+		}
+		u.Reservation = &contracts.Reservation{Expired: r.Expired == "true"}
+		if u.Reservation.Start, err = parseTime("data.reservation.start", r.Start); err != nil {
+			return u, err
+		}
+		if u.Reservation.End, err = parseTime("data.reservation.end", r.End); err != nil {
+			return u, err
+		}
 	}
 	for i, r := range e.Data.Readings {
 		var cr contracts.Reading

@@ -13,6 +13,11 @@
 // the hub holds neither a charge nor a dead letter for it after the drain.
 // The exit status is non-zero when any count is, or when the chain or the
 // recovery was inconsistent. make chaos builds what it needs and runs it.
+//
+// With -outages D it takes NATS, Redis and btcd down in turn instead, each
+// paused (SIGSTOP) and then killed -9 for D, under the same load, and also
+// fails when /healthz is slow, does not name what is down, or does not
+// recover without a hubd restart (make chaos-deps: D = 30 s).
 package main
 
 import (
@@ -33,6 +38,7 @@ func main() {
 	devices := flag.Int("devices", 4, "payer devices, each with a durable file store and one channel")
 	providers := flag.Int("providers", 2, "providers metering toll passages of the devices")
 	uniqueIDs := flag.Bool("unique-ids", false, "give every provider's events ids no other provider uses (by default they share one sequence, as ids need only be unique per provider)")
+	outages := flag.Duration("outages", 0, "instead of random kills, take NATS, Redis and btcd down in turn, each paused (SIGSTOP) and then killed -9 for this long, checking /healthz throughout (0: random kills)")
 	seed := flag.Uint64("seed", 0, "seed of the faults and amounts (0: from the clock)")
 	dir := flag.String("dir", "", "work directory, kept for inspection (default: a new one under $TMPDIR)")
 	flag.Parse()
@@ -56,6 +62,7 @@ func main() {
 	res, err := chaos.Run(ctx, chaos.Config{
 		HubdBinary: hubd, NATSBinary: natsBin, Dir: *dir, Duration: *duration,
 		Devices: *devices, Providers: *providers, Seed: *seed, UniqueIDs: *uniqueIDs,
+		Outages: outagesOf(*outages),
 		Say: func(format string, args ...any) {
 			fmt.Printf("[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		},
@@ -72,6 +79,14 @@ func main() {
 	if !res.OK() {
 		os.Exit(1)
 	}
+}
+
+// outagesOf is the scripted schedule for -outages d, none for 0.
+func outagesOf(d time.Duration) []chaos.Outage {
+	if d <= 0 {
+		return nil
+	}
+	return chaos.Outages(d)
 }
 
 func fatal(err error) {

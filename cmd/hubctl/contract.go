@@ -21,7 +21,8 @@ func (a *app) registerContracts(p *flags.Parser) {
 }
 
 type contractPublishCmd struct {
-	a    *app
+	a *app
+	ocpiFlags
 	Args struct {
 		File string `positional-arg-name:"FILE" required:"true"`
 	} `positional-args:"true" required:"true"`
@@ -30,6 +31,9 @@ type contractPublishCmd struct {
 func (c *contractPublishCmd) Execute([]string) error {
 	doc, err := os.ReadFile(c.Args.File)
 	if err != nil {
+		return err
+	}
+	if doc, err = c.document(doc); err != nil {
 		return err
 	}
 	// Parse here too, so a bad document fails with its precise reason
@@ -99,7 +103,8 @@ func (a *app) printContracts(cs []hub.ContractRecord) error {
 }
 
 type contractPriceCmd struct {
-	a    *app
+	a *app
+	ocpiFlags
 	Args struct {
 		File  string `positional-arg-name:"FILE" required:"true"`
 		Usage string `positional-arg-name:"USAGE.json" required:"true"`
@@ -111,6 +116,9 @@ type contractPriceCmd struct {
 func (c *contractPriceCmd) Execute([]string) error {
 	doc, err := os.ReadFile(c.Args.File)
 	if err != nil {
+		return err
+	}
+	if doc, err = c.document(doc); err != nil {
 		return err
 	}
 	k, err := contracts.Parse(doc)

@@ -55,6 +55,9 @@ type Config struct {
 	// providers draw ids from the same sequence, as the metering docs
 	// allow (an id is unique per provider only).
 	UniqueIDs bool
+	// Outages, when set, replaces the random faults: each outage in
+	// turn, MinGap apart, under the same load (Duration is then unused).
+	Outages []Outage
 	// Seed draws the faults and amounts; zero takes the clock.
 	Seed uint64
 	// Say reports progress; nil is quiet.
@@ -180,7 +183,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return r.res, err
 	}
 
-	r.say("load and faults for %v", cfg.Duration)
+	if len(cfg.Outages) > 0 {
+		r.say("load and %d scripted outages", len(cfg.Outages))
+	} else {
+		r.say("load and faults for %v", cfg.Duration)
+	}
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, d := range r.devices {
@@ -191,7 +198,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.meterLoop(loadCtx, i, p) }()
 	}
-	ferr := r.faults(ctx, time.Now().Add(cfg.Duration))
+	var ferr error
+	if len(cfg.Outages) > 0 {
+		ferr = r.outages(ctx)
+	} else {
+		ferr = r.faults(ctx, time.Now().Add(cfg.Duration))
+	}
 	stopLoad()
 	wg.Wait()
 	if ferr != nil {
