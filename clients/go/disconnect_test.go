@@ -99,9 +99,14 @@ func newDisconnectWorld(t *testing.T) *disconnectWorld {
 		acked: make(map[btcwire.OutPoint]map[string]bool),
 	}
 	// A capture the device never answers is charged on credit after
-	// CaptureTimeout; a short one keeps the trial quick.
+	// CaptureTimeout; a short one keeps the trial quick. Every offer a
+	// dropped Open leaves stays pending (until PendingTimeout), so the
+	// trial allows more than a device normally may.
 	w.h, w.st = hubtest.StartSettling(t, hubtest.Config{
-		Channels:    func(c *hub.ChannelsConfig) { c.CaptureTimeout = time.Second },
+		Channels: func(c *hub.ChannelsConfig) {
+			c.CaptureTimeout = time.Second
+			c.MaxPendingOpens = 20
+		},
 		Server:      func(c *hub.ServerConfig) { c.Fault = w.hubDrop },
 		OperatorKey: w.operator.PubKey(),
 	})
@@ -346,7 +351,7 @@ func TestDisconnectEveryBoundary(t *testing.T) {
 	})
 	t.Run("Hold", func(t *testing.T) {
 		// HoldRequest in, HoldAuthorize out.
-		for _, b := range boundaries(1, 1) {
+		for _, b := range append(boundaries(1, 1), hubBoundaries(1, 1)...) {
 			var id m2mclient.HoldID
 			var err error
 			w.drop(t, "hold", b, func(ctx context.Context) {
@@ -360,7 +365,7 @@ func TestDisconnectEveryBoundary(t *testing.T) {
 	})
 	t.Run("Release", func(t *testing.T) {
 		// HoldClosed in.
-		for _, b := range boundaries(0, 1) {
+		for _, b := range append(boundaries(0, 1), hubBoundaries(0, 1)...) {
 			id, err := w.prov.RequestHold(t.Context(), w.devID, 50_000, time.Hour, "release")
 			if err != nil {
 				t.Fatal(err)
@@ -376,7 +381,7 @@ func TestDisconnectEveryBoundary(t *testing.T) {
 	t.Run("Open", func(t *testing.T) {
 		// OpenChannel out, ChannelOffer in; the offer the device did not
 		// get is simply not funded, and the device opens again.
-		for _, b := range boundaries(1, 1) {
+		for _, b := range append(boundaries(1, 1), hubBoundaries(1, 1)...) {
 			w.drop(t, "open", b, func(ctx context.Context) {
 				_, _ = w.dev.OpenChannel(ctx, 50_000, w.h.Height(t)+hubtest.DefaultExpiryDelta)
 			})
@@ -396,7 +401,7 @@ func TestDisconnectEveryBoundary(t *testing.T) {
 	})
 	t.Run("Fund", func(t *testing.T) {
 		// ChannelFunded out, ChannelReady in.
-		for _, b := range boundaries(1, 1) {
+		for _, b := range append(boundaries(1, 1), hubBoundaries(1, 1)...) {
 			w.fundCase(t, b)
 		}
 	})
