@@ -86,7 +86,14 @@ func TestPayRefusalReactions(t *testing.T) {
 	if b, _ := f.dev.Balance(f.st.Funding); b.Unconfirmed != 2_000 {
 		t.Fatalf("internal: device holds %+v, want the payment pending", b)
 	}
-	go func() { _, _ = f.dev.Pay(context.Background(), f.st.Funding, "prov", 3_000, "") }()
+	// The Pay runs to its end before the test does: it saves the
+	// device's store as it drops each refused state, and a save racing
+	// the test's cleanup of the store's directory fails the cleanup.
+	payDone := make(chan error, 1)
+	go func() {
+		_, err := f.dev.Pay(context.Background(), f.st.Funding, "prov", 3_000, "")
+		payDone <- err
+	}()
 	again, ok := f.hub.recv(10 * time.Second).(*wire.Pay)
 	if !ok || again.Seq != f.st.Seq+1 || again.Amount != 2_000 {
 		t.Fatalf("the next Pay sent %+v first, want the pending one again", again)
@@ -97,6 +104,15 @@ func TestPayRefusalReactions(t *testing.T) {
 	if third, ok := f.hub.recv(10 * time.Second).(*wire.Pay); ok {
 		s := third.Seq
 		f.hub.send(&wire.ChannelError{Code: wire.ChanOverCapacity, ChanID: &third.ChanID, Seq: &s})
+	}
+	select {
+	case err := <-payDone:
+		var ce *ChannelError
+		if !errors.As(err, &ce) || ce.Code != string(wire.ChanOverCapacity) {
+			t.Fatalf("the next Pay returned %v, want its over-capacity refusal", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the next Pay did not return")
 	}
 }
 
