@@ -89,11 +89,8 @@ func (s *Schemas) Actions() []string {
 // Validate checks payload against action's schema for dir. It returns an
 // error wrapping ErrUnknownAction for an action without a schema, and
 // otherwise an error wrapping ErrSchema and an *Error: code FormatViolation for a payload that
-// is not JSON, and one with the code the violated keyword maps to
-// (OCPP-J Part 4, 4.3: a missing required field is an
-// OccurrenceConstraintViolation, a wrong JSON type a
-// TypeConstraintViolation, a value out of its constraints a
-// PropertyConstraintViolation) for a schema violation.
+// is not JSON, and for a schema violation the code of the violated keyword
+// (see violation).
 func (s *Schemas) Validate(action string, dir Direction, payload []byte) error {
 	sch, ok := s.byKey[action+"."+string(dir)]
 	if !ok {
@@ -111,19 +108,45 @@ func (s *Schemas) Validate(action string, dir Direction, payload []byte) error {
 	if !errors.As(err, &ve) {
 		return schemaError(FormatViolation, err.Error())
 	}
-	return schemaError(codeFor(ve), fmt.Sprintf("%s %s: %s", action, dir, oneLine(ve)))
+	code, text := violation(ve)
+	return schemaError(code, fmt.Sprintf("%s %s: %s", action, dir, text))
 }
 
 func schemaError(code ErrorCode, msg string) error {
 	return fmt.Errorf("%w: %w", ErrSchema, &Error{Code: code, Message: msg})
 }
 
-// codeFor maps the innermost violated keyword to the OCPP-J error code.
-func codeFor(ve *jsonschema.ValidationError) ErrorCode {
-	for len(ve.Causes) > 0 {
-		ve = ve.Causes[0]
+// violation picks, among the violated keywords (the validator reports
+// them in no fixed order), the one whose OCPP-J code ranks first
+// (Part 4, 4.3: a missing required field is an
+// OccurrenceConstraintViolation, a wrong JSON type a
+// TypeConstraintViolation, an unknown field a FormatViolation, any other
+// constraint a PropertyConstraintViolation), and describes it.
+func violation(ve *jsonschema.ValidationError) (ErrorCode, string) {
+	rank := map[ErrorCode]int{OccurrenceConstraintViolation: 0, TypeConstraintViolation: 1, FormatViolation: 2, PropertyConstraintViolation: 3}
+	var best *jsonschema.ValidationError
+	var bestCode ErrorCode
+	var bestText string
+	var walk func(e *jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) > 0 {
+			for _, c := range e.Causes {
+				walk(c)
+			}
+			return
+		}
+		code := codeOf(e)
+		text := "/" + strings.Join(e.InstanceLocation, "/") + ": " + strings.ReplaceAll(e.Error(), "\n", " ")
+		if best == nil || rank[code] < rank[bestCode] || (rank[code] == rank[bestCode] && text < bestText) {
+			best, bestCode, bestText = e, code, text
+		}
 	}
-	kw := ve.ErrorKind.KeywordPath()
+	walk(ve)
+	return bestCode, bestText
+}
+
+func codeOf(e *jsonschema.ValidationError) ErrorCode {
+	kw := e.ErrorKind.KeywordPath()
 	if len(kw) == 0 {
 		return FormatViolation
 	}
@@ -132,17 +155,9 @@ func codeFor(ve *jsonschema.ValidationError) ErrorCode {
 		return OccurrenceConstraintViolation
 	case "type":
 		return TypeConstraintViolation
-	case "additionalProperties":
+	case "additionalProperties", "false":
 		return FormatViolation
 	default:
 		return PropertyConstraintViolation
 	}
-}
-
-func oneLine(ve *jsonschema.ValidationError) string {
-	for len(ve.Causes) > 0 {
-		ve = ve.Causes[0]
-	}
-	loc := "/" + strings.Join(ve.InstanceLocation, "/")
-	return loc + ": " + strings.ReplaceAll(ve.Error(), "\n", " ")
 }
