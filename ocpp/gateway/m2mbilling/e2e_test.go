@@ -1,20 +1,18 @@
 package m2mbilling_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/m2mhub/m2mhub/internal/ocppstation"
 	"github.com/m2mhub/m2mhub/metering/ocmf"
 	"github.com/m2mhub/m2mhub/ocpp/gateway"
 )
@@ -30,13 +28,6 @@ const stationDir = "testdata/station"
 // package against a fake hub: the hold is asked at start, the usage
 // event binds the three OCMF readings, the hold is released at the end.
 func TestStationEndToEnd(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not installed: the OCPP end-to-end test needs it (bash .ci/deps installs it)")
-	}
-	if _, err := os.Stat(filepath.Join(stationDir, "node_modules", "ocpp-rpc", "package.json")); err != nil {
-		t.Fatalf("ocpp-rpc is not installed in %s: run bash .ci/deps (npm ci there): %v", stationDir, err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	hub := &fakeHub{}
@@ -61,50 +52,21 @@ func TestStationEndToEnd(t *testing.T) {
 	end := time.Now().Truncate(time.Second).Add(-time.Minute)
 	start := end.Add(-90 * time.Minute)
 	readings := []string{sign(t, meter, start, "B", "1000.000"), sign(t, meter, start.Add(time.Hour), "T", "1011.250"), sign(t, meter, end, "E", "1015.5")}
-	rj, _ := json.Marshal(readings)
-
-	cmd := exec.CommandContext(ctx, node, "station.js")
-	cmd.Dir = stationDir
-	cmd.Env = append(os.Environ(), "OCPP_URL="+strings.Replace(srv.URL, "https://", "wss://", 1)+"/ocpp", "OCPP_CA="+ca,
-		"OCPP_STATION=CS1", "OCPP_PASSWORD=s3cret-password-1", "OCPP_TOKEN=1F2D3A4B", "OCPP_READINGS="+string(rj))
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	answers := map[string]map[string]any{}
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "stop-wanted" {
+	answers, err := ocppstation.Run(ctx, ocppstation.Config{
+		Dir: stationDir, URL: strings.Replace(srv.URL, "https://", "wss://", 1) + "/ocpp", CAFile: ca,
+		Station: "CS1", Password: "s3cret-password-1", Token: "1F2D3A4B", Readings: readings,
+		OnStopWanted: func() {
 			// The hub said stop service for car-1.
 			if n, err := gw.StopPayer(ctx, "car-1"); n != 1 || err != nil {
 				t.Errorf("StopPayer: %d, %v", n, err)
 			}
-			continue
-		}
-		var a struct {
-			Step string         `json:"step"`
-			Body map[string]any `json:"body"`
-		}
-		if err := json.Unmarshal([]byte(line), &a); err != nil {
-			t.Fatalf("station printed %q", line)
-		}
-		answers[a.Step] = a.Body
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("station: %v\n%s", err, stderr.String())
-	}
-	status := func(step string) any {
-		info, _ := answers[step]["idTokenInfo"].(map[string]any)
-		return info["status"]
-	}
-	if answers["BootNotification"]["status"] != "Accepted" || status("AuthorizeUnknown") != "Unknown" ||
-		status("Authorize") != "Accepted" || status("Started") != "Accepted" || answers["Ended"] == nil {
+	if answers["BootNotification"]["status"] != "Accepted" || answers.Status("AuthorizeUnknown") != "Unknown" ||
+		answers.Status("Authorize") != "Accepted" || answers.Status("Started") != "Accepted" || answers["Ended"] == nil {
 		t.Fatalf("station got %v", answers)
 	}
 	if len(hub.holds) != 1 || hub.released != 1 || len(hub.events) != 1 {
