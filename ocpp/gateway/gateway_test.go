@@ -346,3 +346,44 @@ func TestStopPayer(t *testing.T) {
 		t.Fatalf("StopPayer(nobody): %d, %v", n, err)
 	}
 }
+
+func TestStopTransaction(t *testing.T) {
+	g := startGW(t)
+	st := g.connect(t)
+	st.result("BootNotification", boot) // the gateway has registered the connection once it answers
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := g.gw.StopTransaction(ctx, "CS9", "tx"); !errors.Is(err, gateway.ErrNoStation) {
+		t.Fatalf("unknown station: %v", err)
+	}
+	for _, tt := range []struct {
+		name, answer string
+		want         error
+		code         ocpp.ErrorCode
+	}{
+		{"ErrStopRejected", `{"status":"Rejected"}`, gateway.ErrStopRejected, ""},
+		{"ErrSchema/BadAnswer", `{"status":"Maybe"}`, ocpp.ErrSchema, ocpp.PropertyConstraintViolation},
+		{"CallError", "", nil, ocpp.GenericError},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { done <- g.gw.StopTransaction(ctx, "CS1", "tx-7") }()
+			f := st.read()
+			frame := `[3,"` + f.ID + `",` + tt.answer + `]`
+			if tt.answer == "" {
+				frame = `[4,"` + f.ID + `","GenericError","busy",{}]`
+			}
+			if err := st.ws.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+				t.Fatal(err)
+			}
+			err := <-done
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("err %v, want %v", err, tt.want)
+			}
+			var oe *ocpp.Error
+			if tt.code != "" && (!errors.As(err, &oe) || oe.Code != tt.code) {
+				t.Fatalf("err %v, want code %s", err, tt.code)
+			}
+		})
+	}
+}

@@ -1,7 +1,7 @@
 // An OCPP 2.0.1 charging station played by ocpp-rpc in strict mode: it
 // validates every call it sends and every answer and call it receives
-// against the official OCPP 2.0.1 schemas. Run by the gateway's
-// end-to-end test (../../e2e_test.go, package m2mbilling) with:
+// against the official OCPP 2.0.1 schemas. Run through internal/ocppstation
+// by the gateway's end-to-end tests, with:
 //   OCPP_URL       wss://127.0.0.1:PORT/ocpp
 //   OCPP_CA        PEM file of the gateway's TLS certificate
 //   OCPP_STATION   station identity, OCPP_PASSWORD its password
