@@ -178,6 +178,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newConn(g, station, ws)
 	g.mu.Lock()
+	if g.ctx.Err() != nil { // closed: Close may already be waiting
+		g.mu.Unlock()
+		ws.Close()
+		return
+	}
 	if old := g.conns[station]; old != nil {
 		old.ws.Close() // a reconnecting station replaces its old socket
 	}
