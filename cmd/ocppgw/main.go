@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -153,17 +154,22 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer gw.Close()
 
 	// The hub's enforcement notices: stop service means stop the payer's
-	// transactions at the station.
-	notices, err := meter.Receipts(ctx)
+	// transactions at the station. The watcher ends when run returns.
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopWatch(); wg.Wait() }()
+	notices, err := meter.Receipts(watchCtx)
 	if err != nil {
 		return err
 	}
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for n := range notices {
 			if n.Unpaid == nil || !n.Unpaid.StopService {
 				continue
 			}
-			if k, err := gw.StopPayer(ctx, n.Unpaid.Payer); err != nil || k > 0 {
+			if k, err := gw.StopPayer(watchCtx, n.Unpaid.Payer); err != nil || k > 0 {
 				log.Warn("stop service", "payer", n.Unpaid.Payer, "transactions", k, "err", err)
 			}
 		}
