@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/msgfault"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -93,7 +95,7 @@ type options struct {
 	backoffMax   time.Duration
 	pingInterval time.Duration
 	dialTimeout  time.Duration
-	fault        *faultHook // tests only
+	fault        *msgfault.Point // tests only
 }
 
 // Option adjusts Dial.
@@ -150,6 +152,11 @@ type Session struct {
 	mu   sync.Mutex
 	conn *brontide.Conn // nil while disconnected
 	err  error          // permanent failure, set once
+	// life is conn's connection: its end is seen by the calls waiting
+	// for an answer on it (see lost).
+	life *connLife
+	// queued counts the messages put on msgs.
+	queued atomic.Uint64
 
 	// router is the session's shared reader of Messages, made on first
 	// use, so a Device and a Provider of one session share it without
@@ -233,7 +240,7 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 	}
 	// Connected must hold as soon as Dial returns.
 	s.mu.Lock()
-	s.conn = c
+	s.conn, s.life = c, &connLife{done: make(chan struct{})}
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.run(c)
@@ -290,7 +297,7 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	before, after := s.opt.fault.at(true, msg)
+	before, after := s.opt.fault.At(true, msg)
 	if before {
 		_ = c.Close()
 		return errFault
@@ -301,6 +308,29 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 		_ = c.Close()
 	}
 	return err
+}
+
+// connLife is one connection's life: done is closed when it ends, and
+// queued is then the count of messages put on the session's msgs up to
+// its end.
+type connLife struct {
+	done   chan struct{}
+	queued uint64
+}
+
+// lost returns the current connection's life (one already ended while
+// disconnected). The hub answers a request on the connection it came by,
+// so a call waiting for an answer stops at the loss instead of waiting out
+// its timeout.
+func (s *Session) lost() *connLife {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.life == nil {
+		l := &connLife{done: make(chan struct{}), queued: s.queued.Load()}
+		close(l.done)
+		return l
+	}
+	return s.life
 }
 
 // errFault is the connection loss a test's fault hook caused.
@@ -367,6 +397,9 @@ func (s *Session) stopFor(err error) bool {
 // answers.
 func (s *Session) serve(c *brontide.Conn) error {
 	s.mu.Lock()
+	if s.conn != c || s.life == nil {
+		s.life = &connLife{done: make(chan struct{})}
+	}
 	s.conn = c
 	s.mu.Unlock()
 	s.hookMu.RLock()
@@ -377,6 +410,10 @@ func (s *Session) serve(c *brontide.Conn) error {
 	defer func() {
 		s.mu.Lock()
 		s.conn = nil
+		// The read loop has returned: nothing more is queued from
+		// this connection.
+		s.life.queued = s.queued.Load()
+		close(s.life.done)
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
@@ -443,12 +480,13 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 				s.log.Debug("ignoring hub message", "type", msg.MsgType())
 				continue
 			}
-			before, after := s.opt.fault.at(false, msg)
+			before, after := s.opt.fault.At(false, msg)
 			if before {
 				return errFault
 			}
 			select {
 			case s.msgs <- msg:
+				s.queued.Add(1)
 			case <-s.ctx.Done():
 				return ErrClosed
 			}
@@ -562,8 +600,16 @@ func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
 // hello sends Enrol (with a token) and Init, and reads the hub's answer.
 func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
 	if s.opt.token != nil {
-		if err := wire.WriteMessage(c, &wire.Enrol{Token: s.opt.token}); err != nil {
+		enrol := &wire.Enrol{Token: s.opt.token}
+		dropBefore, dropAfter := s.opt.fault.At(true, enrol)
+		if dropBefore {
+			return c, errFault
+		}
+		if err := wire.WriteMessage(c, enrol); err != nil {
 			return c, err
+		}
+		if dropAfter {
+			return c, errFault
 		}
 	}
 	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {

@@ -83,6 +83,9 @@ type Config struct {
 	// Logger receives the hub's, btcd's and the clients' logs; nil
 	// discards them.
 	Logger *slog.Logger
+	// OperatorKey, when set, verifies enrolment tokens (without it the
+	// registry refuses token enrolment).
+	OperatorKey *btcec.PublicKey
 }
 
 // Hub is a running in-process hub and its chain. Its methods may be called
@@ -175,7 +178,7 @@ func (h *Hub) run(addr string) error {
 	if err != nil {
 		return err
 	}
-	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: st, Logger: h.log})
+	reg, err := hub.NewRegistry(hub.RegistryConfig{Store: st, OperatorKey: h.cfg.OperatorKey, Logger: h.log})
 	if err != nil {
 		_ = st.Close()
 		return err
