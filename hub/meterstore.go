@@ -106,6 +106,10 @@ type Charge struct {
 	// apart from a redelivery. Zero in charges recorded
 	// before digests were kept.
 	Digest Hash `json:"digest"`
+	// Withheld, on the end event of a conditional release, is what its
+	// contract kept back from the hold (the hold's amount less Amount):
+	// refunded to the payer by the contract, never owed to anyone.
+	Withheld lnwire.MilliSatoshi `json:"withheld_msat,omitempty"`
 }
 
 // Validate checks what every store requires of a charge before recording

@@ -12,10 +12,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
@@ -23,6 +26,7 @@ import (
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/internal/msgfault"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -30,6 +34,13 @@ import (
 var (
 	ErrNotConnected = errors.New("m2mclient: not connected")
 	ErrClosed       = errors.New("m2mclient: session closed")
+	// ErrHubKeyMismatch is wrapped in Dial's error, beside the
+	// context's, when every attempt up to the deadline (at least three)
+	// ended with the hub closing the noise handshake unanswered: its
+	// first act is encrypted to the pinned hub key, and a hub with
+	// another key cannot read it. Check the key against the hub's
+	// (hubctl info prints it as pubkey).
+	ErrHubKeyMismatch = errors.New("m2mclient: the hub closed the handshake: the pinned hub key is probably not this hub's")
 )
 
 // Codes a hub sends when it refuses or closes a session (docs/protocol.md has
@@ -84,7 +95,7 @@ type options struct {
 	backoffMax   time.Duration
 	pingInterval time.Duration
 	dialTimeout  time.Duration
-	fault        *faultHook // tests only
+	fault        *msgfault.Point // tests only
 }
 
 // Option adjusts Dial.
@@ -141,6 +152,11 @@ type Session struct {
 	mu   sync.Mutex
 	conn *brontide.Conn // nil while disconnected
 	err  error          // permanent failure, set once
+	// life is conn's connection: its end is seen by the calls waiting
+	// for an answer on it (see lost).
+	life *connLife
+	// queued counts the messages put on msgs.
+	queued atomic.Uint64
 
 	// router is the session's shared reader of Messages, made on first
 	// use, so a Device and a Provider of one session share it without
@@ -224,7 +240,7 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 	}
 	// Connected must hold as soon as Dial returns.
 	s.mu.Lock()
-	s.conn = c
+	s.conn, s.life = c, &connLife{done: make(chan struct{})}
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.run(c)
@@ -281,7 +297,7 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	before, after := s.opt.fault.at(true, msg)
+	before, after := s.opt.fault.At(true, msg)
 	if before {
 		_ = c.Close()
 		return errFault
@@ -292,6 +308,29 @@ func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Messag
 		_ = c.Close()
 	}
 	return err
+}
+
+// connLife is one connection's life: done is closed when it ends, and
+// queued is then the count of messages put on the session's msgs up to
+// its end.
+type connLife struct {
+	done   chan struct{}
+	queued uint64
+}
+
+// lost returns the current connection's life (one already ended while
+// disconnected). The hub answers a request on the connection it came by,
+// so a call waiting for an answer stops at the loss instead of waiting out
+// its timeout.
+func (s *Session) lost() *connLife {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.life == nil {
+		l := &connLife{done: make(chan struct{}), queued: s.queued.Load()}
+		close(l.done)
+		return l
+	}
+	return s.life
 }
 
 // errFault is the connection loss a test's fault hook caused.
@@ -358,6 +397,9 @@ func (s *Session) stopFor(err error) bool {
 // answers.
 func (s *Session) serve(c *brontide.Conn) error {
 	s.mu.Lock()
+	if s.conn != c || s.life == nil {
+		s.life = &connLife{done: make(chan struct{})}
+	}
 	s.conn = c
 	s.mu.Unlock()
 	s.hookMu.RLock()
@@ -368,6 +410,10 @@ func (s *Session) serve(c *brontide.Conn) error {
 	defer func() {
 		s.mu.Lock()
 		s.conn = nil
+		// The read loop has returned: nothing more is queued from
+		// this connection.
+		s.life.queued = s.queued.Load()
+		close(s.life.done)
 		s.mu.Unlock()
 		_ = c.Close()
 	}()
@@ -434,12 +480,13 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 				s.log.Debug("ignoring hub message", "type", msg.MsgType())
 				continue
 			}
-			before, after := s.opt.fault.at(false, msg)
+			before, after := s.opt.fault.At(false, msg)
 			if before {
 				return errFault
 			}
 			select {
 			case s.msgs <- msg:
+				s.queued.Add(1)
 			case <-s.ctx.Done():
 				return ErrClosed
 			}
@@ -454,6 +501,7 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 // exponential backoff until ctx is done.
 func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 	wait := s.opt.backoffMin
+	closedHandshakes := 0
 	for {
 		c, err := s.connect(ctx)
 		if err == nil {
@@ -463,17 +511,56 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		if errors.As(err, &re) && re.Permanent() {
 			return nil, err
 		}
+		// A hub that closes every handshake before answering cannot
+		// read them: the pinned key is not its. A hub shedding
+		// handshakes under a flood does the same now and then, so this
+		// only names the likely cause when the attempts run out; it
+		// never stops the retries.
+		if closedHandshake(err) {
+			closedHandshakes++
+		} else {
+			closedHandshakes = 0
+		}
+
 		s.log.Debug("connect failed", "err", err, "retry_in", wait)
 		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if closedHandshakes >= handshakeClosesForMismatch {
+				return nil, fmt.Errorf("%w: %w (pinned %x; the last %d handshakes were closed unanswered, the last with: %w)",
+					ctx.Err(), ErrHubKeyMismatch, s.hubKey.SerializeCompressed(), closedHandshakes, err)
+			}
 			return nil, fmt.Errorf("%w (last attempt: %w)", ctx.Err(), err)
 		case <-t.C:
 		}
 		wait = min(wait*2, s.opt.backoffMax)
 	}
 }
+
+// handshakeClosesForMismatch is how many handshakes in a row the hub must
+// have closed unanswered for Dial's deadline error to name
+// ErrHubKeyMismatch.
+const handshakeClosesForMismatch = 3
+
+// closedHandshake reports whether err is the hub closing the connection
+// during the noise handshake (after TCP connected): EOF or a reset, not
+// a dial failure.
+func closedHandshake(err error) bool {
+	if _, ok := errors.AsType[*handshakeError](err); !ok {
+		return false
+	}
+	if op, ok := errors.AsType[*net.OpError](err); ok && op.Op == "dial" {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// handshakeError is a failure of the TCP dial or the noise handshake.
+type handshakeError struct{ err error }
+
+func (e *handshakeError) Error() string { return "noise handshake: " + e.err.Error() }
+func (e *handshakeError) Unwrap() error { return e.err }
 
 // connect makes one attempt: TCP, noise handshake, optional Enrol, Init
 // exchange.
@@ -495,7 +582,7 @@ func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
 		time.Until(deadline), net.DialTimeout,
 	)
 	if err != nil {
-		return nil, err
+		return nil, &handshakeError{err}
 	}
 	_ = c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
@@ -513,8 +600,16 @@ func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
 // hello sends Enrol (with a token) and Init, and reads the hub's answer.
 func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
 	if s.opt.token != nil {
-		if err := wire.WriteMessage(c, &wire.Enrol{Token: s.opt.token}); err != nil {
+		enrol := &wire.Enrol{Token: s.opt.token}
+		dropBefore, dropAfter := s.opt.fault.At(true, enrol)
+		if dropBefore {
+			return c, errFault
+		}
+		if err := wire.WriteMessage(c, enrol); err != nil {
 			return c, err
+		}
+		if dropAfter {
+			return c, errFault
 		}
 	}
 	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {

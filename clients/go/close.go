@@ -8,8 +8,10 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -23,6 +25,14 @@ import (
 // both sign with fresh nonces. It waits for the hub's ChannelClosed and
 // returns the fully signed transaction, which the device may broadcast
 // itself too. (Close, without arguments, stops the Device.)
+//
+// The device records the close, its partial signature and the signed
+// transaction before it sends CloseSign. A close whose connection dropped
+// after that is resumed: the device sends its CloseSign again at every
+// reconnect, and CloseChannel called again on the closing channel sends it
+// and waits for ChannelClosed (destScript is then ignored). When the hub
+// no longer knows the attempt (a *ChannelError with CodeCloseUnknown), the returned transaction
+// is still valid: broadcast it.
 //
 // Errors: ErrUnknownChannel, ErrNotReady, ErrBadProposal, *ChannelError
 // (errors.Is: ErrHoldActive while holds are active, ErrCreditOwed while
@@ -39,8 +49,11 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 	c.op.Lock()
 	defer c.op.Unlock()
 	c.mu.Lock()
-	status, hasPending := c.st.Status, c.st.Pending != nil
+	status, hasPending, resumable := c.st.Status, c.st.Pending != nil, c.st.CloseSig != nil
 	c.mu.Unlock()
+	if status == StatusClosing && resumable {
+		return d.resumeClose(ctx, c)
+	}
 	if status != StatusReady {
 		return nil, fmt.Errorf("%w: channel is %s", ErrNotReady, status)
 	}
@@ -121,37 +134,98 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 	}
 
 	// Record the close before releasing the signature: from now on the
-	// hub can broadcast it, and no further payment may be signed.
+	// hub can broadcast it, and no further payment may be signed. The
+	// partial signature and the signed transaction are kept, so a close
+	// whose CloseSign or ChannelClosed is lost resumes.
 	txid := tx.TxHash()
+	var psig [32]byte
+	ours.S.PutBytes(&psig)
+	var signed bytes.Buffer
+	if err := tx.Serialize(&signed); err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
-	c.st.Status, c.st.CloseTx = StatusClosing, &txid
+	c.st.Status, c.st.CloseTx, c.st.CloseSig, c.st.CloseSigned = StatusClosing, &txid, &psig, signed.Bytes()
 	err = d.save(ctx, c)
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	var psig [32]byte
-	ours.S.PutBytes(&psig)
 	if err := d.send(ctx, &wire.CloseSign{ChanID: chanID, DevicePartialSig: psig}); err != nil {
 		return tx, fmt.Errorf("m2mclient: close: %w", err)
 	}
+	return tx, d.awaitClosed(ctx, ch, txid)
+}
+
+// resumeClose sends a closing channel's CloseSign again and waits for the
+// hub's ChannelClosed; c.op is held.
+func (d *Device) resumeClose(ctx context.Context, c *devChannel) (*btcwire.MsgTx, error) {
+	c.mu.Lock()
+	chanID, txid, psig := c.st.Funding, *c.st.CloseTx, *c.st.CloseSig
+	raw := bytes.Clone(c.st.CloseSigned)
+	c.mu.Unlock()
+	var tx *btcwire.MsgTx
+	if len(raw) > 0 {
+		tx = new(btcwire.MsgTx)
+		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
+			return nil, fmt.Errorf("m2mclient: stored close of %v: %w", chanID, err)
+		}
+	}
+	ch, done := d.w.add(waitKey{kind: 'c', chanID: chanID})
+	defer done()
+	if err := d.send(ctx, &wire.CloseSign{ChanID: chanID, DevicePartialSig: psig}); err != nil {
+		return tx, fmt.Errorf("m2mclient: close: %w", err)
+	}
+	return tx, d.awaitClosed(ctx, ch, txid)
+}
+
+// resendCloseSigns sends the CloseSign of every channel still closing
+// without waiting for the answers: the hub's ChannelClosed is recorded by
+// markClosed. It runs at every connection.
+func (d *Device) resendCloseSigns() {
+	d.mu.Lock()
+	all := make([]*devChannel, 0, len(d.byID))
+	for _, c := range d.byID {
+		all = append(all, c)
+	}
+	d.mu.Unlock()
+	for _, c := range all {
+		c.mu.Lock()
+		closing := c.st.Status == StatusClosing && c.st.CloseSig != nil
+		var m *wire.CloseSign
+		if closing {
+			m = &wire.CloseSign{ChanID: c.st.Funding, DevicePartialSig: *c.st.CloseSig}
+		}
+		c.mu.Unlock()
+		if m == nil {
+			continue
+		}
+		if err := d.send(d.ctx, m); err != nil {
+			d.log.Info("resending close signature", "chan", m.ChanID, "err", err)
+			return
+		}
+	}
+}
+
+// awaitClosed waits on ch for the hub's ChannelClosed of the close txid.
+func (d *Device) awaitClosed(ctx context.Context, ch <-chan lnwire.Message, txid chainhash.Hash) error {
 	for {
 		msg, err := d.await(ctx, ch)
 		if err != nil {
-			return tx, err
+			return err
 		}
 		switch m := msg.(type) {
 		case *wire.ChannelError:
 			if m.Seq != nil || m.HoldID != nil {
 				continue
 			}
-			return tx, asError(m)
+			return asError(m)
 		case *wire.ChannelClosed:
 			if m.Txid != txid {
-				return tx, fmt.Errorf("%w: hub closed with %s, device signed %s", ErrBadProposal, m.Txid, txid)
+				return fmt.Errorf("%w: hub closed with %s, device signed %s", ErrBadProposal, m.Txid, txid)
 			}
 			// dispatch already recorded the close.
-			return tx, nil
+			return nil
 		}
 	}
 }

@@ -376,13 +376,22 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		d.detach = r.attach(d.handle)
 		// Learn the hub's state of every channel now and after each
 		// reconnect, so a device restored from an older copy of its
-		// store resumes without first failing a payment.
-		d.unhook = s.onConnect(func() { d.spawn(d.requestSync) })
+		// store resumes without first failing a payment, and finish
+		// the closes a lost connection interrupted.
+		d.unhook = s.onConnect(func() { d.spawn(d.atConnect) })
 		if s.Connected() {
-			d.spawn(d.requestSync)
+			d.spawn(d.atConnect)
 		}
 	}
 	return d, nil
+}
+
+// atConnect resumes what a lost connection interrupted: it asks for the
+// hub's state of every ready channel and sends the close signature of
+// every closing one again.
+func (d *Device) atConnect() {
+	d.requestSync()
+	d.resendCloseSigns()
 }
 
 // Close stops serving the hub's messages and waits for the handlers under
@@ -463,12 +472,32 @@ func (d *Device) send(ctx context.Context, msg lnwire.Message) error {
 }
 
 // await waits for one answer on ch, bounded by ctx (or
-// DefaultRequestTimeout when ctx has no deadline) and by Close.
+// DefaultRequestTimeout when ctx has no deadline), by Close and by the
+// loss of the connection the request went out on: the hub answers on that
+// connection only, so the wait ends with an error wrapping ErrNotConnected
+// and the caller's retry (or the resynchronisation at reconnect) resolves
+// what the answer would have.
 func (d *Device) await(ctx context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
-	return await(ctx, d.ctx, ch)
+	if d.s == nil {
+		return await(ctx, d.ctx, ch)
+	}
+	return awaitConn(ctx, d.ctx, d.r, d.s.lost(), ch)
 }
 
+// errConnLost ends a wait whose connection dropped.
+var errConnLost = fmt.Errorf("%w: connection lost while waiting for the hub", ErrNotConnected)
+
 func await(ctx, owner context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
+	return awaitConn(ctx, owner, nil, nil, ch)
+}
+
+// awaitConn is await that also ends when life's connection does, once r
+// has dispatched every message read from it. A nil life never ends.
+func awaitConn(ctx, owner context.Context, r *Router, life *connLife, ch <-chan lnwire.Message) (lnwire.Message, error) {
+	var lost <-chan struct{}
+	if life != nil {
+		lost = life.done
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultRequestTimeout)
@@ -481,6 +510,17 @@ func await(ctx, owner context.Context, ch <-chan lnwire.Message) (lnwire.Message
 		return nil, fmt.Errorf("m2mclient: waiting for the hub: %w", ctx.Err())
 	case <-owner.Done():
 		return nil, ErrDeviceClosed
+	case <-lost:
+		// An answer read before the loss still counts.
+		if err := r.caughtUp(ctx, life.queued); err != nil {
+			return nil, fmt.Errorf("m2mclient: waiting for the hub: %w", err)
+		}
+		select {
+		case m := <-ch:
+			return m, nil
+		default:
+			return nil, errConnLost
+		}
 	}
 }
 

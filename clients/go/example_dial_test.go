@@ -66,3 +66,29 @@ func ExampleDial() {
 	// connected: true sessions on hub: 1
 	// refused: unknown-key permanent: true
 }
+
+// ExampleDial_wrongHubKey shows what a device pinning the wrong hub key
+// gets: the hub cannot read its handshake and closes it, attempt after
+// attempt, and when the deadline comes Dial names the likely cause.
+func ExampleDial_wrongHubKey() {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hubKey, _ := btcec.NewPrivateKey()
+	deviceKey, _ := btcec.NewPrivateKey()
+	pk := hub.PubKeyOf(deviceKey.PubKey())
+	reg := exampleRegistry{pk: {ID: "dev-charger-7", Key: pk, Status: hub.StatusActive}}
+	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer srv.Close()
+
+	mistyped, _ := btcec.NewPrivateKey() // not the hub's key
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = m2mclient.Dial(ctx, srv.Addr().String(), mistyped.PubKey(), deviceKey,
+		m2mclient.WithLogger(quiet), m2mclient.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	fmt.Println("key mismatch:", errors.Is(err, m2mclient.ErrHubKeyMismatch), "deadline:", errors.Is(err, context.DeadlineExceeded))
+	// Output:
+	// key mismatch: true deadline: true
+}

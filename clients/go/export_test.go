@@ -1,15 +1,7 @@
 package m2mclient
 
-// Fault drops a Session's connection at one message boundary; see
-// faultHook. Only this package's tests can make one.
-type Fault struct{ h faultHook }
+import "github.com/m2mhub/m2mhub/internal/msgfault"
 
-// WithFault installs f in the Session.
-func WithFault(f *Fault) Option { return func(o *options) { o.fault = &f.h } }
-
-// Arm makes f drop the connection at the k-th m2mhub message sent (send)
-// or received: with the message (before) or right after passing it.
-func (f *Fault) Arm(send bool, k int, before bool) { f.h.arm(send, k, before) }
-
-// Fired reports whether the armed fault dropped a connection.
-func (f *Fault) Fired() bool { return f.h.hasFired() }
+// WithFault installs p in the Session: it drops the connection at the
+// boundary p is armed at. Only this package's tests can set one.
+func WithFault(p *msgfault.Point) Option { return func(o *options) { o.fault = p } }

@@ -108,7 +108,7 @@ func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channe
 	}
 	c.mu.Unlock()
 
-	r, err := d.exchange(ctx, c, pend)
+	r, err := d.exchange(ctx, c, pend, false)
 	var ce *ChannelError
 	if errors.As(err, &ce) || errors.Is(err, errResynced) {
 		// The hub refused the payment: it holds no signature for it,
@@ -120,8 +120,10 @@ func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channe
 
 // exchange sends the pending payment and settles it by the hub's answer:
 // PayAck makes it the channel's state; a definite refusal drops it; anything
-// else (timeout, connection lost, "internal") leaves it pending.
-func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment) (*channel.Receipt, error) {
+// else (timeout, connection lost, "internal") leaves it pending. resend
+// says p was sent before: a send that fails then proves nothing, since an
+// earlier connection may have delivered it.
+func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment, resend bool) (*channel.Receipt, error) {
 	chanID := c.st.Funding
 	ch, done := d.w.add(waitKey{kind: 'c', chanID: chanID})
 	defer done()
@@ -133,7 +135,7 @@ func (d *Device) exchange(ctx context.Context, c *devChannel, p *PendingPayment)
 		Sig: p.Sig, Memo: p.Memo, HoldID: p.HoldID, ReqID: p.ReqID,
 	}
 	if err := d.send(ctx, msg); err != nil {
-		if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrOffline) {
+		if !resend && (errors.Is(err, ErrNotConnected) || errors.Is(err, ErrOffline)) {
 			// Nothing left the device: the hub cannot hold it.
 			d.dropPending(ctx, c, p)
 		}
@@ -218,7 +220,7 @@ func (d *Device) resync(ctx context.Context, c *devChannel) error {
 	c.mu.Lock()
 	p := *c.st.Pending
 	c.mu.Unlock()
-	_, err := d.exchange(ctx, c, &p)
+	_, err := d.exchange(ctx, c, &p, true)
 	var ce *ChannelError
 	switch {
 	case err == nil, errors.Is(err, ErrBadReceipt):

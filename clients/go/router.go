@@ -50,6 +50,12 @@ type Router struct {
 	handlers map[int]handler
 	nextID   int
 
+	// dispatched counts the messages dispatched; progress is closed
+	// and replaced after each one.
+	pmu        sync.Mutex
+	dispatched uint64
+	progress   chan struct{}
+
 	done   chan struct{} // closed when the read loop ends
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -64,7 +70,7 @@ func NewRouter(s *Session, log *slog.Logger) *Router {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Router{
-		s: s, log: log, handlers: make(map[int]handler),
+		s: s, log: log, handlers: make(map[int]handler), progress: make(chan struct{}),
 		done: make(chan struct{}), ctx: ctx, cancel: cancel,
 	}
 	r.wg.Add(1)
@@ -126,6 +132,31 @@ func (r *Router) run() {
 			}
 		}
 		r.dispatch(msg)
+		r.pmu.Lock()
+		r.dispatched++
+		close(r.progress)
+		r.progress = make(chan struct{})
+		r.pmu.Unlock()
+	}
+}
+
+// caughtUp waits until the Router has dispatched n messages of its
+// session (or stopped), bounded by ctx.
+func (r *Router) caughtUp(ctx context.Context, n uint64) error {
+	for {
+		r.pmu.Lock()
+		done, progress := r.dispatched >= n, r.progress
+		r.pmu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-progress:
+		case <-r.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 

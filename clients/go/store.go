@@ -98,6 +98,15 @@ type ChannelState struct {
 	Pending *PendingPayment
 	Holds   []AuthorizedHold
 	CloseTx *chainhash.Hash
+	// CloseSig is the device's MuSig2 partial signature of the
+	// cooperative close CloseTx names, kept while the channel is closing
+	// so the device can send its CloseSign again after a lost connection
+	// (docs/protocol.md §2.7). It is no secret: the nonce it used is
+	// spent.
+	CloseSig *[32]byte
+	// CloseSigned is that close transaction, fully signed: the device
+	// may broadcast it itself.
+	CloseSigned []byte
 }
 
 // Params returns the channel's on-chain terms for deviceKey.
@@ -118,6 +127,11 @@ func (c *ChannelState) clone() *ChannelState {
 		h := *c.CloseTx
 		d.CloseTx = &h
 	}
+	if c.CloseSig != nil {
+		p := *c.CloseSig
+		d.CloseSig = &p
+	}
+	d.CloseSigned = bytes.Clone(c.CloseSigned)
 	return &d
 }
 
@@ -234,6 +248,8 @@ type fileState struct {
 	Pending   *PendingPayment     `json:"pending,omitempty"`
 	Holds     []AuthorizedHold    `json:"holds,omitempty"`
 	CloseTx   string              `json:"close_txid,omitempty"`
+	CloseSig  string              `json:"close_partial_sig,omitempty"`
+	CloseRaw  string              `json:"close_tx,omitempty"`
 }
 
 func toFile(c ChannelState) fileState {
@@ -255,6 +271,10 @@ func toFile(c ChannelState) fileState {
 	if c.CloseTx != nil {
 		f.CloseTx = c.CloseTx.String()
 	}
+	if c.CloseSig != nil {
+		f.CloseSig = hex.EncodeToString(c.CloseSig[:])
+	}
+	f.CloseRaw = hex.EncodeToString(c.CloseSigned)
 	return f
 }
 
@@ -288,6 +308,18 @@ func fromFile(f fileState) (ChannelState, error) {
 	if f.CloseTx != "" {
 		if c.CloseTx, err = chainhash.NewHashFromStr(f.CloseTx); err != nil {
 			return c, fmt.Errorf("close_txid: %w", err)
+		}
+	}
+	if f.CloseSig != "" {
+		var sig [32]byte
+		if err := decodeHex(sig[:], f.CloseSig); err != nil {
+			return c, fmt.Errorf("close_partial_sig: %w", err)
+		}
+		c.CloseSig = &sig
+	}
+	if f.CloseRaw != "" {
+		if c.CloseSigned, err = hex.DecodeString(f.CloseRaw); err != nil {
+			return c, fmt.Errorf("close_tx: %w", err)
 		}
 	}
 	return c, nil

@@ -19,16 +19,27 @@ import (
 // that it exits.
 func TestDemo(t *testing.T) {
 	bin := t.TempDir()
-	for _, pkg := range []string{"../hubd", "github.com/btcsuite/btcd"} {
+	for _, pkg := range []string{"../hubd", "../hubctl", ".", "../loadtest", "github.com/btcsuite/btcd"} {
 		if out, err := exec.Command("go", "build", "-o", bin+"/", pkg).CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	// --help lists the programs' own flags, not the -rapid.* test flags
+	// lnwire's import of rapid registers on flag.CommandLine.
+	for _, prog := range []string{"demo", "loadtest"} {
+		out, _ := exec.Command(bin+"/"+prog, "-h").CombinedOutput()
+		if strings.Contains(string(out), "rapid") || !strings.Contains(string(out), "-hubd") {
+			t.Errorf("%s -h:\n%s", prog, out)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
 	start := time.Now()
-	sum, err := run(ctx, &out, bin+"/hubd", "", false, false)
+	// --keep: the hub stays up for the checks after the demo.
+	dir := t.TempDir()
+	t.Cleanup(func() { stopKept(t, dir) })
+	sum, err := run(ctx, &out, bin+"/hubd", dir, true, false)
 	took := time.Since(start)
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
@@ -167,6 +178,11 @@ func TestDemo(t *testing.T) {
 	if !sum.ReceiptVerified || sum.Receipt.Txid != st.Txids[0] || sum.Receipt.Confirmations < 1 {
 		t.Errorf("receipt %+v verified %v", sum.Receipt, sum.ReceiptVerified)
 	}
+
+	// The hub the demo leaves running: its figures against the ledger,
+	// then the README's commands against it.
+	t.Run("FiguresReconcile", func(t *testing.T) { checkFiguresReconcile(t, dir, &sum) })
+	t.Run("ReadmeOperating", func(t *testing.T) { checkReadmeOperating(t, bin, dir) })
 }
 
 // TestDemoContractsMatchExamples keeps the demo's copies of the example

@@ -34,15 +34,21 @@ import (
 	"github.com/m2mhub/m2mhub/internal/hubproc"
 )
 
+// newFlagSet returns the demo's own flag set. Not flag.CommandLine: lnd's
+// lnwire links pgregory.net/rapid, which registers its -rapid.* test flags
+// there, and --help would list them.
+func newFlagSet() *flag.FlagSet { return flag.NewFlagSet("demo", flag.ExitOnError) }
+
 func main() {
+	fs := newFlagSet()
 	var (
-		dataDir = flag.String("datadir", "", "data dir for hubd (default: a fresh temporary dir, removed afterwards)")
-		keep    = flag.Bool("keep", false, "leave hubd running afterwards for exploring with hubctl")
-		asJSON  = flag.Bool("json", false, "print the summary as one JSON object")
-		verbose = flag.Bool("v", false, "show hubd's log")
-		hubdBin = flag.String("hubd", "", "hubd binary (default: the one next to this program)")
+		dataDir = fs.String("datadir", "", "data dir for hubd (default: a fresh temporary dir, removed afterwards)")
+		keep    = fs.Bool("keep", false, "leave hubd running afterwards for exploring with hubctl")
+		asJSON  = fs.Bool("json", false, "print the summary as one JSON object")
+		verbose = fs.Bool("v", false, "show hubd's log")
+		hubdBin = fs.String("hubd", "", "hubd binary (default: the one next to this program)")
 	)
-	flag.Parse()
+	_ = fs.Parse(os.Args[1:]) // ExitOnError
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

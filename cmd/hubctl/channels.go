@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	flags "github.com/jessevdk/go-flags"
 
@@ -77,7 +76,7 @@ func (c *channelsShowCmd) Execute([]string) error {
 		{"capacity_sat", fmt.Sprint(int64(v.Capacity))}, {"expiry_height", fmt.Sprint(v.Expiry)},
 		{"seq", fmt.Sprint(v.Seq)}, {"paid_msat", fmt.Sprint(uint64(v.Paid))}, {"owed_msat", fmt.Sprint(uint64(v.Owed))},
 		{"balance_msat", fmt.Sprint(uint64(v.Balance))}, {"min_depth", fmt.Sprint(v.MinDepth)},
-		{"close_txid", dash(v.CloseTx)}, {"created", v.Created.Format(time.RFC3339)}, {"updated", v.Updated.Format(time.RFC3339)},
+		{"close_txid", dash(v.CloseTx)}, {"created", stamp(v.Created)}, {"updated", stamp(v.Updated)},
 	})
 }
 
@@ -153,7 +152,7 @@ func (c *holdsListCmd) Execute([]string) error {
 	rows := make([][]string, 0, len(hs))
 	for _, h := range hs {
 		rows = append(rows, []string{h.ID, h.Channel, h.DeviceID, h.Provider, string(h.Status),
-			fmt.Sprint(uint64(h.Max)), fmt.Sprint(uint64(h.Captured)), h.Expires.Format(time.RFC3339)})
+			fmt.Sprint(uint64(h.Max)), fmt.Sprint(uint64(h.Captured)), stamp(h.Expires)})
 	}
 	return c.a.table([]string{"ID", "CHANNEL", "DEVICE", "PROVIDER", "STATUS", "MAX_MSAT", "CAPTURED_MSAT", "EXPIRES"}, rows)
 }

@@ -32,7 +32,7 @@ func (c *infoCmd) Execute([]string) error {
 		return c.a.printJSON(info)
 	}
 	return c.a.table([]string{"FIELD", "VALUE"}, [][]string{
-		{"pubkey", info.PubKey}, {"p2p_addr", info.P2PAddr}, {"admin_addr", info.AdminAddr},
+		{"pubkey", info.PubKey}, {"p2p_addr", info.P2PAddr}, {"admin_addr", info.AdminAddr}, {"metrics_addr", dash(info.MetricsAddr)},
 		{"nats_url", info.NATSURL}, {"network", info.Network}, {"store", info.Store},
 		{"sessions", fmt.Sprint(info.Sessions)},
 	})
@@ -71,7 +71,16 @@ func (c *deviceAddCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
-	return c.a.printDevices([]hub.Device{d})
+	return c.a.printDevice(d)
+}
+
+// printDevice prints one device: the API's object with --json, a
+// one-row table otherwise.
+func (a *app) printDevice(d hub.Device) error {
+	if a.g.JSON {
+		return a.printJSON(d)
+	}
+	return a.printDevices([]hub.Device{d})
 }
 
 func (a *app) printDevices(ds []hub.Device) error {
@@ -125,7 +134,7 @@ func (c *deviceShowCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
-	return c.a.printDevices([]hub.Device{d})
+	return c.a.printDevice(d)
 }
 
 type deviceRevokeCmd struct {
@@ -145,7 +154,7 @@ func (c *deviceRevokeCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
-	return c.a.printDevices([]hub.Device{d})
+	return c.a.printDevice(d)
 }
 
 type deviceUnreadableCmd struct{ a *app }
@@ -221,7 +230,7 @@ func (c *deviceRotateCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
-	return c.a.printDevices([]hub.Device{d})
+	return c.a.printDevice(d)
 }
 
 type auditVerifyCmd struct{ a *app }
@@ -266,7 +275,7 @@ func (c *auditListCmd) Execute([]string) error {
 	}
 	rows := make([][]string, 0, len(es))
 	for _, e := range es {
-		rows = append(rows, []string{fmt.Sprint(e.Seq), e.Time.Format(time.RFC3339), e.Kind, e.Subject, e.Actor, string(e.Detail)})
+		rows = append(rows, []string{fmt.Sprint(e.Seq), stamp(e.Time), e.Kind, e.Subject, e.Actor, string(e.Detail)})
 	}
 	return c.a.table([]string{"SEQ", "TIME", "KIND", "SUBJECT", "ACTOR", "DETAIL"}, rows)
 }
@@ -278,12 +287,17 @@ type tokenCreateCmd struct {
 	Owner     string        `long:"owner" description:"owner recorded at enrolment"`
 	Kind      string        `long:"kind" description:"kind recorded at enrolment"`
 	TTL       time.Duration `long:"ttl" default:"24h" description:"how long the token stays valid"`
-	Out       string        `long:"out" description:"write the token to this file (mode 0600) instead of stdout"`
+	Out       string        `long:"out" description:"write the token to this file (mode 0600)"`
 }
 
 // Execute signs locally with the operator key from the data dir: the
-// operator key never has to reach hubd.
+// operator key never has to reach hubd. The token is a JSON document, so
+// like every other command it reaches stdout only with --json; --out
+// writes it to a file and prints what was made.
 func (c *tokenCreateCmd) Execute([]string) error {
+	if c.Out == "" && !c.a.g.JSON {
+		return fmt.Errorf("%w: token create needs --out FILE (writes the token) or --json (prints it)", errUsage)
+	}
 	op, err := c.a.dir().LoadKey(datadir.OperatorKeyFile)
 	if err != nil {
 		return fmt.Errorf("operator key: %w", err)
@@ -297,18 +311,25 @@ func (c *tokenCreateCmd) Execute([]string) error {
 	if _, err := rand.Read(id[:]); err != nil {
 		return err
 	}
-	tok, err := authmsg.SignToken(op, authmsg.Token{
+	t := authmsg.Token{
 		ID: hex.EncodeToString(id[:]), DeviceKey: c.DeviceKey, Roles: c.Roles,
-		Owner: c.Owner, Kind: c.Kind, Expires: time.Now().Add(c.TTL),
-	})
+		Owner: c.Owner, Kind: c.Kind, Expires: time.Now().Add(c.TTL).UTC().Truncate(time.Second),
+	}
+	tok, err := authmsg.SignToken(op, t)
 	if err != nil {
 		return err
 	}
-	if c.Out != "" {
-		return os.WriteFile(c.Out, tok, 0o600)
+	if c.Out == "" {
+		_, err = fmt.Fprintln(c.a.out, string(tok))
+		return err
 	}
-	_, err = fmt.Fprintln(c.a.out, string(tok))
-	return err
+	if err := os.WriteFile(c.Out, tok, 0o600); err != nil {
+		return err
+	}
+	if c.a.g.JSON {
+		return c.a.printJSON(map[string]any{"id": t.ID, "roles": t.Roles, "expires": t.Expires, "file": c.Out})
+	}
+	return c.a.table([]string{"TOKEN", "ROLES", "EXPIRES", "FILE"}, [][]string{{t.ID, strings.Join(t.Roles, ","), stamp(t.Expires), c.Out}})
 }
 
 type keygenCmd struct {

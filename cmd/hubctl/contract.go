@@ -15,7 +15,8 @@ import (
 func (a *app) registerContracts(p *flags.Parser) {
 	con := mustAdd(p.AddCommand("contract", "publish, show and try tariff contracts", "", &struct{}{}))
 	mustAdd(con.AddCommand("publish", "publish a contract document", "", &contractPublishCmd{a: a}))
-	mustAdd(con.AddCommand("show", "list contracts, or show one by hash", "", &contractShowCmd{a: a}))
+	mustAdd(con.AddCommand("list", "list published contracts, newest first", "", &contractListCmd{a: a}))
+	mustAdd(con.AddCommand("show", "show one contract's canonical document by hash (without HASH: list them)", "", &contractShowCmd{a: a}))
 	mustAdd(con.AddCommand("price", "price a usage record offline, as the hub would", "", &contractPriceCmd{a: a}))
 	mustAdd(p.AddCommand("income", "a provider's metered income", "", &incomeCmd{a: a}))
 }
@@ -51,7 +52,26 @@ func (c *contractPublishCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
+	if c.a.g.JSON {
+		return c.a.printJSON(rec)
+	}
 	return c.a.printContracts([]hub.ContractRecord{rec})
+}
+
+type contractListCmd struct{ a *app }
+
+func (c *contractListCmd) Execute([]string) error {
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	cs, err := cl.Contracts(ctx)
+	if err != nil {
+		return err
+	}
+	return c.a.printContracts(cs)
 }
 
 type contractShowCmd struct {
@@ -97,7 +117,7 @@ func (a *app) printContracts(cs []hub.ContractRecord) error {
 	}
 	rows := make([][]string, 0, len(cs))
 	for _, r := range cs {
-		rows = append(rows, []string{r.Hash.String(), r.Kind, r.Name, fmt.Sprint(r.Version), r.Published.UTC().Format("2006-01-02T15:04:05Z")})
+		rows = append(rows, []string{r.Hash.String(), r.Kind, r.Name, fmt.Sprint(r.Version), stamp(r.Published)})
 	}
 	return a.table([]string{"HASH", "KIND", "ID", "VERSION", "PUBLISHED"}, rows)
 }
@@ -189,7 +209,7 @@ func (c *incomeCmd) Execute([]string) error {
 		return c.a.printJSON(in)
 	}
 	return c.a.table([]string{"FIELD", "VALUE"}, [][]string{
-		{"provider", in.Provider}, {"from", in.From.Format("2006-01-02T15:04:05Z07:00")}, {"to", in.To.Format("2006-01-02T15:04:05Z07:00")},
+		{"provider", in.Provider}, {"from", stamp(in.From)}, {"to", stamp(in.To)},
 		{"events", fmt.Sprint(in.Events)}, {"earned_msat", fmt.Sprint(uint64(in.Earned))}, {"fees_msat", fmt.Sprint(uint64(in.Fees))},
 		{"owed_msat", fmt.Sprint(uint64(in.Owed))}, {"held_msat", fmt.Sprint(uint64(in.Held))}, {"unpaid_msat", fmt.Sprint(uint64(in.Unpaid))},
 	})

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	flags "github.com/jessevdk/go-flags"
 
@@ -96,9 +95,9 @@ func (a *app) printCreds(cs []httpapi.Credential) error {
 	for _, c := range cs {
 		revoked := "-"
 		if c.Revoked != nil {
-			revoked = c.Revoked.UTC().Format(time.RFC3339)
+			revoked = stamp(*c.Revoked)
 		}
-		rows = append(rows, []string{c.ID, string(c.Scope), dash(c.Label), c.Created.UTC().Format(time.RFC3339), revoked})
+		rows = append(rows, []string{c.ID, string(c.Scope), dash(c.Label), stamp(c.Created), revoked})
 	}
 	return a.table([]string{"ID", "SCOPE", "LABEL", "CREATED", "REVOKED"}, rows)
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
 	"github.com/m2mhub/m2mhub/hub/registry"
@@ -47,6 +48,14 @@ func (tipChain) SendRawTransaction(context.Context, *wire.MsgTx) (chainhash.Hash
 }
 
 type noSessions struct{}
+
+// storeIncomes sums the store's charges as charging does.
+type storeIncomes struct{ st *boltstore.Store }
+
+func (i storeIncomes) Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error) {
+	cs, err := i.st.ChargesByProvider(ctx, provider, from, to)
+	return charging.IncomeOf(provider, from, to, cs), err
+}
 
 func (noSessions) Session(string) (*session.Session, bool) { return nil, false }
 
@@ -144,8 +153,12 @@ func newGoldenHub(t *testing.T) *goldenHub {
 		t.Fatal(err)
 	}
 	g.settlementFak = newFakeSettlement(t, 3)
+	cs, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: reg, Incomes: storeIncomes{store}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h, err := httpapi.New(httpapi.Config{
-		Registry: reg, Token: testToken, Settlement: g.settlementFak, Creds: creds, Channels: chans, Now: clk.now,
+		Registry: reg, Token: testToken, Settlement: g.settlementFak, Creds: creds, Channels: chans, Now: clk.now, Contracts: cs,
 		Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} },
 	})
 	if err != nil {

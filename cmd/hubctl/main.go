@@ -27,6 +27,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/datadir"
+	"github.com/m2mhub/m2mhub/internal/version"
 )
 
 // Exit codes scripts can rely on.
@@ -48,6 +49,7 @@ type globals struct {
 	Admin   string `long:"admin" env:"M2MHUB_ADMIN" description:"admin API address (default: read from the data dir)"`
 	Token   string `long:"token" env:"M2MHUB_ADMIN_TOKEN" description:"admin credential (default: read from the data dir)"`
 	JSON    bool   `long:"json" description:"print JSON for scripts"`
+	Version bool   `long:"version" description:"print the version and exit"`
 }
 
 // app carries what commands share: options, output and the context.
@@ -67,10 +69,16 @@ func main() {
 // run parses args and executes one command, returning the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	a := &app{out: stdout, ctx: ctx}
-	p := flags.NewParser(&a.g, flags.HelpFlag|flags.PassDoubleDash)
-	p.Name = "hubctl"
-	a.register(p)
+	p := a.parser()
 	_, err := p.ParseArgs(args)
+	if err == nil && p.Active == nil {
+		if a.g.Version {
+			fmt.Fprintln(stdout, version.String("hubctl"))
+			return exitOK
+		}
+		fmt.Fprintln(stderr, "hubctl: Please specify a command (hubctl --help lists them)")
+		return exitUsage
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -109,6 +117,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 var errUsage = errors.New("usage")
 
+// parser is hubctl's command line grammar: the global options and every
+// command.
+func (a *app) parser() *flags.Parser {
+	p := flags.NewParser(&a.g, flags.HelpFlag|flags.PassDoubleDash)
+	p.Name = "hubctl"
+	p.SubcommandsOptional = true // for --version alone
+	a.register(p)
+	return p
+}
+
 func (a *app) dir() datadir.Dir {
 	if a.g.DataDir != "" {
 		return datadir.Dir(a.g.DataDir)
@@ -127,6 +145,13 @@ func (a *app) client() (*httpapi.Client, error) {
 		rt, err := a.dir().ReadRuntime()
 		if err != nil {
 			return nil, err
+		}
+		// hubd removes the file when it stops; one left behind by a
+		// killed hubd names a dead pid, which says more than the
+		// "connection refused" calling its address would.
+		if rt.PID > 0 && errors.Is(syscall.Kill(rt.PID, 0), syscall.ESRCH) {
+			return nil, fmt.Errorf("hubd is not running: %s names pid %d, which has exited (left by a hubd that was killed; start hubd again)",
+				a.dir().Path(datadir.RuntimeFile), rt.PID)
 		}
 		addr = rt.AdminAddr
 	}
@@ -203,6 +228,9 @@ func (a *app) register(p *flags.Parser) {
 	a.registerChannels(p)
 	a.registerWebhook(p)
 }
+
+// stamp is the one way hubctl prints a time for people: RFC 3339 in UTC.
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 func mustAdd(c *flags.Command, err error) *flags.Command {
 	if err != nil {

@@ -67,6 +67,7 @@ func (a *app) registerSettle(p *flags.Parser) {
 	mustAdd(p.AddCommand("epochs", "list epochs and how they settled", "", &epochsCmd{a: a}))
 	rc := mustAdd(p.AddCommand("receipt", "hub receipts", "", &struct{}{}))
 	mustAdd(rc.AddCommand("verify", "verify a receipt against the chain (exit 5: does not hold, 6: not confirmed yet)", "", &receiptVerifyCmd{a: a}))
+	a.registerReceipts(rc)
 }
 
 type settlePlanCmd struct{ a *app }
@@ -90,7 +91,7 @@ func (c *settlePlanCmd) Execute([]string) error {
 
 func (a *app) printPlan(v httpapi.PlanView) error {
 	fmt.Fprintf(a.out, "Epoch %d, open since %s (height %d). Dry run: nothing is stored or broadcast.\n\n",
-		v.Epoch.Number, v.Epoch.Start.UTC().Format(time.RFC3339), v.Epoch.StartHeight)
+		v.Epoch.Number, stamp(v.Epoch.Start), v.Epoch.StartHeight)
 	rows := make([][]string, 0, len(v.Participants))
 	for _, p := range v.Participants {
 		mode := p.Mode
@@ -239,13 +240,13 @@ func (c *settleStatusCmd) Execute([]string) error {
 		return c.a.printJSON(st)
 	}
 	if st.Open != nil {
-		fmt.Fprintf(c.a.out, "Open epoch %d since %s (height %d).\n\n", st.Open.Number, st.Open.Start.UTC().Format(time.RFC3339), st.Open.StartHeight)
+		fmt.Fprintf(c.a.out, "Open epoch %d since %s (height %d).\n\n", st.Open.Number, stamp(st.Open.Start), st.Open.StartHeight)
 	}
 	rows := make([][]string, 0, len(st.Runs))
 	for _, r := range st.Runs {
 		rows = append(rows, []string{fmt.Sprint(r.Epoch.Number), fmt.Sprint(r.Attempt), string(r.State),
 			orDash(strings.Join(r.Txids, ",")), fmt.Sprint(int64(r.Fee)), fmt.Sprint(r.Settled),
-			orDash(heightStr(r.ConfirmHeight)), r.Updated.UTC().Format(time.RFC3339), orDash(r.Error)})
+			orDash(heightStr(r.ConfirmHeight)), stamp(r.Updated), orDash(r.Error)})
 	}
 	return c.a.table([]string{"EPOCH", "ATTEMPT", "STATE", "TXIDS", "FEE_SAT", "SETTLED", "CONFIRMED_AT", "UPDATED", "ERROR"}, rows)
 }
@@ -273,11 +274,11 @@ func (c *epochsCmd) Execute([]string) error {
 	for _, e := range eps {
 		end, state := "-", string(e.RunState)
 		if !e.Open() {
-			end = e.End.UTC().Format(time.RFC3339)
+			end = stamp(e.End)
 		} else {
 			state = "open"
 		}
-		rows = append(rows, []string{fmt.Sprint(e.Number), e.Start.UTC().Format(time.RFC3339), end,
+		rows = append(rows, []string{fmt.Sprint(e.Number), stamp(e.Start), end,
 			heightStr(e.StartHeight), orDash(heightStr(e.EndHeight)), orDash(state), orDash(strings.Join(e.Txids, ","))})
 	}
 	return c.a.table([]string{"EPOCH", "START", "END", "START_HEIGHT", "END_HEIGHT", "RUN", "TXIDS"}, rows)

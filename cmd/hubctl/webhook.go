@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 
 	flags "github.com/jessevdk/go-flags"
 	"github.com/m2mhub/m2mhub/hub/webhook"
@@ -14,6 +13,88 @@ func (a *app) registerWebhook(p *flags.Parser) {
 	mustAdd(wh.AddCommand("add", "register a provider's webhook URL and print its signing secret (shown once)", "", &webhookAddCmd{a: a}))
 	mustAdd(wh.AddCommand("list", "list webhook endpoints", "", &webhookListCmd{a: a}))
 	mustAdd(wh.AddCommand("remove", "remove a webhook endpoint; its pending deliveries are dropped", "", &webhookRemoveCmd{a: a}))
+	mustAdd(wh.AddCommand("deliveries", "list pending and dead deliveries with their attempts and last error", "", &webhookDeliveriesCmd{a: a}))
+	mustAdd(wh.AddCommand("redeliver", "queue a dead delivery again, attempts reset", "", &webhookRedeliverCmd{a: a}))
+	mustAdd(wh.AddCommand("test", "queue a signed ping event to one endpoint", "", &webhookTestCmd{a: a}))
+}
+
+type webhookDeliveriesCmd struct{ a *app }
+
+func (c *webhookDeliveriesCmd) Execute([]string) error {
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	ds, err := cl.WebhookDeliveries(ctx)
+	if err != nil {
+		return err
+	}
+	return c.a.printDeliveries(ds)
+}
+
+type webhookRedeliverCmd struct {
+	a    *app
+	Args struct {
+		ID string `positional-arg-name:"DELIVERY_ID" required:"true"`
+	} `positional-args:"true"`
+}
+
+func (c *webhookRedeliverCmd) Execute([]string) error {
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	d, err := cl.Redeliver(ctx, c.Args.ID)
+	if err != nil {
+		return err
+	}
+	if c.a.g.JSON {
+		return c.a.printJSON(d)
+	}
+	return c.a.printDeliveries([]webhook.Delivery{d})
+}
+
+type webhookTestCmd struct {
+	a    *app
+	Args struct {
+		ID string `positional-arg-name:"WEBHOOK_ID" required:"true"`
+	} `positional-args:"true"`
+}
+
+func (c *webhookTestCmd) Execute([]string) error {
+	cl, err := c.a.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.a.callCtx()
+	defer cancel()
+	d, err := cl.TestWebhook(ctx, c.Args.ID)
+	if err != nil {
+		return err
+	}
+	if c.a.g.JSON {
+		return c.a.printJSON(d)
+	}
+	return c.a.printDeliveries([]webhook.Delivery{d})
+}
+
+func (a *app) printDeliveries(ds []webhook.Delivery) error {
+	if a.g.JSON {
+		return a.printJSON(ds)
+	}
+	rows := make([][]string, 0, len(ds))
+	for _, d := range ds {
+		next := "-"
+		if !d.NextAt.IsZero() {
+			next = stamp(d.NextAt)
+		}
+		rows = append(rows, []string{d.ID, d.Endpoint, d.Event, d.State, fmt.Sprint(d.Attempts), next, dash(d.LastError)})
+	}
+	return a.table([]string{"ID", "ENDPOINT", "EVENT", "STATE", "ATTEMPTS", "NEXT", "LAST_ERROR"}, rows)
 }
 
 type webhookAddCmd struct {
@@ -84,10 +165,9 @@ func (c *webhookRemoveCmd) Execute([]string) error {
 }
 
 func (a *app) printWebhooks(eps []webhook.Endpoint) error {
-	w := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tPROVIDER\tURL\tCREATED")
+	rows := make([][]string, 0, len(eps))
 	for _, ep := range eps {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ep.ID, ep.Provider, ep.URL, ep.Created.Format("2006-01-02 15:04:05Z"))
+		rows = append(rows, []string{ep.ID, ep.Provider, ep.URL, stamp(ep.Created)})
 	}
-	return w.Flush()
+	return a.table([]string{"ID", "PROVIDER", "URL", "CREATED"}, rows)
 }

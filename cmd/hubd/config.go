@@ -19,6 +19,7 @@ import (
 // built-in default.
 type config struct {
 	ConfigFile string `long:"config" env:"M2MHUB_CONFIG" description:"ini config file (options by long name)" no-ini:"true"`
+	Version    bool   `long:"version" description:"print the version and exit" no-ini:"true"`
 	DataDir    string `long:"datadir" env:"M2MHUB_DATADIR" description:"data directory (default: $XDG_DATA_HOME/m2mhub or ~/.m2mhub)"`
 	LogLevel   string `long:"loglevel" env:"M2MHUB_LOGLEVEL" default:"info" choice:"debug" choice:"info" choice:"warn" choice:"error" description:"log level"`
 
@@ -29,7 +30,7 @@ type config struct {
 	MetricsListen string `long:"metrics-listen" env:"M2MHUB_METRICS_LISTEN" default:"127.0.0.1:9738" description:"Prometheus /metrics listen address (empty disables)"`
 
 	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
-	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:0" description:"listen address of the in-process NATS"`
+	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:9739" description:"listen address of the in-process NATS (stable, so provider back ends can pin it; hubctl info names it)"`
 	NATSCreds  string `long:"nats-creds" env:"M2MHUB_NATS_CREDS" description:"credentials file of the hub's user on an external NATS"`
 	// DedupWindow is JetStream's de-duplication window of the usage stream.
 	DedupWindow time.Duration `long:"dedup-window" env:"M2MHUB_DEDUP_WINDOW" default:"2m" description:"JetStream de-duplication window for usage events (the hub's own record catches later repeats)"`
@@ -142,6 +143,9 @@ func loadConfig(args []string) (config, error) {
 	p := flags.NewParser(&pre, flags.Default)
 	if _, err := p.ParseArgs(args); err != nil {
 		return config{}, err
+	}
+	if pre.Version {
+		return pre, nil
 	}
 	var cfg config
 	p = flags.NewParser(&cfg, flags.Default)

@@ -154,13 +154,13 @@ func enrol(t *testing.T, dir string, roles ...string) (*btcec.PrivateKey, string
 	for _, r := range roles {
 		args = append(args, "--role", r)
 	}
-	var ds []struct {
+	var d struct {
 		ID string `json:"id"`
 	}
-	if err := json.Unmarshal([]byte(mustHubctl(t, dir, args...)), &ds); err != nil || len(ds) != 1 {
-		t.Fatalf("device add answer: %v %v", ds, err)
+	if err := json.Unmarshal([]byte(mustHubctl(t, dir, args...)), &d); err != nil || d.ID == "" {
+		t.Fatalf("device add answer: %+v %v", d, err)
 	}
-	return k, ds[0].ID
+	return k, d.ID
 }
 
 func dial(ctx context.Context, p *hubProc, t *testing.T, key *btcec.PrivateKey, opts ...m2mclient.Option) (*m2mclient.Session, error) {
@@ -268,7 +268,7 @@ func TestDevicesAuthenticate(t *testing.T) {
 	})
 
 	t.Run("EnrolWithToken", func(t *testing.T) {
-		tok := mustHubctl(t, dir, "token", "create", "--role", "provider", "--kind", "charger", "--ttl", "1h")
+		tok := mustHubctl(t, dir, "--json", "token", "create", "--role", "provider", "--kind", "charger", "--ttl", "1h")
 		dev, _ := btcec.NewPrivateKey()
 		s, err := dial(ctx, p, t, dev, m2mclient.WithEnrolToken([]byte(strings.TrimSpace(tok))))
 		if err != nil {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	flags "github.com/jessevdk/go-flags"
+
+	"github.com/m2mhub/m2mhub/internal/version"
 )
 
 func main() {
@@ -27,6 +29,10 @@ func main() {
 			fmt.Fprintln(os.Stderr, "hubd:", err)
 		}
 		os.Exit(2)
+	}
+	if cfg.Version {
+		fmt.Println(version.String("hubd"))
+		return
 	}
 	log := newLogger(cfg.LogLevel)
 	if err := raiseFDLimit(cfg, log); err != nil {

@@ -76,6 +76,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	st := &stack{log: log}
 	defer st.stopAll()
+	// A busy port fails now, before btcd and NATS are started for
+	// nothing.
+	if err := checkPorts(cfg); err != nil {
+		return err
+	}
 
 	// Identity, operator key and admin credential: created once, 0600.
 	hubKey, err := dir.LoadOrCreateKey(datadir.HubKeyFile)
@@ -269,6 +274,12 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 
+	// Metrics first, so the admin API's info can name their address.
+	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.HTTP.limits(true), meter, st)
+	if err != nil {
+		return err
+	}
+
 	// Admin API.
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
@@ -277,7 +288,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	pubHex := hex.EncodeToString(hubKey.PubKey().SerializeCompressed())
 	info := httpapi.Info{
 		PubKey: pubHex, P2PAddr: srv.Addr().String(), AdminAddr: adminLn.Addr().String(),
-		NATSURL: natsURL, Network: params.Name, Store: storeName,
+		MetricsAddr: metricsAddr, NATSURL: natsURL, Network: params.Name, Store: storeName,
 	}
 	creds, err := credfile.New(credfile.Config{Path: dir.Path(datadir.CredsFile)})
 	if err != nil {
@@ -286,7 +297,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	apiCfg := httpapi.Config{
 		Registry: reg, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
-		Creds: creds, Channels: chans, Webhooks: hookEndpoints,
+		Creds: creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
@@ -311,11 +322,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		<-serveErr // Serve has returned once Shutdown has
 		return err
 	})
-
-	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.HTTP.limits(true), meter, st)
-	if err != nil {
-		return err
-	}
 
 	// Tell hubctl where we are, last, so it never finds a half-started hub.
 	if err := dir.WriteRuntime(datadir.Runtime{
@@ -408,6 +414,30 @@ func (l *liveParts) Stats() natsintake.Stats {
 		return in.Stats()
 	}
 	return natsintake.Stats{}
+}
+
+// checkPorts binds and releases every address hubd listens on, so a port
+// already in use (another hubd on the same defaults) is named at once.
+// The real listeners are opened later; this is a check, not a
+// reservation.
+func checkPorts(cfg config) error {
+	addrs := [][2]string{{"--listen", cfg.Listen}, {"--admin", cfg.AdminAddr}, {"--metrics-listen", cfg.MetricsListen}}
+	if cfg.NATSURL == "" {
+		addrs = append(addrs, [2]string{"--nats-listen", cfg.NATSListen})
+	}
+	for _, a := range addrs {
+		if a[1] == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a[1])
+		if err != nil {
+			return fmt.Errorf("%s %s is not free (is another hubd running?): %w", a[0], a[1], err)
+		}
+		if err := ln.Close(); err != nil {
+			return fmt.Errorf("%s %s: %w", a[0], a[1], err)
+		}
+	}
+	return nil
 }
 
 // serveMetrics serves Prometheus metrics on addr (nothing when empty) and

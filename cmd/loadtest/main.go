@@ -35,27 +35,33 @@ func main() {
 	}
 }
 
+// newFlagSet returns loadtest's own flag set. Not flag.CommandLine: lnd's
+// lnwire links pgregory.net/rapid, which registers its -rapid.* test flags
+// there, and --help would list them.
+func newFlagSet() *flag.FlagSet { return flag.NewFlagSet("loadtest", flag.ExitOnError) }
+
 func run() error {
+	fs := newFlagSet()
 	var (
-		devices   = flag.Int("devices", 100, "payer devices, each with its own BOLT 8 session and channel")
-		providers = flag.Int("providers", 10, "providers, each paid over channels and metering over NATS")
-		duration  = flag.Duration("duration", 30*time.Second, "how long the load runs, after setup")
-		rate      = flag.Float64("rate", 0, "channel payments per second over the fleet (0 = as fast as each device can, up to 150/s each)")
-		eventRate = flag.Float64("event-rate", 0, "usage events per second over all providers (0 = as fast as JetStream acknowledges)")
-		batch     = flag.Int("batch", loadtest.DefaultBatch, "usage events per NATS message (batch-signed)")
-		mix       = flag.String("mix", "ev=1,toll=1,bw=1,energy=1", "use-case weights of the providers")
-		seed      = flag.Int64("seed", 1, "seed of the schedule (payees, amounts, event contents)")
-		hubDir    = flag.String("hub", "", "data dir of a running hubd to drive (default: start a hubd child in a temporary dir)")
-		hubdBin   = flag.String("hubd", "", "hubd binary for the child (default: the one next to this program)")
-		capacity  = flag.Int64("capacity", int64(loadtest.DefaultCapacity), "channel capacity per device, sat")
-		baseline  = flag.Duration("baseline", loadtest.DefaultBaselineDuration, "how long each ceiling is measured")
-		out       = flag.String("out", "loadtest-out", "directory for report.md, results.json and the charts")
-		verbose   = flag.Bool("v", false, "show hubd's log")
-		report    = flag.String("report", "", "redraw report.md and the charts from this results.json and exit")
+		devices   = fs.Int("devices", 100, "payer devices, each with its own BOLT 8 session and channel")
+		providers = fs.Int("providers", 10, "providers, each paid over channels and metering over NATS")
+		duration  = fs.Duration("duration", 30*time.Second, "how long the load runs, after setup")
+		rate      = fs.Float64("rate", 0, "channel payments per second over the fleet (0 = as fast as each device can, up to 150/s each)")
+		eventRate = fs.Float64("event-rate", 0, "usage events per second over all providers (0 = as fast as JetStream acknowledges)")
+		batch     = fs.Int("batch", loadtest.DefaultBatch, "usage events per NATS message (batch-signed)")
+		mix       = fs.String("mix", "ev=1,toll=1,bw=1,energy=1", "use-case weights of the providers")
+		seed      = fs.Int64("seed", 1, "seed of the schedule (payees, amounts, event contents)")
+		hubDir    = fs.String("hub", "", "data dir of a running hubd to drive (default: start a hubd child in a temporary dir)")
+		hubdBin   = fs.String("hubd", "", "hubd binary for the child (default: the one next to this program)")
+		capacity  = fs.Int64("capacity", int64(loadtest.DefaultCapacity), "channel capacity per device, sat")
+		baseline  = fs.Duration("baseline", loadtest.DefaultBaselineDuration, "how long each ceiling is measured")
+		out       = fs.String("out", "loadtest-out", "directory for report.md, results.json and the charts")
+		verbose   = fs.Bool("v", false, "show hubd's log")
+		report    = fs.String("report", "", "redraw report.md and the charts from this results.json and exit")
 	)
-	flag.Parse()
-	if flag.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %v", flag.Args())
+	_ = fs.Parse(os.Args[1:]) // ExitOnError
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	if *report != "" {
 		res, err := loadtest.ReadResultsFile(*report)

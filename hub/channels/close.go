@@ -32,6 +32,9 @@ type closeAttempt struct {
 	sess    *channel.KeySession
 	tx      *btcwire.MsgTx
 	started time.Time
+	// signed is set once the device's partial signature completed tx's
+	// witness; only its broadcast is then left.
+	signed bool
 }
 
 // closeUnderWay reports whether a cooperative close of e is being
@@ -163,24 +166,37 @@ func (c *Manager) closeSign(ctx context.Context, s *session.Session, m *wire.Clo
 		return err
 	}
 	defer e.mu.Unlock()
+	if e.closing == nil && (e.rec.Status == hub.ChannelClosing || e.rec.Status == hub.ChannelClosed) && e.rec.CloseTx != nil {
+		// A CloseSign sent again after a lost connection, whose first
+		// copy closed the channel (or a close the hub made otherwise):
+		// say how it closed again (docs/protocol.md §2.7).
+		return s.Send(ctx, &wire.ChannelClosed{ChanID: m.ChanID, Txid: *e.rec.CloseTx})
+	}
 	if !c.closeUnderWay(e) {
 		e.closing = nil
 		return refuse(wire.ChanCloseUnknown, "no cooperative close is being negotiated")
 	}
 	attempt := e.closing
-	e.closing = nil // one CloseSign per attempt, right or wrong
-	var sc btcec.ModNScalar
-	if overflow := sc.SetBytes(&m.DevicePartialSig); overflow != 0 {
-		return refuse(wire.ChanBadSignature, "partial signature out of range")
+	e.closing = nil // one partial signature per attempt, right or wrong
+	if !attempt.signed {
+		var sc btcec.ModNScalar
+		if overflow := sc.SetBytes(&m.DevicePartialSig); overflow != 0 {
+			return refuse(wire.ChanBadSignature, "partial signature out of range")
+		}
+		final, err := attempt.sess.Combine(&musig2.PartialSignature{S: &sc})
+		if err != nil {
+			return refuse(wire.ChanBadSignature, "partial signature does not verify")
+		}
+		attempt.tx.TxIn[0].Witness = channel.KeySpendWitness(final, txscript.SigHashDefault)
+		attempt.signed = true
 	}
-	final, err := attempt.sess.Combine(&musig2.PartialSignature{S: &sc})
+	// The close is fully signed: record it even if the device's session
+	// ends meanwhile (a replaced session cancels its context), and keep
+	// the attempt when the broadcast fails, so the CloseSign the device
+	// sends again at reconnect completes it.
+	txid, err := c.broadcastClose(context.WithoutCancel(ctx), e, attempt.tx)
 	if err != nil {
-		return refuse(wire.ChanBadSignature, "partial signature does not verify")
-	}
-	tx := attempt.tx
-	tx.TxIn[0].Witness = channel.KeySpendWitness(final, txscript.SigHashDefault)
-	txid, err := c.broadcastClose(ctx, e, tx)
-	if err != nil {
+		e.closing = attempt
 		return err
 	}
 	return s.Send(ctx, &wire.ChannelClosed{ChanID: m.ChanID, Txid: txid})

@@ -122,46 +122,62 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 // funded records the outpoint the device says funds its offer and checks it
 // on chain at once; the watcher keeps checking until it is deep enough.
 func (c *Manager) funded(ctx context.Context, s *session.Session, m *wire.ChannelFunded) error {
-	rec, err := c.store.ChannelByPending(ctx, m.PendingID)
-	if errors.Is(err, hub.ErrNotFound) {
-		return refuse(wire.ChanUnknownChannel, "no offer with this pending id")
-	}
-	if err != nil {
+	rec, named, err := c.nameFunding(ctx, s, m)
+	if err != nil || !named {
 		return err
-	}
-	if rec.DeviceID != s.DeviceID() {
-		return refuse(wire.ChanNotOwner, "the offer belongs to another device")
-	}
-	switch rec.Status {
-	case hub.ChannelPending:
-	case hub.ChannelReady, hub.ChannelFrozen:
-		if rec.Funding != m.Outpoint {
-			return refuse(wire.ChanBadParams, "channel is funded by %v already", rec.Funding)
-		}
-		// The device missed ChannelReady; say it again.
-		return s.Send(ctx, readyMsg(rec))
-	case hub.ChannelFailed:
-		return refuse(wire.ChanFundingMismatch, "the offer failed")
-	default:
-		return refuse(wire.ChanClosed, "channel is %s", rec.Status)
-	}
-	if rec.Funding != (btcwire.OutPoint{}) && rec.Funding != m.Outpoint {
-		return refuse(wire.ChanBadParams, "offer is funded by %v already", rec.Funding)
-	}
-	if other, err := c.store.Channel(ctx, m.Outpoint); err == nil && other.PendingID != rec.PendingID {
-		return refuse(wire.ChanFundingMismatch, "outpoint funds another channel")
-	} else if err != nil && !errors.Is(err, hub.ErrNotFound) {
-		return err
-	}
-	rec.Funding = m.Outpoint
-	rec.UpdatedAt = c.clock.Now().UTC()
-	if err := c.store.PutChannel(ctx, rec); err != nil {
-		return fmt.Errorf("hub: funded: %w", err)
 	}
 	c.watchPending(rec.PendingID)
 	c.log.Info("channel funding named", "device", rec.DeviceID, "outpoint", m.Outpoint)
 	_, err = c.checkFunding(ctx, rec)
 	return err
+}
+
+// nameFunding records the outpoint m names for its offer, or answers a
+// ChannelFunded repeated for a ready channel; named reports whether the
+// offer is pending with its outpoint stored. It holds fundMu, as
+// checkFunding does: a ChannelFunded sent again on a new session races
+// the first one's handler, and its write of the record read before the
+// first made the channel ready would put it back to pending.
+func (c *Manager) nameFunding(ctx context.Context, s *session.Session, m *wire.ChannelFunded) (hub.ChannelRecord, bool, error) {
+	c.fundMu.Lock()
+	defer c.fundMu.Unlock()
+	rec, err := c.store.ChannelByPending(ctx, m.PendingID)
+	if errors.Is(err, hub.ErrNotFound) {
+		return rec, false, refuse(wire.ChanUnknownChannel, "no offer with this pending id")
+	}
+	if err != nil {
+		return rec, false, err
+	}
+	if rec.DeviceID != s.DeviceID() {
+		return rec, false, refuse(wire.ChanNotOwner, "the offer belongs to another device")
+	}
+	switch rec.Status {
+	case hub.ChannelPending:
+	case hub.ChannelReady, hub.ChannelFrozen:
+		if rec.Funding != m.Outpoint {
+			return rec, false, refuse(wire.ChanBadParams, "channel is funded by %v already", rec.Funding)
+		}
+		// The device missed hub.ChannelReady; say it again.
+		return rec, false, s.Send(ctx, readyMsg(rec))
+	case hub.ChannelFailed:
+		return rec, false, refuse(wire.ChanFundingMismatch, "the offer failed")
+	default:
+		return rec, false, refuse(wire.ChanClosed, "channel is %s", rec.Status)
+	}
+	if rec.Funding != (btcwire.OutPoint{}) && rec.Funding != m.Outpoint {
+		return rec, false, refuse(wire.ChanBadParams, "offer is funded by %v already", rec.Funding)
+	}
+	if other, err := c.store.Channel(ctx, m.Outpoint); err == nil && other.PendingID != rec.PendingID {
+		return rec, false, refuse(wire.ChanFundingMismatch, "outpoint funds another channel")
+	} else if err != nil && !errors.Is(err, hub.ErrNotFound) {
+		return rec, false, err
+	}
+	rec.Funding = m.Outpoint
+	rec.UpdatedAt = c.clock.Now().UTC()
+	if err := c.store.PutChannel(ctx, rec); err != nil {
+		return hub.ChannelRecord{}, false, fmt.Errorf("hub: funded: %w", err)
+	}
+	return rec, true, nil
 }
 
 // checkFunding looks rec's funding output up on chain. A mismatch fails the

@@ -330,6 +330,11 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		return plan{}, RejectPrice, err.Error(), nil
 	}
 	p.charge.Amount, p.charge.Fee = b.TotalMsat, b.FeeMsat
+	if p.release != "" {
+		if held, err := contracts.HoldMsat(k); err == nil && held > b.TotalMsat {
+			p.charge.Withheld = held - b.TotalMsat
+		}
+	}
 	if b.TotalMsat == 0 {
 		// Nothing to pay (a refunded job, a free period): recorded so
 		// the event is charged once, never requested.

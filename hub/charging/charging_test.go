@@ -290,6 +290,16 @@ func TestChargingKinds(t *testing.T) {
 				if c := env.stored("hold/shipment-4411"); c.Status != hub.ChargeUnpaid {
 					t.Fatalf("hold left %s", c.Status)
 				}
+				// The provider's income: the end charge is what the job
+				// earned; what the contract kept back from the hold is
+				// withheld, and nothing is unpaid.
+				in, err := env.chg.Income(t.Context(), env.prov.ID, time.Time{}, chargeStart.Add(time.Hour))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if in.Unpaid != 0 || in.Held != 0 || in.Withheld != 27_500_000-tc.total {
+					t.Fatalf("income %+v: want unpaid 0, held 0, withheld %d", in, 27_500_000-tc.total)
+				}
 				// A second end for the same job has no hold left.
 				again := end
 				again.ID = "job-end-2"

@@ -2,6 +2,7 @@ package charging
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/lightningnetwork/lnd/lnwire"
@@ -21,10 +22,14 @@ type Income struct {
 	Fees   lnwire.MilliSatoshi `json:"fees_msat"`
 	// Owed is the provider's part of charges the payer has not paid yet;
 	// Held the amounts held for conditional releases still open; Unpaid
-	// the charges nobody will pay (resolved holds included).
+	// the charges nobody will pay (no channel, credit limit).
 	Owed   lnwire.MilliSatoshi `json:"owed_msat"`
 	Held   lnwire.MilliSatoshi `json:"held_msat"`
 	Unpaid lnwire.MilliSatoshi `json:"unpaid_msat"`
+	// Withheld is what conditional releases kept back from their holds
+	// under their contracts (a shipment out of range refunded): not
+	// unpaid, since nobody owes it.
+	Withheld lnwire.MilliSatoshi `json:"withheld_msat"`
 }
 
 // IncomeOf sums charges by status. It is pure, so the admin API and tests
@@ -32,6 +37,7 @@ type Income struct {
 func IncomeOf(provider string, from, to time.Time, cs []hub.Charge) Income {
 	in := Income{Provider: provider, From: from, To: to, Events: len(cs)}
 	for _, c := range cs {
+		in.Withheld += c.Withheld
 		switch c.Status {
 		case hub.ChargePaid:
 			in.Earned += c.Amount - c.Fee
@@ -41,7 +47,12 @@ func IncomeOf(provider string, from, to time.Time, cs []hub.Charge) Income {
 		case hub.ChargeHeld:
 			in.Held += c.Amount
 		case hub.ChargeUnpaid:
-			in.Unpaid += c.Amount
+			// A resolved hold is closed unpaid so it is never paid
+			// out; its end event's own charge says what was paid and
+			// withheld.
+			if !strings.HasPrefix(c.EventID, holdEventID("")) {
+				in.Unpaid += c.Amount
+			}
 		}
 	}
 	return in

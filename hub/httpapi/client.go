@@ -23,7 +23,10 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
-	return fmt.Sprintf("hub answered %d %s: %s", e.Status, e.Code, e.Message)
+	if e.Message == "" {
+		return fmt.Sprintf("hub answered %d %s", e.Status, e.Code)
+	}
+	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }
 
 // Client calls a hub's admin API.

@@ -44,12 +44,12 @@ func newContractAPI(t *testing.T) (*httpapi.Client, *registry.Registry, *boltsto
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs,
-		Info: func() httpapi.Info { return httpapi.Info{} },
+		Info: testInfo,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token), reg, store
 }

@@ -131,7 +131,7 @@ func TestDashboard(t *testing.T) {
 			t.Fatalf("status is not live:\n%s", section(dom, "status"))
 		}
 		rows := tagRE.ReplaceAllString(section(dom, "channels"), " ")
-		for _, want := range []string{ch.ID.String(), devID, "ready", " 4321987 ", " 1 "} {
+		for _, want := range []string{ch.ID.String(), devID, "ready", " 4,321,987 ", " 1 ", " left)"} {
 			if !strings.Contains(rows, want) {
 				t.Errorf("channels table lacks %q:\n%s", want, rows)
 			}

@@ -35,7 +35,7 @@ func TestHealthAnswersWhateverHangs(t *testing.T) {
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token,
-		Info: func() httpapi.Info { return httpapi.Info{} },
+		Info: testInfo,
 		Health: []httpapi.HealthCheck{
 			{Name: "store", Check: func(context.Context) error { return nil }},
 			{Name: "nats", Check: func(context.Context) error { return errors.New("not connected") }},
@@ -53,7 +53,7 @@ func TestHealthAnswersWhateverHangs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	defer srv.Close()
 
 	for probe := range 3 {

@@ -37,7 +37,7 @@ func TestSetPayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	cl := httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
 

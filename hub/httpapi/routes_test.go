@@ -110,11 +110,16 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
+	outbox, err := webhook.New(webhook.Config{OutboxPath: filepath.Join(dir, "outbox.db"), Endpoints: hooks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outbox.Close() })
 	cfg := httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
-		Creds: creds, Channels: chans, Webhooks: hooks,
+		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store, Deliveries: outbox,
 		Providers: &fakeNATS{users: map[string]string{}},
-		Info:      func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info:      testInfo,
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
 		Logger:    slog.New(slog.DiscardHandler), Now: time.Now,
 	}
@@ -131,7 +136,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return &fullAPI{srv: srv, h: h, store: store, reg: reg, creds: creds, credPath: credPath}
 }

@@ -45,10 +45,12 @@ type Info struct {
 	PubKey    string `json:"pubkey"`
 	P2PAddr   string `json:"p2p_addr"`
 	AdminAddr string `json:"admin_addr"`
-	NATSURL   string `json:"nats_url,omitempty"`
-	Network   string `json:"network"`
-	Store     string `json:"store"`
-	Sessions  int    `json:"sessions"`
+	// MetricsAddr is where Prometheus scrapes /metrics; empty when off.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
+	NATSURL     string `json:"nats_url,omitempty"`
+	Network     string `json:"network"`
+	Store       string `json:"store"`
+	Sessions    int    `json:"sessions"`
 }
 
 // HealthCheck reports whether one dependency answers.
@@ -76,6 +78,11 @@ type Config struct {
 	Creds CredStore
 	// Channels, when set, serves the channel, exposure and hold endpoints.
 	Channels Channels
+	// Receipts, when set, serves a channel's receipts.
+	Receipts Receipts
+	// Deliveries, when set, serves the webhook delivery endpoints (list,
+	// redeliver, test).
+	Deliveries WebhookDeliveries
 	// Webhooks, when set, serves /v1/webhooks (providers' webhook
 	// endpoints).
 	Webhooks Webhooks
@@ -150,6 +157,8 @@ func New(cfg Config) (*Handler, error) {
 	h.routeContracts()
 	h.routeSettlement()
 	h.routeChannels()
+	h.routeReceipts()
+	h.routeDeliveries()
 	h.routeDashboard()
 	h.routeWebhooks()
 	return h, nil
@@ -205,7 +214,10 @@ func statusOf(err error) (int, string) {
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status, code := statusOf(err)
-	msg := err.Error()
+	// Errors from package hub wrap its sentinels, which carry the
+	// package's prefix again ("hub: revoke X: hub: not found"): the
+	// answer names it once.
+	msg := strings.ReplaceAll(err.Error(), ": hub: ", ": ")
 	if status == http.StatusInternalServerError {
 		h.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		msg = "internal error"
@@ -366,7 +378,14 @@ func (h *Handler) revokeDevice(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	d, err := h.cfg.Registry.Revoke(r.Context(), r.PathValue("id"), actorOf(r), q.Reason)
+	// Revocation is final: the registry takes a second revoke as a no-op,
+	// the API answers it 409 revoked so a script learns it did nothing.
+	id := r.PathValue("id")
+	if d, err := h.cfg.Registry.Device(r.Context(), id); err == nil && d.Status == hub.StatusRevoked {
+		h.fail(w, r, fmt.Errorf("device %s is already revoked: %w", id, hub.ErrRevoked))
+		return
+	}
+	d, err := h.cfg.Registry.Revoke(r.Context(), id, actorOf(r), q.Reason)
 	if err != nil {
 		h.fail(w, r, err)
 		return

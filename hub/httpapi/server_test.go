@@ -31,7 +31,7 @@ func newAPI(t *testing.T) (*httptest.Server, *httpapi.Client) {
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token,
-		Info: func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info: testInfo,
 		Health: []httpapi.HealthCheck{
 			{Name: "store", Check: func(context.Context) error { return nil }},
 		},
@@ -39,7 +39,7 @@ func newAPI(t *testing.T) (*httptest.Server, *httpapi.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return srv, httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
 }

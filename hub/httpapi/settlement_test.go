@@ -174,12 +174,12 @@ func newSettleAPI(t *testing.T, s httpapi.Settlement) (*httptest.Server, *httpap
 	}
 	h, err := httpapi.New(httpapi.Config{
 		Registry: reg, Token: token, Settlement: s,
-		Info: func() httpapi.Info { return httpapi.Info{PubKey: "02ab"} },
+		Info: testInfo,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(checkedHandler(t, h))
 	t.Cleanup(srv.Close)
 	return srv, httpapi.NewClient(strings.TrimPrefix(srv.URL, "http://"), token)
 }

@@ -39,9 +39,19 @@ func checkDeployFiles(t *testing.T, m *metrics.Metrics, gathered map[string]*dto
 		t.Fatal(err)
 	}
 	var dash struct {
-		Title  string `json:"title"`
+		Title      string `json:"title"`
+		Templating struct {
+			List []struct {
+				Name string `json:"name"`
+			} `json:"list"`
+		} `json:"templating"`
 		Panels []struct {
-			Title   string `json:"title"`
+			Title       string `json:"title"`
+			FieldConfig struct {
+				Defaults struct {
+					Unit string `json:"unit"`
+				} `json:"defaults"`
+			} `json:"fieldConfig"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -49,6 +59,27 @@ func checkDeployFiles(t *testing.T, m *metrics.Metrics, gathered map[string]*dto
 	}
 	if err := json.Unmarshal(raw, &dash); err != nil {
 		t.Fatalf("dashboard: %v", err)
+	}
+	// Several hubs in one Prometheus: the dashboard picks one by job
+	// and instance, and every query honours the choice.
+	vars := map[string]bool{}
+	for _, v := range dash.Templating.List {
+		vars[v.Name] = true
+	}
+	if !vars["job"] || !vars["instance"] {
+		t.Errorf("dashboard variables %v: want job and instance", vars)
+	}
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, n := range metricName.FindAllStringIndex(tg.Expr, -1) {
+				if !strings.HasPrefix(tg.Expr[n[1]:], `{job=~"$job",instance=~"$instance"`) {
+					t.Errorf("panel %q: %s is not filtered by $job and $instance", p.Title, tg.Expr[n[0]:n[1]])
+				}
+			}
+		}
+		if strings.Contains(strings.ToLower(p.Title), "msat") && !strings.Contains(p.FieldConfig.Defaults.Unit, "msat") {
+			t.Errorf("panel %q shows msat without the unit", p.Title)
+		}
 	}
 	if len(dash.Panels) == 0 {
 		t.Fatal("dashboard has no panels")
@@ -98,7 +129,7 @@ func checkDeployFiles(t *testing.T, m *metrics.Metrics, gathered map[string]*dto
 			}
 		}
 	}
-	for _, a := range []string{"ChannelNearExpiryUnsettled", "BtcdDown", "NATSDown", "StoreDown", "IntakeLag", "SettlementStuck", "HighCreditExposure"} {
+	for _, a := range []string{"HubdDown", "HubdUnscraped", "ChannelNearExpiryUnsettled", "BtcdDown", "NATSDown", "StoreDown", "IntakeLag", "SettlementStuck", "HighCreditExposure"} {
 		if !alerts[a] {
 			t.Errorf("alert %s missing", a)
 		}

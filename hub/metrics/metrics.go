@@ -24,6 +24,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/natsintake"
+	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -172,6 +173,8 @@ func New(cfg Config) (*Metrics, error) {
 	m.unpaid = counterVec("events_unpaid_total", "Usage events reported unpaid to their provider (enforcement), by reason.", "reason")
 	m.scrapeFailures = counterVec("scrape_read_failures_total", "Reads that failed while collecting gauges, by source.", "source")
 
+	m.zeroLabels()
+
 	for _, c := range []prometheus.Collector{
 		m.payments, m.paidMsat, m.refused, m.payDuration, m.eventsCharged, m.chargedMsat,
 		m.duplicates, m.rejected, m.unpaid, m.scrapeFailures,
@@ -184,6 +187,39 @@ func New(cfg Config) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// zeroLabels creates every counter series whose labels are known in
+// advance at 0, so a rate() or a dashboard panel over them has data from
+// the first scrape instead of from the first increment.
+func (m *Metrics) zeroLabels() {
+	for _, code := range []wire.ChanCode{
+		wire.ChanUnknownChannel, wire.ChanNotReady, wire.ChanFrozen, wire.ChanClosed, wire.ChanStaleState,
+		wire.ChanSeqGap, wire.ChanBadAmount, wire.ChanOverCapacity, wire.ChanBadSignature, wire.ChanUnknownPayee,
+		wire.ChanNotOwner, wire.ChanHoldExceeded, wire.ChanHoldExpired, wire.ChanHoldUnknown, wire.ChanCreditLimit,
+		wire.ChanRateLimited, wire.ChanTooManyPending, wire.ChanBadParams, wire.ChanPolicyRefused, wire.ChanBusy,
+		wire.ChanInternal,
+	} {
+		m.refused.WithLabelValues(string(code))
+	}
+	for _, kind := range []contracts.Kind{
+		contracts.KindEVCharging, contracts.KindToll, contracts.KindBandwidth, contracts.KindEnergy, contracts.KindConditionalRelease,
+	} {
+		m.chargedMsat.WithLabelValues(string(kind))
+		for _, st := range []hub.ChargeStatus{hub.ChargeOwed, hub.ChargePaid, hub.ChargeUnpaid, hub.ChargeHeld} {
+			m.eventsCharged.WithLabelValues(string(kind), string(st))
+		}
+	}
+	for _, r := range []string{
+		charging.RejectUnknownContract, charging.RejectUnknownDevice, charging.RejectRevoked, charging.RejectFrozen, charging.RejectNotPayer,
+		charging.RejectProvider, charging.RejectPrice, charging.RejectContractMismatch, charging.RejectSecurity, charging.RejectNoHold,
+		charging.RejectIDConflict, charging.RejectMalformed,
+	} {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, r := range []string{charging.UnpaidCreditLimit, charging.UnpaidNoChannel, charging.UnpaidPolicyRefused, charging.UnpaidFrozen, charging.UnpaidNoAnswer} {
+		m.unpaid.WithLabelValues(r)
+	}
 }
 
 // Registry is the registry the metrics live in, for tests and for an
@@ -207,10 +243,15 @@ func (m *Metrics) PaymentAccepted(amount lnwire.MilliSatoshi, d time.Duration) {
 // PaymentRefused counts a refused payment by code.
 func (m *Metrics) PaymentRefused(code string) { m.refused.WithLabelValues(code).Inc() }
 
-// EventCharged counts a charged event by contract kind and status.
+// EventCharged counts a charged event by contract kind and status. A held
+// charge (the start of a conditional release) reserves its amount and
+// charges nothing: what the job costs is charged by its end event, so
+// counting the hold too would count the same money twice.
 func (m *Metrics) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount lnwire.MilliSatoshi) {
 	m.eventsCharged.WithLabelValues(string(kind), string(status)).Inc()
-	m.chargedMsat.WithLabelValues(string(kind)).Add(float64(amount))
+	if status != hub.ChargeHeld {
+		m.chargedMsat.WithLabelValues(string(kind)).Add(float64(amount))
+	}
 }
 
 // EventDuplicate counts an event charged before.

@@ -134,6 +134,12 @@ type Config struct {
 	PongTimeout time.Duration
 	// WriteTimeout bounds one write to a device's socket.
 	WriteTimeout time.Duration
+
+	// Fault, set only by tests, is asked about every message a session
+	// sends (send) or reads: it may drop the connection instead of
+	// passing the message (dropBefore) or right after (dropAfter), for the
+	// disconnect trials. Nil in the product.
+	Fault func(deviceID string, send bool, msg lnwire.Message) (dropBefore, dropAfter bool)
 }
 
 func (c *Config) setDefaults() error {

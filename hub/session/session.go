@@ -168,6 +168,11 @@ func (s *Session) readLoop() {
 			return
 		}
 		s.heard.Store(s.srv.cfg.Clock.Now().UnixNano())
+		dropBefore, dropAfter := s.fault(false, msg)
+		if dropBefore {
+			s.closeWith("", "")
+			return
+		}
 		if err := s.dispatch(msg); err != nil {
 			code := wire.CodeInternal
 			var ce *wire.CodeError
@@ -181,7 +186,19 @@ func (s *Session) readLoop() {
 			s.closeWith(code, refusalText(code))
 			return
 		}
+		if dropAfter {
+			s.closeWith("", "")
+			return
+		}
 	}
+}
+
+// fault asks the test's fault hook, if any, about msg.
+func (s *Session) fault(send bool, msg lnwire.Message) (dropBefore, dropAfter bool) {
+	if s.srv.cfg.Fault == nil {
+		return false, false
+	}
+	return s.srv.cfg.Fault(s.device.ID, send, msg)
 }
 
 // dispatch handles one message from an authenticated device.
@@ -290,11 +307,20 @@ func (s *Session) writeLoop() {
 // write sends one message; on failure it closes the session and reports
 // false.
 func (s *Session) write(m lnwire.Message) bool {
+	dropBefore, dropAfter := s.fault(true, m)
+	if dropBefore {
+		s.closeWith("", "")
+		return false
+	}
 	_ = s.conn.SetWriteDeadline(time.Now().Add(s.srv.cfg.WriteTimeout))
 	if err := wire.WriteMessage(s.conn, m); err != nil {
 		if s.ctx.Err() == nil {
 			s.srv.log.Info("write failed", "device", s.device.ID, "err", err)
 		}
+		s.closeWith("", "")
+		return false
+	}
+	if dropAfter {
 		s.closeWith("", "")
 		return false
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,14 +23,20 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Delivery headers; docs/webhooks.md specifies them.
+// Delivery headers; docs/webhooks.md specifies them. The first three are
+// the Standard Webhooks ones (standardwebhooks.com), so its libraries
+// verify a delivery; the last two are m2mhub's own.
 const (
-	HeaderID         = "M2M-Webhook-Id"
-	HeaderTimestamp  = "M2M-Webhook-Timestamp"
-	HeaderRedelivery = "M2M-Webhook-Redelivery"
-	HeaderSignature  = "M2M-Webhook-Signature"
+	HeaderID         = "webhook-id"
+	HeaderTimestamp  = "webhook-timestamp"
+	HeaderSignature  = "webhook-signature"
 	HeaderEvent      = "M2M-Webhook-Event"
+	HeaderRedelivery = "M2M-Webhook-Redelivery"
 )
+
+// SecretPrefix starts every signing secret; the rest is the HMAC key in
+// standard base64.
+const SecretPrefix = "whsec_"
 
 // Event types.
 const (
@@ -231,15 +239,30 @@ func DeliveryID(endpointID, event string, body []byte) string {
 	return "whd_" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
-// Sign returns the signature header value of body sent at timestamp ts
-// (Unix seconds, as sent in HeaderTimestamp):
-// "v1=" + hex(HMAC-SHA256(secret, ts + "." + body)).
-func Sign(secret string, ts string, body []byte) string {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte(ts))
-	m.Write([]byte{'.'})
+// Sign returns the Standard Webhooks signature header value of delivery
+// id's body sent at timestamp ts (Unix seconds, as sent in
+// HeaderTimestamp): "v1," + base64(HMAC-SHA256(key, id + "." + ts + "." +
+// body)), where key is the base64 decoding of the secret after its
+// "whsec_" prefix. It fails only for a secret that is not of that form.
+func Sign(secret, id, ts string, body []byte) (string, error) {
+	key, err := SecretKey(secret)
+	if err != nil {
+		return "", err
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(id + "." + ts + "."))
 	m.Write(body)
-	return "v1=" + hex.EncodeToString(m.Sum(nil))
+	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil)), nil
+}
+
+// SecretKey returns the HMAC key of a "whsec_" secret.
+func SecretKey(secret string) ([]byte, error) {
+	rest, ok := strings.CutPrefix(secret, SecretPrefix)
+	key, err := base64.StdEncoding.DecodeString(rest)
+	if !ok || err != nil || len(key) == 0 {
+		return nil, fmt.Errorf("webhook: secret is not %s and a base64 key", SecretPrefix)
+	}
+	return key, nil
 }
 
 // Enqueue queues body (a JSON document) as event for every endpoint of
@@ -260,6 +283,12 @@ func (d *Dispatcher) Enqueue(ctx context.Context, provider, event string, body [
 			ID: DeliveryID(ep.ID, event, body), Endpoint: ep.ID, Event: event, Body: body, NextAt: now,
 		})
 	}
+	return d.put(dls...)
+}
+
+// put writes deliveries to the outbox (one already there is kept as is:
+// one delivery per event) and schedules them.
+func (d *Dispatcher) put(dls ...*delivery) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -365,6 +394,10 @@ func (d *Dispatcher) send(dl *delivery) error {
 		return errGone
 	}
 	ts := strconv.FormatInt(d.clock.Now().Unix(), 10)
+	sig, err := Sign(ep.Secret, dl.ID, ts, dl.Body)
+	if err != nil {
+		return err
+	}
 	req, err := http.NewRequestWithContext(d.ctx, http.MethodPost, ep.URL, bytes.NewReader(dl.Body))
 	if err != nil {
 		return err
@@ -375,7 +408,7 @@ func (d *Dispatcher) send(dl *delivery) error {
 	req.Header.Set(HeaderEvent, dl.Event)
 	req.Header.Set(HeaderTimestamp, ts)
 	req.Header.Set(HeaderRedelivery, strconv.FormatBool(dl.Attempts > 0 || dl.maybeSent))
-	req.Header.Set(HeaderSignature, Sign(ep.Secret, ts, dl.Body))
+	req.Header.Set(HeaderSignature, sig)
 	resp, err := d.client.Do(req)
 	if err != nil {
 		return err

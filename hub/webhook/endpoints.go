@@ -2,13 +2,14 @@
 // notices, settlement run changes) to providers' HTTP back ends. Operators
 // register one or more endpoints per provider (Endpoints); a Dispatcher
 // keeps every delivery in a durable outbox until the endpoint answers 2xx
-// or the attempts run out, signing each POST with HMAC-SHA256 as
-// docs/webhooks.md specifies.
+// or the attempts run out, signing each POST as the Standard Webhooks
+// specification does (docs/webhooks.md).
 package webhook
 
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -91,7 +92,7 @@ func (e *Endpoints) Add(ctx context.Context, provider, rawURL string) (Endpoint,
 	}
 	ep := Endpoint{
 		ID: "wh_" + hex.EncodeToString(id[:]), Provider: provider, URL: u.String(),
-		Created: e.now().UTC().Truncate(time.Second), Secret: "whsec_" + hex.EncodeToString(secret[:]),
+		Created: e.now().UTC().Truncate(time.Second), Secret: SecretPrefix + base64.StdEncoding.EncodeToString(secret[:]),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -2,9 +2,6 @@ package webhook_test
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,10 +9,12 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 	"go.uber.org/goleak"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -30,6 +29,7 @@ type hit struct {
 	id, ts, redelivery, sig, event string
 	body                           []byte
 	at                             time.Time
+	header                         http.Header
 }
 
 // receiver is a local HTTP back end that fails the first fails requests.
@@ -49,7 +49,7 @@ func newReceiver(t *testing.T, fails int) *receiver {
 		r.hits = append(r.hits, hit{
 			id: req.Header.Get(webhook.HeaderID), ts: req.Header.Get(webhook.HeaderTimestamp),
 			redelivery: req.Header.Get(webhook.HeaderRedelivery), sig: req.Header.Get(webhook.HeaderSignature),
-			event: req.Header.Get(webhook.HeaderEvent), body: body, at: time.Now(),
+			event: req.Header.Get(webhook.HeaderEvent), body: body, at: time.Now(), header: req.Header.Clone(),
 		})
 		if len(r.hits) <= r.fails {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -78,13 +78,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// verify checks a delivery exactly as docs/webhooks.md tells receivers
-// to, written from the documented algorithm, not from Sign.
+// verify checks a delivery with the Standard Webhooks reference library,
+// as a receiver would: the signature over id, timestamp and body, and the
+// timestamp within its five-minute tolerance.
 func verify(secret string, h hit) bool {
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write([]byte(h.ts + "." + string(h.body)))
-	want := "v1=" + hex.EncodeToString(mac.Sum(nil))
-	return hmac.Equal([]byte(want), []byte(h.sig))
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		return false
+	}
+	return wh.Verify(h.body, h.header) == nil
 }
 
 type env struct {
@@ -143,8 +145,15 @@ func TestRetryWithBackoff(t *testing.T) {
 		if !verify(e.ep.Secret, h) || string(h.body) != string(body) || h.event != webhook.EventReceipt {
 			t.Errorf("attempt %d: signature %q or body %s does not verify", i, h.sig, h.body)
 		}
-		if verify("whsec_wrong", h) {
+		if verify("whsec_d3Jvbmc=", h) {
 			t.Error("a wrong secret verifies")
+		}
+		// The id is signed: a delivery replayed under another id fails.
+		forged := h
+		forged.header = h.header.Clone()
+		forged.header.Set(webhook.HeaderID, "whd_forged")
+		if verify(e.ep.Secret, forged) {
+			t.Error("a delivery with a changed id verifies")
 		}
 	}
 	// Backoff: at least half of 40 ms, then half of 80 ms.
@@ -297,5 +306,54 @@ func TestEndpoints(t *testing.T) {
 	}
 	if list, _ := again.List(ctx); len(list) != 0 {
 		t.Fatalf("after remove %+v", list)
+	}
+}
+
+// TestDeadRedeliverAndPing: a delivery that runs out of attempts is
+// listed dead with its error, Redeliver sends it again (marked a
+// redelivery, still verifying), and Test sends a verifying ping.
+func TestDeadRedeliverAndPing(t *testing.T) {
+	e := newEnv(t, 1)
+	d := e.dispatcher(t, 1)
+	defer d.Close()
+	body := []byte(`{"type":"unpaid","data":{}}`)
+	if err := d.Enqueue(t.Context(), "prov1", webhook.EventUnpaid, body); err != nil {
+		t.Fatal(err)
+	}
+	var list []webhook.Delivery
+	waitFor(t, "the delivery to die", func() bool {
+		var err error
+		list, err = d.Deliveries(t.Context())
+		return err == nil && len(list) == 1 && list[0].State == webhook.StateDead
+	})
+	if list[0].Attempts != 1 || !strings.Contains(list[0].LastError, "503") || list[0].Endpoint != e.ep.ID {
+		t.Fatalf("dead delivery %+v", list[0])
+	}
+	if _, err := d.Redeliver(t.Context(), "whd_nosuch"); !errors.Is(err, hub.ErrNotFound) {
+		t.Fatalf("redeliver unknown: %v", err)
+	}
+	if _, err := d.Redeliver(t.Context(), list[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the redelivery", func() bool { return len(e.rcv.got()) == 2 && d.Pending() == 0 })
+	h := e.rcv.got()[1]
+	if h.id != list[0].ID || h.redelivery != "true" || !verify(e.ep.Secret, h) {
+		t.Fatalf("redelivery id %s redelivery %s, verifies %v", h.id, h.redelivery, verify(e.ep.Secret, h))
+	}
+	if list, _ := d.Deliveries(t.Context()); len(list) != 0 {
+		t.Fatalf("outbox after redelivery: %+v", list)
+	}
+
+	if _, err := d.Test(t.Context(), "wh_nosuch"); !errors.Is(err, hub.ErrNotFound) {
+		t.Fatalf("test unknown endpoint: %v", err)
+	}
+	ping, err := d.Test(t.Context(), e.ep.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the ping", func() bool { return len(e.rcv.got()) == 3 })
+	h = e.rcv.got()[2]
+	if h.id != ping.ID || h.event != webhook.EventPing || !verify(e.ep.Secret, h) {
+		t.Fatalf("ping %+v does not verify", h)
 	}
 }

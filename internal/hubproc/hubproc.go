@@ -62,7 +62,7 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 // kill it in the middle of its start-up; WaitReady completes what Start
 // does.
 func Launch(cfg Config) (*Proc, error) {
-	args := append([]string{"--datadir", cfg.DataDir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, cfg.Args...)
+	args := append([]string{"--datadir", cfg.DataDir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}, cfg.Args...)
 	cmd := exec.Command(cfg.Binary, args...)
 	if len(cfg.Env) > 0 {
 		cmd.Env = append(os.Environ(), cfg.Env...)

@@ -66,6 +66,14 @@ type TB interface {
 	Context() context.Context
 }
 
+// StartTB is what Start needs of its caller: a *testing.T or *testing.B,
+// or a Runner in an Example function.
+type StartTB interface {
+	TB
+	TempDir() string
+	Skip(args ...any)
+}
+
 // Config adjusts the hub Start runs. The zero value is a working hub.
 type Config struct {
 	// Channels, when set, adjusts the channel manager's configuration
@@ -78,6 +86,9 @@ type Config struct {
 	// Logger receives the hub's, btcd's and the clients' logs; nil
 	// discards them.
 	Logger *slog.Logger
+	// OperatorKey, when set, verifies enrolment tokens (without it the
+	// registry refuses token enrolment).
+	OperatorKey *btcec.PublicKey
 }
 
 // Hub is a running in-process hub and its chain. Its methods may be called
@@ -107,7 +118,7 @@ type Hub struct {
 // Start runs a hub for tb and stops it (and its btcd) in tb's cleanup. It
 // skips the test under -short, since btcd takes a second or two to start
 // and mine to activation.
-func Start(tb testing.TB, cfg Config) *Hub {
+func Start(tb StartTB, cfg Config) *Hub {
 	tb.Helper()
 	if testing.Short() {
 		tb.Skip("starts btcd")
@@ -179,7 +190,7 @@ func (h *Hub) run(addr string) error {
 		_ = st.Close()
 		return err
 	}
-	reg, err := registry.New(registry.Config{Store: st, Logger: h.log})
+	reg, err := registry.New(registry.Config{Store: st, OperatorKey: h.cfg.OperatorKey, Logger: h.log})
 	if err != nil {
 		_ = st.Close()
 		return err

@@ -8,7 +8,7 @@ const POLL_MS = 2000;
 const HISTORY = 120; // income samples kept per provider for the chart
 
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, auditNext: 1, audit: [], income: new Map(), height: 0 };
+const state = { timer: null, auditNext: 1, audit: [], income: new Map(), height: 0, devices: new Map() };
 
 // A credential in the URL fragment (#token=…) moves to sessionStorage and
 // leaves the address bar, so it is not bookmarked or shared by accident.
@@ -52,7 +52,34 @@ function fill(id, rows) {
   }));
 }
 
-const n = (v) => cell(v === undefined ? 0 : v, "n");
+// Amounts and counts with thousands separators, so 4,321,987 msat reads
+// at a glance.
+const NUM = new Intl.NumberFormat("en-US");
+const n = (v) => cell(NUM.format(v === undefined || v === null ? 0 : v), "n");
+
+// who names a device by its kind and owner beside its id.
+function who(id) {
+  const d = state.devices.get(id);
+  const name = d ? [d.kind, d.owner].filter(Boolean).join(" · ") : "";
+  const td = cell(id);
+  if (name) {
+    const small = document.createElement("span");
+    small.className = "name";
+    small.textContent = " " + name;
+    td.append(small);
+  }
+  return td;
+}
+
+// expiry shows the expiry height and the blocks left to it.
+function expiry(h) {
+  if (!state.height || !h) return n(h);
+  const td = n(h);
+  const left = h - state.height;
+  td.textContent += left > 0 ? ` (${NUM.format(left)} left)` : " (expired)";
+  if (left <= 144) td.className += " soon";
+  return td;
+}
 const when = (t) => (t ? new Date(t).toISOString().replace(".000Z", "Z") : "");
 
 function showLogin(why) {
@@ -65,11 +92,12 @@ function showLogin(why) {
 
 async function refresh() {
   try {
-    const [health, channels, providers, holds, epochs, expiring, exposure] = await Promise.all([
+    const [health, channels, providers, holds, epochs, expiring, exposure, devices] = await Promise.all([
       api("/healthz"), api("/v1/channels"), api("/v1/providers"), api("/v1/holds"),
-      api("/v1/epochs?limit=10"), api("/v1/channels/expiring?within=0"), api("/v1/exposure"),
+      api("/v1/epochs?limit=10"), api("/v1/channels/expiring?within=0"), api("/v1/exposure"), api("/v1/devices"),
     ]);
     if (expiring) state.height = expiring.height;
+    state.devices = new Map((devices || []).map((d) => [d.id, d]));
     drawHealth(health || {});
     drawChannels(channels || [], exposure);
     drawHolds(holds || []);
@@ -103,15 +131,15 @@ function drawHealth(h) {
 
 function drawChannels(cs, x) {
   fill("channels", cs.map((c) => [
-    cell(c.outpoint || "(pending)", "wrap"), cell(c.device_id), cell(c.status), n(c.capacity_sat), n(c.seq),
-    n(c.paid_msat), n(c.owed_msat), n(c.balance_msat), n(c.expiry_height),
+    cell(c.outpoint || "(pending)", "wrap"), who(c.device_id), cell(c.status), n(c.capacity_sat), n(c.seq),
+    n(c.paid_msat), n(c.owed_msat), n(c.balance_msat), expiry(c.expiry_height),
   ]));
-  $("exposure").textContent = x ? `${x.channels} open · owed ${x.owed_msat} msat · credit ${x.credit_msat} msat · reserved ${x.reserved_msat} msat` : "";
+  $("exposure").textContent = x ? `${NUM.format(x.channels)} open · owed ${NUM.format(x.owed_msat)} msat · credit ${NUM.format(x.credit_msat)} msat · reserved ${NUM.format(x.reserved_msat)} msat` : "";
 }
 
 function drawHolds(hs) {
   fill("holds", hs.map((h) => [
-    cell(h.id, "wrap"), cell(h.device_id), cell(h.provider), cell(h.status), n(h.max_msat), n(h.captured_msat), cell(when(h.expires)),
+    cell(h.id, "wrap"), who(h.device_id), who(h.provider), cell(h.status), n(h.max_msat), n(h.captured_msat), cell(when(h.expires)),
   ]));
 }
 
@@ -134,7 +162,7 @@ async function drawIncome(providers) {
     hist.push([now, in_.earned_msat]);
     if (hist.length > HISTORY) hist.shift();
     state.income.set(id, hist);
-    rows.push([cell(id), n(in_.events), n(in_.earned_msat), n(in_.fees_msat), n(in_.owed_msat), n(in_.held_msat), n(in_.unpaid_msat)]);
+    rows.push([who(id), n(in_.events), n(in_.earned_msat), n(in_.fees_msat), n(in_.owed_msat), n(in_.held_msat), n(in_.withheld_msat), n(in_.unpaid_msat)]);
   }
   fill("income", rows);
   drawChart();

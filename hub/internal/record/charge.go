@@ -19,7 +19,9 @@ var ErrBadCharge = errors.New("hub: malformed charge record")
 // fields): status code | channel (txid, big-endian index) | amount | fee |
 // contract | event time | charged (unix ns, MinInt64 for the zero time) |
 // then provider, payer, event id and quantity, each a uvarint length and the
-// bytes, then the 32-byte event digest when it is not zero. Records written
+// bytes, then the 32-byte event digest when it is not zero (or the withheld
+// amount follows), then the withheld amount (8 bytes) when it is not zero.
+// Records written
 // before quantities were kept end after the event id and decode with an
 // empty one; records written before digests were kept end after the
 // quantity and decode with a zero one. Status and channel come first at fixed
@@ -55,8 +57,11 @@ func EncodeCharge(c hub.Charge) []byte {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	if c.Digest != (hub.Hash{}) {
+	if c.Digest != (hub.Hash{}) || c.Withheld != 0 {
 		b = append(b, c.Digest[:]...)
+	}
+	if c.Withheld != 0 {
+		b = binary.BigEndian.AppendUint64(b, uint64(c.Withheld))
 	}
 	return b
 }
@@ -97,6 +102,12 @@ func DecodeCharge(b []byte) (hub.Charge, error) {
 	case 0: // no digest: written before digests were kept
 	case len(c.Digest):
 		copy(c.Digest[:], rest)
+	case len(c.Digest) + 8:
+		copy(c.Digest[:], rest)
+		c.Withheld = lnwire.MilliSatoshi(binary.BigEndian.Uint64(rest[len(c.Digest):]))
+		if c.Withheld == 0 {
+			return c, ErrBadCharge // encoded only when set
+		}
 	default:
 		return c, ErrBadCharge
 	}

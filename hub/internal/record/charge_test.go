@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
+
 	"github.com/m2mhub/m2mhub/hub"
 )
 
@@ -24,6 +25,16 @@ func TestChargeRecord(t *testing.T) {
 		got, err := DecodeCharge(EncodeCharge(c))
 		if err != nil || got != c {
 			t.Fatalf("got %+v, %v; want %+v", got, err, c)
+		}
+	})
+	t.Run("Withheld", func(t *testing.T) {
+		for _, digest := range []hub.Hash{c.Digest, {}} {
+			w := c
+			w.Digest, w.Withheld = digest, 165_000_000
+			got, err := DecodeCharge(EncodeCharge(w))
+			if err != nil || got != w {
+				t.Fatalf("got %+v, %v; want %+v", got, err, w)
+			}
 		}
 	})
 	t.Run("ZeroTimesStayZero", func(t *testing.T) {
@@ -56,7 +67,7 @@ func TestChargeRecord(t *testing.T) {
 			t.Fatalf("got %+v, %v; want %+v", got, err, old)
 		}
 	})
-	t.Run("ErrBadChargeRecord", func(t *testing.T) {
+	t.Run("ErrBadCharge", func(t *testing.T) {
 		b := EncodeCharge(c)
 		bad := append([]byte(nil), b...)
 		bad[ChargeRecordStatus] = 'x'

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	m2mclient "github.com/m2mhub/m2mhub/clients/go"
+	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/ocppstation"
+	"github.com/m2mhub/m2mhub/metering/ocmf"
+	"github.com/m2mhub/m2mhub/ocpp/gateway"
+	"github.com/m2mhub/m2mhub/ocpp/gateway/m2mbilling"
+)
+
+// TestEVOCPPGatewayEndToEnd runs an EV session from a charging station
+// nobody here wrote (ocpp-rpc in strict mode) through the OCPP gateway to
+// the real hubd: boot, authorize, start (the car's device grants the
+// hold), OCMF-signed meter values, a stop the gateway requests, end. The
+// hub prices the gateway's usage event under the published OCPI tariff,
+// the car's channel pays exactly that, the receipt binds the readings,
+// and the hold is released.
+func TestEVOCPPGatewayEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts hubd with its regtest btcd")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := startMeterHub(t, t.TempDir())
+	quiet := slog.New(slog.DiscardHandler)
+
+	file, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "ocpi", "tariff.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := contracts.WrapOCPI(file, contracts.OCPIEnvelope{RateMsatPerUnit: contracts.MustDec("1000000"), TimeZone: "Europe/Berlin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := contracts.Parse(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := h.publish(t, ctx, doc)
+
+	cp := h.addProvider(t, ctx, nil, "charger")
+	sess, err := m2mclient.Dial(ctx, h.p.rt.P2PAddr, h.hubKey, cp.key, m2mclient.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sess.Close() })
+	prov, err := m2mclient.NewProvider(sess, m2mclient.ProviderConfig{HubKey: h.hubKey, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prov.Close() })
+	carKey, carID := h.enrol(t, ctx, "car", hub.RolePayer)
+	car := h.connectWith(t, ctx, carKey, carID, false, func(c *m2mclient.DeviceConfig) { c.AutoAuthorize = true })
+	h.fund(t, ctx, 1_000_000, car)
+
+	meter, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&meter.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := ocmf.ParsePublicKey(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := m2mbilling.New(m2mbilling.Config{Holds: prov, Meter: cp.meter, Contract: k, HoldMsat: 20_000_000,
+		MeterKeys: map[string]*ocmf.PublicKey{"CS1": pub}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{Stations: map[string]string{"CS1": "s3cret-password-1"},
+		Tokens: map[string]string{"1F2D3A4B": carID}, Billing: billing, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(gw)
+	defer srv.Close()
+	defer gw.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := time.Now().In(berlin).Truncate(time.Second).Add(-time.Minute)
+	start := end.Add(-90 * time.Minute)
+	raw := []string{
+		signOCMF(t, meter, 1, start, "B", "1000.000"),
+		signOCMF(t, meter, 2, start.Add(time.Hour), "T", "1011.250"),
+		signOCMF(t, meter, 3, end, "E", "1015.5"),
+	}
+	var msgs []*ocmf.Message
+	for _, r := range raw {
+		m, err := ocmf.Parse(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m)
+	}
+	mvs, err := ocmf.MeterValues(msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := contracts.UsageFromMeterValues(contracts.Usage{Device: carID, Provider: cp.id}, mvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := contracts.Price(k, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	paidBefore := car.paid(t)
+	answers, err := ocppstation.Run(ctx, ocppstation.Config{
+		Dir: filepath.Join("..", "..", "ocpp", "gateway", "m2mbilling", "testdata", "station"),
+		URL: strings.Replace(srv.URL, "https://", "wss://", 1) + "/ocpp", CAFile: ca,
+		Station: "CS1", Password: "s3cret-password-1", Token: "1F2D3A4B", Readings: raw,
+		OnStopWanted: func() {
+			if n, err := gw.StopPayer(ctx, carID); n != 1 || err != nil {
+				t.Errorf("StopPayer: %d, %v", n, err)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answers.Status("Started") != "Accepted" || answers.Status("AuthorizeUnknown") != "Unknown" || answers["Ended"] == nil {
+		t.Fatalf("station got %v", answers)
+	}
+	id := ocmf.EventID(msgs)
+	rs := cp.receipts(t, id)
+	assertPaid(t, rs, hash, want.TotalMsat)
+	if !ocmf.BindsReadings(rs[0].Events[0], raw) {
+		t.Fatalf("receipt names event %q, which does not bind the readings", rs[0].Events[0])
+	}
+	h.drained(t, ctx)
+	if paid := car.paid(t) - paidBefore; paid != want.TotalMsat {
+		t.Fatalf("the car's channel paid %d msat, the tariff asks %d", paid, want.TotalMsat)
+	}
+	t.Logf("OCPP session of 15.5 kWh through the gateway: the car's channel paid %d msat", want.TotalMsat)
+}
