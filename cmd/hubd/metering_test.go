@@ -370,14 +370,27 @@ func (h *meterHub) fund(t *testing.T, ctx context.Context, capacity btcutil.Amou
 	}
 }
 
-// paid is what the payer's channel has paid so far, by its own record.
+// paid is what the payer's channel has paid so far, by its own record,
+// once the device holds no unacknowledged payment. The hub sends a
+// provider its receipt as soon as the payment is stored, which can be
+// before the paying device has read its PayAck: a test that checks the
+// payer right after the receipt waits here for that acknowledgement.
 func (py *payer) paid(t *testing.T) lnwire.MilliSatoshi {
 	t.Helper()
-	b, err := py.dev.Balance(py.ch)
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := py.dev.Balance(py.ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Unconfirmed == 0 {
+			return b.Paid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still holds an unacknowledged payment of %d msat", py.id, uint64(b.Unconfirmed))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return b.Paid
 }
 
 // income asks the admin API for a provider's income over every charge.
