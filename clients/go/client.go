@@ -516,9 +516,12 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		// handshakes under a flood does the same now and then, so this
 		// only names the likely cause when the attempts run out; it
 		// never stops the retries.
-		if closedHandshake(err) {
+		// An attempt cut short by ctx's end says nothing about the
+		// hub, so it leaves the count as it was.
+		switch {
+		case closedHandshake(err):
 			closedHandshakes++
-		} else {
+		case ctx.Err() == nil:
 			closedHandshakes = 0
 		}
 
