@@ -548,6 +548,10 @@ func (d *Device) handle(msg lnwire.Message) bool {
 	case *wire.SettleDone:
 		d.spawn(func() { d.onSettleDone(m) })
 	case *wire.ChannelError:
+		if m.Code == wire.ChanCloseUnknown {
+			d.onCloseUnknown(m)
+			return true
+		}
 		return d.onHoldAuthorizeRefused(m)
 	case *wire.ChannelState:
 		d.onChannelState(m)

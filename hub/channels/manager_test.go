@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
-	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
@@ -478,11 +476,6 @@ func deviceClose(t *testing.T, d *chantest.Device, c *chantest.Channel, script [
 	psig, err := sess.Sign(h, prop.HubNonce)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var hubS btcec.ModNScalar
-	hubS.SetBytes(&prop.HubPartialSig)
-	if _, err := sess.Combine(&musig2.PartialSignature{S: &hubS}); err != nil {
-		t.Fatalf("hub partial signature: %v", err)
 	}
 	var cs wire.CloseSign
 	cs.ChanID = c.Op
