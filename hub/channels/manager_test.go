@@ -331,9 +331,14 @@ func TestOpenRefusals(t *testing.T) {
 	}
 	prov.Send(&wire.OpenChannel{ReqID: 1, Capacity: 50_000, Expiry: chantest.TestHeight + 500})
 	chantest.Refusal(prov, wire.ChanNotOwner)
-	payer.Offer(50_000, chantest.TestHeight+500)
-	payer.Offer(50_000, chantest.TestHeight+500)
-	payer.Send(&wire.OpenChannel{ReqID: 3, Capacity: 50_000, Expiry: chantest.TestHeight + 500})
+	first, _ := payer.Offer(50_000, chantest.TestHeight+500)
+	// The same terms again (the first answer lost with a connection,
+	// say) get the same offer, not a second pending slot.
+	if again, _ := payer.Offer(50_000, chantest.TestHeight+500); again.PendingID != first.PendingID {
+		t.Fatal("an OpenChannel with the terms of a pending offer got a new offer")
+	}
+	payer.Offer(50_000, chantest.TestHeight+501)
+	payer.Send(&wire.OpenChannel{ReqID: 3, Capacity: 50_000, Expiry: chantest.TestHeight + 502})
 	chantest.Refusal(payer, wire.ChanTooManyPending)
 }
 
