@@ -138,3 +138,28 @@ func TestCloseRecordedBeforeBroadcast(t *testing.T) {
 		return len(f.Sent) == 1 && f.Sent[0].TxHash() == closed.Txid
 	})
 }
+
+// TestRecordedCloseSpentElsewhere: a recorded close the node never took,
+// whose channel output another transaction spent (the device's refund), is
+// not sent again for ever: the channel moves to closed.
+func TestRecordedCloseSpentElsewhere(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	h := chantest.NewHarness(t, f, nil)
+	payer := h.Enrol(hub.RolePayer)
+	prov := h.Enrol(hub.RoleProvider)
+	c := payer.Open(f, 100_000, chantest.TestHeight+500)
+	payer.Pay(c, 30_000_000, prov.ID)
+	chantest.Expect[*wire.ReceiptNotice](prov)
+	f.Mu.Lock()
+	f.SendErr = errors.New("node down")
+	f.Mu.Unlock()
+	deviceClose(t, payer, c, hubtest.P2TR(t), 100_000-30_000)
+	f.Mu.Lock()
+	delete(f.Outs, c.Op)
+	f.Mu.Unlock()
+	hubtest.WaitFor(t, 10*time.Second, "the channel closed", func() bool {
+		rec, err := h.Ch.Channel(context.Background(), c.Op)
+		return err == nil && rec.Status == hub.ChannelClosed
+	})
+}

@@ -213,8 +213,17 @@ func (c *Manager) checkClosing(ctx context.Context, full bool) {
 
 // rebroadcastClose sends a closing channel's recorded transaction again
 // when the node does not know it (its first broadcast failed, or the node
-// lost its mempool).
+// lost its mempool), unless another transaction already spent the channel.
 func (c *Manager) rebroadcastClose(ctx context.Context, r hub.ChannelRecord) {
+	if _, err := c.cfg.Chain.TxOut(ctx, r.Funding, false); errors.Is(err, hub.ErrNotFound) {
+		// Spent in a block by a transaction that is not the recorded
+		// one (the device's refund after expiry): the close can never
+		// confirm, and the channel is over.
+		c.log.Warn("closing channel spent on chain by another transaction; closing it",
+			"channel", r.Funding, "txid", r.CloseTx, "paid_msat", uint64(r.Paid))
+		c.setStatus(ctx, r.Funding, hub.ChannelClosing, hub.ChannelClosed)
+		return
+	}
 	if len(r.CloseRaw) == 0 {
 		c.log.Warn("closing transaction unknown to the node", "channel", r.Funding, "txid", r.CloseTx)
 		return
