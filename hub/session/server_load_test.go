@@ -1,13 +1,17 @@
 package session
 
 import (
+	"bufio"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,8 +87,13 @@ func TestIdleFloodBounded(t *testing.T) {
 // hello is rawSession without the testing.TB: it connects key, exchanges
 // Init and returns the conn or the error.
 func (h *testHub) hello(key *btcec.PrivateKey) (*brontide.Conn, error) {
+	return helloAt(h.Addr().(*net.TCPAddr), h.key.PubKey(), key)
+}
+
+// helloAt is hello to the hub at addr whose identity is hubKey.
+func helloAt(addr *net.TCPAddr, hubKey *btcec.PublicKey, key *btcec.PrivateKey) (*brontide.Conn, error) {
 	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
-		&lnwire.NetAddress{IdentityKey: h.key.PubKey(), Address: h.Addr().(*net.TCPAddr)},
+		&lnwire.NetAddress{IdentityKey: hubKey, Address: addr},
 		5*time.Second, net.DialTimeout)
 	if err != nil {
 		return nil, err
@@ -154,18 +163,6 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 }
 
 func benchIdleSessions(b *testing.B, n int) {
-	// Both ends of every connection are descriptors of this process.
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-	if need := uint64(2*n + 1024); lim.Cur < need {
-		lim.Cur = max(lim.Cur, need)
-		lim.Max = max(lim.Max, need)
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-			b.Skipf("needs %d open files: %v", need, err)
-		}
-	}
 	for range b.N {
 		b.StopTimer()
 		h := startHub(b, func(c *Config) {
@@ -173,46 +170,108 @@ func benchIdleSessions(b *testing.B, n int) {
 			c.MaxSessionsPerIP = 2 * n
 			c.PingInterval = time.Hour
 		})
-		keys := make([]*btcec.PrivateKey, n)
-		for i := range keys {
-			keys[i] = h.auth.add(b, hub.StatusActive)
+		var keys strings.Builder
+		fmt.Fprintf(&keys, "%s %x\n", h.Addr(), h.key.PubKey().SerializeCompressed())
+		for range n {
+			fmt.Fprintf(&keys, "%x\n", h.auth.add(b, hub.StatusActive).Serialize())
 		}
 		before := memInUse()
 		b.StartTimer()
-		conns := make([]*brontide.Conn, n)
-		// Four dialers: the handshakes are the cost, not the memory.
-		var (
-			wg   sync.WaitGroup
-			errs atomic.Int64
-		)
-		for w := range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < n; i += 4 {
-					c, err := h.hello(keys[i])
-					if err != nil {
-						errs.Add(1)
-						b.Error(err)
-						return
-					}
-					conns[i] = c
-				}
-			}()
+		// The device ends live in a child process (this binary running
+		// TestIdleDialer): the hub's share alone is measured, and each
+		// process stays within its open-file limit.
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestIdleDialer$")
+		cmd.Env = append(os.Environ(), idleDialerEnv+"=1")
+		cmd.Stdin = strings.NewReader(keys.String())
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "connected" {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			b.Fatalf("dialer: %q %v", line, err)
+		}
 		b.StopTimer()
-		if errs.Load() > 0 {
-			b.FailNow()
+		// A session is listed just after its Init reply is queued.
+		for deadline := time.Now().Add(30 * time.Second); h.Sessions() != n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("sessions = %d, want %d", h.Sessions(), n)
+			}
 		}
 		after := memInUse()
-		if h.Sessions() != n {
-			b.Fatalf("sessions = %d", h.Sessions())
-		}
 		b.ReportMetric(float64(after-before)/float64(n), "B/session")
-		for _, c := range conns {
-			_ = c.Close()
-		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		_ = h.Close()
 	}
+}
+
+// idleDialerEnv makes TestIdleDialer run: it is the device side of
+// BenchmarkIdleSessionMemory.
+const idleDialerEnv = "M2M_IDLE_DIALER"
+
+// TestIdleDialer, run by BenchmarkIdleSessionMemory as a child, reads the
+// hub's address and key and then one device key per line from stdin,
+// opens an idle session for each (four dialers), prints "connected" and
+// holds them until it is killed.
+func TestIdleDialer(t *testing.T) {
+	if os.Getenv(idleDialerEnv) == "" {
+		t.Skip("the device side of BenchmarkIdleSessionMemory")
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	if !sc.Scan() {
+		t.Fatal("no hub line")
+	}
+	addr, keyHex, _ := strings.Cut(sc.Text(), " ")
+	hk, err := hex.DecodeString(keyHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hubKey, err := btcec.ParsePubKey(hk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []*btcec.PrivateKey
+	for sc.Scan() {
+		kb, err := hex.DecodeString(sc.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := btcec.PrivKeyFromBytes(kb)
+		keys = append(keys, k)
+	}
+	conns := make([]*brontide.Conn, len(keys))
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(keys); i += 4 {
+				c, err := helloAt(tcp, hubKey, keys[i])
+				if err != nil {
+					errs <- err
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	fmt.Println("connected")
+	select {} // until killed
 }
