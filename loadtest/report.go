@@ -102,6 +102,10 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 		l := row.l
 		p("| %s | %d | %s | %s | %s | %s | %s |", row.name, l.Count, ms(l.P50), ms(l.P90), ms(l.P99), ms(l.Max), ms(l.Mean))
 	}
+	if lag := r.ReceiptLag(); lag != "" {
+		p("")
+		p("**Flag: %s.**", lag)
+	}
 	p("")
 	p("![throughput](%s)", ThroughputFile)
 	p("")

@@ -84,6 +84,8 @@ func TestWriteMarkdown(t *testing.T) {
 		"settlement: not available in this hubd", "RSS 87.9 MiB, peak (VmHWM) 97.7 MiB",
 		"mix toll=1,energy=2", "Load average when the run started: 1.50 1.20 0.90", "2 CPUs (GOMAXPROCS 2), go1.26.8",
 		"![throughput](throughput.png)", "![latency](latency.png)",
+		// 100 events without a receipt: flagged.
+		"**Flag: metered receipts lag: p99 0.04 s (goal 2 s) beside payments' p99 0.01 s; 100 events without a receipt or unpaid after the drain.**",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -162,5 +164,25 @@ func TestWriteAll(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(dir2, ReportFile))
 	if len(a) == 0 || !bytes.Equal(a, b) {
 		t.Fatalf("redrawn report differs:\n%s\n---\n%s", a, b)
+	}
+}
+
+// TestReceiptLag: receipts within the goal and nothing left over raise no
+// flag; a slow p99 or a single unpaid event does.
+func TestReceiptLag(t *testing.T) {
+	r := sampleResults()
+	r.Errors = map[string]int{"pay:refused:rate-limited": 2}
+	r.Events.Receipt = Summarize([]int64{500_000, 1_900_000})
+	if lag := r.ReceiptLag(); lag != "" {
+		t.Fatalf("flagged %q", lag)
+	}
+	r.Errors["event:unpaid:no-answer"] = 1
+	if lag := r.ReceiptLag(); !strings.Contains(lag, "1 events without a receipt or unpaid") {
+		t.Fatalf("unpaid event not flagged: %q", lag)
+	}
+	delete(r.Errors, "event:unpaid:no-answer")
+	r.Events.Receipt = Summarize([]int64{500_000, 2_100_000})
+	if lag := r.ReceiptLag(); !strings.Contains(lag, "p99 2.10 s") {
+		t.Fatalf("slow p99 not flagged: %q", lag)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 )
 
 // Results is everything a run measured; results.json holds it, and the
@@ -181,4 +183,27 @@ func ReadResultsFile(path string) (*Results, error) {
 	}
 	defer f.Close()
 	return ReadResults(f)
+}
+
+// ReceiptGoal is the p99 a metered receipt should arrive within, from its
+// batch's publish, even at the maximum payment rate (issue: providers'
+// income must not wait behind the devices' own payments).
+const ReceiptGoal = 2 * time.Second
+
+// ReceiptLag says how the metered receipts fell behind: their p99 beside
+// the payments' and the goal, and the events left without a receipt or
+// unpaid after the drain. It is empty when the receipts kept up.
+func (r *Results) ReceiptLag() string {
+	left := 0
+	for k, n := range r.Errors {
+		if k == "event:no-receipt" || strings.HasPrefix(k, "event:unpaid:") {
+			left += n
+		}
+	}
+	p99 := time.Duration(r.Events.Receipt.P99) * time.Microsecond
+	if p99 <= ReceiptGoal && left == 0 {
+		return ""
+	}
+	return fmt.Sprintf("metered receipts lag: p99 %.2f s (goal %.0f s) beside payments' p99 %.2f s; %d events without a receipt or unpaid after the drain",
+		p99.Seconds(), ReceiptGoal.Seconds(), float64(r.Payments.Latency.P99)/1e6, left)
 }

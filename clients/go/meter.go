@@ -260,6 +260,14 @@ type providerMessage struct {
 	EventIDs    []string `json:"event_ids"`
 	Reason      string   `json:"reason"`
 	StopService string   `json:"stop_service"`
+	// Receipts: several receipts in one message (kind "receipts").
+	Receipts []paidReceipt `json:"receipts"`
+}
+
+// paidReceipt is one receipt of a "receipts" message.
+type paidReceipt struct {
+	Receipt string   `json:"receipt"`
+	Events  []string `json:"events"`
 }
 
 // Receipts subscribes to receipts.<id> and delivers the hub's notices until
@@ -287,43 +295,52 @@ func (m *Meter) Receipts(ctx context.Context) (<-chan Notice, error) {
 				return
 			case msg = <-raw:
 			}
-			n, err := m.decode(msg.Data)
-			if err != nil {
-				m.log.Warn("hub notice dropped", "err", err)
-				continue
-			}
-			select {
-			case out <- n:
-			case <-ctx.Done():
-				return
-			case <-m.ctx.Done():
-				return
+			for _, n := range m.decode(msg.Data) {
+				select {
+				case out <- n:
+				case <-ctx.Done():
+					return
+				case <-m.ctx.Done():
+					return
+				}
 			}
 		}
 	}()
 	return out, nil
 }
 
-// decode checks one hub message.
-func (m *Meter) decode(b []byte) (Notice, error) {
+// decode checks one hub message and returns its notices: one, or one per
+// receipt of a "receipts" message. What fails the checks is logged and
+// dropped (in a "receipts" message, only the receipt that fails).
+func (m *Meter) decode(b []byte) []Notice {
 	var pm providerMessage
 	if err := json.Unmarshal(b, &pm); err != nil {
-		return Notice{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+		m.log.Warn("hub notice dropped", "err", fmt.Errorf("%w: %v", ErrBadReceipt, err))
+		return nil
 	}
 	switch pm.Kind {
 	case "unpaid":
-		return Notice{Unpaid: &Unpaid{Payer: pm.Payer, EventIDs: pm.EventIDs, Reason: pm.Reason, StopService: pm.StopService == "true"}}, nil
+		return []Notice{{Unpaid: &Unpaid{Payer: pm.Payer, EventIDs: pm.EventIDs, Reason: pm.Reason, StopService: pm.StopService == "true"}}}
 	case "receipt":
-		r, err := m.VerifyReceipt(pm.Receipt, pm.Events)
+		pm.Receipts = []paidReceipt{{Receipt: pm.Receipt, Events: pm.Events}}
+	case "receipts":
+	default:
+		m.log.Warn("hub notice dropped", "err", fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind))
+		return nil
+	}
+	ns := make([]Notice, 0, len(pm.Receipts))
+	for _, pr := range pm.Receipts {
+		r, err := m.VerifyReceipt(pr.Receipt, pr.Events)
 		if err != nil {
-			return Notice{}, err
+			m.log.Warn("hub notice dropped", "err", err)
+			continue
 		}
 		m.mu.Lock()
 		m.received = append(m.received, r)
 		m.mu.Unlock()
-		return Notice{Receipt: &r}, nil
+		ns = append(ns, Notice{Receipt: &r})
 	}
-	return Notice{}, fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind)
+	return ns
 }
 
 // VerifyReceipt checks a hex receipt as the hub publishes it: signed by the

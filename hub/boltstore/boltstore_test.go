@@ -278,3 +278,17 @@ func (c *child) kill(t *testing.T) {
 }
 
 func (c *child) wait() { c.cmd.Wait() }
+
+// BenchmarkManyChannels: a store of 100,000 ready channels reopened and
+// listed as a restarted hub does, and payments among them
+// (storetest.BenchManyChannels). Run it with -benchtime=1x.
+func BenchmarkManyChannels(b *testing.B) {
+	dir := b.TempDir()
+	storetest.BenchManyChannels(b, 100_000, func(tb testing.TB) storetest.ChannelStoreUnderTest {
+		s, err := boltstore.New(boltstore.Config{Path: dir})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return s
+	}, nil)
+}

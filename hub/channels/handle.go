@@ -100,7 +100,12 @@ func (c *Manager) dispatch(ctx context.Context, s *session.Session, msg lnwire.M
 		return withIDs(err, func(ce *wire.ChannelError) { ce.PendingID = &m.PendingID })
 	case *wire.Pay:
 		start := time.Now()
+		release, err := c.admit(ctx, s.DeviceID(), m)
+		if err != nil {
+			return err
+		}
 		ack, err := c.Pay(ctx, s.DeviceID(), m)
+		release()
 		c.observePay(m, start, err)
 		if staleRefusal(err) {
 			// The device is behind (or ahead of) the state the hub

@@ -129,6 +129,10 @@ type Config struct {
 	CaptureTimeout time.Duration
 	// PayRate and PayBurst are each device's token bucket for Pay.
 	PayRate, PayBurst int
+	// PaySlots bounds the devices' own payments worked on at once
+	// (DefaultPaySlots); payments answering the hub's charge requests
+	// are not counted and never wait for a slot.
+	PaySlots int
 	// FeeRate is the fee rate of close and claim transactions, sat/vB.
 	FeeRate btcutil.Amount
 	// PollInterval is how often the chain is polled for funding and
@@ -202,6 +206,7 @@ func (c *Config) setDefaults() error {
 	setInt(&c.MaxPendingOpens, DefaultMaxPendingOpens)
 	setInt(&c.PayRate, DefaultPayRate)
 	setInt(&c.PayBurst, DefaultPayBurst)
+	setInt(&c.PaySlots, DefaultPaySlots)
 	if c.CreditLimit == 0 {
 		c.CreditLimit = DefaultCreditLimit
 	}
@@ -247,6 +252,7 @@ type Manager struct {
 	closed    bool                          // set by Close; no goroutine starts after it
 	nextReq   uint64                        // last PaymentRequest id, atomic
 	charges   chargeBook                    // payment requests for metered charges
+	slots     paySlots                      // admission of the devices' own payments (admit)
 
 	limits sync.Map // device id → *rateLimiter
 	payees sync.Map // provider id → time.Time until which it is known active
@@ -285,6 +291,7 @@ func New(cfg Config) (*Manager, error) {
 		watchedPend: make(map[[32]byte]struct{}),
 		watchedShut: make(map[btcwire.OutPoint]struct{}),
 		asks:        make(map[[16]byte]*holdAsk),
+		slots:       paySlots{ch: make(chan struct{}, cfg.PaySlots)},
 	}, nil
 }
 

@@ -521,3 +521,71 @@ func TestChargingNoChannel(t *testing.T) {
 		t.Fatalf("enforcement %+v", got)
 	}
 }
+
+// TestChargingReceiptsGathered: two payments to one provider answered
+// before the same settle (one per contract) reach the provider as one
+// "receipts" message holding both receipts, each verifiable on its own,
+// and every charge is marked paid.
+func TestChargingReceiptsGathered(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	toll, energy := env.publish("toll"), env.publish("energy")
+	env.charge(env.event(toll, "toll", "t-1"), env.event(energy, "energy", "e-1"))
+	env.chg.Flush(context.Background())
+	reqs := []*wire.PaymentRequest{
+		chantest.Expect[*wire.PaymentRequest](env.payer),
+		chantest.Expect[*wire.PaymentRequest](env.payer),
+	}
+	acks := map[string]bool{}
+	var total lnwire.MilliSatoshi
+	for _, req := range reqs {
+		m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
+		id := req.ReqID
+		m.ReqID = &id
+		env.payer.Send(m)
+		ack := chantest.Expect[*wire.PayAck](env.payer)
+		acks[hex.EncodeToString(ack.Receipt)] = true
+		env.ch.Seq++
+		env.ch.Paid += req.Amount
+		total += req.Amount
+		chantest.Expect[*wire.ReceiptNotice](env.prov)
+	}
+	env.chg.Flush(context.Background())
+	if got := env.pub.take(charging.ProviderMsgReceipt); len(got) != 0 {
+		t.Fatalf("%d single receipt messages, want them gathered", len(got))
+	}
+	got := env.pub.take(charging.ProviderMsgReceipts)
+	if len(got) != 1 || got[0].subject != "receipts."+env.prov.ID || len(got[0].msg.Receipts) != 2 {
+		t.Fatalf("published %+v, want one receipts message with two receipts", got)
+	}
+	var paid lnwire.MilliSatoshi
+	events := map[string]bool{}
+	for _, pr := range got[0].msg.Receipts {
+		if !acks[pr.Receipt] {
+			t.Fatalf("receipt %s was not acknowledged to the payer", pr.Receipt)
+		}
+		raw, err := hex.DecodeString(pr.Receipt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r channel.Receipt
+		if err := r.UnmarshalBinary(raw); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.VerifyKey(env.h.HubKey.PubKey()); err != nil || !r.CoversEvents(pr.Events) {
+			t.Fatalf("receipt %+v for %v: %v", r, pr.Events, err)
+		}
+		paid += r.Amount
+		for _, id := range pr.Events {
+			events[id] = true
+		}
+	}
+	if paid != total || !events["t-1"] || !events["e-1"] || len(events) != 2 {
+		t.Fatalf("receipts pay %d msat for %v, want %d for t-1 and e-1", paid, events, total)
+	}
+	for _, id := range []string{"t-1", "e-1"} {
+		if c := env.stored(id); c.Status != hub.ChargePaid {
+			t.Fatalf("charge %s is %s", id, c.Status)
+		}
+	}
+}

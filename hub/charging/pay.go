@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
@@ -18,8 +19,9 @@ import (
 
 // Kinds of ProviderMessage.
 const (
-	ProviderMsgReceipt = "receipt"
-	ProviderMsgUnpaid  = "unpaid"
+	ProviderMsgReceipt  = "receipt"
+	ProviderMsgReceipts = "receipts"
+	ProviderMsgUnpaid   = "unpaid"
 )
 
 // ProviderMessage is what the hub publishes on receipts.<provider>: a
@@ -31,12 +33,23 @@ type ProviderMessage struct {
 	// it covers (kind "receipt").
 	Receipt string   `json:"receipt,omitempty"`
 	Events  []string `json:"events,omitempty"`
+	// Receipts are several receipts at once (kind "receipts"): the
+	// receipts paid to the provider since the last message, gathered so
+	// that receipts do not queue behind one stored message each.
+	Receipts []PaidReceipt `json:"receipts,omitempty"`
 	// Payer, EventIDs, Reason and StopService describe unpaid events
 	// (kind "unpaid").
 	Payer       string   `json:"payer,omitempty"`
 	EventIDs    []string `json:"event_ids,omitempty"`
 	Reason      string   `json:"reason,omitempty"`
 	StopService string   `json:"stop_service,omitempty"`
+}
+
+// PaidReceipt is one receipt of a "receipts" message: the hex
+// channel.Receipt (version 2) and the ids of the events it covers.
+type PaidReceipt struct {
+	Receipt string   `json:"receipt"`
+	Events  []string `json:"events"`
 }
 
 // ReceiptsSubject is the subject the hub publishes a provider's receipts and
@@ -168,22 +181,32 @@ func (c *Service) settle(ctx context.Context) {
 	}
 	c.pay.Unlock()
 
-	paid := map[string][]string{}
+	paid := map[string][]*payGroup{}
+	receipts := map[*payGroup][]byte{}
 	for _, a := range answered {
 		if a.ev.receipt != nil {
-			paid[a.g.key.provider] = append(paid[a.g.key.provider], a.g.ids...)
+			paid[a.g.key.provider] = append(paid[a.g.key.provider], a.g)
+			receipts[a.g] = a.ev.receipt
 		}
 	}
-	for prov, ids := range paid {
-		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid); err != nil {
-			c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
-		}
+	// Each provider's paid charges are marked and its receipts published
+	// in few messages, providers side by side: JetStream stores every
+	// message with a synchronous write, so one message per receipt, one
+	// after another, would cap receipts at a few hundred per second
+	// under load (issue: metered income waiting behind payments).
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, settleParallel)
+	for prov, gs := range paid {
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			c.settleProvider(ctx, prov, gs, receipts)
+		}()
 	}
+	wg.Wait()
 	for _, a := range answered {
 		if a.ev.receipt != nil {
-			c.publish(ctx, a.g.key.provider, ProviderMessage{
-				Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(a.ev.receipt), Events: a.g.ids,
-			})
 			continue
 		}
 		c.log.Info("payer refused charges", "payer", a.g.key.payer, "provider", a.g.key.provider,
@@ -193,6 +216,50 @@ func (c *Service) settle(ctx context.Context) {
 		}
 		c.enforce(ctx, unpaidKey{provider: a.g.key.provider, payer: a.g.key.payer, reason: UnpaidPolicyRefused}, a.g.ids)
 	}
+}
+
+// settleParallel bounds the providers settled at once by one settle.
+const settleParallel = 16
+
+// maxReceiptsMsg bounds the receipts (hex and event ids) gathered into one
+// "receipts" message, well under NATS's default 1 MB payload limit.
+const maxReceiptsMsg = 256 << 10
+
+// settleProvider marks one provider's paid groups paid in one store call
+// and publishes their receipts: one "receipt" message for a lone receipt,
+// else "receipts" messages of up to maxReceiptsMsg bytes each.
+func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) {
+	var ids []string
+	for _, g := range gs {
+		ids = append(ids, g.ids...)
+	}
+	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid); err != nil {
+		c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
+	}
+	if len(gs) == 1 {
+		c.publish(ctx, prov, ProviderMessage{
+			Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(receipts[gs[0]]), Events: gs[0].ids,
+		})
+		return
+	}
+	var (
+		batch []PaidReceipt
+		size  int
+	)
+	for _, g := range gs {
+		r := PaidReceipt{Receipt: hex.EncodeToString(receipts[g]), Events: g.ids}
+		n := len(r.Receipt) + 64
+		for _, id := range g.ids {
+			n += len(id) + 3
+		}
+		if len(batch) > 0 && size+n > maxReceiptsMsg {
+			c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
+			batch, size = nil, 0
+		}
+		batch = append(batch, r)
+		size += n
+	}
+	c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
 }
 
 // flush sends one payment request per pending group whose key has none in

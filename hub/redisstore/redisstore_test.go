@@ -413,3 +413,14 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 	}
 	t.Logf("%d payments acknowledged before SIGKILL survived the restart", nAcked)
 }
+
+// BenchmarkManyChannels: a Redis store of 100,000 ready channels reopened
+// and listed as a restarted hub does, and payments among them
+// (storetest.BenchManyChannels); redis-server's own RSS is reported
+// beside. Run it with -benchtime=1x.
+func BenchmarkManyChannels(b *testing.B) {
+	srv := redistest.Start(b)
+	storetest.BenchManyChannels(b, 100_000, func(tb testing.TB) storetest.ChannelStoreUnderTest {
+		return mustOpen(tb, srv.URL()+"?pool_size=128", "")
+	}, func() uint64 { return storetest.ProcRSS(srv.Pid()) })
+}

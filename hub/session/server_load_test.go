@@ -1,10 +1,16 @@
 package session
 
 import (
+	"bufio"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,8 +87,13 @@ func TestIdleFloodBounded(t *testing.T) {
 // hello is rawSession without the testing.TB: it connects key, exchanges
 // Init and returns the conn or the error.
 func (h *testHub) hello(key *btcec.PrivateKey) (*brontide.Conn, error) {
+	return helloAt(h.Addr().(*net.TCPAddr), h.key.PubKey(), key)
+}
+
+// helloAt is hello to the hub at addr whose identity is hubKey.
+func helloAt(addr *net.TCPAddr, hubKey *btcec.PublicKey, key *btcec.PrivateKey) (*brontide.Conn, error) {
 	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
-		&lnwire.NetAddress{IdentityKey: h.key.PubKey(), Address: h.Addr().(*net.TCPAddr)},
+		&lnwire.NetAddress{IdentityKey: hubKey, Address: addr},
 		5*time.Second, net.DialTimeout)
 	if err != nil {
 		return nil, err
@@ -141,36 +152,126 @@ func BenchmarkHandshake(b *testing.B) {
 }
 
 // BenchmarkIdleSessionMemory reports the heap and stack bytes one idle,
-// authenticated session costs. The device ends of the connections live in
-// the same process and are included, so the figure over-states the hub's
-// share. Run it with -benchtime=1x.
+// authenticated session costs, with 1,000 and with 10,000 sessions open
+// (the design's per-hubd target). The device ends of the connections live
+// in the same process and are included, so the figure over-states the
+// hub's share. Run it with -benchtime=1x.
 func BenchmarkIdleSessionMemory(b *testing.B) {
-	const n = 1000
+	for _, n := range []int{1000, 10_000} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) { benchIdleSessions(b, n) })
+	}
+}
+
+func benchIdleSessions(b *testing.B, n int) {
 	for range b.N {
 		b.StopTimer()
 		h := startHub(b, func(c *Config) {
+			c.MaxSessions = n
 			c.MaxSessionsPerIP = 2 * n
 			c.PingInterval = time.Hour
 		})
+		var keys strings.Builder
+		fmt.Fprintf(&keys, "%s %x\n", h.Addr(), h.key.PubKey().SerializeCompressed())
+		for range n {
+			fmt.Fprintf(&keys, "%x\n", h.auth.add(b, hub.StatusActive).Serialize())
+		}
 		before := memInUse()
 		b.StartTimer()
-		conns := make([]*brontide.Conn, 0, n)
-		for range n {
-			c, err := h.hello(h.auth.add(b, hub.StatusActive))
-			if err != nil {
-				b.Fatal(err)
-			}
-			conns = append(conns, c)
+		// The device ends live in a child process (this binary running
+		// TestIdleDialer): the hub's share alone is measured, and each
+		// process stays within its open-file limit.
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestIdleDialer$")
+		cmd.Env = append(os.Environ(), idleDialerEnv+"=1")
+		cmd.Stdin = strings.NewReader(keys.String())
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != "connected" {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			b.Fatalf("dialer: %q %v", line, err)
 		}
 		b.StopTimer()
+		// A session is listed just after its Init reply is queued.
+		for deadline := time.Now().Add(30 * time.Second); h.Sessions() != n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("sessions = %d, want %d", h.Sessions(), n)
+			}
+		}
 		after := memInUse()
-		if h.Sessions() != n {
-			b.Fatalf("sessions = %d", h.Sessions())
-		}
-		b.ReportMetric(float64(after-before)/n, "B/session")
-		for _, c := range conns {
-			_ = c.Close()
-		}
+		b.ReportMetric(float64(after-before)/float64(n), "B/session")
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		_ = h.Close()
 	}
+}
+
+// idleDialerEnv makes TestIdleDialer run: it is the device side of
+// BenchmarkIdleSessionMemory.
+const idleDialerEnv = "M2M_IDLE_DIALER"
+
+// TestIdleDialer, run by BenchmarkIdleSessionMemory as a child, reads the
+// hub's address and key and then one device key per line from stdin,
+// opens an idle session for each (four dialers), prints "connected" and
+// holds them until it is killed.
+func TestIdleDialer(t *testing.T) {
+	if os.Getenv(idleDialerEnv) == "" {
+		t.Skip("the device side of BenchmarkIdleSessionMemory")
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	if !sc.Scan() {
+		t.Fatal("no hub line")
+	}
+	addr, keyHex, _ := strings.Cut(sc.Text(), " ")
+	hk, err := hex.DecodeString(keyHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hubKey, err := btcec.ParsePubKey(hk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []*btcec.PrivateKey
+	for sc.Scan() {
+		kb, err := hex.DecodeString(sc.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := btcec.PrivKeyFromBytes(kb)
+		keys = append(keys, k)
+	}
+	conns := make([]*brontide.Conn, len(keys))
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(keys); i += 4 {
+				c, err := helloAt(tcp, hubKey, keys[i])
+				if err != nil {
+					errs <- err
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	fmt.Println("connected")
+	select {} // until killed
 }

@@ -52,15 +52,34 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) er
 	if jerr := json.Unmarshal(data, &m); jerr != nil {
 		return errors.Join(err, fmt.Errorf("webhook: provider message: %w", jerr))
 	}
+	if m.Kind == charging.ProviderMsgReceipts {
+		// Several receipts in one NATS message: a webhook per receipt,
+		// each the "receipt" message it would have been on its own.
+		errs := []error{err}
+		for _, r := range m.Receipts {
+			one, jerr := json.Marshal(charging.ProviderMessage{Kind: charging.ProviderMsgReceipt, Receipt: r.Receipt, Events: r.Events})
+			if jerr != nil {
+				errs = append(errs, jerr)
+				continue
+			}
+			errs = append(errs, p.enqueue(ctx, provider, EventReceipt, one))
+		}
+		return errors.Join(errs...)
+	}
 	event := EventReceipt
 	if m.Kind == charging.ProviderMsgUnpaid {
 		event = EventUnpaid
 	}
-	body, jerr := json.Marshal(Envelope{Type: event, Provider: provider, Data: data})
-	if jerr != nil {
-		return errors.Join(err, jerr)
+	return errors.Join(err, p.enqueue(ctx, provider, event, data))
+}
+
+// enqueue queues one provider message as a webhook.
+func (p *Publisher) enqueue(ctx context.Context, provider, event string, data []byte) error {
+	body, err := json.Marshal(Envelope{Type: event, Provider: provider, Data: data})
+	if err != nil {
+		return err
 	}
-	return errors.Join(err, p.d.Enqueue(ctx, provider, event, body))
+	return p.d.Enqueue(ctx, provider, event, body)
 }
 
 // SettlementEvent is the data of a settlement webhook: where a run is.

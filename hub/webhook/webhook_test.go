@@ -279,6 +279,44 @@ func TestPublisherQueuesProviderMessages(t *testing.T) {
 	}
 }
 
+// TestPublisherSplitsReceipts: a "receipts" message goes to NATS as it is
+// and to the provider's webhooks as one "receipt" webhook per receipt.
+func TestPublisherSplitsReceipts(t *testing.T) {
+	e := newEnv(t, 0)
+	d := e.dispatcher(t, 3)
+	defer d.Close()
+	next := &recorder{}
+	p := webhook.NewPublisher(next, d)
+	msg, _ := json.Marshal(charging.ProviderMessage{Kind: charging.ProviderMsgReceipts, Receipts: []charging.PaidReceipt{
+		{Receipt: "aa", Events: []string{"e1"}}, {Receipt: "bb", Events: []string{"e2", "e3"}},
+	}})
+	if err := p.Publish(t.Context(), charging.ReceiptsSubject("prov1"), msg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "webhooks", func() bool { return len(e.rcv.got()) == 2 && d.Pending() == 0 })
+	seen := map[string][]string{}
+	for _, h := range e.rcv.got() {
+		var env webhook.Envelope
+		if err := json.Unmarshal(h.body, &env); err != nil {
+			t.Fatal(err)
+		}
+		var got charging.ProviderMessage
+		if err := json.Unmarshal(env.Data, &got); err != nil {
+			t.Fatal(err)
+		}
+		if env.Type != webhook.EventReceipt || h.event != webhook.EventReceipt || got.Kind != charging.ProviderMsgReceipt || len(got.Receipts) != 0 {
+			t.Fatalf("webhook %+v %+v", env, got)
+		}
+		seen[got.Receipt] = got.Events
+	}
+	if len(seen) != 2 || len(seen["aa"]) != 1 || len(seen["bb"]) != 2 {
+		t.Fatalf("webhooks carried %v", seen)
+	}
+	if len(next.subj) != 1 {
+		t.Fatalf("NATS got %v", next.subj)
+	}
+}
+
 // TestEndpoints: the registry persists across reopen, hides secrets in
 // List, refuses bad URLs and unknown ids with the hub's sentinels.
 func TestEndpoints(t *testing.T) {

@@ -1,0 +1,80 @@
+package channels_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/internal/wire"
+)
+
+// paidListener records the charge requests reported paid.
+type paidListener struct {
+	mu   sync.Mutex
+	paid []uint64
+}
+
+func (l *paidListener) ChargePaid(reqID uint64, _ []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.paid = append(l.paid, reqID)
+}
+
+func (l *paidListener) ChargeRefused(uint64, wire.ChanCode, string) {}
+
+// TestChargePaymentSkipsPaySlots: with every slot for the devices' own
+// payments taken, a payment answering the hub's charge request is still
+// worked on at once, while the device's own next payment waits for a slot
+// and goes through when one frees.
+func TestChargePaymentSkipsPaySlots(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	h := chantest.NewHarness(t, f, func(c *channels.Config) { c.PaySlots = 2 })
+	payer := h.Enrol(hub.RolePayer)
+	prov := h.Enrol(hub.RoleProvider)
+	c := payer.Open(f, 100_000, chantest.TestHeight+500)
+	l := &paidListener{}
+	id, err := h.Ch.RequestPayment(context.Background(), channels.PaymentRequest{
+		Listener: l, Payer: payer.ID, Payee: prov.ID, Channel: c.Op, Amount: 7_000, EventCount: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := chantest.Expect[*wire.PaymentRequest](payer)
+	free := channels.FillPaySlots(h.Ch)
+	freed := false
+	defer func() {
+		if !freed {
+			free()
+		}
+	}()
+
+	m := payer.PayMsg(c, c.Seq+1, c.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &id
+	payer.Send(m)
+	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != 1 {
+		t.Fatalf("charge payment acknowledged at seq %d", ack.Seq)
+	}
+	c.Seq, c.Paid = 1, req.Amount
+	l.mu.Lock()
+	if len(l.paid) != 1 || l.paid[0] != id {
+		t.Fatalf("listener heard %v, want request %d paid", l.paid, id)
+	}
+	l.mu.Unlock()
+
+	payer.Send(payer.PayMsg(c, c.Seq+1, c.Paid+1_000, 1_000, prov.ID))
+	select {
+	case msg := <-payer.In:
+		t.Fatalf("own payment answered (%T) while every slot was taken", msg)
+	case <-time.After(200 * time.Millisecond):
+	}
+	free()
+	freed = true
+	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != 2 {
+		t.Fatalf("own payment acknowledged at seq %d", ack.Seq)
+	}
+}
