@@ -279,16 +279,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// metrics into a bounded ring in memory.
 	hist, err := metrics.NewSampler(metrics.HistoryConfig{
 		Metrics: meter, Incomes: charging, Logger: log,
-		Providers: func(ctx context.Context) ([]string, error) {
-			ds, err := reg.Devices(ctx)
-			var ids []string
-			for _, d := range ds {
-				if d.HasRole(hub.RoleProvider) {
-					ids = append(ids, d.ID)
-				}
-			}
-			return ids, err
-		},
+		Devices: reg,
 		Wallet: func(ctx context.Context) (btcutil.Amount, error) {
 			b, err := wallet.Balance(ctx)
 			return b.Total(), err

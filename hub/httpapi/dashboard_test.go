@@ -135,16 +135,7 @@ func TestDashboard(t *testing.T) {
 	clock := time.Now().Add(-time.Minute)
 	hist, err := metrics.NewSampler(metrics.HistoryConfig{
 		Metrics: meter, Incomes: incomesOf{h.Store()}, Now: func() time.Time { return clock },
-		Providers: func(ctx context.Context) ([]string, error) {
-			ds, err := h.Registry().Devices(ctx)
-			var ids []string
-			for _, d := range ds {
-				if d.HasRole(hub.RoleProvider) {
-					ids = append(ids, d.ID)
-				}
-			}
-			return ids, err
-		},
+		Devices: h.Registry(),
 		Wallet: func(ctx context.Context) (btcutil.Amount, error) {
 			b, err := h.Wallet().Balance(ctx)
 			return b.Total(), err

@@ -13,6 +13,7 @@ import (
 	"github.com/lightningnetwork/lnd/lnwire"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/history"
 )
@@ -33,14 +34,20 @@ type IncomeReader interface {
 	Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error)
 }
 
+// DeviceLister lists the registry's devices. *registry.Registry satisfies
+// it.
+type DeviceLister interface {
+	Devices(ctx context.Context) ([]hub.Device, error)
+}
+
 // HistoryConfig configures NewSampler. Metrics is required; every other
 // source is optional.
 type HistoryConfig struct {
 	Metrics *Metrics
-	// Providers lists the provider ids whose income is sampled, and
-	// Incomes reads it.
-	Providers func(ctx context.Context) ([]string, error)
-	Incomes   IncomeReader
+	// Devices lists the devices, whose providers' income is sampled,
+	// and Incomes reads it.
+	Devices DeviceLister
+	Incomes IncomeReader
 	// Wallet reads the hub wallet's balance.
 	Wallet func(ctx context.Context) (btcutil.Amount, error)
 
@@ -83,8 +90,8 @@ func NewSampler(cfg HistoryConfig) (*Sampler, error) {
 	if cfg.Metrics == nil {
 		return nil, fmt.Errorf("%w: history needs the metrics", ErrInvalid)
 	}
-	if (cfg.Providers == nil) != (cfg.Incomes == nil) {
-		return nil, fmt.Errorf("%w: history needs both providers and incomes, or neither", ErrInvalid)
+	if (cfg.Devices == nil) != (cfg.Incomes == nil) {
+		return nil, fmt.Errorf("%w: history needs both devices and incomes, or neither", ErrInvalid)
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultHistoryInterval
@@ -205,9 +212,15 @@ func (s *Sampler) Record(ctx context.Context) error {
 // income fills in each provider's income and the hub's fees over the
 // charges recorded in [from, to).
 func (s *Sampler) income(ctx context.Context, from, to time.Time, smp *history.Sample) error {
-	ids, err := s.cfg.Providers(ctx)
+	ds, err := s.cfg.Devices.Devices(ctx)
 	if err != nil {
-		return fmt.Errorf("providers: %w", err)
+		return fmt.Errorf("devices: %w", err)
+	}
+	var ids []string
+	for _, d := range ds {
+		if d.HasRole(hub.RoleProvider) {
+			ids = append(ids, d.ID)
+		}
 	}
 	slices.Sort(ids)
 	if len(ids) > MaxHistoryProviders {

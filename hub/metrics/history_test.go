@@ -16,6 +16,10 @@ import (
 	"github.com/m2mhub/m2mhub/hub/metrics"
 )
 
+type fixedDevices []hub.Device
+
+func (ds fixedDevices) Devices(context.Context) ([]hub.Device, error) { return ds, nil }
+
 type fixedSessions int
 
 func (n fixedSessions) Sessions() int { return int(n) }
@@ -49,9 +53,10 @@ func TestSampler(t *testing.T) {
 	incomes := &windowIncomes{}
 	s, err := metrics.NewSampler(metrics.HistoryConfig{
 		Metrics: m, Capacity: 3, Now: func() time.Time { return now },
-		Incomes:   incomes,
-		Providers: func(context.Context) ([]string, error) { return []string{"gantry", "charger"}, nil },
-		Wallet:    func(context.Context) (btcutil.Amount, error) { return 250_000, nil },
+		Incomes: incomes,
+		Devices: fixedDevices{{ID: "gantry", Roles: []hub.Role{hub.RoleProvider}}, {ID: "car", Roles: []hub.Role{hub.RolePayer}},
+			{ID: "charger", Roles: []hub.Role{hub.RolePayer, hub.RoleProvider}}},
+		Wallet: func(context.Context) (btcutil.Amount, error) { return 250_000, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +85,7 @@ func TestSampler(t *testing.T) {
 	if got.LatencyP50Seconds <= 0.001 || got.LatencyP50Seconds > 0.0025 || got.LatencyP99Seconds < got.LatencyP50Seconds || got.LatencyP99Seconds > 0.0025 {
 		t.Errorf("latency p50 %v p99 %v, want both in the 1-2.5 ms bucket", got.LatencyP50Seconds, got.LatencyP99Seconds)
 	}
-	if got.Income["gantry"] != 30 || got.Income["charger"] != 30 || got.FeesMsat != 6 {
+	if got.Income["gantry"] != 30 || got.Income["charger"] != 30 || len(got.Income) != 2 || got.FeesMsat != 6 {
 		t.Errorf("income %v fees %d", got.Income, got.FeesMsat)
 	}
 	if len(v.Alerts) != 1 || v.Alerts[0].Name != "StoreDown" || v.Alerts[0].State != history.StatePending || !v.Alerts[0].Since.Equal(now) {
