@@ -100,8 +100,8 @@ var docRuns = map[string]docRun{
 	"operations.md: hubctl device unreadable": {steps: []docStep{{run: "$H device unreadable"}}},
 	"operations.md: hubctl device remove --force ID [--reason …]": {steps: []docStep{
 		// Only a record the hub cannot read is removed; a readable one
-		// is refused (409, exit 9) and stays.
-		{run: "$H device remove --force {ID} --reason docs", exit: 9},
+		// is refused ("revoke it instead", 400, exit 2) and stays.
+		{run: "$H device remove --force {ID} --reason docs", exit: 2},
 	}},
 	"operations.md: hubctl sign-rotation --old-key-file OLD --new-pubkey HEX --device ID": {steps: []docStep{
 		{run: "$H sign-rotation --old-key-file {KEYFILE} --new-pubkey {NEWKEY2} --device {ID}",
