@@ -123,7 +123,7 @@ var docRuns = map[string]docRun{
 		skip: "needs docker"},
 	"operations.md: hubctl settle plan": {steps: []docStep{{run: "$H settle plan"}}},
 	"operations.md: hubctl settle run": {skip: "waits for the batch to confirm, and nothing mines blocks on the demo's regtest once it is done; " +
-		"the --no-wait form runs here, cmd/hubctl's settle regtest test runs this one with a miner"},
+		"the --no-wait form runs here, and cmd/hubctl's settle_test.go runs the waiting one to a confirmed run"},
 	"operations.md: hubctl settle run --no-wait":                   {steps: []docStep{{run: "$H settle run --no-wait"}}},
 	"operations.md: hubctl settle status [--epoch N] [--limit 10]": {steps: []docStep{{run: "$H settle status"}, {run: "$H settle status --epoch 1"}, {run: "$H settle status --limit 10"}}},
 	"operations.md: hubctl epochs [--limit 20]":                    {steps: []docStep{{run: "$H epochs --limit 20"}}},
@@ -144,7 +144,7 @@ var docRuns = map[string]docRun{
 	"webhooks.md: hubctl webhook test WEBHOOK_ID": {steps: []docStep{{run: "$H webhook test {WEBHOOK}"}}},
 	"webhooks.md: hubctl webhook deliveries":      {steps: []docStep{{run: "$H webhook deliveries"}}},
 	"webhooks.md: hubctl webhook redeliver DELIVERY_ID": {skip: "needs a dead delivery, which takes the retry schedule's hours to exhaust; " +
-		"cmd/hubctl's webhook test and hub/webhook's tests redeliver one"},
+		"hub/webhook's tests redeliver a dead one, cmd/hubctl's webhook test checks the command's not-found answer"},
 	"webhooks.md: hubctl webhook remove WEBHOOK_ID": {steps: []docStep{{run: "$H webhook remove {WEBHOOK}"}}},
 	"ev-charging.md: hubctl contract price --rate-msat-per-unit 1000000 --time-zone Europe/Berlin contracts/testdata/ocpi/tariff.json contracts/testdata/ocpi/usage.json": {
 		skip: "run by cmd/hubctl's TestEVChargingDocCommands, which checks what they print"},
