@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
@@ -150,22 +151,27 @@ func TestSamplerRefusesHalfIncome(t *testing.T) {
 	}
 }
 
-// TestSamplerStartClose checks that the sampler's goroutine samples on its
-// own and stops with Close (goleak in TestMain).
+// TestSamplerStartClose checks that the sampler's goroutine samples once
+// per interval on its own and stops with Close (goleak in TestMain). The
+// bubble's clock is fake: the test waits for the goroutine, not on time.
 func TestSamplerStartClose(t *testing.T) {
-	m, err := metrics.New(metrics.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := metrics.NewSampler(metrics.HistoryConfig{Metrics: m, Interval: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	for len(s.View().Samples) < 2 {
-		time.Sleep(time.Millisecond)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		m, err := metrics.New(metrics.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := metrics.NewSampler(metrics.HistoryConfig{Metrics: m, Interval: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Start()
+		time.Sleep(95 * time.Second)
+		synctest.Wait()
+		if n := len(s.View().Samples); n != 3 {
+			t.Errorf("%d samples after 95 s at 30 s, want 3", n)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
