@@ -68,29 +68,23 @@ func browse(t *testing.T, bin, url string, extra ...string) string {
 }
 
 // section returns the HTML of the element with id (up to its table's end).
-func section(dom, id string) string {
-	i := strings.Index(dom, `id="`+id+`"`)
-	if i < 0 {
-		return ""
-	}
-	rest := dom[i:]
-	if j := strings.Index(rest, "</table>"); j >= 0 {
-		return rest[:j]
-	}
-	return rest
-}
+func section(dom, id string) string { return fromID(dom, id, "</table>") }
 
 var tagRE = regexp.MustCompile(`<[^>]*>`)
 
 // card returns the HTML of the overview figure with id (its dd element).
-func card(dom, id string) string {
+func card(dom, id string) string { return fromID(dom, id, "</dd>") }
+
+// fromID returns the HTML from the element with id through the first end
+// after it, or to the end of the page.
+func fromID(dom, id, end string) string {
 	i := strings.Index(dom, `id="`+id+`"`)
 	if i < 0 {
 		return ""
 	}
 	rest := dom[i:]
-	if j := strings.Index(rest, "</dd>"); j >= 0 {
-		return rest[:j+len("</dd>")]
+	if j := strings.Index(rest, end); j >= 0 {
+		return rest[:j+len(end)]
 	}
 	return rest
 }
