@@ -153,16 +153,24 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 	// Income, as the dashboard shows it: every provider's earnings are
 	// its settled figure; nothing is unpaid or held; only the refunded
 	// shipment is withheld.
+	//
+	// Every payment is either a paid metered charge (the provider's part
+	// and the hub's fee, in the income API) or a direct one (the charge
+	// point's hold captures, which no charge records: its receipts and
+	// the settlement do): the two add up to payments_msat_total.
+	var metered, direct uint64
 	for _, p := range sum.Participants {
-		// The charge point earns by hold captures, payments the car
-		// makes directly: metered income does not hold them (its
-		// receipts and the settlement do).
-		if p.EarnedMsat == 0 && p.Name != "reefer-truck" || p.Name == "charge-point" {
+		if p.EarnedMsat == 0 && p.Name != "reefer-truck" {
 			continue
 		}
 		in, err := admin.Income(ctx, p.ID, time.Time{}, time.Time{})
 		if err != nil {
 			t.Fatal(err)
+		}
+		metered += uint64(in.Earned + in.Fees)
+		if p.Name == "charge-point" {
+			direct += p.EarnedMsat - uint64(in.Earned)
+			continue
 		}
 		var withheld uint64
 		if p.Name == "reefer-truck" {
@@ -171,6 +179,9 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 		if uint64(in.Earned) != p.EarnedMsat || in.Unpaid != 0 || in.Held != 0 || uint64(in.Withheld) != withheld {
 			t.Errorf("%s: income %+v, want earned %d, unpaid 0, held 0, withheld %d", p.Name, in, p.EarnedMsat, withheld)
 		}
+	}
+	if direct == 0 || metered+direct != paid {
+		t.Errorf("metered paid %d + direct %d msat, payments_msat_total and the channels %d: want equal, direct > 0", metered, direct, paid)
 	}
 }
 

@@ -183,6 +183,7 @@ func TestDemo(t *testing.T) {
 	// then the README's commands against it.
 	t.Run("FiguresReconcile", func(t *testing.T) { checkFiguresReconcile(t, dir, &sum) })
 	t.Run("ReadmeOperating", func(t *testing.T) { checkReadmeOperating(t, bin, dir) })
+	t.Run("DocsCommands", func(t *testing.T) { checkDocsCommands(t, bin, dir) })
 }
 
 // TestDemoContractsMatchExamples keeps the demo's copies of the example

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/lightningnetwork/lnd/lnwire"
@@ -274,6 +275,22 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 
+	// History: the dashboard's charts and alerts, sampled from the
+	// metrics into a bounded ring in memory.
+	hist, err := metrics.NewSampler(metrics.HistoryConfig{
+		Metrics: meter, Incomes: charging, Logger: log,
+		Devices: reg,
+		Wallet: func(ctx context.Context) (btcutil.Amount, error) {
+			b, err := wallet.Balance(ctx)
+			return b.Total(), err
+		},
+	})
+	if err != nil {
+		return err
+	}
+	hist.Start()
+	st.push("history", func(context.Context) error { return hist.Close() })
+
 	// Metrics first, so the admin API's info can name their address.
 	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.HTTP.limits(true), meter, st)
 	if err != nil {
@@ -289,6 +306,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	info := httpapi.Info{
 		PubKey: pubHex, P2PAddr: srv.Addr().String(), AdminAddr: adminLn.Addr().String(),
 		MetricsAddr: metricsAddr, NATSURL: natsURL, Network: params.Name, Store: storeName,
+		SettlePeriodSeconds: int64(cfg.Settle.Period / time.Second), SettleBlocks: cfg.Settle.Blocks,
 	}
 	creds, err := credfile.New(credfile.Config{Path: dir.Path(datadir.CredsFile)})
 	if err != nil {
@@ -298,6 +316,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Registry: reg, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
 		Creds: creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks,
+		History: hist,
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()

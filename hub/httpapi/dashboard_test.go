@@ -3,20 +3,27 @@ package httpapi_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/btcsuite/btcd/btcutil"
+	"github.com/lightningnetwork/lnd/lnwire"
+
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
+	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
 
@@ -61,19 +68,40 @@ func browse(t *testing.T, bin, url string, extra ...string) string {
 }
 
 // section returns the HTML of the element with id (up to its table's end).
-func section(dom, id string) string {
+func section(dom, id string) string { return fromID(dom, id, "</table>") }
+
+var tagRE = regexp.MustCompile(`<[^>]*>`)
+
+// card returns the HTML of the overview figure with id (its dd element).
+func card(dom, id string) string { return fromID(dom, id, "</dd>") }
+
+// fromID returns the HTML from the element with id through the first end
+// after it, or to the end of the page.
+func fromID(dom, id, end string) string {
 	i := strings.Index(dom, `id="`+id+`"`)
 	if i < 0 {
 		return ""
 	}
 	rest := dom[i:]
-	if j := strings.Index(rest, "</table>"); j >= 0 {
-		return rest[:j]
+	if j := strings.Index(rest, end); j >= 0 {
+		return rest[:j+len(end)]
 	}
 	return rest
 }
 
-var tagRE = regexp.MustCompile(`<[^>]*>`)
+// intl writes v with thousands separators, as the page's Intl does.
+func intl(v int64) string {
+	s := strconv.FormatInt(v, 10)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
+// sessionsFunc counts sessions with a func, read at each scrape.
+type sessionsFunc func() int
+
+func (f sessionsFunc) Sessions() int { return f() }
 
 // TestDashboard serves the dashboard over a real in-process hub (btcd
 // regtest, bolt store, a device session) and drives it in headless
@@ -82,8 +110,34 @@ var tagRE = regexp.MustCompile(`<[^>]*>`)
 // API refuses.
 func TestDashboard(t *testing.T) {
 	bin := chromium(t)
-	h := hubtest.Start(t, hubtest.Config{})
+	// The hub's metrics, fed by its channel manager, and the history
+	// sampler over them, as hubd wires them. This test runs no NATS, and
+	// says so: the dependency is down and its alert pending.
+	var h *hubtest.Hub
+	noNATS := func(context.Context) error { return errors.New("no NATS in this test") }
+	meter, err := metrics.New(metrics.Config{
+		Sessions: sessionsFunc(func() int { return h.Server().Sessions() }),
+		Health:   []metrics.HealthCheck{{Name: "nats", Check: noNATS}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = hubtest.Start(t, hubtest.Config{Channels: func(c *channels.Config) { c.PayObserver = meter }})
 	ctx := t.Context()
+	// The sampler's clock starts a minute back, so the charts have a few
+	// samples to draw: one before the payment, one after, one now.
+	clock := time.Now().Add(-time.Minute)
+	hist, err := metrics.NewSampler(metrics.HistoryConfig{
+		Metrics: meter, Incomes: incomesOf{h.Store()}, Now: func() time.Time { return clock },
+		Devices: h.Registry(),
+		Wallet: func(ctx context.Context) (btcutil.Amount, error) {
+			b, err := h.Wallet().Balance(ctx)
+			return b.Total(), err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	creds, err := credfile.New(credfile.Config{Path: filepath.Join(t.TempDir(), "creds.json")})
 	if err != nil {
@@ -95,11 +149,15 @@ func TestDashboard(t *testing.T) {
 	}
 	api, err := httpapi.New(httpapi.Config{
 		Registry: h.Registry(), Token: token, Creds: creds, Channels: h.Channels(), Contracts: cs,
-		Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} },
+		Info: func() httpapi.Info {
+			return httpapi.Info{Network: "regtest", Sessions: h.Server().Sessions(), SettlePeriodSeconds: 3600, SettleBlocks: 144}
+		},
 		Health: []httpapi.HealthCheck{
 			{Name: "store", Check: func(context.Context) error { return nil }},
 			{Name: "btcd", Check: h.Chain().Healthy},
+			{Name: "nats", Check: noNATS},
 		},
+		History: hist,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -119,9 +177,36 @@ func TestDashboard(t *testing.T) {
 	d := h.NewDevice(t, sess, devKey, m2mclient.DeviceConfig{})
 	ch := h.OpenChannel(t, d, 70_000)
 	const amount = 4_321_987
+	clock = clock.Add(30 * time.Second)
+	if err := hist.Record(ctx); err != nil {
+		t.Fatal(err)
+	}
 	rc, err := d.Pay(ctx, ch.ID, provID, amount, "dashboard test")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Samples after the payment, as hubd's sampler takes every 30 s.
+	for _, at := range []time.Time{clock.Add(30 * time.Second), time.Now()} {
+		clock = at
+		if err := hist.Record(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bal, err := h.Wallet().Balance(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The ledger: what the store's channels say was paid.
+	recs, err := h.Store().Channels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ledgerPaid lnwire.MilliSatoshi
+	for _, r := range recs {
+		ledgerPaid += r.Paid
+	}
+	if ledgerPaid != amount {
+		t.Fatalf("store holds %d msat paid, want %d", ledgerPaid, amount)
 	}
 
 	t.Run("ShowsPayment", func(t *testing.T) {
@@ -149,6 +234,27 @@ func TestDashboard(t *testing.T) {
 		}
 		if !strings.Contains(tagRE.ReplaceAllString(section(dom, "income"), " "), provID) {
 			t.Errorf("income table lacks provider %s", provID)
+		}
+		// The overview reconciles with the ledger and the wallet.
+		for id, want := range map[string]string{
+			"ov-paid": "4,321,987 msat", "ov-payments": ">1<", "ov-sessions": ">1<",
+			"ov-wallet": ">" + intl(int64(bal.Total())) + " sat<", "ov-revenue": ">0 msat<",
+			"ov-schedule": "every 1 h or every 144 blocks",
+		} {
+			if got := card(dom, id); !strings.Contains(got, want) {
+				t.Errorf("%s shows %q, want %q", id, got, want)
+			}
+		}
+		alerts := tagRE.ReplaceAllString(section(dom, "alerts"), " ")
+		if !strings.Contains(alerts, "pending NATSDown (critical)") {
+			t.Errorf("alerts: %s", alerts)
+		}
+		// The four history charts and the provider's own, drawn by uPlot.
+		if got := strings.Count(dom, `class="uplot`); got < 5 {
+			t.Errorf("%d charts drawn, want 5", got)
+		}
+		if !strings.Contains(dom, `id="prov-`+provID+`"`) {
+			t.Errorf("no income chart for provider %s", provID)
 		}
 		if strings.Contains(dom, ro.Token) {
 			t.Error("the token is left in the page")

@@ -150,5 +150,6 @@ func testInfo() httpapi.Info {
 	return httpapi.Info{
 		PubKey: "02" + strings.Repeat("ab", 32), P2PAddr: "127.0.0.1:9736", AdminAddr: "127.0.0.1:9737",
 		MetricsAddr: "127.0.0.1:9738", NATSURL: "nats://127.0.0.1:9739", Network: "regtest", Store: "bolt:/tmp/hub.db",
+		SettlePeriodSeconds: 3600, SettleBlocks: 144,
 	}
 }

@@ -122,6 +122,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 		Info:      testInfo,
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
 		Logger:    slog.New(slog.DiscardHandler), Now: time.Now,
+		History: mustHistory(t),
 	}
 	// Routes are registered only for the parts that are configured; a
 	// field added to Config later and left out here would hide its routes

@@ -51,6 +51,11 @@ type Info struct {
 	Network     string `json:"network"`
 	Store       string `json:"store"`
 	Sessions    int    `json:"sessions"`
+	// SettlePeriodSeconds and SettleBlocks are the settlement schedule:
+	// the open epoch is cut once it is that old or that many blocks
+	// long, whichever comes first; 0 when that rule is off.
+	SettlePeriodSeconds int64  `json:"settle_period_seconds,omitempty"`
+	SettleBlocks        uint32 `json:"settle_blocks,omitempty"`
 }
 
 // HealthCheck reports whether one dependency answers.
@@ -86,6 +91,9 @@ type Config struct {
 	// Webhooks, when set, serves /v1/webhooks (providers' webhook
 	// endpoints).
 	Webhooks Webhooks
+	// History, when set, serves GET /v1/history (the dashboard's charts
+	// and alerts).
+	History History
 	// Now is the clock of credential timestamps; time.Now when nil.
 	Now func() time.Time
 }
@@ -161,6 +169,7 @@ func New(cfg Config) (*Handler, error) {
 	h.routeDeliveries()
 	h.routeDashboard()
 	h.routeWebhooks()
+	h.routeHistory()
 	return h, nil
 }
 
