@@ -249,17 +249,23 @@ type Unpaid struct {
 type Notice struct {
 	Receipt *Receipt
 	Unpaid  *Unpaid
+	// CDR is the OCPI CDR (JSON) of an EV session the hub charged
+	// against its hold, sent after the session's receipt; CDREvents are
+	// the event ids it covers.
+	CDR       json.RawMessage
+	CDREvents []string
 }
 
 // providerMessage mirrors what the hub publishes (docs/metering-charging.md).
 type providerMessage struct {
-	Kind        string   `json:"kind"`
-	Receipt     string   `json:"receipt"`
-	Events      []string `json:"events"`
-	Payer       string   `json:"payer"`
-	EventIDs    []string `json:"event_ids"`
-	Reason      string   `json:"reason"`
-	StopService string   `json:"stop_service"`
+	Kind        string          `json:"kind"`
+	Receipt     string          `json:"receipt"`
+	Events      []string        `json:"events"`
+	Payer       string          `json:"payer"`
+	EventIDs    []string        `json:"event_ids"`
+	Reason      string          `json:"reason"`
+	StopService string          `json:"stop_service"`
+	CDR         json.RawMessage `json:"cdr"`
 }
 
 // Receipts subscribes to receipts.<id> and delivers the hub's notices until
@@ -322,6 +328,11 @@ func (m *Meter) decode(b []byte) (Notice, error) {
 		m.received = append(m.received, r)
 		m.mu.Unlock()
 		return Notice{Receipt: &r}, nil
+	case "cdr":
+		if len(pm.CDR) == 0 {
+			return Notice{}, fmt.Errorf("%w: a cdr notice without its CDR", ErrBadReceipt)
+		}
+		return Notice{CDR: pm.CDR, CDREvents: pm.Events}, nil
 	}
 	return Notice{}, fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind)
 }

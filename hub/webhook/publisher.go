@@ -53,8 +53,11 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) er
 		return errors.Join(err, fmt.Errorf("webhook: provider message: %w", jerr))
 	}
 	event := EventReceipt
-	if m.Kind == charging.ProviderMsgUnpaid {
+	switch m.Kind {
+	case charging.ProviderMsgUnpaid:
 		event = EventUnpaid
+	case charging.ProviderMsgCDR:
+		event = EventCDR
 	}
 	body, jerr := json.Marshal(Envelope{Type: event, Provider: provider, Data: data})
 	if jerr != nil {
