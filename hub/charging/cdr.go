@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
 )
 
 // ProviderMsgCDR is the kind of the ProviderMessage carrying the OCPI CDR
@@ -76,6 +77,15 @@ func (c *Service) endSession(ctx context.Context, g *payGroup) {
 	if err != nil {
 		c.log.Error("encoding a CDR", "err", err)
 		return
+	}
+	if c.cfg.CDRs != nil {
+		err := c.cfg.CDRs.PutCDR(ctx, hub.CDRRecord{ID: cdr.ID, Provider: g.key.provider, Payer: g.key.payer,
+			Session: g.session.usage.Session, Events: g.ids, TotalMsat: cdr.M2MHub.TotalMsat, Created: c.clock.Now().UTC(), CDR: b})
+		if err != nil {
+			// Published all the same: the provider has it, and the
+			// operator sees the error.
+			c.log.Error("storing a CDR", "cdr", cdr.ID, "err", err)
+		}
 	}
 	c.publish(ctx, g.key.provider, ProviderMessage{Kind: ProviderMsgCDR, CDR: b, Events: g.ids})
 }

@@ -157,6 +157,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// DeviceTTL is how long a looked-up device status is trusted.
 	DeviceTTL time.Duration
+	// CDRs, when set, keeps the CDR of every EV session paid against its
+	// hold (see Usage.Hold); it is published to the provider either way.
+	CDRs hub.CDRStore
 	// Observer, when set, sees every event's outcome (metrics).
 	Observer Observer
 	// Clock drives flushes, timeouts and security windows.

@@ -100,6 +100,10 @@ func TestChargeAgainstHold(t *testing.T) {
 	if err := json.Unmarshal(cdrs[0].msg.CDR, &cdr); err != nil {
 		t.Fatal(err)
 	}
+	rec, err := env.h.Store.CDR(context.Background(), cdr.ID)
+	if err != nil || rec.Provider != env.prov.ID || rec.Payer != env.payer.ID || rec.TotalMsat != total || string(rec.CDR) != string(cdrs[0].msg.CDR) {
+		t.Fatalf("stored CDR %+v, %v", rec, err)
+	}
 	if cdr.M2MHub.TotalMsat != total || cdr.M2MHub.TotalMsat != r.Paid-paidBefore ||
 		cdr.CountryCode != "DE" || cdr.PartyID != "ACM" || cdr.CdrToken.UID != "1F2D3A4B" || cdr.CdrLocation.ID != "LOC1" {
 		t.Fatalf("CDR %+v", cdr)
