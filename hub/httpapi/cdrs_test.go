@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,47 +12,8 @@ import (
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
-
-// sampleCDR is the CDR record of the example EV session (the contracts
-// package's examples) issued by provider, under id.
-func sampleCDR(t *testing.T, id, provider string, created time.Time) hub.CDRRecord {
-	t.Helper()
-	doc, err := os.ReadFile("../../contracts/testdata/examples/ev_charging.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := contracts.Parse(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile("../../contracts/testdata/usage/ev_charging.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := contracts.ParseUsage(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := contracts.Price(k, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cdr, err := contracts.NewCDR(k, u, b, contracts.CDRSession{
-		CountryCode: "DE", PartyID: "ACM", ID: id, SessionID: "s1",
-		Token:      contracts.CDRToken{CountryCode: "DE", PartyID: "ACM", UID: "1F2D3A4B", Type: "APP_USER", ContractID: "car-1"},
-		AuthMethod: "AUTH_REQUEST", Location: contracts.CDRLocation{ID: "CS1", EvseUID: "1", ConnectorID: "1"}, LastUpdated: created,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc, err := json.Marshal(cdr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hub.CDRRecord{ID: id, Provider: provider, Payer: "car-1", Session: "s1", Events: []string{"ocmf-1"},
-		TotalMsat: b.TotalMsat, Created: created, CDR: enc}
-}
 
 // TestCDRs lists and reads CDRs through the API (every answer checked
 // against docs/openapi.yaml): all of them for the operator, its own for a
@@ -62,7 +22,7 @@ func TestCDRs(t *testing.T) {
 	a := newFullAPI(t)
 	ctx := context.Background()
 	at := time.Date(2026, 6, 10, 21, 5, 0, 0, time.UTC)
-	for i, rec := range []hub.CDRRecord{sampleCDR(t, "CDR1", "cpo-1", at), sampleCDR(t, "CDR2", "cpo-2", at.Add(time.Minute))} {
+	for i, rec := range []hub.CDRRecord{hubtest.ExampleCDR(t, "../..", "CDR1", "cpo-1", at), hubtest.ExampleCDR(t, "../..", "CDR2", "cpo-2", at.Add(time.Minute))} {
 		if err := a.store.PutCDR(ctx, rec); err != nil {
 			t.Fatalf("CDR %d: %v", i, err)
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/webhook"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
 
 // fixedChain is a test-only chain for the channel manager's read paths:
@@ -272,7 +273,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	// A CDR of gantry-7's.
 	const cdrID = "CDR0123"
-	if err := a.store.PutCDR(context.Background(), sampleCDR(t, cdrID, "gantry-7", time.Now())); err != nil {
+	if err := a.store.PutCDR(context.Background(), hubtest.ExampleCDR(t, "../..", cdrID, "gantry-7", time.Now())); err != nil {
 		t.Fatal(err)
 	}
 	sample := strings.NewReplacer(
