@@ -61,7 +61,7 @@ func TestEVChargingDocCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := httpapi.New(httpapi.Config{Registry: reg, Token: testToken, Contracts: cs, Info: func() httpapi.Info { return httpapi.Info{} }})
+	h, err := httpapi.New(httpapi.Config{Registry: reg, Token: testToken, Contracts: cs, CDRs: store, Info: func() httpapi.Info { return httpapi.Info{} }})
 	if err != nil {
 		t.Fatal(err)
 	}
