@@ -18,23 +18,7 @@ import (
 // TestCDRCommands lists and shows CDRs the hub stored, as a table and with
 // --json, through a real admin API over a real store.
 func TestCDRCommands(t *testing.T) {
-	store, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	reg, err := registry.New(registry.Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := httpapi.New(httpapi.Config{Registry: reg, Token: testToken, CDRs: store,
-		Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	conn := []string{"--admin", strings.TrimPrefix(srv.URL, "http://"), "--token", testToken}
+	store, conn := serveAPI(t, func(store *boltstore.Store, _ *registry.Registry, cfg *httpapi.Config) { cfg.CDRs = store })
 	at := time.Date(2026, 6, 10, 21, 5, 0, 0, time.UTC)
 	want := hubtest.ExampleCDR(t, "../..", "CDR1", "cpo-1", at)
 	for _, r := range []hub.CDRRecord{want, hubtest.ExampleCDR(t, "../..", "CDR2", "cpo-2", at.Add(time.Minute))} {
@@ -68,4 +52,29 @@ func TestCDRCommands(t *testing.T) {
 	if code, _, errOut = runCtl(t, append(conn, "cdr", "show", "nope")...); code == exitOK || !strings.Contains(errOut, "not found") {
 		t.Fatalf("cdr show of an unknown id: exit %d, %s", code, errOut)
 	}
+}
+
+// serveAPI runs the real admin API over a real registry and store, with
+// the parts mod adds to its Config, and returns the store and hubctl's
+// connection flags.
+func serveAPI(t *testing.T, mod func(*boltstore.Store, *registry.Registry, *httpapi.Config)) (*boltstore.Store, []string) {
+	t.Helper()
+	store, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	reg, err := registry.New(registry.Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := httpapi.Config{Registry: reg, Token: testToken, Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} }}
+	mod(store, reg, &cfg)
+	h, err := httpapi.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return store, []string{"--admin", strings.TrimPrefix(srv.URL, "http://"), "--token", testToken}
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -205,18 +206,8 @@ func (p *meterProvider) cdr(t *testing.T, id string) contracts.CDR {
 // HoldClosed reached it).
 func (py *payer) holdsClosed(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := py.dev.Balance(py.ch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b.Reserved == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still reserves %d msat for holds", py.id, uint64(b.Reserved))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	py.balanceWhen(t, func(b m2mclient.Balance) bool { return b.Reserved == 0 },
+		func(b m2mclient.Balance) string {
+			return fmt.Sprintf("still reserves %d msat for holds", uint64(b.Reserved))
+		})
 }
