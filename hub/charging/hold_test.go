@@ -2,7 +2,10 @@ package charging_test
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/metering"
 )
 
 // hold has the provider ask the payer for a hold of max msat, which the
@@ -163,4 +167,30 @@ func TestChargeAgainstHoldRefusals(t *testing.T) {
 			t.Fatalf("a CDR for a charge not paid against its hold: %+v", cdrs)
 		}
 	})
+}
+
+// TestHoldAttributeMalformed: an event whose hold attribute is not 32 hex
+// is dead-lettered as malformed and charges nothing.
+func TestHoldAttributeMalformed(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	k := env.publish("ev_charging")
+	h := k.Hash()
+	for i, bad := range []string{"zz", "0707", strings.Repeat("0", 31) + "g", strings.Repeat("07", 17)} {
+		id := fmt.Sprintf("ev-bad-%d", i)
+		ev := metering.Event{ID: id, Source: env.prov.ID, Subject: env.payer.ID, Time: "2026-06-10T21:30:00Z",
+			Data: metering.Data{Contract: hex.EncodeToString(h[:]), Session: "s", Start: "2026-06-10T20:30:00Z", End: "2026-06-10T21:30:00Z",
+				Periods:    []metering.Period{{Start: "2026-06-10T20:30:00Z", EnergyKWh: "6", State: "charging"}},
+				Attributes: map[string]string{contracts.HoldAttribute: bad}}}
+		out, err := env.chg.Charge(context.Background(), []metering.Event{ev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out[0].Rejected != charging.RejectMalformed || !strings.Contains(out[0].Detail, "hold") {
+			t.Fatalf("hold %q: outcome %+v, want malformed", bad, out[0])
+		}
+		if _, err := env.h.Store.Charge(context.Background(), env.prov.ID, id); err == nil {
+			t.Fatalf("hold %q: the event was recorded", bad)
+		}
+	}
 }

@@ -54,7 +54,11 @@ func toUsageEvent(e *metering.Event) (Usage, error) {
 		Digest: metering.Digest(e), Attributes: e.Data.Attributes}
 	if a, ok := e.Data.Attributes[contracts.HoldAttribute]; ok {
 		var id [16]byte
-		if n, err := hex.Decode(id[:], []byte(a)); err != nil || n != len(id) || len(a) != 2*len(id) {
+		// The length first: hex.Decode writes past a short destination.
+		if len(a) != 2*len(id) {
+			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
+		}
+		if _, err := hex.Decode(id[:], []byte(a)); err != nil {
 			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
 		}
 		ev.Hold = &id
