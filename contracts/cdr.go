@@ -132,6 +132,25 @@ type CDRSession struct {
 	LastUpdated time.Time
 }
 
+// HoldAttribute is the usage event attribute (32 hex) naming the hold an
+// EV session's last event is paid against: the hub records the charge
+// against the hold, the payer's payment captures it, the rest of the hold
+// is released, and the hub issues the session's CDR.
+const HoldAttribute = "hold"
+
+// The usage event attributes the hub takes a held EV session's CDR token
+// and location from; each has a default when absent.
+const (
+	CDRAttrCountryCode = "country_code" // default: the OCPI tariff's
+	CDRAttrPartyID     = "party_id"     // default: the OCPI tariff's
+	CDRAttrTokenUID    = "token_uid"    // default: the payer device id
+	CDRAttrTokenType   = "token_type"   // default: APP_USER
+	CDRAttrLocationID  = "location_id"  // default: the provider id
+	CDRAttrEvseUID     = "evse_uid"     // default: "1"
+	CDRAttrEvseID      = "evse_id"
+	CDRAttrConnectorID = "connector_id" // default: "1"
+)
+
 // cdrDecimals is how many decimals a CDR's currency figures carry.
 const cdrDecimals = 6
 

@@ -54,6 +54,9 @@ type Contract struct {
 	Fee *Fee `json:"fee,omitempty"`
 	// Security lists the rules whose breach freezes a device or provider.
 	Security []SecurityRule `json:"security,omitempty"`
+	// Splits divide the provider's part of every charge among several
+	// payees (see Split and SplitShares).
+	Splits []Split `json:"splits,omitempty"`
 
 	EVCharging         *EVCharging `json:"ev_charging,omitempty"`
 	Toll               *Toll       `json:"toll,omitempty"`
@@ -161,6 +164,9 @@ func (c *Contract) validate() error {
 		if err := c.Security[i].validate(fmt.Sprintf("security[%d]", i)); err != nil {
 			return err
 		}
+	}
+	if err := validateSplits(c.Splits); err != nil {
+		return err
 	}
 
 	bodies := 0

@@ -249,6 +249,11 @@ type Unpaid struct {
 type Notice struct {
 	Receipt *Receipt
 	Unpaid  *Unpaid
+	// CDR is the OCPI CDR (JSON) of an EV session the hub charged
+	// against its hold, sent after the session's receipt; CDREvents are
+	// the event ids it covers.
+	CDR       json.RawMessage
+	CDREvents []string
 }
 
 // providerMessage mirrors what the hub publishes (docs/metering-charging.md).
@@ -262,6 +267,8 @@ type providerMessage struct {
 	StopService string   `json:"stop_service"`
 	// Receipts: several receipts in one message (kind "receipts").
 	Receipts []paidReceipt `json:"receipts"`
+	// CDR: the OCPI CDR of a charging session (kind "cdr").
+	CDR json.RawMessage `json:"cdr"`
 }
 
 // paidReceipt is one receipt of a "receipts" message.
@@ -324,6 +331,12 @@ func (m *Meter) decode(b []byte) []Notice {
 	case "receipt":
 		pm.Receipts = []paidReceipt{{Receipt: pm.Receipt, Events: pm.Events}}
 	case "receipts":
+	case "cdr":
+		if len(pm.CDR) == 0 {
+			m.log.Warn("hub notice dropped", "err", fmt.Errorf("%w: a cdr notice without its CDR", ErrBadReceipt))
+			return nil
+		}
+		return []Notice{{CDR: pm.CDR, CDREvents: pm.Events}}
 	default:
 		m.log.Warn("hub notice dropped", "err", fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind))
 		return nil

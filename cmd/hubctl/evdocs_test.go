@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -48,26 +47,14 @@ func shBlocks(t *testing.T, path string) []string {
 // the repository root against a hub's admin API, and checks that the
 // published OCPI tariff is stored under the hash it prints.
 func TestEVChargingDocCommands(t *testing.T) {
-	store, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	reg, err := registry.New(registry.Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: reg, Incomes: noIncome{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := httpapi.New(httpapi.Config{Registry: reg, Token: testToken, Contracts: cs, Info: func() httpapi.Info { return httpapi.Info{} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	t.Setenv("M2MHUB_ADMIN", strings.TrimPrefix(srv.URL, "http://"))
+	store, conn := serveAPI(t, func(store *boltstore.Store, reg *registry.Registry, cfg *httpapi.Config) {
+		cs, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: reg, Incomes: noIncome{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Contracts, cfg.CDRs = cs, store
+	})
+	t.Setenv("M2MHUB_ADMIN", conn[1])
 	t.Setenv("M2MHUB_ADMIN_TOKEN", testToken)
 	lines := shBlocks(t, "../../docs/ev-charging.md")
 	if len(lines) < 2 {

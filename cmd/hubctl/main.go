@@ -226,6 +226,7 @@ func (a *app) register(p *flags.Parser) {
 	a.registerSettle(p)
 	a.registerCreds(p)
 	a.registerChannels(p)
+	a.registerCDRs(p)
 	a.registerWebhook(p)
 }
 

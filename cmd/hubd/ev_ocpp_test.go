@@ -6,7 +6,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -29,8 +31,10 @@ import (
 // the real hubd: boot, authorize, start (the car's device grants the
 // hold), OCMF-signed meter values, a stop the gateway requests, end. The
 // hub prices the gateway's usage event under the published OCPI tariff,
-// the car's channel pays exactly that, the receipt binds the readings,
-// and the hold is released.
+// the charge is recorded against the session's hold and the car's
+// payment captures it, the receipt binds the readings, the rest of the
+// hold is released, and the provider gets the session's CDR: CDR total =
+// captured = what the car's channel paid, to the msat.
 func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts hubd with its regtest btcd")
@@ -154,9 +158,56 @@ func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 	if !ocmf.BindsReadings(rs[0].Events[0], raw) {
 		t.Fatalf("receipt names event %q, which does not bind the readings", rs[0].Events[0])
 	}
-	h.drained(t, ctx)
-	if paid := car.paid(t) - paidBefore; paid != want.TotalMsat {
-		t.Fatalf("the car's channel paid %d msat, the tariff asks %d", paid, want.TotalMsat)
+	if rs[0].HoldID == ([16]byte{}) {
+		t.Fatal("the session's payment did not capture its hold")
 	}
-	t.Logf("OCPP session of 15.5 kWh through the gateway: the car's channel paid %d msat", want.TotalMsat)
+	cdr := cp.cdr(t, id)
+	h.drained(t, ctx)
+	paid := car.paid(t) - paidBefore
+	if paid != want.TotalMsat || cdr.M2MHub.TotalMsat != paid {
+		t.Fatalf("the car's channel paid %d msat, the tariff asks %d, the CDR says %d", paid, want.TotalMsat, cdr.M2MHub.TotalMsat)
+	}
+	if cdr.TotalEnergy.String() != "15.5" || cdr.CdrToken.UID != "1F2D3A4B" || cdr.CdrLocation.ID != "CS1" {
+		t.Fatalf("CDR energy %s, token %q, location %q", cdr.TotalEnergy, cdr.CdrToken.UID, cdr.CdrLocation.ID)
+	}
+	car.holdsClosed(t)
+	t.Logf("OCPP session of 15.5 kWh through the gateway: hold captured %d msat = the car's channel paid = CDR total %s %s excl. VAT",
+		paid, cdr.TotalCost.ExclVAT, cdr.Currency)
+}
+
+// cdr waits for the provider's CDR notice covering event id.
+func (p *meterProvider) cdr(t *testing.T, id string) contracts.CDR {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case n, ok := <-p.notices:
+			if !ok {
+				t.Fatalf("%s: notice stream ended", p.id)
+			}
+			if n.CDR == nil {
+				t.Fatalf("%s: notice %+v, want a CDR", p.id, n)
+			}
+			if len(n.CDREvents) != 1 || n.CDREvents[0] != id {
+				t.Fatalf("%s: CDR for events %v, want %s", p.id, n.CDREvents, id)
+			}
+			var c contracts.CDR
+			if err := json.Unmarshal(n.CDR, &c); err != nil {
+				t.Fatal(err)
+			}
+			return c
+		case <-timeout:
+			t.Fatalf("%s: no CDR for %s after 20 s", p.id, id)
+		}
+	}
+}
+
+// holdsClosed waits until the device has no active hold left (the hub's
+// HoldClosed reached it).
+func (py *payer) holdsClosed(t *testing.T) {
+	t.Helper()
+	py.balanceWhen(t, func(b m2mclient.Balance) bool { return b.Reserved == 0 },
+		func(b m2mclient.Balance) string {
+			return fmt.Sprintf("still reserves %d msat for holds", uint64(b.Reserved))
+		})
 }

@@ -377,17 +377,28 @@ func (h *meterHub) fund(t *testing.T, ctx context.Context, capacity btcutil.Amou
 // payer right after the receipt waits here for that acknowledgement.
 func (py *payer) paid(t *testing.T) lnwire.MilliSatoshi {
 	t.Helper()
+	b := py.balanceWhen(t, func(b m2mclient.Balance) bool { return b.Unconfirmed == 0 },
+		func(b m2mclient.Balance) string {
+			return fmt.Sprintf("still holds an unacknowledged payment of %d msat", uint64(b.Unconfirmed))
+		})
+	return b.Paid
+}
+
+// balanceWhen polls the device's own record of its channel (local, no
+// hub call) until ok holds, for 10 s at most; why says what was wrong.
+func (py *payer) balanceWhen(t *testing.T, ok func(m2mclient.Balance) bool, why func(m2mclient.Balance) string) m2mclient.Balance {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, err := py.dev.Balance(py.ch)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.Unconfirmed == 0 {
-			return b.Paid
+		if ok(b) {
+			return b
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s still holds an unacknowledged payment of %d msat", py.id, uint64(b.Unconfirmed))
+			t.Fatalf("%s %s", py.id, why(b))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

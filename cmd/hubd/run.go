@@ -251,7 +251,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// exactly once and paid through the payers' channels.
 	charging, err := charging.New(charging.Config{
 		Contracts: store, Charges: store, Devices: reg, Channels: chans,
-		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log,
+		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log, CDRs: store,
 	})
 	if err != nil {
 		return err
@@ -315,7 +315,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	apiCfg := httpapi.Config{
 		Registry: reg, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
-		Creds: creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks,
+		Creds: creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks, CDRs: store,
 		History: hist,
 		Info: func() httpapi.Info {
 			i := info
@@ -496,6 +496,7 @@ type channelStore interface {
 	hub.ContractStore
 	hub.ChargeStore
 	hub.SettlementStore
+	hub.CDRStore
 }
 
 // openStore opens the embedded store, or Redis when --redis-url is set.

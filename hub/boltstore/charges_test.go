@@ -29,3 +29,10 @@ func BenchmarkRecordCharges(b *testing.B) {
 		}
 	}
 }
+
+func TestCDRConformance(t *testing.T) {
+	root := t.TempDir()
+	storetest.RunCDRs(t, func(t *testing.T) storetest.CDRStoreUnderTest {
+		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
+	})
+}

@@ -47,6 +47,9 @@ type PaymentRequest struct {
 	EventsRoot [32]byte
 	EventCount uint32
 	Memo       string
+	// Hold, when set, is the hold the payment captures: the charges were
+	// recorded against it (RecordHeldCharge).
+	Hold *[16]byte
 }
 
 // chargeBook is the Channels' record of payment requests sent for charges,
@@ -181,7 +184,7 @@ func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64,
 	c.charges.reqs[id] = &req
 	c.charges.mu.Unlock()
 	sent := c.send(ctx, r.Payer, &wire.PaymentRequest{
-		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo,
+		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo, HoldID: r.Hold,
 	})
 	if !sent {
 		c.CancelPayment(id)
@@ -201,13 +204,17 @@ func (c *Manager) CancelPayment(reqID uint64) {
 // chargeRequest finds the charge request payment m answers: the one it
 // names, for the same channel, payer, payee and amount, without a hold.
 func (c *Manager) chargeRequest(payer string, m *wire.Pay) (uint64, *PaymentRequest) {
-	if m.ReqID == nil || m.HoldID != nil {
+	if m.ReqID == nil {
 		return 0, nil
 	}
 	c.charges.mu.Lock()
 	defer c.charges.mu.Unlock()
 	r := c.charges.reqs[*m.ReqID]
 	if r == nil || r.Payer != payer || r.Payee != m.Payee || r.Channel != m.ChanID || r.Amount != m.Amount {
+		return 0, nil
+	}
+	// A charge paid against a hold names it, and only it.
+	if (r.Hold == nil) != (m.HoldID == nil) || r.Hold != nil && *r.Hold != *m.HoldID {
 		return 0, nil
 	}
 	return *m.ReqID, r

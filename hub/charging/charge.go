@@ -12,6 +12,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
 // volumeKey names one bandwidth billing window of one payer at one
@@ -58,6 +59,13 @@ type plan struct {
 	counted bool
 	// kind is the contract's kind, for the Observer.
 	kind contracts.Kind
+	// hold is the hold the charge is paid against; endHold is a hold
+	// to release once the charge is recorded, because the charge does
+	// not need it (nothing to pay) or does not fit it (the charge is
+	// then owed on the hold's channel like any other).
+	hold, endHold *[16]byte
+	// session is what the CDR of a held EV session is made from.
+	session *heldSession
 }
 
 // holdEventID is the EventID of the charge that holds a conditional
@@ -95,14 +103,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 		c.observeRejected(out)
 		return out, nil
 	}
-	cs := make([]hub.Charge, len(plans))
-	for i := range plans {
-		cs[i] = plans[i].charge
-	}
-	res, err := c.cfg.Channels.RecordCharges(ctx, c.cfg.Charges, cs)
-	if err == nil && len(res) != len(cs) {
-		err = fmt.Errorf("hub: charge store returned %d results for %d charges", len(res), len(cs))
-	}
+	res, plans, err := c.record(ctx, plans, out)
 	if err != nil {
 		c.undoVolumes(plans)
 		return nil, fmt.Errorf("hub: record charges: %w", err)
@@ -110,6 +111,8 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 
 	var dups []plan
 	var owed []hub.Charge
+	var held []plan
+	var endHolds [][16]byte
 	unpaid := map[unpaidKey][]string{}
 	resolved := map[string][]string{} // provider → held charges to close
 	for i, r := range res {
@@ -136,8 +139,16 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 		if c.cfg.Observer != nil {
 			c.cfg.Observer.EventCharged(p.kind, r.Stored.Status, r.Stored.Amount)
 		}
+		if p.endHold != nil {
+			endHolds = append(endHolds, *p.endHold)
+		}
 		switch r.Stored.Status {
 		case hub.ChargeOwed:
+			if p.hold != nil {
+				p.charge = r.Stored
+				held = append(held, p)
+				break
+			}
 			owed = append(owed, r.Stored)
 		case hub.ChargeUnpaid:
 			why := UnpaidCreditLimit
@@ -169,12 +180,78 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 			c.log.Error("closing conditional release holds", "provider", prov, "err", err)
 		}
 	}
+	for _, id := range endHolds {
+		c.releaseHold(ctx, id)
+	}
 	c.addOwed(owed)
+	c.addHeld(held)
 	for k, ids := range unpaid {
 		c.enforce(ctx, k, ids)
 	}
 	c.observeRejected(out)
 	return out, nil
+}
+
+// record writes the plans' charges: those paid against a hold one at a
+// time against it, the others in one call. It returns the results in the
+// order of the plans it kept; a held charge its hold refuses (closed or
+// exceeded since it was planned) is dropped, with its outcome set to
+// RejectNoHold. On an error it returns the plans it did not record.
+func (c *Service) record(ctx context.Context, plans []plan, out []Outcome) ([]hub.ChargeResult, []plan, error) {
+	var plain []hub.Charge
+	for i := range plans {
+		if plans[i].hold == nil {
+			plain = append(plain, plans[i].charge)
+		}
+	}
+	var pres []hub.ChargeResult
+	if len(plain) > 0 {
+		var err error
+		pres, err = c.cfg.Channels.RecordCharges(ctx, c.cfg.Charges, plain)
+		if err == nil && len(pres) != len(plain) {
+			err = fmt.Errorf("hub: charge store returned %d results for %d charges", len(pres), len(plain))
+		}
+		if err != nil {
+			return nil, plans, err
+		}
+	}
+	res := make([]hub.ChargeResult, 0, len(plans))
+	kept := plans[:0:0]
+	for _, p := range plans {
+		if p.hold == nil {
+			res, pres = append(res, pres[0]), pres[1:]
+			kept = append(kept, p)
+			continue
+		}
+		r, err := c.cfg.Channels.RecordHeldCharge(ctx, c.cfg.Charges, p.charge, *p.hold)
+		var ce *wire.ChannelError
+		if errors.As(err, &ce) {
+			out[p.idx] = Outcome{Rejected: RejectNoHold, Detail: ce.Message}
+			c.undoVolumes([]plan{p})
+			continue
+		}
+		if err != nil {
+			// The plain charges are durable (the batch's retry finds
+			// them recorded); only the held ones are not.
+			var unrecorded []plan
+			for _, q := range plans {
+				if q.hold != nil {
+					unrecorded = append(unrecorded, q)
+				}
+			}
+			return nil, unrecorded, err
+		}
+		res = append(res, r)
+		kept = append(kept, p)
+	}
+	return res, kept, nil
+}
+
+// releaseHold ends a hold a session no longer needs.
+func (c *Service) releaseHold(ctx context.Context, id [16]byte) {
+	if _, err := c.cfg.Channels.ReleaseHold(ctx, id); err != nil {
+		c.log.Warn("releasing a session's hold", "hold", fmt.Sprintf("%x", id[:]), "err", err)
+	}
 }
 
 // sameEvent reports whether c, a charge about to be recorded, comes from
@@ -222,7 +299,7 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 			continue
 		}
 		p.idx = i
-		if p.charge.Status == hub.ChargeOwed {
+		if p.charge.Status == hub.ChargeOwed && p.charge.Channel == (btcwire.OutPoint{}) {
 			op, ok := chans[ev.Payer]
 			if !ok {
 				op, err = c.cfg.Channels.PayerChannel(ctx, ev.Payer)
@@ -293,6 +370,15 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		Provider: ev.Provider, EventID: ev.ID, Payer: ev.Payer, Contract: ev.Contract,
 		Status: hub.ChargeOwed, EventTime: ev.Time.UTC(), Charged: now.UTC(), Digest: ev.Digest,
 	}
+	var hold *hub.Hold
+	if ev.Hold != nil {
+		h, reason, detail, err := c.checkHold(ctx, k, ev)
+		if reason != "" || err != nil {
+			return plan{}, reason, detail, err
+		}
+		hold = &h
+		p.charge.Channel = h.Channel
+	}
 	if k.Kind == contracts.KindConditionalRelease && u.End.IsZero() {
 		// Start of a job: hold the contract's amount until the end
 		// event's readings decide.
@@ -340,10 +426,39 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		// the event is charged once, never requested.
 		p.charge.Status = hub.ChargePaid
 	}
+	if hold != nil {
+		id := hold.ID
+		if p.charge.Status == hub.ChargeOwed && b.TotalMsat <= hold.Remaining() {
+			p.hold = &id
+			p.session = &heldSession{contract: k, usage: u, breakdown: b, attrs: ev.Attributes}
+		} else {
+			p.endHold = &id
+		}
+	}
 	if p.vkey != nil {
 		c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Add(p.volume))
 	}
 	return p, "", "", nil
+}
+
+// checkHold finds the active hold a session's last event names: it must be
+// the provider's, on the payer's channel, and the contract an EV charging
+// one.
+func (c *Service) checkHold(ctx context.Context, k *contracts.Contract, ev *Usage) (hub.Hold, string, string, error) {
+	if k.Kind != contracts.KindEVCharging {
+		return hub.Hold{}, RejectNoHold, fmt.Sprintf("a %s contract is not paid against a hold", k.Kind), nil
+	}
+	h, err := c.cfg.Channels.Hold(ctx, *ev.Hold)
+	var ce *wire.ChannelError
+	switch {
+	case errors.As(err, &ce):
+		return hub.Hold{}, RejectNoHold, ce.Message, nil
+	case err != nil:
+		return hub.Hold{}, "", "", err
+	case h.Provider != ev.Provider || h.DeviceID != ev.Payer:
+		return hub.Hold{}, RejectNoHold, fmt.Sprintf("hold %x is not between %s and %s", ev.Hold[:], ev.Payer, ev.Provider), nil
+	}
+	return h, "", "", nil
 }
 
 // checkHeld finds the held charge an end-of-job event resolves.

@@ -77,6 +77,14 @@ type Usage struct {
 	// and is refused with RejectIDConflict. Zero when unknown: such an
 	// event is compared by payer, contract, time and quantity instead.
 	Digest hub.Hash
+	// Hold, when set, is the hold the provider asked the payer for at the
+	// session's start (the event's "hold" attribute, 32 hex): the event
+	// is the session's last, its charge is paid against the hold, and the
+	// rest of the hold is released once it is paid.
+	Hold *[16]byte
+	// Attributes are the event's attributes; a held EV session's CDR
+	// takes its location and token from them (see CDR attributes).
+	Attributes map[string]string
 }
 
 // Outcome is what charging did with one event.
@@ -102,7 +110,14 @@ type Channels interface {
 	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
 	RequestPayment(ctx context.Context, r channels.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
+	// Hold, RecordHeldCharge and ReleaseHold charge a session against
+	// the hold its provider asked for (see Usage.Hold).
+	Hold(ctx context.Context, id [16]byte) (hub.Hold, error)
+	RecordHeldCharge(ctx context.Context, store hub.ChargeStore, ch hub.Charge, id [16]byte) (hub.ChargeResult, error)
+	ReleaseHold(ctx context.Context, id [16]byte) (lnwire.MilliSatoshi, error)
 }
+
+var _ Channels = (*channels.Manager)(nil)
 
 // Freezer freezes a device or provider a security rule caught.
 // *registry.Registry satisfies it.
@@ -142,6 +157,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// DeviceTTL is how long a looked-up device status is trusted.
 	DeviceTTL time.Duration
+	// CDRs, when set, keeps the CDR of every EV session paid against its
+	// hold (see Usage.Hold); it is published to the provider either way.
+	CDRs hub.CDRStore
 	// Observer, when set, sees every event's outcome (metrics).
 	Observer Observer
 	// Clock drives flushes, timeouts and security windows.

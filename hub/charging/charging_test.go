@@ -88,7 +88,7 @@ func newChargeEnv(t *testing.T, credit lnwire.MilliSatoshi) *chargeEnv {
 	env.ch = env.payer.Open(f, 1_000_000, chantest.TestHeight+500)
 	chg, err := charging.New(charging.Config{
 		Contracts: h.Store, Charges: h.Store, Devices: h.Reg, Channels: h.Ch, Freezer: h.Reg,
-		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(),
+		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(), CDRs: h.Store,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 
+	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/metering"
 )
@@ -49,6 +50,18 @@ func toUsageEvent(e *metering.Event) (Usage, error) {
 	if n, err := hex.Decode(h[:], []byte(e.Data.Contract)); err != nil || n != len(h) {
 		return Usage{}, fmt.Errorf("%w: contract %q", hub.ErrInvalid, e.Data.Contract)
 	}
-	return Usage{ID: e.ID, Provider: e.Source, Payer: e.Subject, Contract: h, Time: u.EventTime, Usage: u,
-		Digest: metering.Digest(e)}, nil
+	ev := Usage{ID: e.ID, Provider: e.Source, Payer: e.Subject, Contract: h, Time: u.EventTime, Usage: u,
+		Digest: metering.Digest(e), Attributes: e.Data.Attributes}
+	if a, ok := e.Data.Attributes[contracts.HoldAttribute]; ok {
+		var id [16]byte
+		// The length first: hex.Decode writes past a short destination.
+		if len(a) != 2*len(id) {
+			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
+		}
+		if _, err := hex.Decode(id[:], []byte(a)); err != nil {
+			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
+		}
+		ev.Hold = &id
+	}
+	return ev, nil
 }

@@ -43,6 +43,9 @@ type ProviderMessage struct {
 	EventIDs    []string `json:"event_ids,omitempty"`
 	Reason      string   `json:"reason,omitempty"`
 	StopService string   `json:"stop_service,omitempty"`
+	// CDR is the OCPI CDR of an EV session paid against its hold, and
+	// Events the event ids it covers (kind "cdr").
+	CDR json.RawMessage `json:"cdr,omitempty"`
 }
 
 // PaidReceipt is one receipt of a "receipts" message: the hex
@@ -64,6 +67,9 @@ type payKey struct {
 	payer, provider string
 	contract        hub.Hash
 	channel         btcwire.OutPoint
+	// hold is the hold a session's charge is paid against; zero for
+	// charges paid from the channel's free capacity.
+	hold [16]byte
 }
 
 // payGroup is owed charges gathered for one payment request.
@@ -76,6 +82,9 @@ type payGroup struct {
 	reqID uint64
 	sent  time.Time
 	retry time.Time
+	// session, for a group paid against a hold (one charge), makes the
+	// session's CDR once it is paid.
+	session *heldSession
 }
 
 // payEvent is a listener callback queued for the flusher.
@@ -113,6 +122,33 @@ func (c *Service) addOwed(cs []hub.Charge) {
 		case c.kick <- struct{}{}:
 		default:
 		}
+	}
+}
+
+// addHeld queues the charges of held sessions, each its own request
+// against its hold.
+func (c *Service) addHeld(ps []plan) {
+	if len(ps) == 0 {
+		return
+	}
+	c.pay.Lock()
+	for _, p := range ps {
+		ch := &p.charge
+		k := payKey{payer: ch.Payer, provider: ch.Provider, contract: ch.Contract, channel: ch.Channel, hold: *p.hold}
+		p.session.eventID = ch.EventID
+		g := c.pending[k]
+		if g == nil {
+			g = &payGroup{key: k}
+			c.pending[k] = g
+		}
+		// A second event naming the hold is paid with the first (the
+		// hold's remainder bounds both); the CDR is the last one's.
+		g.ids, g.amount, g.session = append(g.ids, ch.EventID), g.amount+ch.Amount, p.session
+	}
+	c.pay.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -207,12 +243,20 @@ func (c *Service) settle(ctx context.Context) {
 	wg.Wait()
 	for _, a := range answered {
 		if a.ev.receipt != nil {
+			// The CDR of a session paid against its hold follows its
+			// receipt, published above.
+			if a.g.key.hold != ([16]byte{}) {
+				c.endSession(ctx, a.g)
+			}
 			continue
 		}
 		c.log.Info("payer refused charges", "payer", a.g.key.payer, "provider", a.g.key.provider,
 			"events", len(a.g.ids), "code", a.ev.code, "message", a.ev.message)
 		if err := c.cfg.Charges.SetChargeStatus(ctx, a.g.key.provider, a.g.ids, hub.ChargeUnpaid); err != nil {
 			c.log.Error("marking refused charges unpaid", "err", err)
+		}
+		if a.g.key.hold != ([16]byte{}) {
+			c.releaseHold(ctx, a.g.key.hold) // the session is over, unpaid
 		}
 		c.enforce(ctx, unpaidKey{provider: a.g.key.provider, payer: a.g.key.payer, reason: UnpaidPolicyRefused}, a.g.ids)
 	}
@@ -307,11 +351,16 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		c.unbusy(g, false, now)
 		return
 	}
-	id, err := c.cfg.Channels.RequestPayment(ctx, channels.PaymentRequest{
+	r := channels.PaymentRequest{
 		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,
 		Memo: fmt.Sprintf("%d events", n),
-	})
+	}
+	if g.key.hold != ([16]byte{}) {
+		hold := g.key.hold
+		r.Hold, r.Memo = &hold, "session "+g.session.usage.Session
+	}
+	id, err := c.cfg.Channels.RequestPayment(ctx, r)
 	if err != nil {
 		c.log.Debug("payment request not sent", "payer", g.key.payer, "err", err)
 		c.unbusy(g, true, now)

@@ -29,6 +29,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/hub/webhook"
+	"github.com/m2mhub/m2mhub/internal/hubtest"
 )
 
 // fixedChain is a test-only chain for the channel manager's read paths:
@@ -117,7 +118,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 	t.Cleanup(func() { outbox.Close() })
 	cfg := httpapi.Config{
 		Registry: reg, Token: token, Contracts: cs, Settlement: mustFakeSettlement(t),
-		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store, Deliveries: outbox,
+		Creds: creds, Channels: chans, Webhooks: hooks, Receipts: store, Deliveries: outbox, CDRs: store,
 		Providers: &fakeNATS{users: map[string]string{}},
 		Info:      testInfo,
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
@@ -271,6 +272,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 		receiptID = hex.EncodeToString(id[:])
 		break
 	}
+	// A CDR of gantry-7's.
+	const cdrID = "CDR0123"
+	if err := a.store.PutCDR(context.Background(), hubtest.ExampleCDR(t, "../..", cdrID, "gantry-7", time.Now())); err != nil {
+		t.Fatal(err)
+	}
 	sample := strings.NewReplacer(
 		"{id}", "nosuchid", "{hash}", strings.Repeat("00", 32),
 		"{outpoint}", strings.Repeat("00", 32)+":0", "{asset}", "app.js",
@@ -281,6 +287,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return "/v1/income?provider=gantry-7"
 		case "/v1/receipts/{id}/proof":
 			return "/v1/receipts/" + receiptID + "/proof"
+		case "/v1/cdrs":
+			return "/v1/cdrs?provider=gantry-7"
+		case "/v1/cdrs/{id}":
+			return "/v1/cdrs/" + cdrID
 		}
 		return sample.Replace(r.Pattern)
 	}

@@ -85,6 +85,8 @@ type Config struct {
 	Channels Channels
 	// Receipts, when set, serves a channel's receipts.
 	Receipts Receipts
+	// CDRs, when set, serves the EV sessions' CDRs.
+	CDRs CDRs
 	// Deliveries, when set, serves the webhook delivery endpoints (list,
 	// redeliver, test).
 	Deliveries WebhookDeliveries
@@ -166,6 +168,7 @@ func New(cfg Config) (*Handler, error) {
 	h.routeSettlement()
 	h.routeChannels()
 	h.routeReceipts()
+	h.routeCDRs()
 	h.routeDeliveries()
 	h.routeDashboard()
 	h.routeWebhooks()

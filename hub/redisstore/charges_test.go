@@ -30,3 +30,10 @@ func BenchmarkRecordCharges(b *testing.B) {
 		}
 	}
 }
+
+func TestCDRConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunCDRs(t, func(t *testing.T) storetest.CDRStoreUnderTest {
+		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
+	})
+}

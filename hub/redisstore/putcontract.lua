@@ -1,5 +1,6 @@
--- Store a contract once: a hash already there is left as it is, since a
--- published contract never changes.
+-- Store a record once (a contract; a CDR with other keys): a key already
+-- there is left as it is, since a published contract or an issued CDR
+-- never changes.
 --
 -- KEYS: 1 contracts hash (hash hex -> record JSON), 2 contracts by
 --       publication (sorted set of hash hex scored by unix ms)

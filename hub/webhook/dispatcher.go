@@ -43,6 +43,9 @@ const (
 	EventReceipt    = "receipt"
 	EventUnpaid     = "unpaid"
 	EventSettlement = "settlement"
+	// EventCDR carries the OCPI CDR of an EV session paid against its
+	// hold (charging.ProviderMsgCDR).
+	EventCDR = "cdr"
 )
 
 // Defaults for Config.

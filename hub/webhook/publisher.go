@@ -67,8 +67,11 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) er
 		return errors.Join(errs...)
 	}
 	event := EventReceipt
-	if m.Kind == charging.ProviderMsgUnpaid {
+	switch m.Kind {
+	case charging.ProviderMsgUnpaid:
 		event = EventUnpaid
+	case charging.ProviderMsgCDR:
+		event = EventCDR
 	}
 	return errors.Join(err, p.enqueue(ctx, provider, event, data))
 }

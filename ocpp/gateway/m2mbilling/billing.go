@@ -1,7 +1,8 @@
 // Package m2mbilling is the gateway's Billing over the hub's Go provider
 // library: the hold through the Provider, the verified OCMF readings as
 // one signed usage event over NATS through the Meter, whose id binds the
-// readings into the hub's receipt.
+// readings into the hub's receipt and which names the hold the hub
+// charges it against.
 package m2mbilling
 
 import (
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -159,11 +161,11 @@ func (b *Billing) Readings(ctx context.Context, s gateway.Session, signed []stri
 
 // End meters the session as one usage event priced by the hub from the
 // verified readings, named ocmf.EventID(readings) so the receipt binds
-// them, and then releases the hold. The hold is released, not captured:
-// the hub charges the usage event itself, and capturing the same amount
-// would charge the payer twice (the hub has no capture of a usage event
-// against a hold). A session with fewer than two good readings bills
-// nothing.
+// them, and naming the session's hold (the "hold" attribute): the hub
+// records the charge against the hold, the payer's payment captures it,
+// and the hub releases the rest of the hold and sends the session's CDR.
+// A session with fewer than two good readings bills nothing: its hold is
+// released here.
 func (b *Billing) End(ctx context.Context, s gateway.Session) error {
 	b.mu.Lock()
 	ss := b.sessions[key(s)]
@@ -172,14 +174,14 @@ func (b *Billing) End(ctx context.Context, s gateway.Session) error {
 		return fmt.Errorf("%w: %s", ErrNoSession, key(s))
 	}
 	if len(ss.readings) >= 2 {
-		if err := b.meter(ctx, s, ss.readings); err != nil {
+		if err := b.meter(ctx, s, ss.hold, ss.readings); err != nil {
 			return err // the station retries the Ended event; the hold stays
 		}
 	} else {
 		b.log.Warn("session not billed: fewer than two verified readings", "session", key(s), "dropped", ss.dropped)
-	}
-	if err := b.cfg.Holds.Release(ctx, ss.hold); err != nil {
-		return fmt.Errorf("m2mbilling: release: %w", err)
+		if err := b.cfg.Holds.Release(ctx, ss.hold); err != nil {
+			return fmt.Errorf("m2mbilling: release: %w", err)
+		}
 	}
 	b.mu.Lock()
 	delete(b.sessions, key(s))
@@ -187,7 +189,7 @@ func (b *Billing) End(ctx context.Context, s gateway.Session) error {
 	return nil
 }
 
-func (b *Billing) meter(ctx context.Context, s gateway.Session, msgs []*ocmf.Message) error {
+func (b *Billing) meter(ctx context.Context, s gateway.Session, hold m2mclient.HoldID, msgs []*ocmf.Message) error {
 	mvs, err := ocmf.MeterValues(msgs)
 	if err != nil {
 		return fmt.Errorf("m2mbilling: readings: %w", err)
@@ -198,7 +200,9 @@ func (b *Billing) meter(ctx context.Context, s gateway.Session, msgs []*ocmf.Mes
 	}
 	rfc := func(t time.Time) string { return t.Format(time.RFC3339) }
 	e := metering.Event{ID: ocmf.EventID(msgs), Subject: s.Payer, Time: rfc(u.End), Data: metering.Data{
-		Contract: b.hash, Session: u.Session, Start: rfc(u.Start), End: rfc(u.End)}}
+		Contract: b.hash, Session: u.Session, Start: rfc(u.Start), End: rfc(u.End),
+		Attributes: map[string]string{contracts.HoldAttribute: hold.String(),
+			contracts.CDRAttrTokenUID: s.IDToken, contracts.CDRAttrLocationID: s.Station, contracts.CDRAttrEvseUID: strconv.Itoa(max(s.EvseID, 1))}}}
 	for _, p := range u.Periods {
 		e.Data.Periods = append(e.Data.Periods, metering.Period{Start: rfc(p.Start), EnergyKWh: p.EnergyKWh.String(), State: p.State})
 	}

@@ -118,10 +118,18 @@ func TestSessionBilled(t *testing.T) {
 	if err := b.End(ctx, s); err != nil {
 		t.Fatal(err)
 	}
-	if len(hub.holds) != 1 || hub.holds[0] != 50_000_000 || hub.released != 1 || len(hub.events) != 1 {
+	// The hub captures and releases the hold once the event is paid:
+	// the gateway names it and leaves it alone.
+	if len(hub.holds) != 1 || hub.holds[0] != 50_000_000 || hub.released != 0 || len(hub.events) != 1 {
 		t.Fatalf("holds %v, released %d, events %d", hub.holds, hub.released, len(hub.events))
 	}
 	e := hub.events[0]
+	if got, want := e.Data.Attributes[contracts.HoldAttribute], (m2mclient.HoldID{1}).String(); got != want {
+		t.Fatalf("event names hold %q, want %q", got, want)
+	}
+	if e.Data.Attributes[contracts.CDRAttrTokenUID] != "1F2D3A4B" || e.Data.Attributes[contracts.CDRAttrLocationID] != "CS1" {
+		t.Fatalf("event attributes %v", e.Data.Attributes)
+	}
 	if !ocmf.BindsReadings(e.ID, good) {
 		t.Fatalf("event %s does not bind the good readings", e.ID)
 	}
