@@ -3,6 +3,8 @@ package channels_test
 import (
 	"context"
 	"crypto/rand"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -238,4 +240,27 @@ func BenchmarkSchnorrVerifyBaseline(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
+}
+
+// BenchmarkFsyncBaseline is the other floor under BenchmarkVerifyDurable:
+// one small append to a file in the test's temporary directory (where the
+// benchmark's bbolt file lives) and its fsync, one at a time. A group
+// commit shares one of these among every update in the group.
+func BenchmarkFsyncBaseline(b *testing.B) {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "fsync-baseline"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	rec := make([]byte, 200)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := f.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "fsyncs/s")
 }
