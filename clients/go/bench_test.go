@@ -2,6 +2,7 @@ package m2mclient_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,8 +204,17 @@ func openPayers(b *testing.B, h *hubtest.Hub, n int) []benchPayer {
 		funded.Add(1)
 		go func() {
 			defer funded.Done()
-			// SendMany puts output i at index i.
-			c, err := payers[i].dev.Funded(ctx, offers[i].PendingID, btcwire.OutPoint{Hash: txid, Index: uint32(i)})
+			// SendMany puts output i at index i. Funded may be called
+			// again with the same output: on a loaded machine a session
+			// can drop while it waits, and the Session reconnects.
+			op := btcwire.OutPoint{Hash: txid, Index: uint32(i)}
+			c, err := payers[i].dev.Funded(ctx, offers[i].PendingID, op)
+			for try := 0; errors.Is(err, m2mclient.ErrNotConnected) && try < 50 && ctx.Err() == nil; try++ {
+				// Waits for the reconnect, whose backoff has no signal
+				// to wait on from outside the Session.
+				time.Sleep(200 * time.Millisecond)
+				c, err = payers[i].dev.Funded(ctx, offers[i].PendingID, op)
+			}
 			if err == nil {
 				payers[i].chID = c.ID
 			}
