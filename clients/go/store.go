@@ -249,7 +249,7 @@ type journalInfo struct {
 const journalCompactSize = 256 << 10
 
 var (
-	_ ChannelStore = (*FileStore)(nil)
+	_ ChannelStore  = (*FileStore)(nil)
 	_ ReceiptSaver  = (*FileStore)(nil)
 	_ DeferredSaver = (*FileStore)(nil)
 )
