@@ -24,7 +24,8 @@ type payment struct {
 // Pay pays amount to the provider payee from the channel: it checks the
 // Policy, signs the next state (seq+1, paid+amount), writes it as pending
 // before sending it (a killed process never loses a signature the hub may
-// hold; the fsync overlaps the hub's work, see FileStore), waits for the
+// hold; with a DeferredSaver it is synced with the acknowledgement, see
+// FileStore), waits for the
 // hub's PayAck and checks its receipt (hub signature, channel, seq,
 // amounts, payee) before recording it durably and returning it. The first
 // Pay on a channel loaded from the store asks the hub for its state first
@@ -123,10 +124,10 @@ func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channe
 	}
 	c.mu.Unlock()
 
-	// The pending state is written, not necessarily synced: its fsync
-	// overlaps the hub's work, and on the PayAck the acknowledged
-	// state's synced write covers it (FileStore). Any other outcome
-	// leaves it pending or dropped, and it is synced before Pay returns.
+	// The pending state is written, not necessarily synced: on the
+	// PayAck the acknowledged state's synced write to the same journal
+	// covers it (FileStore). Any other outcome leaves it pending or
+	// dropped, and it is synced before Pay returns.
 	r, err := d.exchange(ctx, c, pend, false)
 	if derr := done(err != nil); derr != nil {
 		err = errors.Join(err, derr)

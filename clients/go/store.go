@@ -138,7 +138,7 @@ func (c *ChannelState) clone() *ChannelState {
 // ChannelStore persists the device's channels and receipts. Save must be
 // durable when it returns: the device saves a signed state before sending
 // it, so a crash never loses a signature the hub may hold (a store that is
-// also a DeferredSaver lets the fsync of that one write overlap the send).
+// also a DeferredSaver lets that one write wait for the next fsync).
 type ChannelStore interface {
 	// Save creates or replaces the record keyed by c.PendingID.
 	Save(ctx context.Context, c ChannelState) error
@@ -167,9 +167,8 @@ type ReceiptSaver interface {
 // two: the write, after which this process and a restart of it (kill -9
 // included) read the new record, and its fsync, after which a power loss
 // or an operating system crash does too. The device saves a pending
-// payment this way and sends it to the hub before the fsync: the record
-// reaches the disk while the hub verifies and commits the payment, and on
-// the PayAck the acknowledged state's durable write covers it, so the
+// payment this way and sends it to the hub without waiting for an fsync;
+// on the PayAck the acknowledged state's durable write covers it, so the
 // pending state costs no fsync of its own (see FileStore for why that is
 // safe).
 type DeferredSaver interface {
