@@ -208,6 +208,12 @@ type devChannel struct {
 	// state (ChannelSync or Pay), so a ChannelState answering that request
 	// knows which holds the hub had the chance to see (see syncHolds).
 	auths, authsAsked uint64
+	// synced says the device compared its record with the hub's state
+	// (a ChannelState it checked) since this process loaded the record,
+	// or created the record itself. A record loaded from the store may
+	// miss a pending state lost with the writes a power loss undid (see
+	// FileStore), so a Pay on it asks the hub first. Guarded by mu.
+	synced bool
 }
 
 // waitKey names what a waiting call expects an answer about.
@@ -361,7 +367,7 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 		return nil, err
 	}
 	for i := range states {
-		if err := d.addChannel(&states[i]); err != nil {
+		if err := d.addChannel(&states[i], false); err != nil {
 			cancel()
 			return nil, err
 		}
@@ -414,13 +420,14 @@ func (d *Device) Close() error {
 	return nil
 }
 
-// addChannel indexes a loaded or new channel record.
-func (d *Device) addChannel(st *ChannelState) error {
+// addChannel indexes a loaded or new channel record; created says this
+// process made it (see devChannel.synced).
+func (d *Device) addChannel(st *ChannelState, created bool) error {
 	out, err := channel.NewOutput(st.Params(d.cfg.Key.PubKey()))
 	if err != nil {
 		return fmt.Errorf("m2mclient: channel %x: %w", st.PendingID, err)
 	}
-	c := &devChannel{st: st, out: out}
+	c := &devChannel{st: st, out: out, synced: created}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.chans[st.PendingID] = c
@@ -454,6 +461,19 @@ func (d *Device) channelCopy(id btcwire.OutPoint) (*ChannelState, error) {
 // save persists c.st; c.mu must be held.
 func (d *Device) save(ctx context.Context, c *devChannel) error {
 	return d.cfg.Store.Save(context.WithoutCancel(ctx), *c.st)
+}
+
+// savePending writes c.st with a pending payment, deferring its fsync when
+// the store can (DeferredSaver); the caller calls done once, as
+// DeferredSaver says. c.mu must be held.
+func (d *Device) savePending(ctx context.Context, c *devChannel) (done func(sync bool) error, err error) {
+	if ds, ok := d.cfg.Store.(DeferredSaver); ok {
+		return ds.SaveDeferred(context.WithoutCancel(ctx), *c.st)
+	}
+	if err := d.save(ctx, c); err != nil {
+		return nil, err
+	}
+	return func(bool) error { return nil }, nil
 }
 
 func (d *Device) reqID() uint64 {
@@ -653,7 +673,7 @@ func (d *Device) OpenChannel(ctx context.Context, capacity btcutil.Amount, expir
 		if err := d.cfg.Store.Save(ctx, *st); err != nil {
 			return nil, err
 		}
-		if err := d.addChannel(st); err != nil {
+		if err := d.addChannel(st, true); err != nil {
 			return nil, err
 		}
 	}

@@ -22,10 +22,14 @@ type payment struct {
 }
 
 // Pay pays amount to the provider payee from the channel: it checks the
-// Policy, signs the next state (seq+1, paid+amount), saves it as pending
-// before sending it (a crash never loses a signature the hub may hold), waits
-// for the hub's PayAck and checks its receipt (hub signature, channel, seq,
-// amounts, payee) before recording and returning it.
+// Policy, signs the next state (seq+1, paid+amount), writes it as pending
+// before sending it (a killed process never loses a signature the hub may
+// hold; with a DeferredSaver it is synced with the acknowledgement, see
+// FileStore), waits for the
+// hub's PayAck and checks its receipt (hub signature, channel, seq,
+// amounts, payee) before recording it durably and returning it. The first
+// Pay on a channel loaded from the store asks the hub for its state first
+// (ChannelSync).
 //
 // Errors: ErrPolicy (nothing signed), ErrUnknownChannel, ErrNotReady,
 // channel.ErrOverCapacity, *ChannelError (the hub refused; nothing paid;
@@ -67,11 +71,22 @@ func (d *Device) pay(ctx context.Context, chanID btcwire.OutPoint, p payment) (*
 func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channel.Receipt, error) {
 	chanID := c.st.Funding
 	c.mu.Lock()
-	status, hasPending := c.st.Status, c.st.Pending != nil
+	status, synced := c.st.Status, c.synced
 	c.mu.Unlock()
 	if status != StatusReady {
 		return nil, fmt.Errorf("%w: channel is %s", ErrNotReady, status)
 	}
+	if !synced {
+		// The record came from the store, which may have lost a pending
+		// state the hub holds (FileStore): learn the hub's state before
+		// signing a seq it may have.
+		if err := d.syncLocked(ctx, c); err != nil {
+			return nil, fmt.Errorf("m2mclient: pay: learning the hub's state: %w", err)
+		}
+	}
+	c.mu.Lock()
+	hasPending := c.st.Pending != nil
+	c.mu.Unlock()
 	if hasPending {
 		if err := d.resync(ctx, c); err != nil {
 			return nil, fmt.Errorf("m2mclient: resolving the pending payment: %w", err)
@@ -100,7 +115,8 @@ func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channe
 		HoldID: p.holdID, ReqID: p.reqID, Sig: [64]byte(sig.Serialize()),
 	}
 	c.st.Pending = pend
-	if err := d.save(ctx, c); err != nil {
+	done, err := d.savePending(ctx, c)
+	if err != nil {
 		c.st.Pending = nil
 		c.mu.Unlock()
 		undo()
@@ -108,7 +124,14 @@ func (d *Device) payOnce(ctx context.Context, c *devChannel, p payment) (*channe
 	}
 	c.mu.Unlock()
 
+	// The pending state is written, not necessarily synced: on the
+	// PayAck the acknowledged state's synced write to the same journal
+	// covers it (FileStore). Any other outcome leaves it pending or
+	// dropped, and it is synced before Pay returns.
 	r, err := d.exchange(ctx, c, pend, false)
+	if derr := done(err != nil); derr != nil {
+		err = errors.Join(err, derr)
+	}
 	var ce *ChannelError
 	if errors.As(err, &ce) || errors.Is(err, errResynced) {
 		// The hub refused the payment: it holds no signature for it,

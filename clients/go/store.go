@@ -141,7 +141,8 @@ func (c *ChannelState) clone() *ChannelState {
 
 // ChannelStore persists the device's channels and receipts. Save must be
 // durable when it returns: the device saves a signed state before sending
-// it, so a crash never loses a signature the hub may hold.
+// it, so a crash never loses a signature the hub may hold (a store that is
+// also a DeferredSaver lets that one write wait for the next fsync).
 type ChannelStore interface {
 	// Save creates or replaces the record keyed by c.PendingID.
 	Save(ctx context.Context, c ChannelState) error
@@ -166,6 +167,23 @@ type ReceiptSaver interface {
 	SaveWithReceipt(ctx context.Context, c ChannelState, r *channel.Receipt) error
 }
 
+// DeferredSaver is implemented by a ChannelStore that can split a Save in
+// two: the write, after which this process and a restart of it (kill -9
+// included) read the new record, and its fsync, after which a power loss
+// or an operating system crash does too. The device saves a pending
+// payment this way and sends it to the hub without waiting for an fsync;
+// on the PayAck the acknowledged state's durable write covers it, so the
+// pending state costs no fsync of its own (see FileStore for why that is
+// safe).
+type DeferredSaver interface {
+	// SaveDeferred writes c as Save does but may return before the write
+	// is durable. The caller must call done exactly once: done(true)
+	// makes the write durable (or reports why it is not), done(false)
+	// only releases it, when a later Save or SaveWithReceipt of the same
+	// channel that returned nil made it durable already.
+	SaveDeferred(ctx context.Context, c ChannelState) (done func(sync bool) error, err error)
+}
+
 // FileStore is the default ChannelStore. Each channel has a base record
 // (<pending id>.json, replaced atomically: temporary file, fsync, rename,
 // directory fsync), an append-only journal of later records
@@ -179,20 +197,29 @@ type ReceiptSaver interface {
 // and the receipt append a third, so a payment used to cost five. Appending
 // a record to a journal that already exists and fsyncing it costs one: the
 // data and the file size reach the disk together, and no directory entry
-// changes. A payment now costs two fsyncs, and neither can be dropped:
+// changes. A payment now costs one fsync on the device, after the PayAck:
 //
-//   - The pending state must be durable before it is sent. The hub's answer
-//     to a state it already holds is "stale-state" with no state and no
-//     signature in it, so a device that forgot a state it signed and sent
-//     would sign a different state under the same seq, take the hub's
-//     refusal as proof the hub holds that one (see exchange), and diverge
-//     from the hub for good: its balance wrong, every later payment
-//     refused.
-//   - The acknowledged state could be recovered from the durable pending one
-//     (the next Pay resends it and adopts it on "stale-state"), but the
-//     receipt could not: the hub hands it out only in the PayAck. Pay
-//     returns the receipt as stored, so the record of the acknowledgement is
-//     synced too, state and receipt in the same write.
+//   - The pending state is written (SaveDeferred) before it is sent, so a
+//     process killed at any point, kill -9 included, finds it on restart:
+//     the write is in the operating system's cache before a byte of the
+//     Pay leaves. It is not fsynced before the send. Only a power loss or
+//     an operating system crash between the send and the next fsync of the
+//     journal can lose it, and that loss is the one docs/protocol.md §4
+//     recovers from: the hub shows the device the latest state it holds,
+//     with the device's own signature over it, and the device adopts it. A
+//     device that starts from its store asks for that state (ChannelSync)
+//     before it signs anything on a channel (Device.pay), so it cannot sign
+//     a second state under a seq the hub already holds, and a state it lost
+//     but the hub took is adopted, not mistaken for a new payment with the
+//     same seq and paid. When no PayAck comes (a refusal, a timeout, a lost
+//     connection) the pending state is fsynced before Pay returns, so a
+//     payment left pending is durable as before.
+//   - The acknowledged state could be recovered from the hub the same way,
+//     but the receipt could not: the hub hands it out only in the PayAck.
+//     Pay returns the receipt as stored, so the record of the
+//     acknowledgement is synced, state and receipt in the same write. It is
+//     appended to the same journal after the pending record, so its fsync
+//     makes both durable: the two writes of a payment share one fsync.
 //
 // A journal is compacted once it passes journalCompactSize: its receipts are
 // appended (and synced) to the receipts file, the latest state becomes the
@@ -225,8 +252,9 @@ type journalInfo struct {
 const journalCompactSize = 256 << 10
 
 var (
-	_ ChannelStore = (*FileStore)(nil)
-	_ ReceiptSaver = (*FileStore)(nil)
+	_ ChannelStore  = (*FileStore)(nil)
+	_ ReceiptSaver  = (*FileStore)(nil)
+	_ DeferredSaver = (*FileStore)(nil)
 )
 
 // NewFileStore returns a FileStore in dir, creating it (0700) if needed.
@@ -356,10 +384,39 @@ func (s *FileStore) Save(ctx context.Context, c ChannelState) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.save(c, nil); err != nil {
+	if _, err := s.save(c, nil, false); err != nil {
 		return fmt.Errorf("m2mclient: save channel: %w", err)
 	}
 	return nil
+}
+
+// SaveDeferred writes c as Save does, without the fsync when the write is
+// an append to an existing journal; see DeferredSaver. The first record of
+// a channel, a new journal and a compaction are made durable at once.
+func (s *FileStore) SaveDeferred(ctx context.Context, c ChannelState) (func(sync bool) error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := s.save(c, nil, true)
+	if err != nil {
+		return nil, fmt.Errorf("m2mclient: save channel: %w", err)
+	}
+	return func(sync bool) error {
+		if f == nil {
+			return nil
+		}
+		var err error
+		if sync {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("m2mclient: save channel: %w", err)
+		}
+		return nil
+	}, nil
 }
 
 // SaveWithReceipt records c and r in one durable write; see ReceiptSaver.
@@ -367,7 +424,7 @@ func (s *FileStore) SaveWithReceipt(ctx context.Context, c ChannelState, r *chan
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.save(c, r); err != nil {
+	if _, err := s.save(c, r, false); err != nil {
 		return fmt.Errorf("m2mclient: save channel: %w", err)
 	}
 	return nil
@@ -384,13 +441,16 @@ func (s *FileStore) basePath(pid string) string    { return filepath.Join(s.dir,
 func (s *FileStore) journalPath(pid string) string { return filepath.Join(s.dir, pid+".journal") }
 
 // save writes c (and r) as the channel's newest record: the base record for
-// a channel not stored before, a journal append otherwise.
-func (s *FileStore) save(c ChannelState, r *channel.Receipt) error {
+// a channel not stored before, a journal append otherwise. With deferred
+// set, an append to an existing journal is written but not synced, and the
+// journal is returned open for the caller to sync and close; otherwise (and
+// whenever the record was made durable at once) the file returned is nil.
+func (s *FileStore) save(c ChannelState, r *channel.Receipt, deferred bool) (*os.File, error) {
 	rec := journalRecord{State: toFile(c)}
 	if r != nil {
 		b, err := r.MarshalBinary()
 		if err != nil {
-			return fmt.Errorf("encode receipt: %w", err)
+			return nil, fmt.Errorf("encode receipt: %w", err)
 		}
 		rec.Receipt = hex.EncodeToString(b)
 	}
@@ -402,29 +462,38 @@ func (s *FileStore) save(c ChannelState, r *channel.Receipt) error {
 	}
 	if _, err := os.Stat(s.basePath(pid)); errors.Is(err, fs.ErrNotExist) {
 		if err := s.writeBase(rec.State); err != nil {
-			return err
+			return nil, err
 		}
 		if r != nil {
-			return s.appendReceiptLocked(c.Funding, r)
+			return nil, s.appendReceiptLocked(c.Funding, r)
 		}
-		return nil
+		return nil, nil
 	}
 	j, err := s.journal(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	line, err := encodeJournalLine(rec)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := appendSync(s.journalPath(pid), line, j.size == 0, s.dir); err != nil {
-		return err
+	// A new journal's name must be durable too, and a compaction
+	// rewrites the base record: neither is deferred.
+	deferred = deferred && j.size > 0 && j.size+int64(len(line)) < journalCompactSize
+	var f *os.File
+	if deferred {
+		f, err = appendOpen(s.journalPath(pid), line)
+	} else {
+		err = appendSync(s.journalPath(pid), line, j.size == 0, s.dir)
+	}
+	if err != nil {
+		return nil, err
 	}
 	j.size += int64(len(line))
 	if j.size >= journalCompactSize {
-		return s.compact(pid, j, rec.State)
+		return nil, s.compact(pid, j, rec.State)
 	}
-	return nil
+	return f, nil
 }
 
 // writeBase replaces a channel's base record.
@@ -574,6 +643,20 @@ func appendSync(name string, data []byte, created bool, dir string) error {
 		return syncDir(dir)
 	}
 	return nil
+}
+
+// appendOpen appends data to name, which exists, and returns it open and
+// not yet synced.
+func appendOpen(name string, data []byte) (*os.File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // truncateSync cuts name to size bytes durably.

@@ -196,3 +196,42 @@ func TestFileStoreCanceledContext(t *testing.T) {
 		t.Fatalf("Save with canceled ctx: %v", err)
 	}
 }
+
+// TestFileStoreSaveDeferred: a deferred save is read back before its fsync
+// (by this store and by a new one on the same directory, as after a killed
+// process), and the first record of a channel and a new journal are made
+// durable at once (nothing left to sync).
+func TestFileStoreSaveDeferred(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	fs1, err := NewFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := sampleState(t)
+	for i, want := range []uint64{1, 2, 3} {
+		st.Seq = want
+		done, err := fs1.SaveDeferred(ctx, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []*FileStore{fs1, mustFileStore(t, dir)} {
+			got, err := s.Load(ctx)
+			if err != nil || len(got) != 1 || got[0].Seq != want {
+				t.Fatalf("save %d: loaded %+v, %v", i, got, err)
+			}
+		}
+		if err := done(i%2 == 0); err != nil {
+			t.Fatalf("save %d: done: %v", i, err)
+		}
+	}
+}
+
+func mustFileStore(t *testing.T, dir string) *FileStore {
+	t.Helper()
+	s, err := NewFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -87,6 +87,11 @@ func (d *Device) readyChannels() []*devChannel {
 func (d *Device) syncChannel(ctx context.Context, c *devChannel) error {
 	c.op.Lock()
 	defer c.op.Unlock()
+	return d.syncLocked(ctx, c)
+}
+
+// syncLocked is syncChannel with c.op held.
+func (d *Device) syncLocked(ctx context.Context, c *devChannel) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, syncTimeout)
@@ -187,6 +192,7 @@ func (d *Device) applySeq(ctx context.Context, c *devChannel, m *wire.ChannelSta
 	case m.Seq < cur || m.Seq == cur && m.Paid == c.st.Paid:
 		// Nothing newer (a hub behind the device lost data: the
 		// device's own signatures still prove what it paid).
+		c.synced = true
 		c.mu.Unlock()
 		if m.Seq < cur {
 			d.log.Warn("hub channel state behind the device's", "chan", m.ChanID, "hub_seq", m.Seq, "seq", cur)
@@ -197,6 +203,9 @@ func (d *Device) applySeq(ctx context.Context, c *devChannel, m *wire.ChannelSta
 		c.mu.Unlock()
 		return err
 	}
+	// From here on the device knows the hub's state: it adopts it or,
+	// when it is the pending one, leaves it to the resend.
+	c.synced = true
 	if pend != nil && pend.Seq == m.Seq && pend.Paid == m.Paid {
 		if !adoptPending {
 			c.mu.Unlock()

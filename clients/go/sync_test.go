@@ -134,9 +134,10 @@ func TestRestoredStoreResumes(t *testing.T) {
 	}
 }
 
-// TestRestoredStorePaysWithoutSync: a restored device that pays before it
-// learnt the hub's state (its Pay is stale) is answered with that state,
-// adopts it and pays on top of it in the same call.
+// TestRestoredStorePaysWithoutSync: a restored device that pays before the
+// answer to its connect-time sync arrived learns the hub's state in that
+// Pay (the first Pay on a loaded channel asks for it), adopts it and pays
+// on top of it in the same call.
 func TestRestoredStorePaysWithoutSync(t *testing.T) {
 	h := startE2E(t)
 	ctx := t.Context()
@@ -236,5 +237,51 @@ func TestForgedHubStateRefused(t *testing.T) {
 	got := deviceChannel(t, d, ch)
 	if got.Seq != 1 || got.Paid != lnwire.MilliSatoshi(1_000) {
 		t.Fatalf("device moved to seq %d paid %d", got.Seq, uint64(got.Paid))
+	}
+}
+
+// TestLostPendingSameAmountNotMistaken: a device whose store lost the
+// pending and acknowledged records of a payment the hub holds (the writes
+// a power loss undoes before their fsync) and that pays the same amount
+// again, to another provider, does not take the hub's state (same seq,
+// same paid) for that new payment: its first Pay on the loaded channel
+// learns the hub's state before signing, and the new payment is a real
+// one, on top of it, with its own receipt.
+func TestLostPendingSameAmountNotMistaken(t *testing.T) {
+	h := startE2E(t)
+	ctx := t.Context()
+	devKey, devID := h.EnrolDevice(t, hub.RolePayer)
+	_, prov1, _ := enrol(t, h, hub.RoleProvider)
+	_, prov2, _ := enrol(t, h, hub.RoleProvider)
+	dir := t.TempDir()
+
+	s1 := h.Dial(t, devKey)
+	d1 := h.NewDevice(t, s1, devKey, m2mclient.DeviceConfig{Dir: dir})
+	ch := h.OpenChannel(t, d1, 100_000)
+	_ = d1.Close()
+	lost := copyDir(t, dir) // the store as it was before the payment
+	d2 := h.NewDevice(t, s1, devKey, m2mclient.DeviceConfig{Dir: dir})
+	if _, err := d2.Pay(ctx, ch.ID, prov1, 5_000, ""); err != nil {
+		t.Fatal(err)
+	}
+	_ = d2.Close()
+
+	// Offline first, so no connect-time sync: only the Pay can learn.
+	d3 := h.NewDevice(t, nil, devKey, m2mclient.DeviceConfig{Dir: lost})
+	_ = d3.Close()
+	h.WaitSession(t, devID)
+	d4 := h.NewDevice(t, s1, devKey, m2mclient.DeviceConfig{Dir: lost})
+	r, err := d4.Pay(ctx, ch.ID, prov2, 5_000, "")
+	if err != nil || r == nil {
+		// Without the sync before signing, the hub's state (seq 1,
+		// 5000 msat) matched the new pending payment and was taken for
+		// it: no receipt, and prov2 never paid.
+		t.Fatalf("pay: receipt %v, %v", r, err)
+	}
+	if r.Seq != 2 || r.Paid != 10_000 || r.Payee != prov2 {
+		t.Fatalf("receipt seq %d paid %d payee %q", r.Seq, uint64(r.Paid), r.Payee)
+	}
+	if rec := hubState(t, h, ch); rec.Seq != 2 || rec.Paid != 10_000 {
+		t.Fatalf("hub at seq %d paid %d", rec.Seq, uint64(rec.Paid))
 	}
 }
