@@ -14,7 +14,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 )
 
 // Rejection reasons of charging; the intake dead-letters an event with one
@@ -100,8 +99,15 @@ type Channels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
 	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
-	RequestPayment(ctx context.Context, r channels.PaymentRequest) (uint64, error)
+	RequestPayment(ctx context.Context, r hub.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
+}
+
+// Devices looks registered parties up. *registry.Registry satisfies it.
+type Devices interface {
+	// Device returns the device with id, or an error wrapping
+	// hub.ErrNotFound.
+	Device(ctx context.Context, id string) (hub.Device, error)
 }
 
 // Freezer freezes a device or provider a security rule caught.
@@ -122,7 +128,7 @@ type Config struct {
 	Contracts hub.ContractStore
 	Charges   hub.ChargeStore
 	// Devices looks payers and providers up. Required.
-	Devices channels.Devices
+	Devices Devices
 	// Channels records owed charges and asks payers to pay. Required.
 	Channels Channels
 	// Freezer freezes parties that break a contract's security rules.
@@ -219,10 +225,10 @@ type cachedDevice struct {
 	until time.Time
 }
 
-var _ channels.ChargeListener = (*Service)(nil)
+var _ hub.ChargeListener = (*Service)(nil)
 
 // New returns a Service; Start runs its flusher and Close stops it. It
-// listens to each payment request it sends (channels.PaymentRequest.Listener).
+// listens to each payment request it sends (hub.PaymentRequest.Listener).
 func New(cfg Config) (*Service, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err

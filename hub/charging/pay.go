@@ -12,8 +12,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
-	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
 // Kinds of ProviderMessage.
@@ -69,7 +67,7 @@ type payGroup struct {
 type payEvent struct {
 	reqID   uint64
 	receipt []byte // paid
-	code    wire.ChanCode
+	code    string
 	message string // refused
 }
 
@@ -109,7 +107,7 @@ func (c *Service) ChargePaid(reqID uint64, receipt []byte) {
 }
 
 // ChargeRefused implements ChargeListener.
-func (c *Service) ChargeRefused(reqID uint64, code wire.ChanCode, message string) {
+func (c *Service) ChargeRefused(reqID uint64, code, message string) {
 	c.queue(payEvent{reqID: reqID, code: code, message: message})
 }
 
@@ -240,7 +238,7 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		c.unbusy(g, false, now)
 		return
 	}
-	id, err := c.cfg.Channels.RequestPayment(ctx, channels.PaymentRequest{
+	id, err := c.cfg.Channels.RequestPayment(ctx, hub.PaymentRequest{
 		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,
 		Memo: fmt.Sprintf("%d events", n),
