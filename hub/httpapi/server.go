@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lightningnetwork/lnd/clock"
+
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/settler"
@@ -86,8 +88,9 @@ type Config struct {
 	// Webhooks, when set, serves /v1/webhooks (providers' webhook
 	// endpoints).
 	Webhooks Webhooks
-	// Now is the clock of credential timestamps; time.Now when nil.
-	Now func() time.Time
+	// Clock is the clock of credential timestamps; the system clock
+	// when nil.
+	Clock clock.Clock
 }
 
 // maxBody bounds a contract document's body; maxJSONBody every other
@@ -131,8 +134,8 @@ func New(cfg Config) (*Handler, error) {
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
-	if h.cfg.Now == nil {
-		h.cfg.Now = time.Now
+	if h.cfg.Clock == nil {
+		h.cfg.Clock = clock.NewDefaultClock()
 	}
 	if _, ok := cfg.Registry.(auditRecorder); cfg.Creds != nil && !ok {
 		return nil, errors.New("httpapi: scoped credentials need a registry that audits (RecordAdmin)")
@@ -165,7 +168,7 @@ func New(cfg Config) (*Handler, error) {
 }
 
 // now is the handler's clock.
-func (h *Handler) now() time.Time { return h.cfg.Now() }
+func (h *Handler) now() time.Time { return h.cfg.Clock.Now() }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
