@@ -177,6 +177,16 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	return out, nil
 }
 
+// rejection is why one event is not charged: a Reject* reason and a detail
+// for the provider's operator. It is an error so that checking and pricing
+// return (plan, error), and a store failure, which fails the whole batch,
+// is told apart from it with errors.As.
+type rejection struct {
+	Reason, Detail string
+}
+
+func (r *rejection) Error() string { return r.Reason + ": " + r.Detail }
+
 // sameEvent reports whether c, a charge about to be recorded, comes from
 // the same event as stored, the charge already recorded under its
 // (Provider, EventID): the same content digest, or, when either digest is
@@ -212,14 +222,15 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 	heldHere := map[string]bool{}          // hold ids planned in this batch
 	for i := range evs {
 		ev := &evs[i]
-		p, reason, detail, err := c.planOne(ctx, ev, now, heldHere)
+		p, err := c.planOne(ctx, ev, now, heldHere)
+		var rej *rejection
+		if errors.As(err, &rej) {
+			out[i] = Outcome{Rejected: rej.Reason, Detail: rej.Detail}
+			continue
+		}
 		if err != nil {
 			c.undoVolumesLocked(plans)
 			return nil, err
-		}
-		if reason != "" {
-			out[i] = Outcome{Rejected: reason, Detail: detail}
-			continue
 		}
 		p.idx = i
 		if p.charge.Status == hub.ChargeOwed {
@@ -245,38 +256,38 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 	return plans, nil
 }
 
-// planOne checks and prices one event. A rejection comes back as a reason
-// and detail; an error means the batch cannot be charged now (a store is
-// down) and must be retried.
-func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHere map[string]bool) (plan, string, string, error) {
+// planOne checks and prices one event. A refused event comes back as a
+// *rejection; any other error means the batch cannot be charged now (a
+// store is down) and must be retried.
+func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHere map[string]bool) (plan, error) {
 	k, err := c.contract(ctx, ev.Contract)
 	if errors.Is(err, hub.ErrNotFound) {
-		return plan{}, RejectUnknownContract, fmt.Sprintf("no contract %s", ev.Contract), nil
+		return plan{}, &rejection{Reason: RejectUnknownContract, Detail: fmt.Sprintf("no contract %s", ev.Contract)}
 	}
 	if err != nil {
-		return plan{}, "", "", err
+		return plan{}, err
 	}
 	payer, err := c.device(ctx, ev.Payer, now)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, RejectUnknownDevice, fmt.Sprintf("payer %q is not registered", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectUnknownDevice, Detail: fmt.Sprintf("payer %q is not registered", ev.Payer)}
 	case err != nil:
-		return plan{}, "", "", err
+		return plan{}, err
 	case payer.Status == hub.StatusRevoked:
-		return plan{}, RejectRevoked, fmt.Sprintf("payer %s is revoked", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectRevoked, Detail: fmt.Sprintf("payer %s is revoked", ev.Payer)}
 	case payer.Status == hub.StatusFrozen:
-		return plan{}, RejectFrozen, fmt.Sprintf("payer %s is frozen", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectFrozen, Detail: fmt.Sprintf("payer %s is frozen", ev.Payer)}
 	case !payer.HasRole(hub.RolePayer):
-		return plan{}, RejectNotPayer, fmt.Sprintf("%s has no payer role", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectNotPayer, Detail: fmt.Sprintf("%s has no payer role", ev.Payer)}
 	}
 	prov, err := c.device(ctx, ev.Provider, now)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, RejectProvider, fmt.Sprintf("provider %q is not registered", ev.Provider), nil
+		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %q is not registered", ev.Provider)}
 	case err != nil:
-		return plan{}, "", "", err
+		return plan{}, err
 	case prov.Status != hub.StatusActive || !prov.HasRole(hub.RoleProvider):
-		return plan{}, RejectProvider, fmt.Sprintf("provider %s is not an active provider", ev.Provider), nil
+		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %s is not an active provider", ev.Provider)}
 	}
 
 	u := ev.Usage
@@ -284,9 +295,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	u.CumulativeMB = contracts.Dec{}
 	p := plan{counted: len(k.Security) > 0, kind: k.Kind}
 	if p.counted {
-		var reason, detail string
-		if reason, detail, p.counted = c.security(ctx, k, ev, u, now); reason != "" {
-			return plan{}, reason, detail, nil
+		var rej *rejection
+		if rej, p.counted = c.security(ctx, k, ev, u, now); rej != nil {
+			return plan{}, rej
 		}
 	}
 	p.charge = hub.Charge{
@@ -297,18 +308,18 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		// Start of a job: hold the contract's amount until the end
 		// event's readings decide.
 		if u.Session == "" {
-			return plan{}, RejectPrice, "a conditional release event needs a session", nil
+			return plan{}, &rejection{Reason: RejectPrice, Detail: "a conditional release event needs a session"}
 		}
 		held, err := contracts.HoldMsat(k)
 		if err != nil {
-			return plan{}, RejectPrice, err.Error(), nil
+			return plan{}, &rejection{Reason: RejectPrice, Detail: err.Error()}
 		}
 		p.charge.EventID, p.charge.Amount, p.charge.Status = holdEventID(u.Session), held, hub.ChargeHeld
-		return p, "", "", nil
+		return p, nil
 	}
 	if k.Kind == contracts.KindConditionalRelease {
-		if reason, detail, err := c.checkHeld(ctx, ev.Provider, u.Session, heldHere); reason != "" || err != nil {
-			return plan{}, reason, detail, err
+		if err := c.checkHeld(ctx, ev.Provider, u.Session, heldHere); err != nil {
+			return plan{}, err
 		}
 		p.release = holdEventID(u.Session)
 	}
@@ -316,7 +327,7 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		key := volumeKey{provider: ev.Provider, payer: ev.Payer, contract: ev.Contract, window: k.Bandwidth.WindowStart(ev.Time)}
 		vol, err := c.volume(ctx, k, key, now)
 		if err != nil {
-			return plan{}, "", "", err
+			return plan{}, err
 		}
 		u.CumulativeMB = vol
 		p.vkey, p.volume = &key, u.Quantity.Decimal
@@ -325,9 +336,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	b, err := contracts.Price(k, u)
 	switch {
 	case errors.Is(err, contracts.ErrContractMismatch):
-		return plan{}, RejectContractMismatch, err.Error(), nil
+		return plan{}, &rejection{Reason: RejectContractMismatch, Detail: err.Error()}
 	case err != nil:
-		return plan{}, RejectPrice, err.Error(), nil
+		return plan{}, &rejection{Reason: RejectPrice, Detail: err.Error()}
 	}
 	p.charge.Amount, p.charge.Fee = b.TotalMsat, b.FeeMsat
 	if p.release != "" {
@@ -343,38 +354,39 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	if p.vkey != nil {
 		c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Add(p.volume))
 	}
-	return p, "", "", nil
+	return p, nil
 }
 
-// checkHeld finds the held charge an end-of-job event resolves.
-func (c *Service) checkHeld(ctx context.Context, provider, session string, heldHere map[string]bool) (string, string, error) {
+// checkHeld finds the held charge an end-of-job event resolves: it returns
+// a *rejection when there is none.
+func (c *Service) checkHeld(ctx context.Context, provider, session string, heldHere map[string]bool) error {
 	if session == "" {
-		return RejectNoHold, "a conditional release event needs a session", nil
+		return &rejection{Reason: RejectNoHold, Detail: "a conditional release event needs a session"}
 	}
 	id := holdEventID(session)
 	if heldHere[provider+"\x00"+id] {
-		return "", "", nil
+		return nil
 	}
 	h, err := c.cfg.Charges.Charge(ctx, provider, id)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return RejectNoHold, fmt.Sprintf("no job started for session %q", session), nil
+		return &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("no job started for session %q", session)}
 	case err != nil:
-		return "", "", err
+		return err
 	case h.Status != hub.ChargeHeld:
 		// Resolved before: the end event is a repeat under a new id.
-		return RejectNoHold, fmt.Sprintf("job %q already ended", session), nil
+		return &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("job %q already ended", session)}
 	}
-	return "", "", nil
+	return nil
 }
 
 // security runs k's rules over the hub's recent view of both parties and
 // freezes whoever broke one. The hub's own clock times the windows: a
 // provider cannot spread a flood by back-dating its events.
 //
-// It returns a Reject reason and detail when ev must not be charged, and
-// whether ev stays counted in the windows.
-func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage, u contracts.Usage, now time.Time) (string, string, bool) {
+// It returns a rejection when ev must not be charged, and whether ev stays
+// counted in the windows.
+func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage, u contracts.Usage, now time.Time) (*rejection, bool) {
 	keep := 1
 	for _, r := range k.Security {
 		if r.Rule == contracts.RuleMaxEventRate && r.Limit != nil {
@@ -388,7 +400,7 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 	}
 	f, broken := contracts.CheckSecurity(k, w)
 	if !broken {
-		return "", "", true
+		return nil, true
 	}
 	// A redelivered event was counted when it was first charged: it is
 	// not a new one and must not trip a rule (a batch redelivered after a
@@ -396,7 +408,7 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 	// here keeps the store off the common path.
 	if _, err := c.cfg.Charges.Charge(ctx, ev.Provider, ev.ID); err == nil {
 		c.uncount(ev)
-		return "", "", false
+		return nil, false
 	}
 	reason := fmt.Sprintf("contract %s security rule %d (%s): %s", ev.Contract, f.Rule, k.Security[f.Rule].Rule, f.Reason)
 	d, err := c.cfg.Freezer.Freeze(ctx, f.Subject, "system", reason)
@@ -405,7 +417,7 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 	} else {
 		c.devices[f.Subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
 	}
-	return RejectSecurity, reason, true
+	return &rejection{Reason: RejectSecurity, Detail: reason}, true
 }
 
 // uncount takes back the newest time counted for ev's parties: charging
