@@ -12,6 +12,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/metering"
 )
 
 // volumeKey names one bandwidth billing window of one payer at one
@@ -121,7 +122,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 			// redelivery (that would drop it unseen), never charged
 			// twice; the provider sees it dead-lettered.
 			dups = append(dups, p)
-			*o = Outcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}
+			*o = Outcome{Outcome: metering.Outcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}}
 			continue
 		}
 		if r.Duplicate {
@@ -225,7 +226,7 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 		p, err := c.planOne(ctx, ev, now, heldHere)
 		var rej *rejection
 		if errors.As(err, &rej) {
-			out[i] = Outcome{Rejected: rej.Reason, Detail: rej.Detail}
+			out[i] = Outcome{Outcome: metering.Outcome{Rejected: rej.Reason, Detail: rej.Detail}}
 			continue
 		}
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/metering"
 )
 
 // Rejection reasons of charging; the intake dead-letters an event with one
@@ -78,16 +79,11 @@ type Usage struct {
 	Digest hub.Hash
 }
 
-// Outcome is what charging did with one event.
+// Outcome is what charging did with one event: the outcome the intake
+// acknowledges or dead-letters (Charged, Duplicate, or a Reject… reason and
+// its Detail), and the recorded charge's status and amount.
 type Outcome struct {
-	// Charged: recorded now (whatever its status).
-	Charged bool
-	// Duplicate: recorded before; nothing changed.
-	Duplicate bool
-	// Rejected is a Reject… reason code, empty when the event was
-	// charged or a duplicate; Detail explains it.
-	Rejected string
-	Detail   string
+	metering.Outcome
 	// Status and Amount describe the recorded charge.
 	Status hub.ChargeStatus
 	Amount lnwire.MilliSatoshi
