@@ -88,7 +88,12 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	c.warm(ctx, evs, now)
 	c.mu.Lock()
 	plans, err := c.planBatch(ctx, evs, now, out)
+	freezes := c.freezes
+	c.freezes = nil
 	c.mu.Unlock()
+	// Durable before the batch's charges, as a rule broken by one event
+	// must stop the party before anything after it is recorded.
+	c.freeze(ctx, freezes, now)
 	if err != nil {
 		return nil, err
 	}
@@ -412,11 +417,12 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 		return nil, false
 	}
 	reason := fmt.Sprintf("contract %s security rule %d (%s): %s", ev.Contract, f.Rule, k.Security[f.Rule].Rule, f.Reason)
-	d, err := c.cfg.Freezer.Freeze(ctx, f.Subject, "system", reason)
-	if err != nil {
-		c.log.Error("security freeze failed", "subject", f.Subject, "err", err)
-	} else {
-		c.devices[f.Subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
+	// The party is frozen for the rest of the batch at once; the durable
+	// freeze runs once the lock is released (freeze).
+	c.freezes = append(c.freezes, freeze{subject: f.Subject, reason: reason})
+	if v, ok := c.devices[f.Subject]; ok {
+		v.d.Status = hub.StatusFrozen
+		c.devices[f.Subject] = v
 	}
 	return &rejection{Reason: RejectSecurity, Detail: reason}, true
 }

@@ -198,6 +198,9 @@ type Service struct {
 	devices   map[string]cachedDevice
 	windows   map[string]*eventWindow
 	volumes   map[volumeKey]contracts.Dec
+	// freezes are the freezes the batch being priced asked for; Charge
+	// takes them with the lock and makes them durable without it.
+	freezes []freeze
 
 	// pay guards the payment side: owed charges waiting for a request and
 	// the requests in flight.
@@ -357,5 +360,26 @@ func (c *Service) device(ctx context.Context, id string, now time.Time) (hub.Dev
 	return d, err
 }
 
-// forget drops a cached device, after a freeze.
-func (c *Service) forget(id string) { delete(c.devices, id) }
+// freeze is a party a security rule caught, to be frozen durably.
+type freeze struct{ subject, reason string }
+
+// freeze freezes the parties security rules caught, outside c.mu: a
+// freeze is a durable write (the registry's audit log, the channels), and
+// holding the lock across it would stall every other intake worker. The
+// cache already says frozen (security); it gets the registry's record, or
+// is dropped when the freeze failed, so the next batch asks the registry.
+func (c *Service) freeze(ctx context.Context, fs []freeze, now time.Time) {
+	for _, f := range fs {
+		d, err := c.cfg.Freezer.Freeze(ctx, f.subject, "system", f.reason)
+		c.mu.Lock()
+		if err != nil {
+			delete(c.devices, f.subject)
+		} else {
+			c.devices[f.subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.log.Error("security freeze failed", "subject", f.subject, "err", err)
+		}
+	}
+}

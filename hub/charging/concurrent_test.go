@@ -82,3 +82,86 @@ func TestChargeUsageReadsOutsideItsLock(t *testing.T) {
 		t.Fatalf("slow payer's batch: %+v, %v", r.out, r.err)
 	}
 }
+
+// gatedFreezer holds the first freeze until released, as a slow durable
+// write would.
+type gatedFreezer struct {
+	charging.Freezer
+	entered  chan struct{}
+	release  chan struct{}
+	gateOnce sync.Once
+}
+
+func (g *gatedFreezer) Freeze(ctx context.Context, id, actor, reason string) (hub.Device, error) {
+	g.gateOnce.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
+	return g.Freezer.Freeze(ctx, id, actor, reason)
+}
+
+// TestChargeUsageFreezesOutsideItsLock: a batch whose security rule is
+// freezing a party (a durable write) does not hold up another intake
+// worker's batch, and the freeze still lands before the batch returns.
+func TestChargeUsageFreezesOutsideItsLock(t *testing.T) {
+	env := newChargeEnv(t, 100_000_000)
+	k := env.publish("toll") // max 4 events per device per 60 s
+	other := env.h.Enrol(hub.RolePayer)
+	gate := &gatedFreezer{Freezer: env.h.Reg, entered: make(chan struct{}), release: make(chan struct{})}
+	chg, err := charging.New(charging.Config{
+		Contracts: env.h.Store, Charges: env.h.Store, Devices: env.h.Reg, Channels: env.h.Ch, Freezer: gate,
+		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = chg.Close() })
+
+	var flood []charging.Usage
+	for i := range 6 {
+		flood = append(flood, env.event(k, "toll", "flood-"+string(rune('a'+i))))
+	}
+	type result struct {
+		out []charging.Outcome
+		err error
+	}
+	floodDone := make(chan result, 1)
+	go func() {
+		out, err := chg.ChargeUsage(context.Background(), flood)
+		floodDone <- result{out, err}
+	}()
+	<-gate.entered
+
+	fast := env.event(k, "toll", "fast-1")
+	fast.Payer = other.ID
+	fastDone := make(chan result, 1)
+	go func() {
+		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{fast})
+		fastDone <- result{out, err}
+	}()
+	select {
+	case r := <-fastDone:
+		if r.err != nil || len(r.out) != 1 || !r.out[0].Charged {
+			t.Fatalf("other payer's batch: %+v, %v", r.out, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		close(gate.release)
+		t.Fatal("a batch waited on another batch's freeze")
+	}
+	close(gate.release)
+	r := <-floodDone
+	if r.err != nil || len(r.out) != 6 {
+		t.Fatalf("flood: %+v, %v", r.out, r.err)
+	}
+	for i := range 4 {
+		if !r.out[i].Charged {
+			t.Fatalf("event %d: %+v", i, r.out[i])
+		}
+	}
+	if r.out[4].Rejected != charging.RejectSecurity || r.out[5].Rejected != charging.RejectFrozen {
+		t.Fatalf("5th and 6th events: %+v, %+v", r.out[4], r.out[5])
+	}
+	if d, err := env.h.Reg.Device(context.Background(), env.payer.ID); err != nil || d.Status != hub.StatusFrozen {
+		t.Fatalf("payer after the batch: %+v %v", d, err)
+	}
+}
