@@ -86,8 +86,12 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	}
 	now := c.clock.Now()
 	c.warm(ctx, evs, now)
+	chans, err := c.payerChannels(ctx, evs)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
-	plans, err := c.planBatch(ctx, evs, now, out)
+	plans, err := c.planBatch(ctx, evs, now, chans, out)
 	freezes := c.freezes
 	c.freezes = nil
 	c.mu.Unlock()
@@ -220,12 +224,30 @@ func conflictDetail(stored, c hub.Charge) string {
 		what, stored.Charged.Format(time.RFC3339))
 }
 
+// payerChannels looks up, before ChargeUsage takes c.mu, the channel each
+// payer of evs is charged on: the zero outpoint for a payer with no ready
+// channel. RecordCharges checks the channel again in its own write.
+func (c *Service) payerChannels(ctx context.Context, evs []Usage) (map[string]btcwire.OutPoint, error) {
+	chans := make(map[string]btcwire.OutPoint)
+	for i := range evs {
+		payer := evs[i].Payer
+		if _, ok := chans[payer]; ok {
+			continue
+		}
+		op, err := c.cfg.Channels.PayerChannel(ctx, payer)
+		if err != nil && !errors.Is(err, hub.ErrNotFound) {
+			return nil, err
+		}
+		chans[payer] = op
+	}
+	return chans, nil
+}
+
 // planBatch checks and prices every event, filling out for the rejected
-// ones. c.mu is held.
-func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out []Outcome) ([]plan, error) {
+// ones; chans is payerChannels' answer. c.mu is held.
+func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, chans map[string]btcwire.OutPoint, out []Outcome) ([]plan, error) {
 	plans := make([]plan, 0, len(evs))
-	chans := map[string]btcwire.OutPoint{} // payer → channel, once per batch
-	heldHere := map[string]bool{}          // hold ids planned in this batch
+	heldHere := map[string]bool{} // hold ids planned in this batch
 	for i := range evs {
 		ev := &evs[i]
 		p, err := c.planOne(ctx, ev, now, heldHere)
@@ -240,15 +262,7 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 		}
 		p.idx = i
 		if p.charge.Status == hub.ChargeOwed {
-			op, ok := chans[ev.Payer]
-			if !ok {
-				op, err = c.cfg.Channels.PayerChannel(ctx, ev.Payer)
-				if err != nil && !errors.Is(err, hub.ErrNotFound) {
-					c.undoVolumesLocked(append(plans, p))
-					return nil, err
-				}
-				chans[ev.Payer] = op
-			}
+			op := chans[ev.Payer]
 			if op == (btcwire.OutPoint{}) {
 				p.charge.Status = hub.ChargeUnpaid
 			}
