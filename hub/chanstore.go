@@ -70,9 +70,13 @@ type ChannelRecord struct {
 	// hub's per-channel credit limit.
 	Owed lnwire.MilliSatoshi `json:"owed_msat"`
 
-	CloseTx   *chainhash.Hash `json:"close_txid,omitempty"`
-	CreatedAt time.Time       `json:"created_at"`
-	UpdatedAt time.Time       `json:"updated_at"`
+	CloseTx *chainhash.Hash `json:"close_txid,omitempty"`
+	// CloseRaw is the hub's own fully signed close or claim spending the
+	// channel, recorded before it is broadcast so the watcher can send it
+	// again; empty for a settlement batch (CloseTx names the batch).
+	CloseRaw  []byte    `json:"close_tx,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // HoldStatus is where a pre-authorisation is in its life.

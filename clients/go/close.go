@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
@@ -21,18 +19,21 @@ import (
 // transaction spending the channel by its MuSig2 key path, paying the
 // device its share (capacity − paid) to destScript; the device checks it
 // before signing (one input, the channel; the device output exact, or short
-// by at most MaxCloseFee when the hub's own share cannot cover the fee), then
-// both sign with fresh nonces. It waits for the hub's ChannelClosed and
-// returns the fully signed transaction, which the device may broadcast
-// itself too. (Close, without arguments, stops the Device.)
+// by at most MaxCloseFee when the hub's own share cannot cover the fee),
+// then sends its partial signature. The hub signs last, combines, and
+// broadcasts (docs/protocol.md §2.7). CloseChannel waits for the hub's
+// ChannelClosed and returns the close transaction without its witness (its
+// txid, which names it on chain, is final).
 //
-// The device records the close, its partial signature and the signed
-// transaction before it sends CloseSign. A close whose connection dropped
-// after that is resumed: the device sends its CloseSign again at every
-// reconnect, and CloseChannel called again on the closing channel sends it
-// and waits for ChannelClosed (destScript is then ignored). When the hub
-// no longer knows the attempt (a *ChannelError with CodeCloseUnknown), the returned transaction
-// is still valid: broadcast it.
+// The device records the close and its partial signature before it sends
+// CloseSign. A close whose connection dropped after that is resumed: the
+// device sends its CloseSign again at every reconnect, and CloseChannel
+// called again on the closing channel sends it and waits for ChannelClosed
+// (destScript is then ignored). When the hub no longer knows the attempt
+// (a *ChannelError with CodeCloseUnknown: it restarted, or CloseTimeout
+// passed), nothing can spend the channel with that signature, so the
+// device marks the channel ready again and CloseChannel may be called
+// anew.
 //
 // Errors: ErrUnknownChannel, ErrNotReady, ErrBadProposal, *ChannelError
 // (errors.Is: ErrHoldActive while holds are active, ErrCreditOwed while
@@ -110,42 +111,22 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 	}
 	ours, err := ks.Sign(sigHash, prop.HubNonce)
 	if err != nil {
-		return nil, err
-	}
-	// Combining checks the hub's partial signature and yields the final
-	// one, so the device ends up with a transaction it can broadcast
-	// itself.
-	var s btcec.ModNScalar
-	if s.SetBytes(&prop.HubPartialSig) != 0 {
-		return nil, fmt.Errorf("%w: hub partial signature out of range", ErrBadProposal)
-	}
-	final, err := ks.Combine(&musig2.PartialSignature{S: &s})
-	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadProposal, err)
-	}
-	tx.TxIn[0].Witness = channel.KeySpendWitness(final, txscript.SigHashDefault)
-	vm, err := txscript.NewEngine(prev.PkScript, tx, 0, txscript.StandardVerifyFlags,
-		nil, txscript.NewTxSigHashes(tx, fetcher), prev.Value, fetcher)
-	if err == nil {
-		err = vm.Execute()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: signed close does not verify: %w", ErrBadProposal, err)
 	}
 
 	// Record the close before releasing the signature: from now on the
-	// hub can broadcast it, and no further payment may be signed. The
-	// partial signature and the signed transaction are kept, so a close
-	// whose CloseSign or ChannelClosed is lost resumes.
+	// hub can complete and broadcast it, and no further payment may be
+	// signed. The partial signature and the transaction are kept, so a
+	// close whose CloseSign or ChannelClosed is lost resumes.
 	txid := tx.TxHash()
 	var psig [32]byte
 	ours.S.PutBytes(&psig)
-	var signed bytes.Buffer
-	if err := tx.Serialize(&signed); err != nil {
+	var raw bytes.Buffer
+	if err := tx.Serialize(&raw); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.st.Status, c.st.CloseTx, c.st.CloseSig, c.st.CloseSigned = StatusClosing, &txid, &psig, signed.Bytes()
+	c.st.Status, c.st.CloseTx, c.st.CloseSig, c.st.CloseRaw = StatusClosing, &txid, &psig, raw.Bytes()
 	err = d.save(ctx, c)
 	c.mu.Unlock()
 	if err != nil {
@@ -154,7 +135,7 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 	if err := d.send(ctx, &wire.CloseSign{ChanID: chanID, DevicePartialSig: psig}); err != nil {
 		return tx, fmt.Errorf("m2mclient: close: %w", err)
 	}
-	return tx, d.awaitClosed(ctx, ch, txid)
+	return tx, d.awaitClosed(ctx, c, ch, txid)
 }
 
 // resumeClose sends a closing channel's CloseSign again and waits for the
@@ -162,7 +143,7 @@ func (d *Device) CloseChannel(ctx context.Context, chanID btcwire.OutPoint, dest
 func (d *Device) resumeClose(ctx context.Context, c *devChannel) (*btcwire.MsgTx, error) {
 	c.mu.Lock()
 	chanID, txid, psig := c.st.Funding, *c.st.CloseTx, *c.st.CloseSig
-	raw := bytes.Clone(c.st.CloseSigned)
+	raw := bytes.Clone(c.st.CloseRaw)
 	c.mu.Unlock()
 	var tx *btcwire.MsgTx
 	if len(raw) > 0 {
@@ -176,7 +157,7 @@ func (d *Device) resumeClose(ctx context.Context, c *devChannel) (*btcwire.MsgTx
 	if err := d.send(ctx, &wire.CloseSign{ChanID: chanID, DevicePartialSig: psig}); err != nil {
 		return tx, fmt.Errorf("m2mclient: close: %w", err)
 	}
-	return tx, d.awaitClosed(ctx, ch, txid)
+	return tx, d.awaitClosed(ctx, c, ch, txid)
 }
 
 // resendCloseSigns sends the CloseSign of every channel still closing
@@ -207,8 +188,8 @@ func (d *Device) resendCloseSigns() {
 	}
 }
 
-// awaitClosed waits on ch for the hub's ChannelClosed of the close txid.
-func (d *Device) awaitClosed(ctx context.Context, ch <-chan lnwire.Message, txid chainhash.Hash) error {
+// awaitClosed waits on ch for the hub's ChannelClosed of c's close txid.
+func (d *Device) awaitClosed(ctx context.Context, c *devChannel, ch <-chan lnwire.Message, txid chainhash.Hash) error {
 	for {
 		msg, err := d.await(ctx, ch)
 		if err != nil {
@@ -219,6 +200,9 @@ func (d *Device) awaitClosed(ctx context.Context, ch <-chan lnwire.Message, txid
 			if m.Seq != nil || m.HoldID != nil {
 				continue
 			}
+			if m.Code == wire.ChanCloseUnknown {
+				d.reopenAfterLostClose(c)
+			}
 			return asError(m)
 		case *wire.ChannelClosed:
 			if m.Txid != txid {
@@ -228,6 +212,37 @@ func (d *Device) awaitClosed(ctx context.Context, ch <-chan lnwire.Message, txid
 			return nil
 		}
 	}
+}
+
+// onCloseUnknown handles a close-unknown refusal no call waited for (the
+// answer to a CloseSign resent at reconnect).
+func (d *Device) onCloseUnknown(m *wire.ChannelError) {
+	if m.ChanID == nil {
+		return
+	}
+	c, err := d.channel(*m.ChanID)
+	if err != nil {
+		return
+	}
+	d.reopenAfterLostClose(c)
+}
+
+// reopenAfterLostClose marks a closing channel ready again once the hub
+// said it no longer knows the close attempt: the hub signs last, so the
+// device's partial signature alone spends nothing, and the channel goes on
+// from its latest state.
+func (d *Device) reopenAfterLostClose(c *devChannel) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.Status != StatusClosing || c.st.CloseSig == nil {
+		return
+	}
+	c.st.Status, c.st.CloseTx, c.st.CloseSig, c.st.CloseRaw = StatusReady, nil, nil, nil
+	if err := d.save(d.ctx, c); err != nil {
+		d.log.Error("saving a channel reopened after a lost close", "chan", c.st.Funding, "err", err)
+		return
+	}
+	d.log.Info("hub no longer knows the close attempt; channel ready again", "chan", c.st.Funding)
 }
 
 // checkProposal checks the hub's close transaction before the device signs

@@ -548,6 +548,10 @@ func (d *Device) handle(msg lnwire.Message) bool {
 	case *wire.SettleDone:
 		d.spawn(func() { d.onSettleDone(m) })
 	case *wire.ChannelError:
+		if m.Code == wire.ChanCloseUnknown {
+			d.onCloseUnknown(m)
+			return true
+		}
 		return d.onHoldAuthorizeRefused(m)
 	case *wire.ChannelState:
 		d.onChannelState(m)
@@ -631,11 +635,27 @@ func (d *Device) OpenChannel(ctx context.Context, capacity btcutil.Amount, expir
 	if err != nil {
 		return nil, err
 	}
-	if err := d.cfg.Store.Save(ctx, *st); err != nil {
-		return nil, err
-	}
-	if err := d.addChannel(st); err != nil {
-		return nil, err
+	// The hub offers a pending channel of the same terms again instead
+	// of a new one (its first offer may have been lost with the
+	// connection). Known and still offered, it is returned as it is;
+	// known and already funded, it must not be funded twice.
+	d.mu.Lock()
+	known, ok := d.chans[offer.PendingID]
+	d.mu.Unlock()
+	if ok {
+		known.mu.Lock()
+		status := known.st.Status
+		known.mu.Unlock()
+		if status != StatusOffered {
+			return nil, fmt.Errorf("%w: the hub offered channel %x again, which this device has %s", ErrBadOffer, offer.PendingID[:8], status)
+		}
+	} else {
+		if err := d.cfg.Store.Save(ctx, *st); err != nil {
+			return nil, err
+		}
+		if err := d.addChannel(st); err != nil {
+			return nil, err
+		}
 	}
 	return &PendingChannel{
 		PendingID: offer.PendingID, Address: addr, PkScript: out.PkScript(),

@@ -383,7 +383,8 @@ func TestDisconnectEveryBoundary(t *testing.T) {
 	})
 	t.Run("Open", func(t *testing.T) {
 		// OpenChannel out, ChannelOffer in; the offer the device did not
-		// get is simply not funded, and the device opens again.
+		// get is simply not funded, and the device opens again (with
+		// the same terms the hub answers with that same offer).
 		for _, b := range append(boundaries(1, 1), hubBoundaries(1, 1)...) {
 			w.drop(t, "open", b, func(ctx context.Context) {
 				_, _ = w.dev.OpenChannel(ctx, 50_000, w.h.Height(t)+hubtest.DefaultExpiryDelta)

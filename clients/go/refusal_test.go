@@ -1,6 +1,7 @@
 package m2mclient
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -298,4 +299,65 @@ func TestHoldAuthorizeRefusedDuringPay(t *testing.T) {
 		t.Fatalf("Pay returned %v, want its own over-capacity refusal", err)
 	}
 	waitUntil(t, func() bool { b, _ := f.dev.Balance(f.st.Funding); return b.Reserved == 0 })
+}
+
+// TestCloseUnknownReopens: the hub signs last, so when it answers the
+// device's CloseSign with close-unknown (it restarted, or the attempt
+// lapsed) the device's partial signature spends nothing. The device marks
+// the channel ready again, durably, and CloseChannel returns the refusal.
+func TestCloseUnknownReopens(t *testing.T) {
+	noLeaks(t)
+	f := newSettleFixture(t, DeviceConfig{})
+	dest := f.out.PkScript()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := f.dev.CloseChannel(context.Background(), f.st.Funding, dest)
+		errc <- err
+	}()
+	req, ok := f.hub.recv(10 * time.Second).(*wire.CloseRequest)
+	if !ok {
+		t.Fatal("device sent no CloseRequest")
+	}
+	hs, err := f.out.NewKeySession(f.hubKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := btcwire.NewMsgTx(2)
+	tx.AddTxIn(btcwire.NewTxIn(&f.st.Funding, nil, nil))
+	owed := fxCapacity - fxPaid.ToSatoshis()
+	tx.AddTxOut(btcwire.NewTxOut(int64(owed), dest))
+	tx.AddTxOut(btcwire.NewTxOut(int64(fxCapacity-owed)-300, []byte{0x51, 0x20, 2}))
+	var raw bytes.Buffer
+	if err := tx.Serialize(&raw); err != nil {
+		t.Fatal(err)
+	}
+	f.hub.send(&wire.CloseProposal{ChanID: req.ChanID, Tx: raw.Bytes(), HubNonce: hs.PublicNonce()})
+	if _, ok := f.hub.recv(10 * time.Second).(*wire.CloseSign); !ok {
+		t.Fatal("device sent no CloseSign")
+	}
+	stored := func() ChannelState {
+		fs, err := NewFileStore(f.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := fs.Load(context.Background())
+		if err != nil || len(all) != 1 {
+			t.Fatalf("store holds %d channels: %v", len(all), err)
+		}
+		return all[0]
+	}
+	if st := stored(); st.Status != StatusClosing || st.CloseSig == nil || st.CloseTx == nil || *st.CloseTx != tx.TxHash() {
+		t.Fatalf("before CloseSign the store says %s, close %v", st.Status, st.CloseTx)
+	}
+	f.hub.send(&wire.ChannelError{Code: wire.ChanCloseUnknown, Message: "test", ChanID: &req.ChanID})
+	var ce *ChannelError
+	if err := <-errc; !errors.As(err, &ce) || ce.Code != CodeCloseUnknown {
+		t.Fatalf("CloseChannel returned %v, want close-unknown", err)
+	}
+	if st := stored(); st.Status != StatusReady || st.CloseSig != nil || st.CloseTx != nil || st.Paid != fxPaid {
+		t.Fatalf("after close-unknown the store says %s paid %d close %v", st.Status, st.Paid, st.CloseTx)
+	}
+	if b, err := f.dev.Balance(f.st.Funding); err != nil || b.Paid != fxPaid {
+		t.Fatalf("balance %+v, %v", b, err)
+	}
 }

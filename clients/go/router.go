@@ -184,7 +184,11 @@ func (r *Router) dispatch(msg lnwire.Message) {
 		// A refused hold authorisation (hold and channel named, no
 		// seq) is news to the Device as well as to any call waiting on
 		// the channel.
-		answered, notice = r.w.deliverError(m), m.HoldID != nil && m.ChanID != nil && m.Seq == nil && m.ReqID == nil
+		// So is a close the hub no longer knows (the answer to a
+		// CloseSign resent at reconnect, or to the closing call).
+		answered = r.w.deliverError(m)
+		notice = m.HoldID != nil && m.ChanID != nil && m.Seq == nil && m.ReqID == nil ||
+			m.Code == wire.ChanCloseUnknown && m.ChanID != nil
 	case *wire.ChannelClosed:
 		// The closing call waits for it and the device records it.
 		answered, notice = r.w.deliver(waitKey{kind: 'c', chanID: m.ChanID}, m), true

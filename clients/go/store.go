@@ -43,7 +43,10 @@ const (
 	StatusFunded ChannelStatus = "funded"
 	// StatusReady: the hub accepts payments on the channel.
 	StatusReady ChannelStatus = "ready"
-	// StatusClosing: a cooperative close transaction was signed.
+	// StatusClosing: the device signed its part of a cooperative close;
+	// it signs no payment on the channel until the hub reports the close
+	// (StatusClosed) or answers that it no longer knows the attempt (back
+	// to StatusReady).
 	StatusClosing ChannelStatus = "closing"
 	// StatusClosed: the hub reported the close broadcast.
 	StatusClosed ChannelStatus = "closed"
@@ -104,9 +107,10 @@ type ChannelState struct {
 	// (docs/protocol.md §2.7). It is no secret: the nonce it used is
 	// spent.
 	CloseSig *[32]byte
-	// CloseSigned is that close transaction, fully signed: the device
-	// may broadcast it itself.
-	CloseSigned []byte
+	// CloseRaw is that close transaction as the device signed it,
+	// without its witness: the hub signs last and completes it. Its txid
+	// is CloseTx (a segwit txid does not cover the witness).
+	CloseRaw []byte
 }
 
 // Params returns the channel's on-chain terms for deviceKey.
@@ -131,7 +135,7 @@ func (c *ChannelState) clone() *ChannelState {
 		p := *c.CloseSig
 		d.CloseSig = &p
 	}
-	d.CloseSigned = bytes.Clone(c.CloseSigned)
+	d.CloseRaw = bytes.Clone(c.CloseRaw)
 	return &d
 }
 
@@ -274,7 +278,7 @@ func toFile(c ChannelState) fileState {
 	if c.CloseSig != nil {
 		f.CloseSig = hex.EncodeToString(c.CloseSig[:])
 	}
-	f.CloseRaw = hex.EncodeToString(c.CloseSigned)
+	f.CloseRaw = hex.EncodeToString(c.CloseRaw)
 	return f
 }
 
@@ -318,7 +322,7 @@ func fromFile(f fileState) (ChannelState, error) {
 		c.CloseSig = &sig
 	}
 	if f.CloseRaw != "" {
-		if c.CloseSigned, err = hex.DecodeString(f.CloseRaw); err != nil {
+		if c.CloseRaw, err = hex.DecodeString(f.CloseRaw); err != nil {
 			return c, fmt.Errorf("close_tx: %w", err)
 		}
 	}

@@ -40,7 +40,7 @@ func sampleState(tb testing.TB) ChannelState {
 		Status:  StatusReady, Seq: 3, Paid: 12_345, Sig: [64]byte{8},
 		Pending: &PendingPayment{Seq: 4, Paid: 13_000, Amount: 655, Payee: "prov", Memo: "m", HoldID: &hold, ReqID: &req, Sig: [64]byte{6}},
 		Holds:   []AuthorizedHold{{ID: hold, Provider: "prov", Max: 5000, Captured: 10, Expires: time.Unix(1_700_000_000, 0).UTC()}},
-		CloseTx: &close, CloseSig: &[32]byte{4}, CloseSigned: []byte{2, 0, 0, 0},
+		CloseTx: &close, CloseSig: &[32]byte{4}, CloseRaw: []byte{2, 0, 0, 0},
 	}
 }
 

@@ -27,14 +27,16 @@ const dustLimit = channel.Reserve
 
 // closeAttempt is one cooperative close negotiation. Its MuSig2 session,
 // and with it the secret nonce, lives only here: never stored, never
-// reused, dropped after one CloseSign or when the attempt times out.
+// reused, dropped after one CloseSign or when the attempt times out. The
+// hub signs last: until the device's partial signature arrives nobody
+// holds a signature of tx, so an attempt that lapses leaves nothing that
+// could spend the channel at its old state.
 type closeAttempt struct {
-	sess    *channel.KeySession
-	tx      *btcwire.MsgTx
-	started time.Time
-	// signed is set once the device's partial signature completed tx's
-	// witness; only its broadcast is then left.
-	signed bool
+	sess        *channel.KeySession
+	tx          *btcwire.MsgTx
+	sigHash     [32]byte
+	deviceNonce [musig2.PubNonceSize]byte
+	started     time.Time
 }
 
 // closeUnderWay reports whether a cooperative close of e is being
@@ -44,8 +46,8 @@ func (c *Manager) closeUnderWay(e *chanEntry) bool {
 	return e.closing != nil && c.clock.Now().Sub(e.closing.started) < c.cfg.CloseTimeout
 }
 
-// closeRequest answers a device's CloseRequest with the close transaction,
-// the hub's nonce and its partial signature.
+// closeRequest answers a device's CloseRequest with the close transaction
+// and the hub's nonce; the hub's partial signature waits for CloseSign.
 func (c *Manager) closeRequest(ctx context.Context, s *session.Session, m *wire.CloseRequest) error {
 	e, err := c.ownedEntry(ctx, s, m.ChanID)
 	if err != nil {
@@ -80,8 +82,7 @@ func (c *Manager) closeRequest(ctx context.Context, s *session.Session, m *wire.
 	if err != nil {
 		return err
 	}
-	psig, err := sess.Sign(sigHash, m.DeviceNonce)
-	if err != nil {
+	if _, err := musig2.AggregateNonces([][musig2.PubNonceSize]byte{sess.PublicNonce(), m.DeviceNonce}); err != nil {
 		return refuse(wire.ChanBadParams, "device nonce: %v", err)
 	}
 	var raw bytes.Buffer
@@ -89,8 +90,7 @@ func (c *Manager) closeRequest(ctx context.Context, s *session.Session, m *wire.
 		return err
 	}
 	prop := &wire.CloseProposal{ChanID: m.ChanID, Tx: raw.Bytes(), HubNonce: sess.PublicNonce()}
-	psig.S.PutBytes(&prop.HubPartialSig)
-	e.closing = &closeAttempt{sess: sess, tx: tx, started: c.clock.Now()}
+	e.closing = &closeAttempt{sess: sess, tx: tx, sigHash: sigHash, deviceNonce: m.DeviceNonce, started: c.clock.Now()}
 	c.log.Info("cooperative close proposed", "channel", m.ChanID, "paid", e.rec.Paid)
 	return s.Send(ctx, prop)
 }
@@ -157,9 +157,9 @@ func (c *Manager) fundingFetcher(e *chanEntry) txscript.PrevOutputFetcher {
 	return txscript.NewCannedPrevOutputFetcher(e.out.PkScript(), int64(e.rec.Capacity))
 }
 
-// closeSign combines the device's partial signature with the hub's, checks
-// the signed close with btcd's script engine, broadcasts it and marks the
-// channel closing.
+// closeSign makes the hub's partial signature now that the device's is
+// in, combines both, checks the signed close with btcd's script engine,
+// records the channel closing with the transaction and broadcasts it.
 func (c *Manager) closeSign(ctx context.Context, s *session.Session, m *wire.CloseSign) error {
 	e, err := c.ownedEntry(ctx, s, m.ChanID)
 	if err != nil {
@@ -178,43 +178,46 @@ func (c *Manager) closeSign(ctx context.Context, s *session.Session, m *wire.Clo
 	}
 	attempt := e.closing
 	e.closing = nil // one partial signature per attempt, right or wrong
-	if !attempt.signed {
-		var sc btcec.ModNScalar
-		if overflow := sc.SetBytes(&m.DevicePartialSig); overflow != 0 {
-			return refuse(wire.ChanBadSignature, "partial signature out of range")
-		}
-		final, err := attempt.sess.Combine(&musig2.PartialSignature{S: &sc})
-		if err != nil {
-			return refuse(wire.ChanBadSignature, "partial signature does not verify")
-		}
-		attempt.tx.TxIn[0].Witness = channel.KeySpendWitness(final, txscript.SigHashDefault)
-		attempt.signed = true
+	var sc btcec.ModNScalar
+	if overflow := sc.SetBytes(&m.DevicePartialSig); overflow != 0 {
+		return refuse(wire.ChanBadSignature, "partial signature out of range")
 	}
+	if _, err := attempt.sess.Sign(attempt.sigHash, attempt.deviceNonce); err != nil {
+		return err
+	}
+	final, err := attempt.sess.Combine(&musig2.PartialSignature{S: &sc})
+	if err != nil {
+		return refuse(wire.ChanBadSignature, "partial signature does not verify")
+	}
+	attempt.tx.TxIn[0].Witness = channel.KeySpendWitness(final, txscript.SigHashDefault)
 	// The close is fully signed: record it even if the device's session
-	// ends meanwhile (a replaced session cancels its context), and keep
-	// the attempt when the broadcast fails, so the CloseSign the device
-	// sends again at reconnect completes it.
+	// ends meanwhile (a replaced session cancels its context).
 	txid, err := c.broadcastClose(context.WithoutCancel(ctx), e, attempt.tx)
 	if err != nil {
-		e.closing = attempt
 		return err
 	}
 	return s.Send(ctx, &wire.ChannelClosed{ChanID: m.ChanID, Txid: txid})
 }
 
-// broadcastClose verifies a fully signed spend of the channel, broadcasts
-// it, and marks the channel closing with its txid. e is locked.
+// broadcastClose verifies a fully signed spend of the channel, records the
+// channel closing with it and then broadcasts it. e is locked. Recording
+// comes first: a transaction that may be on the network while the record
+// still says ready would let payments through that it does not pay. Once
+// recorded, a failed broadcast is not the caller's to undo: the watcher
+// sends the stored transaction again at every block until the node knows
+// it (rebroadcastClose), and the error is only reported.
 func (c *Manager) broadcastClose(ctx context.Context, e *chanEntry, tx *btcwire.MsgTx) (chainhash.Hash, error) {
 	if err := verifySpend(tx, e.out.PkScript(), int64(e.rec.Capacity)); err != nil {
 		return chainhash.Hash{}, fmt.Errorf("hub: close of %v does not verify: %w", e.rec.Funding, err)
 	}
-	txid, err := c.cfg.Chain.SendRawTransaction(ctx, tx)
-	if err != nil {
-		return chainhash.Hash{}, fmt.Errorf("hub: broadcast close of %v: %w", e.rec.Funding, err)
+	var raw bytes.Buffer
+	if err := tx.Serialize(&raw); err != nil {
+		return chainhash.Hash{}, err
 	}
+	txid := tx.TxHash()
 	rec := e.rec
-	rec.CloseTx = &txid
-	rec, err = c.putStatus(ctx, rec, hub.ChannelClosing)
+	rec.CloseTx, rec.CloseRaw = &txid, raw.Bytes()
+	rec, err := c.putStatus(ctx, rec, hub.ChannelClosing)
 	if err != nil {
 		return chainhash.Hash{}, err
 	}
@@ -222,6 +225,9 @@ func (c *Manager) broadcastClose(ctx context.Context, e *chanEntry, tx *btcwire.
 	c.watchClosing(rec.Funding)
 	c.closeHoldsLocked(ctx, e, hub.HoldReleased, wire.HoldChannelClosed)
 	c.log.Info("channel closing", "channel", rec.Funding, "txid", txid, "paid", rec.Paid)
+	if _, err := c.cfg.Chain.SendRawTransaction(ctx, tx); err != nil {
+		c.log.Warn("broadcasting a recorded close failed; the watcher sends it again", "channel", rec.Funding, "txid", txid, "err", err)
+	}
 	return txid, nil
 }
 

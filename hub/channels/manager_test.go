@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
-	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
@@ -333,9 +331,14 @@ func TestOpenRefusals(t *testing.T) {
 	}
 	prov.Send(&wire.OpenChannel{ReqID: 1, Capacity: 50_000, Expiry: chantest.TestHeight + 500})
 	chantest.Refusal(prov, wire.ChanNotOwner)
-	payer.Offer(50_000, chantest.TestHeight+500)
-	payer.Offer(50_000, chantest.TestHeight+500)
-	payer.Send(&wire.OpenChannel{ReqID: 3, Capacity: 50_000, Expiry: chantest.TestHeight + 500})
+	first, _ := payer.Offer(50_000, chantest.TestHeight+500)
+	// The same terms again (the first answer lost with a connection,
+	// say) get the same offer, not a second pending slot.
+	if again, _ := payer.Offer(50_000, chantest.TestHeight+500); again.PendingID != first.PendingID {
+		t.Fatal("an OpenChannel with the terms of a pending offer got a new offer")
+	}
+	payer.Offer(50_000, chantest.TestHeight+501)
+	payer.Send(&wire.OpenChannel{ReqID: 3, Capacity: 50_000, Expiry: chantest.TestHeight + 502})
 	chantest.Refusal(payer, wire.ChanTooManyPending)
 }
 
@@ -478,11 +481,6 @@ func deviceClose(t *testing.T, d *chantest.Device, c *chantest.Channel, script [
 	psig, err := sess.Sign(h, prop.HubNonce)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var hubS btcec.ModNScalar
-	hubS.SetBytes(&prop.HubPartialSig)
-	if _, err := sess.Combine(&musig2.PartialSignature{S: &hubS}); err != nil {
-		t.Fatalf("hub partial signature: %v", err)
 	}
 	var cs wire.CloseSign
 	cs.ChanID = c.Op

@@ -60,9 +60,18 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 	}
 	pending := 0
 	for _, r := range existing {
-		if r.Status == hub.ChannelPending {
-			pending++
+		if r.Status != hub.ChannelPending {
+			continue
 		}
+		if r.Capacity == m.Capacity && r.Expiry == m.Expiry && r.DeviceKey == s.Key() {
+			// The same terms as an offer still waiting for funding:
+			// the device most likely lost the first ChannelOffer with
+			// its connection. Offering it again, rather than a new
+			// one, keeps a lost answer from holding a pending slot
+			// until the offer expires.
+			return c.offerAgain(ctx, s, m.ReqID, r)
+		}
+		pending++
 	}
 	if pending >= c.cfg.MaxPendingOpens {
 		return refuse(wire.ChanTooManyPending, "%d channels wait for funding already", pending)
@@ -108,15 +117,38 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 	c.watchPending(pendingID)
 	c.log.Info("channel offered", "device", s.DeviceID(), "pending", fmt.Sprintf("%x", pendingID[:8]),
 		"capacity", m.Capacity, "expiry", m.Expiry)
-	return s.Send(ctx, &wire.ChannelOffer{
-		ReqID:      m.ReqID,
-		PendingID:  pendingID,
+	return s.Send(ctx, offerOf(m.ReqID, rec, hubChanKey, out))
+}
+
+// offerAgain answers OpenChannel with the device's pending offer rec.
+func (c *Manager) offerAgain(ctx context.Context, s *session.Session, reqID uint64, rec hub.ChannelRecord) error {
+	hubChanKey, err := btcec.ParsePubKey(rec.HubKey[:])
+	if err != nil {
+		return fmt.Errorf("hub: open: stored channel key: %w", err)
+	}
+	devKey, err := btcec.ParsePubKey(rec.DeviceKey[:])
+	if err != nil {
+		return fmt.Errorf("hub: open: stored device key: %w", err)
+	}
+	out, err := channel.NewOutput(channel.Params{DeviceKey: devKey, HubKey: hubChanKey, Capacity: rec.Capacity, Expiry: rec.Expiry})
+	if err != nil {
+		return fmt.Errorf("hub: open: %w", err)
+	}
+	c.log.Info("channel offered again", "device", rec.DeviceID, "pending", fmt.Sprintf("%x", rec.PendingID[:8]))
+	return s.Send(ctx, offerOf(reqID, rec, hubChanKey, out))
+}
+
+// offerOf is the ChannelOffer of pending channel rec.
+func offerOf(reqID uint64, rec hub.ChannelRecord, hubChanKey *btcec.PublicKey, out *channel.Output) *wire.ChannelOffer {
+	return &wire.ChannelOffer{
+		ReqID:      reqID,
+		PendingID:  rec.PendingID,
 		HubChanKey: hubChanKey,
-		Capacity:   m.Capacity,
-		Expiry:     m.Expiry,
-		MinDepth:   c.cfg.MinDepth,
+		Capacity:   rec.Capacity,
+		Expiry:     rec.Expiry,
+		MinDepth:   rec.MinDepth,
 		PkScript:   out.PkScript(),
-	})
+	}
 }
 
 // funded records the outpoint the device says funds its offer and checks it

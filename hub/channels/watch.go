@@ -1,6 +1,7 @@
 package channels
 
 import (
+	"bytes"
 	"context"
 	"errors"
 
@@ -196,7 +197,7 @@ func (c *Manager) checkClosing(ctx context.Context, full bool) {
 		}
 		conf, err := c.cfg.Chain.Confirmations(ctx, *r.CloseTx)
 		if errors.Is(err, hub.ErrNotFound) {
-			c.log.Warn("closing transaction unknown to the node", "channel", r.Funding, "txid", r.CloseTx)
+			c.rebroadcastClose(ctx, r)
 			continue
 		}
 		if err != nil {
@@ -208,6 +209,35 @@ func (c *Manager) checkClosing(ctx context.Context, full bool) {
 		}
 		c.setStatus(ctx, r.Funding, hub.ChannelClosing, hub.ChannelClosed)
 	}
+}
+
+// rebroadcastClose sends a closing channel's recorded transaction again
+// when the node does not know it (its first broadcast failed, or the node
+// lost its mempool), unless another transaction already spent the channel.
+func (c *Manager) rebroadcastClose(ctx context.Context, r hub.ChannelRecord) {
+	if _, err := c.cfg.Chain.TxOut(ctx, r.Funding, false); errors.Is(err, hub.ErrNotFound) {
+		// Spent in a block by a transaction that is not the recorded
+		// one (the device's refund after expiry): the close can never
+		// confirm, and the channel is over.
+		c.log.Warn("closing channel spent on chain by another transaction; closing it",
+			"channel", r.Funding, "txid", r.CloseTx, "paid_msat", uint64(r.Paid))
+		c.setStatus(ctx, r.Funding, hub.ChannelClosing, hub.ChannelClosed)
+		return
+	}
+	if len(r.CloseRaw) == 0 {
+		c.log.Warn("closing transaction unknown to the node", "channel", r.Funding, "txid", r.CloseTx)
+		return
+	}
+	tx := new(btcwire.MsgTx)
+	if err := tx.Deserialize(bytes.NewReader(r.CloseRaw)); err != nil {
+		c.log.Error("stored close transaction does not decode", "channel", r.Funding, "err", err)
+		return
+	}
+	if _, err := c.cfg.Chain.SendRawTransaction(ctx, tx); err != nil {
+		c.log.Warn("broadcasting the recorded close again failed", "channel", r.Funding, "txid", r.CloseTx, "err", err)
+		return
+	}
+	c.log.Info("recorded close broadcast again", "channel", r.Funding, "txid", r.CloseTx)
 }
 
 // setStatus moves channel op from status from to status to, through its

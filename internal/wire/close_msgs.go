@@ -19,16 +19,18 @@ type CloseRequest struct {
 	DeviceNonce [NonceSize]byte // record 4
 }
 
-// CloseProposal carries the hub's unsigned close transaction, its nonce and
-// its partial signature.
+// CloseProposal carries the hub's unsigned close transaction and its nonce.
+// The hub signs last (docs/protocol.md §2.7): its partial signature is
+// made only once the device's CloseSign arrives, and leaves the hub only
+// inside the broadcast transaction, so a device never holds a close it
+// could broadcast after paying on.
 type CloseProposal struct {
 	ChanID wire.OutPoint // record 0
 	// Tx is the serialized unsigned close transaction
 	// (1..MaxCloseTxSize bytes); the device checks its output before
 	// signing.
-	Tx            []byte          // record 2
-	HubNonce      [NonceSize]byte // record 4
-	HubPartialSig [32]byte        // record 6
+	Tx       []byte          // record 2
+	HubNonce [NonceSize]byte // record 4
 }
 
 // CloseSign carries the device's MuSig2 partial signature for the proposed
@@ -83,7 +85,6 @@ func (m *CloseProposal) fields() []field {
 		outPointField(0, &m.ChanID),
 		bytesField(2, &m.Tx, MaxCloseTxSize),
 		arrayField(4, m.HubNonce[:]),
-		arrayField(6, m.HubPartialSig[:]),
 	}
 }
 

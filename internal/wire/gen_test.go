@@ -142,7 +142,7 @@ func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 		},
 		MsgCloseProposal: func(t *rapid.T) lnwire.Message {
 			return &CloseProposal{ChanID: genOutPoint(t, "chan"), Tx: genVar(t, 1, MaxCloseTxSize, "tx"),
-				HubNonce: genNonce(t, "nonce"), HubPartialSig: genArr32(t, "psig")}
+				HubNonce: genNonce(t, "nonce")}
 		},
 		MsgCloseSign: func(t *rapid.T) lnwire.Message {
 			return &CloseSign{ChanID: genOutPoint(t, "chan"), DevicePartialSig: genArr32(t, "psig")}

@@ -41,6 +41,8 @@ type FakeChain struct {
 	Outs   map[btcwire.OutPoint]hub.TxOut
 	Confs  map[chainhash.Hash]int64
 	Sent   []*btcwire.MsgTx
+	// SendErr, when set, fails every broadcast (a node that is down).
+	SendErr error
 }
 
 // NewFakeChain returns a fake chain at height with nothing on it.
@@ -77,10 +79,13 @@ func (f *FakeChain) Confirmations(_ context.Context, txid chainhash.Hash) (int64
 	return n, nil
 }
 
-// SendRawTransaction records tx as sent.
+// SendRawTransaction records tx as sent, or fails with SendErr.
 func (f *FakeChain) SendRawTransaction(_ context.Context, tx *btcwire.MsgTx) (chainhash.Hash, error) {
 	f.Mu.Lock()
 	defer f.Mu.Unlock()
+	if f.SendErr != nil {
+		return chainhash.Hash{}, f.SendErr
+	}
 	f.Sent = append(f.Sent, tx)
 	f.Confs[tx.TxHash()] = 0
 	return tx.TxHash(), nil
