@@ -27,4 +27,3 @@ func TestMatchesLnwire(t *testing.T) {
 		}
 	}
 }
-
