@@ -32,6 +32,38 @@ func (g *gatedDevices) Device(ctx context.Context, id string) (hub.Device, error
 	return g.Devices.Device(ctx, id)
 }
 
+// result is what one ChargeUsage call returned.
+type result struct {
+	out []charging.Outcome
+	err error
+}
+
+// chargeAsync charges evs in a goroutine of its own and returns where the
+// result arrives.
+func chargeAsync(chg *charging.Service, evs ...charging.Usage) <-chan result {
+	done := make(chan result, 1)
+	go func() {
+		out, err := chg.ChargeUsage(context.Background(), evs)
+		done <- result{out, err}
+	}()
+	return done
+}
+
+// otherPayerNotHeld fails t unless the other payer's one-event batch is
+// charged while a gated batch waits on its what, then releases the gate.
+func otherPayerNotHeld(t *testing.T, done <-chan result, release chan struct{}, what string) {
+	t.Helper()
+	defer close(release)
+	select {
+	case r := <-done:
+		if r.err != nil || len(r.out) != 1 || !r.out[0].Charged {
+			t.Fatalf("other payer's batch: %+v, %v", r.out, r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("a batch waited on another batch's %s", what)
+	}
+}
+
 // TestChargeUsageReadsOutsideItsLock: a batch waiting on a slow device
 // lookup does not hold up another intake worker's batch.
 func TestChargeUsageReadsOutsideItsLock(t *testing.T) {
@@ -48,35 +80,11 @@ func TestChargeUsageReadsOutsideItsLock(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = chg.Close() })
 
-	slow := env.event(k, "toll", "slow-1")
-	type result struct {
-		out []charging.Outcome
-		err error
-	}
-	slowDone := make(chan result, 1)
-	go func() {
-		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{slow})
-		slowDone <- result{out, err}
-	}()
+	slowDone := chargeAsync(chg, env.event(k, "toll", "slow-1"))
 	<-gate.entered
-
 	fast := env.event(k, "toll", "fast-1")
 	fast.Payer = other.ID
-	fastDone := make(chan result, 1)
-	go func() {
-		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{fast})
-		fastDone <- result{out, err}
-	}()
-	select {
-	case r := <-fastDone:
-		if r.err != nil || len(r.out) != 1 || !r.out[0].Charged {
-			t.Fatalf("other payer's batch: %+v, %v", r.out, r.err)
-		}
-	case <-time.After(10 * time.Second):
-		close(gate.release)
-		t.Fatal("a batch waited on another batch's device lookup")
-	}
-	close(gate.release)
+	otherPayerNotHeld(t, chargeAsync(chg, fast), gate.release, "device lookup")
 	r := <-slowDone
 	if r.err != nil || len(r.out) != 1 || !r.out[0].Charged || r.out[0].Status != hub.ChargeOwed {
 		t.Fatalf("slow payer's batch: %+v, %v", r.out, r.err)
@@ -121,34 +129,11 @@ func TestChargeUsageFreezesOutsideItsLock(t *testing.T) {
 	for i := range 6 {
 		flood = append(flood, env.event(k, "toll", "flood-"+string(rune('a'+i))))
 	}
-	type result struct {
-		out []charging.Outcome
-		err error
-	}
-	floodDone := make(chan result, 1)
-	go func() {
-		out, err := chg.ChargeUsage(context.Background(), flood)
-		floodDone <- result{out, err}
-	}()
+	floodDone := chargeAsync(chg, flood...)
 	<-gate.entered
-
 	fast := env.event(k, "toll", "fast-1")
 	fast.Payer = other.ID
-	fastDone := make(chan result, 1)
-	go func() {
-		out, err := chg.ChargeUsage(context.Background(), []charging.Usage{fast})
-		fastDone <- result{out, err}
-	}()
-	select {
-	case r := <-fastDone:
-		if r.err != nil || len(r.out) != 1 || !r.out[0].Charged {
-			t.Fatalf("other payer's batch: %+v, %v", r.out, r.err)
-		}
-	case <-time.After(10 * time.Second):
-		close(gate.release)
-		t.Fatal("a batch waited on another batch's freeze")
-	}
-	close(gate.release)
+	otherPayerNotHeld(t, chargeAsync(chg, fast), gate.release, "freeze")
 	r := <-floodDone
 	if r.err != nil || len(r.out) != 6 {
 		t.Fatalf("flood: %+v, %v", r.out, r.err)
