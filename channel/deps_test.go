@@ -7,7 +7,7 @@ import (
 )
 
 // TestDependencies keeps the package pure: besides the standard library it
-// may import only btcd's script, key and chain types and lnwire, never a
+// may import only btcd's script, key and chain types and msat, never a
 // store, bus or RPC client.
 func TestDependencies(t *testing.T) {
 	deptest.AllowOnly(t,
@@ -16,6 +16,6 @@ func TestDependencies(t *testing.T) {
 		"github.com/btcsuite/btcd/chaincfg",
 		"github.com/btcsuite/btcd/txscript",
 		"github.com/btcsuite/btcd/wire",
-		"github.com/lightningnetwork/lnd/lnwire",
+		"github.com/m2mhub/m2mhub/msat",
 	)
 }

@@ -7,11 +7,11 @@ import (
 )
 
 // TestDependencies keeps the package pure: besides the standard library it
-// may import only shopspring/decimal and lnwire, never a store, bus or RPC
+// may import only shopspring/decimal and msat, never a store, bus or RPC
 // client.
 func TestDependencies(t *testing.T) {
 	deptest.AllowOnly(t,
 		"github.com/shopspring/decimal",
-		"github.com/lightningnetwork/lnd/lnwire",
+		"github.com/m2mhub/m2mhub/msat",
 	)
 }

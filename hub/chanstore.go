@@ -20,6 +20,10 @@ var (
 	// ErrHoldConflict is returned when a payment captures more than a hold
 	// has left, or captures against a hold that is not active.
 	ErrHoldConflict = errors.New("hub: hold exhausted or closed")
+	// ErrHoldRefused is returned when a hold cannot take a charge paid
+	// against it: unknown, expired, another party's or channel's, or too
+	// small; the message says which.
+	ErrHoldRefused = errors.New("hub: hold refused the charge")
 	// ErrCreditLimit is returned when service on credit would push a
 	// channel's unsigned balance past the hub's per-channel limit (I1).
 	ErrCreditLimit = errors.New("hub: credit limit reached")

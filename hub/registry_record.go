@@ -1,8 +1,6 @@
 package hub
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -70,45 +68,6 @@ func (d Device) Validate() error {
 		return fmt.Errorf("%w: device %s: payout script too long", ErrInvalid, d.ID)
 	}
 	return nil
-}
-
-// EncodeDevice is the stored form of d, the one both stores write. It
-// refuses, with an error wrapping ErrInvalid, a device that does not
-// validate or whose encoding does not decode back to the same record, so
-// no store ever holds a record it cannot read.
-func EncodeDevice(d Device) ([]byte, error) {
-	if err := d.Validate(); err != nil {
-		return nil, err
-	}
-	doc, err := json.Marshal(d)
-	if err != nil {
-		return nil, fmt.Errorf("%w: encode device %s: %v", ErrInvalid, d.ID, err)
-	}
-	back, err := DecodeDevice(d.ID, doc)
-	if err != nil {
-		return nil, fmt.Errorf("%w: device %s does not read back: %v", ErrInvalid, d.ID, err)
-	}
-	if again, err := json.Marshal(back); err != nil || !bytes.Equal(again, doc) {
-		return nil, fmt.Errorf("%w: device %s does not read back the same", ErrInvalid, d.ID)
-	}
-	return doc, nil
-}
-
-// DecodeDevice decodes a stored device record kept under id. A record that
-// does not decode, does not validate or names another id is refused with
-// an error wrapping ErrUnreadable.
-func DecodeDevice(id string, doc []byte) (Device, error) {
-	var d Device
-	if err := json.Unmarshal(doc, &d); err != nil {
-		return Device{}, fmt.Errorf("%w: device %s: %v", ErrUnreadable, id, err)
-	}
-	if err := d.Validate(); err != nil {
-		return Device{}, fmt.Errorf("%w: device %s: %v", ErrUnreadable, id, err)
-	}
-	if d.ID != id {
-		return Device{}, fmt.Errorf("%w: device %s: record names %q", ErrUnreadable, id, d.ID)
-	}
-	return d, nil
 }
 
 // UnreadableRecord names a stored record that does not decode, and why.

@@ -55,8 +55,8 @@ type Store interface {
 	DeviceByKey(ctx context.Context, key PubKey) (Device, error)
 
 	// Device and DeviceByKey return an error wrapping ErrUnreadable for
-	// a stored record that does not decode (DecodeDevice); Apply never
-	// writes one (it encodes with EncodeDevice, which refuses with
+	// a stored record that does not decode (record.DecodeDevice in hub/internal/record); Apply never
+	// writes one (it encodes with record.EncodeDevice, which refuses with
 	// ErrInvalid a device that would not read back).
 
 	// Devices returns every readable device, ordered by id. A record

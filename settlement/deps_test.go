@@ -7,7 +7,7 @@ import (
 )
 
 // TestDependencies keeps the package pure: besides the standard library it
-// may import only btcd's script, key and chain types, lnwire and the channel
+// may import only btcd's script, key and chain types, msat and the channel
 // package, never a store, bus or RPC client (those belong in adapters such
 // as settlement/btcdchain).
 func TestDependencies(t *testing.T) {
@@ -17,7 +17,7 @@ func TestDependencies(t *testing.T) {
 		"github.com/btcsuite/btcd/chaincfg",
 		"github.com/btcsuite/btcd/txscript",
 		"github.com/btcsuite/btcd/wire",
-		"github.com/lightningnetwork/lnd/lnwire",
+		"github.com/m2mhub/m2mhub/msat",
 		"github.com/m2mhub/m2mhub/channel",
 	)
 }

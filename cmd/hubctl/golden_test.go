@@ -66,12 +66,15 @@ type tick struct {
 	t  time.Time
 }
 
-func (c *tick) now() time.Time {
+func (c *tick) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(time.Second)
 	return c.t
 }
+
+// TickAfter implements clock.Clock; nothing in these tests waits on it.
+func (c *tick) TickAfter(d time.Duration) <-chan time.Time { return time.After(d) }
 
 func seededKey(b byte) *btcec.PrivateKey {
 	var seed [32]byte
@@ -101,7 +104,7 @@ func newGoldenHub(t *testing.T) *goldenHub {
 	}
 	t.Cleanup(func() { store.Close() })
 	clk := &tick{t: t0}
-	reg, err := registry.New(registry.Config{Store: store, Now: clk.now})
+	reg, err := registry.New(registry.Config{Store: store, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +161,7 @@ func newGoldenHub(t *testing.T) *goldenHub {
 		t.Fatal(err)
 	}
 	h, err := httpapi.New(httpapi.Config{
-		Registry: reg, Token: testToken, Settlement: g.settlementFak, Creds: creds, Channels: chans, Now: clk.now, Contracts: cs,
+		Registry: reg, Token: testToken, Settlement: g.settlementFak, Creds: creds, Channels: chans, Clock: clk, Contracts: cs,
 		Info: func() httpapi.Info { return httpapi.Info{Network: "regtest"} },
 	})
 	if err != nil {

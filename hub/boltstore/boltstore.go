@@ -27,6 +27,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // ErrLocked is returned by New when another process has the database open.
@@ -191,7 +192,7 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 	}
 	devs := make([]preparedDevice, 0, len(ch.Devices))
 	for _, d := range ch.Devices {
-		doc, err := hub.EncodeDevice(d)
+		doc, err := record.EncodeDevice(d)
 		if err != nil {
 			return fmt.Errorf("boltstore: %w", err)
 		}
@@ -361,7 +362,7 @@ func getDevice(tx *bolt.Tx, id []byte, d *hub.Device) error {
 	if doc == nil {
 		return fmt.Errorf("%w: device %s", hub.ErrNotFound, id)
 	}
-	v, err := hub.DecodeDevice(string(id), doc)
+	v, err := record.DecodeDevice(string(id), doc)
 	if err != nil {
 		return fmt.Errorf("boltstore: %w", err)
 	}
@@ -405,7 +406,7 @@ func (s *Store) UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, 
 func (s *Store) eachDevice(f func(id []byte, d hub.Device, err error)) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-			d, err := hub.DecodeDevice(string(k), v)
+			d, err := record.DecodeDevice(string(k), v)
 			f(k, d, err)
 			return nil
 		})

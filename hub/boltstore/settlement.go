@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -384,7 +385,7 @@ func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRe
 		return rollover{}, fmt.Errorf("encode run: %w", err)
 	}
 	ro := rollover{runKey: runKey(r.Epoch.Number, r.Attempt), runDoc: doc}
-	spender, err := spenders(r.Txs)
+	spender, err := record.Spenders(r.Txs)
 	if err != nil {
 		return rollover{}, err
 	}
@@ -426,23 +427,6 @@ func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRe
 		})
 	}
 	return ro, nil
-}
-
-// spenders maps every outpoint the serialized transactions spend to the
-// txid that spends it.
-func spenders(txs [][]byte) (map[wire.OutPoint]chainhash.Hash, error) {
-	out := make(map[wire.OutPoint]chainhash.Hash)
-	for i, raw := range txs {
-		var tx wire.MsgTx
-		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
-			return nil, fmt.Errorf("%w: run transaction %d: %v", hub.ErrInvalid, i, err)
-		}
-		txid := tx.TxHash()
-		for _, in := range tx.TxIn {
-			out[in.PreviousOutPoint] = txid
-		}
-	}
-	return out, nil
 }
 
 func decodeJSON(what string, k, v []byte, into any) error {

@@ -24,7 +24,7 @@ func (l *paidListener) ChargePaid(reqID uint64, _ []byte) {
 	l.paid = append(l.paid, reqID)
 }
 
-func (l *paidListener) ChargeRefused(uint64, wire.ChanCode, string) {}
+func (l *paidListener) ChargeRefused(uint64, string, string) {}
 
 // TestChargePaymentSkipsPaySlots: with every slot for the devices' own
 // payments taken, a payment answering the hub's charge request is still

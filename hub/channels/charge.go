@@ -20,37 +20,12 @@ import (
 // session to ask.
 var ErrDeviceOffline = errors.New("channels: device not connected")
 
-// ChargeListener hears how the payment requests sent by RequestPayment end.
-// The Manager calls it with a channel's lock held, so implementations must
-// only queue the news and return.
-type ChargeListener interface {
-	// ChargePaid reports that the device paid request reqID; receipt is
-	// the hub-signed, version-2 receipt encoding it was acknowledged with.
-	ChargePaid(reqID uint64, receipt []byte)
-	// ChargeRefused reports that the device refused request reqID (its
-	// spending policy said no), with the device's code and message.
-	ChargeRefused(reqID uint64, code wire.ChanCode, message string)
-}
+// ChargeListener hears how the payment requests sent by RequestPayment end
+// (hub.ChargeListener).
+type ChargeListener = hub.ChargeListener
 
-// PaymentRequest is a payment the hub asks a payer for, covering metered
-// charges: one request, one device signature, many events.
-type PaymentRequest struct {
-	// Listener hears how the request ends: paid or refused. It is
-	// required; a cancelled request is reported to nobody.
-	Listener     ChargeListener
-	Payer, Payee string
-	Channel      btcwire.OutPoint
-	Amount       lnwire.MilliSatoshi
-	// Contract, EventsRoot and EventCount go into the version-2 receipt
-	// (channel.EventsRoot over the covered event ids).
-	Contract   [32]byte
-	EventsRoot [32]byte
-	EventCount uint32
-	Memo       string
-	// Hold, when set, is the hold the payment captures: the charges were
-	// recorded against it (RecordHeldCharge).
-	Hold *[16]byte
-}
+// PaymentRequest is a payment the hub asks a payer for (hub.PaymentRequest).
+type PaymentRequest = hub.PaymentRequest
 
 // chargeBook is the Channels' record of payment requests sent for charges,
 // until the device pays or refuses them or the requester cancels them. Its
@@ -255,7 +230,7 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 	}
 	c.charges.mu.Unlock()
 	if ok {
-		r.Listener.ChargeRefused(*m.ReqID, m.Code, m.Message)
+		r.Listener.ChargeRefused(*m.ReqID, string(m.Code), m.Message)
 	}
 	return ok
 }

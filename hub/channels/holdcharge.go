@@ -2,6 +2,7 @@ package channels
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/lightningnetwork/lnd/lnwire"
@@ -17,12 +18,12 @@ import (
 // charge is covered by the device-signed hold, so it may exceed the
 // channel's credit limit by up to what the hold has left.
 
-// Hold returns a copy of the active hold id. It returns a *wire.ChannelError
-// (ChanHoldUnknown, ChanHoldExpired) when there is no active hold id.
+// Hold returns a copy of the active hold id. It returns an error wrapping
+// hub.ErrHoldRefused when there is no active hold id.
 func (c *Manager) Hold(ctx context.Context, id [16]byte) (hub.Hold, error) {
 	e, h, err := c.activeHold(ctx, id)
 	if err != nil {
-		return hub.Hold{}, err
+		return hub.Hold{}, asHoldRefusal(err)
 	}
 	defer e.mu.Unlock()
 	return *h, nil
@@ -32,23 +33,23 @@ func (c *Manager) Hold(ctx context.Context, id [16]byte) (hub.Hold, error) {
 // its channel: the payer and the provider must be the hold's, and the
 // amount must fit what the hold has left. It raises the channel's Owed as
 // RecordCharges does, with the credit limit raised by the hold's remainder.
-// A refusal is a *wire.ChannelError.
+// A refusal wraps hub.ErrHoldRefused.
 func (c *Manager) RecordHeldCharge(ctx context.Context, store hub.ChargeStore, ch hub.Charge, id [16]byte) (hub.ChargeResult, error) {
 	e, h, err := c.activeHold(ctx, id)
 	if err != nil {
-		return hub.ChargeResult{}, err
+		return hub.ChargeResult{}, asHoldRefusal(err)
 	}
 	defer e.mu.Unlock()
 	switch {
 	case ch.Status != hub.ChargeOwed:
 		return hub.ChargeResult{}, fmt.Errorf("%w: a held charge must be owed, not %s", hub.ErrInvalid, ch.Status)
 	case h.Provider != ch.Provider || h.DeviceID != ch.Payer:
-		return hub.ChargeResult{}, refuse(wire.ChanHoldUnknown, "hold %x is not between %s and %s", id[:], ch.Payer, ch.Provider)
+		return hub.ChargeResult{}, asHoldRefusal(refuse(wire.ChanHoldUnknown, "hold %x is not between %s and %s", id[:], ch.Payer, ch.Provider))
 	case ch.Channel != h.Channel:
-		return hub.ChargeResult{}, refuse(wire.ChanHoldUnknown, "hold %x is on channel %v", id[:], h.Channel)
+		return hub.ChargeResult{}, asHoldRefusal(refuse(wire.ChanHoldUnknown, "hold %x is on channel %v", id[:], h.Channel))
 	case ch.Amount > h.Remaining():
-		return hub.ChargeResult{}, refuse(wire.ChanHoldExceeded, "charge of %d msat, hold has %d msat left",
-			uint64(ch.Amount), uint64(h.Remaining()))
+		return hub.ChargeResult{}, asHoldRefusal(refuse(wire.ChanHoldExceeded, "charge of %d msat, hold has %d msat left",
+			uint64(ch.Amount), uint64(h.Remaining())))
 	}
 	res, err := store.RecordCharges(ctx, []hub.Charge{ch}, c.cfg.CreditLimit+h.Remaining())
 	if err != nil {
@@ -61,6 +62,17 @@ func (c *Manager) RecordHeldCharge(ctx context.Context, store hub.ChargeStore, c
 		e.rec.Owed += r.Stored.Amount
 	}
 	return res[0], nil
+}
+
+// asHoldRefusal turns the manager's refusal of a hold (a wire refusal)
+// into an error wrapping the core's hub.ErrHoldRefused, so that callers
+// outside the device protocol tell it from a store failure.
+func asHoldRefusal(err error) error {
+	var ce *wire.ChannelError
+	if errors.As(err, &ce) {
+		return fmt.Errorf("%w: %s", hub.ErrHoldRefused, ce.Message)
+	}
+	return err
 }
 
 // ReleaseHold ends the active hold id, keeping what was captured and

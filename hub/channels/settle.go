@@ -1,7 +1,6 @@
 package channels
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -82,20 +81,9 @@ func (c *Manager) SettleKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error) {
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
 
-// Settleable is one open channel as a settlement sees it at the cut: the
-// record with its state as of the cut and the channel output it spends.
-type Settleable struct {
-	Record hub.ChannelRecord
-	Output *channel.Output
-}
-
-// Claim returns the latest acknowledged state and its device signature.
-func (s Settleable) Claim() channel.Claim {
-	return channel.Claim{
-		State:     channel.State{ChannelID: s.Record.Funding, Seq: s.Record.Seq, Paid: s.Record.Paid},
-		DeviceSig: s.Record.DeviceSig,
-	}
-}
+// Settleable is one open channel as a settlement sees it at the cut
+// (hub.Settleable).
+type Settleable = hub.Settleable
 
 // lockOpen loads every ready or frozen channel into the cache and locks
 // them all, in outpoint order (the order RecordCharges uses), so no
@@ -106,7 +94,7 @@ func (c *Manager) lockOpen(ctx context.Context) ([]*chanEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(recs, func(i, j int) bool { return OutpointLess(recs[i].Funding, recs[j].Funding) })
+	sort.Slice(recs, func(i, j int) bool { return hub.OutpointLess(recs[i].Funding, recs[j].Funding) })
 	entries := make([]*chanEntry, 0, len(recs))
 	for _, r := range recs {
 		e, err := c.entry(ctx, r.Funding)
@@ -120,14 +108,6 @@ func (c *Manager) lockOpen(ctx context.Context) ([]*chanEntry, error) {
 		entries = append(entries, e)
 	}
 	return entries, nil
-}
-
-// OutpointLess orders outpoints by txid bytes, then index.
-func OutpointLess(a, b btcwire.OutPoint) bool {
-	if d := bytes.Compare(a.Hash[:], b.Hash[:]); d != 0 {
-		return d < 0
-	}
-	return a.Index < b.Index
 }
 
 // CutOpen runs cut while every open channel is locked, and returns those
@@ -178,18 +158,9 @@ func (c *Manager) OpenChannels(ctx context.Context) ([]Settleable, error) {
 	return out, nil
 }
 
-// RolloverPair is one settled channel and the output that replaces it.
-type RolloverPair struct {
-	Old btcwire.OutPoint
-	// Next is the funding of the next channel and NextParams its terms.
-	Next       btcwire.OutPoint
-	NextParams channel.Params
-	// PaidAtCut is the old channel's Paid the epoch's ledger counted;
-	// anything paid on it after the cut is carried into the next
-	// channel's Owed (the device signed it on an output the batch
-	// spends, and the next epoch's ledger charges it).
-	PaidAtCut lnwire.MilliSatoshi
-}
+// RolloverPair is one settled channel and the output that replaces it
+// (hub.RolloverPair).
+type RolloverPair = hub.RolloverPair
 
 // Rollover atomically stores r (normally in state broadcast) and moves
 // each pair's channel to its next output, under the locks of the old
@@ -201,7 +172,7 @@ type RolloverPair struct {
 // nothing.
 func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settlement.Run, pairs []RolloverPair) ([]hub.ChannelRecord, error) {
 	sorted := append([]RolloverPair(nil), pairs...)
-	sort.Slice(sorted, func(i, j int) bool { return OutpointLess(sorted[i].Old, sorted[j].Old) })
+	sort.Slice(sorted, func(i, j int) bool { return hub.OutpointLess(sorted[i].Old, sorted[j].Old) })
 	entries := make([]*chanEntry, 0, len(sorted))
 	defer func() {
 		for _, e := range entries {

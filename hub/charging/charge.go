@@ -12,7 +12,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/metering"
 )
 
 // volumeKey names one bandwidth billing window of one payer at one
@@ -93,9 +93,18 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	}
 	now := c.clock.Now()
 	c.warm(ctx, evs, now)
+	chans, err := c.payerChannels(ctx, evs)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
-	plans, err := c.planBatch(ctx, evs, now, out)
+	plans, err := c.planBatch(ctx, evs, now, chans, out)
+	freezes := c.freezes
+	c.freezes = nil
 	c.mu.Unlock()
+	// Durable before the batch's charges, as a rule broken by one event
+	// must stop the party before anything after it is recorded.
+	c.freeze(ctx, freezes, now)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +133,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 			// redelivery (that would drop it unseen), never charged
 			// twice; the provider sees it dead-lettered.
 			dups = append(dups, p)
-			*o = Outcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}
+			*o = Outcome{Outcome: metering.Outcome{Rejected: RejectIDConflict, Detail: conflictDetail(r.Stored, p.charge)}}
 			continue
 		}
 		if r.Duplicate {
@@ -224,9 +233,8 @@ func (c *Service) record(ctx context.Context, plans []plan, out []Outcome) ([]hu
 			continue
 		}
 		r, err := c.cfg.Channels.RecordHeldCharge(ctx, c.cfg.Charges, p.charge, *p.hold)
-		var ce *wire.ChannelError
-		if errors.As(err, &ce) {
-			out[p.idx] = Outcome{Rejected: RejectNoHold, Detail: ce.Message}
+		if errors.Is(err, hub.ErrHoldRefused) {
+			out[p.idx] = Outcome{Outcome: metering.Outcome{Rejected: RejectNoHold, Detail: err.Error()}}
 			c.undoVolumes([]plan{p})
 			continue
 		}
@@ -253,6 +261,16 @@ func (c *Service) releaseHold(ctx context.Context, id [16]byte) {
 		c.log.Warn("releasing a session's hold", "hold", fmt.Sprintf("%x", id[:]), "err", err)
 	}
 }
+
+// rejection is why one event is not charged: a Reject* reason and a detail
+// for the provider's operator. It is an error so that checking and pricing
+// return (plan, error), and a store failure, which fails the whole batch,
+// is told apart from it with errors.As.
+type rejection struct {
+	Reason, Detail string
+}
+
+func (r *rejection) Error() string { return r.Reason + ": " + r.Detail }
 
 // sameEvent reports whether c, a charge about to be recorded, comes from
 // the same event as stored, the charge already recorded under its
@@ -281,34 +299,45 @@ func conflictDetail(stored, c hub.Charge) string {
 		what, stored.Charged.Format(time.RFC3339))
 }
 
+// payerChannels looks up, before ChargeUsage takes c.mu, the channel each
+// payer of evs is charged on: the zero outpoint for a payer with no ready
+// channel. RecordCharges checks the channel again in its own write.
+func (c *Service) payerChannels(ctx context.Context, evs []Usage) (map[string]btcwire.OutPoint, error) {
+	chans := make(map[string]btcwire.OutPoint)
+	for i := range evs {
+		payer := evs[i].Payer
+		if _, ok := chans[payer]; ok {
+			continue
+		}
+		op, err := c.cfg.Channels.PayerChannel(ctx, payer)
+		if err != nil && !errors.Is(err, hub.ErrNotFound) {
+			return nil, err
+		}
+		chans[payer] = op
+	}
+	return chans, nil
+}
+
 // planBatch checks and prices every event, filling out for the rejected
-// ones. c.mu is held.
-func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out []Outcome) ([]plan, error) {
+// ones; chans is payerChannels' answer. c.mu is held.
+func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, chans map[string]btcwire.OutPoint, out []Outcome) ([]plan, error) {
 	plans := make([]plan, 0, len(evs))
-	chans := map[string]btcwire.OutPoint{} // payer → channel, once per batch
-	heldHere := map[string]bool{}          // hold ids planned in this batch
+	heldHere := map[string]bool{} // hold ids planned in this batch
 	for i := range evs {
 		ev := &evs[i]
-		p, reason, detail, err := c.planOne(ctx, ev, now, heldHere)
+		p, err := c.planOne(ctx, ev, now, heldHere)
+		var rej *rejection
+		if errors.As(err, &rej) {
+			out[i] = Outcome{Outcome: metering.Outcome{Rejected: rej.Reason, Detail: rej.Detail}}
+			continue
+		}
 		if err != nil {
 			c.undoVolumesLocked(plans)
 			return nil, err
 		}
-		if reason != "" {
-			out[i] = Outcome{Rejected: reason, Detail: detail}
-			continue
-		}
 		p.idx = i
 		if p.charge.Status == hub.ChargeOwed && p.charge.Channel == (btcwire.OutPoint{}) {
-			op, ok := chans[ev.Payer]
-			if !ok {
-				op, err = c.cfg.Channels.PayerChannel(ctx, ev.Payer)
-				if err != nil && !errors.Is(err, hub.ErrNotFound) {
-					c.undoVolumesLocked(append(plans, p))
-					return nil, err
-				}
-				chans[ev.Payer] = op
-			}
+			op := chans[ev.Payer]
 			if op == (btcwire.OutPoint{}) {
 				p.charge.Status = hub.ChargeUnpaid
 			}
@@ -322,38 +351,38 @@ func (c *Service) planBatch(ctx context.Context, evs []Usage, now time.Time, out
 	return plans, nil
 }
 
-// planOne checks and prices one event. A rejection comes back as a reason
-// and detail; an error means the batch cannot be charged now (a store is
-// down) and must be retried.
-func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHere map[string]bool) (plan, string, string, error) {
+// planOne checks and prices one event. A refused event comes back as a
+// *rejection; any other error means the batch cannot be charged now (a
+// store is down) and must be retried.
+func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHere map[string]bool) (plan, error) {
 	k, err := c.contract(ctx, ev.Contract)
 	if errors.Is(err, hub.ErrNotFound) {
-		return plan{}, RejectUnknownContract, fmt.Sprintf("no contract %s", ev.Contract), nil
+		return plan{}, &rejection{Reason: RejectUnknownContract, Detail: fmt.Sprintf("no contract %s", ev.Contract)}
 	}
 	if err != nil {
-		return plan{}, "", "", err
+		return plan{}, err
 	}
 	payer, err := c.device(ctx, ev.Payer, now)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, RejectUnknownDevice, fmt.Sprintf("payer %q is not registered", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectUnknownDevice, Detail: fmt.Sprintf("payer %q is not registered", ev.Payer)}
 	case err != nil:
-		return plan{}, "", "", err
+		return plan{}, err
 	case payer.Status == hub.StatusRevoked:
-		return plan{}, RejectRevoked, fmt.Sprintf("payer %s is revoked", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectRevoked, Detail: fmt.Sprintf("payer %s is revoked", ev.Payer)}
 	case payer.Status == hub.StatusFrozen:
-		return plan{}, RejectFrozen, fmt.Sprintf("payer %s is frozen", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectFrozen, Detail: fmt.Sprintf("payer %s is frozen", ev.Payer)}
 	case !payer.HasRole(hub.RolePayer):
-		return plan{}, RejectNotPayer, fmt.Sprintf("%s has no payer role", ev.Payer), nil
+		return plan{}, &rejection{Reason: RejectNotPayer, Detail: fmt.Sprintf("%s has no payer role", ev.Payer)}
 	}
 	prov, err := c.device(ctx, ev.Provider, now)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, RejectProvider, fmt.Sprintf("provider %q is not registered", ev.Provider), nil
+		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %q is not registered", ev.Provider)}
 	case err != nil:
-		return plan{}, "", "", err
+		return plan{}, err
 	case prov.Status != hub.StatusActive || !prov.HasRole(hub.RoleProvider):
-		return plan{}, RejectProvider, fmt.Sprintf("provider %s is not an active provider", ev.Provider), nil
+		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %s is not an active provider", ev.Provider)}
 	}
 
 	u := ev.Usage
@@ -361,9 +390,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	u.CumulativeMB = contracts.Dec{}
 	p := plan{counted: len(k.Security) > 0, kind: k.Kind}
 	if p.counted {
-		var reason, detail string
-		if reason, detail, p.counted = c.security(ctx, k, ev, u, now); reason != "" {
-			return plan{}, reason, detail, nil
+		var rej *rejection
+		if rej, p.counted = c.security(ctx, k, ev, u, now); rej != nil {
+			return plan{}, rej
 		}
 	}
 	p.charge = hub.Charge{
@@ -372,9 +401,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	}
 	var hold *hub.Hold
 	if ev.Hold != nil {
-		h, reason, detail, err := c.checkHold(ctx, k, ev)
-		if reason != "" || err != nil {
-			return plan{}, reason, detail, err
+		h, err := c.checkHold(ctx, k, ev)
+		if err != nil {
+			return plan{}, err
 		}
 		hold = &h
 		p.charge.Channel = h.Channel
@@ -383,18 +412,18 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		// Start of a job: hold the contract's amount until the end
 		// event's readings decide.
 		if u.Session == "" {
-			return plan{}, RejectPrice, "a conditional release event needs a session", nil
+			return plan{}, &rejection{Reason: RejectPrice, Detail: "a conditional release event needs a session"}
 		}
 		held, err := contracts.HoldMsat(k)
 		if err != nil {
-			return plan{}, RejectPrice, err.Error(), nil
+			return plan{}, &rejection{Reason: RejectPrice, Detail: err.Error()}
 		}
 		p.charge.EventID, p.charge.Amount, p.charge.Status = holdEventID(u.Session), held, hub.ChargeHeld
-		return p, "", "", nil
+		return p, nil
 	}
 	if k.Kind == contracts.KindConditionalRelease {
-		if reason, detail, err := c.checkHeld(ctx, ev.Provider, u.Session, heldHere); reason != "" || err != nil {
-			return plan{}, reason, detail, err
+		if err := c.checkHeld(ctx, ev.Provider, u.Session, heldHere); err != nil {
+			return plan{}, err
 		}
 		p.release = holdEventID(u.Session)
 	}
@@ -402,7 +431,7 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		key := volumeKey{provider: ev.Provider, payer: ev.Payer, contract: ev.Contract, window: k.Bandwidth.WindowStart(ev.Time)}
 		vol, err := c.volume(ctx, k, key, now)
 		if err != nil {
-			return plan{}, "", "", err
+			return plan{}, err
 		}
 		u.CumulativeMB = vol
 		p.vkey, p.volume = &key, u.Quantity.Decimal
@@ -411,9 +440,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	b, err := contracts.Price(k, u)
 	switch {
 	case errors.Is(err, contracts.ErrContractMismatch):
-		return plan{}, RejectContractMismatch, err.Error(), nil
+		return plan{}, &rejection{Reason: RejectContractMismatch, Detail: err.Error()}
 	case err != nil:
-		return plan{}, RejectPrice, err.Error(), nil
+		return plan{}, &rejection{Reason: RejectPrice, Detail: err.Error()}
 	}
 	p.charge.Amount, p.charge.Fee = b.TotalMsat, b.FeeMsat
 	if p.release != "" {
@@ -438,58 +467,58 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	if p.vkey != nil {
 		c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Add(p.volume))
 	}
-	return p, "", "", nil
+	return p, nil
 }
 
 // checkHold finds the active hold a session's last event names: it must be
 // the provider's, on the payer's channel, and the contract an EV charging
 // one.
-func (c *Service) checkHold(ctx context.Context, k *contracts.Contract, ev *Usage) (hub.Hold, string, string, error) {
+func (c *Service) checkHold(ctx context.Context, k *contracts.Contract, ev *Usage) (hub.Hold, error) {
 	if k.Kind != contracts.KindEVCharging {
-		return hub.Hold{}, RejectNoHold, fmt.Sprintf("a %s contract is not paid against a hold", k.Kind), nil
+		return hub.Hold{}, &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("a %s contract is not paid against a hold", k.Kind)}
 	}
 	h, err := c.cfg.Channels.Hold(ctx, *ev.Hold)
-	var ce *wire.ChannelError
 	switch {
-	case errors.As(err, &ce):
-		return hub.Hold{}, RejectNoHold, ce.Message, nil
+	case errors.Is(err, hub.ErrHoldRefused):
+		return hub.Hold{}, &rejection{Reason: RejectNoHold, Detail: err.Error()}
 	case err != nil:
-		return hub.Hold{}, "", "", err
+		return hub.Hold{}, err
 	case h.Provider != ev.Provider || h.DeviceID != ev.Payer:
-		return hub.Hold{}, RejectNoHold, fmt.Sprintf("hold %x is not between %s and %s", ev.Hold[:], ev.Payer, ev.Provider), nil
+		return hub.Hold{}, &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("hold %x is not between %s and %s", ev.Hold[:], ev.Payer, ev.Provider)}
 	}
-	return h, "", "", nil
+	return h, nil
 }
 
-// checkHeld finds the held charge an end-of-job event resolves.
-func (c *Service) checkHeld(ctx context.Context, provider, session string, heldHere map[string]bool) (string, string, error) {
+// checkHeld finds the held charge an end-of-job event resolves: it returns
+// a *rejection when there is none.
+func (c *Service) checkHeld(ctx context.Context, provider, session string, heldHere map[string]bool) error {
 	if session == "" {
-		return RejectNoHold, "a conditional release event needs a session", nil
+		return &rejection{Reason: RejectNoHold, Detail: "a conditional release event needs a session"}
 	}
 	id := holdEventID(session)
 	if heldHere[provider+"\x00"+id] {
-		return "", "", nil
+		return nil
 	}
 	h, err := c.cfg.Charges.Charge(ctx, provider, id)
 	switch {
 	case errors.Is(err, hub.ErrNotFound):
-		return RejectNoHold, fmt.Sprintf("no job started for session %q", session), nil
+		return &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("no job started for session %q", session)}
 	case err != nil:
-		return "", "", err
+		return err
 	case h.Status != hub.ChargeHeld:
 		// Resolved before: the end event is a repeat under a new id.
-		return RejectNoHold, fmt.Sprintf("job %q already ended", session), nil
+		return &rejection{Reason: RejectNoHold, Detail: fmt.Sprintf("job %q already ended", session)}
 	}
-	return "", "", nil
+	return nil
 }
 
 // security runs k's rules over the hub's recent view of both parties and
 // freezes whoever broke one. The hub's own clock times the windows: a
 // provider cannot spread a flood by back-dating its events.
 //
-// It returns a Reject reason and detail when ev must not be charged, and
-// whether ev stays counted in the windows.
-func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage, u contracts.Usage, now time.Time) (string, string, bool) {
+// It returns a rejection when ev must not be charged, and whether ev stays
+// counted in the windows.
+func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage, u contracts.Usage, now time.Time) (*rejection, bool) {
 	keep := 1
 	for _, r := range k.Security {
 		if r.Rule == contracts.RuleMaxEventRate && r.Limit != nil {
@@ -503,7 +532,7 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 	}
 	f, broken := contracts.CheckSecurity(k, w)
 	if !broken {
-		return "", "", true
+		return nil, true
 	}
 	// A redelivered event was counted when it was first charged: it is
 	// not a new one and must not trip a rule (a batch redelivered after a
@@ -511,16 +540,17 @@ func (c *Service) security(ctx context.Context, k *contracts.Contract, ev *Usage
 	// here keeps the store off the common path.
 	if _, err := c.cfg.Charges.Charge(ctx, ev.Provider, ev.ID); err == nil {
 		c.uncount(ev)
-		return "", "", false
+		return nil, false
 	}
 	reason := fmt.Sprintf("contract %s security rule %d (%s): %s", ev.Contract, f.Rule, k.Security[f.Rule].Rule, f.Reason)
-	d, err := c.cfg.Freezer.Freeze(ctx, f.Subject, "system", reason)
-	if err != nil {
-		c.log.Error("security freeze failed", "subject", f.Subject, "err", err)
-	} else {
-		c.devices[f.Subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
+	// The party is frozen for the rest of the batch at once; the durable
+	// freeze runs once the lock is released (freeze).
+	c.freezes = append(c.freezes, freeze{subject: f.Subject, reason: reason})
+	if v, ok := c.devices[f.Subject]; ok {
+		v.d.Status = hub.StatusFrozen
+		c.devices[f.Subject] = v
 	}
-	return RejectSecurity, reason, true
+	return &rejection{Reason: RejectSecurity, Detail: reason}, true
 }
 
 // uncount takes back the newest time counted for ev's parties: charging

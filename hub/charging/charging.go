@@ -14,7 +14,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/metering"
 )
 
 // Rejection reasons of charging; the intake dead-letters an event with one
@@ -87,16 +87,11 @@ type Usage struct {
 	Attributes map[string]string
 }
 
-// Outcome is what charging did with one event.
+// Outcome is what charging did with one event: the outcome the intake
+// acknowledges or dead-letters (Charged, Duplicate, or a Reject… reason and
+// its Detail), and the recorded charge's status and amount.
 type Outcome struct {
-	// Charged: recorded now (whatever its status).
-	Charged bool
-	// Duplicate: recorded before; nothing changed.
-	Duplicate bool
-	// Rejected is a Reject… reason code, empty when the event was
-	// charged or a duplicate; Detail explains it.
-	Rejected string
-	Detail   string
+	metering.Outcome
 	// Status and Amount describe the recorded charge.
 	Status hub.ChargeStatus
 	Amount lnwire.MilliSatoshi
@@ -108,7 +103,7 @@ type Channels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
 	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
-	RequestPayment(ctx context.Context, r channels.PaymentRequest) (uint64, error)
+	RequestPayment(ctx context.Context, r hub.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
 	// Hold, RecordHeldCharge and ReleaseHold charge a session against
 	// the hold its provider asked for (see Usage.Hold).
@@ -117,7 +112,12 @@ type Channels interface {
 	ReleaseHold(ctx context.Context, id [16]byte) (lnwire.MilliSatoshi, error)
 }
 
-var _ Channels = (*channels.Manager)(nil)
+// Devices looks registered parties up. *registry.Registry satisfies it.
+type Devices interface {
+	// Device returns the device with id, or an error wrapping
+	// hub.ErrNotFound.
+	Device(ctx context.Context, id string) (hub.Device, error)
+}
 
 // Freezer freezes a device or provider a security rule caught.
 // *registry.Registry satisfies it.
@@ -137,7 +137,7 @@ type Config struct {
 	Contracts hub.ContractStore
 	Charges   hub.ChargeStore
 	// Devices looks payers and providers up. Required.
-	Devices channels.Devices
+	Devices Devices
 	// Channels records owed charges and asks payers to pay. Required.
 	Channels Channels
 	// Freezer freezes parties that break a contract's security rules.
@@ -214,6 +214,9 @@ type Service struct {
 	devices   map[string]cachedDevice
 	windows   map[string]*eventWindow
 	volumes   map[volumeKey]contracts.Dec
+	// freezes are the freezes the batch being priced asked for; Charge
+	// takes them with the lock and makes them durable without it.
+	freezes []freeze
 
 	// pay guards the payment side: owed charges waiting for a request and
 	// the requests in flight.
@@ -237,10 +240,10 @@ type cachedDevice struct {
 	until time.Time
 }
 
-var _ channels.ChargeListener = (*Service)(nil)
+var _ hub.ChargeListener = (*Service)(nil)
 
 // New returns a Service; Start runs its flusher and Close stops it. It
-// listens to each payment request it sends (channels.PaymentRequest.Listener).
+// listens to each payment request it sends (hub.PaymentRequest.Listener).
 func New(cfg Config) (*Service, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -373,5 +376,26 @@ func (c *Service) device(ctx context.Context, id string, now time.Time) (hub.Dev
 	return d, err
 }
 
-// forget drops a cached device, after a freeze.
-func (c *Service) forget(id string) { delete(c.devices, id) }
+// freeze is a party a security rule caught, to be frozen durably.
+type freeze struct{ subject, reason string }
+
+// freeze freezes the parties security rules caught, outside c.mu: a
+// freeze is a durable write (the registry's audit log, the channels), and
+// holding the lock across it would stall every other intake worker. The
+// cache already says frozen (security); it gets the registry's record, or
+// is dropped when the freeze failed, so the next batch asks the registry.
+func (c *Service) freeze(ctx context.Context, fs []freeze, now time.Time) {
+	for _, f := range fs {
+		d, err := c.cfg.Freezer.Freeze(ctx, f.subject, "system", f.reason)
+		c.mu.Lock()
+		if err != nil {
+			delete(c.devices, f.subject)
+		} else {
+			c.devices[f.subject] = cachedDevice{d: d, until: now.Add(c.cfg.DeviceTTL)}
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.log.Error("security freeze failed", "subject", f.subject, "err", err)
+		}
+	}
+}

@@ -35,7 +35,7 @@ func (c *Service) Charge(ctx context.Context, evs []metering.Event) ([]metering.
 		return nil, err
 	}
 	for j, r := range res {
-		out[idx[j]] = metering.Outcome{Charged: r.Charged, Duplicate: r.Duplicate, Rejected: r.Rejected, Detail: r.Detail}
+		out[idx[j]] = r.Outcome
 	}
 	return out, nil
 }

@@ -13,8 +13,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
-	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
 // Kinds of ProviderMessage.
@@ -91,7 +89,7 @@ type payGroup struct {
 type payEvent struct {
 	reqID   uint64
 	receipt []byte // paid
-	code    wire.ChanCode
+	code    string
 	message string // refused
 }
 
@@ -158,7 +156,7 @@ func (c *Service) ChargePaid(reqID uint64, receipt []byte) {
 }
 
 // ChargeRefused implements ChargeListener.
-func (c *Service) ChargeRefused(reqID uint64, code wire.ChanCode, message string) {
+func (c *Service) ChargeRefused(reqID uint64, code, message string) {
 	c.queue(payEvent{reqID: reqID, code: code, message: message})
 }
 
@@ -351,7 +349,7 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		c.unbusy(g, false, now)
 		return
 	}
-	r := channels.PaymentRequest{
+	r := hub.PaymentRequest{
 		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,
 		Memo: fmt.Sprintf("%d events", n),

@@ -15,7 +15,9 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 )
 
-// APIError is an error answer from the admin API.
+// APIError is an error answer from the admin API. It wraps the error its
+// code stands for (the server's table, errorCodes), so callers test it with
+// errors.Is(err, hub.ErrNotFound) and the like; errors.As gives the status.
 type APIError struct {
 	Status  int
 	Code    string
@@ -28,6 +30,10 @@ func (e *APIError) Error() string {
 	}
 	return fmt.Sprintf("%s (%d %s)", e.Message, e.Status, e.Code)
 }
+
+// Unwrap returns the error e's code stands for, or nil for an internal error
+// or a code this client does not know.
+func (e *APIError) Unwrap() error { return errorOfCode(e.Code) }
 
 // Client calls a hub's admin API.
 type Client struct {

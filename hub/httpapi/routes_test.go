@@ -19,6 +19,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/clock"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -122,7 +123,7 @@ func newFullAPI(t *testing.T) *fullAPI {
 		Providers: &fakeNATS{users: map[string]string{}},
 		Info:      testInfo,
 		Health:    []httpapi.HealthCheck{{Name: "store", Check: func(context.Context) error { return nil }}},
-		Logger:    slog.New(slog.DiscardHandler), Now: time.Now,
+		Logger:    slog.New(slog.DiscardHandler), Clock: clock.NewDefaultClock(),
 		History: mustHistory(t),
 	}
 	// Routes are registered only for the parts that are configured; a

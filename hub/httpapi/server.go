@@ -21,6 +21,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lightningnetwork/lnd/clock"
+
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/settler"
@@ -96,8 +98,9 @@ type Config struct {
 	// History, when set, serves GET /v1/history (the dashboard's charts
 	// and alerts).
 	History History
-	// Now is the clock of credential timestamps; time.Now when nil.
-	Now func() time.Time
+	// Clock is the clock of credential timestamps; the system clock
+	// when nil.
+	Clock clock.Clock
 }
 
 // maxBody bounds a contract document's body; maxJSONBody every other
@@ -141,8 +144,8 @@ func New(cfg Config) (*Handler, error) {
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
-	if h.cfg.Now == nil {
-		h.cfg.Now = time.Now
+	if h.cfg.Clock == nil {
+		h.cfg.Clock = clock.NewDefaultClock()
 	}
 	if _, ok := cfg.Registry.(auditRecorder); cfg.Creds != nil && !ok {
 		return nil, errors.New("httpapi: scoped credentials need a registry that audits (RecordAdmin)")
@@ -177,7 +180,7 @@ func New(cfg Config) (*Handler, error) {
 }
 
 // now is the handler's clock.
-func (h *Handler) now() time.Time { return h.cfg.Now() }
+func (h *Handler) now() time.Time { return h.cfg.Clock.Now() }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
@@ -188,40 +191,58 @@ type errorBody struct {
 	Message string `json:"message"`
 }
 
-// statusOf is the one table that maps errors to HTTP answers. Messages of
-// known errors are safe to show; anything else is reported as internal.
+// errorCodes is the one table between the core's errors and the admin
+// API's answers, read both ways: statusOf maps an error to its status and
+// code, and the Go client maps a code back to the error (APIError.Unwrap),
+// so callers of Client test answers with errors.Is. The first entry of a
+// code is the error it reads back as. Messages of known errors are safe to
+// show; anything else is reported as internal.
+var errorCodes = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{errUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{errForbidden, http.StatusForbidden, "forbidden"},
+	// A cut or run that lost a race with another, or a run asked for
+	// while one is under way.
+	{hub.ErrEpochConflict, http.StatusConflict, "conflict"},
+	{settlement.ErrBadTransition, http.StatusConflict, "conflict"},
+	{hub.ErrRunOpen, http.StatusConflict, "conflict"},
+	{settler.ErrPending, http.StatusConflict, "conflict"},
+	{hub.ErrNotFound, http.StatusNotFound, "not_found"},
+	{hub.ErrAlreadyExists, http.StatusConflict, "already_exists"},
+	{hub.ErrRevoked, http.StatusConflict, "revoked"},
+	{hub.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{hub.ErrBadSignature, http.StatusBadRequest, "invalid"},
+	{errTooLarge, http.StatusRequestEntityTooLarge, "too_large"},
+	// A record an older hub let through: the message names it and the
+	// way out (POST /v1/devices/{id}/remove).
+	{hub.ErrUnreadable, http.StatusConflict, "unreadable"},
+	{hub.ErrAuditConflict, http.StatusServiceUnavailable, "busy"},
+	// btcd is down, stopped or restarting: worth retrying.
+	{btcdchain.ErrUnavailable, http.StatusServiceUnavailable, "chain_unavailable"},
+}
+
+// statusOf maps err to its HTTP status and code through errorCodes.
 func statusOf(err error) (int, string) {
-	switch {
-	case errors.Is(err, errUnauthorized):
-		return http.StatusUnauthorized, "unauthorized"
-	case errors.Is(err, errForbidden):
-		return http.StatusForbidden, "forbidden"
-	case errors.Is(err, hub.ErrEpochConflict), errors.Is(err, settlement.ErrBadTransition),
-		errors.Is(err, hub.ErrRunOpen), errors.Is(err, settler.ErrPending):
-		// A cut or run that lost a race with another, or a run asked
-		// for while one is under way.
-		return http.StatusConflict, "conflict"
-	case errors.Is(err, hub.ErrNotFound):
-		return http.StatusNotFound, "not_found"
-	case errors.Is(err, hub.ErrAlreadyExists):
-		return http.StatusConflict, "already_exists"
-	case errors.Is(err, hub.ErrRevoked):
-		return http.StatusConflict, "revoked"
-	case errors.Is(err, hub.ErrInvalid), errors.Is(err, hub.ErrBadSignature):
-		return http.StatusBadRequest, "invalid"
-	case errors.Is(err, errTooLarge):
-		return http.StatusRequestEntityTooLarge, "too_large"
-	case errors.Is(err, hub.ErrUnreadable):
-		// A record an older hub let through: the message names it and
-		// the way out (POST /v1/devices/{id}/remove).
-		return http.StatusConflict, "unreadable"
-	case errors.Is(err, hub.ErrAuditConflict):
-		return http.StatusServiceUnavailable, "busy"
-	case errors.Is(err, btcdchain.ErrUnavailable):
-		// btcd is down, stopped or restarting: worth retrying.
-		return http.StatusServiceUnavailable, "chain_unavailable"
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			return c.status, c.code
+		}
 	}
 	return http.StatusInternalServerError, "internal"
+}
+
+// errorOfCode is the error an answer's code stands for, or nil for a code
+// errorCodes does not list ("internal", or one from a newer hub).
+func errorOfCode(code string) error {
+	for _, c := range errorCodes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
 }
 
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) {

@@ -92,19 +92,22 @@ func TestErrorTable(t *testing.T) {
 	}
 	t.Run("ErrAlreadyExists", func(t *testing.T) {
 		_, err := cl.AddDevice(ctx, httpapi.AddDeviceRequest{PubKey: key, Roles: []hub.Role{hub.RolePayer}})
-		if status(err) != http.StatusConflict {
+		if status(err) != http.StatusConflict || !errors.Is(err, hub.ErrAlreadyExists) {
 			t.Fatal(err)
+		}
+		if strings.Count(err.Error(), "already exists") != 1 || strings.Contains(err.Error(), "hub: hub:") {
+			t.Fatalf("message names the error more than once: %v", err)
 		}
 	})
 	t.Run("ErrNotFound", func(t *testing.T) {
-		if _, err := cl.Revoke(ctx, "dev-nope", ""); status(err) != http.StatusNotFound {
+		if _, err := cl.Revoke(ctx, "dev-nope", ""); status(err) != http.StatusNotFound || !errors.Is(err, hub.ErrNotFound) || errors.Is(err, hub.ErrInvalid) {
 			t.Fatal(err)
 		}
 	})
 	t.Run("ErrInvalidNoRole", func(t *testing.T) {
 		k2, _ := btcec.NewPrivateKey()
 		_, err := cl.AddDevice(ctx, httpapi.AddDeviceRequest{PubKey: hub.PubKeyOf(k2.PubKey())})
-		if status(err) != http.StatusBadRequest {
+		if status(err) != http.StatusBadRequest || !errors.Is(err, hub.ErrInvalid) {
 			t.Fatal(err)
 		}
 	})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/clock"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/charging"
@@ -211,7 +212,7 @@ func (e *env) intake(nc *nats.Conn, c natsintake.Charger, mod func(*natsintake.C
 		e.t.Fatal(err)
 	}
 	cfg := natsintake.Config{
-		JS: js, Providers: e.reg, Charger: c, Clock: func() time.Time { return e.now },
+		JS: js, Providers: e.reg, Charger: c, Clock: clock.NewTestClock(e.now),
 		NakDelay: 50 * time.Millisecond, MaxNakDelay: 200 * time.Millisecond,
 	}
 	if mod != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/clock"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/nats-io/nats.go"
@@ -49,8 +50,9 @@ type Config struct {
 	JS        jetstream.JetStream
 	Providers Providers
 	Charger   Charger
-	// Clock gives the time events are validated against.
-	Clock  func() time.Time
+	// Clock gives the time events are validated against; the system
+	// clock when nil.
+	Clock  clock.Clock
 	Logger *slog.Logger
 
 	// Stream and Consumer name the usage stream and the durable consumer
@@ -124,7 +126,7 @@ func New(cfg Config) (*Intake, error) {
 		return nil, errors.New("natsintake: JetStream, providers and charger are required")
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = time.Now
+		cfg.Clock = clock.NewDefaultClock()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -336,7 +338,7 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 			batchOK = true
 		}
 	}
-	now := in.cfg.Clock()
+	now := in.cfg.Clock.Now()
 	for i := range evs {
 		e := &evs[i]
 		switch {

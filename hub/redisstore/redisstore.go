@@ -43,6 +43,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // DefaultPrefix namespaces the store's keys when Config.Prefix is empty.
@@ -190,7 +191,7 @@ func (s *Store) Apply(ctx context.Context, ch hub.Change) error {
 		len(ch.Devices),
 	}
 	for _, d := range ch.Devices {
-		doc, err := hub.EncodeDevice(d)
+		doc, err := record.EncodeDevice(d)
 		if err != nil {
 			return fmt.Errorf("redisstore: %w", err)
 		}
@@ -345,7 +346,7 @@ func (s *Store) AuditRange(ctx context.Context, from uint64, limit int) ([]hub.A
 }
 
 func decodeDevice(id string, doc []byte) (hub.Device, error) {
-	d, err := hub.DecodeDevice(id, doc)
+	d, err := record.DecodeDevice(id, doc)
 	if err != nil {
 		return hub.Device{}, fmt.Errorf("redisstore: %w", err)
 	}

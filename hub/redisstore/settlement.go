@@ -1,7 +1,6 @@
 package redisstore
 
 import (
-	"bytes"
 	"context"
 	_ "embed"
 	"encoding/hex"
@@ -15,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -280,7 +280,7 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 	if err != nil {
 		return fmt.Errorf("encode run: %w", err)
 	}
-	spender, err := spenders(r.Txs)
+	spender, err := record.Spenders(r.Txs)
 	if err != nil {
 		return err
 	}
@@ -411,21 +411,4 @@ func (s *Store) closeOld(ctx context.Context, old []wire.OutPoint, spender map[w
 		args = append(args, ops[i], was, closed, encodeTime(r.Updated))
 	}
 	return args, nil
-}
-
-// spenders maps every outpoint the serialized transactions spend to the
-// txid that spends it.
-func spenders(txs [][]byte) (map[wire.OutPoint]chainhash.Hash, error) {
-	out := make(map[wire.OutPoint]chainhash.Hash)
-	for i, raw := range txs {
-		var tx wire.MsgTx
-		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
-			return nil, fmt.Errorf("%w: run transaction %d: %v", hub.ErrInvalid, i, err)
-		}
-		txid := tx.TxHash()
-		for _, in := range tx.TxIn {
-			out[in.PreviousOutPoint] = txid
-		}
-	}
-	return out, nil
 }

@@ -33,7 +33,7 @@ func (r *Registry) Freeze(ctx context.Context, id, actor, reason string) (hub.De
 			out = d
 			return hub.Change{}, errNoChange
 		}
-		d.Status, d.UpdatedAt = hub.StatusFrozen, r.now().UTC()
+		d.Status, d.UpdatedAt = hub.StatusFrozen, r.clock.Now().UTC()
 		out = d
 		e, err := hub.NextAuditEntry(head, d.UpdatedAt, hub.AuditFreeze, id, actor, map[string]string{"reason": reason})
 		return hub.Change{Devices: []hub.Device{d}, Audit: e}, err
@@ -62,7 +62,7 @@ func (r *Registry) Freeze(ctx context.Context, id, actor, reason string) (hub.De
 func (r *Registry) RecordEvent(ctx context.Context, kind, subject, actor string, detail any) (hub.AuditEntry, error) {
 	var out hub.AuditEntry
 	err := r.apply(ctx, func(head hub.AuditEntry) (hub.Change, error) {
-		e, err := hub.NextAuditEntry(head, r.now(), kind, subject, actor, detail)
+		e, err := hub.NextAuditEntry(head, r.clock.Now(), kind, subject, actor, detail)
 		out = e
 		return hub.Change{Audit: e}, err
 	})

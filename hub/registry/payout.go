@@ -42,7 +42,7 @@ func (r *Registry) SetPayout(ctx context.Context, id string, pkScript []byte, ac
 			out = d
 			return hub.Change{}, errNoChange
 		}
-		d.Payout, d.UpdatedAt = bytes.Clone(pkScript), r.now().UTC()
+		d.Payout, d.UpdatedAt = bytes.Clone(pkScript), r.clock.Now().UTC()
 		if len(d.Payout) == 0 {
 			d.Payout = nil
 		}

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/clock"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/internal/authmsg"
 )
@@ -40,8 +40,9 @@ type Config struct {
 	// (the channel manager). Optional: without it channels keep running
 	// until settled.
 	Channels ChannelFreezer
-	// Now is the clock; time.Now when nil.
-	Now    func() time.Time
+	// Clock gives the time of changes and token expiry; the system
+	// clock when nil.
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -50,7 +51,7 @@ type Config struct {
 type Registry struct {
 	store    hub.Store
 	operator *btcec.PublicKey
-	now      func() time.Time
+	clock    clock.Clock
 	log      *slog.Logger
 	dropper  SessionDropper
 	freezer  ChannelFreezer
@@ -62,11 +63,11 @@ func New(cfg Config) (*Registry, error) {
 		return nil, errors.New("registry: no store")
 	}
 	r := &Registry{
-		store: cfg.Store, operator: cfg.OperatorKey, now: cfg.Now, log: cfg.Logger,
+		store: cfg.Store, operator: cfg.OperatorKey, clock: cfg.Clock, log: cfg.Logger,
 		dropper: cfg.Sessions, freezer: cfg.Channels,
 	}
-	if r.now == nil {
-		r.now = time.Now
+	if r.clock == nil {
+		r.clock = clock.NewDefaultClock()
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -140,7 +141,7 @@ func (r *Registry) enrol(ctx context.Context, q EnrolRequest, actor, tokenID str
 	} else if !errors.Is(err, hub.ErrNotFound) {
 		return hub.Device{}, err
 	}
-	now := r.now().UTC()
+	now := r.clock.Now().UTC()
 	d := hub.Device{
 		ID: hub.DeviceID(q.Key), Key: q.Key, Roles: q.Roles, Owner: q.Owner, Kind: q.Kind,
 		Status: hub.StatusActive, EnrolledAt: now, UpdatedAt: now,
@@ -171,7 +172,7 @@ func (r *Registry) Revoke(ctx context.Context, id, actor, reason string) (hub.De
 			out = d
 			return hub.Change{}, errNoChange
 		}
-		d.Status, d.UpdatedAt = hub.StatusRevoked, r.now().UTC()
+		d.Status, d.UpdatedAt = hub.StatusRevoked, r.clock.Now().UTC()
 		out = d
 		e, err := hub.NextAuditEntry(head, d.UpdatedAt, hub.AuditRevoke, id, actor, map[string]string{"reason": reason})
 		return hub.Change{Devices: []hub.Device{d}, Audit: e}, err
@@ -226,7 +227,7 @@ func (r *Registry) Rotate(ctx context.Context, id string, newKey hub.PubKey, sig
 		}
 		prev := d.Key
 		d.RetiredKeys = append(d.RetiredKeys, prev)
-		d.Key, d.UpdatedAt = newKey, r.now().UTC()
+		d.Key, d.UpdatedAt = newKey, r.clock.Now().UTC()
 		out = d
 		e, err := hub.NextAuditEntry(head, d.UpdatedAt, hub.AuditRotate, id, actor, map[string]any{
 			"old_pubkey": prev, "new_pubkey": newKey,
@@ -271,7 +272,7 @@ func (r *Registry) EnrolWithToken(ctx context.Context, key hub.PubKey, raw []byt
 	if err != nil {
 		return hub.Device{}, fmt.Errorf("%w: %v", hub.ErrBadSignature, err)
 	}
-	if !r.now().Before(tok.Expires) {
+	if !r.clock.Now().Before(tok.Expires) {
 		return hub.Device{}, hub.ErrTokenExpired
 	}
 	if tok.DeviceKey != "" && tok.DeviceKey != key.String() {
@@ -303,7 +304,7 @@ func (r *Registry) Devices(ctx context.Context) ([]hub.Device, error) {
 func (r *Registry) RecordAdmin(ctx context.Context, subject, actor string, detail any) (hub.AuditEntry, error) {
 	var out hub.AuditEntry
 	err := r.apply(ctx, func(head hub.AuditEntry) (hub.Change, error) {
-		e, err := hub.NextAuditEntry(head, r.now(), hub.AuditAdmin, subject, actor, detail)
+		e, err := hub.NextAuditEntry(head, r.clock.Now(), hub.AuditAdmin, subject, actor, detail)
 		out = e
 		return hub.Change{Audit: e}, err
 	})

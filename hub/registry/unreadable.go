@@ -29,7 +29,7 @@ func (r *Registry) RemoveUnreadable(ctx context.Context, id, actor, reason strin
 		case !errors.Is(err, hub.ErrUnreadable):
 			return hub.Change{}, err
 		}
-		e, err := hub.NextAuditEntry(head, r.now().UTC(), hub.AuditAdmin, id, actor, map[string]string{
+		e, err := hub.NextAuditEntry(head, r.clock.Now().UTC(), hub.AuditAdmin, id, actor, map[string]string{
 			"action": "device-removed", "reason": reason, "error": err.Error(),
 		})
 		return hub.Change{Remove: []string{id}, Audit: e}, err

@@ -14,7 +14,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -42,7 +41,7 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 	if err != nil {
 		return err
 	}
-	var pairs []channels.RolloverPair
+	var pairs []hub.RolloverPair
 	var devices []string
 	for _, tx := range txs {
 		txid := tx.TxHash()
@@ -68,7 +67,7 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 			if err != nil {
 				return err
 			}
-			pairs = append(pairs, channels.RolloverPair{
+			pairs = append(pairs, hub.RolloverPair{
 				Old: rec.Funding, Next: btcwire.OutPoint{Hash: txid, Index: uint32(i)},
 				NextParams: next, PaidAtCut: paid,
 			})

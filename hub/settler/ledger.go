@@ -11,7 +11,6 @@ import (
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -133,7 +132,7 @@ func (s *Service) epochReceipts(ctx context.Context, ep settlement.Epoch) ([]iss
 			return a.Time.Before(b.Time)
 		}
 		if a.Channel != b.Channel {
-			return channels.OutpointLess(a.Channel, b.Channel)
+			return hub.OutpointLess(a.Channel, b.Channel)
 		}
 		return a.Seq < b.Seq
 	})

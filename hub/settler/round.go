@@ -13,7 +13,6 @@ import (
 	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -25,7 +24,7 @@ import (
 // re-signing all is simpler than proving which SINGLE|ANYONECANPAY pairs
 // kept their index and amounts, and a round costs one nonce, one partial
 // signature and two verifications per device.
-func (s *Service) planAndSign(ctx context.Context, r *settlement.Run, chans []channels.Settleable) error {
+func (s *Service) planAndSign(ctx context.Context, r *settlement.Run, chans []hub.Settleable) error {
 	p, err := s.prepare(ctx, r.Epoch, chans)
 	if err != nil {
 		return err
@@ -112,7 +111,7 @@ type prepared struct {
 // prepare builds ep's ledger and anchor and plans its batch over chans at
 // the current height, online devices as cooperative: what a run's first
 // round, the cut's empty check and Preview all start from.
-func (s *Service) prepare(ctx context.Context, ep settlement.Epoch, chans []channels.Settleable) (*prepared, error) {
+func (s *Service) prepare(ctx context.Context, ep settlement.Epoch, chans []hub.Settleable) (*prepared, error) {
 	el, err := s.buildLedger(ctx, ep)
 	if err != nil {
 		return nil, err
@@ -157,7 +156,7 @@ type chanInfo struct {
 // A participant's channels each settle what was paid on them in the
 // epoch; the rest of its net (earnings, fees, carried balances) goes to
 // its primary channel, the oldest ready one.
-func (s *Service) planInput(ctx context.Context, el *epochLedger, chans []channels.Settleable,
+func (s *Service) planInput(ctx context.Context, el *epochLedger, chans []hub.Settleable,
 	anchor settlement.Anchor, height uint32) (settlement.PlanInput, map[btcwire.OutPoint]*chanInfo, error) {
 
 	in := settlement.PlanInput{
@@ -166,7 +165,7 @@ func (s *Service) planInput(ctx context.Context, el *epochLedger, chans []channe
 	}
 	info := make(map[btcwire.OutPoint]*chanInfo, len(chans))
 	nets := el.ledger.Nets()
-	byDevice := make(map[string][]channels.Settleable)
+	byDevice := make(map[string][]hub.Settleable)
 	for _, c := range chans {
 		byDevice[c.Record.DeviceID] = append(byDevice[c.Record.DeviceID], c)
 	}
@@ -185,7 +184,7 @@ func (s *Service) planInput(ctx context.Context, el *epochLedger, chans []channe
 			if !a.CreatedAt.Equal(b.CreatedAt) {
 				return a.CreatedAt.Before(b.CreatedAt)
 			}
-			return channels.OutpointLess(a.Funding, b.Funding)
+			return hub.OutpointLess(a.Funding, b.Funding)
 		})
 		online := s.cfg.Cosigners.Online(d)
 		script, err := s.payoutScript(ctx, d)

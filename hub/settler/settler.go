@@ -19,7 +19,6 @@ import (
 	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -55,15 +54,15 @@ type Store interface {
 // manager. *channels.Manager satisfies it.
 type Channels interface {
 	// CutOpen runs cut with every open channel locked and returns them.
-	CutOpen(ctx context.Context, cut func() error) ([]channels.Settleable, error)
+	CutOpen(ctx context.Context, cut func() error) ([]hub.Settleable, error)
 	// OpenChannels returns every ready or frozen channel.
-	OpenChannels(ctx context.Context) ([]channels.Settleable, error)
+	OpenChannels(ctx context.Context) ([]hub.Settleable, error)
 	// Channel returns a channel by funding outpoint, or ErrNotFound.
 	Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error)
 	// SettleKey returns the hub's private key of a channel.
 	SettleKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error)
 	// Rollover stores a run and moves channels to their next outputs.
-	Rollover(ctx context.Context, st hub.SettlementStore, r settlement.Run, pairs []channels.RolloverPair) ([]hub.ChannelRecord, error)
+	Rollover(ctx context.Context, st hub.SettlementStore, r settlement.Run, pairs []hub.RolloverPair) ([]hub.ChannelRecord, error)
 }
 
 // Chain is what the settlement service needs from the base chain.
@@ -493,7 +492,7 @@ func (s *Service) cutAndRun(ctx context.Context) (settlement.Run, error) {
 // epoch's first run: planned, or empty when its plan has no transaction
 // (then it is final: nothing is signed, broadcast or announced). The store
 // refuses the cut with ErrRunOpen while the previous run is open.
-func (s *Service) cut(ctx context.Context) (*settlement.Run, []channels.Settleable, error) {
+func (s *Service) cut(ctx context.Context) (*settlement.Run, []hub.Settleable, error) {
 	open, err := s.openEpoch(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -601,7 +600,7 @@ func (s *Service) resume(ctx context.Context) error {
 		}
 	}
 	s.log.Info("resuming settlement run", "epoch", r.Epoch.Number, "attempt", r.Attempt, "state", r.State)
-	var chans []channels.Settleable
+	var chans []hub.Settleable
 	if r.State != settlement.RunSigned {
 		// Nothing was broadcast: plan again from the store with fresh
 		// nonces. The ledger is by receipt time, so it is the same
@@ -638,7 +637,7 @@ func (s *Service) transition(ctx context.Context, r *settlement.Run, to settleme
 }
 
 // drive moves r from planned, signing or signed to broadcast.
-func (s *Service) drive(ctx context.Context, r *settlement.Run, chans []channels.Settleable) (settlement.Run, error) {
+func (s *Service) drive(ctx context.Context, r *settlement.Run, chans []hub.Settleable) (settlement.Run, error) {
 	if r.State == settlement.RunSigning {
 		// The nonces of the interrupted round are gone with the
 		// process; a new round draws new ones.

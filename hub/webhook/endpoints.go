@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lightningnetwork/lnd/clock"
+
 	"github.com/m2mhub/m2mhub/hub"
 )
 
@@ -43,7 +45,7 @@ type Endpoint struct {
 // docs/webhooks.md).
 type Endpoints struct {
 	path   string
-	now    func() time.Time
+	clock  clock.Clock
 	policy AddressPolicy
 
 	mu   sync.Mutex
@@ -51,12 +53,13 @@ type Endpoints struct {
 }
 
 // OpenEndpoints loads the registry at path, creating none until the first
-// Add, which checks URLs against policy. now defaults to time.Now.
-func OpenEndpoints(path string, now func() time.Time, policy AddressPolicy) (*Endpoints, error) {
-	if now == nil {
-		now = time.Now
+// Add, which checks URLs against policy. clk times the endpoints' creation;
+// nil is the system clock.
+func OpenEndpoints(path string, clk clock.Clock, policy AddressPolicy) (*Endpoints, error) {
+	if clk == nil {
+		clk = clock.NewDefaultClock()
 	}
-	e := &Endpoints{path: path, now: now, policy: policy}
+	e := &Endpoints{path: path, clock: clk, policy: policy}
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -92,7 +95,7 @@ func (e *Endpoints) Add(ctx context.Context, provider, rawURL string) (Endpoint,
 	}
 	ep := Endpoint{
 		ID: "wh_" + hex.EncodeToString(id[:]), Provider: provider, URL: u.String(),
-		Created: e.now().UTC().Truncate(time.Second), Secret: SecretPrefix + base64.StdEncoding.EncodeToString(secret[:]),
+		Created: e.clock.Now().UTC().Truncate(time.Second), Secret: SecretPrefix + base64.StdEncoding.EncodeToString(secret[:]),
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -8,11 +8,16 @@ import (
 
 const mod = "github.com/m2mhub/m2mhub"
 
-// lnd is the one dependency allowed to reach an RPC client and wallet:
-// lnwire (the wire messages and lnwire.MilliSatoshi) imports lnd's keychain,
-// which imports btcwallet and with it btcd's rpcclient. Nothing of ours may
-// reach them another way.
+// lnd is the one dependency allowed to reach an RPC client and wallet, and
+// only for the packages that speak the device protocol (wire): lnwire, the
+// wire codec of internal/wire, and brontide, the BOLT 8 transport, import
+// lnd's keychain, which imports btcwallet and with it btcd's rpcclient.
+// Nothing of ours may reach them another way.
 var lnd = []string{"github.com/lightningnetwork/lnd"}
+
+// lnwire is the wire codec. Money is msat.Amount, so only the packages in
+// wire need it (docs/architecture.md, "Why only the wire links lnd").
+const lnwire = "github.com/lightningnetwork/lnd/lnwire"
 
 // infrastructure is what no domain package and no hub service links.
 var infrastructure = []deptest.Rule{
@@ -23,32 +28,58 @@ var infrastructure = []deptest.Rule{
 	{Deny: "github.com/btcsuite/btcwallet", Except: lnd},
 }
 
+// pure is what the domain and the protocol-free hub core link none of: no
+// infrastructure, no lnwire, and no RPC client or wallet by any path.
+var pure = []deptest.Rule{
+	{Deny: "github.com/nats-io"},
+	{Deny: "github.com/redis/go-redis"},
+	{Deny: "go.etcd.io/bbolt"},
+	{Deny: "github.com/btcsuite/btcd/rpcclient"},
+	{Deny: "github.com/btcsuite/btcwallet"},
+	{Deny: lnwire},
+	{Deny: "github.com/lightningnetwork/lnd/brontide"},
+	{Deny: "github.com/lightningnetwork/lnd/keychain"},
+}
+
 // TestLayers checks the transitive dependencies of the layers
 // docs/architecture.md draws: domain packages link no infrastructure and no
-// hub, hub services link no adapter, and the client library links no server
-// code.
+// hub, hub services link no adapter, only the packages that speak the
+// device protocol link lnd's wire codec, and the client library links no
+// server code.
 func TestLayers(t *testing.T) {
 	g := deptest.LoadGraph(t, mod+"/...")
 
-	domain := []string{"channel", "contracts", "metering", "settlement"}
-	core := []string{"hub", "hub/registry", "hub/session", "hub/channels", "hub/charging", "hub/settler", "hub/cosign"}
+	domain := []string{"msat", "channel", "contracts", "metering", "settlement"}
+	// core is the hub's service; wire are the core packages that speak the
+	// device protocol (sessions, the channel manager's messages, the
+	// cosigners' rounds) and so link lnwire and brontide.
+	core := []string{"hub", "hub/internal/record", "hub/registry", "hub/charging", "hub/settler"}
+	wire := []string{"hub/session", "hub/channels", "hub/cosign"}
 	adapters := []string{
 		"hub/boltstore", "hub/redisstore", "hub/natsintake", "hub/httpapi", "hub/webhook", "hub/metrics",
 		"settlement/btcdchain", "internal/natsembed",
 	}
-
-	t.Run("domain", func(t *testing.T) {
-		for _, p := range domain {
-			g.Deny(t, mod+"/"+p, append(infrastructure, deptest.Rule{Deny: mod + "/hub"})...)
-		}
-	})
-	t.Run("core", func(t *testing.T) {
-		rules := append([]deptest.Rule(nil), infrastructure...)
+	adapterRules := func(base []deptest.Rule) []deptest.Rule {
+		rules := append([]deptest.Rule(nil), base...)
 		for _, a := range adapters {
 			rules = append(rules, deptest.Rule{Deny: mod + "/" + a})
 		}
+		return rules
+	}
+
+	t.Run("domain", func(t *testing.T) {
+		for _, p := range domain {
+			g.Deny(t, mod+"/"+p, append(pure, deptest.Rule{Deny: mod + "/hub"})...)
+		}
+	})
+	t.Run("core", func(t *testing.T) {
 		for _, p := range core {
-			g.Deny(t, mod+"/"+p, rules...)
+			g.Deny(t, mod+"/"+p, adapterRules(append(pure, deptest.Rule{Deny: mod + "/internal/wire"}))...)
+		}
+	})
+	t.Run("wire", func(t *testing.T) {
+		for _, p := range wire {
+			g.Deny(t, mod+"/"+p, adapterRules(infrastructure)...)
 		}
 	})
 	t.Run("client", func(t *testing.T) {
