@@ -3,7 +3,7 @@ package contracts
 import (
 	"fmt"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -35,8 +35,8 @@ type Split struct {
 
 // Share is one payee's part of a charge.
 type Share struct {
-	Payee string              `json:"payee"`
-	Msat  lnwire.MilliSatoshi `json:"msat"`
+	Payee string      `json:"payee"`
+	Msat  msat.Amount `json:"msat"`
 }
 
 // validateSplits checks the splits: each names a payee once, has bps
@@ -83,7 +83,7 @@ func validateSplits(ss []Split) error {
 // the rule on Split. The provider's share comes first; a payee with
 // nothing is still listed. Without splits the provider gets it all. The
 // shares always add up to part.
-func (c *Contract) SplitShares(provider string, part lnwire.MilliSatoshi) []Share {
+func (c *Contract) SplitShares(provider string, part msat.Amount) []Share {
 	out := make([]Share, 1, len(c.Splits)+1)
 	left := uint64(part)
 	shares := make([]uint64, len(c.Splits))
@@ -96,9 +96,9 @@ func (c *Contract) SplitShares(provider string, part lnwire.MilliSatoshi) []Shar
 		p := uint64(base.Mul(decimal.NewFromInt(s.bps)).Shift(-4).Floor().IntPart())
 		shares[i], left = shares[i]+p, left-p
 	}
-	out[0] = Share{Payee: provider, Msat: lnwire.MilliSatoshi(left)}
+	out[0] = Share{Payee: provider, Msat: msat.Amount(left)}
 	for i, s := range c.Splits {
-		out = append(out, Share{Payee: s.Payee, Msat: lnwire.MilliSatoshi(shares[i])})
+		out = append(out, Share{Payee: s.Payee, Msat: msat.Amount(shares[i])})
 	}
 	return out
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -93,7 +93,7 @@ func TestSplitConserves(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		part := lnwire.MilliSatoshi(rapid.Uint64Range(0, 2_100_000_000_000_000_000).Draw(t, "part"))
+		part := msat.Amount(rapid.Uint64Range(0, 2_100_000_000_000_000_000).Draw(t, "part"))
 		shares := c.SplitShares("cpo", part)
 		if len(shares) != n+1 || shares[0].Payee != "cpo" {
 			t.Fatalf("shares %v", shares)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // CDRRecord is an OCPI Charge Detail Record the hub issued for an EV
@@ -20,8 +20,8 @@ type CDRRecord struct {
 	// Events are the usage event ids the CDR covers.
 	Events []string `json:"events"`
 	// TotalMsat is what the payer's channel paid for the session.
-	TotalMsat lnwire.MilliSatoshi `json:"total_msat"`
-	Created   time.Time           `json:"created"`
+	TotalMsat msat.Amount `json:"total_msat"`
+	Created   time.Time   `json:"created"`
 	// CDR is the OCPI CDR document (contracts.CDR as JSON).
 	CDR json.RawMessage `json:"cdr"`
 }

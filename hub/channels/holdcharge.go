@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -79,7 +79,7 @@ func asHoldRefusal(err error) error {
 // freeing the rest; the device and the provider are told (HoldClosed). It
 // is how charging ends a hold a session's charge was paid against. A hold
 // no longer active is a *wire.ChannelError.
-func (c *Manager) ReleaseHold(ctx context.Context, id [16]byte) (captured lnwire.MilliSatoshi, err error) {
+func (c *Manager) ReleaseHold(ctx context.Context, id [16]byte) (captured msat.Amount, err error) {
 	e, h, err := c.activeHold(ctx, id)
 	if err != nil {
 		return 0, err

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -22,7 +22,7 @@ import (
 
 // hold has the provider ask the payer for a hold of max msat, which the
 // payer authorises.
-func (env *chargeEnv) hold(id [16]byte, max lnwire.MilliSatoshi) {
+func (env *chargeEnv) hold(id [16]byte, max msat.Amount) {
 	env.t.Helper()
 	expires := uint64(time.Now().Add(time.Hour).Unix())
 	env.prov.Send(&wire.HoldRequest{HoldID: id, Payer: env.payer.ID, Max: max, Expires: expires, Memo: "ev session"})
@@ -44,7 +44,7 @@ func (env *chargeEnv) hold(id [16]byte, max lnwire.MilliSatoshi) {
 // session's CDR, whose total is what the channel paid, to the msat.
 func TestChargeAgainstHold(t *testing.T) {
 	chantest.CheckLeaks(t)
-	const total = lnwire.MilliSatoshi(3_256_000) // the ev_charging example
+	const total = msat.Amount(3_256_000) // the ev_charging example
 	env := newChargeEnv(t, 10_000)
 	k := env.publish("ev_charging")
 	id := [16]byte{7, 7}

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Sample is what the hub did over one interval, ending at Time, and the
@@ -24,8 +24,8 @@ type Sample struct {
 
 	// Payments counts the channel payments accepted in the interval and
 	// PaidMsat what they moved (every payment, metered or direct).
-	Payments uint64              `json:"payments"`
-	PaidMsat lnwire.MilliSatoshi `json:"paid_msat"`
+	Payments uint64      `json:"payments"`
+	PaidMsat msat.Amount `json:"paid_msat"`
 	// Refused counts payments refused in the interval.
 	Refused uint64 `json:"refused"`
 	// LatencyP50Seconds and LatencyP99Seconds estimate the accepted
@@ -36,12 +36,12 @@ type Sample struct {
 	LatencyP99Seconds float64 `json:"latency_p99_seconds"`
 	// ChargedMsat is what usage events were charged in the interval
 	// (m2mhub_charged_msat_total summed over contract kinds).
-	ChargedMsat lnwire.MilliSatoshi `json:"charged_msat"`
+	ChargedMsat msat.Amount `json:"charged_msat"`
 	// Income is each provider's metered income recorded in the interval:
 	// its part (amount − fee) of the charges recorded then, paid or owed.
 	// FeesMsat is the hub's part of those charges, its revenue.
-	Income   map[string]lnwire.MilliSatoshi `json:"income_msat"`
-	FeesMsat lnwire.MilliSatoshi            `json:"fees_msat"`
+	Income   map[string]msat.Amount `json:"income_msat"`
+	FeesMsat msat.Amount            `json:"fees_msat"`
 
 	// Sessions is the number of live device sessions at Time.
 	Sessions int `json:"sessions"`

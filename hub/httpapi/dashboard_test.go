@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
@@ -201,7 +201,7 @@ func TestDashboard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ledgerPaid lnwire.MilliSatoshi
+	var ledgerPaid msat.Amount
 	for _, r := range recs {
 		ledgerPaid += r.Paid
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -179,11 +179,11 @@ func (s *Sampler) Record(ctx context.Context) error {
 	smp := history.Sample{
 		Time: now, IntervalSeconds: now.Sub(prev.time).Seconds(),
 		Payments:    uint64(cur.payments - prev.payments),
-		PaidMsat:    lnwire.MilliSatoshi(cur.paidMsat - prev.paidMsat),
+		PaidMsat:    msat.Amount(cur.paidMsat - prev.paidMsat),
 		Refused:     uint64(cur.refused - prev.refused),
-		ChargedMsat: lnwire.MilliSatoshi(cur.chargedMsat - prev.chargedMsat),
+		ChargedMsat: msat.Amount(cur.chargedMsat - prev.chargedMsat),
 		Sessions:    int(g.sum("sessions")),
-		Income:      map[string]lnwire.MilliSatoshi{},
+		Income:      map[string]msat.Amount{},
 	}
 	delta := bucketDelta(cur.latency, prev.latency)
 	smp.LatencyP50Seconds = quantile(0.5, delta)

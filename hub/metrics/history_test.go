@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
@@ -32,7 +32,7 @@ type windowIncomes struct{ windows [][2]time.Time }
 
 func (w *windowIncomes) Income(_ context.Context, provider string, from, to time.Time) (charging.Income, error) {
 	w.windows = append(w.windows, [2]time.Time{from, to})
-	s := lnwire.MilliSatoshi(to.Sub(from) / time.Second)
+	s := msat.Amount(to.Sub(from) / time.Second)
 	return charging.Income{Provider: provider, Earned: s, Fees: s / 10}, nil
 }
 

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -99,7 +99,7 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 			}
 			seqs[i] = st.Seq + 1
 			u := hub.PaymentUpdate{
-				Channel: ops[i].Funding, Seq: seqs[i], Paid: st.Paid + lnwire.MilliSatoshi(1_000),
+				Channel: ops[i].Funding, Seq: seqs[i], Paid: st.Paid + msat.Amount(1_000),
 				Receipt: receipt, Time: epoch(),
 			}
 			t0 := time.Now()
