@@ -7,7 +7,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ClaimHashType is the sighash type of every device claim signature. SINGLE
@@ -28,7 +28,7 @@ func ClaimTxIn(id wire.OutPoint) *wire.TxIn {
 // device's next channel output (see Next), worth Capacity − floor(paid/1000)
 // sat. It returns an error wrapping ErrOverCapacity when paid exceeds
 // MaxPaid.
-func (o *Output) NextTxOut(paid lnwire.MilliSatoshi) (*wire.TxOut, error) {
+func (o *Output) NextTxOut(paid msat.Amount) (*wire.TxOut, error) {
 	if paid > o.params.MaxPaid() {
 		return nil, fmt.Errorf("%w: paid %d msat, max %d msat",
 			ErrOverCapacity, uint64(paid), uint64(o.params.MaxPaid()))

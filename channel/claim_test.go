@@ -8,7 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // claimTx signs s for p as the device, puts it alone in a transaction, has
@@ -299,12 +299,12 @@ func TestClaimComposes(t *testing.T) {
 }
 
 func TestCreditBound(t *testing.T) {
-	for _, paid := range []lnwire.MilliSatoshi{0, 1, 999, 1000, 1001, 123_456_789, 99_670_000} {
+	for _, paid := range []msat.Amount{0, 1, 999, 1000, 1001, 123_456_789, 99_670_000} {
 		s := State{Paid: paid}
 		if s.Credit() >= 1000 {
 			t.Fatalf("paid %d: credit %d not below 1 sat", paid, s.Credit())
 		}
-		if lnwire.NewMSatFromSatoshis(s.PaidSat())+s.Credit() != paid {
+		if msat.FromSatoshis(s.PaidSat())+s.Credit() != paid {
 			t.Fatalf("paid %d: PaidSat %d + Credit %d", paid, s.PaidSat(), s.Credit())
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // holdTag is the BIP-340 tag of a hold authorisation digest.
@@ -22,7 +22,7 @@ const holdTag = "m2mhub/hold/v1"
 //
 // The signature is evidence of consent, not an on-chain claim: it moves no
 // money, and the hub still needs a signed state for every capture.
-func HoldDigest(holdID [16]byte, chanID wire.OutPoint, provider string, max lnwire.MilliSatoshi, expires uint64) [32]byte {
+func HoldDigest(holdID [16]byte, chanID wire.OutPoint, provider string, max msat.Amount, expires uint64) [32]byte {
 	b := make([]byte, 0, 16+chainhash.HashSize+4+4+len(provider)+8+8)
 	b = append(b, holdID[:]...)
 	b = append(b, chanID.Hash[:]...)
@@ -35,7 +35,7 @@ func HoldDigest(holdID [16]byte, chanID wire.OutPoint, provider string, max lnwi
 }
 
 // SignHold returns the device's BIP-340 signature over HoldDigest.
-func SignHold(devicePriv *btcec.PrivateKey, holdID [16]byte, chanID wire.OutPoint, provider string, max lnwire.MilliSatoshi, expires uint64) ([64]byte, error) {
+func SignHold(devicePriv *btcec.PrivateKey, holdID [16]byte, chanID wire.OutPoint, provider string, max msat.Amount, expires uint64) ([64]byte, error) {
 	d := HoldDigest(holdID, chanID, provider, max, expires)
 	sig, err := schnorr.Sign(devicePriv, d[:])
 	if err != nil {
@@ -47,7 +47,7 @@ func SignHold(devicePriv *btcec.PrivateKey, holdID [16]byte, chanID wire.OutPoin
 // VerifyHold checks a hold signature made by SignHold. It returns an error
 // wrapping ErrBadSignature unless sig is the device key's signature over
 // exactly these fields.
-func VerifyHold(devicePub *btcec.PublicKey, holdID [16]byte, chanID wire.OutPoint, provider string, max lnwire.MilliSatoshi, expires uint64, sig [64]byte) error {
+func VerifyHold(devicePub *btcec.PublicKey, holdID [16]byte, chanID wire.OutPoint, provider string, max msat.Amount, expires uint64, sig [64]byte) error {
 	if devicePub == nil {
 		return fmt.Errorf("%w: no device key", ErrBadSignature)
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 func TestHold(t *testing.T) {
@@ -13,7 +13,7 @@ func TestHold(t *testing.T) {
 	id := [16]byte{9}
 	ch := wire.OutPoint{Hash: [32]byte{7}, Index: 1}
 	const provider = "charger-17"
-	const max = lnwire.MilliSatoshi(50_000_000)
+	const max = msat.Amount(50_000_000)
 	const expires = uint64(1_900_000_000)
 
 	sig, err := SignHold(device, id, ch, provider, max, expires)
@@ -46,7 +46,7 @@ func TestHold(t *testing.T) {
 		// Without the length prefix, moving a byte between provider and
 		// max could collide; with it the digests differ.
 		a := HoldDigest(id, ch, "ab", 0, 0)
-		b := HoldDigest(id, ch, "a", lnwire.MilliSatoshi('b')<<56, 0)
+		b := HoldDigest(id, ch, "a", msat.Amount('b')<<56, 0)
 		if a == b {
 			t.Fatal("provider/max boundary is ambiguous")
 		}

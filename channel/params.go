@@ -10,7 +10,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 const (
@@ -79,8 +79,8 @@ func (p Params) Validate() error {
 
 // MaxPaid is the most a state of this channel can pay: the capacity less the
 // reserve, in millisatoshi.
-func (p Params) MaxPaid() lnwire.MilliSatoshi {
-	return lnwire.NewMSatFromSatoshis(p.Capacity - Reserve)
+func (p Params) MaxPaid() msat.Amount {
+	return msat.FromSatoshis(p.Capacity - Reserve)
 }
 
 // Output is a channel output derived from Params: its keys, scripts, tap tree
@@ -255,7 +255,7 @@ func (o *Output) RefundControlBlock() []byte { return clone(o.refundCB) }
 // locks the device's change longer than the device first agreed to;
 // extending a channel takes a cooperative (key path) spend. It returns an
 // error wrapping ErrOverCapacity when paid exceeds MaxPaid.
-func (o *Output) Next(paid lnwire.MilliSatoshi) (*Output, error) {
+func (o *Output) Next(paid msat.Amount) (*Output, error) {
 	if paid > o.params.MaxPaid() {
 		return nil, fmt.Errorf("%w: paid %d msat, max %d msat",
 			ErrOverCapacity, uint64(paid), uint64(o.params.MaxPaid()))

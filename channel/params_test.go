@@ -9,7 +9,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 func TestParamsValidate(t *testing.T) {
@@ -161,7 +161,7 @@ func TestOutputShape(t *testing.T) {
 		}
 	})
 
-	if got := o.Params().MaxPaid(); got != lnwire.MilliSatoshi(99_670_000) {
+	if got := o.Params().MaxPaid(); got != msat.Amount(99_670_000) {
 		t.Fatalf("MaxPaid %d", got)
 	}
 }

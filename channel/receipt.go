@@ -12,7 +12,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ErrBadReceipt means a receipt's encoding or fields break the rules of
@@ -51,7 +51,7 @@ type Receipt struct {
 	// bytes of UTF-8.
 	Payer, Payee string
 	// Amount is this payment; Paid the channel's cumulative total after it.
-	Amount, Paid lnwire.MilliSatoshi
+	Amount, Paid msat.Amount
 	// HoldID is the hold the payment captured against; zero means none.
 	HoldID [16]byte
 	// Memo is free text, at most MaxReceiptMemoSize bytes of UTF-8.
@@ -175,8 +175,8 @@ func (r *Receipt) UnmarshalBinary(b []byte) error {
 	out.Seq = d.u64()
 	out.Payer = d.str(MaxReceiptIDSize)
 	out.Payee = d.str(MaxReceiptIDSize)
-	out.Amount = lnwire.MilliSatoshi(d.u64())
-	out.Paid = lnwire.MilliSatoshi(d.u64())
+	out.Amount = msat.Amount(d.u64())
+	out.Paid = msat.Amount(d.u64())
 	copy(out.HoldID[:], d.bytes(16))
 	out.Memo = d.str(MaxReceiptMemoSize)
 	ms := int64(d.u64())

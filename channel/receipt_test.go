@@ -9,7 +9,7 @@ import (
 
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -41,8 +41,8 @@ func genReceipt(t *rapid.T) Receipt {
 		Seq:    rapid.Uint64().Draw(t, "seq"),
 		Payer:  str(1, MaxReceiptIDSize, "payer"),
 		Payee:  str(1, MaxReceiptIDSize, "payee"),
-		Amount: lnwire.MilliSatoshi(rapid.Uint64().Draw(t, "amount")),
-		Paid:   lnwire.MilliSatoshi(rapid.Uint64().Draw(t, "paid")),
+		Amount: msat.Amount(rapid.Uint64().Draw(t, "amount")),
+		Paid:   msat.Amount(rapid.Uint64().Draw(t, "paid")),
 		Memo:   str(0, MaxReceiptMemoSize, "memo"),
 		Time:   time.UnixMilli(rapid.Int64Range(0, 1<<50).Draw(t, "ms")).UTC(),
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // State is one cumulative payment state of a channel: after Seq updates the
@@ -24,7 +24,7 @@ type State struct {
 	Seq uint64
 
 	// Paid is the cumulative amount paid to the hub.
-	Paid lnwire.MilliSatoshi
+	Paid msat.Amount
 }
 
 // Initial returns the state of a freshly funded channel: nothing paid yet.
@@ -43,8 +43,8 @@ func (s State) PaidSat() btcutil.Amount {
 // PaidSat, always below 1000 msat. It is the most service the hub can have
 // given on credit in this channel, because the hub only acknowledges a state
 // together with a valid claim signature for it.
-func (s State) Credit() lnwire.MilliSatoshi {
-	return s.Paid - lnwire.NewMSatFromSatoshis(s.PaidSat())
+func (s State) Credit() msat.Amount {
+	return s.Paid - msat.FromSatoshis(s.PaidSat())
 }
 
 // CheckUpdate decides whether next may replace cur as the channel's latest
@@ -106,7 +106,7 @@ func (s *State) UnmarshalBinary(b []byte) error {
 	b = b[chainhash.HashSize:]
 	s.ChannelID.Index = binary.BigEndian.Uint32(b)
 	s.Seq = binary.BigEndian.Uint64(b[4:])
-	s.Paid = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[12:]))
+	s.Paid = msat.Amount(binary.BigEndian.Uint64(b[12:]))
 	return nil
 }
 

@@ -8,7 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -70,7 +70,7 @@ func TestCheckUpdateProperties(t *testing.T) {
 		rt.Repeat(map[string]func(*rapid.T){
 			"pay": func(rt *rapid.T) {
 				delta := rapid.Uint64Range(0, uint64(max-cur.Paid)).Draw(rt, "delta")
-				offer(rt, State{id, cur.Seq + 1, cur.Paid + lnwire.MilliSatoshi(delta)}, nil)
+				offer(rt, State{id, cur.Seq + 1, cur.Paid + msat.Amount(delta)}, nil)
 			},
 			"replay": func(rt *rapid.T) {
 				old := rapid.SampledFrom(accepted).Draw(rt, "old")
@@ -101,11 +101,11 @@ func TestCheckUpdateProperties(t *testing.T) {
 					return
 				}
 				less := rapid.Uint64Range(0, uint64(cur.Paid)-1).Draw(rt, "less")
-				offer(rt, State{id, cur.Seq + 1, lnwire.MilliSatoshi(less)}, ErrPaidDecreased)
+				offer(rt, State{id, cur.Seq + 1, msat.Amount(less)}, ErrPaidDecreased)
 			},
 			"overdraw": func(rt *rapid.T) {
 				over := rapid.Uint64Range(uint64(max)+1, 1<<62).Draw(rt, "over")
-				offer(rt, State{id, cur.Seq + 1, lnwire.MilliSatoshi(over)}, ErrOverCapacity)
+				offer(rt, State{id, cur.Seq + 1, msat.Amount(over)}, ErrOverCapacity)
 			},
 			"otherChannel": func(rt *rapid.T) {
 				other := id
@@ -116,7 +116,7 @@ func TestCheckUpdateProperties(t *testing.T) {
 				next := State{
 					ChannelID: id,
 					Seq:       rapid.Uint64Range(0, cur.Seq+3).Draw(rt, "seq"),
-					Paid:      lnwire.MilliSatoshi(rapid.Uint64Range(0, uint64(max)+2000).Draw(rt, "paid")),
+					Paid:      msat.Amount(rapid.Uint64Range(0, uint64(max)+2000).Draw(rt, "paid")),
 				}
 				legal := next.Seq == cur.Seq+1 && next.Paid >= cur.Paid && next.Paid <= max
 				err := p.CheckUpdate(cur, next)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -102,20 +102,20 @@ type CDRPrice struct {
 // divided by RateMsatPerUnit, rounded half up to CurrencyDecimals places.
 // TotalMsat is what the payer's channel paid for the session.
 type CDRSettlement struct {
-	Contract         string              `json:"contract"`
-	RateMsatPerUnit  Dec                 `json:"rate_msat_per_unit"`
-	CurrencyDecimals int                 `json:"currency_decimals"`
-	TotalMsat        lnwire.MilliSatoshi `json:"total_msat"`
-	VATMsat          lnwire.MilliSatoshi `json:"vat_msat"`
-	TaxIncluded      bool                `json:"tax_included,omitempty"`
-	Adjustment       string              `json:"adjustment,omitempty"`
-	FixedMsat        lnwire.MilliSatoshi `json:"fixed_msat"`
-	EnergyMsat       lnwire.MilliSatoshi `json:"energy_msat"`
-	TimeMsat         lnwire.MilliSatoshi `json:"time_msat"`
-	ParkingMsat      lnwire.MilliSatoshi `json:"parking_msat"`
-	ReservationMsat  lnwire.MilliSatoshi `json:"reservation_msat"`
-	FeeMsat          lnwire.MilliSatoshi `json:"fee_msat"`
-	ProviderMsat     lnwire.MilliSatoshi `json:"provider_msat"`
+	Contract         string      `json:"contract"`
+	RateMsatPerUnit  Dec         `json:"rate_msat_per_unit"`
+	CurrencyDecimals int         `json:"currency_decimals"`
+	TotalMsat        msat.Amount `json:"total_msat"`
+	VATMsat          msat.Amount `json:"vat_msat"`
+	TaxIncluded      bool        `json:"tax_included,omitempty"`
+	Adjustment       string      `json:"adjustment,omitempty"`
+	FixedMsat        msat.Amount `json:"fixed_msat"`
+	EnergyMsat       msat.Amount `json:"energy_msat"`
+	TimeMsat         msat.Amount `json:"time_msat"`
+	ParkingMsat      msat.Amount `json:"parking_msat"`
+	ReservationMsat  msat.Amount `json:"reservation_msat"`
+	FeeMsat          msat.Amount `json:"fee_msat"`
+	ProviderMsat     msat.Amount `json:"provider_msat"`
 }
 
 // CDRSession is what a CDR says of a session beyond its price: who issues
@@ -159,10 +159,10 @@ func NewCDR(c *Contract, u Usage, b Breakdown, s CDRSession) (*CDR, error) {
 		return nil, fmt.Errorf("%w: a CDR needs the location id, evse_uid and connector_id", ErrInvalid)
 	}
 	rate := c.rate()
-	cur := func(m lnwire.MilliSatoshi) Num {
+	cur := func(m msat.Amount) Num {
 		return N(decimal.NewFromUint64(uint64(m)).DivRound(rate, cdrDecimals))
 	}
-	price := func(excl, vat lnwire.MilliSatoshi, incl bool) *CDRPrice {
+	price := func(excl, vat msat.Amount, incl bool) *CDRPrice {
 		p := &CDRPrice{ExclVAT: cur(excl)}
 		if incl {
 			v := cur(excl + vat)
@@ -191,7 +191,7 @@ func NewCDR(c *Contract, u Usage, b Breakdown, s CDRSession) (*CDR, error) {
 
 	// Costs per dimension, before taxes (for a tax-included tariff the
 	// lines hold the taxes, which come off here).
-	type dim struct{ msat, vat lnwire.MilliSatoshi }
+	type dim struct{ msat, vat msat.Amount }
 	var fixed, energy, tm, parking, resv dim
 	for _, l := range b.Lines {
 		d := &fixed

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -51,7 +51,7 @@ func mustCDR(tb fataler, c *Contract, u Usage) (*CDR, Breakdown) {
 		for _, l := range b.Lines {
 			v += uint64(l.VATMsat)
 		}
-		want -= lnwire.MilliSatoshi(v)
+		want -= msat.Amount(v)
 	}
 	if sum != want {
 		tb.Fatalf("dimensions add to %d msat, subtotal %d", sum, want)

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // TestExampleUsage prices each example contract with its example usage
@@ -14,7 +14,7 @@ import (
 func TestExampleUsage(t *testing.T) {
 	tests := []struct {
 		kind                string
-		total, fee, provide lnwire.MilliSatoshi
+		total, fee, provide msat.Amount
 	}{
 		{"ev_charging", 3_256_000, 32_560, 3_223_440},
 		{"toll", 60_000, 300, 59_700},

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // MustParse parses doc or fails the test.
@@ -50,7 +50,7 @@ type fataler interface {
 
 func checkBreakdown(tb fataler, c *Contract, b Breakdown) {
 	tb.Helper()
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	for _, l := range b.Lines {
 		sum += l.Msat
 	}
@@ -90,8 +90,8 @@ func local(tb testing.TB, zone string, y int, mo time.Month, d, h, mi int) time.
 }
 
 // lineMsat returns the msat of each line, in order.
-func lineMsat(b Breakdown) []lnwire.MilliSatoshi {
-	out := make([]lnwire.MilliSatoshi, len(b.Lines))
+func lineMsat(b Breakdown) []msat.Amount {
+	out := make([]msat.Amount, len(b.Lines))
 	for i, l := range b.Lines {
 		out[i] = l.Msat
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // TestPriceToll uses the example toll table (msat prices, 50 bps hub fee):
@@ -25,8 +25,8 @@ func TestPriceToll(t *testing.T) {
 		when     time.Time
 		passages string
 		element  int
-		total    lnwire.MilliSatoshi
-		fee      lnwire.MilliSatoshi // floor(total × 50 / 10000)
+		total    msat.Amount
+		fee      msat.Amount // floor(total × 50 / 10000)
 	}{
 		{"CarMorningPeak", "car", mon(7, 15), "1", 0, 60_000, 300},
 		{"CarPeakStartInclusive", "car", mon(6, 30), "1", 0, 60_000, 300},
@@ -80,22 +80,22 @@ func TestPriceBandwidth(t *testing.T) {
 		name       string
 		cumulative string
 		mb         string
-		lines      []lnwire.MilliSatoshi
-		total, fee lnwire.MilliSatoshi
+		lines      []msat.Amount
+		total, fee msat.Amount
 	}{
 		// 10 MB × 50 = 500; fee floor(500 × 0.02) + 10 = 20.
-		{"FirstTier", "0", "10", []lnwire.MilliSatoshi{500}, 500, 20},
+		{"FirstTier", "0", "10", []msat.Amount{500}, 500, 20},
 		// 990 → 1010: 10 MB × 50 + 10 MB × 20 = 700; fee 14 + 10.
-		{"AcrossTierBoundary", "990", "20", []lnwire.MilliSatoshi{500, 200}, 700, 24},
+		{"AcrossTierBoundary", "990", "20", []msat.Amount{500, 200}, 700, 24},
 		// 9,999.5 → 10,001: 0.5 × 20 + 1 × 5 = 15; fee floor(0.3) + 10 = 10.
-		{"IntoUnboundedTier", "9999.5", "1.5", []lnwire.MilliSatoshi{10, 5}, 15, 10},
+		{"IntoUnboundedTier", "9999.5", "1.5", []msat.Amount{10, 5}, 15, 10},
 		// 990 → 10,010 spans all three: 500 + 9,000 × 20 + 10 × 5.
-		{"AllThreeTiers", "990", "9020", []lnwire.MilliSatoshi{500, 180_000, 50}, 180_550, 3_621},
+		{"AllThreeTiers", "990", "9020", []msat.Amount{500, 180_000, 50}, 180_550, 3_621},
 		// 0.0001 MB × 50 = 0.005 msat, which rounds to 0; the 10 msat
 		// per-event fee is capped at the total, so nobody goes negative.
-		{"RoundsToZeroFeeCapped", "500", "0.0001", []lnwire.MilliSatoshi{0}, 0, 0},
+		{"RoundsToZeroFeeCapped", "500", "0.0001", []msat.Amount{0}, 0, 0},
 		// 0.01 MB × 50 = 0.5 msat rounds half up to 1.
-		{"HalfUp", "0", "0.01", []lnwire.MilliSatoshi{1}, 1, 1},
+		{"HalfUp", "0", "0.01", []msat.Amount{1}, 1, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -163,8 +163,8 @@ func TestPriceEnergy(t *testing.T) {
 		when         time.Time
 		kwh          string
 		element      int
-		debit, fee   lnwire.MilliSatoshi
-		sellerCredit lnwire.MilliSatoshi
+		debit, fee   msat.Amount
+		sellerCredit msat.Amount
 	}{
 		// 2.5 × 0.12 = 0.30 EUR = 330,000 msat; fee 3,300.
 		{"Default", wed(12, 15), "2.5", -1, 330_000, 3_300, 326_700},

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ocpiTariff writes an OCPI Tariff object in EUR with the given extra
@@ -65,8 +65,8 @@ func TestOCPISpecExamples(t *testing.T) {
 		name    string
 		doc     string
 		usage   Usage
-		total   lnwire.MilliSatoshi
-		vat     lnwire.MilliSatoshi
+		total   msat.Amount
+		vat     msat.Amount
 		adjust  string
 		inclTax bool
 		err     error

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // evDoc wraps an ev_charging body in an envelope priced in EUR at
@@ -47,7 +47,7 @@ type wantLine struct {
 	component string
 	element   int
 	quantity  string
-	msat      lnwire.MilliSatoshi
+	msat      msat.Amount
 }
 
 type period struct {
@@ -72,9 +72,9 @@ func TestPriceEVCharging(t *testing.T) {
 		doc     string
 		usage   Usage
 		lines   []wantLine
-		total   lnwire.MilliSatoshi
+		total   msat.Amount
 		adjust  string
-		vatMsat lnwire.MilliSatoshi
+		vatMsat msat.Amount
 	}{{
 		// OCPI 2.2.1 "switching to different Tariff Element #1": plug in
 		// 16:55, charge 10 min, park 2 min. Charging 5 min × 1.20/h =
@@ -374,7 +374,7 @@ func TestPriceEVExample(t *testing.T) {
 	const ams = "Europe/Amsterdam"
 	b := MustPrice(t, c, session([]period{{local(t, ams, 2026, time.June, 10, 22, 30), "6", "11", StateCharging}},
 		local(t, ams, 2026, time.June, 10, 23, 30)))
-	want := []lnwire.MilliSatoshi{550_000, 990_000, 660_000, 726_000, 330_000}
+	want := []msat.Amount{550_000, 990_000, 660_000, 726_000, 330_000}
 	got := lineMsat(b)
 	if len(got) != len(want) {
 		t.Fatalf("lines %v, want %v", got, want)

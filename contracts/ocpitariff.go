@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -367,7 +367,7 @@ func decodeOCPI(doc []byte) ([]OCPITariff, error) {
 // price it, converted at the contract rate and rounded half up. ok is false
 // when that tariff states none. Errors wrap ErrInvalid (not an EV
 // contract), ErrNoPrice (no tariff in force) or ErrOverflow.
-func (c *Contract) PreauthorizeMsat(at time.Time, tariffType string) (amt lnwire.MilliSatoshi, ok bool, err error) {
+func (c *Contract) PreauthorizeMsat(at time.Time, tariffType string) (amt msat.Amount, ok bool, err error) {
 	if c == nil || !c.parsed || c.Kind != KindEVCharging {
 		return 0, false, fmt.Errorf("%w: not a parsed ev_charging contract", ErrInvalid)
 	}

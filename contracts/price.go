@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -130,12 +130,12 @@ type Line struct {
 	// 12 decimal places.
 	Amount Dec `json:"amount"`
 	// Msat is Amount converted at the contract rate and rounded half up.
-	Msat lnwire.MilliSatoshi `json:"msat"`
+	Msat msat.Amount `json:"msat"`
 	// VATPercent and VATMsat are the VAT rate and amount of the line,
 	// reported for invoicing. VAT is not charged on top through the hub;
 	// under a tax-included tariff it is the part of Msat that is tax.
-	VATPercent *Dec                `json:"vat_percent,omitempty"`
-	VATMsat    lnwire.MilliSatoshi `json:"vat_msat"`
+	VATPercent *Dec        `json:"vat_percent,omitempty"`
+	VATMsat    msat.Amount `json:"vat_msat"`
 }
 
 // Breakdown is the result of pricing one usage record. Invariants:
@@ -153,15 +153,15 @@ type Breakdown struct {
 	Provider string `json:"provider,omitempty"`
 	Lines    []Line `json:"lines"`
 
-	SubtotalMsat lnwire.MilliSatoshi `json:"subtotal_msat"`
+	SubtotalMsat msat.Amount `json:"subtotal_msat"`
 	// Adjustment is "MIN_PRICE" or "MAX_PRICE" when an EV tariff's bound
 	// replaced the subtotal, else empty.
-	Adjustment   string              `json:"adjustment,omitempty"`
-	TotalMsat    lnwire.MilliSatoshi `json:"total_msat"`
-	FeeMsat      lnwire.MilliSatoshi `json:"fee_msat"`
-	ProviderMsat lnwire.MilliSatoshi `json:"provider_msat"`
+	Adjustment   string      `json:"adjustment,omitempty"`
+	TotalMsat    msat.Amount `json:"total_msat"`
+	FeeMsat      msat.Amount `json:"fee_msat"`
+	ProviderMsat msat.Amount `json:"provider_msat"`
 	// VATMsat is the VAT on TotalMsat, reported, not charged on top.
-	VATMsat lnwire.MilliSatoshi `json:"vat_msat"`
+	VATMsat msat.Amount `json:"vat_msat"`
 	// TaxIncluded is set when TotalMsat includes VATMsat (an OCPI 2.3.0
 	// tariff with tax_included YES); otherwise VAT comes on top.
 	TaxIncluded bool `json:"tax_included,omitempty"`
@@ -300,7 +300,7 @@ func (c *Contract) rate() decimal.Decimal {
 // fee is the hub's share of total: floor(total × bps / 10000) plus the
 // per-event fee, never more than total, so the provider's share is never
 // negative.
-func (c *Contract) fee(total lnwire.MilliSatoshi) lnwire.MilliSatoshi {
+func (c *Contract) fee(total msat.Amount) msat.Amount {
 	if c.Fee == nil {
 		return 0
 	}
@@ -310,12 +310,12 @@ func (c *Contract) fee(total lnwire.MilliSatoshi) lnwire.MilliSatoshi {
 	if f.GreaterThan(t) {
 		return total
 	}
-	return lnwire.MilliSatoshi(f.BigInt().Uint64())
+	return msat.Amount(f.BigInt().Uint64())
 }
 
 // toMsat converts a decimal msat amount, rounding half up (all amounts
 // here are non-negative, where half away from zero is half up).
-func toMsat(d decimal.Decimal) (lnwire.MilliSatoshi, error) {
+func toMsat(d decimal.Decimal) (msat.Amount, error) {
 	r := d.Round(0)
 	if r.IsNegative() {
 		return 0, fmt.Errorf("%w: negative amount %s", ErrOverflow, r)
@@ -324,5 +324,5 @@ func toMsat(d decimal.Decimal) (lnwire.MilliSatoshi, error) {
 	if !n.IsUint64() {
 		return 0, fmt.Errorf("%w: %s msat", ErrOverflow, r)
 	}
-	return lnwire.MilliSatoshi(n.Uint64()), nil
+	return msat.Amount(n.Uint64()), nil
 }

@@ -3,7 +3,7 @@ package contracts
 import (
 	"fmt"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 )
 
@@ -54,10 +54,10 @@ type Release struct {
 // ReleaseDecision says where a held amount goes. HeldMsat = ReleaseMsat +
 // RefundMsat exactly.
 type ReleaseDecision struct {
-	Outcome     Outcome             `json:"outcome"`
-	HeldMsat    lnwire.MilliSatoshi `json:"held_msat"`
-	ReleaseMsat lnwire.MilliSatoshi `json:"release_msat"`
-	RefundMsat  lnwire.MilliSatoshi `json:"refund_msat"`
+	Outcome     Outcome     `json:"outcome"`
+	HeldMsat    msat.Amount `json:"held_msat"`
+	ReleaseMsat msat.Amount `json:"release_msat"`
+	RefundMsat  msat.Amount `json:"refund_msat"`
 	// Breach is the index of the first reading out of range, or -1.
 	Breach int    `json:"breach"`
 	Reason string `json:"reason"`
@@ -100,7 +100,7 @@ func (r *Release) validate() error {
 
 // HoldMsat returns the amount a conditional release contract holds from
 // the payer, in msat (Amount × rate, rounded half up).
-func HoldMsat(c *Contract) (lnwire.MilliSatoshi, error) {
+func HoldMsat(c *Contract) (msat.Amount, error) {
 	if c == nil || !c.parsed || c.ConditionalRelease == nil {
 		return 0, fmt.Errorf("%w: not a parsed conditional release contract", ErrInvalid)
 	}

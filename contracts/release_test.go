@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 func readings(vals ...string) []Reading {
@@ -31,8 +31,8 @@ func TestConditionalRelease(t *testing.T) {
 		readings  []Reading
 		outcome   Outcome
 		breach    int
-		release   lnwire.MilliSatoshi
-		fee       lnwire.MilliSatoshi
+		release   msat.Amount
+		fee       msat.Amount
 		reasonHas string
 	}{
 		// Bounds are inclusive: 2 and 8 are in range. Fee 275,000 + 1,000.

@@ -8,7 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Channel store errors.
@@ -62,13 +62,13 @@ type ChannelRecord struct {
 
 	// Latest acknowledged state and the device's claim signature for it
 	// (zero signature while Seq is 0).
-	Seq       uint64              `json:"seq"`
-	Paid      lnwire.MilliSatoshi `json:"paid_msat"`
-	DeviceSig [64]byte            `json:"device_sig"`
+	Seq       uint64      `json:"seq"`
+	Paid      msat.Amount `json:"paid_msat"`
+	DeviceSig [64]byte    `json:"device_sig"`
 	// Owed is service charged to the device but not yet covered by a
 	// signature (captures while the device was offline); bounded by the
 	// hub's per-channel credit limit.
-	Owed lnwire.MilliSatoshi `json:"owed_msat"`
+	Owed msat.Amount `json:"owed_msat"`
 
 	CloseTx *chainhash.Hash `json:"close_txid,omitempty"`
 	// CloseRaw is the hub's own fully signed close or claim spending the
@@ -93,14 +93,14 @@ const (
 // to Max against the channel until Expires. The hub reserves the capacity;
 // every capture is still paid by a device-signed state (see docs/holds.md).
 type Hold struct {
-	ID       [16]byte            `json:"id"`
-	Channel  wire.OutPoint       `json:"channel"`
-	DeviceID string              `json:"device_id"`
-	Provider string              `json:"provider"`
-	Max      lnwire.MilliSatoshi `json:"max_msat"`
-	Captured lnwire.MilliSatoshi `json:"captured_msat"`
-	Expires  time.Time           `json:"expires"`
-	Status   HoldStatus          `json:"status"`
+	ID       [16]byte      `json:"id"`
+	Channel  wire.OutPoint `json:"channel"`
+	DeviceID string        `json:"device_id"`
+	Provider string        `json:"provider"`
+	Max      msat.Amount   `json:"max_msat"`
+	Captured msat.Amount   `json:"captured_msat"`
+	Expires  time.Time     `json:"expires"`
+	Status   HoldStatus    `json:"status"`
 	// DeviceSig is the device's signature over the authorisation, the
 	// evidence that it agreed to the hold.
 	DeviceSig [64]byte  `json:"device_sig"`
@@ -109,19 +109,19 @@ type Hold struct {
 }
 
 // Remaining is what the hold can still capture.
-func (h Hold) Remaining() lnwire.MilliSatoshi { return h.Max - h.Captured }
+func (h Hold) Remaining() msat.Amount { return h.Max - h.Captured }
 
 // PaymentUpdate is one acknowledged payment, written atomically.
 type PaymentUpdate struct {
 	Channel   wire.OutPoint
 	Seq       uint64 // must be the stored Seq + 1
-	Paid      lnwire.MilliSatoshi
+	Paid      msat.Amount
 	DeviceSig [64]byte
 	// Owed is the channel's new unsigned balance after this update.
-	Owed lnwire.MilliSatoshi
+	Owed msat.Amount
 	// HoldID, when set, is the hold this payment captures Amount against.
 	HoldID *[16]byte
-	Amount lnwire.MilliSatoshi
+	Amount msat.Amount
 	// Receipt is the hub-signed receipt (channel.Receipt encoding) stored
 	// under (Channel, Seq) for history and settlement.
 	Receipt []byte
@@ -163,7 +163,7 @@ type ChannelStore interface {
 	// Captured, when holdID is set). It returns ErrCreditLimit, writing
 	// nothing, when Owed would exceed limit, ErrHoldConflict as
 	// ApplyPayment does, and ErrNotFound for an unknown channel.
-	ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit lnwire.MilliSatoshi) error
+	ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit msat.Amount) error
 
 	// Receipts returns up to limit stored receipts of a channel with
 	// Seq >= from, in order.

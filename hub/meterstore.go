@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ContractRecord is a published tariff contract: its canonical document
@@ -85,8 +85,8 @@ type Charge struct {
 	Contract Hash   `json:"contract"`
 	// Amount is what the payer owes; Fee is the hub's part of it, so the
 	// provider earns Amount − Fee.
-	Amount lnwire.MilliSatoshi `json:"amount_msat"`
-	Fee    lnwire.MilliSatoshi `json:"fee_msat"`
+	Amount msat.Amount `json:"amount_msat"`
+	Fee    msat.Amount `json:"fee_msat"`
 	// Channel is the payer channel charged; zero when Status is unpaid
 	// for want of one.
 	Channel wire.OutPoint `json:"channel"`
@@ -109,7 +109,7 @@ type Charge struct {
 	// Withheld, on the end event of a conditional release, is what its
 	// contract kept back from the hold (the hold's amount less Amount):
 	// refunded to the payer by the contract, never owed to anyone.
-	Withheld lnwire.MilliSatoshi `json:"withheld_msat,omitempty"`
+	Withheld msat.Amount `json:"withheld_msat,omitempty"`
 }
 
 // Validate checks what every store requires of a charge before recording
@@ -149,7 +149,7 @@ type ChargeStore interface {
 	// is ChargeOwed. A charge with Status ChargeOwed that would push Owed
 	// past creditLimit is stored as ChargeUnpaid instead. Results are in
 	// the order of cs. It returns an error only when nothing was written.
-	RecordCharges(ctx context.Context, cs []Charge, creditLimit lnwire.MilliSatoshi) ([]ChargeResult, error)
+	RecordCharges(ctx context.Context, cs []Charge, creditLimit msat.Amount) ([]ChargeResult, error)
 
 	// SetChargeStatus moves charges to status (owed → paid when a payment
 	// covers them, held → owed or unpaid when a condition resolves).

@@ -4,7 +4,7 @@ import (
 	"bytes"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 )
@@ -30,7 +30,7 @@ type PaymentRequest struct {
 	Listener     ChargeListener
 	Payer, Payee string
 	Channel      btcwire.OutPoint
-	Amount       lnwire.MilliSatoshi
+	Amount       msat.Amount
 	// Contract, EventsRoot and EventCount go into the version-2 receipt
 	// (channel.EventsRoot over the covered event ids).
 	Contract   [32]byte
@@ -64,7 +64,7 @@ type RolloverPair struct {
 	// anything paid on it after the cut is carried into the next
 	// channel's Owed (the device signed it on an output the batch
 	// spends, and the next epoch's ledger charges it).
-	PaidAtCut lnwire.MilliSatoshi
+	PaidAtCut msat.Amount
 }
 
 // OutpointLess orders outpoints by txid bytes, then index: the order in

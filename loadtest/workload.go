@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/metering"
 )
@@ -126,7 +126,7 @@ func rngFor(seed int64, stream string, index int) *rand.Rand {
 // payStep is one payment of a device's schedule.
 type payStep struct {
 	payee  int // provider index
-	amount lnwire.MilliSatoshi
+	amount msat.Amount
 }
 
 // paySchedule draws a device's payments: a provider chosen uniformly and an
@@ -141,7 +141,7 @@ func newPaySchedule(seed int64, device, providers int) *paySchedule {
 }
 
 func (s *paySchedule) next() payStep {
-	return payStep{payee: s.rng.IntN(s.providers), amount: lnwire.MilliSatoshi(1000 + s.rng.IntN(19_001))}
+	return payStep{payee: s.rng.IntN(s.providers), amount: msat.Amount(1000 + s.rng.IntN(19_001))}
 }
 
 // eventSchedule draws a provider's usage events for its payers.

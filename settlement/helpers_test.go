@@ -10,8 +10,8 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/channel"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // mustKey derives a deterministic private key from name.
@@ -46,7 +46,7 @@ func mustParty(tb testing.TB, name string, capacity btcutil.Amount, expiry uint3
 }
 
 // claim returns the device-signed state (seq, paid) of p.
-func (p party) claim(tb testing.TB, seq uint64, paid lnwire.MilliSatoshi) channel.Claim {
+func (p party) claim(tb testing.TB, seq uint64, paid msat.Amount) channel.Claim {
 	tb.Helper()
 	s := channel.State{ChannelID: p.funding, Seq: seq, Paid: paid}
 	sig, err := p.out.SignClaim(p.device, s)

@@ -6,11 +6,11 @@ import (
 	"strings"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Msat is a signed amount of millisatoshi. Ledger entries need a sign
-// (debits are negative), which lnwire.MilliSatoshi lacks; all bitcoin ever
+// (debits are negative), which msat.Amount lacks; all bitcoin ever
 // issued, in msat, is 2.1e18, well inside int64.
 type Msat int64
 
@@ -22,8 +22,8 @@ const MaxMsat Msat = Msat(btcutil.MaxSatoshi) * 1000
 // MsatOf converts an unsigned lnwire amount. Amounts above MaxMsat become
 // MaxMsat+1, still positive, so that Post refuses them instead of
 // wrapping to a negative number.
-func MsatOf(a lnwire.MilliSatoshi) Msat {
-	if a > lnwire.MilliSatoshi(MaxMsat) {
+func MsatOf(a msat.Amount) Msat {
+	if a > msat.Amount(MaxMsat) {
 		return MaxMsat + 1
 	}
 	return Msat(a)
@@ -120,27 +120,27 @@ type Posting struct {
 }
 
 // Charge records a priced usage event: the payer pays amount to the provider.
-func Charge(payer, provider string, amount lnwire.MilliSatoshi, ref string) Posting {
+func Charge(payer, provider string, amount msat.Amount, ref string) Posting {
 	return transfer(KindCharge, Payer(payer), Provider(provider), MsatOf(amount), ref)
 }
 
 // Fee records the hub's cut of a charge, taken from the provider.
-func Fee(provider string, fee lnwire.MilliSatoshi, ref string) Posting {
+func Fee(provider string, fee msat.Amount, ref string) Posting {
 	return transfer(KindFee, Provider(provider), HubFees, MsatOf(fee), ref)
 }
 
 // Capture records a conditional payment taken from the payer into escrow.
-func Capture(payer string, amount lnwire.MilliSatoshi, ref string) Posting {
+func Capture(payer string, amount msat.Amount, ref string) Posting {
 	return transfer(KindCapture, Payer(payer), HubHeld, MsatOf(amount), ref)
 }
 
 // Release pays escrowed money to the provider once its condition is met.
-func Release(provider string, amount lnwire.MilliSatoshi, ref string) Posting {
+func Release(provider string, amount msat.Amount, ref string) Posting {
 	return transfer(KindRelease, HubHeld, Provider(provider), MsatOf(amount), ref)
 }
 
 // Refund returns escrowed money to the payer when its condition failed.
-func Refund(payer string, amount lnwire.MilliSatoshi, ref string) Posting {
+func Refund(payer string, amount msat.Amount, ref string) Posting {
 	return transfer(KindRefund, HubHeld, Payer(payer), MsatOf(amount), ref)
 }
 

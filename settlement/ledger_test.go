@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -91,7 +91,7 @@ func TestPost(t *testing.T) {
 			{Kind: "gift", Entries: Charge("a", "b", 1, "").Entries},
 			{Kind: KindCharge, Entries: []Entry{{"nobody", -1}, {Provider("b"), 1}}},
 			{Kind: KindCharge, Entries: []Entry{{"payer:", -1}, {Provider("b"), 1}}},
-			Charge("a", "b", lnwire.MilliSatoshi(MaxMsat)+1, ""),
+			Charge("a", "b", msat.Amount(MaxMsat)+1, ""),
 		} {
 			if err := l.Post(p); !errors.Is(err, ErrBadPosting) && !errors.Is(err, ErrUnbalanced) {
 				t.Errorf("%+v: got %v", p, err)
@@ -163,8 +163,8 @@ func TestLedgerProperties(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		ids := []string{"car", "van", "meter", "router", "charger", "gantry"}
 		id := rapid.SampledFrom(ids)
-		amount := rapid.Custom(func(t *rapid.T) lnwire.MilliSatoshi {
-			return lnwire.MilliSatoshi(rapid.Int64Range(0, 5_000_000_000).Draw(t, "msat"))
+		amount := rapid.Custom(func(t *rapid.T) msat.Amount {
+			return msat.Amount(rapid.Int64Range(0, 5_000_000_000).Draw(t, "msat"))
 		})
 		l := NewLedger(1)
 

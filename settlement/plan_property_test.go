@@ -7,7 +7,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -62,7 +62,7 @@ func TestPlanNeverFailsAndConserves(t *testing.T) {
 				Cooperative: rapid.Bool().Draw(rt, "online")}
 			c.Claim = channel.Claim{State: channel.Initial(p.funding)}
 			if !c.Cooperative && rapid.Bool().Draw(rt, "signed") {
-				paid := lnwire.MilliSatoshi(rapid.Uint64Range(0, uint64(out.Params().MaxPaid())).Draw(rt, "paid"))
+				paid := msat.Amount(rapid.Uint64Range(0, uint64(out.Params().MaxPaid())).Draw(rt, "paid"))
 				c.Claim = p.claim(t, uint64(rapid.IntRange(1, 50).Draw(rt, "seq")), paid)
 			}
 			if rapid.Bool().Draw(rt, "payout script") {
@@ -89,7 +89,7 @@ func TestPlanNeverFailsAndConserves(t *testing.T) {
 			if payee == payer {
 				continue
 			}
-			a := lnwire.MilliSatoshi(amount.Draw(rt, "amount"))
+			a := msat.Amount(amount.Draw(rt, "amount"))
 			if err := l.Post(Charge(payer, payee, a, fmt.Sprint(i))); err != nil {
 				rt.Fatal(err)
 			}

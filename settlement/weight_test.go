@@ -9,7 +9,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // bigInput returns a plan input of n channels, every claimEvery-th absent
@@ -31,7 +31,7 @@ func bigInput(tb testing.TB, n, claimEvery int) (PlanInput, []party) {
 		c := ChannelInput{Participant: fmt.Sprint("p", i), Output: p.out, Funding: p.funding, Net: -10_000_000, Cooperative: true}
 		if claimEvery > 0 && i%claimEvery == 0 {
 			c.Cooperative = false
-			c.Claim = p.claim(tb, 1, lnwire.MilliSatoshi(10_000_000))
+			c.Claim = p.claim(tb, 1, msat.Amount(10_000_000))
 		}
 		in.Channels = append(in.Channels, c)
 	}

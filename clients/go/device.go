@@ -16,6 +16,7 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -187,7 +188,7 @@ type DeviceConfig struct {
 	// receipts its Provider received) justify, for the hub's Earned
 	// figure to be checked against. Nil means a payer-only device: it
 	// expects to have earned nothing.
-	Earnings func(ctx context.Context, epoch uint64) (lnwire.MilliSatoshi, error)
+	Earnings func(ctx context.Context, epoch uint64) (msat.Amount, error)
 }
 
 // DefaultMaxCloseFee is the default DeviceConfig.MaxCloseFee.
@@ -671,7 +672,7 @@ type Channel struct {
 	Expiry    uint32
 	Status    ChannelStatus
 	Seq       uint64
-	Paid      lnwire.MilliSatoshi
+	Paid      msat.Amount
 	CloseTx   *chainhash.Hash
 }
 
@@ -803,15 +804,15 @@ func (d *Device) Channels() []*Channel {
 type Balance struct {
 	Capacity btcutil.Amount
 	// Paid is the latest acknowledged cumulative payment.
-	Paid lnwire.MilliSatoshi
+	Paid msat.Amount
 	// Unconfirmed is a signed payment the hub has not acknowledged yet
 	// (zero without one); the hub may hold its signature.
-	Unconfirmed lnwire.MilliSatoshi
+	Unconfirmed msat.Amount
 	// Reserved is what active holds can still capture.
-	Reserved lnwire.MilliSatoshi
+	Reserved msat.Amount
 	// Available is what the device can still pay: the channel's maximum
 	// less Paid, Unconfirmed and Reserved.
-	Available lnwire.MilliSatoshi
+	Available msat.Amount
 }
 
 // Balance returns the channel's balance from the local records; it needs

@@ -10,6 +10,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -163,7 +164,7 @@ func (w *disconnectWorld) memo(what string) string {
 
 // pay pays amount on the current channel within ctx and records an
 // acknowledged payment.
-func (w *disconnectWorld) pay(ctx context.Context, what string, amount lnwire.MilliSatoshi) error {
+func (w *disconnectWorld) pay(ctx context.Context, what string, amount msat.Amount) error {
 	memo := w.memo(what)
 	_, err := w.dev.Pay(ctx, w.ch.ID, w.provID, amount, memo)
 	if err == nil {
@@ -178,7 +179,7 @@ func (w *disconnectWorld) pay(ctx context.Context, what string, amount lnwire.Mi
 // payAgain pays once the device is back, retrying while the first
 // attempts still meet the dropped connection (each failed one is resolved
 // by the next).
-func (w *disconnectWorld) payAgain(t *testing.T, what string, amount lnwire.MilliSatoshi) {
+func (w *disconnectWorld) payAgain(t *testing.T, what string, amount msat.Amount) {
 	t.Helper()
 	w.h.WaitSession(t, w.devID)
 	var err error
@@ -217,7 +218,7 @@ func (w *disconnectWorld) agree(t *testing.T, what string) {
 		t.Fatalf("%s: device at seq %d paid %d, hub at seq %d paid %d",
 			what, got.Seq, uint64(got.Paid), rec.Seq, uint64(rec.Paid))
 	}
-	if got.Paid > lnwire.NewMSatFromSatoshis(got.Capacity) {
+	if got.Paid > msat.FromSatoshis(got.Capacity) {
 		t.Fatalf("%s: paid %d msat of a %d sat channel", what, uint64(got.Paid), int64(got.Capacity))
 	}
 	b, err := w.dev.Balance(w.ch.ID)
@@ -229,7 +230,7 @@ func (w *disconnectWorld) agree(t *testing.T, what string) {
 		t.Fatal(err)
 	}
 	seen := make(map[string]int)
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	for _, raw := range raws {
 		var r channel.Receipt
 		if err := r.UnmarshalBinary(raw); err != nil {
@@ -253,7 +254,7 @@ func (w *disconnectWorld) agree(t *testing.T, what string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var active lnwire.MilliSatoshi
+	var active msat.Amount
 	for _, hd := range holds {
 		if hd.Status == hub.HoldActive {
 			active += hd.Remaining()

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -63,8 +63,8 @@ func TestDeviceAgainstHub(t *testing.T) {
 	}
 
 	t.Run("Pay", func(t *testing.T) {
-		var paid lnwire.MilliSatoshi
-		for i, amt := range []lnwire.MilliSatoshi{1_500, 250_000, 1_000_000} {
+		var paid msat.Amount
+		for i, amt := range []msat.Amount{1_500, 250_000, 1_000_000} {
 			r, err := d.Pay(ctx, ch.ID, provID, amt, "kWh")
 			if err != nil {
 				t.Fatalf("pay %d: %v", i, err)
@@ -86,7 +86,7 @@ func TestDeviceAgainstHub(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b.Paid != paid || b.Available != lnwire.NewMSatFromSatoshis(capacity-330)-paid {
+		if b.Paid != paid || b.Available != msat.FromSatoshis(capacity-330)-paid {
 			t.Fatalf("balance %+v", b)
 		}
 		hist, err := d.History(ctx, ch.ID)

@@ -3,7 +3,7 @@ package m2mclient_test
 import (
 	"fmt"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
@@ -39,7 +39,7 @@ func ExampleDevice_Pay() {
 
 	ctx := run.Context()
 	for _, use := range []struct {
-		amount lnwire.MilliSatoshi
+		amount msat.Amount
 		memo   string
 	}{{250_000, "2.5 kWh"}, {120_000, "1.2 kWh"}} {
 		r, err := car.Pay(ctx, ch.ID, chargePoint, use.amount, use.memo)

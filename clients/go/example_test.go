@@ -13,7 +13,7 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -145,4 +145,4 @@ func ExampleDevice_Refund() {
 	// available msat: 99670000
 }
 
-func lnwireMsat(v uint64) lnwire.MilliSatoshi { return lnwire.MilliSatoshi(v) }
+func lnwireMsat(v uint64) msat.Amount { return msat.Amount(v) }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -25,7 +25,7 @@ func (h HoldID) String() string { return hex.EncodeToString(h[:]) }
 type HoldRequest struct {
 	ID       HoldID
 	Provider string
-	Max      lnwire.MilliSatoshi
+	Max      msat.Amount
 	Expires  time.Time
 	Memo     string
 }
@@ -109,7 +109,7 @@ func (d *Device) Authorize(ctx context.Context, req HoldRequest) (btcwire.OutPoi
 
 // roomiest returns the ready channel with the most room left, if it has at
 // least max.
-func (d *Device) roomiest(max lnwire.MilliSatoshi) (*devChannel, error) {
+func (d *Device) roomiest(max msat.Amount) (*devChannel, error) {
 	d.mu.Lock()
 	cs := make([]*devChannel, 0, len(d.byID))
 	for _, c := range d.byID {
@@ -117,7 +117,7 @@ func (d *Device) roomiest(max lnwire.MilliSatoshi) (*devChannel, error) {
 	}
 	d.mu.Unlock()
 	var best *devChannel
-	var bestRoom lnwire.MilliSatoshi
+	var bestRoom msat.Amount
 	for _, c := range cs {
 		c.mu.Lock()
 		id, ready := c.st.Funding, c.st.Status == StatusReady

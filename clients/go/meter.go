@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -352,7 +352,7 @@ type MeterIncome struct {
 	// Gross is the sum of the receipts' amounts: what payers paid for this
 	// provider's events. The hub fee of each contract comes off it at
 	// settlement (contracts.Price gives the split).
-	Gross    lnwire.MilliSatoshi
+	Gross    msat.Amount
 	Receipts int
 	Events   int
 }

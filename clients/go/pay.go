@@ -6,7 +6,7 @@ import (
 	"fmt"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -15,7 +15,7 @@ import (
 // payment is what one Pay signs and sends.
 type payment struct {
 	payee  string
-	amount lnwire.MilliSatoshi
+	amount msat.Amount
 	memo   string
 	holdID *[16]byte
 	reqID  *uint64
@@ -37,7 +37,7 @@ type payment struct {
 // context error, in which case the payment stays pending and the next Pay
 // on the channel resolves it first.
 func (d *Device) Pay(ctx context.Context, chanID btcwire.OutPoint, payee string,
-	amount lnwire.MilliSatoshi, memo string) (*channel.Receipt, error) {
+	amount msat.Amount, memo string) (*channel.Receipt, error) {
 
 	return d.pay(ctx, chanID, payment{payee: payee, amount: amount, memo: memo})
 }
@@ -334,7 +334,7 @@ func (d *Device) dropPending(ctx context.Context, c *devChannel, p *PendingPayme
 type PaymentRequest struct {
 	Channel btcwire.OutPoint
 	Payee   string
-	Amount  lnwire.MilliSatoshi
+	Amount  msat.Amount
 	HoldID  *HoldID
 	Memo    string
 }

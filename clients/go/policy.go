@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ErrPolicy is wrapped by every refusal of the device's spending policy.
@@ -26,29 +26,29 @@ const PolicyWindow = time.Hour
 // limit means no limit on that dimension.
 type Policy struct {
 	// MaxPerPayment bounds one payment (one signed state update).
-	MaxPerPayment lnwire.MilliSatoshi
+	MaxPerPayment msat.Amount
 
 	// MaxPerHour bounds the sum of payments in any rolling hour, over all
 	// providers and channels.
-	MaxPerHour lnwire.MilliSatoshi
+	MaxPerHour msat.Amount
 
 	// MaxPerProviderPerHour bounds the sum of payments to one provider in
 	// any rolling hour.
-	MaxPerProviderPerHour lnwire.MilliSatoshi
+	MaxPerProviderPerHour msat.Amount
 
 	// AllowedProviders lists the provider ids the device pays and
 	// authorises holds for; empty allows any provider.
 	AllowedProviders []string
 
 	// MaxHold bounds the maximum of a hold the device authorises.
-	MaxHold lnwire.MilliSatoshi
+	MaxHold msat.Amount
 }
 
 // spend is one payment inside the rolling window.
 type spend struct {
 	at       time.Time
 	provider string
-	amount   lnwire.MilliSatoshi
+	amount   msat.Amount
 }
 
 // Limiter enforces a Policy. It remembers the payments of the last
@@ -92,7 +92,7 @@ func (l *Limiter) allowed(provider string) bool {
 // not happen (the hub refused it before acknowledging), never after an
 // ambiguous failure such as a timeout, so that the window errs on the side
 // of spending less.
-func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(), err error) {
+func (l *Limiter) Spend(provider string, amount msat.Amount) (undo func(), err error) {
 	p := l.policy
 	switch {
 	case amount == 0:
@@ -110,7 +110,7 @@ func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(
 	defer l.mu.Unlock()
 	now := l.clock.Now()
 	l.expire(now)
-	var total, toProvider lnwire.MilliSatoshi
+	var total, toProvider msat.Amount
 	for _, s := range l.spends {
 		total += s.amount
 		if s.provider == provider || s.provider == "" {
@@ -148,7 +148,7 @@ func (l *Limiter) Spend(provider string, amount lnwire.MilliSatoshi) (undo func(
 // state the device's restored store did not know) as made just now to no
 // provider in particular, so it counts against every hourly limit. Spend
 // refuses provider "", so no attributed spend shares the mark.
-func (l *Limiter) record(amount lnwire.MilliSatoshi) {
+func (l *Limiter) record(amount msat.Amount) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expire(l.clock.Now())
@@ -159,7 +159,7 @@ func (l *Limiter) record(amount lnwire.MilliSatoshi) {
 // provider. A hold moves no money by itself (every capture is still a
 // payment checked by Spend), but it promises the provider service, so it is
 // bounded too. It returns an error wrapping ErrPolicy.
-func (l *Limiter) CheckHold(provider string, max lnwire.MilliSatoshi) error {
+func (l *Limiter) CheckHold(provider string, max msat.Amount) error {
 	p := l.policy
 	switch {
 	case max == 0:
@@ -179,11 +179,11 @@ func (l *Limiter) CheckHold(provider string, max lnwire.MilliSatoshi) error {
 }
 
 // SpentLastHour returns the total paid within the rolling window.
-func (l *Limiter) SpentLastHour() lnwire.MilliSatoshi {
+func (l *Limiter) SpentLastHour() msat.Amount {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expire(l.clock.Now())
-	var total lnwire.MilliSatoshi
+	var total msat.Amount
 	for _, s := range l.spends {
 		total += s.amount
 	}

@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 func TestLimiterSpend(t *testing.T) {
 	type pay struct {
 		after    time.Duration // clock advance before this payment
 		provider string
-		amount   lnwire.MilliSatoshi
+		amount   msat.Amount
 		ok       bool
 	}
 	tests := []struct {
@@ -125,7 +125,7 @@ func TestLimiterCheckHold(t *testing.T) {
 	tests := []struct {
 		name     string
 		provider string
-		max      lnwire.MilliSatoshi
+		max      msat.Amount
 		ok       bool
 	}{
 		{"OK", "charger-1", 40_000, true},

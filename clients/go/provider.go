@@ -12,6 +12,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -203,7 +204,7 @@ const holdIDAttempts = 3
 // session, errors.Is(err, ErrTemporary) whenever asking again later may
 // succeed), or a transport or context error. An id the hub finds in use is
 // replaced by a fresh one and asked again, up to holdIDAttempts times.
-func (p *Provider) RequestHold(ctx context.Context, payer string, max lnwire.MilliSatoshi,
+func (p *Provider) RequestHold(ctx context.Context, payer string, max msat.Amount,
 	ttl time.Duration, memo string) (HoldID, error) {
 
 	for attempt := 1; ; attempt++ {
@@ -216,7 +217,7 @@ func (p *Provider) RequestHold(ctx context.Context, payer string, max lnwire.Mil
 	}
 }
 
-func (p *Provider) requestHold(ctx context.Context, payer string, max lnwire.MilliSatoshi,
+func (p *Provider) requestHold(ctx context.Context, payer string, max msat.Amount,
 	ttl time.Duration, memo string) (HoldID, error) {
 
 	var id HoldID
@@ -253,7 +254,7 @@ func (p *Provider) requestHold(ctx context.Context, payer string, max lnwire.Mil
 // to sign the payment; its receipt arrives on Receipts. Capture returns once
 // the request is sent; a refusal the hub reports later (for example
 // "credit-limit", meaning: stop the service) arrives on Errors.
-func (p *Provider) Capture(ctx context.Context, id HoldID, amount lnwire.MilliSatoshi, memo string) error {
+func (p *Provider) Capture(ctx context.Context, id HoldID, amount msat.Amount, memo string) error {
 	if err := p.s.Send(ctx, &wire.Capture{HoldID: id, Amount: amount, Memo: memo}); err != nil {
 		return fmt.Errorf("m2mclient: capture: %w", err)
 	}

@@ -9,14 +9,14 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
 // startPay has the device pay amount on chanID in the background and
 // returns the Pay the hub received and where Pay's error will arrive.
-func (f *settleFixture) startPay(t *testing.T, chanID btcwire.OutPoint, amount lnwire.MilliSatoshi) (*wire.Pay, chan error) {
+func (f *settleFixture) startPay(t *testing.T, chanID btcwire.OutPoint, amount msat.Amount) (*wire.Pay, chan error) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -32,7 +32,7 @@ func (f *settleFixture) startPay(t *testing.T, chanID btcwire.OutPoint, amount l
 
 // payRefused has the device pay amount, refuses the Pay with code as the
 // hub does (naming the channel and seq) and returns Pay's error.
-func (f *settleFixture) payRefused(t *testing.T, code wire.ChanCode, amount lnwire.MilliSatoshi) error {
+func (f *settleFixture) payRefused(t *testing.T, code wire.ChanCode, amount msat.Amount) error {
 	t.Helper()
 	pay, errc := f.startPay(t, f.st.Funding, amount)
 	seq := pay.Seq

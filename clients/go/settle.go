@@ -12,6 +12,7 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -46,7 +47,7 @@ type SettleProposal struct {
 	NextExpiry   uint32
 	// Spent and Earned are the hub's figures, checked against the
 	// device's records.
-	Spent, Earned lnwire.MilliSatoshi
+	Spent, Earned msat.Amount
 }
 
 // signedSettle is what the device signed for a channel, remembered until
@@ -105,7 +106,7 @@ func (d *Device) signSettle(ctx context.Context, m *wire.SettleProposal) (*wire.
 	if err != nil {
 		return nil, err
 	}
-	var earned lnwire.MilliSatoshi
+	var earned msat.Amount
 	if d.cfg.Earnings != nil {
 		if earned, err = d.cfg.Earnings(ctx, m.Epoch); err != nil {
 			return nil, fmt.Errorf("%w: own earnings: %w", ErrSettleRefused, err)
@@ -188,7 +189,7 @@ func (d *Device) checkSettleTemplate(st *ChannelState, m *wire.SettleProposal) (
 // each within the sub-satoshi carry; and the capacity change is the net,
 // rounded toward zero after a carried remainder of less than one satoshi,
 // by the device's figures and by the hub's alike.
-func checkSettleAmounts(st *ChannelState, m *wire.SettleProposal, earned lnwire.MilliSatoshi) error {
+func checkSettleAmounts(st *ChannelState, m *wire.SettleProposal, earned msat.Amount) error {
 	paid := st.Paid
 	if st.Pending != nil && msatDist(m.Spent, st.Pending.Paid) < msatDist(m.Spent, paid) {
 		paid = st.Pending.Paid
@@ -216,7 +217,7 @@ func checkSettleAmounts(st *ChannelState, m *wire.SettleProposal, earned lnwire.
 	return nil
 }
 
-func msatDist(a, b lnwire.MilliSatoshi) lnwire.MilliSatoshi {
+func msatDist(a, b msat.Amount) msat.Amount {
 	if a > b {
 		return a - b
 	}
@@ -316,7 +317,7 @@ func checkSettleDone(st *ChannelState, m *wire.SettleDone, signed signedSettle, 
 		}
 		return nil
 	}
-	claims := []lnwire.MilliSatoshi{st.Paid}
+	claims := []msat.Amount{st.Paid}
 	if st.Pending != nil {
 		claims = append(claims, st.Pending.Paid)
 	}

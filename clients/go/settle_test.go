@@ -20,6 +20,7 @@ import (
 	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"go.uber.org/goleak"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -144,7 +145,7 @@ type settleFixture struct {
 const (
 	fxCapacity = btcutil.Amount(100_000)
 	fxExpiry   = uint32(5_000)
-	fxPaid     = lnwire.MilliSatoshi(25_500_700) // 25,500.7 sat
+	fxPaid     = msat.Amount(25_500_700) // 25,500.7 sat
 )
 
 func newSettleFixture(t *testing.T, cfg DeviceConfig) *settleFixture {
@@ -231,7 +232,7 @@ func serialize(t *testing.T, tx *btcwire.MsgTx) []byte {
 
 // proposal is the hub's proposal for input 0 of ptx, with a fresh hub
 // session.
-func (f *settleFixture) proposal(t *testing.T, ptx *settlement.PlannedTx, spent, earned lnwire.MilliSatoshi) (*wire.SettleProposal, *channel.KeySession) {
+func (f *settleFixture) proposal(t *testing.T, ptx *settlement.PlannedTx, spent, earned msat.Amount) (*wire.SettleProposal, *channel.KeySession) {
 	t.Helper()
 	tmpl, err := ptx.CoopTemplate(0)
 	if err != nil {
@@ -423,8 +424,8 @@ func TestSettleVeto(t *testing.T) {
 // the device signs only when the hub's figure matches its own.
 func TestSettleEarnings(t *testing.T) {
 	noLeaks(t)
-	earned := lnwire.MilliSatoshi(40_000_900)
-	f := newSettleFixture(t, DeviceConfig{Earnings: func(context.Context, uint64) (lnwire.MilliSatoshi, error) {
+	earned := msat.Amount(40_000_900)
+	f := newSettleFixture(t, DeviceConfig{Earnings: func(context.Context, uint64) (msat.Amount, error) {
 		return earned, nil
 	}})
 	net := settlement.MsatOf(earned) - settlement.MsatOf(fxPaid)

@@ -15,7 +15,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -38,7 +38,7 @@ const (
 	// smReopenBelow: a check starts on a fresh channel when the current
 	// one has less than this left, so "fill the channel" steps do not
 	// leave every later check with nothing to pay.
-	smReopenBelow = lnwire.MilliSatoshi(20_000_000)
+	smReopenBelow = msat.Amount(20_000_000)
 	smMaxHolds    = 3
 	smWait        = 10 * time.Second
 )
@@ -104,10 +104,10 @@ func setDefault(name string, v int) {
 // resynchronises with the hub (docs/protocol.md §4) and adopts the hub's
 // captured amounts.
 type mHold struct {
-	max, captured, devCaptured lnwire.MilliSatoshi
+	max, captured, devCaptured msat.Amount
 }
 
-func (h mHold) left() lnwire.MilliSatoshi { return h.max - h.captured }
+func (h mHold) left() msat.Amount { return h.max - h.captured }
 
 // world is the system under test (hub, device, provider) and the model of
 // its current channel. Both survive across rapid's checks.
@@ -131,15 +131,15 @@ type world struct {
 
 	// The model of the current channel.
 	seq   uint64
-	paid  lnwire.MilliSatoshi
-	owed  lnwire.MilliSatoshi // charged on credit, not signed for
+	paid  msat.Amount
+	owed  msat.Amount // charged on credit, not signed for
 	holds map[m2mclient.HoldID]*mHold
 	// paidAt[k] is Paid after state k, for replays of old states.
-	paidAt []lnwire.MilliSatoshi
+	paidAt []msat.Amount
 	// storeSeq and storeSum are how far the store's receipts were
 	// checked and what they add up to.
 	storeSeq uint64
-	storeSum lnwire.MilliSatoshi
+	storeSum msat.Amount
 	// lastSeq is the highest Seq the store ever showed (I4).
 	lastSeq uint64
 	// unfinished is set while a check runs; begin finding it set knows
@@ -148,7 +148,7 @@ type world struct {
 	// staleRoom is the most room the device sees on a channel it
 	// abandoned: fill cannot pay what the hub counts as owed, so the
 	// device, which never hears of that credit, still sees it free.
-	staleRoom lnwire.MilliSatoshi
+	staleRoom msat.Amount
 }
 
 func newWorld(t *testing.T, h *hubtest.Hub) *world {
@@ -226,7 +226,7 @@ func (w *world) begin(rt *rapid.T) {
 		if err != nil {
 			rt.Fatal(err)
 		}
-		w.seq, w.paid, w.owed, w.paidAt = 0, 0, 0, []lnwire.MilliSatoshi{0}
+		w.seq, w.paid, w.owed, w.paidAt = 0, 0, 0, []msat.Amount{0}
 		w.storeSeq, w.storeSum, w.lastSeq = 0, 0, 0
 	}
 	rec := w.record(rt)
@@ -313,8 +313,8 @@ func (w *world) record(rt *rapid.T) hub.ChannelRecord {
 	return rec
 }
 
-func (w *world) reserved() lnwire.MilliSatoshi {
-	var r lnwire.MilliSatoshi
+func (w *world) reserved() msat.Amount {
+	var r msat.Amount
 	for _, h := range w.holds {
 		r += h.left()
 	}
@@ -322,8 +322,8 @@ func (w *world) reserved() lnwire.MilliSatoshi {
 }
 
 // devReserved is what the device believes its holds reserve.
-func (w *world) devReserved() lnwire.MilliSatoshi {
-	var r lnwire.MilliSatoshi
+func (w *world) devReserved() msat.Amount {
+	var r msat.Amount
 	for _, h := range w.holds {
 		r += h.max - h.devCaptured
 	}
@@ -332,12 +332,12 @@ func (w *world) devReserved() lnwire.MilliSatoshi {
 
 // owedAfter is the channel's Owed after a payment of amount: the hub counts
 // every payment against service given on credit first.
-func (w *world) owedAfter(amount lnwire.MilliSatoshi) lnwire.MilliSatoshi {
+func (w *world) owedAfter(amount msat.Amount) msat.Amount {
 	return w.owed - min(w.owed, amount)
 }
 
 // payFits reports whether the hub has room for a payment of amount.
-func (w *world) payFits(amount lnwire.MilliSatoshi) bool {
+func (w *world) payFits(amount msat.Amount) bool {
 	return w.paid+amount+w.owedAfter(amount)+w.reserved() <= w.out.Params().MaxPaid()
 }
 
@@ -346,7 +346,7 @@ func (w *world) payFits(amount lnwire.MilliSatoshi) bool {
 // reserved on the device, until its reconnection's resync tells it the
 // hub's captured amount (captureOffline reconnects at its end, so between
 // steps the two views agree on the holds).
-func (w *world) devFree() lnwire.MilliSatoshi {
+func (w *world) devFree() msat.Amount {
 	used := w.paid + w.devReserved()
 	if max := w.out.Params().MaxPaid(); used < max {
 		return max - used
@@ -355,7 +355,7 @@ func (w *world) devFree() lnwire.MilliSatoshi {
 }
 
 // free is what the hub lets a new hold use.
-func (w *world) free() lnwire.MilliSatoshi {
+func (w *world) free() msat.Amount {
 	used := w.paid + w.owed + w.reserved()
 	if max := w.out.Params().MaxPaid(); used < max {
 		return max - used
@@ -364,7 +364,7 @@ func (w *world) free() lnwire.MilliSatoshi {
 }
 
 // applied moves the model by one acknowledged payment.
-func (w *world) applied(amount lnwire.MilliSatoshi) {
+func (w *world) applied(amount msat.Amount) {
 	w.seq++
 	w.paid += amount
 	w.paidAt = append(w.paidAt, w.paid)
@@ -373,18 +373,18 @@ func (w *world) applied(amount lnwire.MilliSatoshi) {
 // drawAmount draws a payment: sub-satoshi, ordinary, exactly what is
 // free, just over it (the hub refuses), or over the channel's maximum
 // (the device refuses to sign).
-func drawAmount(rt *rapid.T, free, maxLeft lnwire.MilliSatoshi) lnwire.MilliSatoshi {
+func drawAmount(rt *rapid.T, free, maxLeft msat.Amount) msat.Amount {
 	switch k := rapid.IntRange(0, 99).Draw(rt, "kind"); {
 	case k < 35:
-		return lnwire.MilliSatoshi(rapid.IntRange(1, 999).Draw(rt, "subsat"))
+		return msat.Amount(rapid.IntRange(1, 999).Draw(rt, "subsat"))
 	case k < 75:
-		return lnwire.MilliSatoshi(rapid.Uint64Range(1_000, 2_000_000).Draw(rt, "msat"))
+		return msat.Amount(rapid.Uint64Range(1_000, 2_000_000).Draw(rt, "msat"))
 	case k < 80 && free > 0:
 		return free
 	case k < 92:
-		return free + lnwire.MilliSatoshi(rapid.Uint64Range(1, 5_000).Draw(rt, "over"))
+		return free + msat.Amount(rapid.Uint64Range(1, 5_000).Draw(rt, "over"))
 	default:
-		return maxLeft + lnwire.MilliSatoshi(rapid.Uint64Range(1, 5_000).Draw(rt, "overmax"))
+		return maxLeft + msat.Amount(rapid.Uint64Range(1, 5_000).Draw(rt, "overmax"))
 	}
 }
 
@@ -426,7 +426,7 @@ func (w *world) pay(rt *rapid.T) {
 // providerReceipt waits for the provider's copy of the receipt with id (or,
 // when id is nil, for the receipt of a capture of amount on hold) and
 // returns it. Receipts of earlier steps are skipped.
-func (w *world) providerReceipt(rt *rapid.T, id [32]byte, hold *m2mclient.HoldID, amount lnwire.MilliSatoshi) *channel.Receipt {
+func (w *world) providerReceipt(rt *rapid.T, id [32]byte, hold *m2mclient.HoldID, amount msat.Amount) *channel.Receipt {
 	timeout := time.After(smWait)
 	for {
 		select {
@@ -452,11 +452,11 @@ func (w *world) requestHold(rt *rapid.T) {
 	// The hub forwards what fits its count, the device authorises what
 	// fits its own (it does not know of captures charged on credit).
 	free := min(w.free(), w.devFree())
-	var max lnwire.MilliSatoshi
+	var max msat.Amount
 	if free > 0 && rapid.IntRange(0, 3).Draw(rt, "fits") > 0 {
-		max = lnwire.MilliSatoshi(rapid.Uint64Range(1, min(uint64(free), 30_000_000)).Draw(rt, "max"))
+		max = msat.Amount(rapid.Uint64Range(1, min(uint64(free), 30_000_000)).Draw(rt, "max"))
 	} else {
-		max = free + lnwire.MilliSatoshi(rapid.Uint64Range(1, 1_000_000).Draw(rt, "overmax"))
+		max = free + msat.Amount(rapid.Uint64Range(1, 1_000_000).Draw(rt, "overmax"))
 	}
 	id, err := w.prov.RequestHold(rt.Context(), w.devID, max, time.Hour, "rapid")
 	if max <= w.staleRoom && w.devFree() <= w.staleRoom && errors.Is(err, m2mclient.ErrHoldRefused) {
@@ -495,11 +495,11 @@ func (w *world) capture(rt *rapid.T) {
 	id := w.drawHold(rt)
 	w.counts["Capture"]++
 	h := w.holds[id]
-	var amount lnwire.MilliSatoshi
+	var amount msat.Amount
 	if h.left() > 0 && rapid.IntRange(0, 4).Draw(rt, "fits") > 0 {
-		amount = lnwire.MilliSatoshi(rapid.Uint64Range(1, uint64(h.left())).Draw(rt, "amount"))
+		amount = msat.Amount(rapid.Uint64Range(1, uint64(h.left())).Draw(rt, "amount"))
 	} else {
-		amount = h.left() + lnwire.MilliSatoshi(rapid.Uint64Range(1, 1_000).Draw(rt, "over"))
+		amount = h.left() + msat.Amount(rapid.Uint64Range(1, 1_000).Draw(rt, "over"))
 	}
 	if err := w.prov.Capture(rt.Context(), id, amount, "rapid"); err != nil {
 		rt.Fatal(err)
@@ -555,7 +555,7 @@ func (w *world) captureOffline(rt *rapid.T) {
 		rt.Skip("hold used up")
 	}
 	w.counts["CaptureOffline"]++
-	amount := lnwire.MilliSatoshi(rapid.Uint64Range(1, min(uint64(h.left()), 2*uint64(channels.DefaultCreditLimit))).Draw(rt, "amount"))
+	amount := msat.Amount(rapid.Uint64Range(1, min(uint64(h.left()), 2*uint64(channels.DefaultCreditLimit))).Draw(rt, "amount"))
 	w.disconnect()
 	hubtest.WaitFor(rt, smWait, "device session gone", func() bool {
 		_, ok := w.h.Server().Session(w.devID)
@@ -662,7 +662,7 @@ func refusal(rt *rapid.T, rc *hubtest.RawConn) (*wire.ChannelError, *wire.Channe
 }
 
 // signedPay is a Pay of state (seq, paid) moving amount, signed by key.
-func (w *world) signedPay(rt *rapid.T, key *btcec.PrivateKey, st channel.State, amount lnwire.MilliSatoshi) *wire.Pay {
+func (w *world) signedPay(rt *rapid.T, key *btcec.PrivateKey, st channel.State, amount msat.Amount) *wire.Pay {
 	h, err := w.out.ClaimSigHash(st)
 	if err != nil {
 		rt.Fatal(err)
@@ -689,13 +689,13 @@ func (w *world) replayOld(rt *rapid.T) {
 
 func (w *world) outOfOrder(rt *rapid.T) {
 	w.counts["OutOfOrder"]++
-	amount := lnwire.MilliSatoshi(rapid.Uint64Range(1, 1_000).Draw(rt, "amount"))
+	amount := msat.Amount(rapid.Uint64Range(1, 1_000).Draw(rt, "amount"))
 	if w.paid+amount > w.out.Params().MaxPaid() {
 		rt.Skip("channel full")
 	}
 	if w.seq > 0 && rapid.Bool().Draw(rt, "decrease") {
 		// The right seq but less paid than now.
-		less := lnwire.MilliSatoshi(rapid.Uint64Range(1, uint64(w.paid-w.paidAt[w.seq-1])+1).Draw(rt, "less"))
+		less := msat.Amount(rapid.Uint64Range(1, uint64(w.paid-w.paidAt[w.seq-1])+1).Draw(rt, "less"))
 		if less > w.paid {
 			less = w.paid
 		}
@@ -718,7 +718,7 @@ func (w *world) outOfOrder(rt *rapid.T) {
 }
 
 func (w *world) wrongSig(rt *rapid.T) {
-	amount := lnwire.MilliSatoshi(rapid.Uint64Range(1, 1_000).Draw(rt, "amount"))
+	amount := msat.Amount(rapid.Uint64Range(1, 1_000).Draw(rt, "amount"))
 	if !w.payFits(amount) || w.paid+amount+1_000 > w.out.Params().MaxPaid() {
 		rt.Skip("channel full")
 	}
@@ -824,7 +824,7 @@ func (w *world) check(rt *rapid.T) {
 	if err != nil {
 		rt.Fatal(err)
 	}
-	capMsat := lnwire.NewMSatFromSatoshis(w.ch.Capacity)
+	capMsat := msat.FromSatoshis(w.ch.Capacity)
 	if capMsat-b.Paid+rec.Paid != capMsat || b.Unconfirmed != 0 {
 		rt.Fatalf("device paid %d (unconfirmed %d), hub paid %d", b.Paid, b.Unconfirmed, rec.Paid)
 	}
@@ -859,7 +859,7 @@ func (w *world) check(rt *rapid.T) {
 	if err != nil {
 		rt.Fatal(err)
 	}
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	for _, r := range hist {
 		sum += r.Amount
 	}

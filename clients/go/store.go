@@ -20,7 +20,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 )
@@ -56,24 +56,24 @@ const (
 // for. The hub may hold its signature, so the device keeps it until it knows
 // the outcome: the next Pay on the channel resends it first.
 type PendingPayment struct {
-	Seq    uint64              `json:"seq"`
-	Paid   lnwire.MilliSatoshi `json:"paid_msat"`
-	Amount lnwire.MilliSatoshi `json:"amount_msat"`
-	Payee  string              `json:"payee"`
-	Memo   string              `json:"memo,omitempty"`
-	HoldID *[16]byte           `json:"hold_id,omitempty"`
-	ReqID  *uint64             `json:"req_id,omitempty"`
-	Sig    [64]byte            `json:"sig"`
+	Seq    uint64      `json:"seq"`
+	Paid   msat.Amount `json:"paid_msat"`
+	Amount msat.Amount `json:"amount_msat"`
+	Payee  string      `json:"payee"`
+	Memo   string      `json:"memo,omitempty"`
+	HoldID *[16]byte   `json:"hold_id,omitempty"`
+	ReqID  *uint64     `json:"req_id,omitempty"`
+	Sig    [64]byte    `json:"sig"`
 }
 
 // AuthorizedHold is a hold the device signed: the provider may capture up
 // to Max until Expires, each capture still paid by a signed state.
 type AuthorizedHold struct {
-	ID       [16]byte            `json:"id"`
-	Provider string              `json:"provider"`
-	Max      lnwire.MilliSatoshi `json:"max_msat"`
-	Captured lnwire.MilliSatoshi `json:"captured_msat"`
-	Expires  time.Time           `json:"expires"`
+	ID       [16]byte    `json:"id"`
+	Provider string      `json:"provider"`
+	Max      msat.Amount `json:"max_msat"`
+	Captured msat.Amount `json:"captured_msat"`
+	Expires  time.Time   `json:"expires"`
 }
 
 // ChannelState is the device's durable record of one channel: the offer's
@@ -95,7 +95,7 @@ type ChannelState struct {
 	// Seq and Paid are the latest acknowledged state; Sig is the
 	// device's claim signature for it.
 	Seq  uint64
-	Paid lnwire.MilliSatoshi
+	Paid msat.Amount
 	Sig  [64]byte
 
 	Pending *PendingPayment
@@ -239,21 +239,21 @@ func NewFileStore(dir string) (*FileStore, error) {
 
 // fileState is ChannelState as stored: hex strings for keys and ids.
 type fileState struct {
-	PendingID string              `json:"pending_id"`
-	HubKey    string              `json:"hub_chan_key"`
-	Capacity  btcutil.Amount      `json:"capacity_sat"`
-	Expiry    uint32              `json:"expiry_height"`
-	MinDepth  uint32              `json:"min_depth"`
-	Funding   string              `json:"funding,omitempty"`
-	Status    ChannelStatus       `json:"status"`
-	Seq       uint64              `json:"seq"`
-	Paid      lnwire.MilliSatoshi `json:"paid_msat"`
-	Sig       string              `json:"sig,omitempty"`
-	Pending   *PendingPayment     `json:"pending,omitempty"`
-	Holds     []AuthorizedHold    `json:"holds,omitempty"`
-	CloseTx   string              `json:"close_txid,omitempty"`
-	CloseSig  string              `json:"close_partial_sig,omitempty"`
-	CloseRaw  string              `json:"close_tx,omitempty"`
+	PendingID string           `json:"pending_id"`
+	HubKey    string           `json:"hub_chan_key"`
+	Capacity  btcutil.Amount   `json:"capacity_sat"`
+	Expiry    uint32           `json:"expiry_height"`
+	MinDepth  uint32           `json:"min_depth"`
+	Funding   string           `json:"funding,omitempty"`
+	Status    ChannelStatus    `json:"status"`
+	Seq       uint64           `json:"seq"`
+	Paid      msat.Amount      `json:"paid_msat"`
+	Sig       string           `json:"sig,omitempty"`
+	Pending   *PendingPayment  `json:"pending,omitempty"`
+	Holds     []AuthorizedHold `json:"holds,omitempty"`
+	CloseTx   string           `json:"close_txid,omitempty"`
+	CloseSig  string           `json:"close_partial_sig,omitempty"`
+	CloseRaw  string           `json:"close_tx,omitempty"`
 }
 
 func toFile(c ChannelState) fileState {

@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // FuzzJournal feeds arbitrary bytes to the FileStore's journal parser (what
@@ -16,7 +16,7 @@ func FuzzJournal(f *testing.F) {
 	var journal []byte
 	for seq := uint64(1); seq <= 2; seq++ {
 		line, err := encodeJournalLine(journalRecord{State: toFile(ChannelState{
-			PendingID: [32]byte{1, 2, 3}, Seq: seq, Paid: lnwire.MilliSatoshi(1000 * seq), Status: StatusReady,
+			PendingID: [32]byte{1, 2, 3}, Seq: seq, Paid: msat.Amount(1000 * seq), Status: StatusReady,
 		})})
 		if err != nil {
 			f.Fatal(err)

@@ -5,7 +5,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 func TestFileStoreJournalCompactsAndKeepsReceipts(t *testing.T) {
@@ -21,11 +21,11 @@ func TestFileStoreJournalCompactsAndKeepsReceipts(t *testing.T) {
 	}
 	const n = 700 // several compactions
 	for seq := uint64(1); seq <= n; seq++ {
-		st.Pending = &PendingPayment{Seq: seq, Paid: lnwire.MilliSatoshi(100 * seq)}
+		st.Pending = &PendingPayment{Seq: seq, Paid: msat.Amount(100 * seq)}
 		if err := s.Save(ctx, st); err != nil {
 			t.Fatal(err)
 		}
-		st.Pending, st.Seq, st.Paid = nil, seq, lnwire.MilliSatoshi(100*seq)
+		st.Pending, st.Seq, st.Paid = nil, seq, msat.Amount(100*seq)
 		if err := s.SaveWithReceipt(ctx, st, signedReceipt(t, seq)); err != nil {
 			t.Fatal(err)
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 )
@@ -132,7 +132,7 @@ func signedReceipt(tb testing.TB, seq uint64) *channel.Receipt {
 	hub := mustKey(tb, 3)
 	r := &channel.Receipt{
 		Channel: wire.OutPoint{Hash: chainhash.Hash{5}, Index: 1}, Seq: seq,
-		Payer: "dev-1", Payee: "prov", Amount: 100, Paid: lnwire.MilliSatoshi(100 * seq),
+		Payer: "dev-1", Payee: "prov", Amount: 100, Paid: msat.Amount(100 * seq),
 		Memo: "kWh", Time: time.UnixMilli(1_700_000_000_000 + int64(seq)),
 		HubKey: [33]byte(hub.PubKey().SerializeCompressed()),
 	}

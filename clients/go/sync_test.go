@@ -9,7 +9,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -234,7 +234,7 @@ func TestForgedHubStateRefused(t *testing.T) {
 		t.Fatalf("pay: %v, want ErrForgedState", err)
 	}
 	got := deviceChannel(t, d, ch)
-	if got.Seq != 1 || got.Paid != lnwire.MilliSatoshi(1_000) {
+	if got.Seq != 1 || got.Paid != msat.Amount(1_000) {
 		t.Fatalf("device moved to seq %d paid %d", got.Seq, uint64(got.Paid))
 	}
 }

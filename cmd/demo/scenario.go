@@ -13,7 +13,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/chaincfg"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -186,7 +186,7 @@ func (w *world) price(kind string, u contracts.Usage) (contracts.Breakdown, erro
 // and starts a Device on it. earnings, when set, is the Device's own
 // count of what it earned as a provider.
 func (w *world) newPayer(name, id string, key *btcec.PrivateKey, policy m2mclient.Policy, roles []hub.Role,
-	earnings func(context.Context, uint64) (lnwire.MilliSatoshi, error)) (*payer, error) {
+	earnings func(context.Context, uint64) (msat.Amount, error)) (*payer, error) {
 
 	if id == "" {
 		d, err := w.admin.AddDevice(w.ctx, httpapi.AddDeviceRequest{PubKey: hub.PubKeyOf(key.PubKey()), Roles: roles, Owner: "demo", Kind: name})
@@ -294,7 +294,7 @@ func (w *world) meterAll(sales []sale) error {
 		}
 	}
 	want := map[*provider]map[string]bool{}
-	total := map[*provider]lnwire.MilliSatoshi{}
+	total := map[*provider]msat.Amount{}
 	for _, s := range sales {
 		b, err := w.price(s.kind, s.usage)
 		if err != nil {
@@ -331,10 +331,10 @@ func (w *world) meterAll(sales []sale) error {
 
 // awaitReceipts reads p's notices until verified receipts cover every id,
 // and returns their total and count.
-func awaitReceipts(p *provider, ids map[string]bool) (lnwire.MilliSatoshi, int, error) {
+func awaitReceipts(p *provider, ids map[string]bool) (msat.Amount, int, error) {
 	timeout := time.After(20 * time.Second)
 	left := len(ids)
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	n := 0
 	for left > 0 {
 		select {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -21,7 +21,7 @@ import (
 // one meter value every 10 seconds of simulated time (0.03 kWh each), under
 // a hold of evHoldMax.
 const (
-	evHoldMax      = lnwire.MilliSatoshi(10_000_000)
+	evHoldMax      = msat.Amount(10_000_000)
 	evMeterEvery   = 10 * time.Second
 	evMeterValues  = 270 // 45 minutes
 	evKWhPerReport = "0.03"
@@ -69,15 +69,15 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	prosumer := []hub.Role{hub.RolePayer, hub.RoleProvider}
 	var hhA, hhB *payer
 	hhA, err = w.newPayer("household-a", "", mustKey(), small, prosumer,
-		func(context.Context, uint64) (lnwire.MilliSatoshi, error) {
-			return lnwire.MilliSatoshi(hhA.part.EarnedMsat), nil
+		func(context.Context, uint64) (msat.Amount, error) {
+			return msat.Amount(hhA.part.EarnedMsat), nil
 		})
 	if err != nil {
 		return err
 	}
 	hhB, err = w.newPayer("household-b", "", mustKey(), small, prosumer,
-		func(context.Context, uint64) (lnwire.MilliSatoshi, error) {
-			return lnwire.MilliSatoshi(hhB.part.EarnedMsat), nil
+		func(context.Context, uint64) (msat.Amount, error) {
+			return msat.Amount(hhB.part.EarnedMsat), nil
 		})
 	if err != nil {
 		return err

@@ -17,7 +17,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -129,7 +129,7 @@ func newFakeSettlement(tb testing.TB, receipts int) *fakeSettlement {
 	for i := range receipts {
 		r := &channel.Receipt{
 			Channel: wire.OutPoint{Hash: chainhash.Hash{byte(i + 1)}}, Seq: uint64(i + 1),
-			Payer: fmt.Sprintf("car-%d", i), Payee: "gantry-7", Amount: 2_000, Paid: lnwire.MilliSatoshi(2_000 * (i + 1)),
+			Payer: fmt.Sprintf("car-%d", i), Payee: "gantry-7", Amount: 2_000, Paid: msat.Amount(2_000 * (i + 1)),
 			Time: t0.Add(time.Duration(i) * time.Minute),
 		}
 		if err := r.Sign(hubTestKey()); err != nil {

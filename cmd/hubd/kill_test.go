@@ -22,7 +22,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -259,7 +259,7 @@ type trialResult struct {
 func (r *killRun) pay(ctx context.Context, d *m2mclient.Device, rng *rand.Rand, mu *sync.Mutex, res *trialResult) {
 	for ctx.Err() == nil {
 		mu.Lock()
-		amt := lnwire.MilliSatoshi(1 + rng.IntN(5_000))
+		amt := msat.Amount(1 + rng.IntN(5_000))
 		mu.Unlock()
 		rc, err := d.Pay(ctx, r.chanID, r.provID, amt, "")
 		var ce *m2mclient.ChannelError
@@ -391,7 +391,7 @@ func (r *killRun) verifyStore(ctx context.Context, trial int) (stored uint64, un
 	if uint64(len(raw)) != rec.Seq {
 		fail("%d receipts stored for seq %d", len(raw), rec.Seq)
 	}
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	for i, b := range raw {
 		var rc channel.Receipt
 		if err := rc.UnmarshalBinary(b); err != nil {

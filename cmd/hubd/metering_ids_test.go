@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -41,7 +41,7 @@ func TestUsageIDsPerProvider(t *testing.T) {
 	charged := func(t *testing.T, p *meterProvider, events int) {
 		t.Helper()
 		h.drained(t, ctx)
-		if in := h.income(t, ctx, p.id); in.Events != events || in.Unpaid != lnwire.MilliSatoshi(events)*1000 {
+		if in := h.income(t, ctx, p.id); in.Events != events || in.Unpaid != msat.Amount(events)*1000 {
 			t.Fatalf("%s: %d charges (%d msat unpaid), want %d", p.id, in.Events, in.Unpaid, events)
 		}
 	}

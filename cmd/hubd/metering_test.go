@@ -18,7 +18,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -375,7 +375,7 @@ func (h *meterHub) fund(t *testing.T, ctx context.Context, capacity btcutil.Amou
 // provider its receipt as soon as the payment is stored, which can be
 // before the paying device has read its PayAck: a test that checks the
 // payer right after the receipt waits here for that acknowledgement.
-func (py *payer) paid(t *testing.T) lnwire.MilliSatoshi {
+func (py *payer) paid(t *testing.T) msat.Amount {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -557,7 +557,7 @@ func TestMeteringEndToEnd(t *testing.T) {
 	type charge struct {
 		prov   *meterProvider
 		events []metering.Event
-		total  lnwire.MilliSatoshi
+		total  msat.Amount
 	}
 	var uses []charge
 
@@ -614,7 +614,7 @@ func TestMeteringEndToEnd(t *testing.T) {
 		for _, c := range []struct {
 			hh   *payer
 			from string
-			amt  lnwire.MilliSatoshi
+			amt  msat.Amount
 		}{{hhA, bID, 308_000}, {hhB, aID, 154_000}} {
 			select {
 			case r := <-c.hh.prov.Receipts():
@@ -668,12 +668,12 @@ func TestMeteringEndToEnd(t *testing.T) {
 
 	t.Run("ConservationToTheMsat", func(t *testing.T) {
 		h.drained(t, ctx)
-		var paid, earned, fees lnwire.MilliSatoshi
+		var paid, earned, fees msat.Amount
 		for _, py := range payers {
 			paid += py.paid(t)
 		}
 		seen := map[string]bool{}
-		var want lnwire.MilliSatoshi
+		var want msat.Amount
 		for _, u := range uses {
 			want += u.total
 			if seen[u.prov.id] {
@@ -884,9 +884,9 @@ func TestMeteringEndToEnd(t *testing.T) {
 
 // assertPaid checks that receipts, already verified by the client (hub
 // signature, payee, events root), name contract and pay total.
-func assertPaid(t *testing.T, rs []m2mclient.Receipt, contract string, total lnwire.MilliSatoshi) {
+func assertPaid(t *testing.T, rs []m2mclient.Receipt, contract string, total msat.Amount) {
 	t.Helper()
-	var sum lnwire.MilliSatoshi
+	var sum msat.Amount
 	for _, r := range rs {
 		if hex.EncodeToString(r.Contract[:]) != contract {
 			t.Fatalf("receipt for contract %x, want %s", r.Contract, contract)

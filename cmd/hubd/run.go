@@ -16,6 +16,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -175,7 +176,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		MinDepth:       cfg.Channels.MinDepth,
 		MinExpiryDelta: cfg.Channels.MinExpiryDelta,
 		SafetyMargin:   cfg.Channels.SafetyMargin,
-		CreditLimit:    lnwire.MilliSatoshi(cfg.Channels.CreditLimitMsat),
+		CreditLimit:    msat.Amount(cfg.Channels.CreditLimitMsat),
 		PollInterval:   cfg.Channels.PollInterval,
 		PayObserver:    meter,
 	})

@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -143,7 +143,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	defer meter.Close()
 	billing, err := m2mbilling.New(m2mbilling.Config{Holds: prov, Meter: meter, Contract: contract,
-		MeterKeys: cfg.meterKeys, HoldMsat: lnwire.MilliSatoshi(o.holdMsat), Logger: log})
+		MeterKeys: cfg.meterKeys, HoldMsat: msat.Amount(o.holdMsat), Logger: log})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -66,8 +66,8 @@ const (
 
 type chanState struct {
 	seq     uint64
-	paid    lnwire.MilliSatoshi
-	owed    lnwire.MilliSatoshi
+	paid    msat.Amount
+	owed    msat.Amount
 	updated time.Time
 	sig     [64]byte
 }
@@ -88,8 +88,8 @@ func decodeState(b []byte) (chanState, error) {
 	}
 	s := chanState{
 		seq:     binary.BigEndian.Uint64(b[stSeq:]),
-		paid:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stPaid:])),
-		owed:    lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[stOwed:])),
+		paid:    msat.Amount(binary.BigEndian.Uint64(b[stPaid:])),
+		owed:    msat.Amount(binary.BigEndian.Uint64(b[stOwed:])),
 		updated: record.FromUnixNano(int64(binary.BigEndian.Uint64(b[stUpdated:]))),
 	}
 	copy(s.sig[:], b[stSig:])
@@ -107,7 +107,7 @@ const (
 	holdStLen  = hsChannel + opKeyLen
 )
 
-func encodeHoldState(h hub.Hold, captured lnwire.MilliSatoshi) []byte {
+func encodeHoldState(h hub.Hold, captured msat.Amount) []byte {
 	b := make([]byte, holdStLen)
 	if h.Status == hub.HoldActive {
 		b[hsActive] = 1
@@ -120,7 +120,7 @@ func encodeHoldState(h hub.Hold, captured lnwire.MilliSatoshi) []byte {
 
 // capture returns the hold state with amount more captured, or an error
 // wrapping hub.ErrHoldConflict. It only reads hs.
-func capture(hs, op []byte, id []byte, amount lnwire.MilliSatoshi) ([]byte, error) {
+func capture(hs, op []byte, id []byte, amount msat.Amount) ([]byte, error) {
 	if len(hs) != holdStLen {
 		return nil, fmt.Errorf("boltstore: hold state is %d bytes, want %d", len(hs), holdStLen)
 	}
@@ -455,7 +455,7 @@ func putReceipt(tx *bolt.Tx, rkey, receipt []byte) error {
 
 // ApplyOwed raises a channel's Owed (and a hold's Captured) by amount; see
 // hub.ChannelStore for the errors.
-func (s *Store) ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit lnwire.MilliSatoshi) error {
+func (s *Store) ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit msat.Amount) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -563,7 +563,7 @@ func (s *Store) PutHold(ctx context.Context, h hub.Hold) error {
 			if len(old) != holdStLen {
 				return fmt.Errorf("boltstore: hold %x state is %d bytes", id, len(old))
 			}
-			captured = lnwire.MilliSatoshi(binary.BigEndian.Uint64(old[hsCaptured:]))
+			captured = msat.Amount(binary.BigEndian.Uint64(old[hsCaptured:]))
 			if oldIdx := append(bytes.Clone(old[hsChannel:]), id...); !bytes.Equal(oldIdx, newIdx) {
 				if err := idx.Delete(oldIdx); err != nil {
 					return err
@@ -597,7 +597,7 @@ func readHold(tx *bolt.Tx, id []byte) (hub.Hold, error) {
 	if len(st) != holdStLen {
 		return h, fmt.Errorf("boltstore: hold %x state is %d bytes", id, len(st))
 	}
-	h.Captured = lnwire.MilliSatoshi(binary.BigEndian.Uint64(st[hsCaptured:]))
+	h.Captured = msat.Amount(binary.BigEndian.Uint64(st[hsCaptured:]))
 	return h, nil
 }
 

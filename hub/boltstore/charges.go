@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -91,7 +91,7 @@ type owedChannel struct {
 // wrapping hub.ErrInvalid, writing nothing, when a charge lacks a provider
 // or event id, names an unknown status, has a fee above its amount, or has
 // a zero byte in its provider or payer.
-func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit lnwire.MilliSatoshi) ([]hub.ChargeResult, error) {
+func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit msat.Amount) ([]hub.ChargeResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

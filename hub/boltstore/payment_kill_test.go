@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/storetest"
@@ -118,7 +118,7 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 // killPayment is the update the child sends for seq: derived from the seq
 // alone, so the parent can check what was stored.
 func killPayment(c hub.ChannelRecord, seq uint64) hub.PaymentUpdate {
-	return storetest.Payment(c.Funding, seq, lnwire.MilliSatoshi(seq*1_000))
+	return storetest.Payment(c.Funding, seq, msat.Amount(seq*1_000))
 }
 
 // TestChildPayer is the child side of TestKillNineKeepsAcknowledgedPayments;

@@ -11,7 +11,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -27,7 +27,7 @@ type benchChannel struct {
 	out  *channel.Output
 	op   btcwire.OutPoint
 	seq  uint64
-	paid lnwire.MilliSatoshi
+	paid msat.Amount
 	// sig is the device signature for floor(paid/1000) sat: the claim
 	// sighash does not commit to seq or to the sub-satoshi part, so it
 	// changes once every 1000 one-msat payments and signing stays out of

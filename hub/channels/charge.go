@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -37,7 +37,7 @@ type chargeBook struct {
 
 // CreditLimit is the per-channel bound on service given on credit
 // (invariant I1); charging records charges against it.
-func (c *Manager) CreditLimit() lnwire.MilliSatoshi { return c.cfg.CreditLimit }
+func (c *Manager) CreditLimit() msat.Amount { return c.cfg.CreditLimit }
 
 // PayerChannel returns the ready channel of payer with the most free
 // capacity, where its charges are recorded. It returns an error wrapping
@@ -49,7 +49,7 @@ func (c *Manager) PayerChannel(ctx context.Context, payer string) (btcwire.OutPo
 	}
 	var (
 		best     btcwire.OutPoint
-		bestFree lnwire.MilliSatoshi
+		bestFree msat.Amount
 		found    bool
 	)
 	for _, r := range recs {
@@ -77,7 +77,7 @@ func (c *Manager) PayerChannel(ctx context.Context, payer string) (btcwire.OutPo
 // the channel is ready to take payments. Charging uses it after a restart
 // to tell reloaded owed charges that were paid from those still owed. It
 // returns an error wrapping ErrNotFound for an unknown channel.
-func (c *Manager) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error) {
+func (c *Manager) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (msat.Amount, bool, error) {
 	e, err := c.entry(ctx, op)
 	if err != nil {
 		return 0, false, err

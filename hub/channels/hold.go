@@ -9,7 +9,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -31,7 +31,7 @@ type captureReq struct {
 	id       uint64
 	holdID   [16]byte
 	provider string
-	amount   lnwire.MilliSatoshi
+	amount   msat.Amount
 	// onCredit is set once the timer charged the capture on credit; a
 	// late Pay for it then settles the credit instead of capturing again.
 	onCredit bool

@@ -16,6 +16,7 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -70,7 +71,7 @@ const (
 	DefaultMinCapacity     = 10_000     // sat
 	DefaultMaxCapacity     = 16_777_215 // sat, the classic Lightning channel bound
 	DefaultSafetyMargin    = 36         // blocks: six hours to get a claim mined
-	DefaultCreditLimit     = lnwire.MilliSatoshi(10_000)
+	DefaultCreditLimit     = msat.Amount(10_000)
 	DefaultMaxPendingOpens = 3
 	DefaultMaxHoldDuration = 24 * time.Hour
 	DefaultCaptureTimeout  = 10 * time.Second
@@ -119,7 +120,7 @@ type Config struct {
 	SafetyMargin uint32
 	// CreditLimit bounds service charged on credit per channel
 	// (invariant I1): captures the device did not sign in time.
-	CreditLimit lnwire.MilliSatoshi
+	CreditLimit msat.Amount
 	// MaxPendingOpens bounds a device's offered, unfunded channels.
 	MaxPendingOpens int
 	// MaxHoldDuration bounds how far in the future a hold may expire.
@@ -335,7 +336,7 @@ type chanEntry struct {
 	holds map[[16]byte]*hub.Hold
 	// asked is, per hold, what captures have asked the device for and
 	// it has neither paid nor been charged on credit for.
-	asked map[[16]byte]lnwire.MilliSatoshi
+	asked map[[16]byte]msat.Amount
 	// reqs are the PaymentRequests sent for captures, by id, until the
 	// device pays them (or pays the credit they were charged on).
 	reqs map[uint64]*captureReq
@@ -344,8 +345,8 @@ type chanEntry struct {
 }
 
 // reserved is the capacity held by active holds other than except.
-func (e *chanEntry) reserved(except *[16]byte) lnwire.MilliSatoshi {
-	var sum lnwire.MilliSatoshi
+func (e *chanEntry) reserved(except *[16]byte) msat.Amount {
+	var sum msat.Amount
 	for id, h := range e.holds {
 		if except != nil && id == *except {
 			continue
@@ -361,7 +362,7 @@ func (e *chanEntry) state() channel.State {
 }
 
 // free is what a new payment or hold may still use.
-func (e *chanEntry) free() lnwire.MilliSatoshi {
+func (e *chanEntry) free() msat.Amount {
 	used := e.rec.Paid + e.rec.Owed + e.reserved(nil)
 	max := e.out.Params().MaxPaid()
 	if used >= max {
@@ -407,7 +408,7 @@ func (c *Manager) newEntry(ctx context.Context, rec hub.ChannelRecord) (*chanEnt
 		return nil, err
 	}
 	e := &chanEntry{rec: rec, out: out, holds: map[[16]byte]*hub.Hold{},
-		asked: map[[16]byte]lnwire.MilliSatoshi{}, reqs: map[uint64]*captureReq{}}
+		asked: map[[16]byte]msat.Amount{}, reqs: map[uint64]*captureReq{}}
 	holds, err := c.store.Holds(ctx, rec.Funding)
 	if err != nil {
 		return nil, fmt.Errorf("hub: holds of %v: %w", rec.Funding, err)
@@ -480,13 +481,13 @@ func (c *Manager) Channel(ctx context.Context, op btcwire.OutPoint) (hub.Channel
 // Exposure is what the hub stands to lose if every device vanished now.
 type Exposure struct {
 	// Owed is service given on credit, not covered by any signature.
-	Owed lnwire.MilliSatoshi `json:"owed_msat"`
+	Owed msat.Amount `json:"owed_msat"`
 	// Credit is the sub-satoshi part of every channel's Paid: charged,
 	// acknowledged, but not claimable on chain.
-	Credit lnwire.MilliSatoshi `json:"credit_msat"`
+	Credit msat.Amount `json:"credit_msat"`
 	// Reserved is capacity held by active holds. It is not at risk
 	// itself; it is what providers may still deliver against.
-	Reserved lnwire.MilliSatoshi `json:"reserved_msat"`
+	Reserved msat.Amount `json:"reserved_msat"`
 	// Channels counts the open (ready or frozen) channels.
 	Channels int `json:"channels"`
 }

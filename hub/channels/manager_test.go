@@ -11,6 +11,7 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -27,8 +28,8 @@ func TestPayOK(t *testing.T) {
 	prov := h.Enrol(hub.RoleProvider)
 	c := payer.Open(f, 100_000, chantest.TestHeight+500)
 
-	var total lnwire.MilliSatoshi
-	for i, amt := range []lnwire.MilliSatoshi{1_500, 250, 1_000_000, 1} {
+	var total msat.Amount
+	for i, amt := range []msat.Amount{1_500, 250, 1_000_000, 1} {
 		ack := payer.Pay(c, amt, prov.ID)
 		total += amt
 		var r channel.Receipt

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
@@ -15,7 +15,7 @@ import (
 type PayObserver interface {
 	// PaymentAccepted is called once a payment is durable and its
 	// acknowledgement built; d is the time Pay took.
-	PaymentAccepted(amount lnwire.MilliSatoshi, d time.Duration)
+	PaymentAccepted(amount msat.Amount, d time.Duration)
 	// PaymentRefused is called with the refusal's wire code, "internal"
 	// for a failure that is not a refusal.
 	PaymentRefused(code string)

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2/schnorr"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -250,7 +250,7 @@ func (c *Manager) allow(deviceID string) bool {
 }
 
 // remainingCredit is how much more a channel may be charged on credit.
-func (c *Manager) remainingCredit(e *chanEntry) lnwire.MilliSatoshi {
+func (c *Manager) remainingCredit(e *chanEntry) msat.Amount {
 	if e.rec.Owed >= c.cfg.CreditLimit {
 		return 0
 	}

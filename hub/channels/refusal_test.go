@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -30,13 +30,13 @@ func payingPair(t *testing.T, mod func(*channels.Config)) (*chantest.Harness, *c
 func authorizeHold(t *testing.T, payer, prov *chantest.Device, c *chantest.Channel, id [16]byte, max uint64) {
 	t.Helper()
 	expires := uint64(time.Now().Add(time.Hour).Unix())
-	prov.Send(&wire.HoldRequest{HoldID: id, Payer: payer.ID, Max: lnwire.MilliSatoshi(max), Expires: expires})
+	prov.Send(&wire.HoldRequest{HoldID: id, Payer: payer.ID, Max: msat.Amount(max), Expires: expires})
 	chantest.Expect[*wire.HoldRequest](payer)
-	sig, err := channel.SignHold(payer.Key, id, c.Op, prov.ID, lnwire.MilliSatoshi(max), expires)
+	sig, err := channel.SignHold(payer.Key, id, c.Op, prov.ID, msat.Amount(max), expires)
 	if err != nil {
 		t.Fatal(err)
 	}
-	payer.Send(&wire.HoldAuthorize{HoldID: id, ChanID: c.Op, Provider: prov.ID, Max: lnwire.MilliSatoshi(max), Expires: expires, Sig: sig})
+	payer.Send(&wire.HoldAuthorize{HoldID: id, ChanID: c.Op, Provider: prov.ID, Max: msat.Amount(max), Expires: expires, Sig: sig})
 	if res := chantest.Expect[*wire.HoldResult](prov); res.Status != wire.HoldAuthorized {
 		t.Fatalf("hold result %+v", res)
 	}

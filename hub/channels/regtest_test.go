@@ -11,7 +11,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -144,8 +144,8 @@ func TestRegtestOpenPayClaim(t *testing.T) {
 		t.Fatalf("ready for %v", ready.Outpoint)
 	}
 	c := &chantest.Channel{Op: op, Out: out, Pend: off.PendingID}
-	var paid lnwire.MilliSatoshi
-	for _, amt := range []lnwire.MilliSatoshi{12_345_678, 1_000, 999, 40_000_000} {
+	var paid msat.Amount
+	for _, amt := range []msat.Amount{12_345_678, 1_000, 999, 40_000_000} {
 		payer.Pay(c, amt, prov.ID)
 		chantest.Expect[*wire.ReceiptNotice](prov)
 		paid += amt

@@ -8,7 +8,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -196,7 +196,7 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		if !ok {
 			return nil, fmt.Errorf("hub: rollover of %v: hub key does not derive from the identity key", rec.Funding)
 		}
-		late := lnwire.MilliSatoshi(0)
+		late := msat.Amount(0)
 		if rec.Paid > p.PaidAtCut {
 			late = rec.Paid - p.PaidAtCut
 		}

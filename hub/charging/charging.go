@@ -10,7 +10,7 @@ import (
 
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
@@ -48,7 +48,7 @@ const (
 // Defaults for Config.
 const (
 	DefaultFlushInterval  = 20 * time.Millisecond
-	DefaultFlushThreshold = lnwire.MilliSatoshi(1_000_000)
+	DefaultFlushThreshold = msat.Amount(1_000_000)
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultDeviceTTL      = time.Second
 	// MaxSecurityWindow bounds the event times kept per device and per
@@ -86,7 +86,7 @@ type Outcome struct {
 	metering.Outcome
 	// Status and Amount describe the recorded charge.
 	Status hub.ChargeStatus
-	Amount lnwire.MilliSatoshi
+	Amount msat.Amount
 }
 
 // Channels is what charging needs from the channel manager.
@@ -94,7 +94,7 @@ type Outcome struct {
 type Channels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
-	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (lnwire.MilliSatoshi, bool, error)
+	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (msat.Amount, bool, error)
 	RequestPayment(ctx context.Context, r hub.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
 }
@@ -138,7 +138,7 @@ type Config struct {
 	// requests; FlushThreshold flushes a payer earlier once that much is
 	// owed to one provider.
 	FlushInterval  time.Duration
-	FlushThreshold lnwire.MilliSatoshi
+	FlushThreshold msat.Amount
 	// RequestTimeout is how long a payment request waits for the device
 	// before its charges are left on credit and the provider told.
 	RequestTimeout time.Duration

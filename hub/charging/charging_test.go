@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -78,7 +78,7 @@ type chargeEnv struct {
 
 var chargeStart = time.Date(2026, 6, 10, 12, 0, 0, 0, time.UTC)
 
-func newChargeEnv(t *testing.T, credit lnwire.MilliSatoshi) *chargeEnv {
+func newChargeEnv(t *testing.T, credit msat.Amount) *chargeEnv {
 	t.Helper()
 	f := chantest.NewFakeChain(chantest.TestHeight)
 	h := chantest.NewHarness(t, f, func(c *channels.Config) { c.CreditLimit = credit })
@@ -154,7 +154,7 @@ func (env *chargeEnv) charge(evs ...charging.Usage) []charging.Outcome {
 
 // payRequest flushes, reads the payment request the payer gets, pays it
 // and returns the receipt the provider was published.
-func (env *chargeEnv) payRequest(want lnwire.MilliSatoshi) (*wire.PaymentRequest, channel.Receipt, []string) {
+func (env *chargeEnv) payRequest(want msat.Amount) (*wire.PaymentRequest, channel.Receipt, []string) {
 	env.t.Helper()
 	env.chg.Flush(context.Background())
 	req := chantest.Expect[*wire.PaymentRequest](env.payer)
@@ -204,7 +204,7 @@ func TestChargingKinds(t *testing.T) {
 	chantest.CheckLeaks(t)
 	tests := []struct {
 		kind       string
-		total, fee lnwire.MilliSatoshi
+		total, fee msat.Amount
 	}{
 		// The figures of contracts' TestExampleUsage (docs/contracts.md),
 		// except bandwidth: the hub counts the volume itself, so the
@@ -236,7 +236,7 @@ func TestChargingKinds(t *testing.T) {
 	t.Run("bandwidth", func(t *testing.T) {
 		env := newChargeEnv(t, 100_000_000)
 		k := env.publish("bandwidth")
-		var want lnwire.MilliSatoshi
+		var want msat.Amount
 		var evs []charging.Usage
 		for i, cum := range []string{"0", "20", "40"} {
 			ev := env.event(k, "bandwidth", "bw-"+string(rune('a'+i)))
@@ -250,7 +250,7 @@ func TestChargingKinds(t *testing.T) {
 			evs = append(evs, ev)
 		}
 		out := env.charge(evs...)
-		var sum lnwire.MilliSatoshi
+		var sum msat.Amount
 		for _, o := range out {
 			sum += o.Amount
 		}
@@ -262,7 +262,7 @@ func TestChargingKinds(t *testing.T) {
 	t.Run("conditional_release", func(t *testing.T) {
 		for name, tc := range map[string]struct {
 			readings []string
-			total    lnwire.MilliSatoshi
+			total    msat.Amount
 		}{
 			"Release": {[]string{"4.5", "5.1", "6.0", "7.9"}, 27_500_000},
 			"Penalty": {[]string{"4.5", "5.1", "8.3", "6.0"}, 5_500_000},

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Income sums a provider's charges recorded in [From, To).
@@ -18,18 +18,18 @@ type Income struct {
 	Events int `json:"events"`
 	// Earned is what paid charges bring the provider (amount − fee);
 	// Fees is the hub's part of them.
-	Earned lnwire.MilliSatoshi `json:"earned_msat"`
-	Fees   lnwire.MilliSatoshi `json:"fees_msat"`
+	Earned msat.Amount `json:"earned_msat"`
+	Fees   msat.Amount `json:"fees_msat"`
 	// Owed is the provider's part of charges the payer has not paid yet;
 	// Held the amounts held for conditional releases still open; Unpaid
 	// the charges nobody will pay (no channel, credit limit).
-	Owed   lnwire.MilliSatoshi `json:"owed_msat"`
-	Held   lnwire.MilliSatoshi `json:"held_msat"`
-	Unpaid lnwire.MilliSatoshi `json:"unpaid_msat"`
+	Owed   msat.Amount `json:"owed_msat"`
+	Held   msat.Amount `json:"held_msat"`
+	Unpaid msat.Amount `json:"unpaid_msat"`
 	// Withheld is what conditional releases kept back from their holds
 	// under their contracts (a shipment out of range refunded): not
 	// unpaid, since nobody owes it.
-	Withheld lnwire.MilliSatoshi `json:"withheld_msat"`
+	Withheld msat.Amount `json:"withheld_msat"`
 }
 
 // IncomeOf sums charges by status. It is pure, so the admin API and tests

@@ -1,7 +1,7 @@
 package charging
 
 import (
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
@@ -13,7 +13,7 @@ import (
 type Observer interface {
 	// EventCharged is called for every event recorded now, with its
 	// contract's kind, the charge's status and amount.
-	EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount lnwire.MilliSatoshi)
+	EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount msat.Amount)
 	// EventDuplicate is called for every event recorded before.
 	EventDuplicate()
 	// EventRejected is called with the Reject… reason of every event

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -55,7 +55,7 @@ type payKey struct {
 type payGroup struct {
 	key    payKey
 	ids    []string
-	amount lnwire.MilliSatoshi
+	amount msat.Amount
 	// reqID and sent are set once requested; retry is when an offline
 	// payer is asked again.
 	reqID uint64

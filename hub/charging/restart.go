@@ -8,7 +8,7 @@ import (
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 
 	"github.com/m2mhub/m2mhub/contracts"
@@ -81,7 +81,7 @@ func (c *Service) reloadOwed(ctx context.Context) {
 	}
 	c.pay.Lock()
 	queued := map[string]bool{}
-	queuedOn := map[btcwire.OutPoint]lnwire.MilliSatoshi{} // raised Owed already
+	queuedOn := map[btcwire.OutPoint]msat.Amount{} // raised Owed already
 	for _, g := range c.pending {
 		for _, id := range g.ids {
 			queued[g.key.provider+"\x00"+id] = true
@@ -114,7 +114,7 @@ func (c *Service) reloadOwed(ctx context.Context) {
 		}
 		// Charges recorded since the start raised Owed too.
 		owed -= min(owed, queuedOn[op])
-		var sum lnwire.MilliSatoshi
+		var sum msat.Amount
 		for _, ch := range list {
 			sum += ch.Amount
 		}

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
@@ -51,7 +51,7 @@ func (env *chargeEnv) bandwidthEvent(k *contracts.Contract, id, mb string) charg
 }
 
 // priceAt is what a bandwidth event costs after cum MB in its window.
-func priceAt(t *testing.T, k *contracts.Contract, ev charging.Usage, cum string) lnwire.MilliSatoshi {
+func priceAt(t *testing.T, k *contracts.Contract, ev charging.Usage, cum string) msat.Amount {
 	t.Helper()
 	u := ev.Usage
 	u.Device, u.Provider, u.EventTime, u.CumulativeMB = ev.Payer, ev.Provider, ev.Time, contracts.MustDec(cum)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -48,13 +48,13 @@ type ChannelView struct {
 	// Paid is the device's cumulative payment to the hub; Owed service
 	// charged on credit; Balance what is still the device's
 	// (capacity − paid − owed).
-	Paid     lnwire.MilliSatoshi `json:"paid_msat"`
-	Owed     lnwire.MilliSatoshi `json:"owed_msat"`
-	Balance  lnwire.MilliSatoshi `json:"balance_msat"`
-	MinDepth uint32              `json:"min_depth"`
-	CloseTx  string              `json:"close_txid,omitempty"`
-	Created  time.Time           `json:"created"`
-	Updated  time.Time           `json:"updated"`
+	Paid     msat.Amount `json:"paid_msat"`
+	Owed     msat.Amount `json:"owed_msat"`
+	Balance  msat.Amount `json:"balance_msat"`
+	MinDepth uint32      `json:"min_depth"`
+	CloseTx  string      `json:"close_txid,omitempty"`
+	Created  time.Time   `json:"created"`
+	Updated  time.Time   `json:"updated"`
 }
 
 func channelView(r hub.ChannelRecord) ChannelView {
@@ -66,7 +66,7 @@ func channelView(r hub.ChannelRecord) ChannelView {
 	if r.Funding != (wire.OutPoint{}) {
 		v.Outpoint = r.Funding.String()
 	}
-	if c := lnwire.NewMSatFromSatoshis(r.Capacity); c > r.Paid+r.Owed {
+	if c := msat.FromSatoshis(r.Capacity); c > r.Paid+r.Owed {
 		v.Balance = c - r.Paid - r.Owed
 	}
 	if r.CloseTx != nil {
@@ -93,17 +93,17 @@ type ExpiringView struct {
 
 // HoldView is a hold as the API shows it.
 type HoldView struct {
-	ID        string              `json:"id"`
-	Channel   string              `json:"channel"`
-	DeviceID  string              `json:"device_id"`
-	Provider  string              `json:"provider"`
-	Max       lnwire.MilliSatoshi `json:"max_msat"`
-	Captured  lnwire.MilliSatoshi `json:"captured_msat"`
-	Remaining lnwire.MilliSatoshi `json:"remaining_msat"`
-	Status    hub.HoldStatus      `json:"status"`
-	Expires   time.Time           `json:"expires"`
-	Memo      string              `json:"memo,omitempty"`
-	Created   time.Time           `json:"created"`
+	ID        string         `json:"id"`
+	Channel   string         `json:"channel"`
+	DeviceID  string         `json:"device_id"`
+	Provider  string         `json:"provider"`
+	Max       msat.Amount    `json:"max_msat"`
+	Captured  msat.Amount    `json:"captured_msat"`
+	Remaining msat.Amount    `json:"remaining_msat"`
+	Status    hub.HoldStatus `json:"status"`
+	Expires   time.Time      `json:"expires"`
+	Memo      string         `json:"memo,omitempty"`
+	Created   time.Time      `json:"created"`
 }
 
 func holdView(h hub.Hold) HoldView {

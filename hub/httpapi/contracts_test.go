@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
@@ -106,7 +106,7 @@ func TestContracts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.Events != 2 || in.Earned != lnwire.MilliSatoshi(59_700) || in.Fees != 300 || in.Unpaid != 40_000 {
+	if in.Events != 2 || in.Earned != msat.Amount(59_700) || in.Fees != 300 || in.Unpaid != 40_000 {
 		t.Fatalf("income %+v", in)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -34,17 +34,17 @@ const (
 // ReceiptView is one receipt as the receipt list shows it; Receipt is its
 // binary encoding in hex, what hubctl receipt verify reads.
 type ReceiptView struct {
-	ID         HexHash             `json:"id"`
-	Channel    string              `json:"channel"`
-	Seq        uint64              `json:"seq"`
-	Payer      string              `json:"payer"`
-	Payee      string              `json:"payee"`
-	Amount     lnwire.MilliSatoshi `json:"amount_msat"`
-	Paid       lnwire.MilliSatoshi `json:"paid_msat"`
-	Time       time.Time           `json:"time"`
-	EventCount uint32              `json:"events"`
-	Memo       string              `json:"memo,omitempty"`
-	Receipt    string              `json:"receipt"`
+	ID         HexHash     `json:"id"`
+	Channel    string      `json:"channel"`
+	Seq        uint64      `json:"seq"`
+	Payer      string      `json:"payer"`
+	Payee      string      `json:"payee"`
+	Amount     msat.Amount `json:"amount_msat"`
+	Paid       msat.Amount `json:"paid_msat"`
+	Time       time.Time   `json:"time"`
+	EventCount uint32      `json:"events"`
+	Memo       string      `json:"memo,omitempty"`
+	Receipt    string      `json:"receipt"`
 }
 
 func (h *Handler) routeReceipts() {

@@ -12,7 +12,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -34,8 +34,8 @@ func TestChannelReceipts(t *testing.T) {
 	var paid uint64
 	for seq := uint64(1); seq <= 2; seq++ {
 		paid += 1_500 * seq
-		rc := channel.Receipt{Channel: op, Seq: seq, Payer: "car-1", Payee: "gantry-7", Amount: 1_500 * lnwire.MilliSatoshi(seq),
-			Paid: lnwire.MilliSatoshi(paid), Time: time.UnixMilli(1_780_000_000_000 + int64(seq)).UTC(), Memo: "toll"}
+		rc := channel.Receipt{Channel: op, Seq: seq, Payer: "car-1", Payee: "gantry-7", Amount: 1_500 * msat.Amount(seq),
+			Paid: msat.Amount(paid), Time: time.UnixMilli(1_780_000_000_000 + int64(seq)).UTC(), Memo: "toll"}
 		if err := rc.Sign(hubKey); err != nil {
 			t.Fatal(err)
 		}

@@ -14,7 +14,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -234,7 +234,7 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // PaymentAccepted counts an accepted payment and its latency.
-func (m *Metrics) PaymentAccepted(amount lnwire.MilliSatoshi, d time.Duration) {
+func (m *Metrics) PaymentAccepted(amount msat.Amount, d time.Duration) {
 	m.payments.Inc()
 	m.paidMsat.Add(float64(amount))
 	m.payDuration.Observe(d.Seconds())
@@ -247,7 +247,7 @@ func (m *Metrics) PaymentRefused(code string) { m.refused.WithLabelValues(code).
 // charge (the start of a conditional release) reserves its amount and
 // charges nothing: what the job costs is charged by its end event, so
 // counting the hold too would count the same money twice.
-func (m *Metrics) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount lnwire.MilliSatoshi) {
+func (m *Metrics) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount msat.Amount) {
 	m.eventsCharged.WithLabelValues(string(kind), string(status)).Inc()
 	if status != hub.ChargeHeld {
 		m.chargedMsat.WithLabelValues(string(kind)).Add(float64(amount))

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -35,7 +35,7 @@ import (
 // MaxAmount is the largest amount, balance or credit limit in msat the
 // Redis store accepts (about 45,000 BTC): below it, the scripts' double
 // arithmetic is exact. Larger values are refused with hub.ErrInvalid.
-const MaxAmount lnwire.MilliSatoshi = 1<<52 - 1
+const MaxAmount msat.Amount = 1<<52 - 1
 
 var (
 	//go:embed putchannel.lua
@@ -94,9 +94,9 @@ func decodeTime(s string) (time.Time, error) {
 	return time.Unix(0, n).UTC(), nil
 }
 
-func fmtMsat(m lnwire.MilliSatoshi) string { return strconv.FormatUint(uint64(m), 10) }
+func fmtMsat(m msat.Amount) string { return strconv.FormatUint(uint64(m), 10) }
 
-func checkAmounts(what string, ms ...lnwire.MilliSatoshi) error {
+func checkAmounts(what string, ms ...msat.Amount) error {
 	for _, m := range ms {
 		if m > MaxAmount {
 			return fmt.Errorf("redisstore: %w: %s: %d msat is above the store's limit of %d", hub.ErrInvalid, what, m, MaxAmount)
@@ -182,7 +182,7 @@ func decodeChannel(what string, vals []any) (hub.ChannelRecord, error) {
 	if err := errors.Join(err1, err2, err3, err4); err != nil || len(str[5]) != len(c.DeviceSig) {
 		return c, fmt.Errorf("redisstore: decode channel %s state: %v (signature %d bytes)", what, err, len(str[5]))
 	}
-	c.Seq, c.Paid, c.Owed, c.UpdatedAt = seq, lnwire.MilliSatoshi(paid), lnwire.MilliSatoshi(owed), upd
+	c.Seq, c.Paid, c.Owed, c.UpdatedAt = seq, msat.Amount(paid), msat.Amount(owed), upd
 	copy(c.DeviceSig[:], str[5])
 	return c, nil
 }
@@ -324,7 +324,7 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 
 // ApplyOwed raises a channel's Owed (and a hold's Captured) by amount; see
 // hub.ChannelStore for the errors.
-func (s *Store) ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit lnwire.MilliSatoshi) error {
+func (s *Store) ApplyOwed(ctx context.Context, op wire.OutPoint, holdID *[16]byte, amount, limit msat.Amount) error {
 	if err := checkAmounts("owed", amount); err != nil {
 		return err
 	}
@@ -423,7 +423,7 @@ func decodeHold(id string, vals []any) (hub.Hold, error) {
 	if err != nil {
 		return h, fmt.Errorf("redisstore: decode hold %s captured: %w", id, err)
 	}
-	h.Captured = lnwire.MilliSatoshi(captured)
+	h.Captured = msat.Amount(captured)
 	return h, nil
 }
 

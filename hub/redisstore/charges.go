@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -70,7 +70,7 @@ func validateCharge(c hub.Charge) error {
 // or event id, names an unknown status, has a fee above its amount or an
 // amount above MaxAmount, or has a zero byte in its provider or payer
 // (hub.Charge.Validate).
-func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit lnwire.MilliSatoshi) ([]hub.ChargeResult, error) {
+func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit msat.Amount) ([]hub.ChargeResult, error) {
 	if len(cs) == 0 {
 		return []hub.ChargeResult{}, nil
 	}

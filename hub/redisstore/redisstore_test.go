@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
@@ -362,7 +362,7 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 				if err != nil {
 					return // the server is gone
 				}
-				u := storetest.Payment(cur.Funding, cur.Seq+1, lnwire.MilliSatoshi((cur.Seq+1)*1_000))
+				u := storetest.Payment(cur.Funding, cur.Seq+1, msat.Amount((cur.Seq+1)*1_000))
 				mu.Lock()
 				tried[i] = max(tried[i], u.Seq)
 				mu.Unlock()
@@ -395,7 +395,7 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 		if got.Seq < acked[i] || got.Seq > tried[i] {
 			t.Fatalf("channel %d: stored seq %d, acknowledged %d, attempted up to %d", i, got.Seq, acked[i], tried[i])
 		}
-		if got.Paid != lnwire.MilliSatoshi(got.Seq*1_000) {
+		if got.Paid != msat.Amount(got.Seq*1_000) {
 			t.Fatalf("channel %d: paid %d at seq %d", i, got.Paid, got.Seq)
 		}
 		rs, err := s2.Receipts(ctx, c.Funding, 1, 1<<20)

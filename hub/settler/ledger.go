@@ -7,7 +7,7 @@ import (
 	"sort"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -176,8 +176,8 @@ func (s *Service) scanReceipts(ctx context.Context, keep func(hub.ChannelRecord)
 
 // paidAtCut returns a channel's cumulative Paid as of the epoch's end: the
 // Paid of its last receipt timed before End (0 when none).
-func (s *Service) paidAtCut(ctx context.Context, op btcwire.OutPoint, ep settlement.Epoch) (lnwire.MilliSatoshi, error) {
-	var paid lnwire.MilliSatoshi
+func (s *Service) paidAtCut(ctx context.Context, op btcwire.OutPoint, ep settlement.Epoch) (msat.Amount, error) {
+	var paid msat.Amount
 	for from := uint64(1); ; {
 		page, err := s.store.Receipts(ctx, op, from, defaultReceiptPage)
 		if err != nil {

@@ -15,7 +15,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -37,7 +37,7 @@ type settleEnv struct {
 	keys    map[string]*btcec.PrivateKey         // device id → key
 	outs    map[btcwire.OutPoint]*channel.Output // channel → output, as the device knows it
 	seq     map[btcwire.OutPoint]uint64
-	paid    map[btcwire.OutPoint]lnwire.MilliSatoshi
+	paid    map[btcwire.OutPoint]msat.Amount
 	online  map[string]bool
 	payouts map[string][]byte
 	nonces  map[[66]byte][32]byte // every nonce seen (hub's and devices') → message
@@ -60,7 +60,7 @@ func newSettleEnv(t *testing.T) *settleEnv {
 	return &settleEnv{
 		t: t, h: h, revKey: rk, revenue: rev,
 		keys: map[string]*btcec.PrivateKey{}, outs: map[btcwire.OutPoint]*channel.Output{},
-		seq: map[btcwire.OutPoint]uint64{}, paid: map[btcwire.OutPoint]lnwire.MilliSatoshi{},
+		seq: map[btcwire.OutPoint]uint64{}, paid: map[btcwire.OutPoint]msat.Amount{},
 		online: map[string]bool{}, payouts: map[string][]byte{}, nonces: map[[66]byte][32]byte{},
 		done: map[string]settler.Done{},
 	}
@@ -242,7 +242,7 @@ func (e *settleEnv) openChannelAt(id string, capacity btcutil.Amount, expiry uin
 
 // pay makes a device-signed payment of amount from channel op to payee,
 // stored with its hub-signed receipt, as Channels.Pay would.
-func (e *settleEnv) pay(op btcwire.OutPoint, payer, payee string, amount lnwire.MilliSatoshi) {
+func (e *settleEnv) pay(op btcwire.OutPoint, payer, payee string, amount msat.Amount) {
 	t := e.t
 	e.mu.Lock()
 	out, key := e.outs[op], e.keys[payer]
@@ -274,7 +274,7 @@ func (e *settleEnv) pay(op btcwire.OutPoint, payer, payee string, amount lnwire.
 }
 
 // fee records a paid charge whose hub fee is fee.
-func (e *settleEnv) fee(provider, payer string, op btcwire.OutPoint, fee lnwire.MilliSatoshi) {
+func (e *settleEnv) fee(provider, payer string, op btcwire.OutPoint, fee msat.Amount) {
 	now := time.Now()
 	var id [8]byte
 	_, _ = rand.Read(id[:])

@@ -10,7 +10,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcec/v2/schnorr/musig2"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/settlement"
@@ -145,8 +145,8 @@ func sortCoopFirst(cs []settlement.ChannelInput) {
 // chanInfo is what the round needs about a channel beside the plan input.
 type chanInfo struct {
 	rec    hub.ChannelRecord
-	spent  lnwire.MilliSatoshi
-	earned lnwire.MilliSatoshi
+	spent  msat.Amount
+	earned msat.Amount
 }
 
 // planInput builds the plan input: each open channel with the part of its
@@ -198,11 +198,11 @@ func (s *Service) planInput(ctx context.Context, el *epochLedger, chans []hub.Se
 		for i, c := range cs {
 			op := c.Record.Funding
 			net := -el.spent[op]
-			ci := &chanInfo{rec: c.Record, spent: lnwire.MilliSatoshi(el.spent[op])}
+			ci := &chanInfo{rec: c.Record, spent: msat.Amount(el.spent[op])}
 			if i == 0 {
 				net += rest
 				if e := el.ledger.Balance(settlement.Provider(d)); e > 0 {
-					ci.earned = lnwire.MilliSatoshi(e)
+					ci.earned = msat.Amount(e)
 				}
 			}
 			info[op] = ci

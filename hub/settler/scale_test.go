@@ -9,7 +9,7 @@ import (
 	"github.com/btcsuite/btcd/blockchain"
 	"github.com/btcsuite/btcd/btcutil"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
@@ -86,7 +86,7 @@ func (e *settleEnv) openMany(ids []string, capacity btcutil.Amount) []btcwire.Ou
 
 // fees records, in one store call, a paid charge of fee (the hub's part)
 // for each channel.
-func (e *settleEnv) fees(provider string, ids []string, ops []btcwire.OutPoint, fee lnwire.MilliSatoshi) {
+func (e *settleEnv) fees(provider string, ids []string, ops []btcwire.OutPoint, fee msat.Amount) {
 	now := time.Now()
 	charges := make([]hub.Charge, len(ids))
 	for i := range ids {
@@ -203,7 +203,7 @@ func settleScale(t *testing.T, nCoop, nClaim int) {
 	// the hub's fee, which pays the batch's fee.
 	start = time.Now()
 	for i, id := range ids {
-		e.pay(ops[i], id, provider, lnwire.MilliSatoshi(20_000_000+i))
+		e.pay(ops[i], id, provider, msat.Amount(20_000_000+i))
 	}
 	e.fees(provider, ids, ops, 1_000_000)
 	t.Logf("%d payments stored in %v", nCoop, time.Since(start).Round(time.Millisecond))

@@ -16,7 +16,7 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/settlement"
@@ -91,7 +91,7 @@ type CosignRequest struct {
 	// Spent is what the device paid in the epoch on this channel; Earned
 	// what it earned as a provider, after fees (carried balances
 	// included).
-	Spent, Earned lnwire.MilliSatoshi
+	Spent, Earned msat.Amount
 	HubNonce      [musig2.PubNonceSize]byte
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -78,7 +78,7 @@ func BenchApplyPayment(b *testing.B, s hub.ChannelStore, channels, parallelism i
 			u := hub.PaymentUpdate{
 				Channel: chans[i].Funding,
 				Seq:     seqs[i],
-				Paid:    lnwire.MilliSatoshi(seqs[i] * 1_000),
+				Paid:    msat.Amount(seqs[i] * 1_000),
 				Receipt: receipt,
 				Time:    epoch(),
 			}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -51,7 +51,7 @@ func NewChannel(tb testing.TB, deviceID string) hub.ChannelRecord {
 }
 
 // NewHold returns an active hold of up to maxAmt on the channel funded by op.
-func NewHold(tb testing.TB, op wire.OutPoint, deviceID string, maxAmt lnwire.MilliSatoshi) hub.Hold {
+func NewHold(tb testing.TB, op wire.OutPoint, deviceID string, maxAmt msat.Amount) hub.Hold {
 	tb.Helper()
 	h := hub.Hold{
 		Channel:   op,
@@ -87,7 +87,7 @@ func Receipt(op wire.OutPoint, seq uint64) []byte {
 
 // Payment returns the update that moves the channel funded by op to seq
 // with paid msat paid, signed by a signature derived from both.
-func Payment(op wire.OutPoint, seq uint64, paid lnwire.MilliSatoshi) hub.PaymentUpdate {
+func Payment(op wire.OutPoint, seq uint64, paid msat.Amount) hub.PaymentUpdate {
 	u := hub.PaymentUpdate{
 		Channel: op,
 		Seq:     seq,

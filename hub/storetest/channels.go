@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -266,7 +266,7 @@ func testErrSeqConflict(t *testing.T, s hub.ChannelStore) {
 		errs := make([]error, n)
 		ups := make([]hub.PaymentUpdate, n)
 		for i := range n {
-			ups[i] = Payment(c.Funding, 3, lnwire.MilliSatoshi(3_000+i))
+			ups[i] = Payment(c.Funding, 3, msat.Amount(3_000+i))
 			ups[i].Receipt[len(ups[i].Receipt)-1] = byte(i)
 		}
 		start := make(chan struct{})
@@ -330,7 +330,7 @@ func testErrHoldConflict(t *testing.T, s hub.ChannelStore) {
 	cases := []struct {
 		name   string
 		hold   hub.Hold
-		amount lnwire.MilliSatoshi
+		amount msat.Amount
 	}{
 		{"MoreThanLeft", h, 1_001},
 		{"Released", released, 1},
@@ -369,9 +369,9 @@ func testHoldCapturedAccumulates(t *testing.T, s hub.ChannelStore) {
 	mustPutHold(t, s, h)
 	mustPutHold(t, s, h2)
 
-	var paid, captured lnwire.MilliSatoshi
+	var paid, captured msat.Amount
 	for seq := uint64(1); seq <= 10; seq++ {
-		amt := lnwire.MilliSatoshi(seq * 1_000)
+		amt := msat.Amount(seq * 1_000)
 		paid += amt
 		u := Payment(c.Funding, seq, paid)
 		if seq%2 == 1 {
@@ -448,7 +448,7 @@ func testErrCreditLimit(t *testing.T, s hub.ChannelStore) {
 	}
 	c.Owed, h.Captured = 600, 600
 
-	for name, amt := range map[string]lnwire.MilliSatoshi{"OneOver": 401, "Huge": 1 << 50} {
+	for name, amt := range map[string]msat.Amount{"OneOver": 401, "Huge": 1 << 50} {
 		t.Run(name, func(t *testing.T) {
 			if err := s.ApplyOwed(ctx, c.Funding, &h.ID, amt, 1_000); !errors.Is(err, hub.ErrCreditLimit) {
 				t.Fatalf("ApplyOwed(%d) with 400 left: error = %v, want ErrCreditLimit", amt, err)
@@ -502,8 +502,8 @@ func testReceiptsPaging(t *testing.T, s hub.ChannelStore) {
 	next.Funding.Index++
 	MustPutChannel(t, s, next)
 	for seq := uint64(1); seq <= n; seq++ {
-		MustApplyPayment(t, s, Payment(c.Funding, seq, lnwire.MilliSatoshi(seq*10)))
-		MustApplyPayment(t, s, Payment(next.Funding, seq, lnwire.MilliSatoshi(seq*10)))
+		MustApplyPayment(t, s, Payment(c.Funding, seq, msat.Amount(seq*10)))
+		MustApplyPayment(t, s, Payment(next.Funding, seq, msat.Amount(seq*10)))
 	}
 
 	cases := []struct {
@@ -553,7 +553,7 @@ func testReopenKeepsPayments(t *testing.T, newStore func(t *testing.T) ChannelSt
 	mustPutHold(t, s, h)
 	var last hub.PaymentUpdate
 	for seq := uint64(1); seq <= 5; seq++ {
-		last = Payment(c.Funding, seq, lnwire.MilliSatoshi(seq*1_000))
+		last = Payment(c.Funding, seq, msat.Amount(seq*1_000))
 		last.HoldID, last.Amount = &h.ID, 1_000
 		MustApplyPayment(t, s, last)
 	}
@@ -607,7 +607,7 @@ func testConservation(t *testing.T, s hub.ChannelStore) {
 			r := mrand.New(mrand.NewPCG(uint64(w), 7))
 			for range perWorker {
 				i := r.IntN(channels)
-				amt := lnwire.MilliSatoshi(1 + r.IntN(10_000))
+				amt := msat.Amount(1 + r.IntN(10_000))
 				for attempt := 0; ; attempt++ {
 					if attempt > 1000 {
 						t.Errorf("worker %d: no progress on channel %d", w, i)

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -65,7 +65,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTes
 }
 
 // noLimit is a credit limit no test reaches.
-const noLimit lnwire.MilliSatoshi = 1 << 50
+const noLimit msat.Amount = 1 << 50
 
 func testPutContractIdempotent(t *testing.T, s MeteringStoreUnderTest) {
 	ctx := context.Background()
@@ -258,10 +258,10 @@ func testOwedRaisedAtomically(t *testing.T, s MeteringStoreUnderTest) {
 		assertCharge(t, r.Stored, cs[i])
 	}
 	// Only owed charges raise Owed; paid and held ones are stored as given.
-	if got, want := MustChannel(t, s, a.Funding).Owed, lnwire.MilliSatoshi(333+1_234_567+999); got != want {
+	if got, want := MustChannel(t, s, a.Funding).Owed, msat.Amount(333+1_234_567+999); got != want {
 		t.Fatalf("channel a Owed = %d msat, want %d", got, want)
 	}
-	if got, want := MustChannel(t, s, b.Funding).Owed, lnwire.MilliSatoshi(1+1_000_000_001); got != want {
+	if got, want := MustChannel(t, s, b.Funding).Owed, msat.Amount(1+1_000_000_001); got != want {
 		t.Fatalf("channel b Owed = %d msat, want %d", got, want)
 	}
 	// The rest of the channel state is untouched.
@@ -446,7 +446,7 @@ func testChargesByProviderWindow(t *testing.T, s MeteringStoreUnderTest) {
 	// Recorded newest first, in two calls, beside another provider's
 	// charges at the same times.
 	for i := 4; i >= 0; i-- {
-		ch := NewCharge("charger-7", fmt.Sprintf("evt-%d", i), "payer-1", c.Funding, lnwire.MilliSatoshi(100+i), at(i))
+		ch := NewCharge("charger-7", fmt.Sprintf("evt-%d", i), "payer-1", c.Funding, msat.Amount(100+i), at(i))
 		other := NewCharge("charger-8", fmt.Sprintf("evt-%d", i), "payer-1", c.Funding, 1, at(i))
 		MustRecordCharges(t, s, []hub.Charge{ch, other}, noLimit)
 		mine = append([]hub.Charge{ch}, mine...)
@@ -516,7 +516,7 @@ func testConcurrentExactlyOnce(t *testing.T, s MeteringStoreUnderTest) {
 	const writers, ids, span, batchLen = 8, 400, 150, 16
 	charge := func(i int) hub.Charge {
 		c := chans[i%len(chans)]
-		return NewCharge("meter-1", fmt.Sprintf("evt-%04d", i), c.DeviceID, c.Funding, lnwire.MilliSatoshi(1000+i), epoch().Add(time.Duration(i)*time.Millisecond))
+		return NewCharge("meter-1", fmt.Sprintf("evt-%04d", i), c.DeviceID, c.Funding, msat.Amount(1000+i), epoch().Add(time.Duration(i)*time.Millisecond))
 	}
 	var (
 		wg    sync.WaitGroup
@@ -555,7 +555,7 @@ func testConcurrentExactlyOnce(t *testing.T, s MeteringStoreUnderTest) {
 	if t.Failed() {
 		return
 	}
-	want := make([]lnwire.MilliSatoshi, len(chans))
+	want := make([]msat.Amount, len(chans))
 	for i := range ids {
 		ch := charge(i)
 		if n := fresh[ch.EventID]; n != 1 {

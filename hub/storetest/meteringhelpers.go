@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -40,7 +40,7 @@ func NewContract(tb testing.TB, name string, version int, published time.Time) h
 // NewCharge returns an owed charge of amount msat (a tenth of it the hub's
 // fee) for one event of provider, paid by payer from the channel funded by
 // op, recorded at charged.
-func NewCharge(provider, eventID, payer string, op wire.OutPoint, amount lnwire.MilliSatoshi, charged time.Time) hub.Charge {
+func NewCharge(provider, eventID, payer string, op wire.OutPoint, amount msat.Amount, charged time.Time) hub.Charge {
 	return hub.Charge{
 		Provider:  provider,
 		EventID:   eventID,
@@ -77,7 +77,7 @@ func MustContract(tb testing.TB, s hub.ContractStore, h hub.Hash) hub.ContractRe
 }
 
 // MustRecordCharges records cs and checks there is one result per charge.
-func MustRecordCharges(tb testing.TB, s hub.ChargeStore, cs []hub.Charge, limit lnwire.MilliSatoshi) []hub.ChargeResult {
+func MustRecordCharges(tb testing.TB, s hub.ChargeStore, cs []hub.Charge, limit msat.Amount) []hub.ChargeResult {
 	tb.Helper()
 	res, err := s.RecordCharges(context.Background(), cs, limit)
 	if err != nil {
@@ -141,7 +141,7 @@ func BenchRecordCharges(b *testing.B, s MeteringStoreUnderTest, channels, batch,
 			}
 			c := chans[(k*batch+i)%channels]
 			cs[i] = NewCharge(fmt.Sprintf("provider-%02d", i%16), hex.EncodeToString(id), c.DeviceID, c.Funding,
-				1_000+lnwire.MilliSatoshi(i), epoch().Add(time.Duration(k*batch+i)*time.Microsecond))
+				1_000+msat.Amount(i), epoch().Add(time.Duration(k*batch+i)*time.Microsecond))
 		}
 		batches[k] = cs
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/settlement"
@@ -381,8 +381,8 @@ func paidChannels(t *testing.T, s SettlementStoreUnderTest, n int, devices ...st
 	for i := range out {
 		c := NewChannel(t, devices[i%len(devices)])
 		MustPutChannel(t, s, c)
-		MustApplyPayment(t, s, Payment(c.Funding, 1, 250_000+1000*lnwire.MilliSatoshi(i)))
-		if err := s.ApplyOwed(context.Background(), c.Funding, nil, 777+lnwire.MilliSatoshi(i), 1_000_000); err != nil {
+		MustApplyPayment(t, s, Payment(c.Funding, 1, 250_000+1000*msat.Amount(i)))
+		if err := s.ApplyOwed(context.Background(), c.Funding, nil, 777+msat.Amount(i), 1_000_000); err != nil {
 			t.Fatalf("ApplyOwed: %v", err)
 		}
 		out[i] = MustChannel(t, s, c.Funding)

@@ -25,7 +25,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -129,7 +129,7 @@ type device struct {
 	mu      sync.Mutex
 	acked   int
 	ackSeq  uint64
-	ackPaid lnwire.MilliSatoshi
+	ackPaid msat.Amount
 }
 
 type provider struct {
@@ -445,7 +445,7 @@ func (r *run) payLoop(ctx context.Context, d *device) {
 	rng := rand.New(rand.NewPCG(r.cfg.Seed, uint64(len(d.id))^uint64(d.key.PubKey().SerializeCompressed()[1])))
 	for ctx.Err() == nil {
 		p := r.provs[rng.IntN(len(r.provs))]
-		amt := lnwire.MilliSatoshi(1 + rng.IntN(5_000))
+		amt := msat.Amount(1 + rng.IntN(5_000))
 		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		rc, err := d.dev.Pay(pctx, d.ch, p.id, amt, "")
 		cancel()

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go/jetstream"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
@@ -111,7 +111,7 @@ func TestMeteringBatchSignedEndToEnd(t *testing.T) {
 	}
 	rs := collect(t, notices, len(evs), 30*time.Second)
 	seen := map[string]int{}
-	var total lnwire.MilliSatoshi
+	var total msat.Amount
 	for _, r := range rs {
 		for _, id := range r.Events {
 			seen[id]++
@@ -123,7 +123,7 @@ func TestMeteringBatchSignedEndToEnd(t *testing.T) {
 			t.Fatalf("event %s in %d receipts", e.ID, seen[e.ID])
 		}
 	}
-	if want := lnwire.MilliSatoshi(1000 * len(evs)); total != want {
+	if want := msat.Amount(1000 * len(evs)); total != want {
 		t.Fatalf("receipts pay %d msat, want %d", total, want)
 	}
 	// The same batches again (a retry): JetStream's dedup window drops

@@ -8,6 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Channel protocol message types (docs/protocol.md, "Channels"). All are
@@ -86,11 +87,11 @@ type Pay struct {
 	ChanID wire.OutPoint // record 0
 	Seq    uint64        // record 2
 	// Paid is cumulative over the channel's life.
-	Paid lnwire.MilliSatoshi // record 4
+	Paid msat.Amount // record 4
 	// Amount must equal Paid minus the previous Paid; it is redundant on
 	// purpose so a mismatch is caught.
-	Amount lnwire.MilliSatoshi // record 6
-	Payee  string              // record 8, a provider id
+	Amount msat.Amount // record 6
+	Payee  string      // record 8, a provider id
 	// Sig is the device's claim signature for State{ChanID, Seq, Paid}.
 	Sig [64]byte // record 10
 	// Memo is optional ("" = absent).

@@ -9,6 +9,7 @@ import (
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -45,8 +46,8 @@ func genSat(t *rapid.T, label string) btcutil.Amount {
 	return btcutil.Amount(rapid.Int64Range(0, btcutil.MaxSatoshi).Draw(t, label))
 }
 
-func genMsat(t *rapid.T, label string) lnwire.MilliSatoshi {
-	return lnwire.MilliSatoshi(rapid.Uint64Range(0, uint64(MaxMilliSatoshi)).Draw(t, label))
+func genMsat(t *rapid.T, label string) msat.Amount {
+	return msat.Amount(rapid.Uint64Range(0, uint64(MaxMilliSatoshi)).Draw(t, label))
 }
 
 func genPtr[T any](t *rapid.T, label string, gen func(*rapid.T, string) T) *T {

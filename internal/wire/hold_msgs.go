@@ -6,6 +6,7 @@ import (
 
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // HoldRequest asks for a pre-authorisation of up to Max until Expires. A
@@ -15,8 +16,8 @@ type HoldRequest struct {
 	// HoldID is chosen at random by the provider.
 	HoldID [16]byte // record 0
 	// Payer is the device id to charge.
-	Payer string              // record 2
-	Max   lnwire.MilliSatoshi // record 4
+	Payer string      // record 2
+	Max   msat.Amount // record 4
 	// Expires is in unix seconds.
 	Expires uint64 // record 6
 	Memo    string // record 1, optional ("" = absent)
@@ -27,11 +28,11 @@ type HoldRequest struct {
 
 // HoldAuthorize is the device's signed consent to a hold.
 type HoldAuthorize struct {
-	HoldID   [16]byte            // record 0
-	ChanID   wire.OutPoint       // record 2
-	Provider string              // record 4
-	Max      lnwire.MilliSatoshi // record 6
-	Expires  uint64              // record 8, unix seconds
+	HoldID   [16]byte      // record 0
+	ChanID   wire.OutPoint // record 2
+	Provider string        // record 4
+	Max      msat.Amount   // record 6
+	Expires  uint64        // record 8, unix seconds
 	// Sig is the device key's BIP-340 signature over
 	// channel.HoldDigest(HoldID, ChanID, Provider, Max, Expires).
 	Sig [64]byte // record 10
@@ -57,20 +58,20 @@ type HoldResult struct {
 
 // Capture charges Amount against an active hold.
 type Capture struct {
-	HoldID [16]byte            // record 0
-	Amount lnwire.MilliSatoshi // record 2
-	Memo   string              // record 1, optional ("" = absent)
+	HoldID [16]byte    // record 0
+	Amount msat.Amount // record 2
+	Memo   string      // record 1, optional ("" = absent)
 }
 
 // PaymentRequest asks the device to pay Amount to Payee, usually for a
 // capture; the device answers with a Pay carrying ReqID.
 type PaymentRequest struct {
-	ReqID  uint64              // record 0
-	ChanID wire.OutPoint       // record 2
-	Payee  string              // record 4
-	Amount lnwire.MilliSatoshi // record 6
-	HoldID *[16]byte           // record 1, optional
-	Memo   string              // record 3, optional ("" = absent)
+	ReqID  uint64        // record 0
+	ChanID wire.OutPoint // record 2
+	Payee  string        // record 4
+	Amount msat.Amount   // record 6
+	HoldID *[16]byte     // record 1, optional
+	Memo   string        // record 3, optional ("" = absent)
 }
 
 // Release ends a hold; what was not captured is free again.
@@ -91,9 +92,9 @@ const (
 // HoldClosed tells device and provider that a hold ended and how much it
 // captured.
 type HoldClosed struct {
-	HoldID   [16]byte            // record 0
-	Captured lnwire.MilliSatoshi // record 2
-	Reason   HoldCloseReason     // record 4
+	HoldID   [16]byte        // record 0
+	Captured msat.Amount     // record 2
+	Reason   HoldCloseReason // record 4
 }
 
 // ReceiptNotice hands the payee provider the receipt of a payment to it.

@@ -8,6 +8,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Settlement message types (docs/protocol.md, "Settlement"): the
@@ -51,8 +52,8 @@ type SettleProposal struct {
 	// Spent is what the device paid in the epoch as a payer, Earned what
 	// it earned as a provider after fees; the device checks both against
 	// its own records.
-	Spent  lnwire.MilliSatoshi // record 10
-	Earned lnwire.MilliSatoshi // record 12
+	Spent  msat.Amount // record 10
+	Earned msat.Amount // record 12
 	// HubNonce is the hub's fresh MuSig2 public nonce for this proposal.
 	HubNonce [NonceSize]byte // record 14
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Resynchronisation message types (docs/protocol.md, "Resynchronisation"):
@@ -36,9 +37,9 @@ type ChannelSync struct {
 // ChannelSync and right before refusing a Pay with "stale-state" or
 // "seq-gap".
 type ChannelState struct {
-	ChanID wire.OutPoint       // record 0
-	Seq    uint64              // record 2
-	Paid   lnwire.MilliSatoshi // record 4
+	ChanID wire.OutPoint // record 0
+	Seq    uint64        // record 2
+	Paid   msat.Amount   // record 4
 	// Sig is the device's claim signature for State{ChanID, Seq, Paid}.
 	// The hub sends it whenever Seq > 0 (a channel nothing was paid on
 	// has no signed state); a device adopts no state above seq 0 without
@@ -56,8 +57,8 @@ const MaxSyncHolds = 256
 // HoldState is one active hold in a ChannelState.
 type HoldState struct {
 	ID       [16]byte
-	Max      lnwire.MilliSatoshi
-	Captured lnwire.MilliSatoshi
+	Max      msat.Amount
+	Captured msat.Amount
 	Expires  uint64
 	Provider string
 	// Sig is the device's BIP-340 signature over the hold digest
@@ -142,8 +143,8 @@ func decodeHolds(b []byte) ([]HoldState, error) {
 		}
 		var h HoldState
 		copy(h.ID[:], b)
-		h.Max = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[16:]))
-		h.Captured = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[24:]))
+		h.Max = msat.Amount(binary.BigEndian.Uint64(b[16:]))
+		h.Captured = msat.Amount(binary.BigEndian.Uint64(b[24:]))
 		h.Expires = binary.BigEndian.Uint64(b[32:])
 		n := int(b[40])
 		b = b[41:]

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
@@ -26,7 +27,7 @@ func syncGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 				max := genMsat(t, fmt.Sprint("max", i))
 				m.Holds = append(m.Holds, HoldState{
 					ID: genArr16(t, "id"), Max: max,
-					Captured: lnwire.MilliSatoshi(rapid.Uint64Range(0, uint64(max)).Draw(t, "captured")),
+					Captured: msat.Amount(rapid.Uint64Range(0, uint64(max)).Draw(t, "captured")),
 					Expires:  genU64(t, "exp"), Provider: genID(t, "prov"), Sig: genArr64(t, "hsig"),
 				})
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // Bounds the channel messages enforce on both encode and decode. A value
@@ -38,7 +39,7 @@ const (
 	// MaxMilliSatoshi is the largest msat amount accepted: all bitcoin
 	// that will ever exist. It keeps sums of a few amounts far from
 	// overflowing uint64.
-	MaxMilliSatoshi = lnwire.MilliSatoshi(btcutil.MaxSatoshi) * 1000
+	MaxMilliSatoshi = msat.Amount(btcutil.MaxSatoshi) * 1000
 )
 
 // Sizes of the fixed-width values on the wire.
@@ -263,11 +264,11 @@ func optPendingIDField(typ tlv.Type, v **[32]byte) field {
 }
 
 // msatField is a required u64 msat amount of at most MaxMilliSatoshi.
-func msatField(typ tlv.Type, v *lnwire.MilliSatoshi) field {
+func msatField(typ tlv.Type, v *msat.Amount) field {
 	f := static(typ, v, 8,
-		func(b []byte, v *lnwire.MilliSatoshi) { binary.BigEndian.PutUint64(b, uint64(*v)) },
-		func(b []byte, v *lnwire.MilliSatoshi) error {
-			*v = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b))
+		func(b []byte, v *msat.Amount) { binary.BigEndian.PutUint64(b, uint64(*v)) },
+		func(b []byte, v *msat.Amount) error {
+			*v = msat.Amount(binary.BigEndian.Uint64(b))
 			return nil
 		})
 	f.check = func() error {

@@ -22,6 +22,7 @@ import (
 	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 	"go.uber.org/goleak"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -302,7 +303,7 @@ type Channel struct {
 	Op   btcwire.OutPoint
 	Out  *channel.Output
 	Seq  uint64
-	Paid lnwire.MilliSatoshi
+	Paid msat.Amount
 	Pend [32]byte
 }
 
@@ -335,7 +336,7 @@ func (d *Device) Open(f *FakeChain, capacity btcutil.Amount, expiry uint32) *Cha
 }
 
 // PayMsg builds a signed Pay of amount on top of the device's state.
-func (d *Device) PayMsg(c *Channel, seq uint64, paid lnwire.MilliSatoshi, amount lnwire.MilliSatoshi, payee string) *wire.Pay {
+func (d *Device) PayMsg(c *Channel, seq uint64, paid msat.Amount, amount msat.Amount, payee string) *wire.Pay {
 	d.T.Helper()
 	st := channel.State{ChannelID: c.Op, Seq: seq, Paid: paid}
 	var sig [64]byte
@@ -350,7 +351,7 @@ func (d *Device) PayMsg(c *Channel, seq uint64, paid lnwire.MilliSatoshi, amount
 }
 
 // Pay pays amount to payee and requires the PayAck.
-func (d *Device) Pay(c *Channel, amount lnwire.MilliSatoshi, payee string) *wire.PayAck {
+func (d *Device) Pay(c *Channel, amount msat.Amount, payee string) *wire.PayAck {
 	d.T.Helper()
 	d.Send(d.PayMsg(c, c.Seq+1, c.Paid+amount, amount, payee))
 	ack := Expect[*wire.PayAck](d)

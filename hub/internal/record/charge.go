@@ -7,8 +7,8 @@ import (
 	"math"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // ErrBadCharge is returned by DecodeCharge for bytes that are
@@ -80,8 +80,8 @@ func DecodeCharge(b []byte) (hub.Charge, error) {
 	c.Status = st
 	copy(c.Channel.Hash[:], b[ChargeRecordChannel:])
 	c.Channel.Index = binary.BigEndian.Uint32(b[ChargeRecordChannel+32:])
-	c.Amount = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[chargeRecordAmount:]))
-	c.Fee = lnwire.MilliSatoshi(binary.BigEndian.Uint64(b[chargeRecordFee:]))
+	c.Amount = msat.Amount(binary.BigEndian.Uint64(b[chargeRecordAmount:]))
+	c.Fee = msat.Amount(binary.BigEndian.Uint64(b[chargeRecordFee:]))
 	copy(c.Contract[:], b[chargeRecordContract:])
 	c.EventTime = FromUnixNano(int64(binary.BigEndian.Uint64(b[chargeRecordEvent:])))
 	c.Charged = FromUnixNano(int64(binary.BigEndian.Uint64(b[chargeRecordCharged:])))
@@ -104,7 +104,7 @@ func DecodeCharge(b []byte) (hub.Charge, error) {
 		copy(c.Digest[:], rest)
 	case len(c.Digest) + 8:
 		copy(c.Digest[:], rest)
-		c.Withheld = lnwire.MilliSatoshi(binary.BigEndian.Uint64(rest[len(c.Digest):]))
+		c.Withheld = msat.Amount(binary.BigEndian.Uint64(rest[len(c.Digest):]))
 		if c.Withheld == 0 {
 			return c, ErrBadCharge // encoded only when set
 		}

@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -23,7 +23,7 @@ import (
 
 // Holds is the part of *m2mclient.Provider the billing uses.
 type Holds interface {
-	RequestHold(ctx context.Context, payer string, max lnwire.MilliSatoshi, ttl time.Duration, memo string) (m2mclient.HoldID, error)
+	RequestHold(ctx context.Context, payer string, max msat.Amount, ttl time.Duration, memo string) (m2mclient.HoldID, error)
 	Release(ctx context.Context, id m2mclient.HoldID) error
 }
 
@@ -56,7 +56,7 @@ type Config struct {
 	MeterKeys map[string]*ocmf.PublicKey
 	// HoldMsat is the hold asked for when the tariff names no
 	// preauthorize_amount.
-	HoldMsat lnwire.MilliSatoshi
+	HoldMsat msat.Amount
 	// HoldTTL is how long the hold lasts; 12 h when zero.
 	HoldTTL time.Duration
 	// Now defaults to time.Now.

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/msat"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/contracts"
@@ -30,12 +30,12 @@ import (
 
 type fakeHub struct {
 	refuse   bool
-	holds    []lnwire.MilliSatoshi
+	holds    []msat.Amount
 	released int
 	events   []metering.Event
 }
 
-func (h *fakeHub) RequestHold(_ context.Context, payer string, max lnwire.MilliSatoshi, _ time.Duration, _ string) (m2mclient.HoldID, error) {
+func (h *fakeHub) RequestHold(_ context.Context, payer string, max msat.Amount, _ time.Duration, _ string) (m2mclient.HoldID, error) {
 	if h.refuse {
 		return m2mclient.HoldID{}, fmt.Errorf("%w: payer offline", m2mclient.ErrHoldRefused)
 	}
