@@ -32,6 +32,7 @@ func TestRouterProsumer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	assumeSynced(d)
 	p, err := NewProvider(s, ProviderConfig{HubKey: f.hub.key.PubKey(), Logger: discard(), Router: r})
 	if err != nil {
 		t.Fatal(err)

@@ -182,17 +182,22 @@ func newSettleFixture(t *testing.T, cfg DeviceConfig) *settleFixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = f.dev.Close() })
-	// This hub keeps no channel states and leaves ChannelSync unanswered
-	// (recv), so the fixture's stored record stands for the hub's: the
-	// device may pay on it without first learning the hub's state.
-	f.dev.mu.Lock()
-	for _, c := range f.dev.chans {
+	assumeSynced(f.dev)
+	return f
+}
+
+// assumeSynced marks every channel d loaded as compared with the hub's
+// state. The test hub here keeps no channel states and leaves ChannelSync
+// unanswered (recv), so the fixture's stored record stands for the hub's:
+// the device may pay on it without first learning the hub's state.
+func assumeSynced(d *Device) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.chans {
 		c.mu.Lock()
 		c.synced = true
 		c.mu.Unlock()
 	}
-	f.dev.mu.Unlock()
-	return f
 }
 
 // plan builds the hub's batch for the channel with the given net, the way

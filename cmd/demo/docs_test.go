@@ -150,6 +150,7 @@ var docRuns = map[string]docRun{
 		skip: "run by cmd/hubctl's TestEVChargingDocCommands, which checks what they print"},
 	"ev-charging.md: hubctl contract publish --rate-msat-per-unit 1000000 --time-zone Europe/Berlin contracts/testdata/ocpi/tariff.json": {
 		skip: "run by cmd/hubctl's TestEVChargingDocCommands"},
+	"ev-charging.md: hubctl cdr list": {steps: []docStep{{run: "$H cdr list"}}},
 }
 
 // checkDocsCommands runs the command blocks of docs/*.md against the hub
