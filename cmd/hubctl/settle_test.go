@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,26 +186,12 @@ func planTx(a settlement.Anchor) *wire.MsgTx {
 // settlement service and returns hubctl's connection flags.
 func serve(t *testing.T, f *fakeSettlement) []string {
 	t.Helper()
-	store, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	reg, err := registry.New(registry.Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
 	pub := hex.EncodeToString(hubTestKey().PubKey().SerializeCompressed())
-	h, err := httpapi.New(httpapi.Config{
-		Registry: reg, Token: testToken, Settlement: f,
-		Info: func() httpapi.Info { return httpapi.Info{PubKey: pub, Network: "regtest"} },
+	_, conn := serveAPI(t, func(_ *boltstore.Store, _ *registry.Registry, cfg *httpapi.Config) {
+		cfg.Settlement = f
+		cfg.Info = func() httpapi.Info { return httpapi.Info{PubKey: pub, Network: "regtest"} }
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return []string{"--admin", strings.TrimPrefix(srv.URL, "http://"), "--token", testToken}
+	return conn
 }
 
 func runCtl(t *testing.T, args ...string) (int, string, string) {

@@ -1,17 +1,12 @@
 package channels_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/btcsuite/btcd/txscript"
-	btcwire "github.com/btcsuite/btcd/wire"
-
-	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
@@ -58,32 +53,12 @@ func TestAbandonedCloseSpendsNothing(t *testing.T) {
 	payer.Pay(c, 20_000_000, prov.ID)
 	chantest.Expect[*wire.ReceiptNotice](prov)
 
-	sess, err := c.Out.NewKeySession(payer.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := hubtest.P2TR(t)
-	payer.Send(&wire.CloseRequest{ChanID: c.Op, PkScript: script, DeviceNonce: sess.PublicNonce()})
-	prop := chantest.Expect[*wire.CloseProposal](payer)
-	tx := new(btcwire.MsgTx)
-	if err := tx.Deserialize(bytes.NewReader(prop.Tx)); err != nil {
-		t.Fatal(err)
-	}
-	fetcher := txscript.NewCannedPrevOutputFetcher(c.Out.PkScript(), int64(c.Out.Params().Capacity))
-	sigHash, err := channel.KeySpendSigHash(tx, 0, fetcher, nil, txscript.SigHashDefault)
-	if err != nil {
-		t.Fatal(err)
-	}
-	psig, err := sess.Sign(sigHash, prop.HubNonce)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The device signs its part of the close but keeps it.
+	cs := deviceSignClose(t, payer, c, hubtest.P2TR(t), 100_000-20_000)
 	clk.advance(channels.DefaultCloseTimeout + time.Second)
 	payer.Pay(c, 30_000_000, prov.ID)
 	chantest.Expect[*wire.ReceiptNotice](prov)
 
-	cs := &wire.CloseSign{ChanID: c.Op}
-	psig.S.PutBytes(&cs.DevicePartialSig)
 	payer.Send(cs)
 	chantest.Refusal(payer, wire.ChanCloseUnknown)
 	f.Mu.Lock()
@@ -106,19 +81,7 @@ func TestAbandonedCloseSpendsNothing(t *testing.T) {
 // transaction kept) so no payment slips in, and the watcher sends it again
 // once the node is back.
 func TestCloseRecordedBeforeBroadcast(t *testing.T) {
-	chantest.CheckLeaks(t)
-	f := chantest.NewFakeChain(chantest.TestHeight)
-	h := chantest.NewHarness(t, f, nil)
-	payer := h.Enrol(hub.RolePayer)
-	prov := h.Enrol(hub.RoleProvider)
-	c := payer.Open(f, 100_000, chantest.TestHeight+500)
-	payer.Pay(c, 30_000_000, prov.ID)
-	chantest.Expect[*wire.ReceiptNotice](prov)
-
-	f.Mu.Lock()
-	f.SendErr = errors.New("node down")
-	f.Mu.Unlock()
-	closed := deviceClose(t, payer, c, hubtest.P2TR(t), 100_000-30_000)
+	f, h, payer, prov, c, closed := closedWithNodeDown(t)
 	rec, err := h.Ch.Channel(context.Background(), c.Op)
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +106,20 @@ func TestCloseRecordedBeforeBroadcast(t *testing.T) {
 // whose channel output another transaction spent (the device's refund), is
 // not sent again for ever: the channel moves to closed.
 func TestRecordedCloseSpentElsewhere(t *testing.T) {
+	f, h, _, _, c, _ := closedWithNodeDown(t)
+	f.Mu.Lock()
+	delete(f.Outs, c.Op)
+	f.Mu.Unlock()
+	hubtest.WaitFor(t, 10*time.Second, "the channel closed", func() bool {
+		rec, err := h.Ch.Channel(context.Background(), c.Op)
+		return err == nil && rec.Status == hub.ChannelClosed
+	})
+}
+
+// closedWithNodeDown pays 30,000 sat on a 100,000 sat channel and closes it
+// cooperatively while the node refuses every broadcast.
+func closedWithNodeDown(t *testing.T) (*chantest.FakeChain, *chantest.Harness, *chantest.Device, *chantest.Device, *chantest.Channel, *wire.ChannelClosed) {
+	t.Helper()
 	chantest.CheckLeaks(t)
 	f := chantest.NewFakeChain(chantest.TestHeight)
 	h := chantest.NewHarness(t, f, nil)
@@ -154,12 +131,6 @@ func TestRecordedCloseSpentElsewhere(t *testing.T) {
 	f.Mu.Lock()
 	f.SendErr = errors.New("node down")
 	f.Mu.Unlock()
-	deviceClose(t, payer, c, hubtest.P2TR(t), 100_000-30_000)
-	f.Mu.Lock()
-	delete(f.Outs, c.Op)
-	f.Mu.Unlock()
-	hubtest.WaitFor(t, 10*time.Second, "the channel closed", func() bool {
-		rec, err := h.Ch.Channel(context.Background(), c.Op)
-		return err == nil && rec.Status == hub.ChannelClosed
-	})
+	closed := deviceClose(t, payer, c, hubtest.P2TR(t), 100_000-30_000)
+	return f, h, payer, prov, c, closed
 }

@@ -459,6 +459,15 @@ func TestHoldRefusedByDevice(t *testing.T) {
 // broadcast transaction's id from ChannelClosed.
 func deviceClose(t *testing.T, d *chantest.Device, c *chantest.Channel, script []byte, wantDevice btcutil.Amount) *wire.ChannelClosed {
 	t.Helper()
+	d.Send(deviceSignClose(t, d, c, script, wantDevice))
+	return chantest.Expect[*wire.ChannelClosed](d)
+}
+
+// deviceSignClose asks for a cooperative close, checks the proposal pays
+// the device wantDevice to script, and returns the device's CloseSign
+// without sending it.
+func deviceSignClose(t *testing.T, d *chantest.Device, c *chantest.Channel, script []byte, wantDevice btcutil.Amount) *wire.CloseSign {
+	t.Helper()
 	sess, err := c.Out.NewKeySession(d.Key)
 	if err != nil {
 		t.Fatal(err)
@@ -483,11 +492,9 @@ func deviceClose(t *testing.T, d *chantest.Device, c *chantest.Channel, script [
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cs wire.CloseSign
-	cs.ChanID = c.Op
+	cs := &wire.CloseSign{ChanID: c.Op}
 	psig.S.PutBytes(&cs.DevicePartialSig)
-	d.Send(&cs)
-	return chantest.Expect[*wire.ChannelClosed](d)
+	return cs
 }
 
 func TestCooperativeClose(t *testing.T) {
