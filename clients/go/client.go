@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -521,7 +522,7 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		switch {
 		case closedHandshake(err):
 			closedHandshakes++
-		case ctx.Err() == nil:
+		case !cutShort(ctx, err):
 			closedHandshakes = 0
 		}
 
@@ -539,6 +540,17 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 		}
 		wait = min(wait*2, s.opt.backoffMax)
 	}
+}
+
+// cutShort reports whether an attempt's err came from ctx ending: ctx is
+// done, or the attempt timed out at ctx's deadline, which the socket's
+// deadline can reach a moment before ctx's own timer marks ctx done.
+func cutShort(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d)
 }
 
 // handshakeClosesForMismatch is how many handshakes in a row the hub must

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
@@ -69,14 +70,20 @@ func ExampleDial() {
 
 // ExampleDial_wrongHubKey shows what a device pinning the wrong hub key
 // gets: the hub cannot read its handshake and closes it, attempt after
-// attempt, and when the deadline comes Dial names the likely cause.
+// attempt, and when Dial's context ends it names the likely cause. Here
+// the context ends when the hub has refused a fourth handshake, so the
+// device has seen three closed (a real device would use a deadline).
 func ExampleDial_wrongHubKey() {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	hubKey, _ := btcec.NewPrivateKey()
 	deviceKey, _ := btcec.NewPrivateKey()
 	pk := hub.PubKeyOf(deviceKey.PubKey())
 	reg := exampleRegistry{pk: {ID: "dev-charger-7", Key: pk, Status: hub.StatusActive}}
-	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	refusals := &countingHandler{msg: "p2p handshake failed", at: 4, then: cancel}
+	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: slog.New(refusals)})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -84,11 +91,36 @@ func ExampleDial_wrongHubKey() {
 	defer srv.Close()
 
 	mistyped, _ := btcec.NewPrivateKey() // not the hub's key
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
 	_, err = m2mclient.Dial(ctx, srv.Addr().String(), mistyped.PubKey(), deviceKey,
 		m2mclient.WithLogger(quiet), m2mclient.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
-	fmt.Println("key mismatch:", errors.Is(err, m2mclient.ErrHubKeyMismatch), "deadline:", errors.Is(err, context.DeadlineExceeded))
+	fmt.Println("key mismatch:", errors.Is(err, m2mclient.ErrHubKeyMismatch), "cancelled:", errors.Is(err, context.Canceled))
 	// Output:
-	// key mismatch: true deadline: true
+	// key mismatch: true cancelled: true
+}
+
+// countingHandler is a slog.Handler that calls then once the record msg
+// has been logged at times.
+type countingHandler struct {
+	msg  string
+	at   int
+	then func()
+
+	mu sync.Mutex
+	n  int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler            { return h }
+
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != h.msg {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n++; h.n == h.at {
+		h.then()
+	}
+	return nil
 }
