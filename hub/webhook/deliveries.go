@@ -7,8 +7,6 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/m2mhub/m2mhub/hub"
 )
 
@@ -36,32 +34,16 @@ type Delivery struct {
 // Deliveries lists the outbox: pending deliveries (in flight included) and
 // dead ones, sorted by state then id.
 func (d *Dispatcher) Deliveries(ctx context.Context) ([]Delivery, error) {
-	out := []Delivery{}
-	err := d.db.View(func(tx *bolt.Tx) error {
-		for _, b := range []struct {
-			name  []byte
-			state string
-		}{{bucketOutbox, StatePending}, {bucketDead, StateDead}} {
-			err := tx.Bucket(b.name).ForEach(func(k, v []byte) error {
-				var dl delivery
-				if err := json.Unmarshal(v, &dl); err != nil {
-					return fmt.Errorf("delivery %s: %w", k, err)
-				}
-				x := Delivery{ID: dl.ID, Endpoint: dl.Endpoint, Event: dl.Event, State: b.state, Attempts: dl.Attempts, LastError: dl.LastErr}
-				if b.state == StatePending {
-					x.NextAt = dl.NextAt
-				}
-				out = append(out, x)
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	pending, dead, err := d.outbox.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("webhook: outbox: %w", err)
+		return nil, err
+	}
+	out := make([]Delivery, 0, len(pending)+len(dead))
+	for _, e := range pending {
+		out = append(out, Delivery{ID: e.ID, Endpoint: e.Endpoint, Event: e.Event, State: StatePending, Attempts: e.Attempts, NextAt: e.NextAt, LastError: e.LastErr})
+	}
+	for _, e := range dead {
+		out = append(out, Delivery{ID: e.ID, Endpoint: e.Endpoint, Event: e.Event, State: StateDead, Attempts: e.Attempts, LastError: e.LastErr})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].State != out[j].State {
@@ -77,44 +59,27 @@ func (d *Dispatcher) Deliveries(ctx context.Context) ([]Delivery, error) {
 // dead delivery has that id (a pending one is retried anyway).
 func (d *Dispatcher) Redeliver(ctx context.Context, id string) (Delivery, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
 		return Delivery{}, ErrClosed
 	}
-	var dl delivery
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketDead).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("%w: no dead delivery %s", hub.ErrNotFound, id)
-		}
-		if err := json.Unmarshal(v, &dl); err != nil {
-			return fmt.Errorf("delivery %s: %w", id, err)
-		}
-		dl.Attempts, dl.LastErr, dl.NextAt = 0, "", d.clock.Now().UTC()
-		// It may have reached the receiver before: mark it a redelivery.
-		dl.maybeSent = true
-		nv, err := json.Marshal(dl)
-		if err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketOutbox).Put([]byte(id), nv); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketDead).Delete([]byte(id))
-	})
+	e, err := d.outbox.Redeliver(ctx, id, d.clock.Now().UTC())
 	if err != nil {
-		return Delivery{}, fmt.Errorf("webhook: redeliver: %w", err)
+		return Delivery{}, err
 	}
-	d.pending[dl.ID] = &dl
 	d.wake()
-	return Delivery{ID: dl.ID, Endpoint: dl.Endpoint, Event: dl.Event, State: StatePending, NextAt: dl.NextAt}, nil
+	return Delivery{ID: e.ID, Endpoint: e.Endpoint, Event: e.Event, State: StatePending, NextAt: e.NextAt}, nil
 }
 
 // Test queues a ping event to one endpoint, so an operator can check the
 // receiver and its signature check end to end. It returns an error
 // wrapping hub.ErrNotFound for an unknown endpoint.
 func (d *Dispatcher) Test(ctx context.Context, endpointID string) (Delivery, error) {
-	ep, ok := d.cfg.Endpoints.Endpoint(endpointID)
+	ep, ok, err := d.cfg.Endpoints.Endpoint(ctx, endpointID)
+	if err != nil {
+		return Delivery{}, err
+	}
 	if !ok {
 		return Delivery{}, fmt.Errorf("%w: no webhook endpoint %s", hub.ErrNotFound, endpointID)
 	}
@@ -126,9 +91,9 @@ func (d *Dispatcher) Test(ctx context.Context, endpointID string) (Delivery, err
 	if err != nil {
 		return Delivery{}, err
 	}
-	dl := &delivery{ID: DeliveryID(ep.ID, EventPing, body), Endpoint: ep.ID, Event: EventPing, Body: body, NextAt: now}
-	if err := d.put(dl); err != nil {
+	e := Entry{ID: DeliveryID(ep.ID, EventPing, body), Endpoint: ep.ID, Event: EventPing, Body: body, NextAt: now}
+	if err := d.put(ctx, e); err != nil {
 		return Delivery{}, err
 	}
-	return Delivery{ID: dl.ID, Endpoint: dl.Endpoint, Event: dl.Event, State: StatePending, NextAt: dl.NextAt}, nil
+	return Delivery{ID: e.ID, Endpoint: e.Endpoint, Event: e.Event, State: StatePending, NextAt: e.NextAt}, nil
 }

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/lightningnetwork/lnd/clock"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Delivery headers; docs/webhooks.md specifies them. The first three are
@@ -65,19 +64,26 @@ var (
 	bucketDead   = []byte("dead")
 )
 
+// DefaultPollInterval is Config.PollInterval's default.
+const DefaultPollInterval = time.Second
+
 // EndpointSource gives the endpoints to deliver to. *Endpoints satisfies
 // it.
 type EndpointSource interface {
 	// For returns the endpoints of provider, every one for "".
-	For(provider string) []Endpoint
-	// Endpoint returns one endpoint, if it still exists.
-	Endpoint(id string) (Endpoint, bool)
+	For(ctx context.Context, provider string) ([]Endpoint, error)
+	// Endpoint returns one endpoint; ok is false when it no longer
+	// exists.
+	Endpoint(ctx context.Context, id string) (ep Endpoint, ok bool, err error)
 }
 
 // Config configures New.
 type Config struct {
+	// Outbox keeps the pending deliveries. When nil, New opens a
+	// BoltOutbox at OutboxPath, which is then required.
+	Outbox Outbox
 	// OutboxPath is the bbolt file of pending deliveries (in the data
-	// dir). Required.
+	// dir), used when Outbox is nil.
 	OutboxPath string
 	// Endpoints resolves providers to endpoints. Required.
 	Endpoints EndpointSource
@@ -87,57 +93,52 @@ type Config struct {
 	// Workers is how many deliveries are in flight at once.
 	Workers int
 	// MaxAttempts bounds the attempts of one delivery; after the last
-	// failure it moves to the outbox's dead bucket.
+	// failure it moves to the outbox's dead set.
 	MaxAttempts int
 	// MinBackoff and MaxBackoff bound the exponential backoff between
 	// attempts (full jitter over [d/2, d]).
 	MinBackoff, MaxBackoff time.Duration
+	// Lease is how long a claimed delivery stays with its claimer before
+	// it is due again for any instance sharing the outbox. The POST's
+	// timeout is the lesser of DefaultTimeout and half the lease, so a
+	// live claimer finishes first. Zero means 3 × DefaultTimeout.
+	Lease time.Duration
+	// PollInterval bounds how long an idle worker waits before looking at
+	// the outbox again: another instance sharing it may have queued a
+	// delivery, or a claim may have run out. Zero means
+	// DefaultPollInterval.
+	PollInterval time.Duration
 	// Clock schedules retries. Defaults to the wall clock.
 	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
-// delivery is one event for one endpoint, as the outbox keeps it.
-type delivery struct {
-	ID       string          `json:"id"`
-	Endpoint string          `json:"endpoint"`
-	Event    string          `json:"event"`
-	Body     json.RawMessage `json:"body"`
-	Attempts int             `json:"attempts"`
-	NextAt   time.Time       `json:"next_at"`
-	LastErr  string          `json:"last_error,omitempty"`
-	// maybeSent: loaded from disk at start, so an attempt may have
-	// reached the receiver before the crash; sent as a redelivery.
-	maybeSent bool
-}
-
-// Dispatcher delivers queued events. It owns a scheduler goroutine and
-// Workers delivery goroutines, started by Start and stopped by Close.
+// Dispatcher delivers queued events. It owns Workers delivery goroutines,
+// started by Start and stopped by Close; each claims a due delivery from
+// the outbox, POSTs it and records the outcome.
 type Dispatcher struct {
 	cfg    Config
 	client *http.Client
 	log    *slog.Logger
 	clock  clock.Clock
-	db     *bolt.DB
+	outbox Outbox
+	owned  bool // New opened the outbox; Close closes it
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	work   chan *delivery
 	kick   chan struct{}
 
-	mu       sync.Mutex
-	pending  map[string]*delivery // in the outbox, not in flight
-	inflight map[string]bool
-	closed   bool
+	mu     sync.Mutex
+	closed bool
 
 	startOnce, closeOnce sync.Once
 }
 
-// New opens the outbox and loads the deliveries a previous process left.
+// New opens the outbox (when not given one).
 func New(cfg Config) (*Dispatcher, error) {
-	if cfg.OutboxPath == "" || cfg.Endpoints == nil {
-		return nil, errors.New("webhook: outbox path and endpoints are required")
+	if (cfg.Outbox == nil && cfg.OutboxPath == "") || cfg.Endpoints == nil {
+		return nil, errors.New("webhook: an outbox and endpoints are required")
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = DefaultWorkers
@@ -151,55 +152,38 @@ func New(cfg Config) (*Dispatcher, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.MinBackoff)
 	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 3 * DefaultTimeout
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewDefaultClock()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	db, err := bolt.Open(cfg.OutboxPath, 0o600, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("webhook: outbox %s: %w", cfg.OutboxPath, err)
-	}
 	d := &Dispatcher{
-		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, db: db, client: cfg.Policy.Client(DefaultTimeout),
-		work: make(chan *delivery), kick: make(chan struct{}, 1),
-		pending: map[string]*delivery{}, inflight: map[string]bool{},
+		cfg: cfg, log: cfg.Logger, clock: cfg.Clock, outbox: cfg.Outbox,
+		client: cfg.Policy.Client(min(DefaultTimeout, cfg.Lease/2)),
+		kick:   make(chan struct{}, 1),
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(bucketDead); err != nil {
-			return err
-		}
-		b, err := tx.CreateBucketIfNotExists(bucketOutbox)
+	if d.outbox == nil {
+		o, err := OpenBoltOutbox(cfg.OutboxPath)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		return b.ForEach(func(k, v []byte) error {
-			var dl delivery
-			if err := json.Unmarshal(v, &dl); err != nil {
-				return fmt.Errorf("delivery %s: %w", k, err)
-			}
-			dl.maybeSent = true
-			d.pending[dl.ID] = &dl
-			return nil
-		})
-	})
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("webhook: outbox %s: %w", cfg.OutboxPath, err)
+		d.outbox, d.owned = o, true
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d, nil
 }
 
-// Start runs the scheduler and the workers.
+// Start runs the workers.
 func (d *Dispatcher) Start() {
 	d.startOnce.Do(func() {
-		d.wg.Add(1 + d.cfg.Workers)
-		go func() {
-			defer d.wg.Done()
-			d.schedule()
-		}()
+		d.wg.Add(d.cfg.Workers)
 		for range d.cfg.Workers {
 			go func() {
 				defer d.wg.Done()
@@ -210,7 +194,8 @@ func (d *Dispatcher) Start() {
 }
 
 // Close stops the goroutines, waits for them (a POST in flight is
-// cancelled and stays in the outbox) and closes the outbox.
+// cancelled and stays claimed in the outbox until its lease runs out)
+// and closes the outbox if New opened it.
 func (d *Dispatcher) Close() error {
 	var err error
 	d.closeOnce.Do(func() {
@@ -219,17 +204,21 @@ func (d *Dispatcher) Close() error {
 		d.mu.Unlock()
 		d.cancel()
 		d.wg.Wait()
-		err = d.db.Close()
+		if d.owned {
+			err = d.outbox.Close()
+		}
 	})
 	return err
 }
 
 // Pending returns how many deliveries wait in the outbox, in flight
-// included.
+// included (-1 when the outbox cannot be read).
 func (d *Dispatcher) Pending() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.pending) + len(d.inflight)
+	n, err := d.outbox.Pending(context.Background())
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // DeliveryID is the id of event body for an endpoint: a hash, so the same
@@ -275,51 +264,34 @@ func (d *Dispatcher) Enqueue(ctx context.Context, provider, event string, body [
 	if !json.Valid(body) {
 		return fmt.Errorf("webhook: %s body is not JSON", event)
 	}
-	eps := d.cfg.Endpoints.For(provider)
+	eps, err := d.cfg.Endpoints.For(ctx, provider)
+	if err != nil {
+		return err
+	}
 	if len(eps) == 0 {
 		return nil
 	}
 	now := d.clock.Now().UTC()
-	dls := make([]*delivery, 0, len(eps))
+	es := make([]Entry, 0, len(eps))
 	for _, ep := range eps {
-		dls = append(dls, &delivery{
+		es = append(es, Entry{
 			ID: DeliveryID(ep.ID, event, body), Endpoint: ep.ID, Event: event, Body: body, NextAt: now,
 		})
 	}
-	return d.put(dls...)
+	return d.put(ctx, es...)
 }
 
 // put writes deliveries to the outbox (one already there is kept as is:
-// one delivery per event) and schedules them.
-func (d *Dispatcher) put(dls ...*delivery) error {
+// one delivery per event) and wakes a worker.
+func (d *Dispatcher) put(ctx context.Context, es ...Entry) error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
 		return ErrClosed
 	}
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOutbox)
-		for _, dl := range dls {
-			if b.Get([]byte(dl.ID)) != nil {
-				continue // queued before: one delivery per event
-			}
-			v, err := json.Marshal(dl)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(dl.ID), v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := d.outbox.Put(ctx, es); err != nil {
 		return fmt.Errorf("webhook: outbox: %w", err)
-	}
-	for _, dl := range dls {
-		if _, ok := d.pending[dl.ID]; !ok && !d.inflight[dl.ID] {
-			d.pending[dl.ID] = dl
-		}
 	}
 	d.wake()
 	return nil
@@ -332,57 +304,33 @@ func (d *Dispatcher) wake() {
 	}
 }
 
-// schedule hands due deliveries to the workers and sleeps until the next
-// one is due or a new one arrives.
-func (d *Dispatcher) schedule() {
+// worker claims due deliveries and sends them; with none due it sleeps
+// until the next one is due, one is queued here, or PollInterval has
+// passed (another instance may have queued one, or a claim run out).
+func (d *Dispatcher) worker() {
 	for {
 		now := d.clock.Now()
-		d.mu.Lock()
-		var due *delivery
-		var next time.Time
-		for _, dl := range d.pending {
-			if !dl.NextAt.After(now) {
-				if due == nil || dl.NextAt.Before(due.NextAt) {
-					due = dl
-				}
-			} else if next.IsZero() || dl.NextAt.Before(next) {
-				next = dl.NextAt
-			}
+		c, ok, next, err := d.outbox.Claim(d.ctx, now, d.cfg.Lease)
+		if d.ctx.Err() != nil {
+			return
 		}
-		if due != nil {
-			delete(d.pending, due.ID)
-			d.inflight[due.ID] = true
+		if err != nil {
+			d.log.Error("webhook outbox claim", "err", err)
 		}
-		d.mu.Unlock()
-
-		if due != nil {
-			select {
-			case d.work <- due:
-				continue
-			case <-d.ctx.Done():
-				return
-			}
+		if ok {
+			d.wake() // there may be more due: let another worker look
+			d.finish(c, d.send(c.Entry))
+			continue
 		}
-		var timer <-chan time.Time
-		if !next.IsZero() {
-			timer = d.clock.TickAfter(next.Sub(now))
+		wait := d.cfg.PollInterval
+		if !next.IsZero() && next.Sub(now) < wait {
+			wait = max(next.Sub(now), 0)
 		}
 		select {
 		case <-d.ctx.Done():
 			return
 		case <-d.kick:
-		case <-timer:
-		}
-	}
-}
-
-func (d *Dispatcher) worker() {
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case dl := <-d.work:
-			d.finish(dl, d.send(dl))
+		case <-d.clock.TickAfter(wait):
 		}
 	}
 }
@@ -391,8 +339,11 @@ func (d *Dispatcher) worker() {
 var errGone = errors.New("webhook: endpoint removed")
 
 // send makes one attempt.
-func (d *Dispatcher) send(dl *delivery) error {
-	ep, ok := d.cfg.Endpoints.Endpoint(dl.Endpoint)
+func (d *Dispatcher) send(dl Entry) error {
+	ep, ok, err := d.cfg.Endpoints.Endpoint(d.ctx, dl.Endpoint)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		return errGone
 	}
@@ -410,7 +361,7 @@ func (d *Dispatcher) send(dl *delivery) error {
 	req.Header.Set(HeaderID, dl.ID)
 	req.Header.Set(HeaderEvent, dl.Event)
 	req.Header.Set(HeaderTimestamp, ts)
-	req.Header.Set(HeaderRedelivery, strconv.FormatBool(dl.Attempts > 0 || dl.maybeSent))
+	req.Header.Set(HeaderRedelivery, strconv.FormatBool(dl.Attempts > 0 || dl.MaybeSent))
 	req.Header.Set(HeaderSignature, sig)
 	resp, err := d.client.Do(req)
 	if err != nil {
@@ -426,48 +377,36 @@ func (d *Dispatcher) send(dl *delivery) error {
 
 // finish records an attempt's outcome: delivered (or endpoint gone)
 // deliveries leave the outbox, failed ones are rescheduled or, after the
-// last attempt, moved to the dead bucket.
-func (d *Dispatcher) finish(dl *delivery, sendErr error) {
+// last attempt, moved to the dead set.
+func (d *Dispatcher) finish(c Claim, sendErr error) {
 	if sendErr != nil && d.ctx.Err() != nil {
-		// Cancelled by Close: not an attempt; it stays in the outbox.
+		// Cancelled by Close: not an attempt. It stays claimed until its
+		// lease runs out, then any instance sends it again.
 		return
 	}
-	key := []byte(dl.ID)
-	dead := false
-	if sendErr != nil && !errors.Is(sendErr, errGone) {
+	// The outcome is written even while Close runs: a POST that was
+	// answered must leave the outbox.
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultTimeout)
+	defer cancel()
+	var err error
+	if sendErr == nil || errors.Is(sendErr, errGone) {
+		err = d.outbox.Done(ctx, c)
+	} else {
+		dl := &c.Entry
 		dl.Attempts++
 		dl.LastErr = sendErr.Error()
-		dead = dl.Attempts >= d.cfg.MaxAttempts
+		dead := dl.Attempts >= d.cfg.MaxAttempts
 		dl.NextAt = d.clock.Now().UTC().Add(d.backoff(dl.Attempts))
 		d.log.Warn("webhook delivery failed", "id", dl.ID, "endpoint", dl.Endpoint, "attempt", dl.Attempts, "dead", dead, "err", sendErr)
-	}
-	err := d.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOutbox)
-		if sendErr == nil || errors.Is(sendErr, errGone) {
-			return b.Delete(key)
-		}
-		v, err := json.Marshal(dl)
-		if err != nil {
-			return err
-		}
 		if dead {
-			if err := tx.Bucket(bucketDead).Put(key, v); err != nil {
-				return err
-			}
-			return b.Delete(key)
+			err = d.outbox.Bury(ctx, c)
+		} else {
+			err = d.outbox.Retry(ctx, c)
 		}
-		return b.Put(key, v)
-	})
+	}
 	if err != nil {
-		d.log.Error("webhook outbox update", "id", dl.ID, "err", err)
+		d.log.Error("webhook outbox update", "id", c.Entry.ID, "err", err)
 	}
-	d.mu.Lock()
-	delete(d.inflight, dl.ID)
-	if sendErr != nil && !errors.Is(sendErr, errGone) && !dead {
-		d.pending[dl.ID] = dl
-	}
-	d.mu.Unlock()
-	d.wake()
 }
 
 // backoff is the wait after attempt n (from 1): MinBackoff doubled per

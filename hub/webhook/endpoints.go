@@ -36,41 +36,67 @@ type Endpoint struct {
 	Secret string `json:"secret,omitempty"`
 }
 
-// Endpoints is the registry of webhook endpoints, kept in one small JSON
-// file (mode 0600, replaced by atomic rename). A file in the data dir
-// rather than the hub's store: the secrets are credentials like the admin
-// token beside them, the set is small and changed by hand, and keeping it
-// out of hub.Store spares both store implementations a new schema. With
-// several hubd instances on one Redis, each needs the same file (see
-// docs/webhooks.md).
-type Endpoints struct {
-	path   string
-	clock  clock.Clock
-	policy AddressPolicy
-
-	mu   sync.Mutex
-	list []Endpoint
+// EndpointStore keeps the endpoints, secrets included. FileEndpoints is
+// the one-instance store (a file in the data dir); hub/redisshared has the
+// one several hubd share.
+type EndpointStore interface {
+	// Endpoints returns every endpoint.
+	Endpoints(ctx context.Context) ([]Endpoint, error)
+	// Endpoint returns one endpoint; ok is false when there is none.
+	Endpoint(ctx context.Context, id string) (ep Endpoint, ok bool, err error)
+	// PutEndpoint stores ep (ids are random: a new one).
+	PutEndpoint(ctx context.Context, ep Endpoint) error
+	// DeleteEndpoint removes id; ok is false when there was none.
+	DeleteEndpoint(ctx context.Context, id string) (ok bool, err error)
 }
 
-// OpenEndpoints loads the registry at path, creating none until the first
-// Add, which checks URLs against policy. clk times the endpoints' creation;
-// nil is the system clock.
-func OpenEndpoints(path string, clk clock.Clock, policy AddressPolicy) (*Endpoints, error) {
+// Endpoints is the registry of webhook endpoints, on an EndpointStore. It
+// reads the store on every call, so every hubd sharing the store sees an
+// endpoint as soon as one of them has added it.
+type Endpoints struct {
+	store  EndpointStore
+	clock  clock.Clock
+	policy AddressPolicy
+}
+
+// NewEndpoints is the registry on store; Add checks URLs against policy.
+// clk times the endpoints' creation; nil is the system clock.
+func NewEndpoints(store EndpointStore, clk clock.Clock, policy AddressPolicy) *Endpoints {
 	if clk == nil {
 		clk = clock.NewDefaultClock()
 	}
-	e := &Endpoints{path: path, clock: clk, policy: policy}
-	b, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return e, nil
-	case err != nil:
-		return nil, fmt.Errorf("webhook: endpoints: %w", err)
+	return &Endpoints{store: store, clock: clk, policy: policy}
+}
+
+// OpenEndpoints is the registry on the file at path (FileEndpoints).
+func OpenEndpoints(path string, clk clock.Clock, policy AddressPolicy) (*Endpoints, error) {
+	f, err := OpenFileEndpoints(path)
+	if err != nil {
+		return nil, err
 	}
-	if err := json.Unmarshal(b, &e.list); err != nil {
-		return nil, fmt.Errorf("webhook: endpoints %s: %w", path, err)
+	return NewEndpoints(f, clk, policy), nil
+}
+
+// ImportEndpoints copies the endpoints of the file at path (the registry
+// of a hubd from before the shared store) into dst when dst has none: a
+// one-time migration, which a missing file makes a no-op. It returns how
+// many it copied.
+func ImportEndpoints(ctx context.Context, path string, dst EndpointStore) (int, error) {
+	have, err := dst.Endpoints(ctx)
+	if err != nil || len(have) > 0 {
+		return 0, err
 	}
-	return e, nil
+	f, err := OpenFileEndpoints(path)
+	if err != nil {
+		return 0, err
+	}
+	list, _ := f.Endpoints(ctx)
+	for _, ep := range list {
+		if err := dst.PutEndpoint(ctx, ep); err != nil {
+			return 0, fmt.Errorf("webhook: import endpoints: %w", err)
+		}
+	}
+	return len(list), nil
 }
 
 // Add registers url for provider and returns the endpoint with its new
@@ -97,21 +123,18 @@ func (e *Endpoints) Add(ctx context.Context, provider, rawURL string) (Endpoint,
 		ID: "wh_" + hex.EncodeToString(id[:]), Provider: provider, URL: u.String(),
 		Created: e.clock.Now().UTC().Truncate(time.Second), Secret: SecretPrefix + base64.StdEncoding.EncodeToString(secret[:]),
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	next := append(append([]Endpoint(nil), e.list...), ep)
-	if err := e.save(next); err != nil {
+	if err := e.store.PutEndpoint(ctx, ep); err != nil {
 		return Endpoint{}, err
 	}
-	e.list = next
 	return ep, nil
 }
 
 // List returns every endpoint, without secrets, by provider then id.
 func (e *Endpoints) List(ctx context.Context) ([]Endpoint, error) {
-	e.mu.Lock()
-	out := append([]Endpoint(nil), e.list...)
-	e.mu.Unlock()
+	out, err := e.store.Endpoints(ctx)
+	if err != nil {
+		return nil, err
+	}
 	for i := range out {
 		out[i].Secret = ""
 	}
@@ -127,6 +150,107 @@ func (e *Endpoints) List(ctx context.Context) ([]Endpoint, error) {
 // Remove deletes an endpoint; pending deliveries to it are dropped when
 // their turn comes. An unknown id is an error wrapping hub.ErrNotFound.
 func (e *Endpoints) Remove(ctx context.Context, id string) error {
+	ok, err := e.store.DeleteEndpoint(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: webhook %s", hub.ErrNotFound, id)
+	}
+	return nil
+}
+
+// Endpoint returns an endpoint with its secret, if it exists.
+func (e *Endpoints) Endpoint(ctx context.Context, id string) (Endpoint, bool, error) {
+	return e.store.Endpoint(ctx, id)
+}
+
+// For returns the endpoints of provider ("" for every endpoint), with
+// secrets.
+func (e *Endpoints) For(ctx context.Context, provider string) ([]Endpoint, error) {
+	all, err := e.store.Endpoints(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Endpoint
+	for _, ep := range all {
+		if provider == "" || ep.Provider == provider {
+			out = append(out, ep)
+		}
+	}
+	return out, nil
+}
+
+var _ EndpointSource = (*Endpoints)(nil)
+
+// FileEndpoints is the EndpointStore of one hubd: one small JSON file
+// (mode 0600, replaced by atomic rename), read once at open and kept in
+// memory.
+type FileEndpoints struct {
+	path string
+
+	mu   sync.Mutex
+	list []Endpoint
+}
+
+var _ EndpointStore = (*FileEndpoints)(nil)
+
+// OpenFileEndpoints loads the file at path, creating none until the first
+// PutEndpoint.
+func OpenFileEndpoints(path string) (*FileEndpoints, error) {
+	e := &FileEndpoints{path: path}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return e, nil
+	case err != nil:
+		return nil, fmt.Errorf("webhook: endpoints: %w", err)
+	}
+	if err := json.Unmarshal(b, &e.list); err != nil {
+		return nil, fmt.Errorf("webhook: endpoints %s: %w", path, err)
+	}
+	return e, nil
+}
+
+// Endpoints implements EndpointStore.
+func (e *FileEndpoints) Endpoints(context.Context) ([]Endpoint, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Endpoint(nil), e.list...), nil
+}
+
+// Endpoint implements EndpointStore.
+func (e *FileEndpoints) Endpoint(_ context.Context, id string) (Endpoint, bool, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ep := range e.list {
+		if ep.ID == id {
+			return ep, true, nil
+		}
+	}
+	return Endpoint{}, false, nil
+}
+
+// PutEndpoint implements EndpointStore.
+func (e *FileEndpoints) PutEndpoint(_ context.Context, ep Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	next := make([]Endpoint, 0, len(e.list)+1)
+	for _, have := range e.list {
+		if have.ID != ep.ID {
+			next = append(next, have)
+		}
+	}
+	next = append(next, ep)
+	if err := e.save(next); err != nil {
+		return err
+	}
+	e.list = next
+	return nil
+}
+
+// DeleteEndpoint implements EndpointStore.
+func (e *FileEndpoints) DeleteEndpoint(_ context.Context, id string) (bool, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	next := make([]Endpoint, 0, len(e.list))
@@ -136,44 +260,18 @@ func (e *Endpoints) Remove(ctx context.Context, id string) error {
 		}
 	}
 	if len(next) == len(e.list) {
-		return fmt.Errorf("%w: webhook %s", hub.ErrNotFound, id)
+		return false, nil
 	}
 	if err := e.save(next); err != nil {
-		return err
+		return false, err
 	}
 	e.list = next
-	return nil
-}
-
-// Endpoint returns an endpoint with its secret, if it exists.
-func (e *Endpoints) Endpoint(id string) (Endpoint, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, ep := range e.list {
-		if ep.ID == id {
-			return ep, true
-		}
-	}
-	return Endpoint{}, false
-}
-
-// For returns the endpoints of provider ("" for every endpoint), with
-// secrets.
-func (e *Endpoints) For(provider string) []Endpoint {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []Endpoint
-	for _, ep := range e.list {
-		if provider == "" || ep.Provider == provider {
-			out = append(out, ep)
-		}
-	}
-	return out
+	return true, nil
 }
 
 // save writes list to a temporary file, fsyncs it and renames it over the
 // registry, so a crash leaves the old or the new set, never half of one.
-func (e *Endpoints) save(list []Endpoint) error {
+func (e *FileEndpoints) save(list []Endpoint) error {
 	b, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return err

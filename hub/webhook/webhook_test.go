@@ -333,7 +333,7 @@ func TestEndpoints(t *testing.T) {
 	if len(list) != 1 || list[0].ID != e.ep.ID || list[0].Secret != "" {
 		t.Fatalf("reopened list %+v", list)
 	}
-	if ep, ok := again.Endpoint(e.ep.ID); !ok || ep.Secret != e.ep.Secret {
+	if ep, ok, err := again.Endpoint(ctx, e.ep.ID); err != nil || !ok || ep.Secret != e.ep.Secret {
 		t.Fatal("secret not kept")
 	}
 	if err := again.Remove(ctx, "wh_nope"); !errors.Is(err, hub.ErrNotFound) {
