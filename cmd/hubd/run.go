@@ -27,7 +27,6 @@ import (
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/cosign"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
-	"github.com/m2mhub/m2mhub/hub/httpapi/credfile"
 	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
@@ -148,12 +147,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Webhooks: receipts, enforcement and settlement events are also
 	// POSTed to providers' back ends, from a durable outbox.
 	hookPolicy := webhook.AddressPolicy{AllowPrivate: cfg.Webhook.AllowPrivate}
-	hookEndpoints, err := webhook.OpenEndpoints(dir.Path(datadir.WebhooksFile), nil, hookPolicy)
+	shared, err := openAdminState(ctx, cfg, dir, adminToken, log, st)
 	if err != nil {
 		return err
 	}
+	hookEndpoints := webhook.NewEndpoints(shared.endpoints, nil, hookPolicy)
 	hooks, err := webhook.New(webhook.Config{
-		OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Policy: hookPolicy, Logger: log,
+		Outbox: shared.outbox, OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Policy: hookPolicy, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -309,14 +309,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		MetricsAddr: metricsAddr, NATSURL: natsURL, Network: params.Name, Store: storeName,
 		SettlePeriodSeconds: int64(cfg.Settle.Period / time.Second), SettleBlocks: cfg.Settle.Blocks,
 	}
-	creds, err := credfile.New(credfile.Config{Path: dir.Path(datadir.CredsFile)})
-	if err != nil {
-		return fmt.Errorf("admin credentials: %w", err)
-	}
 	apiCfg := httpapi.Config{
 		Registry: reg, Token: adminToken, Logger: log, Health: checks,
 		Contracts: contractsAPI, Settlement: settle,
-		Creds: creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks, CDRs: store,
+		Creds: shared.creds, Channels: chans, Webhooks: hookEndpoints, Receipts: store, Deliveries: hooks, CDRs: store,
 		History: hist,
 		Info: func() httpapi.Info {
 			i := info

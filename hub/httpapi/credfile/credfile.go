@@ -2,12 +2,11 @@
 // JSON file in the data dir: mode 0600, replaced by atomic rename, holding
 // only SHA-256 hashes of the tokens.
 //
-// A file rather than the hub's store: credentials belong to one hubd's
-// admin endpoint like admin.token beside it, they change a few times a
-// year, and keeping them out of the store keeps the store interfaces (and
-// their bbolt and Redis implementations) free of admin concerns. Hubs that
-// share a Redis each keep their own file; copy it to give a credential to
-// several.
+// This file is the credential store of a hubd on the embedded store (one
+// instance): credentials change a few times a year and belong beside
+// admin.token. Hubs that share a Redis keep them there instead
+// (hub/redisshared), so every instance accepts every credential; Import
+// moves a file's credentials into that store once.
 package credfile
 
 import (
@@ -163,4 +162,25 @@ func (s *Store) Revoke(_ context.Context, id string, t time.Time) (httpapi.Crede
 		return next[i], nil
 	}
 	return httpapi.Credential{}, fmt.Errorf("%w: credential %s", hub.ErrNotFound, id)
+}
+
+// Import copies the credentials of the file at path (the file of a hubd
+// from before credentials were shared) into dst when dst holds none: a
+// one-time migration, which a missing file makes a no-op. It returns how
+// many it copied.
+func Import(ctx context.Context, path string, dst httpapi.CredStore) (int, error) {
+	have, err := dst.List(ctx)
+	if err != nil || len(have) > 0 {
+		return 0, err
+	}
+	f, err := New(Config{Path: path})
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range f.creds {
+		if err := dst.Add(ctx, c); err != nil {
+			return 0, fmt.Errorf("credfile: import %s: %w", c.ID, err)
+		}
+	}
+	return len(f.creds), nil
 }
