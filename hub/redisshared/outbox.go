@@ -16,6 +16,11 @@ import (
 	"github.com/m2mhub/m2mhub/hub/webhook"
 )
 
+// SentWindow is how long the outbox remembers a delivered id, so that the
+// same event queued again (by another instance, or a publish retried
+// after the delivery) is not delivered twice.
+const SentWindow = 24 * time.Hour
+
 // Outbox is the webhook.Outbox on Redis that every hubd of a hub shares
 // (see the package comment for its keys and leases).
 type Outbox struct{ s *Store }
@@ -27,7 +32,9 @@ func (o *Outbox) Put(ctx context.Context, es []webhook.Entry) error {
 	if len(es) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 3*len(es))
+	now := time.Now()
+	args := make([]any, 0, 2+3*len(es))
+	args = append(args, ms(now), ms(now.Add(-SentWindow)))
 	for _, e := range es {
 		v, err := json.Marshal(e)
 		if err != nil {
@@ -36,7 +43,7 @@ func (o *Outbox) Put(ctx context.Context, es []webhook.Entry) error {
 		args = append(args, e.ID, v, ms(e.NextAt))
 	}
 	s := o.s
-	if err := s.put.Run(ctx, s.rdb, []string{s.kOutbox, s.kDue}, args...).Err(); err != nil {
+	if err := s.put.Run(ctx, s.rdb, []string{s.kOutbox, s.kDue, s.kSent}, args...).Err(); err != nil {
 		return fmt.Errorf("redisshared: outbox put: %w", err)
 	}
 	return nil
@@ -81,7 +88,7 @@ func (o *Outbox) Claim(ctx context.Context, now time.Time, lease time.Duration) 
 // Done implements webhook.Outbox.
 func (o *Outbox) Done(ctx context.Context, c webhook.Claim) error {
 	s := o.s
-	if err := s.done.Run(ctx, s.rdb, []string{s.kOutbox, s.kDue, s.kClaims}, c.Entry.ID).Err(); err != nil {
+	if err := s.done.Run(ctx, s.rdb, []string{s.kOutbox, s.kDue, s.kClaims, s.kSent}, c.Entry.ID, ms(time.Now())).Err(); err != nil {
 		return fmt.Errorf("redisshared: outbox done: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@
 //	<prefix>wh:due         zset  delivery id, scored by due time (Unix ms)
 //	<prefix>wh:claims      hash  delivery id -> claim token
 //	<prefix>wh:dead        hash  delivery id -> entry JSON (out of attempts)
+//	<prefix>wh:sent        zset  delivery id, scored by delivery time: made in the last SentWindow
 //
 // The outbox gives each delivery to one instance with a lease: Claim
 // moves the earliest due entry's score to the end of its lease and
@@ -61,7 +62,7 @@ type Store struct {
 	log *slog.Logger
 
 	kCreds, kCredHash, kWebhooks         string
-	kOutbox, kDue, kClaims, kDead        string
+	kOutbox, kDue, kClaims, kDead, kSent string
 	addCred, casCred, claim, retry, bury *redis.Script
 	put, done, redeliver                 *redis.Script
 }
@@ -89,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{
 		rdb: redis.NewClient(opts), log: log,
 		kCreds: p + "creds", kCredHash: p + "credhash", kWebhooks: p + "webhooks",
-		kOutbox: p + "wh:outbox", kDue: p + "wh:due", kClaims: p + "wh:claims", kDead: p + "wh:dead",
+		kOutbox: p + "wh:outbox", kDue: p + "wh:due", kClaims: p + "wh:claims", kDead: p + "wh:dead", kSent: p + "wh:sent",
 		addCred:   redis.NewScript(addCredSource),
 		casCred:   redis.NewScript(casSource),
 		claim:     redis.NewScript(claimSource),

@@ -19,20 +19,27 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1`
 
-// putSource: KEYS outbox, due; ARGV id1, JSON1, due1, id2, ... Adds the
-// entries not already pending (one delivery per event).
+// putSource: KEYS outbox, due, sent; ARGV now ms, forget-before ms, id1,
+// JSON1, due1, id2, ... Adds the entries neither pending nor delivered
+// since forget-before (one delivery per event, also when two instances
+// queue the same event one after the other's delivery), and forgets
+// older deliveries.
 const putSource = `
-for i = 1, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i+1]) == 1 then
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
+for i = 3, #ARGV, 3 do
+  if not redis.call('ZSCORE', KEYS[3], ARGV[i]) and redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i+1]) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[i+2], ARGV[i])
   end
 end
 return 1`
 
-// doneSource: KEYS outbox, due, claims; ARGV id. The delivery was made
-// (or its endpoint is gone): whoever claims it, it leaves.
+// doneSource: KEYS outbox, due, claims, sent; ARGV id, now ms. The
+// delivery was made (or its endpoint is gone): whoever claims it, it
+// leaves, and is remembered as sent.
 const doneSource = `
-redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return 1`
