@@ -57,7 +57,7 @@ func TestLayers(t *testing.T) {
 	wire := []string{"hub/session", "hub/channels", "hub/cosign"}
 	adapters := []string{
 		"hub/boltstore", "hub/redisstore", "hub/redisshared", "hub/natsintake", "hub/httpapi", "hub/webhook", "hub/metrics",
-		"settlement/btcdchain", "internal/natsembed",
+		"settlement/btcdchain", "internal/natsembed", "internal/natsjwt",
 	}
 	adapterRules := func(base []deptest.Rule) []deptest.Rule {
 		rules := append([]deptest.Rule(nil), base...)
