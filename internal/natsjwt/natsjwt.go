@@ -20,6 +20,8 @@ package natsjwt
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -178,17 +180,82 @@ func (a *Authority) SystemUser() (User, error) {
 	return User{PublicKey: pub, Creds: creds}, nil
 }
 
-// ProviderUser issues provider id's user, signed by the account's signing
-// key, with natsembed.ProviderPermissions(id) and nothing else.
-func (a *Authority) ProviderUser(id string) (User, error) {
+// ProviderKey is provider id's user public key. It is derived from the
+// signing key and the id (HMAC-SHA256), so every instance that holds the
+// authority's seeds names the same key for a provider without sharing a
+// list, and revoking the key at t revokes every credential issued for the
+// provider until t while one issued later is valid.
+func (a *Authority) ProviderKey(id string) (string, error) {
+	kp, err := a.providerKeyPair(id)
+	if err != nil {
+		return "", err
+	}
+	return kp.PublicKey()
+}
+
+func (a *Authority) providerKeyPair(id string) (nkeys.KeyPair, error) {
 	if !metering.ValidSubjectToken(id) {
-		return User{}, fmt.Errorf("natsjwt: provider id %q cannot be a subject token", id)
+		return nil, fmt.Errorf("natsjwt: provider id %q cannot be a subject token", id)
+	}
+	seed, err := a.signing.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("natsjwt: signing seed: %w", err)
+	}
+	m := hmac.New(sha256.New, seed)
+	m.Write([]byte("m2mhub nats provider user\x00" + id))
+	kp, err := nkeys.FromRawSeed(nkeys.PrefixByteUser, m.Sum(nil))
+	if err != nil {
+		return nil, fmt.Errorf("natsjwt: provider key: %w", err)
+	}
+	return kp, nil
+}
+
+// ProviderUser issues provider id's user (key ProviderKey(id)), signed by
+// the account's signing key, with natsembed.ProviderPermissions(id) and
+// nothing else.
+func (a *Authority) ProviderUser(id string) (User, error) {
+	kp, err := a.providerKeyPair(id)
+	if err != nil {
+		return User{}, err
 	}
 	sp := natsembed.ProviderPermissions(id)
 	p := &jwt.Permissions{}
 	p.Pub.Allow.Add(sp.Publish.Allow...)
 	p.Sub.Allow.Add(sp.Subscribe.Allow...)
-	return a.user("provider-"+id, p)
+	return a.sign(kp, "provider-"+id, p)
+}
+
+// RevokeProviders revokes every credential issued so far to the providers
+// ids: it reads the account JWT the cluster holds (so revocations pushed
+// by another instance are kept), adds the providers' keys revoked at now,
+// and pushes the result over sys (a system account connection).
+func (a *Authority) RevokeProviders(ctx context.Context, sys *nats.Conn, now time.Time, ids ...string) error {
+	revoked := map[string]time.Time{}
+	msg, err := sys.RequestWithContext(ctx, fmt.Sprintf("$SYS.REQ.ACCOUNT.%s.CLAIMS.LOOKUP", a.accPub), nil)
+	if err != nil {
+		return fmt.Errorf("natsjwt: look up account jwt: %w", err)
+	}
+	if cur, err := jwt.DecodeAccountClaims(string(msg.Data)); err == nil && cur.Subject == a.accPub {
+		for pub, at := range cur.Revocations {
+			revoked[pub] = time.Unix(at, 0)
+		}
+	} else if err == nil {
+		return fmt.Errorf("natsjwt: look up account jwt: answer is for %s", cur.Subject)
+	}
+	// An account JWT that cannot be decoded: the resolver does not have
+	// one yet (or answered an error); start from none.
+	for _, id := range ids {
+		pub, err := a.ProviderKey(id)
+		if err != nil {
+			return err
+		}
+		revoked[pub] = now
+	}
+	accJWT, err := a.AccountJWT(revoked)
+	if err != nil {
+		return err
+	}
+	return Push(ctx, sys, accJWT)
 }
 
 func (a *Authority) user(name string, perms *jwt.Permissions) (User, error) {
@@ -196,6 +263,10 @@ func (a *Authority) user(name string, perms *jwt.Permissions) (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("natsjwt: new user: %w", err)
 	}
+	return a.sign(kp, name, perms)
+}
+
+func (a *Authority) sign(kp nkeys.KeyPair, name string, perms *jwt.Permissions) (User, error) {
 	pub, _ := kp.PublicKey()
 	c := jwt.NewUserClaims(pub)
 	c.Name = name

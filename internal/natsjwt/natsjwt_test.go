@@ -184,8 +184,26 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	}
 	mu.Unlock()
 
-	// Revoke: the account JWT with the revocation, pushed as the system
-	// account's user.
+	// Another provider, connected throughout.
+	p2, err := a.ProviderUser("p2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2Closed := make(chan struct{})
+	p2c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, p2)), nats.NoReconnect(),
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
+		nats.ClosedHandler(func(*nats.Conn) { close(p2Closed) }))
+	if err != nil {
+		t.Fatalf("p2 connect: %v", err)
+	}
+	defer p2c.Close()
+	// The same provider's key is the same on every issue (and instance).
+	if again, err := a.ProviderUser("p1"); err != nil || again.PublicKey != prov.PublicKey {
+		t.Fatalf("p1 issued again: key %s, first %s (%v)", again.PublicKey, prov.PublicKey, err)
+	}
+
+	// Revoke p1: the account JWT with the revocation, pushed as the
+	// system account's user.
 	sysUser, err := a.SystemUser()
 	if err != nil {
 		t.Fatal(err)
@@ -195,35 +213,46 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 		t.Fatalf("system connect: %v", err)
 	}
 	defer sys.Close()
-	accJWT, err := a.AccountJWT(map[string]time.Time{prov.PublicKey: time.Now().Add(time.Second)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := natsjwt.Push(t.Context(), sys, accJWT); err != nil {
+	if err := a.RevokeProviders(t.Context(), sys, time.Now(), "p1"); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-closed:
-		t.Logf("provider connection closed: %v", pc.LastError())
 	case <-time.After(10 * time.Second):
 		t.Fatal("revoked provider still connected")
 	}
-	if c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, prov)), nats.NoReconnect()); err == nil {
-		c.Close()
-		t.Fatal("revoked provider connected again")
-	} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
-		t.Fatalf("revoked connect: %v, want an authorization error", err)
+	refused := func(u natsjwt.User) {
+		t.Helper()
+		c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, u)), nats.NoReconnect())
+		if err == nil {
+			c.Close()
+			t.Fatal("revoked provider connected again")
+		}
+		if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+			t.Fatalf("revoked connect: %v, want an authorization error", err)
+		}
 	}
-	// Revocation is by user key: a new user for the provider connects.
-	again, err := a.ProviderUser("p1")
+	refused(prov)
+	if !p2c.IsConnected() {
+		t.Fatal("p2 disconnected by p1's revocation")
+	}
+
+	// Another instance (same seeds) revokes p2: it starts from the account
+	// JWT the cluster holds, so p1 stays revoked.
+	b, err := natsjwt.New(seeds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, again)))
-	if err != nil {
-		t.Fatalf("new provider user: %v", err)
+	if err := b.RevokeProviders(t.Context(), sys, time.Now(), "p2"); err != nil {
+		t.Fatal(err)
 	}
-	c.Close()
+	select {
+	case <-p2Closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("p2 still connected after its revocation")
+	}
+	refused(p2)
+	refused(prov)
 	// The hub's own user is untouched.
 	if err := hub.Publish(metering.UsageSubject("p1"), []byte("hub")); err != nil || hub.Flush() != nil {
 		t.Fatalf("hub after revocation: %v", err)
