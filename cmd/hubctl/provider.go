@@ -21,7 +21,7 @@ type providerAddCmd struct {
 	PubKey   string `long:"pubkey" required:"true" description:"provider public key, 33 bytes hex"`
 	Owner    string `long:"owner" description:"owner of the provider"`
 	Kind     string `long:"kind" description:"kind of provider (charge point, toll gantry…)"`
-	CredsOut string `long:"creds-out" description:"write the NATS nkey seed to this new file (mode 0600) instead of printing it"`
+	CredsOut string `long:"creds-out" description:"write the NATS credential (nkey seed, or .creds file in operator mode) to this new file (mode 0600) instead of printing it"`
 }
 
 func (c *providerAddCmd) Execute([]string) error {
@@ -39,20 +39,25 @@ func (c *providerAddCmd) Execute([]string) error {
 	if err != nil {
 		return err
 	}
+	jwtCreds := p.NATS != nil && p.NATS.Creds != ""
 	if p.NATS != nil && c.CredsOut != "" {
 		// O_EXCL: never overwrite another provider's credential.
 		f, err := os.OpenFile(c.CredsOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return fmt.Errorf("creds file: %w", err)
 		}
-		_, err = f.WriteString(p.NATS.Seed + "\n")
+		secret := p.NATS.Seed + "\n"
+		if p.NATS.Creds != "" {
+			secret = p.NATS.Creds
+		}
+		_, err = f.WriteString(secret)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
 			return fmt.Errorf("creds file: %w", err)
 		}
-		p.NATS.Seed = "" // written, not printed
+		p.NATS.Seed, p.NATS.Creds = "", "" // written, not printed
 	}
 	if c.a.g.JSON {
 		return c.a.printJSON(p)
@@ -63,6 +68,12 @@ func (c *providerAddCmd) Execute([]string) error {
 	switch {
 	case p.NATS == nil:
 		fmt.Fprintln(c.a.out, "\nThe hub uses an external NATS: add this provider's user there (docs/metering.md).")
+	case jwtCreds && c.CredsOut != "":
+		fmt.Fprintf(c.a.out, "\nNATS credentials file written to %s. Connect with it (nats.UserCredentials) and inbox prefix %s; publish on %s.\n",
+			c.CredsOut, p.NATS.InboxPrefix, p.NATS.UsageSubject)
+	case jwtCreds:
+		fmt.Fprintf(c.a.out, "\nNATS credentials file (shown once; the hub does not keep it):\n%s", p.NATS.Creds)
+		fmt.Fprintf(c.a.out, "Connect with it (nats.UserCredentials) and inbox prefix %s; publish on %s.\n", p.NATS.InboxPrefix, p.NATS.UsageSubject)
 	case c.CredsOut != "":
 		fmt.Fprintf(c.a.out, "\nNATS nkey seed written to %s. Connect with it and inbox prefix %s; publish on %s.\n",
 			c.CredsOut, p.NATS.InboxPrefix, p.NATS.UsageSubject)

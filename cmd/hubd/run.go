@@ -111,6 +111,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	natsURL := events.url
+	if events.authority != nil {
+		events.authority.devices = store
+	}
 	checks = append(checks, httpapi.HealthCheck{Name: "nats", Check: events.Healthy})
 
 	// Base chain and the hub's wallet.
@@ -186,7 +189,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	reg, err := registry.New(registry.Config{
 		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
-		Sessions: revocations{sessions: sessions, nats: events.issuer, log: log},
+		Sessions: revocations{sessions: sessions, nats: events.remover(), log: log},
 		Channels: chans,
 	})
 	if err != nil {
@@ -322,6 +325,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	if events.issuer != nil { // an external NATS has its own users
 		apiCfg.Providers = events.issuer
+	} else if events.authority != nil { // unless the hub signs them
+		apiCfg.Providers = events.authority
 	}
 	api, err := httpapi.New(apiCfg)
 	if err != nil {
@@ -365,8 +370,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 // longer publish at all (its events would be dead-lettered anyway).
 type revocations struct {
 	sessions *session.Directory
-	nats     *natsembed.Issuer // nil with an external NATS
-	log      *slog.Logger
+	nats     interface { // nil with an external NATS the hub does not sign for
+		RemoveNATS(ctx context.Context, id string) error
+	}
+	log *slog.Logger
 }
 
 func (r revocations) Drop(deviceID, code, reason string) {
@@ -519,6 +526,22 @@ type bus struct {
 	conn   *nats.Conn
 	js     jetstream.JetStream
 	issuer *natsembed.Issuer // nil with an external NATS
+	// authority signs NATS users on an external NATS in operator mode
+	// (--nats-authority); nil otherwise.
+	authority *natsAuthority
+}
+
+// remover is what revokes a provider's NATS user, or nil.
+func (b *bus) remover() interface {
+	RemoveNATS(ctx context.Context, id string) error
+} {
+	if b.issuer != nil {
+		return b.issuer
+	}
+	if b.authority != nil {
+		return b.authority
+	}
+	return nil
 }
 
 // startNATS runs nats-server in-process (with nkey users: the hub's own and
@@ -551,6 +574,10 @@ func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 			return nil, fmt.Errorf("nats key: %w", err)
 		}
 		opts = append(opts, seed)
+	} else if cfg.NATSAuthority != "" {
+		if err := b.signUsers(cfg, log, st, &opts); err != nil {
+			return nil, err
+		}
 	} else if cfg.NATSCreds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
 	}
@@ -565,6 +592,11 @@ func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	}
 	if err := natsintake.EnsureStreams(ctx, b.js, 0); err != nil {
 		return nil, fmt.Errorf("metering streams: %w", err)
+	}
+	if b.authority != nil {
+		b.authority.prepare = func(ctx context.Context, id string) error {
+			return natsintake.EnsureReceiptsConsumer(ctx, b.js, id)
+		}
 	}
 	if ns != nil {
 		b.issuer, err = natsembed.NewIssuer(natsembed.IssuerConfig{

@@ -22,6 +22,15 @@ type ProviderCredentials interface {
 	NATSUsers(ctx context.Context) (map[string]string, error)
 }
 
+// ProviderCredsIssuer is a ProviderCredentials that issues NATS
+// decentralised-auth credentials (internal/natsjwt: a user JWT signed by
+// the hub's account key, with its seed, as one .creds file) rather than a
+// bare nkey seed. The handler prefers it when the configured
+// ProviderCredentials has it.
+type ProviderCredsIssuer interface {
+	IssueNATSCreds(ctx context.Context, providerID string) (userPub string, creds []byte, err error)
+}
+
 // auditRecorder is the registry's audit entry point for admin actions; the
 // hub's Registry has it, and issuing credentials is recorded there.
 type auditRecorder interface {
@@ -38,8 +47,11 @@ type AddProviderRequest struct {
 // ProviderNATS is what a provider needs to publish usage and read its
 // receipts. Seed is shown once, in the answer to POST /v1/providers.
 type ProviderNATS struct {
-	User             string `json:"user"` // public nkey
-	Seed             string `json:"seed,omitempty"`
+	User string `json:"user"` // public nkey
+	Seed string `json:"seed,omitempty"`
+	// Creds is the .creds file (user JWT and seed) when the hub signs
+	// NATS users as an account (operator mode); shown once, like Seed.
+	Creds            string `json:"creds,omitempty"`
 	UsageSubject     string `json:"usage_subject"`
 	ReceiptsSubject  string `json:"receipts_subject"`
 	ReceiptsStream   string `json:"receipts_stream"`
@@ -107,12 +119,20 @@ func (h *Handler) addProvider(w http.ResponseWriter, r *http.Request) {
 	}
 	out := Provider{Device: d}
 	if h.cfg.Providers != nil {
-		user, seed, err := h.cfg.Providers.IssueNATS(ctx, d.ID)
+		var user string
+		var seed, creds []byte
+		var err error
+		if ci, ok := h.cfg.Providers.(ProviderCredsIssuer); ok {
+			user, creds, err = ci.IssueNATSCreds(ctx, d.ID)
+		} else {
+			user, seed, err = h.cfg.Providers.IssueNATS(ctx, d.ID)
+		}
 		if err != nil {
 			h.fail(w, r, fmt.Errorf("issue NATS credentials: %w", err))
 			return
 		}
 		out.NATS = providerNATS(d.ID, user, seed)
+		out.NATS.Creds = string(creds)
 		if ar, ok := h.cfg.Registry.(auditRecorder); ok {
 			detail := map[string]string{"action": "nats-credentials-issued", "nkey": user}
 			if _, err := ar.RecordAdmin(ctx, d.ID, actorOf(r), detail); err != nil {

@@ -13,9 +13,8 @@
 // nothing more (publish its usage, read its receipts); its JWT carries
 // those permissions, so the rule stays in one place.
 //
-// Not wired into hubd yet: hubd still runs the embedded server with nkey
-// users (internal/natsembed) and prints no credentials with an external
-// NATS.
+// hubd uses it with an external NATS when given --nats-authority; the
+// embedded server still has nkey users (internal/natsembed).
 package natsjwt
 
 import (
@@ -151,6 +150,8 @@ func (a *Authority) AccountJWT(revoked map[string]time.Time) (string, error) {
 // credentials file (JWT and seed), handed over once.
 type User struct {
 	PublicKey string
+	JWT       string
+	Seed      []byte
 	Creds     []byte
 }
 
@@ -177,7 +178,7 @@ func (a *Authority) SystemUser() (User, error) {
 	if err != nil {
 		return User{}, fmt.Errorf("natsjwt: creds: %w", err)
 	}
-	return User{PublicKey: pub, Creds: creds}, nil
+	return User{PublicKey: pub, JWT: tok, Seed: seed, Creds: creds}, nil
 }
 
 // ProviderKey is provider id's user public key. It is derived from the
@@ -283,7 +284,7 @@ func (a *Authority) sign(kp nkeys.KeyPair, name string, perms *jwt.Permissions) 
 	if err != nil {
 		return User{}, fmt.Errorf("natsjwt: creds: %w", err)
 	}
-	return User{PublicKey: pub, Creds: creds}, nil
+	return User{PublicKey: pub, JWT: tok, Seed: seed, Creds: creds}, nil
 }
 
 // Push sends an account JWT to the cluster on $SYS.REQ.CLAIMS.UPDATE over
