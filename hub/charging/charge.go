@@ -115,7 +115,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	res, plans, err := c.record(ctx, plans, out)
 	if err != nil {
 		c.undoVolumes(plans)
-		return nil, fmt.Errorf("hub: record charges: %w", err)
+		return nil, fmt.Errorf("record charges: %w", err)
 	}
 
 	var dups []plan
@@ -218,7 +218,7 @@ func (c *Service) record(ctx context.Context, plans []plan, out []Outcome) ([]hu
 		var err error
 		pres, err = c.cfg.Channels.RecordCharges(ctx, c.cfg.Charges, plain)
 		if err == nil && len(pres) != len(plain) {
-			err = fmt.Errorf("hub: charge store returned %d results for %d charges", len(pres), len(plain))
+			err = fmt.Errorf("charging: charge store returned %d results for %d charges", len(pres), len(plain))
 		}
 		if err != nil {
 			return nil, plans, err

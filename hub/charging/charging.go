@@ -305,10 +305,10 @@ func (c *Service) loadContract(ctx context.Context, h hub.Hash) (*contracts.Cont
 	}
 	k, err := contracts.Parse(rec.Document)
 	if err != nil {
-		return nil, fmt.Errorf("hub: stored contract %s: %w", h, err)
+		return nil, fmt.Errorf("stored contract %s: %w", h, err)
 	}
 	if hub.Hash(k.Hash()) != h {
-		return nil, fmt.Errorf("hub: stored contract %s hashes to %x", h, k.Hash())
+		return nil, fmt.Errorf("charging: stored contract %s hashes to %x", h, k.Hash())
 	}
 	return k, nil
 }
