@@ -375,15 +375,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	case !payer.HasRole(hub.RolePayer):
 		return plan{}, &rejection{Reason: RejectNotPayer, Detail: fmt.Sprintf("%s has no payer role", ev.Payer)}
 	}
-	prov, err := c.device(ctx, ev.Provider, now)
-	switch {
-	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %q is not registered", ev.Provider)}
-	case err != nil:
-		return plan{}, err
-	case prov.Status != hub.StatusActive || !prov.HasRole(hub.RoleProvider):
-		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %s is not an active provider", ev.Provider)}
-	}
+	// The provider is not looked up again: the intake checked it is an
+	// active provider when it verified the event's signature with the
+	// provider's key (hub/natsintake), the one status check of an event.
 
 	u := ev.Usage
 	u.Device, u.Provider, u.EventTime = ev.Payer, ev.Provider, ev.Time

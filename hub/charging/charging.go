@@ -20,12 +20,15 @@ import (
 // Rejection reasons of charging; the intake dead-letters an event with one
 // of them in its M2M-Reason header.
 const (
-	RejectUnknownContract  = "unknown-contract"
-	RejectUnknownDevice    = "unknown-device"
-	RejectRevoked          = "revoked"
-	RejectFrozen           = "frozen"
-	RejectNotPayer         = "not-payer"
-	RejectProvider         = "provider-inactive"
+	RejectUnknownContract = "unknown-contract"
+	RejectUnknownDevice   = "unknown-device"
+	RejectRevoked         = "revoked"
+	RejectFrozen          = "frozen"
+	RejectNotPayer        = "not-payer"
+	// RejectProvider is the intake's reason for an event of a provider
+	// that is not active (metering.ReasonSourceInactive); charging trusts
+	// the intake's check and does not refuse with it itself.
+	RejectProvider         = metering.ReasonSourceInactive
 	RejectPrice            = "unpriceable"
 	RejectContractMismatch = "contract-mismatch"
 	RejectSecurity         = "security-freeze"
