@@ -3,6 +3,8 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/btcsuite/btcd/btcutil"
@@ -83,6 +85,20 @@ type ChannelRecord struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// Validate refuses a channel record no store should write: every record
+// is keyed by its PendingID and indexed under its DeviceID, and stores end
+// a device id with a zero byte in their index keys. Errors wrap ErrInvalid.
+// A store may refuse more (redisstore bounds amounts), never less.
+func (c ChannelRecord) Validate() error {
+	switch {
+	case c.PendingID == [32]byte{}:
+		return fmt.Errorf("%w: channel without pending id", ErrInvalid)
+	case c.DeviceID == "" || strings.IndexByte(c.DeviceID, 0) >= 0:
+		return fmt.Errorf("%w: channel %x: device id %q", ErrInvalid, c.PendingID, c.DeviceID)
+	}
+	return nil
+}
+
 // HoldStatus is where a pre-authorisation is in its life.
 type HoldStatus string
 
@@ -112,6 +128,15 @@ type Hold struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// Validate refuses a hold no store should write: holds are keyed by ID.
+// Errors wrap ErrInvalid.
+func (h Hold) Validate() error {
+	if h.ID == [16]byte{} {
+		return fmt.Errorf("%w: hold without id", ErrInvalid)
+	}
+	return nil
+}
+
 // Remaining is what the hold can still capture.
 func (h Hold) Remaining() msat.Amount { return h.Max - h.Captured }
 
@@ -130,6 +155,17 @@ type PaymentUpdate struct {
 	// under (Channel, Seq) for history and settlement.
 	Receipt []byte
 	Time    time.Time
+}
+
+// Validate refuses an update no store should apply: states are numbered
+// from 1 (Seq 0 is the funded channel before any payment). Whether Seq
+// follows the stored state is checked by the store, atomically
+// (ErrSeqConflict). Errors wrap ErrInvalid.
+func (u PaymentUpdate) Validate() error {
+	if u.Seq == 0 {
+		return fmt.Errorf("%w: payment with seq 0", ErrInvalid)
+	}
+	return nil
 }
 
 // ChannelStore persists channels, holds and receipts. ApplyPayment is the

@@ -21,6 +21,15 @@ type ContractRecord struct {
 	Published time.Time `json:"published"`
 }
 
+// Validate refuses a contract record no store should write: contracts
+// are keyed by Hash. Errors wrap ErrInvalid.
+func (c ContractRecord) Validate() error {
+	if c.Hash == (Hash{}) {
+		return fmt.Errorf("%w: contract without hash", ErrInvalid)
+	}
+	return nil
+}
+
 // ContractStore keeps published contracts. Contracts are immutable: a new
 // version is a new document with a new hash.
 type ContractStore interface {

@@ -1,10 +1,12 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 
+	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
 	"github.com/m2mhub/m2mhub/settlement"
 )
@@ -17,6 +19,71 @@ func ValidateRun(r settlement.Run) error {
 		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", ErrInvalid, r.Epoch.Number, r.Attempt)
 	}
 	return nil
+}
+
+// ValidateCut refuses a cut no SettlementStore should write: successor
+// follows closed, is open, and closed (unless it is 0, "no epoch yet") has
+// its End. Whether closed is the stored open epoch is checked by the store,
+// atomically (ErrEpochConflict). Errors wrap ErrInvalid.
+func ValidateCut(closed, successor settlement.Epoch) error {
+	switch {
+	case successor.Number != closed.Number+1:
+		return fmt.Errorf("%w: epoch %d cannot follow epoch %d", ErrInvalid, successor.Number, closed.Number)
+	case !successor.Open():
+		return fmt.Errorf("%w: successor epoch %d has an end", ErrInvalid, successor.Number)
+	case closed.Number > 0 && closed.Open():
+		return fmt.Errorf("%w: cut epoch %d has no end", ErrInvalid, closed.Number)
+	}
+	return nil
+}
+
+// ValidateRollover refuses a rollover no SettlementStore should commit
+// (see CommitRollover): the run must be valid, every old channel named
+// once and spent by one of the run's transactions, and every next record
+// valid, funded, and named (by pending id or funding) once across old and
+// next. It returns, for every outpoint the run's transactions spend, the
+// txid that spends it: an old channel's CloseTx. Whether the old channels
+// are still open and the next ones new is checked by the store,
+// atomically. Errors wrap ErrInvalid.
+func ValidateRollover(r settlement.Run, old []wire.OutPoint, next []ChannelRecord) (map[wire.OutPoint]chainhash.Hash, error) {
+	if err := ValidateRun(r); err != nil {
+		return nil, err
+	}
+	spender := make(map[wire.OutPoint]chainhash.Hash)
+	for i, raw := range r.Txs {
+		var tx wire.MsgTx
+		if err := tx.Deserialize(bytes.NewReader(raw)); err != nil {
+			return nil, fmt.Errorf("%w: run transaction %d: %v", ErrInvalid, i, err)
+		}
+		txid := tx.TxHash()
+		for _, in := range tx.TxIn {
+			spender[in.PreviousOutPoint] = txid
+		}
+	}
+	seen := make(map[wire.OutPoint]bool, len(old)+len(next))
+	for _, op := range old {
+		if seen[op] {
+			return nil, fmt.Errorf("%w: channel %s named twice", ErrInvalid, op)
+		}
+		if _, ok := spender[op]; !ok {
+			return nil, fmt.Errorf("%w: no transaction of the run spends channel %s", ErrInvalid, op)
+		}
+		seen[op] = true
+	}
+	pids := make(map[[32]byte]bool, len(next))
+	for _, c := range next {
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		switch {
+		case c.Funding == wire.OutPoint{}:
+			return nil, fmt.Errorf("%w: next channel %x has no funding", ErrInvalid, c.PendingID)
+		case seen[c.Funding] || pids[c.PendingID]:
+			return nil, fmt.Errorf("%w: next channel %x or its funding %s named twice", ErrInvalid, c.PendingID, c.Funding)
+		}
+		seen[c.Funding], pids[c.PendingID] = true, true
+	}
+	return spender, nil
 }
 
 // ErrEpochConflict is returned when a cut does not close the open epoch

@@ -113,12 +113,9 @@ func TestContractsPriceEvents(t *testing.T) {
 			s := newEventSchedule(1, 0, kind, "dev-provider", hex.EncodeToString(h[:]), "run", []string{"dev-a", "dev-b"})
 			for _, e := range s.batch(0, 200, now) {
 				e.Source, e.SpecVersion, e.Type = "dev-provider", metering.SpecVersion, metering.EventType
-				if err := metering.Validate(&e, now, metering.Limits{}); err != nil {
-					t.Fatalf("event %s: %v", e.ID, err)
-				}
-				u, err := metering.ToUsage(&e)
+				u, err := metering.Validate(&e, now, metering.Limits{})
 				if err != nil {
-					t.Fatal(err)
+					t.Fatalf("event %s: %v", e.ID, err)
 				}
 				b, err := contracts.Price(k, u)
 				if err != nil {

@@ -194,7 +194,7 @@ func TestValidate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := testEvent("a")
 			tc.mutate(&e)
-			err := metering.Validate(&e, testNow, metering.Limits{})
+			_, err := metering.Validate(&e, testNow, metering.Limits{})
 			if tc.want == nil && err != nil {
 				t.Fatal(err)
 			}

@@ -27,8 +27,10 @@ const (
 // CloudEvents attributes, a bounded id, parseable times (event time within
 // [now-MaxAge, now+MaxFuture]), non-negative decimals and a 64-hex contract
 // hash. It does not check the signature (Verify) or that the contract and
-// devices exist (the charger's job). Zero limits take the defaults.
-func Validate(e *Event, now time.Time, lim Limits) error {
+// devices exist (the charger's job). Zero limits take the defaults. It
+// returns the usage record parsed on the way (as ToUsage would), so an
+// event's data is parsed once.
+func Validate(e *Event, now time.Time, lim Limits) (contracts.Usage, error) {
 	if lim.MaxFuture <= 0 {
 		lim.MaxFuture = DefaultMaxFuture
 	}
@@ -37,31 +39,30 @@ func Validate(e *Event, now time.Time, lim Limits) error {
 	}
 	switch {
 	case e.SpecVersion != SpecVersion:
-		return fmt.Errorf("%w: %q", ErrSpecVersion, e.SpecVersion)
+		return contracts.Usage{}, fmt.Errorf("%w: %q", ErrSpecVersion, e.SpecVersion)
 	case e.Type != EventType:
-		return fmt.Errorf("%w: %q", ErrType, e.Type)
+		return contracts.Usage{}, fmt.Errorf("%w: %q", ErrType, e.Type)
 	case e.DataContentType != "" && e.DataContentType != ContentType:
-		return fmt.Errorf("%w: datacontenttype %q", ErrMalformed, e.DataContentType)
+		return contracts.Usage{}, fmt.Errorf("%w: datacontenttype %q", ErrMalformed, e.DataContentType)
 	case e.ID == "" || len(e.ID) > MaxIDLen:
-		return fmt.Errorf("%w: id must be 1..%d bytes", ErrBadID, MaxIDLen)
+		return contracts.Usage{}, fmt.Errorf("%w: id must be 1..%d bytes", ErrBadID, MaxIDLen)
 	case !ValidSubjectToken(e.Source) || e.Subject == "" || len(e.Subject) > MaxNameLen:
-		return fmt.Errorf("%w: source and subject must be device ids", ErrMalformed)
+		return contracts.Usage{}, fmt.Errorf("%w: source and subject must be device ids", ErrMalformed)
 	}
 	t, err := parseTime("time", e.Time)
 	if err != nil {
-		return err
+		return contracts.Usage{}, err
 	}
 	if t.After(now.Add(lim.MaxFuture)) {
-		return fmt.Errorf("%w: %s is more than %s ahead", ErrFuture, e.Time, lim.MaxFuture)
+		return contracts.Usage{}, fmt.Errorf("%w: %s is more than %s ahead", ErrFuture, e.Time, lim.MaxFuture)
 	}
 	if t.Before(now.Add(-lim.MaxAge)) {
-		return fmt.Errorf("%w: %s is more than %s old", ErrTooOld, e.Time, lim.MaxAge)
+		return contracts.Usage{}, fmt.Errorf("%w: %s is more than %s old", ErrTooOld, e.Time, lim.MaxAge)
 	}
 	if !isHex64(e.Data.Contract) {
-		return fmt.Errorf("%w: %q is not 64 lowercase hex digits", ErrBadContract, e.Data.Contract)
+		return contracts.Usage{}, fmt.Errorf("%w: %q is not 64 lowercase hex digits", ErrBadContract, e.Data.Contract)
 	}
-	_, err = toUsage(e)
-	return err
+	return toUsage(e)
 }
 
 // ToUsage converts e into the usage record contracts price: the subject is

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -130,22 +129,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("hub wallet", "address", wallet.Address().String())
 
-	// Metrics: counters are fed by the parts below as they work; gauges
-	// are read from them on each scrape, through live, which points at
-	// them once they exist.
-	live := &liveParts{}
-	probes := make([]metrics.HealthCheck, len(checks))
-	for i, c := range httpapi.BoundChecks(checks, httpapi.HealthTimeout) {
-		probes[i] = metrics.HealthCheck(c)
-	}
-	meter, err := metrics.New(metrics.Config{
-		Sessions: live, Exposure: live, Intake: live, Channels: store, Chain: chain, Runs: store,
-		IntakeLag: metrics.JetStreamLag(events.js, metering.UsageStream, natsintake.DefaultConsumer),
-		Health:    probes, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
+	// Metrics: the counters are fed by the parts below as they work, so
+	// they come first; the gauges are read from the parts, so the
+	// Metrics that serve both are built after them (below the intake).
+	counters := metrics.NewCounters()
 
 	// Webhooks: receipts, enforcement and settlement events are also
 	// POSTed to providers' back ends, from a durable outbox.
@@ -182,7 +169,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		SafetyMargin:   cfg.Channels.SafetyMargin,
 		CreditLimit:    msat.Amount(cfg.Channels.CreditLimitMsat),
 		PollInterval:   cfg.Channels.PollInterval,
-		PayObserver:    meter,
+		PayObserver:    counters,
 	})
 	if err != nil {
 		return err
@@ -223,8 +210,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	st.push("sessions", func(context.Context) error { return srv.Close() })
-	live.srv.Store(srv)
-	live.channels.Store(chans)
 	chans.Start()
 	st.push("channels", func(context.Context) error { return chans.Close() })
 	cosigners.Start()
@@ -255,7 +240,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// exactly once and paid through the payers' channels.
 	charging, err := charging.New(charging.Config{
 		Contracts: store, Charges: store, Devices: reg, Channels: chans,
-		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: meter, Logger: log, CDRs: store,
+		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: counters, Logger: log, CDRs: store,
 	})
 	if err != nil {
 		return err
@@ -273,7 +258,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("metering intake: %w", err)
 	}
 	st.push("intake", func(context.Context) error { return intake.Close() })
-	live.intake.Store(intake)
+	probes := make([]metrics.HealthCheck, len(checks))
+	for i, c := range httpapi.BoundChecks(checks, httpapi.HealthTimeout) {
+		probes[i] = metrics.HealthCheck(c)
+	}
+	meter, err := metrics.New(metrics.Config{
+		Counters: counters, Sessions: srv, Exposure: chans, Intake: intake, Channels: store, Chain: chain, Runs: store,
+		IntakeLag: metrics.JetStreamLag(events.js, metering.UsageStream, natsintake.DefaultConsumer),
+		Health:    probes, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
 	contractsAPI, err := httpapi.JoinContracts(httpapi.ContractsConfig{Store: store, Auditor: reg, Incomes: charging})
 	if err != nil {
 		return err
@@ -409,34 +405,6 @@ func afterSettleState(next func(settlement.Run) error, log *slog.Logger) func(se
 		}
 		return err
 	}
-}
-
-// liveParts lets the metrics read parts that are created after them.
-type liveParts struct {
-	srv      atomic.Pointer[session.Server]
-	channels atomic.Pointer[channels.Manager]
-	intake   atomic.Pointer[natsintake.Intake]
-}
-
-func (l *liveParts) Sessions() int {
-	if srv := l.srv.Load(); srv != nil {
-		return srv.Sessions()
-	}
-	return 0
-}
-
-func (l *liveParts) Exposure(ctx context.Context) (channels.Exposure, error) {
-	if c := l.channels.Load(); c != nil {
-		return c.Exposure(ctx)
-	}
-	return channels.Exposure{}, errors.New("channels not started")
-}
-
-func (l *liveParts) Stats() natsintake.Stats {
-	if in := l.intake.Load(); in != nil {
-		return in.Stats()
-	}
-	return natsintake.Stats{}
 }
 
 // checkPorts binds and releases every address hubd listens on, so a port

@@ -141,7 +141,7 @@ func capture(hs, op []byte, id []byte, amount msat.Amount) ([]byte, error) {
 }
 
 // devKey is the device index key of a channel: the device id, a zero byte
-// (device ids hold none, see validateChannel) and the order of creation.
+// (device ids hold none, see hub.ChannelRecord.Validate) and the order of creation.
 func devKey(deviceID string, order uint64) []byte {
 	k := make([]byte, 0, len(deviceID)+9)
 	k = append(k, deviceID...)
@@ -150,16 +150,6 @@ func devKey(deviceID string, order uint64) []byte {
 }
 
 func devPrefix(deviceID string) []byte { return append([]byte(deviceID), 0) }
-
-func validateChannel(c hub.ChannelRecord) error {
-	if c.PendingID == ([32]byte{}) {
-		return fmt.Errorf("boltstore: %w: channel without pending id", hub.ErrInvalid)
-	}
-	if c.DeviceID == "" || bytes.IndexByte([]byte(c.DeviceID), 0) >= 0 {
-		return fmt.Errorf("boltstore: %w: channel %x: device id %q", hub.ErrInvalid, c.PendingID, c.DeviceID)
-	}
-	return nil
-}
 
 // PutChannel creates or replaces a channel record. On replace it keeps the
 // stored Seq, Paid, DeviceSig and Owed (only ApplyPayment and ApplyOwed move
@@ -170,7 +160,7 @@ func (s *Store) PutChannel(ctx context.Context, c hub.ChannelRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := validateChannel(c); err != nil {
+	if err := c.Validate(); err != nil {
 		return err
 	}
 	pid := bytes.Clone(c.PendingID[:])
@@ -367,8 +357,8 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if u.Seq == 0 {
-		return fmt.Errorf("boltstore: %w: payment with seq 0", hub.ErrInvalid)
+	if err := u.Validate(); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
 	}
 	// Everything written is built here, outside the transaction: the
 	// committer runs the group serially, so work inside it is not parallel.
@@ -543,8 +533,8 @@ func (s *Store) PutHold(ctx context.Context, h hub.Hold) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if h.ID == ([16]byte{}) {
-		return fmt.Errorf("boltstore: %w: hold without id", hub.ErrInvalid)
+	if err := h.Validate(); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
 	}
 	id := bytes.Clone(h.ID[:])
 	static := h

@@ -39,8 +39,8 @@ func (s *Store) PutContract(ctx context.Context, c hub.ContractRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.Hash == (hub.Hash{}) {
-		return fmt.Errorf("boltstore: %w: contract without hash", hub.ErrInvalid)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("boltstore: %w", err)
 	}
 	doc, err := json.Marshal(c)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/internal/record"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -67,7 +66,7 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := validateCut(closed, successor); err != nil {
+	if err := hub.ValidateCut(closed, successor); err != nil {
 		return fmt.Errorf("boltstore: %w", err)
 	}
 	closedDoc, err := json.Marshal(closed)
@@ -117,20 +116,6 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 	})
 	if err != nil {
 		return fmt.Errorf("boltstore: cut epoch %d: %w", closed.Number, err)
-	}
-	return nil
-}
-
-// validateCut refuses cuts no store should write. Number 0 stands for "no
-// epoch yet", so closed is only checked when it names a real epoch.
-func validateCut(closed, successor settlement.Epoch) error {
-	switch {
-	case successor.Number != closed.Number+1:
-		return fmt.Errorf("%w: epoch %d cannot follow epoch %d", hub.ErrInvalid, successor.Number, closed.Number)
-	case !successor.Open():
-		return fmt.Errorf("%w: successor epoch %d has an end", hub.ErrInvalid, successor.Number)
-	case closed.Number > 0 && closed.Open():
-		return fmt.Errorf("%w: cut epoch %d has no end", hub.ErrInvalid, closed.Number)
 	}
 	return nil
 }
@@ -377,7 +362,8 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 
 // prepareRollover checks and encodes a rollover outside the transaction.
 func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) (rollover, error) {
-	if err := hub.ValidateRun(r); err != nil {
+	spender, err := hub.ValidateRollover(r, old, next)
+	if err != nil {
 		return rollover{}, err
 	}
 	doc, err := json.Marshal(r)
@@ -385,35 +371,11 @@ func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRe
 		return rollover{}, fmt.Errorf("encode run: %w", err)
 	}
 	ro := rollover{runKey: runKey(r.Epoch.Number, r.Attempt), runDoc: doc}
-	spender, err := record.Spenders(r.Txs)
-	if err != nil {
-		return rollover{}, err
-	}
-	seen := make(map[wire.OutPoint]bool, len(old)+len(next))
 	for _, op := range old {
-		txid, ok := spender[op]
-		switch {
-		case seen[op]:
-			return rollover{}, fmt.Errorf("%w: channel %s named twice", hub.ErrInvalid, op)
-		case !ok:
-			return rollover{}, fmt.Errorf("%w: no transaction of the run spends channel %s", hub.ErrInvalid, op)
-		}
-		seen[op] = true
-		ro.old = append(ro.old, oldChannel{op: op, key: opKey(op), closeTx: txid})
+		ro.old = append(ro.old, oldChannel{op: op, key: opKey(op), closeTx: spender[op]})
 	}
-	pids := make(map[[32]byte]bool, len(next))
 	for _, c := range next {
-		if err := validateChannel(c); err != nil {
-			return rollover{}, err
-		}
 		name := fmt.Sprintf("%x", c.PendingID)
-		switch {
-		case isZeroOutPoint(c.Funding):
-			return rollover{}, fmt.Errorf("%w: next channel %s has no funding", hub.ErrInvalid, name)
-		case seen[c.Funding] || pids[c.PendingID]:
-			return rollover{}, fmt.Errorf("%w: next channel %s or its funding %s named twice", hub.ErrInvalid, name, c.Funding)
-		}
-		seen[c.Funding], pids[c.PendingID] = true, true
 		doc, err := json.Marshal(staticPart(c))
 		if err != nil {
 			return rollover{}, fmt.Errorf("encode channel %s: %w", name, err)

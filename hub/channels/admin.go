@@ -31,7 +31,7 @@ func (c *Manager) ListChannels(ctx context.Context, statuses ...hub.ChannelStatu
 func (c *Manager) Expiring(ctx context.Context, within uint32) (uint32, []hub.ChannelRecord, error) {
 	h, err := c.cfg.Chain.BlockCount(ctx)
 	if err != nil {
-		return 0, nil, fmt.Errorf("hub: block height: %w", err)
+		return 0, nil, fmt.Errorf("block height: %w", err)
 	}
 	height := uint32(max(h, 0))
 	recs, err := c.store.Channels(ctx, hub.ChannelPending, hub.ChannelReady, hub.ChannelFrozen)
@@ -69,7 +69,7 @@ func (c *Manager) HoldsOf(ctx context.Context, deviceID string) ([]hub.Hold, err
 		}
 		hs, err := c.store.Holds(ctx, r.Funding)
 		if err != nil {
-			return nil, fmt.Errorf("hub: holds of %v: %w", r.Funding, err)
+			return nil, fmt.Errorf("holds of %v: %w", r.Funding, err)
 		}
 		out = append(out, hs...)
 	}

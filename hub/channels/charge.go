@@ -113,7 +113,7 @@ func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs [
 			for _, held := range entries {
 				held.mu.Unlock()
 			}
-			return nil, fmt.Errorf("hub: charge channel %v: %w", op, err)
+			return nil, fmt.Errorf("charge channel %v: %w", op, err)
 		}
 		// Sorted order: two recorders never wait on each other.
 		e.mu.Lock()

@@ -208,7 +208,7 @@ func (c *Manager) closeSign(ctx context.Context, s *session.Session, m *wire.Clo
 // it (rebroadcastClose), and the error is only reported.
 func (c *Manager) broadcastClose(ctx context.Context, e *chanEntry, tx *btcwire.MsgTx) (chainhash.Hash, error) {
 	if err := verifySpend(tx, e.out.PkScript(), int64(e.rec.Capacity)); err != nil {
-		return chainhash.Hash{}, fmt.Errorf("hub: close of %v does not verify: %w", e.rec.Funding, err)
+		return chainhash.Hash{}, fmt.Errorf("close of %v does not verify: %w", e.rec.Funding, err)
 	}
 	var raw bytes.Buffer
 	if err := tx.Serialize(&raw); err != nil {
@@ -267,7 +267,7 @@ func (c *Manager) Claim(ctx context.Context, op btcwire.OutPoint) (chainhash.Has
 	}
 	devSig, err := schnorr.ParseSignature(e.rec.DeviceSig[:])
 	if err != nil {
-		return chainhash.Hash{}, fmt.Errorf("hub: stored claim signature of %v: %w", op, err)
+		return chainhash.Hash{}, fmt.Errorf("stored claim signature of %v: %w", op, err)
 	}
 	tx := btcwire.NewMsgTx(channel.TxVersion)
 	tx.LockTime = channel.ClaimLockTime

@@ -207,7 +207,7 @@ func (c *Manager) authorizeHold(ctx context.Context, s *session.Session, m *wire
 		Memo: ask.req.Memo, CreatedAt: c.clock.Now().UTC(),
 	}
 	if err := c.store.PutHold(ctx, h); err != nil {
-		return fmt.Errorf("hub: put hold: %w", err)
+		return fmt.Errorf("put hold: %w", err)
 	}
 	e.holds[h.ID] = &h
 	c.mu.Lock()
@@ -435,7 +435,7 @@ func (c *Manager) closeHoldLocked(ctx context.Context, e *chanEntry, h *hub.Hold
 	closed := *h
 	closed.Status = st
 	if err := c.store.PutHold(ctx, closed); err != nil {
-		return fmt.Errorf("hub: close hold: %w", err)
+		return fmt.Errorf("close hold: %w", err)
 	}
 	delete(e.holds, h.ID)
 	c.mu.Lock()

@@ -56,7 +56,7 @@ func (c *Manager) RecordHeldCharge(ctx context.Context, store hub.ChargeStore, c
 		return hub.ChargeResult{}, err
 	}
 	if len(res) != 1 {
-		return hub.ChargeResult{}, fmt.Errorf("hub: charge store returned %d results for 1 charge", len(res))
+		return hub.ChargeResult{}, fmt.Errorf("channels: charge store returned %d results for 1 charge", len(res))
 	}
 	if r := res[0]; !r.Duplicate && r.Stored.Status == hub.ChargeOwed {
 		e.rec.Owed += r.Stored.Amount

@@ -418,7 +418,7 @@ func (c *Manager) newEntry(ctx context.Context, rec hub.ChannelRecord) (*chanEnt
 		asked: map[[16]byte]msat.Amount{}, reqs: map[uint64]*captureReq{}}
 	holds, err := c.store.Holds(ctx, rec.Funding)
 	if err != nil {
-		return nil, fmt.Errorf("hub: holds of %v: %w", rec.Funding, err)
+		return nil, fmt.Errorf("holds of %v: %w", rec.Funding, err)
 	}
 	for i := range holds {
 		if holds[i].Status == hub.HoldActive {
@@ -433,11 +433,11 @@ func (c *Manager) newEntry(ctx context.Context, rec hub.ChannelRecord) (*chanEnt
 func (c *Manager) output(rec hub.ChannelRecord) (*channel.Output, error) {
 	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel device key: %w", err)
+		return nil, fmt.Errorf("channel device key: %w", err)
 	}
 	hk, err := btcec.ParsePubKey(rec.HubKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel hub key: %w", err)
+		return nil, fmt.Errorf("channel hub key: %w", err)
 	}
 	return channel.NewOutput(channel.Params{DeviceKey: dev, HubKey: hk, Capacity: rec.Capacity, Expiry: rec.Expiry})
 }
@@ -452,11 +452,11 @@ func (c *Manager) hubChannelKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error
 	if !ok {
 		// The identity key changed since the channel was offered; the
 		// hub cannot sign for it any more.
-		return nil, fmt.Errorf("hub: channel %v: hub key does not derive from the identity key", rec.Funding)
+		return nil, fmt.Errorf("channels: channel %v: hub key does not derive from the identity key", rec.Funding)
 	}
 	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel device key: %w", err)
+		return nil, fmt.Errorf("channel device key: %w", err)
 	}
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
@@ -469,7 +469,7 @@ func (c *Manager) putStatus(ctx context.Context, rec hub.ChannelRecord, st hub.C
 	rec.Status = st
 	rec.UpdatedAt = c.clock.Now().UTC()
 	if err := c.store.PutChannel(ctx, rec); err != nil {
-		return rec, fmt.Errorf("hub: channel %v → %s: %w", rec.Funding, st, err)
+		return rec, fmt.Errorf("channel %v → %s: %w", rec.Funding, st, err)
 	}
 	return rec, nil
 }

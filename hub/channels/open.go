@@ -43,7 +43,7 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 	}
 	height, err := c.cfg.Chain.BlockCount(ctx)
 	if err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	h := uint32(height)
 	switch {
@@ -56,7 +56,7 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 	}
 	existing, err := c.store.ChannelsByDevice(ctx, s.DeviceID())
 	if err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	pending := 0
 	for _, r := range existing {
@@ -82,15 +82,15 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 	sk := s.Key()
 	devKey, err := btcec.ParsePubKey(sk[:])
 	if err != nil {
-		return fmt.Errorf("hub: open: session key: %w", err)
+		return fmt.Errorf("open: session key: %w", err)
 	}
 	var pendingID [32]byte
 	if _, err := rand.Read(pendingID[:]); err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	hubChanKey, err := channel.HubChannelPubKey(c.cfg.HubKey.PubKey(), channel.ChannelKeyTweak(devKey, pendingID))
 	if err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	out, err := channel.NewOutput(channel.Params{
 		DeviceKey: devKey, HubKey: hubChanKey, Capacity: m.Capacity, Expiry: m.Expiry,
@@ -112,7 +112,7 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 		UpdatedAt: now,
 	}
 	if err := c.store.PutChannel(ctx, rec); err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	c.watchPending(pendingID)
 	c.log.Info("channel offered", "device", s.DeviceID(), "pending", fmt.Sprintf("%x", pendingID[:8]),
@@ -124,15 +124,15 @@ func (c *Manager) open(ctx context.Context, s *session.Session, m *wire.OpenChan
 func (c *Manager) offerAgain(ctx context.Context, s *session.Session, reqID uint64, rec hub.ChannelRecord) error {
 	hubChanKey, err := btcec.ParsePubKey(rec.HubKey[:])
 	if err != nil {
-		return fmt.Errorf("hub: open: stored channel key: %w", err)
+		return fmt.Errorf("open: stored channel key: %w", err)
 	}
 	devKey, err := btcec.ParsePubKey(rec.DeviceKey[:])
 	if err != nil {
-		return fmt.Errorf("hub: open: stored device key: %w", err)
+		return fmt.Errorf("open: stored device key: %w", err)
 	}
 	out, err := channel.NewOutput(channel.Params{DeviceKey: devKey, HubKey: hubChanKey, Capacity: rec.Capacity, Expiry: rec.Expiry})
 	if err != nil {
-		return fmt.Errorf("hub: open: %w", err)
+		return fmt.Errorf("open: %w", err)
 	}
 	c.log.Info("channel offered again", "device", rec.DeviceID, "pending", fmt.Sprintf("%x", rec.PendingID[:8]))
 	return s.Send(ctx, offerOf(reqID, rec, hubChanKey, out))
@@ -207,7 +207,7 @@ func (c *Manager) nameFunding(ctx context.Context, s *session.Session, m *wire.C
 	rec.Funding = m.Outpoint
 	rec.UpdatedAt = c.clock.Now().UTC()
 	if err := c.store.PutChannel(ctx, rec); err != nil {
-		return hub.ChannelRecord{}, false, fmt.Errorf("hub: funded: %w", err)
+		return hub.ChannelRecord{}, false, fmt.Errorf("funded: %w", err)
 	}
 	return rec, true, nil
 }
@@ -239,7 +239,7 @@ func (c *Manager) checkFunding(ctx context.Context, rec hub.ChannelRecord) (bool
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("hub: funding lookup %v: %w", rec.Funding, err)
+		return false, fmt.Errorf("funding lookup %v: %w", rec.Funding, err)
 	}
 	if txo.Value != rec.Capacity || !sameScript(txo.PkScript, out.PkScript()) {
 		failed, err := c.putStatus(ctx, rec, hub.ChannelFailed)

@@ -110,7 +110,7 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	case errors.Is(err, hub.ErrNotFound):
 		return nil, refuse(wire.ChanUnknownChannel, "no channel %v", m.ChanID)
 	case err != nil:
-		return nil, fmt.Errorf("hub: apply payment %v/%d: %w", m.ChanID, m.Seq, err)
+		return nil, fmt.Errorf("apply payment %v/%d: %w", m.ChanID, m.Seq, err)
 	}
 
 	// Durable: only now does the cache move, so it never runs ahead of
@@ -209,11 +209,11 @@ func (c *Manager) receipt(e *chanEntry, m *wire.Pay, now time.Time, cr *PaymentR
 	}
 	chargeMeta(&r, cr)
 	if err := r.Sign(c.cfg.HubKey); err != nil {
-		return nil, fmt.Errorf("hub: sign receipt: %w", err)
+		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
 	b, err := r.MarshalBinary()
 	if err != nil {
-		return nil, fmt.Errorf("hub: encode receipt: %w", err)
+		return nil, fmt.Errorf("encode receipt: %w", err)
 	}
 	return b, nil
 }

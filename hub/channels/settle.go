@@ -72,11 +72,11 @@ func RootPendingID(rec hub.ChannelRecord, hubKey *btcec.PublicKey) ([32]byte, bo
 func (c *Manager) SettleKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error) {
 	root, ok := RootPendingID(rec, c.cfg.HubKey.PubKey())
 	if !ok {
-		return nil, fmt.Errorf("hub: channel %v: hub key does not derive from the identity key", rec.Funding)
+		return nil, fmt.Errorf("channels: channel %v: hub key does not derive from the identity key", rec.Funding)
 	}
 	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel device key: %w", err)
+		return nil, fmt.Errorf("channel device key: %w", err)
 	}
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
@@ -194,7 +194,7 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		rec := entries[i].rec
 		root, ok := RootPendingID(rec, c.cfg.HubKey.PubKey())
 		if !ok {
-			return nil, fmt.Errorf("hub: rollover of %v: hub key does not derive from the identity key", rec.Funding)
+			return nil, fmt.Errorf("channels: rollover of %v: hub key does not derive from the identity key", rec.Funding)
 		}
 		late := msat.Amount(0)
 		if rec.Paid > p.PaidAtCut {

@@ -115,7 +115,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	res, plans, err := c.record(ctx, plans, out)
 	if err != nil {
 		c.undoVolumes(plans)
-		return nil, fmt.Errorf("hub: record charges: %w", err)
+		return nil, fmt.Errorf("record charges: %w", err)
 	}
 
 	var dups []plan
@@ -218,7 +218,7 @@ func (c *Service) record(ctx context.Context, plans []plan, out []Outcome) ([]hu
 		var err error
 		pres, err = c.cfg.Channels.RecordCharges(ctx, c.cfg.Charges, plain)
 		if err == nil && len(pres) != len(plain) {
-			err = fmt.Errorf("hub: charge store returned %d results for %d charges", len(pres), len(plain))
+			err = fmt.Errorf("charging: charge store returned %d results for %d charges", len(pres), len(plain))
 		}
 		if err != nil {
 			return nil, plans, err
@@ -375,15 +375,9 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 	case !payer.HasRole(hub.RolePayer):
 		return plan{}, &rejection{Reason: RejectNotPayer, Detail: fmt.Sprintf("%s has no payer role", ev.Payer)}
 	}
-	prov, err := c.device(ctx, ev.Provider, now)
-	switch {
-	case errors.Is(err, hub.ErrNotFound):
-		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %q is not registered", ev.Provider)}
-	case err != nil:
-		return plan{}, err
-	case prov.Status != hub.StatusActive || !prov.HasRole(hub.RoleProvider):
-		return plan{}, &rejection{Reason: RejectProvider, Detail: fmt.Sprintf("provider %s is not an active provider", ev.Provider)}
-	}
+	// The provider is not looked up again: the intake checked it is an
+	// active provider when it verified the event's signature with the
+	// provider's key (hub/natsintake), the one status check of an event.
 
 	u := ev.Usage
 	u.Device, u.Provider, u.EventTime = ev.Payer, ev.Provider, ev.Time

@@ -20,12 +20,15 @@ import (
 // Rejection reasons of charging; the intake dead-letters an event with one
 // of them in its M2M-Reason header.
 const (
-	RejectUnknownContract  = "unknown-contract"
-	RejectUnknownDevice    = "unknown-device"
-	RejectRevoked          = "revoked"
-	RejectFrozen           = "frozen"
-	RejectNotPayer         = "not-payer"
-	RejectProvider         = "provider-inactive"
+	RejectUnknownContract = "unknown-contract"
+	RejectUnknownDevice   = "unknown-device"
+	RejectRevoked         = "revoked"
+	RejectFrozen          = "frozen"
+	RejectNotPayer        = "not-payer"
+	// RejectProvider is the intake's reason for an event of a provider
+	// that is not active (metering.ReasonSourceInactive); charging trusts
+	// the intake's check and does not refuse with it itself.
+	RejectProvider         = metering.ReasonSourceInactive
 	RejectPrice            = "unpriceable"
 	RejectContractMismatch = "contract-mismatch"
 	RejectSecurity         = "security-freeze"
@@ -305,10 +308,10 @@ func (c *Service) loadContract(ctx context.Context, h hub.Hash) (*contracts.Cont
 	}
 	k, err := contracts.Parse(rec.Document)
 	if err != nil {
-		return nil, fmt.Errorf("hub: stored contract %s: %w", h, err)
+		return nil, fmt.Errorf("stored contract %s: %w", h, err)
 	}
 	if hub.Hash(k.Hash()) != h {
-		return nil, fmt.Errorf("hub: stored contract %s hashes to %x", h, k.Hash())
+		return nil, fmt.Errorf("charging: stored contract %s hashes to %x", h, k.Hash())
 	}
 	return k, nil
 }

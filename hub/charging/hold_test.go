@@ -170,7 +170,8 @@ func TestChargeAgainstHoldRefusals(t *testing.T) {
 }
 
 // TestHoldAttributeMalformed: an event whose hold attribute is not 32 hex
-// is dead-lettered as malformed and charges nothing.
+// does not convert (the intake dead-letters it as malformed before
+// charging), and no charge is recorded for it.
 func TestHoldAttributeMalformed(t *testing.T) {
 	chantest.CheckLeaks(t)
 	env := newChargeEnv(t, 100_000_000)
@@ -182,12 +183,13 @@ func TestHoldAttributeMalformed(t *testing.T) {
 			Data: metering.Data{Contract: hex.EncodeToString(h[:]), Session: "s", Start: "2026-06-10T20:30:00Z", End: "2026-06-10T21:30:00Z",
 				Periods:    []metering.Period{{Start: "2026-06-10T20:30:00Z", EnergyKWh: "6", State: "charging"}},
 				Attributes: map[string]string{contracts.HoldAttribute: bad}}}
-		out, err := env.chg.Charge(context.Background(), []metering.Event{ev})
+		u, err := metering.ToUsage(&ev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out[0].Rejected != charging.RejectMalformed || !strings.Contains(out[0].Detail, "hold") {
-			t.Fatalf("hold %q: outcome %+v, want malformed", bad, out[0])
+		_, err = charging.UsageOf(&ev, u)
+		if metering.Reason(err) != charging.RejectMalformed || !strings.Contains(err.Error(), "hold") {
+			t.Fatalf("hold %q: UsageOf error %v, want malformed", bad, err)
 		}
 		if _, err := env.h.Store.Charge(context.Background(), env.prov.ID, id); err == nil {
 			t.Fatalf("hold %q: the event was recorded", bad)

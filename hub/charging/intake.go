@@ -1,7 +1,6 @@
 package charging
 
 import (
-	"context"
 	"encoding/hex"
 	"fmt"
 
@@ -11,44 +10,20 @@ import (
 )
 
 // RejectMalformed is the reason for an event whose data the hub cannot
-// turn into a usage record (the intake validated it, so this is rare).
-const RejectMalformed = "malformed"
+// turn into a usage record; the intake dead-letters it before charging
+// (UsageOf refuses it with metering.ErrMalformed, whose reason is this one).
+const RejectMalformed = metering.ReasonMalformed
 
-// Charge implements the NATS intake's Charger: it converts verified events
-// into usage records and charges them with ChargeUsage. A nil error means
-// every outcome is durable and the intake may acknowledge the batch.
-func (c *Service) Charge(ctx context.Context, evs []metering.Event) ([]metering.Outcome, error) {
-	out := make([]metering.Outcome, len(evs))
-	batch := make([]Usage, 0, len(evs))
-	idx := make([]int, 0, len(evs))
-	for i := range evs {
-		ev, err := toUsageEvent(&evs[i])
-		if err != nil {
-			out[i] = metering.Outcome{Rejected: RejectMalformed, Detail: err.Error()}
-			continue
-		}
-		batch = append(batch, ev)
-		idx = append(idx, i)
-	}
-	res, err := c.ChargeUsage(ctx, batch)
-	if err != nil {
-		return nil, err
-	}
-	for j, r := range res {
-		out[idx[j]] = r.Outcome
-	}
-	return out, nil
-}
-
-// toUsageEvent is the hub's view of a verified event.
-func toUsageEvent(e *metering.Event) (Usage, error) {
-	u, err := metering.ToUsage(e)
-	if err != nil {
-		return Usage{}, err
-	}
+// UsageOf is the hub's view of a verified event: e as metering.Validate
+// accepted it, with u the usage record Validate parsed from it. It is the
+// one conversion from the wire's event to what ChargeUsage charges, made
+// at the edge (hub/natsintake) so the event's data is parsed once. Errors
+// wrap metering.ErrMalformed: a contract that is not 64 hex digits, or a
+// hold attribute that is not 32.
+func UsageOf(e *metering.Event, u contracts.Usage) (Usage, error) {
 	var h hub.Hash
 	if n, err := hex.Decode(h[:], []byte(e.Data.Contract)); err != nil || n != len(h) {
-		return Usage{}, fmt.Errorf("%w: contract %q", hub.ErrInvalid, e.Data.Contract)
+		return Usage{}, fmt.Errorf("%w: contract %q", metering.ErrMalformed, e.Data.Contract)
 	}
 	ev := Usage{ID: e.ID, Provider: e.Source, Payer: e.Subject, Contract: h, Time: u.EventTime, Usage: u,
 		Digest: metering.Digest(e), Attributes: e.Data.Attributes}
@@ -56,10 +31,10 @@ func toUsageEvent(e *metering.Event) (Usage, error) {
 		var id [16]byte
 		// The length first: hex.Decode writes past a short destination.
 		if len(a) != 2*len(id) {
-			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
+			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", metering.ErrMalformed, contracts.HoldAttribute, a)
 		}
 		if _, err := hex.Decode(id[:], []byte(a)); err != nil {
-			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", hub.ErrInvalid, contracts.HoldAttribute, a)
+			return Usage{}, fmt.Errorf("%w: attribute %s %q is not a 32-hex hold id", metering.ErrMalformed, contracts.HoldAttribute, a)
 		}
 		ev.Hold = &id
 	}

@@ -38,7 +38,7 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 	// EventTime decides membership.
 	cs, err := c.cfg.Charges.ChargesByPayer(ctx, key.payer, key.window.Add(-volumeSlack), now.Add(time.Nanosecond))
 	if err != nil {
-		return contracts.Dec{}, fmt.Errorf("hub: bandwidth volume of %s at %s: %w", key.payer, key.provider, err)
+		return contracts.Dec{}, fmt.Errorf("bandwidth volume of %s at %s: %w", key.payer, key.provider, err)
 	}
 	sum := decimal.Zero
 	for _, ch := range cs {
@@ -48,7 +48,7 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 		}
 		q, err := decimal.NewFromString(ch.Quantity)
 		if err != nil {
-			return contracts.Dec{}, fmt.Errorf("hub: charge %s/%s: quantity %q: %w", ch.Provider, ch.EventID, ch.Quantity, err)
+			return contracts.Dec{}, fmt.Errorf("charge %s/%s: quantity %q: %w", ch.Provider, ch.EventID, ch.Quantity, err)
 		}
 		sum = sum.Add(q)
 	}

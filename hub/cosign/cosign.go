@@ -226,7 +226,7 @@ func (c *Cosigners) Cosign(ctx context.Context, deviceID string, req settler.Cos
 		case *wire.ChannelError:
 			return settler.CosignReply{}, fmt.Errorf("%w: %s", settler.ErrRefused, m.Message)
 		}
-		return settler.CosignReply{}, fmt.Errorf("hub: unexpected settlement reply %T", m)
+		return settler.CosignReply{}, fmt.Errorf("cosign: unexpected settlement reply %T", m)
 	}
 }
 

@@ -105,57 +105,60 @@ type Config struct {
 	ScrapeTimeout time.Duration
 	// Logger receives read failures during scrapes; nil discards them.
 	Logger *slog.Logger
+	// Counters are the counters the parts above were built with (they
+	// feed them as they work, so they exist before the parts and before
+	// New); nil makes new ones.
+	Counters *Counters
 }
 
-// Metrics holds the hub's metrics and serves them. It implements
-// hub.PayObserver and charging.Observer; its methods are safe for
-// concurrent use.
+// Counters are the hub's counters, fed by the parts as they work. hubd
+// builds them first and hands them to the parts, then builds the Metrics
+// from them and the finished parts, so no gauge source is bound late. It
+// implements channels.PayObserver and charging.Observer; its methods are
+// safe for concurrent use.
+type Counters struct {
+	payments      prometheus.Counter
+	paidMsat      prometheus.Counter
+	refused       *prometheus.CounterVec
+	payDuration   prometheus.Histogram
+	eventsCharged *prometheus.CounterVec
+	chargedMsat   *prometheus.CounterVec
+	duplicates    prometheus.Counter
+	rejected      *prometheus.CounterVec
+	unpaid        *prometheus.CounterVec
+}
+
+// Metrics holds the hub's metrics and serves them. Through its Counters
+// it implements channels.PayObserver and charging.Observer; its methods
+// are safe for concurrent use.
 type Metrics struct {
+	*Counters
 	cfg Config
 	log *slog.Logger
 	reg *prometheus.Registry
 
-	payments       prometheus.Counter
-	paidMsat       prometheus.Counter
-	refused        *prometheus.CounterVec
-	payDuration    prometheus.Histogram
-	eventsCharged  *prometheus.CounterVec
-	chargedMsat    *prometheus.CounterVec
-	duplicates     prometheus.Counter
-	rejected       *prometheus.CounterVec
-	unpaid         *prometheus.CounterVec
 	scrapeFailures *prometheus.CounterVec
 }
 
 var (
+	_ channels.PayObserver = (*Counters)(nil)
+	_ charging.Observer    = (*Counters)(nil)
 	_ channels.PayObserver = (*Metrics)(nil)
 	_ charging.Observer    = (*Metrics)(nil)
 )
 
-// New builds the metrics and their registry, with the Go runtime and
-// process collectors beside the hub's own.
-func New(cfg Config) (*Metrics, error) {
-	if cfg.ExpiryWindow == 0 {
-		cfg.ExpiryWindow = DefaultExpiryWindow
-	}
-	if cfg.ScrapeTimeout <= 0 {
-		cfg.ScrapeTimeout = DefaultScrapeTimeout
-	}
-	for _, h := range cfg.Health {
-		if h.Name == "" || h.Check == nil {
-			return nil, errors.Join(ErrInvalid, errors.New("metrics: health check without name or func"))
-		}
-	}
-	m := &Metrics{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
-	if m.log == nil {
-		m.log = slog.New(slog.DiscardHandler)
-	}
-	counter := func(name, help string) prometheus.Counter {
-		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help})
-	}
-	counterVec := func(name, help string, labels ...string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, labels)
-	}
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: name, Help: help}, labels)
+}
+
+// NewCounters builds the hub's counters, every series whose labels are
+// known in advance at 0. They count only once New registers them.
+func NewCounters() *Counters {
+	m := &Counters{}
 	m.payments = counter("payments_total", "Payments accepted: durable and acknowledged.")
 	m.paidMsat = counter("payments_msat_total", "Millisatoshis moved by accepted payments.")
 	m.refused = counterVec("payments_refused_total", "Payments refused, by wire error code.", "code")
@@ -171,9 +174,32 @@ func New(cfg Config) (*Metrics, error) {
 	m.duplicates = counter("events_duplicate_total", "Usage events charged before (exactly-once dedup).")
 	m.rejected = counterVec("events_rejected_total", "Usage events refused by charging, by reason.", "reason")
 	m.unpaid = counterVec("events_unpaid_total", "Usage events reported unpaid to their provider (enforcement), by reason.", "reason")
-	m.scrapeFailures = counterVec("scrape_read_failures_total", "Reads that failed while collecting gauges, by source.", "source")
-
 	m.zeroLabels()
+	return m
+}
+
+// New builds the metrics and their registry, with the Go runtime and
+// process collectors beside the hub's own.
+func New(cfg Config) (*Metrics, error) {
+	if cfg.ExpiryWindow == 0 {
+		cfg.ExpiryWindow = DefaultExpiryWindow
+	}
+	if cfg.ScrapeTimeout <= 0 {
+		cfg.ScrapeTimeout = DefaultScrapeTimeout
+	}
+	for _, h := range cfg.Health {
+		if h.Name == "" || h.Check == nil {
+			return nil, errors.Join(ErrInvalid, errors.New("metrics: health check without name or func"))
+		}
+	}
+	if cfg.Counters == nil {
+		cfg.Counters = NewCounters()
+	}
+	m := &Metrics{Counters: cfg.Counters, cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.scrapeFailures = counterVec("scrape_read_failures_total", "Reads that failed while collecting gauges, by source.", "source")
 
 	for _, c := range []prometheus.Collector{
 		m.payments, m.paidMsat, m.refused, m.payDuration, m.eventsCharged, m.chargedMsat,
@@ -192,7 +218,7 @@ func New(cfg Config) (*Metrics, error) {
 // zeroLabels creates every counter series whose labels are known in
 // advance at 0, so a rate() or a dashboard panel over them has data from
 // the first scrape instead of from the first increment.
-func (m *Metrics) zeroLabels() {
+func (m *Counters) zeroLabels() {
 	for _, code := range []wire.ChanCode{
 		wire.ChanUnknownChannel, wire.ChanNotReady, wire.ChanFrozen, wire.ChanClosed, wire.ChanStaleState,
 		wire.ChanSeqGap, wire.ChanBadAmount, wire.ChanOverCapacity, wire.ChanBadSignature, wire.ChanUnknownPayee,
@@ -234,20 +260,20 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // PaymentAccepted counts an accepted payment and its latency.
-func (m *Metrics) PaymentAccepted(amount msat.Amount, d time.Duration) {
+func (m *Counters) PaymentAccepted(amount msat.Amount, d time.Duration) {
 	m.payments.Inc()
 	m.paidMsat.Add(float64(amount))
 	m.payDuration.Observe(d.Seconds())
 }
 
 // PaymentRefused counts a refused payment by code.
-func (m *Metrics) PaymentRefused(code string) { m.refused.WithLabelValues(code).Inc() }
+func (m *Counters) PaymentRefused(code string) { m.refused.WithLabelValues(code).Inc() }
 
 // EventCharged counts a charged event by contract kind and status. A held
 // charge (the start of a conditional release) reserves its amount and
 // charges nothing: what the job costs is charged by its end event, so
 // counting the hold too would count the same money twice.
-func (m *Metrics) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount msat.Amount) {
+func (m *Counters) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amount msat.Amount) {
 	m.eventsCharged.WithLabelValues(string(kind), string(status)).Inc()
 	if status != hub.ChargeHeld {
 		m.chargedMsat.WithLabelValues(string(kind)).Add(float64(amount))
@@ -255,12 +281,12 @@ func (m *Metrics) EventCharged(kind contracts.Kind, status hub.ChargeStatus, amo
 }
 
 // EventDuplicate counts an event charged before.
-func (m *Metrics) EventDuplicate() { m.duplicates.Inc() }
+func (m *Counters) EventDuplicate() { m.duplicates.Inc() }
 
 // EventRejected counts a rejected event by reason.
-func (m *Metrics) EventRejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+func (m *Counters) EventRejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
 
 // EventsUnpaid counts events reported unpaid, by reason.
-func (m *Metrics) EventsUnpaid(reason string, n int) {
+func (m *Counters) EventsUnpaid(reason string, n int) {
 	m.unpaid.WithLabelValues(reason).Add(float64(n))
 }

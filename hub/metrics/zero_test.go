@@ -73,3 +73,31 @@ func TestHeldChargesNothing(t *testing.T) {
 		t.Errorf("%d events_charged series, want 5 kinds × 4 statuses", n)
 	}
 }
+
+// TestCountersBeforeMetrics checks hubd's construction order: the parts
+// count into Counters built before the Metrics, and what they counted
+// then is served by the Metrics built from those Counters afterwards.
+func TestCountersBeforeMetrics(t *testing.T) {
+	c := metrics.NewCounters()
+	c.PaymentAccepted(1_500, 0)
+	c.PaymentAccepted(500, 0)
+	m, err := metrics.New(metrics.Config{Counters: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.PaymentAccepted(1_000, 0)
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, s := range mf.GetMetric() {
+			got[mf.GetName()] = s.GetCounter().GetValue()
+		}
+	}
+	if got["m2mhub_payments_total"] != 3 || got["m2mhub_payments_msat_total"] != 3_000 {
+		t.Fatalf("payments_total %v, payments_msat_total %v; want 3 and 3000 (two counted before New)",
+			got["m2mhub_payments_total"], got["m2mhub_payments_msat_total"])
+	}
+}

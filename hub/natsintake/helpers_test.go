@@ -280,14 +280,14 @@ type charger struct {
 	seen     map[string]int // event id -> times charged or seen
 	calls    int
 	failures int
-	reject   func(e metering.Event) (code, detail string)
+	reject   func(u charging.Usage) (code, detail string)
 	block    chan struct{} // if non-nil, Charge waits for it to close (or ctx)
 	entered  chan struct{} // signalled when a Charge call starts
 }
 
 func newCharger() *charger { return &charger{seen: map[string]int{}} }
 
-func (c *charger) Charge(ctx context.Context, evs []metering.Event) ([]metering.Outcome, error) {
+func (c *charger) ChargeUsage(ctx context.Context, evs []charging.Usage) ([]charging.Outcome, error) {
 	c.mu.Lock()
 	c.calls++
 	block, entered := c.block, c.entered
@@ -312,20 +312,20 @@ func (c *charger) Charge(ctx context.Context, evs []metering.Event) ([]metering.
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	outs := make([]metering.Outcome, len(evs))
+	outs := make([]charging.Outcome, len(evs))
 	for i, e := range evs {
 		if c.reject != nil {
 			if code, detail := c.reject(e); code != "" {
-				outs[i] = metering.Outcome{Rejected: code, Detail: detail}
+				outs[i].Outcome = metering.Outcome{Rejected: code, Detail: detail}
 				continue
 			}
 		}
-		key := e.Source + "/" + e.ID
+		key := e.Provider + "/" + e.ID
 		c.seen[key]++
 		if c.seen[key] > 1 {
-			outs[i] = metering.Outcome{Duplicate: true}
+			outs[i].Outcome = metering.Outcome{Duplicate: true}
 		} else {
-			outs[i] = metering.Outcome{Charged: true}
+			outs[i].Outcome = metering.Outcome{Charged: true}
 		}
 	}
 	return outs, nil

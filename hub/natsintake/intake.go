@@ -23,6 +23,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/clock"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,12 +37,15 @@ type Providers interface {
 }
 
 // Charger prices and records verified events exactly once.
+// *charging.Service satisfies it.
 type Charger interface {
-	// Charge returns one outcome per event, in order, once every outcome
-	// is durable. An error means nothing can be relied on: the intake
-	// naks the message and charges it again on redelivery, so Charge
-	// must treat an event it recorded before as a Duplicate.
-	Charge(ctx context.Context, evs []metering.Event) ([]metering.Outcome, error)
+	// ChargeUsage returns one outcome per event, in order, once every
+	// outcome is durable. An error means nothing can be relied on: the
+	// intake naks the message and charges it again on redelivery, so
+	// ChargeUsage must treat an event it recorded before as a Duplicate.
+	// The intake converts each event once (charging.UsageOf, from the
+	// usage metering.Validate parsed).
+	ChargeUsage(ctx context.Context, evs []charging.Usage) ([]charging.Outcome, error)
 }
 
 // Config configures an Intake.
@@ -314,6 +318,7 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 	var (
 		dead   []deadLetter
 		valid  = make([]metering.Event, 0, len(evs))
+		usage  = make([]charging.Usage, 0, len(evs))
 		reject = func(i int, err error) {
 			body, _ := evs[i].MarshalJSON()
 			dead = append(dead, deadLetter{provider: provider, body: body, reason: metering.Reason(err), detail: err.Error(), msgID: idOf(i)})
@@ -349,16 +354,18 @@ func (in *Intake) process(ctx context.Context, msg jetstream.Msg, seq uint64) (i
 		default:
 			if err := verifyOne(e, pub, batchOK); err != nil {
 				reject(i, err)
-			} else if err := metering.Validate(e, now, in.cfg.Limits); err != nil {
+			} else if u, err := metering.Validate(e, now, in.cfg.Limits); err != nil {
+				reject(i, err)
+			} else if cu, err := charging.UsageOf(e, u); err != nil {
 				reject(i, err)
 			} else {
-				valid = append(valid, *e)
+				valid, usage = append(valid, *e), append(usage, cu)
 			}
 		}
 	}
 
 	if len(valid) > 0 {
-		outs, err := in.cfg.Charger.Charge(ctx, valid)
+		outs, err := in.cfg.Charger.ChargeUsage(ctx, usage)
 		if err == nil && len(outs) != len(valid) {
 			err = fmt.Errorf("natsintake: charger returned %d outcomes for %d events", len(outs), len(valid))
 		}

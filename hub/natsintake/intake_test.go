@@ -2,12 +2,14 @@ package natsintake_test
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/natsintake"
 	"github.com/m2mhub/m2mhub/metering"
 	"github.com/nats-io/nats.go"
@@ -155,12 +157,12 @@ func TestDeadLetters(t *testing.T) {
 	a, revoked := e.addProvider(), e.addProvider()
 	ctx := context.Background()
 	c := newCharger()
-	c.reject = func(ev metering.Event) (string, string) {
+	c.reject = func(u charging.Usage) (string, string) {
 		switch {
-		case ev.Data.Contract != testContract:
-			return "unknown-contract", "no contract " + ev.Data.Contract
-		case ev.Subject == "dev-unknown":
-			return "unknown-device", "no device " + ev.Subject
+		case hex.EncodeToString(u.Contract[:]) != testContract:
+			return "unknown-contract", "no contract " + hex.EncodeToString(u.Contract[:])
+		case u.Payer == "dev-unknown":
+			return "unknown-device", "no device " + u.Payer
 		}
 		return "", ""
 	}

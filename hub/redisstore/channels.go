@@ -123,8 +123,8 @@ func scriptReply(ctx context.Context, rdb *redis.Client, sc *redis.Script, keys 
 // wrapping hub.ErrAlreadyExists when c.Funding is indexed to another
 // channel.
 func (s *Store) PutChannel(ctx context.Context, c hub.ChannelRecord) error {
-	if c.PendingID == ([32]byte{}) || c.DeviceID == "" {
-		return fmt.Errorf("redisstore: %w: channel needs a pending id and a device id", hub.ErrInvalid)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
 	}
 	if err := checkAmounts("channel", c.Paid, c.Owed); err != nil {
 		return err
@@ -286,8 +286,11 @@ func holdRefusal(res []string, id [16]byte) error {
 // appendfsync always (see the package comment), which also groups the
 // fsyncs of concurrent clients.
 func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
-	if u.Seq == 0 || u.Seq > uint64(MaxAmount) {
-		return fmt.Errorf("redisstore: %w: payment seq %d", hub.ErrInvalid, u.Seq)
+	if err := u.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
+	}
+	if u.Seq > uint64(MaxAmount) {
+		return fmt.Errorf("redisstore: %w: payment seq %d is above the store's limit of %d", hub.ErrInvalid, u.Seq, MaxAmount)
 	}
 	if err := checkAmounts("payment", u.Paid, u.Owed, u.Amount); err != nil {
 		return err
@@ -382,8 +385,8 @@ func (s *Store) Receipts(ctx context.Context, op wire.OutPoint, from uint64, lim
 
 // PutHold creates or replaces a hold, keeping the stored Captured.
 func (s *Store) PutHold(ctx context.Context, h hub.Hold) error {
-	if h.ID == ([16]byte{}) {
-		return fmt.Errorf("redisstore: %w: hold without id", hub.ErrInvalid)
+	if err := h.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
 	}
 	if err := checkAmounts("hold", h.Max, h.Captured); err != nil {
 		return err

@@ -37,8 +37,8 @@ func (s *Store) contractOrderKey() string { return s.prefix + "contractord" }
 // PutContract stores c under its hash; storing a hash that is already
 // there is a no-op, since a contract never changes once published.
 func (s *Store) PutContract(ctx context.Context, c hub.ContractRecord) error {
-	if c.Hash == (hub.Hash{}) {
-		return fmt.Errorf("redisstore: %w: contract without hash", hub.ErrInvalid)
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
 	}
 	doc, err := json.Marshal(c)
 	if err != nil {

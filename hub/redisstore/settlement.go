@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/internal/record"
 	"github.com/m2mhub/m2mhub/settlement"
 )
 
@@ -79,13 +78,11 @@ func (s *Store) OpenEpoch(ctx context.Context) (settlement.Epoch, error) {
 // when successor does not follow closed, closed has no End, or the numbers
 // pass the store's limit.
 func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch) error {
-	switch {
-	case successor.Number != closed.Number+1 || successor.Number > maxEpoch:
-		return fmt.Errorf("redisstore: %w: epoch %d cannot follow epoch %d", hub.ErrInvalid, successor.Number, closed.Number)
-	case !successor.Open():
-		return fmt.Errorf("redisstore: %w: successor epoch %d has an end", hub.ErrInvalid, successor.Number)
-	case closed.Number > 0 && closed.Open():
-		return fmt.Errorf("redisstore: %w: cut epoch %d has no end", hub.ErrInvalid, closed.Number)
+	if err := hub.ValidateCut(closed, successor); err != nil {
+		return fmt.Errorf("redisstore: %w", err)
+	}
+	if successor.Number > maxEpoch {
+		return fmt.Errorf("redisstore: %w: epoch %d beyond %d", hub.ErrInvalid, successor.Number, uint64(maxEpoch))
 	}
 	closedDoc, err := json.Marshal(closed)
 	if err != nil {
@@ -273,6 +270,10 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 }
 
 func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) error {
+	spender, err := hub.ValidateRollover(r, old, next)
+	if err != nil {
+		return err
+	}
 	if err := validateRun(r); err != nil {
 		return err
 	}
@@ -280,21 +281,7 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 	if err != nil {
 		return fmt.Errorf("encode run: %w", err)
 	}
-	spender, err := record.Spenders(r.Txs)
-	if err != nil {
-		return err
-	}
-	seen := make(map[wire.OutPoint]bool, len(old)+len(next))
-	for _, op := range old {
-		if seen[op] {
-			return fmt.Errorf("%w: channel %s named twice", hub.ErrInvalid, op)
-		}
-		if _, ok := spender[op]; !ok {
-			return fmt.Errorf("%w: no transaction of the run spends channel %s", hub.ErrInvalid, op)
-		}
-		seen[op] = true
-	}
-	nextArgs, err := encodeNext(next, seen)
+	nextArgs, err := encodeNext(next)
 	if err != nil {
 		return err
 	}
@@ -327,25 +314,15 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 	return fmt.Errorf("%w: channels kept changing during %d tries", hub.ErrSeqConflict, rolloverTries)
 }
 
-// encodeNext checks the next channels and returns their script arguments.
-// seen holds the old outpoints and collects the new ones.
-func encodeNext(next []hub.ChannelRecord, seen map[wire.OutPoint]bool) ([]any, error) {
-	pids := make(map[[32]byte]bool, len(next))
+// encodeNext returns the script arguments of the next channels, which
+// hub.ValidateRollover has checked.
+func encodeNext(next []hub.ChannelRecord) ([]any, error) {
 	args := make([]any, 0, 6*len(next))
 	for _, c := range next {
 		pid := hex.EncodeToString(c.PendingID[:])
-		switch {
-		case c.PendingID == ([32]byte{}) || c.DeviceID == "":
-			return nil, fmt.Errorf("%w: next channel needs a pending id and a device id", hub.ErrInvalid)
-		case c.Funding == (wire.OutPoint{}):
-			return nil, fmt.Errorf("%w: next channel %s has no funding", hub.ErrInvalid, pid)
-		case seen[c.Funding] || pids[c.PendingID]:
-			return nil, fmt.Errorf("%w: next channel %s or its funding %s named twice", hub.ErrInvalid, pid, c.Funding)
-		}
 		if err := checkAmounts("next channel", c.Owed); err != nil {
 			return nil, err
 		}
-		seen[c.Funding], pids[c.PendingID] = true, true
 		// A new channel starts with no payments; only the unsigned balance
 		// carries over from the channel it replaces.
 		static := c

@@ -218,7 +218,7 @@ func New(cfg Config) (*Server, error) {
 		Logger:                 cfg.Logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("hub: listen %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{

@@ -51,7 +51,7 @@ func (s *Service) Preview(ctx context.Context) (settlement.Run, *settlement.Plan
 	anchor, plan := p.anchor, p.plan
 	closing, _, err := p.el.ledger.Close(plan.Settled)
 	if err != nil {
-		return settlement.Run{}, nil, fmt.Errorf("hub: close epoch %d: %w", closed.Number, err)
+		return settlement.Run{}, nil, fmt.Errorf("close epoch %d: %w", closed.Number, err)
 	}
 	r := settlement.NewRun(closed, 1, s.clock.Now().UTC())
 	r.Anchor, r.Closing, r.Fee = anchor, closing, plan.Fee
@@ -142,13 +142,13 @@ func (s *Service) ReceiptProof(ctx context.Context, receiptID [32]byte) (*channe
 		}
 	}
 	if idx < 0 {
-		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("hub: receipt %x not among epoch %d's", receiptID, ep.Number)
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("settler: receipt %x not among epoch %d's", receiptID, ep.Number)
 	}
 	tree := settlement.NewMerkleTree(ids)
 	if tree.Root() != run.Anchor.ReceiptsRoot {
 		// The store changed under the epoch (it must not): refuse to
 		// hand out a proof that does not verify.
-		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("hub: epoch %d receipts no longer give the anchored root", ep.Number)
+		return nil, settlement.Proof{}, settlement.Run{}, fmt.Errorf("settler: epoch %d receipts no longer give the anchored root", ep.Number)
 	}
 	proof, err := tree.Proof(idx)
 	if err != nil {

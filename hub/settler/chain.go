@@ -23,7 +23,7 @@ func DecodeTxs(raw [][]byte) ([]*btcwire.MsgTx, error) {
 	for i, b := range raw {
 		tx := new(btcwire.MsgTx)
 		if err := tx.Deserialize(bytes.NewReader(b)); err != nil {
-			return nil, fmt.Errorf("hub: run transaction %d: %w", i, err)
+			return nil, fmt.Errorf("run transaction %d: %w", i, err)
 		}
 		txs[i] = tx
 	}
@@ -48,7 +48,7 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 		for i, in := range tx.TxIn {
 			rec, err := s.cfg.Channels.Channel(ctx, in.PreviousOutPoint)
 			if err != nil {
-				return fmt.Errorf("hub: channel of batch input %v: %w", in.PreviousOutPoint, err)
+				return fmt.Errorf("channel of batch input %v: %w", in.PreviousOutPoint, err)
 			}
 			out, err := channelOutput(rec)
 			if err != nil {
@@ -58,10 +58,10 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 			next.Capacity = btcutilAmount(tx.TxOut[i].Value)
 			nextOut, err := channel.NewOutput(next)
 			if err != nil {
-				return fmt.Errorf("hub: next channel of %v: %w", rec.Funding, err)
+				return fmt.Errorf("next channel of %v: %w", rec.Funding, err)
 			}
 			if !bytes.Equal(nextOut.PkScript(), tx.TxOut[i].PkScript) {
-				return fmt.Errorf("hub: output %d of %v is not the next channel of %v", i, txid, rec.Funding)
+				return fmt.Errorf("settler: output %d of %v is not the next channel of %v", i, txid, rec.Funding)
 			}
 			paid, err := s.paidAtCut(ctx, rec.Funding, r.Epoch)
 			if err != nil {
@@ -78,7 +78,7 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 		return err
 	}
 	if _, err := s.cfg.Channels.Rollover(ctx, s.store, *r, pairs); err != nil {
-		return fmt.Errorf("hub: rollover of epoch %d: %w", r.Epoch.Number, err)
+		return fmt.Errorf("rollover of epoch %d: %w", r.Epoch.Number, err)
 	}
 	if err := s.after(*r); err != nil {
 		return err
@@ -285,11 +285,11 @@ func txWeight(tx *btcwire.MsgTx) int {
 func channelOutput(rec hub.ChannelRecord) (*channel.Output, error) {
 	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel device key: %w", err)
+		return nil, fmt.Errorf("channel device key: %w", err)
 	}
 	hk, err := btcec.ParsePubKey(rec.HubKey[:])
 	if err != nil {
-		return nil, fmt.Errorf("hub: channel hub key: %w", err)
+		return nil, fmt.Errorf("channel hub key: %w", err)
 	}
 	return channel.NewOutput(channel.Params{DeviceKey: dev, HubKey: hk, Capacity: rec.Capacity, Expiry: rec.Expiry})
 }

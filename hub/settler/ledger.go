@@ -54,7 +54,7 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 				carry.Entries = append(carry.Entries, settlement.Entry{Account: a, Amount: prev.Closing.Carried[a]})
 			}
 			if err := l.Post(carry); err != nil {
-				return nil, fmt.Errorf("hub: carry of epoch %d: %w", prev.Epoch.Number, err)
+				return nil, fmt.Errorf("carry of epoch %d: %w", prev.Epoch.Number, err)
 			}
 		}
 	}
@@ -69,7 +69,7 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 	for i, x := range all {
 		ids[i] = x.id
 		if err := l.Post(settlement.Charge(x.r.Payer, x.r.Payee, x.r.Amount, x.hash)); err != nil {
-			return nil, fmt.Errorf("hub: receipt %s: %w", x.hash, err)
+			return nil, fmt.Errorf("receipt %s: %w", x.hash, err)
 		}
 		el.spent[x.r.Channel] += settlement.MsatOf(x.r.Amount)
 		payees[x.r.Payee] = true
@@ -93,7 +93,7 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 				continue
 			}
 			if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
-				return nil, fmt.Errorf("hub: fee of %s/%s: %w", c.Provider, c.EventID, err)
+				return nil, fmt.Errorf("fee of %s/%s: %w", c.Provider, c.EventID, err)
 			}
 		}
 	}
@@ -159,7 +159,7 @@ func (s *Service) scanReceipts(ctx context.Context, keep func(hub.ChannelRecord)
 			for _, raw := range page {
 				var r channel.Receipt
 				if err := r.UnmarshalBinary(raw); err != nil {
-					return fmt.Errorf("hub: receipt of %v: %w", rec.Funding, err)
+					return fmt.Errorf("receipt of %v: %w", rec.Funding, err)
 				}
 				from = r.Seq + 1
 				if !each(r) {
@@ -186,7 +186,7 @@ func (s *Service) paidAtCut(ctx context.Context, op btcwire.OutPoint, ep settlem
 		for _, raw := range page {
 			var r channel.Receipt
 			if err := r.UnmarshalBinary(raw); err != nil {
-				return 0, fmt.Errorf("hub: receipt of %v: %w", op, err)
+				return 0, fmt.Errorf("receipt of %v: %w", op, err)
 			}
 			from = r.Seq + 1
 			if r.Time.Before(ep.End) {
@@ -205,7 +205,7 @@ func (s *Service) anchor(ctx context.Context, el *epochLedger) (settlement.Ancho
 	if s.cfg.AuditHead != nil {
 		h, err := s.cfg.AuditHead(ctx)
 		if err != nil {
-			return a, fmt.Errorf("hub: audit head: %w", err)
+			return a, fmt.Errorf("audit head: %w", err)
 		}
 		a.AuditHead = h
 	}

@@ -40,7 +40,7 @@ func (s *Service) planAndSign(ctx context.Context, r *settlement.Run, chans []hu
 		sortCoopFirst(in.Channels)
 		plan, err := in.Plan()
 		if err != nil {
-			return fmt.Errorf("hub: plan epoch %d: %w", r.Epoch.Number, err)
+			return fmt.Errorf("plan epoch %d: %w", r.Epoch.Number, err)
 		}
 		if len(plan.Txs) == 0 {
 			// Nothing left to move on chain (the cut found something,
@@ -49,7 +49,7 @@ func (s *Service) planAndSign(ctx context.Context, r *settlement.Run, chans []hu
 		}
 		closing, _, err := el.ledger.Close(plan.Settled)
 		if err != nil {
-			return fmt.Errorf("hub: close epoch %d: %w", r.Epoch.Number, err)
+			return fmt.Errorf("close epoch %d: %w", r.Epoch.Number, err)
 		}
 		// Close consumed the ledger; the next round needs a fresh one.
 		if el, err = s.buildLedger(ctx, r.Epoch); err != nil {
@@ -131,7 +131,7 @@ func (s *Service) prepare(ctx context.Context, ep settlement.Epoch, chans []hub.
 	sortCoopFirst(in.Channels)
 	plan, err := in.Plan()
 	if err != nil {
-		return nil, fmt.Errorf("hub: plan epoch %d: %w", ep.Number, err)
+		return nil, fmt.Errorf("plan epoch %d: %w", ep.Number, err)
 	}
 	return &prepared{el: el, anchor: anchor, in: in, info: info, plan: plan}, nil
 }
@@ -235,7 +235,7 @@ func (s *Service) payoutScript(ctx context.Context, id string) ([]byte, error) {
 	}
 	script, err := s.cfg.Payouts.PayoutScript(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("hub: payout script of %s: %w", id, err)
+		return nil, fmt.Errorf("payout script of %s: %w", id, err)
 	}
 	return script, nil
 }
@@ -297,7 +297,7 @@ func (s *Service) cosign(ctx context.Context, epoch uint64, j coopJob, info map[
 	op := j.tx.Tx.TxIn[j.i].PreviousOutPoint
 	ci := info[op]
 	if ci == nil {
-		return fmt.Errorf("hub: no record of channel %v", op)
+		return fmt.Errorf("settler: no record of channel %v", op)
 	}
 	key, err := s.cfg.Channels.SettleKey(ci.rec)
 	if err != nil {
@@ -334,7 +334,7 @@ func (s *Service) cosign(ctx context.Context, epoch uint64, j coopJob, info map[
 	}
 	var sc btcec.ModNScalar
 	if overflow := sc.SetBytes(&reply.PartialSig); overflow != 0 {
-		return fmt.Errorf("hub: partial signature out of range")
+		return fmt.Errorf("settler: partial signature out of range")
 	}
 	final, err := sess.Combine(&musig2.PartialSignature{S: &sc})
 	if err != nil {
@@ -356,11 +356,11 @@ func (s *Service) signClaims(plan *settlement.Plan, info map[btcwire.OutPoint]*c
 				return err
 			}
 			if err := t.SignClaim(i, key); err != nil {
-				return fmt.Errorf("hub: claim of %v: %w", op, err)
+				return fmt.Errorf("claim of %v: %w", op, err)
 			}
 		}
 		if !t.Signed() {
-			return fmt.Errorf("hub: batch %v has unsigned inputs", t.Tx.TxHash())
+			return fmt.Errorf("settler: batch %v has unsigned inputs", t.Tx.TxHash())
 		}
 	}
 	return nil

@@ -549,7 +549,7 @@ func cutAt(now time.Time, open settlement.Epoch) time.Time {
 func (s *Service) empty(ctx context.Context, r *settlement.Run, p *prepared) error {
 	closing, _, err := p.el.ledger.Close(p.plan.Settled)
 	if err != nil {
-		return fmt.Errorf("hub: close epoch %d: %w", r.Epoch.Number, err)
+		return fmt.Errorf("close epoch %d: %w", r.Epoch.Number, err)
 	}
 	r.Anchor, r.Closing, r.Fee, r.Txs = p.anchor, closing, 0, nil
 	if err := s.transition(ctx, r, settlement.RunEmpty); err != nil {
@@ -616,7 +616,7 @@ func (s *Service) resume(ctx context.Context) error {
 // put stores r and runs the AfterState hook.
 func (s *Service) put(ctx context.Context, r settlement.Run) error {
 	if err := s.store.PutRun(ctx, r); err != nil {
-		return fmt.Errorf("hub: store run %d/%d %s: %w", r.Epoch.Number, r.Attempt, r.State, err)
+		return fmt.Errorf("store run %d/%d %s: %w", r.Epoch.Number, r.Attempt, r.State, err)
 	}
 	return s.after(r)
 }

@@ -44,6 +44,7 @@ func RunChannels(t *testing.T, newStore func(t *testing.T) ChannelStoreUnderTest
 	t.Run("HoldCapturedAccumulates", func(t *testing.T) { testHoldCapturedAccumulates(t, open(t)) })
 	t.Run("ApplyOwedWithinLimit", func(t *testing.T) { testApplyOwedWithinLimit(t, open(t)) })
 	t.Run("ErrCreditLimit", func(t *testing.T) { testErrCreditLimit(t, open(t)) })
+	t.Run("ErrInvalid", func(t *testing.T) { testChannelErrInvalid(t, open(t)) })
 	t.Run("PutChannelKeepsState", func(t *testing.T) { testPutChannelKeepsState(t, open(t)) })
 	t.Run("ReceiptsPaging", func(t *testing.T) { testReceiptsPaging(t, open(t)) })
 	t.Run("ReopenKeepsPayments", func(t *testing.T) { testReopenKeepsPayments(t, newStore) })
@@ -653,4 +654,41 @@ func testConservation(t *testing.T, s hub.ChannelStore) {
 		t.Fatalf("%d states stored, %d payments acknowledged", seqs, workers*perWorker)
 	}
 	t.Logf("%d payments on %d channels; %d seq conflicts retried", seqs, channels, conflicts.Load())
+}
+
+// testChannelErrInvalid pins that every store refuses, writing nothing,
+// what the domain validators refuse (hub.ChannelRecord.Validate,
+// hub.Hold.Validate, hub.PaymentUpdate.Validate); the stores once
+// differed on a zero byte in a device id.
+func testChannelErrInvalid(t *testing.T, s hub.ChannelStore) {
+	ctx := context.Background()
+	d := NewDevice(t)
+	good := NewChannel(t, d.ID)
+	noPending := NewChannel(t, d.ID)
+	noPending.PendingID = [32]byte{}
+	for name, c := range map[string]hub.ChannelRecord{
+		"no pending id":       noPending,
+		"no device id":        NewChannel(t, ""),
+		"zero byte in device": NewChannel(t, d.ID+"\x00x"),
+	} {
+		if err := s.PutChannel(ctx, c); !errors.Is(err, hub.ErrInvalid) {
+			t.Fatalf("PutChannel(%s) = %v, want ErrInvalid", name, err)
+		}
+		if _, err := s.ChannelByPending(ctx, c.PendingID); !errors.Is(err, hub.ErrNotFound) {
+			t.Fatalf("ChannelByPending after a refused PutChannel(%s): %v, want ErrNotFound", name, err)
+		}
+	}
+	MustPutChannel(t, s, good)
+	if err := s.ApplyPayment(ctx, Payment(good.Funding, 0, 1)); !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("ApplyPayment with seq 0 = %v, want ErrInvalid", err)
+	}
+	h := NewHold(t, good.Funding, d.ID, 1_000)
+	h.ID = [16]byte{}
+	if err := s.PutHold(ctx, h); !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("PutHold without id = %v, want ErrInvalid", err)
+	}
+	if hs, err := s.Holds(ctx, good.Funding); err != nil || len(hs) != 0 {
+		t.Fatalf("Holds after a refused PutHold = %v, %v, want none", hs, err)
+	}
+	assertUnchanged(t, s, good)
 }
