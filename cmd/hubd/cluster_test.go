@@ -55,6 +55,7 @@ const payPace = 10 * time.Millisecond
 // clusterRun is a 3-instance hub on the harness with devices paying it.
 type clusterRun struct {
 	t      *testing.T
+	pace   time.Duration // between one device's payments
 	c      *cluster.Cluster
 	hubKey *btcec.PublicKey
 	provID string
@@ -90,6 +91,13 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // registry is shared) and opens one funded channel per device.
 func startClusterRun(t *testing.T) *clusterRun {
 	t.Helper()
+	return startClusterRunN(t, clusterDevices, true)
+}
+
+// startClusterRunN is startClusterRun with devices devices, leaving
+// instances 1.. stopped unless restart.
+func startClusterRunN(t *testing.T, devices int, restart bool) *clusterRun {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a cluster")
 	}
@@ -112,7 +120,7 @@ func startClusterRun(t *testing.T) *clusterRun {
 			t.Fatalf("instance %d has another hub key (%v)", i, err)
 		}
 	}
-	r := &clusterRun{t: t, c: c, hubKey: hk}
+	r := &clusterRun{t: t, c: c, hubKey: hk, pace: payPace}
 	_, r.provID = enrol(t, c.DataDir(0), "provider")
 
 	rpc := c.Btcd().RPC()
@@ -141,10 +149,10 @@ func startClusterRun(t *testing.T) *clusterRun {
 		info, err := chain.GetTx(ctx, id)
 		return info.Tx, err
 	}
-	for k := range clusterDevices {
+	for k := range devices {
 		d := &clusterDevice{dir: t.TempDir(), receipts: map[uint64][32]byte{}}
 		d.key, d.id = enrol(t, c.DataDir(0), "payer")
-		r.dial(d, k)
+		r.dial(d, k, c.Instances())
 		height, err := chain.BlockCount(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -160,7 +168,7 @@ func startClusterRun(t *testing.T) *clusterRun {
 		d.chanID = ch.ID
 		r.devs = append(r.devs, d)
 	}
-	for i := 1; i < c.Instances(); i++ {
+	for i := 1; i < c.Instances() && restart; i++ {
 		if err := c.Restart(ctx, i); err != nil {
 			t.Fatal(err)
 		}
@@ -174,11 +182,10 @@ func startClusterRun(t *testing.T) *clusterRun {
 	return r
 }
 
-// dial connects device d with every instance's address, starting at
-// instance k mod N, so the devices spread over the instances.
-func (r *clusterRun) dial(d *clusterDevice, k int) {
+// dial connects device d with the first n instances' addresses, starting
+// at instance k mod n, so the devices spread over the instances.
+func (r *clusterRun) dial(d *clusterDevice, k, n int) {
 	r.t.Helper()
-	n := r.c.Instances()
 	addrs := make([]string, n)
 	for i := range n {
 		addrs[i] = r.c.Addr((k + i) % n)
@@ -231,7 +238,7 @@ func (r *clusterRun) pay(ctx context.Context, d *clusterDevice, seed uint64) err
 			if ctx.Err() != nil {
 				return nil
 			}
-			time.Sleep(payPace)
+			time.Sleep(r.pace)
 			continue
 		}
 		var ce *m2mclient.ChannelError
@@ -537,4 +544,51 @@ func TestClusterNATSNodeDown(t *testing.T) {
 		}
 	}
 	r.verify()
+}
+
+var clusterThroughput = flag.Duration("cluster.throughput", 0, "TestClusterThroughput: measure payments/s on 1, 2 and 3 instances for this long each (0 skips)")
+
+// TestClusterThroughput measures payments/s of unpaced devices on 1, 2 and
+// 3 instances of one cluster in one run (`go test -run
+// TestClusterThroughput -cluster.throughput 15s ./cmd/hubd`). On two cores
+// every added instance competes for the same CPU: the figures show the
+// cost of coordination, not scaling.
+func TestClusterThroughput(t *testing.T) {
+	if *clusterThroughput == 0 {
+		t.Skip("set -cluster.throughput to measure")
+	}
+	const devices = 6
+	r := startClusterRunN(t, devices, false)
+	r.pace = 0
+	for n := 1; n <= r.c.Instances(); n++ {
+		if n > 1 {
+			if err := r.c.Restart(t.Context(), n-1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Each device reconnects with the first n instances, spread.
+		for k, d := range r.devs {
+			d.dev.Close()
+			d.sess.Close()
+			r.dial(d, k, n)
+			d.mu.Lock()
+			d.receipts = map[uint64][32]byte{}
+			d.acked, d.ackedSeq, d.unanswered = 0, 0, nil
+			d.mu.Unlock()
+		}
+		before := 0
+		start := time.Now()
+		r.load(func(ctx context.Context) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(*clusterThroughput):
+			}
+		})
+		took := time.Since(start)
+		count := 0
+		for _, d := range r.devs {
+			count += len(d.receipts)
+		}
+		t.Logf("%d instance(s), %d devices: %d payments in %v: %.0f payments/s", n, devices, count-before, took.Round(time.Millisecond), float64(count)/took.Seconds())
+	}
 }
