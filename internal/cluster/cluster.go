@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -191,7 +192,9 @@ func (c *Cluster) RedisURL() string { return c.redis.url() }
 func (c *Cluster) Btcd() *regtest.Node { return c.btcd }
 
 // LogPath is instance i's log file (appended to across restarts).
-func (c *Cluster) LogPath(i int) string { return filepath.Join(c.cfg.Dir, "hubd-"+strconv.Itoa(i)+".log") }
+func (c *Cluster) LogPath(i int) string {
+	return filepath.Join(c.cfg.Dir, "hubd-"+strconv.Itoa(i)+".log")
+}
 
 // LogTail is the last n bytes of instance i's log, for failure reports.
 func (c *Cluster) LogTail(i, n int) string {
@@ -586,11 +589,25 @@ func copyFile(from, to string) error {
 	return nil
 }
 
+// freePort finds a free loopback port below Linux's ephemeral range
+// (32768–60999): a process restarted on the same port must find it free
+// again, and a port the kernel hands out for :0 may meanwhile be taken by
+// an outgoing connection's local end.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("cluster: free port: %w", err)
+	for range 100 {
+		p := fixedPortMin + rand.IntN(fixedPortMax-fixedPortMin)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("cluster: no free port below the ephemeral range")
 }
+
+// The range fixed ports are drawn from.
+const (
+	fixedPortMin = 20000
+	fixedPortMax = 32700
+)
