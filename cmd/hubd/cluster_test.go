@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -590,5 +591,36 @@ func TestClusterThroughput(t *testing.T) {
 			count += len(d.receipts)
 		}
 		t.Logf("%d instance(s), %d devices: %d payments in %v: %.0f payments/s", n, devices, count-before, took.Round(time.Millisecond), float64(count)/took.Seconds())
+	}
+}
+
+// A device given a dead address before a live one connects to the live
+// one at its first attempt, and HubAddr names it; a host name resolving
+// to the instance works the same.
+func TestDialAddressList(t *testing.T) {
+	dir := t.TempDir()
+	p := startHubd(t, dir)
+	key, _ := enrol(t, dir, "payer")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	_, port, _ := net.SplitHostPort(p.rt.P2PAddr)
+	for _, list := range []string{dead + "," + p.rt.P2PAddr, dead + ", localhost:" + port} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		// A backoff longer than the deadline: only an attempt that tries
+		// the second address at once can connect in time.
+		s, err := m2mclient.Dial(ctx, list, p.hubKey(t), key, m2mclient.WithBackoff(time.Minute, time.Minute), m2mclient.WithLogger(quietLog()))
+		cancel()
+		if err != nil {
+			t.Fatalf("Dial(%q): %v", list, err)
+		}
+		want := strings.TrimSpace(strings.Split(list, ",")[1])
+		if got := s.HubAddr(); got != want {
+			t.Errorf("Dial(%q) is connected at %q, want %q", list, got, want)
+		}
+		s.Close()
 	}
 }
