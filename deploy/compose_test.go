@@ -130,7 +130,7 @@ func TestCompose(t *testing.T) {
 	byDefault := loadProject(t)
 
 	t.Run("Services", func(t *testing.T) {
-		for _, name := range []string{"nats", "redis", "btcd", "hubd-1", "hubd-2"} {
+		for _, name := range []string{"nats", "nats-2", "nats-3", "redis", "btcd", "hubd-1", "hubd-2", "hubd-3"} {
 			if _, ok := byDefault.Services[name]; !ok {
 				t.Errorf("service %s does not start by default", name)
 			}
@@ -154,8 +154,8 @@ func TestCompose(t *testing.T) {
 				}
 			}
 		}
-		for _, hub := range []string{"hubd-1", "hubd-2"} {
-			for _, dep := range []string{"nats", "redis", "btcd"} {
+		for _, hub := range []string{"hubd-1", "hubd-2", "hubd-3"} {
+			for _, dep := range []string{"nats", "nats-2", "nats-3", "redis", "btcd"} {
 				if _, ok := all.Services[hub].DependsOn[dep]; !ok {
 					t.Errorf("%s does not wait for %s", hub, dep)
 				}
@@ -193,7 +193,10 @@ func TestCompose(t *testing.T) {
 			t.Errorf("hubd-1 and hubd-2 need their own data volumes, got %q and %q", dataVolume(h1), dataVolume(h2))
 		}
 		ports := map[string]string{}
-		for _, name := range []string{"hubd-1", "hubd-2"} {
+		if h3 := all.Services["hubd-3"]; dataVolume(h3) == "" || dataVolume(h3) == dataVolume(h1) || dataVolume(h3) == dataVolume(h2) {
+			t.Errorf("hubd-3 needs its own data volume, got %q", dataVolume(h3))
+		}
+		for _, name := range []string{"hubd-1", "hubd-2", "hubd-3"} {
 			for _, p := range all.Services[name].Ports {
 				if other, ok := ports[p.Published]; ok {
 					t.Errorf("%s and %s both publish port %s", other, name, p.Published)
@@ -201,7 +204,7 @@ func TestCompose(t *testing.T) {
 				ports[p.Published] = name
 			}
 		}
-		for _, name := range []string{"hubd-1", "hubd-2"} {
+		for _, name := range []string{"hubd-1", "hubd-2", "hubd-3"} {
 			env := all.Services[name].Environment
 			for _, k := range []string{"M2MHUB_NATS_URL", "M2MHUB_REDIS_URL"} {
 				if v := env[k]; v == nil || *v == "" {
@@ -221,7 +224,7 @@ func TestCompose(t *testing.T) {
 	stages := parseDockerfile(t, filepath.Join(repoRoot, "Dockerfile"))
 
 	t.Run("ImagesAndCommands", func(t *testing.T) {
-		officialCommand := map[string]string{"nats": "nats-server", "redis": "redis-server"}
+		officialCommand := map[string]string{"nats": "nats-server", "nats-2": "nats-server", "nats-3": "nats-server", "redis": "redis-server"}
 		for name, s := range all.Services {
 			if name == "prometheus" || name == "grafana" {
 				continue // checked in Monitoring

@@ -36,6 +36,7 @@ func TestNATSConfig(t *testing.T) {
 		provider = "dev-00000000000000aa"
 	)
 	t.Setenv("HUB_NATS_PASSWORD", password)
+	t.Setenv("NATS_SERVER_NAME", "nats-test")
 	confPath := filepath.Join(repoRoot, "deploy/nats/nats-server.conf")
 	plain, err := server.ProcessConfigFile(confPath)
 	if err != nil {
@@ -62,6 +63,12 @@ func TestNATSConfig(t *testing.T) {
 		t.Fatalf("the provider template does not load: %v", err)
 	}
 	opts.Port, opts.HTTPPort = -1, 0
+	// One node alone: the compose cluster's routes name hosts that do
+	// not exist here.
+	if opts.Cluster.Name != "m2mhub" || len(opts.Routes) != 3 {
+		t.Fatalf("cluster %q with %d routes, want m2mhub with 3", opts.Cluster.Name, len(opts.Routes))
+	}
+	opts.Cluster, opts.Routes = server.ClusterOpts{}, nil
 	opts.StoreDir = t.TempDir()
 	opts.NoLog, opts.NoSigs = true, true
 	ns, err := server.NewServer(opts)

@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -136,7 +137,11 @@ func WithDialTimeout(d time.Duration) Option {
 // Session is a device's connection to its hub, kept up across network
 // failures until Close or a permanent refusal.
 type Session struct {
-	addr      string
+	addr  string   // as given to Dial
+	addrs []string // the hub's instances, from addr
+	// cur is the index in addrs tried first by the next attempt; only
+	// the connecting goroutine (Dial's, then run's) uses it.
+	cur       int
 	hubKey    *btcec.PublicKey
 	deviceKey *btcec.PrivateKey
 	opt       options
@@ -152,7 +157,9 @@ type Session struct {
 
 	mu   sync.Mutex
 	conn *brontide.Conn // nil while disconnected
-	err  error          // permanent failure, set once
+	// connAddr is the address conn was dialled at.
+	connAddr string
+	err      error // permanent failure, set once
 	// life is conn's connection: its end is seen by the calls waiting
 	// for an answer on it (see lost).
 	life *connLife
@@ -206,6 +213,14 @@ func (s *Session) Router() *Router {
 // limits) are retried with backoff until ctx is done; a permanent refusal is
 // returned at once as a *RefusedError. After Dial returns, the Session
 // reconnects by itself until Close.
+//
+// A hub run as several instances (docs/scaling.md) is dialled with all of
+// them, comma-separated ("10.0.0.1:9736,10.0.0.2:9736"), or with a host
+// name that resolves to several addresses: an attempt tries each in turn,
+// and backs off only once all have failed. When a connection is lost the
+// next attempt starts at the following instance, so a device whose
+// instance died is on another one after one failed dial; its Device
+// resyncs the channel state there (ChannelSync) as after any reconnect.
 func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *btcec.PrivateKey, opts ...Option) (*Session, error) {
 	if hubKey == nil || deviceKey == nil {
 		return nil, errors.New("m2mclient: hub key and device key are required")
@@ -223,9 +238,14 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin || o.pingInterval <= 0 || o.dialTimeout <= 0 {
 		return nil, errors.New("m2mclient: durations must be positive and backoff min <= max")
 	}
+	addrs := splitAddrs(addr)
+	if len(addrs) == 0 {
+		return nil, errors.New("m2mclient: no hub address")
+	}
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &Session{
 		addr:      addr,
+		addrs:     addrs,
 		hubKey:    hubKey,
 		deviceKey: deviceKey,
 		opt:       o,
@@ -241,11 +261,33 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 	}
 	// Connected must hold as soon as Dial returns.
 	s.mu.Lock()
-	s.conn, s.life = c, &connLife{done: make(chan struct{})}
+	s.conn, s.life, s.connAddr = c, &connLife{done: make(chan struct{})}, s.addrs[s.cur]
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.run(c)
 	return s, nil
+}
+
+// splitAddrs splits Dial's comma-separated addresses, dropping empty ones.
+func splitAddrs(addr string) []string {
+	var out []string
+	for a := range strings.SplitSeq(addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// HubAddr is the address (one of those given to Dial) of the instance the
+// session is connected to, or "" while it is reconnecting.
+func (s *Session) HubAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil {
+		return ""
+	}
+	return s.connAddr
 }
 
 // Messages delivers the custom messages (type >= 32768) the hub sends. The
@@ -368,12 +410,18 @@ func (s *Session) run(c *brontide.Conn) {
 			return
 		}
 		s.log.Info("disconnected from hub, reconnecting", "err", err)
+		// The instance that dropped the connection may be dead: start
+		// at the next one (with one address, the same one).
+		s.cur = (s.cur + 1) % len(s.addrs)
 		c, err = s.connectRetry(s.ctx)
 		if err != nil {
 			s.stopFor(err)
 			return
 		}
-		s.log.Info("reconnected to hub")
+		s.mu.Lock()
+		s.connAddr = s.addrs[s.cur]
+		s.mu.Unlock()
+		s.log.Info("reconnected to hub", "addr", s.addrs[s.cur])
 	}
 }
 
@@ -503,8 +551,8 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 	wait := s.opt.backoffMin
 	closedHandshakes := 0
-	for {
-		c, err := s.connect(ctx)
+	for start := s.cur; ; {
+		c, err := s.connect(ctx, s.addrs[s.cur])
 		if err == nil {
 			return c, nil
 		}
@@ -526,6 +574,13 @@ func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
 			closedHandshakes = 0
 		}
 
+		// Try the other instances at once; back off once every one
+		// has failed.
+		s.cur = (s.cur + 1) % len(s.addrs)
+		if s.cur != start && ctx.Err() == nil {
+			s.log.Debug("connect failed, trying the next instance", "err", err, "next", s.addrs[s.cur])
+			continue
+		}
 		s.log.Debug("connect failed", "err", err, "retry_in", wait)
 		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
 		select {
@@ -577,13 +632,37 @@ type handshakeError struct{ err error }
 func (e *handshakeError) Error() string { return "noise handshake: " + e.err.Error() }
 func (e *handshakeError) Unwrap() error { return e.err }
 
-// connect makes one attempt: TCP, noise handshake, optional Enrol, Init
-// exchange.
-func (s *Session) connect(ctx context.Context) (*brontide.Conn, error) {
+// connect makes one attempt at addr: TCP, noise handshake, optional Enrol,
+// Init exchange. A host name that resolves to several addresses is tried
+// at each in turn, until one answers.
+func (s *Session) connect(ctx context.Context, addr string) (*brontide.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	tcpAddr, err := net.ResolveTCPAddr("tcp", s.addr)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	for i, ip := range ips {
+		c, err := s.connectTCP(ctx, net.JoinHostPort(ip, port))
+		if err == nil || i == len(ips)-1 {
+			return c, err
+		}
+		var re *RefusedError
+		if errors.As(err, &re) && re.Permanent() {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("m2mclient: %s resolves to no address", host)
+}
+
+// connectTCP is connect at one resolved address.
+func (s *Session) connectTCP(ctx context.Context, addr string) (*brontide.Conn, error) {
+	tcpAddr, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,10 @@ type config struct {
 
 	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
 	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:9739" description:"listen address of the in-process NATS (stable, so provider back ends can pin it; hubctl info names it)"`
-	NATSCreds  string `long:"nats-creds" env:"M2MHUB_NATS_CREDS" description:"credentials file of the hub's user on an external NATS"`
+	// NATSReplicas is the replica count of the metering streams on an
+	// external NATS cluster (3 on a 3-node cluster).
+	NATSReplicas int    `long:"nats-replicas" env:"M2MHUB_NATS_REPLICAS" default:"1" description:"replicas of the JetStream metering streams on an external NATS cluster (3 on a 3-node cluster)"`
+	NATSCreds    string `long:"nats-creds" env:"M2MHUB_NATS_CREDS" description:"credentials file of the hub's user on an external NATS"`
 	// NATSAuthority makes the hub the signer of its NATS account on an
 	// external NATS in operator mode (internal/natsjwt).
 	NATSAuthority string `long:"nats-authority" env:"M2MHUB_NATS_AUTHORITY" description:"with --nats-url: seeds file of the hub's NATS operator and account (created when missing, with the nats-server config include <file>.conf beside it); the hub then signs its own and each provider's NATS user"`

@@ -249,7 +249,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	st.push("charging", func(context.Context) error { return charging.Close() })
 	intake, err := natsintake.New(natsintake.Config{
 		JS: events.js, Providers: reg, Charger: charging, Logger: log,
-		Duplicates: cfg.DedupWindow,
+		Duplicates: cfg.DedupWindow, Replicas: cfg.NATSReplicas,
 	})
 	if err != nil {
 		return err
@@ -558,7 +558,7 @@ func startNATS(ctx context.Context, cfg config, dir datadir.Dir, log *slog.Logge
 	if b.js, err = jetstream.New(nc); err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := natsintake.EnsureStreams(ctx, b.js, 0); err != nil {
+	if err := natsintake.EnsureStreamsReplicated(ctx, b.js, 0, cfg.NATSReplicas); err != nil {
 		return nil, fmt.Errorf("metering streams: %w", err)
 	}
 	if b.authority != nil {

@@ -461,6 +461,16 @@ func (c *Manager) hubChannelKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
 
+// refresh replaces e's cached record with the store's when the store holds
+// a later state: another hubd on the same store moved the channel while
+// its device was connected there (docs/scaling.md). The caller holds e.mu.
+func (c *Manager) refresh(ctx context.Context, e *chanEntry) {
+	fresh, err := c.store.Channel(ctx, e.rec.Funding)
+	if err == nil && fresh.Seq > e.rec.Seq {
+		e.rec = fresh
+	}
+}
+
 // setRecord replaces the cached record of an entry the caller has locked.
 func (c *Manager) setRecord(e *chanEntry, rec hub.ChannelRecord) { e.rec = rec }
 

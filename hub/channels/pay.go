@@ -47,7 +47,15 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	}
 	cur := e.state()
 	next := channel.State{ChannelID: m.ChanID, Seq: m.Seq, Paid: m.Paid}
-	if err := e.out.Params().CheckUpdate(cur, next); err != nil {
+	err = e.out.Params().CheckUpdate(cur, next)
+	if errors.Is(err, channel.ErrSeqGap) {
+		// The device may have paid on another hubd on the same store
+		// since this one cached the channel: check against the store.
+		c.refresh(ctx, e)
+		cur = e.state()
+		err = e.out.Params().CheckUpdate(cur, next)
+	}
+	if err != nil {
 		return nil, refuse(updateCode(err), "%v", err)
 	}
 	if m.Amount == 0 || m.Amount != m.Paid-cur.Paid {

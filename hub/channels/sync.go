@@ -24,6 +24,9 @@ func (c *Manager) channelState(ctx context.Context, s *session.Session, op btcwi
 		return nil, err
 	}
 	defer e.mu.Unlock()
+	// Another hubd on the same store may have moved the channel since
+	// this one cached it (the device paid there).
+	c.refresh(ctx, e)
 	m := &wire.ChannelState{ChanID: op, Seq: e.rec.Seq, Paid: e.rec.Paid}
 	if e.rec.Seq > 0 {
 		sig := e.rec.DeviceSig

@@ -66,6 +66,9 @@ type Config struct {
 	// Duplicates is the JetStream de-duplication window
 	// (DefaultDuplicates).
 	Duplicates time.Duration
+	// Replicas is how many copies of each metering stream a NATS cluster
+	// keeps (1: a single server).
+	Replicas int
 	// FetchBatch is how many messages a worker pulls at once (64).
 	FetchBatch int
 	// MaxAckPending bounds messages delivered and not yet acknowledged
@@ -168,7 +171,7 @@ func New(cfg Config) (*Intake, error) {
 // Start ensures the metering streams and the durable consumer exist and
 // starts the workers. Close stops them.
 func (in *Intake) Start(ctx context.Context) error {
-	if err := EnsureStreams(ctx, in.cfg.JS, in.cfg.Duplicates); err != nil {
+	if err := EnsureStreamsReplicated(ctx, in.cfg.JS, in.cfg.Duplicates, in.cfg.Replicas); err != nil {
 		return err
 	}
 	cons, err := in.cfg.JS.CreateOrUpdateConsumer(ctx, in.cfg.Stream, jetstream.ConsumerConfig{

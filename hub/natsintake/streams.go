@@ -23,26 +23,35 @@ const (
 
 // EnsureStreams creates or updates the three metering streams: M2M_USAGE on
 // usage.* (file storage, the given de-duplication window, discard old,
-// seven days), M2M_DLQ on dlq.usage.* and M2M_RECEIPTS on receipts.*.
+// seven days), M2M_DLQ on dlq.usage.* and M2M_RECEIPTS on receipts.*, each
+// with one replica (a single NATS server).
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, duplicates time.Duration) error {
+	return EnsureStreamsReplicated(ctx, js, duplicates, 1)
+}
+
+// EnsureStreamsReplicated is EnsureStreams with replicas copies of each
+// stream, for a NATS cluster (3 on a 3-node cluster: a stream stays
+// writable while one node is down). replicas below 1 means 1.
+func EnsureStreamsReplicated(ctx context.Context, js jetstream.JetStream, duplicates time.Duration, replicas int) error {
 	if duplicates <= 0 {
 		duplicates = DefaultDuplicates
 	}
+	replicas = max(replicas, 1)
 	for _, sc := range []jetstream.StreamConfig{
 		{
 			Name: metering.UsageStream, Subjects: []string{metering.UsageSubjects},
 			Storage: jetstream.FileStorage, Duplicates: duplicates,
-			Discard: jetstream.DiscardOld, MaxAge: usageMaxAge,
+			Discard: jetstream.DiscardOld, MaxAge: usageMaxAge, Replicas: replicas,
 		},
 		{
 			Name: metering.DLQStream, Subjects: []string{metering.DLQSubjects},
 			Storage: jetstream.FileStorage, Duplicates: duplicates,
-			Discard: jetstream.DiscardOld, MaxAge: dlqMaxAge,
+			Discard: jetstream.DiscardOld, MaxAge: dlqMaxAge, Replicas: replicas,
 		},
 		{
 			Name: metering.ReceiptsStream, Subjects: []string{metering.ReceiptsSubjects},
 			Storage: jetstream.FileStorage, Duplicates: duplicates,
-			Discard: jetstream.DiscardOld, MaxAge: receiptsMaxAge,
+			Discard: jetstream.DiscardOld, MaxAge: receiptsMaxAge, Replicas: replicas,
 		},
 	} {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
