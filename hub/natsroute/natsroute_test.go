@@ -310,3 +310,57 @@ func TestRemoteOfflineAndDeadHolder(t *testing.T) {
 	default:
 	}
 }
+
+// BenchmarkLocalRequest measures a payment request (sent over the device's
+// session and read by the device, then cancelled) for a payer with a local session, straight to
+// the channel manager and through the router: the router's local path adds
+// one directory lookup.
+func BenchmarkLocalRequest(b *testing.B) {
+	url := func() string {
+		ns, err := natsembed.Start(natsembed.Config{Listen: "127.0.0.1:0", StoreDir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(ns.Close)
+		return ns.ClientURL()
+	}()
+	chain := chantest.NewFakeChain(100)
+	var dir *session.Directory
+	h := chantest.NewHarness(b, chain, func(c *channels.Config) { dir = c.Sessions.(*session.Directory) })
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	r, err := New(Config{Conn: nc, Instance: "a", Local: h.Ch, Sessions: dir, Logger: chantest.Quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = r.Close() })
+	prov := h.Enrol(hub.RolePayer, hub.RoleProvider)
+	dev := h.Enrol(hub.RolePayer)
+	ch := dev.Open(chain, 100_000, 1000)
+	l := newListener()
+	req := request(dev.ID, prov.ID, ch, 1000, l)
+	for _, c := range []struct {
+		name string
+		ch   interface {
+			RequestPayment(context.Context, hub.PaymentRequest) (uint64, error)
+			CancelPayment(uint64)
+		}
+	}{{"manager", h.Ch}, {"router", r}} {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			for b.Loop() {
+				id, err := c.ch.RequestPayment(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				// Wait for the device to get it, so the session's send
+				// queue never overflows.
+				<-dev.In
+				c.ch.CancelPayment(id)
+			}
+		})
+	}
+}
