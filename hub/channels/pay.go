@@ -45,6 +45,15 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if c.closeUnderWay(e) {
 		return nil, refuse(wire.ChanClosing, "a cooperative close is being negotiated")
 	}
+	if m.Seq > e.rec.Seq+1 {
+		// The device is ahead of this cache: another hubd on the same
+		// store took its payments since (the device moved instances).
+		// Judge against the stored state; the write's compare-and-set
+		// still refuses a stale one. Never taken on a single instance.
+		if fresh, err := c.store.Channel(ctx, m.ChanID); err == nil && fresh.Seq > e.rec.Seq {
+			e.rec = fresh
+		}
+	}
 	cur := e.state()
 	next := channel.State{ChannelID: m.ChanID, Seq: m.Seq, Paid: m.Paid}
 	if err := e.out.Params().CheckUpdate(cur, next); err != nil {
