@@ -43,7 +43,7 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 	ch, err := channels.New(channels.Config{
 		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: key,
 		PayoutScript: payout, Params: &chaincfg.RegressionNetParams, PollInterval: 50 * time.Millisecond,
-		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6, Logger: chantest.Quiet(),
+		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6, CreditLimit: 1_000_000, Logger: chantest.Quiet(),
 	})
 	if err != nil {
 		t.Fatal(err)
