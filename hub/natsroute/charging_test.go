@@ -44,6 +44,7 @@ func TestChargeOnAPaidOnB(t *testing.T) {
 	ctx := context.Background()
 
 	prov := b.h.Enrol(hub.RoleProvider)
+	prov2 := b.h.Enrol(hub.RoleProvider)
 	payerKey := chantest.MustKey(t)
 	d, err := b.h.Reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(payerKey.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
 	if err != nil {
@@ -82,6 +83,7 @@ func TestChargeOnAPaidOnB(t *testing.T) {
 		at = start
 	}
 	ev := charging.Usage{ID: "ev-1", Provider: prov.ID, Payer: d.ID, Contract: h, Time: at, Usage: u}
+	ev2 := charging.Usage{ID: "ev-2", Provider: prov2.ID, Payer: d.ID, Contract: h, Time: at, Usage: u}
 
 	receipts := make(chan *nats.Msg, 8)
 	sub, err := connect(t, natsURL).ChanSubscribe(charging.ReceiptsSubject(prov.ID), receipts)
@@ -98,25 +100,46 @@ func TestChargeOnAPaidOnB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := chg.ChargeUsage(ctx, []charging.Usage{ev})
+	out, err := chg.ChargeUsage(ctx, []charging.Usage{ev, ev2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(out) != 1 || out[0].Amount == 0 {
+	if len(out) != 2 || out[0].Amount == 0 || out[0].Status != hub.ChargeOwed || out[1].Status != hub.ChargeOwed {
 		t.Fatalf("outcomes %+v", out)
 	}
-	amount := out[0].Amount
+	amount, amount2 := out[0].Amount, out[1].Amount
 
-	chg.Flush(ctx) // A asks; the request goes to B, B to the device
-	pr := chantest.Expect[*wire.PaymentRequest](payer)
-	if pr.Amount != amount || pr.Payee != prov.ID || pr.ChanID != ch.Op {
-		t.Fatalf("device asked %+v, charged %d", pr, amount)
+	// A asks, one request per provider; they go to B, B to the device.
+	chg.Flush(ctx)
+	reqs := map[string]*wire.PaymentRequest{}
+	for range 2 {
+		pr := chantest.Expect[*wire.PaymentRequest](payer)
+		reqs[pr.Payee] = pr
 	}
-	m := payer.PayMsg(ch, ch.Seq+1, ch.Paid+pr.Amount, pr.Amount, pr.Payee)
-	rid := pr.ReqID
-	m.ReqID = &rid
-	payer.Send(m)
-	ack := chantest.Expect[*wire.PayAck](payer)
+	if reqs[prov.ID] == nil || reqs[prov.ID].Amount != amount || reqs[prov2.ID] == nil || reqs[prov2.ID].Amount != amount2 {
+		t.Fatalf("device asked %+v, charged %d and %d", reqs, amount, amount2)
+	}
+	payReq := func(pr *wire.PaymentRequest) *wire.PayAck {
+		m := payer.PayMsg(ch, ch.Seq+1, ch.Paid+pr.Amount, pr.Amount, pr.Payee)
+		rid := pr.ReqID
+		m.ReqID = &rid
+		payer.Send(m)
+		ack := chantest.Expect[*wire.PayAck](payer)
+		ch.Seq++
+		ch.Paid += pr.Amount
+		return ack
+	}
+	ack := payReq(reqs[prov.ID])
+	// B wrote Owed from the store's value (A recorded both charges), not
+	// from its own cache, which knew of neither.
+	rec, err := a.store.Channel(ctx, ch.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Owed != amount2 {
+		t.Fatalf("owed %d msat after paying %d of %d+%d", rec.Owed, amount, amount, amount2)
+	}
+	payReq(reqs[prov2.ID])
 
 	// A hears the outcome over NATS; its flusher marks the charge paid.
 	deadline := time.Now().Add(5 * time.Second)
@@ -126,7 +149,7 @@ func TestChargeOnAPaidOnB(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Status != hub.ChargeOwed {
+		if c.Status == hub.ChargePaid {
 			if c.Amount != amount {
 				t.Fatalf("stored charge %d msat, charged %d", c.Amount, amount)
 			}
@@ -168,12 +191,33 @@ func TestChargeOnAPaidOnB(t *testing.T) {
 		t.Fatalf("second charge %+v, want a duplicate", again)
 	}
 	chg.Flush(ctx)
-	rec, err := a.store.Channel(ctx, ch.Op)
+	for _, id := range []string{"ev-1", "ev-2"} {
+		p := prov.ID
+		if id == "ev-2" {
+			p = prov2.ID
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			c, err := a.store.Charge(ctx, p, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Status == hub.ChargePaid {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("charge %s is %s", id, c.Status)
+			}
+			chg.Flush(ctx)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	rec, err = a.store.Channel(ctx, ch.Op)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Paid != amount || rec.Owed != 0 || rec.Seq != 1 {
-		t.Fatalf("channel paid %d owed %d seq %d, want paid %d owed 0 seq 1", rec.Paid, rec.Owed, rec.Seq, amount)
+	if rec.Paid != amount+amount2 || rec.Owed != 0 || rec.Seq != 2 {
+		t.Fatalf("channel paid %d owed %d seq %d, want paid %d owed 0 seq 2", rec.Paid, rec.Owed, rec.Seq, amount+amount2)
 	}
 	if n := remoteLen(a.r); n != 0 {
 		t.Fatalf("%d remote requests still tracked", n)

@@ -62,6 +62,14 @@ type Sessions interface {
 	Notify(fn func(deviceID string))
 }
 
+// Local is this instance's channel manager (*channels.Manager).
+type Local interface {
+	charging.Channels
+	// Resync reloads a channel's cached record from the shared store
+	// before a request made on another instance is served.
+	Resync(ctx context.Context, op btcwire.OutPoint) error
+}
+
 // Config configures New.
 type Config struct {
 	// Conn is the instance's NATS connection. Required.
@@ -69,7 +77,7 @@ type Config struct {
 	// Instance names this instance, unique in the cluster. Required.
 	Instance string
 	// Local is this instance's channel manager. Required.
-	Local charging.Channels
+	Local Local
 	// Sessions is this instance's session directory. Required.
 	Sessions Sessions
 	// Prefix defaults to DefaultPrefix, Timeout to DefaultTimeout.
@@ -322,6 +330,13 @@ func (r *Router) handleDevice(m *nats.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timeout)
 	defer cancel()
+	// The origin recorded the charges on the shared store: read them, so
+	// the payment lowers the stored Owed rather than this cache's.
+	if err := r.cfg.Local.Resync(ctx, pm.Channel); err != nil {
+		rep.Error = err.Error()
+		r.reply(m, rep)
+		return
+	}
 	id, err := r.cfg.Local.RequestPayment(ctx, hub.PaymentRequest{
 		Listener: &outcomeListener{r: r, origin: pm.Origin, originID: pm.OriginID},
 		Payer:    pm.Payer, Payee: pm.Payee, Channel: pm.Channel, Amount: pm.Amount,
