@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/metrics"
 	"github.com/m2mhub/m2mhub/hub/natsintake"
+	"github.com/m2mhub/m2mhub/hub/natsroute"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
@@ -174,6 +176,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Work follows the device: payment requests for a payer whose
+	// session is on another hubd go there over NATS (hub/natsroute).
+	routed, err := natsroute.New(natsroute.Config{
+		Conn: events.conn, Instance: instanceID(), Local: chans, Sessions: sessions, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	st.push("routing", func(context.Context) error { return routed.Close() })
 	reg, err := registry.New(registry.Config{
 		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
 		Sessions: revocations{sessions: sessions, nats: events.remover(), log: log},
@@ -239,7 +250,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Metering: usage events from NATS are verified, priced, charged
 	// exactly once and paid through the payers' channels.
 	charging, err := charging.New(charging.Config{
-		Contracts: store, Charges: store, Devices: reg, Channels: chans,
+		Contracts: store, Charges: store, Devices: reg, Channels: routed,
 		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: counters, Logger: log, CDRs: store,
 	})
 	if err != nil {
@@ -665,4 +676,13 @@ func networkParams(name string) (*chaincfg.Params, error) {
 		return &chaincfg.MainNetParams, nil
 	}
 	return nil, fmt.Errorf("unknown network %q", name)
+}
+
+// instanceID names this hubd process in the cluster's routing subjects: a
+// fresh random id each start, since nothing routed to a former process
+// survives it.
+func instanceID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
 }

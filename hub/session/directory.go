@@ -14,6 +14,29 @@ import (
 type Directory struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
+	// notify, when set, hears the id of every device whose live session
+	// was added or removed (see Notify).
+	notify func(deviceID string)
+}
+
+// Notify makes fn hear the id of every device whose live session is added
+// or removed, after the change, outside the directory's lock: fn looks the
+// device up again to learn its state (calls may be reordered, so only the
+// state it reads then counts). A cluster router uses it to announce the
+// devices this instance holds. Call it before the server starts.
+func (d *Directory) Notify(fn func(deviceID string)) {
+	d.mu.Lock()
+	d.notify = fn
+	d.mu.Unlock()
+}
+
+func (d *Directory) changed(deviceID string) {
+	d.mu.Lock()
+	fn := d.notify
+	d.mu.Unlock()
+	if fn != nil {
+		fn(deviceID)
+	}
 }
 
 // NewDirectory returns an empty directory.
@@ -48,18 +71,23 @@ func (d *Directory) Drop(deviceID string, code, reason string) {
 // put makes s its device's live session and returns the one it replaces.
 func (d *Directory) put(s *Session) (old *Session) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	old = d.sessions[s.device.ID]
 	d.sessions[s.device.ID] = s
+	d.mu.Unlock()
+	d.changed(s.device.ID)
 	return old
 }
 
 // remove forgets s unless a newer session of its device replaced it.
 func (d *Directory) remove(s *Session) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.sessions[s.device.ID] == s {
+	gone := d.sessions[s.device.ID] == s
+	if gone {
 		delete(d.sessions, s.device.ID)
+	}
+	d.mu.Unlock()
+	if gone {
+		d.changed(s.device.ID)
 	}
 }
 

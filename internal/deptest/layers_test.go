@@ -56,7 +56,7 @@ func TestLayers(t *testing.T) {
 	core := []string{"hub", "hub/internal/record", "hub/registry", "hub/charging", "hub/settler"}
 	wire := []string{"hub/session", "hub/channels", "hub/cosign"}
 	adapters := []string{
-		"hub/boltstore", "hub/redisstore", "hub/redisshared", "hub/natsintake", "hub/httpapi", "hub/webhook", "hub/metrics",
+		"hub/boltstore", "hub/redisstore", "hub/redisshared", "hub/natsintake", "hub/natsroute", "hub/httpapi", "hub/webhook", "hub/metrics",
 		"settlement/btcdchain", "internal/natsembed", "internal/natsjwt",
 	}
 	adapterRules := func(base []deptest.Rule) []deptest.Rule {

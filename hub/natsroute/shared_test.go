@@ -1,0 +1,173 @@
+package natsroute
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/btcsuite/btcd/chaincfg"
+	"github.com/btcsuite/btcd/txscript"
+
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/hub/redisstore"
+	"github.com/m2mhub/m2mhub/hub/registry"
+	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/redistest"
+	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/msat"
+)
+
+// sharedInstance is one hub stack on the shared Redis store and NATS.
+type sharedInstance struct {
+	h     *chantest.Harness // Srv, HubKey, Reg: enough to drive devices
+	ch    *channels.Manager
+	r     *Router
+	store *redisstore.Store
+}
+
+func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateKey, chain *chantest.FakeChain) *sharedInstance {
+	t.Helper()
+	st, err := redisstore.New(redisstore.Config{URL: redisURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	dir := session.NewDirectory()
+	payout, err := txscript.PayToTaprootScript(txscript.ComputeTaprootKeyNoScript(key.PubKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := channels.New(channels.Config{
+		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: key,
+		PayoutScript: payout, Params: &chaincfg.RegressionNetParams, PollInterval: 50 * time.Millisecond,
+		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6, CreditLimit: 1_000_000, Logger: chantest.Quiet(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := registry.New(registry.Config{Store: st, Channels: ch, Logger: chantest.Quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := connect(t, natsURL)
+	r, err := New(Config{Conn: nc, Instance: name, Local: ch, Sessions: dir, Timeout: time.Second, Logger: chantest.Quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := session.New(session.Config{
+		Addr: "127.0.0.1:0", Key: key, Auth: reg, Handler: ch, Directory: dir, Logger: chantest.Quiet(),
+		PingInterval: time.Hour, PongTimeout: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch.Start()
+	t.Cleanup(func() {
+		_ = r.Close()
+		_ = srv.Close()
+		_ = ch.Close()
+	})
+	return &sharedInstance{h: &chantest.Harness{T: t, HubKey: key, Reg: reg, Srv: srv, Chain: chain}, ch: ch, r: r, store: st}
+}
+
+// A device that moves between two instances sharing one Redis store, in
+// the middle of a charge: the request made on A reaches it on B; it leaves
+// B before paying and pays on A; B, whose cache is now stale, refuses the
+// device's next payment's sequence as ahead of it, reads the store and
+// takes it; and an instance whose write would be stale is refused by the
+// store's compare-and-set. The store ends at the sum of acknowledged
+// payments.
+func TestDeviceMovesMidExchange(t *testing.T) {
+	rds := redistest.Start(t)
+	natsURL := startNATS(t)
+	chain := chantest.NewFakeChain(100)
+	key := chantest.MustKey(t)
+	a := newShared(t, rds.URL(), natsURL, "a", key, chain)
+	b := newShared(t, rds.URL(), natsURL, "b", key, chain)
+	ctx := context.Background()
+
+	prov := a.h.Enrol(hub.RolePayer, hub.RoleProvider)
+	devKey := chantest.MustKey(t)
+	d, err := a.h.Reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(devKey.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB := b.h.Connect(devKey, d.ID)
+	waitRouted(t, b.r, d.ID, true)
+	c := onB.Open(chain, 100_000, 1000)
+	var acked msat.Amount
+	onB.Pay(c, 1000, prov.ID) // B's cache now holds seq 1
+	acked += 1000
+
+	l := newListener()
+	id, err := a.r.RequestPayment(ctx, request(d.ID, prov.ID, c, 2500, l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := chantest.Expect[*wire.PaymentRequest](onB)
+	// The device leaves B before answering, and comes to A.
+	_ = onB.Conn.Close()
+	<-onB.Done
+	waitRouted(t, b.r, d.ID, false)
+	onA := a.h.Connect(devKey, d.ID)
+	waitRouted(t, a.r, d.ID, true)
+	m := onA.PayMsg(c, c.Seq+1, c.Paid+pr.Amount, pr.Amount, pr.Payee)
+	rid := pr.ReqID
+	m.ReqID = &rid // B's id: A pays it as a plain payment
+	onA.Send(m)
+	chantest.Expect[*wire.PayAck](onA)
+	c.Seq++
+	c.Paid += pr.Amount
+	acked += pr.Amount
+	// The request A routed to B is still open there; A cancels it (as
+	// charging does on its timeout) and B forgets it.
+	a.r.CancelPayment(id)
+	if n := remoteLen(a.r); n != 0 {
+		t.Fatalf("%d remote requests tracked after cancel", n)
+	}
+
+	// Now the device goes back to B, whose cache still says seq 1.
+	_ = onA.Conn.Close()
+	<-onA.Done
+	waitRouted(t, a.r, d.ID, false)
+	onB2 := b.h.Connect(devKey, d.ID)
+	onB2.Send(onB2.PayMsg(c, c.Seq+1, c.Paid+700, 700, prov.ID))
+	// B's cached state is a payment behind the store: it must judge
+	// the payment against the stored state and acknowledge it (it used
+	// to refuse it with a sequence gap, for good).
+	ack := chantest.Expect[*wire.PayAck](onB2)
+	if ack.Seq != c.Seq+1 {
+		t.Fatalf("ack at seq %d, want %d", ack.Seq, c.Seq+1)
+	}
+	// A stale writer is still refused: the device's seq-2 state again,
+	// now through A, whose cache is at seq 2 but the store at 3.
+	_ = onB2.Conn.Close()
+	<-onB2.Done
+	onA2 := a.h.Connect(devKey, d.ID)
+	onA2.Send(onA2.PayMsg(c, c.Seq+1, c.Paid+700, 700, prov.ID))
+	// The hub precedes the refusal with the channel's state, which is the
+	// stored one again (seq 3).
+	if cs := chantest.Expect[*wire.ChannelState](onA2); cs.Seq != c.Seq+1 {
+		t.Fatalf("A resynchronised to seq %d, want %d", cs.Seq, c.Seq+1)
+	}
+	chantest.Refusal(onA2, wire.ChanStaleState)
+	c.Seq++
+	c.Paid += 700
+	acked += 700
+
+	rec, err := b.store.Channel(ctx, c.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Seq != c.Seq || rec.Paid != acked {
+		t.Fatalf("store at seq %d paid %d msat, device acknowledged seq %d paid %d msat", rec.Seq, rec.Paid, c.Seq, acked)
+	}
+	select {
+	case got := <-l.ch:
+		t.Fatalf("outcome %d reported for a request paid as a plain payment elsewhere", got)
+	default:
+	}
+}
