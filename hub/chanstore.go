@@ -146,10 +146,10 @@ type PaymentUpdate struct {
 	Seq       uint64 // must be the stored Seq + 1
 	Paid      msat.Amount
 	DeviceSig [64]byte
-	// Owed is the channel's new unsigned balance after this update.
-	Owed msat.Amount
 	// HoldID, when set, is the hold this payment captures Amount against.
 	HoldID *[16]byte
+	// Amount is what the payment moves (Paid - stored Paid); the store
+	// also lowers the channel's Owed by it (see ChannelStore.ApplyPayment).
 	Amount msat.Amount
 	// Receipt is the hub-signed receipt (channel.Receipt encoding) stored
 	// under (Channel, Seq) for history and settlement.
@@ -192,11 +192,16 @@ type ChannelStore interface {
 	Channels(ctx context.Context, statuses ...ChannelStatus) ([]ChannelRecord, error)
 
 	// ApplyPayment writes u atomically: the new state, the receipt, and the
-	// hold capture. It returns ErrNotFound for an unknown channel,
-	// ErrSeqConflict when the stored Seq is not u.Seq-1, and
-	// ErrHoldConflict when the hold is not active or u.Amount exceeds what
-	// it has left.
-	ApplyPayment(ctx context.Context, u PaymentUpdate) error
+	// hold capture. It lowers the channel's Owed by the payment inside the
+	// same atomic write, new Owed = max(0, stored Owed - u.Amount), and
+	// returns that new Owed: never an absolute value computed by the
+	// caller, because charges on credit (ApplyOwed, RecordCharges) raise
+	// the stored Owed without moving Seq, and another hubd on the same
+	// store may have recorded some since the caller read the channel. It
+	// returns ErrNotFound for an unknown channel, ErrSeqConflict when the
+	// stored Seq is not u.Seq-1, and ErrHoldConflict when the hold is not
+	// active or u.Amount exceeds what it has left.
+	ApplyPayment(ctx context.Context, u PaymentUpdate) (owed msat.Amount, err error)
 
 	// ApplyOwed records service charged on credit while the device could
 	// not sign: it raises the channel's Owed by amount (and the hold's

@@ -211,7 +211,7 @@ func TestForgedHubStateRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = h.Store().ApplyPayment(ctx, hub.PaymentUpdate{
+	_, err = h.Store().ApplyPayment(ctx, hub.PaymentUpdate{
 		Channel: ch.ID, Seq: 2, Paid: forged.Paid, DeviceSig: [64]byte(sig.Serialize()),
 		Amount: forged.Paid - rec.Paid, Time: rec.UpdatedAt,
 	})

@@ -351,19 +351,21 @@ func (s *Store) Channels(ctx context.Context, statuses ...hub.ChannelStatus) ([]
 	return out, err
 }
 
-// ApplyPayment writes u atomically and durably; see hub.ChannelStore for
-// the errors. Concurrent calls share one commit and one fsync (committer).
-func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
+// ApplyPayment writes u atomically and durably, lowering the stored Owed
+// by u.Amount inside the transaction, and returns the new Owed; see
+// hub.ChannelStore for the rule and the errors. Concurrent calls share one commit and one fsync (committer).
+func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amount, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	if err := u.Validate(); err != nil {
-		return fmt.Errorf("boltstore: %w", err)
+		return 0, fmt.Errorf("boltstore: %w", err)
 	}
 	// Everything written is built here, outside the transaction: the
 	// committer runs the group serially, so work inside it is not parallel.
 	op := opKey(u.Channel)
-	state := encodeState(chanState{seq: u.Seq, paid: u.Paid, owed: u.Owed, updated: u.Time, sig: u.DeviceSig})
+	// Owed is filled in inside the transaction, from the stored value.
+	state := encodeState(chanState{seq: u.Seq, paid: u.Paid, updated: u.Time, sig: u.DeviceSig})
 	rkey := binary.BigEndian.AppendUint64(bytes.Clone(op), u.Seq)
 	var holdID []byte
 	if u.HoldID != nil {
@@ -376,6 +378,7 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 	// rerun them. It may run the function more than once; it resets refused
 	// and only reads and writes through tx, so every run is the same.
 	var refused error
+	var owed uint64
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
 		pid := tx.Bucket(bucketFunding).Get(op)
@@ -408,6 +411,9 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 				return err
 			}
 		}
+		owed = binary.BigEndian.Uint64(cur[stOwed:])
+		owed -= min(owed, uint64(u.Amount))
+		binary.BigEndian.PutUint64(state[stOwed:], owed)
 		if err := states.Put(pid, state); err != nil {
 			return err
 		}
@@ -417,9 +423,9 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 		err = refused
 	}
 	if err != nil {
-		return fmt.Errorf("boltstore: apply payment %s seq %d: %w", u.Channel, u.Seq, err)
+		return 0, fmt.Errorf("boltstore: apply payment %s seq %d: %w", u.Channel, u.Seq, err)
 	}
-	return nil
+	return msat.Amount(owed), nil
 }
 
 // putReceipt appends a receipt to the log and indexes it under rkey

@@ -151,7 +151,7 @@ func TestChildPayer(t *testing.T) {
 				mu.Lock()
 				fmt.Printf("try %s %d\n", c.Funding, u.Seq)
 				mu.Unlock()
-				err = s.ApplyPayment(ctx, u)
+				_, err = s.ApplyPayment(ctx, u)
 				if errors.Is(err, hub.ErrSeqConflict) {
 					continue // another writer took this seq
 				}

@@ -167,7 +167,7 @@ func BenchmarkVerifyDurable(b *testing.B) {
 				b.Error(err)
 				return
 			}
-			err = h.Store.ApplyPayment(ctx, hub.PaymentUpdate{
+			_, err = h.Store.ApplyPayment(ctx, hub.PaymentUpdate{
 				Channel: m.ChanID, Seq: m.Seq, Paid: m.Paid, DeviceSig: m.Sig,
 				Amount: m.Amount, Receipt: receipt, Time: now,
 			})

@@ -65,12 +65,13 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if err := c.checkPayee(ctx, m.Payee); err != nil {
 		return nil, err
 	}
-	owed := e.rec.Owed
-	if owed > m.Amount {
-		owed -= m.Amount
-	} else {
-		owed = 0
-	}
+	// The capacity check uses the cached Owed: another hubd may have
+	// charged more on credit since, so the stored Owed can be higher.
+	// That is safe: each charge on credit was checked against the credit
+	// limit by the store when it was recorded (ApplyOwed, RecordCharges),
+	// and the owed credit is not lost by this payment either, because the
+	// store lowers the stored Owed itself (ApplyPayment).
+	owed := e.rec.Owed - min(e.rec.Owed, m.Amount)
 	if used := m.Paid + owed + e.reserved(m.HoldID); used > e.out.Params().MaxPaid() {
 		return nil, refuse(wire.ChanOverCapacity, "paid, owed and holds reach %d msat of %d",
 			uint64(used), uint64(e.out.Params().MaxPaid()))
@@ -101,8 +102,8 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if err != nil {
 		return nil, err
 	}
-	err = c.store.ApplyPayment(ctx, hub.PaymentUpdate{
-		Channel: m.ChanID, Seq: m.Seq, Paid: m.Paid, DeviceSig: m.Sig, Owed: owed,
+	owed, err = c.store.ApplyPayment(ctx, hub.PaymentUpdate{
+		Channel: m.ChanID, Seq: m.Seq, Paid: m.Paid, DeviceSig: m.Sig,
 		HoldID: capture, Amount: m.Amount, Receipt: receipt, Time: now,
 	})
 	switch {
@@ -122,7 +123,8 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	}
 
 	// Durable: only now does the cache move, so it never runs ahead of
-	// the store.
+	// the store; Owed is the store's, which counts charges on credit
+	// recorded by other hubd.
 	e.rec.Seq, e.rec.Paid, e.rec.DeviceSig, e.rec.Owed, e.rec.UpdatedAt = m.Seq, m.Paid, m.Sig, owed, now.UTC()
 	if capture != nil {
 		if h := e.holds[*capture]; h != nil {

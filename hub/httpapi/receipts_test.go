@@ -43,7 +43,7 @@ func TestChannelReceipts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := a.store.ApplyPayment(ctx, hub.PaymentUpdate{Channel: op, Seq: seq, Paid: rc.Paid, Amount: rc.Amount, Receipt: enc, Time: rc.Time}); err != nil {
+		if _, err := a.store.ApplyPayment(ctx, hub.PaymentUpdate{Channel: op, Seq: seq, Paid: rc.Paid, Amount: rc.Amount, Receipt: enc, Time: rc.Time}); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, rc)

@@ -281,19 +281,20 @@ func holdRefusal(res []string, id [16]byte) error {
 	return nil
 }
 
-// ApplyPayment writes u atomically with one script run; see
-// hub.ChannelStore for the errors. It is durable when the server runs with
+// ApplyPayment writes u atomically with one script run, lowering the
+// stored Owed by u.Amount inside it, and returns the new Owed; see
+// hub.ChannelStore for the rule and the errors. It is durable when the server runs with
 // appendfsync always (see the package comment), which also groups the
 // fsyncs of concurrent clients.
-func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
+func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amount, error) {
 	if err := u.Validate(); err != nil {
-		return fmt.Errorf("redisstore: %w", err)
+		return 0, fmt.Errorf("redisstore: %w", err)
 	}
 	if u.Seq > uint64(MaxAmount) {
-		return fmt.Errorf("redisstore: %w: payment seq %d is above the store's limit of %d", hub.ErrInvalid, u.Seq, MaxAmount)
+		return 0, fmt.Errorf("redisstore: %w: payment seq %d is above the store's limit of %d", hub.ErrInvalid, u.Seq, MaxAmount)
 	}
-	if err := checkAmounts("payment", u.Paid, u.Owed, u.Amount); err != nil {
-		return err
+	if err := checkAmounts("payment", u.Paid, u.Amount); err != nil {
+		return 0, err
 	}
 	op := u.Channel.String()
 	member := make([]byte, 8+len(u.Receipt))
@@ -305,14 +306,18 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 	}
 	seq := strconv.FormatUint(u.Seq, 10)
 	res, err := scriptReply(ctx, s.rdb, s.chs.payment, []string{s.fundKey(), s.receiptsKey(op), holdKey},
-		op, seq, fmtMsat(u.Paid), fmtMsat(u.Owed), encodeTime(u.Time), u.DeviceSig[:], member,
+		op, seq, fmtMsat(u.Paid), encodeTime(u.Time), u.DeviceSig[:], member,
 		fmtMsat(u.Amount), hasHold, s.prefix)
 	if err != nil {
-		return fmt.Errorf("redisstore: apply payment %s seq %d: %w", op, u.Seq, err)
+		return 0, fmt.Errorf("redisstore: apply payment %s seq %d: %w", op, u.Seq, err)
 	}
 	switch res[0] {
 	case "ok":
-		return nil
+		owed, perr := strconv.ParseUint(at(res, 1), 10, 64)
+		if perr == nil {
+			return msat.Amount(owed), nil
+		}
+		err = fmt.Errorf("owed in script reply %q: %w", res, perr)
 	case "notfound":
 		err = fmt.Errorf("%w: channel %s", hub.ErrNotFound, op)
 	case "seq":
@@ -322,7 +327,7 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) error {
 			err = fmt.Errorf("unexpected script reply %q", res)
 		}
 	}
-	return fmt.Errorf("redisstore: apply payment %s seq %d: %w", op, u.Seq, err)
+	return 0, fmt.Errorf("redisstore: apply payment %s seq %d: %w", op, u.Seq, err)
 }
 
 // ApplyOwed raises a channel's Owed (and a hold's Captured) by amount; see

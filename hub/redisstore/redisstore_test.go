@@ -366,7 +366,7 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 				mu.Lock()
 				tried[i] = max(tried[i], u.Seq)
 				mu.Unlock()
-				err = s.ApplyPayment(ctx, u)
+				_, err = s.ApplyPayment(ctx, u)
 				if errors.Is(err, hub.ErrSeqConflict) {
 					continue
 				}

@@ -266,7 +266,7 @@ func (e *settleEnv) pay(op btcwire.OutPoint, payer, payee string, amount msat.Am
 	}
 	var ds [64]byte
 	copy(ds[:], sig.Serialize())
-	if err := e.h.Store().ApplyPayment(t.Context(), hub.PaymentUpdate{
+	if _, err := e.h.Store().ApplyPayment(t.Context(), hub.PaymentUpdate{
 		Channel: op, Seq: st.Seq, Paid: st.Paid, DeviceSig: ds, Amount: amount, Receipt: raw, Time: now,
 	}); err != nil {
 		t.Fatal(err)

@@ -83,7 +83,7 @@ func BenchApplyPayment(b *testing.B, s hub.ChannelStore, channels, parallelism i
 				Time:    epoch(),
 			}
 			start := time.Now()
-			if err := s.ApplyPayment(ctx, u); err != nil {
+			if _, err := s.ApplyPayment(ctx, u); err != nil {
 				b.Errorf("ApplyPayment: %v", err)
 				return
 			}

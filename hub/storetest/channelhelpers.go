@@ -122,7 +122,7 @@ func MustChannel(tb testing.TB, s hub.ChannelStore, op wire.OutPoint) hub.Channe
 // MustApplyPayment applies u.
 func MustApplyPayment(tb testing.TB, s hub.ChannelStore, u hub.PaymentUpdate) {
 	tb.Helper()
-	if err := s.ApplyPayment(context.Background(), u); err != nil {
+	if _, err := s.ApplyPayment(context.Background(), u); err != nil {
 		tb.Fatalf("ApplyPayment(%s seq %d): %v", u.Channel, u.Seq, err)
 	}
 }
@@ -152,9 +152,10 @@ func mustReceipts(tb testing.TB, s hub.ChannelStore, op wire.OutPoint, from uint
 	return rs
 }
 
-// withState returns c as it should read back after u was applied.
+// withState returns c as it should read back after u was applied (Owed
+// is c's: the caller sets what the store should have lowered it to).
 func withState(c hub.ChannelRecord, u hub.PaymentUpdate) hub.ChannelRecord {
-	c.Seq, c.Paid, c.DeviceSig, c.Owed, c.UpdatedAt = u.Seq, u.Paid, u.DeviceSig, u.Owed, u.Time
+	c.Seq, c.Paid, c.DeviceSig, c.UpdatedAt = u.Seq, u.Paid, u.DeviceSig, u.Time
 	return c
 }
 

@@ -48,6 +48,7 @@ func RunChannels(t *testing.T, newStore func(t *testing.T) ChannelStoreUnderTest
 	t.Run("PutChannelKeepsState", func(t *testing.T) { testPutChannelKeepsState(t, open(t)) })
 	t.Run("ReceiptsPaging", func(t *testing.T) { testReceiptsPaging(t, open(t)) })
 	t.Run("ReopenKeepsPayments", func(t *testing.T) { testReopenKeepsPayments(t, newStore) })
+	t.Run("PaymentLowersStoredOwed", func(t *testing.T) { testPaymentLowersStoredOwed(t, open(t)) })
 	t.Run("ConservationUnderConcurrency", func(t *testing.T) { testConservation(t, open(t)) })
 }
 
@@ -102,7 +103,7 @@ func testChannelErrNotFound(t *testing.T, s hub.ChannelStore) {
 	if _, err := s.Channel(ctx, c.Funding); !errors.Is(err, hub.ErrNotFound) {
 		t.Fatalf("Channel of an unknown outpoint: error = %v, want ErrNotFound", err)
 	}
-	if err := s.ApplyPayment(ctx, Payment(c.Funding, 1, 1000)); !errors.Is(err, hub.ErrNotFound) {
+	if _, err := s.ApplyPayment(ctx, Payment(c.Funding, 1, 1000)); !errors.Is(err, hub.ErrNotFound) {
 		t.Fatalf("ApplyPayment to an unknown channel: error = %v, want ErrNotFound", err)
 	}
 	if err := s.ApplyOwed(ctx, c.Funding, nil, 10, 1000); !errors.Is(err, hub.ErrNotFound) {
@@ -116,7 +117,7 @@ func testChannelErrNotFound(t *testing.T, s hub.ChannelStore) {
 	MustPutChannel(t, s, c)
 	u := Payment(c.Funding, 1, 1000)
 	u.HoldID, u.Amount = &[16]byte{2}, 1000
-	if err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrNotFound) {
+	if _, err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrNotFound) {
 		t.Fatalf("ApplyPayment against an unknown hold: error = %v, want ErrNotFound", err)
 	}
 	assertUnchanged(t, s, c)
@@ -214,7 +215,6 @@ func testApplyPaymentOK(t *testing.T, s hub.ChannelStore) {
 	assertChannel(t, MustChannel(t, s, c.Funding), withState(c, u1))
 
 	u2 := Payment(c.Funding, 2, 2_750)
-	u2.Owed = 321
 	MustApplyPayment(t, s, u2)
 	assertChannel(t, MustChannel(t, s, c.Funding), withState(c, u2))
 	got, err := s.ChannelByPending(context.Background(), c.PendingID)
@@ -246,14 +246,14 @@ func testErrSeqConflict(t *testing.T, s hub.ChannelStore) {
 	}
 	for name, u := range cases {
 		t.Run(name, func(t *testing.T) {
-			if err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrSeqConflict) {
+			if _, err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrSeqConflict) {
 				t.Fatalf("ApplyPayment(seq %d) on seq 2: error = %v, want ErrSeqConflict", u.Seq, err)
 			}
 			assertUnchanged(t, s, at2)
 		})
 	}
 	t.Run("SeqZero", func(t *testing.T) {
-		if err := s.ApplyPayment(ctx, Payment(c.Funding, 0, 0)); err == nil {
+		if _, err := s.ApplyPayment(ctx, Payment(c.Funding, 0, 0)); err == nil {
 			t.Fatal("ApplyPayment(seq 0) succeeded")
 		}
 		assertUnchanged(t, s, at2)
@@ -276,7 +276,7 @@ func testErrSeqConflict(t *testing.T, s hub.ChannelStore) {
 			go func() {
 				defer wg.Done()
 				<-start
-				errs[i] = s.ApplyPayment(ctx, ups[i])
+				_, errs[i] = s.ApplyPayment(ctx, ups[i])
 			}()
 		}
 		close(start)
@@ -342,7 +342,7 @@ func testErrHoldConflict(t *testing.T, s hub.ChannelStore) {
 		t.Run(cs.name, func(t *testing.T) {
 			u := Payment(c.Funding, 2, c.Paid+cs.amount)
 			u.HoldID, u.Amount = &cs.hold.ID, cs.amount
-			if err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrHoldConflict) {
+			if _, err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrHoldConflict) {
 				t.Fatalf("ApplyPayment: error = %v, want ErrHoldConflict", err)
 			}
 			if err := s.ApplyOwed(ctx, c.Funding, &cs.hold.ID, cs.amount, 1<<40); !errors.Is(err, hub.ErrHoldConflict) {
@@ -434,6 +434,7 @@ func testApplyOwedWithinLimit(t *testing.T, s hub.ChannelStore) {
 	}
 	// A signed state that covers the debt clears it.
 	u := Payment(c.Funding, 2, 1_999)
+	u.Amount = 999
 	MustApplyPayment(t, s, u)
 	assertChannel(t, MustChannel(t, s, c.Funding), withState(c, u))
 }
@@ -469,7 +470,6 @@ func testPutChannelKeepsState(t *testing.T, s hub.ChannelStore) {
 	MustPutChannel(t, s, c)
 	MustApplyPayment(t, s, Payment(c.Funding, 1, 1_000))
 	u := Payment(c.Funding, 2, 2_000)
-	u.Owed = 50
 	MustApplyPayment(t, s, u)
 
 	// A status change written from a copy read before the payments: it
@@ -581,7 +581,7 @@ func testReopenKeepsPayments(t *testing.T, newStore func(t *testing.T) ChannelSt
 		t.Fatalf("ChannelsByDevice after reopen = %d channels, %v; want 1", len(byDev), err)
 	}
 	// The reopened store keeps enforcing the sequence.
-	if err := s2.ApplyPayment(ctx, Payment(c.Funding, 5, 9_999)); !errors.Is(err, hub.ErrSeqConflict) {
+	if _, err := s2.ApplyPayment(ctx, Payment(c.Funding, 5, 9_999)); !errors.Is(err, hub.ErrSeqConflict) {
 		t.Fatalf("replay after reopen: error = %v, want ErrSeqConflict", err)
 	}
 	MustApplyPayment(t, s2, Payment(c.Funding, 6, 6_000))
@@ -619,7 +619,7 @@ func testConservation(t *testing.T, s hub.ChannelStore) {
 						t.Error(err)
 						return
 					}
-					err = s.ApplyPayment(ctx, Payment(cur.Funding, cur.Seq+1, cur.Paid+amt))
+					_, err = s.ApplyPayment(ctx, Payment(cur.Funding, cur.Seq+1, cur.Paid+amt))
 					if errors.Is(err, hub.ErrSeqConflict) {
 						conflicts.Add(1)
 						continue
@@ -679,7 +679,7 @@ func testChannelErrInvalid(t *testing.T, s hub.ChannelStore) {
 		}
 	}
 	MustPutChannel(t, s, good)
-	if err := s.ApplyPayment(ctx, Payment(good.Funding, 0, 1)); !errors.Is(err, hub.ErrInvalid) {
+	if _, err := s.ApplyPayment(ctx, Payment(good.Funding, 0, 1)); !errors.Is(err, hub.ErrInvalid) {
 		t.Fatalf("ApplyPayment with seq 0 = %v, want ErrInvalid", err)
 	}
 	h := NewHold(t, good.Funding, d.ID, 1_000)
@@ -691,4 +691,41 @@ func testChannelErrInvalid(t *testing.T, s hub.ChannelStore) {
 		t.Fatalf("Holds after a refused PutHold = %v, %v, want none", hs, err)
 	}
 	assertUnchanged(t, s, good)
+}
+
+// testPaymentLowersStoredOwed pins the rule that a payment lowers the
+// stored Owed by its amount inside the store's atomic write: credit
+// charged by another hubd after this one read the channel (ApplyOwed does
+// not move Seq, so the seq check cannot catch it) must survive the payment.
+func testPaymentLowersStoredOwed(t *testing.T, s hub.ChannelStore) {
+	ctx := context.Background()
+	c := NewChannel(t, "dev-a")
+	MustPutChannel(t, s, c)
+	if err := s.ApplyOwed(ctx, c.Funding, nil, 1_000, 1_000_000); err != nil {
+		t.Fatalf("ApplyOwed: %v", err)
+	}
+	cached := MustChannel(t, s, c.Funding) // this instance's cache: owed 1000
+	// Another instance charges on credit after the cache was read.
+	if err := s.ApplyOwed(ctx, c.Funding, nil, 500, 1_000_000); err != nil {
+		t.Fatalf("ApplyOwed from another instance: %v", err)
+	}
+	u := Payment(c.Funding, 1, 700)
+	u.Amount = 700 // computed from the stale cache: it saw owed 1000
+	owed, err := s.ApplyPayment(ctx, u)
+	if err != nil {
+		t.Fatalf("ApplyPayment: %v", err)
+	}
+	want := cached.Owed + 500 - u.Amount
+	if got := MustChannel(t, s, c.Funding).Owed; got != want || owed != want {
+		t.Fatalf("after a payment of 700 on 1000+500 owed: stored owed %d msat, returned %d, want %d", got, owed, want)
+	}
+	// A payment above what is owed clears it to 0, not below.
+	u = Payment(c.Funding, 2, 700+1_000)
+	u.Amount = 1_000
+	if owed, err = s.ApplyPayment(ctx, u); err != nil || owed != 0 {
+		t.Fatalf("ApplyPayment of 1000 on 800 owed = %d msat, %v; want 0", owed, err)
+	}
+	if got := MustChannel(t, s, c.Funding).Owed; got != 0 {
+		t.Fatalf("stored owed after overpaying = %d msat, want 0", got)
+	}
 }

@@ -103,7 +103,7 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 				Receipt: receipt, Time: epoch(),
 			}
 			t0 := time.Now()
-			if err := s.ApplyPayment(ctx, u); err != nil {
+			if _, err := s.ApplyPayment(ctx, u); err != nil {
 				b.Fatal(err)
 			}
 			lat = append(lat, time.Since(t0))
