@@ -45,11 +45,11 @@ end
 -- Amounts stay strings on the write side: a Lua number would be formatted
 -- with 14 significant digits.
 local owed = redis.call('HGET', ck, 'owed')
-if tonumber(owed) > amount then
+if tonumber(owed) <= amount then
+  owed = '0'
+elseif amount > 0 then -- Redis refuses the increment '-0'
   redis.call('HINCRBY', ck, 'owed', '-' .. ARGV[7])
   owed = redis.call('HGET', ck, 'owed')
-else
-  owed = '0'
 end
 redis.call('HSET', ck, 'seq', ARGV[2], 'paid', ARGV[3], 'owed', owed, 'upd', ARGV[4], 'sig', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
