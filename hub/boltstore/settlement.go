@@ -79,6 +79,9 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 		return fmt.Errorf("boltstore: encode epoch %d: %w", successor.Number, err)
 	}
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := checkFence(ctx, tx); err != nil {
+			return err
+		}
 		b, err := tx.CreateBucketIfNotExists(bucketEpochs)
 		if err != nil {
 			return err
@@ -178,6 +181,9 @@ func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
 	}
 	key := runKey(r.Epoch.Number, r.Attempt)
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := checkFence(ctx, tx); err != nil {
+			return err
+		}
 		b, err := tx.CreateBucketIfNotExists(bucketRuns)
 		if err != nil {
 			return err
@@ -300,6 +306,9 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 	// committer reruns it alone to report the error), so the checks below
 	// may interleave with writes without a refusal leaving half a rollover.
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := checkFence(ctx, tx); err != nil {
+			return err
+		}
 		funding := tx.Bucket(bucketFunding)
 		chans := tx.Bucket(bucketChannels)
 		states := tx.Bucket(bucketChanState)
