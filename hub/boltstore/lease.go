@@ -2,7 +2,9 @@ package boltstore
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -17,7 +19,9 @@ import (
 // with the same rules as redisstore's, so the settler and the fencing
 // rule (hub/storetest) are the same on both stores: bucket settlelease,
 // key "lease" -> Leader JSON, key "token" -> big-endian count of
-// acquisitions. Expiry is by this process's clock.
+// acquisitions. Expiry is by this process's clock, and a lease stored by
+// an earlier open of the file (a process that stopped or died, which alone
+// could hold the file) is not live: a restarted hub leads at once.
 var (
 	bucketLease   = []byte("settlelease")
 	keyLease      = []byte("lease")
@@ -26,8 +30,22 @@ var (
 
 var _ hub.LeaderLease = (*Store)(nil)
 
-// liveLease returns the stored lease if it has not expired.
-func liveLease(tx *bolt.Tx, now time.Time) (hub.Leader, bool, error) {
+// storedLease is the lease as stored, with the session of the open that
+// wrote it.
+type storedLease struct {
+	hub.Leader
+	Session string `json:"session"`
+}
+
+func newSession() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// liveLease returns the stored lease if it has not expired and was written
+// by this open of the file.
+func (s *Store) liveLease(tx *bolt.Tx, now time.Time) (hub.Leader, bool, error) {
 	b := tx.Bucket(bucketLease)
 	if b == nil {
 		return hub.Leader{}, false, nil
@@ -36,21 +54,21 @@ func liveLease(tx *bolt.Tx, now time.Time) (hub.Leader, bool, error) {
 	if v == nil {
 		return hub.Leader{}, false, nil
 	}
-	var l hub.Leader
+	var l storedLease
 	if err := decodeJSON("settlement lease", keyLease, v, &l); err != nil {
 		return hub.Leader{}, false, err
 	}
-	return l, now.Before(l.Expires), nil
+	return l.Leader, l.Session == s.session && now.Before(l.Expires), nil
 }
 
 // checkFence refuses, inside a settlement write's transaction, a write
 // whose context carries a fencing token that is not the live lease's.
-func checkFence(ctx context.Context, tx *bolt.Tx) error {
+func (s *Store) checkFence(ctx context.Context, tx *bolt.Tx) error {
 	tok, ok := hub.Fence(ctx)
 	if !ok {
 		return nil
 	}
-	l, live, err := liveLease(tx, time.Now())
+	l, live, err := s.liveLease(tx, time.Now())
 	if err != nil {
 		return err
 	}
@@ -67,12 +85,12 @@ func describeLease(l hub.Leader, live bool) string {
 	return fmt.Sprintf("%s's token %d", l.Instance, l.Token)
 }
 
-func putLease(tx *bolt.Tx, l hub.Leader) error {
+func (s *Store) putLease(tx *bolt.Tx, l hub.Leader) error {
 	b, err := tx.CreateBucketIfNotExists(bucketLease)
 	if err != nil {
 		return err
 	}
-	doc, err := json.Marshal(l)
+	doc, err := json.Marshal(storedLease{Leader: l, Session: s.session})
 	if err != nil {
 		return fmt.Errorf("encode settlement lease: %w", err)
 	}
@@ -97,7 +115,7 @@ func (s *Store) Acquire(ctx context.Context, instance string, ttl time.Duration)
 	var got hub.Leader
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		now := time.Now()
-		cur, live, err := liveLease(tx, now)
+		cur, live, err := s.liveLease(tx, now)
 		if err != nil {
 			return err
 		}
@@ -118,7 +136,7 @@ func (s *Store) Acquire(ctx context.Context, instance string, ttl time.Duration)
 			return err
 		}
 		got = hub.Leader{Instance: instance, Token: n, Expires: now.Add(ttl)}
-		return putLease(tx, got)
+		return s.putLease(tx, got)
 	})
 	if err != nil {
 		return got, fmt.Errorf("boltstore: acquire settlement lease: %w", err)
@@ -136,7 +154,7 @@ func (s *Store) Renew(ctx context.Context, l hub.Leader, ttl time.Duration) (hub
 	}
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		now := time.Now()
-		cur, live, err := liveLease(tx, now)
+		cur, live, err := s.liveLease(tx, now)
 		if err != nil {
 			return err
 		}
@@ -144,7 +162,7 @@ func (s *Store) Renew(ctx context.Context, l hub.Leader, ttl time.Duration) (hub
 			return fmt.Errorf("%w: lease of %s token %d; the live lease is %s", hub.ErrNotLeader, l.Instance, l.Token, describeLease(cur, live))
 		}
 		l.Expires = now.Add(ttl)
-		return putLease(tx, l)
+		return s.putLease(tx, l)
 	})
 	if err != nil {
 		return hub.Leader{}, fmt.Errorf("boltstore: renew settlement lease: %w", err)
@@ -155,7 +173,7 @@ func (s *Store) Renew(ctx context.Context, l hub.Leader, ttl time.Duration) (hub
 // Release deletes the lease if l still holds it.
 func (s *Store) Release(ctx context.Context, l hub.Leader) error {
 	err := s.commit.do(func(tx *bolt.Tx) error {
-		cur, live, err := liveLease(tx, time.Now())
+		cur, live, err := s.liveLease(tx, time.Now())
 		if err != nil || !live || cur.Instance != l.Instance || cur.Token != l.Token {
 			return err
 		}
@@ -176,7 +194,7 @@ func (s *Store) Leader(ctx context.Context) (hub.Leader, error) {
 	var live bool
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		l, live, err = liveLease(tx, time.Now())
+		l, live, err = s.liveLease(tx, time.Now())
 		return err
 	})
 	if err != nil {
