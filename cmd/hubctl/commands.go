@@ -35,6 +35,9 @@ func (c *infoCmd) Execute([]string) error {
 		{"pubkey", info.PubKey}, {"p2p_addr", info.P2PAddr}, {"admin_addr", info.AdminAddr}, {"metrics_addr", dash(info.MetricsAddr)},
 		{"nats_url", info.NATSURL}, {"network", info.Network}, {"store", info.Store},
 		{"sessions", fmt.Sprint(info.Sessions)},
+		{"settle_instance", dash(info.SettleInstance)}, {"settle_leading", fmt.Sprint(info.SettleLeading)},
+		{"settle_leader", dash(info.SettleLeader)}, {"settle_leader_token", fmt.Sprint(info.SettleLeaderToken)},
+		{"settle_lease_expires", leaseExpiry(info.SettleLeaseExpires)},
 	})
 }
 
@@ -389,4 +392,11 @@ func (c *signRotationCmd) Execute([]string) error {
 	}
 	_, err = fmt.Fprintln(c.a.out, hex.EncodeToString(sig))
 	return err
+}
+
+func leaseExpiry(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }

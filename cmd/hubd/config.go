@@ -63,6 +63,8 @@ type settleConfig struct {
 	Period        time.Duration `long:"period" env:"PERIOD" description:"settle once per this period (0: on demand only)"`
 	Blocks        uint32        `long:"blocks" env:"BLOCKS" description:"settle once per this many blocks (0: not by blocks)"`
 	Confirmations uint32        `long:"confirmations" env:"CONFIRMATIONS" description:"confirmations before a settlement counts as done (default 1 on regtest, more elsewhere: see docs/settlement-run.md)"`
+	LeaseTTL      time.Duration `long:"lease-ttl" env:"LEASE_TTL" description:"lifetime of the settlement leader lease among hubd sharing a store; a killed leader is replaced within about this (default 10s)"`
+	Instance      string        `long:"instance" env:"INSTANCE" description:"this hubd's instance id in the settlement lease (default host/pid)"`
 }
 
 // channelsConfig sets the channel manager's terms; zero values take the

@@ -240,9 +240,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		AfterState:    afterSettleState(hooks.SettlementState, log),
 		Confirmations: cfg.Settle.Confirmations,
 		Logger:        log,
+		Lease:         store, Instance: settleInstance(cfg), LeaseTTL: cfg.Settle.LeaseTTL,
 	})
 	if err != nil {
 		return err
+	}
+	if err := meter.RegisterLeader(settleLeaderView(settle)); err != nil {
+		return fmt.Errorf("leader metrics: %w", err)
 	}
 	settle.Start()
 	st.push("settlement", func(context.Context) error { return settle.Close() })
@@ -327,6 +331,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		Info: func() httpapi.Info {
 			i := info
 			i.Sessions = srv.Sessions()
+			withLeader(&i, settle)
 			return i
 		},
 	}
@@ -480,6 +485,7 @@ type channelStore interface {
 	hub.ChargeStore
 	hub.SettlementStore
 	hub.CDRStore
+	hub.LeaderLease
 }
 
 // openStore opens the embedded store, or Redis when --redis-url is set.

@@ -85,6 +85,10 @@ type Store struct {
 	log       *slog.Logger
 	closeOnce sync.Once
 	closeErr  error
+	// session is drawn at each open: a settlement lease stored under
+	// another session was held by a process that has since closed the
+	// file (or died), so it is not live (see lease.go).
+	session string
 }
 
 var _ hub.Store = (*Store)(nil)
@@ -138,7 +142,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.MinFree == 0 {
 		cfg.MinFree = DefaultMinFree
 	}
-	return &Store{db: db, commit: newCommitter(db), dir: cfg.Path, minFree: cfg.MinFree, log: log}, nil
+	return &Store{db: db, commit: newCommitter(db), dir: cfg.Path, minFree: cfg.MinFree, log: log, session: newSession()}, nil
 }
 
 // Healthy reports whether writes can be made durable: it fails when the

@@ -78,6 +78,9 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 		return fmt.Errorf("boltstore: encode epoch %d: %w", successor.Number, err)
 	}
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
 		b, err := tx.CreateBucketIfNotExists(bucketEpochs)
 		if err != nil {
 			return err
@@ -163,6 +166,9 @@ func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
 	}
 	key := runKey(r.Epoch.Number, r.Attempt)
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
 		b, err := tx.CreateBucketIfNotExists(bucketRuns)
 		if err != nil {
 			return err
@@ -285,6 +291,9 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 	// committer reruns it alone to report the error), so the checks below
 	// may interleave with writes without a refusal leaving half a rollover.
 	err = s.commit.do(func(tx *bolt.Tx) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
 		funding := tx.Bucket(bucketFunding)
 		chans := tx.Bucket(bucketChannels)
 		states := tx.Bucket(bucketChanState)

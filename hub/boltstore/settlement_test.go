@@ -16,3 +16,10 @@ func TestSettlementConformance(t *testing.T) {
 		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
 	})
 }
+
+func TestFencingConformance(t *testing.T) {
+	root := t.TempDir()
+	storetest.RunFencing(t, func(t *testing.T) storetest.FencedStoreUnderTest {
+		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
+	})
+}

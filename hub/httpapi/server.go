@@ -58,6 +58,14 @@ type Info struct {
 	// long, whichever comes first; 0 when that rule is off.
 	SettlePeriodSeconds int64  `json:"settle_period_seconds,omitempty"`
 	SettleBlocks        uint32 `json:"settle_blocks,omitempty"`
+	// Settlement leadership: this instance's id in the lease, whether it
+	// holds the lease, and the live lease (leader, fencing token,
+	// expiry); the leader fields are empty while no instance holds it.
+	SettleInstance     string     `json:"settle_instance,omitempty"`
+	SettleLeading      bool       `json:"settle_leading,omitempty"`
+	SettleLeader       string     `json:"settle_leader,omitempty"`
+	SettleLeaderToken  uint64     `json:"settle_leader_token,omitempty"`
+	SettleLeaseExpires *time.Time `json:"settle_lease_expires,omitempty"`
 }
 
 // HealthCheck reports whether one dependency answers.
@@ -206,6 +214,9 @@ var errorCodes = []struct {
 	{errForbidden, http.StatusForbidden, "forbidden"},
 	// A cut or run that lost a race with another, or a run asked for
 	// while one is under way.
+	// A settlement run asked of an instance that does not hold the
+	// settlement lease (or lost it mid-run): the message names the leader.
+	{hub.ErrNotLeader, http.StatusMisdirectedRequest, "not_leader"},
 	{hub.ErrEpochConflict, http.StatusConflict, "conflict"},
 	{settlement.ErrBadTransition, http.StatusConflict, "conflict"},
 	{hub.ErrRunOpen, http.StatusConflict, "conflict"},

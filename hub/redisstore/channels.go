@@ -114,6 +114,10 @@ func scriptReply(ctx context.Context, rdb *redis.Client, sc *redis.Script, keys 
 	if len(res) == 0 {
 		return nil, errors.New("empty script reply")
 	}
+	if res[0] == "fenced" {
+		// fence.lua: the writer's fencing token is not the live lease's.
+		return nil, fmt.Errorf("%w: the live lease's token is %s", hub.ErrFenced, at(res, 1))
+	}
 	return res, nil
 }
 

@@ -5,11 +5,13 @@
 --
 -- KEYS: 1 epochs (sorted set of epoch JSON scored by number),
 --       2 open epoch number (string; missing before the first epoch),
---       3 runs (hash run key -> run JSON), 4 runidx (run keys, by bytes)
+--       3 runs (hash run key -> run JSON), 4 runidx (run keys, by bytes),
+--       5 settlement lease (fence.lua)
 -- ARGV: 1 closed number ('0' opens the first epoch), 2 closed JSON,
 --       3 successor number, 4 successor JSON,
 --       5 first and 6 last run key of the previous epoch ('' when closed
---       is epoch 1 or none), 7.. the run states that settle an epoch
+--       is epoch 1 or none), 7.. the run states that settle an epoch, last
+--       the fencing token (fence.lua)
 -- Reply: {'ok'} | {'conflict', open number} | {'open', state or 'none'}
 
 local open = redis.call('GET', KEYS[2]) or '0'
@@ -23,7 +25,7 @@ if ARGV[5] ~= '' then
   end
   local state = cjson.decode(redis.call('HGET', KEYS[3], keys[1])).state
   local settled = false
-  for i = 7, #ARGV do
+  for i = 7, #ARGV - 1 do
     if ARGV[i] == state then
       settled = true
     end

@@ -10,12 +10,14 @@
 -- would round large numbers.
 --
 -- KEYS: 1 funding index, 2 set of all pending ids, 3 runs (hash key ->
---       run JSON), 4 run index (sorted set of keys, all scored 0)
+--       run JSON), 4 run index (sorted set of keys, all scored 0),
+--       5 settlement lease (fence.lua)
 -- ARGV: 1 key prefix, 2 run key, 3 run JSON, 4 zero device signature,
 --       5 number of old channels, then per old channel: outpoint,
 --       record read, closed record, updated (unix ns, '' = zero);
 --       then the number of next channels, then per next channel: pending
---       id hex, record JSON, outpoint, device id, owed, updated
+--       id hex, record JSON, outpoint, device id, owed, updated; last
+--       the fencing token (fence.lua)
 -- Reply: {'ok'} | {'notfound', outpoint} | {'moved', outpoint} |
 --        {'exists', pending id or outpoint}
 

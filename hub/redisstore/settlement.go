@@ -41,8 +41,8 @@ var (
 // only its source and hash and is never changed, so sharing one between
 // stores shares no mutable state; Run loads it on the first NOSCRIPT.
 var (
-	cutEpochScript = redis.NewScript(cutEpochSource)
-	rolloverScript = redis.NewScript(rolloverSource)
+	cutEpochScript = redis.NewScript(fenceSource + cutEpochSource)
+	rolloverScript = redis.NewScript(fenceSource + rolloverSource)
 )
 
 // rolloverTries bounds how often CommitRollover rereads channels that
@@ -102,8 +102,9 @@ func (s *Store) CutEpoch(ctx context.Context, closed, successor settlement.Epoch
 	for _, st := range settlement.SettledStates() {
 		args = append(args, string(st))
 	}
+	args = append(args, hub.FenceArg(ctx))
 	res, err := scriptReply(ctx, s.rdb, cutEpochScript,
-		[]string{s.epochsKey(), s.epochOpenKey(), s.runsKey(), s.runIdxKey()}, args...)
+		[]string{s.epochsKey(), s.epochOpenKey(), s.runsKey(), s.runIdxKey(), s.leaseKey()}, args...)
 	if err != nil {
 		return fmt.Errorf("redisstore: cut epoch %d: %w", closed.Number, err)
 	}
@@ -148,8 +149,8 @@ func validateRun(r settlement.Run) error {
 }
 
 // PutRun stores r under (r.Epoch.Number, r.Attempt), replacing it, in one
-// MULTI/EXEC. It returns an error wrapping hub.ErrInvalid when either is
-// zero.
+// script run, fenced (see hub.WithFence). It returns an error wrapping
+// hub.ErrInvalid when either is zero.
 func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
 	if err := validateRun(r); err != nil {
 		return fmt.Errorf("redisstore: %w", err)
@@ -159,11 +160,8 @@ func (s *Store) PutRun(ctx context.Context, r settlement.Run) error {
 		return fmt.Errorf("redisstore: encode run %d/%d: %w", r.Epoch.Number, r.Attempt, err)
 	}
 	key := runKey(r.Epoch.Number, r.Attempt)
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, s.runsKey(), key, doc)
-		p.ZAdd(ctx, s.runIdxKey(), redis.Z{Member: key})
-		return nil
-	})
+	_, err = scriptReply(ctx, s.rdb, putRunScript, []string{s.runsKey(), s.runIdxKey(), s.leaseKey()},
+		key, doc, hub.FenceArg(ctx))
 	if err != nil {
 		return fmt.Errorf("redisstore: put run %d/%d: %w", r.Epoch.Number, r.Attempt, err)
 	}
@@ -286,7 +284,7 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 		return err
 	}
 	var zeroSig [64]byte
-	keys := []string{s.fundKey(), s.chansKey(), s.runsKey(), s.runIdxKey()}
+	keys := []string{s.fundKey(), s.chansKey(), s.runsKey(), s.runIdxKey(), s.leaseKey()}
 	for range rolloverTries {
 		oldArgs, err := s.closeOld(ctx, old, spender, r)
 		if err != nil {
@@ -295,6 +293,7 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 		args := append([]any{s.prefix, runKey(r.Epoch.Number, r.Attempt), runDoc, zeroSig[:], len(old)}, oldArgs...)
 		args = append(args, len(next))
 		args = append(args, nextArgs...)
+		args = append(args, hub.FenceArg(ctx))
 		res, err := scriptReply(ctx, s.rdb, rolloverScript, keys, args...)
 		if err != nil {
 			return err

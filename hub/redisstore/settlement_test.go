@@ -15,3 +15,10 @@ func TestSettlementConformance(t *testing.T) {
 		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
 	})
 }
+
+func TestFencingConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunFencing(t, func(t *testing.T) storetest.FencedStoreUnderTest {
+		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
+	})
+}

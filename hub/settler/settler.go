@@ -208,6 +208,17 @@ type Config struct {
 	// and the message it signs with it (tests check no nonce signs two
 	// messages).
 	NonceObserver func(NonceUse)
+	// Lease, when set, elects the one instance of the hubs sharing the
+	// store that runs settlement: only the holder polls, cuts and drives
+	// runs, and every settlement write carries its fencing token
+	// (hub.WithFence), so a former leader's writes are refused with
+	// hub.ErrFenced. Nil: this instance always leads (one hub).
+	Lease hub.LeaderLease
+	// Instance names this instance in the lease. Required with Lease.
+	Instance string
+	// LeaseTTL is the lease's lifetime; zero means DefaultLeaseTTL.
+	LeaseTTL time.Duration
+
 	// AfterState, when set, runs after every durable state change of a
 	// run; an error stops the run there, as a crash would (tests).
 	AfterState func(settlement.Run) error
@@ -248,6 +259,12 @@ func (c *Config) setDefaults() error {
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultSettlePoll
 	}
+	if c.Lease != nil && c.Instance == "" {
+		return fmt.Errorf("%w: settlement: a lease needs an instance id", hub.ErrInvalid)
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
 	if c.Clock == nil {
 		c.Clock = clock.NewDefaultClock()
 	}
@@ -287,6 +304,11 @@ type Service struct {
 	sentAt map[chainhash.Hash]uint32
 	bumped map[chainhash.Hash]*chainhash.Hash // nil: no bump possible
 
+	// lease is the settlement lease this instance holds (nil: none);
+	// wake makes the loop poll at once (after an acquisition).
+	lease atomic.Pointer[held]
+	wake  chan struct{}
+
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -304,7 +326,8 @@ func New(cfg Config) (*Service, error) {
 	return &Service{
 		cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock,
 		sentAt: make(map[chainhash.Hash]uint32), bumped: make(map[chainhash.Hash]*chainhash.Hash),
-		ctx: ctx, cancel: cancel,
+		wake: make(chan struct{}, 1),
+		ctx:  ctx, cancel: cancel,
 	}, nil
 }
 
@@ -318,6 +341,16 @@ func (s *Service) Start() {
 			defer s.wg.Done()
 			s.loop()
 		}()
+		if s.leased() {
+			// Try once before the loop starts, so a lone hub (or
+			// the first of several) leads as soon as Start returns.
+			s.leaseStep(s.cfg.LeaseTTL)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.keepLease()
+			}()
+		}
 	})
 }
 
@@ -331,13 +364,20 @@ func (s *Service) Close() error {
 
 func (s *Service) loop() {
 	t := s.clock.TickAfter(0)
+	// The first poll runs at once: drop the wake-up of a lease taken in
+	// Start.
+	select {
+	case <-s.wake:
+	default:
+	}
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t:
+		case <-s.wake:
 		}
-		if err := s.Poll(s.ctx); err != nil && s.ctx.Err() == nil {
+		if err := s.Poll(s.ctx); err != nil && s.ctx.Err() == nil && !errors.Is(err, hub.ErrNotLeader) {
 			s.log.Warn("settlement poll", "err", err)
 		}
 		t = s.clock.TickAfter(s.cfg.PollInterval)
@@ -351,6 +391,10 @@ func (s *Service) loop() {
 func (s *Service) Settle(ctx context.Context) (settlement.Run, error) {
 	if s.ctx.Err() != nil {
 		return settlement.Run{}, ErrClosed
+	}
+	ctx, err := s.fenced(ctx)
+	if err != nil {
+		return settlement.Run{}, err
 	}
 	if !s.busy.CompareAndSwap(false, true) {
 		return settlement.Run{}, fmt.Errorf("%w: this hub is driving a run", hub.ErrRunOpen)
@@ -373,6 +417,14 @@ func (s *Service) Settle(ctx context.Context) (settlement.Run, error) {
 func (s *Service) Begin(ctx context.Context) (settlement.Run, error) {
 	if s.ctx.Err() != nil {
 		return settlement.Run{}, ErrClosed
+	}
+	ctx, err := s.fenced(ctx)
+	if err != nil {
+		return settlement.Run{}, err
+	}
+	runCtx, err := s.fenced(s.ctx)
+	if err != nil {
+		return settlement.Run{}, err
 	}
 	if !s.busy.CompareAndSwap(false, true) {
 		return settlement.Run{}, fmt.Errorf("%w: this hub is driving a run", hub.ErrRunOpen)
@@ -397,7 +449,7 @@ func (s *Service) Begin(ctx context.Context) (settlement.Run, error) {
 		defer s.busy.Store(false)
 		// The service's context, not the request's: the run outlives
 		// the answer. Close stops it at its last durable state.
-		if _, err := s.drive(s.ctx, r, chans); err != nil && s.ctx.Err() == nil {
+		if _, err := s.drive(runCtx, r, chans); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("settlement run stopped; the loop resumes it", "epoch", r.Epoch.Number, "err", err)
 		}
 	}()
@@ -414,6 +466,12 @@ func (s *Service) Poll(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Only the leader polls; the fencing token is taken under mu, so a
+	// poll after a lost lease writes nothing.
+	ctx, err := s.fenced(ctx)
+	if err != nil {
+		return err
+	}
 	var resumeErr error
 	if s.busy.CompareAndSwap(false, true) {
 		resumeErr = s.resume(ctx)
