@@ -245,9 +245,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := meter.RegisterLeader(settleLeaderView(settle)); err != nil {
-		return fmt.Errorf("leader metrics: %w", err)
-	}
 	settle.Start()
 	st.push("settlement", func(context.Context) error { return settle.Close() })
 
@@ -280,7 +277,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	meter, err := metrics.New(metrics.Config{
 		Counters: counters, Sessions: srv, Exposure: chans, Intake: intake, Channels: store, Chain: chain, Runs: store,
 		IntakeLag: metrics.JetStreamLag(events.js, metering.UsageStream, natsintake.DefaultConsumer),
-		Health:    probes, Logger: log,
+		Health:    probes, Logger: log, Leader: settleLeaderView(settle),
 	})
 	if err != nil {
 		return err

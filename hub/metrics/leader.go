@@ -24,20 +24,18 @@ type leaderCollector struct {
 	leading, token, expires *prometheus.Desc
 }
 
-// RegisterLeader adds the settlement-leader gauges, read from view on
-// every scrape: m2mhub_settle_leader{instance,leader} (1 when this
-// instance leads), m2mhub_settle_lease_token (the leader's fencing token)
-// and m2mhub_settle_lease_expiry_seconds (unix time the lease expires).
-func (m *Metrics) RegisterLeader(view func(context.Context) (LeaderView, error)) error {
+// newLeaderCollector reads the settlement-leader gauges from view on
+// every scrape.
+func newLeaderCollector(view func(context.Context) (LeaderView, error)) *leaderCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
 	}
-	return m.reg.Register(&leaderCollector{
+	return &leaderCollector{
 		view:    view,
 		leading: d("settle_leader", "1 when this instance holds the settlement lease (runs settlement), else 0; leader names the live lease's holder.", "instance", "leader"),
 		token:   d("settle_lease_token", "Fencing token of the live settlement lease (0: none held)."),
 		expires: d("settle_lease_expiry_seconds", "Unix time the live settlement lease expires unless renewed (0: none held)."),
-	})
+	}
 }
 
 func (c *leaderCollector) Describe(ch chan<- *prometheus.Desc) {

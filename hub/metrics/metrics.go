@@ -96,6 +96,9 @@ type Config struct {
 	// consumer (JetStreamLag builds one).
 	IntakeLag func(ctx context.Context) (uint64, error)
 	Runs      RunLister
+	// Leader reads the settlement lease for the settle_leader gauges;
+	// optional (without it they are not exported).
+	Leader func(ctx context.Context) (LeaderView, error)
 	// Health are the /healthz checks, exported as dependency_up.
 	Health []HealthCheck
 
@@ -209,6 +212,11 @@ func New(cfg Config) (*Metrics, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
 		if err := m.reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Leader != nil {
+		if err := m.reg.Register(newLeaderCollector(cfg.Leader)); err != nil {
 			return nil, err
 		}
 	}
