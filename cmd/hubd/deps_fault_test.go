@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -108,26 +109,26 @@ func (n *natsChild) kill() {
 // `make chaos-deps` runs them with 30 s.
 var depPause = flag.Duration("deppause", 2*time.Second, "how long TestDependencyFaults and TestBtcdFaults hold each dependency paused or dead")
 
-// holdDown probes /healthz for depPause while dep is paused or dead: each
-// answer must name dep, and nothing else, down, and come about when the
+// holdDown probes /healthz for depPause while deps are paused or dead: each
+// answer must name deps, and nothing else, down, and come about when the
 // checks' deadline (800 ms) says; the bound leaves room for a loaded
 // machine.
-func holdDown(t *testing.T, addr, dep string) {
+func holdDown(t *testing.T, addr string, deps ...string) {
 	t.Helper()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for start := time.Now(); ; {
 		status, body, took := healthOf(t, addr)
 		if status != http.StatusServiceUnavailable || took > 2*time.Second {
-			t.Fatalf("/healthz with %s down: %d %v in %v, want 503 within the checks' deadline", dep, status, body, took)
+			t.Fatalf("/healthz with %v down: %d %v in %v, want 503 within the checks' deadline", deps, status, body, took)
 		}
 		for k, v := range body {
-			if want := map[bool]string{true: "down", false: "ok"}[k == dep]; v != want {
-				t.Fatalf("/healthz with %s down: %v", dep, body)
+			if want := map[bool]string{true: "down", false: "ok"}[slices.Contains(deps, k)]; v != want {
+				t.Fatalf("/healthz with %v down: %v", deps, body)
 			}
 		}
 		if time.Since(start) >= *depPause {
-			t.Logf("/healthz with %s down: %d %v in %v (last of %v)", dep, status, body, took, *depPause)
+			t.Logf("/healthz with %v down: %d %v in %v (last of %v)", deps, status, body, took, *depPause)
 			return
 		}
 		<-tick.C
@@ -186,32 +187,41 @@ func TestDependencyFaults(t *testing.T) {
 	rs := redistest.Start(t)
 	p := startHubd(t, t.TempDir(), "--nats-url", ns.url(), "--redis-url", rs.URL())
 	addr := p.rt.AdminAddr
-	if status, body, _ := healthOf(t, addr); status != http.StatusOK {
-		t.Fatalf("/healthz before the faults: %d %v", status, body)
+	if status, body, _ := healthOf(t, addr); status != http.StatusOK || body["shared"] != "ok" {
+		t.Fatalf("/healthz before the faults: %d %v, want every check ok, the shared state's included", status, body)
 	}
+	// The Redis server holds the store and the shared admin state, each
+	// on its own connection with its own check: both go down together.
 	for _, c := range []struct {
-		dep         string
+		name        string
+		deps        []string
 		pid         func() int
 		kill, start func()
 	}{
-		{"store", rs.Pid, rs.Kill, rs.Restart},
-		{"nats", func() int { return ns.cmd.Process.Pid }, ns.kill, ns.start},
+		{"store", []string{"store", "shared"}, rs.Pid, rs.Kill, rs.Restart},
+		{"nats", []string{"nats"}, func() int { return ns.cmd.Process.Pid }, ns.kill, ns.start},
 	} {
-		t.Run(c.dep+"Paused", func(t *testing.T) {
+		t.Run(c.name+"Paused", func(t *testing.T) {
 			pid := c.pid()
 			pause(t, pid)
-			holdDown(t, addr, c.dep)
+			holdDown(t, addr, c.deps...)
 			if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 				t.Fatal(err)
 			}
-			waitDep(t, addr, c.dep, "ok")
+			for _, d := range c.deps {
+				waitDep(t, addr, d, "ok")
+			}
 		})
-		t.Run(c.dep+"Killed", func(t *testing.T) {
+		t.Run(c.name+"Killed", func(t *testing.T) {
 			c.kill()
-			waitDep(t, addr, c.dep, "down")
-			holdDown(t, addr, c.dep)
+			for _, d := range c.deps {
+				waitDep(t, addr, d, "down")
+			}
+			holdDown(t, addr, c.deps...)
 			c.start()
-			waitDep(t, addr, c.dep, "ok")
+			for _, d := range c.deps {
+				waitDep(t, addr, d, "ok")
+			}
 			select {
 			case <-p.Done():
 				t.Fatal("hubd exited")

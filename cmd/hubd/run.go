@@ -105,6 +105,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	st.push("store", func(context.Context) error { return store.Close() })
 	checks := []httpapi.HealthCheck{{Name: "store", Check: health}}
+	// Admin credentials, webhook endpoints and outbox: shared on Redis
+	// (its own connection, so its own check) or local files.
+	shared, err := openAdminState(ctx, cfg, dir, adminToken, log, st)
+	if err != nil {
+		return err
+	}
+	if shared.healthy != nil {
+		checks = append(checks, httpapi.HealthCheck{Name: "shared", Check: shared.healthy})
+	}
 
 	// Event bus.
 	events, err := startNATS(ctx, cfg, dir, log, st)
@@ -139,10 +148,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Webhooks: receipts, enforcement and settlement events are also
 	// POSTed to providers' back ends, from a durable outbox.
 	hookPolicy := webhook.AddressPolicy{AllowPrivate: cfg.Webhook.AllowPrivate}
-	shared, err := openAdminState(ctx, cfg, dir, adminToken, log, st)
-	if err != nil {
-		return err
-	}
 	hookEndpoints := webhook.NewEndpoints(shared.endpoints, nil, hookPolicy)
 	hooks, err := webhook.New(webhook.Config{
 		Outbox: shared.outbox, OutboxPath: dir.Path(datadir.WebhookOutboxFile), Endpoints: hookEndpoints, Policy: hookPolicy, Logger: log,

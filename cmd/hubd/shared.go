@@ -26,6 +26,9 @@ type adminState struct {
 	creds     httpapi.CredStore
 	endpoints webhook.EndpointStore
 	outbox    webhook.Outbox // nil: the dispatcher opens the local file
+	// healthy checks the shared state's Redis connection; nil for the
+	// local files, which the store's check already covers (same data dir).
+	healthy func(context.Context) error
 }
 
 // openAdminState opens the shared state on Redis (importing the data
@@ -71,5 +74,5 @@ func openAdminState(ctx context.Context, cfg config, dir datadir.Dir, adminToken
 	if n > 0 {
 		log.Info("webhook endpoints imported into the shared store", "count", n, "from", dir.Path(datadir.WebhooksFile))
 	}
-	return adminState{creds: sh, endpoints: sh, outbox: sh.Outbox()}, nil
+	return adminState{creds: sh, endpoints: sh, outbox: sh.Outbox(), healthy: sh.Healthy}, nil
 }

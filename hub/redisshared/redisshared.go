@@ -110,6 +110,15 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 // Close closes the connection pool.
 func (s *Store) Close() error { return s.rdb.Close() }
 
+// Healthy pings the server on the store's own connection, for /healthz:
+// the shared state has its own pool, so its check is its own.
+func (s *Store) Healthy(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redisshared: ping: %w", err)
+	}
+	return nil
+}
+
 // Outbox returns the webhook outbox on this store; closing it is a no-op
 // (Close closes the store).
 func (s *Store) Outbox() *Outbox { return &Outbox{s: s} }
