@@ -195,14 +195,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	// Revoke p1: the account JWT with the revocation, pushed as the
 	// system account's user.
 	sys := natsjwttest.SystemConn(t, a, s.ClientURL())
-	if err := a.RevokeProviders(t.Context(), sys, time.Now(), "p1"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("revoked provider still connected")
-	}
+	natsjwttest.RevokeAndWait(t, a, sys, closed, "p1")
 	refused := func(u natsjwt.User) {
 		t.Helper()
 		c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(natsjwttest.CredsFile(t, u)), nats.NoReconnect())
@@ -225,14 +218,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.RevokeProviders(t.Context(), sys, time.Now(), "p2"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p2Closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("p2 still connected after its revocation")
-	}
+	natsjwttest.RevokeAndWait(t, b, sys, p2Closed, "p2")
 	refused(p2)
 	refused(prov)
 	// The hub's own user is untouched.

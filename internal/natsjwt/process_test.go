@@ -133,14 +133,7 @@ func TestExternalServerFromConfig(t *testing.T) {
 	}
 
 	sys := natsjwttest.SystemConn(t, a, url)
-	if err := a.RevokeProviders(t.Context(), sys, time.Now(), "p1"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("revoked provider still connected")
-	}
+	natsjwttest.RevokeAndWait(t, a, sys, closed, "p1")
 	if c, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.NoReconnect()); err == nil {
 		c.Close()
 		t.Fatal("revoked provider connected again")

@@ -148,3 +148,18 @@ func SystemConn(t testing.TB, a *natsjwt.Authority, url string) *nats.Conn {
 	t.Cleanup(sys.Close)
 	return sys
 }
+
+// RevokeAndWait revokes providers ids over sys (see SystemConn) and waits
+// up to 10 s for closed, closed by a revoked provider connection's
+// ClosedHandler.
+func RevokeAndWait(t testing.TB, a *natsjwt.Authority, sys *nats.Conn, closed <-chan struct{}, ids ...string) {
+	t.Helper()
+	if err := a.RevokeProviders(t.Context(), sys, time.Now(), ids...); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("revoked provider still connected")
+	}
+}
