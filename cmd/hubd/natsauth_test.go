@@ -4,13 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +15,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/internal/natsjwt"
+	"github.com/m2mhub/m2mhub/internal/natsjwt/natsjwttest"
 	"github.com/m2mhub/m2mhub/metering"
 )
 
@@ -39,45 +35,7 @@ func operatorNATS(t *testing.T, seedsPath string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	include, err := a.ServerConfig(filepath.Join(dir, "resolver"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	if err := os.WriteFile(filepath.Join(dir, "authority.conf"), []byte(include), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream: { store_dir: %q }\ninclude ./authority.conf\n", port, filepath.Join(dir, "js"))
-	if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(natsServerBinary(t), "-c", filepath.Join(dir, "nats.conf"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server not listening: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return "nats://127.0.0.1:" + strconv.Itoa(port)
+	return natsjwttest.Start(t, natsServerBinary(t), a).URL
 }
 
 // TestProviderCredsOnOperatorNATS: with an external NATS in operator mode

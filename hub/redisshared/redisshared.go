@@ -38,7 +38,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/redisconn"
 )
 
 // DefaultPrefix is the hub store's (redisstore.DefaultPrefix).
@@ -72,12 +72,9 @@ var claimSource string
 
 // New connects to cfg.URL and checks the server answers.
 func New(ctx context.Context, cfg Config) (*Store, error) {
-	if cfg.URL == "" {
-		return nil, fmt.Errorf("redisshared: %w: URL is required", hub.ErrInvalid)
-	}
-	opts, err := redis.ParseURL(cfg.URL)
+	rdb, opts, err := redisconn.New("redisshared", cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("redisshared: %w: URL: %v", hub.ErrInvalid, err)
+		return nil, err
 	}
 	p := cfg.Prefix
 	if p == "" {
@@ -88,7 +85,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		rdb: redis.NewClient(opts), log: log,
+		rdb: rdb, log: log,
 		kCreds: p + "creds", kCredHash: p + "credhash", kWebhooks: p + "webhooks",
 		kOutbox: p + "wh:outbox", kDue: p + "wh:due", kClaims: p + "wh:claims", kDead: p + "wh:dead", kSent: p + "wh:sent",
 		addCred:   redis.NewScript(addCredSource),

@@ -44,6 +44,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/internal/record"
+	"github.com/m2mhub/m2mhub/internal/redisconn"
 )
 
 // DefaultPrefix namespaces the store's keys when Config.Prefix is empty.
@@ -87,12 +88,9 @@ var _ hub.Store = (*Store)(nil)
 // New connects to cfg.URL, checks that the server answers and whether it
 // persists writes durably (logging a warning if not), and returns the store.
 func New(cfg Config) (*Store, error) {
-	if cfg.URL == "" {
-		return nil, fmt.Errorf("redisstore: %w: URL is required", hub.ErrInvalid)
-	}
-	opts, err := redis.ParseURL(cfg.URL)
+	rdb, opts, err := redisconn.New("redisstore", cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: %w: URL: %v", hub.ErrInvalid, err)
+		return nil, err
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -103,7 +101,7 @@ func New(cfg Config) (*Store, error) {
 	}
 	p := cfg.Prefix
 	s := &Store{
-		rdb:       redis.NewClient(opts),
+		rdb:       rdb,
 		log:       log,
 		apply:     redis.NewScript(applySource),
 		chs:       newChannelScripts(),

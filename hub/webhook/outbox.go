@@ -250,8 +250,19 @@ func (o *BoltOutbox) Claim(ctx context.Context, now time.Time, lease time.Durati
 func (o *BoltOutbox) Done(ctx context.Context, c Claim) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	id := c.Entry.ID
+	return o.removeLocked(c.Entry.ID, nil)
+}
+
+// removeLocked deletes delivery id from the outbox bucket and its due index
+// (after first, if not nil, ran in the same transaction) and forgets its
+// in-memory due time, claim and loaded mark. o.mu must be held.
+func (o *BoltOutbox) removeLocked(id string, first func(tx *bolt.Tx) error) error {
 	err := o.db.Update(func(tx *bolt.Tx) error {
+		if first != nil {
+			if err := first(tx); err != nil {
+				return err
+			}
+		}
 		if err := o.unindex(tx, id); err != nil {
 			return err
 		}
@@ -304,22 +315,9 @@ func (o *BoltOutbox) Bury(ctx context.Context, c Claim) error {
 	if err != nil {
 		return err
 	}
-	err = o.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketDead).Put([]byte(id), v); err != nil {
-			return err
-		}
-		if err := o.unindex(tx, id); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketOutbox).Delete([]byte(id))
+	return o.removeLocked(id, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDead).Put([]byte(id), v)
 	})
-	if err != nil {
-		return fmt.Errorf("webhook: outbox: %w", err)
-	}
-	delete(o.due, id)
-	delete(o.claims, id)
-	delete(o.loaded, id)
-	return nil
 }
 
 // List implements Outbox.

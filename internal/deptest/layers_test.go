@@ -57,7 +57,7 @@ func TestLayers(t *testing.T) {
 	wire := []string{"hub/session", "hub/channels", "hub/cosign"}
 	adapters := []string{
 		"hub/boltstore", "hub/redisstore", "hub/redisshared", "hub/natsintake", "hub/natsroute", "hub/httpapi", "hub/webhook", "hub/metrics",
-		"settlement/btcdchain", "internal/natsembed", "internal/natsjwt",
+		"settlement/btcdchain", "internal/natsembed", "internal/natsjwt", "internal/redisconn",
 	}
 	adapterRules := func(base []deptest.Rule) []deptest.Rule {
 		rules := append([]deptest.Rule(nil), base...)

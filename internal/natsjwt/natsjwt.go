@@ -162,23 +162,7 @@ func (a *Authority) HubUser(name string) (User, error) {
 
 // SystemUser issues a system account user, for Push.
 func (a *Authority) SystemUser() (User, error) {
-	kp, err := nkeys.CreateUser()
-	if err != nil {
-		return User{}, fmt.Errorf("natsjwt: new user: %w", err)
-	}
-	pub, _ := kp.PublicKey()
-	c := jwt.NewUserClaims(pub)
-	c.Name = "hub-sys"
-	tok, err := c.Encode(a.system)
-	if err != nil {
-		return User{}, fmt.Errorf("natsjwt: user jwt: %w", err)
-	}
-	seed, _ := kp.Seed()
-	creds, err := jwt.FormatUserConfig(tok, seed)
-	if err != nil {
-		return User{}, fmt.Errorf("natsjwt: creds: %w", err)
-	}
-	return User{PublicKey: pub, JWT: tok, Seed: seed, Creds: creds}, nil
+	return newUser(a.system, "", "hub-sys", nil)
 }
 
 // ProviderKey is provider id's user public key. It is derived from the
@@ -223,7 +207,7 @@ func (a *Authority) ProviderUser(id string) (User, error) {
 	p := &jwt.Permissions{}
 	p.Pub.Allow.Add(sp.Publish.Allow...)
 	p.Sub.Allow.Add(sp.Subscribe.Allow...)
-	return a.sign(kp, "provider-"+id, p)
+	return signUser(a.signing, a.accPub, kp, "provider-"+id, p)
 }
 
 // RevokeProviders revokes every credential issued so far to the providers
@@ -260,22 +244,29 @@ func (a *Authority) RevokeProviders(ctx context.Context, sys *nats.Conn, now tim
 }
 
 func (a *Authority) user(name string, perms *jwt.Permissions) (User, error) {
+	return newUser(a.signing, a.accPub, name, perms)
+}
+
+// newUser issues a user with a new key pair; see signUser.
+func newUser(signer nkeys.KeyPair, issuerAccount, name string, perms *jwt.Permissions) (User, error) {
 	kp, err := nkeys.CreateUser()
 	if err != nil {
 		return User{}, fmt.Errorf("natsjwt: new user: %w", err)
 	}
-	return a.sign(kp, name, perms)
+	return signUser(signer, issuerAccount, kp, name, perms)
 }
 
-func (a *Authority) sign(kp nkeys.KeyPair, name string, perms *jwt.Permissions) (User, error) {
+// signUser issues user kp's JWT and credentials, signed by signer (an
+// account key, or a signing key of issuerAccount when that is not empty).
+func signUser(signer nkeys.KeyPair, issuerAccount string, kp nkeys.KeyPair, name string, perms *jwt.Permissions) (User, error) {
 	pub, _ := kp.PublicKey()
 	c := jwt.NewUserClaims(pub)
 	c.Name = name
-	c.IssuerAccount = a.accPub
+	c.IssuerAccount = issuerAccount
 	if perms != nil {
 		c.Permissions = *perms
 	}
-	tok, err := c.Encode(a.signing)
+	tok, err := c.Encode(signer)
 	if err != nil {
 		return User{}, fmt.Errorf("natsjwt: user jwt: %w", err)
 	}

@@ -2,8 +2,6 @@ package natsjwt_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/internal/natsjwt"
+	"github.com/m2mhub/m2mhub/internal/natsjwt/natsjwttest"
 	"github.com/m2mhub/m2mhub/metering"
 )
 
@@ -63,15 +62,6 @@ func operatorServer(t *testing.T, a *natsjwt.Authority) *server.Server {
 	return s
 }
 
-func credsFile(t *testing.T, u natsjwt.User) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "user.creds")
-	if err := os.WriteFile(p, u.Creds, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestProviderUserOnOperatorServer: a provider's credentials, signed by the
 // hub account's signing key, connect to a server that was configured with
 // nothing but the operator JWT and the accounts; they publish on the
@@ -93,7 +83,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, hubUser)))
+	hub, err := nats.Connect(s.ClientURL(), nats.UserCredentials(natsjwttest.CredsFile(t, hubUser)))
 	if err != nil {
 		t.Fatalf("hub connect: %v", err)
 	}
@@ -113,7 +103,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	var mu sync.Mutex
 	var asyncErrs []error
 	closed := make(chan struct{})
-	pc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, prov)), nats.NoReconnect(),
+	pc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.NoReconnect(),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			mu.Lock()
 			asyncErrs = append(asyncErrs, err)
@@ -190,7 +180,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	p2Closed := make(chan struct{})
-	p2c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, p2)), nats.NoReconnect(),
+	p2c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(natsjwttest.CredsFile(t, p2)), nats.NoReconnect(),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 		nats.ClosedHandler(func(*nats.Conn) { close(p2Closed) }))
 	if err != nil {
@@ -204,26 +194,11 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 
 	// Revoke p1: the account JWT with the revocation, pushed as the
 	// system account's user.
-	sysUser, err := a.SystemUser()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sys, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, sysUser)))
-	if err != nil {
-		t.Fatalf("system connect: %v", err)
-	}
-	defer sys.Close()
-	if err := a.RevokeProviders(t.Context(), sys, time.Now(), "p1"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("revoked provider still connected")
-	}
+	sys := natsjwttest.SystemConn(t, a, s.ClientURL())
+	natsjwttest.RevokeAndWait(t, a, sys, closed, "p1")
 	refused := func(u natsjwt.User) {
 		t.Helper()
-		c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(credsFile(t, u)), nats.NoReconnect())
+		c, err := nats.Connect(s.ClientURL(), nats.UserCredentials(natsjwttest.CredsFile(t, u)), nats.NoReconnect())
 		if err == nil {
 			c.Close()
 			t.Fatal("revoked provider connected again")
@@ -243,14 +218,7 @@ func TestProviderUserOnOperatorServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.RevokeProviders(t.Context(), sys, time.Now(), "p2"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p2Closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("p2 still connected after its revocation")
-	}
+	natsjwttest.RevokeAndWait(t, b, sys, p2Closed, "p2")
 	refused(p2)
 	refused(prov)
 	// The hub's own user is untouched.

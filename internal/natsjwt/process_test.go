@@ -3,12 +3,9 @@ package natsjwt_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/m2mhub/m2mhub/internal/natsjwt"
+	"github.com/m2mhub/m2mhub/internal/natsjwt/natsjwttest"
 	"github.com/m2mhub/m2mhub/metering"
 )
 
@@ -63,45 +61,8 @@ func TestExternalServerFromConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	include, err := a.ServerConfig(filepath.Join(dir, "resolver"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	if err := os.WriteFile(filepath.Join(dir, "authority.conf"), []byte(include), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf("listen: 127.0.0.1:%d\njetstream: { store_dir: %q }\ninclude ./authority.conf\n", port, filepath.Join(dir, "js"))
-	if err := os.WriteFile(filepath.Join(dir, "nats.conf"), []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(natsBin, "-c", filepath.Join(dir, "nats.conf"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	logf, err := os.Create(filepath.Join(dir, "nats.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "nats.log"))
-			t.Logf("nats-server log:\n%s", b)
-		}
-	})
-	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	srv := natsjwttest.Start(t, natsBin, a)
+	url := srv.URL
 
 	hubUser, err := a.HubUser("hubd")
 	if err != nil {
@@ -110,7 +71,7 @@ func TestExternalServerFromConfig(t *testing.T) {
 	var hub *nats.Conn
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		hub, err = nats.Connect(url, nats.UserCredentials(credsFile(t, hubUser)))
+		hub, err = nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, hubUser)))
 		if err == nil {
 			break
 		}
@@ -134,7 +95,7 @@ func TestExternalServerFromConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	closed := make(chan struct{})
-	pc, err := nats.Connect(url, nats.UserCredentials(credsFile(t, prov)), nats.NoReconnect(),
+	pc, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.NoReconnect(),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
 	if err != nil {
@@ -143,7 +104,7 @@ func TestExternalServerFromConfig(t *testing.T) {
 	defer pc.Close()
 	// JetStream's acknowledgement comes back on the provider's inbox,
 	// which it may subscribe to only under its own prefix.
-	pc2, err := nats.Connect(url, nats.UserCredentials(credsFile(t, prov)), nats.CustomInboxPrefix(metering.InboxPrefix("p1")),
+	pc2, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.CustomInboxPrefix(metering.InboxPrefix("p1")),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)
@@ -171,43 +132,18 @@ func TestExternalServerFromConfig(t *testing.T) {
 		t.Fatalf("stream holds %d messages, want the provider's one", info.State.Msgs)
 	}
 
-	sysUser, err := a.SystemUser()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sys, err := nats.Connect(url, nats.UserCredentials(credsFile(t, sysUser)))
-	if err != nil {
-		t.Fatalf("system connect: %v", err)
-	}
-	defer sys.Close()
-	if err := a.RevokeProviders(t.Context(), sys, time.Now(), "p1"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("revoked provider still connected")
-	}
-	if c, err := nats.Connect(url, nats.UserCredentials(credsFile(t, prov)), nats.NoReconnect()); err == nil {
+	sys := natsjwttest.SystemConn(t, a, url)
+	natsjwttest.RevokeAndWait(t, a, sys, closed, "p1")
+	if c, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.NoReconnect()); err == nil {
 		c.Close()
 		t.Fatal("revoked provider connected again")
 	}
 	// The resolver stored the update: after a restart of the server the
 	// provider is still refused.
-	_ = cmd.Process.Kill()
-	<-done
-	cmd2 := exec.Command(natsBin, "-c", filepath.Join(dir, "nats.conf"))
-	cmd2.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd2.Stdout, cmd2.Stderr = logf, logf
-	if err := cmd2.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done2 := make(chan struct{})
-	go func() { _ = cmd2.Wait(); close(done2) }()
-	defer func() { _ = cmd2.Process.Kill(); <-done2 }()
+	srv.Restart()
 	deadline = time.Now().Add(30 * time.Second)
 	for {
-		c, err := nats.Connect(url, nats.UserCredentials(credsFile(t, hubUser)), nats.NoReconnect())
+		c, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, hubUser)), nats.NoReconnect())
 		if err == nil {
 			c.Close()
 			break
@@ -217,7 +153,7 @@ func TestExternalServerFromConfig(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if c, err := nats.Connect(url, nats.UserCredentials(credsFile(t, prov)), nats.NoReconnect()); err == nil {
+	if c, err := nats.Connect(url, nats.UserCredentials(natsjwttest.CredsFile(t, prov)), nats.NoReconnect()); err == nil {
 		c.Close()
 		t.Fatal("revoked provider connected after a server restart")
 	}
