@@ -236,10 +236,9 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 }
 
 // Resync reloads the cached record of the channel funded by op from the
-// store. Another hubd on the same store may have recorded charges on it
-// (raising Owed) since this cache was read; a payment request sent for
-// that hubd calls it first, so the payment answering it lowers the
-// stored Owed, not a stale one. A single hubd never needs it.
+// store (refresh). A payment request made on another hubd calls it first,
+// so the payment answering it is judged against the Owed that hubd's
+// charges raised. A single hubd never needs it.
 func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	e, err := c.entry(ctx, op)
 	if err != nil {
@@ -247,12 +246,5 @@ func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	fresh, err := c.store.Channel(ctx, op)
-	if err != nil {
-		return fmt.Errorf("resync channel %v: %w", op, err)
-	}
-	if fresh.Seq >= e.rec.Seq {
-		e.rec = fresh
-	}
-	return nil
+	return c.refresh(ctx, e)
 }
