@@ -204,6 +204,19 @@ func (o *BoltOutbox) Put(ctx context.Context, es []Entry) error {
 	return nil
 }
 
+// dueAt is the time a bucketDue key (8-byte unix ns || id) is due.
+func dueAt(k []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))) }
+
+// firstDue returns when the earliest queued delivery is due; zero when
+// none is queued.
+func firstDue(tx *bolt.Tx) time.Time {
+	k, _ := tx.Bucket(bucketDue).Cursor().First()
+	if k == nil {
+		return time.Time{}
+	}
+	return dueAt(k)
+}
+
 // Claim implements Outbox.
 func (o *BoltOutbox) Claim(ctx context.Context, now time.Time, lease time.Duration) (Claim, bool, time.Time, error) {
 	o.mu.Lock()
@@ -211,12 +224,22 @@ func (o *BoltOutbox) Claim(ctx context.Context, now time.Time, lease time.Durati
 	var c Claim
 	var ok bool
 	var next time.Time
+	// Idle workers ask every PollInterval: look in a read transaction
+	// first, since a write transaction commits (and fsyncs) even when it
+	// changes nothing.
+	if err := o.db.View(func(tx *bolt.Tx) error {
+		next = firstDue(tx)
+		return nil
+	}); err != nil || next.IsZero() || next.After(now) {
+		return c, false, next, err
+	}
+	next = time.Time{}
 	err := o.db.Update(func(tx *bolt.Tx) error {
 		k, _ := tx.Bucket(bucketDue).Cursor().First()
 		if k == nil {
 			return nil
 		}
-		at := time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+		at := dueAt(k)
 		if at.After(now) {
 			next = at
 			return nil
