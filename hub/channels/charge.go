@@ -236,9 +236,10 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 }
 
 // Resync reloads the cached record of the channel funded by op from the
-// store (refresh). A payment request made on another hubd calls it first,
-// so the payment answering it is judged against the Owed that hubd's
-// charges raised. A single hubd never needs it.
+// store. Another hubd on the same store may have recorded charges on it
+// (raising Owed) since this cache was read; a payment request sent for
+// that hubd calls it first, so the payment answering it lowers the
+// stored Owed, not a stale one. A single hubd never needs it.
 func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	e, err := c.entry(ctx, op)
 	if err != nil {
@@ -246,5 +247,12 @@ func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return c.refresh(ctx, e)
+	fresh, err := c.store.Channel(ctx, op)
+	if err != nil {
+		return fmt.Errorf("resync channel %v: %w", op, err)
+	}
+	if fresh.Seq >= e.rec.Seq {
+		e.rec = fresh
+	}
+	return nil
 }

@@ -461,20 +461,14 @@ func (c *Manager) hubChannelKey(rec hub.ChannelRecord) (*btcec.PrivateKey, error
 	return channel.HubChannelPrivKey(c.cfg.HubKey, channel.ChannelKeyTweak(dev, root))
 }
 
-// refresh replaces e's cached record with the store's unless the cache
-// is ahead of it. Another hubd on the same store may have moved the
-// channel (the device paid there) or raised its Owed (charges, which move
-// no seq) since this cache was read (docs/scaling.md); on a single hubd
-// the two are equal and nothing changes. The caller holds e.mu.
-func (c *Manager) refresh(ctx context.Context, e *chanEntry) error {
+// refresh replaces e's cached record with the store's when the store holds
+// a later state: another hubd on the same store moved the channel while
+// its device was connected there (docs/scaling.md). The caller holds e.mu.
+func (c *Manager) refresh(ctx context.Context, e *chanEntry) {
 	fresh, err := c.store.Channel(ctx, e.rec.Funding)
-	if err != nil {
-		return fmt.Errorf("reload channel %v: %w", e.rec.Funding, err)
-	}
-	if fresh.Seq >= e.rec.Seq {
+	if err == nil && fresh.Seq > e.rec.Seq {
 		e.rec = fresh
 	}
-	return nil
 }
 
 // setRecord replaces the cached record of an entry the caller has locked.

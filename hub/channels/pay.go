@@ -51,7 +51,7 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if errors.Is(err, channel.ErrSeqGap) {
 		// The device may have paid on another hubd on the same store
 		// since this one cached the channel: check against the store.
-		_ = c.refresh(ctx, e) // on a failed read the cache judges, and the write's compare-and-set still guards
+		c.refresh(ctx, e)
 		cur = e.state()
 		err = e.out.Params().CheckUpdate(cur, next)
 	}

@@ -26,7 +26,7 @@ func (c *Manager) channelState(ctx context.Context, s *session.Session, op btcwi
 	defer e.mu.Unlock()
 	// Another hubd on the same store may have moved the channel since
 	// this one cached it (the device paid there).
-	_ = c.refresh(ctx, e) // on a failed read the cached state, which the device signed, is served
+	c.refresh(ctx, e)
 	m := &wire.ChannelState{ChanID: op, Seq: e.rec.Seq, Paid: e.rec.Paid}
 	if e.rec.Seq > 0 {
 		sig := e.rec.DeviceSig
