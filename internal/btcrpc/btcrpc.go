@@ -58,9 +58,9 @@ type Client struct {
 // connection; the client keeps the node's session tickets so each one after
 // the first resumes the session instead of doing a full handshake (in a
 // BenchmarkPay profile, whose hub polls a regtest node, the client's
-// handshakes fell from 6.7 % of the CPU to 3 %). A Cert that holds no certificate is
-// not refused here (as rpcclient did not): every call then fails the TLS
-// check with an error that says so.
+// handshakes fell from 6.7 % of the CPU to 3 %). A Cert that holds no
+// certificate is not refused here (as rpcclient did not): every call then
+// fails the TLS check with an error that says so.
 func New(cfg Config) *Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(cfg.Cert)
