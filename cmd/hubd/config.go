@@ -28,6 +28,9 @@ type config struct {
 	// MetricsListen serves Prometheus metrics without a credential, so it
 	// belongs on a private interface like the admin API.
 	MetricsListen string `long:"metrics-listen" env:"M2MHUB_METRICS_LISTEN" default:"127.0.0.1:9738" description:"Prometheus /metrics listen address (empty disables)"`
+	// MetricsPprof adds Go's profiler to the metrics listener, for
+	// profiling a hub under load (go tool pprof http://<addr>/debug/pprof/profile).
+	MetricsPprof bool `long:"metrics-pprof" env:"M2MHUB_METRICS_PPROF" description:"also serve Go's profiler (/debug/pprof/) on the metrics listener"`
 
 	NATSURL    string `long:"nats-url" env:"M2MHUB_NATS_URL" description:"external NATS server; empty runs nats-server in-process"`
 	NATSListen string `long:"nats-listen" env:"M2MHUB_NATS_LISTEN" default:"127.0.0.1:9739" description:"listen address of the in-process NATS (stable, so provider back ends can pin it; hubctl info names it)"`

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"syscall"
 	"time"
@@ -309,7 +310,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	st.push("history", func(context.Context) error { return hist.Close() })
 
 	// Metrics first, so the admin API's info can name their address.
-	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.HTTP.limits(true), meter, st)
+	metricsAddr, err := serveMetrics(cfg.MetricsListen, cfg.MetricsPprof, cfg.HTTP.limits(true), meter, st)
 	if err != nil {
 		return err
 	}
@@ -451,7 +452,7 @@ func checkPorts(cfg config) error {
 
 // serveMetrics serves Prometheus metrics on addr (nothing when empty) and
 // returns the address it listens on.
-func serveMetrics(addr string, lim httpapi.Limits, m *metrics.Metrics, st *stack) (string, error) {
+func serveMetrics(addr string, withPprof bool, lim httpapi.Limits, m *metrics.Metrics, st *stack) (string, error) {
 	if addr == "" {
 		return "", nil
 	}
@@ -461,6 +462,15 @@ func serveMetrics(addr string, lim httpapi.Limits, m *metrics.Metrics, st *stack
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
+	if withPprof {
+		// pprof.Index serves the named profiles (heap, goroutine, block,
+		// ...) under the same prefix.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	srv, limited, err := httpapi.NewServer(mux, ln, lim)
 	if err != nil {
 		_ = ln.Close()
