@@ -78,3 +78,74 @@ func TestChargePaymentSkipsPaySlots(t *testing.T) {
 		t.Fatalf("own payment acknowledged at seq %d", ack.Seq)
 	}
 }
+
+// TestChargeRequestPassesOwnPayment: with every slot taken and the payer's
+// own payment waiting for one, a charge request to that payer lets the
+// waiting payment through (the device pays one payment at a time, so the
+// charge's payment is behind it), and the charge is paid; the pass is used
+// up, so the payer's next own payment waits for a slot again.
+func TestChargeRequestPassesOwnPayment(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	h := chantest.NewHarness(t, f, func(c *channels.Config) { c.PaySlots = 1 })
+	payer := h.Enrol(hub.RolePayer)
+	prov := h.Enrol(hub.RoleProvider)
+	c := payer.Open(f, 100_000, chantest.TestHeight+500)
+	free := channels.FillPaySlots(h.Ch)
+	freed := false
+	defer func() {
+		if !freed {
+			free()
+		}
+	}()
+
+	payer.Send(payer.PayMsg(c, c.Seq+1, c.Paid+1_000, 1_000, prov.ID))
+	channels.WaitPayWaiting(t, h.Ch, payer.ID)
+	l := &paidListener{}
+	id, err := h.Ch.RequestPayment(context.Background(), channels.PaymentRequest{
+		Listener: l, Payer: payer.ID, Payee: prov.ID, Channel: c.Op, Amount: 7_000, EventCount: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The request and the own payment's ack, in either order.
+	var req *wire.PaymentRequest
+	for range 2 {
+		switch m := payer.Next(5 * time.Second).(type) {
+		case *wire.PaymentRequest:
+			req = m
+		case *wire.PayAck:
+			if m.Seq != 1 {
+				t.Fatalf("own payment acknowledged at seq %d", m.Seq)
+			}
+		default:
+			t.Fatalf("got %T, want the charge request and the own payment's ack", m)
+		}
+	}
+	if req == nil || req.ReqID != id {
+		t.Fatalf("charge request %+v, want id %d", req, id)
+	}
+	c.Seq, c.Paid = 1, 1_000
+
+	m := payer.PayMsg(c, c.Seq+1, c.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &id
+	payer.Send(m)
+	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != 2 {
+		t.Fatalf("charge payment acknowledged at seq %d", ack.Seq)
+	}
+	c.Seq, c.Paid = 2, c.Paid+req.Amount
+	l.mu.Lock()
+	if len(l.paid) != 1 || l.paid[0] != id {
+		t.Fatalf("listener heard %v, want request %d paid", l.paid, id)
+	}
+	l.mu.Unlock()
+
+	// No request outstanding: the next own payment waits for a slot.
+	payer.Send(payer.PayMsg(c, c.Seq+1, c.Paid+1_000, 1_000, prov.ID))
+	channels.WaitPayWaiting(t, h.Ch, payer.ID)
+	free()
+	freed = true
+	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != 3 {
+		t.Fatalf("own payment acknowledged at seq %d", ack.Seq)
+	}
+}

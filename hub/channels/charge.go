@@ -162,18 +162,34 @@ func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64,
 		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo, HoldID: r.Hold,
 	})
 	if !sent {
-		c.CancelPayment(id)
+		c.charges.mu.Lock()
+		delete(c.charges.reqs, id)
+		c.charges.mu.Unlock()
 		return 0, fmt.Errorf("%w: %s", ErrDeviceOffline, r.Payer)
 	}
+	// The device may have its own payment waiting for a slot in front of
+	// the one that answers this request (paySlots).
+	c.slots.grant(r.Payer)
 	return id, nil
 }
 
 // CancelPayment forgets a charge request: a later Pay naming it is a plain
 // payment (it still lowers the channel's Owed) and nobody is told.
 func (c *Manager) CancelPayment(reqID uint64) {
+	c.endRequest(reqID)
+}
+
+// endRequest removes charge request id from the book, withdrawing the pass
+// it granted if unused, and returns it (nil when it had ended before).
+func (c *Manager) endRequest(id uint64) *PaymentRequest {
 	c.charges.mu.Lock()
-	delete(c.charges.reqs, reqID)
+	r := c.charges.reqs[id]
+	delete(c.charges.reqs, id)
 	c.charges.mu.Unlock()
+	if r != nil {
+		c.slots.withdraw(r.Payer)
+	}
+	return r
 }
 
 // chargeRequest finds the charge request payment m answers: the one it
@@ -206,11 +222,7 @@ func chargeMeta(r *channel.Receipt, cr *PaymentRequest) {
 // chargePaid settles a charge request once its payment is durable; only the
 // first payment answering it is reported.
 func (c *Manager) chargePaid(id uint64, receipt []byte) {
-	c.charges.mu.Lock()
-	r, ok := c.charges.reqs[id]
-	delete(c.charges.reqs, id)
-	c.charges.mu.Unlock()
-	if ok {
+	if r := c.endRequest(id); r != nil {
 		r.Listener.ChargePaid(id, receipt)
 	}
 }
@@ -223,16 +235,13 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 	}
 	c.charges.mu.Lock()
 	r, ok := c.charges.reqs[*m.ReqID]
-	if ok && r.Payer == deviceID {
-		delete(c.charges.reqs, *m.ReqID)
-	} else {
-		ok = false
-	}
+	ok = ok && r.Payer == deviceID
 	c.charges.mu.Unlock()
-	if ok {
-		r.Listener.ChargeRefused(*m.ReqID, string(m.Code), m.Message)
+	if !ok || c.endRequest(*m.ReqID) == nil {
+		return false // not this device's, or ended meanwhile
 	}
-	return ok
+	r.Listener.ChargeRefused(*m.ReqID, string(m.Code), m.Message)
+	return true
 }
 
 // Resync reloads the cached record of the channel funded by op from the

@@ -1,5 +1,10 @@
 package channels
 
+import (
+	"testing"
+	"time"
+)
+
 // FillPaySlots takes every slot of the devices' own payments, as that
 // many payments in progress would, and returns the function that frees
 // them.
@@ -11,5 +16,23 @@ func FillPaySlots(c *Manager) (free func()) {
 		for range cap(c.slots.ch) {
 			<-c.slots.ch
 		}
+	}
+}
+
+// WaitPayWaiting returns once a payment of payer waits for a pay slot.
+func WaitPayWaiting(t testing.TB, c *Manager, payer string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.slots.mu.Lock()
+		w := c.slots.waiting[payer]
+		c.slots.mu.Unlock()
+		if w != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no payment of %s waits for a slot", payer)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
