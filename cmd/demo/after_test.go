@@ -125,9 +125,9 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 		t.Errorf("payments_msat_total %.0f, channels paid %d, payers paid %d: want all equal", got, paid, payersPaid)
 	}
 
-	// Charges: per kind, what the demo's uses cost (the EV session is a
-	// hold capture, paid directly, not metered).
-	kinds := map[string]string{"toll": "toll", "bandwidth": "bandwidth", "energy": "energy", "cold chain": "conditional_release"}
+	// Charges: per kind, what the demo's uses cost (the EV session too:
+	// the OCPP gateway meters it, and the hold's capture pays the charge).
+	kinds := map[string]string{"ev": "ev_charging", "toll": "toll", "bandwidth": "bandwidth", "energy": "energy", "cold chain": "conditional_release"}
 	want := map[string]uint64{}
 	for _, r := range sum.Scenarios.Rows {
 		if k, ok := kinds[r.Scenario]; ok {
@@ -154,11 +154,10 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 	// its settled figure; nothing is unpaid or held; only the refunded
 	// shipment is withheld.
 	//
-	// Every payment is either a paid metered charge (the provider's part
-	// and the hub's fee, in the income API) or a direct one (the charge
-	// point's hold captures, which no charge records: its receipts and
-	// the settlement do): the two add up to payments_msat_total.
-	var metered, direct uint64
+	// Every payment pays a metered charge (the provider's part and the
+	// hub's fee, in the income API), the EV session's hold capture
+	// included: the charges add up to payments_msat_total.
+	var metered uint64
 	for _, p := range sum.Participants {
 		if p.EarnedMsat == 0 && p.Name != "reefer-truck" {
 			continue
@@ -168,10 +167,6 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 			t.Fatal(err)
 		}
 		metered += uint64(in.Earned + in.Fees)
-		if p.Name == "charge-point" {
-			direct += p.EarnedMsat - uint64(in.Earned)
-			continue
-		}
 		var withheld uint64
 		if p.Name == "reefer-truck" {
 			withheld = 165_000_000 // the out-of-range shipment, refunded by its contract
@@ -180,8 +175,8 @@ func checkFiguresReconcile(t *testing.T, dir string, sum *summary) {
 			t.Errorf("%s: income %+v, want earned %d, unpaid 0, held 0, withheld %d", p.Name, in, p.EarnedMsat, withheld)
 		}
 	}
-	if direct == 0 || metered+direct != paid {
-		t.Errorf("metered paid %d + direct %d msat, payments_msat_total and the channels %d: want equal, direct > 0", metered, direct, paid)
+	if metered != paid {
+		t.Errorf("metered charges paid %d msat, payments_msat_total and the channels %d: want equal", metered, paid)
 	}
 }
 

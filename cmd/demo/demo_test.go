@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // TestDemo runs the demo end to end against real binaries (hubd with its
@@ -57,7 +60,9 @@ func TestDemo(t *testing.T) {
 	//  - EV, Wed 22:40-23:25 at 10.8 kW (0.03 kWh per 10 s): FLAT 0.50;
 	//    until 23:00 3.6 kWh × 0.30 + 20 min × 1.20/h = 1.48; after,
 	//    4.5 kWh × 0.22 + 25 min × 0.60/h = 1.24; 3.22 EUR × 1,100,000
-	//    msat/EUR. A capture against a hold pays no hub fee.
+	//    msat/EUR. The station's 271 signed readings (begin, then one
+	//    every 10 s) give the same 270 periods through the gateway. The
+	//    OCPI tariff names no hub fee.
 	//  - toll: car morning peak 60,000, car daytime default 40,000, truck
 	//    at night 100,000; fee 0.5%.
 	//  - bandwidth, per buyer and month: 800 MB × 50; 600 MB × 50; then
@@ -92,9 +97,11 @@ func TestDemo(t *testing.T) {
 	}
 	ev := sc.EV
 	if ev.HoldMaxMsat != 10_000_000 || ev.CapturedMsat != 3_542_000 || ev.ReleasedMsat != 6_458_000 ||
-		ev.HoldStatus != "released" || ev.MeterEvents != 270 || ev.EnergyKWh != "8.1" {
+		ev.HoldStatus != "released" || ev.MeterEvents != 270 || ev.EnergyKWh != "8.1" ||
+		ev.SignedReadings != 271 || ev.Station != evStation || ev.IDToken != evToken || !strings.HasPrefix(ev.EventID, "ocmf-") {
 		t.Errorf("EV hold %+v", ev)
 	}
+	checkCDR(t, &sum, out.String())
 	// Conservation, to the msat: what payers paid is what providers
 	// earned plus the hub's fees.
 	if sc.PaidMsat != paid || sc.FeesMsat != fees || sc.EarnedMsat+sc.FeesMsat != sc.PaidMsat {
@@ -188,9 +195,12 @@ func TestDemo(t *testing.T) {
 
 // TestDemoContractsMatchExamples keeps the demo's copies of the example
 // contracts identical (by contract hash) to contracts/testdata/examples,
-// whose figures contracts/examples_test.go checks.
+// whose figures contracts/examples_test.go checks. The EV tariff is the
+// OCPI form of the ev_charging example, which has a hub fee and security
+// rules an OCPI file cannot carry: it must price sessions the same, by
+// night and day, charging and parked, and parked when parking is free.
 func TestDemoContractsMatchExamples(t *testing.T) {
-	for _, kind := range []string{"ev_charging", "toll", "bandwidth", "energy"} {
+	example := func(kind string) *contracts.Contract {
 		doc, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "examples", kind+".json"))
 		if err != nil {
 			t.Fatal(err)
@@ -199,12 +209,121 @@ func TestDemoContractsMatchExamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return ex
+	}
+	for _, kind := range []string{"toll", "bandwidth", "energy"} {
 		ours, err := contracts.Parse([]byte(demoContracts[kind]))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ex.Hash() != ours.Hash() {
+		if example(kind).Hash() != ours.Hash() {
 			t.Fatalf("the demo's %s contract differs from the example", kind)
 		}
+	}
+	doc, err := contractDoc("ev_charging")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, err := contracts.Parse(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := example("ev_charging")
+	ams, err := time.LoadLocation("Europe/Amsterdam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct {
+		start           time.Time
+		charge, park    time.Duration
+		kw, wantExclEUR string
+	}{
+		// The demo's session: 3.22 EUR (demo_test's TestDemo).
+		{time.Date(2026, 11, 25, 22, 40, 0, 0, ams), 45 * time.Minute, 0, "10.8", "3.22"},
+		// Tuesday noon, 1 h at 11 kW and 40 min parked: 0.50 + 3.30 +
+		// 1.20 + 2.00 (8 steps of 5 min at 3.00/h, rounded up).
+		{time.Date(2026, 11, 24, 12, 0, 0, 0, ams), time.Hour, 40 * time.Minute, "11", "7"},
+		// Two minutes on Sunday morning at 3 kW: 0.50 + 0.1 kWh × 0.30 +
+		// 2 min × 1.20/h (no parking fee on Sundays).
+		{time.Date(2026, 11, 29, 9, 0, 0, 0, ams), 2 * time.Minute, 10 * time.Minute, "3", "0.57"},
+	} {
+		u := contracts.Usage{Start: s.start, End: s.start.Add(s.charge + s.park), Periods: []contracts.ChargingPeriod{{
+			Start: s.start, EnergyKWh: contracts.D(contracts.MustDec(s.kw).Mul(contracts.MustDec(fmt.Sprint(s.charge.Hours())).Decimal)),
+			PowerKW: contracts.MustDec(s.kw), State: contracts.StateCharging}}}
+		if s.park > 0 {
+			u.Periods = append(u.Periods, contracts.ChargingPeriod{Start: s.start.Add(s.charge), State: contracts.StateParking})
+		}
+		a, err := contracts.Price(ex, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := contracts.Price(ours, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := contracts.MustDec(s.wantExclEUR).Mul(contracts.MustDec("1100000").Decimal)
+		if a.TotalMsat != b.TotalMsat || a.VATMsat != b.VATMsat || want.String() != fmt.Sprint(uint64(b.TotalMsat)) {
+			t.Errorf("session at %s: the example prices %d msat (VAT %d), the OCPI tariff %d (VAT %d), by hand %s",
+				s.start, uint64(a.TotalMsat), uint64(a.VATMsat), uint64(b.TotalMsat), uint64(b.VATMsat), want)
+		}
+	}
+}
+
+// checkCDR checks the EV session's CDR the demo reports: the hub's, for
+// the gateway's event; its totals are what the car's channel paid for the
+// session (the hold's capture), to the msat; its currency figures are the
+// msat figures at the tariff's rate; and the human output shows it.
+func checkCDR(t *testing.T, sum *summary, out string) {
+	t.Helper()
+	if len(sum.CDR) == 0 {
+		t.Fatal("no cdr in the summary")
+	}
+	// The --json form carries it under the top-level key cdr.
+	b, err := json.Marshal(sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	var cdr contracts.CDR
+	if err := json.Unmarshal(top["cdr"], &cdr); err != nil {
+		t.Fatalf("summary's cdr: %v", err)
+	}
+	ev := sum.Scenarios.EV
+	m := cdr.M2MHub
+	if cdr.ID != ev.CDRID || m.TotalMsat != msat.Amount(ev.CapturedMsat) || m.TotalMsat != 3_542_000 ||
+		m.FixedMsat+m.EnergyMsat+m.TimeMsat+m.ParkingMsat+m.ReservationMsat != m.TotalMsat || m.FeeMsat+m.ProviderMsat != m.TotalMsat {
+		t.Errorf("CDR %s: %+v, the hold captured %d msat", cdr.ID, m, ev.CapturedMsat)
+	}
+	// 3.22 EUR at 1,100,000 msat/EUR, 21 % VAT on top: 0.6762 EUR,
+	// 743,820 msat.
+	if cdr.TotalCost.ExclVAT.String() != "3.22" || cdr.TotalCost.InclVAT == nil || cdr.TotalCost.InclVAT.String() != "3.8962" ||
+		m.VATMsat != 743_820 || m.RateMsatPerUnit.String() != "1100000" || cdr.TotalEnergy.String() != "8.1" || cdr.Currency != "EUR" {
+		t.Errorf("CDR costs %+v, energy %s %s", cdr.TotalCost, cdr.TotalEnergy, cdr.Currency)
+	}
+	if cdr.CdrToken.UID != evToken || cdr.CdrLocation.ID != evStation || cdr.CountryCode != "NL" || cdr.PartyID != "FCN" {
+		t.Errorf("CDR token %+v, location %q, issuer %s*%s", cdr.CdrToken, cdr.CdrLocation.ID, cdr.CountryCode, cdr.PartyID)
+	}
+	// The car's channel paid the session and the tolls (3 × car or
+	// truck); the CDR's total is the session's part.
+	var car *participant
+	for _, p := range sum.Participants {
+		if p.Name == "car" {
+			car = p
+		}
+	}
+	var tolls uint64
+	for _, r := range sum.Scenarios.Rows {
+		if r.Payer == "car" && r.Scenario != "ev" {
+			tolls += r.AmountMsat
+		}
+	}
+	if car == nil || car.PaidMsat-tolls != uint64(m.TotalMsat) {
+		t.Errorf("the car paid %+v, %d of it for tolls; the CDR says %d", car, tolls, uint64(m.TotalMsat))
+	}
+	if !strings.Contains(out, "CDR "+cdr.ID+": 8.1 kWh") || !strings.Contains(out, "paid 3542000 msat by the car's channel") {
+		t.Errorf("the output does not show the CDR %s", cdr.ID)
 	}
 }

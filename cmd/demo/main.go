@@ -97,7 +97,9 @@ type summary struct {
 	// against the settlement's on-chain anchor.
 	ReceiptVerified bool         `json:"receipt_verified"`
 	Receipt         receiptCheck `json:"receipt"`
-	Seconds         float64      `json:"seconds"`
+	// CDR is the OCPI CDR the hub issued for the EV session, as stored.
+	CDR     json.RawMessage `json:"cdr"`
+	Seconds float64         `json:"seconds"`
 }
 
 func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool) (summary, error) {
@@ -213,6 +215,7 @@ func run(ctx context.Context, out io.Writer, bin, dir string, keep, verbose bool
 		return sum, err
 	}
 	sum.Participants = w.parts
+	sum.CDR = w.cdr
 	if err := settleEpoch(w, chain, &sum); err != nil {
 		return sum, fmt.Errorf("settlement: %w", err)
 	}
@@ -263,6 +266,10 @@ func printSummary(say func(string, ...any), sum *summary) {
 	say("  %d channels and %d payouts in %d vB: %.2f vB per cooperative channel (%.1f on average with payouts, revenue and anchor)",
 		ss.Channels, ss.Payouts, ss.VBytes, ss.VBytesPerChannel, ss.VBytesAvgPerChannel)
 	say("  fee %d sat, hub revenue %d sat", ss.FeeSat, ss.RevenueSat)
+	if ev := sum.Scenarios.EV; ev.CDRID != "" {
+		say("  EV session CDR %s: %s kWh, %d msat captured from a %d msat hold (cdr in --json)",
+			ev.CDRID, ev.EnergyKWh, ev.CapturedMsat, ev.HoldMaxMsat)
+	}
 	if sum.ReceiptVerified {
 		say("  receipt %s…: leaf %d of %d, anchored by %s with %d confirmation(s): verified against the chain",
 			sum.Receipt.ID[:16], sum.Receipt.Leaf, sum.Receipt.Leaves, sum.Receipt.Txid, sum.Receipt.Confirmations)

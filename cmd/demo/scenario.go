@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,14 +40,18 @@ const demoCreditLimit = "500000000"
 // hub fees must pay the settlement's mining fee (2 sat/vB) before a
 // provider without a channel can be paid out (docs/settlement-run.md).
 var demoContracts = map[string]string{
-	"ev_charging": `{"kind":"ev_charging","version":1,"id":"fastcharge-nl-2026","currency":"EUR","rate_msat_per_unit":"1100000",
- "fee":{"bps":"100","per_event_msat":"0"},
- "security":[{"rule":"max_event_rate","target":"provider","limit":"120","window_seconds":"60"},{"rule":"reading_bounds","target":"provider","min":"0","max":"400"}],
- "ev_charging":{"time_zone":"Europe/Amsterdam","min_price":{"excl_vat":"0.50","incl_vat":"0.605"},"elements":[
-  {"price_components":[{"type":"FLAT","price":"0.50","vat":"21","step_size":"1"}]},
-  {"price_components":[{"type":"ENERGY","price":"0.30","vat":"21","step_size":"1"},{"type":"TIME","price":"1.20","vat":"21","step_size":"60"}],"restrictions":{"start_time":"07:00","end_time":"23:00"}},
-  {"price_components":[{"type":"ENERGY","price":"0.22","vat":"21","step_size":"1"},{"type":"TIME","price":"0.60","vat":"21","step_size":"60"}],"restrictions":{"start_time":"23:00","end_time":"07:00"}},
-  {"price_components":[{"type":"PARKING_TIME","price":"3.00","vat":"21","step_size":"300"}],"restrictions":{"start_time":"09:00","end_time":"18:00","day_of_week":["MONDAY","TUESDAY","WEDNESDAY","THURSDAY","FRIDAY"]}}]}}`,
+	// The charge point's tariff is an OCPI 2.2.1 Tariff object, published
+	// as it is (hubctl contract publish with --rate-msat-per-unit and
+	// --time-zone; evEnvelope): the prices of the ev_charging example,
+	// without its hub fee, since an OCPI file names none.
+	"ev_charging": `{"country_code":"NL","party_id":"FCN","id":"fastcharge-2026","currency":"EUR","type":"REGULAR",
+ "tariff_alt_text":[{"language":"en","text":"0.50 EUR start; 0.30 EUR/kWh and 1.20 EUR/h (0.22 and 0.60 from 23:00 to 07:00); parking 3.00 EUR/h on weekdays 09:00-18:00."}],
+ "min_price":{"excl_vat":0.50,"incl_vat":0.605},"elements":[
+  {"price_components":[{"type":"FLAT","price":0.50,"vat":21,"step_size":1}]},
+  {"price_components":[{"type":"ENERGY","price":0.30,"vat":21,"step_size":1},{"type":"TIME","price":1.20,"vat":21,"step_size":60}],"restrictions":{"start_time":"07:00","end_time":"23:00"}},
+  {"price_components":[{"type":"ENERGY","price":0.22,"vat":21,"step_size":1},{"type":"TIME","price":0.60,"vat":21,"step_size":60}],"restrictions":{"start_time":"23:00","end_time":"07:00"}},
+  {"price_components":[{"type":"PARKING_TIME","price":3.00,"vat":21,"step_size":300}],"restrictions":{"start_time":"09:00","end_time":"18:00","day_of_week":["MONDAY","TUESDAY","WEDNESDAY","THURSDAY","FRIDAY"]}}],
+ "last_updated":"2026-01-05T08:00:00Z"}`,
 	"toll": `{"kind":"toll","version":1,"id":"ring-road-oslo","currency":"msat","fee":{"bps":"50"},
  "security":[{"rule":"max_event_rate","target":"device","limit":"4","window_seconds":"60"}],
  "toll":{"time_zone":"Europe/Oslo","bands":[
@@ -66,6 +71,20 @@ var demoContracts = map[string]string{
  "fee":{"bps":"200","per_event_msat":"1000"},
  "security":[{"rule":"reading_bounds","target":"provider","min":"-80","max":"60"}],
  "conditional_release":{"amount":"150.00","quantity":"temperature_c","min":"2","max":"8","min_readings":"4","on_breach":"refund"}}`,
+}
+
+// evEnvelope is what the OCPI tariff file leaves out, given as hubctl's
+// --rate-msat-per-unit and --time-zone.
+var evEnvelope = contracts.OCPIEnvelope{RateMsatPerUnit: contracts.MustDec("1100000"), TimeZone: "Europe/Amsterdam"}
+
+// contractDoc is the contract document of kind, as hubctl contract
+// publish sends it: an OCPI tariff file wrapped in its envelope.
+func contractDoc(kind string) ([]byte, error) {
+	doc := []byte(demoContracts[kind])
+	if contracts.IsOCPI(doc) {
+		return contracts.WrapOCPI(doc, evEnvelope)
+	}
+	return doc, nil
 }
 
 // demoKinds is the order contracts are published and shown in.
@@ -107,19 +126,12 @@ type participant struct {
 // scenarioSummary is what the scenarios charged.
 type scenarioSummary struct {
 	Rows []scenarioRow `json:"uses"`
-	// EV is the charging session's hold.
-	EV struct {
-		HoldMaxMsat  uint64 `json:"hold_max_msat"`
-		MeterEvents  int    `json:"meter_events"`
-		EnergyKWh    string `json:"energy_kwh"`
-		CapturedMsat uint64 `json:"captured_msat"`
-		ReleasedMsat uint64 `json:"released_msat"`
-		HoldStatus   string `json:"hold_status"`
-	} `json:"ev_hold"`
-	PaidMsat   uint64 `json:"paid_msat"`
-	EarnedMsat uint64 `json:"earned_msat"`
-	FeesMsat   uint64 `json:"hub_fees_msat"`
-	Receipts   int    `json:"receipts"`
+	// EV is the charging session through the OCPP gateway and its hold.
+	EV         evSummary `json:"ev_hold"`
+	PaidMsat   uint64    `json:"paid_msat"`
+	EarnedMsat uint64    `json:"earned_msat"`
+	FeesMsat   uint64    `json:"hub_fees_msat"`
+	Receipts   int       `json:"receipts"`
 	// Audited counts the operator actions that the audit log must hold.
 	Audited uint64 `json:"audited_actions"`
 }
@@ -161,6 +173,8 @@ type world struct {
 	// evReceipt is the charge point's receipt for the capture, the one
 	// verified against the chain after settlement.
 	evReceipt *channel.Receipt
+	// cdr is the session's CDR as the hub stored it.
+	cdr json.RawMessage
 }
 
 func (w *world) close() {

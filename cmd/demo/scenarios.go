@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -13,18 +12,7 @@ import (
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/charging"
-	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/metering"
-)
-
-// The EV session: a 10.8 kW charge from 22:40 to 23:25 on a Wednesday,
-// one meter value every 10 seconds of simulated time (0.03 kWh each), under
-// a hold of evHoldMax.
-const (
-	evHoldMax      = msat.Amount(10_000_000)
-	evMeterEvery   = 10 * time.Second
-	evMeterValues  = 270 // 45 minutes
-	evKWhPerReport = "0.03"
 )
 
 // runScenarios enrols the participants, publishes the contracts, funds the
@@ -36,11 +24,15 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	say("5. the operator publishes one contract of each kind (hubctl contract publish)")
 	w.parsed, w.hashes = map[string]*contracts.Contract{}, map[string]string{}
 	for _, kind := range demoKinds {
-		c, err := contracts.Parse([]byte(demoContracts[kind]))
+		doc, err := contractDoc(kind)
 		if err != nil {
 			return fmt.Errorf("contract %s: %w", kind, err)
 		}
-		rec, err := w.admin.PublishContract(ctx, []byte(demoContracts[kind]))
+		c, err := contracts.Parse(doc)
+		if err != nil {
+			return fmt.Errorf("contract %s: %w", kind, err)
+		}
+		rec, err := w.admin.PublishContract(ctx, doc)
 		if err != nil {
 			return fmt.Errorf("publish %s: %w", kind, err)
 		}
@@ -109,27 +101,13 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	if err != nil {
 		return err
 	}
-	// The charge point sells over BOLT 8: it asks the car for a hold and
-	// captures against it.
-	cpKey := mustKey()
-	cpDev, err := w.admin.AddDevice(ctx, httpapi.AddDeviceRequest{
-		PubKey: hub.PubKeyOf(cpKey.PubKey()), Roles: []hub.Role{hub.RoleProvider}, Owner: "demo", Kind: "charger",
-	})
-	if err != nil {
-		return fmt.Errorf("enrol charge point: %w", err)
-	}
-	w.sum.Audited++
-	cpSess, err := m2mclient.Dial(ctx, w.rt.P2PAddr, w.hubKey, cpKey, m2mclient.WithLogger(w.quiet))
+	// The charge point is a CPO behind the OCPP gateway: a provider over
+	// NATS (the gateway's usage events) and over BOLT 8 (its holds).
+	charger, err := w.newChargePoint()
 	if err != nil {
 		return err
 	}
-	charger, err := m2mclient.NewProvider(cpSess, m2mclient.ProviderConfig{HubKey: w.hubKey, Logger: w.quiet})
-	if err != nil {
-		cpSess.Close()
-		return err
-	}
-	w.closers = append(w.closers, func() { _ = charger.Close(); _ = cpSess.Close() })
-	cpPart := w.addPart("charge-point", cpDev.ID, "provider")
+	cpPart := charger.part
 
 	for _, p := range []*participant{cpPart, gantries.part, router.part, truck.part} {
 		if err := w.setPayout(p); err != nil {
@@ -148,7 +126,7 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	now := time.Now()
 	at := func(zone string, wd time.Weekday, hh, mm int) time.Time { return lastWeekday(now, zone, wd, hh, mm) }
 
-	if err := w.evSession(charger, cpPart, car, at("Europe/Amsterdam", time.Wednesday, 22, 40)); err != nil {
+	if err := w.evSession(charger, car, at("Europe/Amsterdam", time.Wednesday, 22, 40)); err != nil {
 		return fmt.Errorf("EV charging: %w", err)
 	}
 
@@ -272,7 +250,7 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 		}
 		py.part.PaidMsat = uint64(b.Paid)
 	}
-	for _, p := range []*provider{gantries, router, truck, sellerA, sellerB} {
+	for _, p := range []*provider{charger.provider, gantries, router, truck, sellerA, sellerB} {
 		in, err := w.admin.Income(ctx, p.id, time.Time{}, time.Now().Add(time.Hour))
 		if err != nil {
 			return err
@@ -291,92 +269,6 @@ func runScenarios(w *world, chain *demoChain, carID string, carKey *btcec.Privat
 	if w.sum.PaidMsat != w.sum.EarnedMsat+w.sum.FeesMsat {
 		return fmt.Errorf("the scenarios do not conserve: paid %d, earned %d + fees %d", w.sum.PaidMsat, w.sum.EarnedMsat, w.sum.FeesMsat)
 	}
-	return nil
-}
-
-// evSession runs the charging session: the charge point asks the car for a
-// hold, meters the session every evMeterEvery of simulated time (the meter
-// values carry their own times: nothing sleeps), prices it with the OCPI
-// tariff as it goes, captures what was used and releases the rest.
-func (w *world) evSession(cp *m2mclient.Provider, cpPart *participant, car *payer, start time.Time) error {
-	ctx, say := w.ctx, w.say
-	say("7. EV charging: the charge point asks the car for a hold of %d msat for the session (over BOLT 8)", uint64(evHoldMax))
-	hold, err := cp.RequestHold(ctx, car.id, evHoldMax, 10*time.Minute, "charging session, bay 3")
-	if err != nil {
-		return err
-	}
-	say("   the car's Device authorised hold %s (its policy allows it)", hold)
-	usage := contracts.Usage{Session: "ev-1", Start: start}
-	step := contracts.MustDec(evKWhPerReport)
-	var last contracts.Breakdown
-	for i := range evMeterValues {
-		t := start.Add(time.Duration(i) * evMeterEvery)
-		usage.Periods = append(usage.Periods, contracts.ChargingPeriod{Start: t, EnergyKWh: step,
-			PowerKW: contracts.MustDec("10.8"), State: contracts.StateCharging})
-		usage.End = t.Add(evMeterEvery)
-		if (i+1)%60 != 0 && i+1 != evMeterValues {
-			continue
-		}
-		// Every 10 simulated minutes the charge point shows the price so
-		// far on its screen.
-		if last, err = w.price("ev_charging", usage); err != nil {
-			return err
-		}
-		kwh := step.Mul(contracts.MustDec(fmt.Sprint(i + 1)).Decimal)
-		say("   %s  %3d meter values, %6s kWh  → %9d msat so far", usage.End.Format("Mon 15:04"), i+1, kwh.String(), uint64(last.TotalMsat))
-	}
-	w.sum.EV.MeterEvents = evMeterValues
-	w.sum.EV.EnergyKWh = step.Mul(contracts.MustDec(fmt.Sprint(evMeterValues)).Decimal).String()
-	used := last.TotalMsat
-	if err := cp.Capture(ctx, hold, used, "charging session, bay 3"); err != nil {
-		return err
-	}
-	select {
-	case r := <-cp.Receipts():
-		if err := cp.VerifyReceipt(r); err != nil {
-			return err
-		}
-		if r.Amount != used {
-			return fmt.Errorf("capture receipt of %d msat, captured %d", uint64(r.Amount), uint64(used))
-		}
-		w.evReceipt = r
-	case <-time.After(20 * time.Second):
-		return errors.New("no receipt for the capture")
-	case e := <-cp.Errors():
-		return e
-	}
-	w.sum.Receipts++
-	if err := cp.Release(ctx, hold); err != nil {
-		return err
-	}
-	var hv httpapi.HoldView
-	deadline := time.Now().Add(10 * time.Second)
-	for hv.Status != hub.HoldReleased {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("hold is %+v after release", hv)
-		}
-		hs, err := w.admin.Holds(ctx, car.id)
-		if err != nil {
-			return err
-		}
-		for _, h := range hs {
-			if h.ID == hold.String() {
-				hv = h
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if hv.Captured != used {
-		return fmt.Errorf("hold captured %d msat, want %d", uint64(hv.Captured), uint64(used))
-	}
-	w.sum.EV.HoldMaxMsat, w.sum.EV.CapturedMsat = uint64(evHoldMax), uint64(used)
-	w.sum.EV.ReleasedMsat, w.sum.EV.HoldStatus = uint64(evHoldMax-used), string(hv.Status)
-	// A capture is a payment the car signs against its hold, not a
-	// metered charge: the hub takes no fee on it.
-	cpPart.EarnedMsat += uint64(used)
-	w.sum.Rows = append(w.sum.Rows, scenarioRow{Scenario: "ev", Use: "session " + w.sum.EV.EnergyKWh + " kWh, captured from the hold",
-		Payer: car.name, Provider: cpPart.Name, AmountMsat: uint64(used)})
-	say("   captured %d msat (receipt verified), released the other %d msat; hold %s", uint64(used), uint64(evHoldMax-used), hv.Status)
 	return nil
 }
 

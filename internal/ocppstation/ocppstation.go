@@ -1,6 +1,9 @@
-// Package ocppstation runs the node charging station of the OCPP gateway's
-// end-to-end tests (ocpp/gateway/m2mbilling/testdata/station: ocpp-rpc in
-// strict mode) and collects its answers.
+// Package ocppstation runs charging stations against the OCPP gateway.
+// Run drives the node station of the gateway's end-to-end tests
+// (ocpp/gateway/m2mbilling/testdata/station: ocpp-rpc in strict mode) and
+// collects its answers. Dial connects a station written in Go (Station),
+// which needs nothing but Go: the demo charges through it, with readings
+// signed as OCMF by a Meter.
 package ocppstation
 
 import (
