@@ -260,8 +260,6 @@ func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	if err != nil {
 		return fmt.Errorf("resync channel %v: %w", op, err)
 	}
-	if fresh.Seq >= e.rec.Seq {
-		e.rec = fresh
-	}
+	e.adopt(fresh)
 	return nil
 }

@@ -351,6 +351,18 @@ type chanEntry struct {
 	closing *closeAttempt
 }
 
+// adopt takes fresh, the channel's record as just read from the store,
+// unless the cached one is ahead of it. Several hubd share one store: a
+// payment taken by another one moves the sequence, a charge it recorded
+// raises Owed at the same sequence. e.mu is held, so no local write is
+// between its durable write and the cache, and the store can be behind
+// the cache only when read before that write.
+func (e *chanEntry) adopt(fresh hub.ChannelRecord) {
+	if fresh.Seq >= e.rec.Seq {
+		e.rec = fresh
+	}
+}
+
 // reserved is the capacity held by active holds other than except.
 func (e *chanEntry) reserved(except *[16]byte) msat.Amount {
 	var sum msat.Amount

@@ -96,18 +96,51 @@ func (c *Manager) lockOpen(ctx context.Context) ([]*chanEntry, error) {
 	}
 	sort.Slice(recs, func(i, j int) bool { return hub.OutpointLess(recs[i].Funding, recs[j].Funding) })
 	entries := make([]*chanEntry, 0, len(recs))
+	unlock := func() {
+		for _, l := range entries {
+			l.mu.Unlock()
+		}
+	}
 	for _, r := range recs {
 		e, err := c.entry(ctx, r.Funding)
 		if err != nil {
-			for _, l := range entries {
-				l.mu.Unlock()
-			}
+			unlock()
 			return nil, err
 		}
 		e.mu.Lock()
 		entries = append(entries, e)
 	}
+	// Another hubd on the same store may have taken payments or recorded
+	// charges on these channels since this one cached them: read them
+	// again now that no local writer is between its write and its cache.
+	if err := c.adoptAll(ctx, entries); err != nil {
+		unlock()
+		return nil, err
+	}
 	return entries, nil
+}
+
+// adoptAll brings the locked entries up to the store's records, with one
+// read of the open channels and one more per entry no longer open.
+func (c *Manager) adoptAll(ctx context.Context, entries []*chanEntry) error {
+	recs, err := c.store.Channels(ctx, hub.ChannelReady, hub.ChannelFrozen)
+	if err != nil {
+		return err
+	}
+	stored := make(map[btcwire.OutPoint]hub.ChannelRecord, len(recs))
+	for _, r := range recs {
+		stored[r.Funding] = r
+	}
+	for _, e := range entries {
+		fresh, ok := stored[e.rec.Funding]
+		if !ok {
+			if fresh, err = c.store.Channel(ctx, e.rec.Funding); err != nil {
+				return fmt.Errorf("reread channel %v: %w", e.rec.Funding, err)
+			}
+		}
+		e.adopt(fresh)
+	}
+	return nil
 }
 
 // CutOpen runs cut while every open channel is locked, and returns those
@@ -151,9 +184,19 @@ func (c *Manager) OpenChannels(ctx context.Context) ([]Settleable, error) {
 			return nil, err
 		}
 		e.mu.Lock()
+		// Read under the lock: another hubd may have moved the channel
+		// since it was cached, and no local write is half done.
+		fresh, err := c.store.Channel(ctx, r.Funding)
+		if err != nil {
+			e.mu.Unlock()
+			return nil, fmt.Errorf("reread channel %v: %w", r.Funding, err)
+		}
+		e.adopt(fresh)
 		sc := Settleable{Record: e.rec, Output: e.out}
 		e.mu.Unlock()
-		out = append(out, sc)
+		if sc.Record.Status == hub.ChannelReady || sc.Record.Status == hub.ChannelFrozen {
+			out = append(out, sc)
+		}
 	}
 	return out, nil
 }
@@ -186,6 +229,15 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		}
 		e.mu.Lock()
 		entries = append(entries, e)
+	}
+	// The next records carry Owed and what was paid after the cut: take
+	// both from the store, where another hubd may have raised them.
+	for _, e := range entries {
+		fresh, err := c.store.Channel(ctx, e.rec.Funding)
+		if err != nil {
+			return nil, fmt.Errorf("reread channel %v: %w", e.rec.Funding, err)
+		}
+		e.adopt(fresh)
 	}
 	now := c.clock.Now().UTC()
 	old := make([]btcwire.OutPoint, len(sorted))

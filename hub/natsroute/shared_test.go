@@ -73,6 +73,25 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 	return &sharedInstance{h: &chantest.Harness{T: t, HubKey: key, Reg: reg, Srv: srv, Chain: chain}, ch: ch, r: r, store: st}
 }
 
+// twoInstances starts two instances on one Redis store and NATS, enrols a
+// provider and a payer device, and returns them with the payer's key.
+func twoInstances(t *testing.T) (a, b *sharedInstance, chain *chantest.FakeChain, prov *chantest.Device, devKey *btcec.PrivateKey, d hub.Device) {
+	t.Helper()
+	rds := redistest.Start(t)
+	natsURL := startNATS(t)
+	chain = chantest.NewFakeChain(100)
+	key := chantest.MustKey(t)
+	a = newShared(t, rds.URL(), natsURL, "a", key, chain)
+	b = newShared(t, rds.URL(), natsURL, "b", key, chain)
+	prov = a.h.Enrol(hub.RolePayer, hub.RoleProvider)
+	devKey = chantest.MustKey(t)
+	d, err := a.h.Reg.Enrol(context.Background(), registry.EnrolRequest{Key: hub.PubKeyOf(devKey.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b, chain, prov, devKey, d
+}
+
 // A device that moves between two instances sharing one Redis store, in
 // the middle of a charge: the request made on A reaches it on B; it leaves
 // B before paying and pays on A; B, whose cache is now stale, refuses the
@@ -81,20 +100,8 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 // store's compare-and-set. The store ends at the sum of acknowledged
 // payments.
 func TestDeviceMovesMidExchange(t *testing.T) {
-	rds := redistest.Start(t)
-	natsURL := startNATS(t)
-	chain := chantest.NewFakeChain(100)
-	key := chantest.MustKey(t)
-	a := newShared(t, rds.URL(), natsURL, "a", key, chain)
-	b := newShared(t, rds.URL(), natsURL, "b", key, chain)
+	a, b, chain, prov, devKey, d := twoInstances(t)
 	ctx := context.Background()
-
-	prov := a.h.Enrol(hub.RolePayer, hub.RoleProvider)
-	devKey := chantest.MustKey(t)
-	d, err := a.h.Reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(devKey.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
 	onB := b.h.Connect(devKey, d.ID)
 	waitRouted(t, b.r, d.ID, true)
 	c := onB.Open(chain, 100_000, 1000)
@@ -169,5 +176,53 @@ func TestDeviceMovesMidExchange(t *testing.T) {
 	case got := <-l.ch:
 		t.Fatalf("outcome %d reported for a request paid as a plain payment elsewhere", got)
 	default:
+	}
+}
+
+// TestSettlementReadsOtherInstances: the settlement leader (A) cached a
+// channel; the device then paid on B and B recorded a charge owed on it
+// (Owed up, at the same sequence). What A settles and carries over is the
+// store's record, not its cache: the open channels and the cut see B's
+// payment and Owed. (Rollover reads the store the same way; the settler's
+// tests cover it on one instance.)
+func TestSettlementReadsOtherInstances(t *testing.T) {
+	a, b, chain, prov, devKey, d := twoInstances(t)
+	ctx := context.Background()
+	onB := b.h.Connect(devKey, d.ID)
+	c := onB.Open(chain, 100_000, 1000)
+	onB.Pay(c, 1_000, prov.ID)
+	if _, err := a.ch.OpenChannels(ctx); err != nil { // A caches seq 1
+		t.Fatal(err)
+	}
+
+	onB.Pay(c, 2_000, prov.ID)
+	now := time.Now()
+	res, err := b.ch.RecordCharges(ctx, b.store, []hub.Charge{{
+		Provider: prov.ID, EventID: "ev-1", Payer: d.ID, Amount: 300,
+		Channel: c.Op, Status: hub.ChargeOwed, EventTime: now, Charged: now,
+	}})
+	if err != nil || len(res) != 1 || res[0].Stored.Status != hub.ChargeOwed {
+		t.Fatalf("record charge on B: %v %+v", err, res)
+	}
+	open, err := a.ch.OpenChannels(ctx)
+	if err != nil || len(open) != 1 {
+		t.Fatalf("open channels on A: %v, %d", err, len(open))
+	}
+	if rec := open[0].Record; rec.Seq != 2 || rec.Paid != 3_000 || rec.Owed != 300 {
+		t.Fatalf("A's open channels: seq %d paid %d owed %d, want seq 2 paid 3000 owed 300", rec.Seq, rec.Paid, rec.Owed)
+	}
+	// Another charge on B: Owed moves, the sequence does not.
+	if _, err := b.ch.RecordCharges(ctx, b.store, []hub.Charge{{
+		Provider: prov.ID, EventID: "ev-2", Payer: d.ID, Amount: 200,
+		Channel: c.Op, Status: hub.ChargeOwed, EventTime: now, Charged: now,
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	cut, err := a.ch.CutOpen(ctx, func() error { return nil })
+	if err != nil || len(cut) != 1 {
+		t.Fatalf("cut on A: %v, %d", err, len(cut))
+	}
+	if rec := cut[0].Record; rec.Seq != 2 || rec.Paid != 3_000 || rec.Owed != 500 {
+		t.Fatalf("A's cut: seq %d paid %d owed %d, want seq 2 paid 3000 owed 500", rec.Seq, rec.Paid, rec.Owed)
 	}
 }
