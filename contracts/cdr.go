@@ -149,6 +149,10 @@ const (
 	CDRAttrEvseUID     = "evse_uid"     // default: "1"
 	CDRAttrEvseID      = "evse_id"
 	CDRAttrConnectorID = "connector_id" // default: "1"
+	// CDRAttrMeterPublicKey is the meter's public key (base64 DER) that
+	// the event's signed readings verify under; the CDR's signed_data
+	// gives it.
+	CDRAttrMeterPublicKey = "meter_public_key"
 )
 
 // cdrDecimals is how many decimals a CDR's currency figures carry.

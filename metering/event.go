@@ -31,6 +31,9 @@ const (
 	MaxAttributes  = 32
 	MaxPeriods     = 512
 	MaxReadings    = 1024
+	// MaxSignedLen bounds one signed meter reading (data.signed_readings):
+	// the size package metering/ocmf accepts for an OCMF message.
+	MaxSignedLen = 8 << 10
 )
 
 // Errors. Each names a reason a usage event is refused; Reason maps them to
@@ -113,18 +116,24 @@ type Event struct {
 // Data is the usage an event reports. Fields mirror contracts.Usage; the
 // cumulative bandwidth volume is absent on purpose: the hub tracks it.
 type Data struct {
-	Contract     string            `json:"contract"` // 64 hex: the contract hash
-	Session      string            `json:"session,omitempty"`
-	Quantity     string            `json:"quantity,omitempty"` // decimal
-	Unit         string            `json:"unit,omitempty"`
-	Start        string            `json:"start,omitempty"` // RFC 3339
-	End          string            `json:"end,omitempty"`   // RFC 3339
-	VehicleClass string            `json:"vehicle_class,omitempty"`
-	SellerMeter  string            `json:"seller_meter,omitempty"`
-	BuyerMeter   string            `json:"buyer_meter,omitempty"`
-	Periods      []Period          `json:"periods,omitempty"`
-	Readings     []Reading         `json:"readings,omitempty"`
-	Attributes   map[string]string `json:"attributes,omitempty"`
+	Contract     string    `json:"contract"` // 64 hex: the contract hash
+	Session      string    `json:"session,omitempty"`
+	Quantity     string    `json:"quantity,omitempty"` // decimal
+	Unit         string    `json:"unit,omitempty"`
+	Start        string    `json:"start,omitempty"` // RFC 3339
+	End          string    `json:"end,omitempty"`   // RFC 3339
+	VehicleClass string    `json:"vehicle_class,omitempty"`
+	SellerMeter  string    `json:"seller_meter,omitempty"`
+	BuyerMeter   string    `json:"buyer_meter,omitempty"`
+	Periods      []Period  `json:"periods,omitempty"`
+	Readings     []Reading `json:"readings,omitempty"`
+	// SignedReadings are a charging session's signed meter readings as
+	// the meter signed them (OCMF messages, in order), at most MaxReadings
+	// of MaxSignedLen each. The event id must bind them (ocmf.EventID) and
+	// the attribute meter_public_key names the meter's key; the hub checks
+	// both and puts them in the session's CDR as its signed_data.
+	SignedReadings []string          `json:"signed_readings,omitempty"`
+	Attributes     map[string]string `json:"attributes,omitempty"`
 	// TariffType is the OCPI TariffType an EV session asks for (a
 	// charging preference); empty means REGULAR.
 	TariffType string `json:"tariff_type,omitempty"`

@@ -30,6 +30,12 @@ func TestParseBatch(t *testing.T) {
 		{"OK_Array", "[" + one + "," + strings.Replace(one, `"e1"`, `"e2"`, 1) + "]", 2},
 		{"OK_Whitespace", " \n" + one + "\t", 1},
 		{"OK_FullData", withData(`{"contract":"` + testContract + `","session":"s","start":"2026-03-01T10:00:00Z","end":"2026-03-01T11:00:00Z","periods":[{"start":"2026-03-01T10:00:00Z","energy_kwh":"12","state":"charging"}],"readings":[{"value":"-3.5"}],"attributes":{"k":"v"}}`), 1},
+		{"OK_SignedReadings", withData(`{"contract":"` + testContract + `","signed_readings":["OCMF|{}|{}","` + strings.Repeat("x", metering.MaxSignedLen) + `"]}`), 1},
+		{"ErrMalformed_EmptySignedReadings", withData(`{"contract":"` + testContract + `","signed_readings":[]}`), 0},
+		{"ErrMalformed_EmptySignedReading", withData(`{"contract":"` + testContract + `","signed_readings":[""]}`), 0},
+		{"ErrMalformed_SignedReadingObject", withData(`{"contract":"` + testContract + `","signed_readings":[{"value":"1"}]}`), 0},
+		{"ErrMalformed_SignedReadingTooLong", withData(`{"contract":"` + testContract + `","signed_readings":["` + strings.Repeat("x", metering.MaxSignedLen+1) + `"]}`), 0},
+		{"ErrMalformed_TooManySignedReadings", withData(`{"contract":"` + testContract + `","signed_readings":[` + strings.Repeat(`"r",`, metering.MaxReadings) + `"r"]}`), 0},
 		{"ErrMalformed_Number", strings.Replace(one, `"2.5"`, `2.5`, 1), 0},
 		{"ErrMalformed_Bool", strings.Replace(one, `"2.5"`, `true`, 1), 0},
 		{"ErrMalformed_Null", strings.Replace(one, `"2.5"`, `null`, 1), 0},
@@ -78,6 +84,7 @@ func TestEncodeParseRoundTrip(t *testing.T) {
 	full.Data.Periods = []metering.Period{{Start: "2026-03-01T10:00:00Z", EnergyKWh: "3", State: "charging"}}
 	full.Data.Readings = []metering.Reading{{Time: "2026-03-01T10:00:00Z", Value: "4.5"}}
 	full.Data.Attributes = map[string]string{"z": "1", "a": "\"q\"\n"}
+	full.Data.SignedReadings = []string{`OCMF|{"PG":"T1"}|{"SD":"30"}`, `OCMF|{"PG":"T2"}|{"SD":"31"}`}
 	if err := metering.Sign(&full, key); err != nil {
 		t.Fatal(err)
 	}

@@ -96,6 +96,29 @@ func (f *fields) list(key string, maxLen int) []map[string]any {
 	return out
 }
 
+// strs returns the strings of an optional array field: 1..maxN non-empty
+// strings of at most maxLen bytes.
+func (f *fields) strs(key string, maxN, maxLen int) []string {
+	v, ok := f.m[key]
+	if !ok || f.err != nil {
+		return nil
+	}
+	f.seen++
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 || len(a) > maxN {
+		f.err = fmt.Errorf("%w: %s%s must be an array of 1..%d strings", ErrMalformed, f.at, key, maxN)
+		return nil
+	}
+	out := make([]string, len(a))
+	for i, e := range a {
+		if out[i], ok = e.(string); !ok || out[i] == "" || len(out[i]) > maxLen {
+			f.err = fmt.Errorf("%w: %s%s[%d] must be a string of 1..%d bytes", ErrMalformed, f.at, key, i, maxLen)
+			return nil
+		}
+	}
+	return out
+}
+
 // done reports the first error, or an unknown key if any was left unread.
 func (f *fields) done() error {
 	if f.err != nil {
@@ -174,6 +197,7 @@ func dataFromTree(m map[string]any) (Data, error) {
 		}
 		d.Readings = append(d.Readings, r)
 	}
+	d.SignedReadings = f.strs("signed_readings", MaxReadings, MaxSignedLen)
 	if rv, ok := m["reservation"]; ok && f.err == nil {
 		f.seen++
 		rm, ok := rv.(map[string]any)
@@ -253,6 +277,13 @@ func (e *Event) tree(withSig bool) map[string]any {
 			rs[i] = rm
 		}
 		d["readings"] = rs
+	}
+	if len(e.Data.SignedReadings) > 0 {
+		ss := make([]any, len(e.Data.SignedReadings))
+		for i, r := range e.Data.SignedReadings {
+			ss[i] = r
+		}
+		d["signed_readings"] = ss
 	}
 	if len(e.Data.Attributes) > 0 {
 		am := make(map[string]any, len(e.Data.Attributes))

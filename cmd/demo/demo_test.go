@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -322,6 +323,18 @@ func checkCDR(t *testing.T, sum *summary, out string) {
 	}
 	if car == nil || car.PaidMsat-tolls != uint64(m.TotalMsat) {
 		t.Errorf("the car paid %+v, %d of it for tolls; the CDR says %d", car, tolls, uint64(m.TotalMsat))
+	}
+	// The meter's 271 signed readings, as the station sent them.
+	if sd := cdr.SignedData; sd == nil || len(sd.SignedValues) != ev.SignedReadings || sd.EncodingMethod != "OCMF" || sd.PublicKey == "" ||
+		sd.SignedValues[0].Nature != "Start" || sd.SignedValues[len(sd.SignedValues)-1].Nature != "End" {
+		t.Errorf("CDR signed data %+v", sd)
+	} else {
+		for i, v := range sd.SignedValues {
+			blob, err := base64.StdEncoding.DecodeString(v.SignedData)
+			if err != nil || !strings.HasPrefix(string(blob), "OCMF|"+v.PlainData+"|") {
+				t.Fatalf("signed value %d: %+v", i, v)
+			}
+		}
 	}
 	if !strings.Contains(out, "CDR "+cdr.ID+": 8.1 kWh") || !strings.Contains(out, "paid 3542000 msat by the car's channel") {
 		t.Errorf("the output does not show the CDR %s", cdr.ID)

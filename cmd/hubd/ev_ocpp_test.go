@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -34,7 +35,8 @@ import (
 // the charge is recorded against the session's hold and the car's
 // payment captures it, the receipt binds the readings, the rest of the
 // hold is released, and the provider gets the session's CDR: CDR total =
-// captured = what the car's channel paid, to the msat.
+// captured = what the car's channel paid, to the msat, and its
+// signed_data carries the meter's readings.
 func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts hubd with its regtest btcd")
@@ -169,6 +171,17 @@ func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 	}
 	if cdr.TotalEnergy.String() != "15.5" || cdr.CdrToken.UID != "1F2D3A4B" || cdr.CdrLocation.ID != "CS1" {
 		t.Fatalf("CDR energy %s, token %q, location %q", cdr.TotalEnergy, cdr.CdrToken.UID, cdr.CdrLocation.ID)
+	}
+	// The CDR gives the meter's signed readings, with the station's
+	// configured meter key, so the driver can check them.
+	if sd := cdr.SignedData; sd == nil || len(sd.SignedValues) != len(raw) || sd.PublicKey != pub.Base64() || cdr.MeterID != "0901454D4800007F9F3E" {
+		t.Fatalf("CDR signed data %+v, meter %q", sd, cdr.MeterID)
+	} else {
+		for i, v := range sd.SignedValues {
+			if v.SignedData != base64.StdEncoding.EncodeToString([]byte(raw[i])) {
+				t.Fatalf("CDR signed value %d is not reading %d", i, i)
+			}
+		}
 	}
 	car.holdsClosed(t)
 	t.Logf("OCPP session of 15.5 kWh through the gateway: hold captured %d msat = the car's channel paid = CDR total %s %s excl. VAT",

@@ -23,6 +23,10 @@ type heldSession struct {
 	breakdown contracts.Breakdown
 	attrs     map[string]string
 	eventID   string
+	// signed and meterID are the event's checked signed readings and
+	// their meter, if it carried any.
+	signed  *contracts.SignedData
+	meterID string
 }
 
 // cdr builds the session's OCPI CDR. Its M2MHub section's total is the
@@ -53,6 +57,7 @@ func (s *heldSession) cdr() (*contracts.CDR, error) {
 			ID: attr(contracts.CDRAttrLocationID, s.usage.Provider), EvseUID: attr(contracts.CDRAttrEvseUID, "1"),
 			EvseID: attr(contracts.CDRAttrEvseID, ""), ConnectorID: attr(contracts.CDRAttrConnectorID, "1"),
 		},
+		MeterID: s.meterID, SignedData: s.signed,
 		LastUpdated: s.usage.End,
 	})
 }

@@ -453,7 +453,7 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		id := hold.ID
 		if p.charge.Status == hub.ChargeOwed && b.TotalMsat <= hold.Remaining() {
 			p.hold = &id
-			p.session = &heldSession{contract: k, usage: u, breakdown: b, attrs: ev.Attributes}
+			p.session = &heldSession{contract: k, usage: u, breakdown: b, attrs: ev.Attributes, signed: ev.SignedData, meterID: ev.MeterID}
 		} else {
 			p.endHold = &id
 		}

@@ -88,6 +88,13 @@ type Usage struct {
 	// Attributes are the event's attributes; a held EV session's CDR
 	// takes its location and token from them (see CDR attributes).
 	Attributes map[string]string
+	// SignedData is the session's signed meter readings
+	// (data.signed_readings) as a CDR gives them, and MeterID the
+	// meter's serial; UsageOf checked that the event id binds the
+	// readings and that each verifies under the meter's key. A held EV
+	// session's CDR carries them.
+	SignedData *contracts.SignedData
+	MeterID    string
 }
 
 // Outcome is what charging did with one event: the outcome the intake

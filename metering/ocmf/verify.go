@@ -18,9 +18,14 @@ import (
 type PublicKey struct {
 	// Algorithm is the OCMF signature algorithm this key checks.
 	Algorithm string
+	der       []byte
 	std       *ecdsa.PublicKey
 	k1        *btcec.PublicKey
 }
+
+// Base64 is the key as OCPP's signedMeterValue.publicKey and OCPI's
+// SignedData.public_key give it: its DER SubjectPublicKeyInfo in base64.
+func (k *PublicKey) Base64() string { return base64.StdEncoding.EncodeToString(k.der) }
 
 // Named curves of an EC SubjectPublicKeyInfo, by OID, with the OCMF
 // algorithm that uses each.
@@ -63,7 +68,7 @@ func ParsePublicKey(b []byte) (*PublicKey, error) {
 	if rest, err := asn1.Unmarshal(der, &spki); err != nil || len(rest) > 0 || !spki.Algo.OID.Equal(oidECPublicKey) {
 		return nil, fmt.Errorf("%w: public key is not an EC SubjectPublicKeyInfo", ErrMalformed)
 	}
-	k := &PublicKey{}
+	k := &PublicKey{der: der}
 	for _, c := range curveOIDs {
 		if c.oid.Equal(spki.Algo.Curve) {
 			k.Algorithm = c.alg

@@ -161,7 +161,8 @@ func (b *Billing) Readings(ctx context.Context, s gateway.Session, signed []stri
 
 // End meters the session as one usage event priced by the hub from the
 // verified readings, named ocmf.EventID(readings) so the receipt binds
-// them, and naming the session's hold (the "hold" attribute): the hub
+// them, carrying the readings and the meter's key for the CDR's
+// signed_data, and naming the session's hold (the "hold" attribute): the hub
 // records the charge against the hold, the payer's payment captures it,
 // and the hub releases the rest of the hold and sends the session's CDR.
 // A session with fewer than two good readings bills nothing: its hold is
@@ -206,6 +207,12 @@ func (b *Billing) meter(ctx context.Context, s gateway.Session, hold m2mclient.H
 	for _, p := range u.Periods {
 		e.Data.Periods = append(e.Data.Periods, metering.Period{Start: rfc(p.Start), EnergyKWh: p.EnergyKWh.String(), State: p.State})
 	}
+	// The readings themselves, with the key they verified under: the hub
+	// checks both and gives them in the session's CDR (signed_data).
+	for _, m := range msgs {
+		e.Data.SignedReadings = append(e.Data.SignedReadings, m.Raw)
+	}
+	e.Data.Attributes[contracts.CDRAttrMeterPublicKey] = b.cfg.MeterKeys[s.Station].Base64()
 	if err := b.cfg.Meter.Meter(ctx, e); err != nil {
 		return fmt.Errorf("m2mbilling: meter: %w", err)
 	}

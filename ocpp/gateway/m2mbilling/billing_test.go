@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -132,6 +133,16 @@ func TestSessionBilled(t *testing.T) {
 	}
 	if !ocmf.BindsReadings(e.ID, good) {
 		t.Fatalf("event %s does not bind the good readings", e.ID)
+	}
+	// The readings travel with the event, for the CDR's signed_data, with
+	// the station's configured meter key (never one the station sent).
+	der, err := x509.MarshalPKIXPublicKey(&meter.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(e.Data.SignedReadings, "\n") != strings.Join(good, "\n") ||
+		e.Data.Attributes[contracts.CDRAttrMeterPublicKey] != base64.StdEncoding.EncodeToString(der) {
+		t.Fatalf("event carries %d signed readings, meter key %q", len(e.Data.SignedReadings), e.Data.Attributes[contracts.CDRAttrMeterPublicKey])
 	}
 	if e.Subject != "car-1" || e.Data.Session != "CS1/tx-1" {
 		t.Fatalf("event %+v", e)
