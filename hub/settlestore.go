@@ -45,7 +45,7 @@ func ValidateCut(closed, successor settlement.Epoch) error {
 // txid that spends it: an old channel's CloseTx. Whether the old channels
 // are still open and the next ones new is checked by the store,
 // atomically. Errors wrap ErrInvalid.
-func ValidateRollover(r settlement.Run, old []wire.OutPoint, next []ChannelRecord) (map[wire.OutPoint]chainhash.Hash, error) {
+func ValidateRollover(r settlement.Run, old []ChannelRecord, next []ChannelRecord) (map[wire.OutPoint]chainhash.Hash, error) {
 	if err := ValidateRun(r); err != nil {
 		return nil, err
 	}
@@ -61,7 +61,8 @@ func ValidateRollover(r settlement.Run, old []wire.OutPoint, next []ChannelRecor
 		}
 	}
 	seen := make(map[wire.OutPoint]bool, len(old)+len(next))
-	for _, op := range old {
+	for _, c := range old {
+		op := c.Funding
 		if seen[op] {
 			return nil, fmt.Errorf("%w: channel %s named twice", ErrInvalid, op)
 		}
@@ -127,11 +128,14 @@ type SettlementStore interface {
 	Runs(ctx context.Context, limit int) ([]settlement.Run, error)
 
 	// CommitRollover atomically stores r and moves the settled channels
-	// to their next outputs: each channel funded by an outpoint in old
+	// to their next outputs: each old channel (as the caller read it)
 	// becomes ChannelClosed with CloseTx set to the batch txid that spends
 	// it, and each record in next is created (new Funding, Seq 0, Paid 0,
 	// Owed carried). Nothing is written if any old channel is missing
-	// (ErrNotFound) or already closed (ErrChannelState-like conflict:
-	// ErrSeqConflict).
-	CommitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []ChannelRecord) error
+	// (ErrNotFound), already closed, or no longer at the Seq, Paid and
+	// Owed of the record read (ErrSeqConflict): the next records carry
+	// what the old ones held, so they must be computed from the stored
+	// state, which another writer (another hubd recording a charge) may
+	// have moved since the caller read it.
+	CommitRollover(ctx context.Context, r settlement.Run, old []ChannelRecord, next []ChannelRecord) error
 }

@@ -263,6 +263,7 @@ type oldChannel struct {
 	op      wire.OutPoint
 	key     []byte
 	closeTx chainhash.Hash
+	read    hub.ChannelRecord // as the caller read it
 }
 
 type newChannel struct {
@@ -279,7 +280,7 @@ type newChannel struct {
 // hub.ErrInvalid. A next record whose pending id or funding is already
 // stored is refused with hub.ErrAlreadyExists. Nothing is written when
 // anything is refused.
-func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) error {
+func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []hub.ChannelRecord, next []hub.ChannelRecord) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -309,6 +310,9 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 			}
 			if c.Status == hub.ChannelClosed {
 				return fmt.Errorf("%w: channel %s is already closed by %v", hub.ErrSeqConflict, o.op, c.CloseTx)
+			}
+			if c.Seq != o.read.Seq || c.Paid != o.read.Paid || c.Owed != o.read.Owed {
+				return fmt.Errorf("%w: channel %s moved since it was read", hub.ErrSeqConflict, o.op)
 			}
 			c.Status = hub.ChannelClosed
 			closeTx := o.closeTx
@@ -370,7 +374,7 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 }
 
 // prepareRollover checks and encodes a rollover outside the transaction.
-func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) (rollover, error) {
+func prepareRollover(r settlement.Run, old []hub.ChannelRecord, next []hub.ChannelRecord) (rollover, error) {
 	spender, err := hub.ValidateRollover(r, old, next)
 	if err != nil {
 		return rollover{}, err
@@ -380,8 +384,9 @@ func prepareRollover(r settlement.Run, old []wire.OutPoint, next []hub.ChannelRe
 		return rollover{}, fmt.Errorf("encode run: %w", err)
 	}
 	ro := rollover{runKey: runKey(r.Epoch.Number, r.Attempt), runDoc: doc}
-	for _, op := range old {
-		ro.old = append(ro.old, oldChannel{op: op, key: opKey(op), closeTx: spender[op]})
+	for _, c := range old {
+		op := c.Funding
+		ro.old = append(ro.old, oldChannel{op: op, key: opKey(op), closeTx: spender[op], read: c})
 	}
 	for _, c := range next {
 		name := fmt.Sprintf("%x", c.PendingID)

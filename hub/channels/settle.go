@@ -3,8 +3,10 @@ package channels
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
@@ -230,49 +232,9 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		e.mu.Lock()
 		entries = append(entries, e)
 	}
-	// The next records carry Owed and what was paid after the cut: take
-	// both from the store, where another hubd may have raised them.
-	for _, e := range entries {
-		fresh, err := c.store.Channel(ctx, e.rec.Funding)
-		if err != nil {
-			return nil, fmt.Errorf("reread channel %v: %w", e.rec.Funding, err)
-		}
-		e.adopt(fresh)
-	}
 	now := c.clock.Now().UTC()
-	old := make([]btcwire.OutPoint, len(sorted))
-	next := make([]hub.ChannelRecord, len(sorted))
-	for i, p := range sorted {
-		rec := entries[i].rec
-		root, ok := RootPendingID(rec, c.cfg.HubKey.PubKey())
-		if !ok {
-			return nil, fmt.Errorf("channels: rollover of %v: hub key does not derive from the identity key", rec.Funding)
-		}
-		late := msat.Amount(0)
-		if rec.Paid > p.PaidAtCut {
-			late = rec.Paid - p.PaidAtCut
-		}
-		status := rec.Status
-		if status != hub.ChannelFrozen {
-			status = hub.ChannelReady
-		}
-		old[i] = p.Old
-		next[i] = hub.ChannelRecord{
-			PendingID: RolloverPendingID(root, p.Next),
-			DeviceID:  rec.DeviceID,
-			DeviceKey: rec.DeviceKey,
-			HubKey:    rec.HubKey,
-			Capacity:  p.NextParams.Capacity,
-			Expiry:    p.NextParams.Expiry,
-			Status:    status,
-			Funding:   p.Next,
-			MinDepth:  rec.MinDepth,
-			Owed:      rec.Owed + late,
-			CreatedAt: now,
-			UpdatedAt: now,
-		}
-	}
-	if err := st.CommitRollover(ctx, r, old, next); err != nil {
+	next, err := c.commitRollover(ctx, st, r, sorted, entries, now)
+	if err != nil {
 		return nil, err
 	}
 	// Durable: the cache follows. Closed entries stay cached so a payment
@@ -290,4 +252,73 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		out[i] = byOld[p.Old]
 	}
 	return out, nil
+}
+
+// rolloverTries bounds how often Rollover reads the old channels again
+// because another hubd moved one between its read and the store's commit.
+const rolloverTries = 3
+
+// commitRollover builds the next records of the sorted pairs from the
+// stored old records (entries, locked, in the same order) and commits
+// them with r. The next records carry Owed and what was paid after the
+// cut, which another hubd may have raised since this one cached the
+// channel: they are read from the store, and the store refuses the commit
+// if they moved again before it, in which case they are read once more.
+func (c *Manager) commitRollover(ctx context.Context, st hub.SettlementStore, r settlement.Run, sorted []RolloverPair, entries []*chanEntry, now time.Time) ([]hub.ChannelRecord, error) {
+	var err error
+	for range rolloverTries {
+		old := make([]hub.ChannelRecord, len(entries))
+		for i, e := range entries {
+			fresh, rerr := c.store.Channel(ctx, e.rec.Funding)
+			if rerr != nil {
+				return nil, fmt.Errorf("reread channel %v: %w", e.rec.Funding, rerr)
+			}
+			e.adopt(fresh)
+			old[i] = fresh
+		}
+		var next []hub.ChannelRecord
+		if next, err = c.nextRecords(sorted, old, now); err != nil {
+			return nil, err
+		}
+		if err = st.CommitRollover(ctx, r, old, next); !errors.Is(err, hub.ErrSeqConflict) {
+			return next, err
+		}
+	}
+	return nil, err
+}
+
+// nextRecords builds the record of each pair's next channel from the old
+// channel's stored record.
+func (c *Manager) nextRecords(sorted []RolloverPair, old []hub.ChannelRecord, now time.Time) ([]hub.ChannelRecord, error) {
+	next := make([]hub.ChannelRecord, len(sorted))
+	for i, p := range sorted {
+		rec := old[i]
+		root, ok := RootPendingID(rec, c.cfg.HubKey.PubKey())
+		if !ok {
+			return nil, fmt.Errorf("channels: rollover of %v: hub key does not derive from the identity key", rec.Funding)
+		}
+		late := msat.Amount(0)
+		if rec.Paid > p.PaidAtCut {
+			late = rec.Paid - p.PaidAtCut
+		}
+		status := rec.Status
+		if status != hub.ChannelFrozen {
+			status = hub.ChannelReady
+		}
+		next[i] = hub.ChannelRecord{
+			PendingID: RolloverPendingID(root, p.Next),
+			DeviceID:  rec.DeviceID,
+			DeviceKey: rec.DeviceKey,
+			HubKey:    rec.HubKey,
+			Capacity:  p.NextParams.Capacity,
+			Expiry:    p.NextParams.Expiry,
+			Status:    status,
+			Funding:   p.Next,
+			MinDepth:  rec.MinDepth,
+			Owed:      rec.Owed + late,
+			CreatedAt: now,
+			UpdatedAt: now,
+		}
+	}
+	return next, nil
 }

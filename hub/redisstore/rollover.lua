@@ -7,19 +7,22 @@
 -- when the stored one is still the one read (compare and set), so a record
 -- changed meanwhile, or closed by a concurrent rollover, is never
 -- overwritten. Closing rewrites JSON, which Go does rather than Lua: cjson
--- would round large numbers.
+-- would round large numbers. The channel's seq, paid and owed must also
+-- still be those the settlement read (the next channel carries owed and
+-- what was paid after the cut): another hubd may have recorded a charge.
 --
 -- KEYS: 1 funding index, 2 set of all pending ids, 3 runs (hash key ->
 --       run JSON), 4 run index (sorted set of keys, all scored 0),
 --       5 settlement lease (fence.lua)
 -- ARGV: 1 key prefix, 2 run key, 3 run JSON, 4 zero device signature,
 --       5 number of old channels, then per old channel: outpoint,
---       record read, closed record, updated (unix ns, '' = zero);
+--       record read, closed record, updated (unix ns, '' = zero), and
+--       the seq, paid and owed the settlement read;
 --       then the number of next channels, then per next channel: pending
 --       id hex, record JSON, outpoint, device id, owed, updated; last
 --       the fencing token (fence.lua)
 -- Reply: {'ok'} | {'notfound', outpoint} | {'moved', outpoint} |
---        {'exists', pending id or outpoint}
+--        {'stale', outpoint} | {'exists', pending id or outpoint}
 
 local prefix = ARGV[1]
 local nold = tonumber(ARGV[5])
@@ -27,15 +30,20 @@ local i = 6
 local old = {}
 for k = 1, nold do
   local op, was, closed, upd = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
+  local seq, paid, owed = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local pid = redis.call('HGET', KEYS[1], op)
   if not pid then
     return {'notfound', op}
   end
   local ck = prefix .. 'ch:' .. pid
-  local cur = redis.call('HMGET', ck, 'doc', 'upd')
+  local cur = redis.call('HMGET', ck, 'doc', 'upd', 'seq', 'paid', 'owed')
   if cur[1] ~= was then
     return {'moved', op}
+  end
+  if tonumber(cur[3]) ~= tonumber(seq) or tonumber(cur[4]) ~= tonumber(paid) or
+      tonumber(cur[5]) ~= tonumber(owed) then
+    return {'stale', op}
   end
   old[k] = {ck, closed, upd, cur[2] or ''}
 end

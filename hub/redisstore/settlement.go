@@ -259,7 +259,7 @@ func (s *Store) runsByKey(ctx context.Context, keys []string) ([]settlement.Run,
 // the script only if those are unchanged; when another writer changed one
 // in between, CommitRollover reads again (a concurrent rollover that won
 // then shows as hub.ErrSeqConflict).
-func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) error {
+func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []hub.ChannelRecord, next []hub.ChannelRecord) error {
 	err := s.commitRollover(ctx, r, old, next)
 	if err != nil {
 		return fmt.Errorf("redisstore: commit rollover of epoch %d: %w", r.Epoch.Number, err)
@@ -267,7 +267,7 @@ func (s *Store) CommitRollover(ctx context.Context, r settlement.Run, old []wire
 	return nil
 }
 
-func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire.OutPoint, next []hub.ChannelRecord) error {
+func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []hub.ChannelRecord, next []hub.ChannelRecord) error {
 	spender, err := hub.ValidateRollover(r, old, next)
 	if err != nil {
 		return err
@@ -303,6 +303,8 @@ func (s *Store) commitRollover(ctx context.Context, r settlement.Run, old []wire
 			return nil
 		case "moved":
 			continue // read again: closed by another rollover, or changed
+		case "stale":
+			return fmt.Errorf("%w: channel %s moved since it was read", hub.ErrSeqConflict, at(res, 1))
 		case "notfound":
 			return fmt.Errorf("%w: channel %s", hub.ErrNotFound, at(res, 1))
 		case "exists":
@@ -339,13 +341,13 @@ func encodeNext(next []hub.ChannelRecord) ([]any, error) {
 // arguments that close it: its outpoint, the record read, the closed
 // record and the run's update time. It refuses a missing channel with
 // hub.ErrNotFound and a closed one with hub.ErrSeqConflict.
-func (s *Store) closeOld(ctx context.Context, old []wire.OutPoint, spender map[wire.OutPoint]chainhash.Hash, r settlement.Run) ([]any, error) {
+func (s *Store) closeOld(ctx context.Context, old []hub.ChannelRecord, spender map[wire.OutPoint]chainhash.Hash, r settlement.Run) ([]any, error) {
 	if len(old) == 0 {
 		return nil, nil
 	}
 	ops := make([]string, len(old))
-	for i, op := range old {
-		ops[i] = op.String()
+	for i, c := range old {
+		ops[i] = c.Funding.String()
 	}
 	pids, err := s.rdb.HMGet(ctx, s.fundKey(), ops...).Result()
 	if err != nil {
@@ -365,8 +367,9 @@ func (s *Store) closeOld(ctx context.Context, old []wire.OutPoint, spender map[w
 	if err != nil {
 		return nil, err
 	}
-	args := make([]any, 0, 4*len(old))
-	for i, op := range old {
+	args := make([]any, 0, 7*len(old))
+	for i, read := range old {
+		op := read.Funding
 		was, err := cmds[i].Result()
 		if err != nil {
 			return nil, fmt.Errorf("channel %s: %w", ops[i], err)
@@ -384,7 +387,8 @@ func (s *Store) closeOld(ctx context.Context, old []wire.OutPoint, spender map[w
 		if err != nil {
 			return nil, fmt.Errorf("encode channel %s: %w", ops[i], err)
 		}
-		args = append(args, ops[i], was, closed, encodeTime(r.Updated))
+		args = append(args, ops[i], was, closed, encodeTime(r.Updated),
+			strconv.FormatUint(read.Seq, 10), fmtMsat(read.Paid), fmtMsat(read.Owed))
 	}
 	return args, nil
 }

@@ -130,7 +130,7 @@ func fencedWritesRefused(t *testing.T, s FencedStoreUnderTest, token uint64) {
 	assertRun(t, MustRun(t, s, closed.Number), prev)
 	old := paidChannels(t, s, 2, "car-1")
 	r, next := NewRollover(t, closed, prev.Attempt+1, old)
-	if err := s.CommitRollover(ctx, r, fundings(old), next); !errors.Is(err, hub.ErrFenced) {
+	if err := s.CommitRollover(ctx, r, old, next); !errors.Is(err, hub.ErrFenced) {
 		t.Fatalf("CommitRollover with token %d: %v, want hub.ErrFenced", token, err)
 	}
 	assertRun(t, MustRun(t, s, closed.Number), prev)

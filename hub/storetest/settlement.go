@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/btcsuite/btcd/wire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -57,6 +56,7 @@ func RunSettlement(t *testing.T, newStore func(t *testing.T) SettlementStoreUnde
 	t.Run("CommitRolloverMissingChannel", func(t *testing.T) { testCommitRolloverMissingChannel(t, open(t)) })
 	t.Run("CommitRolloverTwice", func(t *testing.T) { testCommitRolloverTwice(t, open(t)) })
 	t.Run("CommitRolloverConcurrent", func(t *testing.T) { testCommitRolloverConcurrent(t, open(t)) })
+	t.Run("CommitRolloverStaleRead", func(t *testing.T) { testCommitRolloverStaleRead(t, open(t)) })
 	t.Run("ReopenKeepsRuns", func(t *testing.T) { testReopenKeepsRuns(t, newStore) })
 }
 
@@ -390,14 +390,6 @@ func paidChannels(t *testing.T, s SettlementStoreUnderTest, n int, devices ...st
 	return out
 }
 
-func fundings(cs []hub.ChannelRecord) []wire.OutPoint {
-	out := make([]wire.OutPoint, len(cs))
-	for i, c := range cs {
-		out[i] = c.Funding
-	}
-	return out
-}
-
 func testCommitRolloverAtomic(t *testing.T, s SettlementStoreUnderTest) {
 	ctx := context.Background()
 	closed, _ := cutTwo(t, s)
@@ -405,7 +397,7 @@ func testCommitRolloverAtomic(t *testing.T, s SettlementStoreUnderTest) {
 	bystander := paidChannels(t, s, 1, "car-1")[0]
 	r, next := NewRollover(t, closed, 1, old)
 
-	if err := s.CommitRollover(ctx, r, fundings(old), next); err != nil {
+	if err := s.CommitRollover(ctx, r, old, next); err != nil {
 		t.Fatalf("CommitRollover: %v", err)
 	}
 	assertRun(t, MustRun(t, s, closed.Number), r)
@@ -462,7 +454,7 @@ func testCommitRolloverMissingChannel(t *testing.T, s SettlementStoreUnderTest) 
 	unknown := NewChannel(t, "car-1")
 	r, next := NewRollover(t, closed, 1, append(old, unknown))
 
-	err := s.CommitRollover(ctx, r, fundings(append(old, unknown)), next)
+	err := s.CommitRollover(ctx, r, append(old, unknown), next)
 	if !errors.Is(err, hub.ErrNotFound) {
 		t.Fatalf("CommitRollover with an unknown channel: %v, want hub.ErrNotFound", err)
 	}
@@ -482,7 +474,7 @@ func testCommitRolloverMissingChannel(t *testing.T, s SettlementStoreUnderTest) 
 	// A next channel that already exists refuses the rollover the same way.
 	r, next = NewRollover(t, closed, 1, old)
 	MustPutChannel(t, s, next[1])
-	if err := s.CommitRollover(ctx, r, fundings(old), next); !errors.Is(err, hub.ErrAlreadyExists) {
+	if err := s.CommitRollover(ctx, r, old, next); !errors.Is(err, hub.ErrAlreadyExists) {
 		t.Fatalf("CommitRollover onto an existing channel: %v, want hub.ErrAlreadyExists", err)
 	}
 	for _, c := range old {
@@ -499,24 +491,24 @@ func testCommitRolloverTwice(t *testing.T, s SettlementStoreUnderTest) {
 	closed, _ := cutTwo(t, s)
 	old := paidChannels(t, s, 2, "car-1")
 	r, next := NewRollover(t, closed, 1, old)
-	if err := s.CommitRollover(ctx, r, fundings(old), next); err != nil {
+	if err := s.CommitRollover(ctx, r, old, next); err != nil {
 		t.Fatalf("CommitRollover: %v", err)
 	}
 
 	// The same rollover again, and a second attempt with fresh next
 	// channels: both find the old channels closed.
-	if err := s.CommitRollover(ctx, r, fundings(old), next); !errors.Is(err, hub.ErrSeqConflict) {
+	if err := s.CommitRollover(ctx, r, old, next); !errors.Is(err, hub.ErrSeqConflict) {
 		t.Fatalf("repeated CommitRollover: %v, want hub.ErrSeqConflict", err)
 	}
 	r2, next2 := NewRollover(t, closed, 2, old)
-	if err := s.CommitRollover(ctx, r2, fundings(old), next2); !errors.Is(err, hub.ErrSeqConflict) {
+	if err := s.CommitRollover(ctx, r2, old, next2); !errors.Is(err, hub.ErrSeqConflict) {
 		t.Fatalf("second attempt over closed channels: %v, want hub.ErrSeqConflict", err)
 	}
 	// One fresh channel among closed ones does not get through either.
 	fresh := paidChannels(t, s, 1, "car-1")[0]
 	mixed := []hub.ChannelRecord{fresh, old[0]}
 	r3, next3 := NewRollover(t, closed, 3, mixed)
-	if err := s.CommitRollover(ctx, r3, fundings(mixed), next3); !errors.Is(err, hub.ErrSeqConflict) {
+	if err := s.CommitRollover(ctx, r3, mixed, next3); !errors.Is(err, hub.ErrSeqConflict) {
 		t.Fatalf("rollover of a fresh and a closed channel: %v, want hub.ErrSeqConflict", err)
 	}
 
@@ -532,6 +524,43 @@ func testCommitRolloverTwice(t *testing.T, s SettlementStoreUnderTest) {
 	// Nothing doubled: the two old, the two next and the fresh one.
 	if got := mustChannelsByDevice(t, s, "car-1"); len(got) != 5 {
 		t.Fatalf("ChannelsByDevice = %d channels, want 5", len(got))
+	}
+}
+
+// testCommitRolloverStaleRead: a charge recorded on an old channel after
+// the settlement read it (Owed up, same Seq) makes the rollover computed
+// from that read fail with ErrSeqConflict, writing nothing, so the charge
+// is not carried short; the rollover computed from a fresh read commits
+// and carries it.
+func testCommitRolloverStaleRead(t *testing.T, s SettlementStoreUnderTest) {
+	ctx := context.Background()
+	closed, _ := cutTwo(t, s)
+	old := paidChannels(t, s, 2, "car-1")
+	r, next := NewRollover(t, closed, 1, old)
+
+	if err := s.ApplyOwed(ctx, old[1].Funding, nil, 50, 1_000_000); err != nil {
+		t.Fatalf("ApplyOwed: %v", err)
+	}
+	moved := MustChannel(t, s, old[1].Funding)
+	if err := s.CommitRollover(ctx, r, old, next); !errors.Is(err, hub.ErrSeqConflict) {
+		t.Fatalf("CommitRollover from a stale read: %v, want hub.ErrSeqConflict", err)
+	}
+	assertChannel(t, MustChannel(t, s, old[0].Funding), old[0])
+	assertChannel(t, MustChannel(t, s, old[1].Funding), moved)
+	for _, n := range next {
+		assertNoChannel(t, s, n)
+	}
+	if _, err := s.Run(ctx, closed.Number); !errors.Is(err, hub.ErrNotFound) {
+		t.Fatalf("Run after a refused rollover: %v, want hub.ErrNotFound", err)
+	}
+
+	fresh := []hub.ChannelRecord{MustChannel(t, s, old[0].Funding), moved}
+	r, next = NewRollover(t, closed, 1, fresh)
+	if err := s.CommitRollover(ctx, r, fresh, next); err != nil {
+		t.Fatalf("CommitRollover from a fresh read: %v", err)
+	}
+	if got := MustChannel(t, s, next[1].Funding); got.Owed != old[1].Owed+50 {
+		t.Fatalf("next channel owes %d msat, want %d", got.Owed, old[1].Owed+50)
 	}
 }
 
@@ -558,7 +587,7 @@ func testCommitRolloverConcurrent(t *testing.T, s SettlementStoreUnderTest) {
 			go func() {
 				defer wg.Done()
 				<-start
-				errs[i] = s.CommitRollover(ctx, runs[i], fundings(old), nexts[i])
+				errs[i] = s.CommitRollover(ctx, runs[i], old, nexts[i])
 			}()
 		}
 		close(start)
@@ -604,7 +633,7 @@ func testReopenKeepsRuns(t *testing.T, newStore func(t *testing.T) SettlementSto
 	failed := NewRun(t, closed, 1, settlement.RunFailed)
 	MustPutRun(t, s, failed)
 	r, next := NewRollover(t, closed, 2, old)
-	if err := s.CommitRollover(context.Background(), r, fundings(old), next); err != nil {
+	if err := s.CommitRollover(context.Background(), r, old, next); err != nil {
 		t.Fatalf("CommitRollover: %v", err)
 	}
 	if err := s.Close(); err != nil {
@@ -624,7 +653,7 @@ func testReopenKeepsRuns(t *testing.T, newStore func(t *testing.T) SettlementSto
 		assertChannel(t, MustChannel(t, s, next[i].Funding), next[i])
 	}
 	// The closed channels stay closed across the restart.
-	if err := s.CommitRollover(context.Background(), r, fundings(old), next); !errors.Is(err, hub.ErrSeqConflict) {
+	if err := s.CommitRollover(context.Background(), r, old, next); !errors.Is(err, hub.ErrSeqConflict) {
 		t.Fatalf("rollover after reopen: %v, want hub.ErrSeqConflict", err)
 	}
 	// And the cut continues from the stored open epoch.
