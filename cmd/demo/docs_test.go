@@ -151,6 +151,12 @@ var docRuns = map[string]docRun{
 	"ev-charging.md: hubctl contract publish --rate-msat-per-unit 1000000 --time-zone Europe/Berlin contracts/testdata/ocpi/tariff.json": {
 		skip: "run by cmd/hubctl's TestEVChargingDocCommands"},
 	"ev-charging.md: hubctl cdr list": {steps: []docStep{{run: "$H cdr list"}}},
+	"ev-charging.md: hubctl provider add --pubkey 024d6f8274f43f53949eed7bbcb46eac3e803dce7db267273bdf20b270d9278ac7 --owner acme-charging --kind cpo": {
+		steps: []docStep{{run: "$H provider add --pubkey {NEWKEY4} --owner acme-charging --kind cpo", keep: firstField("CPO")}}},
+	"ev-charging.md: hubctl device set-payout dev-74ff2420cb2d311d bcrt1p6rk2wt69jj9kcg9qrcftphs96s34zxcr2nqvy709xxdd3h3rexjqvesug0": {
+		steps: []docStep{{run: "$H device set-payout {CPO} {PAYOUT}"}}},
+	"ev-charging.md: hubctl device add --pubkey 0230bf40e206b6287780a795aa69bf241182cfaa267b7b6dc6946e9c005188bb75 --role payer --owner fleet --kind car": {
+		steps: []docStep{{run: "$H device add --pubkey {NEWKEY5} --role payer --owner fleet --kind car"}}},
 }
 
 // checkDocsCommands runs the command blocks of docs/*.md against the hub
@@ -194,9 +200,13 @@ func checkDocsCommands(t *testing.T, bin, dir string) {
 		k, _ := btcec.NewPrivateKey()
 		return hex.EncodeToString(k.PubKey().SerializeCompressed())
 	}
+	payout, _, err := payoutAddress()
+	if err != nil {
+		t.Fatal(err)
+	}
 	vars := map[string]string{
 		"NEWKEY": hex.EncodeToString(oldKey.PubKey().SerializeCompressed()), "KEYFILE": keyFile,
-		"NEWKEY2": newKey(), "NEWKEY3": newKey(), "TMP": tmp,
+		"NEWKEY2": newKey(), "NEWKEY3": newKey(), "NEWKEY4": newKey(), "NEWKEY5": newKey(), "TMP": tmp, "PAYOUT": payout,
 	}
 	h := bin + "/hubctl --datadir " + dir
 	ran, skipped := 0, 0

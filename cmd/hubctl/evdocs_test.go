@@ -73,6 +73,13 @@ func TestEVChargingDocCommands(t *testing.T) {
 		}
 		printed += out.String()
 	}
+	// The ids the docs name for the keys they show are the ones the
+	// hub gives them.
+	for _, id := range []string{"dev-74ff2420cb2d311d", "dev-103c78b3cc4823e5"} {
+		if _, err := store.Device(context.Background(), id); err != nil || !strings.Contains(printed, id) {
+			t.Errorf("device %s: %v\n%s", id, err, printed)
+		}
+	}
 	if !strings.Contains(printed, "11895000") {
 		t.Errorf("the priced example does not total 11,895,000 msat:\n%s", printed)
 	}

@@ -42,9 +42,10 @@ type options struct {
 	holdMsat                  uint64
 }
 
-func main() {
-	var o options
-	fs := flag.NewFlagSet("ocppgw", flag.ExitOnError)
+// newFlags returns the gateway's flag set, filling o; on says what a
+// bad flag does.
+func newFlags(o *options, on flag.ErrorHandling) *flag.FlagSet {
+	fs := flag.NewFlagSet("ocppgw", on)
 	fs.StringVar(&o.listen, "listen", ":8443", "address of the OCPP endpoint (stations connect to wss://host/ocpp/{stationId})")
 	fs.StringVar(&o.certFile, "tls-cert", "", "TLS certificate (PEM)")
 	fs.StringVar(&o.keyFile, "tls-key", "", "TLS key (PEM)")
@@ -60,6 +61,12 @@ func main() {
 	fs.StringVar(&o.rate, "rate-msat-per-unit", "", "msat per unit of the tariff's currency, as published")
 	fs.StringVar(&o.timeZone, "time-zone", "", "IANA zone of the charge points, as published")
 	fs.Uint64Var(&o.holdMsat, "hold-msat", 0, "hold per session when the tariff has no preauthorize_amount")
+	return fs
+}
+
+func main() {
+	var o options
+	fs := newFlags(&o, flag.ExitOnError)
 	_ = fs.Parse(os.Args[1:])
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
