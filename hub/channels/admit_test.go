@@ -2,6 +2,7 @@ package channels_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -147,5 +148,44 @@ func TestChargeRequestPassesOwnPayment(t *testing.T) {
 	freed = true
 	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != 3 {
 		t.Fatalf("own payment acknowledged at seq %d", ack.Seq)
+	}
+}
+
+// TestPayerChannelWithoutLock: a payer's only ready channel is found while
+// a payment holds the channel's lock (charging's intake asks for it for
+// every batch); with two ready channels the one with more free capacity
+// is chosen, which needs their locks.
+func TestPayerChannelWithoutLock(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	h := chantest.NewHarness(t, f, nil)
+	payer := h.Enrol(hub.RolePayer)
+	small := payer.Open(f, 50_000, chantest.TestHeight+500)
+	ctx := context.Background()
+
+	unlock := channels.LockChannel(t, h.Ch, small.Op)
+	done := make(chan error, 1)
+	go func() {
+		got, err := h.Ch.PayerChannel(ctx, payer.ID)
+		if err == nil && got != small.Op {
+			err = fmt.Errorf("got %v, want %v", got, small.Op)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		unlock()
+		if err != nil {
+			t.Fatalf("PayerChannel with its only channel locked: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		unlock()
+		<-done
+		t.Fatal("PayerChannel waited for the lock of the payer's only channel")
+	}
+
+	big := payer.Open(f, 100_000, chantest.TestHeight+500)
+	if got, err := h.Ch.PayerChannel(ctx, payer.ID); err != nil || got != big.Op {
+		t.Fatalf("PayerChannel of two: %v, %v; want the freer %v", got, err, big.Op)
 	}
 }

@@ -42,28 +42,39 @@ func (c *Manager) CreditLimit() msat.Amount { return c.cfg.CreditLimit }
 // PayerChannel returns the ready channel of payer with the most free
 // capacity, where its charges are recorded. It returns an error wrapping
 // ErrNotFound when the payer has no ready channel.
+//
+// A payer with one ready channel (the common case) has it returned
+// without taking its lock: there is nothing to compare, and the lock is
+// held by the payer's own payment across its durable write, which would
+// hold up the intake worker asking.
 func (c *Manager) PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error) {
 	recs, err := c.store.ChannelsByDevice(ctx, payer)
 	if err != nil {
 		return btcwire.OutPoint{}, err
+	}
+	var ready []hub.ChannelRecord
+	for _, r := range recs {
+		if r.Status == hub.ChannelReady {
+			ready = append(ready, r)
+		}
+	}
+	if len(ready) == 1 {
+		return ready[0].Funding, nil
 	}
 	var (
 		best     btcwire.OutPoint
 		bestFree msat.Amount
 		found    bool
 	)
-	for _, r := range recs {
-		if r.Status != hub.ChannelReady {
-			continue
-		}
+	for _, r := range ready {
 		e, err := c.entry(ctx, r.Funding)
 		if err != nil {
 			return btcwire.OutPoint{}, err
 		}
 		e.mu.Lock()
-		free, ready := e.free(), e.rec.Status == hub.ChannelReady
+		free, isReady := e.free(), e.rec.Status == hub.ChannelReady
 		e.mu.Unlock()
-		if ready && (!found || free > bestFree) {
+		if isReady && (!found || free > bestFree) {
 			best, bestFree, found = r.Funding, free, true
 		}
 	}

@@ -1,8 +1,11 @@
 package channels
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	btcwire "github.com/btcsuite/btcd/wire"
 )
 
 // FillPaySlots takes every slot of the devices' own payments, as that
@@ -35,4 +38,17 @@ func WaitPayWaiting(t testing.TB, c *Manager, payer string) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// LockChannel takes the lock of the cached channel funded by op, as a
+// payment in its durable write holds it, and returns the function that
+// gives it back.
+func LockChannel(t testing.TB, c *Manager, op btcwire.OutPoint) (unlock func()) {
+	t.Helper()
+	e, err := c.entry(context.Background(), op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	return e.mu.Unlock
 }
