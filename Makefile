@@ -13,8 +13,9 @@ build:
 	$(GO) build -o $(BIN)/btcd github.com/btcsuite/btcd
 
 # demo starts hubd on the embedded defaults in a throw-away data dir and runs
-# the four use cases end to end through the client libraries, then settles
-# one epoch on regtest (./bin/demo --keep leaves hubd running).
+# the use cases end to end through the client libraries (the EV session
+# through the OCPP gateway), then settles one epoch on regtest
+# (./bin/demo --keep leaves hubd running).
 demo: build
 	$(BIN)/demo
 

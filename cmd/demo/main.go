@@ -4,7 +4,9 @@
 // does, authenticates it over BOLT 8 with the Go client library, shows an
 // unregistered key being refused, then runs the use cases through the
 // client libraries over BOLT 8 and NATS (scenarios.go): an EV charging
-// session under a hold, a vehicle past three toll gantries, a router
+// session under a hold, from a charging station written in Go through the
+// OCPP 2.0.1 gateway (ev.go), ending in the hub's CDR, a vehicle past
+// three toll gantries, a router
 // selling bandwidth across a tier boundary, two households trading energy,
 // and two cold-chain shipments (one released, one refunded). It then
 // settles one epoch on regtest, reads the batch back from the chain,
