@@ -169,7 +169,7 @@ func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64,
 	}
 	c.charges.reqs[id] = &req
 	c.charges.mu.Unlock()
-	sent := c.send(ctx, r.Payer, &wire.PaymentRequest{
+	sent := c.sendHere(ctx, r.Payer, &wire.PaymentRequest{
 		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo, HoldID: r.Hold,
 	})
 	if !sent {
@@ -272,5 +272,35 @@ func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 		return fmt.Errorf("resync channel %v: %w", op, err)
 	}
 	e.adopt(fresh)
+	return c.resyncHoldsLocked(ctx, e)
+}
+
+// resyncHoldsLocked replaces e's active holds with the store's: another
+// instance may have opened, captured or closed one while this cache was
+// idle. Captures waiting for the device here are kept. The caller holds
+// e.mu.
+func (c *Manager) resyncHoldsLocked(ctx context.Context, e *chanEntry) error {
+	holds, err := c.store.Holds(ctx, e.rec.Funding)
+	if err != nil {
+		return fmt.Errorf("resync holds of %v: %w", e.rec.Funding, err)
+	}
+	active := make(map[[16]byte]*hub.Hold, len(holds))
+	for i := range holds {
+		if holds[i].Status == hub.HoldActive {
+			active[holds[i].ID] = &holds[i]
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range e.holds {
+		if active[id] == nil {
+			delete(e.holds, id)
+			delete(c.holdIndex, id)
+		}
+	}
+	for id, h := range active {
+		e.holds[id] = h
+		c.holdIndex[id] = e.rec.Funding
+	}
 	return nil
 }

@@ -132,16 +132,16 @@ func (c *Manager) dispatch(ctx context.Context, s *session.Session, msg lnwire.M
 		}
 		return nil
 	case *wire.HoldRequest:
-		c.holdRequest(ctx, s, m)
+		c.holdRequest(ctx, s.DeviceID(), m, true)
 		return nil
 	case *wire.HoldAuthorize:
 		err := c.holdAuthorize(ctx, s, m)
 		return withIDs(err, func(ce *wire.ChannelError) { ce.HoldID, ce.ChanID = &m.HoldID, &m.ChanID })
 	case *wire.Capture:
-		err := c.capture(ctx, s, m)
+		err := c.capture(ctx, s.DeviceID(), m, true)
 		return withIDs(err, func(ce *wire.ChannelError) { ce.HoldID = &m.HoldID })
 	case *wire.Release:
-		err := c.release(ctx, s, m)
+		err := c.release(ctx, s.DeviceID(), m, true)
 		return withIDs(err, func(ce *wire.ChannelError) { ce.HoldID = &m.HoldID })
 	case *wire.ChannelError:
 		c.deviceError(ctx, s, m)

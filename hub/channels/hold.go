@@ -50,10 +50,21 @@ func (c *Manager) holdResult(ctx context.Context, provider string, id [16]byte, 
 
 // holdRequest checks a provider's hold request and forwards it to the payer
 // device. Every outcome reaches the provider as a HoldResult, now when the
-// request is refused, later when the device answers.
-func (c *Manager) holdRequest(ctx context.Context, s *session.Session, m *wire.HoldRequest) {
+// request is refused, later when the device answers. With mayForward, a
+// payer whose session is on another instance is asked there: the request
+// waits for the device's answer on the instance that holds its session.
+func (c *Manager) holdRequest(ctx context.Context, provider string, m *wire.HoldRequest, mayForward bool) {
 	fwd := *m
-	fwd.Provider = s.DeviceID()
+	fwd.Provider = provider
+	if mayForward {
+		if routed, err := c.forward(ctx, m.Payer, provider, &fwd); routed {
+			if err != nil {
+				c.log.Warn("hold request not forwarded", "provider", provider, "payer", m.Payer, "err", err)
+				c.holdResult(ctx, provider, m.HoldID, refuse(wire.ChanPayerOffline, "the payer's hub instance did not answer"))
+			}
+			return
+		}
+	}
 	expires, err := c.checkHoldRequest(ctx, &fwd)
 	if err != nil {
 		var ce *wire.ChannelError
@@ -72,7 +83,7 @@ func (c *Manager) holdRequest(ctx context.Context, s *session.Session, m *wire.H
 	}
 	c.asks[m.HoldID] = &holdAsk{req: fwd, expires: expires}
 	c.mu.Unlock()
-	if !c.send(ctx, fwd.Payer, &fwd) {
+	if !c.sendHere(ctx, fwd.Payer, &fwd) {
 		c.mu.Lock()
 		delete(c.asks, m.HoldID)
 		c.mu.Unlock()
@@ -284,15 +295,22 @@ func (c *Manager) activeHold(ctx context.Context, id [16]byte) (*chanEntry, *hub
 
 // capture asks the device to pay a provider's capture against its hold. If
 // the device is offline, or does not pay within CaptureTimeout, the capture
-// is charged on credit, within the channel's CreditLimit.
-func (c *Manager) capture(ctx context.Context, s *session.Session, m *wire.Capture) error {
+// is charged on credit, within the channel's CreditLimit. With mayForward,
+// a capture whose payer is on another instance runs there, where the
+// device's payment arrives.
+func (c *Manager) capture(ctx context.Context, provider string, m *wire.Capture, mayForward bool) error {
+	if mayForward {
+		if routed, err := c.forwardHold(ctx, m.HoldID, provider, m); routed {
+			return err
+		}
+	}
 	e, h, err := c.activeHold(ctx, m.HoldID)
 	if err != nil {
 		return err
 	}
 	defer e.mu.Unlock()
 	switch {
-	case h.Provider != s.DeviceID():
+	case h.Provider != provider:
 		return refuse(wire.ChanNotOwner, "hold belongs to another provider")
 	case !c.clock.Now().Before(h.Expires):
 		return refuse(wire.ChanHoldExpired, "hold expired")
@@ -310,7 +328,7 @@ func (c *Manager) capture(ctx context.Context, s *session.Session, m *wire.Captu
 	e.reqs[req.id] = req
 	e.asked[h.ID] += m.Amount
 	hid := h.ID
-	sent := c.send(ctx, e.rec.DeviceID, &wire.PaymentRequest{
+	sent := c.sendHere(ctx, e.rec.DeviceID, &wire.PaymentRequest{
 		ReqID: req.id, ChanID: e.rec.Funding, Payee: h.Provider, Amount: m.Amount, HoldID: &hid, Memo: m.Memo,
 	})
 	if !sent || !c.goOwned(func() { c.captureTimer(e, req) }) {
@@ -416,14 +434,21 @@ func (c *Manager) answered(e *chanEntry, req *captureReq) {
 	}
 }
 
-// release ends a hold at its provider's request.
-func (c *Manager) release(ctx context.Context, s *session.Session, m *wire.Release) error {
+// release ends a hold at its provider's request; with mayForward, on the
+// instance holding the payer's session, whose cache holds the hold's
+// captures in flight.
+func (c *Manager) release(ctx context.Context, provider string, m *wire.Release, mayForward bool) error {
+	if mayForward {
+		if routed, err := c.forwardHold(ctx, m.HoldID, provider, m); routed {
+			return err
+		}
+	}
 	e, h, err := c.activeHold(ctx, m.HoldID)
 	if err != nil {
 		return err
 	}
 	defer e.mu.Unlock()
-	if h.Provider != s.DeviceID() {
+	if h.Provider != provider {
 		return refuse(wire.ChanNotOwner, "hold belongs to another provider")
 	}
 	return c.closeHoldLocked(ctx, e, h, hub.HoldReleased, wire.HoldReleased)

@@ -80,6 +80,22 @@ func asHoldRefusal(err error) error {
 // is how charging ends a hold a session's charge was paid against. A hold
 // no longer active is a *wire.ChannelError.
 func (c *Manager) ReleaseHold(ctx context.Context, id [16]byte) (captured msat.Amount, err error) {
+	if c.cfg.Relay != nil {
+		// The payer's instance holds the hold's captures in flight:
+		// the release runs there when that is another instance.
+		if h, err := c.Hold(ctx, id); err == nil {
+			if routed, err := c.forward(ctx, h.DeviceID, h.Provider, &wire.Release{HoldID: id}); routed {
+				if err != nil {
+					return 0, err
+				}
+				closed, err := c.store.Hold(ctx, id)
+				if err != nil {
+					return 0, err
+				}
+				return closed.Captured, nil
+			}
+		}
+	}
 	e, h, err := c.activeHold(ctx, id)
 	if err != nil {
 		return 0, err

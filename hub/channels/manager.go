@@ -146,6 +146,11 @@ type Config struct {
 	// payments on the channel are refused with "closing".
 	CloseTimeout time.Duration
 
+	// Relay, when set, reaches devices whose session is on another
+	// instance of the hub: notices go there, and a provider's hold
+	// messages run there (docs/scaling.md).
+	Relay Relay
+
 	// PayObserver, when set, sees every payment's outcome (metrics).
 	PayObserver PayObserver
 
@@ -586,10 +591,21 @@ func (c *Manager) freezeLocked(ctx context.Context, e *chanEntry) error {
 	return nil
 }
 
-// send delivers msg to deviceID if it is online. Delivery is best effort:
-// everything the hub sends is either an answer the device can ask for
-// again or a notice whose content is also stored.
+// send delivers msg to deviceID if it is online, here or, through the
+// Relay, on another instance. Delivery is best effort: everything the hub
+// sends this way is either an answer the device can ask for again or a
+// notice whose content is also stored.
 func (c *Manager) send(ctx context.Context, deviceID string, msg lnwire.Message) bool {
+	if c.sendHere(ctx, deviceID, msg) {
+		return true
+	}
+	return c.cfg.Relay != nil && c.cfg.Relay.Notify(ctx, deviceID, msg)
+}
+
+// sendHere delivers msg to deviceID's session on this instance only: a
+// request whose answer this manager waits for (a payment or hold request)
+// must reach the device on the instance that waits.
+func (c *Manager) sendHere(ctx context.Context, deviceID string, msg lnwire.Message) bool {
 	s, ok := c.cfg.Sessions.Session(deviceID)
 	if !ok {
 		return false
