@@ -1,12 +1,25 @@
 // Package natsroute makes work follow the device across hubd instances
-// that share a store and a NATS cluster: a payment request computed on one
-// instance for a payer whose BOLT 8 session lives on another reaches that
-// instance over NATS request/reply, whose channel manager does the exchange
-// with the device locally and sends the outcome back.
+// that share a store and a NATS cluster. Whatever the hub asks of a device
+// or tells it, from whichever instance, reaches the instance that holds
+// the device's BOLT 8 session:
+//
+//   - payment requests for metered charges (Router.RequestPayment, for
+//     charging), answered by the device over its session and reported
+//     back to the asking instance;
+//   - a provider's hold request, capture and release, run by the payer's
+//     instance, where the device's authorisation and payments arrive
+//     (Relay.Forward, for the channel manager);
+//   - notices: channel ready, hold result and hold closed, receipts to
+//     providers, refusals of unpaid captures (Relay.Notify);
+//   - the settlement co-signing round: the Router is the settler's
+//     cosigners, asking a device on another instance over NATS, and
+//     settle-done notices go to every instance, so whichever holds the
+//     device (now or later) tells it;
+//   - a revocation's drop of the device's session, on every instance.
 //
 // The cluster-wide directory of sessions is NATS subject interest: while a
 // device's session lives on an instance, that instance subscribes to the
-// device's subject (<prefix>.dev.<device>.*), and unsubscribes when it
+// device's subjects (<prefix>.dev.<device>.*), and unsubscribes when it
 // ends. A request to the subject reaches the holder; a device nobody holds
 // answers at once with no responders (offline), and an instance that dies
 // takes its subscriptions with it, so the directory holds no stale entry
@@ -14,10 +27,8 @@
 // JetStream KV directory with TTLs would add a lookup and a refresh per
 // session and could point at a dead instance for a TTL.)
 //
-// Router implements charging.Channels in front of the local channel
-// manager: a payer with a local session is served by the manager directly
-// (one map lookup more than before), the rest is asked over NATS. The
-// domain packages link no NATS: the port is charging.Channels.
+// The domain packages link no NATS: the ports are charging.Channels,
+// channels.Relay and settler.Cosigners.
 package natsroute
 
 import (
@@ -26,18 +37,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/hub/session"
-	"github.com/m2mhub/m2mhub/msat"
+	"github.com/m2mhub/m2mhub/hub/settler"
+	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
 // DefaultPrefix is the subject prefix of the routing subjects.
@@ -46,20 +59,16 @@ const DefaultPrefix = "m2mhub.route"
 // DefaultTimeout bounds one request to another instance.
 const DefaultTimeout = 2 * time.Second
 
-// remoteBit marks request ids this router issued for requests served by
-// another instance; the channel manager's own ids count up from 1 and
-// never reach it.
-const remoteBit = uint64(1) << 63
-
-// ErrInstanceGone is returned when the instance holding a payer's session
-// does not answer in time (it died or is stalled). The charges stay owed
-// and charging asks again later.
+// ErrInstanceGone is returned when the instance holding a device's session
+// does not answer in time (it died or is stalled). Charges stay owed and
+// charging asks again later.
 var ErrInstanceGone = errors.New("natsroute: instance holding the session did not answer")
 
 // Sessions is the local directory of live sessions (*session.Directory).
 type Sessions interface {
 	Session(deviceID string) (*session.Session, bool)
 	Notify(fn func(deviceID string))
+	Drop(deviceID, code, reason string)
 }
 
 // Local is this instance's channel manager (*channels.Manager).
@@ -68,119 +77,114 @@ type Local interface {
 	// Resync reloads a channel's cached record from the shared store
 	// before a request made on another instance is served.
 	Resync(ctx context.Context, op btcwire.OutPoint) error
+	// Forwarded runs a provider's hold message forwarded here because
+	// the payer's session is here.
+	Forwarded(ctx context.Context, provider string, msg lnwire.Message) error
 }
 
 // Config configures New.
 type Config struct {
-	// Conn is the instance's NATS connection. Required.
-	Conn *nats.Conn
+	// Relay is this instance's relay, the one its channel manager
+	// uses. Required.
+	Relay *Relay
 	// Instance names this instance, unique in the cluster. Required.
 	Instance string
 	// Local is this instance's channel manager. Required.
 	Local Local
 	// Sessions is this instance's session directory. Required.
 	Sessions Sessions
-	// Prefix defaults to DefaultPrefix, Timeout to DefaultTimeout.
-	Prefix  string
-	Timeout time.Duration
-	Logger  *slog.Logger
+	// Cosigners co-sign with the devices whose session is here
+	// (*cosign.Cosigners). Required.
+	Cosigners settler.Cosigners
+	// Attempts is how many times a payment request is sent before the
+	// holder counts as gone (DefaultAttempts), each waiting the relay's
+	// timeout.
+	Attempts int
+	// Served is how long a holder remembers a payment request it
+	// served, refusing to serve its id again (DefaultServed).
+	Served time.Duration
+	Logger *slog.Logger
 }
 
-// Router is charging.Channels for one instance of a cluster.
+// Defaults for Config.
+const (
+	DefaultAttempts = 3
+	DefaultServed   = time.Minute
+)
+
+// Router is charging.Channels and settler.Cosigners for one instance of a
+// cluster, and the server of the requests other instances route here.
 type Router struct {
 	charging.Channels // the local manager: everything store-backed
 	cfg               Config
+	relay             *Relay
 	log               *slog.Logger
 	ctx               context.Context
 	cancel            context.CancelFunc
+	wg                sync.WaitGroup
 
 	next atomic.Uint64
 
 	mu      sync.Mutex
 	devSubs map[string]*nats.Subscription // devices whose session is here
 	remote  map[uint64]*remoteReq         // requests served elsewhere, by our id
-	instSub *nats.Subscription
+	served  map[servedKey]*servedReq      // requests served here, by origin and id
+	subs    []*nats.Subscription          // instance and cluster-wide subjects
 	closed  bool
 }
 
-type remoteReq struct {
-	listener hub.ChargeListener
-	holder   string // instance that took it, once answered
-	remoteID uint64 // its id there
-}
+var (
+	_ charging.Channels = (*Router)(nil)
+	_ settler.Cosigners = (*Router)(nil)
+)
 
-// payMsg is a payment request sent to the holder of the payer's session.
-type payMsg struct {
-	Origin     string           `json:"origin"`
-	OriginID   uint64           `json:"origin_id"`
-	Payer      string           `json:"payer"`
-	Payee      string           `json:"payee"`
-	Channel    btcwire.OutPoint `json:"channel"`
-	Amount     msat.Amount      `json:"amount"`
-	Contract   [32]byte         `json:"contract"`
-	EventsRoot [32]byte         `json:"events_root"`
-	EventCount uint32           `json:"event_count"`
-	Memo       string           `json:"memo"`
-	Hold       *[16]byte        `json:"hold,omitempty"`
-}
-
-// payReply answers a payMsg.
-type payReply struct {
-	Instance string `json:"instance"`
-	ID       uint64 `json:"id,omitempty"`
-	Offline  bool   `json:"offline,omitempty"`
-	Error    string `json:"error,omitempty"`
-}
-
-// outcomeMsg tells the origin how a request ended.
-type outcomeMsg struct {
-	OriginID uint64 `json:"origin_id"`
-	Receipt  []byte `json:"receipt,omitempty"`
-	Code     string `json:"code,omitempty"`
-	Message  string `json:"message,omitempty"`
-}
-
-// cancelMsg tells the holder to forget a request.
-type cancelMsg struct {
-	ID uint64 `json:"id"`
-}
-
-// New subscribes this instance's subject and starts following the local
+// New subscribes this instance's subjects and starts following the local
 // directory's sessions. Call it before the session server starts.
 func New(cfg Config) (*Router, error) {
-	if cfg.Conn == nil || cfg.Instance == "" || cfg.Local == nil || cfg.Sessions == nil {
-		return nil, fmt.Errorf("%w: natsroute: conn, instance, local channels and sessions are required", hub.ErrInvalid)
+	if cfg.Relay == nil || cfg.Instance == "" || cfg.Local == nil || cfg.Sessions == nil || cfg.Cosigners == nil {
+		return nil, fmt.Errorf("%w: natsroute: relay, instance, local channels, sessions and cosigners are required", hub.ErrInvalid)
 	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+	if strings.ContainsAny(cfg.Instance, ".*> \t") {
+		return nil, fmt.Errorf("%w: natsroute: instance %q is not a subject token", hub.ErrInvalid, cfg.Instance)
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
+	if cfg.Attempts <= 0 {
+		cfg.Attempts = DefaultAttempts
+	}
+	if cfg.Served <= 0 {
+		cfg.Served = DefaultServed
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Router{
-		Channels: cfg.Local, cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
+		Channels: cfg.Local, cfg: cfg, relay: cfg.Relay, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		devSubs: make(map[string]*nats.Subscription), remote: make(map[uint64]*remoteReq),
+		served: make(map[servedKey]*servedReq),
 	}
-	sub, err := cfg.Conn.Subscribe(r.instSubject(cfg.Instance, ">"), r.handleInstance)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("natsroute: subscribe instance subject: %w", err)
+	for subj, h := range map[string]nats.MsgHandler{
+		r.relay.instSubject(cfg.Instance, ">"): r.handleInstance,
+		r.relay.allSubject("drop"):             r.handleDrop,
+		r.relay.allSubject("done"):             r.handleDone,
+	} {
+		sub, err := r.relay.conn.Subscribe(subj, h)
+		if err != nil {
+			_ = r.Close()
+			return nil, fmt.Errorf("natsroute: subscribe %s: %w", subj, err)
+		}
+		r.subs = append(r.subs, sub)
 	}
-	r.instSub = sub
 	cfg.Sessions.Notify(r.follow)
 	return r, nil
 }
 
-// Close stops routing: the device subjects and the instance subject are
-// unsubscribed, so other instances see this one's devices as offline.
+// Close stops routing: the device subjects and the instance subjects are
+// unsubscribed, so other instances see this one's devices as offline, and
+// the outcomes still being sent are given up.
 func (r *Router) Close() error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
+		r.mu.Unlock()
 		return nil
 	}
 	r.closed = true
@@ -190,19 +194,30 @@ func (r *Router) Close() error {
 		errs = append(errs, s.Unsubscribe())
 		delete(r.devSubs, id)
 	}
-	errs = append(errs, r.instSub.Unsubscribe())
+	for _, s := range r.subs {
+		errs = append(errs, s.Unsubscribe())
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
 	return errors.Join(errs...)
 }
 
-func (r *Router) devSubject(deviceID, what string) string {
-	return r.cfg.Prefix + ".dev." + deviceID + "." + what
+// goOwned runs f on a goroutine Close waits for, unless Close has begun.
+func (r *Router) goOwned(f func()) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		f()
+	}()
+	return true
 }
 
-func (r *Router) instSubject(instance, what string) string {
-	return r.cfg.Prefix + ".inst." + instance + "." + what
-}
-
-// follow subscribes deviceID's subject while its session is here.
+// follow subscribes deviceID's subjects while its session is here.
 func (r *Router) follow(deviceID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -215,7 +230,7 @@ func (r *Router) follow(deviceID string) {
 	case online && !held:
 		// A queue group: while a device moves, old and new holder may
 		// both be subscribed for a moment; one of them answers.
-		s, err := r.cfg.Conn.QueueSubscribe(r.devSubject(deviceID, "*"), "hubd", r.handleDevice)
+		s, err := r.relay.conn.QueueSubscribe(r.relay.devSubject(deviceID, "*"), "hubd", r.handleDevice)
 		if err != nil {
 			r.log.Error("natsroute: subscribe device subject", "device", deviceID, "err", err)
 			return
@@ -229,193 +244,110 @@ func (r *Router) follow(deviceID string) {
 	}
 }
 
-// RequestPayment asks the payer to pay req: over its session here, or via
-// the instance that holds it. It returns an error wrapping
-// channels.ErrDeviceOffline when no instance holds the payer's session and
-// one wrapping ErrInstanceGone when the holder does not answer.
-func (r *Router) RequestPayment(ctx context.Context, req hub.PaymentRequest) (uint64, error) {
-	if _, ok := r.cfg.Sessions.Session(req.Payer); ok {
-		return r.Channels.RequestPayment(ctx, req)
-	}
-	if req.Listener == nil {
-		return 0, fmt.Errorf("%w: charge request without a listener", hub.ErrInvalid)
-	}
-	id := remoteBit | r.next.Add(1)
-	rr := &remoteReq{listener: req.Listener}
-	r.mu.Lock()
-	r.remote[id] = rr
-	r.mu.Unlock()
-	body, err := json.Marshal(payMsg{
-		Origin: r.cfg.Instance, OriginID: id, Payer: req.Payer, Payee: req.Payee, Channel: req.Channel,
-		Amount: req.Amount, Contract: req.Contract, EventsRoot: req.EventsRoot, EventCount: req.EventCount,
-		Memo: req.Memo, Hold: req.Hold,
-	})
-	if err != nil {
-		r.forget(id)
-		return 0, fmt.Errorf("natsroute: encode payment request: %w", err)
-	}
-	rctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	defer cancel()
-	m, err := r.cfg.Conn.RequestWithContext(rctx, r.devSubject(req.Payer, "pay"), body)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		r.forget(id)
-		return 0, fmt.Errorf("%w: %s (no instance holds its session)", channels.ErrDeviceOffline, req.Payer)
-	case err != nil:
-		// The holder died or stalled. The charges stay owed (nothing
-		// was written here) and charging asks again after its retry
-		// delay, by then of the instance the device reconnected to.
-		r.forget(id)
-		return 0, fmt.Errorf("%w: payer %s: %w", ErrInstanceGone, req.Payer, err)
-	}
-	var rep payReply
-	if err := json.Unmarshal(m.Data, &rep); err != nil {
-		r.forget(id)
-		return 0, fmt.Errorf("natsroute: decode reply for payer %s: %w", req.Payer, err)
-	}
-	switch {
-	case rep.Offline:
-		r.forget(id)
-		return 0, fmt.Errorf("%w: %s (on instance %s: %s)", channels.ErrDeviceOffline, req.Payer, rep.Instance, rep.Error)
-	case rep.Error != "":
-		r.forget(id)
-		return 0, fmt.Errorf("natsroute: instance %s refused the payment request for %s: %s", rep.Instance, req.Payer, rep.Error)
-	}
-	r.mu.Lock()
-	rr.holder, rr.remoteID = rep.Instance, rep.ID
-	r.mu.Unlock()
-	return id, nil
-}
-
-func (r *Router) forget(id uint64) *remoteReq {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	rr := r.remote[id]
-	delete(r.remote, id)
-	return rr
-}
-
-// CancelPayment forgets a request, here or on the instance serving it.
-func (r *Router) CancelPayment(reqID uint64) {
-	if reqID&remoteBit == 0 {
-		r.Channels.CancelPayment(reqID)
-		return
-	}
-	rr := r.forget(reqID)
-	if rr == nil || rr.holder == "" {
-		return
-	}
-	b, err := json.Marshal(cancelMsg{ID: rr.remoteID})
-	if err == nil {
-		err = r.cfg.Conn.Publish(r.instSubject(rr.holder, "cancel"), b)
-	}
-	if err != nil {
-		r.log.Debug("natsroute: cancel not sent", "instance", rr.holder, "err", err)
-	}
-}
-
 // handleDevice serves a request for a device whose session is here.
 func (r *Router) handleDevice(m *nats.Msg) {
-	var pm payMsg
-	rep := payReply{Instance: r.cfg.Instance}
-	if err := json.Unmarshal(m.Data, &pm); err != nil {
-		rep.Error = "bad request: " + err.Error()
-		r.reply(m, rep)
-		return
-	}
-	if _, ok := r.cfg.Sessions.Session(pm.Payer); !ok {
-		rep.Offline, rep.Error = true, "session ended"
-		r.reply(m, rep)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timeout)
-	defer cancel()
-	// The origin recorded the charges on the shared store: read them, so
-	// the payment lowers the stored Owed rather than this cache's.
-	if err := r.cfg.Local.Resync(ctx, pm.Channel); err != nil {
-		rep.Error = err.Error()
-		r.reply(m, rep)
-		return
-	}
-	id, err := r.cfg.Local.RequestPayment(ctx, hub.PaymentRequest{
-		Listener: &outcomeListener{r: r, origin: pm.Origin, originID: pm.OriginID},
-		Payer:    pm.Payer, Payee: pm.Payee, Channel: pm.Channel, Amount: pm.Amount,
-		Contract: pm.Contract, EventsRoot: pm.EventsRoot, EventCount: pm.EventCount, Memo: pm.Memo, Hold: pm.Hold,
-	})
-	switch {
-	case errors.Is(err, channels.ErrDeviceOffline):
-		rep.Offline, rep.Error = true, err.Error()
-	case err != nil:
-		rep.Error = err.Error()
+	switch m.Subject[strings.LastIndexByte(m.Subject, '.')+1:] {
+	case "pay":
+		r.servePay(m)
+	case "notice":
+		r.serveNotice(m)
+	case "forward":
+		r.serveForward(m)
+	case "cosign":
+		// The device's answer takes up to the round timeout: wait off
+		// the subscription's goroutine, which serves its other requests.
+		if !r.goOwned(func() { r.serveCosign(m) }) {
+			r.respond(m, cosignReply{Instance: r.cfg.Instance, Offline: true})
+		}
+	case "online":
+		_, ok := r.cfg.Sessions.Session(deviceOf(m.Subject, r.relay.prefix))
+		r.respond(m, onlineReply{Instance: r.cfg.Instance, Online: ok})
 	default:
-		rep.ID = id
+		r.log.Debug("natsroute: unknown device subject", "subject", m.Subject)
 	}
-	r.reply(m, rep)
 }
 
-func (r *Router) reply(m *nats.Msg, rep payReply) {
-	b, err := json.Marshal(rep)
+// deviceOf is the device id in <prefix>.dev.<device>.<what>.
+func deviceOf(subject, prefix string) string {
+	s := strings.TrimPrefix(subject, prefix+".dev.")
+	return s[:max(strings.LastIndexByte(s, '.'), 0)]
+}
+
+// respond sends v as the JSON answer to m.
+func (r *Router) respond(m *nats.Msg, v any) {
+	b, err := json.Marshal(v)
 	if err == nil {
 		err = m.Respond(b)
 	}
 	if err != nil {
-		r.log.Debug("natsroute: reply not sent", "err", err)
+		r.log.Debug("natsroute: reply not sent", "subject", m.Subject, "err", err)
 	}
 }
 
-// handleInstance takes outcomes of requests this instance sent and
-// cancellations of requests it serves.
-func (r *Router) handleInstance(m *nats.Msg) {
-	switch m.Subject {
-	case r.instSubject(r.cfg.Instance, "outcome"):
-		var om outcomeMsg
-		if err := json.Unmarshal(m.Data, &om); err != nil {
-			r.log.Warn("natsroute: bad outcome", "err", err)
-			return
-		}
-		rr := r.forget(om.OriginID)
-		if rr == nil {
-			r.log.Debug("natsroute: outcome of a forgotten request", "id", om.OriginID)
-			return
-		}
-		if om.Receipt != nil {
-			rr.listener.ChargePaid(om.OriginID, om.Receipt)
-		} else {
-			rr.listener.ChargeRefused(om.OriginID, om.Code, om.Message)
-		}
-	case r.instSubject(r.cfg.Instance, "cancel"):
-		var cm cancelMsg
-		if err := json.Unmarshal(m.Data, &cm); err != nil {
-			r.log.Warn("natsroute: bad cancel", "err", err)
-			return
-		}
-		r.cfg.Local.CancelPayment(cm.ID)
-	}
-}
-
-// outcomeListener hears, on the holder, how a request from another
-// instance ends, and tells that instance. The channel manager calls it
-// under a channel lock: Publish only buffers.
-type outcomeListener struct {
-	r        *Router
-	origin   string
-	originID uint64
-}
-
-func (l *outcomeListener) send(om outcomeMsg) {
-	b, err := json.Marshal(om)
-	if err == nil {
-		err = l.r.cfg.Conn.Publish(l.r.instSubject(l.origin, "outcome"), b)
-	}
+// serveNotice delivers a notice another instance relayed for a device
+// whose session is here.
+func (r *Router) serveNotice(m *nats.Msg) {
+	msg, err := wire.DecodeMessage(m.Data)
 	if err != nil {
-		l.r.log.Warn("natsroute: outcome not sent", "instance", l.origin, "err", err)
+		r.log.Warn("natsroute: bad notice", "subject", m.Subject, "err", err)
+		return
+	}
+	dev := deviceOf(m.Subject, r.relay.prefix)
+	s, ok := r.cfg.Sessions.Session(dev)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.relay.timeout)
+	defer cancel()
+	if err := s.Send(ctx, msg); err != nil {
+		r.log.Debug("natsroute: notice not delivered", "device", dev, "err", err)
 	}
 }
 
-func (l *outcomeListener) ChargePaid(_ uint64, receipt []byte) {
-	l.send(outcomeMsg{OriginID: l.originID, Receipt: receipt})
+// serveForward runs a provider's hold message whose payer is here.
+func (r *Router) serveForward(m *nats.Msg) {
+	rep := forwardReply{Instance: r.cfg.Instance}
+	var fm forwardMsg
+	if err := json.Unmarshal(m.Data, &fm); err != nil {
+		rep.Error = "bad request: " + err.Error()
+		r.respond(m, rep)
+		return
+	}
+	msg, err := wire.DecodeMessage(fm.Msg)
+	if err != nil {
+		rep.Error = "bad message: " + err.Error()
+		r.respond(m, rep)
+		return
+	}
+	if _, ok := r.cfg.Sessions.Session(deviceOf(m.Subject, r.relay.prefix)); !ok {
+		rep.Offline = true
+		r.respond(m, rep)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.relay.timeout)
+	defer cancel()
+	err = r.cfg.Local.Forwarded(ctx, fm.Provider, msg)
+	var ce *wire.ChannelError
+	switch {
+	case err == nil:
+	case errors.As(err, &ce):
+		rep.Refusal, err = wire.EncodeMessage(ce)
+		if err != nil {
+			rep.Error = err.Error()
+		}
+	default:
+		r.log.Error("natsroute: forwarded hold message failed", "provider", fm.Provider, "err", err)
+		rep.Refusal, _ = wire.EncodeMessage(&wire.ChannelError{Code: wire.ChanInternal, Message: "internal error"})
+	}
+	r.respond(m, rep)
 }
 
-func (l *outcomeListener) ChargeRefused(_ uint64, code, message string) {
-	l.send(outcomeMsg{OriginID: l.originID, Code: code, Message: message})
+// handleDrop closes a revoked device's session if it is here.
+func (r *Router) handleDrop(m *nats.Msg) {
+	var dm dropMsg
+	if err := json.Unmarshal(m.Data, &dm); err != nil {
+		r.log.Warn("natsroute: bad drop", "err", err)
+		return
+	}
+	r.cfg.Sessions.Drop(dm.Device, dm.Code, dm.Reason)
 }

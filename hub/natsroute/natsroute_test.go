@@ -13,6 +13,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/hub/cosign"
 	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -51,14 +52,38 @@ func connect(t *testing.T, url string) *nats.Conn {
 func newInstance(t *testing.T, url, name string, chain *chantest.FakeChain) *instance {
 	t.Helper()
 	var dir *session.Directory
-	h := chantest.NewHarness(t, chain, func(c *channels.Config) { dir = c.Sessions.(*session.Directory) })
 	nc := connect(t, url)
-	r, err := New(Config{Conn: nc, Instance: name, Local: h.Ch, Sessions: dir, Timeout: 500 * time.Millisecond, Logger: chantest.Quiet()})
+	relay := newRelay(t, nc, 500*time.Millisecond)
+	h := chantest.NewHarness(t, chain, func(c *channels.Config) {
+		dir = c.Sessions.(*session.Directory)
+		c.Relay = relay
+	})
+	r := newRouter(t, relay, name, h.Ch, dir, h.Store)
+	return &instance{h: h, dir: dir, r: r, nc: nc}
+}
+
+func newRelay(t testing.TB, nc *nats.Conn, timeout time.Duration) *Relay {
+	t.Helper()
+	relay, err := NewRelay(RelayConfig{Conn: nc, Timeout: timeout, Logger: chantest.Quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return relay
+}
+
+// newRouter starts the router of one instance, with session cosigners.
+func newRouter(t testing.TB, relay *Relay, name string, local *channels.Manager, dir *session.Directory, runs cosign.Runs) *Router {
+	t.Helper()
+	cs, err := cosign.New(cosign.Config{Sessions: dir, Channels: local, Runs: runs, Logger: chantest.Quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Relay: relay, Instance: name, Local: local, Sessions: dir, Cosigners: cs, Logger: chantest.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.Close() })
-	return &instance{h: h, dir: dir, r: r, nc: nc}
+	return r
 }
 
 // listener records the outcomes it hears.
@@ -108,7 +133,7 @@ func waitRouted(t *testing.T, r *Router, deviceID string, want bool) {
 		r.mu.Unlock()
 		if held == want {
 			// Make sure the server has the interest before anyone asks.
-			if err := r.cfg.Conn.Flush(); err != nil {
+			if err := r.relay.conn.Flush(); err != nil {
 				t.Fatal(err)
 			}
 			return
@@ -265,7 +290,7 @@ func TestRemoteOfflineAndDeadHolder(t *testing.T) {
 	stalled := connect(t, url)
 	stall := make(chan struct{})
 	t.Cleanup(func() { close(stall) })
-	sub, err := stalled.QueueSubscribe(b.r.devSubject(dev.ID, "*"), "hubd", func(*nats.Msg) { <-stall })
+	sub, err := stalled.QueueSubscribe(b.r.relay.devSubject(dev.ID, "*"), "hubd", func(*nats.Msg) { <-stall })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,10 +357,7 @@ func BenchmarkLocalRequest(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(nc.Close)
-	r, err := New(Config{Conn: nc, Instance: "a", Local: h.Ch, Sessions: dir, Logger: chantest.Quiet()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := newRouter(b, newRelay(b, nc, 0), "a", h.Ch, dir, h.Store)
 	b.Cleanup(func() { _ = r.Close() })
 	prov := h.Enrol(hub.RolePayer, hub.RoleProvider)
 	dev := h.Enrol(hub.RolePayer)

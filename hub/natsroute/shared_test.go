@@ -40,8 +40,10 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 	if err != nil {
 		t.Fatal(err)
 	}
+	nc := connect(t, natsURL)
+	relay := newRelay(t, nc, time.Second)
 	ch, err := channels.New(channels.Config{
-		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: key,
+		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: key, Relay: relay,
 		PayoutScript: payout, Params: &chaincfg.RegressionNetParams, PollInterval: 50 * time.Millisecond,
 		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6, CreditLimit: 1_000_000, Logger: chantest.Quiet(),
 	})
@@ -52,11 +54,7 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc := connect(t, natsURL)
-	r, err := New(Config{Conn: nc, Instance: name, Local: ch, Sessions: dir, Timeout: time.Second, Logger: chantest.Quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newRouter(t, relay, name, ch, dir, st)
 	srv, err := session.New(session.Config{
 		Addr: "127.0.0.1:0", Key: key, Auth: reg, Handler: ch, Directory: dir, Logger: chantest.Quiet(),
 		PingInterval: time.Hour, PongTimeout: time.Hour,
