@@ -169,7 +169,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("wallet script: %w", err)
 	}
+	// Work follows the device (hub/natsroute): what the hub asks of or
+	// tells a device whose session is on another hubd goes there over
+	// NATS. The relay sends; the router, built once the channel manager
+	// and the cosigners it serves exist, answers.
+	relay, err := natsroute.NewRelay(natsroute.RelayConfig{Conn: events.conn, Logger: log})
+	if err != nil {
+		return err
+	}
 	chans, err := channels.New(channels.Config{
+		Relay: relay,
 		Store: store, Devices: store, Sessions: sessions, Chain: btcdchain.HubChain{Client: chain},
 		HubKey: hubKey, PayoutScript: payout, Params: params, Logger: log,
 		MinDepth:       cfg.Channels.MinDepth,
@@ -182,18 +191,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// Work follows the device: payment requests for a payer whose
-	// session is on another hubd go there over NATS (hub/natsroute).
-	routed, err := natsroute.New(natsroute.Config{
-		Conn: events.conn, Instance: instanceID(), Local: chans, Sessions: sessions, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	st.push("routing", func(context.Context) error { return routed.Close() })
 	reg, err := registry.New(registry.Config{
 		Store: store, OperatorKey: operatorKey.PubKey(), Logger: log,
-		Sessions: revocations{sessions: sessions, nats: events.remover(), log: log},
+		Sessions: revocations{sessions: sessions, relay: relay, nats: events.remover(), log: log},
 		Channels: chans,
 	})
 	if err != nil {
@@ -205,6 +205,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	routed, err := natsroute.New(natsroute.Config{
+		Relay: relay, Instance: instanceID(), Local: chans, Sessions: sessions, Cosigners: cosigners, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	st.push("routing", func(context.Context) error { return routed.Close() })
 	// Settlement answers go to the cosigners, every other channel
 	// message to the channel manager.
 	router := &session.Router{
@@ -235,7 +242,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// Settlement: once per period (and on demand) every participant's net
 	// is settled on chain in one batch.
 	settle, err := settler.New(settler.Config{
-		Store: store, Channels: chans, Chain: btcdchain.HubChain{Client: chain}, Cosigners: cosigners,
+		Store: store, Channels: chans, Chain: btcdchain.HubChain{Client: chain}, Cosigners: routed,
 		Payouts: reg,
 		AuditHead: func(ctx context.Context) ([32]byte, error) {
 			e, err := store.AuditHead(ctx)
@@ -380,11 +387,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 }
 
-// revocations closes a revoked or rotated device's session and, for a
-// revoked provider on the embedded bus, removes its NATS user so it can no
-// longer publish at all (its events would be dead-lettered anyway).
+// revocations closes a revoked or rotated device's session, here and on
+// every other instance, and, for a revoked provider on the embedded bus,
+// removes its NATS user so it can no longer publish at all (its events
+// would be dead-lettered anyway).
 type revocations struct {
 	sessions *session.Directory
+	relay    *natsroute.Relay
 	nats     interface { // nil with an external NATS the hub does not sign for
 		RemoveNATS(ctx context.Context, id string) error
 	}
@@ -393,6 +402,7 @@ type revocations struct {
 
 func (r revocations) Drop(deviceID, code, reason string) {
 	r.sessions.Drop(deviceID, code, reason)
+	r.relay.Drop(deviceID, code, reason)
 	if r.nats == nil || code != "revoked" {
 		return
 	}
