@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,13 +13,18 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/brontide"
+	"github.com/lightningnetwork/lnd/keychain"
+	"github.com/lightningnetwork/lnd/lnwire"
 
+	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/internal/cluster"
 	"github.com/m2mhub/m2mhub/internal/datadir"
+	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/msat"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
@@ -376,9 +382,10 @@ func TestClusterRoutedSettlement(t *testing.T) {
 // A device whose session moves from instance 1 to instance 0 in the
 // middle of a hold ends consistent: the capture asked on instance 1 is
 // paid there; after the move the next capture runs on instance 0, whose
-// cache of the channel is stale, and the store's compare-and-set keeps
-// it from writing over instance 1's payment; the release finds the
-// captures of both; the store, the device and the receipts agree.
+// cache of the channel is behind instance 1's payments; the release
+// finds the captures of both; the store, the device and the receipts
+// agree. Then a stale writer across the two processes is refused by the
+// store's compare-and-set.
 func TestClusterDeviceMoves(t *testing.T) {
 	rc := startRouteCluster(t, 1)
 	ctx := t.Context()
@@ -440,4 +447,145 @@ func TestClusterDeviceMoves(t *testing.T) {
 	if uint64(len(raw)) != rec.Seq || rec.Seq != 4 {
 		t.Fatalf("%d receipts for seq %d, want 4", len(raw), rec.Seq)
 	}
+
+	// A stale writer across processes: the device, on a session to each
+	// instance, signs seq 5 twice (as a device restored from an old
+	// backup might). Instance 1 takes the first; instance 0, whose cache
+	// stands at seq 4, checks the second against it and is refused by
+	// the store's compare-and-set, and shows the device the state that
+	// won. Nothing is applied twice; the next payment goes on from it.
+	_ = p.dev.Close()
+	_ = p.sess.Close()
+	out := routeOutput(t, rec)
+	on0, on1 := rc.rawSession(p.key, 0), rc.rawSession(p.key, 1)
+	on1.send(signedPay(t, p.key, out, rec, 5, rec.Paid+1_000, 1_000, rc.provID))
+	if ack := expectMsg[*wire.PayAck](on1); ack.Seq != 5 {
+		t.Fatalf("instance 1 acknowledged seq %d, want 5", ack.Seq)
+	}
+	rc.receipt("seq 5 on instance 1")
+	on0.send(signedPay(t, p.key, out, rec, 5, rec.Paid+2_000, 2_000, rc.provID))
+	if st := expectMsg[*wire.ChannelState](on0); st.Seq != 5 || st.Paid != rec.Paid+1_000 {
+		t.Fatalf("instance 0 showed seq %d paid %d, want the stored seq 5 paid %d", st.Seq, st.Paid, rec.Paid+1_000)
+	}
+	if ce := expectMsg[*wire.ChannelError](on0); ce.Code != wire.ChanStaleState {
+		t.Fatalf("instance 0 refused the stale write with %s, want %s", ce.Code, wire.ChanStaleState)
+	}
+	on0.send(signedPay(t, p.key, out, rec, 6, rec.Paid+1_500, 500, rc.provID))
+	if ack := expectMsg[*wire.PayAck](on0); ack.Seq != 6 {
+		t.Fatalf("instance 0 acknowledged seq %d, want 6", ack.Seq)
+	}
+	rc.receipt("seq 6 on instance 0")
+	final, err := rc.store.Channel(ctx, p.chanID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err = rc.store.Receipts(ctx, p.chanID, 1, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.Seq != 6 || final.Paid != want+1_500 || len(raw) != 6 {
+		t.Fatalf("store at seq %d paid %d with %d receipts; want seq 6 paid %d", final.Seq, final.Paid, len(raw), want+1_500)
+	}
+}
+
+// rawSession is a bare BOLT 8 session to one instance, for messages the
+// client library would never send.
+type rawSession struct {
+	t    *testing.T
+	conn *brontide.Conn
+	in   chan lnwire.Message
+}
+
+func (rc *routeCluster) rawSession(key *btcec.PrivateKey, i int) *rawSession {
+	rc.t.Helper()
+	addr, err := net.ResolveTCPAddr("tcp", rc.c.Addr(i))
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
+		&lnwire.NetAddress{IdentityKey: rc.hubKey, Address: addr}, 5*time.Second, net.DialTimeout)
+	if err != nil {
+		rc.t.Fatalf("dial instance %d: %v", i, err)
+	}
+	s := &rawSession{t: rc.t, conn: c, in: make(chan lnwire.Message, 64)}
+	done := make(chan struct{})
+	rc.t.Cleanup(func() {
+		_ = c.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		defer close(s.in)
+		for {
+			m, err := wire.ReadMessage(c, wire.MaxMessageSize)
+			if err != nil {
+				return
+			}
+			if _, ok := m.(*lnwire.Ping); !ok {
+				s.in <- m
+			}
+		}
+	}()
+	s.send(wire.NewInit())
+	expectMsg[*lnwire.Init](s)
+	return s
+}
+
+func (s *rawSession) send(m lnwire.Message) {
+	s.t.Helper()
+	_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := wire.WriteMessage(s.conn, m); err != nil {
+		s.t.Fatalf("send %T: %v", m, err)
+	}
+}
+
+// expectMsg reads the session's next message and requires a T.
+func expectMsg[T lnwire.Message](s *rawSession) T {
+	s.t.Helper()
+	var zero T
+	select {
+	case m, ok := <-s.in:
+		if !ok {
+			s.t.Fatal("hub closed the session")
+		}
+		v, ok := m.(T)
+		if !ok {
+			s.t.Fatalf("got %T (%v), want %T", m, m, zero)
+		}
+		return v
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("no %T within 10s", zero)
+	}
+	return zero
+}
+
+// routeOutput is the channel output of rec, to sign states with.
+func routeOutput(t *testing.T, rec hub.ChannelRecord) *channel.Output {
+	t.Helper()
+	dev, err := btcec.ParsePubKey(rec.DeviceKey[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hk, err := btcec.ParsePubKey(rec.HubKey[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := channel.NewOutput(channel.Params{DeviceKey: dev, HubKey: hk, Capacity: rec.Capacity, Expiry: rec.Expiry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// signedPay is the device's signed payment of amount at (seq, paid).
+func signedPay(t *testing.T, key *btcec.PrivateKey, out *channel.Output, rec hub.ChannelRecord,
+	seq uint64, paid, amount msat.Amount, payee string) *wire.Pay {
+	t.Helper()
+	sig, err := out.SignClaim(key, channel.State{ChannelID: rec.Funding, Seq: seq, Paid: paid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b [64]byte
+	copy(b[:], sig.Serialize())
+	return &wire.Pay{ChanID: rec.Funding, Seq: seq, Paid: paid, Amount: amount, Payee: payee, Sig: b}
 }
