@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,9 +29,11 @@ import (
 	"github.com/m2mhub/m2mhub/internal/cluster"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/metering"
 	"github.com/m2mhub/m2mhub/msat"
 	"github.com/m2mhub/m2mhub/settlement"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
+	"github.com/nats-io/nats.go"
 )
 
 // routeCluster is two hubd on the harness, a provider connected to
@@ -588,4 +594,131 @@ func signedPay(t *testing.T, key *btcec.PrivateKey, out *channel.Output, rec hub
 	var b [64]byte
 	copy(b[:], sig.Serialize())
 	return &wire.Pay{ChanID: rec.Funding, Seq: seq, Paid: paid, Amount: amount, Payee: payee, Sig: b}
+}
+
+// eventsCharged reads instance i's m2mhub_events_charged_total (every
+// kind and status): the events its own charging priced.
+func (rc *routeCluster) eventsCharged(i int) int {
+	rc.t.Helper()
+	resp, err := http.Get("http://" + rc.c.Hub(i).Runtime().MetricsAddr + "/metrics")
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "m2mhub_events_charged_total{") {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			rc.t.Fatalf("metrics line %q: %v", line, err)
+		}
+		n += int(v)
+	}
+	return n
+}
+
+// Usage events metered on NATS are charged by whichever instance's intake
+// takes them; a charge priced on instance 0 for a payer whose session is
+// on instance 1 is requested there, paid there, and its receipt reaches
+// the provider once. Events are sent one at a time until instance 0 has
+// charged at least one (the shared consumer hands each to one instance);
+// every event is paid exactly once and the store, the device and the
+// prices agree to the msat.
+func TestClusterChargeRoutedToDevice(t *testing.T) {
+	rc := startRouteCluster(t, 1)
+	ctx := t.Context()
+	p := rc.payers[0]
+	token, err := datadir.Dir(rc.c.DataDir(0)).ReadToken(datadir.AdminTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := httpapi.NewClient(rc.c.Hub(0).Runtime().AdminAddr, token)
+	rec, err := admin.PublishContract(ctx, flatContract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	contract := rec.Hash.String()
+	nc, err := nats.Connect(rc.c.NATSURLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	provKey, err := btcec.NewPrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second provider with a NATS meter (the first one holds holds in
+	// the other tests); the payer's policy allows both.
+	pr, err := admin.AddProvider(ctx, httpapi.AddProviderRequest{PubKey: hub.PubKeyOf(provKey.PubKey()), Owner: "route test", Kind: "gate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meter, err := m2mclient.NewMeter(m2mclient.MeterConfig{
+		Conn: nc, ProviderID: pr.Device.ID, Key: provKey, HubKey: rc.hubKey, Logger: quietLog(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = meter.Close() })
+	notices, err := meter.Receipts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.provID = pr.Device.ID
+	rc.connect(p, 1) // its policy now allows the metering provider
+	rc.waitFor(10*time.Second, "payer not connected", p.sess.Connected)
+
+	const price = msat.Amount(1000)
+	paidEvents := map[string]int{}
+	sent := 0
+	for ; sent < 20 && (sent == 0 || rc.eventsCharged(0) == 0); sent++ {
+		id := fmt.Sprintf("passage-%d", sent)
+		if err := meter.Meter(ctx, metering.Event{ID: id, Subject: p.id, Time: rfc(time.Now().UTC()),
+			Data: metering.Data{Contract: contract, Quantity: "1", Unit: "passage", VehicleClass: "car"}}); err != nil {
+			t.Fatal(err)
+		}
+		for paidEvents[id] == 0 {
+			select {
+			case n := <-notices:
+				if n.Unpaid != nil {
+					t.Fatalf("unpaid notice %+v\n%s", *n.Unpaid, rc.logs())
+				}
+				for _, e := range n.Receipt.Events {
+					paidEvents[e]++
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("event %s not paid\n%s", id, rc.logs())
+			}
+		}
+	}
+	on0, on1 := rc.eventsCharged(0), rc.eventsCharged(1)
+	t.Logf("%d events: %d charged on instance 0 (routed to the payer on 1), %d on instance 1", sent, on0, on1)
+	if on0 == 0 {
+		t.Fatalf("instance 0 charged none of %d events", sent)
+	}
+	if on0+on1 != sent {
+		t.Fatalf("%d + %d events charged, %d sent", on0, on1, sent)
+	}
+	for id, n := range paidEvents {
+		if n != 1 {
+			t.Fatalf("event %s in %d receipts", id, n)
+		}
+	}
+	ch, err := rc.store.Channel(ctx, p.chanID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.dev.Balance(p.chanID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := msat.Amount(sent) * price; ch.Paid != want || ch.Owed != 0 || b.Paid != want {
+		t.Fatalf("store paid %d owed %d, device paid %d; %d events at %d msat", ch.Paid, ch.Owed, b.Paid, sent, price)
+	}
 }
