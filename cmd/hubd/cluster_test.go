@@ -137,10 +137,9 @@ func startClusterRunN(t *testing.T, devices int, restart bool) *clusterRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The channels open on instance 0 alone: the instance whose chain
-	// watcher sees the funding confirm tells the device only if it holds
-	// the device's session (routing that notice across instances is
-	// s12-route's part of issue 12).
+	// The channels open on instance 0 alone, so TestClusterThroughput
+	// can start measuring with one instance (the channel-ready notice
+	// itself reaches a device on any instance: route_test.go).
 	for i := 1; i < c.Instances(); i++ {
 		if err := c.StopHub(ctx, i); err != nil {
 			t.Fatal(err)

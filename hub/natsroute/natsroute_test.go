@@ -2,6 +2,7 @@ package natsroute
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -384,5 +385,90 @@ func BenchmarkLocalRequest(b *testing.B) {
 				c.ch.CancelPayment(id)
 			}
 		})
+	}
+}
+
+// The holder serves one payment request id once: a retry of a request in
+// flight gets the same answer and asks the device nothing more, a retry
+// after the device answered is refused as served, and the outcome is sent
+// again until the asking instance acknowledges it.
+func TestPaymentRequestServedOnce(t *testing.T) {
+	url := startNATS(t)
+	chain := chantest.NewFakeChain(100)
+	b := newInstance(t, url, "b", chain)
+	prov := b.h.Enrol(hub.RolePayer, hub.RoleProvider)
+	dev := b.h.Enrol(hub.RolePayer)
+	waitRouted(t, b.r, dev.ID, true)
+	ch := dev.Open(chain, 100_000, 1000)
+
+	// The asking instance "o" drops the first outcome unacknowledged.
+	origin := connect(t, url)
+	outcomes := make(chan outcomeMsg, 4)
+	heard := 0
+	if _, err := origin.Subscribe(b.r.relay.instSubject("o", "outcome"), func(m *nats.Msg) {
+		var om outcomeMsg
+		if err := json.Unmarshal(m.Data, &om); err != nil {
+			t.Error(err)
+		}
+		outcomes <- om
+		if heard++; heard > 1 {
+			_ = m.Respond(nil)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(id uint64, amount msat.Amount) payReply {
+		t.Helper()
+		body, err := json.Marshal(payMsg{Origin: "o", OriginID: id, Payer: dev.ID, Payee: prov.ID, Channel: ch.Op,
+			Amount: amount, EventCount: 1, Memo: "1 event"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := origin.Request(b.r.relay.devSubject(dev.ID, "pay"), body, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep payReply
+		if err := json.Unmarshal(m.Data, &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Error != "" || rep.Offline || rep.ID == 0 {
+			t.Fatalf("reply %+v", rep)
+		}
+		return rep
+	}
+	id := remoteBit | 42
+	first, retry := ask(id, 1000), ask(id, 1000)
+	if retry.ID != first.ID || retry.Served || first.Served {
+		t.Fatalf("first %+v, retry in flight %+v", first, retry)
+	}
+	pr, ack := payRequested(t, dev, ch)
+	if pr.ReqID != first.ID {
+		t.Fatalf("device asked for request %d, the holder answered %d", pr.ReqID, first.ID)
+	}
+	for range 2 { // the dropped one and the resend
+		select {
+		case om := <-outcomes:
+			if om.OriginID != id || string(om.Receipt) != string(ack.Receipt) {
+				t.Fatalf("outcome %+v", om)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("outcome not sent again after it was not acknowledged")
+		}
+	}
+	if late := ask(id, 1000); !late.Served || late.ID != first.ID {
+		t.Fatalf("retry after the payment: %+v, want served", late)
+	}
+	// The device's next request is a new one: nothing of id came between.
+	ask(remoteBit|43, 2000)
+	if pr := chantest.Expect[*wire.PaymentRequest](dev); pr.Amount != 2000 {
+		t.Fatalf("device asked for %d msat, want the new request's 2000", pr.Amount)
+	}
+	rec, err := b.h.Store.Channel(context.Background(), ch.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Paid != 1000 || rec.Seq != 1 {
+		t.Fatalf("channel paid %d at seq %d, want 1000 at 1", rec.Paid, rec.Seq)
 	}
 }
