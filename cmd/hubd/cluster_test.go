@@ -103,34 +103,10 @@ func startClusterRunN(t *testing.T, devices int, restart bool) *clusterRun {
 		t.Skip("starts a cluster")
 	}
 	ctx := t.Context()
-	c, err := cluster.Start(ctx, cluster.Config{
-		Hubd: filepath.Join(binDir, "hubd"), Dir: t.TempDir(), Instances: 3, Btcd: true,
-		HubArgs: killHubArgs(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	hk, err := c.Hub(0).HubKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i < c.Instances(); i++ {
-		k, err := c.Hub(i).HubKey()
-		if err != nil || !k.IsEqual(hk) {
-			t.Fatalf("instance %d has another hub key (%v)", i, err)
-		}
-	}
+	c, hk := startHarness(t, 3)
 	r := &clusterRun{t: t, c: c, hubKey: hk, pace: payPace}
 	_, r.provID = enrol(t, c.DataDir(0), "provider")
-
-	rpc := c.Btcd().RPC()
-	chain, err := btcdchain.New(btcdchain.Config{Host: rpc.Host, User: rpc.User, Pass: rpc.Pass, Cert: rpc.Cert,
-		Params: &chaincfg.RegressionNetParams, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer chain.Close()
+	chain := harnessChain(t, c)
 	wallet, err := btcdchain.NewWallet(btcdchain.WalletConfig{
 		KeyPath: filepath.Join(c.DataDir(0), datadir.WalletKeyFile), Chain: chain, Logger: quietLog(),
 	})
@@ -180,6 +156,45 @@ func startClusterRunN(t *testing.T, devices int, restart bool) *clusterRun {
 		}
 	})
 	return r
+}
+
+// startHarness starts the cluster harness with n hubd (killHubArgs) and
+// returns it with the hub key every instance shares.
+func startHarness(t *testing.T, n int) (*cluster.Cluster, *btcec.PublicKey) {
+	t.Helper()
+	c, err := cluster.Start(t.Context(), cluster.Config{
+		Hubd: filepath.Join(binDir, "hubd"), Dir: t.TempDir(), Instances: n, Btcd: true,
+		HubArgs: killHubArgs(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	hk, err := c.Hub(0).HubKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < c.Instances(); i++ {
+		k, err := c.Hub(i).HubKey()
+		if err != nil || !k.IsEqual(hk) {
+			t.Fatalf("instance %d has another hub key (%v)", i, err)
+		}
+	}
+	return c, hk
+}
+
+// harnessChain is an RPC client of the harness's btcd, closed at the end
+// of the test.
+func harnessChain(t *testing.T, c *cluster.Cluster) *btcdchain.Client {
+	t.Helper()
+	rpc := c.Btcd().RPC()
+	chain, err := btcdchain.New(btcdchain.Config{Host: rpc.Host, User: rpc.User, Pass: rpc.Pass, Cert: rpc.Cert,
+		Params: &chaincfg.RegressionNetParams, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = chain.Close() })
+	return chain
 }
 
 // dial connects device d with the first n instances' addresses, starting

@@ -67,26 +67,9 @@ func startRouteCluster(t *testing.T, on ...int) *routeCluster {
 		t.Skip("starts a cluster")
 	}
 	ctx := t.Context()
-	c, err := cluster.Start(ctx, cluster.Config{
-		Hubd: filepath.Join(binDir, "hubd"), Dir: t.TempDir(), Instances: 2, Btcd: true,
-		HubArgs: killHubArgs(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Stop)
-	hk, err := c.Hub(0).HubKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &routeCluster{t: t, c: c, hubKey: hk}
-	rpc := c.Btcd().RPC()
-	rc.chain, err = btcdchain.New(btcdchain.Config{Host: rpc.Host, User: rpc.User, Pass: rpc.Pass, Cert: rpc.Cert,
-		Params: &chaincfg.RegressionNetParams, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rc.chain.Close() })
+	c, hk := startHarness(t, 2)
+	rc := &routeCluster{t: t, c: c, hubKey: hk, chain: harnessChain(t, c)}
+	var err error
 	rc.store, err = redisstore.New(redisstore.Config{URL: c.RedisURL(), Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)
