@@ -206,7 +206,8 @@ func (rc *routeCluster) paid(op btcwire.OutPoint) msat.Amount {
 // whose session is on instance 1: the hold request, the capture and the
 // release run on instance 1, the hold result, the receipt and the close
 // notice reach the provider on instance 0, and the store and the device
-// agree on every msat.
+// agree on every msat. A revocation on instance 0 drops the payer's
+// session on instance 1.
 func TestClusterHoldAcrossInstances(t *testing.T) {
 	rc := startRouteCluster(t, 1)
 	ctx := t.Context()
@@ -263,6 +264,10 @@ func TestClusterHoldAcrossInstances(t *testing.T) {
 	if got := rc.paid(p.chanID); got != 13_345 {
 		t.Fatalf("store paid %d after a refused capture", got)
 	}
+	// Revoked through instance 0, the payer loses its session on
+	// instance 1 at once.
+	mustHubctl(t, rc.c.DataDir(0), "device", "revoke", p.id, "--reason", "stolen")
+	waitRefused(t, p.sess, "revoked")
 }
 
 // Devices on both instances settle in one batch run by whichever instance
