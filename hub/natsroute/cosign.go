@@ -86,7 +86,7 @@ func (r *Router) Cosign(ctx context.Context, deviceID string, req settler.Cosign
 	}
 	wait := r.relay.timeout
 	if dl, ok := ctx.Deadline(); ok {
-		wait = time.Until(dl)
+		wait = dl.Sub(r.clock.Now())
 	}
 	body, err := json.Marshal(cosignMsg{
 		Epoch: req.Epoch, Channel: req.Channel, Template: tmpl.Bytes(), NextCapacity: req.NextCapacity,

@@ -43,6 +43,7 @@ import (
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/clock"
 	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/nats-io/nats.go"
 
@@ -103,6 +104,9 @@ type Config struct {
 	// Served is how long a holder remembers a payment request it
 	// served, refusing to serve its id again (DefaultServed).
 	Served time.Duration
+	// Clock times the served requests and the outcome resends.
+	// Defaults to the wall clock.
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -118,6 +122,7 @@ type Router struct {
 	charging.Channels // the local manager: everything store-backed
 	cfg               Config
 	relay             *Relay
+	clock             clock.Clock
 	log               *slog.Logger
 	ctx               context.Context
 	cancel            context.CancelFunc
@@ -153,12 +158,15 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Served <= 0 {
 		cfg.Served = DefaultServed
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.NewDefaultClock()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Router{
-		Channels: cfg.Local, cfg: cfg, relay: cfg.Relay, log: cfg.Logger, ctx: ctx, cancel: cancel,
+		Channels: cfg.Local, cfg: cfg, relay: cfg.Relay, clock: cfg.Clock, log: cfg.Logger, ctx: ctx, cancel: cancel,
 		devSubs: make(map[string]*nats.Subscription), remote: make(map[uint64]*remoteReq),
 		served: make(map[servedKey]*servedReq),
 	}

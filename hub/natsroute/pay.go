@@ -183,7 +183,7 @@ func (r *Router) servePay(m *nats.Msg) {
 		return
 	}
 	key := servedKey{pm.Origin, pm.OriginID}
-	now := time.Now()
+	now := r.clock.Now()
 	r.mu.Lock()
 	r.pruneServedLocked(now)
 	if s := r.served[key]; s != nil {
@@ -287,7 +287,7 @@ func (r *Router) handleInstance(m *nats.Msg) {
 		r.cfg.Local.CancelPayment(cm.ID)
 		r.mu.Lock()
 		if s := r.served[servedKey{cm.Origin, cm.OriginID}]; s != nil && s.done.IsZero() {
-			s.done = time.Now()
+			s.done = r.clock.Now()
 		}
 		r.mu.Unlock()
 	}
@@ -306,7 +306,7 @@ func (l *outcomeListener) send(om outcomeMsg) {
 	r := l.r
 	r.mu.Lock()
 	if s := r.served[l.key]; s != nil {
-		s.done = time.Now()
+		s.done = r.clock.Now()
 	}
 	r.mu.Unlock()
 	b, err := json.Marshal(om)
@@ -316,7 +316,7 @@ func (l *outcomeListener) send(om outcomeMsg) {
 	}
 	subj := r.relay.instSubject(l.key.origin, "outcome")
 	r.goOwned(func() {
-		deadline := time.Now().Add(r.cfg.Served)
+		deadline := r.clock.Now().Add(r.cfg.Served)
 		for {
 			ctx, cancel := context.WithTimeout(r.ctx, outcomeRetry)
 			_, err := r.relay.conn.RequestWithContext(ctx, subj, b)
@@ -324,7 +324,7 @@ func (l *outcomeListener) send(om outcomeMsg) {
 			if err == nil || r.ctx.Err() != nil {
 				return
 			}
-			if time.Now().After(deadline) {
+			if r.clock.Now().After(deadline) {
 				r.log.Warn("natsroute: outcome never acknowledged", "instance", l.key.origin, "id", l.key.id, "err", err)
 				return
 			}
@@ -333,7 +333,7 @@ func (l *outcomeListener) send(om outcomeMsg) {
 				select {
 				case <-r.ctx.Done():
 					return
-				case <-time.After(outcomeRetry):
+				case <-r.clock.TickAfter(outcomeRetry):
 				}
 			}
 		}
