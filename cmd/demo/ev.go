@@ -5,14 +5,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"time"
 
@@ -112,7 +108,7 @@ func (w *world) startGateway(cp *chargePoint, contract *contracts.Contract, mete
 	if err != nil {
 		return "", nil, err
 	}
-	cert, pool, err := selfSigned()
+	cert, pool, err := ocppstation.SelfSigned()
 	if err != nil {
 		return "", nil, err
 	}
@@ -134,30 +130,6 @@ func (w *world) startGateway(cp *chargePoint, contract *contracts.Contract, mete
 		<-done
 	})
 	return "wss://" + ln.Addr().String() + "/ocpp", &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
-}
-
-// selfSigned makes the gateway's TLS certificate for 127.0.0.1 and a pool
-// trusting it.
-func selfSigned() (tls.Certificate, *x509.CertPool, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "m2mhub demo ocppgw"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
 }
 
 // evSession runs the charging session through the OCPP gateway: a Go

@@ -36,6 +36,55 @@ func signOCMF(t *testing.T, key *ecdsa.PrivateKey, page int, at time.Time, tx st
 	return `OCMF|` + payload + `|{"SA":"ECDSA-secp256r1-SHA256","SD":"` + hex.EncodeToString(sig) + `"}`
 }
 
+// exampleTariffFile is the OCPI tariff docs/ev-charging.md publishes.
+var exampleTariffFile = filepath.Join("..", "..", "contracts", "testdata", "ocpi", "tariff.json")
+
+// exampleTariff is that tariff wrapped as hubctl contract publish wraps it
+// with the docs' flags (1,000,000 msat per EUR, Europe/Berlin), and its
+// contract.
+func exampleTariff(t *testing.T) ([]byte, *contracts.Contract) {
+	t.Helper()
+	file, err := os.ReadFile(exampleTariffFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := contracts.WrapOCPI(file, contracts.OCPIEnvelope{RateMsatPerUnit: contracts.MustDec("1000000"), TimeZone: "Europe/Berlin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := contracts.Parse(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc, k
+}
+
+// ocmfSession parses a session's OCMF readings and prices them under k as
+// the hub will, for the session u names (payer, provider, id).
+func ocmfSession(t *testing.T, k *contracts.Contract, u contracts.Usage, raw []string) ([]*ocmf.Message, contracts.Usage, contracts.Breakdown) {
+	t.Helper()
+	msgs := make([]*ocmf.Message, len(raw))
+	for i, r := range raw {
+		m, err := ocmf.Parse(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs[i] = m
+	}
+	mvs, err := ocmf.MeterValues(msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err = contracts.UsageFromMeterValues(u, mvs); err != nil {
+		t.Fatal(err)
+	}
+	b, err := contracts.Price(k, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs, u, b
+}
+
 // TestEVOCPIEndToEnd runs an EV session through the real hubd as a CPO
 // would: its OCPI tariff published as is, the session billed from the
 // meter's OCMF-signed readings under an event id that binds them, paid by
@@ -50,19 +99,7 @@ func TestEVOCPIEndToEnd(t *testing.T) {
 	h := startMeterHub(t, t.TempDir())
 
 	// The CPO's OCPI tariff, as it publishes it.
-	file, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "ocpi", "tariff.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := contracts.OCPIEnvelope{RateMsatPerUnit: contracts.MustDec("1000000"), TimeZone: "Europe/Berlin"}
-	doc, err := contracts.WrapOCPI(file, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := contracts.Parse(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, k := exampleTariff(t)
 	hash := h.publish(t, ctx, doc)
 	if hash != hex.EncodeToString(func() []byte { x := k.Hash(); return x[:] }()) {
 		t.Fatalf("hub stored the tariff as %s", hash)
@@ -98,32 +135,15 @@ func TestEVOCPIEndToEnd(t *testing.T) {
 		signOCMF(t, meter, 2, start.Add(time.Hour), "C", "1011.250"),
 		signOCMF(t, meter, 3, end, "E", "1015.5"),
 	}
-	var msgs []*ocmf.Message
-	for _, r := range raw {
-		m, err := ocmf.Parse(r)
-		if err != nil {
-			t.Fatal(err)
-		}
+	msgs, u, want := ocmfSession(t, k, contracts.Usage{Device: carID, Provider: cp.id, Session: "ocpi-1"}, raw)
+	for _, m := range msgs {
 		if err := m.Verify(pub); err != nil {
 			t.Fatal(err)
 		}
-		msgs = append(msgs, m)
 	}
 	forged, err := ocmf.Parse(strings.Replace(raw[2], `"RV":1015.5`, `"RV":1115.5`, 1))
 	if err != nil || forged.Verify(pub) == nil {
 		t.Fatalf("a forged reading verified (parse err %v)", err)
-	}
-	mvs, err := ocmf.MeterValues(msgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := contracts.UsageFromMeterValues(contracts.Usage{Device: carID, Provider: cp.id, Session: "ocpi-1"}, mvs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := contracts.Price(k, u)
-	if err != nil {
-		t.Fatal(err)
 	}
 
 	// The usage event: its id binds the billed readings.

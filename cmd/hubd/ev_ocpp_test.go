@@ -46,18 +46,7 @@ func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 	h := startMeterHub(t, t.TempDir())
 	quiet := slog.New(slog.DiscardHandler)
 
-	file, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "ocpi", "tariff.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := contracts.WrapOCPI(file, contracts.OCPIEnvelope{RateMsatPerUnit: contracts.MustDec("1000000"), TimeZone: "Europe/Berlin"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := contracts.Parse(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc, k := exampleTariff(t)
 	hash := h.publish(t, ctx, doc)
 
 	cp := h.addProvider(t, ctx, nil, "charger")
@@ -116,26 +105,7 @@ func TestEVOCPPGatewayEndToEnd(t *testing.T) {
 		signOCMF(t, meter, 2, start.Add(time.Hour), "T", "1011.250"),
 		signOCMF(t, meter, 3, end, "E", "1015.5"),
 	}
-	var msgs []*ocmf.Message
-	for _, r := range raw {
-		m, err := ocmf.Parse(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs = append(msgs, m)
-	}
-	mvs, err := ocmf.MeterValues(msgs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := contracts.UsageFromMeterValues(contracts.Usage{Device: carID, Provider: cp.id}, mvs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := contracts.Price(k, u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	msgs, _, want := ocmfSession(t, k, contracts.Usage{Device: carID, Provider: cp.id}, raw)
 
 	paidBefore := car.paid(t)
 	answers, err := ocppstation.Run(ctx, ocppstation.Config{

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	for _, pkg := range []string{"./", "../hubctl", "github.com/btcsuite/btcd"} {
+	for _, pkg := range []string{"./", "../hubctl", "../ocppgw", "github.com/btcsuite/btcd"} {
 		cmd := exec.Command("go", "build", "-o", binDir+"/", pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
