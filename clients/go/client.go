@@ -64,7 +64,7 @@ const (
 	CodeInternal        = string(wire.CodeInternal)
 )
 
-// RefusedError is a hub's refusal or close notice: the lnwire.Error it sent,
+// RefusedError is a hub's refusal or close notice: the wire.Error it sent,
 // split into its code and human message. Test for it with errors.As.
 type RefusedError struct {
 	Code    string
@@ -147,7 +147,7 @@ type Session struct {
 	opt       options
 	log       *slog.Logger
 
-	msgs chan lnwire.Message
+	msgs chan wire.Message
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -250,7 +250,7 @@ func Dial(ctx context.Context, addr string, hubKey *btcec.PublicKey, deviceKey *
 		deviceKey: deviceKey,
 		opt:       o,
 		log:       o.log.With("hub", addr),
-		msgs:      make(chan lnwire.Message, messageBuffer),
+		msgs:      make(chan wire.Message, messageBuffer),
 		ctx:       sctx,
 		cancel:    cancel,
 	}
@@ -294,7 +294,7 @@ func (s *Session) HubAddr() string {
 // caller must keep reading: while the buffer is full the session stops
 // reading the connection, and the hub drops it for not answering pings. The
 // channel is closed when the session ends.
-func (s *Session) Messages() <-chan lnwire.Message { return s.msgs }
+func (s *Session) Messages() <-chan wire.Message { return s.msgs }
 
 // Connected reports whether a connection to the hub is up right now.
 func (s *Session) Connected() bool {
@@ -315,7 +315,7 @@ func (s *Session) Err() error {
 // is reconnecting (the caller decides whether to wait and retry), ErrClosed
 // after Close, and the session's permanent error once it has stopped. The
 // write is bounded by ctx's deadline or, without one, the dial timeout.
-func (s *Session) Send(ctx context.Context, msg lnwire.Message) error {
+func (s *Session) Send(ctx context.Context, msg wire.Message) error {
 	s.mu.Lock()
 	c, perm := s.conn, s.err
 	s.mu.Unlock()
@@ -330,7 +330,7 @@ func (s *Session) Send(ctx context.Context, msg lnwire.Message) error {
 	return s.write(ctx, c, msg)
 }
 
-func (s *Session) write(ctx context.Context, c *brontide.Conn, msg lnwire.Message) error {
+func (s *Session) write(ctx context.Context, c *brontide.Conn, msg wire.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -491,7 +491,7 @@ func (s *Session) serve(c *brontide.Conn) error {
 				return errors.New("m2mclient: hub did not answer ping")
 			}
 			answered = false
-			if err := s.write(s.ctx, c, lnwire.NewPing(0)); err != nil {
+			if err := s.write(s.ctx, c, wire.NewPing(0)); err != nil {
 				_ = c.SetDeadline(time.Now())
 				<-readErr
 				return err
@@ -507,25 +507,25 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 			return err
 		}
 		switch m := msg.(type) {
-		case *lnwire.Ping:
-			if err := s.write(s.ctx, c, lnwire.NewPong(make([]byte, m.NumPongBytes))); err != nil {
+		case *wire.Ping:
+			if err := s.write(s.ctx, c, wire.NewPong(make([]byte, m.NumPongBytes))); err != nil {
 				return err
 			}
-		case *lnwire.Pong:
+		case *wire.Pong:
 			select {
 			case pongs <- struct{}{}:
 			default:
 			}
-		case *lnwire.Error:
+		case *wire.Error:
 			ce := wire.ParseError(m)
 			return &RefusedError{Code: string(ce.Code), Message: ce.Message}
-		case *lnwire.Warning:
+		case *wire.Warning:
 			s.log.Warn("hub warning", "data", string(m.Data))
 		default:
 			// Custom messages reach the caller whether wire.DecodeMessage
 			// returned one of m2mhub's own types (*wire.Pay …) or an
-			// *lnwire.Custom it does not know.
-			if msg.MsgType() < lnwire.CustomTypeStart {
+			// *wire.Custom it does not know.
+			if msg.MsgType() < wire.CustomTypeStart {
 				s.log.Debug("ignoring hub message", "type", msg.MsgType())
 				continue
 			}
@@ -714,9 +714,9 @@ func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
 		return c, err
 	}
 	switch m := msg.(type) {
-	case *lnwire.Init:
+	case *wire.Init:
 		return c, wire.CheckInit(m)
-	case *lnwire.Error:
+	case *wire.Error:
 		ce := wire.ParseError(m)
 		return c, &RefusedError{Code: string(ce.Code), Message: ce.Message}
 	}

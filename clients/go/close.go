@@ -9,7 +9,6 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -189,7 +188,7 @@ func (d *Device) resendCloseSigns() {
 }
 
 // awaitClosed waits on ch for the hub's ChannelClosed of c's close txid.
-func (d *Device) awaitClosed(ctx context.Context, c *devChannel, ch <-chan lnwire.Message, txid chainhash.Hash) error {
+func (d *Device) awaitClosed(ctx context.Context, c *devChannel, ch <-chan wire.Message, txid chainhash.Hash) error {
 	for {
 		msg, err := d.await(ctx, ch)
 		if err != nil {

@@ -15,7 +15,6 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -230,14 +229,14 @@ type waitKey struct {
 // the Provider of one Session share their Router's.
 type waiters struct {
 	mu sync.Mutex
-	m  map[waitKey]chan lnwire.Message
+	m  map[waitKey]chan wire.Message
 }
 
-func (w *waiters) add(k waitKey) (<-chan lnwire.Message, func()) {
-	ch := make(chan lnwire.Message, 4)
+func (w *waiters) add(k waitKey) (<-chan wire.Message, func()) {
+	ch := make(chan wire.Message, 4)
 	w.mu.Lock()
 	if w.m == nil {
-		w.m = make(map[waitKey]chan lnwire.Message)
+		w.m = make(map[waitKey]chan wire.Message)
 	}
 	w.m[k] = ch
 	w.mu.Unlock()
@@ -252,7 +251,7 @@ func (w *waiters) add(k waitKey) (<-chan lnwire.Message, func()) {
 
 // deliver hands msg to the waiter under k, reporting whether there was one.
 // It never blocks: a waiter gets at most a few answers and reads them.
-func (w *waiters) deliver(k waitKey, msg lnwire.Message) bool {
+func (w *waiters) deliver(k waitKey, msg wire.Message) bool {
 	w.mu.Lock()
 	ch, ok := w.m[k]
 	w.mu.Unlock()
@@ -485,7 +484,7 @@ func (d *Device) reqID() uint64 {
 }
 
 // send writes msg to the hub.
-func (d *Device) send(ctx context.Context, msg lnwire.Message) error {
+func (d *Device) send(ctx context.Context, msg wire.Message) error {
 	if d.s == nil {
 		return ErrOffline
 	}
@@ -498,7 +497,7 @@ func (d *Device) send(ctx context.Context, msg lnwire.Message) error {
 // connection only, so the wait ends with an error wrapping ErrNotConnected
 // and the caller's retry (or the resynchronisation at reconnect) resolves
 // what the answer would have.
-func (d *Device) await(ctx context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
+func (d *Device) await(ctx context.Context, ch <-chan wire.Message) (wire.Message, error) {
 	if d.s == nil {
 		return await(ctx, d.ctx, ch)
 	}
@@ -508,13 +507,13 @@ func (d *Device) await(ctx context.Context, ch <-chan lnwire.Message) (lnwire.Me
 // errConnLost ends a wait whose connection dropped.
 var errConnLost = fmt.Errorf("%w: connection lost while waiting for the hub", ErrNotConnected)
 
-func await(ctx, owner context.Context, ch <-chan lnwire.Message) (lnwire.Message, error) {
+func await(ctx, owner context.Context, ch <-chan wire.Message) (wire.Message, error) {
 	return awaitConn(ctx, owner, nil, nil, ch)
 }
 
 // awaitConn is await that also ends when life's connection does, once r
 // has dispatched every message read from it. A nil life never ends.
-func awaitConn(ctx, owner context.Context, r *Router, life *connLife, ch <-chan lnwire.Message) (lnwire.Message, error) {
+func awaitConn(ctx, owner context.Context, r *Router, life *connLife, ch <-chan wire.Message) (wire.Message, error) {
 	var lost <-chan struct{}
 	if life != nil {
 		lost = life.done
@@ -554,7 +553,7 @@ func asError(m *wire.ChannelError) *ChannelError {
 // (the Router delivers those). Requests (holds, payment requests,
 // settlement proposals) get a goroutine each, because answering them may
 // itself wait for the hub.
-func (d *Device) handle(msg lnwire.Message) bool {
+func (d *Device) handle(msg wire.Message) bool {
 	switch m := msg.(type) {
 	case *wire.ChannelClosed:
 		d.markClosed(m)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcutil"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/internal/wire"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
@@ -40,8 +40,8 @@ func (w *disconnectWorld) enrolCase(t *testing.T, b boundary) {
 	if b.hub {
 		// The hub's Init to a device it has just enrolled: any device
 		// but the world's own two.
-		w.setHubHook(func(id string, send bool, msg lnwire.Message) (bool, bool) {
-			if !send || msg.MsgType() != lnwire.MsgInit || id == w.devID || id == w.provID || !fired.CompareAndSwap(false, true) {
+		w.setHubHook(func(id string, send bool, msg wire.Message) (bool, bool) {
+			if !send || msg.MsgType() != wire.MsgInit || id == w.devID || id == w.provID || !fired.CompareAndSwap(false, true) {
 				return false, false
 			}
 			return b.before, !b.before
@@ -81,7 +81,7 @@ func (w *disconnectWorld) enrolCase(t *testing.T, b boundary) {
 // restoreHubHook puts back the hub-side hook that drops the world's
 // device's session.
 func (w *disconnectWorld) restoreHubHook() {
-	w.setHubHook(func(id string, send bool, msg lnwire.Message) (bool, bool) {
+	w.setHubHook(func(id string, send bool, msg wire.Message) (bool, bool) {
 		if id != w.devID {
 			return false, false
 		}

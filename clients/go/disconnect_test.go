@@ -9,7 +9,7 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -82,7 +82,7 @@ type disconnectWorld struct {
 	fault    *msgfault.Point
 	hubFault *msgfault.Point
 	mu       sync.Mutex
-	hubHook  func(deviceID string, send bool, msg lnwire.Message) (bool, bool)
+	hubHook  func(deviceID string, send bool, msg wire.Message) (bool, bool)
 
 	key    *btcec.PrivateKey
 	sess   *m2mclient.Session
@@ -140,7 +140,7 @@ func newDisconnectWorld(t *testing.T) *disconnectWorld {
 }
 
 // hubDrop is the hub's ServerConfig.Fault: whatever hook the case set.
-func (w *disconnectWorld) hubDrop(deviceID string, send bool, msg lnwire.Message) (bool, bool) {
+func (w *disconnectWorld) hubDrop(deviceID string, send bool, msg wire.Message) (bool, bool) {
 	w.mu.Lock()
 	f := w.hubHook
 	w.mu.Unlock()
@@ -150,7 +150,7 @@ func (w *disconnectWorld) hubDrop(deviceID string, send bool, msg lnwire.Message
 	return f(deviceID, send, msg)
 }
 
-func (w *disconnectWorld) setHubHook(f func(string, bool, lnwire.Message) (bool, bool)) {
+func (w *disconnectWorld) setHubHook(f func(string, bool, wire.Message) (bool, bool)) {
 	w.mu.Lock()
 	w.hubHook = f
 	w.mu.Unlock()

@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
+	"github.com/lightningnetwork/lnd/keychain"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 )
 
 // exampleRegistry is an in-memory Authenticator for the example only; a real
@@ -41,7 +43,7 @@ func ExampleDial() {
 	pk := hub.PubKeyOf(deviceKey.PubKey())
 	reg := exampleRegistry{pk: {ID: "dev-charger-7", Key: pk, Status: hub.StatusActive}}
 
-	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: quiet})
+	srv, err := startExampleHub(hubKey, reg, quiet)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -83,7 +85,7 @@ func ExampleDial_wrongHubKey() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	refusals := &countingHandler{msg: "p2p handshake failed", at: 4, then: cancel}
-	srv, err := session.New(session.Config{Addr: "127.0.0.1:0", Key: hubKey, Auth: reg, Logger: slog.New(refusals)})
+	srv, err := startExampleHub(hubKey, reg, slog.New(refusals))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -123,4 +125,13 @@ func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
 		h.then()
 	}
 	return nil
+}
+
+// startExampleHub runs a session server for the examples on a loopback port.
+func startExampleHub(key *btcec.PrivateKey, auth session.Authenticator, log *slog.Logger) (*session.Server, error) {
+	ln, err := p2plisten.Listen(p2plisten.Config{Addr: "127.0.0.1:0", Key: &keychain.PrivKeyECDH{PrivKey: key}, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return session.New(session.Config{Listener: session.NewListener(ln), Auth: auth, Logger: log})
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -133,7 +132,7 @@ func (p *Provider) run() {
 
 // handle takes the hub's messages that are not answers to a waiting call:
 // receipts, and refusals no call waits for.
-func (p *Provider) handle(msg lnwire.Message) bool {
+func (p *Provider) handle(msg wire.Message) bool {
 	switch m := msg.(type) {
 	case *wire.ChannelError:
 		p.onError(m)

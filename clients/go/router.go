@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -15,7 +13,7 @@ import (
 // call and reports whether it was for it. It runs on the Router's
 // goroutine, so it must not block: anything that waits for the hub runs on
 // a goroutine of its own.
-type handler func(lnwire.Message) bool
+type handler func(wire.Message) bool
 
 // Router is the single reader of one Session's messages. It hands each
 // answer to the call waiting for it and every other message to the Device
@@ -121,7 +119,7 @@ func (r *Router) run() {
 	defer r.wg.Done()
 	defer close(r.done)
 	for {
-		var msg lnwire.Message
+		var msg wire.Message
 		var ok bool
 		select {
 		case <-r.ctx.Done():
@@ -163,7 +161,7 @@ func (r *Router) caughtUp(ctx context.Context, n uint64) error {
 // dispatch routes one message: answers to their waiting call, everything
 // else (and the notices a waiting call and a handler both need) to the
 // handlers.
-func (r *Router) dispatch(msg lnwire.Message) {
+func (r *Router) dispatch(msg wire.Message) {
 	answered, notice := false, false
 	switch m := msg.(type) {
 	case *wire.ChannelOffer:

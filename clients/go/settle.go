@@ -11,7 +11,6 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -64,7 +63,7 @@ type signedSettle struct {
 func (d *Device) onSettleProposal(m *wire.SettleProposal) {
 	ctx, cancel := context.WithTimeout(d.ctx, DefaultRequestTimeout)
 	defer cancel()
-	var reply lnwire.Message
+	var reply wire.Message
 	sig, err := d.signSettle(ctx, m)
 	if err != nil {
 		d.log.Warn("refusing settlement proposal", "chan", m.ChanID, "epoch", m.Epoch, "err", err)

@@ -19,7 +19,6 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/keychain"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 	"go.uber.org/goleak"
 
@@ -92,7 +91,7 @@ func (h *testHub) dial(devKey *btcec.PrivateKey) *Session {
 	return s
 }
 
-func (h *testHub) send(m lnwire.Message) {
+func (h *testHub) send(m wire.Message) {
 	h.t.Helper()
 	if err := wire.WriteMessage(h.conn, m); err != nil {
 		h.t.Fatal(err)
@@ -101,7 +100,7 @@ func (h *testHub) send(m lnwire.Message) {
 
 // recv returns the device's next custom message, or nil when none comes
 // within wait.
-func (h *testHub) recv(wait time.Duration) lnwire.Message {
+func (h *testHub) recv(wait time.Duration) wire.Message {
 	h.t.Helper()
 	_ = h.conn.SetReadDeadline(time.Now().Add(wait))
 	defer func() { _ = h.conn.SetReadDeadline(time.Time{}) }()
@@ -122,7 +121,7 @@ func (h *testHub) recv(wait time.Duration) lnwire.Message {
 			// whose waiter takes any ChannelError for it.)
 			continue
 		}
-		if m.MsgType() >= lnwire.CustomTypeStart {
+		if m.MsgType() >= wire.CustomTypeStart {
 			return m
 		}
 	}

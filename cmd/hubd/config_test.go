@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 )
 
 func TestLoadConfigPrecedence(t *testing.T) {
@@ -77,9 +78,9 @@ func TestLimitDefaultsAgree(t *testing.T) {
 		got, want   any    // hubd's flag default, hub's default
 	}{
 		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, session.DefaultHandshakeTimeout},
-		{"act-timeout", "ActTimeout", l.ActTimeout, session.DefaultActTimeout},
-		{"max-handshakes", "MaxHandshakes", l.MaxHandshakes, session.DefaultMaxHandshakes},
-		{"max-handshakes-per-source", "MaxHandshakesPerSource", l.MaxHandshakesPerSource, session.DefaultMaxHandshakesPerSource},
+		{"act-timeout", "ActTimeout", l.ActTimeout, p2plisten.DefaultActTimeout},
+		{"max-handshakes", "MaxHandshakes", l.MaxHandshakes, p2plisten.DefaultMaxHandshakes},
+		{"max-handshakes-per-source", "MaxHandshakesPerSource", l.MaxHandshakesPerSource, p2plisten.DefaultMaxHandshakesPerSource},
 		{"max-sessions", "MaxSessions", l.MaxSessions, session.DefaultMaxSessions},
 		{"max-sessions-per-ip", "MaxSessionsPerIP", l.MaxSessionsPerIP, session.DefaultMaxSessionsPerIP},
 		{"max-message-size", "MaxMessageSize", l.MaxMessageSize, session.DefaultMaxMessageSize},

@@ -487,7 +487,7 @@ func TestClusterDeviceMoves(t *testing.T) {
 type rawSession struct {
 	t    *testing.T
 	conn *brontide.Conn
-	in   chan lnwire.Message
+	in   chan wire.Message
 }
 
 func (rc *routeCluster) rawSession(key *btcec.PrivateKey, i int) *rawSession {
@@ -501,7 +501,7 @@ func (rc *routeCluster) rawSession(key *btcec.PrivateKey, i int) *rawSession {
 	if err != nil {
 		rc.t.Fatalf("dial instance %d: %v", i, err)
 	}
-	s := &rawSession{t: rc.t, conn: c, in: make(chan lnwire.Message, 64)}
+	s := &rawSession{t: rc.t, conn: c, in: make(chan wire.Message, 64)}
 	done := make(chan struct{})
 	rc.t.Cleanup(func() {
 		_ = c.Close()
@@ -515,17 +515,17 @@ func (rc *routeCluster) rawSession(key *btcec.PrivateKey, i int) *rawSession {
 			if err != nil {
 				return
 			}
-			if _, ok := m.(*lnwire.Ping); !ok {
+			if _, ok := m.(*wire.Ping); !ok {
 				s.in <- m
 			}
 		}
 	}()
 	s.send(wire.NewInit())
-	expectMsg[*lnwire.Init](s)
+	expectMsg[*wire.Init](s)
 	return s
 }
 
-func (s *rawSession) send(m lnwire.Message) {
+func (s *rawSession) send(m wire.Message) {
 	s.t.Helper()
 	_ = s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := wire.WriteMessage(s.conn, m); err != nil {
@@ -534,7 +534,7 @@ func (s *rawSession) send(m lnwire.Message) {
 }
 
 // expectMsg reads the session's next message and requires a T.
-func expectMsg[T lnwire.Message](s *rawSession) T {
+func expectMsg[T wire.Message](s *rawSession) T {
 	s.t.Helper()
 	var zero T
 	select {

@@ -17,7 +17,7 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
-	"github.com/lightningnetwork/lnd/lnwire"
+	"github.com/lightningnetwork/lnd/keychain"
 	"github.com/m2mhub/m2mhub/msat"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +38,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/webhook"
 	"github.com/m2mhub/m2mhub/internal/datadir"
 	"github.com/m2mhub/m2mhub/internal/natsembed"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/regtest"
 	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/metering"
@@ -216,12 +217,20 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	// message to the channel manager.
 	router := &session.Router{
 		Default:      chans,
-		ByType:       map[lnwire.MessageType]session.Handler{wire.MsgSettleSign: cosigners},
+		ByType:       map[wire.MessageType]session.Handler{wire.MsgSettleSign: cosigners},
 		ErrorsByCode: map[wire.ChanCode]session.Handler{wire.ChanSettleRefused: cosigners},
 	}
-	srv, err := session.New(session.Config{
-		Addr: cfg.Listen, Key: hubKey, Auth: reg, Handler: router, Directory: sessions, Logger: log,
+	// The p2p listener runs the noise handshake (lnd's brontide); the
+	// session server, which links no lnd, gets the finished connections.
+	ln, err := p2plisten.Listen(p2plisten.Config{
+		Addr: cfg.Listen, Key: &keychain.PrivKeyECDH{PrivKey: hubKey}, Logger: log,
 		ActTimeout: cfg.Limits.ActTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes, MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
+	})
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv, err := session.New(session.Config{
+		Listener: session.NewListener(ln), Auth: reg, Handler: router, Directory: sessions, Logger: log,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxSessions:      cfg.Limits.MaxSessions,
 		MaxSessionsPerIP: cfg.Limits.MaxSessionsPerIP,

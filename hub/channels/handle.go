@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/session"
@@ -31,8 +29,8 @@ func refuse(code wire.ChanCode, format string, args ...any) *wire.ChannelError {
 // only the transport's own failures do. Malformed channel messages and
 // unknown even message types are refused with "malformed"; unknown odd
 // types are ignored, as BOLT 1 asks.
-func (c *Manager) HandleMessage(ctx context.Context, s *session.Session, msg lnwire.Message) error {
-	if raw, ok := msg.(*lnwire.Custom); ok {
+func (c *Manager) HandleMessage(ctx context.Context, s *session.Session, msg wire.Message) error {
+	if raw, ok := msg.(*wire.Custom); ok {
 		decoded, err := decodeCustom(raw)
 		if err != nil {
 			c.answer(ctx, s, refuse(wire.ChanMalformed, "malformed message %d: %v", uint16(raw.Type), err))
@@ -48,13 +46,13 @@ func (c *Manager) HandleMessage(ctx context.Context, s *session.Session, msg lnw
 
 // decodeCustom turns a raw custom message into its m2mhub type, or fails
 // for a malformed one or an unknown even type.
-func decodeCustom(raw *lnwire.Custom) (lnwire.Message, error) {
+func decodeCustom(raw *wire.Custom) (wire.Message, error) {
 	b := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(raw.Data)), uint16(raw.Type))
 	m, err := wire.DecodeMessage(append(b, raw.Data...))
 	if err != nil {
 		return nil, err
 	}
-	if c, ok := m.(*lnwire.Custom); ok {
+	if c, ok := m.(*wire.Custom); ok {
 		if c.Type%2 == 1 {
 			return c, nil
 		}
@@ -90,7 +88,7 @@ func (c *Manager) answer(ctx context.Context, s *session.Session, err error) {
 
 // dispatch routes one decoded message. Every path fills the refusal's ids
 // so the peer can match it to its request.
-func (c *Manager) dispatch(ctx context.Context, s *session.Session, msg lnwire.Message) error {
+func (c *Manager) dispatch(ctx context.Context, s *session.Session, msg wire.Message) error {
 	switch m := msg.(type) {
 	case *wire.OpenChannel:
 		err := c.open(ctx, s, m)
@@ -152,7 +150,7 @@ func (c *Manager) dispatch(ctx context.Context, s *session.Session, msg lnwire.M
 	case *wire.CloseSign:
 		err := c.closeSign(ctx, s, m)
 		return withIDs(err, func(ce *wire.ChannelError) { ce.ChanID = &m.ChanID })
-	case *lnwire.Custom:
+	case *wire.Custom:
 		// An unknown odd type: optional to understand.
 		c.log.Debug("ignoring unknown odd message", "device", s.DeviceID(), "type", uint16(m.Type))
 		return nil

@@ -15,7 +15,6 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -595,7 +594,7 @@ func (c *Manager) freezeLocked(ctx context.Context, e *chanEntry) error {
 // Relay, on another instance. Delivery is best effort: everything the hub
 // sends this way is either an answer the device can ask for again or a
 // notice whose content is also stored.
-func (c *Manager) send(ctx context.Context, deviceID string, msg lnwire.Message) bool {
+func (c *Manager) send(ctx context.Context, deviceID string, msg wire.Message) bool {
 	if c.sendHere(ctx, deviceID, msg) {
 		return true
 	}
@@ -605,7 +604,7 @@ func (c *Manager) send(ctx context.Context, deviceID string, msg lnwire.Message)
 // sendHere delivers msg to deviceID's session on this instance only: a
 // request whose answer this manager waits for (a payment or hold request)
 // must reach the device on the instance that waits.
-func (c *Manager) sendHere(ctx context.Context, deviceID string, msg lnwire.Message) bool {
+func (c *Manager) sendHere(ctx context.Context, deviceID string, msg wire.Message) bool {
 	s, ok := c.cfg.Sessions.Session(deviceID)
 	if !ok {
 		return false

@@ -10,7 +10,6 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 
 	"github.com/m2mhub/m2mhub/channel"
@@ -90,58 +89,58 @@ func TestPayRefusals(t *testing.T) {
 	max := good.Out.Params().MaxPaid()
 	cases := []struct {
 		name string
-		send func() lnwire.Message
+		send func() wire.Message
 		code wire.ChanCode
 	}{
-		{"MalformedTLV", func() lnwire.Message {
-			return &lnwire.Custom{Type: wire.MsgPay, Data: []byte{0x00, 0x20, 0x01}}
+		{"MalformedTLV", func() wire.Message {
+			return &wire.Custom{Type: wire.MsgPay, Data: []byte{0x00, 0x20, 0x01}}
 		}, wire.ChanMalformed},
-		{"UnknownEvenType", func() lnwire.Message {
-			return &lnwire.Custom{Type: wire.TypeBase + 0xF0, Data: nil}
+		{"UnknownEvenType", func() wire.Message {
+			return &wire.Custom{Type: wire.TypeBase + 0xF0, Data: nil}
 		}, wire.ChanMalformed},
-		{"UnknownChannel", func() lnwire.Message {
+		{"UnknownChannel", func() wire.Message {
 			c := *good
 			c.Op.Index += 7
 			return payer.PayMsg(&c, 1, 1000, 1000, prov.ID)
 		}, wire.ChanUnknownChannel},
-		{"NotOwner", func() lnwire.Message {
+		{"NotOwner", func() wire.Message {
 			return other.PayMsg(foreign, 1, 1000, 1000, prov.ID)
 		}, wire.ChanNotOwner},
-		{"StaleState", func() lnwire.Message {
+		{"StaleState", func() wire.Message {
 			return payer.PayMsg(good, good.Seq, good.Paid+1000, 1000, prov.ID)
 		}, wire.ChanStaleState},
-		{"SeqGap", func() lnwire.Message {
+		{"SeqGap", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+2, good.Paid+1000, 1000, prov.ID)
 		}, wire.ChanSeqGap},
-		{"PaidDecreased", func() lnwire.Message {
+		{"PaidDecreased", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, good.Paid-1, 1, prov.ID)
 		}, wire.ChanBadAmount},
-		{"AmountMismatch", func() lnwire.Message {
+		{"AmountMismatch", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, good.Paid+1000, 999, prov.ID)
 		}, wire.ChanBadAmount},
-		{"ZeroAmount", func() lnwire.Message {
+		{"ZeroAmount", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, good.Paid, 0, prov.ID)
 		}, wire.ChanBadAmount},
-		{"OverCapacity", func() lnwire.Message {
+		{"OverCapacity", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, max+1, max+1-good.Paid, prov.ID)
 		}, wire.ChanOverCapacity},
-		{"UnknownPayee", func() lnwire.Message {
+		{"UnknownPayee", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, good.Paid+1000, 1000, "dev-nobody")
 		}, wire.ChanUnknownPayee},
-		{"PayeeNotProvider", func() lnwire.Message {
+		{"PayeeNotProvider", func() wire.Message {
 			return payer.PayMsg(good, good.Seq+1, good.Paid+1000, 1000, other.ID)
 		}, wire.ChanUnknownPayee},
-		{"BadSignature", func() lnwire.Message {
+		{"BadSignature", func() wire.Message {
 			m := payer.PayMsg(good, good.Seq+1, good.Paid+1000, 1000, prov.ID)
 			m.Sig[5] ^= 1
 			return m
 		}, wire.ChanBadSignature},
-		{"SignatureForAnotherState", func() lnwire.Message {
+		{"SignatureForAnotherState", func() wire.Message {
 			m := payer.PayMsg(good, good.Seq+1, good.Paid+2000, 2000, prov.ID)
 			m.Paid, m.Amount = good.Paid+3000, 3000
 			return m
 		}, wire.ChanBadSignature},
-		{"SignatureReplayedOnAnotherChannel", func() lnwire.Message {
+		{"SignatureReplayedOnAnotherChannel", func() wire.Message {
 			// second is at seq 0 like a fresh channel; a signature
 			// of the same seq and paid on good must not pay it.
 			m := payer.PayMsg(good, 1, 1000, 1000, prov.ID)

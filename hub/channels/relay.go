@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
@@ -20,14 +18,14 @@ type Relay interface {
 	// whichever other instance holds it. It must not block: the manager
 	// calls it with a channel's lock held. It reports whether the notice
 	// was handed on (not whether a session got it).
-	Notify(ctx context.Context, deviceID string, msg lnwire.Message) bool
+	Notify(ctx context.Context, deviceID string, msg wire.Message) bool
 	// Forward hands a provider's hold message (*wire.HoldRequest,
 	// *wire.Capture or *wire.Release) to the instance holding payer's
 	// session, whose manager runs it with Forwarded, and returns that
 	// manager's answer: nil, its refusal (a *wire.ChannelError), an error
 	// wrapping ErrDeviceOffline when no instance holds the session, or a
 	// transport error.
-	Forward(ctx context.Context, payer, provider string, msg lnwire.Message) error
+	Forward(ctx context.Context, payer, provider string, msg wire.Message) error
 }
 
 // Forwarded runs a provider's hold message that another instance
@@ -35,7 +33,7 @@ type Relay interface {
 // is handled as if provider had sent it on a session of its own here,
 // and never forwarded again: a payer that left meanwhile is treated as
 // offline. It returns the refusal, a *wire.ChannelError, or another error.
-func (c *Manager) Forwarded(ctx context.Context, provider string, msg lnwire.Message) error {
+func (c *Manager) Forwarded(ctx context.Context, provider string, msg wire.Message) error {
 	switch m := msg.(type) {
 	case *wire.HoldRequest:
 		c.holdRequest(ctx, provider, m, false)
@@ -64,7 +62,7 @@ func (c *Manager) online(deviceID string) bool {
 // session when that is another one. It reports whether it did, and the
 // answer; false means the message is served here (no relay, the payer is
 // here, or no instance holds it).
-func (c *Manager) forward(ctx context.Context, payer, provider string, m lnwire.Message) (bool, error) {
+func (c *Manager) forward(ctx context.Context, payer, provider string, m wire.Message) (bool, error) {
 	if c.cfg.Relay == nil || c.online(payer) {
 		return false, nil
 	}
@@ -81,7 +79,7 @@ func (c *Manager) forward(ctx context.Context, payer, provider string, m lnwire.
 
 // forwardHold is forward for a message about the active hold id, whose
 // payer the hold names. A hold unknown here is served here (and refused).
-func (c *Manager) forwardHold(ctx context.Context, id [16]byte, provider string, m lnwire.Message) (bool, error) {
+func (c *Manager) forwardHold(ctx context.Context, id [16]byte, provider string, m wire.Message) (bool, error) {
 	if c.cfg.Relay == nil {
 		return false, nil
 	}

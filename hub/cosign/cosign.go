@@ -12,7 +12,6 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -108,7 +107,7 @@ type cosignKey struct {
 
 type cosignWait struct {
 	epoch uint64
-	reply chan lnwire.Message // *wire.SettleSign or *wire.ChannelError, buffered 1
+	reply chan wire.Message // *wire.SettleSign or *wire.ChannelError, buffered 1
 }
 
 // notice is one SettleDone owed and the session it was last sent on.
@@ -197,7 +196,7 @@ func (c *Cosigners) Cosign(ctx context.Context, deviceID string, req settler.Cos
 		return settler.CosignReply{}, channels.ErrDeviceOffline
 	}
 	key := cosignKey{deviceID, req.Channel}
-	w := &cosignWait{epoch: req.Epoch, reply: make(chan lnwire.Message, 1)}
+	w := &cosignWait{epoch: req.Epoch, reply: make(chan wire.Message, 1)}
 	c.mu.Lock()
 	c.waiting[key] = w
 	c.mu.Unlock()
@@ -409,7 +408,7 @@ func (c *Cosigners) load(ctx context.Context) error {
 // (session.Router); it logs and drops any other message. An answer nobody
 // waits for (it came after the round timeout) is dropped: the round already
 // re-planned the device as absent.
-func (c *Cosigners) HandleMessage(_ context.Context, s *session.Session, msg lnwire.Message) error {
+func (c *Cosigners) HandleMessage(_ context.Context, s *session.Session, msg wire.Message) error {
 	switch m := msg.(type) {
 	case *wire.SettleSign:
 		if !c.reply(s.DeviceID(), m.ChanID, m.Epoch, m, true) {
@@ -429,7 +428,7 @@ func (c *Cosigners) HandleMessage(_ context.Context, s *session.Session, msg lnw
 
 // reply hands m to the Cosign waiting for (deviceID, chanID), checking
 // the epoch when checkEpoch is set. It reports whether one was waiting.
-func (c *Cosigners) reply(deviceID string, chanID btcwire.OutPoint, epoch uint64, m lnwire.Message, checkEpoch bool) bool {
+func (c *Cosigners) reply(deviceID string, chanID btcwire.OutPoint, epoch uint64, m wire.Message, checkEpoch bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w := c.waiting[cosignKey{deviceID, chanID}]

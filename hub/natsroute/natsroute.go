@@ -44,7 +44,6 @@ import (
 
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -80,7 +79,7 @@ type Local interface {
 	Resync(ctx context.Context, op btcwire.OutPoint) error
 	// Forwarded runs a provider's hold message forwarded here because
 	// the payer's session is here.
-	Forwarded(ctx context.Context, provider string, msg lnwire.Message) error
+	Forwarded(ctx context.Context, provider string, msg wire.Message) error
 }
 
 // Config configures New.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -95,7 +94,7 @@ func (r *Relay) requestCtx(ctx context.Context, deviceID, what string, body []by
 // Notify publishes msg to the instance holding deviceID's session, which
 // sends it there (channels.Relay). It only buffers the message in the NATS
 // client, so it never blocks; nobody holding the session drops it.
-func (r *Relay) Notify(_ context.Context, deviceID string, msg lnwire.Message) bool {
+func (r *Relay) Notify(_ context.Context, deviceID string, msg wire.Message) bool {
 	b, err := wire.EncodeMessage(msg)
 	if err == nil {
 		err = r.conn.Publish(r.devSubject(deviceID, "notice"), b)
@@ -124,7 +123,7 @@ type forwardReply struct {
 // Forward hands a provider's hold message to the instance holding payer's
 // session and returns its manager's answer (channels.Relay). A hold
 // message is not retried: a capture asked twice would be asked twice.
-func (r *Relay) Forward(ctx context.Context, payer, provider string, msg lnwire.Message) error {
+func (r *Relay) Forward(ctx context.Context, payer, provider string, msg wire.Message) error {
 	b, err := wire.EncodeMessage(msg)
 	if err != nil {
 		return fmt.Errorf("natsroute: encode forwarded message: %w", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/txscript"
+	"github.com/lightningnetwork/lnd/keychain"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -15,6 +16,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/redistest"
 	"github.com/m2mhub/m2mhub/internal/wire"
 	"github.com/m2mhub/m2mhub/msat"
@@ -55,8 +57,12 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 		t.Fatal(err)
 	}
 	r := newRouter(t, relay, name, ch, dir, st)
+	ln, err := p2plisten.Listen(p2plisten.Config{Addr: "127.0.0.1:0", Key: &keychain.PrivKeyECDH{PrivKey: key}, Logger: chantest.Quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := session.New(session.Config{
-		Addr: "127.0.0.1:0", Key: key, Auth: reg, Handler: ch, Directory: dir, Logger: chantest.Quiet(),
+		Listener: session.NewListener(ln), Auth: reg, Handler: ch, Directory: dir, Logger: chantest.Quiet(),
 		PingInterval: time.Hour, PongTimeout: time.Hour,
 	})
 	if err != nil {

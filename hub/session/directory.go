@@ -60,7 +60,7 @@ func (d *Directory) Len() int {
 }
 
 // Drop closes the live session of deviceID at once, telling the device code
-// and reason in an lnwire.Error (used when a device is revoked: code
+// and reason in a wire.Error (used when a device is revoked: code
 // "revoked"). It does nothing when the device has no live session.
 func (d *Directory) Drop(deviceID string, code, reason string) {
 	if s, ok := d.Session(deviceID); ok {

@@ -52,7 +52,7 @@ func floodConn(t *testing.T, h *hubtest.Hub, key *btcec.PrivateKey) *brontide.Co
 	}
 	if m, err := wire.ReadMessage(c, wire.MaxMessageSize); err != nil {
 		t.Fatal(err)
-	} else if _, ok := m.(*lnwire.Init); !ok {
+	} else if _, ok := m.(*wire.Init); !ok {
 		t.Fatalf("hub answered init with %T", m)
 	}
 	_ = c.SetDeadline(time.Time{})
@@ -74,11 +74,11 @@ func drain(t *testing.T, c *brontide.Conn, d time.Duration) (pongs, refusals int
 			return pongs, refusals, last
 		}
 		switch m := m.(type) {
-		case *lnwire.Pong:
+		case *wire.Pong:
 			pongs++
 		case *wire.ChannelError:
 			refusals++
-		case *lnwire.Error:
+		case *wire.Error:
 			last = wire.ParseError(m)
 		}
 	}
@@ -87,7 +87,7 @@ func drain(t *testing.T, c *brontide.Conn, d time.Duration) (pongs, refusals int
 // windowed sends n rounds of msgs(i), reading the hub's answers every 16
 // rounds (below the hub's send queue, so the device is never too slow), and
 // returns the channel refusal codes it got, failing on anything else.
-func windowed(t *testing.T, c *brontide.Conn, n int, msgs func(i int) []lnwire.Message) map[wire.ChanCode]int {
+func windowed(t *testing.T, c *brontide.Conn, n int, msgs func(i int) []wire.Message) map[wire.ChanCode]int {
 	t.Helper()
 	codes := map[wire.ChanCode]int{}
 	read := func(want int) {
@@ -101,9 +101,9 @@ func windowed(t *testing.T, c *brontide.Conn, n int, msgs func(i int) []lnwire.M
 			case *wire.ChannelError:
 				codes[m.Code]++
 				got++
-			case *lnwire.Ping:
-				_ = wire.WriteMessage(c, lnwire.NewPong(make([]byte, m.NumPongBytes)))
-			case *lnwire.Error:
+			case *wire.Ping:
+				_ = wire.WriteMessage(c, wire.NewPong(make([]byte, m.NumPongBytes)))
+			case *wire.Error:
 				t.Fatalf("session closed after %v: %v", codes, wire.ParseError(m))
 			}
 		}
@@ -178,7 +178,7 @@ func TestFloods(t *testing.T) {
 		// hold, so the hub's send queue overflows.
 		for range 40000 {
 			_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			if err := wire.WriteMessage(c, lnwire.NewPing(session.MaxPongBytes)); err != nil {
+			if err := wire.WriteMessage(c, wire.NewPing(session.MaxPongBytes)); err != nil {
 				break // dropped
 			}
 		}
@@ -193,7 +193,7 @@ func TestFloods(t *testing.T) {
 	attack("Oversized", func(t *testing.T) {
 		key, _ := h.EnrolDevice(t, hub.RolePayer)
 		c := floodConn(t, h, key)
-		_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 60000)})
+		_ = wire.WriteMessage(c, &wire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 60000)})
 		if _, _, last := drain(t, c, 5*time.Second); last == nil || last.Code != wire.CodeMessageTooLarge {
 			t.Fatalf("hub's last error %v, want message-too-large", last)
 		}
@@ -201,12 +201,12 @@ func TestFloods(t *testing.T) {
 	attack("UnknownTypes", func(t *testing.T) {
 		key, id := h.EnrolDevice(t, hub.RolePayer)
 		c := floodConn(t, h, key)
-		codes := windowed(t, c, 2000, func(i int) []lnwire.Message {
+		codes := windowed(t, c, 2000, func(i int) []wire.Message {
 			// Even types must be understood: each is refused. The odd
 			// one beside it is ignored.
-			return []lnwire.Message{
-				&lnwire.Custom{Type: lnwire.MessageType(0xF000 + 2*(i%50)), Data: []byte("x")},
-				&lnwire.Custom{Type: 0xF001, Data: []byte("y")},
+			return []wire.Message{
+				&wire.Custom{Type: wire.MessageType(0xF000 + 2*(i%50)), Data: []byte("x")},
+				&wire.Custom{Type: 0xF001, Data: []byte("y")},
 			}
 		})
 		if codes[wire.ChanMalformed] != 2000 {
@@ -219,10 +219,10 @@ func TestFloods(t *testing.T) {
 	attack("BadSignatures", func(t *testing.T) {
 		c := floodConn(t, h, rogueKey)
 		const n = 2000
-		codes := windowed(t, c, n, func(int) []lnwire.Message {
+		codes := windowed(t, c, n, func(int) []wire.Message {
 			var sig [64]byte
 			_, _ = rand.Read(sig[:])
-			return []lnwire.Message{&wire.Pay{ChanID: rogueCh.ID, Seq: 1, Paid: 1000, Amount: 1000, Payee: provID, Sig: sig}}
+			return []wire.Message{&wire.Pay{ChanID: rogueCh.ID, Seq: 1, Paid: 1000, Amount: 1000, Payee: provID, Sig: sig}}
 		})
 		// Each is refused for its signature, or, past the per-device
 		// payment rate, before any signature is checked.

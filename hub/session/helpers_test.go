@@ -18,6 +18,7 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -103,9 +104,12 @@ type testHub struct {
 func startHub(tb testing.TB, mod func(*Config)) *testHub {
 	tb.Helper()
 	h := &testHub{key: mustKey(tb), auth: newMemAuth()}
+	ln, err := p2plisten.Listen(p2plisten.Config{Addr: "127.0.0.1:0", Key: &keychain.PrivKeyECDH{PrivKey: h.key}, Logger: quietLogger()})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	cfg := Config{
-		Addr:             "127.0.0.1:0",
-		Key:              h.key,
+		Listener:         NewListener(ln),
 		Auth:             h.auth,
 		Logger:           quietLogger(),
 		HandshakeTimeout: 2 * time.Second,
@@ -177,7 +181,7 @@ func (h *testHub) rawSession(tb testing.TB, key *btcec.PrivateKey) *brontide.Con
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, ok := msg.(*lnwire.Init); !ok {
+	if _, ok := msg.(*wire.Init); !ok {
 		tb.Fatalf("hub answered init with %T", msg)
 	}
 	_ = c.SetDeadline(time.Time{})
@@ -193,7 +197,7 @@ func readError(tb testing.TB, c *brontide.Conn, within time.Duration) *wire.Code
 		if err != nil {
 			tb.Fatalf("no error message from hub: %v", err)
 		}
-		if e, ok := msg.(*lnwire.Error); ok {
+		if e, ok := msg.(*wire.Error); ok {
 			return wire.ParseError(e)
 		}
 	}

@@ -14,8 +14,8 @@ import (
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 )
 
 // raiseNoFile makes room for n more file descriptors in this process, which
@@ -176,13 +176,13 @@ func (f *stallFlood) stop() {
 func TestStalledHandshakeFlood(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		cfg  func(*session.Config)
+		cfg  func(*p2plisten.Config)
 	}{
 		{"Defaults", nil},
-		{"FairAdmission", func(c *session.Config) { c.MaxHandshakes = 16; c.MaxHandshakesPerSource = 8 }},
+		{"FairAdmission", func(c *p2plisten.Config) { c.MaxHandshakes = 16; c.MaxHandshakesPerSource = 8 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := hubtest.Start(t, hubtest.Config{Server: tc.cfg})
+			h := hubtest.Start(t, hubtest.Config{Listener: tc.cfg})
 			key, id := h.EnrolDevice(t, hub.RolePayer)
 			f := startStallFlood(t, h.Addr(), h.PubKey(), 4, 2500)
 

@@ -6,7 +6,6 @@ import (
 
 	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/internal/wire"
@@ -39,7 +38,7 @@ func TestKeepalivePingsAfterQuiet(t *testing.T) {
 			t.Fatalf("session armed no %v timer", want)
 		}
 	}
-	next := func() lnwire.Message {
+	next := func() wire.Message {
 		t.Helper()
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		m, err := wire.ReadMessage(c, wire.MaxMessageSize)
@@ -55,7 +54,7 @@ func TestKeepalivePingsAfterQuiet(t *testing.T) {
 	// 20 s that remain instead of pinging.
 	clk.SetTime(t0.Add(20 * time.Second))
 	devicePing(t, c)
-	if m := next(); m.MsgType() != lnwire.MsgPong {
+	if m := next(); m.MsgType() != wire.MsgPong {
 		t.Fatalf("hub answered the device's ping with %v", m.MsgType())
 	}
 	clk.SetTime(t0.Add(interval))
@@ -63,11 +62,11 @@ func TestKeepalivePingsAfterQuiet(t *testing.T) {
 
 	// 30 s of quiet: now it pings, and waits PongTimeout for the Pong.
 	clk.SetTime(t0.Add(50 * time.Second))
-	if m := next(); m.MsgType() != lnwire.MsgPing {
+	if m := next(); m.MsgType() != wire.MsgPing {
 		t.Fatalf("after %v of quiet the hub sent %v, want a ping", interval, m.MsgType())
 	}
 	armed(pongTimeout)
-	if err := wire.WriteMessage(c, lnwire.NewPong(nil)); err != nil {
+	if err := wire.WriteMessage(c, wire.NewPong(nil)); err != nil {
 		t.Fatal(err)
 	}
 	armed(interval) // a full interval of quiet after the Pong
@@ -75,7 +74,7 @@ func TestKeepalivePingsAfterQuiet(t *testing.T) {
 	// Pinged again after the next quiet interval, and dropped with
 	// "timeout" when no Pong follows.
 	clk.SetTime(t0.Add(80 * time.Second))
-	if m := next(); m.MsgType() != lnwire.MsgPing {
+	if m := next(); m.MsgType() != wire.MsgPing {
 		t.Fatalf("hub sent %v, want a ping", m.MsgType())
 	}
 	armed(pongTimeout)
@@ -88,7 +87,7 @@ func TestKeepalivePingsAfterQuiet(t *testing.T) {
 // devicePing sends a ping asking for one pong byte.
 func devicePing(t *testing.T, c *brontide.Conn) {
 	t.Helper()
-	if err := wire.WriteMessage(c, lnwire.NewPing(1)); err != nil {
+	if err := wire.WriteMessage(c, wire.NewPing(1)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -3,8 +3,6 @@ package session
 import (
 	"context"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -15,7 +13,7 @@ import (
 // custom message, which Default answers as unknown or malformed.
 type Router struct {
 	// ByType routes messages by their wire type (wire.MsgSettleSign …).
-	ByType map[lnwire.MessageType]Handler
+	ByType map[wire.MessageType]Handler
 	// ErrorsByCode routes a device's ChannelError by its code
 	// (wire.ChanSettleRefused …).
 	ErrorsByCode map[wire.ChanCode]Handler
@@ -26,18 +24,18 @@ type Router struct {
 var _ Handler = (*Router)(nil)
 
 // HandleMessage passes msg to the handler its route names, or to Default.
-func (r *Router) HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error {
+func (r *Router) HandleMessage(ctx context.Context, s *Session, msg wire.Message) error {
 	return r.route(msg).HandleMessage(ctx, s, msg)
 }
 
-func (r *Router) route(msg lnwire.Message) Handler {
+func (r *Router) route(msg wire.Message) Handler {
 	if ce, ok := msg.(*wire.ChannelError); ok {
 		if h := r.ErrorsByCode[ce.Code]; h != nil {
 			return h
 		}
 		return r.Default
 	}
-	if _, raw := msg.(*lnwire.Custom); !raw {
+	if _, raw := msg.(*wire.Custom); !raw {
 		if h := r.ByType[msg.MsgType()]; h != nil {
 			return h
 		}

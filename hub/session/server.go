@@ -9,13 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/clock"
-	"github.com/lightningnetwork/lnd/keychain"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -43,7 +39,7 @@ type Authenticator interface {
 // error closes the session; a *wire.CodeError return picks the code sent to
 // the device, anything else is sent as "internal".
 type Handler interface {
-	HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error
+	HandleMessage(ctx context.Context, s *Session, msg wire.Message) error
 }
 
 // Defaults for Config. They bound what one hub process spends on
@@ -56,16 +52,14 @@ const (
 	// cellular network) and the loopback load test runs 1,000 devices
 	// from one address. It is no defence against unauthenticated floods:
 	// only registered keys get sessions, and connections still in their
-	// handshake are bounded per source by MaxHandshakesPerSource.
-	DefaultMaxSessionsPerIP       = 1000
-	DefaultMaxHandshakes          = p2plisten.DefaultMaxHandshakes
-	DefaultMaxHandshakesPerSource = p2plisten.DefaultMaxHandshakesPerSource
-	DefaultActTimeout             = p2plisten.DefaultActTimeout
-	DefaultMaxMessageSize         = wire.MaxMessageSize
-	DefaultSendQueue              = 64
-	DefaultPingInterval           = 30 * time.Second
-	DefaultPongTimeout            = 15 * time.Second
-	DefaultWriteTimeout           = 10 * time.Second
+	// handshake are bounded per source by the transport
+	// (p2plisten.Config.MaxHandshakesPerSource).
+	DefaultMaxSessionsPerIP = 1000
+	DefaultMaxMessageSize   = wire.MaxMessageSize
+	DefaultSendQueue        = 64
+	DefaultPingInterval     = 30 * time.Second
+	DefaultPongTimeout      = 15 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
 	// MaxPongBytes is the most pong padding a device may ask for in a
 	// Ping. BOLT 1 allows 65531; answering that to every tiny Ping would
 	// let a device turn the hub into a bandwidth amplifier.
@@ -78,18 +72,15 @@ const (
 // Config configures a Server. Zero limits take the defaults above.
 //
 // A connection is "in handshake" from TCP accept until its device is
-// authenticated: the noise acts (each within ActTimeout, run by
-// internal/p2plisten with brontide's noise machine), then the first
-// message (Init, or Enrol then Init) and the registry's decision, within
-// HandshakeTimeout. MaxHandshakes and MaxHandshakesPerSource bound those
-// connections; one over its source's share is closed at once, never
-// queued (see p2plisten.Listener for fair admission when all are taken).
+// authenticated: the noise acts, which the Listener runs (internal/p2plisten
+// with brontide's noise machine, under its own limits on connections in
+// handshake), then the first message (Init, or Enrol then Init) and the
+// registry's decision, within HandshakeTimeout.
 type Config struct {
-	// Addr is the TCP listen address, e.g. ":9735" or "127.0.0.1:0".
-	Addr string
-	// Key is the hub's static BOLT 8 identity key; devices pin its public
-	// half.
-	Key *btcec.PrivateKey
+	// Listener hands over the connections whose noise handshake is done.
+	// Required; the server owns it from New on and closes it in Close
+	// (and when New fails).
+	Listener Listener
 	// Auth decides which proven keys may hold a session. Required.
 	Auth Authenticator
 	// Handler receives custom messages after authentication. Optional:
@@ -107,20 +98,12 @@ type Config struct {
 	// HandshakeTimeout bounds the time from the end of the noise
 	// handshake to a decided authentication.
 	HandshakeTimeout time.Duration
-	// ActTimeout bounds each noise act (one and three read, two written).
-	ActTimeout time.Duration
-	// MaxHandshakes bounds connections in handshake at once, which is
-	// also the p2p listener's budget of file descriptors beyond sessions.
-	MaxHandshakes int
-	// MaxHandshakesPerSource bounds the same per source: an IPv4
-	// address or an IPv6 /64.
-	MaxHandshakesPerSource int
 	// MaxSessions bounds connections that finished the noise handshake,
 	// authenticated or not yet.
 	MaxSessions int
 	// MaxSessionsPerIP bounds the same per remote IP address.
 	MaxSessionsPerIP int
-	// MaxMessageSize bounds one incoming lnwire message (type included);
+	// MaxMessageSize bounds one incoming message (type included);
 	// at most wire.MaxMessageSize (65535).
 	MaxMessageSize int
 	// SendQueue is the per-session outgoing queue length. A device that
@@ -139,15 +122,15 @@ type Config struct {
 	// sends (send) or reads: it may drop the connection instead of
 	// passing the message (dropBefore) or right after (dropAfter), for the
 	// disconnect trials. Nil in the product.
-	Fault func(deviceID string, send bool, msg lnwire.Message) (dropBefore, dropAfter bool)
+	Fault func(deviceID string, send bool, msg wire.Message) (dropBefore, dropAfter bool)
 }
 
 func (c *Config) setDefaults() error {
 	if c.Directory == nil {
 		c.Directory = NewDirectory()
 	}
-	if c.Key == nil {
-		return fmt.Errorf("%w: server: no identity key", hub.ErrInvalid)
+	if c.Listener == nil {
+		return fmt.Errorf("%w: server: no listener", hub.ErrInvalid)
 	}
 	if c.Auth == nil {
 		return fmt.Errorf("%w: server: no authenticator", hub.ErrInvalid)
@@ -164,7 +147,6 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
-	def(&c.ActTimeout, DefaultActTimeout)
 	def(&c.PingInterval, DefaultPingInterval)
 	def(&c.PongTimeout, DefaultPongTimeout)
 	def(&c.WriteTimeout, DefaultWriteTimeout)
@@ -175,8 +157,6 @@ func (c *Config) setDefaults() error {
 	}
 	defInt(&c.MaxSessions, DefaultMaxSessions)
 	defInt(&c.MaxSessionsPerIP, DefaultMaxSessionsPerIP)
-	defInt(&c.MaxHandshakes, DefaultMaxHandshakes)
-	defInt(&c.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
 	defInt(&c.MaxMessageSize, DefaultMaxMessageSize)
 	defInt(&c.SendQueue, DefaultSendQueue)
 	if c.MaxMessageSize > wire.MaxMessageSize {
@@ -190,7 +170,7 @@ func (c *Config) setDefaults() error {
 type Server struct {
 	cfg Config
 	log *slog.Logger
-	ln  *p2plisten.Listener
+	ln  Listener
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -198,28 +178,22 @@ type Server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conns    int                          // noise-authenticated connections, sessions included
-	perIP    map[string]int               // conns by remote IP
-	pending  map[*p2plisten.Conn]struct{} // conns not yet authenticated
-	sessions *Directory                   // live session by device id
+	conns    int               // noise-authenticated connections, sessions included
+	perIP    map[string]int    // conns by remote IP
+	pending  map[Conn]struct{} // conns not yet authenticated
+	sessions *Directory        // live session by device id
 }
 
-// New starts listening on cfg.Addr. The server runs until Close.
+// New starts serving the connections cfg.Listener accepts. The server runs
+// until Close.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
+		if cfg.Listener != nil {
+			_ = cfg.Listener.Close()
+		}
 		return nil, err
 	}
-	ln, err := p2plisten.Listen(p2plisten.Config{
-		Addr:                   cfg.Addr,
-		Key:                    &keychain.PrivKeyECDH{PrivKey: cfg.Key},
-		MaxHandshakes:          cfg.MaxHandshakes,
-		MaxHandshakesPerSource: cfg.MaxHandshakesPerSource,
-		ActTimeout:             cfg.ActTimeout,
-		Logger:                 cfg.Logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
-	}
+	ln := cfg.Listener
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:      cfg,
@@ -228,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		perIP:    make(map[string]int),
-		pending:  make(map[*p2plisten.Conn]struct{}),
+		pending:  make(map[Conn]struct{}),
 		sessions: cfg.Directory,
 	}
 	s.wg.Add(1)
@@ -307,7 +281,7 @@ func (s *Server) acceptLoop() {
 
 // admit counts a new connection against the limits. When it returns false
 // the connection is not counted and must be refused with code.
-func (s *Server) admit(c *p2plisten.Conn, ip string) (wire.Code, bool) {
+func (s *Server) admit(c Conn, ip string) (wire.Code, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -324,7 +298,7 @@ func (s *Server) admit(c *p2plisten.Conn, ip string) (wire.Code, bool) {
 	return "", true
 }
 
-func (s *Server) release(c *p2plisten.Conn, ip string) {
+func (s *Server) release(c Conn, ip string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.pending, c)
@@ -335,7 +309,7 @@ func (s *Server) release(c *p2plisten.Conn, ip string) {
 }
 
 // refuse tells a connection over the limits why and closes it.
-func (s *Server) refuse(c *p2plisten.Conn, ip string, code wire.Code) {
+func (s *Server) refuse(c Conn, ip string, code wire.Code) {
 	defer s.wg.Done()
 	s.log.Warn("connection refused", "ip", ip, "key", hub.PubKeyOf(c.RemotePub()), "code", code)
 	s.writeFinal(c, code, refusalText(code))
@@ -343,7 +317,7 @@ func (s *Server) refuse(c *p2plisten.Conn, ip string, code wire.Code) {
 }
 
 // writeFinal sends one Error on a connection that has no session writer.
-func (s *Server) writeFinal(c *p2plisten.Conn, code wire.Code, msg string) {
+func (s *Server) writeFinal(c Conn, code wire.Code, msg string) {
 	_ = c.SetWriteDeadline(time.Now().Add(closeGrace))
 	_ = wire.WriteMessage(c, wire.NewError(code, msg))
 }
@@ -352,7 +326,7 @@ func (s *Server) writeFinal(c *p2plisten.Conn, code wire.Code, msg string) {
 // device still sends until it closes its side. Closing a socket with unread
 // input makes the kernel send a TCP reset, and a reset can discard the
 // Error the device has not read yet; draining first lets the Error arrive.
-func (s *Server) lingerClose(c *p2plisten.Conn) {
+func (s *Server) lingerClose(c Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(closeGrace))
 	for {
 		if _, err := wire.ReadMessage(c, s.cfg.MaxMessageSize); err != nil {
@@ -364,7 +338,7 @@ func (s *Server) lingerClose(c *p2plisten.Conn) {
 
 // serveConn runs one connection from the end of the noise handshake to its
 // close: authentication, then the session's read loop.
-func (s *Server) serveConn(c *p2plisten.Conn, ip string) {
+func (s *Server) serveConn(c Conn, ip string) {
 	defer s.wg.Done()
 	defer s.release(c, ip)
 	key := hub.PubKeyOf(c.RemotePub())
@@ -402,7 +376,7 @@ func (s *Server) serveConn(c *p2plisten.Conn, ip string) {
 // authenticate reads the device's first messages within HandshakeTimeout and
 // asks the Authenticator. On failure it returns the code to send ("" to send
 // nothing) and the cause for the log.
-func (s *Server) authenticate(c *p2plisten.Conn, key hub.PubKey) (hub.Device, wire.Code, error) {
+func (s *Server) authenticate(c Conn, key hub.PubKey) (hub.Device, wire.Code, error) {
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	_ = c.SetReadDeadline(deadline)
 	// Close wakes pending connections by moving their deadline to now; if
@@ -427,7 +401,7 @@ func (s *Server) authenticate(c *p2plisten.Conn, key hub.PubKey) (hub.Device, wi
 	if err != nil {
 		return hub.Device{}, readErrCode(s.ctx, err), err
 	}
-	init, ok := msg.(*lnwire.Init)
+	init, ok := msg.(*wire.Init)
 	if !ok {
 		return hub.Device{}, wire.CodeProtocol, fmt.Errorf("%w: first message %v, want init", wire.ErrProtocol, msg.MsgType())
 	}
@@ -458,13 +432,13 @@ func (s *Server) authenticate(c *p2plisten.Conn, key hub.PubKey) (hub.Device, wi
 // readPreInit reads the next message before authentication, skipping
 // BOLT 1 warnings: a warning is logged, never fatal (protocol.md §1.3),
 // also before Init. HandshakeTimeout's read deadline bounds how many.
-func (s *Server) readPreInit(c *p2plisten.Conn, key hub.PubKey) (lnwire.Message, error) {
+func (s *Server) readPreInit(c Conn, key hub.PubKey) (wire.Message, error) {
 	for {
 		msg, err := wire.ReadMessage(c, s.cfg.MaxMessageSize)
 		if err != nil {
 			return nil, err
 		}
-		w, ok := msg.(*lnwire.Warning)
+		w, ok := msg.(*wire.Warning)
 		if !ok {
 			return msg, nil
 		}

@@ -105,7 +105,7 @@ func helloAt(addr *net.TCPAddr, hubKey *btcec.PublicKey, key *btcec.PrivateKey) 
 	}
 	msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
 	if err == nil {
-		if _, ok := msg.(*lnwire.Init); !ok {
+		if _, ok := msg.(*wire.Init); !ok {
 			err = fmt.Errorf("hub answered init with %T", msg)
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
@@ -19,18 +18,18 @@ import (
 // echoHandler records custom messages and answers each with the same payload
 // under the next type number.
 type echoHandler struct {
-	got chan *lnwire.Custom
+	got chan *wire.Custom
 }
 
-func (h echoHandler) HandleMessage(ctx context.Context, s *Session, msg lnwire.Message) error {
-	c := msg.(*lnwire.Custom)
+func (h echoHandler) HandleMessage(ctx context.Context, s *Session, msg wire.Message) error {
+	c := msg.(*wire.Custom)
 	h.got <- c
-	return s.Send(ctx, &lnwire.Custom{Type: c.Type + 1, Data: c.Data})
+	return s.Send(ctx, &wire.Custom{Type: c.Type + 1, Data: c.Data})
 }
 
 func TestSessionStaysConnected(t *testing.T) {
 	checkLeaks(t)
-	handler := echoHandler{got: make(chan *lnwire.Custom, 1)}
+	handler := echoHandler{got: make(chan *wire.Custom, 1)}
 	h := startHub(t, func(c *Config) {
 		c.PingInterval = 30 * time.Millisecond
 		c.PongTimeout = 100 * time.Millisecond
@@ -57,7 +56,7 @@ func TestSessionStaysConnected(t *testing.T) {
 	t.Run("CustomMessagesBothWays", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if err := dev.Send(ctx, &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: []byte("hello")}); err != nil {
+		if err := dev.Send(ctx, &wire.Custom{Type: wire.TypeBase + 0xF1, Data: []byte("hello")}); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -70,7 +69,7 @@ func TestSessionStaysConnected(t *testing.T) {
 		}
 		select {
 		case m := <-dev.Messages():
-			c, ok := m.(*lnwire.Custom)
+			c, ok := m.(*wire.Custom)
 			if !ok || c.Type != wire.TypeBase+0xF2 || string(c.Data) != "hello" {
 				t.Fatalf("device got %#v", m)
 			}
@@ -206,7 +205,7 @@ func TestHostileConnections(t *testing.T) {
 		t.Run("WrongFirstMessage", func(t *testing.T) {
 			t.Parallel()
 			c := h.rawDial(t, h.auth.add(t, hub.StatusActive))
-			_ = wire.WriteMessage(c, lnwire.NewPing(0))
+			_ = wire.WriteMessage(c, wire.NewPing(0))
 			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
 				t.Fatalf("code = %q, want protocol-violation", e.Code)
 			}
@@ -214,7 +213,7 @@ func TestHostileConnections(t *testing.T) {
 		t.Run("OversizedFrameAfterAuth", func(t *testing.T) {
 			t.Parallel()
 			c := h.rawSession(t, h.auth.add(t, hub.StatusActive))
-			_ = wire.WriteMessage(c, &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 4000)})
+			_ = wire.WriteMessage(c, &wire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 4000)})
 			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeMessageTooLarge {
 				t.Fatalf("code = %q, want message-too-large", e.Code)
 			}
@@ -222,7 +221,7 @@ func TestHostileConnections(t *testing.T) {
 		t.Run("GreedyPing", func(t *testing.T) {
 			t.Parallel()
 			c := h.rawSession(t, h.auth.add(t, hub.StatusActive))
-			_ = wire.WriteMessage(c, lnwire.NewPing(60000))
+			_ = wire.WriteMessage(c, wire.NewPing(60000))
 			if e := readError(t, c, 2*time.Second); e.Code != wire.CodeProtocol {
 				t.Fatalf("code = %q, want protocol-violation", e.Code)
 			}
@@ -259,7 +258,7 @@ func TestSlowReaderDropped(t *testing.T) {
 	key := h.auth.add(t, hub.StatusActive)
 	_ = h.rawSession(t, key) // authenticated, then never reads
 	sess, _ := h.Session(hub.DeviceID(hub.PubKeyOf(key.PubKey())))
-	big := &lnwire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 60000)}
+	big := &wire.Custom{Type: wire.TypeBase + 0xF1, Data: make([]byte, 60000)}
 	var err error
 	start := time.Now()
 	for i := 0; i < 5000 && err == nil; i++ {
@@ -355,15 +354,15 @@ func TestManyDevicesConcurrently(t *testing.T) {
 func TestWarningIsNotFatal(t *testing.T) {
 	checkLeaks(t)
 	h := startHub(t, func(c *Config) { c.PingInterval = time.Hour })
-	warnings := []*lnwire.Warning{
-		{Data: lnwire.WarningData("low battery")},
-		{ChanID: lnwire.ChannelID{1}, Data: lnwire.WarningData("channel: odd state")},
+	warnings := []*wire.Warning{
+		{Data: wire.WarningData("low battery")},
+		{ChanID: wire.ChannelID{1}, Data: wire.WarningData("channel: odd state")},
 		{},
 	}
 	send := func(t *testing.T, c interface {
 		WriteMessage([]byte) error
 		Flush() (int, error)
-	}, msgs ...lnwire.Message) {
+	}, msgs ...wire.Message) {
 		t.Helper()
 		for _, m := range msgs {
 			if err := wire.WriteMessage(c, m); err != nil {
@@ -388,7 +387,7 @@ func TestWarningIsNotFatal(t *testing.T) {
 			if err != nil {
 				t.Fatalf("no answer to init after a warning: %v", err)
 			}
-			if _, ok := msg.(*lnwire.Init); !ok {
+			if _, ok := msg.(*wire.Init); !ok {
 				t.Fatalf("hub answered init after a warning with %#v", msg)
 			}
 		})
@@ -403,13 +402,13 @@ func TestWarningIsNotFatal(t *testing.T) {
 				send(t, c, w)
 			}
 		}
-		send(t, c, lnwire.NewPing(4))
+		send(t, c, wire.NewPing(4))
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
 		if err != nil {
 			t.Fatalf("session closed after a warning: %v", err)
 		}
-		if p, ok := msg.(*lnwire.Pong); !ok || len(p.PongBytes) != 4 {
+		if p, ok := msg.(*wire.Pong); !ok || len(p.PongBytes) != 4 {
 			t.Fatalf("hub answered the ping with %#v", msg)
 		}
 		if now, ok := h.Session(id); !ok || now != first {

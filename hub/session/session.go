@@ -11,10 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -23,12 +20,12 @@ import (
 // socket's write side, the send queue and the keepalive timers.
 type Session struct {
 	srv    *Server
-	conn   *p2plisten.Conn
+	conn   Conn
 	device hub.Device
 	key    hub.PubKey
 	ip     string
 
-	queue chan lnwire.Message
+	queue chan wire.Message
 	pong  chan struct{}
 	// heard is when the last message from the device was read (the
 	// clock's unix nanoseconds): the keepalive pings only after
@@ -41,11 +38,11 @@ type Session struct {
 	cancel context.CancelFunc
 
 	mu    sync.Mutex
-	final *lnwire.Error // sent by the writer before the socket closes
-	why   string        // close reason for the log
+	final *wire.Error // sent by the writer before the socket closes
+	why   string      // close reason for the log
 }
 
-func newSession(srv *Server, c *p2plisten.Conn, dev hub.Device, key hub.PubKey, ip string) *Session {
+func newSession(srv *Server, c Conn, dev hub.Device, key hub.PubKey, ip string) *Session {
 	ctx, cancel := context.WithCancel(srv.ctx)
 	s := &Session{
 		srv:    srv,
@@ -53,7 +50,7 @@ func newSession(srv *Server, c *p2plisten.Conn, dev hub.Device, key hub.PubKey, 
 		device: dev,
 		key:    key,
 		ip:     ip,
-		queue:  make(chan lnwire.Message, srv.cfg.SendQueue),
+		queue:  make(chan wire.Message, srv.cfg.SendQueue),
 		pong:   make(chan struct{}, 1),
 		ctx:    ctx,
 		cancel: cancel,
@@ -82,7 +79,7 @@ func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
 // when the device has fallen SendQueue messages behind: the session is then
 // dropped with "too-slow", because a device that cannot keep up must not
 // hold memory or stall whoever sends to it.
-func (s *Session) Send(ctx context.Context, msg lnwire.Message) error {
+func (s *Session) Send(ctx context.Context, msg wire.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -194,7 +191,7 @@ func (s *Session) readLoop() {
 }
 
 // fault asks the test's fault hook, if any, about msg.
-func (s *Session) fault(send bool, msg lnwire.Message) (dropBefore, dropAfter bool) {
+func (s *Session) fault(send bool, msg wire.Message) (dropBefore, dropAfter bool) {
 	if s.srv.cfg.Fault == nil {
 		return false, false
 	}
@@ -202,24 +199,24 @@ func (s *Session) fault(send bool, msg lnwire.Message) (dropBefore, dropAfter bo
 }
 
 // dispatch handles one message from an authenticated device.
-func (s *Session) dispatch(msg lnwire.Message) error {
+func (s *Session) dispatch(msg wire.Message) error {
 	switch m := msg.(type) {
-	case *lnwire.Ping:
+	case *wire.Ping:
 		if m.NumPongBytes > MaxPongBytes {
 			return fmt.Errorf("%w: ping asks for %d pong bytes, limit %d", wire.ErrProtocol, m.NumPongBytes, MaxPongBytes)
 		}
-		return s.Send(s.ctx, lnwire.NewPong(make([]byte, m.NumPongBytes)))
-	case *lnwire.Pong:
+		return s.Send(s.ctx, wire.NewPong(make([]byte, m.NumPongBytes)))
+	case *wire.Pong:
 		select {
 		case s.pong <- struct{}{}:
 		default:
 		}
 		return nil
-	case *lnwire.Error:
+	case *wire.Error:
 		s.srv.log.Info("device sent error", "device", s.device.ID, "data", wire.ParseError(m).Error())
 		s.closeWith("", "")
 		return nil
-	case *lnwire.Warning:
+	case *wire.Warning:
 		// Logged, never fatal (protocol.md §1.3). Past the first few,
 		// only at debug level, so a device cannot flood the log.
 		s.warnings++
@@ -231,9 +228,9 @@ func (s *Session) dispatch(msg lnwire.Message) error {
 		return nil
 	}
 	// Custom messages reach the handler whether wire.DecodeMessage returned
-	// one of m2mhub's own types (*wire.Pay …) or an *lnwire.Custom it does
+	// one of m2mhub's own types (*wire.Pay …) or an *wire.Custom it does
 	// not know; the handler answers unknown types.
-	if msg.MsgType() >= lnwire.CustomTypeStart {
+	if msg.MsgType() >= wire.CustomTypeStart {
 		if s.srv.cfg.Handler == nil {
 			s.srv.log.Debug("custom message without handler", "device", s.device.ID, "type", uint16(msg.MsgType()))
 			return nil
@@ -249,7 +246,7 @@ const maxLoggedWarnings = 10
 
 // warningText is a warning's data for the log: at most 256 bytes, valid
 // UTF-8.
-func warningText(w *lnwire.Warning) string {
+func warningText(w *wire.Warning) string {
 	d := w.Data
 	if len(d) > 256 {
 		d = d[:256]
@@ -289,7 +286,7 @@ func (s *Session) writeLoop() {
 				nextPing = clk.TickAfter(interval - quiet)
 				continue
 			}
-			if !s.write(lnwire.NewPing(0)) {
+			if !s.write(wire.NewPing(0)) {
 				return
 			}
 			nextPing, pongDue = nil, clk.TickAfter(s.srv.cfg.PongTimeout)
@@ -306,7 +303,7 @@ func (s *Session) writeLoop() {
 
 // write sends one message; on failure it closes the session and reports
 // false.
-func (s *Session) write(m lnwire.Message) bool {
+func (s *Session) write(m wire.Message) bool {
 	dropBefore, dropAfter := s.fault(true, m)
 	if dropBefore {
 		s.closeWith("", "")

@@ -8,12 +8,14 @@ import (
 )
 
 // Rule denies a package, and the packages below it, among the transitive
-// dependencies of another. A path to it that enters one of Except (each
-// allowing itself and the packages below it) is accepted: that dependency is
-// the excepted package's, not ours (see docs/architecture.md for the one
-// exception the hub makes, lnd's lnwire).
+// dependencies of another. Allow narrows the denial: a package below Deny
+// that is in Allow (each entry allowing itself and the packages below it) is
+// accepted, and the walk goes on through it. A path that enters one of
+// Except (each likewise) is accepted without looking further: that
+// dependency is the excepted package's, not ours.
 type Rule struct {
 	Deny   string
+	Allow  []string
 	Except []string
 }
 
@@ -66,7 +68,7 @@ func (g Graph) path(pkg string, r Rule) []string {
 	for len(queue) > 0 {
 		n := queue[0]
 		queue = queue[1:]
-		if n != pkg && allowedPath(n, []string{r.Deny}) {
+		if n != pkg && allowedPath(n, []string{r.Deny}) && !allowedPath(n, r.Allow) {
 			var path []string
 			for ; n != ""; n = prev[n] {
 				path = append([]string{n}, path...)

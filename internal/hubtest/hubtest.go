@@ -26,6 +26,7 @@ import (
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
+	"github.com/lightningnetwork/lnd/keychain"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
@@ -33,6 +34,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/regtest"
 	"github.com/m2mhub/m2mhub/settlement/btcdchain"
 )
@@ -80,9 +82,12 @@ type Config struct {
 	// after the harness filled it in. It runs again at every restart.
 	Channels func(*channels.Config)
 	// Server, when set, adjusts the session server's configuration the
+	// same way. Its Listener is the harness's.
+	Server func(*session.Config)
+	// Listener, when set, adjusts the p2p listener's configuration the
 	// same way. Addr and Key are reset afterwards, at restarts, so the
 	// hub keeps its address and identity.
-	Server func(*session.Config)
+	Listener func(*p2plisten.Config)
 	// Logger receives the hub's, btcd's and the clients' logs; nil
 	// discards them.
 	Logger *slog.Logger
@@ -195,11 +200,21 @@ func (h *Hub) run(addr string) error {
 		_ = st.Close()
 		return err
 	}
+	lcfg := p2plisten.Config{Logger: h.log}
+	if h.cfg.Listener != nil {
+		h.cfg.Listener(&lcfg)
+	}
+	lcfg.Addr, lcfg.Key = addr, &keychain.PrivKeyECDH{PrivKey: h.key}
+	ln, err := p2plisten.Listen(lcfg)
+	if err != nil {
+		_ = st.Close()
+		return err
+	}
 	scfg := session.Config{Auth: reg, Handler: ch, Directory: dir, Logger: h.log}
 	if h.cfg.Server != nil {
 		h.cfg.Server(&scfg)
 	}
-	scfg.Addr, scfg.Key = addr, h.key
+	scfg.Listener = session.NewListener(ln)
 	srv, err := session.New(scfg)
 	if err != nil {
 		_ = st.Close()

@@ -25,7 +25,7 @@ import (
 type RawConn struct {
 	tb   TB
 	conn *brontide.Conn
-	in   chan lnwire.Message
+	in   chan wire.Message
 	done chan struct{}
 	once sync.Once
 }
@@ -44,11 +44,11 @@ func (h *Hub) RawConn(tb TB, key *btcec.PrivateKey, deviceID string) *RawConn {
 	if err != nil {
 		tb.Fatalf("hubtest: raw dial: %v", err)
 	}
-	r := &RawConn{tb: tb, conn: c, in: make(chan lnwire.Message, 256), done: make(chan struct{})}
+	r := &RawConn{tb: tb, conn: c, in: make(chan wire.Message, 256), done: make(chan struct{})}
 	tb.Cleanup(r.Close)
 	r.Send(wire.NewInit())
 	go r.read()
-	if _, ok := r.Next(5 * time.Second).(*lnwire.Init); !ok {
+	if _, ok := r.Next(5 * time.Second).(*wire.Init); !ok {
 		tb.Fatal("hubtest: hub did not answer init")
 	}
 	// The hub registers the session just after it queues the Init reply.
@@ -71,7 +71,7 @@ func (r *RawConn) read() {
 		if err != nil {
 			return
 		}
-		if _, ok := m.(*lnwire.Ping); ok {
+		if _, ok := m.(*wire.Ping); ok {
 			continue
 		}
 		r.in <- m
@@ -79,7 +79,7 @@ func (r *RawConn) read() {
 }
 
 // Send writes m, failing the test if it cannot.
-func (r *RawConn) Send(m lnwire.Message) {
+func (r *RawConn) Send(m wire.Message) {
 	r.tb.Helper()
 	_ = r.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := wire.WriteMessage(r.conn, m); err != nil {
@@ -89,7 +89,7 @@ func (r *RawConn) Send(m lnwire.Message) {
 
 // Next returns the hub's next message, failing the test after within or if
 // the hub closes the connection.
-func (r *RawConn) Next(within time.Duration) lnwire.Message {
+func (r *RawConn) Next(within time.Duration) wire.Message {
 	r.tb.Helper()
 	t := time.NewTimer(within)
 	defer t.Stop()

@@ -8,7 +8,6 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/txscript"
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
@@ -59,7 +58,7 @@ func StartSettling(tb testing.TB, cfg Config) (*Hub, *Settling) {
 		}
 		sc.Handler = &session.Router{
 			Default:      sc.Handler,
-			ByType:       map[lnwire.MessageType]session.Handler{wire.MsgSettleSign: st.Cosigners},
+			ByType:       map[wire.MessageType]session.Handler{wire.MsgSettleSign: st.Cosigners},
 			ErrorsByCode: map[wire.ChanCode]session.Handler{wire.ChanSettleRefused: st.Cosigners},
 		}
 	}

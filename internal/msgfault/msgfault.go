@@ -7,8 +7,6 @@ package msgfault
 import (
 	"sync"
 
-	"github.com/lightningnetwork/lnd/lnwire"
-
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -47,8 +45,8 @@ func (p *Point) Fired() bool {
 // At counts msg, sent (send) or received, and says whether to drop the
 // connection instead of passing it (dropBefore) or right after passing it
 // (dropAfter).
-func (p *Point) At(send bool, msg lnwire.Message) (dropBefore, dropAfter bool) {
-	if p == nil || msg.MsgType() < lnwire.CustomTypeStart {
+func (p *Point) At(send bool, msg wire.Message) (dropBefore, dropAfter bool) {
+	if p == nil || msg.MsgType() < wire.CustomTypeStart {
 		return false, false
 	}
 	switch msg.(type) {

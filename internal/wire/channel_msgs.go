@@ -7,7 +7,6 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 )
 
@@ -203,19 +202,19 @@ func (e *ChannelError) Error() string {
 	return string(e.Code) + ": " + e.Message
 }
 
-// Every message implements lnwire.Message through the shared TLV codec.
+// Every message implements Message through the shared TLV codec.
 var (
-	_ lnwire.Message = (*OpenChannel)(nil)
-	_ lnwire.Message = (*ChannelOffer)(nil)
-	_ lnwire.Message = (*ChannelFunded)(nil)
-	_ lnwire.Message = (*ChannelReady)(nil)
-	_ lnwire.Message = (*Pay)(nil)
-	_ lnwire.Message = (*PayAck)(nil)
-	_ lnwire.Message = (*ChannelError)(nil)
+	_ Message = (*OpenChannel)(nil)
+	_ Message = (*ChannelOffer)(nil)
+	_ Message = (*ChannelFunded)(nil)
+	_ Message = (*ChannelReady)(nil)
+	_ Message = (*Pay)(nil)
+	_ Message = (*PayAck)(nil)
+	_ Message = (*ChannelError)(nil)
 )
 
 // MsgType returns MsgOpenChannel.
-func (*OpenChannel) MsgType() lnwire.MessageType { return MsgOpenChannel }
+func (*OpenChannel) MsgType() MessageType { return MsgOpenChannel }
 
 // Encode writes the TLV payload of m.
 func (m *OpenChannel) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -232,7 +231,7 @@ func (m *OpenChannel) fields() []field {
 }
 
 // MsgType returns MsgChannelOffer.
-func (*ChannelOffer) MsgType() lnwire.MessageType { return MsgChannelOffer }
+func (*ChannelOffer) MsgType() MessageType { return MsgChannelOffer }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelOffer) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -253,7 +252,7 @@ func (m *ChannelOffer) fields() []field {
 }
 
 // MsgType returns MsgChannelFunded.
-func (*ChannelFunded) MsgType() lnwire.MessageType { return MsgChannelFunded }
+func (*ChannelFunded) MsgType() MessageType { return MsgChannelFunded }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelFunded) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -269,7 +268,7 @@ func (m *ChannelFunded) fields() []field {
 }
 
 // MsgType returns MsgChannelReady.
-func (*ChannelReady) MsgType() lnwire.MessageType { return MsgChannelReady }
+func (*ChannelReady) MsgType() MessageType { return MsgChannelReady }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelReady) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -287,7 +286,7 @@ func (m *ChannelReady) fields() []field {
 }
 
 // MsgType returns MsgPay.
-func (*Pay) MsgType() lnwire.MessageType { return MsgPay }
+func (*Pay) MsgType() MessageType { return MsgPay }
 
 // Encode writes the TLV payload of m.
 func (m *Pay) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -310,7 +309,7 @@ func (m *Pay) fields() []field {
 }
 
 // MsgType returns MsgPayAck.
-func (*PayAck) MsgType() lnwire.MessageType { return MsgPayAck }
+func (*PayAck) MsgType() MessageType { return MsgPayAck }
 
 // Encode writes the TLV payload of m.
 func (m *PayAck) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -327,7 +326,7 @@ func (m *PayAck) fields() []field {
 }
 
 // MsgType returns MsgChannelError.
-func (*ChannelError) MsgType() lnwire.MessageType { return MsgChannelError }
+func (*ChannelError) MsgType() MessageType { return MsgChannelError }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelError) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }

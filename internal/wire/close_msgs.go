@@ -6,7 +6,6 @@ import (
 
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 )
 
 // CloseRequest starts a cooperative close: the device names where its share
@@ -48,14 +47,14 @@ type ChannelClosed struct {
 }
 
 var (
-	_ lnwire.Message = (*CloseRequest)(nil)
-	_ lnwire.Message = (*CloseProposal)(nil)
-	_ lnwire.Message = (*CloseSign)(nil)
-	_ lnwire.Message = (*ChannelClosed)(nil)
+	_ Message = (*CloseRequest)(nil)
+	_ Message = (*CloseProposal)(nil)
+	_ Message = (*CloseSign)(nil)
+	_ Message = (*ChannelClosed)(nil)
 )
 
 // MsgType returns MsgCloseRequest.
-func (*CloseRequest) MsgType() lnwire.MessageType { return MsgCloseRequest }
+func (*CloseRequest) MsgType() MessageType { return MsgCloseRequest }
 
 // Encode writes the TLV payload of m.
 func (m *CloseRequest) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -72,7 +71,7 @@ func (m *CloseRequest) fields() []field {
 }
 
 // MsgType returns MsgCloseProposal.
-func (*CloseProposal) MsgType() lnwire.MessageType { return MsgCloseProposal }
+func (*CloseProposal) MsgType() MessageType { return MsgCloseProposal }
 
 // Encode writes the TLV payload of m.
 func (m *CloseProposal) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -89,7 +88,7 @@ func (m *CloseProposal) fields() []field {
 }
 
 // MsgType returns MsgCloseSign.
-func (*CloseSign) MsgType() lnwire.MessageType { return MsgCloseSign }
+func (*CloseSign) MsgType() MessageType { return MsgCloseSign }
 
 // Encode writes the TLV payload of m.
 func (m *CloseSign) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -105,7 +104,7 @@ func (m *CloseSign) fields() []field {
 }
 
 // MsgType returns MsgChannelClosed.
-func (*ChannelClosed) MsgType() lnwire.MessageType { return MsgChannelClosed }
+func (*ChannelClosed) MsgType() MessageType { return MsgChannelClosed }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelClosed) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }

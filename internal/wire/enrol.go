@@ -5,17 +5,16 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
 )
 
-// m2mhub's custom message types live from TypeBase upwards, inside lnwire's
+// m2mhub's custom message types live from TypeBase upwards, inside BOLT 1's
 // custom range (>= 32768) and far enough from its start that other software
 // experimenting there is unlikely to collide. Even types must be understood
 // by the receiver (BOLT 1), odd ones may be ignored.
 const (
 	// TypeBase is the first message type m2mhub assigns.
-	TypeBase lnwire.MessageType = 0xBB00
+	TypeBase MessageType = 0xBB00
 	// MsgEnrol is the type of Enrol: 47872.
 	MsgEnrol = TypeBase
 )
@@ -44,10 +43,10 @@ type Enrol struct {
 	Token []byte
 }
 
-var _ lnwire.Message = (*Enrol)(nil)
+var _ Message = (*Enrol)(nil)
 
 // MsgType returns MsgEnrol.
-func (e *Enrol) MsgType() lnwire.MessageType { return MsgEnrol }
+func (e *Enrol) MsgType() MessageType { return MsgEnrol }
 
 // Encode writes the TLV payload of e to b.
 func (e *Enrol) Encode(b *bytes.Buffer, _ uint32) error {

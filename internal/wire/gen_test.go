@@ -7,7 +7,6 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
 	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
@@ -73,36 +72,36 @@ func genKey(t *rapid.T, label string) *btcec.PublicKey {
 
 // messageGens returns one generator of valid messages per channel message
 // type, indexed by type.
-func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
-	gens := map[lnwire.MessageType]func(*rapid.T) lnwire.Message{
-		MsgOpenChannel: func(t *rapid.T) lnwire.Message {
+func messageGens() map[MessageType]func(*rapid.T) Message {
+	gens := map[MessageType]func(*rapid.T) Message{
+		MsgOpenChannel: func(t *rapid.T) Message {
 			return &OpenChannel{ReqID: genU64(t, "req"), Capacity: genSat(t, "cap"), Expiry: rapid.Uint32().Draw(t, "exp")}
 		},
-		MsgChannelOffer: func(t *rapid.T) lnwire.Message {
+		MsgChannelOffer: func(t *rapid.T) Message {
 			return &ChannelOffer{
 				ReqID: genU64(t, "req"), PendingID: genArr32(t, "pid"), HubChanKey: genKey(t, "key"),
 				Capacity: genSat(t, "cap"), Expiry: rapid.Uint32().Draw(t, "exp"),
 				MinDepth: rapid.Uint32().Draw(t, "depth"), PkScript: genVar(t, 1, MaxPkScriptSize, "script"),
 			}
 		},
-		MsgChannelFunded: func(t *rapid.T) lnwire.Message {
+		MsgChannelFunded: func(t *rapid.T) Message {
 			return &ChannelFunded{PendingID: genArr32(t, "pid"), Outpoint: genOutPoint(t, "op")}
 		},
-		MsgChannelReady: func(t *rapid.T) lnwire.Message {
+		MsgChannelReady: func(t *rapid.T) Message {
 			return &ChannelReady{PendingID: genArr32(t, "pid"), Outpoint: genOutPoint(t, "op"),
 				Capacity: genSat(t, "cap"), Expiry: rapid.Uint32().Draw(t, "exp")}
 		},
-		MsgPay: func(t *rapid.T) lnwire.Message {
+		MsgPay: func(t *rapid.T) Message {
 			return &Pay{
 				ChanID: genOutPoint(t, "chan"), Seq: genU64(t, "seq"), Paid: genMsat(t, "paid"),
 				Amount: genMsat(t, "amount"), Payee: genID(t, "payee"), Sig: genArr64(t, "sig"),
 				Memo: genMemo(t, "memo"), HoldID: genPtr(t, "hold", genArr16), ReqID: genPtr(t, "req", genU64),
 			}
 		},
-		MsgPayAck: func(t *rapid.T) lnwire.Message {
+		MsgPayAck: func(t *rapid.T) Message {
 			return &PayAck{ChanID: genOutPoint(t, "chan"), Seq: genU64(t, "seq"), Receipt: genVar(t, 1, MaxReceiptSize, "receipt")}
 		},
-		MsgChannelError: func(t *rapid.T) lnwire.Message {
+		MsgChannelError: func(t *rapid.T) Message {
 			return &ChannelError{
 				Code:    rapid.OneOf(rapid.SampledFrom(ChanCodes()), rapid.Custom(func(t *rapid.T) ChanCode { return ChanCode(genID(t, "other")) })).Draw(t, "code"),
 				Message: genString(t, 0, MaxErrorMessageSize, "msg"),
@@ -110,45 +109,45 @@ func messageGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 				HoldID: genPtr(t, "hold", genArr16), PendingID: genPtr(t, "pid", genArr32),
 			}
 		},
-		MsgHoldRequest: func(t *rapid.T) lnwire.Message {
+		MsgHoldRequest: func(t *rapid.T) Message {
 			return &HoldRequest{HoldID: genArr16(t, "hold"), Payer: genID(t, "payer"), Max: genMsat(t, "max"),
 				Expires: genU64(t, "exp"), Memo: genMemo(t, "memo"), Provider: genString(t, 0, MaxIDSize, "prov")}
 		},
-		MsgHoldAuthorize: func(t *rapid.T) lnwire.Message {
+		MsgHoldAuthorize: func(t *rapid.T) Message {
 			return &HoldAuthorize{HoldID: genArr16(t, "hold"), ChanID: genOutPoint(t, "chan"), Provider: genID(t, "prov"),
 				Max: genMsat(t, "max"), Expires: genU64(t, "exp"), Sig: genArr64(t, "sig")}
 		},
-		MsgHoldResult: func(t *rapid.T) lnwire.Message {
+		MsgHoldResult: func(t *rapid.T) Message {
 			return &HoldResult{HoldID: genArr16(t, "hold"),
 				Status: rapid.SampledFrom([]HoldResultStatus{HoldAuthorized, HoldRefused}).Draw(t, "status"),
 				Code:   ChanCode(genString(t, 0, MaxIDSize, "code")), Message: genString(t, 0, MaxErrorMessageSize, "msg")}
 		},
-		MsgCapture: func(t *rapid.T) lnwire.Message {
+		MsgCapture: func(t *rapid.T) Message {
 			return &Capture{HoldID: genArr16(t, "hold"), Amount: genMsat(t, "amount"), Memo: genMemo(t, "memo")}
 		},
-		MsgPaymentRequest: func(t *rapid.T) lnwire.Message {
+		MsgPaymentRequest: func(t *rapid.T) Message {
 			return &PaymentRequest{ReqID: genU64(t, "req"), ChanID: genOutPoint(t, "chan"), Payee: genID(t, "payee"),
 				Amount: genMsat(t, "amount"), HoldID: genPtr(t, "hold", genArr16), Memo: genMemo(t, "memo")}
 		},
-		MsgRelease: func(t *rapid.T) lnwire.Message { return &Release{HoldID: genArr16(t, "hold")} },
-		MsgHoldClosed: func(t *rapid.T) lnwire.Message {
+		MsgRelease: func(t *rapid.T) Message { return &Release{HoldID: genArr16(t, "hold")} },
+		MsgHoldClosed: func(t *rapid.T) Message {
 			return &HoldClosed{HoldID: genArr16(t, "hold"), Captured: genMsat(t, "captured"),
 				Reason: rapid.SampledFrom([]HoldCloseReason{HoldReleased, HoldExpired, HoldChannelClosed}).Draw(t, "reason")}
 		},
-		MsgReceiptNotice: func(t *rapid.T) lnwire.Message {
+		MsgReceiptNotice: func(t *rapid.T) Message {
 			return &ReceiptNotice{Receipt: genVar(t, 1, MaxReceiptSize, "receipt")}
 		},
-		MsgCloseRequest: func(t *rapid.T) lnwire.Message {
+		MsgCloseRequest: func(t *rapid.T) Message {
 			return &CloseRequest{ChanID: genOutPoint(t, "chan"), PkScript: genVar(t, 1, MaxPkScriptSize, "script"), DeviceNonce: genNonce(t, "nonce")}
 		},
-		MsgCloseProposal: func(t *rapid.T) lnwire.Message {
+		MsgCloseProposal: func(t *rapid.T) Message {
 			return &CloseProposal{ChanID: genOutPoint(t, "chan"), Tx: genVar(t, 1, MaxCloseTxSize, "tx"),
 				HubNonce: genNonce(t, "nonce")}
 		},
-		MsgCloseSign: func(t *rapid.T) lnwire.Message {
+		MsgCloseSign: func(t *rapid.T) Message {
 			return &CloseSign{ChanID: genOutPoint(t, "chan"), DevicePartialSig: genArr32(t, "psig")}
 		},
-		MsgChannelClosed: func(t *rapid.T) lnwire.Message {
+		MsgChannelClosed: func(t *rapid.T) Message {
 			return &ChannelClosed{ChanID: genOutPoint(t, "chan"), Txid: genArr32(t, "txid")}
 		},
 	}
@@ -209,6 +208,6 @@ func joinRecords(tb testing.TB, recs []record) []byte {
 }
 
 // withType prefixes a payload with the 2-byte message type.
-func withType(t lnwire.MessageType, payload []byte) []byte {
+func withType(t MessageType, payload []byte) []byte {
 	return append([]byte{byte(t >> 8), byte(t)}, payload...)
 }

@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 )
 
@@ -105,18 +104,18 @@ type ReceiptNotice struct {
 }
 
 var (
-	_ lnwire.Message = (*HoldRequest)(nil)
-	_ lnwire.Message = (*HoldAuthorize)(nil)
-	_ lnwire.Message = (*HoldResult)(nil)
-	_ lnwire.Message = (*Capture)(nil)
-	_ lnwire.Message = (*PaymentRequest)(nil)
-	_ lnwire.Message = (*Release)(nil)
-	_ lnwire.Message = (*HoldClosed)(nil)
-	_ lnwire.Message = (*ReceiptNotice)(nil)
+	_ Message = (*HoldRequest)(nil)
+	_ Message = (*HoldAuthorize)(nil)
+	_ Message = (*HoldResult)(nil)
+	_ Message = (*Capture)(nil)
+	_ Message = (*PaymentRequest)(nil)
+	_ Message = (*Release)(nil)
+	_ Message = (*HoldClosed)(nil)
+	_ Message = (*ReceiptNotice)(nil)
 )
 
 // MsgType returns MsgHoldRequest.
-func (*HoldRequest) MsgType() lnwire.MessageType { return MsgHoldRequest }
+func (*HoldRequest) MsgType() MessageType { return MsgHoldRequest }
 
 // Encode writes the TLV payload of m.
 func (m *HoldRequest) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -136,7 +135,7 @@ func (m *HoldRequest) fields() []field {
 }
 
 // MsgType returns MsgHoldAuthorize.
-func (*HoldAuthorize) MsgType() lnwire.MessageType { return MsgHoldAuthorize }
+func (*HoldAuthorize) MsgType() MessageType { return MsgHoldAuthorize }
 
 // Encode writes the TLV payload of m.
 func (m *HoldAuthorize) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -156,7 +155,7 @@ func (m *HoldAuthorize) fields() []field {
 }
 
 // MsgType returns MsgHoldResult.
-func (*HoldResult) MsgType() lnwire.MessageType { return MsgHoldResult }
+func (*HoldResult) MsgType() MessageType { return MsgHoldResult }
 
 // Encode writes the TLV payload of m.
 func (m *HoldResult) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -174,7 +173,7 @@ func (m *HoldResult) fields() []field {
 }
 
 // MsgType returns MsgCapture.
-func (*Capture) MsgType() lnwire.MessageType { return MsgCapture }
+func (*Capture) MsgType() MessageType { return MsgCapture }
 
 // Encode writes the TLV payload of m.
 func (m *Capture) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -191,7 +190,7 @@ func (m *Capture) fields() []field {
 }
 
 // MsgType returns MsgPaymentRequest.
-func (*PaymentRequest) MsgType() lnwire.MessageType { return MsgPaymentRequest }
+func (*PaymentRequest) MsgType() MessageType { return MsgPaymentRequest }
 
 // Encode writes the TLV payload of m.
 func (m *PaymentRequest) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -211,7 +210,7 @@ func (m *PaymentRequest) fields() []field {
 }
 
 // MsgType returns MsgRelease.
-func (*Release) MsgType() lnwire.MessageType { return MsgRelease }
+func (*Release) MsgType() MessageType { return MsgRelease }
 
 // Encode writes the TLV payload of m.
 func (m *Release) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -224,7 +223,7 @@ func (m *Release) fields() []field {
 }
 
 // MsgType returns MsgHoldClosed.
-func (*HoldClosed) MsgType() lnwire.MessageType { return MsgHoldClosed }
+func (*HoldClosed) MsgType() MessageType { return MsgHoldClosed }
 
 // Encode writes the TLV payload of m.
 func (m *HoldClosed) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -241,7 +240,7 @@ func (m *HoldClosed) fields() []field {
 }
 
 // MsgType returns MsgReceiptNotice.
-func (*ReceiptNotice) MsgType() lnwire.MessageType { return MsgReceiptNotice }
+func (*ReceiptNotice) MsgType() MessageType { return MsgReceiptNotice }
 
 // Encode writes the TLV payload of m.
 func (m *ReceiptNotice) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }

@@ -1,12 +1,10 @@
 package wire
 
-import "github.com/lightningnetwork/lnd/lnwire"
-
 // NewMessage returns an empty message of custom type t, ready for Decode, or
 // nil when m2mhub defines no message of that type. It is the table
 // DecodeMessage dispatches on; a switch rather than a map keeps it free of
 // package-level mutable state.
-func NewMessage(t lnwire.MessageType) lnwire.Message {
+func NewMessage(t MessageType) Message {
 	switch t {
 	case MsgEnrol:
 		return new(Enrol)

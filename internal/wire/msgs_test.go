@@ -10,13 +10,12 @@ import (
 	"testing"
 
 	"github.com/btcsuite/btcd/btcutil"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/channel"
 	"pgregory.net/rapid"
 )
 
-func sortedTypes() []lnwire.MessageType {
-	var ts []lnwire.MessageType
+func sortedTypes() []MessageType {
+	var ts []MessageType
 	for t := range messageGens() {
 		ts = append(ts, t)
 	}
@@ -32,7 +31,7 @@ func TestMessageTable(t *testing.T) {
 		t.Fatalf("%d message types, spec has 24", len(ts))
 	}
 	for i, typ := range ts {
-		if want := TypeBase + lnwire.MessageType(2*(i+1)); typ != want {
+		if want := TypeBase + MessageType(2*(i+1)); typ != want {
 			t.Errorf("type %d, want %d", typ, want)
 		}
 		m := NewMessage(typ)
@@ -58,7 +57,7 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				rt.Fatalf("encode %#v: %v", in, err)
 			}
-			if got := lnwire.MessageType(binary.BigEndian.Uint16(b)); got != typ {
+			if got := MessageType(binary.BigEndian.Uint16(b)); got != typ {
 				rt.Fatalf("type %d, want %d", got, typ)
 			}
 			out, err := DecodeMessage(b)
@@ -91,7 +90,7 @@ func TestRoundTrip(t *testing.T) {
 
 // validPayload returns the payload of one valid message of typ, the same on
 // every run.
-func validPayload(t *testing.T, typ lnwire.MessageType) []byte {
+func validPayload(t *testing.T, typ MessageType) []byte {
 	t.Helper()
 	m := rapid.Custom(messageGens()[typ]).Example(1)
 	var b bytes.Buffer
@@ -101,7 +100,7 @@ func validPayload(t *testing.T, typ lnwire.MessageType) []byte {
 	return b.Bytes()
 }
 
-func mustRefuse(t *testing.T, typ lnwire.MessageType, payload []byte, what string) {
+func mustRefuse(t *testing.T, typ MessageType, payload []byte, what string) {
 	t.Helper()
 	if m, err := DecodeMessage(withType(typ, payload)); !errors.Is(err, ErrProtocol) {
 		t.Errorf("%v %s: got %#v, %v; want ErrProtocol", typ, what, m, err)
@@ -176,7 +175,7 @@ func TestMalformedFields(t *testing.T) {
 	long := func(n int) []byte { return bytes.Repeat([]byte{'a'}, n) }
 	for _, tc := range []struct {
 		name string
-		typ  lnwire.MessageType
+		typ  MessageType
 		rec  uint64
 		val  []byte
 	}{
@@ -228,7 +227,7 @@ func TestMalformedFields(t *testing.T) {
 // TestEncodeRefusesOutOfBounds: the encoder applies the decoder's rules, so
 // the hub never sends what a client must refuse.
 func TestEncodeRefusesOutOfBounds(t *testing.T) {
-	for name, m := range map[string]lnwire.Message{
+	for name, m := range map[string]Message{
 		"negative-capacity": &OpenChannel{Capacity: -1},
 		"huge-capacity":     &OpenChannel{Capacity: btcutil.MaxSatoshi + 1},
 		"no-hub-key":        &ChannelOffer{PkScript: []byte{1}},

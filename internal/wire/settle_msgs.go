@@ -7,7 +7,6 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 )
 
@@ -82,13 +81,13 @@ type SettleDone struct {
 }
 
 var (
-	_ lnwire.Message = (*SettleProposal)(nil)
-	_ lnwire.Message = (*SettleSign)(nil)
-	_ lnwire.Message = (*SettleDone)(nil)
+	_ Message = (*SettleProposal)(nil)
+	_ Message = (*SettleSign)(nil)
+	_ Message = (*SettleDone)(nil)
 )
 
 // MsgType returns MsgSettleProposal.
-func (*SettleProposal) MsgType() lnwire.MessageType { return MsgSettleProposal }
+func (*SettleProposal) MsgType() MessageType { return MsgSettleProposal }
 
 // Encode writes the TLV payload of m.
 func (m *SettleProposal) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -110,7 +109,7 @@ func (m *SettleProposal) fields() []field {
 }
 
 // MsgType returns MsgSettleSign.
-func (*SettleSign) MsgType() lnwire.MessageType { return MsgSettleSign }
+func (*SettleSign) MsgType() MessageType { return MsgSettleSign }
 
 // Encode writes the TLV payload of m.
 func (m *SettleSign) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -128,7 +127,7 @@ func (m *SettleSign) fields() []field {
 }
 
 // MsgType returns MsgSettleDone.
-func (*SettleDone) MsgType() lnwire.MessageType { return MsgSettleDone }
+func (*SettleDone) MsgType() MessageType { return MsgSettleDone }
 
 // Encode writes the TLV payload of m.
 func (m *SettleDone) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }

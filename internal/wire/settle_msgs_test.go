@@ -5,15 +5,14 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"pgregory.net/rapid"
 )
 
 // settleGens returns generators of valid settlement messages; messageGens
 // merges them into the table every property, malformed and fuzz test uses.
-func settleGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
-	return map[lnwire.MessageType]func(*rapid.T) lnwire.Message{
-		MsgSettleProposal: func(t *rapid.T) lnwire.Message {
+func settleGens() map[MessageType]func(*rapid.T) Message {
+	return map[MessageType]func(*rapid.T) Message{
+		MsgSettleProposal: func(t *rapid.T) Message {
 			return &SettleProposal{
 				Epoch: genU64(t, "epoch"), ChanID: genOutPoint(t, "chan"),
 				Template:     genVar(t, 1, MaxSettleTemplateSize, "tmpl"),
@@ -21,11 +20,11 @@ func settleGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
 				Spent: genMsat(t, "spent"), Earned: genMsat(t, "earned"), HubNonce: genNonce(t, "nonce"),
 			}
 		},
-		MsgSettleSign: func(t *rapid.T) lnwire.Message {
+		MsgSettleSign: func(t *rapid.T) Message {
 			return &SettleSign{Epoch: genU64(t, "epoch"), ChanID: genOutPoint(t, "chan"),
 				DeviceNonce: genNonce(t, "nonce"), PartialSig: genArr32(t, "psig")}
 		},
-		MsgSettleDone: func(t *rapid.T) lnwire.Message {
+		MsgSettleDone: func(t *rapid.T) Message {
 			return &SettleDone{Epoch: genU64(t, "epoch"), ChanID: genOutPoint(t, "chan"),
 				NextOutpoint: genOutPoint(t, "next"), NextCapacity: genSat(t, "cap"),
 				NextExpiry: rapid.Uint32().Draw(t, "exp"), Txid: genArr32(t, "txid")}
@@ -39,7 +38,7 @@ func TestSettleMalformedFields(t *testing.T) {
 	long := func(n int) []byte { return bytes.Repeat([]byte{'a'}, n) }
 	for _, tc := range []struct {
 		name string
-		typ  lnwire.MessageType
+		typ  MessageType
 		rec  uint64
 		val  []byte
 	}{
@@ -71,7 +70,7 @@ func TestSettleMalformedFields(t *testing.T) {
 // TestSettleEncodeRefusesOutOfBounds: the hub cannot send a proposal the
 // device must refuse to decode.
 func TestSettleEncodeRefusesOutOfBounds(t *testing.T) {
-	for name, m := range map[string]lnwire.Message{
+	for name, m := range map[string]Message{
 		"no-template":       &SettleProposal{},
 		"long-template":     &SettleProposal{Template: make([]byte, MaxSettleTemplateSize+1)},
 		"negative-capacity": &SettleProposal{Template: []byte{1}, NextCapacity: -1},

@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
 	"github.com/m2mhub/m2mhub/msat"
 )
@@ -160,12 +159,12 @@ func decodeHolds(b []byte) ([]HoldState, error) {
 }
 
 var (
-	_ lnwire.Message = (*ChannelSync)(nil)
-	_ lnwire.Message = (*ChannelState)(nil)
+	_ Message = (*ChannelSync)(nil)
+	_ Message = (*ChannelState)(nil)
 )
 
 // MsgType returns MsgChannelSync.
-func (*ChannelSync) MsgType() lnwire.MessageType { return MsgChannelSync }
+func (*ChannelSync) MsgType() MessageType { return MsgChannelSync }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelSync) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }
@@ -178,7 +177,7 @@ func (m *ChannelSync) fields() []field {
 }
 
 // MsgType returns MsgChannelState.
-func (*ChannelState) MsgType() lnwire.MessageType { return MsgChannelState }
+func (*ChannelState) MsgType() MessageType { return MsgChannelState }
 
 // Encode writes the TLV payload of m.
 func (m *ChannelState) Encode(b *bytes.Buffer, _ uint32) error { return encodeFields(b, m) }

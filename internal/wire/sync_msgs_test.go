@@ -5,19 +5,18 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/m2mhub/m2mhub/msat"
 	"pgregory.net/rapid"
 )
 
 // syncGens returns generators of valid resynchronisation messages;
 // messageGens merges them into the shared table.
-func syncGens() map[lnwire.MessageType]func(*rapid.T) lnwire.Message {
-	return map[lnwire.MessageType]func(*rapid.T) lnwire.Message{
-		MsgChannelSync: func(t *rapid.T) lnwire.Message {
+func syncGens() map[MessageType]func(*rapid.T) Message {
+	return map[MessageType]func(*rapid.T) Message{
+		MsgChannelSync: func(t *rapid.T) Message {
 			return &ChannelSync{ChanID: genOutPoint(t, "chan")}
 		},
-		MsgChannelState: func(t *rapid.T) lnwire.Message {
+		MsgChannelState: func(t *rapid.T) Message {
 			m := &ChannelState{ChanID: genOutPoint(t, "chan"), Seq: genU64(t, "seq"), Paid: genMsat(t, "paid")}
 			if m.Seq > 0 {
 				sig := genArr64(t, "sig")

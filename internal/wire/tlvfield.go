@@ -11,7 +11,6 @@ import (
 	"github.com/btcsuite/btcd/btcutil"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
-	"github.com/lightningnetwork/lnd/lnwire"
 	"github.com/lightningnetwork/lnd/tlv"
 	"github.com/m2mhub/m2mhub/msat"
 )
@@ -68,7 +67,7 @@ type field struct {
 // fielder is implemented by pointers to every TLV message: fields returns
 // the message's records, bound to its own fields, in increasing type order.
 type fielder interface {
-	lnwire.Message
+	Message
 	fields() []field
 }
 

@@ -1,17 +1,17 @@
 // Package wire holds what the hub and the device client library share on the
-// BOLT 8 connection: size-checked lnwire framing, the Init feature bits, the
-// refusal codes carried in lnwire.Error, and m2mhub's custom messages.
-// docs/protocol.md specifies the same things for implementers in other
-// languages.
+// BOLT 8 connection: the message codec (the BOLT 1 messages m2mhub uses and
+// its own custom messages, byte for byte the encodings of lnd's lnwire),
+// size-checked framing, the Init feature bits, and the refusal codes carried
+// in Error. docs/protocol.md specifies the same things for implementers in
+// other languages.
 package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/lightningnetwork/lnd/lnwire"
 )
 
 // Wire errors. Callers test them with errors.Is.
@@ -24,12 +24,12 @@ var (
 	ErrProtocol = errors.New("wire: protocol violation")
 )
 
-// ProtocolVersion is the lnwire protocol version passed to lnwire's encoders.
-// lnwire ignores it for every message m2mhub uses; it exists so a future
+// ProtocolVersion is the protocol version passed to every Encode and
+// Decode. No message m2mhub uses depends on it; it exists so a future
 // version can change encodings without guessing.
 const ProtocolVersion uint32 = 0
 
-// MaxMessageSize is the largest lnwire message (2-byte type plus payload) that
+// MaxMessageSize is the largest message (2-byte type plus payload) that
 // fits one BOLT 8 frame. Limits configured by the hub or the client may only
 // be smaller.
 const MaxMessageSize = 65535
@@ -38,34 +38,31 @@ const MaxMessageSize = 65535
 // length brontide's ReadNextHeader returns includes it.
 const macSize = 16
 
-// Feature bits announced in lnwire.Init. Bits come in pairs (BOLT 9): the even
+// Feature bits announced in Init. Bits come in pairs (BOLT 9): the even
 // bit means "you must understand this", the odd one "I understand this". 300
 // is far from the bits Lightning assigns today, so a Lightning node that
 // connects by mistake sees an unknown required bit and disconnects by itself.
 const (
 	// FeatureM2MRequired marks a peer that speaks m2mhub protocol version 1
 	// and requires the other side to do so too. The hub always sets it.
-	FeatureM2MRequired lnwire.FeatureBit = 300
+	FeatureM2MRequired FeatureBit = 300
 	// FeatureM2MOptional marks a peer that speaks m2mhub protocol version 1
 	// without requiring it.
-	FeatureM2MOptional lnwire.FeatureBit = 301
+	FeatureM2MOptional FeatureBit = 301
 )
 
 // NewInit returns the Init message both sides send: no global features and the
 // m2mhub required bit.
-func NewInit() *lnwire.Init {
-	return lnwire.NewInitMessage(
-		lnwire.NewRawFeatureVector(),
-		lnwire.NewRawFeatureVector(FeatureM2MRequired),
-	)
+func NewInit() *Init {
+	return NewInitMessage(NewRawFeatureVector(), NewRawFeatureVector(FeatureM2MRequired))
 }
 
 // CheckInit reports an error wrapping ErrProtocol unless m announces the
 // m2mhub feature (either bit of the pair, in Features or the legacy
 // GlobalFeatures).
-func CheckInit(m *lnwire.Init) error {
-	for _, fv := range []*lnwire.RawFeatureVector{m.Features, m.GlobalFeatures} {
-		if fv != nil && (fv.IsSet(FeatureM2MRequired) || fv.IsSet(FeatureM2MOptional)) {
+func CheckInit(m *Init) error {
+	for _, fv := range []*RawFeatureVector{m.Features, m.GlobalFeatures} {
+		if fv.IsSet(FeatureM2MRequired) || fv.IsSet(FeatureM2MOptional) {
 			return nil
 		}
 	}
@@ -73,7 +70,7 @@ func CheckInit(m *lnwire.Init) error {
 }
 
 // Code is the machine-readable reason a connection is refused or closed. It
-// travels as the prefix of lnwire.Error data: "code: human message".
+// travels as the prefix of Error data: "code: human message".
 type Code string
 
 // Refusal and close codes. The table in docs/protocol.md says which ones are
@@ -104,7 +101,7 @@ func (c Code) Permanent() bool {
 	return false
 }
 
-// CodeError is a decoded lnwire.Error: a code and a human message.
+// CodeError is a decoded Error: a code and a human message.
 type CodeError struct {
 	Code    Code
 	Message string
@@ -118,16 +115,16 @@ func (e *CodeError) Error() string {
 	return string(e.Code) + ": " + e.Message
 }
 
-// NewError builds the connection-wide lnwire.Error (zero channel id) that
-// carries code and msg.
-func NewError(code Code, msg string) *lnwire.Error {
-	return &lnwire.Error{Data: lnwire.ErrorData((&CodeError{Code: code, Message: msg}).Error())}
+// NewError builds the connection-wide Error (zero channel id) that carries
+// code and msg.
+func NewError(code Code, msg string) *Error {
+	return &Error{Data: ErrorData((&CodeError{Code: code, Message: msg}).Error())}
 }
 
-// ParseError decodes the data of an lnwire.Error. Data without a recognisable
+// ParseError decodes the data of an Error. Data without a recognisable
 // code (printable, no spaces, before the first ": ") yields an empty Code and
 // the whole text as the message, so errors from other software stay legible.
-func ParseError(m *lnwire.Error) *CodeError {
+func ParseError(m *Error) *CodeError {
 	s := string(m.Data)
 	code, msg, ok := strings.Cut(s, ": ")
 	if !ok {
@@ -155,14 +152,14 @@ type FrameWriter interface {
 	Flush() (int, error)
 }
 
-// ReadMessage reads one lnwire message of at most maxSize bytes (type
-// included). The size is checked from the frame header before the body is
-// read or allocated, so a peer cannot make the reader buffer more than
-// maxSize. Custom messages m2mhub defines are returned as their own types
-// (*Enrol, *Pay, ...); other custom types come back as *lnwire.Custom. Errors wrap
+// ReadMessage reads one message of at most maxSize bytes (type included).
+// The size is checked from the frame header before the body is read or
+// allocated, so a peer cannot make the reader buffer more than maxSize.
+// Custom messages m2mhub defines are returned as their own types (*Enrol,
+// *Pay, ...); other custom types come back as *Custom. Errors wrap
 // ErrMessageTooLarge or ErrProtocol when the peer is at fault; any other error
 // is the transport's.
-func ReadMessage(r FrameReader, maxSize int) (lnwire.Message, error) {
+func ReadMessage(r FrameReader, maxSize int) (Message, error) {
 	n, err := r.ReadNextHeader()
 	if err != nil {
 		return nil, err
@@ -177,25 +174,35 @@ func ReadMessage(r FrameReader, maxSize int) (lnwire.Message, error) {
 	return DecodeMessage(body)
 }
 
-// DecodeMessage parses one plaintext lnwire message (2-byte type and payload).
-// m2mhub's custom types come back as their own types (see NewMessage); other
-// custom types as *lnwire.Custom. A payload the type's decoder refuses yields
-// an error wrapping ErrProtocol.
-func DecodeMessage(b []byte) (lnwire.Message, error) {
-	msg, err := lnwire.ReadMessage(bytes.NewReader(b), ProtocolVersion)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+// DecodeMessage parses one plaintext message (2-byte type and payload): the
+// BOLT 1 messages Init, Error, Warning, Ping and Pong, m2mhub's custom types
+// as their own types (see NewMessage), other custom types as *Custom. Any
+// other type, and a BOLT 1 payload that does not decode, yield an error
+// wrapping ErrProtocol; a custom payload of a known type that does not
+// decode yields a *MalformedError.
+func DecodeMessage(b []byte) (Message, error) {
+	if len(b) < 2 {
+		return nil, fmt.Errorf("%w: message of %d bytes has no type", ErrProtocol, len(b))
 	}
-	c, ok := msg.(*lnwire.Custom)
-	if !ok {
-		return msg, nil
+	t := MessageType(binary.BigEndian.Uint16(b))
+	payload := b[2:]
+	if t >= CustomTypeStart {
+		c := &Custom{Type: t, Data: bytes.Clone(payload)}
+		m := NewMessage(t)
+		if m == nil {
+			return c, nil
+		}
+		if err := m.Decode(bytes.NewReader(payload), ProtocolVersion); err != nil {
+			return nil, &MalformedError{Raw: c, Err: err}
+		}
+		return m, nil
 	}
-	m := NewMessage(c.Type)
+	m := newBOLT1(t)
 	if m == nil {
-		return msg, nil
+		return nil, fmt.Errorf("%w: unknown message type %d", ErrProtocol, uint16(t))
 	}
-	if err := m.Decode(bytes.NewReader(c.Data), ProtocolVersion); err != nil {
-		return nil, &MalformedError{Raw: c, Err: err}
+	if err := m.Decode(bytes.NewReader(payload), ProtocolVersion); err != nil {
+		return nil, fmt.Errorf("%w: %v: %v", ErrProtocol, t, err)
 	}
 	return m, nil
 }
@@ -207,7 +214,7 @@ func DecodeMessage(b []byte) (lnwire.Message, error) {
 // ErrProtocol.
 type MalformedError struct {
 	// Raw is the message as received.
-	Raw *lnwire.Custom
+	Raw *Custom
 	Err error
 }
 
@@ -218,9 +225,12 @@ func (e *MalformedError) Unwrap() error { return e.Err }
 
 // EncodeMessage serialises msg with its 2-byte type, refusing anything larger
 // than MaxMessageSize.
-func EncodeMessage(msg lnwire.Message) ([]byte, error) {
+func EncodeMessage(msg Message) ([]byte, error) {
 	var buf bytes.Buffer
-	if _, err := lnwire.WriteMessage(&buf, msg, ProtocolVersion); err != nil {
+	var t [2]byte
+	binary.BigEndian.PutUint16(t[:], uint16(msg.MsgType()))
+	buf.Write(t[:])
+	if err := msg.Encode(&buf, ProtocolVersion); err != nil {
 		return nil, err
 	}
 	if buf.Len() > MaxMessageSize {
@@ -231,7 +241,7 @@ func EncodeMessage(msg lnwire.Message) ([]byte, error) {
 
 // WriteMessage encrypts msg into one frame and flushes it. The caller sets the
 // write deadline; w must not be written concurrently.
-func WriteMessage(w FrameWriter, msg lnwire.Message) error {
+func WriteMessage(w FrameWriter, msg Message) error {
 	b, err := EncodeMessage(msg)
 	if err != nil {
 		return err

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"testing"
-
-	"github.com/lightningnetwork/lnd/lnwire"
 )
 
 func TestEnrolRoundTrip(t *testing.T) {
@@ -17,7 +15,7 @@ func TestEnrolRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := lnwire.MessageType(binary.BigEndian.Uint16(b)); got != MsgEnrol {
+		if got := MessageType(binary.BigEndian.Uint16(b)); got != MsgEnrol {
 			t.Fatalf("type = %d, want %d", got, MsgEnrol)
 		}
 		// Type 0, length 21, then the token: the layout docs/protocol.md gives.
@@ -77,7 +75,7 @@ func TestCodeError(t *testing.T) {
 		{"Something Else: broke", "", "Something Else: broke", false, ""},
 		{"", "", "", false, ""},
 	} {
-		got := ParseError(&lnwire.Error{Data: lnwire.ErrorData(tc.data)})
+		got := ParseError(&Error{Data: ErrorData(tc.data)})
 		if got.Code != tc.code || got.Message != tc.msg || got.Code.Permanent() != tc.permanent {
 			t.Errorf("ParseError(%q) = %+v", tc.data, got)
 		}
@@ -100,10 +98,10 @@ func TestInitFeatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckInit(m.(*lnwire.Init)); err != nil {
+	if err := CheckInit(m.(*Init)); err != nil {
 		t.Fatal(err)
 	}
-	lightning := lnwire.NewInitMessage(lnwire.NewRawFeatureVector(), lnwire.NewRawFeatureVector(lnwire.DataLossProtectRequired))
+	lightning := NewInitMessage(NewRawFeatureVector(), NewRawFeatureVector(0)) // option_data_loss_protect, required
 	if err := CheckInit(lightning); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("plain Lightning init: err = %v, want ErrProtocol", err)
 	}
@@ -131,11 +129,11 @@ func (f *frames) ReadNextBody(buf []byte) ([]byte, error) {
 }
 
 func TestReadMessageSizeCheckedBeforeBody(t *testing.T) {
-	ping, err := EncodeMessage(lnwire.NewPing(0))
+	ping, err := EncodeMessage(NewPing(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	big, err := EncodeMessage(&lnwire.Custom{Type: TypeBase + 1, Data: make([]byte, 1000)})
+	big, err := EncodeMessage(&Custom{Type: TypeBase + 1, Data: make([]byte, 1000)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +144,7 @@ func TestReadMessageSizeCheckedBeforeBody(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := m.(*lnwire.Ping); !ok {
+		if _, ok := m.(*Ping); !ok {
 			t.Fatalf("got %T", m)
 		}
 	})
@@ -168,7 +166,7 @@ func TestReadMessageSizeCheckedBeforeBody(t *testing.T) {
 }
 
 func TestEncodeMessageTooLarge(t *testing.T) {
-	_, err := EncodeMessage(&lnwire.Custom{Type: TypeBase + 1, Data: make([]byte, MaxMessageSize)})
+	_, err := EncodeMessage(&Custom{Type: TypeBase + 1, Data: make([]byte, MaxMessageSize)})
 	if err == nil {
 		t.Fatal("encoded a message larger than one frame")
 	}

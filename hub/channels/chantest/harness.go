@@ -31,6 +31,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/session"
+	"github.com/m2mhub/m2mhub/internal/p2plisten"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -161,8 +162,12 @@ func NewHarness(tb testing.TB, chain channels.Chain, mod func(*channels.Config),
 	if err != nil {
 		tb.Fatal(err)
 	}
+	ln, err := p2plisten.Listen(p2plisten.Config{Addr: "127.0.0.1:0", Key: &keychain.PrivKeyECDH{PrivKey: h.HubKey}, Logger: Quiet()})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	h.Srv, err = session.New(session.Config{
-		Addr: "127.0.0.1:0", Key: h.HubKey, Auth: h.Reg, Handler: h.Ch, Directory: dir, Logger: Quiet(),
+		Listener: session.NewListener(ln), Auth: h.Reg, Handler: h.Ch, Directory: dir, Logger: Quiet(),
 		PingInterval: time.Hour, PongTimeout: time.Hour,
 	})
 	if err != nil {
@@ -193,7 +198,7 @@ type Device struct {
 	Key  *btcec.PrivateKey
 	ID   string
 	Conn *brontide.Conn
-	In   chan lnwire.Message
+	In   chan wire.Message
 	Done chan struct{}
 }
 
@@ -217,14 +222,14 @@ func (h *Harness) Connect(key *btcec.PrivateKey, id string) *Device {
 	if err != nil {
 		h.T.Fatal(err)
 	}
-	dev := &Device{T: h.T, Key: key, ID: id, Conn: c, In: make(chan lnwire.Message, 256), Done: make(chan struct{})}
+	dev := &Device{T: h.T, Key: key, ID: id, Conn: c, In: make(chan wire.Message, 256), Done: make(chan struct{})}
 	h.T.Cleanup(func() {
 		_ = c.Close()
 		<-dev.Done
 	})
 	dev.Send(wire.NewInit())
 	go dev.read()
-	if _, ok := dev.Next(5 * time.Second).(*lnwire.Init); !ok {
+	if _, ok := dev.Next(5 * time.Second).(*wire.Init); !ok {
 		h.T.Fatal("hub did not answer init")
 	}
 	// The session is registered just after the Init reply is queued.
@@ -249,7 +254,7 @@ func (d *Device) read() {
 		if err != nil {
 			return
 		}
-		if _, ok := m.(*lnwire.Ping); ok {
+		if _, ok := m.(*wire.Ping); ok {
 			continue
 		}
 		d.In <- m
@@ -257,7 +262,7 @@ func (d *Device) read() {
 }
 
 // Send writes m to the device's session.
-func (d *Device) Send(m lnwire.Message) {
+func (d *Device) Send(m wire.Message) {
 	d.T.Helper()
 	_ = d.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := wire.WriteMessage(d.Conn, m); err != nil {
@@ -267,7 +272,7 @@ func (d *Device) Send(m lnwire.Message) {
 
 // Next returns the next message from the hub, failing the test after
 // within.
-func (d *Device) Next(within time.Duration) lnwire.Message {
+func (d *Device) Next(within time.Duration) wire.Message {
 	d.T.Helper()
 	select {
 	case m, ok := <-d.In:
@@ -282,7 +287,7 @@ func (d *Device) Next(within time.Duration) lnwire.Message {
 }
 
 // Expect reads the next message and requires it to be a T.
-func Expect[T lnwire.Message](d *Device) T {
+func Expect[T wire.Message](d *Device) T {
 	d.T.Helper()
 	m := d.Next(5 * time.Second)
 	v, ok := m.(T)
@@ -290,7 +295,7 @@ func Expect[T lnwire.Message](d *Device) T {
 		if ce, isErr := m.(*wire.ChannelError); isErr {
 			d.T.Fatalf("got ChannelError %s, want %T", ce.Error(), v)
 		}
-		if le, isErr := m.(*lnwire.Error); isErr {
+		if le, isErr := m.(*wire.Error); isErr {
 			d.T.Fatalf("got Error %s, want %T", wire.ParseError(le).Error(), v)
 		}
 		d.T.Fatalf("got %T, want %T", m, v)
