@@ -2,7 +2,7 @@
 // a tariff's price through a charge, a payment and a receipt to a settlement
 // output, and links nothing but btcutil, so the domain packages stay free of
 // lnd (whose lnwire, through its keychain, links btcwallet and btcd's RPC
-// client). Only the wire codec, internal/wire, meets lnwire.
+// client). internal/wire encodes amounts itself, as lnwire would.
 package msat
 
 import (
