@@ -60,7 +60,7 @@ func TestLoadConfigRejects(t *testing.T) {
 	}
 }
 
-// TestLimitDefaultsAgree checks that each session server limit has one
+// TestLimitDefaultsAgree checks that each p2p listener and session limit has one
 // default: hubd's flag default (what --help shows) equals the hub's own
 // (hub.Default…), and both docs/protocol.md §1.7 and docs/operations.md's
 // configuration reference state it. The per-IP limit once read 64 in one
@@ -74,7 +74,7 @@ func TestLimitDefaultsAgree(t *testing.T) {
 	protocol := readDoc(t, "protocol.md")
 	operations := readDoc(t, "operations.md")
 	for _, tc := range []struct {
-		flag, field string // operations.md flag, protocol.md session.Config field
+		flag, field string // operations.md flag, protocol.md §1.7 field
 		got, want   any    // hubd's flag default, hub's default
 	}{
 		{"handshake-timeout", "HandshakeTimeout", l.HandshakeTimeout, session.DefaultHandshakeTimeout},
