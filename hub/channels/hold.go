@@ -358,7 +358,30 @@ func (c *Manager) captureTimer(e *chanEntry, req *captureReq) {
 		return
 	default:
 	}
+	if c.capturedElsewhere(c.ctx, e, req) {
+		return
+	}
 	c.chargeOnCreditLocked(c.ctx, e, req)
+}
+
+// capturedElsewhere reports whether the device paid req on another
+// instance: it moved there after this one asked it, and paid the capture
+// against the hold there. The stored hold then has captured more than this
+// cache knows; req is settled as answered, not charged on credit a second
+// time. The caller holds e.mu.
+func (c *Manager) capturedElsewhere(ctx context.Context, e *chanEntry, req *captureReq) bool {
+	h := e.holds[req.holdID]
+	if c.cfg.Relay == nil || h == nil {
+		return false
+	}
+	stored, err := c.store.Hold(ctx, req.holdID)
+	if err != nil || stored.Captured < h.Captured+req.amount {
+		return false
+	}
+	h.Captured += req.amount
+	c.answered(e, req)
+	c.log.Info("capture paid on another instance", "hold", fmt.Sprintf("%x", req.holdID), "amount", req.amount)
+	return true
 }
 
 // chargeOnCreditLocked records an unpaid capture as Owed, against its hold

@@ -2,6 +2,8 @@ package natsroute
 
 import (
 	"context"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/lightningnetwork/lnd/keychain"
 
+	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
@@ -30,7 +33,8 @@ type sharedInstance struct {
 	store *redisstore.Store
 }
 
-func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateKey, chain *chantest.FakeChain) *sharedInstance {
+func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateKey, chain *chantest.FakeChain,
+	mods ...func(*channels.Config)) *sharedInstance {
 	t.Helper()
 	st, err := redisstore.New(redisstore.Config{URL: redisURL})
 	if err != nil {
@@ -44,11 +48,15 @@ func newShared(t *testing.T, redisURL, natsURL, name string, key *btcec.PrivateK
 	}
 	nc := connect(t, natsURL)
 	relay := newRelay(t, nc, time.Second)
-	ch, err := channels.New(channels.Config{
+	cfg := channels.Config{
 		Store: st, Devices: st, Sessions: dir, Chain: chain, HubKey: key, Relay: relay,
 		PayoutScript: payout, Params: &chaincfg.RegressionNetParams, PollInterval: 50 * time.Millisecond,
 		MinCapacity: 10_000, MaxCapacity: 10_000_000, SafetyMargin: 6, CreditLimit: 1_000_000, Logger: chantest.Quiet(),
-	})
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	ch, err := channels.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,5 +236,104 @@ func TestSettlementReadsOtherInstances(t *testing.T) {
 	}
 	if rec := cut[0].Record; rec.Seq != 2 || rec.Paid != 3_000 || rec.Owed != 500 {
 		t.Fatalf("A's cut: seq %d paid %d owed %d, want seq 2 paid 3000 owed 500", rec.Seq, rec.Paid, rec.Owed)
+	}
+}
+
+// logWatch is a slog handler that reports whether a message was logged.
+type logWatch struct {
+	msg  string
+	seen atomic.Bool
+}
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == w.msg {
+		w.seen.Store(true)
+	}
+	return nil
+}
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *logWatch) WithGroup(string) slog.Handler      { return w }
+
+// A device asked on B to pay a capture moves to A before paying and pays
+// it there, against the hold. When B's capture timer fires it finds the
+// stored hold captured by that payment and does not charge the capture on
+// credit a second time: the hold is captured once, the channel owes
+// nothing, and the store holds the one payment.
+func TestCaptureAnsweredOnAnotherInstance(t *testing.T) {
+	rds := redistest.Start(t)
+	natsURL := startNATS(t)
+	chain := chantest.NewFakeChain(100)
+	key := chantest.MustKey(t)
+	watch := &logWatch{msg: "capture paid on another instance"}
+	a := newShared(t, rds.URL(), natsURL, "a", key, chain)
+	b := newShared(t, rds.URL(), natsURL, "b", key, chain, func(c *channels.Config) {
+		c.CaptureTimeout = 200 * time.Millisecond
+		c.Logger = slog.New(watch)
+	})
+	ctx := context.Background()
+	prov := a.h.Enrol(hub.RolePayer, hub.RoleProvider)
+	devKey := chantest.MustKey(t)
+	d, err := a.h.Reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(devKey.PubKey()), Roles: []hub.Role{hub.RolePayer}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB := b.h.Connect(devKey, d.ID)
+	waitRouted(t, b.r, d.ID, true)
+	c := onB.Open(chain, 100_000, 1000)
+
+	// The provider on A holds against the payer on B.
+	hid := [16]byte{1, 2, 3}
+	expires := uint64(time.Now().Add(time.Hour).Unix())
+	prov.Send(&wire.HoldRequest{HoldID: hid, Payer: d.ID, Max: 50_000, Expires: expires})
+	hr := chantest.Expect[*wire.HoldRequest](onB)
+	sig, err := channel.SignHold(devKey, hid, c.Op, hr.Provider, hr.Max, hr.Expires)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB.Send(&wire.HoldAuthorize{HoldID: hid, ChanID: c.Op, Provider: hr.Provider, Max: hr.Max, Expires: hr.Expires, Sig: sig})
+	if res := chantest.Expect[*wire.HoldResult](prov); res.Status != wire.HoldAuthorized {
+		t.Fatalf("hold result %+v", res)
+	}
+
+	// The capture is asked on B; the device leaves and pays it on A.
+	prov.Send(&wire.Capture{HoldID: hid, Amount: 4_000})
+	pr := chantest.Expect[*wire.PaymentRequest](onB)
+	_ = onB.Conn.Close()
+	<-onB.Done
+	waitRouted(t, b.r, d.ID, false)
+	onA := a.h.Connect(devKey, d.ID)
+	m := onA.PayMsg(c, 1, pr.Amount, pr.Amount, pr.Payee)
+	rid := pr.ReqID
+	m.HoldID, m.ReqID = &hid, &rid
+	onA.Send(m)
+	chantest.Expect[*wire.PayAck](onA)
+	chantest.Expect[*wire.ReceiptNotice](prov)
+
+	// B's timer fires; it either sees the payment or charges on credit.
+	deadline := time.Now().Add(5 * time.Second)
+	for !watch.seen.Load() {
+		rec, err := b.store.Channel(ctx, c.Op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Owed != 0 {
+			t.Fatalf("B charged the paid capture on credit: owed %d", rec.Owed)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("B's capture timer did not settle the request")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec, err := b.store.Channel(ctx, c.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := b.store.Hold(ctx, hid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Paid != 4_000 || rec.Owed != 0 || rec.Seq != 1 || h.Captured != 4_000 {
+		t.Fatalf("store paid %d owed %d seq %d, hold captured %d; want 4000 paid once", rec.Paid, rec.Owed, rec.Seq, h.Captured)
 	}
 }
