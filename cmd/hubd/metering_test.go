@@ -179,9 +179,16 @@ func (h *meterHub) connectProvider(t *testing.T, ctx context.Context, p *meterPr
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.attach(t, ctx, nc, h.hubKey)
+}
+
+// attach starts p's Meter and its receipt notices on nc, which it then
+// owns.
+func (p *meterProvider) attach(t *testing.T, ctx context.Context, nc *nats.Conn, hubKey *btcec.PublicKey) {
+	t.Helper()
 	t.Cleanup(nc.Close)
 	m, err := m2mclient.NewMeter(m2mclient.MeterConfig{
-		Conn: nc, ProviderID: p.id, Key: p.key, HubKey: h.hubKey, Logger: slog.New(slog.DiscardHandler),
+		Conn: nc, ProviderID: p.id, Key: p.key, HubKey: hubKey, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -277,15 +284,23 @@ func (h *meterHub) connect(t *testing.T, ctx context.Context, key *btcec.Private
 func (h *meterHub) connectWith(t *testing.T, ctx context.Context, key *btcec.PrivateKey, id string, prosumer bool,
 	tune func(*m2mclient.DeviceConfig)) *payer {
 	t.Helper()
+	return dialPayer(t, ctx, h.p.rt.P2PAddr, h.hubKey, key, id, prosumer, tune)
+}
+
+// dialPayer connects a payer at addrs (one address or several,
+// comma-separated, as m2mclient.Dial takes them).
+func dialPayer(t *testing.T, ctx context.Context, addrs string, hubKey *btcec.PublicKey, key *btcec.PrivateKey, id string, prosumer bool,
+	tune func(*m2mclient.DeviceConfig)) *payer {
+	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
-	s, err := m2mclient.Dial(ctx, h.p.rt.P2PAddr, h.hubKey, key,
+	s, err := m2mclient.Dial(ctx, addrs, hubKey, key,
 		m2mclient.WithBackoff(50*time.Millisecond, 200*time.Millisecond), m2mclient.WithLogger(quiet))
 	if err != nil {
 		t.Fatalf("dial %s: %v", id, err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	dc := m2mclient.DeviceConfig{
-		Key: key, HubKey: h.hubKey, Params: &chaincfg.RegressionNetParams, Dir: t.TempDir(), Logger: quiet,
+		Key: key, HubKey: hubKey, Params: &chaincfg.RegressionNetParams, Dir: t.TempDir(), Logger: quiet,
 		Policy: m2mclient.Policy{MaxPerPayment: 50_000_000, MaxPerHour: 100_000_000},
 	}
 	if tune != nil {
@@ -298,7 +313,7 @@ func (h *meterHub) connectWith(t *testing.T, ctx context.Context, key *btcec.Pri
 	t.Cleanup(func() { _ = d.Close() })
 	py := &payer{id: id, key: key, sess: s, dev: d}
 	if prosumer {
-		if py.prov, err = m2mclient.NewProvider(s, m2mclient.ProviderConfig{HubKey: h.hubKey, Logger: quiet}); err != nil {
+		if py.prov, err = m2mclient.NewProvider(s, m2mclient.ProviderConfig{HubKey: hubKey, Logger: quiet}); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = py.prov.Close() })
@@ -319,8 +334,15 @@ func (h *meterHub) fund(t *testing.T, ctx context.Context, capacity btcutil.Amou
 		t.Fatal(err)
 	}
 	defer chain.Close()
+	fundPayers(t, ctx, chain, filepath.Join(h.dir, datadir.WalletKeyFile), capacity, payers...)
+}
+
+// fundPayers opens a channel for every payer, funded by one transaction
+// from the wallet at walletKey on chain, and waits until each is ready.
+func fundPayers(t *testing.T, ctx context.Context, chain *btcdchain.Client, walletKey string, capacity btcutil.Amount, payers ...*payer) {
+	t.Helper()
 	wallet, err := btcdchain.NewWallet(btcdchain.WalletConfig{
-		KeyPath: filepath.Join(h.dir, datadir.WalletKeyFile), Chain: chain, Logger: slog.New(slog.DiscardHandler),
+		KeyPath: walletKey, Chain: chain, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -90,7 +90,32 @@ func (s *Service) broadcast(ctx context.Context, r *settlement.Run) error {
 			NextCapacity: int64(p.NextParams.Capacity), NextExpiry: p.NextParams.Expiry, Txid: p.Next.Hash,
 		})
 	}
+	s.told[r.Epoch.Number] = true
 	s.log.Info("settlement broadcast", "epoch", r.Epoch.Number, "txs", len(txs), "channels", len(pairs))
+	return nil
+}
+
+// tell tells the devices of a broadcast run that this process did not
+// broadcast that their channels moved: input i of a batch continues at
+// output i, whose channel record the rollover stored. Once per process;
+// Cosigners keeps the notice until the device pays on its next channel.
+func (s *Service) tell(ctx context.Context, r *settlement.Run, txs []*btcwire.MsgTx) error {
+	for _, tx := range txs {
+		txid := tx.TxHash()
+		for i, in := range tx.TxIn {
+			next := btcwire.OutPoint{Hash: txid, Index: uint32(i)}
+			rec, err := s.cfg.Channels.Channel(ctx, next)
+			if err != nil {
+				return fmt.Errorf("next channel %v of epoch %d: %w", next, r.Epoch.Number, err)
+			}
+			s.cfg.Cosigners.Done(ctx, rec.DeviceID, Done{
+				Epoch: r.Epoch.Number, Old: in.PreviousOutPoint, Next: next,
+				NextCapacity: int64(rec.Capacity), NextExpiry: rec.Expiry, Txid: txid,
+			})
+		}
+	}
+	s.told[r.Epoch.Number] = true
+	s.log.Info("settlement devices told of a run broadcast by another process", "epoch", r.Epoch.Number)
 	return nil
 }
 
@@ -156,6 +181,11 @@ func (s *Service) followRun(ctx context.Context, r *settlement.Run, tip uint32) 
 	txs, err := DecodeTxs(r.Txs)
 	if err != nil {
 		return err
+	}
+	if r.State == settlement.RunBroadcast && !s.told[r.Epoch.Number] {
+		if err := s.tell(ctx, r, txs); err != nil {
+			return err
+		}
 	}
 	minConf := int64(-1)
 	var missing []*btcwire.MsgTx

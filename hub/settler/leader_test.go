@@ -185,6 +185,20 @@ func leaderHandOverTrial(t *testing.T, at settlement.RunState) {
 		t.Fatal("new leader wrote nothing")
 	}
 
+	// Every device was told its channel moved before the paused leader
+	// could tell any (after broadcast, by b following a's run).
+	e.mu.Lock()
+	for _, op := range chans {
+		rec, err := store.Channel(t.Context(), op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := e.done[rec.DeviceID]; !ok || d.Old != op || d.Next.Hash != hubtest.RunTxids(t, r)[0] {
+			t.Errorf("device of %v not told by the new leader its channel moved (%+v, %v)", op, d, ok)
+		}
+	}
+	e.mu.Unlock()
+
 	// Let the paused leader go: whatever it writes next is refused.
 	epochs, _ := store.Epochs(t.Context(), 10)
 	runs, _ := store.Runs(t.Context(), 10)

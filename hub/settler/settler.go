@@ -303,6 +303,11 @@ type Service struct {
 	// settlement).
 	sentAt map[chainhash.Hash]uint32
 	bumped map[chainhash.Hash]*chainhash.Hash // nil: no bump possible
+	// told are the epochs whose devices this process has told their
+	// channels moved (Cosigners.Done): at its broadcast, or when it
+	// follows a run another process broadcast (a leader killed before
+	// telling them, on another instance).
+	told map[uint64]bool
 
 	// lease is the settlement lease this instance holds (nil: none);
 	// wake makes the loop poll at once (after an acquisition).
@@ -326,6 +331,7 @@ func New(cfg Config) (*Service, error) {
 	return &Service{
 		cfg: cfg, store: cfg.Store, log: cfg.Logger, clock: cfg.Clock,
 		sentAt: make(map[chainhash.Hash]uint32), bumped: make(map[chainhash.Hash]*chainhash.Hash),
+		told: make(map[uint64]bool),
 		wake: make(chan struct{}, 1),
 		ctx:  ctx, cancel: cancel,
 	}, nil

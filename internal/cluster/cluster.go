@@ -59,6 +59,10 @@ type Config struct {
 	Btcd bool
 	// HubArgs are extra hubd flags for every instance.
 	HubArgs []string
+	// Env, when set, are extra environment variables (KEY=VALUE) for
+	// each instance's first start, by index (a test-only crash point);
+	// Restart starts an instance without them.
+	Env [][]string
 	// Logger receives the harness's own lines; nil discards them.
 	Logger *slog.Logger
 }
@@ -134,7 +138,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		c.listen[i] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	// The first instance creates the identity; the others copy it.
-	if err := c.Restart(ctx, 0); err != nil {
+	if err := c.RestartEnv(ctx, 0, c.firstEnv(0)...); err != nil {
 		return nil, err
 	}
 	for i := 1; i < cfg.Instances; i++ {
@@ -147,11 +151,19 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 				return nil, err
 			}
 		}
-		if err := c.Restart(ctx, i); err != nil {
+		if err := c.RestartEnv(ctx, i, c.firstEnv(i)...); err != nil {
 			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// firstEnv is Config.Env of instance i.
+func (c *Cluster) firstEnv(i int) []string {
+	if i < len(c.cfg.Env) {
+		return c.cfg.Env[i]
+	}
+	return nil
 }
 
 // Instances is how many hubd the cluster runs.
@@ -224,7 +236,11 @@ func (c *Cluster) hubArgs(i int) []string {
 
 // Restart starts instance i (after Kill or Stop, or the first time) on its
 // data dir and device address, and waits until it is ready.
-func (c *Cluster) Restart(ctx context.Context, i int) error {
+func (c *Cluster) Restart(ctx context.Context, i int) error { return c.RestartEnv(ctx, i) }
+
+// RestartEnv is Restart with env (KEY=VALUE) added to hubd's environment
+// for this start only.
+func (c *Cluster) RestartEnv(ctx context.Context, i int, env ...string) error {
 	if p := c.Hub(i); p != nil {
 		select {
 		case <-p.Done():
@@ -236,7 +252,7 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
 	}
-	p, err := hubproc.Start(ctx, hubproc.Config{Binary: c.cfg.Hubd, DataDir: c.DataDir(i), Args: c.hubArgs(i), Output: logf})
+	p, err := hubproc.Start(ctx, hubproc.Config{Binary: c.cfg.Hubd, DataDir: c.DataDir(i), Args: c.hubArgs(i), Env: env, Output: logf})
 	// hubd holds its own descriptor of the log.
 	_ = logf.Close()
 	if err != nil {
