@@ -104,8 +104,24 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.startNATS(ctx, bin); err != nil {
-		return nil, err
+	// A node that exits during start most often found a port taken
+	// between freePort and its bind (the machine is shared): start the
+	// cluster again on other ports.
+	for attempt := 1; ; attempt++ {
+		err := c.startNATS(ctx, bin)
+		if err == nil {
+			break
+		}
+		for _, n := range c.nats {
+			if n != nil {
+				n.kill()
+				_ = os.RemoveAll(n.dir)
+			}
+		}
+		if attempt == 3 || !errors.Is(err, errExited) {
+			return nil, err
+		}
+		c.log.Warn("nats cluster start failed; retrying on other ports", "err", err)
 	}
 	if c.redis, err = startRedis(ctx, filepath.Join(cfg.Dir, "redis")); err != nil {
 		return nil, err
@@ -426,7 +442,11 @@ cluster {
 		close(done)
 	}()
 	n.cmd, n.done = cmd, done
-	return waitListening(ctx, done, "127.0.0.1:"+strconv.Itoa(n.port), "nats-server "+n.name)
+	if err := waitListening(ctx, done, "127.0.0.1:"+strconv.Itoa(n.port), "nats-server "+n.name); err != nil {
+		b, _ := os.ReadFile(filepath.Join(n.dir, "nats.log"))
+		return fmt.Errorf("%w\n%s", err, b[max(0, len(b)-2000):])
+	}
+	return nil
 }
 
 func (n *natsNode) kill() {
@@ -521,6 +541,9 @@ func redisPing(addr string) error {
 	return nil
 }
 
+// errExited is a process's exit before it listened.
+var errExited = errors.New("exited during start")
+
 // waitListening waits until addr accepts a TCP connection, the process
 // exits (done), or 30 s pass.
 func waitListening(ctx context.Context, done <-chan struct{}, addr, what string) error {
@@ -534,7 +557,7 @@ func waitListening(ctx context.Context, done <-chan struct{}, addr, what string)
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("cluster: %s exited during start", what)
+			return fmt.Errorf("cluster: %s %w", what, errExited)
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: %s not listening on %s: %w", what, addr, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
