@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	"github.com/btcsuite/btcd/chaincfg"
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/txscript"
-	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/nats-io/nats.go"
 
 	"github.com/m2mhub/m2mhub/hub"
@@ -118,15 +116,7 @@ func leaderKillTrial(t *testing.T, state settlement.RunState) {
 		t.Fatal(err)
 	}
 	prov.attach(t, ctx, nc, hubKey)
-	payoutKey, err := btcec.NewPrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	payoutAddr, err := btcutil.NewAddressWitnessPubKeyHash(
-		btcutil.Hash160(payoutKey.PubKey().SerializeCompressed()), &chaincfg.RegressionNetParams)
-	if err != nil {
-		t.Fatal(err)
-	}
+	payoutAddr := newPayoutAddr(t)
 	mustHubctl(t, c.DataDir(leader), "device", "set-payout", prov.id, payoutAddr.EncodeAddress())
 
 	// The channels open with the leader alone up: the funding notice
@@ -285,23 +275,8 @@ func leaderKillTrial(t *testing.T, state settlement.RunState) {
 	if err := chainhash.Decode(&batchID, final.Txids[0]); err != nil {
 		t.Fatal(err)
 	}
-	info, err := chain.GetTx(ctx, batchID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Confirmations < 1 {
-		t.Fatalf("batch %s has %d confirmations", batchID, info.Confirmations)
-	}
-	next := map[string]btcwire.OutPoint{}
+	batch, next := checkBatch(t, ctx, chain, batchID, payoutAddr, payers...)
 	for _, py := range payers {
-		i := indexOfInput(info.Tx, py.ch)
-		if i < 0 {
-			t.Fatalf("%s's channel %v is not an input of the batch", py.id, py.ch)
-		}
-		if _, err := chain.TxOut(ctx, py.ch, true); !errors.Is(err, btcdchain.ErrNotFound) {
-			t.Fatalf("old outpoint %v of %s: gettxout %v, want spent", py.ch, py.id, err)
-		}
-		next[py.id] = btcwire.OutPoint{Hash: batchID, Index: uint32(i)}
 		// To the msat: the next channel holds what the old one had
 		// left, by the chain and by the hub's ledger.
 		want := capacity - btcutil.Amount(fare/1000)
@@ -309,20 +284,13 @@ func leaderKillTrial(t *testing.T, state settlement.RunState) {
 		if err != nil {
 			t.Fatalf("%s's next channel %v: %v", py.id, next[py.id], err)
 		}
-		if got := btcutil.Amount(info.Tx.TxOut[i].Value); got != want || rec.Capacity != want || rec.Seq != 0 || rec.Paid != 0 {
+		if got := btcutil.Amount(batch.TxOut[next[py.id].Index].Value); got != want || rec.Capacity != want || rec.Seq != 0 || rec.Paid != 0 {
 			t.Fatalf("%s's next channel: output %d sat, hub record capacity %d sat seq %d paid %d, want %d sat unpaid",
 				py.id, got, rec.Capacity, rec.Seq, uint64(rec.Paid), want)
 		}
 	}
-	paid, err := chain.AddressTxs(ctx, payoutAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(paid) != 1 || paid[0].Tx.TxHash() != batchID {
-		t.Fatalf("payout address paid by %d transactions, want only the batch %s", len(paid), batchID)
-	}
 	earned := btcutil.Amount(0)
-	for _, out := range info.Tx.TxOut {
+	for _, out := range batch.TxOut {
 		if _, addrs, _, err := txscript.ExtractPkScriptAddrs(out.PkScript, &chaincfg.RegressionNetParams); err == nil &&
 			len(addrs) == 1 && addrs[0].EncodeAddress() == payoutAddr.EncodeAddress() {
 			earned += btcutil.Amount(out.Value)

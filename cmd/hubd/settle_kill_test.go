@@ -145,15 +145,7 @@ func settleKillTrial(t *testing.T, state settlement.RunState) {
 
 	contract := h.publish(t, ctx, settleContract)
 	prov := h.addProvider(t, ctx, nil, "gate")
-	payoutKey, err := btcec.NewPrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	payoutAddr, err := btcutil.NewAddressWitnessPubKeyHash(
-		btcutil.Hash160(payoutKey.PubKey().SerializeCompressed()), &chaincfg.RegressionNetParams)
-	if err != nil {
-		t.Fatal(err)
-	}
+	payoutAddr := newPayoutAddr(t)
 	mustHubctl(t, h.dir, "device", "set-payout", prov.id, payoutAddr.EncodeAddress())
 
 	onKey, onID := h.enrol(t, ctx, "online-car", hub.RolePayer)
@@ -245,35 +237,7 @@ func settleKillTrial(t *testing.T, state settlement.RunState) {
 	// payout address was paid by it alone.
 	chain := h.chain()
 	defer chain.Close()
-	info, err := chain.GetTx(ctx, batchID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Confirmations < 1 {
-		t.Fatalf("batch %s has %d confirmations", batchID, info.Confirmations)
-	}
-	next := map[string]btcwire.OutPoint{}
-	for _, py := range []*payer{online, offline} {
-		i := indexOfInput(info.Tx, py.ch)
-		if i < 0 {
-			t.Fatalf("%s's channel %v is not an input of the batch", py.id, py.ch)
-		}
-		if _, err := chain.TxOut(ctx, py.ch, true); !errors.Is(err, btcdchain.ErrNotFound) {
-			t.Fatalf("old outpoint %v of %s: gettxout %v, want spent", py.ch, py.id, err)
-		}
-		next[py.id] = btcwire.OutPoint{Hash: batchID, Index: uint32(i)}
-	}
-	paid, err := chain.AddressTxs(ctx, payoutAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(paid) != 1 || paid[0].Tx.TxHash() != batchID {
-		ids := make([]string, len(paid))
-		for i, p := range paid {
-			ids[i] = p.Tx.TxHash().String()
-		}
-		t.Fatalf("payout address paid by %v, want only the batch %s", ids, batchID)
-	}
+	_, next := checkBatch(t, ctx, chain, batchID, payoutAddr, online, offline)
 
 	// The online payer followed the settlement to its next outpoint and
 	// pays on it.
@@ -288,6 +252,7 @@ func settleKillTrial(t *testing.T, state settlement.RunState) {
 	// backoff; until it has, Pay answers ErrNotConnected.
 	payCtx, cancelPay := context.WithTimeout(ctx, 20*time.Second)
 	var rc *channel.Receipt
+	var err error
 	for {
 		rc, err = online.dev.Pay(payCtx, next[online.id], prov.id, 1_000, "after the settlement")
 		if !errors.Is(err, m2mclient.ErrNotConnected) || payCtx.Err() != nil {
@@ -357,4 +322,57 @@ func indexOfInput(tx *btcwire.MsgTx, op btcwire.OutPoint) int {
 		}
 	}
 	return -1
+}
+
+// newPayoutAddr is a fresh regtest P2WPKH address for a provider's payout.
+func newPayoutAddr(t *testing.T) *btcutil.AddressWitnessPubKeyHash {
+	t.Helper()
+	key, err := btcec.NewPrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := btcutil.NewAddressWitnessPubKeyHash(btcutil.Hash160(key.PubKey().SerializeCompressed()), &chaincfg.RegressionNetParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// checkBatch checks on chain that the batch batchID is confirmed, spends
+// every payer's channel (gone from the UTXO set) and is the only
+// transaction paying payoutAddr. It returns the batch and each payer's
+// next outpoint (input i continues at output i).
+func checkBatch(t *testing.T, ctx context.Context, chain *btcdchain.Client, batchID chainhash.Hash, payoutAddr btcutil.Address,
+	payers ...*payer) (*btcwire.MsgTx, map[string]btcwire.OutPoint) {
+	t.Helper()
+	info, err := chain.GetTx(ctx, batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Confirmations < 1 {
+		t.Fatalf("batch %s has %d confirmations", batchID, info.Confirmations)
+	}
+	next := map[string]btcwire.OutPoint{}
+	for _, py := range payers {
+		i := indexOfInput(info.Tx, py.ch)
+		if i < 0 {
+			t.Fatalf("%s's channel %v is not an input of the batch", py.id, py.ch)
+		}
+		if _, err := chain.TxOut(ctx, py.ch, true); !errors.Is(err, btcdchain.ErrNotFound) {
+			t.Fatalf("old outpoint %v of %s: gettxout %v, want spent", py.ch, py.id, err)
+		}
+		next[py.id] = btcwire.OutPoint{Hash: batchID, Index: uint32(i)}
+	}
+	paid, err := chain.AddressTxs(ctx, payoutAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paid) != 1 || paid[0].Tx.TxHash() != batchID {
+		ids := make([]string, len(paid))
+		for i, p := range paid {
+			ids[i] = p.Tx.TxHash().String()
+		}
+		t.Fatalf("payout address paid by %v, want only the batch %s", ids, batchID)
+	}
+	return info.Tx, next
 }
