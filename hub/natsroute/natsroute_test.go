@@ -391,7 +391,8 @@ func BenchmarkLocalRequest(b *testing.B) {
 // The holder serves one payment request id once: a retry of a request in
 // flight gets the same answer and asks the device nothing more, a retry
 // after the device answered is refused as served, and the outcome is sent
-// again until the asking instance acknowledges it.
+// again until the asking instance acknowledges it. A request that reaches
+// the holder past its deadline is not served.
 func TestPaymentRequestServedOnce(t *testing.T) {
 	url := startNATS(t)
 	chain := chantest.NewFakeChain(100)
@@ -459,7 +460,23 @@ func TestPaymentRequestServedOnce(t *testing.T) {
 	if late := ask(id, 1000); !late.Served || late.ID != first.ID {
 		t.Fatalf("retry after the payment: %+v, want served", late)
 	}
-	// The device's next request is a new one: nothing of id came between.
+	// A request the holder gets only after its origin stopped waiting is
+	// not served: the device is not asked.
+	body, err := json.Marshal(payMsg{Origin: "o", OriginID: remoteBit | 44, Payer: dev.ID, Payee: prov.ID, Channel: ch.Op,
+		Amount: 3000, EventCount: 1, Deadline: time.Now().Add(-time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := origin.Request(b.r.relay.devSubject(dev.ID, "pay"), body, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lateRep payReply
+	if err := json.Unmarshal(late.Data, &lateRep); err != nil || lateRep.Error == "" || lateRep.ID != 0 {
+		t.Fatalf("request past its deadline answered %+v (%v), want refused", lateRep, err)
+	}
+	// The device's next request is a new one: nothing of id, nor the
+	// late one, came between.
 	ask(remoteBit|43, 2000)
 	if pr := chantest.Expect[*wire.PaymentRequest](dev); pr.Amount != 2000 {
 		t.Fatalf("device asked for %d msat, want the new request's 2000", pr.Amount)

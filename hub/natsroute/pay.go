@@ -58,6 +58,12 @@ type payMsg struct {
 	EventCount uint32           `json:"event_count"`
 	Memo       string           `json:"memo"`
 	Hold       *[16]byte        `json:"hold,omitempty"`
+	// Deadline is when the origin stops waiting (its last attempt ends),
+	// less half an attempt: a holder that gets to a request only later
+	// (it was stalled) does not ask the device, since the origin has
+	// given up and will ask again. Instance clocks must agree to well
+	// within the margin (NTP).
+	Deadline time.Time `json:"deadline,omitzero"`
 }
 
 // payReply answers a payMsg.
@@ -108,6 +114,7 @@ func (r *Router) RequestPayment(ctx context.Context, req hub.PaymentRequest) (ui
 		Origin: r.cfg.Instance, OriginID: id, Payer: req.Payer, Payee: req.Payee, Channel: req.Channel,
 		Amount: req.Amount, Contract: req.Contract, EventsRoot: req.EventsRoot, EventCount: req.EventCount,
 		Memo: req.Memo, Hold: req.Hold,
+		Deadline: r.clock.Now().Add(time.Duration(r.cfg.Attempts)*r.relay.timeout - r.relay.timeout/2),
 	})
 	if err != nil {
 		r.forget(id)
@@ -194,6 +201,15 @@ func (r *Router) servePay(m *nats.Msg) {
 		return
 	}
 	r.mu.Unlock()
+	if !pm.Deadline.IsZero() && now.After(pm.Deadline) {
+		// Nobody waits for the answer: asking the device now could have
+		// it pay charges the origin will ask for again.
+		r.log.Warn("natsroute: payment request past its deadline not served (stalled, or clocks apart)",
+			"origin", pm.Origin, "late", now.Sub(pm.Deadline))
+		rep.Error = "request past its deadline"
+		r.respond(m, rep)
+		return
+	}
 	if _, ok := r.cfg.Sessions.Session(pm.Payer); !ok {
 		rep.Offline, rep.Error = true, "session ended"
 		r.respond(m, rep)
