@@ -197,8 +197,9 @@ const DefaultMaxCloseFee btcutil.Amount = 5000
 type devChannel struct {
 	// op serialises the operations that talk to the hub about this
 	// channel (pay, close): each signs on top of the previous state, and
-	// the hub's answers are matched by channel.
-	op sync.Mutex
+	// the hub's answers are matched by channel. Payments the hub asked
+	// for take it first (opLock).
+	op opLock
 
 	mu  sync.Mutex // guards st; held across Save so saves stay ordered
 	st  *ChannelState

@@ -51,7 +51,11 @@ func (d *Device) pay(ctx context.Context, chanID btcwire.OutPoint, p payment) (*
 	if err != nil {
 		return nil, err
 	}
-	c.op.Lock()
+	if p.reqID != nil {
+		c.op.LockFirst() // the hub asked: a provider waits for its receipt
+	} else {
+		c.op.Lock()
+	}
 	defer c.op.Unlock()
 	r, err := d.payOnce(ctx, c, p)
 	if errors.Is(err, errResynced) {
