@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -24,6 +25,7 @@ import (
 	"github.com/m2mhub/m2mhub/channel"
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/httpapi"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/internal/cluster"
 	"github.com/m2mhub/m2mhub/internal/datadir"
@@ -58,9 +60,10 @@ type clusterRun struct {
 	t      *testing.T
 	pace   time.Duration // between one device's payments
 	c      *cluster.Cluster
-	hubKey *btcec.PublicKey
-	provID string
-	devs   []*clusterDevice
+	hubKey  *btcec.PublicKey
+	provID  string
+	provKey *btcec.PrivateKey
+	devs    []*clusterDevice
 }
 
 // clusterDevice is one paying device with a durable FileStore and what it
@@ -105,7 +108,7 @@ func startClusterRunN(t *testing.T, devices int, restart bool) *clusterRun {
 	ctx := t.Context()
 	c, hk := startHarness(t, 3)
 	r := &clusterRun{t: t, c: c, hubKey: hk, pace: payPace}
-	_, r.provID = enrol(t, c.DataDir(0), "provider")
+	r.provKey, r.provID = enrol(t, c.DataDir(0), "provider")
 	chain := harnessChain(t, c)
 	wallet, err := btcdchain.NewWallet(btcdchain.WalletConfig{
 		KeyPath: filepath.Join(c.DataDir(0), datadir.WalletKeyFile), Chain: chain, Logger: quietLog(),
@@ -561,15 +564,31 @@ func TestClusterNATSNodeDown(t *testing.T) {
 	r.verify()
 }
 
-var clusterThroughput = flag.Duration("cluster.throughput", 3*time.Second, "TestClusterThroughput: measure payments/s on 1, 2 and 3 instances for this long each (0 skips)")
+var clusterThroughput = flag.Duration("cluster.throughput", 3*time.Second, "TestClusterThroughput: measure payments/s and metered events/s on 1, 2 and 3 instances for this long each (0 skips)")
 
-// TestClusterThroughput measures payments/s of unpaced devices on 1, 2 and
-// 3 instances of one cluster in one run (`go test -run
-// TestClusterThroughput -cluster.throughput 15s ./cmd/hubd`). On two cores
-// every added instance competes for the same CPU: the figures show the
-// cost of coordination, not scaling. Its devices also come back to an
-// instance that cached their channel before they paid on another one: the
-// stale cache must not refuse them (seq-gap) or show them an old state.
+// meterBenchContract prices a passage at 10 msat with a 10 % hub fee: a
+// charge of one published batch (100 events over the devices) stays far
+// under the devices' MaxPerPayment and the hub's credit limit.
+var meterBenchContract = []byte(`{"kind":"toll","version":1,"id":"cluster-bench","currency":"msat","fee":{"bps":"1000"},` +
+	`"toll":{"time_zone":"UTC","bands":[],"default":{"car":"10"}}}`)
+
+// Metered throughput: events per published message, and how many events
+// may be published but not yet receipted (so the figure is the hub's
+// rate, not a queue filling up).
+const (
+	meterBenchBatch  = 100
+	meterBenchWindow = 8_000
+)
+
+// TestClusterThroughput measures payments/s of unpaced devices and
+// metered events/s of one provider on 1, 2 and 3 instances of one cluster
+// in one run (`go test -run TestClusterThroughput -cluster.throughput 15s
+// ./cmd/hubd`). On two cores every added instance competes for the same
+// CPU: the figures show the cost of coordination, not scaling. Its devices
+// also come back to an instance that cached their channel before they paid
+// on another one: the stale cache must not refuse them (seq-gap) or show
+// them an old state. A metered event counts when its receipt reaches the
+// provider; every event must be receipted exactly once.
 func TestClusterThroughput(t *testing.T) {
 	if *clusterThroughput == 0 {
 		t.Skip("set -cluster.throughput to measure")
@@ -577,6 +596,9 @@ func TestClusterThroughput(t *testing.T) {
 	const devices = 6
 	r := startClusterRunN(t, devices, false)
 	r.pace = 0
+	contract := r.publishContract(meterBenchContract)
+	meter, notices := r.meter()
+	var pays, events []float64
 	for n := 1; n <= r.c.Instances(); n++ {
 		if n > 1 {
 			if err := r.c.Restart(t.Context(), n-1); err != nil {
@@ -608,8 +630,154 @@ func TestClusterThroughput(t *testing.T) {
 		if count == 0 {
 			t.Fatalf("%d instance(s): no payment acknowledged in %v", n, took)
 		}
-		t.Logf("%d instance(s), %d devices: %d payments in %v: %.0f payments/s", n, devices, count, took.Round(time.Millisecond), float64(count)/took.Seconds())
+		pays = append(pays, float64(count)/took.Seconds())
+		t.Logf("%d instance(s), %d devices: %d payments in %v: %.0f payments/s", n, devices, count, took.Round(time.Millisecond), pays[n-1])
+
+		sent, took := r.meterLoad(meter, notices, contract, n, *clusterThroughput)
+		events = append(events, float64(sent)/took.Seconds())
+		t.Logf("%d instance(s): %d metered events receipted once each in %v: %.0f events/s", n, sent, took.Round(time.Millisecond), events[n-1])
 	}
+	ratios := func(xs []float64) string {
+		out := make([]string, len(xs))
+		for i, x := range xs {
+			out[i] = fmt.Sprintf("%.2f", x/xs[0])
+		}
+		return strings.Join(out, " : ")
+	}
+	t.Logf("payments/s %.0f, ratio %s; metered events/s %.0f, ratio %s (1, 2, 3 instances)",
+		pays, ratios(pays), events, ratios(events))
+}
+
+// publishContract stores doc through instance 0's admin API and returns
+// its hash as events name it.
+func (r *clusterRun) publishContract(doc []byte) string {
+	r.t.Helper()
+	token, err := datadir.Dir(r.c.DataDir(0)).ReadToken(datadir.AdminTokenFile)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	rec, err := httpapi.NewClient(r.c.Hub(0).Runtime().AdminAddr, token).PublishContract(r.t.Context(), doc)
+	if err != nil {
+		r.t.Fatalf("publish contract: %v", err)
+	}
+	return rec.Hash.String()
+}
+
+// meter is the provider's Meter on the NATS cluster and its notices.
+func (r *clusterRun) meter() (*m2mclient.Meter, <-chan m2mclient.Notice) {
+	t := r.t
+	t.Helper()
+	nc, err := nats.Connect(r.c.NATSURLs(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	m, err := m2mclient.NewMeter(m2mclient.MeterConfig{
+		Conn: nc, ProviderID: r.provID, Key: r.provKey, HubKey: r.hubKey, MaxBatch: meterBenchBatch, Logger: quietLog(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	notices, err := m.Receipts(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, notices
+}
+
+// meterLoad publishes passages of the devices for d, at most
+// meterBenchWindow unreceipted at a time, then waits for every receipt.
+// It fails on an unpaid notice, a receipt for an event not published or
+// already receipted, or an event left without a receipt. It returns how
+// many events were receipted and the time from the first publish to the
+// last receipt.
+func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Notice, contract string, round int, d time.Duration) (int, time.Duration) {
+	t := r.t
+	t.Helper()
+	ctx := t.Context()
+	var (
+		mu       sync.Mutex
+		sent     = map[string]bool{} // published, false until receipted
+		receipts int
+		bad      error
+	)
+	took := make(chan struct{}, 1)
+	readCtx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-readCtx.Done():
+				return
+			case n := <-notices:
+				mu.Lock()
+				switch {
+				case n.Unpaid != nil:
+					bad = cmp.Or(bad, fmt.Errorf("unpaid notice %+v", *n.Unpaid))
+				case n.Receipt != nil:
+					for _, id := range n.Receipt.Events {
+						done, ok := sent[id]
+						if !ok || done {
+							bad = cmp.Or(bad, fmt.Errorf("receipt for event %q, published %v, receipted before %v", id, ok, done))
+							continue
+						}
+						sent[id] = true
+						receipts++
+					}
+				}
+				mu.Unlock()
+				select {
+				case took <- struct{}{}:
+				default:
+				}
+			}
+		}
+	})
+	outstanding := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sent) - receipts
+	}
+	start := time.Now()
+	at := rfc(start.UTC())
+	for seq := 0; time.Since(start) < d; {
+		for outstanding() > meterBenchWindow-meterBenchBatch {
+			select {
+			case <-took:
+			case <-time.After(time.Second):
+			}
+		}
+		evs := make([]metering.Event, meterBenchBatch)
+		mu.Lock()
+		for i := range evs {
+			id := fmt.Sprintf("bench-%d-%d", round, seq)
+			seq++
+			sent[id] = false
+			evs[i] = metering.Event{ID: id, Subject: r.devs[seq%len(r.devs)].id, Time: at,
+				Data: metering.Data{Contract: contract, Quantity: "1", Unit: "passage", VehicleClass: "car"}}
+		}
+		mu.Unlock()
+		if err := m.Meter(ctx, evs...); err != nil {
+			t.Fatalf("meter: %v", err)
+		}
+	}
+	deadline := time.After(time.Minute)
+	for outstanding() > 0 {
+		select {
+		case <-took:
+		case <-deadline:
+			t.Fatalf("%d of the metered events have no receipt a minute after the last publish", outstanding())
+		}
+	}
+	elapsed := time.Since(start)
+	stopReading()
+	wg.Wait()
+	if bad != nil {
+		t.Fatal(bad)
+	}
+	return receipts, elapsed
 }
 
 // A device given a dead address before a live one connects to the live
