@@ -57,9 +57,9 @@ const payPace = 10 * time.Millisecond
 
 // clusterRun is a 3-instance hub on the harness with devices paying it.
 type clusterRun struct {
-	t      *testing.T
-	pace   time.Duration // between one device's payments
-	c      *cluster.Cluster
+	t       *testing.T
+	pace    time.Duration // between one device's payments
+	c       *cluster.Cluster
 	hubKey  *btcec.PublicKey
 	provID  string
 	provKey *btcec.PrivateKey
