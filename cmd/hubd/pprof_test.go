@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -11,8 +13,13 @@ import (
 )
 
 // TestMetricsPprof: Go's profiler is on the metrics listener only with
-// --metrics-pprof; without it the path is not found.
+// --metrics-pprof; without it the path is not found. With it the mutex
+// profile is sampled (an unsampled one says "sampling period=0" and holds
+// nothing).
 func TestMetricsPprof(t *testing.T) {
+	// The rates are the process's: put them back for the other tests.
+	defer runtime.SetMutexProfileFraction(runtime.SetMutexProfileFraction(-1))
+	defer runtime.SetBlockProfileRate(0)
 	cfg, err := loadConfig([]string{"--datadir", t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -27,19 +34,26 @@ func TestMetricsPprof(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.Get("http://" + addr + "/debug/pprof/goroutine?debug=1")
-		if err != nil {
-			st.stopAll()
-			t.Fatal(err)
+		get := func(path string) (int, string) {
+			resp, err := http.Get("http://" + addr + path)
+			if err != nil {
+				st.stopAll()
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(body)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		code, body := get("/debug/pprof/goroutine?debug=1")
+		_, mutex := get("/debug/pprof/mutex?debug=1")
 		st.stopAll()
 		switch {
-		case on && (resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile")):
-			t.Errorf("with --metrics-pprof: %s %.80q", resp.Status, body)
-		case !on && resp.StatusCode != http.StatusNotFound:
-			t.Errorf("without --metrics-pprof: %s, want 404", resp.Status)
+		case on && (code != http.StatusOK || !strings.Contains(body, "goroutine profile")):
+			t.Errorf("with --metrics-pprof: %d %.80q", code, body)
+		case on && !strings.Contains(mutex, fmt.Sprintf("sampling period=%d\n", pprofMutexFraction)):
+			t.Errorf("with --metrics-pprof the mutex profile is not sampled: %.120q", mutex)
+		case !on && code != http.StatusNotFound:
+			t.Errorf("without --metrics-pprof: %d, want 404", code)
 		}
 	}
 	if cfg.MetricsPprof {

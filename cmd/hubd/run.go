@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -469,6 +470,12 @@ func checkPorts(cfg config) error {
 	return nil
 }
 
+// Sampling of the mutex and block profiles with --metrics-pprof.
+const (
+	pprofMutexFraction = 10
+	pprofBlockRate     = 100_000 // ns
+)
+
 // serveMetrics serves Prometheus metrics on addr (nothing when empty) and
 // returns the address it listens on.
 func serveMetrics(addr string, withPprof bool, lim httpapi.Limits, m *metrics.Metrics, st *stack) (string, error) {
@@ -482,6 +489,12 @@ func serveMetrics(addr string, withPprof bool, lim httpapi.Limits, m *metrics.Me
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	if withPprof {
+		// The mutex and block profiles stay empty unless sampled: one
+		// contention event in pprofMutexFraction, and blocking events
+		// in proportion to their length (every one of pprofBlockRate ns
+		// or longer), so a hub under load shows where it waits.
+		runtime.SetMutexProfileFraction(pprofMutexFraction)
+		runtime.SetBlockProfileRate(pprofBlockRate)
 		// pprof.Index serves the named profiles (heap, goroutine, block,
 		// ...) under the same prefix.
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)

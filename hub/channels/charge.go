@@ -102,7 +102,10 @@ func (c *Manager) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (msat.Am
 // channels' credit limit, holding the lock of every channel the owed
 // charges name, and raises the cached Owed of each by what was recorded as
 // owed. Holding the locks keeps a concurrent payment on the same channel
-// from writing an Owed computed before the charges raised it.
+// from writing an Owed computed before the charges raised it. The locks
+// are shared with other RecordCharges calls (chanEntry.mu): additions to
+// Owed commute, so two batches naming the same channel are recorded side
+// by side and can share the store's group commit.
 func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error) {
 	var ops []btcwire.OutPoint
 	for i := range cs {
@@ -122,17 +125,18 @@ func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs [
 		e, err := c.entry(ctx, op)
 		if err != nil {
 			for _, held := range entries {
-				held.mu.Unlock()
+				held.mu.RUnlock()
 			}
 			return nil, fmt.Errorf("charge channel %v: %w", op, err)
 		}
-		// Sorted order: two recorders never wait on each other.
-		e.mu.Lock()
+		// Sorted order, as every taker of several channel locks: a
+		// waiting payment (exclusive) holds no other lock, so no cycle.
+		e.mu.RLock()
 		entries[op] = e
 	}
 	defer func() {
 		for _, e := range entries {
-			e.mu.Unlock()
+			e.mu.RUnlock()
 		}
 	}()
 	res, err := store.RecordCharges(ctx, cs, c.cfg.CreditLimit)
@@ -144,7 +148,9 @@ func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs [
 			continue
 		}
 		if e := entries[r.Stored.Channel]; e != nil {
+			e.owedMu.Lock()
 			e.rec.Owed += r.Stored.Amount
+			e.owedMu.Unlock()
 		}
 	}
 	return res, nil

@@ -52,3 +52,22 @@ func LockChannel(t testing.TB, c *Manager, op btcwire.OutPoint) (unlock func()) 
 	e.mu.Lock()
 	return e.mu.Unlock
 }
+
+// TryShareChannel reports whether the lock of the cached channel funded by
+// op can be taken as RecordCharges takes it (shared) right now, and tryLock
+// whether it can be taken as a payment takes it (exclusive). Whatever it
+// takes it gives back at once.
+func TryShareChannel(t testing.TB, c *Manager, op btcwire.OutPoint) (shared, exclusive bool) {
+	t.Helper()
+	e, err := c.entry(context.Background(), op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shared = e.mu.TryRLock(); shared {
+		e.mu.RUnlock()
+	}
+	if exclusive = e.mu.TryLock(); exclusive {
+		e.mu.Unlock()
+	}
+	return shared, exclusive
+}

@@ -339,9 +339,17 @@ func (c *Manager) Close() error {
 // serialises everything that changes the channel: payments, holds, freezes,
 // closes.
 type chanEntry struct {
-	mu  sync.Mutex
-	rec hub.ChannelRecord
-	out *channel.Output
+	// mu is taken exclusively by everything that reads or writes the
+	// channel, and shared only by RecordCharges across its store write:
+	// charges only add to Owed, so recorders of different batches on the
+	// same channel need not wait for each other's durable writes (the
+	// intake's workers would otherwise go one at a time, each batch
+	// naming most payers), while a payment still waits for them. The
+	// sharers add to rec.Owed under owedMu.
+	mu     sync.RWMutex
+	owedMu sync.Mutex
+	rec    hub.ChannelRecord
+	out    *channel.Output
 	// holds are the channel's active holds; their Remaining is reserved
 	// capacity.
 	holds map[[16]byte]*hub.Hold
