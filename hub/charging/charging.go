@@ -236,6 +236,9 @@ type Service struct {
 	busy     map[payKey]bool // keys with a request in flight
 	paidQ    []payEvent      // listener news for the flusher
 	kick     chan struct{}
+	// settling holds a token per settle round the flusher left running
+	// (settleAhead at most).
+	settling chan struct{}
 
 	startOnce, closeOnce sync.Once
 	// reloadOnce reloads the owed charges of a previous run before the
@@ -269,6 +272,7 @@ func New(cfg Config) (*Service, error) {
 		inflight:  map[uint64]*payGroup{},
 		busy:      map[payKey]bool{},
 		kick:      make(chan struct{}, 1),
+		settling:  make(chan struct{}, settleAhead),
 	}
 	return c, nil
 }
@@ -289,6 +293,7 @@ func (c *Service) Start() {
 func (c *Service) Close() error {
 	c.closeOnce.Do(c.cancel)
 	c.wg.Wait()
+	c.waitSettles()
 	return nil
 }
 

@@ -172,6 +172,12 @@ func (c *Service) queue(ev payEvent) {
 
 // run is the flusher: every FlushInterval (or when kicked) it settles the
 // answered requests, times out the silent ones and requests what is owed.
+//
+// The answered requests' durable part (charges marked paid, receipts
+// published: a store write and a JetStream write per provider) runs beside
+// the flusher, up to settleAhead rounds at once: the flusher frees their
+// keys first and goes on requesting, so the charges owed meanwhile are not
+// asked for only after the last round's receipts are out.
 func (c *Service) run() {
 	c.reloadOnce.Do(func() { c.reloadOwed(c.ctx) })
 	for {
@@ -181,40 +187,79 @@ func (c *Service) run() {
 		case <-c.clock.TickAfter(c.cfg.FlushInterval):
 		case <-c.kick:
 		}
-		c.settle(c.ctx)
+		if ans := c.answered(); len(ans) > 0 {
+			select {
+			case c.settling <- struct{}{}:
+			case <-c.ctx.Done():
+				return
+			}
+			go func() {
+				defer func() { <-c.settling }()
+				c.finish(c.ctx, ans)
+			}()
+		}
 		c.flush(c.ctx)
 	}
 }
 
+// settleAhead bounds the settle rounds the flusher leaves running.
+const settleAhead = 4
+
 // Flush requests every owed group now and settles answered requests; the
 // flusher does the same every FlushInterval. Tests and shutdown use it.
+// It returns once every request answered before it is settled.
 func (c *Service) Flush(ctx context.Context) {
 	c.reloadOnce.Do(func() { c.reloadOwed(ctx) })
 	c.settle(ctx)
+	c.waitSettles()
 	c.flush(ctx)
 }
 
-// settle handles the device answers queued by the listener: paid groups
-// are marked paid (one store call per provider) and their receipts
-// published; refused ones get an enforcement notice.
+// waitSettles returns once the settle rounds the flusher left running are
+// done: it takes every token, which also holds new rounds back meanwhile.
+func (c *Service) waitSettles() {
+	for range settleAhead {
+		c.settling <- struct{}{}
+	}
+	for range settleAhead {
+		<-c.settling
+	}
+}
+
+// answerDone is a request the device answered, with its answer.
+type answerDone struct {
+	g  *payGroup
+	ev payEvent
+}
+
+// settle handles the device answers queued by the listener (answered,
+// then finish).
 func (c *Service) settle(ctx context.Context) {
+	c.finish(ctx, c.answered())
+}
+
+// answered takes the device answers queued by the listener and frees
+// their keys for the next requests.
+func (c *Service) answered() []answerDone {
 	c.pay.Lock()
+	defer c.pay.Unlock()
 	evs := c.paidQ
 	c.paidQ = nil
-	type done struct {
-		g  *payGroup
-		ev payEvent
-	}
-	var answered []done
+	var answered []answerDone
 	for _, ev := range evs {
 		if g := c.inflight[ev.reqID]; g != nil {
 			delete(c.inflight, ev.reqID)
 			delete(c.busy, g.key)
-			answered = append(answered, done{g, ev})
+			answered = append(answered, answerDone{g, ev})
 		}
 	}
-	c.pay.Unlock()
+	return answered
+}
 
+// finish makes answered requests durable: paid groups are marked paid (one
+// store call per provider) and their receipts published; refused ones get
+// an enforcement notice.
+func (c *Service) finish(ctx context.Context, answered []answerDone) {
 	paid := map[string][]*payGroup{}
 	receipts := map[*payGroup][]byte{}
 	for _, a := range answered {
