@@ -19,6 +19,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/boltstore"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
 	"github.com/m2mhub/m2mhub/hub/storetest"
 )
 
@@ -279,9 +280,10 @@ func (c *child) kill(t *testing.T) {
 
 func (c *child) wait() { c.cmd.Wait() }
 
-// BenchmarkManyChannels: a store of 100,000 ready channels reopened and
-// listed as a restarted hub does, and payments among them
-// (storetest.BenchManyChannels). Run it with -benchtime=1x.
+// BenchmarkManyChannels: a store of 100,000 ready channels reopened and a
+// channel manager started on it as a restarted hubd does (its first
+// watcher round), the store's own listing beside, and payments among them
+// (storetest.BenchManyChannels). Run it with -benchtime=3x.
 func BenchmarkManyChannels(b *testing.B) {
 	dir := b.TempDir()
 	storetest.BenchManyChannels(b, 100_000, func(tb testing.TB) storetest.ChannelStoreUnderTest {
@@ -290,5 +292,5 @@ func BenchmarkManyChannels(b *testing.B) {
 			tb.Fatal(err)
 		}
 		return s
-	}, nil)
+	}, chantest.StartManager, nil)
 }

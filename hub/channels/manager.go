@@ -270,6 +270,9 @@ type Manager struct {
 	// the watcher.
 	fundMu sync.Mutex
 
+	// ready is closed when the watcher's first round is over (see Ready).
+	ready chan struct{}
+
 	startOnce sync.Once
 	closeOnce sync.Once
 }
@@ -297,6 +300,7 @@ func New(cfg Config) (*Manager, error) {
 		watchedShut: make(map[btcwire.OutPoint]struct{}),
 		asks:        make(map[[16]byte]*holdAsk),
 		slots:       paySlots{ch: make(chan struct{}, cfg.PaySlots)},
+		ready:       make(chan struct{}),
 	}, nil
 }
 
@@ -305,6 +309,13 @@ func New(cfg Config) (*Manager, error) {
 func (c *Manager) Start() {
 	c.startOnce.Do(func() { c.goOwned(c.watch) })
 }
+
+// Ready is closed once the watcher's first round after Start is over:
+// the active holds of a previous run are cached again and every offer,
+// closing channel and open channel's expiry has been looked at once.
+// Payments are served before it; it marks the end of the hub's start-up
+// work on its channels (storetest.BenchManyChannels waits for it).
+func (c *Manager) Ready() <-chan struct{} { return c.ready }
 
 // goOwned runs f on a goroutine Close waits for. It reports false, running
 // nothing, once Close has begun.

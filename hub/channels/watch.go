@@ -17,8 +17,11 @@ import (
 func (c *Manager) watch() {
 	height := int32(-1)
 	c.loadActiveHolds(c.ctx)
-	for {
+	for first := true; ; first = false {
 		c.poll(c.ctx, &height)
+		if first {
+			close(c.ready)
+		}
 		select {
 		case <-c.ctx.Done():
 			return

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
 	"github.com/m2mhub/m2mhub/hub/redisstore"
 	"github.com/m2mhub/m2mhub/hub/storetest"
 	"github.com/m2mhub/m2mhub/internal/redistest"
@@ -415,12 +416,13 @@ func TestKillNineKeepsAcknowledgedPayments(t *testing.T) {
 }
 
 // BenchmarkManyChannels: a Redis store of 100,000 ready channels reopened
-// and listed as a restarted hub does, and payments among them
+// and a channel manager started on it as a restarted hubd does (its first
+// watcher round), the store's own listing beside, and payments among them
 // (storetest.BenchManyChannels); redis-server's own RSS is reported
-// beside. Run it with -benchtime=1x.
+// beside. Run it with -benchtime=3x.
 func BenchmarkManyChannels(b *testing.B) {
 	srv := redistest.Start(b)
 	storetest.BenchManyChannels(b, 100_000, func(tb testing.TB) storetest.ChannelStoreUnderTest {
 		return mustOpen(tb, srv.URL()+"?pool_size=128", "")
-	}, func() uint64 { return storetest.ProcRSS(srv.Pid()) })
+	}, chantest.StartManager, func() uint64 { return storetest.ProcRSS(srv.Pid()) })
 }

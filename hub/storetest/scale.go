@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"flag"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,17 +25,22 @@ import (
 )
 
 // BenchManyChannels measures a store holding n ready channels, as a hub
-// with n open channels has: it fills the store (64 writers, so setup
-// shares commits), closes it, and then times what a restarted hub does
-// before it serves the first payment: open the store and list every ready
-// channel (the channel manager's first scan). It reports that start-up
-// time, the heap and this process's RSS once the listing is held, and the
-// p50/p99 latency of durable payments (ApplyPayment with a receipt) on
-// channels drawn at random among the n. open follows RunChannels' rules: a
-// second call with the same b reopens the same data. otherRSS, when not
-// nil, returns the resident bytes of a store server outside this process
-// (redis-server), reported beside. Run it with -benchtime=1x.
-func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStoreUnderTest, otherRSS func() uint64) {
+// with n open channels has (one in 100 with an active hold): it fills the
+// store (64 writers, so setup shares commits), closes it, and then times
+// what a restarted hub does with its channels: open the store and run
+// start, which does the hub's start-up work on it (the channel manager's
+// first watcher round, chantest.StartManager) and returns what to close
+// before the store. It reports that start-up time (start-s), the heap and
+// this process's RSS once it is done, and the p50/p99 latency of durable
+// payments (ApplyPayment with a receipt) on channels drawn at random among
+// the n, made while the started hub runs. In the same run it times the
+// store alone: opened and every ready channel listed (scan-s). open
+// follows RunChannels' rules: a second call with the same b reopens the
+// same data. otherRSS, when not nil, returns the resident bytes of a
+// store server outside this process (redis-server), reported beside. Its
+// figures are medians over the b.N starts of one fill: run it with
+// -benchtime=3x.
+func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStoreUnderTest, start func(tb testing.TB, s ChannelStoreUnderTest) io.Closer, otherRSS func() uint64) {
 	b.Helper()
 	ctx := context.Background()
 	tmpl := NewChannel(b, "dev")
@@ -45,6 +54,7 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 		c.Funding = NewOutPoint(b)
 		ops[i] = c
 	}
+	const holdEvery = 100
 	s := open(b)
 	fill := time.Now()
 	var wg sync.WaitGroup
@@ -56,6 +66,14 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 				if err := s.PutChannel(ctx, ops[i]); err != nil {
 					b.Errorf("PutChannel: %v", err)
 					return
+				}
+				if i%holdEvery == 0 {
+					h := NewHold(b, ops[i].Funding, ops[i].DeviceID, 100_000)
+					h.Expires = time.Now().Add(24 * time.Hour) // still active when the hub starts
+					if err := s.PutHold(ctx, h); err != nil {
+						b.Errorf("PutHold: %v", err)
+						return
+					}
 				}
 			}
 		}()
@@ -70,36 +88,53 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 	}
 	receipt := Receipt(ops[0].Funding, 1)
 
-	for range b.N {
+	var startS, scanS, heap, rss, server []float64
+	var lat []time.Duration
+	for i := range b.N {
+		// The store alone: opened, every ready channel listed.
 		runtime.GC()
-		start := time.Now()
+		t0 := time.Now()
 		s = open(b)
 		ready, err := s.Channels(ctx, hub.ChannelReady)
 		if err != nil {
 			b.Fatal(err)
 		}
-		startS := time.Since(start).Seconds()
+		scanS = append(scanS, time.Since(t0).Seconds())
 		if len(ready) != n {
 			b.Fatalf("%d ready channels listed, stored %d", len(ready), n)
 		}
+		ready = nil
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+
+		// The hub's start: the store opened and the start-up work done.
+		runtime.GC()
+		stopProfile := startProfile(b, i)
+		t0 = time.Now()
+		s = open(b)
+		started := start(b, s)
+		startS = append(startS, time.Since(t0).Seconds())
+		stopProfile()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		rss := selfRSS()
+		heap = append(heap, float64(ms.HeapInuse)/(1<<20))
+		rss = append(rss, float64(selfRSS())/(1<<20))
+		if otherRSS != nil {
+			server = append(server, float64(otherRSS())/(1<<20))
+		}
 
 		// Payments among them: sequential, so each latency is one
 		// update's own (no queue of other writers in front of it).
 		const pays = 500
-		seqs := map[int]uint64{}
-		lat := make([]time.Duration, 0, pays)
 		for range pays {
 			i := mrand.IntN(n)
 			st, err := s.Channel(ctx, ops[i].Funding)
 			if err != nil {
 				b.Fatal(err)
 			}
-			seqs[i] = st.Seq + 1
 			u := hub.PaymentUpdate{
-				Channel: ops[i].Funding, Seq: seqs[i], Paid: st.Paid + msat.Amount(1_000),
+				Channel: ops[i].Funding, Seq: st.Seq + 1, Paid: st.Paid + msat.Amount(1_000),
 				Receipt: receipt, Time: epoch(),
 			}
 			t0 := time.Now()
@@ -108,20 +143,64 @@ func BenchManyChannels(b *testing.B, n int, open func(tb testing.TB) ChannelStor
 			}
 			lat = append(lat, time.Since(t0))
 		}
-		runtime.KeepAlive(ready)
+		if err := started.Close(); err != nil {
+			b.Fatal(err)
+		}
 		if err := s.Close(); err != nil {
 			b.Fatal(err)
 		}
-		slices.Sort(lat)
-		b.ReportMetric(startS, "start-s")
-		b.ReportMetric(fillS, "fill-s")
-		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
-		b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
-		if otherRSS != nil {
-			b.ReportMetric(float64(otherRSS())/(1<<20), "server-rss-MiB")
+		b.Logf("run %d: start %.2f s, store scan %.2f s, rss %.0f MiB", i+1, startS[i], scanS[i], rss[i])
+	}
+	// Medians over the b.N runs of one fill (-benchtime=3x: three).
+	b.ReportMetric(median(startS), "start-s")
+	b.ReportMetric(median(scanS), "scan-s")
+	b.ReportMetric(fillS, "fill-s")
+	b.ReportMetric(median(heap), "heap-MiB")
+	b.ReportMetric(median(rss), "rss-MiB")
+	if otherRSS != nil {
+		b.ReportMetric(median(server), "server-rss-MiB")
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2])/1e6, "pay-p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "pay-p99-ms")
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// startProfileDir, when set, makes BenchManyChannels write a CPU profile
+// and an allocation profile of each timed start into it.
+var startProfileDir = flag.String("storetest.startprofile", "", "directory for CPU and allocation profiles of BenchManyChannels' start")
+
+// startProfile starts the CPU profile of start run i, when asked for, and
+// returns what stops it and writes the allocation profile.
+func startProfile(b *testing.B, i int) (stop func()) {
+	dir := *startProfileDir
+	if dir == "" {
+		return func() {}
+	}
+	cpu, err := os.Create(filepath.Join(dir, fmt.Sprintf("start-cpu-%d.pprof", i)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.MemProfileRate = 64 << 10
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = cpu.Close()
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("start-allocs-%d.pprof", i)))
+		if err != nil {
+			b.Fatal(err)
 		}
-		b.ReportMetric(float64(lat[len(lat)/2])/1e6, "pay-p50-ms")
-		b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "pay-p99-ms")
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
