@@ -223,4 +223,9 @@ type ChannelStore interface {
 
 	// Holds returns a channel's holds in any status.
 	Holds(ctx context.Context, op wire.OutPoint) ([]Hold, error)
+
+	// ActiveHolds returns the active holds of every channel, in no
+	// particular order. A restarted hub reloads them with it instead of
+	// asking each channel for its holds.
+	ActiveHolds(ctx context.Context) ([]Hold, error)
 }

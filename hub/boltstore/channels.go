@@ -188,7 +188,7 @@ func (s *Store) PutChannel(ctx context.Context, c hub.ChannelRecord) error {
 		state := fresh
 		if oldDoc := chans.Get(pid); oldDoc != nil {
 			var old hub.ChannelRecord
-			if err := json.Unmarshal(oldDoc, &old); err != nil {
+			if err := record.DecodeChannel(oldDoc, &old); err != nil {
 				return fmt.Errorf("boltstore: decode channel %x: %w", pid, err)
 			}
 			if !isZeroOutPoint(old.Funding) && old.Funding != c.Funding {
@@ -265,7 +265,7 @@ func readChannel(tx *bolt.Tx, pid []byte) (hub.ChannelRecord, error) {
 	if doc == nil {
 		return c, fmt.Errorf("%w: channel %x", hub.ErrNotFound, pid)
 	}
-	if err := json.Unmarshal(doc, &c); err != nil {
+	if err := record.DecodeChannel(doc, &c); err != nil {
 		return c, fmt.Errorf("boltstore: decode channel %x: %w", pid, err)
 	}
 	st, err := decodeState(tx.Bucket(bucketChanState).Get(pid))
@@ -627,6 +627,32 @@ func (s *Store) Holds(ctx context.Context, op wire.OutPoint) ([]hub.Hold, error)
 			out = append(out, h)
 		}
 		return nil
+	})
+	return out, err
+}
+
+// ActiveHolds returns every active hold, in one read transaction: the
+// hold states are scanned for the active flag, and only active holds are
+// decoded.
+func (s *Store) ActiveHolds(ctx context.Context) ([]hub.Hold, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out []hub.Hold
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHoldState).ForEach(func(id, st []byte) error {
+			if len(st) != holdStLen || st[hsActive] != 1 {
+				return nil
+			}
+			h, err := readHold(tx, id)
+			if err != nil {
+				return err
+			}
+			if h.Status == hub.HoldActive {
+				out = append(out, h)
+			}
+			return nil
+		})
 	})
 	return out, err
 }

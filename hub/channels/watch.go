@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 
 	btcwire "github.com/btcsuite/btcd/wire"
 
@@ -33,23 +34,43 @@ func (c *Manager) watch() {
 // poll runs one round of the watcher. Each step logs its own failures and
 // the next round tries again, so one unreachable node or store error does
 // not stop the others. Listing every channel from the store is the
-// expensive part, so it happens once per block; between blocks only the
-// channels this hub is waiting on are looked at.
+// expensive part, so it happens once per block, one listing for every
+// step; between blocks only the channels this hub is waiting on are
+// looked at.
 func (c *Manager) poll(ctx context.Context, height *int32) {
 	c.expireHolds(ctx)
 	h, err := c.cfg.Chain.BlockCount(ctx)
 	if err != nil && ctx.Err() == nil {
 		c.log.Warn("chain height unavailable", "err", err)
 	}
+	var listed []hub.ChannelRecord // every channel the steps look at, on a full round
 	full := err == nil && h != *height
+	if full {
+		listed, err = c.store.Channels(ctx, hub.ChannelPending, hub.ChannelClosing, hub.ChannelReady, hub.ChannelFrozen)
+		if err != nil {
+			c.log.Error("listing channels failed", "err", err)
+			full = false
+		}
+	}
 	if full {
 		*height = h
 	}
-	c.checkPending(ctx, full)
-	c.checkClosing(ctx, full)
+	c.checkPending(ctx, listed, full)
+	c.checkClosing(ctx, listed, full)
 	if full {
-		c.expiryScan(ctx, uint32(h))
+		c.expiryScan(ctx, uint32(h), withStatus(listed, hub.ChannelReady, hub.ChannelFrozen))
 	}
+}
+
+// withStatus returns the records of recs whose status is one of statuses.
+func withStatus(recs []hub.ChannelRecord, statuses ...hub.ChannelStatus) []hub.ChannelRecord {
+	var out []hub.ChannelRecord
+	for _, r := range recs {
+		if slices.Contains(statuses, r.Status) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // watchPending makes the watcher follow an offer until it leaves pending.
@@ -66,14 +87,12 @@ func (c *Manager) watchClosing(op btcwire.OutPoint) {
 	c.watchMu.Unlock()
 }
 
-// watched lists the channels in status st to look at this round: all of
-// them from the store on a full round, else the ones being followed.
-func (c *Manager) watched(ctx context.Context, st hub.ChannelStatus, full bool) ([]hub.ChannelRecord, error) {
+// watched lists the channels in status st to look at this round: on a
+// full round every one in listed (the round's listing of the store), else
+// the ones being followed.
+func (c *Manager) watched(ctx context.Context, st hub.ChannelStatus, listed []hub.ChannelRecord, full bool) ([]hub.ChannelRecord, error) {
 	if full {
-		recs, err := c.store.Channels(ctx, st)
-		if err != nil {
-			return nil, err
-		}
+		recs := withStatus(listed, st)
 		c.watchMu.Lock()
 		for _, r := range recs {
 			if st == hub.ChannelPending {
@@ -122,26 +141,18 @@ func (c *Manager) watched(ctx context.Context, st hub.ChannelStatus, full bool) 
 }
 
 // loadActiveHolds caches the channels that have active holds, so holds
-// made before a restart still expire on time.
+// made before a restart still expire on time. The store lists the active
+// holds itself: asking every open channel for its holds cost a read per
+// channel (100,000 round trips to Redis at 100,000 channels).
 func (c *Manager) loadActiveHolds(ctx context.Context) {
-	recs, err := c.store.Channels(ctx, hub.ChannelReady, hub.ChannelFrozen)
+	holds, err := c.store.ActiveHolds(ctx)
 	if err != nil {
-		c.log.Error("loading channels failed", "err", err)
+		c.log.Error("loading active holds failed", "err", err)
 		return
 	}
-	for _, r := range recs {
-		holds, err := c.store.Holds(ctx, r.Funding)
-		if err != nil {
-			c.log.Error("loading holds failed", "channel", r.Funding, "err", err)
-			continue
-		}
-		for _, h := range holds {
-			if h.Status == hub.HoldActive {
-				if _, err := c.entry(ctx, r.Funding); err != nil {
-					c.log.Error("loading channel failed", "channel", r.Funding, "err", err)
-				}
-				break
-			}
+	for _, h := range holds {
+		if _, err := c.entry(ctx, h.Channel); err != nil {
+			c.log.Error("loading channel failed", "channel", h.Channel, "err", err)
 		}
 	}
 }
@@ -150,8 +161,8 @@ func (c *Manager) loadActiveHolds(ctx context.Context) {
 // until it is deep enough or proves wrong; an offer left unfunded past
 // PendingTimeout fails, so it stops counting against the device's
 // MaxPendingOpens.
-func (c *Manager) checkPending(ctx context.Context, full bool) {
-	recs, err := c.watched(ctx, hub.ChannelPending, full)
+func (c *Manager) checkPending(ctx context.Context, listed []hub.ChannelRecord, full bool) {
+	recs, err := c.watched(ctx, hub.ChannelPending, listed, full)
 	if err != nil {
 		c.log.Error("listing pending channels failed", "err", err)
 		return
@@ -188,8 +199,8 @@ func (c *Manager) checkPending(ctx context.Context, full bool) {
 
 // checkClosing marks a closing channel closed once its close or claim
 // transaction is MinDepth deep.
-func (c *Manager) checkClosing(ctx context.Context, full bool) {
-	recs, err := c.watched(ctx, hub.ChannelClosing, full)
+func (c *Manager) checkClosing(ctx context.Context, listed []hub.ChannelRecord, full bool) {
+	recs, err := c.watched(ctx, hub.ChannelClosing, listed, full)
 	if err != nil {
 		c.log.Error("listing closing channels failed", "err", err)
 		return
@@ -272,12 +283,7 @@ func (c *Manager) setStatus(ctx context.Context, op btcwire.OutPoint, from, to h
 // does not sign: an expired channel whose output is spent in a block is
 // moved to closed (spentOnChain), so it leaves settlement and is not
 // claimed again at every block.
-func (c *Manager) expiryScan(ctx context.Context, height uint32) {
-	recs, err := c.store.Channels(ctx, hub.ChannelReady, hub.ChannelFrozen)
-	if err != nil {
-		c.log.Error("listing open channels failed", "err", err)
-		return
-	}
+func (c *Manager) expiryScan(ctx context.Context, height uint32, recs []hub.ChannelRecord) {
 	m := c.cfg.SafetyMargin
 	for _, r := range recs {
 		if height >= r.Expiry && c.spentOnChain(ctx, r) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/internal/record"
 )
 
 // Channel keys, under the prefix: ch:<pending id hex> (hash: doc = record
@@ -176,7 +178,7 @@ func decodeChannel(what string, vals []any) (hub.ChannelRecord, error) {
 		}
 		str[i] = s
 	}
-	if err := json.Unmarshal([]byte(str[0]), &c); err != nil {
+	if err := record.DecodeChannel([]byte(str[0]), &c); err != nil {
 		return c, fmt.Errorf("redisstore: decode channel %s: %w", what, err)
 	}
 	seq, err1 := strconv.ParseUint(str[1], 10, 64)
@@ -477,4 +479,60 @@ func (s *Store) Holds(ctx context.Context, op wire.OutPoint) ([]hub.Hold, error)
 		out = append(out, h)
 	}
 	return out, nil
+}
+
+// ActiveHolds returns every active hold: the hold keys are walked with
+// SCAN (10,000 keys a step), and each step's holds are read in one
+// pipeline.
+func (s *Store) ActiveHolds(ctx context.Context) ([]hub.Hold, error) {
+	match := globEscape(s.prefix+"hold:") + "*"
+	var out []hub.Hold
+	var cursor uint64
+	for {
+		keys, next, err := s.rdb.Scan(ctx, cursor, match, 10_000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: active holds: %w", err)
+		}
+		cmds := make([]*redis.SliceCmd, len(keys))
+		if len(keys) > 0 {
+			_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, k := range keys {
+					cmds[i] = p.HMGet(ctx, k, "doc", "captured", "active")
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, fmt.Errorf("redisstore: active holds: %w", err)
+			}
+		}
+		for i, cmd := range cmds {
+			v := cmd.Val()
+			if len(v) != 3 || v[2] != "1" {
+				continue // released or expired, or gone since the scan
+			}
+			id := strings.TrimPrefix(keys[i], s.prefix+"hold:")
+			h, err := decodeHold(id, v[:2])
+			if err != nil {
+				return nil, err
+			}
+			if h.Status == hub.HoldActive {
+				out = append(out, h)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return out, nil
+		}
+	}
+}
+
+// globEscape quotes the characters SCAN's MATCH pattern gives a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -42,6 +42,7 @@ func RunChannels(t *testing.T, newStore func(t *testing.T) ChannelStoreUnderTest
 	t.Run("ErrSeqConflict", func(t *testing.T) { testErrSeqConflict(t, open(t)) })
 	t.Run("ErrHoldConflict", func(t *testing.T) { testErrHoldConflict(t, open(t)) })
 	t.Run("HoldCapturedAccumulates", func(t *testing.T) { testHoldCapturedAccumulates(t, open(t)) })
+	t.Run("ActiveHolds", func(t *testing.T) { testActiveHolds(t, open(t)) })
 	t.Run("ApplyOwedWithinLimit", func(t *testing.T) { testApplyOwedWithinLimit(t, open(t)) })
 	t.Run("ErrCreditLimit", func(t *testing.T) { testErrCreditLimit(t, open(t)) })
 	t.Run("ErrInvalid", func(t *testing.T) { testChannelErrInvalid(t, open(t)) })
@@ -412,6 +413,41 @@ func testHoldCapturedAccumulates(t *testing.T, s hub.ChannelStore) {
 	if other, err := s.Holds(ctx, NewOutPoint(t)); err != nil || len(other) != 0 {
 		t.Fatalf("Holds of another channel = %d holds, %v; want none", len(other), err)
 	}
+}
+
+// testActiveHolds: ActiveHolds lists the active holds of every channel,
+// with what they captured, and no released or expired one.
+func testActiveHolds(t *testing.T, s hub.ChannelStore) {
+	ctx := context.Background()
+	if hs, err := s.ActiveHolds(ctx); err != nil || len(hs) != 0 {
+		t.Fatalf("ActiveHolds of an empty store = %d holds, %v", len(hs), err)
+	}
+	a, b := NewChannel(t, "dev-a"), NewChannel(t, "dev-b")
+	MustPutChannel(t, s, a)
+	MustPutChannel(t, s, b)
+	a1, a2 := NewHold(t, a.Funding, a.DeviceID, 10_000), NewHold(t, a.Funding, a.DeviceID, 20_000)
+	b1, b2 := NewHold(t, b.Funding, b.DeviceID, 30_000), NewHold(t, b.Funding, b.DeviceID, 40_000)
+	for _, h := range []hub.Hold{a1, a2, b1, b2} {
+		mustPutHold(t, s, h)
+	}
+	MustApplyPayment(t, s, hub.PaymentUpdate{Channel: a.Funding, Seq: 1, Paid: 1_500, HoldID: &a1.ID, Amount: 1_500,
+		Receipt: Receipt(a.Funding, 1), Time: epoch()})
+	a1.Captured = 1_500
+	a2.Status = hub.HoldReleased
+	mustPutHold(t, s, a2)
+	b2.Status = hub.HoldExpired
+	mustPutHold(t, s, b2)
+
+	hs, err := s.ActiveHolds(ctx)
+	if err != nil {
+		t.Fatalf("ActiveHolds: %v", err)
+	}
+	if len(hs) != 2 {
+		t.Fatalf("ActiveHolds = %d holds, want 2 (a1, b1)", len(hs))
+	}
+	byID := map[[16]byte]hub.Hold{hs[0].ID: hs[0], hs[1].ID: hs[1]}
+	assertHold(t, byID[a1.ID], a1)
+	assertHold(t, byID[b1.ID], b1)
 }
 
 func testApplyOwedWithinLimit(t *testing.T, s hub.ChannelStore) {
