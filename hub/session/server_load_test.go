@@ -1,28 +1,20 @@
 package session
 
 import (
-	"bufio"
 	"context"
-	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"runtime"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/brontide"
-	"github.com/lightningnetwork/lnd/keychain"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/internal/wire"
+	"github.com/m2mhub/m2mhub/internal/idledial"
 )
 
 func memInUse() uint64 {
@@ -92,29 +84,7 @@ func (h *testHub) hello(key *btcec.PrivateKey) (*brontide.Conn, error) {
 
 // helloAt is hello to the hub at addr whose identity is hubKey.
 func helloAt(addr *net.TCPAddr, hubKey *btcec.PublicKey, key *btcec.PrivateKey) (*brontide.Conn, error) {
-	c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: key},
-		&lnwire.NetAddress{IdentityKey: hubKey, Address: addr},
-		5*time.Second, net.DialTimeout)
-	if err != nil {
-		return nil, err
-	}
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := wire.WriteMessage(c, wire.NewInit()); err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
-	if err == nil {
-		if _, ok := msg.(*wire.Init); !ok {
-			err = fmt.Errorf("hub answered init with %T", msg)
-		}
-	}
-	if err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	_ = c.SetDeadline(time.Time{})
-	return c, nil
+	return idledial.Hello(addr, hubKey, key)
 }
 
 // BenchmarkHandshake measures noise handshake + Init exchange + registry
@@ -170,33 +140,15 @@ func benchIdleSessions(b *testing.B, n int) {
 			c.MaxSessionsPerIP = 2 * n
 			c.PingInterval = time.Hour
 		})
-		var keys strings.Builder
-		fmt.Fprintf(&keys, "%s %x\n", h.Addr(), h.key.PubKey().SerializeCompressed())
-		for range n {
-			fmt.Fprintf(&keys, "%x\n", h.auth.add(b, hub.StatusActive).Serialize())
+		keys := make([]*btcec.PrivateKey, n)
+		for i := range keys {
+			keys[i] = h.auth.add(b, hub.StatusActive)
 		}
 		before := memInUse()
 		b.StartTimer()
 		// The device ends live in a child process (this binary running
-		// TestIdleDialer): the hub's share alone is measured, and each
-		// process stays within its open-file limit.
-		cmd := exec.Command(os.Args[0], "-test.run", "^TestIdleDialer$")
-		cmd.Env = append(os.Environ(), idleDialerEnv+"=1")
-		cmd.Stdin = strings.NewReader(keys.String())
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "connected" {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			b.Fatalf("dialer: %q %v", line, err)
-		}
+		// TestIdleDialer): the hub's share alone is measured.
+		stop := idledial.Spawn(b, "TestIdleDialer", h.Addr(), h.key.PubKey(), keys)
 		b.StopTimer()
 		// A session is listed just after its Init reply is queued.
 		for deadline := time.Now().Add(30 * time.Second); h.Sessions() != n; time.Sleep(10 * time.Millisecond) {
@@ -206,72 +158,11 @@ func benchIdleSessions(b *testing.B, n int) {
 		}
 		after := memInUse()
 		b.ReportMetric(float64(after-before)/float64(n), "B/session")
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		stop()
 		_ = h.Close()
 	}
 }
 
-// idleDialerEnv makes TestIdleDialer run: it is the device side of
-// BenchmarkIdleSessionMemory.
-const idleDialerEnv = "M2M_IDLE_DIALER"
-
-// TestIdleDialer, run by BenchmarkIdleSessionMemory as a child, reads the
-// hub's address and key and then one device key per line from stdin,
-// opens an idle session for each (four dialers), prints "connected" and
-// holds them until it is killed.
-func TestIdleDialer(t *testing.T) {
-	if os.Getenv(idleDialerEnv) == "" {
-		t.Skip("the device side of BenchmarkIdleSessionMemory")
-	}
-	sc := bufio.NewScanner(os.Stdin)
-	if !sc.Scan() {
-		t.Fatal("no hub line")
-	}
-	addr, keyHex, _ := strings.Cut(sc.Text(), " ")
-	hk, err := hex.DecodeString(keyHex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hubKey, err := btcec.ParsePubKey(hk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []*btcec.PrivateKey
-	for sc.Scan() {
-		kb, err := hex.DecodeString(sc.Text())
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, _ := btcec.PrivKeyFromBytes(kb)
-		keys = append(keys, k)
-	}
-	conns := make([]*brontide.Conn, len(keys))
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < len(keys); i += 4 {
-				c, err := helloAt(tcp, hubKey, keys[i])
-				if err != nil {
-					errs <- err
-					return
-				}
-				conns[i] = c
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	fmt.Println("connected")
-	select {} // until killed
-}
+// TestIdleDialer, run by BenchmarkIdleSessionMemory as a child, holds the
+// devices' idle sessions (idledial.Serve).
+func TestIdleDialer(t *testing.T) { idledial.Serve(t) }
