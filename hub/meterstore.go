@@ -119,6 +119,48 @@ type Charge struct {
 	// contract kept back from the hold (the hold's amount less Amount):
 	// refunded to the payer by the contract, never owed to anyone.
 	Withheld msat.Amount `json:"withheld_msat,omitempty"`
+	// Shares are the parts of the provider's part (Amount − Fee) that
+	// the contract's revenue splits pay to other payees
+	// (contracts.Contract.SplitShares), none zero; the provider earns
+	// what they leave (ProviderPart).
+	Shares []Share `json:"shares,omitempty"`
+}
+
+// MaxShares bounds a charge's Shares (contracts.MaxSplits).
+const MaxShares = 16
+
+// Share is one payee's part of a charge under the contract's revenue
+// splits.
+type Share struct {
+	Payee string      `json:"payee"`
+	Msat  msat.Amount `json:"msat"`
+}
+
+// SharesTotal is the sum of c's Shares.
+func (c Charge) SharesTotal() msat.Amount {
+	var t msat.Amount
+	for _, s := range c.Shares {
+		t += s.Msat
+	}
+	return t
+}
+
+// ProviderPart is what the charge brings its provider: Amount less the
+// hub's fee and the other payees' shares.
+func (c Charge) ProviderPart() msat.Amount { return c.Amount - c.Fee - c.SharesTotal() }
+
+// PartOf is what the charge brings the account of id: its provider part
+// when id is the provider, its share when id is a payee of it, else 0.
+func (c Charge) PartOf(id string) msat.Amount {
+	if id == c.Provider {
+		return c.ProviderPart()
+	}
+	for _, s := range c.Shares {
+		if s.Payee == id {
+			return s.Msat
+		}
+	}
+	return 0
 }
 
 // Validate checks what every store requires of a charge before recording
@@ -137,6 +179,33 @@ func (c Charge) Validate() error {
 	}
 	if _, ok := c.Status.Code(); !ok {
 		return fmt.Errorf("%w: charge %s: status %q", ErrInvalid, c.EventID, c.Status)
+	}
+	return c.validateShares()
+}
+
+// validateShares checks the shares: at most MaxShares, each a non-zero
+// amount to a named payee other than the provider, listed once, and
+// together no more than the provider's part, so the provider's own part
+// never goes negative and the charge conserves to the msat.
+func (c Charge) validateShares() error {
+	if len(c.Shares) > MaxShares {
+		return fmt.Errorf("%w: charge %s: %d shares, at most %d", ErrInvalid, c.EventID, len(c.Shares), MaxShares)
+	}
+	seen := make(map[string]bool, len(c.Shares))
+	left := c.Amount - c.Fee
+	for _, s := range c.Shares {
+		switch {
+		case s.Payee == "" || strings.IndexByte(s.Payee, 0) >= 0:
+			return fmt.Errorf("%w: charge %s: share payee %q", ErrInvalid, c.EventID, s.Payee)
+		case s.Payee == c.Provider || seen[s.Payee]:
+			return fmt.Errorf("%w: charge %s: payee %s has two parts", ErrInvalid, c.EventID, s.Payee)
+		case s.Msat == 0:
+			return fmt.Errorf("%w: charge %s: zero share to %s", ErrInvalid, c.EventID, s.Payee)
+		case s.Msat > left:
+			return fmt.Errorf("%w: charge %s: shares above the provider's part %d", ErrInvalid, c.EventID, c.Amount-c.Fee)
+		}
+		seen[s.Payee] = true
+		left -= s.Msat
 	}
 	return nil
 }
@@ -170,6 +239,10 @@ type ChargeStore interface {
 	// ChargesByProvider returns a provider's charges recorded in
 	// [from, to), oldest first.
 	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]Charge, error)
+
+	// ChargesByPayee returns the charges recorded in [from, to) that
+	// give payee a share (Charge.Shares), oldest first.
+	ChargesByPayee(ctx context.Context, payee string, from, to time.Time) ([]Charge, error)
 
 	// ChargesByPayer returns a payer's charges recorded in [from, to),
 	// oldest first.

@@ -97,6 +97,7 @@ type PostingKind string
 const (
 	KindCharge  PostingKind = "charge"  // payer → provider, the priced amount
 	KindFee     PostingKind = "fee"     // provider → hub:fees, the hub's cut
+	KindShare   PostingKind = "share"   // provider → provider, a revenue split's share
 	KindCapture PostingKind = "capture" // payer → hub:held, a conditional payment
 	KindRelease PostingKind = "release" // hub:held → provider, condition met
 	KindRefund  PostingKind = "refund"  // hub:held → payer, condition failed
@@ -129,6 +130,12 @@ func Fee(provider string, fee msat.Amount, ref string) Posting {
 	return transfer(KindFee, Provider(provider), HubFees, MsatOf(fee), ref)
 }
 
+// Share records a payee's share of a charge under its contract's revenue
+// splits, taken from the provider that metered it.
+func Share(provider, payee string, amount msat.Amount, ref string) Posting {
+	return transfer(KindShare, Provider(provider), Provider(payee), MsatOf(amount), ref)
+}
+
 // Capture records a conditional payment taken from the payer into escrow.
 func Capture(payer string, amount msat.Amount, ref string) Posting {
 	return transfer(KindCapture, Payer(payer), HubHeld, MsatOf(amount), ref)
@@ -156,7 +163,7 @@ func transfer(kind PostingKind, from, to Account, amount Msat, ref string) Posti
 // accounts, amounts within ±MaxMsat, and a zero sum.
 func (p Posting) check() error {
 	switch p.Kind {
-	case KindCharge, KindFee, KindCapture, KindRelease, KindRefund, KindPayout, KindCarry:
+	case KindCharge, KindFee, KindShare, KindCapture, KindRelease, KindRefund, KindPayout, KindCarry:
 	default:
 		return fmt.Errorf("%w: kind %q", ErrBadPosting, p.Kind)
 	}

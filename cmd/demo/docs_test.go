@@ -157,6 +157,14 @@ var docRuns = map[string]docRun{
 		steps: []docStep{{run: "$H device set-payout {CPO} {PAYOUT}"}}},
 	"ev-charging.md: hubctl device add --pubkey 0230bf40e206b6287780a795aa69bf241182cfaa267b7b6dc6946e9c005188bb75 --role payer --owner fleet --kind car": {
 		steps: []docStep{{run: "$H device add --pubkey {NEWKEY5} --role payer --owner fleet --kind car"}}},
+	"ev-charging.md: hubctl provider add --pubkey 03baf7689c0a3558fb604589036a8d1e4b685d909f6e0e2c6018a14049ae64ec26 --owner mall --kind site-host": {
+		skip: "the split contract names these payees' ids; run with it by cmd/hubctl's TestEVChargingDocCommands, which checks the shares printed"},
+	"ev-charging.md: hubctl provider add --pubkey 029c1f585aa80762f9f4458f6806978b7befb46c7b68af82d399630793ff1a2b50 --owner emsp --kind emsp": {
+		skip: "run by cmd/hubctl's TestEVChargingDocCommands"},
+	"ev-charging.md: hubctl contract price contracts/testdata/splits/ev_charging.json contracts/testdata/usage/ev_charging.json": {
+		skip: "run by cmd/hubctl's TestEVChargingDocCommands, which checks what it prints"},
+	"ev-charging.md: hubctl contract publish contracts/testdata/splits/ev_charging.json": {
+		skip: "its payees are enrolled by the two lines before, run by cmd/hubctl's TestEVChargingDocCommands"},
 }
 
 // checkDocsCommands runs the command blocks of docs/*.md against the hub

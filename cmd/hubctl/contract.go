@@ -18,7 +18,7 @@ func (a *app) registerContracts(p *flags.Parser) {
 	mustAdd(con.AddCommand("list", "list published contracts, newest first", "", &contractListCmd{a: a}))
 	mustAdd(con.AddCommand("show", "show one contract's canonical document by hash (without HASH: list them)", "", &contractShowCmd{a: a}))
 	mustAdd(con.AddCommand("price", "price a usage record offline, as the hub would", "", &contractPriceCmd{a: a}))
-	mustAdd(p.AddCommand("income", "a provider's metered income", "", &incomeCmd{a: a}))
+	mustAdd(p.AddCommand("income", "a provider's metered income, its revenue-split shares included", "", &incomeCmd{a: a}))
 }
 
 type contractPublishCmd struct {
@@ -173,6 +173,15 @@ func (c *contractPriceCmd) Execute([]string) error {
 	sum("TOTAL", uint64(b.TotalMsat))
 	sum("HUB FEE", uint64(b.FeeMsat))
 	sum("PROVIDER", uint64(b.ProviderMsat))
+	if len(k.Splits) > 0 {
+		// The provider's part divided by the revenue splits, as
+		// charging credits it: each payee's share, the provider the rest.
+		shares := k.SplitShares("", b.ProviderMsat)
+		for _, s := range shares[1:] {
+			rows = append(rows, []string{"SPLIT", s.Payee, "", "", "", fmt.Sprint(uint64(s.Msat))})
+		}
+		sum("PROVIDER KEEPS", uint64(shares[0].Msat))
+	}
 	if b.Release != nil {
 		rows = append(rows, []string{"DECISION", string(b.Release.Outcome), b.Release.Reason, "", "", ""})
 	}
@@ -210,7 +219,8 @@ func (c *incomeCmd) Execute([]string) error {
 	}
 	return c.a.table([]string{"FIELD", "VALUE"}, [][]string{
 		{"provider", in.Provider}, {"from", stamp(in.From)}, {"to", stamp(in.To)},
-		{"events", fmt.Sprint(in.Events)}, {"earned_msat", fmt.Sprint(uint64(in.Earned))}, {"fees_msat", fmt.Sprint(uint64(in.Fees))},
+		{"events", fmt.Sprint(in.Events)}, {"share_events", fmt.Sprint(in.ShareEvents)},
+		{"earned_msat", fmt.Sprint(uint64(in.Earned))}, {"fees_msat", fmt.Sprint(uint64(in.Fees))}, {"shared_msat", fmt.Sprint(uint64(in.Shared))},
 		{"owed_msat", fmt.Sprint(uint64(in.Owed))}, {"held_msat", fmt.Sprint(uint64(in.Held))}, {"unpaid_msat", fmt.Sprint(uint64(in.Unpaid))},
 	})
 }

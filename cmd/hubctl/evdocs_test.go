@@ -83,10 +83,19 @@ func TestEVChargingDocCommands(t *testing.T) {
 	if !strings.Contains(printed, "11895000") {
 		t.Errorf("the priced example does not total 11,895,000 msat:\n%s", printed)
 	}
+	// Revenue splits: the payees' ids, the shares section 6 states, and
+	// the split contract published beside the OCPI tariff (the oldest).
+	for _, want := range []string{"dev-e1e8c53782b2806f", "dev-843efdfc6203078a", "483441", "107823", "2632176"} {
+		if !strings.Contains(printed, want) {
+			t.Errorf("section 6 does not print %s:\n%s", want, printed)
+		}
+	}
 	recs, err := store.Contracts(context.Background())
-	if err != nil || len(recs) != 1 || recs[0].Name != "DE*ACM*AC-22-2026" || !strings.Contains(printed, recs[0].Hash.String()) {
+	if err != nil || len(recs) != 2 || recs[1].Name != "DE*ACM*AC-22-2026" || !strings.Contains(printed, recs[1].Hash.String()) ||
+		recs[0].Name != "fastcharge-nl-2026-mall" {
 		t.Fatalf("published %+v %v\n%s", recs, err, printed)
 	}
+	recs = recs[1:]
 	if !bytes.Contains(recs[0].Document, []byte(`"tariff_alt_url":"https://acme-charging.example/tariffs/ac-22"`)) {
 		t.Fatalf("stored document lost the OCPI fields: %s", recs[0].Document)
 	}

@@ -53,8 +53,7 @@ type noSessions struct{}
 type storeIncomes struct{ st *boltstore.Store }
 
 func (i storeIncomes) Income(ctx context.Context, provider string, from, to time.Time) (charging.Income, error) {
-	cs, err := i.st.ChargesByProvider(ctx, provider, from, to)
-	return charging.IncomeOf(provider, from, to, cs), err
+	return charging.ReadIncome(ctx, i.st, provider, from, to)
 }
 
 func (noSessions) Session(string) (*session.Session, bool) { return nil, false }

@@ -16,9 +16,9 @@ import (
 )
 
 // Charge buckets. A charge is written once to an append-only log, in
-// commit order, and found through three indexes that hold its log
-// position: by (provider, event id) for exactly-once, and by provider and
-// by payer in time order for the windowed lists. The log is what makes
+// commit order, and found through indexes that hold its log position:
+// by (provider, event id) for exactly-once, and by provider, by payer and
+// by each share's payee in time order for the windowed lists. The log is what makes
 // RecordCharges cheap: the charges of one commit fill a few new pages at
 // the end of the log instead of dirtying one page per charge across a
 // tree keyed by event id; only the 8-byte index values are scattered.
@@ -29,7 +29,8 @@ var (
 	bucketChargeProv  = []byte("chgprov")  // provider || 0 || timeKey(charged) || position -> empty
 	bucketChargePayer = []byte("chgpayer") // payer || 0 || timeKey(charged) || position -> empty
 	bucketChargeOwed  = []byte("chgowed")  // position -> empty, for every charge now owed
-	chargeBucketSet   = [][]byte{bucketChargeLog, bucketChargeIDs, bucketChargeProv, bucketChargePayer}
+	bucketChargePayee = []byte("chgpayee") // payee || 0 || timeKey(charged) || position -> empty, per share
+	chargeBucketSet   = [][]byte{bucketChargeLog, bucketChargeIDs, bucketChargeProv, bucketChargePayer, bucketChargePayee}
 )
 
 var _ hub.ChargeStore = (*Store)(nil)
@@ -68,10 +69,11 @@ type preparedCharge struct {
 	stored  hub.Charge // as it reads back, before the status is decided
 	doc     []byte
 	id      []byte
-	prov    []byte // partyKey of the provider
-	payer   []byte // partyKey of the payer
-	channel string // outpoint key when the charge raises Owed, else ""
-	firstOf int    // index of the earlier charge with the same id, or -1
+	prov    []byte   // partyKey of the provider
+	payer   []byte   // partyKey of the payer
+	payees  [][]byte // partyKey of each share's payee
+	channel string   // outpoint key when the charge raises Owed, else ""
+	firstOf int      // index of the earlier charge with the same id, or -1
 }
 
 // owedChannel is a channel's state as RecordCharges moves it within one
@@ -119,6 +121,9 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		p.doc = record.EncodeCharge(c)
 		p.prov = partyKey(c.Provider, c.Charged)
 		p.payer = partyKey(c.Payer, c.Charged)
+		for _, sh := range c.Shares {
+			p.payees = append(p.payees, partyKey(sh.Payee, c.Charged))
+		}
 		if c.Status == hub.ChargeOwed && !isZeroOutPoint(c.Channel) {
 			p.channel = string(opKey(c.Channel))
 		}
@@ -131,7 +136,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 	var res []hub.ChargeResult
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		res = make([]hub.ChargeResult, len(cs))
-		var bs [4]*bolt.Bucket
+		var bs [5]*bolt.Bucket
 		for i, name := range chargeBucketSet {
 			b, err := tx.CreateBucketIfNotExists(name)
 			if err != nil {
@@ -139,7 +144,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 			}
 			bs[i] = b
 		}
-		log, ids, prov, payer := bs[0], bs[1], bs[2], bs[3]
+		log, ids, prov, payer, payee := bs[0], bs[1], bs[2], bs[3], bs[4]
 		// Through owedIndex: a store written before the index existed
 		// gets it built from the log, not started empty.
 		owedIdx, err := owedIndex(tx)
@@ -203,6 +208,11 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 			}
 			if err := payer.Put(append(p.payer[:len(p.payer):len(p.payer)], pos...), []byte{}); err != nil {
 				return err
+			}
+			for _, k := range p.payees {
+				if err := payee.Put(append(k[:len(k):len(k)], pos...), []byte{}); err != nil {
+					return err
+				}
 			}
 			if stored.Status == hub.ChargeOwed {
 				if err := owedIdx.Put(pos, []byte{}); err != nil {
@@ -351,6 +361,13 @@ func (s *Store) Charge(ctx context.Context, provider, eventID string) (hub.Charg
 // recorded.
 func (s *Store) ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error) {
 	return s.chargesBy(ctx, bucketChargeProv, provider, from, to)
+}
+
+// ChargesByPayee returns the charges recorded in [from, to) that give
+// payee a share, oldest first; charges of the same instant come in the
+// order they were recorded.
+func (s *Store) ChargesByPayee(ctx context.Context, payee string, from, to time.Time) ([]hub.Charge, error) {
+	return s.chargesBy(ctx, bucketChargePayee, payee, from, to)
 }
 
 // ChargesByPayer returns a payer's charges recorded in [from, to), oldest

@@ -13,6 +13,7 @@ import (
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/metering"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // volumeKey names one bandwidth billing window of one payer at one
@@ -439,6 +440,7 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		return plan{}, &rejection{Reason: RejectPrice, Detail: err.Error()}
 	}
 	p.charge.Amount, p.charge.Fee = b.TotalMsat, b.FeeMsat
+	p.charge.Shares = sharesOf(k, ev.Provider, b.ProviderMsat)
 	if p.release != "" {
 		if held, err := contracts.HoldMsat(k); err == nil && held > b.TotalMsat {
 			p.charge.Withheld = held - b.TotalMsat
@@ -462,6 +464,24 @@ func (c *Service) planOne(ctx context.Context, ev *Usage, now time.Time, heldHer
 		c.volumes[*p.vkey] = contracts.D(c.volumes[*p.vkey].Add(p.volume))
 	}
 	return p, nil
+}
+
+// sharesOf divides the provider's part of a charge by the contract's
+// revenue splits and returns the other payees' shares: none that is zero,
+// and none to the provider itself (a split naming the charge's own
+// provider adds to its part). Whatever they leave is the provider's
+// (hub.Charge.ProviderPart), so the charge conserves to the msat.
+func sharesOf(k *contracts.Contract, provider string, part msat.Amount) []hub.Share {
+	if len(k.Splits) == 0 {
+		return nil
+	}
+	var out []hub.Share
+	for _, s := range k.SplitShares(provider, part)[1:] {
+		if s.Msat != 0 && s.Payee != provider {
+			out = append(out, hub.Share{Payee: s.Payee, Msat: s.Msat})
+		}
+	}
+	return out
 }
 
 // checkHold finds the active hold a session's last event names: it must be

@@ -104,6 +104,12 @@ func (env *chargeEnv) publish(kind string) *contracts.Contract {
 	if err != nil {
 		env.t.Fatal(err)
 	}
+	return env.publishDoc(b)
+}
+
+// publishDoc parses and stores a contract document and returns it.
+func (env *chargeEnv) publishDoc(b []byte) *contracts.Contract {
+	env.t.Helper()
 	k, err := contracts.Parse(b)
 	if err != nil {
 		env.t.Fatal(err)

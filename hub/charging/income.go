@@ -9,18 +9,28 @@ import (
 	"github.com/m2mhub/m2mhub/msat"
 )
 
-// Income sums a provider's charges recorded in [From, To).
+// Income sums a provider's charges recorded in [From, To), and its
+// shares of other providers' charges under their contracts' revenue
+// splits: what a site host or an e-mobility provider that meters nothing
+// earns.
 type Income struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
 	To       time.Time `json:"to"`
-	// Events counts the charges, holds included.
-	Events int `json:"events"`
-	// Earned is what paid charges bring the provider (amount − fee);
-	// Fees is the hub's part of them.
+	// Events counts the provider's own charges, holds included;
+	// ShareEvents the other providers' charges it has a share of.
+	Events      int `json:"events"`
+	ShareEvents int `json:"share_events"`
+	// Earned is what paid charges bring the provider: of its own,
+	// amount − fee − the other payees' shares; of the others', its
+	// share. Fees is the hub's part of its own paid charges, Shared what
+	// they paid other payees, so its own paid charges' amounts are
+	// Fees + Shared + what of Earned they brought.
 	Earned msat.Amount `json:"earned_msat"`
 	Fees   msat.Amount `json:"fees_msat"`
-	// Owed is the provider's part of charges the payer has not paid yet;
+	Shared msat.Amount `json:"shared_msat"`
+	// Owed is the provider's part (its share, for others' charges) of
+	// charges the payer has not paid yet;
 	// Held the amounts held for conditional releases still open; Unpaid
 	// the charges nobody will pay (no channel, credit limit).
 	Owed   msat.Amount `json:"owed_msat"`
@@ -32,18 +42,28 @@ type Income struct {
 	Withheld msat.Amount `json:"withheld_msat"`
 }
 
-// IncomeOf sums charges by status. It is pure, so the admin API and tests
-// share it.
-func IncomeOf(provider string, from, to time.Time, cs []hub.Charge) Income {
-	in := Income{Provider: provider, From: from, To: to, Events: len(cs)}
+// IncomeOf sums charges by status: cs are the provider's own charges,
+// shared the other providers' charges that give it a share. It is pure,
+// so the admin API and tests share it.
+func IncomeOf(provider string, from, to time.Time, cs, shared []hub.Charge) Income {
+	in := Income{Provider: provider, From: from, To: to, Events: len(cs), ShareEvents: len(shared)}
+	for _, c := range shared {
+		switch c.Status {
+		case hub.ChargePaid:
+			in.Earned += c.PartOf(provider)
+		case hub.ChargeOwed:
+			in.Owed += c.PartOf(provider)
+		}
+	}
 	for _, c := range cs {
 		in.Withheld += c.Withheld
 		switch c.Status {
 		case hub.ChargePaid:
-			in.Earned += c.Amount - c.Fee
+			in.Earned += c.ProviderPart()
 			in.Fees += c.Fee
+			in.Shared += c.SharesTotal()
 		case hub.ChargeOwed:
-			in.Owed += c.Amount - c.Fee
+			in.Owed += c.ProviderPart()
 		case hub.ChargeHeld:
 			in.Held += c.Amount
 		case hub.ChargeUnpaid:
@@ -61,9 +81,26 @@ func IncomeOf(provider string, from, to time.Time, cs []hub.Charge) Income {
 // Income returns a provider's income over the charges recorded in
 // [from, to).
 func (c *Service) Income(ctx context.Context, provider string, from, to time.Time) (Income, error) {
-	cs, err := c.cfg.Charges.ChargesByProvider(ctx, provider, from, to)
+	return ReadIncome(ctx, c.cfg.Charges, provider, from, to)
+}
+
+// IncomeCharges is what ReadIncome reads: a provider's own charges and the
+// charges it has a share of (hub.ChargeStore's methods).
+type IncomeCharges interface {
+	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error)
+	ChargesByPayee(ctx context.Context, payee string, from, to time.Time) ([]hub.Charge, error)
+}
+
+// ReadIncome reads provider's charges and shares in [from, to) from cs and
+// sums them (IncomeOf).
+func ReadIncome(ctx context.Context, cs IncomeCharges, provider string, from, to time.Time) (Income, error) {
+	own, err := cs.ChargesByProvider(ctx, provider, from, to)
 	if err != nil {
 		return Income{}, err
 	}
-	return IncomeOf(provider, from, to, cs), nil
+	shared, err := cs.ChargesByPayee(ctx, provider, from, to)
+	if err != nil {
+		return Income{}, err
+	}
+	return IncomeOf(provider, from, to, own, shared), nil
 }

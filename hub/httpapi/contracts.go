@@ -109,6 +109,16 @@ func (h *Handler) publishContract(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	// A new contract pays its splits only to enrolled providers; one
+	// published before keeps answering as it was.
+	payees := make([]string, len(k.Splits))
+	for i, s := range k.Splits {
+		payees[i] = s.Payee
+	}
+	if err := h.cfg.Registry.CheckPayees(ctx, payees); err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	rec := hub.ContractRecord{
 		Hash: hash, Kind: string(k.Kind), Name: k.ID, Version: int(k.Version),
 		Document: k.Canonical(), Published: time.Now().UTC(),

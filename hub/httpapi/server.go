@@ -40,6 +40,9 @@ type Registry interface {
 	UnreadableDevices(ctx context.Context) ([]hub.UnreadableRecord, error)
 	RemoveUnreadable(ctx context.Context, id, actor, reason string) error
 	Audit(ctx context.Context, from uint64, limit int) ([]hub.AuditEntry, error)
+	// CheckPayees refuses, with an error wrapping hub.ErrInvalid, a
+	// contract whose revenue splits pay anyone but an enrolled provider.
+	CheckPayees(ctx context.Context, ids []string) error
 }
 
 // Info describes a running hub; hubctl info prints it.

@@ -20,8 +20,8 @@ import (
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
 // charge document, see record.EncodeCharge), chgo (sorted set of the ids of the
 // charges now owed, scored by a per-store sequence so they list in
-// recording order), chgp:<provider> and chgy:<payer>
-// (sorted sets, every score 0, of time key || provider || 0 || event id,
+// recording order), chgp:<provider>, chgy:<payer> and chgs:<payee> (one
+// for each payee of a charge's shares) (sorted sets, every score 0, of time key || provider || 0 || event id,
 // so a lexicographic range is a time window exact to the nanosecond and
 // needs no double).
 
@@ -38,6 +38,7 @@ func (s *Store) chargesKey() string           { return s.prefix + "chg" }
 func (s *Store) owedKey() string              { return s.prefix + "chgo" }
 func (s *Store) providerKey(p string) string  { return s.prefix + "chgp:" + p }
 func (s *Store) payerKey(payer string) string { return s.prefix + "chgy:" + payer }
+func (s *Store) payeeKey(payee string) string { return s.prefix + "chgs:" + payee }
 
 // timeKey is t as 8 bytes that sort in time order (sign bit flipped).
 func timeKey(t time.Time) []byte {
@@ -77,7 +78,7 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 	// Owed is at most MaxAmount, so a larger limit never binds; clamping
 	// it keeps the script's sum exact.
 	creditLimit = min(creditLimit, MaxAmount)
-	args := make([]any, 0, 3+7*len(cs))
+	args := make([]any, 0, 3+8*len(cs))
 	args = append(args, s.prefix, fmtMsat(creditLimit), len(cs))
 	for _, c := range cs {
 		if err := validateCharge(c); err != nil {
@@ -88,8 +89,13 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 		if c.Status == hub.ChargeOwed && c.Channel != (wire.OutPoint{}) {
 			op = c.Channel.String()
 		}
+		var payees strings.Builder
+		for _, sh := range c.Shares {
+			payees.WriteString(sh.Payee)
+			payees.WriteByte(0)
+		}
 		args = append(args, id, record.EncodeCharge(c), op, fmtMsat(c.Amount), c.Provider, c.Payer,
-			string(timeKey(c.Charged))+id)
+			string(timeKey(c.Charged))+id, payees.String())
 	}
 	res, err := scriptReply(ctx, s.rdb, chargesScript, []string{s.chargesKey(), s.fundKey(), s.owedKey(), s.owedKey() + "seq"}, args...)
 	if err != nil {
@@ -176,6 +182,13 @@ func (s *Store) Charge(ctx context.Context, provider, eventID string) (hub.Charg
 // oldest first; charges of the same nanosecond come in event id order.
 func (s *Store) ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error) {
 	return s.chargesBy(ctx, s.providerKey(provider), from, to)
+}
+
+// ChargesByPayee returns the charges recorded in [from, to) that give
+// payee a share, oldest first; charges of the same nanosecond come in
+// provider and event id order.
+func (s *Store) ChargesByPayee(ctx context.Context, payee string, from, to time.Time) ([]hub.Charge, error) {
+	return s.chargesBy(ctx, s.payeeKey(payee), from, to)
 }
 
 // ChargesByPayer returns a payer's charges recorded in [from, to), oldest

@@ -14,8 +14,9 @@
 --       3 owed index (sorted set of owed charge ids, scored by a sequence
 --       in KEYS[4], field n, so they list in recording order), 4 that sequence
 -- ARGV: 1 key prefix, 2 credit limit, 3 number of charges, then for each
---       charge 7 values: id, document, funding outpoint ('' = none or not
---       owed), amount, provider, payer, index member (time key || id)
+--       charge 8 values: id, document, funding outpoint ('' = none or not
+--       owed), amount, provider, payer, index member (time key || id),
+--       the payees of its shares, each ended by a zero byte ('' = none)
 -- Reply: one string per charge: 'd' .. stored document for a duplicate,
 --        'n' .. status byte for a new charge, followed by 'x' when the
 --        channel was cleared because it does not exist
@@ -28,7 +29,7 @@ local noChannel = string.rep('\0', 36)
 local chans = {}
 local out = {}
 for i = 0, n - 1 do
-  local b = 4 + i * 7
+  local b = 4 + i * 8
   local id, doc, op = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local stored = redis.call('HGET', chg, id)
   if stored then
@@ -74,6 +75,9 @@ for i = 0, n - 1 do
     -- the slot of KEYS.
     redis.call('ZADD', prefix .. 'chgp:' .. ARGV[b + 4], 0, ARGV[b + 6])
     redis.call('ZADD', prefix .. 'chgy:' .. ARGV[b + 5], 0, ARGV[b + 6])
+    for payee in string.gmatch(ARGV[b + 7], '([^%z]+)%z') do
+      redis.call('ZADD', prefix .. 'chgs:' .. payee, 0, ARGV[b + 6])
+    end
     out[#out + 1] = 'n' .. string.sub(doc, 1, 1) .. cleared
   end
 end

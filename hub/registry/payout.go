@@ -91,3 +91,26 @@ func checkPayoutScript(s []byte) error {
 	}
 	return fmt.Errorf("%w: payout script %x is not a standard output", hub.ErrInvalid, s)
 }
+
+// CheckPayees checks that every id a contract's revenue splits pay is an
+// enrolled device that may earn: known, not revoked, with the provider
+// role (a payee's income is settled as a provider's: into its channel, or
+// to its payout script). A contract paying anyone else would credit money
+// that no participant can be settled, so it is refused before it is
+// published. Errors wrap hub.ErrInvalid, naming the payee.
+func (r *Registry) CheckPayees(ctx context.Context, ids []string) error {
+	for _, id := range ids {
+		d, err := r.store.Device(ctx, id)
+		switch {
+		case errors.Is(err, hub.ErrNotFound):
+			return fmt.Errorf("%w: split payee %q is not an enrolled device", hub.ErrInvalid, id)
+		case err != nil:
+			return fmt.Errorf("split payee %q: %w", id, err)
+		case d.Status == hub.StatusRevoked:
+			return fmt.Errorf("%w: split payee %s is revoked", hub.ErrInvalid, id)
+		case !d.HasRole(hub.RoleProvider):
+			return fmt.Errorf("%w: split payee %s has no provider role", hub.ErrInvalid, id)
+		}
+	}
+	return nil
+}

@@ -32,7 +32,9 @@ type epochLedger struct {
 //     to the payee, on whichever outpoint it was paid — so a payment made
 //     on an old outpoint after the cut belongs to the next epoch;
 //   - the hub's fee of every paid charge the provider recorded in the
-//     epoch.
+//     epoch, and the shares its contract's revenue splits give other
+//     payees, from the provider to each payee: what the payees' income
+//     counts (charging.Income), so each is settled exactly that.
 func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochLedger, error) {
 	l := settlement.NewLedger(ep.Number)
 	if ep.Number > 1 {
@@ -77,7 +79,8 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 	el.root = settlement.NewMerkleTree(ids).Root()
 	el.receipts = len(ids)
 
-	// Fees: the hub's part of every paid charge of the epoch's payees.
+	// Fees and shares: the hub's part of every paid charge of the
+	// epoch's payees, and the other payees' shares of it.
 	names := make([]string, 0, len(payees))
 	for p := range payees {
 		names = append(names, p)
@@ -89,11 +92,18 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 			return nil, err
 		}
 		for _, c := range cs {
-			if c.Status != hub.ChargePaid || c.Fee == 0 {
+			if c.Status != hub.ChargePaid {
 				continue
 			}
-			if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
-				return nil, fmt.Errorf("fee of %s/%s: %w", c.Provider, c.EventID, err)
+			if c.Fee != 0 {
+				if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
+					return nil, fmt.Errorf("fee of %s/%s: %w", c.Provider, c.EventID, err)
+				}
+			}
+			for _, sh := range c.Shares {
+				if err := l.Post(settlement.Share(c.Provider, sh.Payee, sh.Msat, c.EventID)); err != nil {
+					return nil, fmt.Errorf("share of %s/%s to %s: %w", c.Provider, c.EventID, sh.Payee, err)
+				}
 			}
 		}
 	}

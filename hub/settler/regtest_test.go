@@ -43,6 +43,7 @@ type settleEnv struct {
 	nonces  map[[66]byte][32]byte // every nonce seen (hub's and devices') → message
 	reuse   []string
 	done    map[string]settler.Done
+	earned  map[btcwire.OutPoint]msat.Amount // the Earned of each channel's last Cosign request
 
 	// gate, when set, holds every Cosign until it is closed (or the
 	// round's context ends), after telling inRound it started: a round
@@ -62,7 +63,7 @@ func newSettleEnv(t *testing.T) *settleEnv {
 		keys: map[string]*btcec.PrivateKey{}, outs: map[btcwire.OutPoint]*channel.Output{},
 		seq: map[btcwire.OutPoint]uint64{}, paid: map[btcwire.OutPoint]msat.Amount{},
 		online: map[string]bool{}, payouts: map[string][]byte{}, nonces: map[[66]byte][32]byte{},
-		done: map[string]settler.Done{},
+		done: map[string]settler.Done{}, earned: map[btcwire.OutPoint]msat.Amount{},
 	}
 }
 
@@ -87,6 +88,7 @@ func (e *settleEnv) Online(id string) bool {
 func (e *settleEnv) Cosign(ctx context.Context, id string, req settler.CosignRequest) (settler.CosignReply, error) {
 	e.mu.Lock()
 	key, out, gate, inRound := e.keys[id], e.outs[req.Channel], e.gate, e.inRound
+	e.earned[req.Channel] = req.Earned
 	e.mu.Unlock()
 	if gate != nil {
 		select {

@@ -59,6 +59,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTes
 	t.Run("SetChargeStatus", func(t *testing.T) { testSetChargeStatus(t, open(t)) })
 	t.Run("ChargesByProviderWindow", func(t *testing.T) { testChargesByProviderWindow(t, open(t)) })
 	t.Run("ChargesByPayerWindow", func(t *testing.T) { testChargesByPayerWindow(t, open(t)) })
+	t.Run("ChargesByPayeeShares", func(t *testing.T) { testChargesByPayeeShares(t, open(t), newStore) })
 	t.Run("ConcurrentExactlyOnce", func(t *testing.T) { testConcurrentExactlyOnce(t, open(t)) })
 	t.Run("ReopenKeepsCharges", func(t *testing.T) { testReopenKeepsCharges(t, newStore) })
 	runMeteringOwed(t, open, newStore)
@@ -367,6 +368,15 @@ func testInvalidCharge(t *testing.T, s MeteringStoreUnderTest) {
 		// redisstore once let one through in the payer.
 		"ZeroByteInProvider": func(ch *hub.Charge) { ch.Provider = "charger\x007" },
 		"ZeroByteInPayer":    func(ch *hub.Charge) { ch.Payer = "payer\x001" },
+		// Shares never take more than the provider's part, name a payee
+		// once and never the provider (hub.Charge.Validate).
+		"SharesOverPart":  func(ch *hub.Charge) { ch.Shares = []hub.Share{{Payee: "host", Msat: ch.Amount - ch.Fee + 1}} },
+		"ShareToProvider": func(ch *hub.Charge) { ch.Shares = []hub.Share{{Payee: ch.Provider, Msat: 1}} },
+		"PayeeTwice": func(ch *hub.Charge) {
+			ch.Shares = []hub.Share{{Payee: "host", Msat: 1}, {Payee: "host", Msat: 1}}
+		},
+		"ZeroShare":       func(ch *hub.Charge) { ch.Shares = []hub.Share{{Payee: "host", Msat: 0}} },
+		"ZeroByteInPayee": func(ch *hub.Charge) { ch.Shares = []hub.Share{{Payee: "ho\x00st", Msat: 1}} },
 	}
 	for name, spoil := range bad {
 		ch := NewCharge("charger-7", "evt-bad", "payer-1", c.Funding, 100, epoch())
@@ -502,6 +512,73 @@ func testChargesByPayerWindow(t *testing.T, s MeteringStoreUnderTest) {
 		t.Fatalf("ChargesByPayer: %v", err)
 	}
 	assertCharges(t, got, want)
+}
+
+// testChargesByPayeeShares: a charge's shares come back from every read,
+// and each payee finds the charges it has a share of, in its own window,
+// with their current status, after a reopen too.
+func testChargesByPayeeShares(t *testing.T, s MeteringStoreUnderTest, newStore func(t *testing.T) MeteringStoreUnderTest) {
+	ctx := context.Background()
+	c := NewChannel(t, "payer-1")
+	MustPutChannel(t, s, c)
+	at := func(i int) time.Time { return epoch().Add(time.Duration(i) * time.Minute) }
+	var cs []hub.Charge
+	for i := range 4 {
+		ch := NewCharge("cpo-1", fmt.Sprintf("evt-%d", i), "payer-1", c.Funding, 10_000, at(i))
+		ch.Shares = []hub.Share{{Payee: "site-host", Msat: 1350}}
+		if i%2 == 1 {
+			ch.Shares = append(ch.Shares, hub.Share{Payee: "emp", Msat: 500})
+		}
+		cs = append(cs, ch)
+	}
+	// Another provider's charge without shares, and one with a payee
+	// whose name extends "emp".
+	plain := NewCharge("cpo-2", "evt-0", "payer-1", c.Funding, 700, at(1))
+	longer := NewCharge("cpo-2", "evt-1", "payer-1", c.Funding, 700, at(1))
+	longer.Shares = []hub.Share{{Payee: "emp-2", Msat: 30}}
+	MustRecordCharges(t, s, append(append([]hub.Charge(nil), cs...), plain, longer), noLimit)
+	assertCharge(t, MustCharge(t, s, "cpo-1", "evt-1"), cs[1])
+	if err := s.SetChargeStatus(ctx, "cpo-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+		t.Fatalf("SetChargeStatus: %v", err)
+	}
+	cs[1].Status = hub.ChargePaid
+
+	check := func(s MeteringStoreUnderTest) {
+		t.Helper()
+		host, err := s.ChargesByPayee(ctx, "site-host", at(1), at(3))
+		if err != nil {
+			t.Fatalf("ChargesByPayee(site-host): %v", err)
+		}
+		assertCharges(t, host, cs[1:3])
+		emp, err := s.ChargesByPayee(ctx, "emp", at(0), at(4))
+		if err != nil {
+			t.Fatalf("ChargesByPayee(emp): %v", err)
+		}
+		assertCharges(t, emp, []hub.Charge{cs[1], cs[3]})
+		for _, who := range []string{"cpo-1", "cpo-2", "payer-1", "em"} {
+			if got, err := s.ChargesByPayee(ctx, who, at(0), at(5)); err != nil || len(got) != 0 {
+				t.Fatalf("ChargesByPayee(%s) = %d charges, %v; want none", who, len(got), err)
+			}
+		}
+		own, err := s.ChargesByProvider(ctx, "cpo-1", at(0), at(5))
+		if err != nil {
+			t.Fatalf("ChargesByProvider: %v", err)
+		}
+		assertCharges(t, own, cs)
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	s = newStore(t)
+	defer s.Close()
+	check(s)
+	// Exactly-once holds for a charge with shares: a redelivery indexes
+	// nothing twice.
+	if res := MustRecordCharges(t, s, cs[:1], noLimit); !res[0].Duplicate {
+		t.Fatalf("a charge with shares recorded again is not a duplicate")
+	}
+	check(s)
 }
 
 func testConcurrentExactlyOnce(t *testing.T, s MeteringStoreUnderTest) {

@@ -20,8 +20,10 @@ var ErrBadCharge = errors.New("hub: malformed charge record")
 // contract | event time | charged (unix ns, MinInt64 for the zero time) |
 // then provider, payer, event id and quantity, each a uvarint length and the
 // bytes, then the 32-byte event digest when it is not zero (or the withheld
-// amount follows), then the withheld amount (8 bytes) when it is not zero.
-// Records written
+// amount follows), then the withheld amount (8 bytes) when it is not zero
+// (or shares follow), then, when the charge has shares, their count and
+// each share's payee (a uvarint length and the bytes) and amount (8
+// bytes). Records written
 // before quantities were kept end after the event id and decode with an
 // empty one; records written before digests were kept end after the
 // quantity and decode with a zero one. Status and channel come first at fixed
@@ -57,11 +59,20 @@ func EncodeCharge(c hub.Charge) []byte {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	if c.Digest != (hub.Hash{}) || c.Withheld != 0 {
+	shares := len(c.Shares) > 0
+	if c.Digest != (hub.Hash{}) || c.Withheld != 0 || shares {
 		b = append(b, c.Digest[:]...)
 	}
-	if c.Withheld != 0 {
+	if c.Withheld != 0 || shares {
 		b = binary.BigEndian.AppendUint64(b, uint64(c.Withheld))
+	}
+	if shares {
+		b = binary.AppendUvarint(b, uint64(len(c.Shares)))
+		for _, sh := range c.Shares {
+			b = binary.AppendUvarint(b, uint64(len(sh.Payee)))
+			b = append(b, sh.Payee...)
+			b = binary.BigEndian.AppendUint64(b, uint64(sh.Msat))
+		}
 	}
 	return b
 }
@@ -109,9 +120,42 @@ func DecodeCharge(b []byte) (hub.Charge, error) {
 			return c, ErrBadCharge // encoded only when set
 		}
 	default:
-		return c, ErrBadCharge
+		if len(rest) < len(c.Digest)+8 {
+			return c, ErrBadCharge
+		}
+		copy(c.Digest[:], rest)
+		c.Withheld = msat.Amount(binary.BigEndian.Uint64(rest[len(c.Digest):]))
+		var err error
+		if c.Shares, err = decodeShares(rest[len(c.Digest)+8:]); err != nil {
+			return c, err
+		}
 	}
 	return c, nil
+}
+
+// decodeShares parses the shares at the end of a charge record: a count
+// of at least one, then each share, and nothing after.
+func decodeShares(b []byte) ([]hub.Share, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n == 0 || n > hub.MaxShares {
+		return nil, ErrBadCharge
+	}
+	b = b[k:]
+	out := make([]hub.Share, n)
+	for i := range out {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) || uint64(len(b)-k)-l < 8 {
+			return nil, ErrBadCharge
+		}
+		out[i].Payee = string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		out[i].Msat = msat.Amount(binary.BigEndian.Uint64(b))
+		b = b[8:]
+	}
+	if len(b) != 0 {
+		return nil, ErrBadCharge
+	}
+	return out, nil
 }
 
 // UnixNano is t in Unix nanoseconds, with the zero time kept distinct

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+
+	"github.com/m2mhub/m2mhub/hub"
 )
 
 // FuzzChargeRecord feeds arbitrary bytes to DecodeCharge, the codec
@@ -16,6 +18,8 @@ func FuzzChargeRecord(f *testing.F) {
 	c.Quantity = ""
 	f.Add(EncodeCharge(c)[:ChargeFixedLen+20])
 	f.Add(make([]byte, ChargeFixedLen))
+	c.Shares = []hub.Share{{Payee: "site-host", Msat: 1850}, {Payee: "emp", Msat: 500}}
+	f.Add(EncodeCharge(c))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeCharge(b)
 		if err != nil {

@@ -2,12 +2,14 @@ package record
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
 
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // sampleCharge is a charge with every field set.
@@ -23,7 +25,7 @@ func TestChargeRecord(t *testing.T) {
 	c := sampleCharge()
 	t.Run("RoundTrip", func(t *testing.T) {
 		got, err := DecodeCharge(EncodeCharge(c))
-		if err != nil || got != c {
+		if err != nil || !reflect.DeepEqual(got, c) {
 			t.Fatalf("got %+v, %v; want %+v", got, err, c)
 		}
 	})
@@ -32,8 +34,19 @@ func TestChargeRecord(t *testing.T) {
 			w := c
 			w.Digest, w.Withheld = digest, 165_000_000
 			got, err := DecodeCharge(EncodeCharge(w))
-			if err != nil || got != w {
+			if err != nil || !reflect.DeepEqual(got, w) {
 				t.Fatalf("got %+v, %v; want %+v", got, err, w)
+			}
+		}
+	})
+	t.Run("Shares", func(t *testing.T) {
+		for _, withheld := range []msat.Amount{0, 5} {
+			sh := c
+			sh.Digest, sh.Withheld = hub.Hash{}, withheld
+			sh.Shares = []hub.Share{{Payee: "site-host", Msat: 1850}, {Payee: "emp", Msat: 500}}
+			got, err := DecodeCharge(EncodeCharge(sh))
+			if err != nil || !reflect.DeepEqual(got, sh) {
+				t.Fatalf("got %+v, %v; want %+v", got, err, sh)
 			}
 		}
 	})
@@ -53,7 +66,7 @@ func TestChargeRecord(t *testing.T) {
 			t.Fatalf("a record without a digest is %d bytes", len(b))
 		}
 		got, err := DecodeCharge(b)
-		if err != nil || got != old {
+		if err != nil || !reflect.DeepEqual(got, old) {
 			t.Fatalf("got %+v, %v; want %+v", got, err, old)
 		}
 	})
@@ -63,7 +76,7 @@ func TestChargeRecord(t *testing.T) {
 		b := EncodeCharge(old)
 		b = b[:len(b)-1] // records written before quantities end after the event id
 		got, err := DecodeCharge(b)
-		if err != nil || got != old {
+		if err != nil || !reflect.DeepEqual(got, old) {
 			t.Fatalf("got %+v, %v; want %+v", got, err, old)
 		}
 	})
@@ -71,7 +84,12 @@ func TestChargeRecord(t *testing.T) {
 		b := EncodeCharge(c)
 		bad := append([]byte(nil), b...)
 		bad[ChargeRecordStatus] = 'x'
-		for name, in := range map[string][]byte{"Short": b[:ChargeFixedLen-1], "Status": bad, "Truncated": b[:len(b)-2]} {
+		sh := c
+		sh.Shares = []hub.Share{{Payee: "site-host", Msat: 1850}}
+		shared := EncodeCharge(sh)
+		for name, in := range map[string][]byte{"Short": b[:ChargeFixedLen-1], "Status": bad, "Truncated": b[:len(b)-2],
+			"SharesTruncated": shared[:len(shared)-1], "SharesTrailing": append(shared[:len(shared):len(shared)], 0),
+			"ZeroShares": append(EncodeCharge(c)[:len(b):len(b)], 0, 0, 0, 0, 0, 0, 0, 0, 0)} {
 			if _, err := DecodeCharge(in); !errors.Is(err, ErrBadCharge) {
 				t.Errorf("%s: err = %v", name, err)
 			}

@@ -1,0 +1,89 @@
+package charging_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/m2mhub/m2mhub/contracts"
+	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/msat"
+)
+
+// publishSplit stores the example contract of kind with splits added to
+// its document and returns it.
+func (env *chargeEnv) publishSplit(kind, splits string) *contracts.Contract {
+	env.t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "contracts", "testdata", "examples", kind+".json"))
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	return env.publishDoc([]byte(strings.Replace(string(b), `"currency":`, `"splits": `+splits+`, "currency":`, 1)))
+}
+
+// TestChargingSplit: a toll charge split among the gantry operator (the
+// provider), a site host (1500 bps) and a service provider (fixed 777
+// msat and 333 bps) conserves to the msat: the shares the contract's
+// rule gives, the hub's fee and the provider's rest add up to what the
+// payer paid, and each payee's income shows its own share, owed until
+// the payer pays and earned after.
+func TestChargingSplit(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	host, emp := env.h.Enrol(hub.RoleProvider), env.h.Enrol(hub.RoleProvider)
+	k := env.publishSplit("toll", fmt.Sprintf(`[{"payee": %q, "bps": "1500"}, {"payee": %q, "fixed_msat": "777", "bps": "333"}]`, host.ID, emp.ID))
+	env.charge(env.event(k, "toll", "t-1"))
+
+	c := env.stored("t-1")
+	// 60,000 msat at the morning peak, a 50 bps fee of 300: 59,700 for
+	// the provider's part. 777 fixed leaves 58,923: the host gets
+	// floor(58,923 × 0.15) = 8,838, the other floor(58,923 × 0.0333) =
+	// 1,962 + 777, the provider the rest.
+	want := []hub.Share{{Payee: host.ID, Msat: 8_838}, {Payee: emp.ID, Msat: 2_739}}
+	if c.Amount != 60_000 || c.Fee != 300 || fmt.Sprint(c.Shares) != fmt.Sprint(want) {
+		t.Fatalf("charge %d msat, fee %d, shares %v; want 60000, 300, %v", c.Amount, c.Fee, c.Shares, want)
+	}
+	if got := c.ProviderPart() + c.SharesTotal() + c.Fee; got != c.Amount || c.ProviderPart() != 59_700-8_838-2_739 {
+		t.Fatalf("provider part %d + shares %d + fee %d = %d, want %d", c.ProviderPart(), c.SharesTotal(), c.Fee, got, c.Amount)
+	}
+
+	income := func(id string) (owed, earned msat.Amount) {
+		t.Helper()
+		in, err := env.chg.Income(context.Background(), id, chargeStart.Add(-24*time.Hour), chargeStart.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.Owed, in.Earned
+	}
+	parts := map[string]msat.Amount{env.prov.ID: c.ProviderPart(), host.ID: 8_838, emp.ID: 2_739}
+	for id, part := range parts {
+		if owed, earned := income(id); owed != part || earned != 0 {
+			t.Fatalf("%s before payment: owed %d, earned %d; want owed %d", id, owed, earned, part)
+		}
+	}
+
+	env.payRequest(60_000)
+	var sum msat.Amount
+	for id, part := range parts {
+		owed, earned := income(id)
+		if owed != 0 || earned != part {
+			t.Fatalf("%s after payment: owed %d, earned %d; want earned %d", id, owed, earned, part)
+		}
+		sum += earned
+	}
+	in, err := env.chg.Income(context.Background(), env.prov.ID, chargeStart.Add(-24*time.Hour), chargeStart.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum+in.Fees != 60_000 || in.Shared != 8_838+2_739 || in.Fees != 300 {
+		t.Fatalf("earned %d + fees %d = %d, want the 60000 paid; shared %d", sum, in.Fees, sum+in.Fees, in.Shared)
+	}
+	if hin, _ := env.chg.Income(context.Background(), host.ID, chargeStart.Add(-24*time.Hour), chargeStart.Add(time.Hour)); hin.Events != 0 || hin.ShareEvents != 1 {
+		t.Fatalf("the host's income counts %d own and %d shared events, want 0 and 1", hin.Events, hin.ShareEvents)
+	}
+}
