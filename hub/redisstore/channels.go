@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/btcsuite/btcd/wire"
@@ -201,11 +202,50 @@ func (s *Store) channelByHex(ctx context.Context, pid string) (hub.ChannelRecord
 	return decodeChannel(pid, vals)
 }
 
-// channelsByHex reads many channels in one round trip.
+// Listing reads: pipelines of channelChunk channels, up to channelReaders
+// at once on their own connections, each decoded by its reader while the
+// server answers the others. A listing of 100,000 channels in one
+// pipeline left the client idle while the server answered and the server
+// idle while the client decoded.
+const (
+	channelChunk   = 2_000
+	channelReaders = 4
+)
+
+// channelsByHex reads many channels, in pid order.
 func (s *Store) channelsByHex(ctx context.Context, pids []string) ([]hub.ChannelRecord, error) {
 	if len(pids) == 0 {
 		return nil, nil
 	}
+	out := make([]hub.ChannelRecord, len(pids))
+	if len(pids) <= channelChunk {
+		return out, s.readChannels(ctx, pids, out)
+	}
+	errs := make([]error, (len(pids)+channelChunk-1)/channelChunk)
+	slots := make(chan struct{}, channelReaders)
+	var wg sync.WaitGroup
+	for c := range errs {
+		lo, hi := c*channelChunk, min((c+1)*channelChunk, len(pids))
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			errs[c] = s.readChannels(ctx, pids[lo:hi], out[lo:hi])
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readChannels reads the channels pids into out (as long) in one round
+// trip.
+func (s *Store) readChannels(ctx context.Context, pids []string, out []hub.ChannelRecord) error {
 	cmds := make([]*redis.SliceCmd, len(pids))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, pid := range pids {
@@ -214,17 +254,16 @@ func (s *Store) channelsByHex(ctx context.Context, pids []string) ([]hub.Channel
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: channels: %w", err)
+		return fmt.Errorf("redisstore: channels: %w", err)
 	}
-	out := make([]hub.ChannelRecord, 0, len(pids))
 	for i, cmd := range cmds {
 		c, err := decodeChannel(pids[i], cmd.Val())
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, c)
+		out[i] = c
 	}
-	return out, nil
+	return nil
 }
 
 // ChannelByPending returns the channel offered under id, or
