@@ -2,9 +2,9 @@ package m2mclient_test
 
 import (
 	"context"
+	"flag"
 	"runtime"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,19 +18,20 @@ import (
 	"github.com/m2mhub/m2mhub/internal/idledial"
 )
 
-// idleSessions is how many idle devices BenchmarkPayAmongIdle holds on
-// the hub: the design's sessions per hubd.
-const idleSessions = 10_000
+// idleCount is how many idle devices BenchmarkPayAmongIdle holds on the
+// hub: by default the design's sessions per hubd.
+var idleCount = flag.Int("idle.sessions", 10_000, "idle sessions BenchmarkPayAmongIdle holds on the hub")
 
 // BenchmarkPayAmongIdle measures BenchmarkPay's RoundTrip (one device
 // paying sequentially through the Go client, in-process hub, bbolt with
-// fsync) while idleSessions other enrolled devices hold idle sessions on
+// fsync) while -idle.sessions other enrolled devices (10,000) hold idle sessions on
 // the same hub, their ends in a child process (idledial). In the same run
 // it first measures the same payments with the payer alone: the
 // baseline. It reports both latencies, p50 and p99, and the hub
 // process's heap and stacks per idle session. Run it with
 // -benchtime=1000x.
 func BenchmarkPayAmongIdle(b *testing.B) {
+	idleSessions := *idleCount
 	h := hubtest.Start(b, hubtest.Config{
 		Channels: func(c *channels.Config) { c.PayRate, c.PayBurst = 1_000_000, 1_000_000 },
 		Server: func(c *session.Config) {
@@ -62,7 +63,7 @@ func BenchmarkPayAmongIdle(b *testing.B) {
 	hubtest.WaitFor(b, time.Minute, "every idle session listed", func() bool {
 		return h.Server().Sessions() >= idleSessions+1 // and the payer's
 	})
-	perSession := float64(heapAndStacks()-before) / idleSessions
+	perSession := float64(heapAndStacks()-before) / float64(idleSessions)
 	b.StartTimer()
 	among := pay()
 	b.StopTimer()
@@ -85,30 +86,17 @@ func BenchmarkPayAmongIdle(b *testing.B) {
 // devices' sessions (idledial.Serve).
 func TestIdleDevices(t *testing.T) { idledial.Serve(t) }
 
-// enrolIdle enrols n payers, 32 at a time so they share commits, and
-// returns their keys.
+// enrolIdle enrols n payers, one after the other (each enrolment extends
+// the audit log's hash chain, so concurrent ones only retry), and returns
+// their keys.
 func enrolIdle(b *testing.B, reg *registry.Registry, n int) []*btcec.PrivateKey {
 	keys := make([]*btcec.PrivateKey, n)
 	for i := range keys {
 		keys[i] = hubtest.NewKey(b)
-	}
-	var wg sync.WaitGroup
-	for w := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < n; i += 32 {
-				req := registry.EnrolRequest{Key: hub.PubKeyOf(keys[i].PubKey()), Roles: []hub.Role{hub.RolePayer}}
-				if _, err := reg.Enrol(b.Context(), req, "bench"); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if b.Failed() {
-		b.FailNow()
+		req := registry.EnrolRequest{Key: hub.PubKeyOf(keys[i].PubKey()), Roles: []hub.Role{hub.RolePayer}}
+		if _, err := reg.Enrol(b.Context(), req, "bench"); err != nil {
+			b.Fatal(err)
+		}
 	}
 	return keys
 }
