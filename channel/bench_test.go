@@ -83,3 +83,25 @@ func BenchmarkNewOutput(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReceiptSign is the hub's receipt per payment: Receipt.Sign
+// derives the hub's public key each time, a ReceiptSigner once.
+func BenchmarkReceiptSign(b *testing.B) {
+	key := mustKey(b, "hub")
+	r := sampleReceipt(b)
+	b.Run("Receipt.Sign", func(b *testing.B) {
+		for b.Loop() {
+			if err := r.Sign(key); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("ReceiptSigner", func(b *testing.B) {
+		s := NewReceiptSigner(key)
+		for b.Loop() {
+			if err := s.Sign(&r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

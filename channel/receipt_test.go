@@ -164,6 +164,25 @@ func TestReceiptSignature(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("OKSigner", func(t *testing.T) {
+		// One signer for many receipts signs each as Receipt.Sign does.
+		s := NewReceiptSigner(hub)
+		for seq := uint64(1); seq <= 3; seq++ {
+			want := sampleReceipt(t)
+			want.Seq = seq
+			if err := want.Sign(hub); err != nil {
+				t.Fatal(err)
+			}
+			got := want
+			got.HubKey, got.Sig = [33]byte{}, [64]byte{}
+			if err := s.Sign(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Fatalf("seq %d: signer gave %x/%x, Sign %x/%x", seq, got.HubKey, got.Sig, want.HubKey, want.Sig)
+			}
+		}
+	})
 	t.Run("ErrBadSignature", func(t *testing.T) {
 		for name, mutate := range map[string]func(*Receipt){
 			"channel": func(r *Receipt) { r.Channel.Index++ },

@@ -242,6 +242,8 @@ type Manager struct {
 	log    *slog.Logger
 	clock  clock.Clock
 	hubPub hub.PubKey
+	// signer signs every payment's receipt under cfg.HubKey.
+	signer *channel.ReceiptSigner
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -292,6 +294,7 @@ func New(cfg Config) (*Manager, error) {
 		log:         cfg.Logger,
 		clock:       cfg.Clock,
 		hubPub:      hub.PubKeyOf(cfg.HubKey.PubKey()),
+		signer:      channel.NewReceiptSigner(cfg.HubKey),
 		ctx:         ctx,
 		cancel:      cancel,
 		cache:       make(map[btcwire.OutPoint]*chanEntry),

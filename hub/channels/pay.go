@@ -218,7 +218,7 @@ func (c *Manager) receipt(e *chanEntry, m *wire.Pay, now time.Time, cr *PaymentR
 		r.HoldID = *m.HoldID
 	}
 	chargeMeta(&r, cr)
-	if err := r.Sign(c.cfg.HubKey); err != nil {
+	if err := c.signer.Sign(&r); err != nil {
 		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
 	b, err := r.MarshalBinary()
