@@ -234,8 +234,12 @@ type Service struct {
 	pending  map[payKey]*payGroup
 	inflight map[uint64]*payGroup
 	busy     map[payKey]bool // keys with a request in flight
-	paidQ    []payEvent      // listener news for the flusher
 	kick     chan struct{}
+	// paidMu guards paidQ, the listener's news for the flusher. It is not
+	// pay: the listener is called by a payment holding its channel's
+	// lock, which must not wait while the flusher walks its maps.
+	paidMu sync.Mutex
+	paidQ  []payEvent
 	// settling holds a token per settle round the flusher left running
 	// (settleAhead at most).
 	settling chan struct{}

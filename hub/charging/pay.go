@@ -161,9 +161,9 @@ func (c *Service) ChargeRefused(reqID uint64, code, message string) {
 }
 
 func (c *Service) queue(ev payEvent) {
-	c.pay.Lock()
+	c.paidMu.Lock()
 	c.paidQ = append(c.paidQ, ev)
-	c.pay.Unlock()
+	c.paidMu.Unlock()
 	select {
 	case c.kick <- struct{}{}:
 	default:
@@ -241,10 +241,12 @@ func (c *Service) settle(ctx context.Context) {
 // answered takes the device answers queued by the listener and frees
 // their keys for the next requests.
 func (c *Service) answered() []answerDone {
-	c.pay.Lock()
-	defer c.pay.Unlock()
+	c.paidMu.Lock()
 	evs := c.paidQ
 	c.paidQ = nil
+	c.paidMu.Unlock()
+	c.pay.Lock()
+	defer c.pay.Unlock()
 	var answered []answerDone
 	for _, ev := range evs {
 		if g := c.inflight[ev.reqID]; g != nil {

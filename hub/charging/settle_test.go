@@ -97,3 +97,26 @@ func TestSettleBesideRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestChargePaidBesideFlush: the news of a paid request is taken while the
+// flusher holds the payment side's lock; the payment telling it holds its
+// channel's lock meanwhile, and every other payment on that channel would
+// wait too.
+func TestChargePaidBesideFlush(t *testing.T) {
+	env := newChargeEnv(t, 1_000_000)
+	unlock := charging.LockPay(env.chg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		env.chg.ChargePaid(1, []byte{1})
+		env.chg.ChargeRefused(2, "refused", "no")
+	}()
+	select {
+	case <-done:
+		unlock()
+	case <-time.After(10 * time.Second):
+		unlock()
+		<-done
+		t.Fatal("the listener waited for the flusher's lock")
+	}
+}
