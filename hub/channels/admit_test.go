@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lightningnetwork/lnd/clock"
+
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
@@ -188,4 +190,50 @@ func TestPayerChannelWithoutLock(t *testing.T) {
 	if got, err := h.Ch.PayerChannel(ctx, payer.ID); err != nil || got != big.Op {
 		t.Fatalf("PayerChannel of two: %v, %v; want the freer %v", got, err, big.Op)
 	}
+}
+
+// TestChargePaymentNotRateLimited: a device that used up its payment rate
+// still pays what the hub asked it for, and the request's listener hears
+// it; its own next payment is refused as before. The device does not
+// retry a refused answer to a payment request, so a charge payment caught
+// by the device's rate limit left its request unanswered until charging
+// gave up on it, and its events without a receipt.
+func TestChargePaymentNotRateLimited(t *testing.T) {
+	chantest.CheckLeaks(t)
+	f := chantest.NewFakeChain(chantest.TestHeight)
+	// The bucket's clock stands still: no token comes back meanwhile.
+	clk := clock.NewTestClock(time.Now())
+	h := chantest.NewHarness(t, f, func(c *channels.Config) { c.PayRate, c.PayBurst, c.Clock = 1, 3, clk })
+	payer := h.Enrol(hub.RolePayer)
+	prov := h.Enrol(hub.RoleProvider)
+	c := payer.Open(f, 100_000, chantest.TestHeight+500)
+	for range 3 {
+		payer.Pay(c, 1_000, prov.ID)
+	}
+	payer.Send(payer.PayMsg(c, c.Seq+1, c.Paid+1_000, 1_000, prov.ID))
+	chantest.Refusal(payer, wire.ChanRateLimited)
+
+	l := &paidListener{}
+	id, err := h.Ch.RequestPayment(context.Background(), channels.PaymentRequest{
+		Listener: l, Payer: payer.ID, Payee: prov.ID, Channel: c.Op, Amount: 7_000, EventCount: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := chantest.Expect[*wire.PaymentRequest](payer)
+	m := payer.PayMsg(c, c.Seq+1, c.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &req.ReqID
+	payer.Send(m)
+	if ack := chantest.Expect[*wire.PayAck](payer); ack.Seq != c.Seq+1 {
+		t.Fatalf("charge payment acknowledged at seq %d, want %d", ack.Seq, c.Seq+1)
+	}
+	c.Seq, c.Paid = c.Seq+1, c.Paid+req.Amount
+	l.mu.Lock()
+	if len(l.paid) != 1 || l.paid[0] != id {
+		t.Fatalf("listener heard %v, want request %d paid", l.paid, id)
+	}
+	l.mu.Unlock()
+
+	payer.Send(payer.PayMsg(c, c.Seq+1, c.Paid+1_000, 1_000, prov.ID))
+	chantest.Refusal(payer, wire.ChanRateLimited)
 }

@@ -23,7 +23,15 @@ import (
 // proceed in parallel. A refusal is returned as a *wire.ChannelError; the
 // caller delivers the PayAck and the payee's ReceiptNotice.
 func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.PayAck, error) {
-	if !c.allow(payer) {
+	// A payment answering the hub's own charge request is not the
+	// device's to pace: charging sends one request per payer, provider
+	// and contract at a time from each instance, so several instances
+	// can ask one device faster than its rate. Refused, it would be lost:
+	// the device does not retry an answer (m2mclient), and its request
+	// would wait for charging's RequestTimeout, which then gives up on
+	// the events for good.
+	chargeID, chargeReq := c.chargeRequest(payer, m)
+	if chargeReq == nil && !c.allow(payer) {
 		return nil, refuse(wire.ChanRateLimited, "more than %d payments/s", c.cfg.PayRate)
 	}
 	e, err := c.entry(ctx, m.ChanID)
@@ -77,7 +85,6 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 			uint64(used), uint64(e.out.Params().MaxPaid()))
 	}
 	req := c.matchRequest(e, m)
-	chargeID, chargeReq := c.chargeRequest(payer, m)
 	capture := m.HoldID
 	if req != nil && req.onCredit {
 		// The capture this pays was charged on credit already; the
