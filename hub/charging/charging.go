@@ -234,6 +234,9 @@ type Service struct {
 	pending  map[payKey]*payGroup
 	inflight map[uint64]*payGroup
 	busy     map[payKey]bool // keys with a request in flight
+	// sending counts requests on their way (flush); reqSlots bounds them.
+	sending  int
+	reqSlots chan struct{}
 	kick     chan struct{}
 	// paidMu guards paidQ, the listener's news for the flusher. It is not
 	// pay: the listener is called by a payment holding its channel's
@@ -275,6 +278,7 @@ func New(cfg Config) (*Service, error) {
 		pending:   map[payKey]*payGroup{},
 		inflight:  map[uint64]*payGroup{},
 		busy:      map[payKey]bool{},
+		reqSlots:  make(chan struct{}, requestParallel),
 		kick:      make(chan struct{}, 1),
 		settling:  make(chan struct{}, settleAhead),
 	}

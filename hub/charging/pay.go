@@ -91,6 +91,7 @@ type payEvent struct {
 	receipt []byte // paid
 	code    string
 	message string // refused
+	at      time.Time
 }
 
 // addOwed queues newly owed charges for their payers' next requests.
@@ -161,6 +162,7 @@ func (c *Service) ChargeRefused(reqID uint64, code, message string) {
 }
 
 func (c *Service) queue(ev payEvent) {
+	ev.at = c.clock.Now()
 	c.paidMu.Lock()
 	c.paidQ = append(c.paidQ, ev)
 	c.paidMu.Unlock()
@@ -198,7 +200,7 @@ func (c *Service) run() {
 				c.finish(c.ctx, ans)
 			}()
 		}
-		c.flush(c.ctx)
+		c.flush(c.ctx, false)
 	}
 }
 
@@ -207,12 +209,13 @@ const settleAhead = 4
 
 // Flush requests every owed group now and settles answered requests; the
 // flusher does the same every FlushInterval. Tests and shutdown use it.
-// It returns once every request answered before it is settled.
+// It returns once every request answered before it is settled and the
+// requests it sent have been handed on (or failed).
 func (c *Service) Flush(ctx context.Context) {
 	c.reloadOnce.Do(func() { c.reloadOwed(ctx) })
 	c.settle(ctx)
 	c.waitSettles()
-	c.flush(ctx)
+	c.flush(ctx, true)
 }
 
 // waitSettles returns once the settle rounds the flusher left running are
@@ -248,12 +251,24 @@ func (c *Service) answered() []answerDone {
 	c.pay.Lock()
 	defer c.pay.Unlock()
 	var answered []answerDone
+	var early []payEvent
+	now := c.clock.Now()
 	for _, ev := range evs {
 		if g := c.inflight[ev.reqID]; g != nil {
 			delete(c.inflight, ev.reqID)
 			delete(c.busy, g.key)
 			answered = append(answered, answerDone{g, ev})
+		} else if c.sending > 0 && now.Sub(ev.at) < c.cfg.RequestTimeout {
+			// The answer to a request still on its way: its id is
+			// known once RequestPayment returns (the device may pay
+			// before that). Others are of requests given up on.
+			early = append(early, ev)
 		}
+	}
+	if len(early) > 0 {
+		c.paidMu.Lock()
+		c.paidQ = append(early, c.paidQ...)
+		c.paidMu.Unlock()
 	}
 	return answered
 }
@@ -351,9 +366,19 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 	c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
 }
 
+// requestParallel bounds the payment requests on their way at once.
+const requestParallel = 64
+
 // flush sends one payment request per pending group whose key has none in
-// flight, and gives up on requests unanswered for RequestTimeout.
-func (c *Service) flush(ctx context.Context) {
+// flight, and gives up on requests unanswered for RequestTimeout. The
+// requests go out side by side, each on its own goroutine: one routed to
+// another instance waits for that instance's answer (up to its attempts,
+// 6 s for a stalled holder), and waiting for each in turn held up every
+// other payer's request and the settling of answered ones, so under load
+// payers' owed charges grew past the credit limit on a hub of several
+// instances (charges then recorded unpaid). With wait, flush returns once
+// its requests have been sent.
+func (c *Service) flush(ctx context.Context, wait bool) {
 	now := c.clock.Now()
 	c.pay.Lock()
 	var expired []*payGroup
@@ -381,8 +406,46 @@ func (c *Service) flush(ctx context.Context) {
 		c.cfg.Channels.CancelPayment(g.reqID)
 		c.enforce(ctx, unpaidKey{provider: g.key.provider, payer: g.key.payer, reason: UnpaidNoAnswer}, g.ids)
 	}
-	for _, g := range ready {
-		c.request(ctx, g, now)
+	var sent sync.WaitGroup
+send:
+	for i, g := range ready {
+		select {
+		case c.reqSlots <- struct{}{}:
+		default:
+			// Every slot is taken: the rest go at the next flush.
+			for _, g := range ready[i:] {
+				c.unbusy(g, false, now)
+			}
+			break send
+		}
+		c.pay.Lock()
+		c.sending++
+		c.pay.Unlock()
+		sent.Add(1)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer sent.Done()
+			c.request(ctx, g, now)
+			<-c.reqSlots
+			c.pay.Lock()
+			c.sending--
+			c.pay.Unlock()
+			c.paidMu.Lock()
+			queued := len(c.paidQ) > 0
+			c.paidMu.Unlock()
+			if queued {
+				// Answers that came before the id was known are
+				// settled now.
+				select {
+				case c.kick <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	if wait {
+		sent.Wait()
 	}
 }
 
