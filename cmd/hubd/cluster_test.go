@@ -69,6 +69,8 @@ type clusterRun struct {
 	// meterLogs is the provider's client log (TestClusterThroughput).
 	meterLogs *syncBuffer
 	meterLog  *slog.Logger
+	// devLogs is the devices' client log (meterReport).
+	devLogs syncBuffer
 }
 
 // clusterDevice is one paying device with a durable FileStore and what it
@@ -222,7 +224,8 @@ func (r *clusterRun) dial(d *clusterDevice, k, n int) {
 	}
 	dev, err := m2mclient.NewDevice(s, m2mclient.DeviceConfig{
 		Key: d.key, HubKey: r.hubKey, Params: &chaincfg.RegressionNetParams, Dir: d.dir,
-		Policy: m2mclient.Policy{MaxPerPayment: 10_000, AllowedProviders: []string{r.provID}}, Logger: quietLog(),
+		Policy: m2mclient.Policy{MaxPerPayment: 10_000, AllowedProviders: []string{r.provID}},
+		Logger: slog.New(slog.NewTextHandler(&r.devLogs, nil)).With("device", d.id),
 	})
 	if err != nil {
 		s.Close()
@@ -312,8 +315,10 @@ func (r *clusterRun) load(disrupt func(ctx context.Context)) []time.Duration {
 
 // verify checks every device's durable store against the hubs' shared
 // ledger in Redis: nothing acknowledged lost, nothing applied twice, the
-// receipts the devices got are the stored ones and sum to the paid total.
-func (r *clusterRun) verify() {
+// receipts the devices got are the stored ones and, with the payments the
+// hub asked for (metered charges, receipts naming events), sum to the
+// paid total. It returns what each device paid for metered charges.
+func (r *clusterRun) verify() []msat.Amount {
 	t := r.t
 	ctx := t.Context()
 	st, err := redisstore.New(redisstore.Config{URL: r.c.RedisURL(), Logger: quietLog()})
@@ -321,6 +326,7 @@ func (r *clusterRun) verify() {
 		t.Fatal(err)
 	}
 	defer st.Close()
+	metered := make([]msat.Amount, len(r.devs))
 	for k, d := range r.devs {
 		d.dev.Close()
 		d.sess.Close()
@@ -347,8 +353,9 @@ func (r *clusterRun) verify() {
 				k, fmt.Sprintf(format, args...), rec.Seq, uint64(rec.Paid), rec.Status,
 				dev.Seq, uint64(dev.Paid), dev.Pending, d.ackedSeq, uint64(d.acked))
 		}
-		// pay ends on a receipt, so both sides stand on the last one.
-		if rec.Seq != d.ackedSeq || dev.Seq != d.ackedSeq || dev.Pending != nil {
+		// pay ends on a receipt, so both sides stand on the last one
+		// (or on a metered charge paid after it).
+		if rec.Seq != dev.Seq || d.ackedSeq > rec.Seq || dev.Pending != nil {
 			fail("device and hub do not both stand on the last acknowledged payment")
 		}
 		if rec.Paid != dev.Paid || rec.DeviceSig != dev.Sig {
@@ -378,6 +385,10 @@ func (r *clusterRun) verify() {
 			if rc.Seq != uint64(j+1) || rc.Paid != sum {
 				fail("receipt %d: seq %d paid %d, amounts sum to %d", j+1, rc.Seq, uint64(rc.Paid), uint64(sum))
 			}
+			if rc.EventCount > 0 {
+				metered[k] += rc.Amount // the hub asked for it
+				continue
+			}
 			id, ok := d.receipts[rc.Seq]
 			switch {
 			case ok && id != rc.ID():
@@ -393,12 +404,17 @@ func (r *clusterRun) verify() {
 				resolved += rc.Amount
 			}
 		}
-		if rec.Paid != d.acked+resolved {
-			fail("paid %d msat: %d acknowledged + %d of unanswered attempts stored", uint64(rec.Paid), uint64(d.acked), uint64(resolved))
+		if rec.Paid != d.acked+resolved+metered[k] {
+			fail("paid %d msat: %d acknowledged + %d of unanswered attempts stored + %d metered", uint64(rec.Paid),
+				uint64(d.acked), uint64(resolved), uint64(metered[k]))
 		}
-		t.Logf("device %d: ledger and store agree: seq %d, %d msat (%d msat from %d attempts unanswered at a kill and stored)",
-			k, rec.Seq, uint64(rec.Paid), uint64(resolved), len(d.unanswered)-len(unanswered))
+		if rec.Seq > d.ackedSeq && metered[k] == 0 {
+			fail("the hub stands past the last acknowledged payment with no metered charge paid")
+		}
+		t.Logf("device %d: ledger and store agree: seq %d, %d msat (%d msat from %d attempts unanswered at a kill and stored, %d msat metered)",
+			k, rec.Seq, uint64(rec.Paid), uint64(resolved), len(d.unanswered)-len(unanswered), uint64(metered[k]))
 	}
+	return metered
 }
 
 // percentile is the q-quantile (0..1) of ds by nearest rank.
@@ -654,7 +670,10 @@ func TestClusterThroughput(t *testing.T) {
 		if !*clusterMetered {
 			continue
 		}
-		sent, took := r.meterLoad(meter, notices, contract, n, *clusterThroughput)
+		sent, took, err := r.meterLoad(meter, notices, contract, n, *clusterThroughput, meterBenchWindow)
+		if err != nil {
+			t.Fatalf("%d instance(s): %v", n, err)
+		}
 		events = append(events, float64(sent)/took.Seconds())
 		t.Logf("%d instance(s): %d metered events receipted once each in %v: %.0f events/s", n, sent, took.Round(time.Millisecond), events[n-1])
 	}
@@ -712,16 +731,17 @@ func (r *clusterRun) meter() (*m2mclient.Meter, <-chan m2mclient.Notice) {
 	return m, notices
 }
 
-// meterLoad publishes passages of the devices for d, at most
-// meterBenchWindow unreceipted at a time, then waits for every receipt.
-// It fails on an unpaid notice, a receipt for an event not published or
-// already receipted, or an event left without a receipt. It returns how
-// many events were receipted and the time from the first publish to the
-// last receipt.
-func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Notice, contract string, round int, d time.Duration) (int, time.Duration) {
-	t := r.t
-	t.Helper()
-	ctx := t.Context()
+// meterLoad publishes passages of the devices for d, at most window
+// unreceipted at a time, then waits for every receipt.
+// It returns how many events were receipted and the time from the first
+// publish to the last receipt, or an error for an unpaid notice, a
+// receipt for an event not published or already receipted, or an event
+// left without a receipt a minute after the last publish (naming the
+// payers, with hubd's warnings and unpaid notices and the clients'
+// warnings). It touches r.t only to read its context, so it may run
+// beside the test's goroutine.
+func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Notice, contract string, round int, d time.Duration, window int) (int, time.Duration, error) {
+	ctx := r.t.Context()
 	var (
 		mu       sync.Mutex
 		sent     = map[string]bool{} // published, false until receipted
@@ -729,9 +749,10 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 		bad      error
 	)
 	took := make(chan struct{}, 1)
-	readCtx, stopReading := context.WithCancel(ctx)
-	defer stopReading()
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	readCtx, stopReading := context.WithCancel(ctx)
+	defer stopReading() // before the wait
 	wg.Go(func() {
 		for {
 			select {
@@ -769,7 +790,7 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 	start := time.Now()
 	at := rfc(start.UTC())
 	for seq := 0; time.Since(start) < d; {
-		for outstanding() > meterBenchWindow-meterBenchBatch {
+		for outstanding() > window-meterBenchBatch {
 			select {
 			case <-took:
 			case <-time.After(time.Second):
@@ -786,7 +807,7 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 		}
 		mu.Unlock()
 		if err := m.Meter(ctx, evs...); err != nil {
-			t.Fatalf("meter: %v", err)
+			return 0, 0, fmt.Errorf("meter: %w", err)
 		}
 	}
 	deadline := time.After(time.Minute)
@@ -806,27 +827,45 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 					}
 				}
 			}
+			firstBad := bad
 			mu.Unlock()
-			var logs strings.Builder
-			for i := range r.c.Instances() {
-				b, _ := os.ReadFile(r.c.LogPath(i))
-				for _, l := range strings.Split(string(b), "\n") {
-					if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
-						fmt.Fprintf(&logs, "hubd-%d: %s\n", i, l)
-					}
-				}
-			}
-			t.Fatalf("%d of the metered events have no receipt a minute after the last publish (by payer %v, e.g. %v)\nhubd warnings:\n%s\nprovider client:\n%s",
-				outstanding(), bySubject, some, logs.String(), r.meterLogs.String())
+			return 0, 0, fmt.Errorf("%d of the metered events have no receipt a minute after the last publish (by payer %v, e.g. %v; first bad notice: %v)\n%s",
+				outstanding(), bySubject, some, firstBad, r.meterReport())
 		}
 	}
 	elapsed := time.Since(start)
 	stopReading()
 	wg.Wait()
 	if bad != nil {
-		t.Fatal(bad)
+		return 0, 0, bad
 	}
-	return receipts, elapsed
+	return receipts, elapsed, nil
+}
+
+// meterReport is what explains metered events left without a receipt:
+// hubd's warnings and unpaid charges, the provider client's log and the
+// devices' warnings and unpaid payment requests.
+func (r *clusterRun) meterReport() string {
+	var b strings.Builder
+	pick := func(who, log string, words ...string) {
+		for _, l := range strings.Split(log, "\n") {
+			for _, w := range words {
+				if strings.Contains(l, w) {
+					fmt.Fprintf(&b, "%s: %s\n", who, l)
+					break
+				}
+			}
+		}
+	}
+	b.WriteString("hubd:\n")
+	for i := range r.c.Instances() {
+		log, _ := os.ReadFile(r.c.LogPath(i))
+		pick(fmt.Sprintf("hubd-%d", i), string(log), "level=WARN", "level=ERROR", `msg="unpaid charges"`, `msg="payer refused charges"`)
+	}
+	b.WriteString("provider client:\n" + r.meterLogs.String())
+	b.WriteString("devices:\n")
+	pick("device", r.devLogs.String(), "level=WARN", "level=ERROR", `msg="payment request not paid"`)
+	return b.String()
 }
 
 // A device given a dead address before a live one connects to the live
