@@ -183,7 +183,9 @@ type DeviceConfig struct {
 	// promptly: the hub's round is waiting.
 	OnSettle func(SettleProposal) bool
 	// Earnings, when set, returns what this device earned as a provider
-	// in the epoch, after fees, as its own records (for example the
+	// in the epoch, after fees and the shares its contracts' revenue
+	// splits pay others, plus its own shares of other providers' charges
+	// (Meter.Income's Shares), as its own records (for example the
 	// receipts its Provider received) justify, for the hub's Earned
 	// figure to be checked against. Nil means a payer-only device: it
 	// expects to have earned nothing.

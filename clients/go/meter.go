@@ -87,6 +87,7 @@ type Meter struct {
 
 	mu       sync.Mutex
 	received []Receipt // verified receipts, for Income
+	shares   []Share   // verified share notices, for Income
 }
 
 // NewMeter returns a Meter over cfg.Conn; Close stops its receipt
@@ -244,10 +245,26 @@ type Unpaid struct {
 	StopService bool
 }
 
+// Share is the hub's notice to a payee of a contract's revenue splits: a
+// verified receipt that paid another provider for events the payee has a
+// share of, and the payee's share of each. The receipt is the proof the
+// charges were paid; Msat, what settlement owes this payee for them.
+type Share struct {
+	// Receipt pays the provider that metered the events (its Payee);
+	// Events are the ids it covers (checked against its EventsRoot).
+	Receipt *channel.Receipt
+	Events  []string
+	// Shares is this payee's share of each event that gives it one, by
+	// event id, and Msat their sum.
+	Shares map[string]msat.Amount
+	Msat   msat.Amount
+}
+
 // Notice is one message from the hub on receipts.<id>: exactly one of
-// Receipt and Unpaid is set.
+// Receipt, Share, Unpaid and CDR is set.
 type Notice struct {
 	Receipt *Receipt
+	Share   *Share
 	Unpaid  *Unpaid
 	// CDR is the OCPI CDR (JSON) of an EV session the hub charged
 	// against its hold, sent after the session's receipt; CDREvents are
@@ -269,6 +286,14 @@ type providerMessage struct {
 	Receipts []paidReceipt `json:"receipts"`
 	// CDR: the OCPI CDR of a charging session (kind "cdr").
 	CDR json.RawMessage `json:"cdr"`
+	// Shares: this payee's shares of the receipt's events (kind "share").
+	Shares []eventShare `json:"shares"`
+}
+
+// eventShare is one event's share of a "share" message.
+type eventShare struct {
+	EventID string      `json:"event_id"`
+	Msat    msat.Amount `json:"msat"`
 }
 
 // paidReceipt is one receipt of a "receipts" message.
@@ -337,6 +362,16 @@ func (m *Meter) decode(b []byte) []Notice {
 			return nil
 		}
 		return []Notice{{CDR: pm.CDR, CDREvents: pm.Events}}
+	case "share":
+		sh, err := m.verifyShare(pm)
+		if err != nil {
+			m.log.Warn("hub notice dropped", "err", err)
+			return nil
+		}
+		m.mu.Lock()
+		m.shares = append(m.shares, sh)
+		m.mu.Unlock()
+		return []Notice{{Share: &sh}}
 	default:
 		m.log.Warn("hub notice dropped", "err", fmt.Errorf("%w: unknown kind %q", ErrBadReceipt, pm.Kind))
 		return nil
@@ -360,16 +395,9 @@ func (m *Meter) decode(b []byte) []Notice {
 // pinned hub key, paid to this provider, and covering exactly events. Errors
 // wrap ErrBadReceipt.
 func (m *Meter) VerifyReceipt(hexReceipt string, events []string) (Receipt, error) {
-	b, err := hex.DecodeString(hexReceipt)
+	r, err := m.signedReceipt(hexReceipt)
 	if err != nil {
-		return Receipt{}, fmt.Errorf("%w: %v", ErrBadReceipt, err)
-	}
-	r := new(channel.Receipt)
-	if err := r.UnmarshalBinary(b); err != nil {
-		return Receipt{}, fmt.Errorf("%w: %w", ErrBadReceipt, err)
-	}
-	if err := r.VerifyKey(m.cfg.HubKey); err != nil {
-		return Receipt{}, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+		return Receipt{}, err
 	}
 	if r.Payee != m.cfg.ProviderID || !r.CoversEvents(events) {
 		return Receipt{}, fmt.Errorf("%w: receipt does not pay %s for the events it lists", ErrBadReceipt, m.cfg.ProviderID)
@@ -377,14 +405,65 @@ func (m *Meter) VerifyReceipt(hexReceipt string, events []string) (Receipt, erro
 	return Receipt{Receipt: r, Events: events}, nil
 }
 
+// signedReceipt decodes a hex receipt and checks it is signed by the
+// pinned hub key. Errors wrap ErrBadReceipt.
+func (m *Meter) signedReceipt(hexReceipt string) (*channel.Receipt, error) {
+	b, err := hex.DecodeString(hexReceipt)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadReceipt, err)
+	}
+	r := new(channel.Receipt)
+	if err := r.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+	}
+	if err := r.VerifyKey(m.cfg.HubKey); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadReceipt, err)
+	}
+	return r, nil
+}
+
+// verifyShare checks a "share" message: its receipt signed by the pinned
+// hub key, paid to another provider, covering exactly its events, and
+// every share naming one of them, once, with a non-zero amount. Errors
+// wrap ErrBadReceipt.
+func (m *Meter) verifyShare(pm providerMessage) (Share, error) {
+	r, err := m.signedReceipt(pm.Receipt)
+	if err != nil {
+		return Share{}, err
+	}
+	if r.Payee == m.cfg.ProviderID || !r.CoversEvents(pm.Events) || len(pm.Shares) == 0 {
+		return Share{}, fmt.Errorf("%w: share notice's receipt does not cover the events it lists", ErrBadReceipt)
+	}
+	in := make(map[string]bool, len(pm.Events))
+	for _, id := range pm.Events {
+		in[id] = true
+	}
+	sh := Share{Receipt: r, Events: pm.Events, Shares: make(map[string]msat.Amount, len(pm.Shares))}
+	for _, s := range pm.Shares {
+		if _, twice := sh.Shares[s.EventID]; !in[s.EventID] || twice || s.Msat == 0 || s.Msat > r.Amount-sh.Msat {
+			return Share{}, fmt.Errorf("%w: share of event %q", ErrBadReceipt, s.EventID)
+		}
+		sh.Shares[s.EventID] = s.Msat
+		sh.Msat += s.Msat
+	}
+	return sh, nil
+}
+
 // MeterIncome is what verified receipts paid a provider over a period.
 type MeterIncome struct {
 	// Gross is the sum of the receipts' amounts: what payers paid for this
 	// provider's events. The hub fee of each contract comes off it at
-	// settlement (contracts.Price gives the split).
+	// settlement (contracts.Price gives the split), and so do the shares its
+	// contracts' revenue splits give other payees (Contract.SplitShares).
 	Gross    msat.Amount
 	Receipts int
 	Events   int
+	// Shares is what share notices (Notice.Share) dated in the period
+	// owe this provider as a payee of other providers' revenue splits,
+	// counted in ShareNotices: settled to it as they are, fee already
+	// off.
+	Shares       msat.Amount
+	ShareNotices int
 }
 
 // Income sums the verified receipts this Meter received (through Receipts)
@@ -401,6 +480,13 @@ func (m *Meter) Income(from, to time.Time) MeterIncome {
 		in.Gross += r.Amount
 		in.Receipts++
 		in.Events += int(r.EventCount)
+	}
+	for _, sh := range m.shares {
+		if sh.Receipt.Time.Before(from) || !sh.Receipt.Time.Before(to) {
+			continue
+		}
+		in.Shares += sh.Msat
+		in.ShareNotices++
 	}
 	return in
 }

@@ -20,6 +20,9 @@ const (
 	ProviderMsgReceipt  = "receipt"
 	ProviderMsgReceipts = "receipts"
 	ProviderMsgUnpaid   = "unpaid"
+	// ProviderMsgShare tells a revenue split's payee of a receipt that
+	// paid charges it has a share of.
+	ProviderMsgShare = "share"
 )
 
 // ProviderMessage is what the hub publishes on receipts.<provider>: a
@@ -44,6 +47,17 @@ type ProviderMessage struct {
 	// CDR is the OCPI CDR of an EV session paid against its hold, and
 	// Events the event ids it covers (kind "cdr").
 	CDR json.RawMessage `json:"cdr,omitempty"`
+	// Shares, with Receipt and Events (kind "share", to a payee of a
+	// revenue split): the payee's share of each event of the receipt
+	// that gives it one. The receipt pays the provider that metered the
+	// events; the shares are the payee's part of it.
+	Shares []EventShare `json:"shares,omitempty"`
+}
+
+// EventShare is a payee's share of one charged event.
+type EventShare struct {
+	EventID string      `json:"event_id"`
+	Msat    msat.Amount `json:"msat"`
 }
 
 // PaidReceipt is one receipt of a "receipts" message: the hex
@@ -83,6 +97,20 @@ type payGroup struct {
 	// session, for a group paid against a hold (one charge), makes the
 	// session's CDR once it is paid.
 	session *heldSession
+	// shares are the other payees' shares of the group's charges, by
+	// payee, told to each once the group is paid.
+	shares map[string][]EventShare
+}
+
+// add adds a charge to the group.
+func (g *payGroup) add(ch *hub.Charge) {
+	g.ids, g.amount = append(g.ids, ch.EventID), g.amount+ch.Amount
+	for _, sh := range ch.Shares {
+		if g.shares == nil {
+			g.shares = make(map[string][]EventShare)
+		}
+		g.shares[sh.Payee] = append(g.shares[sh.Payee], EventShare{EventID: ch.EventID, Msat: sh.Msat})
+	}
 }
 
 // payEvent is a listener callback queued for the flusher.
@@ -109,8 +137,7 @@ func (c *Service) addOwed(cs []hub.Charge) {
 			g = &payGroup{key: k}
 			c.pending[k] = g
 		}
-		g.ids = append(g.ids, ch.EventID)
-		g.amount += ch.Amount
+		g.add(ch)
 		if g.amount >= c.cfg.FlushThreshold {
 			kick = true
 		}
@@ -142,7 +169,8 @@ func (c *Service) addHeld(ps []plan) {
 		}
 		// A second event naming the hold is paid with the first (the
 		// hold's remainder bounds both); the CDR is the last one's.
-		g.ids, g.amount, g.session = append(g.ids, ch.EventID), g.amount+ch.Amount, p.session
+		g.add(ch)
+		g.session = p.session
 	}
 	c.pay.Unlock()
 	select {
@@ -340,6 +368,7 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid); err != nil {
 		c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
 	}
+	defer c.tellPayees(ctx, gs, receipts)
 	if len(gs) == 1 {
 		c.publish(ctx, prov, ProviderMessage{
 			Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(receipts[gs[0]]), Events: gs[0].ids,
@@ -364,6 +393,18 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 		size += n
 	}
 	c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
+}
+
+// tellPayees tells each payee of a revenue split of the paid groups' receipts,
+// one "share" message per receipt and payee, after the provider's own.
+func (c *Service) tellPayees(ctx context.Context, gs []*payGroup, receipts map[*payGroup][]byte) {
+	for _, g := range gs {
+		for payee, shares := range g.shares {
+			c.publish(ctx, payee, ProviderMessage{
+				Kind: ProviderMsgShare, Receipt: hex.EncodeToString(receipts[g]), Events: g.ids, Shares: shares,
+			})
+		}
+	}
 }
 
 // requestParallel bounds the payment requests on their way at once.
@@ -489,6 +530,12 @@ func (c *Service) unbusy(g *payGroup, wait bool, now time.Time) {
 	if later := c.pending[g.key]; later != nil {
 		g.ids = append(g.ids, later.ids...)
 		g.amount += later.amount
+		for payee, ss := range later.shares {
+			if g.shares == nil {
+				g.shares = make(map[string][]EventShare)
+			}
+			g.shares[payee] = append(g.shares[payee], ss...)
+		}
 	}
 	if wait {
 		g.retry = now.Add(time.Second)

@@ -2,6 +2,7 @@ package charging_test
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/contracts"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/msat"
 )
 
@@ -31,7 +34,8 @@ func (env *chargeEnv) publishSplit(kind, splits string) *contracts.Contract {
 // msat and 333 bps) conserves to the msat: the shares the contract's
 // rule gives, the hub's fee and the provider's rest add up to what the
 // payer paid, and each payee's income shows its own share, owed until
-// the payer pays and earned after.
+// the payer pays and earned after, and each is told of the receipt that
+// paid its share.
 func TestChargingSplit(t *testing.T) {
 	chantest.CheckLeaks(t)
 	env := newChargeEnv(t, 100_000_000)
@@ -67,7 +71,29 @@ func TestChargingSplit(t *testing.T) {
 		}
 	}
 
-	env.payRequest(60_000)
+	_, receipt, events := env.payRequest(60_000)
+	// Each payee is told of the receipt, on its own subject, with its
+	// share of the events it covers.
+	notices := env.pub.take(charging.ProviderMsgShare)
+	if len(notices) != 2 {
+		t.Fatalf("%d share notices, want one to each payee: %+v", len(notices), notices)
+	}
+	for _, n := range notices {
+		payee := strings.TrimPrefix(n.subject, "receipts.")
+		raw, err := hex.DecodeString(n.msg.Receipt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r channel.Receipt
+		if err := r.UnmarshalBinary(raw); err != nil || r.ID() != receipt.ID() || !r.CoversEvents(n.msg.Events) ||
+			fmt.Sprint(n.msg.Events) != fmt.Sprint(events) {
+			t.Fatalf("%s was told of receipt %+v for %v (%v), want the provider's", payee, r, n.msg.Events, err)
+		}
+		if len(n.msg.Shares) != 1 || n.msg.Shares[0].EventID != "t-1" || parts[payee] == 0 ||
+			n.msg.Shares[0].Msat != parts[payee] || payee == env.prov.ID {
+			t.Fatalf("%s told of shares %+v, want %d for t-1", payee, n.msg.Shares, parts[payee])
+		}
+	}
 	var sum msat.Amount
 	for id, part := range parts {
 		owed, earned := income(id)

@@ -45,6 +45,9 @@ const (
 	// EventCDR carries the OCPI CDR of an EV session paid against its
 	// hold (charging.ProviderMsgCDR).
 	EventCDR = "cdr"
+	// EventShare tells a revenue split's payee of a receipt that paid
+	// charges it has a share of (charging.ProviderMsgShare).
+	EventShare = "share"
 )
 
 // Defaults for Config.

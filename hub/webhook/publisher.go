@@ -72,6 +72,8 @@ func (p *Publisher) Publish(ctx context.Context, subject string, data []byte) er
 		event = EventUnpaid
 	case charging.ProviderMsgCDR:
 		event = EventCDR
+	case charging.ProviderMsgShare:
+		event = EventShare
 	}
 	return errors.Join(err, p.enqueue(ctx, provider, event, data))
 }

@@ -261,6 +261,18 @@ func TestPublisherQueuesProviderMessages(t *testing.T) {
 	if err := p.Publish(t.Context(), "usage.prov1", []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
+	h, env, got := onlyWebhook(t, e, d)
+	if env.Type != webhook.EventUnpaid || env.Provider != "prov1" || got.Payer != "dev1" || h.event != webhook.EventUnpaid {
+		t.Fatalf("webhook %+v %+v", env, got)
+	}
+	if len(next.subj) != 2 {
+		t.Fatalf("NATS got %v", next.subj)
+	}
+}
+
+// onlyWebhook waits for the one webhook the test expects and decodes it.
+func onlyWebhook(t *testing.T, e *env, d *webhook.Dispatcher) (hit, webhook.Envelope, charging.ProviderMessage) {
+	t.Helper()
 	waitFor(t, "webhook", func() bool { return len(e.rcv.got()) == 1 && d.Pending() == 0 })
 	h := e.rcv.got()[0]
 	var env webhook.Envelope
@@ -271,11 +283,26 @@ func TestPublisherQueuesProviderMessages(t *testing.T) {
 	if err := json.Unmarshal(env.Data, &got); err != nil {
 		t.Fatal(err)
 	}
-	if env.Type != webhook.EventUnpaid || env.Provider != "prov1" || got.Payer != "dev1" || h.event != webhook.EventUnpaid {
-		t.Fatalf("webhook %+v %+v", env, got)
+	return h, env, got
+}
+
+// TestPublisherShareNotice: a payee's "share" notice reaches the payee's
+// webhooks as a "share" event, with its shares.
+func TestPublisherShareNotice(t *testing.T) {
+	// prov1 stands for the payee: the endpoint is its.
+	e := newEnv(t, 0)
+	d := e.dispatcher(t, 3)
+	defer d.Close()
+	p := webhook.NewPublisher(&recorder{}, d)
+	msg, _ := json.Marshal(charging.ProviderMessage{Kind: charging.ProviderMsgShare, Receipt: "00", Events: []string{"e1", "e2"},
+		Shares: []charging.EventShare{{EventID: "e2", Msat: 1350}}})
+	if err := p.Publish(t.Context(), charging.ReceiptsSubject("prov1"), msg); err != nil {
+		t.Fatal(err)
 	}
-	if len(next.subj) != 2 {
-		t.Fatalf("NATS got %v", next.subj)
+	h, env, got := onlyWebhook(t, e, d)
+	if env.Type != webhook.EventShare || env.Provider != "prov1" || h.event != webhook.EventShare ||
+		len(got.Shares) != 1 || got.Shares[0].Msat != 1350 {
+		t.Fatalf("webhook %+v %+v", env, got)
 	}
 }
 
