@@ -588,10 +588,12 @@ func TestClusterNATSNodeDown(t *testing.T) {
 var clusterThroughput = flag.Duration("cluster.throughput", 3*time.Second, "TestClusterThroughput: measure payments/s and metered events/s on 1, 2 and 3 instances for this long each (0 skips)")
 
 // clusterMetered adds the metered events/s phase to TestClusterThroughput.
-// Off in make test: with 3 instances, 3 of 6 runs of 15 s (none of 2 of
-// 3 s) left 66–316 events of one or two payers without a receipt a minute
-// after the last publish, with no warning in any hubd log (not yet
-// diagnosed).
+// Off in make test: on 3 instances the charges of one payer sometimes
+// pass the hub's 10,000 msat credit limit (a few seconds of that payer's
+// charges at this load), and the excess is recorded unpaid
+// ("credit-limit", the notice the phase fails on): why that one payer's
+// payments fall seconds behind is not found yet (docs/scaling.md,
+// Measured). With 3 s phases 5 of 5 runs passed.
 var clusterMetered = flag.Bool("cluster.metered", false, "TestClusterThroughput: also measure metered events/s, each event receipted exactly once")
 
 // meterBenchContract prices a passage at 10 msat with a 10 % hub fee: a
