@@ -11,11 +11,9 @@ import (
 	"github.com/m2mhub/m2mhub/hub/registry"
 )
 
-// TestErrorsPrefixedOnce: the registry's errors say what failed and keep
-// the sentinel's own "hub: " once, so the admin API shows
-// "enrol dev-…: hub: already exists: …" and not the prefix twice.
-func TestErrorsPrefixedOnce(t *testing.T) {
-	ctx := t.Context()
+// newRegistry is a registry on a fresh bbolt store, closed with t.
+func newRegistry(t *testing.T) *registry.Registry {
+	t.Helper()
 	st, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -25,6 +23,15 @@ func TestErrorsPrefixedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return reg
+}
+
+// TestErrorsPrefixedOnce: the registry's errors say what failed and keep
+// the sentinel's own "hub: " once, so the admin API shows
+// "enrol dev-…: hub: already exists: …" and not the prefix twice.
+func TestErrorsPrefixedOnce(t *testing.T) {
+	ctx := t.Context()
+	reg := newRegistry(t)
 	q := registry.EnrolRequest{Key: hub.PubKeyOf(chantest.MustKey(t).PubKey()), Roles: []hub.Role{hub.RolePayer}}
 	d, err := reg.Enrol(ctx, q, "op")
 	if err != nil {

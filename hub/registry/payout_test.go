@@ -8,7 +8,6 @@ import (
 	"github.com/btcsuite/btcd/txscript"
 
 	"github.com/m2mhub/m2mhub/hub"
-	"github.com/m2mhub/m2mhub/hub/boltstore"
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
 	"github.com/m2mhub/m2mhub/hub/registry"
 	"github.com/m2mhub/m2mhub/hub/settler"
@@ -16,15 +15,7 @@ import (
 
 func TestRegistrySetPayout(t *testing.T) {
 	ctx := t.Context()
-	st, err := boltstore.New(boltstore.Config{Path: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	reg, err := registry.New(registry.Config{Store: st, Logger: chantest.Quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg := newRegistry(t)
 	d, err := reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(chantest.MustKey(t).PubKey()), Roles: []hub.Role{hub.RoleProvider}}, "op")
 	if err != nil {
 		t.Fatal(err)
@@ -85,5 +76,35 @@ func TestRegistrySetPayout(t *testing.T) {
 	}
 	if s, _ := reg.PayoutScript(ctx, d.ID); s != nil {
 		t.Fatalf("payout after clearing: %x", s)
+	}
+}
+
+// TestCheckPayees: a revenue split may pay an enrolled, unrevoked
+// provider; an unknown device, a revoked one or a payer-only one is
+// refused with ErrInvalid.
+func TestCheckPayees(t *testing.T) {
+	ctx := t.Context()
+	reg := newRegistry(t)
+	enrol := func(role hub.Role) string {
+		d, err := reg.Enrol(ctx, registry.EnrolRequest{Key: hub.PubKeyOf(chantest.MustKey(t).PubKey()), Roles: []hub.Role{role}}, "op")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ID
+	}
+	host, payer, gone := enrol(hub.RoleProvider), enrol(hub.RolePayer), enrol(hub.RoleProvider)
+	if _, err := reg.Revoke(ctx, gone, "op", "left"); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.CheckPayees(ctx, []string{host}); err != nil {
+		t.Fatalf("an enrolled provider refused: %v", err)
+	}
+	if err := reg.CheckPayees(ctx, nil); err != nil {
+		t.Fatalf("no splits refused: %v", err)
+	}
+	for name, id := range map[string]string{"Unknown": "dev-unknown", "Revoked": gone, "PayerOnly": payer} {
+		if err := reg.CheckPayees(ctx, []string{host, id}); !errors.Is(err, hub.ErrInvalid) {
+			t.Errorf("%s: err %v, want ErrInvalid", name, err)
+		}
 	}
 }
