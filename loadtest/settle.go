@@ -85,6 +85,8 @@ func (f *fleet) settle(ctx context.Context) Settlement {
 	return s
 }
 
+// terminal reports whether the run needs no more blocks: confirmed,
+// failed, or empty (nothing to put on chain, so nothing to confirm).
 func terminal(s settlement.RunState) bool {
-	return s == settlement.RunConfirmed || s == settlement.RunFailed
+	return s == settlement.RunConfirmed || s == settlement.RunFailed || s == settlement.RunEmpty
 }
