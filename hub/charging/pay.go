@@ -106,11 +106,24 @@ type payGroup struct {
 func (g *payGroup) add(ch *hub.Charge) {
 	g.ids, g.amount = append(g.ids, ch.EventID), g.amount+ch.Amount
 	for _, sh := range ch.Shares {
-		if g.shares == nil {
-			g.shares = make(map[string][]EventShare)
-		}
-		g.shares[sh.Payee] = append(g.shares[sh.Payee], EventShare{EventID: ch.EventID, Msat: sh.Msat})
+		g.addShares(sh.Payee, EventShare{EventID: ch.EventID, Msat: sh.Msat})
 	}
+}
+
+// merge adds later's charges, owed while g was being requested, to g.
+func (g *payGroup) merge(later *payGroup) {
+	g.ids, g.amount = append(g.ids, later.ids...), g.amount+later.amount
+	for payee, ss := range later.shares {
+		g.addShares(payee, ss...)
+	}
+}
+
+// addShares adds a payee's shares of the group's charges.
+func (g *payGroup) addShares(payee string, ss ...EventShare) {
+	if g.shares == nil {
+		g.shares = make(map[string][]EventShare)
+	}
+	g.shares[payee] = append(g.shares[payee], ss...)
 }
 
 // payEvent is a listener callback queued for the flusher.
@@ -528,14 +541,7 @@ func (c *Service) unbusy(g *payGroup, wait bool, now time.Time) {
 	defer c.pay.Unlock()
 	delete(c.busy, g.key)
 	if later := c.pending[g.key]; later != nil {
-		g.ids = append(g.ids, later.ids...)
-		g.amount += later.amount
-		for payee, ss := range later.shares {
-			if g.shares == nil {
-				g.shares = make(map[string][]EventShare)
-			}
-			g.shares[payee] = append(g.shares[payee], ss...)
-		}
+		g.merge(later)
 	}
 	if wait {
 		g.retry = now.Add(time.Second)
