@@ -124,6 +124,11 @@ type Charge struct {
 	// (contracts.Contract.SplitShares), none zero; the provider earns
 	// what they leave (ProviderPart).
 	Shares []Share `json:"shares,omitempty"`
+	// Paid is the time of the receipt that paid the charge, so a
+	// charge paid after the epoch it was recorded in is settled in the
+	// epoch of its payment; zero while it is not paid and in charges
+	// recorded paid before paid times were kept.
+	Paid time.Time `json:"paid,omitzero"`
 }
 
 // MaxShares bounds a charge's Shares (contracts.MaxSplits).

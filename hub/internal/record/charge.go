@@ -21,9 +21,10 @@ var ErrBadCharge = errors.New("hub: malformed charge record")
 // then provider, payer, event id and quantity, each a uvarint length and the
 // bytes, then the 32-byte event digest when it is not zero (or the withheld
 // amount follows), then the withheld amount (8 bytes) when it is not zero
-// (or shares follow), then, when the charge has shares, their count and
-// each share's payee (a uvarint length and the bytes) and amount (8
-// bytes). Records written
+// (or shares or a paid time follow), then, when the charge has shares or
+// a paid time, their count (zero only when a paid time follows) and each
+// share's payee (a uvarint length and the bytes) and amount (8 bytes),
+// then the paid time (unix ns, 8 bytes) when it is not zero. Records written
 // before quantities were kept end after the event id and decode with an
 // empty one; records written before digests were kept end after the
 // quantity and decode with a zero one. Status and channel come first at fixed
@@ -59,7 +60,8 @@ func EncodeCharge(c hub.Charge) []byte {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
-	shares := len(c.Shares) > 0
+	paid := !c.Paid.IsZero()
+	shares := len(c.Shares) > 0 || paid
 	if c.Digest != (hub.Hash{}) || c.Withheld != 0 || shares {
 		b = append(b, c.Digest[:]...)
 	}
@@ -73,6 +75,9 @@ func EncodeCharge(c hub.Charge) []byte {
 			b = append(b, sh.Payee...)
 			b = binary.BigEndian.AppendUint64(b, uint64(sh.Msat))
 		}
+	}
+	if paid {
+		b = binary.BigEndian.AppendUint64(b, uint64(UnixNano(c.Paid)))
 	}
 	return b
 }
@@ -126,36 +131,52 @@ func DecodeCharge(b []byte) (hub.Charge, error) {
 		copy(c.Digest[:], rest)
 		c.Withheld = msat.Amount(binary.BigEndian.Uint64(rest[len(c.Digest):]))
 		var err error
-		if c.Shares, err = decodeShares(rest[len(c.Digest)+8:]); err != nil {
+		if c.Shares, c.Paid, err = decodeShares(rest[len(c.Digest)+8:]); err != nil {
 			return c, err
 		}
 	}
 	return c, nil
 }
 
-// decodeShares parses the shares at the end of a charge record: a count
-// of at least one, then each share, and nothing after.
-func decodeShares(b []byte) ([]hub.Share, error) {
+// decodeShares parses the end of a charge record after its withheld
+// amount: a share count, then each share, then the paid time when one
+// was kept, and nothing after. The count is zero only when a paid time
+// follows, and a paid time is never the zero time: a record has one
+// encoding.
+func decodeShares(b []byte) ([]hub.Share, time.Time, error) {
 	n, k := binary.Uvarint(b)
-	if k <= 0 || n == 0 || n > hub.MaxShares {
-		return nil, ErrBadCharge
+	if k <= 0 || n > hub.MaxShares {
+		return nil, time.Time{}, ErrBadCharge
 	}
 	b = b[k:]
-	out := make([]hub.Share, n)
+	var out []hub.Share
+	if n > 0 {
+		out = make([]hub.Share, n)
+	}
 	for i := range out {
 		l, k := binary.Uvarint(b)
 		if k <= 0 || l > uint64(len(b)-k) || uint64(len(b)-k)-l < 8 {
-			return nil, ErrBadCharge
+			return nil, time.Time{}, ErrBadCharge
 		}
 		out[i].Payee = string(b[k : k+int(l)])
 		b = b[k+int(l):]
 		out[i].Msat = msat.Amount(binary.BigEndian.Uint64(b))
 		b = b[8:]
 	}
-	if len(b) != 0 {
-		return nil, ErrBadCharge
+	var paid time.Time
+	switch len(b) {
+	case 0:
+		if n == 0 {
+			return nil, time.Time{}, ErrBadCharge
+		}
+	case 8:
+		if paid = FromUnixNano(int64(binary.BigEndian.Uint64(b))); paid.IsZero() {
+			return nil, time.Time{}, ErrBadCharge
+		}
+	default:
+		return nil, time.Time{}, ErrBadCharge
 	}
-	return out, nil
+	return out, paid, nil
 }
 
 // UnixNano is t in Unix nanoseconds, with the zero time kept distinct

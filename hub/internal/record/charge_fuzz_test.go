@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/m2mhub/m2mhub/hub"
 )
@@ -19,6 +20,10 @@ func FuzzChargeRecord(f *testing.F) {
 	f.Add(EncodeCharge(c)[:ChargeFixedLen+20])
 	f.Add(make([]byte, ChargeFixedLen))
 	c.Shares = []hub.Share{{Payee: "site-host", Msat: 1850}, {Payee: "emp", Msat: 500}}
+	f.Add(EncodeCharge(c))
+	c.Paid = c.Charged.Add(time.Hour)
+	f.Add(EncodeCharge(c))
+	c.Shares = nil
 	f.Add(EncodeCharge(c))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeCharge(b)

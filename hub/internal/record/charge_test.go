@@ -50,6 +50,23 @@ func TestChargeRecord(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Paid", func(t *testing.T) {
+		paid := time.Date(2026, 6, 10, 9, 0, 0, 5, time.UTC)
+		for _, shares := range [][]hub.Share{nil, {{Payee: "site-host", Msat: 1850}}} {
+			for _, digest := range []hub.Hash{c.Digest, {}} {
+				p := c
+				p.Status, p.Digest, p.Shares, p.Paid = hub.ChargePaid, digest, shares, paid
+				got, err := DecodeCharge(EncodeCharge(p))
+				if err != nil || !reflect.DeepEqual(got, p) {
+					t.Fatalf("got %+v, %v; want %+v", got, err, p)
+				}
+				p.Paid = time.Time{}
+				if got, err := DecodeCharge(EncodeCharge(p)); err != nil || !reflect.DeepEqual(got, p) {
+					t.Fatalf("without a paid time: got %+v, %v; want %+v", got, err, p)
+				}
+			}
+		}
+	})
 	t.Run("ZeroTimesStayZero", func(t *testing.T) {
 		z := c
 		z.EventTime, z.Charged = time.Time{}, time.Time{}
@@ -87,9 +104,16 @@ func TestChargeRecord(t *testing.T) {
 		sh := c
 		sh.Shares = []hub.Share{{Payee: "site-host", Msat: 1850}}
 		shared := EncodeCharge(sh)
+		pd := c
+		pd.Paid = time.Date(2026, 6, 10, 9, 0, 0, 0, time.UTC)
+		paid := EncodeCharge(pd)
+		zeroPaid := append(paid[:len(paid)-8:len(paid)-8], 0x80, 0, 0, 0, 0, 0, 0, 0)
 		for name, in := range map[string][]byte{"Short": b[:ChargeFixedLen-1], "Status": bad, "Truncated": b[:len(b)-2],
 			"SharesTruncated": shared[:len(shared)-1], "SharesTrailing": append(shared[:len(shared):len(shared)], 0),
-			"ZeroShares": append(EncodeCharge(c)[:len(b):len(b)], 0, 0, 0, 0, 0, 0, 0, 0, 0)} {
+			"ZeroShares":    append(EncodeCharge(c)[:len(b):len(b)], 0, 0, 0, 0, 0, 0, 0, 0, 0),
+			"PaidTruncated": paid[:len(paid)-1], "PaidTrailing": append(paid[:len(paid):len(paid)], 0),
+			"SharesTrailingPaid": append(shared[:len(shared):len(shared)], paid[len(paid)-8:]...)[:len(shared)+7],
+			"ZeroPaid":           zeroPaid} {
 			if _, err := DecodeCharge(in); !errors.Is(err, ErrBadCharge) {
 				t.Errorf("%s: err = %v", name, err)
 			}
