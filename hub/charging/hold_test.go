@@ -37,6 +37,25 @@ func (env *chargeEnv) hold(id [16]byte, max msat.Amount) {
 	}
 }
 
+// payHold flushes the charges, expects a payment request for total
+// against hold id and has the payer pay it, returning the hub's ack.
+func (env *chargeEnv) payHold(id [16]byte, total msat.Amount) *wire.PayAck {
+	env.t.Helper()
+	env.chg.Flush(context.Background())
+	req := chantest.Expect[*wire.PaymentRequest](env.payer)
+	if req.Amount != total || req.HoldID == nil || *req.HoldID != id {
+		env.t.Fatalf("payment request %+v, want %d msat against hold %x", req, total, id)
+	}
+	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
+	reqID := req.ReqID
+	m.ReqID, m.HoldID = &reqID, req.HoldID
+	env.payer.Send(m)
+	ack := chantest.Expect[*wire.PayAck](env.payer)
+	env.ch.Seq++
+	env.ch.Paid += req.Amount
+	return ack
+}
+
 // TestChargeAgainstHold: a session's last event naming its hold is
 // recorded against the hold (beyond the channel's credit limit, which the
 // device-signed hold covers), its payment request names the hold, the
@@ -58,19 +77,8 @@ func TestChargeAgainstHold(t *testing.T) {
 		t.Fatalf("outcome %+v, want owed %d against the hold", out[0], total)
 	}
 
-	env.chg.Flush(context.Background())
-	req := chantest.Expect[*wire.PaymentRequest](env.payer)
-	if req.Amount != total || req.HoldID == nil || *req.HoldID != id {
-		t.Fatalf("payment request %+v, want %d msat against hold %x", req, total, id)
-	}
-	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
-	reqID := req.ReqID
-	m.ReqID, m.HoldID = &reqID, req.HoldID
-	env.payer.Send(m)
-	ack := chantest.Expect[*wire.PayAck](env.payer)
 	paidBefore := env.ch.Paid
-	env.ch.Seq++
-	env.ch.Paid += req.Amount
+	ack := env.payHold(id, total)
 	var r channel.Receipt
 	if err := r.UnmarshalBinary(ack.Receipt); err != nil {
 		t.Fatal(err)
@@ -194,5 +202,57 @@ func TestHoldAttributeMalformed(t *testing.T) {
 		if _, err := env.h.Store.Charge(context.Background(), env.prov.ID, id); err == nil {
 			t.Fatalf("hold %q: the event was recorded", bad)
 		}
+	}
+}
+
+// TestChargeAgainstHoldSplit: an EV session under a contract with a
+// revenue split, charged against its hold: the captured charge is split
+// as the contract says, and what the channel paid is the provider's
+// rest, the site host's share and the hub's fee, to the msat, each
+// payee earning its own part once the hold is captured.
+func TestChargeAgainstHoldSplit(t *testing.T) {
+	chantest.CheckLeaks(t)
+	const total = msat.Amount(3_256_000) // the ev_charging example
+	env := newChargeEnv(t, 10_000)
+	host := env.h.Enrol(hub.RoleProvider)
+	k := env.publishSplit("ev_charging", fmt.Sprintf(`[{"payee": %q, "bps": "1500"}]`, host.ID))
+	id := [16]byte{7, 8}
+	env.hold(id, 5_000_000)
+	ev := env.event(k, "ev_charging", "ev-split")
+	ev.Hold = &id
+	if out := env.charge(ev); !out[0].Charged || out[0].Status != hub.ChargeOwed || out[0].Amount != total {
+		t.Fatalf("outcome %+v, want owed %d against the hold", out[0], total)
+	}
+	env.payHold(id, total)
+	chantest.Expect[*wire.ReceiptNotice](env.prov)
+	env.chg.Flush(context.Background())
+	for _, d := range []*chantest.Device{env.payer, env.prov} {
+		if c := chantest.Expect[*wire.HoldClosed](d); c.HoldID != id || c.Captured != total {
+			t.Fatalf("hold closed %+v, want %d captured", c, total)
+		}
+	}
+
+	c := env.stored("ev-split")
+	share := (c.Amount - c.Fee) * 1500 / 10_000 // floor of 15% of the provider's part
+	if c.Status != hub.ChargePaid || c.Amount != total || c.Fee == 0 || share == 0 ||
+		len(c.Shares) != 1 || c.Shares[0] != (hub.Share{Payee: host.ID, Msat: share}) {
+		t.Fatalf("stored %+v, want paid %d with a share of %d to %s", c, total, share, host.ID)
+	}
+	if got := c.ProviderPart() + c.SharesTotal() + c.Fee; got != total {
+		t.Fatalf("provider part %d + shares %d + fee %d = %d, want the %d captured", c.ProviderPart(), c.SharesTotal(), c.Fee, got, total)
+	}
+	var earned msat.Amount
+	for id, part := range map[string]msat.Amount{env.prov.ID: c.ProviderPart(), host.ID: share} {
+		in, err := env.chg.Income(context.Background(), id, chargeStart.Add(-24*time.Hour), chargeStart.Add(time.Hour))
+		if err != nil || in.Owed != 0 || in.Earned != part {
+			t.Fatalf("%s: income %+v, %v; want earned %d", id, in, err, part)
+		}
+		earned += in.Earned
+	}
+	if earned+c.Fee != total {
+		t.Fatalf("earned %d + fee %d, want the %d captured", earned, c.Fee, total)
+	}
+	if n := env.pub.take(charging.ProviderMsgShare); len(n) != 1 || n[0].subject != "receipts."+host.ID {
+		t.Fatalf("share notices %+v, want one to the host", n)
 	}
 }
