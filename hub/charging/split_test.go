@@ -113,3 +113,36 @@ func TestChargingSplit(t *testing.T) {
 		t.Fatalf("the host's income counts %d own and %d shared events, want 0 and 1", hin.Events, hin.ShareEvents)
 	}
 }
+
+// TestChargingSplitRevokedPayee: a split payee revoked after the
+// contract was published is still owed its share of charges under it,
+// as the contract the payer signed promised, and earns it when the
+// payer pays, the way a revoked provider's own income is still settled:
+// revocation stops a device acting, not what it is owed. Only
+// publishing a new contract naming it is refused (registry.CheckPayees).
+func TestChargingSplitRevokedPayee(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	host := env.h.Enrol(hub.RoleProvider)
+	k := env.publishSplit("toll", fmt.Sprintf(`[{"payee": %q, "bps": "1500"}]`, host.ID))
+	if _, err := env.h.Reg.Revoke(context.Background(), host.ID, "test", "left the site"); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.SetTime(chargeStart.Add(2 * time.Second)) // past the device cache
+	if out := env.charge(env.event(k, "toll", "t-r")); !out[0].Charged {
+		t.Fatalf("outcome %+v, want charged", out[0])
+	}
+	c := env.stored("t-r")
+	share := (c.Amount - c.Fee) * 1500 / 10_000
+	if len(c.Shares) != 1 || c.Shares[0] != (hub.Share{Payee: host.ID, Msat: share}) || share == 0 {
+		t.Fatalf("shares %v, want %d to the revoked host", c.Shares, share)
+	}
+	env.payRequest(c.Amount)
+	in, err := env.chg.Income(context.Background(), host.ID, chargeStart.Add(-24*time.Hour), chargeStart.Add(time.Hour))
+	if err != nil || in.Earned != share || in.Owed != 0 {
+		t.Fatalf("the revoked host's income %+v, %v; want %d earned", in, err, share)
+	}
+	if c.ProviderPart()+c.SharesTotal()+c.Fee != c.Amount {
+		t.Fatalf("provider part %d + shares %d + fee %d != %d", c.ProviderPart(), c.SharesTotal(), c.Fee, c.Amount)
+	}
+}
