@@ -71,9 +71,9 @@ func (c *Manager) PayerChannel(ctx context.Context, payer string) (btcwire.OutPo
 		if err != nil {
 			return btcwire.OutPoint{}, err
 		}
-		e.mu.Lock()
+		e.lock()
 		free, isReady := e.free(), e.rec.Status == hub.ChannelReady
-		e.mu.Unlock()
+		e.unlock()
 		if isReady && (!found || free > bestFree) {
 			best, bestFree, found = r.Funding, free, true
 		}
@@ -93,19 +93,22 @@ func (c *Manager) ChannelOwed(ctx context.Context, op btcwire.OutPoint) (msat.Am
 	if err != nil {
 		return 0, false, err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	return e.rec.Owed, e.rec.Status == hub.ChannelReady, nil
 }
 
 // RecordCharges writes charges through store.RecordCharges with the
-// channels' credit limit, holding the lock of every channel the owed
-// charges name, and raises the cached Owed of each by what was recorded as
-// owed. Holding the locks keeps a concurrent payment on the same channel
-// from writing an Owed computed before the charges raised it. The locks
-// are shared with other RecordCharges calls (chanEntry.mu): additions to
-// Owed commute, so two batches naming the same channel are recorded side
-// by side and can share the store's group commit.
+// channels' credit limit and raises the cached Owed of each channel the
+// owed charges name by what was recorded as owed. It shares chargeMu of
+// each such channel: nothing but a payment changes the channel meanwhile,
+// and a payment's store write lowers the stored Owed itself, so a batch
+// does not wait for the commit of its payer's payment (the intake's
+// workers would otherwise queue behind the payers' payments). Additions
+// to Owed commute, so two batches naming the same channel are recorded
+// side by side and can share the store's group commit. A payment on the
+// channel meanwhile learns of the batch by charging and charged
+// (settleOwed).
 func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error) {
 	var ops []btcwire.OutPoint
 	for i := range cs {
@@ -125,33 +128,43 @@ func (c *Manager) RecordCharges(ctx context.Context, store hub.ChargeStore, cs [
 		e, err := c.entry(ctx, op)
 		if err != nil {
 			for _, held := range entries {
-				held.mu.RUnlock()
+				held.chargeMu.RUnlock()
 			}
 			return nil, fmt.Errorf("charge channel %v: %w", op, err)
 		}
 		// Sorted order, as every taker of several channel locks: a
-		// waiting payment (exclusive) holds no other lock, so no cycle.
-		e.mu.RLock()
+		// waiting taker of the whole channel (lock) holds no other
+		// channel's, so no cycle.
+		e.chargeMu.RLock()
 		entries[op] = e
 	}
-	defer func() {
-		for _, e := range entries {
-			e.mu.RUnlock()
-		}
-	}()
+	for _, e := range entries {
+		e.owedMu.Lock()
+		e.charging++
+		e.owedMu.Unlock()
+	}
 	res, err := store.RecordCharges(ctx, cs, c.cfg.CreditLimit)
+	added := make(map[*chanEntry]msat.Amount, len(entries))
+	if err == nil {
+		for _, r := range res {
+			if r.Duplicate || r.Stored.Status != hub.ChargeOwed {
+				continue
+			}
+			if e := entries[r.Stored.Channel]; e != nil {
+				added[e] += r.Stored.Amount
+			}
+		}
+	}
+	for _, e := range entries {
+		e.owedMu.Lock()
+		e.rec.Owed += added[e]
+		e.charging--
+		e.charged++
+		e.owedMu.Unlock()
+		e.chargeMu.RUnlock()
+	}
 	if err != nil {
 		return nil, err
-	}
-	for _, r := range res {
-		if r.Duplicate || r.Stored.Status != hub.ChargeOwed {
-			continue
-		}
-		if e := entries[r.Stored.Channel]; e != nil {
-			e.owedMu.Lock()
-			e.rec.Owed += r.Stored.Amount
-			e.owedMu.Unlock()
-		}
 	}
 	return res, nil
 }
@@ -271,8 +284,8 @@ func (c *Manager) Resync(ctx context.Context, op btcwire.OutPoint) error {
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	fresh, err := c.store.Channel(ctx, op)
 	if err != nil {
 		return fmt.Errorf("resync channel %v: %w", op, err)

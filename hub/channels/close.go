@@ -53,7 +53,7 @@ func (c *Manager) closeRequest(ctx context.Context, s *session.Session, m *wire.
 	if err != nil {
 		return err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	switch {
 	case e.rec.Status != hub.ChannelReady && e.rec.Status != hub.ChannelFrozen:
 		return refuse(statusCode(e.rec.Status), "channel is %s", e.rec.Status)
@@ -104,9 +104,9 @@ func (c *Manager) ownedEntry(ctx context.Context, s *session.Session, op btcwire
 	if err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
+	e.lock()
 	if e.rec.DeviceID != s.DeviceID() {
-		e.mu.Unlock()
+		e.unlock()
 		return nil, refuse(wire.ChanNotOwner, "channel belongs to another device")
 	}
 	return e, nil
@@ -165,7 +165,7 @@ func (c *Manager) closeSign(ctx context.Context, s *session.Session, m *wire.Clo
 	if err != nil {
 		return err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	if e.closing == nil && (e.rec.Status == hub.ChannelClosing || e.rec.Status == hub.ChannelClosed) && e.rec.CloseTx != nil {
 		// A CloseSign sent again after a lost connection, whose first
 		// copy closed the channel (or a close the hub made otherwise):
@@ -255,8 +255,8 @@ func (c *Manager) Claim(ctx context.Context, op btcwire.OutPoint) (chainhash.Has
 	if err != nil {
 		return chainhash.Hash{}, err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if e.rec.Status != hub.ChannelReady && e.rec.Status != hub.ChannelFrozen || c.closeUnderWay(e) {
 		return chainhash.Hash{}, fmt.Errorf("%w: channel %v is %s", ErrChannelState, op, e.rec.Status)
 	}

@@ -53,21 +53,21 @@ func LockChannel(t testing.TB, c *Manager, op btcwire.OutPoint) (unlock func()) 
 	return e.mu.Unlock
 }
 
-// TryShareChannel reports whether the lock of the cached channel funded by
-// op can be taken as RecordCharges takes it (shared) right now, and tryLock
-// whether it can be taken as a payment takes it (exclusive). Whatever it
-// takes it gives back at once.
+// TryShareChannel reports whether the charge lock of the cached channel
+// funded by op can be taken as RecordCharges takes it (shared) right now,
+// and whether as a close, hold or freeze takes it (exclusive, lock).
+// Whatever it takes it gives back at once.
 func TryShareChannel(t testing.TB, c *Manager, op btcwire.OutPoint) (shared, exclusive bool) {
 	t.Helper()
 	e, err := c.entry(context.Background(), op)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if shared = e.mu.TryRLock(); shared {
-		e.mu.RUnlock()
+	if shared = e.chargeMu.TryRLock(); shared {
+		e.chargeMu.RUnlock()
 	}
-	if exclusive = e.mu.TryLock(); exclusive {
-		e.mu.Unlock()
+	if exclusive = e.chargeMu.TryLock(); exclusive {
+		e.chargeMu.Unlock()
 	}
 	return shared, exclusive
 }

@@ -138,9 +138,9 @@ func (c *Manager) checkHoldRequest(ctx context.Context, m *wire.HoldRequest) (ti
 		if err != nil {
 			return time.Time{}, err
 		}
-		e.mu.Lock()
+		e.lock()
 		free := e.free()
-		e.mu.Unlock()
+		e.unlock()
 		if free >= m.Max {
 			return expires, nil
 		}
@@ -197,8 +197,8 @@ func (c *Manager) authorizeHold(ctx context.Context, s *session.Session, m *wire
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	switch {
 	case e.rec.DeviceID != s.DeviceID():
 		return refuse(wire.ChanNotOwner, "channel belongs to another device")
@@ -284,10 +284,10 @@ func (c *Manager) activeHold(ctx context.Context, id [16]byte) (*chanEntry, *hub
 	if err != nil {
 		return nil, nil, err
 	}
-	e.mu.Lock()
+	e.lock()
 	h := e.holds[id]
 	if h == nil {
-		e.mu.Unlock()
+		e.unlock()
 		return nil, nil, refuse(wire.ChanHoldExpired, "hold is closed")
 	}
 	return e, h, nil
@@ -308,7 +308,7 @@ func (c *Manager) capture(ctx context.Context, provider string, m *wire.Capture,
 	if err != nil {
 		return err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	switch {
 	case h.Provider != provider:
 		return refuse(wire.ChanNotOwner, "hold belongs to another provider")
@@ -351,8 +351,8 @@ func (c *Manager) captureTimer(e *chanEntry, req *captureReq) {
 	case <-c.ctx.Done():
 		return
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	select {
 	case <-req.done:
 		return
@@ -470,7 +470,7 @@ func (c *Manager) release(ctx context.Context, provider string, m *wire.Release,
 	if err != nil {
 		return err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	if h.Provider != provider {
 		return refuse(wire.ChanNotOwner, "hold belongs to another provider")
 	}
@@ -542,12 +542,12 @@ func (c *Manager) expireHolds(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		e.mu.Lock()
+		e.lock()
 		if h := e.holds[r.id]; h != nil && !now.Before(h.Expires) {
 			if err := c.closeHoldLocked(ctx, e, h, hub.HoldExpired, wire.HoldExpired); err != nil {
 				c.log.Error("expiring hold failed", "err", err)
 			}
 		}
-		e.mu.Unlock()
+		e.unlock()
 	}
 }

@@ -25,7 +25,7 @@ func (c *Manager) Hold(ctx context.Context, id [16]byte) (hub.Hold, error) {
 	if err != nil {
 		return hub.Hold{}, asHoldRefusal(err)
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	return *h, nil
 }
 
@@ -39,7 +39,7 @@ func (c *Manager) RecordHeldCharge(ctx context.Context, store hub.ChargeStore, c
 	if err != nil {
 		return hub.ChargeResult{}, asHoldRefusal(err)
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	switch {
 	case ch.Status != hub.ChargeOwed:
 		return hub.ChargeResult{}, fmt.Errorf("%w: a held charge must be owed, not %s", hub.ErrInvalid, ch.Status)
@@ -100,7 +100,7 @@ func (c *Manager) ReleaseHold(ctx context.Context, id [16]byte) (captured msat.A
 	if err != nil {
 		return 0, err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	captured = h.Captured
 	return captured, c.closeHoldLocked(ctx, e, h, hub.HoldReleased, wire.HoldReleased)
 }

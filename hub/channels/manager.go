@@ -353,17 +353,24 @@ func (c *Manager) Close() error {
 // serialises everything that changes the channel: payments, holds, freezes,
 // closes.
 type chanEntry struct {
-	// mu is taken exclusively by everything that reads or writes the
-	// channel, and shared only by RecordCharges across its store write:
+	// mu is taken by everything that reads or writes the channel.
+	// Everything but a payment also takes chargeMu exclusively (lock),
+	// while RecordCharges shares chargeMu alone across its store write:
 	// charges only add to Owed, so recorders of different batches on the
-	// same channel need not wait for each other's durable writes (the
-	// intake's workers would otherwise go one at a time, each batch
-	// naming most payers), while a payment still waits for them. The
-	// sharers add to rec.Owed under owedMu.
-	mu     sync.RWMutex
-	owedMu sync.Mutex
-	rec    hub.ChannelRecord
-	out    *channel.Output
+	// same channel need not wait for each other's durable writes, nor
+	// for a payment's (the store lowers Owed itself, ApplyPayment). A
+	// payment holds mu only, so a charge batch naming its payer records
+	// while the payment commits. rec.Owed is then written by both under
+	// owedMu; charging and charged count the batches in flight and done
+	// so a payment can tell whether its store's Owed is the latest
+	// (settleOwed).
+	mu       sync.Mutex
+	chargeMu sync.RWMutex
+	owedMu   sync.Mutex
+	charging int    // charge batches between store write and cache; owedMu
+	charged  uint64 // charge batches folded into rec.Owed; owedMu
+	rec      hub.ChannelRecord
+	out      *channel.Output
 	// holds are the channel's active holds; their Remaining is reserved
 	// capacity.
 	holds map[[16]byte]*hub.Hold
@@ -375,6 +382,59 @@ type chanEntry struct {
 	reqs map[uint64]*captureReq
 	// closing is the cooperative close being negotiated, if any.
 	closing *closeAttempt
+}
+
+// lock takes the channel whole: mu, then chargeMu, so no charge is
+// being recorded on it either.
+func (e *chanEntry) lock() {
+	e.mu.Lock()
+	e.chargeMu.Lock()
+}
+
+// unlock releases lock.
+func (e *chanEntry) unlock() {
+	e.chargeMu.Unlock()
+	e.mu.Unlock()
+}
+
+// owedNow is the cached Owed for a holder of mu alone (a payment).
+func (e *chanEntry) owedNow() msat.Amount {
+	e.owedMu.Lock()
+	defer e.owedMu.Unlock()
+	return e.rec.Owed
+}
+
+// owedMark is what settleOwed compares: the charge batches done and
+// whether any is in flight, with the cached Owed, read before a
+// payment's store write.
+type owedMark struct {
+	charged uint64
+	busy    bool
+	owed    msat.Amount
+}
+
+func (e *chanEntry) mark() owedMark {
+	e.owedMu.Lock()
+	defer e.owedMu.Unlock()
+	return owedMark{charged: e.charged, busy: e.charging > 0, owed: e.rec.Owed}
+}
+
+// settleOwed moves the cached Owed after a payment of amount whose store
+// write returned stored. When no charge batch was in flight or done
+// across that write, stored is the latest and is taken (it counts what
+// other hubd charged). Otherwise the order of the charges and the
+// payment in the store is unknown: the cache keeps the charges and
+// lowers Owed by what the payment surely lowered it by, min(Owed before,
+// amount) (charges only raise Owed), so it never falls below the
+// store's; the next payment with no charge beside it takes the store's.
+func (e *chanEntry) settleOwed(m owedMark, amount, stored msat.Amount) {
+	e.owedMu.Lock()
+	defer e.owedMu.Unlock()
+	if !m.busy && e.charging == 0 && e.charged == m.charged {
+		e.rec.Owed = stored
+		return
+	}
+	e.rec.Owed -= min(m.owed, amount)
 }
 
 // adopt takes fresh, the channel's record as just read from the store,
@@ -592,9 +652,9 @@ func (c *Manager) Freeze(ctx context.Context, deviceID string) error {
 		if err != nil {
 			return err
 		}
-		e.mu.Lock()
+		e.lock()
 		err = c.freezeLocked(ctx, e)
-		e.mu.Unlock()
+		e.unlock()
 		if err != nil {
 			return err
 		}

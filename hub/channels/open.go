@@ -266,9 +266,9 @@ func (c *Manager) checkFunding(ctx context.Context, rec hub.ChannelRecord) (bool
 	e := c.cache[ready.Funding]
 	c.mu.RUnlock()
 	if e != nil {
-		e.mu.Lock()
+		e.lock()
 		e.rec = ready
-		e.mu.Unlock()
+		e.unlock()
 	}
 	c.log.Info("channel ready", "device", ready.DeviceID, "outpoint", ready.Funding, "capacity", ready.Capacity)
 	c.send(ctx, ready.DeviceID, readyMsg(ready))

@@ -59,7 +59,9 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if errors.Is(err, channel.ErrSeqGap) {
 		// The device may have paid on another hubd on the same store
 		// since this one cached the channel: check against the store.
+		e.chargeMu.Lock()
 		c.refresh(ctx, e)
+		e.chargeMu.Unlock()
 		cur = e.state()
 		err = e.out.Params().CheckUpdate(cur, next)
 	}
@@ -78,8 +80,11 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	// That is safe: each charge on credit was checked against the credit
 	// limit by the store when it was recorded (ApplyOwed, RecordCharges),
 	// and the owed credit is not lost by this payment either, because the
-	// store lowers the stored Owed itself (ApplyPayment).
-	owed := e.rec.Owed - min(e.rec.Owed, m.Amount)
+	// store lowers the stored Owed itself (ApplyPayment). Charges may
+	// be recorded on the channel meanwhile (chanEntry.mu): the mark
+	// tells settleOwed whether any was.
+	mk := e.mark()
+	owed := mk.owed - min(mk.owed, m.Amount)
 	if used := m.Paid + owed + e.reserved(m.HoldID); used > e.out.Params().MaxPaid() {
 		return nil, refuse(wire.ChanOverCapacity, "paid, owed and holds reach %d msat of %d",
 			uint64(used), uint64(e.out.Params().MaxPaid()))
@@ -117,9 +122,11 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	case errors.Is(err, hub.ErrSeqConflict):
 		// Another writer (another hubd on the same store) moved the
 		// channel; resynchronise the cache and let the device retry.
+		e.chargeMu.Lock()
 		if fresh, rerr := c.store.Channel(ctx, m.ChanID); rerr == nil {
 			e.rec = fresh
 		}
+		e.chargeMu.Unlock()
 		return nil, refuse(wire.ChanStaleState, "channel state moved; current seq %d", e.rec.Seq)
 	case errors.Is(err, hub.ErrHoldConflict):
 		return nil, refuse(wire.ChanHoldExceeded, "hold has less left than %d msat", uint64(m.Amount))
@@ -131,8 +138,10 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 
 	// Durable: only now does the cache move, so it never runs ahead of
 	// the store; Owed is the store's, which counts charges on credit
-	// recorded by other hubd.
-	e.rec.Seq, e.rec.Paid, e.rec.DeviceSig, e.rec.Owed, e.rec.UpdatedAt = m.Seq, m.Paid, m.Sig, owed, now.UTC()
+	// recorded by other hubd, unless charges were recorded here beside
+	// this write (settleOwed).
+	e.rec.Seq, e.rec.Paid, e.rec.DeviceSig, e.rec.UpdatedAt = m.Seq, m.Paid, m.Sig, now.UTC()
+	e.settleOwed(mk, m.Amount, owed)
 	if capture != nil {
 		if h := e.holds[*capture]; h != nil {
 			h.Captured += m.Amount

@@ -88,7 +88,7 @@ func (c *Manager) forwardHold(ctx context.Context, id [16]byte, provider string,
 		return false, nil
 	}
 	payer := h.DeviceID
-	e.mu.Unlock()
+	e.unlock()
 	return c.forward(ctx, payer, provider, m)
 }
 

@@ -109,7 +109,7 @@ func (c *Manager) lockOpen(ctx context.Context) ([]*chanEntry, error) {
 			unlock()
 			return nil, err
 		}
-		e.mu.Lock()
+		e.lock()
 		entries = append(entries, e)
 	}
 	// Another hubd on the same store may have taken payments or recorded
@@ -157,7 +157,7 @@ func (c *Manager) CutOpen(ctx context.Context, cut func() error) ([]Settleable, 
 	}
 	defer func() {
 		for _, e := range entries {
-			e.mu.Unlock()
+			e.unlock()
 		}
 	}()
 	if err := cut(); err != nil {
@@ -185,17 +185,17 @@ func (c *Manager) OpenChannels(ctx context.Context) ([]Settleable, error) {
 		if err != nil {
 			return nil, err
 		}
-		e.mu.Lock()
+		e.lock()
 		// Read under the lock: another hubd may have moved the channel
 		// since it was cached, and no local write is half done.
 		fresh, err := c.store.Channel(ctx, r.Funding)
 		if err != nil {
-			e.mu.Unlock()
+			e.unlock()
 			return nil, fmt.Errorf("reread channel %v: %w", r.Funding, err)
 		}
 		e.adopt(fresh)
 		sc := Settleable{Record: e.rec, Output: e.out}
-		e.mu.Unlock()
+		e.unlock()
 		if sc.Record.Status == hub.ChannelReady || sc.Record.Status == hub.ChannelFrozen {
 			out = append(out, sc)
 		}
@@ -221,7 +221,7 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 	entries := make([]*chanEntry, 0, len(sorted))
 	defer func() {
 		for _, e := range entries {
-			e.mu.Unlock()
+			e.unlock()
 		}
 	}()
 	for _, p := range sorted {
@@ -229,7 +229,7 @@ func (c *Manager) Rollover(ctx context.Context, st hub.SettlementStore, r settle
 		if err != nil {
 			return nil, err
 		}
-		e.mu.Lock()
+		e.lock()
 		entries = append(entries, e)
 	}
 	now := c.clock.Now().UTC()

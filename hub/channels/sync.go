@@ -23,7 +23,7 @@ func (c *Manager) channelState(ctx context.Context, s *session.Session, op btcwi
 	if err != nil {
 		return nil, err
 	}
-	defer e.mu.Unlock()
+	defer e.unlock()
 	// Another hubd on the same store may have moved the channel since
 	// this one cached it (the device paid there).
 	c.refresh(ctx, e)

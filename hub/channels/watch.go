@@ -262,8 +262,8 @@ func (c *Manager) setStatus(ctx context.Context, op btcwire.OutPoint, from, to h
 		c.log.Error("loading channel failed", "channel", op, "err", err)
 		return
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.lock()
+	defer e.unlock()
 	if e.rec.Status != from {
 		return
 	}
