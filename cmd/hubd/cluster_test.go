@@ -43,6 +43,11 @@ import (
 var (
 	failoverPeriod   = flag.Duration("failover.period", 20*time.Second, "TestClusterFailover: kill -9 one hubd this often")
 	failoverDuration = flag.Duration("failover.duration", 2*time.Minute, "TestClusterFailover: how long the kills go on")
+	// failoverMetered adds a provider publishing metered events through
+	// the kills, each to be receipted once and paid to the msat. Off in
+	// make test: it fails today (events left without a receipt and one
+	// receipted twice after kills; issue 12's note and docs/scaling.md).
+	failoverMetered = flag.Bool("failover.metered", false, "TestClusterFailover: also publish metered events through the kills and require each receipted exactly once")
 )
 
 // maxFailover is how soon a device must be paying again after losing its
@@ -434,8 +439,24 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 // end every device's store and the shared ledger agree on every payment.
 func TestClusterFailover(t *testing.T) {
 	r := startClusterRun(t)
+	var (
+		metered  int
+		meterErr error
+	)
+	meterLoad := func() {}
+	if *failoverMetered {
+		contract := r.publishContract(meterBenchContract)
+		meter, notices := r.meter()
+		meterLoad = func() {
+			metered, _, meterErr = r.meterLoad(meter, notices, contract, 0, *failoverDuration, failoverMeterWindow)
+		}
+	}
 	kills := 0
 	gaps := r.load(func(ctx context.Context) {
+		var wg sync.WaitGroup
+		// The devices keep paying until every event has its receipt.
+		defer wg.Wait()
+		wg.Go(meterLoad)
 		tick := time.NewTicker(*failoverPeriod)
 		defer tick.Stop()
 		end := time.After(*failoverDuration)
@@ -469,8 +490,36 @@ func TestClusterFailover(t *testing.T) {
 			t.Errorf("a device paid again only %v after losing its instance (limit %v)", g, maxFailover)
 		}
 	}
-	r.verify()
+	if meterErr != nil {
+		t.Errorf("metered events under failover: %v", meterErr)
+	}
+	paid := r.verify()
+	if !*failoverMetered || meterErr != nil {
+		return
+	}
+	t.Logf("%d metered events receipted once each through %d kills", metered, kills)
+	// Event n names device (n+1) % devices (meterLoad): each device paid
+	// exactly the price of its events.
+	for k := range r.devs {
+		n := 0
+		for e := range metered {
+			if (e+1)%len(r.devs) == k {
+				n++
+			}
+		}
+		if want := msat.Amount(n) * meterBenchPrice; paid[k] != want {
+			t.Errorf("device %d paid %d msat for %d metered events, want %d", k, uint64(paid[k]), n, uint64(want))
+		}
+	}
 }
+
+// failoverMeterWindow is how many metered events may be unreceipted at a
+// time during TestClusterFailover.
+const failoverMeterWindow = 1_000
+
+// meterBenchPrice is what the payer pays for one passage of
+// meterBenchContract (unverified: check the fee is not on top).
+const meterBenchPrice msat.Amount = 10
 
 // Every instance in turn is stopped with SIGTERM and started again while
 // the devices pay: no payment fails beyond the client's own retry (each
