@@ -362,12 +362,17 @@ func (c *Cluster) startNATS(ctx context.Context, bin string) error {
 			return err
 		}
 	}
-	return waitJetStream(ctx, c.NATSURLs(), 60*time.Second)
+	return waitJetStream(ctx, c.NATSURLs(), len(c.nats), 60*time.Second)
 }
 
-// waitJetStream waits until the cluster answers a JetStream account info,
-// which needs an elected meta leader.
-func waitJetStream(ctx context.Context, urls string, timeout time.Duration) error {
+// waitJetStream waits until the cluster can place a stream on replicas
+// nodes, which is what hubd asks of it at start (its streams are R3 on a
+// 3-node cluster). An answered account info is not enough: the meta leader
+// is elected by a majority, and until the last node has joined the meta
+// group a replicated stream is refused with "no suitable peers for
+// placement". So it creates a small in-memory stream with that many
+// replicas, retrying, and deletes it.
+func waitJetStream(ctx context.Context, urls string, replicas int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
@@ -379,16 +384,25 @@ func waitJetStream(ctx context.Context, urls string, timeout time.Duration) erro
 	if err != nil {
 		return fmt.Errorf("cluster: jetstream: %w", err)
 	}
+	probe := jetstream.StreamConfig{
+		Name:     "CLUSTER_READY",
+		Subjects: []string{"cluster.ready"},
+		Storage:  jetstream.MemoryStorage,
+		Replicas: replicas,
+	}
 	for {
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := js.AccountInfo(actx)
+		_, err := js.CreateOrUpdateStream(actx, probe)
+		if err == nil {
+			err = js.DeleteStream(actx, probe.Name)
+		}
 		acancel()
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster: jetstream not ready: %w (last: %w)", ctx.Err(), err)
+			return fmt.Errorf("cluster: jetstream cannot place %d replicas: %w (last: %w)", replicas, ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
