@@ -99,7 +99,8 @@ func (o *Output) SignClaim(key *btcec.PrivateKey, s State) (*schnorr.Signature, 
 
 // VerifyClaim is the hub's per-payment check: it recomputes the claim
 // sighash of s and verifies sig against the device key, one Schnorr
-// verification and no script execution. A nil error means the hub holds an
+// verification (against the device key lifted once, in NewOutput) and no
+// script execution. A nil error means the hub holds an
 // on-chain claim of s.PaidSat(). It returns an error wrapping
 // ErrBadSignature, or ErrOverCapacity.
 func (o *Output) VerifyClaim(s State, sig *schnorr.Signature) error {
@@ -107,7 +108,7 @@ func (o *Output) VerifyClaim(s State, sig *schnorr.Signature) error {
 	if err != nil {
 		return err
 	}
-	if sig == nil || !sig.Verify(h[:], o.params.DeviceKey) {
+	if sig == nil || !o.device.verify(&h, (*[64]byte)(sig.Serialize())) {
 		return fmt.Errorf("%w: claim of %v seq %d", ErrBadSignature, s.ChannelID, s.Seq)
 	}
 	return nil

@@ -103,6 +103,9 @@ type Output struct {
 	// musigKeys are the two signers of the key path; MuSig2 calls sort
 	// them (BIP327 KeySort), so their order here does not matter.
 	musigKeys []*btcec.PublicKey
+
+	// device is the device key lifted once for VerifyClaim.
+	device xOnlyKey
 }
 
 // NewOutput derives the channel output for p. It returns an error wrapping
@@ -164,6 +167,7 @@ func NewOutput(p Params) (*Output, error) {
 		claimCB:     claimCB,
 		refundCB:    refundCB,
 		musigKeys:   keys,
+		device:      liftKey(p.DeviceKey),
 	}, nil
 }
 
