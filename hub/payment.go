@@ -20,6 +20,12 @@ type ChargeListener interface {
 	// spending policy said no), with the code of the device's ChannelError
 	// (docs/protocol.md) and its message.
 	ChargeRefused(reqID uint64, code, message string)
+	// ChargeFailed reports that request reqID can no longer be paid: the
+	// session it was sent on ended before the device paid or refused it,
+	// and no payment naming it is taken any more. Its charges are still
+	// owed; the requester may ask for them again on the device's next
+	// session.
+	ChargeFailed(reqID uint64, reason string)
 }
 
 // PaymentRequest is a payment the hub asks a payer for, covering metered

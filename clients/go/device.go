@@ -72,6 +72,7 @@ const (
 	CodeHoldIDInUse     = string(wire.ChanHoldIDInUse)
 	CodeMalformed       = string(wire.ChanMalformed)
 	CodeCloseUnknown    = string(wire.ChanCloseUnknown)
+	CodeRequestUnknown  = string(wire.ChanRequestUnknown)
 )
 
 // Refusals a *ChannelError matches with errors.Is, one per code whose

@@ -28,6 +28,7 @@ func (l *paidListener) ChargePaid(reqID uint64, _ []byte) {
 }
 
 func (l *paidListener) ChargeRefused(uint64, string, string) {}
+func (l *paidListener) ChargeFailed(uint64, string)          {}
 
 // TestChargePaymentSkipsPaySlots: with every slot for the devices' own
 // payments taken, a payment answering the hub's charge request is still

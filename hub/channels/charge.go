@@ -13,6 +13,7 @@ import (
 
 	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/hub/session"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -32,7 +33,14 @@ type PaymentRequest = hub.PaymentRequest
 // zero value is ready to use.
 type chargeBook struct {
 	mu   sync.Mutex
-	reqs map[uint64]*PaymentRequest
+	reqs map[uint64]*chargeReq
+}
+
+// chargeReq is a payment request sent for charges and the session it was
+// sent on: once that session ends, nothing can pay the request any more.
+type chargeReq struct {
+	PaymentRequest
+	sess *session.Session
 }
 
 // CreditLimit is the per-channel bound on service given on credit
@@ -180,38 +188,45 @@ func (c *Manager) RequestPayment(ctx context.Context, r PaymentRequest) (uint64,
 	if r.Amount == 0 || r.EventCount == 0 {
 		return 0, fmt.Errorf("%w: charge request of %d msat for %d events", hub.ErrInvalid, uint64(r.Amount), r.EventCount)
 	}
-	id := c.newReqID()
-	req := r
-	c.charges.mu.Lock()
-	if c.charges.reqs == nil {
-		c.charges.reqs = make(map[uint64]*PaymentRequest)
-	}
-	c.charges.reqs[id] = &req
-	c.charges.mu.Unlock()
-	sent := c.sendHere(ctx, r.Payer, &wire.PaymentRequest{
-		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo, HoldID: r.Hold,
-	})
-	if !sent {
-		c.charges.mu.Lock()
-		delete(c.charges.reqs, id)
-		c.charges.mu.Unlock()
+	s, ok := c.cfg.Sessions.Session(r.Payer)
+	if !ok {
 		return 0, fmt.Errorf("%w: %s", ErrDeviceOffline, r.Payer)
 	}
+	id := c.newReqID()
+	// Booked before it is sent, so SessionEnded (which runs once s is
+	// closing, when a send fails) finds every request sent on s.
+	c.charges.mu.Lock()
+	if c.charges.reqs == nil {
+		c.charges.reqs = make(map[uint64]*chargeReq)
+	}
+	c.charges.reqs[id] = &chargeReq{PaymentRequest: r, sess: s}
+	c.charges.mu.Unlock()
 	// The device may have its own payment waiting for a slot in front of
 	// the one that answers this request (paySlots).
 	c.slots.grant(r.Payer)
+	err := s.Send(ctx, &wire.PaymentRequest{
+		ReqID: id, ChanID: r.Channel, Payee: r.Payee, Amount: r.Amount, Memo: r.Memo, HoldID: r.Hold,
+	})
+	if err != nil {
+		c.log.Debug("payment request not sent", "device", r.Payer, "err", err)
+		if c.endRequest(id) == nil {
+			// SessionEnded took it first and reported it failed.
+			return id, nil
+		}
+		return 0, fmt.Errorf("%w: %s", ErrDeviceOffline, r.Payer)
+	}
 	return id, nil
 }
 
-// CancelPayment forgets a charge request: a later Pay naming it is a plain
-// payment (it still lowers the channel's Owed) and nobody is told.
+// CancelPayment forgets a charge request: a later Pay naming it is refused
+// (ChanRequestUnknown) and nobody is told.
 func (c *Manager) CancelPayment(reqID uint64) {
 	c.endRequest(reqID)
 }
 
 // endRequest removes charge request id from the book, withdrawing the pass
 // it granted if unused, and returns it (nil when it had ended before).
-func (c *Manager) endRequest(id uint64) *PaymentRequest {
+func (c *Manager) endRequest(id uint64) *chargeReq {
 	c.charges.mu.Lock()
 	r := c.charges.reqs[id]
 	delete(c.charges.reqs, id)
@@ -220,6 +235,31 @@ func (c *Manager) endRequest(id uint64) *PaymentRequest {
 		c.slots.withdraw(r.Payer)
 	}
 	return r
+}
+
+// SessionEnded implements session.Ender: the charge requests sent on s
+// that the device neither paid nor refused are ended and their listeners
+// told they failed, so that charging asks again on the device's next
+// session. It runs once s's read loop has returned, so no payment of s
+// is being handled: one that was is reported paid (or refused) already.
+// A payment naming an ended request that comes later (the device sends
+// its unanswered payment again on its next session, here or on another
+// instance) is refused (ChanRequestUnknown), so the charges are paid once,
+// by the next request.
+func (c *Manager) SessionEnded(s *session.Session) {
+	var ended []uint64
+	c.charges.mu.Lock()
+	for id, r := range c.charges.reqs {
+		if r.sess == s {
+			ended = append(ended, id)
+		}
+	}
+	c.charges.mu.Unlock()
+	for _, id := range ended {
+		if r := c.endRequest(id); r != nil {
+			r.Listener.ChargeFailed(id, "session ended: "+s.DeviceID())
+		}
+	}
 }
 
 // chargeRequest finds the charge request payment m answers: the one it
@@ -238,7 +278,7 @@ func (c *Manager) chargeRequest(payer string, m *wire.Pay) (uint64, *PaymentRequ
 	if (r.Hold == nil) != (m.HoldID == nil) || r.Hold != nil && *r.Hold != *m.HoldID {
 		return 0, nil
 	}
-	return *m.ReqID, r
+	return *m.ReqID, &r.PaymentRequest
 }
 
 // chargeMeta fills the version-2 fields of a receipt for a charge payment.
@@ -272,6 +312,13 @@ func (c *Manager) chargeRefused(deviceID string, m *wire.ChannelError) bool {
 	}
 	r.Listener.ChargeRefused(*m.ReqID, string(m.Code), m.Message)
 	return true
+}
+
+// Receipts returns up to limit stored receipts of the channel funded by
+// op with Seq >= from, in order, from the store (another hubd on it may
+// have stored them).
+func (c *Manager) Receipts(ctx context.Context, op btcwire.OutPoint, from uint64, limit int) ([][]byte, error) {
+	return c.store.Receipts(ctx, op, from, limit)
 }
 
 // Resync reloads the cached record of the channel funded by op from the

@@ -89,6 +89,12 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 		return nil, refuse(wire.ChanOverCapacity, "paid, owed and holds reach %d msat of %d",
 			uint64(used), uint64(e.out.Params().MaxPaid()))
 	}
+	if m.ReqID != nil && m.HoldID == nil && chargeReq == nil {
+		// It answers a charge request that ended (its session did, or
+		// the requester gave up): the charges are asked for again, so
+		// taking it would have the device pay them twice.
+		return nil, refuse(wire.ChanRequestUnknown, "no charge request %d waits for this payment", *m.ReqID)
+	}
 	req := c.matchRequest(e, m)
 	capture := m.HoldID
 	if req != nil && req.onCredit {

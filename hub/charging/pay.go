@@ -131,7 +131,8 @@ type payEvent struct {
 	reqID   uint64
 	receipt []byte // paid
 	code    string
-	message string // refused
+	message string // refused, or why it failed
+	failed  bool   // can no longer be paid: ask again
 	at      time.Time
 }
 
@@ -200,6 +201,12 @@ func (c *Service) ChargePaid(reqID uint64, receipt []byte) {
 // ChargeRefused implements ChargeListener.
 func (c *Service) ChargeRefused(reqID uint64, code, message string) {
 	c.queue(payEvent{reqID: reqID, code: code, message: message})
+}
+
+// ChargeFailed implements ChargeListener: the request's charges are asked
+// for again (on the device's next session).
+func (c *Service) ChargeFailed(reqID uint64, reason string) {
+	c.queue(payEvent{reqID: reqID, failed: true, message: reason})
 }
 
 func (c *Service) queue(ev payEvent) {
@@ -295,7 +302,14 @@ func (c *Service) answered() []answerDone {
 	var early []payEvent
 	now := c.clock.Now()
 	for _, ev := range evs {
-		if g := c.inflight[ev.reqID]; g != nil {
+		if g := c.inflight[ev.reqID]; g != nil && ev.failed {
+			// Nothing can pay it any more: its charges go back to
+			// pending, for the next request.
+			delete(c.inflight, ev.reqID)
+			c.log.Info("payment request failed, asking again", "payer", g.key.payer, "provider", g.key.provider,
+				"events", len(g.ids), "reason", ev.message)
+			c.unbusyLocked(g, false, now)
+		} else if g != nil {
 			delete(c.inflight, ev.reqID)
 			delete(c.busy, g.key)
 			answered = append(answered, answerDone{g, ev})
@@ -539,6 +553,11 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 func (c *Service) unbusy(g *payGroup, wait bool, now time.Time) {
 	c.pay.Lock()
 	defer c.pay.Unlock()
+	c.unbusyLocked(g, wait, now)
+}
+
+// unbusyLocked is unbusy with c.pay held.
+func (c *Service) unbusyLocked(g *payGroup, wait bool, now time.Time) {
 	delete(c.busy, g.key)
 	if later := c.pending[g.key]; later != nil {
 		g.merge(later)

@@ -80,6 +80,10 @@ type Local interface {
 	// Forwarded runs a provider's hold message forwarded here because
 	// the payer's session is here.
 	Forwarded(ctx context.Context, provider string, msg wire.Message) error
+	// Channel and Receipts read the shared store: a request routed to an
+	// instance that died is looked for among the channel's payments.
+	Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error)
+	Receipts(ctx context.Context, op btcwire.OutPoint, from uint64, limit int) ([][]byte, error)
 }
 
 // Config configures New.
@@ -103,6 +107,9 @@ type Config struct {
 	// Served is how long a holder remembers a payment request it
 	// served, refusing to serve its id again (DefaultServed).
 	Served time.Duration
+	// HolderCheck is how often the instances holding requests routed
+	// from here are probed for being alive (DefaultHolderCheck).
+	HolderCheck time.Duration
 	// Clock times the served requests and the outcome resends.
 	// Defaults to the wall clock.
 	Clock  clock.Clock
@@ -111,8 +118,9 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultAttempts = 3
-	DefaultServed   = time.Minute
+	DefaultAttempts    = 3
+	DefaultServed      = time.Minute
+	DefaultHolderCheck = time.Second
 )
 
 // Router is charging.Channels and settler.Cosigners for one instance of a
@@ -157,6 +165,9 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Served <= 0 {
 		cfg.Served = DefaultServed
 	}
+	if cfg.HolderCheck <= 0 {
+		cfg.HolderCheck = DefaultHolderCheck
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewDefaultClock()
 	}
@@ -182,6 +193,7 @@ func New(cfg Config) (*Router, error) {
 		r.subs = append(r.subs, sub)
 	}
 	cfg.Sessions.Notify(r.follow)
+	r.goOwned(r.watchHolders)
 	return r, nil
 }
 

@@ -113,6 +113,14 @@ func (l *listener) ChargeRefused(id uint64, code, _ string) {
 	l.ch <- id
 }
 
+// ChargeFailed records the request as refused with code "failed".
+func (l *listener) ChargeFailed(id uint64, _ string) {
+	l.mu.Lock()
+	l.refd[id] = "failed"
+	l.mu.Unlock()
+	l.ch <- id
+}
+
 func (l *listener) wait(t *testing.T) uint64 {
 	t.Helper()
 	select {

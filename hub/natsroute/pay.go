@@ -10,6 +10,7 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/nats-io/nats.go"
 
+	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
 	"github.com/m2mhub/m2mhub/msat"
@@ -28,6 +29,9 @@ type remoteReq struct {
 	listener hub.ChargeListener
 	holder   string // instance that took it, once answered
 	remoteID uint64 // its id there
+	// req is what was asked, to find its payment in the store should
+	// the holder die before telling the outcome.
+	req hub.PaymentRequest
 }
 
 // servedKey names a payment request by the instance that made it and its
@@ -83,6 +87,9 @@ type outcomeMsg struct {
 	Receipt  []byte `json:"receipt,omitempty"`
 	Code     string `json:"code,omitempty"`
 	Message  string `json:"message,omitempty"`
+	// Failed: the request can no longer be paid (its session ended);
+	// Message says why.
+	Failed bool `json:"failed,omitempty"`
 }
 
 // cancelMsg tells the holder to forget a request.
@@ -106,7 +113,8 @@ func (r *Router) RequestPayment(ctx context.Context, req hub.PaymentRequest) (ui
 		return 0, fmt.Errorf("%w: charge request without a listener", hub.ErrInvalid)
 	}
 	id := remoteBit | r.next.Add(1)
-	rr := &remoteReq{listener: req.Listener}
+	rr := &remoteReq{listener: req.Listener, req: req}
+	rr.req.Listener = nil
 	r.mu.Lock()
 	r.remote[id] = rr
 	r.mu.Unlock()
@@ -289,10 +297,18 @@ func (r *Router) handleInstance(m *nats.Msg) {
 			r.log.Debug("natsroute: outcome of a forgotten request", "id", om.OriginID)
 			return
 		}
-		if om.Receipt != nil {
+		switch {
+		case om.Receipt != nil:
 			rr.listener.ChargePaid(om.OriginID, om.Receipt)
-		} else {
+		case om.Failed:
+			rr.listener.ChargeFailed(om.OriginID, om.Message)
+		default:
 			rr.listener.ChargeRefused(om.OriginID, om.Code, om.Message)
+		}
+	case r.relay.instSubject(r.cfg.Instance, "alive"):
+		// A liveness probe (watchHolders): answering is the answer.
+		if err := m.Respond(nil); err != nil {
+			r.log.Debug("natsroute: liveness probe not answered", "err", err)
 		}
 	case r.relay.instSubject(r.cfg.Instance, "cancel"):
 		var cm cancelMsg
@@ -362,4 +378,112 @@ func (l *outcomeListener) ChargePaid(_ uint64, receipt []byte) {
 
 func (l *outcomeListener) ChargeRefused(_ uint64, code, message string) {
 	l.send(outcomeMsg{OriginID: l.key.id, Code: code, Message: message})
+}
+
+func (l *outcomeListener) ChargeFailed(_ uint64, reason string) {
+	l.send(outcomeMsg{OriginID: l.key.id, Failed: true, Message: reason})
+}
+
+// watchHolders probes, every HolderCheck, each instance holding a request
+// this one routed to it. An instance that died (kill -9, a crash) took
+// its subscriptions with it, so NATS answers the probe with no responders
+// at once: its requests will never have an outcome told, and their
+// charges would wait out charging's timeout and be given up (issue 12:
+// events left without a receipt after a kill). Each is settled from the
+// store instead (holderGone).
+func (r *Router) watchHolders() {
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.clock.TickAfter(r.cfg.HolderCheck):
+		}
+		holders := map[string]bool{}
+		r.mu.Lock()
+		for _, rr := range r.remote {
+			if rr.holder != "" {
+				holders[rr.holder] = true
+			}
+		}
+		r.mu.Unlock()
+		for h := range holders {
+			ctx, cancel := context.WithTimeout(r.ctx, r.relay.timeout)
+			_, err := r.relay.conn.RequestWithContext(ctx, r.relay.instSubject(h, "alive"), nil)
+			cancel()
+			// A timeout is a stalled or slow holder, which may still
+			// ask the device: only an instance that is gone counts.
+			if errors.Is(err, nats.ErrNoResponders) {
+				r.holderGone(h)
+			}
+		}
+	}
+}
+
+// holderGone settles the requests routed to instance h, which is gone. A
+// request its device paid there before h died has its payment stored,
+// with the receipt naming its events: it is reported paid with that
+// receipt. Any other can no longer be paid (the device's session died
+// with h, and a payment naming the request sent again elsewhere is
+// refused, channels.ChanRequestUnknown) and is reported failed, so
+// charging asks again on the device's next session.
+func (r *Router) holderGone(h string) {
+	r.mu.Lock()
+	var gone []uint64
+	for id, rr := range r.remote {
+		if rr.holder == h {
+			gone = append(gone, id)
+		}
+	}
+	r.mu.Unlock()
+	for _, id := range gone {
+		rr := r.forget(id)
+		if rr == nil {
+			continue // its outcome came meanwhile
+		}
+		receipt, err := r.storedReceipt(r.ctx, rr.req)
+		switch {
+		case err != nil:
+			// Unknown: asking again could have the device pay twice;
+			// the request stays with charging's timeout.
+			r.log.Warn("natsroute: request of a gone instance not settled", "instance", h, "payer", rr.req.Payer, "err", err)
+		case receipt != nil:
+			r.log.Info("natsroute: request paid on a gone instance", "instance", h, "payer", rr.req.Payer)
+			rr.listener.ChargePaid(id, receipt)
+		default:
+			rr.listener.ChargeFailed(id, "instance "+h+" holding the session is gone")
+		}
+	}
+}
+
+// receiptsBack bounds how far back in the channel's payments
+// storedReceipt looks for a request's payment: a request routed to an
+// instance is found gone within HolderCheck of its death and was paid,
+// if at all, within charging's timeout before (seconds of a device's
+// payments).
+const receiptsBack = 4096
+
+// storedReceipt returns the stored receipt of the payment answering req,
+// or nil when the channel holds none: a version-2 receipt to req's payee
+// for req's amount, contract and events.
+func (r *Router) storedReceipt(ctx context.Context, req hub.PaymentRequest) ([]byte, error) {
+	rec, err := r.cfg.Local.Channel(ctx, req.Channel)
+	if err != nil {
+		return nil, err
+	}
+	from := rec.Seq - min(rec.Seq, receiptsBack)
+	raws, err := r.cfg.Local.Receipts(ctx, req.Channel, from, receiptsBack+1)
+	if err != nil {
+		return nil, err
+	}
+	for _, raw := range raws {
+		var rc channel.Receipt
+		if rc.UnmarshalBinary(raw) != nil {
+			continue
+		}
+		if rc.Channel == req.Channel && rc.Payee == req.Payee && rc.Amount == req.Amount && rc.Contract == req.Contract &&
+			rc.EventsRoot == req.EventsRoot && rc.EventCount == req.EventCount {
+			return raw, nil
+		}
+	}
+	return nil, nil
 }

@@ -21,7 +21,24 @@ type Router struct {
 	Default Handler
 }
 
-var _ Handler = (*Router)(nil)
+var (
+	_ Handler = (*Router)(nil)
+	_ Ender   = (*Router)(nil)
+)
+
+// Ender is a Handler that hears when a session has ended: after its read
+// loop returned, so none of the session's messages is being handled any
+// more, and after it left the directory.
+type Ender interface {
+	SessionEnded(s *Session)
+}
+
+// SessionEnded tells Default, when it is an Ender, that s ended.
+func (r *Router) SessionEnded(s *Session) {
+	if e, ok := r.Default.(Ender); ok {
+		e.SessionEnded(s)
+	}
+}
 
 // HandleMessage passes msg to the handler its route names, or to Default.
 func (r *Router) HandleMessage(ctx context.Context, s *Session, msg wire.Message) error {

@@ -138,6 +138,12 @@ func (s *Session) run() {
 	<-writerDone
 	// The session stops counting as live now, not after the linger below.
 	s.srv.unregister(s)
+	// None of its messages is being handled any more (the read loop
+	// handles them one at a time and has returned): the handler may end
+	// what was waiting for this session's answer.
+	if e, ok := s.srv.cfg.Handler.(Ender); ok {
+		e.SessionEnded(s)
+	}
 	s.mu.Lock()
 	sentFinal := s.final != nil
 	s.mu.Unlock()

@@ -149,6 +149,10 @@ const (
 	ChanHoldIDInUse  ChanCode = "hold-id-in-use"
 	ChanMalformed    ChanCode = "malformed"     // a channel message that does not decode, or is not for the hub
 	ChanCloseUnknown ChanCode = "close-unknown" // CloseSign without a CloseProposal still waiting for it
+	// ChanRequestUnknown refuses a payment naming a charge request the hub
+	// is not waiting for (ended with its session, or given up on): it
+	// would pay charges the hub asks for again.
+	ChanRequestUnknown ChanCode = "request-unknown"
 )
 
 // ChanCodes lists every code of protocol version 1, in the order of
@@ -162,7 +166,7 @@ func ChanCodes() []ChanCode {
 		ChanTooManyPending, ChanBadParams, ChanFundingMismatch,
 		ChanPolicyRefused, ChanBusy, ChanInternal, ChanSettleRefused,
 		ChanHoldActive, ChanCreditOwed, ChanClosing, ChanPayerOffline,
-		ChanHoldIDInUse, ChanMalformed, ChanCloseUnknown,
+		ChanHoldIDInUse, ChanMalformed, ChanCloseUnknown, ChanRequestUnknown,
 	}
 }
 
