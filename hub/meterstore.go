@@ -124,10 +124,12 @@ type Charge struct {
 	// (contracts.Contract.SplitShares), none zero; the provider earns
 	// what they leave (ProviderPart).
 	Shares []Share `json:"shares,omitempty"`
-	// Paid is the time of the receipt that paid the charge, so a
-	// charge paid after the epoch it was recorded in is settled in the
-	// epoch of its payment; zero while it is not paid and in charges
-	// recorded paid before paid times were kept.
+	// Paid is when the hub marked the charge paid (ChargeStore.
+	// SetChargeStatus), after the receipt that paid it was stored, so a
+	// charge paid after the epoch it was recorded in is settled (its fee
+	// and shares posted) in the epoch it was marked paid in; zero while it
+	// is not paid, in charges recorded paid (nothing to request) and in
+	// charges paid before paid times were kept.
 	Paid time.Time `json:"paid,omitzero"`
 }
 
@@ -235,8 +237,14 @@ type ChargeStore interface {
 	RecordCharges(ctx context.Context, cs []Charge, creditLimit msat.Amount) ([]ChargeResult, error)
 
 	// SetChargeStatus moves charges to status (owed → paid when a payment
-	// covers them, held → owed or unpaid when a condition resolves).
-	SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status ChargeStatus) error
+	// covers them, held → owed or unpaid when a condition resolves). at
+	// is when the status is set: a charge moved to ChargePaid keeps it as
+	// its Paid time and is listed by ChargesPaid from then on (a zero at
+	// keeps no paid time); a charge that is paid already keeps its first
+	// one. Other statuses ignore at. It returns an error wrapping
+	// ErrNotFound, writing nothing, when one of the events was never
+	// charged, and ErrInvalid for an unknown status.
+	SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status ChargeStatus, at time.Time) error
 
 	// Charge returns one charge, or ErrNotFound.
 	Charge(ctx context.Context, provider, eventID string) (Charge, error)
@@ -252,6 +260,12 @@ type ChargeStore interface {
 	// ChargesByPayer returns a payer's charges recorded in [from, to),
 	// oldest first.
 	ChargesByPayer(ctx context.Context, payer string, from, to time.Time) ([]Charge, error)
+
+	// ChargesPaid returns every charge whose Paid time is in [from, to),
+	// of every provider, oldest paid first: settlement posts the fee and
+	// shares of a charge in the epoch it was paid in, however long it
+	// was owed before. Charges paid without a paid time are not listed.
+	ChargesPaid(ctx context.Context, from, to time.Time) ([]Charge, error)
 
 	// OwedCharges returns every charge whose status is ChargeOwed, oldest
 	// recorded first (a charge moved back to owed by SetChargeStatus may

@@ -30,6 +30,7 @@ var (
 	bucketChargePayer = []byte("chgpayer") // payer || 0 || timeKey(charged) || position -> empty
 	bucketChargeOwed  = []byte("chgowed")  // position -> empty, for every charge now owed
 	bucketChargePayee = []byte("chgpayee") // payee || 0 || timeKey(charged) || position -> empty, per share
+	bucketChargePaid  = []byte("chgpaid")  // timeKey(paid) || position -> empty, for every charge with a paid time
 	chargeBucketSet   = [][]byte{bucketChargeLog, bucketChargeIDs, bucketChargeProv, bucketChargePayer, bucketChargePayee}
 )
 
@@ -266,10 +267,11 @@ func owedChannelOf(chans map[string]*owedChannel, funding, states *bolt.Bucket, 
 }
 
 // SetChargeStatus moves the named charges of provider to status, changing
-// nothing else (Owed moves with payments). It returns an error wrapping
+// nothing else but the paid time of charges it marks paid (Owed moves with
+// payments); see hub.ChargeStore. It returns an error wrapping
 // hub.ErrNotFound, writing nothing, when one of the events was never
 // charged, and hub.ErrInvalid for an unknown status.
-func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus) error {
+func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus, at time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -281,6 +283,7 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 	for i, e := range eventIDs {
 		ids[i] = chargeID(provider, e)
 	}
+	stamp := code == 'p' && !at.IsZero()
 	var refused error
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
@@ -288,6 +291,12 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 		owedIdx, err := owedIndex(tx)
 		if err != nil {
 			return err
+		}
+		var paidIdx *bolt.Bucket
+		if stamp {
+			if paidIdx, err = tx.CreateBucketIfNotExists(bucketChargePaid); err != nil {
+				return err
+			}
 		}
 		// Every id is checked before the first write.
 		pos := make([][]byte, len(ids))
@@ -310,6 +319,19 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 			}
 			next := bytes.Clone(cur)
 			next[record.ChargeRecordStatus] = code
+			if stamp {
+				// The paid time goes at the record's end, behind
+				// variable-length fields: decode and encode again.
+				c, err := record.DecodeCharge(next)
+				if err != nil {
+					return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], err)
+				}
+				c.Paid = at
+				next = record.EncodeCharge(c)
+				if err := paidIdx.Put(append(timeKey(at), p...), []byte{}); err != nil {
+					return err
+				}
+			}
 			if err := log.Put(p, next); err != nil {
 				return err
 			}
@@ -376,14 +398,29 @@ func (s *Store) ChargesByPayer(ctx context.Context, payer string, from, to time.
 	return s.chargesBy(ctx, bucketChargePayer, payer, from, to)
 }
 
+// ChargesPaid returns every charge whose paid time is in [from, to), oldest
+// paid first; charges paid at the same instant come in the order they were
+// recorded.
+func (s *Store) ChargesPaid(ctx context.Context, from, to time.Time) ([]hub.Charge, error) {
+	if !from.Before(to) {
+		return nil, ctx.Err()
+	}
+	return s.chargesIn(ctx, bucketChargePaid, timeKey(from), timeKey(to))
+}
+
 func (s *Store) chargesBy(ctx context.Context, bucket []byte, party string, from, to time.Time) ([]hub.Charge, error) {
+	if !from.Before(to) {
+		return nil, ctx.Err()
+	}
+	return s.chargesIn(ctx, bucket, partyKey(party, from), partyKey(party, to))
+}
+
+// chargesIn returns the charges of the index keys in [start, end) of
+// bucket, each key a prefix as long as start followed by a log position.
+func (s *Store) chargesIn(ctx context.Context, bucket, start, end []byte) ([]hub.Charge, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if !from.Before(to) {
-		return nil, nil
-	}
-	start, end := partyKey(party, from), partyKey(party, to)
 	var out []hub.Charge
 	err := s.db.View(func(tx *bolt.Tx) error {
 		idx := tx.Bucket(bucket)

@@ -186,7 +186,7 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 		// The held amount is no longer owed by anyone: what the job
 		// earned was charged by the end event itself. Unpaid marks the
 		// hold as never to be paid out.
-		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargeUnpaid); err != nil {
+		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargeUnpaid, time.Time{}); err != nil {
 			c.log.Error("closing conditional release holds", "provider", prov, "err", err)
 		}
 	}

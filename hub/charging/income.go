@@ -12,7 +12,10 @@ import (
 // Income sums a provider's charges recorded in [From, To), and its
 // shares of other providers' charges under their contracts' revenue
 // splits: what a site host or an e-mobility provider that meters nothing
-// earns.
+// earns. What paid charges brought (Earned, Fees, Shared) is counted by
+// when they were paid (hub.Charge.Paid), as settlement posts fees and
+// shares, so an epoch's income is what its settlement pays; charges paid
+// without a paid time count by when they were recorded.
 type Income struct {
 	Provider string    `json:"provider"`
 	From     time.Time `json:"from"`
@@ -42,15 +45,31 @@ type Income struct {
 	Withheld msat.Amount `json:"withheld_msat"`
 }
 
-// IncomeOf sums charges by status: cs are the provider's own charges,
-// shared the other providers' charges that give it a share. It is pure,
-// so the admin API and tests share it.
-func IncomeOf(provider string, from, to time.Time, cs, shared []hub.Charge) Income {
+// IncomeOf sums charges by status: cs are the provider's own charges and
+// shared the other providers' charges that give it a share, recorded in
+// [from, to); paid are the charges paid in [from, to), of any provider
+// (those that bring the provider nothing are left out). It is pure, so the
+// admin API and tests share it.
+func IncomeOf(provider string, from, to time.Time, cs, shared, paid []hub.Charge) Income {
 	in := Income{Provider: provider, From: from, To: to, Events: len(cs), ShareEvents: len(shared)}
+	earn := func(c hub.Charge) {
+		if c.Provider == provider {
+			in.Earned += c.ProviderPart()
+			in.Fees += c.Fee
+			in.Shared += c.SharesTotal()
+			return
+		}
+		in.Earned += c.PartOf(provider)
+	}
+	for _, c := range paid {
+		earn(c)
+	}
 	for _, c := range shared {
 		switch c.Status {
 		case hub.ChargePaid:
-			in.Earned += c.PartOf(provider)
+			if c.Paid.IsZero() {
+				earn(c)
+			}
 		case hub.ChargeOwed:
 			in.Owed += c.PartOf(provider)
 		}
@@ -59,9 +78,9 @@ func IncomeOf(provider string, from, to time.Time, cs, shared []hub.Charge) Inco
 		in.Withheld += c.Withheld
 		switch c.Status {
 		case hub.ChargePaid:
-			in.Earned += c.ProviderPart()
-			in.Fees += c.Fee
-			in.Shared += c.SharesTotal()
+			if c.Paid.IsZero() {
+				earn(c)
+			}
 		case hub.ChargeOwed:
 			in.Owed += c.ProviderPart()
 		case hub.ChargeHeld:
@@ -78,21 +97,23 @@ func IncomeOf(provider string, from, to time.Time, cs, shared []hub.Charge) Inco
 	return in
 }
 
-// Income returns a provider's income over the charges recorded in
-// [from, to).
+// Income returns a provider's income over the charges recorded, or paid,
+// in [from, to).
 func (c *Service) Income(ctx context.Context, provider string, from, to time.Time) (Income, error) {
 	return ReadIncome(ctx, c.cfg.Charges, provider, from, to)
 }
 
-// IncomeCharges is what ReadIncome reads: a provider's own charges and the
-// charges it has a share of (hub.ChargeStore's methods).
+// IncomeCharges is what ReadIncome reads: a provider's own charges, the
+// charges it has a share of and the charges paid in a period
+// (hub.ChargeStore's methods).
 type IncomeCharges interface {
 	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error)
 	ChargesByPayee(ctx context.Context, payee string, from, to time.Time) ([]hub.Charge, error)
+	ChargesPaid(ctx context.Context, from, to time.Time) ([]hub.Charge, error)
 }
 
-// ReadIncome reads provider's charges and shares in [from, to) from cs and
-// sums them (IncomeOf).
+// ReadIncome reads provider's charges and shares recorded in [from, to),
+// and the charges paid in it, from cs and sums them (IncomeOf).
 func ReadIncome(ctx context.Context, cs IncomeCharges, provider string, from, to time.Time) (Income, error) {
 	own, err := cs.ChargesByProvider(ctx, provider, from, to)
 	if err != nil {
@@ -102,5 +123,9 @@ func ReadIncome(ctx context.Context, cs IncomeCharges, provider string, from, to
 	if err != nil {
 		return Income{}, err
 	}
-	return IncomeOf(provider, from, to, own, shared), nil
+	paid, err := cs.ChargesPaid(ctx, from, to)
+	if err != nil {
+		return Income{}, err
+	}
+	return IncomeOf(provider, from, to, own, shared, paid), nil
 }

@@ -52,6 +52,10 @@ type ProviderMessage struct {
 	// that gives it one. The receipt pays the provider that metered the
 	// events; the shares are the payee's part of it.
 	Shares []EventShare `json:"shares,omitempty"`
+	// Paid, with kind "share", is when the hub marked the receipt's
+	// charges paid (hub.Charge.Paid): the settlement of the epoch that
+	// holds it, not the receipt's, pays the shares.
+	Paid time.Time `json:"paid,omitzero"`
 }
 
 // EventShare is a payee's share of one charged event.
@@ -367,7 +371,7 @@ func (c *Service) finish(ctx context.Context, answered []answerDone) {
 		}
 		c.log.Info("payer refused charges", "payer", a.g.key.payer, "provider", a.g.key.provider,
 			"events", len(a.g.ids), "code", a.ev.code, "message", a.ev.message)
-		if err := c.cfg.Charges.SetChargeStatus(ctx, a.g.key.provider, a.g.ids, hub.ChargeUnpaid); err != nil {
+		if err := c.cfg.Charges.SetChargeStatus(ctx, a.g.key.provider, a.g.ids, hub.ChargeUnpaid, time.Time{}); err != nil {
 			c.log.Error("marking refused charges unpaid", "err", err)
 		}
 		if a.g.key.hold != ([16]byte{}) {
@@ -387,15 +391,24 @@ const maxReceiptsMsg = 256 << 10
 // settleProvider marks one provider's paid groups paid in one store call
 // and publishes their receipts: one "receipt" message for a lone receipt,
 // else "receipts" messages of up to maxReceiptsMsg bytes each.
+//
+// The charges' paid time is now, when they are marked, not their
+// receipts' times: settlement posts a charge's fee and shares in the epoch
+// of its paid time (hub.ChargeStore.ChargesPaid), and an epoch's ledger
+// may be built between a receipt timed before its cut and the marking of
+// that receipt's charges; with the receipt's time such a charge would
+// never be posted. With the marking's time it is posted by the epoch open
+// when it is marked, once (settler's buildLedger says what is left).
 func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) {
 	var ids []string
 	for _, g := range gs {
 		ids = append(ids, g.ids...)
 	}
-	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid); err != nil {
+	paidAt := c.clock.Now().UTC()
+	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid, paidAt); err != nil {
 		c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
 	}
-	defer c.tellPayees(ctx, gs, receipts)
+	defer c.tellPayees(ctx, gs, receipts, paidAt)
 	if len(gs) == 1 {
 		c.publish(ctx, prov, ProviderMessage{
 			Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(receipts[gs[0]]), Events: gs[0].ids,
@@ -423,12 +436,13 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 }
 
 // tellPayees tells each payee of a revenue split of the paid groups' receipts,
-// one "share" message per receipt and payee, after the provider's own.
-func (c *Service) tellPayees(ctx context.Context, gs []*payGroup, receipts map[*payGroup][]byte) {
+// one "share" message per receipt and payee, after the provider's own, with
+// the time the charges were marked paid.
+func (c *Service) tellPayees(ctx context.Context, gs []*payGroup, receipts map[*payGroup][]byte, paidAt time.Time) {
 	for _, g := range gs {
 		for payee, shares := range g.shares {
 			c.publish(ctx, payee, ProviderMessage{
-				Kind: ProviderMsgShare, Receipt: hex.EncodeToString(receipts[g]), Events: g.ids, Shares: shares,
+				Kind: ProviderMsgShare, Receipt: hex.EncodeToString(receipts[g]), Events: g.ids, Shares: shares, Paid: paidAt,
 			})
 		}
 	}

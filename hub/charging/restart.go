@@ -69,7 +69,10 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 // charges are marked paid until the rest fit in Owed: the payer is never
 // asked twice for one charge (at worst the hub forgives part of one).
 // Charges on a channel that is no longer ready stay owed and are not
-// requested: there is no channel to pay them on.
+// requested: there is no channel to pay them on. Charges found paid are
+// marked paid now: the receipt that paid them is not known here, and a
+// paid time after the restart settles their fees and shares in the epoch
+// open now, which no ledger has read yet, as settleProvider's do.
 func (c *Service) reloadOwed(ctx context.Context) {
 	cs, err := c.cfg.Charges.OwedCharges(ctx)
 	if err != nil {
@@ -126,8 +129,9 @@ func (c *Service) reloadOwed(ctx context.Context) {
 		}
 		again = append(again, list[i:]...)
 	}
+	paidAt := c.clock.Now().UTC()
 	for _, prov := range slices.Sorted(maps.Keys(paid)) {
-		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, paid[prov], hub.ChargePaid); err != nil {
+		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, paid[prov], hub.ChargePaid, paidAt); err != nil {
 			c.log.Error("marking charges paid before the restart", "provider", prov, "err", err)
 		}
 	}

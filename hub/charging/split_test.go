@@ -146,3 +146,53 @@ func TestChargingSplitRevokedPayee(t *testing.T) {
 		t.Fatalf("provider part %d + shares %d + fee %d != %d", c.ProviderPart(), c.SharesTotal(), c.Fee, c.Amount)
 	}
 }
+
+// TestChargingSplitPaidLater: a split charge paid a while after it was
+// recorded is marked paid at the time of its marking, the payees are told
+// that time with their shares, and income counts what the payment
+// brought by that time (as settlement posts fees and shares), conserving
+// to the msat; over the recording's period the charge is neither owed nor
+// earned any more.
+func TestChargingSplitPaidLater(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	host := env.h.Enrol(hub.RoleProvider)
+	k := env.publishSplit("toll", fmt.Sprintf(`[{"payee": %q, "bps": "1500"}]`, host.ID))
+	env.charge(env.event(k, "toll", "t-late"))
+	c := env.stored("t-late")
+	if len(c.Shares) != 1 || !c.Paid.IsZero() {
+		t.Fatalf("charge %+v, want one share and no paid time", c)
+	}
+
+	paidAt := chargeStart.Add(90 * time.Second)
+	env.clock.SetTime(paidAt)
+	env.payRequest(c.Amount)
+	if got := env.stored("t-late"); got.Status != hub.ChargePaid || !got.Paid.Equal(paidAt) {
+		t.Fatalf("charge is %s paid at %v, want paid at %v", got.Status, got.Paid, paidAt)
+	}
+	notices := env.pub.take(charging.ProviderMsgShare)
+	if len(notices) != 1 || !notices[0].msg.Paid.Equal(paidAt) {
+		t.Fatalf("share notices %+v, want one paid at %v", notices, paidAt)
+	}
+
+	income := func(id string, from, to time.Time) charging.Income {
+		t.Helper()
+		in, err := env.chg.Income(context.Background(), id, from, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	recorded, paid := chargeStart.Add(time.Minute), chargeStart.Add(time.Hour)
+	prov, hin := income(env.prov.ID, recorded, paid), income(host.ID, recorded, paid)
+	if hin.Earned != c.Shares[0].Msat || prov.Earned != c.ProviderPart() || prov.Fees != c.Fee || prov.Shared != c.Shares[0].Msat ||
+		prov.Earned+hin.Earned+prov.Fees != c.Amount {
+		t.Fatalf("over the payment's period: provider %+v, host %+v; want %d + %d + fee %d = %d",
+			prov, hin, c.ProviderPart(), c.Shares[0].Msat, c.Fee, c.Amount)
+	}
+	for _, id := range []string{env.prov.ID, host.ID} {
+		if in := income(id, chargeStart.Add(-time.Hour), recorded); in.Earned != 0 || in.Owed != 0 || in.Fees != 0 {
+			t.Fatalf("over the recording's period %s's income is %+v, want nothing earned or owed", id, in)
+		}
+	}
+}

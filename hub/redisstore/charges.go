@@ -20,7 +20,9 @@ import (
 // Charge keys, under the prefix: chg (hash: provider || 0 || event id ->
 // charge document, see record.EncodeCharge), chgo (sorted set of the ids of the
 // charges now owed, scored by a per-store sequence so they list in
-// recording order), chgp:<provider>, chgy:<payer> and chgs:<payee> (one
+// recording order), chgpd (sorted set, every score 0, of paid time key ||
+// provider || 0 || event id, for every charge with a paid time),
+// chgp:<provider>, chgy:<payer> and chgs:<payee> (one
 // for each payee of a charge's shares) (sorted sets, every score 0, of time key || provider || 0 || event id,
 // so a lexicographic range is a time window exact to the nanosecond and
 // needs no double).
@@ -30,6 +32,8 @@ var (
 	chargesSource string
 	//go:embed chargestatus.lua
 	chargeStatusSource string
+	//go:embed chargepaid.lua
+	chargePaidSource string
 )
 
 var _ hub.ChargeStore = (*Store)(nil)
@@ -39,6 +43,7 @@ func (s *Store) owedKey() string              { return s.prefix + "chgo" }
 func (s *Store) providerKey(p string) string  { return s.prefix + "chgp:" + p }
 func (s *Store) payerKey(payer string) string { return s.prefix + "chgy:" + payer }
 func (s *Store) payeeKey(payee string) string { return s.prefix + "chgs:" + payee }
+func (s *Store) paidKey() string              { return s.prefix + "chgpd" }
 
 // timeKey is t as 8 bytes that sort in time order (sign bit flipped).
 func timeKey(t time.Time) []byte {
@@ -133,16 +138,20 @@ func (s *Store) RecordCharges(ctx context.Context, cs []hub.Charge, creditLimit 
 }
 
 // SetChargeStatus moves the named charges of provider to status, changing
-// nothing else (Owed moves with payments). It returns an error wrapping
+// nothing else but the paid time of charges it marks paid (Owed moves with
+// payments); see hub.ChargeStore. It returns an error wrapping
 // hub.ErrNotFound, writing nothing, when one of the events was never
 // charged, and hub.ErrInvalid for an unknown status.
-func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus) error {
+func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status hub.ChargeStatus, paidAt time.Time) error {
 	code, ok := status.Code()
 	if !ok {
 		return fmt.Errorf("redisstore: %w: charge status %q", hub.ErrInvalid, status)
 	}
 	if len(eventIDs) == 0 {
 		return nil
+	}
+	if status == hub.ChargePaid && !paidAt.IsZero() {
+		return s.markPaid(ctx, provider, eventIDs, paidAt)
 	}
 	args := make([]any, 0, 1+len(eventIDs))
 	args = append(args, string(code))
@@ -160,6 +169,60 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 		return fmt.Errorf("redisstore: set charge status: %w: charge %q", hub.ErrNotFound, at(res, 1))
 	}
 	return fmt.Errorf("redisstore: set charge status: unexpected script reply %q", res)
+}
+
+// markPaidAttempts bounds how often markPaid reads the charges again when
+// another writer changed one of them between its read and its script.
+const markPaidAttempts = 8
+
+// markPaid marks the named charges paid at paidAt: it reads their records,
+// re-encodes those not paid yet with the paid time, and has a script
+// write them and index them by paid time if none changed meanwhile.
+func (s *Store) markPaid(ctx context.Context, provider string, eventIDs []string, paidAt time.Time) error {
+	ids := make([]string, len(eventIDs))
+	for i, e := range eventIDs {
+		ids[i] = chargeID(provider, e)
+	}
+	for range markPaidAttempts {
+		docs, err := s.rdb.HMGet(ctx, s.chargesKey(), ids...).Result()
+		if err != nil {
+			return fmt.Errorf("redisstore: mark %d charges of %s paid: %w", len(ids), provider, err)
+		}
+		args := make([]any, 0, 4*len(ids))
+		for i, d := range docs {
+			doc, ok := d.(string)
+			if !ok {
+				return fmt.Errorf("redisstore: mark charges paid: %w: charge %q", hub.ErrNotFound, ids[i])
+			}
+			c, err := decodeCharge(doc)
+			if err != nil {
+				return fmt.Errorf("redisstore: charge %q: %w", ids[i], err)
+			}
+			if c.Status == hub.ChargePaid {
+				continue // keeps its first paid time
+			}
+			c.Status, c.Paid = hub.ChargePaid, paidAt
+			args = append(args, ids[i], doc, record.EncodeCharge(c), string(timeKey(paidAt))+ids[i])
+		}
+		if len(args) == 0 {
+			return nil
+		}
+		res, err := scriptReply(ctx, s.rdb, chargePaidScript, []string{s.chargesKey(), s.owedKey(), s.paidKey()}, args...)
+		if err != nil {
+			return fmt.Errorf("redisstore: mark %d charges of %s paid: %w", len(ids), provider, err)
+		}
+		switch res[0] {
+		case "ok":
+			return nil
+		case "notfound":
+			return fmt.Errorf("redisstore: mark charges paid: %w: charge %q", hub.ErrNotFound, at(res, 1))
+		case "changed":
+			continue
+		default:
+			return fmt.Errorf("redisstore: mark charges paid: unexpected script reply %q", res)
+		}
+	}
+	return fmt.Errorf("redisstore: mark %d charges of %s paid: changed by other writers %d times", len(ids), provider, markPaidAttempts)
 }
 
 // Charge returns one charge, or hub.ErrNotFound.
@@ -196,6 +259,13 @@ func (s *Store) ChargesByPayee(ctx context.Context, payee string, from, to time.
 // order.
 func (s *Store) ChargesByPayer(ctx context.Context, payer string, from, to time.Time) ([]hub.Charge, error) {
 	return s.chargesBy(ctx, s.payerKey(payer), from, to)
+}
+
+// ChargesPaid returns every charge whose paid time is in [from, to),
+// oldest paid first; charges paid in the same nanosecond come in provider
+// and event id order.
+func (s *Store) ChargesPaid(ctx context.Context, from, to time.Time) ([]hub.Charge, error) {
+	return s.chargesBy(ctx, s.paidKey(), from, to)
 }
 
 func (s *Store) chargesBy(ctx context.Context, key string, from, to time.Time) ([]hub.Charge, error) {

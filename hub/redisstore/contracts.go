@@ -27,6 +27,7 @@ var (
 	putContractScript  = redis.NewScript(putContractSource)
 	chargesScript      = redis.NewScript(chargesSource)
 	chargeStatusScript = redis.NewScript(chargeStatusSource)
+	chargePaidScript   = redis.NewScript(chargePaidSource)
 )
 
 var _ hub.ContractStore = (*Store)(nil)

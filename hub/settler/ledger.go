@@ -31,10 +31,10 @@ type epochLedger struct {
 //   - one charge per receipt whose time is in [Start, End), from the payer
 //     to the payee, on whichever outpoint it was paid — so a payment made
 //     on an old outpoint after the cut belongs to the next epoch;
-//   - the hub's fee of every paid charge the provider recorded in the
-//     epoch, and the shares its contract's revenue splits give other
-//     payees, from the provider to each payee: what the payees' income
-//     counts (charging.Income), so each is settled exactly that.
+//   - the hub's fee of every charge paid in the epoch, and the shares its
+//     contract's revenue splits give other payees, from the provider to
+//     each payee: what the payees' income counts (charging.Income), so
+//     each is settled exactly that (see postFees).
 func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochLedger, error) {
 	l := settlement.NewLedger(ep.Number)
 	if ep.Number > 1 {
@@ -79,8 +79,38 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 	el.root = settlement.NewMerkleTree(ids).Root()
 	el.receipts = len(ids)
 
-	// Fees and shares: the hub's part of every paid charge of the
-	// epoch's payees, and the other payees' shares of it.
+	if err := s.postFees(ctx, l, ep, payees); err != nil {
+		return nil, err
+	}
+	return el, nil
+}
+
+// postFees posts the hub's fee and the other payees' shares of every
+// charge paid in ep, from its provider: each charge in exactly one epoch.
+//
+// A charge is paid in the epoch that holds its paid time (hub.Charge.Paid,
+// when charging marked it paid, after its receipt), however long it was
+// owed before: by its recorded time, a charge recorded in one epoch and
+// paid after that epoch's ledger was built was never posted, and its
+// payees never settled what the payer paid. The paid time is the
+// marking's, not the receipt's, because charging marks a receipt's
+// charges after the receipt is stored, and a cut (with this ledger built
+// right after it) can fall in between: a receipt timed before the cut
+// whose charges are marked after it has them posted by the next epoch.
+// Charges paid before paid times were kept have none; they keep the rule
+// of their time: a paid charge of a provider with receipts in the epoch,
+// recorded in it.
+//
+// What is left: charging reads its clock before its store write, so a
+// marking whose time is before the cut but whose write lands after this
+// ledger read the paid charges (a store write straddling the cut and the
+// receipt scan after it) is in neither epoch. Closing it needs the store
+// to order paid marks against the cut.
+func (s *Service) postFees(ctx context.Context, l *settlement.Ledger, ep settlement.Epoch, payees map[string]bool) error {
+	paid, err := s.store.ChargesPaid(ctx, ep.From(), ep.End)
+	if err != nil {
+		return err
+	}
 	names := make([]string, 0, len(payees))
 	for p := range payees {
 		names = append(names, p)
@@ -89,25 +119,27 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 	for _, p := range names {
 		cs, err := s.store.ChargesByProvider(ctx, p, ep.From(), ep.End)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, c := range cs {
-			if c.Status != hub.ChargePaid {
-				continue
-			}
-			if c.Fee != 0 {
-				if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
-					return nil, fmt.Errorf("fee of %s/%s: %w", c.Provider, c.EventID, err)
-				}
-			}
-			for _, sh := range c.Shares {
-				if err := l.Post(settlement.Share(c.Provider, sh.Payee, sh.Msat, c.EventID)); err != nil {
-					return nil, fmt.Errorf("share of %s/%s to %s: %w", c.Provider, c.EventID, sh.Payee, err)
-				}
+			if c.Status == hub.ChargePaid && c.Paid.IsZero() {
+				paid = append(paid, c)
 			}
 		}
 	}
-	return el, nil
+	for _, c := range paid {
+		if c.Fee != 0 {
+			if err := l.Post(settlement.Fee(c.Provider, c.Fee, c.EventID)); err != nil {
+				return fmt.Errorf("fee of %s/%s: %w", c.Provider, c.EventID, err)
+			}
+		}
+		for _, sh := range c.Shares {
+			if err := l.Post(settlement.Share(c.Provider, sh.Payee, sh.Msat, c.EventID)); err != nil {
+				return fmt.Errorf("share of %s/%s to %s: %w", c.Provider, c.EventID, sh.Payee, err)
+			}
+		}
+	}
+	return nil
 }
 
 // issued is one receipt of an epoch, decoded, with its id.

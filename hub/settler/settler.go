@@ -48,6 +48,9 @@ type Store interface {
 	// ChargesByProvider returns a provider's charges recorded in
 	// [from, to), oldest first.
 	ChargesByProvider(ctx context.Context, provider string, from, to time.Time) ([]hub.Charge, error)
+	// ChargesPaid returns every charge whose paid time is in [from, to),
+	// oldest paid first.
+	ChargesPaid(ctx context.Context, from, to time.Time) ([]hub.Charge, error)
 }
 
 // Channels is what the settlement service needs from the channel

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	btcwire "github.com/btcsuite/btcd/wire"
+
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
@@ -19,13 +21,8 @@ import (
 // e-mobility provider is asked to co-sign with its share as its
 // earnings, and everything conserves to the msat.
 func TestSettleSplits(t *testing.T) {
-	e := newSettleEnv(t)
-	car, emp := e.device("car", true), e.device("emp", true)
-	cpo, host := "cpo", "site-host"
-	e.payouts[cpo], e.payouts[host] = hubtest.P2TR(t), hubtest.P2TR(t)
-	cc := e.openChannel(car, 100_000)
-	ce := e.openChannel(emp, 50_000)
-	e.h.Mine(t, 1)
+	sp := newSplitParties(t)
+	e, car, emp, cpo, host, cc, ce := sp.e, sp.car, sp.emp, sp.cpo, sp.host, sp.cc, sp.ce
 
 	// The hub's fee (10 %) pays the batch's mining fee: the site host's
 	// payout is funded by the car's channel alone.
@@ -87,11 +84,36 @@ func TestSettleSplits(t *testing.T) {
 			t.Errorf("%s carries %d msat, want %d", id, got, want)
 		}
 	}
+	assertCarriedConserve(t, r)
+}
+
+// splitParties are the parties of a split charge: a car and an
+// e-mobility provider with channels, online, and a charge point operator
+// and a site host paid out on chain.
+type splitParties struct {
+	e                   *settleEnv
+	car, emp, cpo, host string
+	cc, ce              btcwire.OutPoint
+}
+
+func newSplitParties(t *testing.T) *splitParties {
+	e := newSettleEnv(t)
+	sp := &splitParties{e: e, car: e.device("car", true), emp: e.device("emp", true), cpo: "cpo", host: "site-host"}
+	e.payouts[sp.cpo], e.payouts[sp.host] = hubtest.P2TR(t), hubtest.P2TR(t)
+	sp.cc = e.openChannel(sp.car, 100_000)
+	sp.ce = e.openChannel(sp.emp, 50_000)
+	e.h.Mine(t, 1)
+	return sp
+}
+
+// assertCarriedConserve checks that the balances r carries sum to zero.
+func assertCarriedConserve(t *testing.T, r settlement.Run) {
+	t.Helper()
 	var sum settlement.Msat
 	for _, b := range r.Closing.Carried {
 		sum += b
 	}
 	if sum != 0 {
-		t.Errorf("carried balances sum to %d msat", sum)
+		t.Errorf("epoch %d: carried balances sum to %d msat", r.Epoch.Number, sum)
 	}
 }

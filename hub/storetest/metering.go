@@ -57,6 +57,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeteringStoreUnderTes
 	t.Run("ChargeNotFound", func(t *testing.T) { testChargeNotFound(t, open(t)) })
 	t.Run("InvalidCharge", func(t *testing.T) { testInvalidCharge(t, open(t)) })
 	t.Run("SetChargeStatus", func(t *testing.T) { testSetChargeStatus(t, open(t)) })
+	t.Run("PaidTimeKeptAndListed", func(t *testing.T) { testPaidTimeKeptAndListed(t, open(t), newStore) })
 	t.Run("ChargesByProviderWindow", func(t *testing.T) { testChargesByProviderWindow(t, open(t)) })
 	t.Run("ChargesByPayerWindow", func(t *testing.T) { testChargesByPayerWindow(t, open(t)) })
 	t.Run("ChargesByPayeeShares", func(t *testing.T) { testChargesByPayeeShares(t, open(t), newStore) })
@@ -408,10 +409,10 @@ func testSetChargeStatus(t *testing.T, s MeteringStoreUnderTest) {
 	}
 	MustRecordCharges(t, s, cs, noLimit)
 
-	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-1", "evt-2"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-1", "evt-2"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatalf("SetChargeStatus(paid): %v", err)
 	}
-	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3"}, hub.ChargeOwed); err != nil {
+	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3"}, hub.ChargeOwed, time.Time{}); err != nil {
 		t.Fatalf("SetChargeStatus(owed): %v", err)
 	}
 	for i, st := range []hub.ChargeStatus{hub.ChargePaid, hub.ChargePaid, hub.ChargeOwed} {
@@ -435,16 +436,95 @@ func testSetChargeStatus(t *testing.T, s MeteringStoreUnderTest) {
 	}
 
 	// One unknown id refuses the whole call.
-	err = s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3", "evt-404"}, hub.ChargeUnpaid)
+	err = s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3", "evt-404"}, hub.ChargeUnpaid, time.Time{})
 	if !errors.Is(err, hub.ErrNotFound) {
 		t.Fatalf("SetChargeStatus with an unknown event: error = %v, want ErrNotFound", err)
 	}
 	if got := MustCharge(t, s, "coldchain-1", "evt-3").Status; got != hub.ChargeOwed {
 		t.Fatalf("a refused SetChargeStatus moved evt-3 to %s", got)
 	}
-	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3"}, "maybe"); !errors.Is(err, hub.ErrInvalid) {
+	if err := s.SetChargeStatus(ctx, "coldchain-1", []string{"evt-3"}, "maybe", time.Time{}); !errors.Is(err, hub.ErrInvalid) {
 		t.Fatalf("SetChargeStatus to an unknown status: error = %v, want ErrInvalid", err)
 	}
+}
+
+// testPaidTimeKeptAndListed: a charge marked paid keeps the time it was
+// marked, its shares and everything else (a record whose paid time follows
+// variable-length fields), keeps its first paid time when marked again, and
+// is listed by ChargesPaid by that time, whatever provider recorded it and
+// when; one marked paid without a time, or not paid, is not listed; all of
+// it survives a reopen.
+func testPaidTimeKeptAndListed(t *testing.T, s MeteringStoreUnderTest, newStore func(t *testing.T) MeteringStoreUnderTest) {
+	ctx := context.Background()
+	c := NewChannel(t, "payer-1")
+	MustPutChannel(t, s, c)
+	split := NewCharge("cpo-1", "evt-split", "payer-1", c.Funding, 1000, epoch())
+	split.Shares = []hub.Share{{Payee: "host-1", Msat: 300}, {Payee: "emp-1", Msat: 7}}
+	old := NewCharge("cpo-1", "evt-a-old", "payer-1", c.Funding, 100, epoch())
+	old.Digest = hub.Hash{} // a record that ends after its quantity
+	plain := NewCharge("meter-2", "evt-plain", "payer-1", c.Funding, 200, epoch().Add(-time.Hour))
+	untimed := NewCharge("meter-2", "evt-untimed", "payer-1", c.Funding, 50, epoch())
+	owed := NewCharge("meter-2", "evt-owed", "payer-1", c.Funding, 10, epoch())
+	// Charges paid at one instant list in recording order (boltstore)
+	// or event id order (redisstore): both are old, then split.
+	MustRecordCharges(t, s, []hub.Charge{old, split, plain, untimed, owed}, noLimit)
+
+	day := epoch().Add(24 * time.Hour)
+	mark := func(provider string, at time.Time, ids ...string) {
+		t.Helper()
+		if err := s.SetChargeStatus(ctx, provider, ids, hub.ChargePaid, at); err != nil {
+			t.Fatalf("SetChargeStatus(%v paid at %v): %v", ids, at, err)
+		}
+	}
+	mark("cpo-1", day.Add(2*time.Second), "evt-split", "evt-a-old")
+	mark("meter-2", day.Add(time.Second), "evt-plain")
+	mark("meter-2", time.Time{}, "evt-untimed")
+	// Marked again later: the first paid time stays.
+	mark("cpo-1", day.Add(time.Hour), "evt-split")
+
+	for _, w := range []*hub.Charge{&split, &old, &plain, &untimed} {
+		w.Status = hub.ChargePaid
+	}
+	split.Paid, old.Paid, plain.Paid = day.Add(2*time.Second), day.Add(2*time.Second), day.Add(time.Second)
+	check := func(s MeteringStoreUnderTest) {
+		t.Helper()
+		for _, w := range []hub.Charge{old, split, plain, untimed, owed} {
+			assertCharge(t, MustCharge(t, s, w.Provider, w.EventID), w)
+		}
+		got, err := s.ChargesPaid(ctx, day, day.Add(2*time.Hour))
+		if err != nil {
+			t.Fatalf("ChargesPaid: %v", err)
+		}
+		assertCharges(t, got, []hub.Charge{plain, old, split})
+		got, err = s.ChargesPaid(ctx, day.Add(time.Second+time.Nanosecond), day.Add(2*time.Second))
+		if err != nil {
+			t.Fatalf("ChargesPaid: %v", err)
+		}
+		assertCharges(t, got, nil)
+		got, err = s.ChargesPaid(ctx, epoch().Add(-2*time.Hour), day)
+		if err != nil {
+			t.Fatalf("ChargesPaid: %v", err)
+		}
+		assertCharges(t, got, nil)
+		// The recorded-time lists show the paid time too.
+		got, err = s.ChargesByPayee(ctx, "emp-1", epoch(), epoch().Add(time.Second))
+		if err != nil {
+			t.Fatalf("ChargesByPayee: %v", err)
+		}
+		assertCharges(t, got, []hub.Charge{split})
+		owedNow, err := s.OwedCharges(ctx)
+		if err != nil {
+			t.Fatalf("OwedCharges: %v", err)
+		}
+		assertCharges(t, owedNow, []hub.Charge{owed})
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = newStore(t)
+	defer s.Close()
+	check(s)
 }
 
 func testChargesByProviderWindow(t *testing.T, s MeteringStoreUnderTest) {
@@ -538,7 +618,7 @@ func testChargesByPayeeShares(t *testing.T, s MeteringStoreUnderTest, newStore f
 	longer.Shares = []hub.Share{{Payee: "emp-2", Msat: 30}}
 	MustRecordCharges(t, s, append(append([]hub.Charge(nil), cs...), plain, longer), noLimit)
 	assertCharge(t, MustCharge(t, s, "cpo-1", "evt-1"), cs[1])
-	if err := s.SetChargeStatus(ctx, "cpo-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "cpo-1", []string{"evt-1"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatalf("SetChargeStatus: %v", err)
 	}
 	cs[1].Status = hub.ChargePaid
@@ -667,7 +747,7 @@ func testReopenKeepsCharges(t *testing.T, newStore func(t *testing.T) MeteringSt
 		NewCharge("charger-7", "evt-2", "payer-1", c.Funding, 2500, epoch().Add(time.Second)),
 	}
 	MustRecordCharges(t, s, cs, noLimit)
-	if err := s.SetChargeStatus(ctx, "charger-7", []string{"evt-1"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "charger-7", []string{"evt-1"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatalf("SetChargeStatus: %v", err)
 	}
 	if err := s.Close(); err != nil {

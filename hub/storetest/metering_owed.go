@@ -70,10 +70,10 @@ func testOwedCharges(t *testing.T, s MeteringStoreUnderTest) {
 	}, 400)
 	assertIDs(t, "after recording", owedIDs(t, s), "evt-1", "evt-2")
 
-	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-1"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-held"}, hub.ChargeOwed); err != nil {
+	if err := s.SetChargeStatus(ctx, "gantry-1", []string{"evt-held"}, hub.ChargeOwed, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	// A charge moved back to owed may list by its first recording or by
@@ -82,10 +82,10 @@ func testOwedCharges(t *testing.T, s MeteringStoreUnderTest) {
 	slices.Sort(ids)
 	assertIDs(t, "after status changes", ids, "evt-2", "evt-held")
 	// Setting owed again does not move a charge in the order.
-	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeOwed); err != nil {
+	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeOwed, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeUnpaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "meter-2", []string{"evt-2"}, hub.ChargeUnpaid, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	assertIDs(t, "after unpaid", owedIDs(t, s), "evt-held")
@@ -106,7 +106,7 @@ func testOwedChargesReopen(t *testing.T, open, reopen func(t *testing.T) Meterin
 		NewCharge("gantry-1", "evt-1", "payer-1", c.Funding, 100, epoch()),
 		NewCharge("gantry-1", "evt-2", "payer-1", c.Funding, 100, epoch()),
 	}, noLimit)
-	if err := s.SetChargeStatus(context.Background(), "gantry-1", []string{"evt-1"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(context.Background(), "gantry-1", []string{"evt-1"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -142,7 +142,7 @@ func testQuantityKept(t *testing.T, s MeteringStoreUnderTest) {
 		}
 	}
 	// A status change keeps the quantity.
-	if err := s.SetChargeStatus(ctx, "isp-1", []string{"evt-bw"}, hub.ChargePaid); err != nil {
+	if err := s.SetChargeStatus(ctx, "isp-1", []string{"evt-bw"}, hub.ChargePaid, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if q := MustCharge(t, s, "isp-1", "evt-bw").Quantity; q != bw.Quantity {
