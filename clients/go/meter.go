@@ -258,6 +258,20 @@ type Share struct {
 	// event id, and Msat their sum.
 	Shares map[string]msat.Amount
 	Msat   msat.Amount
+	// Paid is when the hub marked the events' charges paid, after the
+	// receipt: the settlement of the epoch that holds it pays the shares
+	// (docs/ev-charging.md, section 6). Zero from a hub that sends none;
+	// the receipt's time stands in for it then (SettlesAt).
+	Paid time.Time
+}
+
+// SettlesAt is the time that decides the epoch whose settlement pays the
+// shares: Paid, or the receipt's time when the hub sent no paid time.
+func (s Share) SettlesAt() time.Time {
+	if s.Paid.IsZero() {
+		return s.Receipt.Time
+	}
+	return s.Paid
 }
 
 // Notice is one message from the hub on receipts.<id>: exactly one of
@@ -286,8 +300,10 @@ type providerMessage struct {
 	Receipts []paidReceipt `json:"receipts"`
 	// CDR: the OCPI CDR of a charging session (kind "cdr").
 	CDR json.RawMessage `json:"cdr"`
-	// Shares: this payee's shares of the receipt's events (kind "share").
+	// Shares: this payee's shares of the receipt's events, and Paid when
+	// the hub marked them paid (kind "share").
 	Shares []eventShare `json:"shares"`
+	Paid   time.Time    `json:"paid"`
 }
 
 // eventShare is one event's share of a "share" message.
@@ -438,7 +454,7 @@ func (m *Meter) verifyShare(pm providerMessage) (Share, error) {
 	for _, id := range pm.Events {
 		in[id] = true
 	}
-	sh := Share{Receipt: r, Events: pm.Events, Shares: make(map[string]msat.Amount, len(pm.Shares))}
+	sh := Share{Receipt: r, Events: pm.Events, Shares: make(map[string]msat.Amount, len(pm.Shares)), Paid: pm.Paid}
 	for _, s := range pm.Shares {
 		if _, twice := sh.Shares[s.EventID]; !in[s.EventID] || twice || s.Msat == 0 || s.Msat > r.Amount-sh.Msat {
 			return Share{}, fmt.Errorf("%w: share of event %q", ErrBadReceipt, s.EventID)
@@ -458,16 +474,18 @@ type MeterIncome struct {
 	Gross    msat.Amount
 	Receipts int
 	Events   int
-	// Shares is what share notices (Notice.Share) dated in the period
-	// owe this provider as a payee of other providers' revenue splits,
-	// counted in ShareNotices: settled to it as they are, fee already
-	// off.
+	// Shares is what share notices (Notice.Share) whose charges were
+	// paid in the period (Share.SettlesAt) owe this provider as a payee
+	// of other providers' revenue splits, counted in ShareNotices:
+	// settled to it as they are, fee already off, by the epoch that
+	// holds that time, as the hub's settlement counts them.
 	Shares       msat.Amount
 	ShareNotices int
 }
 
 // Income sums the verified receipts this Meter received (through Receipts)
-// dated in [from, to). It needs no hub query: the admin API is operator-only,
+// dated in [from, to), and the share notices whose charges were paid in
+// it (Share.SettlesAt). It needs no hub query: the admin API is operator-only,
 // and a provider's own signed receipts are the proof of its income anyway.
 func (m *Meter) Income(from, to time.Time) MeterIncome {
 	m.mu.Lock()
@@ -482,7 +500,7 @@ func (m *Meter) Income(from, to time.Time) MeterIncome {
 		in.Events += int(r.EventCount)
 	}
 	for _, sh := range m.shares {
-		if sh.Receipt.Time.Before(from) || !sh.Receipt.Time.Before(to) {
+		if at := sh.SettlesAt(); at.Before(from) || !at.Before(to) {
 			continue
 		}
 		in.Shares += sh.Msat

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,8 +13,11 @@ import (
 	m2mclient "github.com/m2mhub/m2mhub/clients/go"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
+	"github.com/m2mhub/m2mhub/hub/settler"
 	"github.com/m2mhub/m2mhub/internal/hubtest"
 	"github.com/m2mhub/m2mhub/metering"
+	"github.com/m2mhub/m2mhub/settlement"
 )
 
 // splitPayee is a payee of a revenue split with a channel of its own: its
@@ -42,43 +46,14 @@ func TestSplitPayeeCosigns(t *testing.T) {
 		t.Fatal(err)
 	}
 	payee := func(skew msat.Amount) *splitPayee {
-		key, id := h.EnrolDevice(t, hub.RolePayer, hub.RoleProvider)
-		_, seed, err := met.Issuer.IssueNATS(t.Context(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := &splitPayee{id: id, meter: met.NewMeter(t, hubtest.Provider{ID: id, Key: key, Seed: seed}, m2mclient.MeterConfig{})}
-		if p.notices, err = p.meter.Receipts(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		dev := h.NewDevice(t, h.Dial(t, key), key, m2mclient.DeviceConfig{
-			Earnings: func(context.Context, uint64) (msat.Amount, error) {
-				return p.meter.Income(time.Time{}, time.Now().Add(time.Hour)).Shares + skew, nil
-			},
+		return newSplitPayee(t, h, met, func(p *splitPayee, _ uint64) msat.Amount {
+			return p.meter.Income(time.Time{}, time.Now().Add(time.Hour)).Shares + skew
 		})
-		p.ch = h.OpenChannel(t, dev, 100_000)
-		h.WaitSession(t, id)
-		return p
 	}
 	emp, wrong := payee(0), payee(2000)
 
-	toll := met.PublishContract(t, []byte(`{"kind":"toll","version":1,"id":"split-toll","currency":"msat","fee":{"bps":"100"},`+
-		`"splits":[{"payee":"`+emp.id+`","fixed_msat":"100","bps":"1500"},{"payee":"`+wrong.id+`","bps":"100"}],`+
-		`"toll":{"time_zone":"UTC","bands":[],"default":{"car":"1000000"}}}`))
-	carID := newCar(t, h, gantry.ID)
-
-	meter := met.NewMeter(t, gantry, m2mclient.MeterConfig{})
-	hash := toll.Hash()
-	now := time.Now().UTC().Format(time.RFC3339Nano)
-	var passages []metering.Event
-	for i := range 2 {
-		passages = append(passages, metering.Event{ID: fmt.Sprintf("passage-%d", i), Subject: carID, Time: now, Data: metering.Data{
-			Contract: hex.EncodeToString(hash[:]), Quantity: "1", Unit: "passage", VehicleClass: "car",
-		}})
-	}
-	if err := meter.Meter(t.Context(), passages...); err != nil {
-		t.Fatal(err)
-	}
+	meterPassages(t, h, met, gantry, "split-toll",
+		`{"payee":"`+emp.id+`","fixed_msat":"100","bps":"1500"},{"payee":"`+wrong.id+`","bps":"100"}`)
 	// 1,000,000 a passage, a 10,000 fee: 990,000 for the providers. The
 	// first payee: 100 + floor(989,900 × 0.15) = 148,585; the second
 	// floor(989,900 × 0.01) = 9,899.
@@ -126,6 +101,154 @@ func TestSplitPayeeCosigns(t *testing.T) {
 	if got := r.Closing.CarriedNet(emp.id); got != 170 {
 		t.Fatalf("payee carries %d msat, want 170", got)
 	}
+}
+
+// newSplitPayee enrols a split payee with a channel of its own whose
+// device counts as its earnings in an epoch what earned says.
+func newSplitPayee(t *testing.T, h *hubtest.Hub, met *hubtest.Metering, earned func(p *splitPayee, epoch uint64) msat.Amount) *splitPayee {
+	key, id := h.EnrolDevice(t, hub.RolePayer, hub.RoleProvider)
+	_, seed, err := met.Issuer.IssueNATS(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &splitPayee{id: id, meter: met.NewMeter(t, hubtest.Provider{ID: id, Key: key, Seed: seed}, m2mclient.MeterConfig{})}
+	if p.notices, err = p.meter.Receipts(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	dev := h.NewDevice(t, h.Dial(t, key), key, m2mclient.DeviceConfig{
+		Earnings: func(_ context.Context, epoch uint64) (msat.Amount, error) { return earned(p, epoch), nil },
+	})
+	p.ch = h.OpenChannel(t, dev, 100_000)
+	h.WaitSession(t, id)
+	return p
+}
+
+// TestSplitPayeePaidNextEpoch: passages charged on credit in epoch 1 and
+// paid by the car only in epoch 2 settle the payee's shares in epoch 2:
+// the payee counts its shares by epoch (the shares whose charges were
+// paid in the epoch's period, Meter.Income), is asked to co-sign for
+// exactly that in each epoch, signs, and is paid its share to the msat
+// (sat into its channel, the remainder carried), the operator its rest.
+// Before paid times, epoch 2's settlement did not post the shares of
+// charges recorded in epoch 1: the hub's figure was 0, the payee refused
+// and was never paid.
+func TestSplitPayeePaidNextEpoch(t *testing.T) {
+	// Charging requests payment only when the test flushes it.
+	h, st := hubtest.StartSettling(t, hubtest.Config{Channels: func(c *channels.Config) { c.CreditLimit = 10_000_000 }})
+	met := h.StartMetering(t, hubtest.MeteringConfig{Charging: func(c *charging.Config) {
+		c.FlushInterval, c.FlushThreshold = time.Hour, 1<<40
+	}})
+	gantry := met.AddProvider(t)
+	if _, err := h.Registry().SetPayout(t.Context(), gantry.ID, hubtest.P2TR(t), "operator"); err != nil {
+		t.Fatal(err)
+	}
+	// The settlement service, made once the payee is enrolled; its
+	// device asks it for the epoch's period from its own goroutine.
+	var svc atomic.Pointer[settler.Service]
+	emp := newSplitPayee(t, h, met, func(p *splitPayee, epoch uint64) msat.Amount {
+		eps, err := svc.Load().Epochs(t.Context(), 10)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		for _, ep := range eps {
+			if ep.Number == epoch {
+				return p.meter.Income(ep.From(), ep.End).Shares
+			}
+		}
+		t.Errorf("asked about epoch %d, not among %+v", epoch, eps)
+		return 0
+	})
+	carID, passages := meterPassages(t, h, met, gantry, "late-toll", `{"payee":"`+emp.id+`","fixed_msat":"100","bps":"1500"}`)
+	hubtest.WaitFor(t, 30*time.Second, "passages charged", func() bool {
+		for _, ev := range passages {
+			if c, err := h.Store().Charge(t.Context(), gantry.ID, ev.ID); err != nil || c.Status != hub.ChargeOwed {
+				return false
+			}
+		}
+		return true
+	})
+
+	s := st.NewSettlement(t, nil)
+	svc.Store(s)
+	r1, err := s.Settle(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.State != settlement.RunEmpty {
+		r1 = st.Confirm(t, s, r1.Epoch.Number)
+	}
+	if got := r1.Closing.CarriedNet(emp.id); got != 0 {
+		t.Fatalf("the payee carries %d msat out of epoch 1, want nothing (nothing was paid)", got)
+	}
+
+	// Epoch 2: the car pays. 1,000,000 a passage, a 10,000 fee, then
+	// 100 + floor(989,900 × 0.15) = 148,585 to the payee and 841,415 to
+	// the gantry.
+	met.Charging.Flush(t.Context())
+	var got msat.Amount
+	for got < 2*148_585 {
+		select {
+		case n := <-emp.notices:
+			if n.Share == nil || n.Share.Paid.Before(r1.Epoch.End) {
+				t.Fatalf("payee got notice %+v, want a share paid after epoch 1's cut %v", n, r1.Epoch.End)
+			}
+			got += n.Share.Msat
+		case <-time.After(30 * time.Second):
+			t.Fatalf("payee: shares of %d msat after 30 s, want %d", got, 2*148_585)
+		}
+	}
+	r2, err := s.Settle(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 = st.Confirm(t, s, r2.Epoch.Number)
+	tx, err := h.LookupTx(t.Context(), hubtest.RunTxids(t, r2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := hubtest.IndexOfInput(tx, emp.ch.ID)
+	if i < 0 || len(tx.TxIn[i].Witness) != 1 || tx.TxOut[i].Value != 100_000+297 {
+		t.Fatalf("payee's channel: input %d of %v, want co-signed into 100,297 sat", i, tx)
+	}
+	// The epoch's nets: the car paid 2,000,000, the payee's shares and
+	// the gantry's rest are what the charges gave them, the hub kept the
+	// fees; the payee's sub-satoshi remainder carries.
+	nets := r2.Closing.Nets
+	if nets[carID] != -2_000_000 || nets[emp.id] != 2*148_585 || nets[gantry.ID] != 2*841_415 ||
+		nets[carID]+nets[emp.id]+nets[gantry.ID] != -2*10_000 {
+		t.Fatalf("epoch 2 nets %v, want car -2,000,000, payee 297,170, gantry 1,682,830", nets)
+	}
+	var sum settlement.Msat
+	for _, b := range r2.Closing.Carried {
+		sum += b
+	}
+	if r2.Closing.CarriedNet(emp.id) != 170 || sum != 0 {
+		t.Fatalf("carried: payee %d msat (want 170), all %d (want 0)", r2.Closing.CarriedNet(emp.id), sum)
+	}
+}
+
+// meterPassages publishes toll contract id, 1,000,000 msat a car's
+// passage with a 1 % fee and the given splits (JSON objects), enrols a
+// car allowed to pay gantry, and has gantry meter two passages of it
+// under the contract. It returns the car's id and the passages.
+func meterPassages(t *testing.T, h *hubtest.Hub, met *hubtest.Metering, gantry hubtest.Provider, id, splits string) (string, []metering.Event) {
+	toll := met.PublishContract(t, []byte(`{"kind":"toll","version":1,"id":"`+id+`","currency":"msat","fee":{"bps":"100"},`+
+		`"splits":[`+splits+`],"toll":{"time_zone":"UTC","bands":[],"default":{"car":"1000000"}}}`))
+	carID := newCar(t, h, gantry.ID)
+	meter := met.NewMeter(t, gantry, m2mclient.MeterConfig{})
+	hash := toll.Hash()
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	var passages []metering.Event
+	for i := range 2 {
+		passages = append(passages, metering.Event{ID: fmt.Sprintf("passage-%d", i), Subject: carID, Time: now, Data: metering.Data{
+			Contract: hex.EncodeToString(hash[:]), Quantity: "1", Unit: "passage", VehicleClass: "car",
+		}})
+	}
+	if err := meter.Meter(t.Context(), passages...); err != nil {
+		t.Fatal(err)
+	}
+	return carID, passages
 }
 
 // newCar enrols a car with a funded channel whose policy lets it pay
