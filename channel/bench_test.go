@@ -105,3 +105,29 @@ func BenchmarkReceiptSign(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkSignClaim is the device's per-payment signature: the claim
+// sighash, the signature and its check against the device key.
+func BenchmarkSignClaim(b *testing.B) {
+	p := mustParty(b, "bench", 1_000_000, 900_000)
+	s := State{ChannelID: p.id, Seq: 42, Paid: 123_456_789}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.out.SignClaim(p.device, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReceiptVerifyKey is the device's check of each payment's
+// receipt against its pinned hub key.
+func BenchmarkReceiptVerifyKey(b *testing.B) {
+	r := sampleReceipt(b)
+	hub := mustKey(b, "hub").PubKey()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := r.VerifyKey(hub); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -83,16 +83,25 @@ func (o *Output) ClaimSigHash(s State) ([32]byte, error) {
 // the device key. It returns an error wrapping ErrNotParticipant when key is
 // not the channel's device key, or ErrOverCapacity.
 func (o *Output) SignClaim(key *btcec.PrivateKey, s State) (*schnorr.Signature, error) {
-	if !key.PubKey().IsEqual(o.params.DeviceKey) {
-		return nil, fmt.Errorf("%w: not the device key", ErrNotParticipant)
-	}
 	h, err := o.ClaimSigHash(s)
 	if err != nil {
 		return nil, err
 	}
-	sig, err := schnorr.Sign(key, h[:])
+	// btcec's Sign checks its own signature unless told FastSign, which
+	// matters on a device (a fault while signing must not let a bad
+	// signature out); it does so through the key's x-only bytes, parsed
+	// again. The check here is the same one against the device key lifted
+	// once, and it also tells whether key is the device key, which
+	// otherwise costs a public key derivation per payment.
+	sig, err := schnorr.Sign(key, h[:], schnorr.FastSign())
 	if err != nil {
 		return nil, fmt.Errorf("channel: sign claim: %w", err)
+	}
+	if !o.device.verify(&h, (*[64]byte)(sig.Serialize())) {
+		if !key.PubKey().IsEqual(o.params.DeviceKey) {
+			return nil, fmt.Errorf("%w: not the device key", ErrNotParticipant)
+		}
+		return nil, fmt.Errorf("%w: claim signature of %v seq %d fails its own check", ErrBadSignature, s.ChannelID, s.Seq)
 	}
 	return sig, nil
 }

@@ -1,7 +1,6 @@
 package channel
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -309,22 +308,50 @@ func (r *Receipt) Verify() error {
 	if err != nil {
 		return fmt.Errorf("%w: hub key: %v", ErrBadReceipt, err)
 	}
-	sig, err := schnorr.ParseSignature(r.Sig[:])
-	if err != nil {
-		return fmt.Errorf("%w: receipt: %v", ErrBadSignature, err)
-	}
+	k := liftKey(pub)
+	return r.verifySig(&k)
+}
+
+// verifySig checks that Sig is k's signature over ID.
+func (r *Receipt) verifySig(k *xOnlyKey) error {
 	id := r.ID()
-	if !sig.Verify(id[:], pub) {
+	if !k.verify(&id, &r.Sig) {
 		return fmt.Errorf("%w: receipt %x", ErrBadSignature, id)
 	}
 	return nil
 }
 
-// VerifyKey is Verify plus a check that the receipt was signed by hub. It
-// returns an error wrapping ErrNotParticipant when HubKey is another key.
-func (r *Receipt) VerifyKey(hub *btcec.PublicKey) error {
-	if hub == nil || !bytes.Equal(r.HubKey[:], hub.SerializeCompressed()) {
+// ReceiptVerifier checks receipts against one trusted hub key, parsed and
+// lifted once: a device checks the receipt of every payment it makes, and
+// Receipt.VerifyKey parses the key from its 33 bytes (a square root on the
+// curve) each time.
+type ReceiptVerifier struct {
+	hub [33]byte
+	key xOnlyKey
+}
+
+// NewReceiptVerifier returns the verifier of receipts signed by hub.
+func NewReceiptVerifier(hub *btcec.PublicKey) *ReceiptVerifier {
+	return &ReceiptVerifier{hub: [33]byte(hub.SerializeCompressed()), key: liftKey(hub)}
+}
+
+// Verify is r.VerifyKey(hub) for the verifier's hub, with the same errors.
+func (v *ReceiptVerifier) Verify(r *Receipt) error {
+	if r.HubKey != v.hub {
 		return fmt.Errorf("%w: receipt signed by %x", ErrNotParticipant, r.HubKey)
 	}
-	return r.Verify()
+	if err := r.validate(); err != nil {
+		return err
+	}
+	return r.verifySig(&v.key)
+}
+
+// VerifyKey is Verify plus a check that the receipt was signed by hub. It
+// returns an error wrapping ErrNotParticipant when HubKey is another key.
+// A caller checking many receipts of one hub keeps a ReceiptVerifier.
+func (r *Receipt) VerifyKey(hub *btcec.PublicKey) error {
+	if hub == nil {
+		return fmt.Errorf("%w: receipt signed by %x", ErrNotParticipant, r.HubKey)
+	}
+	return NewReceiptVerifier(hub).Verify(r)
 }

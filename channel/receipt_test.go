@@ -204,6 +204,14 @@ func TestReceiptSignature(t *testing.T) {
 			if err := r.Verify(); !errors.Is(err, ErrBadSignature) {
 				t.Errorf("%s tampered: err = %v, want ErrBadSignature", name, err)
 			}
+			// The pinned-key check (ReceiptVerifier) refuses it too.
+			want := ErrBadSignature
+			if name == "other-key" {
+				want = ErrNotParticipant
+			}
+			if err := r.VerifyKey(hub.PubKey()); !errors.Is(err, want) {
+				t.Errorf("%s tampered: VerifyKey err = %v, want %v", name, err, want)
+			}
 		}
 	})
 	t.Run("ErrNotParticipant", func(t *testing.T) {

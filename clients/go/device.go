@@ -293,6 +293,9 @@ type Device struct {
 	log     *slog.Logger
 	limiter *Limiter
 	w       *waiters
+	// receipts checks the receipts of the device's payments against
+	// cfg.HubKey.
+	receipts *channel.ReceiptVerifier
 
 	// r reads the Session (nil offline); ownRouter means the Device
 	// created it and closes it; detach stops its handler.
@@ -355,7 +358,8 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Device{
 		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock),
-		ctx: ctx, cancel: cancel,
+		receipts: channel.NewReceiptVerifier(cfg.HubKey),
+		ctx:      ctx, cancel: cancel,
 		chans: make(map[[32]byte]*devChannel), byID: make(map[btcwire.OutPoint]*devChannel),
 		settle:      make(map[btcwire.OutPoint]signedSettle),
 		closedHolds: make(map[[16]byte]bool),

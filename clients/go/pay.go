@@ -288,7 +288,7 @@ func (d *Device) acknowledged(ctx context.Context, c *devChannel, p *PendingPaym
 // checkReceipt verifies a receipt against the pinned hub key and the
 // payment it acknowledges.
 func (d *Device) checkReceipt(r *channel.Receipt, chanID btcwire.OutPoint, p *PendingPayment) error {
-	if err := r.VerifyKey(d.cfg.HubKey); err != nil {
+	if err := d.receipts.Verify(r); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadReceipt, err)
 	}
 	var hold [16]byte
