@@ -21,6 +21,13 @@ type Conn struct {
 	remote *btcec.PublicKey
 	l      *Listener
 	slot   *slot
+
+	// out is the frame being written, kept for the next one; unsent is
+	// the rest of it after a write that timed out part way, for the next
+	// Flush; n is its plaintext length.
+	out    frame
+	unsent []byte
+	n      int
 }
 
 // EndHandshake gives the connection's handshake slot back: the caller has
@@ -39,11 +46,45 @@ func (c *Conn) ReadNextHeader() (uint32, error) { return c.noise.ReadHeader(c.co
 // must have that length, and returns the plaintext.
 func (c *Conn) ReadNextBody(buf []byte) ([]byte, error) { return c.noise.ReadBody(c.conn, buf) }
 
-// WriteMessage encrypts b into the pending frame; Flush writes it.
-func (c *Conn) WriteMessage(b []byte) error { return c.noise.WriteMessage(b) }
+// WriteMessage encrypts b into the pending frame; Flush writes it. It
+// returns brontide.ErrMessageNotFlushed while a frame is still unsent.
+func (c *Conn) WriteMessage(b []byte) error {
+	if len(c.unsent) > 0 {
+		return brontide.ErrMessageNotFlushed
+	}
+	return c.noise.WriteMessage(b)
+}
 
-// Flush writes the pending frame, resuming after a timed-out partial write.
-func (c *Conn) Flush() (int, error) { return c.noise.Flush(c.conn) }
+// Flush writes the pending frame, resuming after a timed-out partial write,
+// and returns its plaintext length as brontide's Flush does. The frame goes
+// out in one write: brontide's Flush writes the 18-byte length header and
+// the body separately, two segments on the wire and two wake-ups of the
+// reader for every message.
+func (c *Conn) Flush() (int, error) {
+	if len(c.unsent) == 0 {
+		c.out = c.out[:0]
+		n, err := c.noise.Flush(&c.out)
+		if err != nil || len(c.out) == 0 {
+			return n, err
+		}
+		c.unsent, c.n = c.out, n
+	}
+	w, err := c.conn.Write(c.unsent)
+	c.unsent = c.unsent[w:]
+	if err != nil {
+		return 0, err
+	}
+	return c.n, nil
+}
+
+// frame collects what brontide's Flush writes (header, then body) into one
+// buffer. It copies: brontide returns its buffers to a pool once flushed.
+type frame []byte
+
+func (f *frame) Write(p []byte) (int, error) {
+	*f = append(*f, p...)
+	return len(p), nil
+}
 
 // Close closes the connection and gives its handshake slot back if it
 // still held one.

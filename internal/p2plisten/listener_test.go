@@ -166,3 +166,94 @@ func TestAdmission(t *testing.T) {
 		}
 	})
 }
+
+// countingConn counts the writes to a connection; short makes the next
+// write send only that many bytes and fail with a timeout, as a write
+// deadline does part way.
+type countingConn struct {
+	net.Conn
+	writes int
+	short  int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes++
+	if c.short > 0 && c.short < len(p) {
+		n, err := c.Conn.Write(p[:c.short])
+		c.short = 0
+		if err == nil {
+			err = os.ErrDeadlineExceeded
+		}
+		return n, err
+	}
+	return c.Conn.Write(p)
+}
+
+// TestFlushWritesOnce checks that each message goes out in one write
+// (brontide's own Flush makes two: header, then body), that the device
+// reads it intact, and that a write cut short by a timeout resumes on the
+// next Flush with the frame whole and no new message accepted meanwhile.
+func TestFlushWritesOnce(t *testing.T) {
+	l, key := listen(t, 4, 1)
+	dev := mustKey(t)
+	got := make(chan []string, 1)
+	go func() {
+		addr := l.Addr().(*net.TCPAddr)
+		c, err := brontide.Dial(&keychain.PrivKeyECDH{PrivKey: dev},
+			&lnwire.NetAddress{IdentityKey: key.PubKey(), Address: addr}, 5*time.Second, net.DialTimeout)
+		if err != nil {
+			got <- []string{err.Error()}
+			return
+		}
+		defer c.Close()
+		var msgs []string
+		for range 3 {
+			m, err := c.ReadNextMessage()
+			if err != nil {
+				msgs = append(msgs, err.Error())
+				break
+			}
+			msgs = append(msgs, string(m))
+		}
+		got <- msgs
+	}()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cc := &countingConn{Conn: c.conn}
+	c.conn = cc
+
+	send := func(msg string) {
+		t.Helper()
+		if err := c.WriteMessage([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := c.Flush(); err != nil || n != len(msg) {
+			t.Fatalf("Flush = %d, %v; want %d, nil", n, err, len(msg))
+		}
+	}
+	send("first")
+	send("second message")
+	if cc.writes != 2 {
+		t.Fatalf("%d writes for 2 messages, want 2", cc.writes)
+	}
+	cc.short = 10
+	if err := c.WriteMessage([]byte("third, cut short")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Flush(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("cut-short Flush = %v, want a timeout", err)
+	}
+	if err := c.WriteMessage([]byte("too early")); !errors.Is(err, brontide.ErrMessageNotFlushed) {
+		t.Fatalf("WriteMessage with a frame unsent = %v, want ErrMessageNotFlushed", err)
+	}
+	if n, err := c.Flush(); err != nil || n != len("third, cut short") {
+		t.Fatalf("resumed Flush = %d, %v", n, err)
+	}
+	want := []string{"first", "second message", "third, cut short"}
+	if msgs := <-got; len(msgs) != len(want) || msgs[0] != want[0] || msgs[1] != want[1] || msgs[2] != want[2] {
+		t.Fatalf("device read %q, want %q", msgs, want)
+	}
+}
