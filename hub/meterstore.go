@@ -273,4 +273,21 @@ type ChargeStore interface {
 	// again; implementations keep an index of owed charges so this costs
 	// what is owed, not every charge ever recorded.
 	OwedCharges(ctx context.Context) ([]Charge, error)
+
+	// PutChargeRequest records ids, the event ids of provider's charges
+	// that one payment request asks for, under root (their
+	// channel.EventsRoot, which the paying receipt names), for ttl (by
+	// the store's own clock, as leases are). A hub that finds the request's payment stored but its
+	// charges owed (it restarted after the payment) learns from it which
+	// charges the receipt covers. Recording the same root again replaces
+	// the record.
+	PutChargeRequest(ctx context.Context, provider string, root Hash, ids []string, ttl time.Duration) error
+
+	// TakeChargeRequests returns, for each of roots, the ids recorded
+	// under (provider, root) and deletes them, atomically per root: of
+	// several hubd settling one paid request (its asker and a restarted
+	// instance), one takes it and publishes the receipt. An entry is nil
+	// for a root with no live record (never recorded, taken, or
+	// expired).
+	TakeChargeRequests(ctx context.Context, provider string, roots []Hash) ([][]string, error)
 }

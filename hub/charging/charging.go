@@ -113,6 +113,11 @@ type Channels interface {
 	PayerChannel(ctx context.Context, payer string) (btcwire.OutPoint, error)
 	RecordCharges(ctx context.Context, store hub.ChargeStore, cs []hub.Charge) ([]hub.ChargeResult, error)
 	ChannelOwed(ctx context.Context, op btcwire.OutPoint) (msat.Amount, bool, error)
+	// Channel and Receipts read a channel's stored record and payments'
+	// receipts: a payment the hub stored but did not mark its charges
+	// paid for (a restart, an instance gone) is found among them.
+	Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error)
+	Receipts(ctx context.Context, op btcwire.OutPoint, from uint64, limit int) ([][]byte, error)
 	RequestPayment(ctx context.Context, r hub.PaymentRequest) (uint64, error)
 	CancelPayment(reqID uint64)
 	// Hold, RecordHeldCharge and ReleaseHold charge a session against

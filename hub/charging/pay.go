@@ -104,6 +104,10 @@ type payGroup struct {
 	// shares are the other payees' shares of the group's charges, by
 	// payee, told to each once the group is paid.
 	shares map[string][]EventShare
+	// root is the events root of the request last sent for the group,
+	// recorded in the store when recorded is set (recordRequest).
+	root     hub.Hash
+	recorded bool
 }
 
 // add adds a charge to the group.
@@ -408,6 +412,9 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid, paidAt); err != nil {
 		c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
 	}
+	if gs = c.takeRecorded(ctx, prov, gs); len(gs) == 0 {
+		return
+	}
 	defer c.tellPayees(ctx, gs, receipts, paidAt)
 	if len(gs) == 1 {
 		c.publish(ctx, prov, ProviderMessage{
@@ -541,6 +548,7 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		c.unbusy(g, false, now)
 		return
 	}
+	c.recordRequest(ctx, g, root)
 	r := hub.PaymentRequest{
 		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,

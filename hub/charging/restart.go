@@ -64,10 +64,14 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 //
 // A charge can be owed in the store although its payment went through:
 // the hub stopped between the payment's durable write and marking the
-// charges paid. The payment lowered its channel's Owed, which is the
-// truth of what the payer still owes there, so per channel the oldest
-// charges are marked paid until the rest fit in Owed: the payer is never
-// asked twice for one charge (at worst the hub forgives part of one).
+// charges paid. Such a payment is found among the channel's stored
+// receipts by the request's record (settleStored): its charges are marked
+// paid and its receipt published, once across hubd. What is left is
+// judged by the channel's Owed, which the payment lowered and which is
+// the truth of what the payer still owes there: per channel the oldest
+// charges are marked paid until the rest fit in Owed (no receipt is
+// known for them), so the payer is never asked twice for one charge (at
+// worst the hub forgives part of one).
 // Charges on a channel that is no longer ready stay owed and are not
 // requested: there is no channel to pay them on. Charges found paid are
 // marked paid now: the receipt that paid them is not known here, and a
@@ -115,6 +119,7 @@ func (c *Service) reloadOwed(ctx context.Context) {
 				"channel", op, "charges", len(list), "err", err)
 			continue
 		}
+		list = c.settleStored(ctx, op, list)
 		// Charges recorded since the start raised Owed too.
 		owed -= min(owed, queuedOn[op])
 		var sum msat.Amount
@@ -137,4 +142,76 @@ func (c *Service) reloadOwed(ctx context.Context) {
 	}
 	c.log.Info("owed charges reloaded", "requested", len(again), "found paid", found)
 	c.addOwed(again)
+}
+
+// settleStored settles the requests for list's charges (owed on the
+// channel funded by op) whose payments the channel's stored receipts show:
+// each whose record this hubd takes is marked paid and its receipt
+// published to its provider (and shares to split payees), as if the
+// payment had just been heard of. It returns the charges left owed.
+func (c *Service) settleStored(ctx context.Context, op btcwire.OutPoint, list []hub.Charge) []hub.Charge {
+	rs, err := ChargeReceipts(ctx, c.cfg.Channels, op)
+	if err != nil {
+		c.log.Warn("receipts of a channel with owed charges not read", "channel", op, "err", err)
+		return list
+	}
+	byProv := map[string][]StoredReceipt{}
+	owedBy := map[string]bool{}
+	for _, ch := range list {
+		owedBy[ch.Provider] = true
+	}
+	for _, r := range rs {
+		if owedBy[r.Payee] {
+			byProv[r.Payee] = append(byProv[r.Payee], r)
+		}
+	}
+	settled := map[string]bool{} // provider, event id
+	for _, prov := range slices.Sorted(maps.Keys(byProv)) {
+		roots := make([]hub.Hash, len(byProv[prov]))
+		for i, r := range byProv[prov] {
+			roots[i] = r.EventsRoot
+		}
+		taken, err := c.cfg.Charges.TakeChargeRequests(ctx, prov, roots)
+		if err != nil {
+			c.log.Error("taking charge requests of stored payments", "provider", prov, "err", err)
+			continue
+		}
+		charges := map[string]*hub.Charge{}
+		for i := range list {
+			if list[i].Provider == prov {
+				charges[list[i].EventID] = &list[i]
+			}
+		}
+		var gs []*payGroup
+		receipts := map[*payGroup][]byte{}
+		for i, ids := range taken {
+			if ids == nil {
+				continue
+			}
+			g := &payGroup{key: payKey{provider: prov, channel: op}}
+			for _, id := range ids {
+				if ch := charges[id]; ch != nil {
+					g.add(ch)
+				}
+				settled[prov+"\x00"+id] = true
+			}
+			g.ids = ids // the receipt covers exactly the request's events
+			gs = append(gs, g)
+			receipts[g] = byProv[prov][i].Raw
+		}
+		if len(gs) > 0 {
+			c.settleProvider(ctx, prov, gs, receipts)
+		}
+	}
+	if len(settled) == 0 {
+		return list
+	}
+	var left []hub.Charge
+	for _, ch := range list {
+		if !settled[ch.Provider+"\x00"+ch.EventID] {
+			left = append(left, ch)
+		}
+	}
+	c.log.Info("owed charges found paid by a stored payment", "channel", op, "charges", len(list)-len(left))
+	return left
 }

@@ -2,6 +2,8 @@ package charging_test
 
 import (
 	"context"
+	"encoding/hex"
+	"slices"
 	"testing"
 	"time"
 
@@ -132,6 +134,20 @@ func TestChargingRestartRequestsOwed(t *testing.T) {
 	env.payerHearsNothing()
 }
 
+// askTwo charges bw-a and bw-b under k and has them requested: what they
+// owe and the payer's one request for it.
+func (env *chargeEnv) askTwo(k *contracts.Contract) (msat.Amount, *wire.PaymentRequest) {
+	env.t.Helper()
+	out := env.charge(env.bandwidthEvent(k, "bw-a", "5"), env.bandwidthEvent(k, "bw-b", "5"))
+	owed := out[0].Amount + out[1].Amount
+	env.chg.Flush(context.Background())
+	req := chantest.Expect[*wire.PaymentRequest](env.payer)
+	if req.Amount != owed {
+		env.t.Fatalf("request of %d msat, want %d", req.Amount, owed)
+	}
+	return owed, req
+}
+
 // TestChargingRestartAfterUnmarkedPayment: the hub stops after a payment
 // is durable but before its charges are marked paid. The next run finds
 // them owed in the store but not on the channel, marks them paid and does
@@ -139,14 +155,7 @@ func TestChargingRestartRequestsOwed(t *testing.T) {
 func TestChargingRestartAfterUnmarkedPayment(t *testing.T) {
 	env := newChargeEnv(t, 100_000_000)
 	k := env.publish("bandwidth")
-	out := env.charge(env.bandwidthEvent(k, "bw-a", "5"), env.bandwidthEvent(k, "bw-b", "5"))
-	owed := out[0].Amount + out[1].Amount
-
-	env.chg.Flush(context.Background())
-	req := chantest.Expect[*wire.PaymentRequest](env.payer)
-	if req.Amount != owed {
-		t.Fatalf("request of %d msat, want %d", req.Amount, owed)
-	}
+	_, req := env.askTwo(k)
 	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
 	id := req.ReqID
 	m.ReqID = &id
@@ -176,4 +185,54 @@ func TestChargingRestartAfterUnmarkedPayment(t *testing.T) {
 	if st := env.stored("bw-c").Status; st != hub.ChargeOwed {
 		t.Fatalf("bw-c is %s, want owed", st)
 	}
+}
+
+// TestChargingRestartPublishesStoredReceipt: the hub stops while its
+// request is out; the device's payment is stored, but no run of charging
+// hears of it. The next run finds the payment among the channel's stored
+// receipts by the request's record, marks the charges paid and publishes
+// that receipt, once, for exactly the request's events; a run after that
+// publishes nothing and asks nothing.
+func TestChargingRestartPublishesStoredReceipt(t *testing.T) {
+	env := newChargeEnv(t, 100_000_000)
+	owed, req := env.askTwo(env.publish("bandwidth"))
+	if err := env.chg.Close(); err != nil { // stopped with the request out
+		t.Fatal(err)
+	}
+	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &req.ReqID
+	env.payer.Send(m)
+	ack := chantest.Expect[*wire.PayAck](env.payer)
+	chantest.Expect[*wire.ReceiptNotice](env.prov)
+	if got := env.pub.take(charging.ProviderMsgReceipt); len(got) != 0 {
+		t.Fatalf("published %+v before the restart", got)
+	}
+
+	env.restart()
+	env.chg.Flush(context.Background())
+	got := env.pub.take(charging.ProviderMsgReceipt)
+	if len(got) != 1 || got[0].msg.Receipt != hex.EncodeToString(ack.Receipt) ||
+		!slices.Equal(slices.Sorted(slices.Values(got[0].msg.Events)), []string{"bw-a", "bw-b"}) {
+		t.Fatalf("published %+v after the restart, want the payment's receipt for bw-a and bw-b", got)
+	}
+	for _, id := range []string{"bw-a", "bw-b"} {
+		if st := env.stored(id).Status; st != hub.ChargePaid {
+			t.Fatalf("%s is %s, want paid (its payment was durable)", id, st)
+		}
+	}
+	rec, err := env.h.Store.Channel(context.Background(), env.ch.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Paid != owed || rec.Owed != 0 {
+		t.Fatalf("channel paid %d owed %d, want paid %d once, owed 0", rec.Paid, rec.Owed, owed)
+	}
+	env.payerHearsNothing()
+
+	env.restart()
+	env.chg.Flush(context.Background())
+	if got := env.pub.take(charging.ProviderMsgReceipt); len(got) != 0 {
+		t.Fatalf("published %+v again on the next restart", got)
+	}
+	env.payerHearsNothing()
 }

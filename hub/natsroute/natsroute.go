@@ -80,10 +80,6 @@ type Local interface {
 	// Forwarded runs a provider's hold message forwarded here because
 	// the payer's session is here.
 	Forwarded(ctx context.Context, provider string, msg wire.Message) error
-	// Channel and Receipts read the shared store: a request routed to an
-	// instance that died is looked for among the channel's payments.
-	Channel(ctx context.Context, op btcwire.OutPoint) (hub.ChannelRecord, error)
-	Receipts(ctx context.Context, op btcwire.OutPoint, from uint64, limit int) ([][]byte, error)
 }
 
 // Config configures New.

@@ -10,9 +10,9 @@ import (
 	btcwire "github.com/btcsuite/btcd/wire"
 	"github.com/nats-io/nats.go"
 
-	"github.com/m2mhub/m2mhub/channel"
 	"github.com/m2mhub/m2mhub/hub"
 	"github.com/m2mhub/m2mhub/hub/channels"
+	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/msat"
 )
 
@@ -455,34 +455,18 @@ func (r *Router) holderGone(h string) {
 	}
 }
 
-// receiptsBack bounds how far back in the channel's payments
-// storedReceipt looks for a request's payment: a request routed to an
-// instance is found gone within HolderCheck of its death and was paid,
-// if at all, within charging's timeout before (seconds of a device's
-// payments).
-const receiptsBack = 4096
-
 // storedReceipt returns the stored receipt of the payment answering req,
 // or nil when the channel holds none: a version-2 receipt to req's payee
 // for req's amount, contract and events.
 func (r *Router) storedReceipt(ctx context.Context, req hub.PaymentRequest) ([]byte, error) {
-	rec, err := r.cfg.Local.Channel(ctx, req.Channel)
+	rs, err := charging.ChargeReceipts(ctx, r.cfg.Local, req.Channel)
 	if err != nil {
 		return nil, err
 	}
-	from := rec.Seq - min(rec.Seq, receiptsBack)
-	raws, err := r.cfg.Local.Receipts(ctx, req.Channel, from, receiptsBack+1)
-	if err != nil {
-		return nil, err
-	}
-	for _, raw := range raws {
-		var rc channel.Receipt
-		if rc.UnmarshalBinary(raw) != nil {
-			continue
-		}
-		if rc.Channel == req.Channel && rc.Payee == req.Payee && rc.Amount == req.Amount && rc.Contract == req.Contract &&
+	for _, rc := range rs {
+		if rc.Payee == req.Payee && rc.Amount == req.Amount && rc.Contract == req.Contract &&
 			rc.EventsRoot == req.EventsRoot && rc.EventCount == req.EventCount {
-			return raw, nil
+			return rc.Raw, nil
 		}
 	}
 	return nil, nil

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,88 @@ func runMeteringOwed(t *testing.T, open, reopen func(t *testing.T) MeteringStore
 	t.Run("OwedCharges", func(t *testing.T) { testOwedCharges(t, open(t)) })
 	t.Run("OwedChargesSurviveReopen", func(t *testing.T) { testOwedChargesReopen(t, open, reopen) })
 	t.Run("QuantityKept", func(t *testing.T) { testQuantityKept(t, open(t)) })
+	t.Run("ChargeRequestTakenOnce", func(t *testing.T) { testChargeRequestTakenOnce(t, open(t)) })
+	t.Run("ChargeRequestSurvivesReopen", func(t *testing.T) { testChargeRequestReopen(t, open, reopen) })
+}
+
+// testChargeRequestTakenOnce: a recorded request's ids are taken once, by
+// one of several takers at once; others, an unknown root, another
+// provider's and an expired record give nil; recording a root again
+// replaces its ids.
+func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	r1, r2, r3 := hub.Hash{1}, hub.Hash{2}, hub.Hash{3}
+	for _, p := range []struct {
+		root hub.Hash
+		ids  []string
+		ttl  time.Duration
+	}{
+		{r1, []string{"a"}, time.Hour},
+		{r1, []string{"e1", "e2"}, time.Hour}, // replaces
+		{r2, []string{"e3"}, time.Hour},
+		{r3, []string{"old"}, time.Millisecond}, // expires
+	} {
+		if err := s.PutChargeRequest(ctx, "prov", p.root, p.ids, p.ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Millisecond) // r3's store-clock lifetime
+	if got, err := s.TakeChargeRequests(ctx, "other", []hub.Hash{r1}); err != nil || got[0] != nil {
+		t.Fatalf("another provider took %v (%v)", got, err)
+	}
+	const takers = 8
+	won := make(chan []string, takers)
+	var wg sync.WaitGroup
+	for range takers {
+		wg.Go(func() {
+			got, err := s.TakeChargeRequests(ctx, "prov", []hub.Hash{r1, {9}})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got[1] != nil {
+				t.Errorf("an unknown root gave %v", got[1])
+			}
+			if got[0] != nil {
+				won <- got[0]
+			}
+		})
+	}
+	wg.Wait()
+	close(won)
+	var wins [][]string
+	for w := range won {
+		wins = append(wins, w)
+	}
+	if len(wins) != 1 || !slices.Equal(wins[0], []string{"e1", "e2"}) {
+		t.Fatalf("%d takers got the request: %v, want one with [e1 e2]", len(wins), wins)
+	}
+	got, err := s.TakeChargeRequests(ctx, "prov", []hub.Hash{r1, r2, r3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0] != nil || !slices.Equal(got[1], []string{"e3"}) || got[2] != nil {
+		t.Fatalf("taken again, the other and the expired: %v, want [nil [e3] nil]", got)
+	}
+}
+
+// testChargeRequestReopen: a recorded request survives the store's
+// restart (a restarted hub reads it).
+func testChargeRequestReopen(t *testing.T, open, reopen func(t *testing.T) MeteringStoreUnderTest) {
+	ctx := context.Background()
+	s := open(t)
+	if err := s.PutChargeRequest(ctx, "prov", hub.Hash{7}, []string{"x", "y"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again := reopen(t)
+	defer again.Close()
+	got, err := again.TakeChargeRequests(ctx, "prov", []hub.Hash{{7}})
+	if err != nil || !slices.Equal(got[0], []string{"x", "y"}) {
+		t.Fatalf("after reopening: %v (%v), want [x y]", got, err)
+	}
 }
 
 // owedIDs lists the event ids OwedCharges returns, in its order.

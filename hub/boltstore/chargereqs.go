@@ -1,0 +1,117 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/m2mhub/m2mhub/hub"
+)
+
+var (
+	// provider || 0 || root -> expiry (unix ns, big-endian) || JSON event ids
+	bucketChargeReqs = []byte("chgreqs")
+	// expiry || provider || 0 || root -> nothing: the records by expiry,
+	// so Put drops the expired ones without reading every record
+	bucketChargeReqExp = []byte("chgreqexp")
+)
+
+func chargeReqKey(provider string, root hub.Hash) []byte {
+	return append(append([]byte(provider), 0), root[:]...)
+}
+
+// PutChargeRequest records the event ids under (provider, root) for ttl
+// by the wall clock, and drops the records that have expired.
+func (s *Store) PutChargeRequest(ctx context.Context, provider string, root hub.Hash, ids []string, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	doc, err := json.Marshal(ids)
+	if err != nil {
+		return fmt.Errorf("boltstore: encode charge request: %w", err)
+	}
+	key := chargeReqKey(provider, root)
+	wall := time.Now()
+	exp := binary.BigEndian.AppendUint64(nil, uint64(wall.Add(ttl).UnixNano()))
+	now := uint64(wall.UnixNano())
+	return s.commit.do(func(tx *bolt.Tx) error {
+		reqs, err := tx.CreateBucketIfNotExists(bucketChargeReqs)
+		if err != nil {
+			return err
+		}
+		byExp, err := tx.CreateBucketIfNotExists(bucketChargeReqExp)
+		if err != nil {
+			return err
+		}
+		var gone [][]byte
+		c := byExp.Cursor()
+		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < now; k, _ = c.Next() {
+			gone = append(gone, bytes.Clone(k))
+		}
+		for _, k := range gone {
+			if v := reqs.Get(k[8:]); v != nil && string(v[:8]) == string(k[:8]) {
+				if err := reqs.Delete(k[8:]); err != nil {
+					return err
+				}
+			}
+			if err := byExp.Delete(k); err != nil {
+				return err
+			}
+		}
+		if old := reqs.Get(key); old != nil {
+			if err := byExp.Delete(append(old[:8:8], key...)); err != nil {
+				return err
+			}
+		}
+		if err := byExp.Put(append(exp[:8:8], key...), nil); err != nil {
+			return err
+		}
+		return reqs.Put(key, append(exp, doc...))
+	})
+}
+
+// TakeChargeRequests reads and deletes the live records in one
+// transaction.
+func (s *Store) TakeChargeRequests(ctx context.Context, provider string, roots []hub.Hash) ([][]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([][]string, len(roots))
+	now := time.Now()
+	err := s.commit.do(func(tx *bolt.Tx) error {
+		clear(out)
+		reqs, byExp := tx.Bucket(bucketChargeReqs), tx.Bucket(bucketChargeReqExp)
+		if reqs == nil {
+			return nil
+		}
+		for i, r := range roots {
+			key := chargeReqKey(provider, r)
+			v := reqs.Get(key)
+			if v == nil {
+				continue
+			}
+			live := binary.BigEndian.Uint64(v[:8]) > uint64(now.UnixNano())
+			if live {
+				if err := json.Unmarshal(v[8:], &out[i]); err != nil {
+					return fmt.Errorf("boltstore: decode charge request of %s: %w", provider, err)
+				}
+			}
+			if err := byExp.Delete(append(v[:8:8], key...)); err != nil {
+				return err
+			}
+			if err := reqs.Delete(key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
