@@ -24,11 +24,10 @@ import (
 	"time"
 
 	"github.com/btcsuite/btcd/btcec/v2"
-	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/keychain"
-	"github.com/lightningnetwork/lnd/lnwire"
 
 	"github.com/m2mhub/m2mhub/internal/msgfault"
+	"github.com/m2mhub/m2mhub/internal/noiseconn"
 	"github.com/m2mhub/m2mhub/internal/wire"
 )
 
@@ -128,8 +127,7 @@ func WithPingInterval(d time.Duration) Option {
 }
 
 // WithDialTimeout bounds one connection attempt: TCP connect, the noise
-// handshake (whose acts brontide also bounds to 5 s each) and the Init
-// exchange.
+// handshake and the Init exchange.
 func WithDialTimeout(d time.Duration) Option {
 	return func(o *options) { o.dialTimeout = d }
 }
@@ -153,10 +151,10 @@ type Session struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	wmu sync.Mutex // serialises writes: a brontide conn is not safe for concurrent writers
+	wmu sync.Mutex // serialises writes: a noise conn is not safe for concurrent writers
 
 	mu   sync.Mutex
-	conn *brontide.Conn // nil while disconnected
+	conn *noiseconn.Conn // nil while disconnected
 	// connAddr is the address conn was dialled at.
 	connAddr string
 	err      error // permanent failure, set once
@@ -330,7 +328,7 @@ func (s *Session) Send(ctx context.Context, msg wire.Message) error {
 	return s.write(ctx, c, msg)
 }
 
-func (s *Session) write(ctx context.Context, c *brontide.Conn, msg wire.Message) error {
+func (s *Session) write(ctx context.Context, c *noiseconn.Conn, msg wire.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -401,7 +399,7 @@ func (s *Session) Close() error {
 
 // run owns the connection: it serves one, and when it ends reconnects with
 // backoff, until Close or a permanent refusal.
-func (s *Session) run(c *brontide.Conn) {
+func (s *Session) run(c *noiseconn.Conn) {
 	defer s.wg.Done()
 	defer close(s.msgs)
 	for {
@@ -444,7 +442,7 @@ func (s *Session) stopFor(err error) bool {
 // serve runs one live connection until it fails or the session closes. The
 // reader runs in its own goroutine; this one sends pings and watches the
 // answers.
-func (s *Session) serve(c *brontide.Conn) error {
+func (s *Session) serve(c *noiseconn.Conn) error {
 	s.mu.Lock()
 	if s.conn != c || s.life == nil {
 		s.life = &connLife{done: make(chan struct{})}
@@ -500,7 +498,7 @@ func (s *Session) serve(c *brontide.Conn) error {
 	}
 }
 
-func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
+func (s *Session) readLoop(c *noiseconn.Conn, pongs chan<- struct{}) error {
 	for {
 		msg, err := wire.ReadMessage(c, wire.MaxMessageSize)
 		if err != nil {
@@ -548,7 +546,7 @@ func (s *Session) readLoop(c *brontide.Conn, pongs chan<- struct{}) error {
 
 // connectRetry connects, retrying transient failures with jittered
 // exponential backoff until ctx is done.
-func (s *Session) connectRetry(ctx context.Context) (*brontide.Conn, error) {
+func (s *Session) connectRetry(ctx context.Context) (*noiseconn.Conn, error) {
 	wait := s.opt.backoffMin
 	closedHandshakes := 0
 	for start := s.cur; ; {
@@ -635,7 +633,7 @@ func (e *handshakeError) Unwrap() error { return e.err }
 // connect makes one attempt at addr: TCP, noise handshake, optional Enrol,
 // Init exchange. A host name that resolves to several addresses is tried
 // at each in turn, until one answers.
-func (s *Session) connect(ctx context.Context, addr string) (*brontide.Conn, error) {
+func (s *Session) connect(ctx context.Context, addr string) (*noiseconn.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -661,20 +659,17 @@ func (s *Session) connect(ctx context.Context, addr string) (*brontide.Conn, err
 }
 
 // connectTCP is connect at one resolved address.
-func (s *Session) connectTCP(ctx context.Context, addr string) (*brontide.Conn, error) {
-	tcpAddr, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
+func (s *Session) connectTCP(ctx context.Context, addr string) (*noiseconn.Conn, error) {
 	deadline := time.Now().Add(s.opt.dialTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	c, err := brontide.Dial(
-		&keychain.PrivKeyECDH{PrivKey: s.deviceKey},
-		&lnwire.NetAddress{IdentityKey: s.hubKey, Address: tcpAddr},
-		time.Until(deadline), net.DialTimeout,
-	)
+	dialer := net.Dialer{Deadline: deadline}
+	tcp, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &handshakeError{err}
+	}
+	c, err := noiseconn.Dial(tcp, &keychain.PrivKeyECDH{PrivKey: s.deviceKey}, s.hubKey, deadline)
 	if err != nil {
 		return nil, &handshakeError{err}
 	}
@@ -692,7 +687,7 @@ func (s *Session) connectTCP(ctx context.Context, addr string) (*brontide.Conn, 
 }
 
 // hello sends Enrol (with a token) and Init, and reads the hub's answer.
-func (s *Session) hello(c *brontide.Conn) (*brontide.Conn, error) {
+func (s *Session) hello(c *noiseconn.Conn) (*noiseconn.Conn, error) {
 	if s.opt.token != nil {
 		enrol := &wire.Enrol{Token: s.opt.token}
 		dropBefore, dropAfter := s.opt.fault.At(true, enrol)

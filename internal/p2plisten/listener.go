@@ -23,6 +23,8 @@ import (
 	"github.com/btcsuite/btcd/btcec/v2"
 	"github.com/lightningnetwork/lnd/brontide"
 	"github.com/lightningnetwork/lnd/keychain"
+
+	"github.com/m2mhub/m2mhub/internal/noiseconn"
 )
 
 // ErrClosed is returned by Accept once the listener is closed.
@@ -345,7 +347,7 @@ func (l *Listener) respond(c net.Conn, sl *slot) (*Conn, error) {
 		return nil, err
 	}
 	_ = c.SetDeadline(time.Time{})
-	return &Conn{conn: c, noise: noise, remote: remote, l: l, slot: sl}, nil
+	return &Conn{Conn: noiseconn.New(c, noise), remote: remote, l: l, slot: sl}, nil
 }
 
 // arm sets one act's deadline. It reports ErrClosed if the listener is
