@@ -302,6 +302,9 @@ type Device struct {
 	r         *Router
 	ownRouter bool
 	detach    func()
+	// ownStore is the FileStore the Device made from cfg.Dir, which
+	// Close closes (a Store given in the config is the caller's).
+	ownStore *FileStore
 	// unhook stops the resynchronisation at each reconnect.
 	unhook func()
 
@@ -339,12 +342,15 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 	if s != nil && !s.deviceKey.PubKey().IsEqual(cfg.Key.PubKey()) {
 		return nil, errors.New("m2mclient: device key differs from the session's")
 	}
+	// A FileStore holds no open file before its first save, so the
+	// returns below need not close it.
+	var own *FileStore
 	if cfg.Store == nil {
 		fs, err := NewFileStore(cfg.Dir)
 		if err != nil {
 			return nil, err
 		}
-		cfg.Store = fs
+		cfg.Store, own = fs, fs
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -357,7 +363,7 @@ func NewDevice(s *Session, cfg DeviceConfig) (*Device, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Device{
-		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock),
+		cfg: cfg, s: s, log: cfg.Logger, limiter: NewLimiter(cfg.Policy, cfg.Clock), ownStore: own,
 		receipts: channel.NewReceiptVerifier(cfg.HubKey),
 		ctx:      ctx, cancel: cancel,
 		chans: make(map[[32]byte]*devChannel), byID: make(map[btcwire.OutPoint]*devChannel),
@@ -409,8 +415,9 @@ func (d *Device) atConnect() {
 }
 
 // Close stops serving the hub's messages and waits for the handlers under
-// way. It does not close the Session, which the caller owns, nor a Router
-// passed in DeviceConfig.
+// way, and closes the FileStore it made from DeviceConfig.Dir. It does not
+// close the Session, which the caller owns, nor a Router or Store passed
+// in DeviceConfig.
 func (d *Device) Close() error {
 	// Detach first: once it returns no handler can spawn another
 	// goroutine, so the wait below is final.
@@ -422,10 +429,14 @@ func (d *Device) Close() error {
 	}
 	d.cancel()
 	d.wg.Wait()
+	var errs []error
 	if d.ownRouter {
-		return d.r.Close()
+		errs = append(errs, d.r.Close())
 	}
-	return nil
+	if d.ownStore != nil {
+		errs = append(errs, d.ownStore.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // addChannel indexes a loaded or new channel record; created says this

@@ -235,3 +235,61 @@ func mustFileStore(t *testing.T, dir string) *FileStore {
 	}
 	return s
 }
+
+// TestFileStoreFailedAppendCutsTornTail: a journal append that fails (here
+// the kept file refuses writes) leaves the store to read the journal again
+// on the next save, cutting off what a torn write left at its end, so the
+// records after the failure are found on load. Appending them behind the
+// torn bytes would hide them: a journal is read up to its first bad record.
+func TestFileStoreFailedAppendCutsTornTail(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	s := mustFileStore(t, dir)
+	st := sampleState(t)
+	for _, seq := range []uint64{1, 2} { // base record, then the journal
+		st.Seq = seq
+		if err := s.Save(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := toFile(st).PendingID
+	j := s.journals[pid]
+	if j == nil || j.f == nil {
+		t.Fatal("the journal is not kept open after an append")
+	}
+	// A torn write's leftovers, then a file that refuses the next write.
+	torn, err := os.OpenFile(s.journalPath(pid), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := torn.WriteString("0badc0de {\"state\":"); err != nil {
+		t.Fatal(err)
+	}
+	_ = torn.Close()
+	_ = j.f.Close()
+	if j.f, err = os.Open(s.journalPath(pid)); err != nil {
+		t.Fatal(err)
+	}
+	st.Seq = 3
+	if err := s.Save(ctx, st); err == nil {
+		t.Fatal("save through a file refusing writes succeeded")
+	}
+	st.Seq = 4
+	if err := s.Save(ctx, st); err != nil {
+		t.Fatalf("save after the failed one: %v", err)
+	}
+	got, err := mustFileStore(t, dir).Load(ctx)
+	if err != nil || len(got) != 1 || got[0].Seq != 4 {
+		t.Fatalf("loaded %+v, %v; want seq 4", got, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st.Seq = 5
+	if err := s.Save(ctx, st); err != nil {
+		t.Fatalf("save after Close: %v", err)
+	}
+	if got, err := mustFileStore(t, dir).Load(ctx); err != nil || got[0].Seq != 5 {
+		t.Fatalf("loaded %+v, %v after Close; want seq 5", got, err)
+	}
+}
