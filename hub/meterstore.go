@@ -241,9 +241,20 @@ type ChargeStore interface {
 	// is when the status is set: a charge moved to ChargePaid keeps it as
 	// its Paid time and is listed by ChargesPaid from then on (a zero at
 	// keeps no paid time); a charge that is paid already keeps its first
-	// one. Other statuses ignore at. It returns an error wrapping
-	// ErrNotFound, writing nothing, when one of the events was never
-	// charged, and ErrInvalid for an unknown status.
+	// one. Other statuses ignore at.
+	//
+	// A store that also holds epochs (SettlementStore) stamps the later
+	// of at and the open epoch's From, reading the open epoch atomically
+	// with the write: at is read from the clock before the write, and a
+	// cut (with the closed epoch's ledger reading ChargesPaid right after
+	// it) may fall in between; a charge stamped before the cut but
+	// written after it would be in no epoch's ledger. So a charge is
+	// paid in the epoch open when its mark is written, never in one
+	// already cut (PaidTime). With no epoch stored, at is kept.
+	//
+	// It returns an error wrapping ErrNotFound, writing nothing, when one
+	// of the events was never charged, and ErrInvalid for an unknown
+	// status.
 	SetChargeStatus(ctx context.Context, provider string, eventIDs []string, status ChargeStatus, at time.Time) error
 
 	// Charge returns one charge, or ErrNotFound.

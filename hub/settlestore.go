@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/btcsuite/btcd/chaincfg/chainhash"
 	"github.com/btcsuite/btcd/wire"
@@ -19,6 +20,19 @@ func ValidateRun(r settlement.Run) error {
 		return fmt.Errorf("%w: run of epoch %d attempt %d (both start at 1)", ErrInvalid, r.Epoch.Number, r.Attempt)
 	}
 	return nil
+}
+
+// PaidTime is the paid time a ChargeStore stamps on a charge marked paid
+// at while open is the stored open epoch: at, or open's From when at is
+// before it (see ChargeStore.SetChargeStatus). A charge marked with a
+// time before a cut, but written after the cut, belongs to the open
+// epoch: the closed epoch's ledger may have read the paid charges
+// already.
+func PaidTime(at time.Time, open settlement.Epoch) time.Time {
+	if from := open.From(); at.Before(from) {
+		return from
+	}
+	return at
 }
 
 // ValidateCut refuses a cut no SettlementStore should write: successor

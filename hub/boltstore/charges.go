@@ -293,9 +293,21 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 			return err
 		}
 		var paidIdx *bolt.Bucket
+		paid := at
 		if stamp {
 			if paidIdx, err = tx.CreateBucketIfNotExists(bucketChargePaid); err != nil {
 				return err
+			}
+			// Read in the transaction that writes the mark, so a cut
+			// either committed before it (and the mark is in its
+			// successor) or after it (and the closed epoch's ledger,
+			// built after the cut, reads the mark).
+			open, ok, err := openEpochIn(tx)
+			if err != nil {
+				return err
+			}
+			if ok {
+				paid = hub.PaidTime(at, open)
 			}
 		}
 		// Every id is checked before the first write.
@@ -326,9 +338,9 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 				if err != nil {
 					return fmt.Errorf("charge %s/%s: %w", provider, eventIDs[i], err)
 				}
-				c.Paid = at
+				c.Paid = paid
 				next = record.EncodeCharge(c)
-				if err := paidIdx.Put(append(timeKey(at), p...), []byte{}); err != nil {
+				if err := paidIdx.Put(append(timeKey(paid), p...), []byte{}); err != nil {
 					return err
 				}
 			}

@@ -16,6 +16,13 @@ func TestMeteringConformance(t *testing.T) {
 	})
 }
 
+func TestPaidCutConformance(t *testing.T) {
+	root := t.TempDir()
+	storetest.RunPaidCut(t, func(t *testing.T) storetest.PaidCutStoreUnderTest {
+		return mustOpen(t, filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_")))
+	})
+}
+
 // BenchmarkRecordCharges measures charges made durable per second through
 // RecordCharges, one commit per call shared between concurrent callers.
 func BenchmarkRecordCharges(b *testing.B) {

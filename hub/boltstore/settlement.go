@@ -46,17 +46,29 @@ func (s *Store) OpenEpoch(ctx context.Context) (settlement.Epoch, error) {
 	}
 	var e settlement.Epoch
 	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketEpochs)
-		if b == nil {
-			return fmt.Errorf("%w: no epoch stored", hub.ErrNotFound)
+		var ok bool
+		var err error
+		if e, ok, err = openEpochIn(tx); err == nil && !ok {
+			err = fmt.Errorf("%w: no epoch stored", hub.ErrNotFound)
 		}
-		k, v := b.Cursor().Last()
-		if k == nil {
-			return fmt.Errorf("%w: no epoch stored", hub.ErrNotFound)
-		}
-		return decodeJSON("epoch", k, v, &e)
+		return err
 	})
 	return e, err
+}
+
+// openEpochIn returns the open epoch as tx sees it (the last key of the
+// epochs bucket), and false when none is stored.
+func openEpochIn(tx *bolt.Tx) (settlement.Epoch, bool, error) {
+	var e settlement.Epoch
+	b := tx.Bucket(bucketEpochs)
+	if b == nil {
+		return e, false, nil
+	}
+	k, v := b.Cursor().Last()
+	if k == nil {
+		return e, false, nil
+	}
+	return e, true, decodeJSON("epoch", k, v, &e)
 }
 
 // CutEpoch atomically stores closed and opens successor; see

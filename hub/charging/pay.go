@@ -402,7 +402,9 @@ const maxReceiptsMsg = 256 << 10
 // may be built between a receipt timed before its cut and the marking of
 // that receipt's charges; with the receipt's time such a charge would
 // never be posted. With the marking's time it is posted by the epoch open
-// when it is marked, once (settler's buildLedger says what is left).
+// when it is marked, once: the store stamps no earlier than that epoch's
+// start, read atomically with the mark, so a cut between the clock read
+// and the store write cannot leave it in an epoch already built.
 func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) {
 	var ids []string
 	for _, g := range gs {
@@ -415,7 +417,7 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 	if gs = c.takeRecorded(ctx, prov, gs); len(gs) == 0 {
 		return
 	}
-	defer c.tellPayees(ctx, gs, receipts, paidAt)
+	defer c.tellPayees(ctx, prov, gs, receipts, paidAt)
 	if len(gs) == 1 {
 		c.publish(ctx, prov, ProviderMessage{
 			Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(receipts[gs[0]]), Events: gs[0].ids,
@@ -444,12 +446,25 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 
 // tellPayees tells each payee of a revenue split of the paid groups' receipts,
 // one "share" message per receipt and payee, after the provider's own, with
-// the time the charges were marked paid.
-func (c *Service) tellPayees(ctx context.Context, gs []*payGroup, receipts map[*payGroup][]byte, paidAt time.Time) {
+// the time the charges were marked paid: the paid time the store kept,
+// which is later than paidAt when an epoch was cut between the clock read
+// and the store write (hub.ChargeStore.SetChargeStatus), so the payee
+// counts its shares in the epoch that settles them. It costs one store
+// read per group with shares; paidAt stands in when the read fails.
+func (c *Service) tellPayees(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte, paidAt time.Time) {
 	for _, g := range gs {
+		if len(g.shares) == 0 {
+			continue
+		}
+		paid := paidAt
+		if st, err := c.cfg.Charges.Charge(ctx, prov, g.ids[0]); err != nil {
+			c.log.Error("reading the paid time of a split charge", "provider", prov, "event", g.ids[0], "err", err)
+		} else if !st.Paid.IsZero() {
+			paid = st.Paid
+		}
 		for payee, shares := range g.shares {
 			c.publish(ctx, payee, ProviderMessage{
-				Kind: ProviderMsgShare, Receipt: hex.EncodeToString(receipts[g]), Events: g.ids, Shares: shares, Paid: paidAt,
+				Kind: ProviderMsgShare, Receipt: hex.EncodeToString(receipts[g]), Events: g.ids, Shares: shares, Paid: paid,
 			})
 		}
 	}

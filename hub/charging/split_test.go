@@ -16,6 +16,7 @@ import (
 	"github.com/m2mhub/m2mhub/hub/channels/chantest"
 	"github.com/m2mhub/m2mhub/hub/charging"
 	"github.com/m2mhub/m2mhub/msat"
+	"github.com/m2mhub/m2mhub/settlement"
 )
 
 // publishSplit stores the example contract of kind with splits added to
@@ -194,5 +195,42 @@ func TestChargingSplitPaidLater(t *testing.T) {
 		if in := income(id, chargeStart.Add(-time.Hour), recorded); in.Earned != 0 || in.Owed != 0 || in.Fees != 0 {
 			t.Fatalf("over the recording's period %s's income is %+v, want nothing earned or owed", id, in)
 		}
+	}
+}
+
+// TestChargingSplitPaidAfterCut: the clock reads a time before the open
+// epoch is cut, the charges are marked paid after the cut: the store
+// stamps them paid at the cut (the closed epoch's ledger may have read
+// its paid charges already), and the payee's share notice carries that
+// paid time, not the clock's, so the payee counts its share in the epoch
+// whose settlement pays it.
+func TestChargingSplitPaidAfterCut(t *testing.T) {
+	chantest.CheckLeaks(t)
+	env := newChargeEnv(t, 100_000_000)
+	host := env.h.Enrol(hub.RoleProvider)
+	k := env.publishSplit("toll", fmt.Sprintf(`[{"payee": %q, "bps": "1500"}]`, host.ID))
+	env.charge(env.event(k, "toll", "t-cut"))
+
+	ctx := context.Background()
+	first := settlement.FirstEpoch(chargeStart.Add(-time.Hour), chantest.TestHeight)
+	if err := env.h.Store.CutEpoch(ctx, settlement.Epoch{}, first); err != nil {
+		t.Fatal(err)
+	}
+	cut := chargeStart.Add(2 * time.Minute)
+	closed, successor, err := first.Cut(cut, chantest.TestHeight+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.h.Store.CutEpoch(ctx, closed, successor); err != nil {
+		t.Fatal(err)
+	}
+	env.clock.SetTime(cut.Add(-time.Second))
+	env.payRequest(env.stored("t-cut").Amount)
+	if got := env.stored("t-cut"); got.Status != hub.ChargePaid || !got.Paid.Equal(cut) {
+		t.Fatalf("charge is %s paid at %v, want paid at the cut %v", got.Status, got.Paid, cut)
+	}
+	notices := env.pub.take(charging.ProviderMsgShare)
+	if len(notices) != 1 || !notices[0].msg.Paid.Equal(cut) {
+		t.Fatalf("share notices %+v, want one paid at the cut %v", notices, cut)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -172,23 +173,45 @@ func (s *Store) SetChargeStatus(ctx context.Context, provider string, eventIDs [
 }
 
 // markPaidAttempts bounds how often markPaid reads the charges again when
-// another writer changed one of them between its read and its script.
+// another writer changed one of them, or cut the open epoch, between its
+// read and its script.
 const markPaidAttempts = 8
 
-// markPaid marks the named charges paid at paidAt: it reads their records,
-// re-encodes those not paid yet with the paid time, and has a script
-// write them and index them by paid time if none changed meanwhile.
+// markPaid marks the named charges paid at paidAt, or at the open epoch's
+// From when paidAt is before it (hub.PaidTime): it reads their records and
+// the open epoch in one round trip, re-encodes those not paid yet with the
+// paid time, and has a script write them and index them by paid time if
+// none changed and the open epoch is the one read.
 func (s *Store) markPaid(ctx context.Context, provider string, eventIDs []string, paidAt time.Time) error {
 	ids := make([]string, len(eventIDs))
 	for i, e := range eventIDs {
 		ids[i] = chargeID(provider, e)
 	}
 	for range markPaidAttempts {
-		docs, err := s.rdb.HMGet(ctx, s.chargesKey(), ids...).Result()
+		var docsCmd *redis.SliceCmd
+		var openCmd *redis.StringSliceCmd
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			docsCmd = p.HMGet(ctx, s.chargesKey(), ids...)
+			openCmd = p.ZRevRange(ctx, s.epochsKey(), 0, 0)
+			return nil
+		})
 		if err != nil {
 			return fmt.Errorf("redisstore: mark %d charges of %s paid: %w", len(ids), provider, err)
 		}
-		args := make([]any, 0, 4*len(ids))
+		docs := docsCmd.Val()
+		// The script checks the open epoch number is still the one of
+		// the epoch read ('' when none is stored), so the paid time is
+		// never before the start of the epoch open at the write.
+		paid, openNum := paidAt, ""
+		if o := openCmd.Val(); len(o) > 0 {
+			open, err := decodeEpoch(o[0])
+			if err != nil {
+				return err
+			}
+			paid, openNum = hub.PaidTime(paidAt, open), strconv.FormatUint(open.Number, 10)
+		}
+		args := make([]any, 0, 1+4*len(ids))
+		args = append(args, openNum)
 		for i, d := range docs {
 			doc, ok := d.(string)
 			if !ok {
@@ -201,13 +224,13 @@ func (s *Store) markPaid(ctx context.Context, provider string, eventIDs []string
 			if c.Status == hub.ChargePaid {
 				continue // keeps its first paid time
 			}
-			c.Status, c.Paid = hub.ChargePaid, paidAt
-			args = append(args, ids[i], doc, record.EncodeCharge(c), string(timeKey(paidAt))+ids[i])
+			c.Status, c.Paid = hub.ChargePaid, paid
+			args = append(args, ids[i], doc, record.EncodeCharge(c), string(timeKey(paid))+ids[i])
 		}
-		if len(args) == 0 {
+		if len(args) == 1 {
 			return nil
 		}
-		res, err := scriptReply(ctx, s.rdb, chargePaidScript, []string{s.chargesKey(), s.owedKey(), s.paidKey()}, args...)
+		res, err := scriptReply(ctx, s.rdb, chargePaidScript, []string{s.chargesKey(), s.owedKey(), s.paidKey(), s.epochOpenKey()}, args...)
 		if err != nil {
 			return fmt.Errorf("redisstore: mark %d charges of %s paid: %w", len(ids), provider, err)
 		}
@@ -216,13 +239,13 @@ func (s *Store) markPaid(ctx context.Context, provider string, eventIDs []string
 			return nil
 		case "notfound":
 			return fmt.Errorf("redisstore: mark charges paid: %w: charge %q", hub.ErrNotFound, at(res, 1))
-		case "changed":
+		case "changed", "cut":
 			continue
 		default:
 			return fmt.Errorf("redisstore: mark charges paid: unexpected script reply %q", res)
 		}
 	}
-	return fmt.Errorf("redisstore: mark %d charges of %s paid: changed by other writers %d times", len(ids), provider, markPaidAttempts)
+	return fmt.Errorf("redisstore: mark %d charges of %s paid: charges changed or epoch cut by other writers %d times", len(ids), provider, markPaidAttempts)
 }
 
 // Charge returns one charge, or hub.ErrNotFound.

@@ -15,6 +15,13 @@ func TestMeteringConformance(t *testing.T) {
 	})
 }
 
+func TestPaidCutConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunPaidCut(t, func(t *testing.T) storetest.PaidCutStoreUnderTest {
+		return mustOpen(t, srv.URL(), "test:"+t.Name()+":")
+	})
+}
+
 // BenchmarkRecordCharges measures charges made durable per second through
 // RecordCharges against a redis-server with appendfsync always: one script
 // run (one AOF write) per call.

@@ -131,11 +131,20 @@ func (s *Store) Epochs(ctx context.Context, limit int) ([]settlement.Epoch, erro
 	}
 	out := make([]settlement.Epoch, len(docs))
 	for i, doc := range docs {
-		if err := json.Unmarshal([]byte(doc), &out[i]); err != nil {
-			return nil, fmt.Errorf("redisstore: decode epoch: %w", err)
+		if out[i], err = decodeEpoch(doc); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// decodeEpoch decodes an epoch document of the epochs sorted set.
+func decodeEpoch(doc string) (settlement.Epoch, error) {
+	var e settlement.Epoch
+	if err := json.Unmarshal([]byte(doc), &e); err != nil {
+		return settlement.Epoch{}, fmt.Errorf("redisstore: decode epoch: %w", err)
+	}
+	return e, nil
 }
 
 func validateRun(r settlement.Run) error {

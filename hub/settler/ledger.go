@@ -101,11 +101,12 @@ func (s *Service) buildLedger(ctx context.Context, ep settlement.Epoch) (*epochL
 // of their time: a paid charge of a provider with receipts in the epoch,
 // recorded in it.
 //
-// What is left: charging reads its clock before its store write, so a
-// marking whose time is before the cut but whose write lands after this
-// ledger read the paid charges (a store write straddling the cut and the
-// receipt scan after it) is in neither epoch. Closing it needs the store
-// to order paid marks against the cut.
+// Charging reads its clock before its store write, so a marking could be
+// timed before the cut but written after this ledger read the paid
+// charges; the store stamps no paid time before the start of the epoch
+// open at the write, read atomically with it
+// (hub.ChargeStore.SetChargeStatus), so such a charge is paid in the next
+// epoch, and every paid charge this ledger can miss is after End.
 func (s *Service) postFees(ctx context.Context, l *settlement.Ledger, ep settlement.Epoch, payees map[string]bool) error {
 	paid, err := s.store.ChargesPaid(ctx, ep.From(), ep.End)
 	if err != nil {

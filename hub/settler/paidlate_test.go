@@ -161,19 +161,35 @@ func TestLatePaidSplitSettles(t *testing.T) {
 // were posted by no epoch.
 func TestPaidAfterLedgerSettlesNext(t *testing.T) {
 	sp := newSplitParties(t)
-	e := sp.e
+	c, s, r1 := sp.settledBeforeMark(t)
+	sp.markPaid(t, c, time.Now())
+	sp.settlesNextOnce(t, s, c, r1)
+}
+
+// settledBeforeMark records the owed split charge, has the car pay its
+// receipt and settles epoch 1 before the charge is marked paid: epoch 1
+// posts none of its fee and shares. It returns the charge, the service and
+// epoch 1's run.
+func (sp *splitParties) settledBeforeMark(t *testing.T) (hub.Charge, *settler.Service, settlement.Run) {
+	t.Helper()
 	c := sp.recordOwedSplit(t)
-	e.pay(sp.cc, sp.car, sp.cpo, c.Amount)
-	s := e.settlement(nil)
+	sp.e.pay(sp.cc, sp.car, sp.cpo, c.Amount)
+	s := sp.e.settlement(nil)
 	r1 := sp.settle(t, s)
 	assertNoFees(t, ledgerOf(t, s, r1), r1.Epoch)
+	return c, s, r1
+}
 
-	sp.markPaid(t, c, time.Now())
+// settlesNextOnce settles epoch 2 after r1, epoch 1's run, which posted
+// none of c's fee and shares although the operator was paid c's receipt
+// in it, and checks that epoch 2 posts them once and epoch 3 not again.
+func (sp *splitParties) settlesNextOnce(t *testing.T, s *settler.Service, c hub.Charge, r1 settlement.Run) {
+	t.Helper()
 	// The car pays again in epoch 2, which funds the payees' payouts.
 	sp.payAgain(t, 30_000_000)
 	r2 := sp.settle(t, s)
 	l2 := ledgerOf(t, s, r2)
-	assertFeeAndShares(t, e, l2, r2.Epoch, c)
+	assertFeeAndShares(t, sp.e, l2, r2.Epoch, c)
 	// The operator was paid the whole first receipt in epoch 1: in
 	// epoch 2 it gives the fee and the shares back out of the second.
 	if got, want := l2.Net(sp.cpo), settlement.MsatOf(30_000_000-c.Fee-c.Shares[0].Msat-c.Shares[1].Msat)+r1.Closing.CarriedNet(sp.cpo); got != want {
@@ -182,6 +198,28 @@ func TestPaidAfterLedgerSettlesNext(t *testing.T) {
 	assertCarriedConserve(t, r2)
 	r3 := sp.settle(t, s)
 	assertNoFees(t, ledgerOf(t, s, r3), r3.Epoch)
+}
+
+// TestPaidStampedBeforeCutSettlesNext: charging read its clock before
+// epoch 1 was cut but its mark reached the store after the cut and after
+// epoch 1's ledger was built. The store stamps the charge paid at the
+// cut, so epoch 2 posts its fee and shares, once, and epoch 1's ledger,
+// rebuilt, still posts none. Stamped with the clock's time, the charge was
+// paid in epoch 1 after its ledger had read the paid charges: posted by no
+// epoch, its payees never settled.
+func TestPaidStampedBeforeCutSettlesNext(t *testing.T) {
+	sp := newSplitParties(t)
+	c, s, r1 := sp.settledBeforeMark(t)
+	sp.markPaid(t, c, r1.Epoch.End.Add(-time.Millisecond))
+	stored, err := sp.e.h.Store().Charge(t.Context(), c.Provider, c.EventID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stored.Paid.Equal(r1.Epoch.End) {
+		t.Fatalf("marked after the cut at %v: paid %v, want the cut", r1.Epoch.End, stored.Paid)
+	}
+	assertNoFees(t, ledgerOf(t, s, r1), r1.Epoch)
+	sp.settlesNextOnce(t, s, c, r1)
 }
 
 // TestUnpaidTimeKeepsRecordedRule: a charge marked paid without a paid
