@@ -301,4 +301,21 @@ type ChargeStore interface {
 	// for a root with no live record (never recorded, taken, or
 	// expired).
 	TakeChargeRequests(ctx context.Context, provider string, roots []Hash) ([][]string, error)
+
+	// ClaimCharges claims provider's charges ids for owner until ttl from
+	// now (by the store's own clock, as leases are): a charge no other
+	// owner holds a live claim on is claimed, and a claim owner holds
+	// already is renewed. It returns, per id, whether owner holds it now.
+	// Charging claims every owed charge it queues for a request and
+	// renews the claims while it holds them; an owed charge nobody holds
+	// (its recorder died before asking for it) is claimed by whichever
+	// hubd finds it first and requested once. Claims say which process
+	// is alive and asking: a store opened by one process only may keep
+	// them in memory.
+	ClaimCharges(ctx context.Context, provider string, ids []string, owner string, ttl time.Duration) ([]bool, error)
+
+	// ReleaseCharges drops owner's claims on provider's charges ids (a
+	// hubd stopping hands what it has not asked for to the others);
+	// other owners' claims stay.
+	ReleaseCharges(ctx context.Context, provider string, ids []string, owner string) error
 }

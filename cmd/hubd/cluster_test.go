@@ -818,7 +818,7 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 					for _, id := range n.Receipt.Events {
 						done, ok := sent[id]
 						if !ok || done {
-							bad = cmp.Or(bad, fmt.Errorf("receipt for event %q, published %v, receipted before %v", id, ok, done))
+							bad = cmp.Or(bad, fmt.Errorf("receipt for event %q (of %d), published %v, receipted before %v", id, len(n.Receipt.Events), ok, done))
 							continue
 						}
 						sent[id] = true
@@ -888,7 +888,7 @@ func (r *clusterRun) meterLoad(m *m2mclient.Meter, notices <-chan m2mclient.Noti
 	stopReading()
 	wg.Wait()
 	if bad != nil {
-		return 0, 0, bad
+		return 0, 0, fmt.Errorf("%w\n%s", bad, r.meterReport())
 	}
 	return receipts, elapsed, nil
 }
@@ -911,7 +911,9 @@ func (r *clusterRun) meterReport() string {
 	b.WriteString("hubd:\n")
 	for i := range r.c.Instances() {
 		log, _ := os.ReadFile(r.c.LogPath(i))
-		pick(fmt.Sprintf("hubd-%d", i), string(log), "level=WARN", "level=ERROR", `msg="unpaid charges"`, `msg="payer refused charges"`)
+		pick(fmt.Sprintf("hubd-%d", i), string(log), "level=WARN", "level=ERROR", `msg="unpaid charges"`, `msg="payer refused charges"`,
+			`msg="owed charges reloaded"`, `msg="owed charges found paid by a stored payment"`, `msg="owed charges claimed"`,
+			`msg="payment request failed, asking again"`)
 	}
 	b.WriteString("provider client:\n" + r.meterLogs.String())
 	b.WriteString("devices:\n")

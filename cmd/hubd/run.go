@@ -207,8 +207,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// One id names this process in routing and owns its charge claims.
+	instance := instanceID()
 	routed, err := natsroute.New(natsroute.Config{
-		Relay: relay, Instance: instanceID(), Local: chans, Sessions: sessions, Cosigners: cosigners, Logger: log,
+		Relay: relay, Instance: instance, Local: chans, Sessions: sessions, Cosigners: cosigners, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -276,6 +278,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	charging, err := charging.New(charging.Config{
 		Contracts: store, Charges: store, Devices: reg, Channels: routed,
 		Freezer: reg, Publisher: webhook.NewPublisher(events, hooks), Observer: counters, Logger: log, CDRs: store,
+		Instance: instance,
 	})
 	if err != nil {
 		return err
@@ -728,9 +731,10 @@ func networkParams(name string) (*chaincfg.Params, error) {
 	return nil, fmt.Errorf("unknown network %q", name)
 }
 
-// instanceID names this hubd process in the cluster's routing subjects: a
-// fresh random id each start, since nothing routed to a former process
-// survives it.
+// instanceID names this hubd process in the cluster's routing subjects
+// and owns its charge claims: a fresh random id each start, since nothing
+// routed to a former process survives it, and its claims are left to
+// expire.
 func instanceID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)

@@ -89,6 +89,11 @@ type Store struct {
 	// another session was held by a process that has since closed the
 	// file (or died), so it is not live (see lease.go).
 	session string
+	// claims are the charge claims (chargeclaims.go), guarded by
+	// claimsMu.
+	claimsMu      sync.Mutex
+	claims        map[string]claim
+	claimsSweepAt int
 }
 
 var _ hub.Store = (*Store)(nil)

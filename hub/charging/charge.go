@@ -193,8 +193,10 @@ func (c *Service) ChargeUsage(ctx context.Context, evs []Usage) ([]Outcome, erro
 	for _, id := range endHolds {
 		c.releaseHold(ctx, id)
 	}
-	c.addOwed(owed)
-	c.addHeld(held)
+	// Claimed first: a hubd that dies before asking leaves them to the
+	// others' scans (claims.go).
+	c.addOwed(c.claimed(ctx, owed))
+	c.addHeld(c.claimedPlans(ctx, held))
 	for k, ids := range unpaid {
 		c.enforce(ctx, k, ids)
 	}

@@ -175,6 +175,9 @@ type Config struct {
 	// CDRs, when set, keeps the CDR of every EV session paid against its
 	// hold (see Usage.Hold); it is published to the provider either way.
 	CDRs hub.CDRStore
+	// Instance owns this Service's charge claims (claims.go); a fresh
+	// random id when empty. Each process needs its own.
+	Instance string
 	// Observer, when set, sees every event's outcome (metrics).
 	Observer Observer
 	// Clock drives flushes, timeouts and security windows.
@@ -204,6 +207,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Instance == "" {
+		c.Instance = newInstance()
 	}
 	return nil
 }
@@ -239,6 +245,10 @@ type Service struct {
 	pending  map[payKey]*payGroup
 	inflight map[uint64]*payGroup
 	busy     map[payKey]bool // keys with a request in flight
+	// held is every charge this Service has claimed and not yet seen
+	// paid or unpaid for good: queued, asked for, or given up on
+	// (claims.go). Its claims are renewed.
+	held map[chargeKey]bool
 	// sending counts requests on their way (flush); reqSlots bounds them.
 	sending  int
 	reqSlots chan struct{}
@@ -253,9 +263,10 @@ type Service struct {
 	settling chan struct{}
 
 	startOnce, closeOnce sync.Once
-	// reloadOnce reloads the owed charges of a previous run before the
-	// first flush (run or Flush, whichever comes first).
-	reloadOnce sync.Once
+	// scanOnce scans the owed charges nobody holds (a previous run of
+	// the hub left them) before the first flush (run or Flush,
+	// whichever comes first).
+	scanOnce sync.Once
 }
 
 // cachedDevice is a registry lookup kept for DeviceTTL.
@@ -283,6 +294,7 @@ func New(cfg Config) (*Service, error) {
 		pending:   map[payKey]*payGroup{},
 		inflight:  map[uint64]*payGroup{},
 		busy:      map[payKey]bool{},
+		held:      map[chargeKey]bool{},
 		reqSlots:  make(chan struct{}, requestParallel),
 		kick:      make(chan struct{}, 1),
 		settling:  make(chan struct{}, settleAhead),
@@ -290,23 +302,31 @@ func New(cfg Config) (*Service, error) {
 	return c, nil
 }
 
-// Start launches the flusher.
+// Start launches the flusher and the claims' renewal and scan.
 func (c *Service) Start() {
 	c.startOnce.Do(func() {
-		c.wg.Add(1)
+		c.wg.Add(2)
 		go func() {
 			defer c.wg.Done()
 			c.run()
+		}()
+		go func() {
+			defer c.wg.Done()
+			c.claimLoop()
 		}()
 	})
 }
 
 // Close stops the flusher and waits for it. Owed charges not yet requested
-// stay owed in the store; the next run requests them again (reloadOwed).
+// stay owed in the store, their claims released: another hubd's scan, or
+// the next run's, requests them (scanOwed).
 func (c *Service) Close() error {
 	c.closeOnce.Do(c.cancel)
 	c.wg.Wait()
 	c.waitSettles()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.releaseClaims(ctx)
 	return nil
 }
 

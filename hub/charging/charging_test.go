@@ -78,6 +78,12 @@ type chargeEnv struct {
 
 var chargeStart = time.Date(2026, 6, 10, 12, 0, 0, 0, time.UTC)
 
+// testInstance owns the charge claims of chargeEnv's charging, before and
+// after a restart: the bbolt store keeps claims in memory, so a restarted
+// hubd, which opens the file again, finds none; the test keeps the store
+// open and stands in the same owner for that.
+const testInstance = "hubd-test"
+
 func newChargeEnv(t *testing.T, credit msat.Amount) *chargeEnv {
 	t.Helper()
 	f := chantest.NewFakeChain(chantest.TestHeight)
@@ -89,6 +95,7 @@ func newChargeEnv(t *testing.T, credit msat.Amount) *chargeEnv {
 	chg, err := charging.New(charging.Config{
 		Contracts: h.Store, Charges: h.Store, Devices: h.Reg, Channels: h.Ch, Freezer: h.Reg,
 		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(), CDRs: h.Store,
+		Instance: testInstance,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -144,7 +144,8 @@ type payEvent struct {
 	at      time.Time
 }
 
-// addOwed queues newly owed charges for their payers' next requests.
+// addOwed queues newly owed charges, claimed, for their payers' next
+// requests; a charge queued already is not queued twice.
 func (c *Service) addOwed(cs []hub.Charge) {
 	if len(cs) == 0 {
 		return
@@ -153,6 +154,9 @@ func (c *Service) addOwed(cs []hub.Charge) {
 	c.pay.Lock()
 	for i := range cs {
 		ch := &cs[i]
+		if c.holdLocked(ch.Provider, ch.EventID) {
+			continue
+		}
 		k := payKey{payer: ch.Payer, provider: ch.Provider, contract: ch.Contract, channel: ch.Channel}
 		g := c.pending[k]
 		if g == nil {
@@ -182,6 +186,9 @@ func (c *Service) addHeld(ps []plan) {
 	c.pay.Lock()
 	for _, p := range ps {
 		ch := &p.charge
+		if c.holdLocked(ch.Provider, ch.EventID) {
+			continue
+		}
 		k := payKey{payer: ch.Payer, provider: ch.Provider, contract: ch.Contract, channel: ch.Channel, hold: *p.hold}
 		p.session.eventID = ch.EventID
 		g := c.pending[k]
@@ -237,7 +244,7 @@ func (c *Service) queue(ev payEvent) {
 // keys first and goes on requesting, so the charges owed meanwhile are not
 // asked for only after the last round's receipts are out.
 func (c *Service) run() {
-	c.reloadOnce.Do(func() { c.reloadOwed(c.ctx) })
+	c.scanOnce.Do(func() { c.scanOwed(c.ctx, true) })
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -268,7 +275,7 @@ const settleAhead = 4
 // It returns once every request answered before it is settled and the
 // requests it sent have been handed on (or failed).
 func (c *Service) Flush(ctx context.Context) {
-	c.reloadOnce.Do(func() { c.reloadOwed(ctx) })
+	c.scanOnce.Do(func() { c.scanOwed(ctx, true) })
 	c.settle(ctx)
 	c.waitSettles()
 	c.flush(ctx, true)
@@ -365,6 +372,7 @@ func (c *Service) finish(ctx context.Context, answered []answerDone) {
 	}
 	wg.Wait()
 	for _, a := range answered {
+		c.unhold(a.g.key.provider, a.g.ids)
 		if a.ev.receipt != nil {
 			// The CDR of a session paid against its hold follows its
 			// receipt, published above.

@@ -14,7 +14,7 @@ import (
 // hubd settles it: the asker records the request's event ids under their
 // events root before asking (hub.ChargeStore.PutChargeRequest), and
 // whoever settles the paid request (the asker hearing the payment, or a
-// hubd that restarted and found the payment stored, reloadOwed) first
+// hubd that found the payment stored, scanOwed) first
 // takes the record; only the taker publishes the receipt.
 
 // requestRecordTTL is how long a request's record is kept for a payment

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	btcwire "github.com/btcsuite/btcd/wire"
-	"github.com/m2mhub/m2mhub/msat"
 	"github.com/shopspring/decimal"
 
 	"github.com/m2mhub/m2mhub/contracts"
@@ -57,90 +56,66 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 	return v, nil
 }
 
-// reloadOwed queues the charges a previous run of the hub left owed, so
-// they are requested again; it runs once, before the first flush, so no
-// request of this run is in flight yet. Charges this run has queued
-// already (recorded since the start) are not queued twice.
+// scanOwed asks for the owed charges no live hubd holds: it runs once
+// before the first flush (a previous run of this hubd left them owed) and
+// every claimScan after (another hubd died holding them, claims.go).
+// Charges this Service holds, or held when the scan began, are skipped;
+// of the rest, those it claims are its own from then on.
 //
 // A charge can be owed in the store although its payment went through:
-// the hub stopped between the payment's durable write and marking the
+// its asker stopped between the payment's durable write and marking the
 // charges paid. Such a payment is found among the channel's stored
 // receipts by the request's record (settleStored): its charges are marked
-// paid and its receipt published, once across hubd. What is left is
-// judged by the channel's Owed, which the payment lowered and which is
-// the truth of what the payer still owes there: per channel the oldest
-// charges are marked paid until the rest fit in Owed (no receipt is
-// known for them), so the payer is never asked twice for one charge (at
-// worst the hub forgives part of one).
-// Charges on a channel that is no longer ready stay owed and are not
-// requested: there is no channel to pay them on. Charges found paid are
-// marked paid now: the receipt that paid them is not known here, and a
-// paid time after the restart settles their fees and shares in the epoch
-// open now, which no ledger has read yet, as settleProvider's do.
-func (c *Service) reloadOwed(ctx context.Context) {
+// paid and its receipt published, once across hubd. The rest are asked
+// for again: no live request holds them (its asker's claim would), and
+// none was paid (its receipt would be stored). The channel's Owed does
+// not tell which charges are paid — every payment on the channel lowers
+// it — so it is not consulted.
+// Charges on a channel that is not ready are not requested: there is no
+// channel to pay them on; they are claimed again at the next scan.
+func (c *Service) scanOwed(ctx context.Context, first bool) {
+	c.pay.Lock()
+	before := maps.Clone(c.held)
+	c.pay.Unlock()
 	cs, err := c.cfg.Charges.OwedCharges(ctx)
 	if err != nil {
-		c.log.Error("reloading owed charges", "err", err)
+		c.log.Error("reading owed charges", "err", err)
 		return
 	}
-	if len(cs) == 0 {
-		return
-	}
-	c.pay.Lock()
-	queued := map[string]bool{}
-	queuedOn := map[btcwire.OutPoint]msat.Amount{} // raised Owed already
-	for _, g := range c.pending {
-		for _, id := range g.ids {
-			queued[g.key.provider+"\x00"+id] = true
+	var free []hub.Charge
+	for _, ch := range cs {
+		if !before[chargeKey{ch.Provider, ch.EventID}] && ch.Channel != (btcwire.OutPoint{}) {
+			free = append(free, ch)
 		}
-		queuedOn[g.key.channel] += g.amount
 	}
-	c.pay.Unlock()
-
+	if len(free) == 0 {
+		return
+	}
+	free = c.claimed(ctx, free)
 	byChan := map[btcwire.OutPoint][]hub.Charge{}
 	var order []btcwire.OutPoint
-	for _, ch := range cs {
-		if queued[ch.Provider+"\x00"+ch.EventID] || ch.Channel == (btcwire.OutPoint{}) {
-			continue
-		}
+	for _, ch := range free {
 		if byChan[ch.Channel] == nil {
 			order = append(order, ch.Channel)
 		}
 		byChan[ch.Channel] = append(byChan[ch.Channel], ch)
 	}
 	var again []hub.Charge
-	found := 0
-	paid := map[string][]string{} // provider → charges found paid
 	for _, op := range order {
 		list := byChan[op]
-		owed, ready, err := c.cfg.Channels.ChannelOwed(ctx, op)
+		_, ready, err := c.cfg.Channels.ChannelOwed(ctx, op)
 		if err != nil || !ready {
-			c.log.Warn("owed charges on a channel that is not ready are not requested",
-				"channel", op, "charges", len(list), "err", err)
+			if first {
+				c.log.Warn("owed charges on a channel that is not ready are not requested",
+					"channel", op, "charges", len(list), "err", err)
+			}
 			continue
 		}
-		list = c.settleStored(ctx, op, list)
-		// Charges recorded since the start raised Owed too.
-		owed -= min(owed, queuedOn[op])
-		var sum msat.Amount
-		for _, ch := range list {
-			sum += ch.Amount
-		}
-		i := 0
-		for ; i < len(list) && sum > owed; i++ {
-			sum -= list[i].Amount
-			paid[list[i].Provider] = append(paid[list[i].Provider], list[i].EventID)
-			found++
-		}
-		again = append(again, list[i:]...)
+		again = append(again, c.settleStored(ctx, op, list)...)
 	}
-	paidAt := c.clock.Now().UTC()
-	for _, prov := range slices.Sorted(maps.Keys(paid)) {
-		if err := c.cfg.Charges.SetChargeStatus(ctx, prov, paid[prov], hub.ChargePaid, paidAt); err != nil {
-			c.log.Error("marking charges paid before the restart", "provider", prov, "err", err)
-		}
+	if len(free) > 0 {
+		c.log.Info("owed charges claimed", "claimed", len(free), "requested", len(again), "at start", first)
 	}
-	c.log.Info("owed charges reloaded", "requested", len(again), "found paid", found)
 	c.addOwed(again)
 }
 

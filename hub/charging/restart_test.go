@@ -24,14 +24,7 @@ func (env *chargeEnv) restart() {
 	if err := env.chg.Close(); err != nil {
 		env.t.Fatal(err)
 	}
-	chg, err := charging.New(charging.Config{
-		Contracts: env.h.Store, Charges: env.h.Store, Devices: env.h.Reg, Channels: env.h.Ch, Freezer: env.h.Reg,
-		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(),
-	})
-	if err != nil {
-		env.t.Fatal(err)
-	}
-	env.chg = chg
+	env.chg = env.newCharging(testInstance)
 }
 
 // quiet asserts the payer is sent nothing for a while.
@@ -150,8 +143,8 @@ func (env *chargeEnv) askTwo(k *contracts.Contract) (msat.Amount, *wire.PaymentR
 
 // TestChargingRestartAfterUnmarkedPayment: the hub stops after a payment
 // is durable but before its charges are marked paid. The next run finds
-// them owed in the store but not on the channel, marks them paid and does
-// not ask the payer again.
+// the payment among the channel's stored receipts by the request's
+// record, marks the charges paid and does not ask the payer again.
 func TestChargingRestartAfterUnmarkedPayment(t *testing.T) {
 	env := newChargeEnv(t, 100_000_000)
 	k := env.publish("bandwidth")

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -18,6 +19,78 @@ func runMeteringOwed(t *testing.T, open, reopen func(t *testing.T) MeteringStore
 	t.Run("QuantityKept", func(t *testing.T) { testQuantityKept(t, open(t)) })
 	t.Run("ChargeRequestTakenOnce", func(t *testing.T) { testChargeRequestTakenOnce(t, open(t)) })
 	t.Run("ChargeRequestSurvivesReopen", func(t *testing.T) { testChargeRequestReopen(t, open, reopen) })
+	t.Run("ChargeClaims", func(t *testing.T) { testChargeClaims(t, open(t)) })
+}
+
+// testChargeClaims: of several owners claiming one charge at once, one
+// holds it; its owner renews it, others are refused until the owner
+// releases it or it expires; a release by another owner drops nothing;
+// claims are per provider.
+func testChargeClaims(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	claim := func(owner string, ttl time.Duration, ids ...string) []bool {
+		t.Helper()
+		got, err := s.ClaimCharges(ctx, "prov", ids, owner, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	const owners = 8
+	won := make(chan string, owners)
+	var wg sync.WaitGroup
+	for i := range owners {
+		owner := string(rune('a' + i))
+		wg.Go(func() {
+			got, err := s.ClaimCharges(ctx, "prov", []string{"e1"}, owner, time.Hour)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if got[0] {
+				won <- owner
+			}
+		})
+	}
+	wg.Wait()
+	close(won)
+	var wins []string
+	for w := range won {
+		wins = append(wins, w)
+	}
+	if len(wins) != 1 {
+		t.Fatalf("%d owners hold e1: %v, want one", len(wins), wins)
+	}
+	a, b := wins[0], "other"
+	if got := claim(a, time.Hour, "e1", "e2"); !slices.Equal(got, []bool{true, true}) {
+		t.Fatalf("owner renewing e1 and claiming e2: %v, want both held", got)
+	}
+	if got := claim(b, time.Hour, "e1", "e2", "e3"); !slices.Equal(got, []bool{false, false, true}) {
+		t.Fatalf("another owner claiming e1, e2, e3: %v, want only e3", got)
+	}
+	if got, err := s.ClaimCharges(ctx, "prov2", []string{"e1"}, b, time.Hour); err != nil || !got[0] {
+		t.Fatalf("e1 of another provider: %v (%v), want claimed", got, err)
+	}
+	if err := s.ReleaseCharges(ctx, "prov", []string{"e1"}, b); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(b, time.Hour, "e1"); got[0] {
+		t.Fatal("a release by another owner dropped the claim on e1")
+	}
+	if err := s.ReleaseCharges(ctx, "prov", []string{"e1", "e9"}, a); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(b, time.Hour, "e1"); !got[0] {
+		t.Fatal("e1 released by its owner is not claimed by another")
+	}
+	claim(a, time.Millisecond, "e4")
+	time.Sleep(5 * time.Millisecond) // e4's store-clock lifetime
+	if got := claim(b, time.Hour, "e4"); !got[0] {
+		t.Fatal("an expired claim on e4 still holds")
+	}
+	if _, err := s.ClaimCharges(ctx, "prov", []string{"e5"}, "", time.Hour); !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("a claim with no owner: %v, want ErrInvalid", err)
+	}
 }
 
 // testChargeRequestTakenOnce: a recorded request's ids are taken once, by
