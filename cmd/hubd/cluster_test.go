@@ -45,8 +45,9 @@ var (
 	failoverDuration = flag.Duration("failover.duration", 2*time.Minute, "TestClusterFailover: how long the kills go on")
 	// failoverMetered adds a provider publishing metered events through
 	// the kills, each to be receipted once and paid to the msat. Off in
-	// make test: it fails today (events left without a receipt and one
-	// receipted twice after kills; issue 12's note and docs/scaling.md).
+	// make test: it fails today (every event receipted since the charge
+	// claims, but one batch a run paid and receipted twice after kills;
+	// docs/scaling.md, Failover).
 	failoverMetered = flag.Bool("failover.metered", false, "TestClusterFailover: also publish metered events through the kills and require each receipted exactly once")
 )
 
