@@ -29,6 +29,10 @@ var (
 	// ErrCreditLimit is returned when service on credit would push a
 	// channel's unsigned balance past the hub's per-channel limit (I1).
 	ErrCreditLimit = errors.New("hub: credit limit reached")
+	// ErrChargeFenced is returned when a payment answering a charge
+	// request is no longer the request's to make: its charges' claims no
+	// longer name it (ChargeFence).
+	ErrChargeFenced = errors.New("hub: charge request superseded")
 )
 
 // ChannelStatus is where a channel is in its life.
@@ -155,6 +159,10 @@ type PaymentUpdate struct {
 	// under (Channel, Seq) for history and settlement.
 	Receipt []byte
 	Time    time.Time
+	// Fence, on a payment answering a charge request, makes the store
+	// apply it only while the request is its charges' live one (see
+	// ChargeFence), returning ErrChargeFenced otherwise.
+	Fence *ChargeFence
 }
 
 // Validate refuses an update no store should apply: states are numbered

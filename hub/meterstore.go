@@ -10,6 +10,51 @@ import (
 	"github.com/m2mhub/m2mhub/msat"
 )
 
+// ChargeFence names one payment request for owed charges: the claim
+// owner that asks (its hubd's instance), the request's own token, fresh
+// for every request, and the charges' event ids (ChargeStore.AskCharges).
+type ChargeFence struct {
+	Provider string   `json:"provider"`
+	Owner    string   `json:"owner"`
+	Token    string   `json:"token"`
+	IDs      []string `json:"ids"`
+}
+
+// Validate refuses a fence no store should check: one without an owner, a
+// token or an id, or with the separator '|' in its owner or token (stores
+// keep "owner|token" in a claim).
+func (f ChargeFence) Validate() error {
+	if f.Provider == "" || f.Owner == "" || f.Token == "" || len(f.IDs) == 0 ||
+		strings.ContainsRune(f.Owner, '|') || strings.ContainsRune(f.Token, '|') {
+		return fmt.Errorf("%w: charge fence needs a provider, an owner, a token and ids, without '|'", ErrInvalid)
+	}
+	return nil
+}
+
+// ChargeAsk is one payment request as its asker records it
+// (ChargeStore.AskCharges): the fence, and the record under the events
+// root.
+type ChargeAsk struct {
+	ChargeFence
+	Root Hash
+	TTL  time.Duration
+}
+
+// ClaimState is what ChargeStore.AskCharges found of one charge's claim.
+type ClaimState uint8
+
+// Claim states.
+const (
+	// ClaimAsked: the owner's; it names the new request now (or would,
+	// had every charge of the request been ClaimAsked).
+	ClaimAsked ClaimState = iota + 1
+	// ClaimLost: not the owner's (expired, or another owner's).
+	ClaimLost
+	// ClaimPaid: the owner's, and a payment of the request it names was
+	// applied; its receipt is stored with the channel.
+	ClaimPaid
+)
+
 // ContractRecord is a published tariff contract: its canonical document
 // (contracts.Contract.Canonical) under its hash.
 type ContractRecord struct {
@@ -285,14 +330,27 @@ type ChargeStore interface {
 	// what is owed, not every charge ever recorded.
 	OwedCharges(ctx context.Context) ([]Charge, error)
 
-	// PutChargeRequest records ids, the event ids of provider's charges
-	// that one payment request asks for, under root (their
-	// channel.EventsRoot, which the paying receipt names), for ttl (by
-	// the store's own clock, as leases are). A hub that finds the request's payment stored but its
-	// charges owed (it restarted after the payment) learns from it which
-	// charges the receipt covers. Recording the same root again replaces
-	// the record.
-	PutChargeRequest(ctx context.Context, provider string, root Hash, ids []string, ttl time.Duration) error
+	// AskCharges records one payment request for owed charges, as its
+	// asker is about to send it: atomically, if every one of a.IDs is
+	// claimed by a.Owner (ClaimCharges) and its claim names no paid
+	// request, each claim is made to name a.Token, the request's own, and
+	// a.IDs are recorded under a.Root (their channel.EventsRoot, which
+	// the paying receipt names) for a.TTL (by the store's own clock, as
+	// leases are); a hub that finds the request's payment stored but its
+	// charges owed (its asker stopped after the payment) learns from the
+	// record which charges the receipt covers. A zero Root records
+	// nothing: the asker gives up on its earlier request (a token never
+	// sent supersedes it). Otherwise nothing is written. It returns each
+	// id's ClaimState: all ClaimAsked when the request was recorded.
+	//
+	// A payment fenced by the request (PaymentUpdate.Fence) is applied
+	// only while every one of its charges' claims is the owner's and names
+	// the token, and marks them paid in the same atomic write: a request
+	// whose charges another hubd has claimed since (its asker died), or
+	// that its asker has superseded (asking again, giving up), can never
+	// be paid, and one paid is never superseded unseen. Recording the
+	// same root again replaces the record.
+	AskCharges(ctx context.Context, a ChargeAsk) ([]ClaimState, error)
 
 	// TakeChargeRequests returns, for each of roots, the ids recorded
 	// under (provider, root) and deletes them, atomically per root: of
@@ -315,7 +373,7 @@ type ChargeStore interface {
 	ClaimCharges(ctx context.Context, provider string, ids []string, owner string, ttl time.Duration) ([]bool, error)
 
 	// ReleaseCharges drops owner's claims on provider's charges ids (a
-	// hubd stopping hands what it has not asked for to the others);
-	// other owners' claims stay.
+	// hubd stopping hands its charges to the others, and no request it
+	// sent can be paid after); other owners' claims stay.
 	ReleaseCharges(ctx context.Context, provider string, ids []string, owner string) error
 }

@@ -46,6 +46,10 @@ type PaymentRequest struct {
 	// Hold, when set, is the hold the payment captures: the charges were
 	// recorded against it (channels.Manager.RecordHeldCharge).
 	Hold *[16]byte
+	// Fence, when set, goes into the paying update (PaymentUpdate.Fence):
+	// the payment is applied only while the request is its charges' live
+	// one, so a request its asker has superseded or lost is paid never.
+	Fence *ChargeFence
 }
 
 // Settleable is one open channel as a settlement sees it at the cut: the

@@ -379,6 +379,13 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 	// and only reads and writes through tx, so every run is the same.
 	var refused error
 	var owed uint64
+	var call uint64
+	if u.Fence != nil {
+		if err := u.Fence.Validate(); err != nil {
+			return 0, fmt.Errorf("boltstore: %w", err)
+		}
+		call = payCalls.Add(1)
+	}
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		refused = nil
 		pid := tx.Bucket(bucketFunding).Get(op)
@@ -395,8 +402,10 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 			refused = fmt.Errorf("%w: channel %s is at seq %d, update is %d", hub.ErrSeqConflict, u.Channel, stored, u.Seq)
 			return nil
 		}
+		var hs *bolt.Bucket
+		var hold []byte
 		if holdID != nil {
-			hs := tx.Bucket(bucketHoldState)
+			hs = tx.Bucket(bucketHoldState)
 			cur := hs.Get(holdID)
 			if cur == nil {
 				refused = fmt.Errorf("%w: hold %x", hub.ErrNotFound, holdID)
@@ -407,7 +416,17 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 				refused = err
 				return nil
 			}
-			if err := hs.Put(holdID, next); err != nil {
+			hold = next
+		}
+		// The fence is checked and marked last: no refusal may follow
+		// the mark, and nothing is written before it.
+		if u.Fence != nil {
+			if refused = s.payFenced(u.Fence, call); refused != nil {
+				return nil
+			}
+		}
+		if hold != nil {
+			if err := hs.Put(holdID, hold); err != nil {
 				return err
 			}
 		}
@@ -419,6 +438,9 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 		}
 		return putReceipt(tx, rkey, u.Receipt)
 	})
+	if err != nil && u.Fence != nil {
+		s.unpayFenced(u.Fence, call)
+	}
 	if err == nil {
 		err = refused
 	}

@@ -25,54 +25,67 @@ func chargeReqKey(provider string, root hub.Hash) []byte {
 	return append(append([]byte(provider), 0), root[:]...)
 }
 
-// PutChargeRequest records the event ids under (provider, root) for ttl
-// by the wall clock, and drops the records that have expired.
-func (s *Store) PutChargeRequest(ctx context.Context, provider string, root hub.Hash, ids []string, ttl time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
+// chargeReq is one request record as written: its key, its expiry and
+// its ids.
+type chargeReq struct {
+	key, exp, doc []byte
+	now           uint64
+}
+
+// newChargeReq encodes the record of ids under (provider, root) for ttl
+// by the wall clock.
+func newChargeReq(provider string, root hub.Hash, ids []string, ttl time.Duration) (chargeReq, error) {
+	if ttl <= 0 {
+		return chargeReq{}, fmt.Errorf("boltstore: %w: a charge request needs a ttl", hub.ErrInvalid)
 	}
 	doc, err := json.Marshal(ids)
 	if err != nil {
-		return fmt.Errorf("boltstore: encode charge request: %w", err)
+		return chargeReq{}, fmt.Errorf("boltstore: encode charge request: %w", err)
 	}
-	key := chargeReqKey(provider, root)
 	wall := time.Now()
-	exp := binary.BigEndian.AppendUint64(nil, uint64(wall.Add(ttl).UnixNano()))
-	now := uint64(wall.UnixNano())
-	return s.commit.do(func(tx *bolt.Tx) error {
-		reqs, err := tx.CreateBucketIfNotExists(bucketChargeReqs)
-		if err != nil {
-			return err
-		}
-		byExp, err := tx.CreateBucketIfNotExists(bucketChargeReqExp)
-		if err != nil {
-			return err
-		}
-		var gone [][]byte
-		c := byExp.Cursor()
-		for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < now; k, _ = c.Next() {
-			gone = append(gone, bytes.Clone(k))
-		}
-		for _, k := range gone {
-			if v := reqs.Get(k[8:]); v != nil && string(v[:8]) == string(k[:8]) {
-				if err := reqs.Delete(k[8:]); err != nil {
-					return err
-				}
-			}
-			if err := byExp.Delete(k); err != nil {
+	return chargeReq{
+		key: chargeReqKey(provider, root),
+		exp: binary.BigEndian.AppendUint64(nil, uint64(wall.Add(ttl).UnixNano())),
+		doc: doc,
+		now: uint64(wall.UnixNano()),
+	}, nil
+}
+
+// put writes the record, replacing one under the same key, and drops the
+// records that have expired.
+func (r chargeReq) put(tx *bolt.Tx) error {
+	reqs, err := tx.CreateBucketIfNotExists(bucketChargeReqs)
+	if err != nil {
+		return err
+	}
+	byExp, err := tx.CreateBucketIfNotExists(bucketChargeReqExp)
+	if err != nil {
+		return err
+	}
+	var gone [][]byte
+	c := byExp.Cursor()
+	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k) < r.now; k, _ = c.Next() {
+		gone = append(gone, bytes.Clone(k))
+	}
+	for _, k := range gone {
+		if v := reqs.Get(k[8:]); v != nil && string(v[:8]) == string(k[:8]) {
+			if err := reqs.Delete(k[8:]); err != nil {
 				return err
 			}
 		}
-		if old := reqs.Get(key); old != nil {
-			if err := byExp.Delete(append(old[:8:8], key...)); err != nil {
-				return err
-			}
-		}
-		if err := byExp.Put(append(exp[:8:8], key...), nil); err != nil {
+		if err := byExp.Delete(k); err != nil {
 			return err
 		}
-		return reqs.Put(key, append(exp, doc...))
-	})
+	}
+	if old := reqs.Get(r.key); old != nil {
+		if err := byExp.Delete(append(old[:8:8], r.key...)); err != nil {
+			return err
+		}
+	}
+	if err := byExp.Put(append(r.exp[:8:8], r.key...), nil); err != nil {
+		return err
+	}
+	return reqs.Put(r.key, append(bytes.Clone(r.exp), r.doc...))
 }
 
 // TakeChargeRequests reads and deletes the live records in one

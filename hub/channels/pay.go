@@ -120,11 +120,23 @@ func (c *Manager) Pay(ctx context.Context, payer string, m *wire.Pay) (*wire.Pay
 	if err != nil {
 		return nil, err
 	}
-	owed, err = c.store.ApplyPayment(ctx, hub.PaymentUpdate{
+	u := hub.PaymentUpdate{
 		Channel: m.ChanID, Seq: m.Seq, Paid: m.Paid, DeviceSig: m.Sig,
 		HoldID: capture, Amount: m.Amount, Receipt: receipt, Time: now,
-	})
+	}
+	if chargeReq != nil {
+		u.Fence = chargeReq.Fence
+	}
+	owed, err = c.store.ApplyPayment(ctx, u)
 	switch {
+	case errors.Is(err, hub.ErrChargeFenced):
+		// Its asker has asked for the charges again since, given up on
+		// them, or lost them to another hubd: paying this request would
+		// pay them twice. The asker hears it ended.
+		if r := c.endRequest(chargeID); r != nil {
+			r.Listener.ChargeFailed(chargeID, "charge request superseded")
+		}
+		return nil, refuse(wire.ChanRequestUnknown, "charge request %d was superseded", chargeID)
 	case errors.Is(err, hub.ErrSeqConflict):
 		// Another writer (another hubd on the same store) moved the
 		// channel; resynchronise the cache and let the device retry.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -209,7 +210,10 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.Default()
 	}
 	if c.Instance == "" {
-		c.Instance = newInstance()
+		c.Instance = randomID()
+	}
+	if strings.ContainsRune(c.Instance, '|') {
+		return fmt.Errorf("%w: charging: instance %q holds '|'", hub.ErrInvalid, c.Instance)
 	}
 	return nil
 }

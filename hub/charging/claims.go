@@ -41,12 +41,17 @@ const claimChunk = 1024
 // chargeKey names one charge.
 type chargeKey struct{ provider, id string }
 
-// newInstance is a fresh claim owner: each process's claims are its own.
-func newInstance() string {
+// randomID is a fresh random name: a claim owner (each process's claims
+// are its own), or a request's token.
+func randomID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
 	return hex.EncodeToString(b[:])
 }
+
+// The claims also fence the requests (requests.go): each names the
+// request last sent for its charge, and the payment of any other is
+// refused.
 
 // claimed returns the charges of cs that this Service holds a claim on
 // now, claiming them. A charge another hubd holds is left to it; on a
@@ -173,18 +178,13 @@ func countTrue(bs []bool) int {
 	return n
 }
 
-// releaseClaims, at Close, releases the claims of the charges held but
-// not asked for (still pending), so that another hubd asks for them at
-// its next scan; the claims of charges asked for expire, so that a
-// payment of such a request, stored meanwhile, is found by settleStored
-// rather than asked for twice.
+// releaseClaims, at Close, releases the claims of every charge held, so
+// that another hubd asks for them at its next scan: those still pending,
+// and those asked for, whose requests can then no longer be paid (the
+// fence). A payment of such a request stored before the release is found
+// by the next scan's settleStored, which settles it instead of asking.
 func (c *Service) releaseClaims(ctx context.Context) {
-	c.pay.Lock()
-	byProv := map[string][]string{}
-	for _, g := range c.pending {
-		byProv[g.key.provider] = append(byProv[g.key.provider], g.ids...)
-	}
-	c.pay.Unlock()
+	byProv := c.heldByProvider()
 	for _, prov := range slices.Sorted(maps.Keys(byProv)) {
 		if err := c.cfg.Charges.ReleaseCharges(ctx, prov, byProv[prov], c.cfg.Instance); err != nil {
 			c.log.Warn("releasing charge claims", "provider", prov, "err", err)

@@ -127,3 +127,53 @@ func TestChargingClaimedChargesAskedOnce(t *testing.T) {
 	}
 	env.payerHearsNothing()
 }
+
+// TestChargingLostRequestUnpayable: the failover that paid one batch
+// twice. Hubd a asks for bw-x and loses its claim (as when a is killed:
+// the claim expires); hubd b claims bw-x and asks for it again. The
+// device's payment of a's request, which its session still holds, is
+// refused (request-unknown) and moves nothing; b's is paid, and bw-x's
+// receipt published once.
+func TestChargingLostRequestUnpayable(t *testing.T) {
+	env := newChargeEnv(t, 100_000_000)
+	k := env.publish("bandwidth")
+	x := env.charge(env.bandwidthEvent(k, "bw-x", "5"))[0]
+	env.chg.Flush(context.Background())
+	first := chantest.Expect[*wire.PaymentRequest](env.payer)
+
+	// a's claim lapses: release it in the store as expiry would.
+	if err := env.h.Store.ReleaseCharges(context.Background(), env.prov.ID, []string{"bw-x"}, testInstance); err != nil {
+		t.Fatal(err)
+	}
+	b := env.newCharging("hubd-other")
+	charging.ScanOwed(context.Background(), b)
+	b.Flush(context.Background())
+	second := chantest.Expect[*wire.PaymentRequest](env.payer)
+	if second.Amount != x.Amount || second.ReqID == first.ReqID {
+		t.Fatalf("b asked %+v, want a new request for bw-x's %d msat", second, x.Amount)
+	}
+
+	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+first.Amount, first.Amount, first.Payee)
+	m.ReqID = &first.ReqID
+	env.payer.Send(m)
+	if e := chantest.Expect[*wire.ChannelError](env.payer); e.Code != wire.ChanRequestUnknown {
+		t.Fatalf("paying a's lost request: %s %s, want %s", e.Code, e.Message, wire.ChanRequestUnknown)
+	}
+	m = env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+second.Amount, second.Amount, second.Payee)
+	m.ReqID = &second.ReqID
+	env.payer.Send(m)
+	chantest.Expect[*wire.PayAck](env.payer)
+	chantest.Expect[*wire.ReceiptNotice](env.prov)
+	env.chg.Flush(context.Background())
+	b.Flush(context.Background())
+	if got := env.pub.take(charging.ProviderMsgReceipt); len(got) != 1 || !slices.Equal(got[0].msg.Events, []string{"bw-x"}) {
+		t.Fatalf("published %+v, want bw-x's receipt once", got)
+	}
+	rec, err := env.h.Store.Channel(context.Background(), env.ch.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Paid != env.ch.Paid+x.Amount || rec.Owed != 0 {
+		t.Fatalf("channel paid %d owed %d, want paid %d once, owed 0", rec.Paid, rec.Owed, env.ch.Paid+x.Amount)
+	}
+}

@@ -513,10 +513,7 @@ func (c *Service) flush(ctx context.Context, wait bool) {
 	c.pay.Unlock()
 
 	for _, g := range expired {
-		// The charges stay owed on the payer's channel (its credit is
-		// used up by them); the provider is told to stop.
-		c.cfg.Channels.CancelPayment(g.reqID)
-		c.enforce(ctx, unpaidKey{provider: g.key.provider, payer: g.key.payer, reason: UnpaidNoAnswer}, g.ids)
+		c.expire(ctx, g)
 	}
 	var sent sync.WaitGroup
 send:
@@ -571,11 +568,14 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 		c.unbusy(g, false, now)
 		return
 	}
-	c.recordRequest(ctx, g, root)
+	fence := c.askRequest(ctx, g, root, now)
+	if fence == nil {
+		return
+	}
 	r := hub.PaymentRequest{
 		Listener: c, Payer: g.key.payer, Payee: g.key.provider, Channel: g.key.channel, Amount: g.amount,
 		Contract: g.key.contract, EventsRoot: root, EventCount: n,
-		Memo: fmt.Sprintf("%d events", n),
+		Memo: fmt.Sprintf("%d events", n), Fence: fence,
 	}
 	if g.key.hold != ([16]byte{}) {
 		hold := g.key.hold
@@ -591,6 +591,27 @@ func (c *Service) request(ctx context.Context, g *payGroup, now time.Time) {
 	g.reqID, g.sent = id, now
 	c.inflight[id] = g
 	c.pay.Unlock()
+}
+
+// expire gives up on g's request, unanswered for RequestTimeout: once
+// voided (its late payment refused), the charges stay owed on the payer's
+// channel (its credit is used up by them) and the provider is told to
+// stop. When the store cannot void it, it is kept in flight and voided at
+// a later flush: until then its payment may still be made, and heard.
+func (c *Service) expire(ctx context.Context, g *payGroup) {
+	done, err := c.voidRequest(ctx, g)
+	if err != nil {
+		c.log.Warn("unanswered charge request not given up yet", "payer", g.key.payer, "provider", g.key.provider, "err", err)
+		c.pay.Lock()
+		c.inflight[g.reqID] = g
+		c.busy[g.key] = true
+		c.pay.Unlock()
+		return
+	}
+	c.cfg.Channels.CancelPayment(g.reqID)
+	if done {
+		c.enforce(ctx, unpaidKey{provider: g.key.provider, payer: g.key.payer, reason: UnpaidNoAnswer}, g.ids)
+	}
 }
 
 // unbusy puts a group that could not be requested back into pending,

@@ -10,12 +10,18 @@ import (
 	"github.com/m2mhub/m2mhub/hub"
 )
 
-// What makes a paid request's receipt reach its provider once, whichever
-// hubd settles it: the asker records the request's event ids under their
-// events root before asking (hub.ChargeStore.PutChargeRequest), and
-// whoever settles the paid request (the asker hearing the payment, or a
-// hubd that found the payment stored, scanOwed) first
-// takes the record; only the taker publishes the receipt.
+// What makes owed charges paid once, whichever hubd asks for them: the
+// asker records each request before sending it (hub.ChargeStore.
+// AskCharges) under a token of its own, in the claims of its charges, and
+// the payment is applied only while the claims still name that token
+// (hub.PaymentRequest.Fence). A request its asker superseded (asked
+// again, gave up on) or whose charges another hubd claimed since (its
+// asker died) can no longer be paid; one that was paid is seen paid by
+// any later ask. The record, under the request's events root, also makes
+// a paid request's receipt reach its provider once: whoever settles it
+// (the asker hearing the payment, or a hubd that found the payment
+// stored, scanOwed) first takes the record; only the taker publishes the
+// receipt.
 
 // requestRecordTTL is how long a request's record is kept for a payment
 // found later: far beyond RequestTimeout (a request is answered or given
@@ -60,17 +66,77 @@ func ChargeReceipts(ctx context.Context, chans Channels, op btcwire.OutPoint) ([
 	return out, nil
 }
 
-// recordRequest records g's event ids under its events root before it is
-// asked for; g.recorded says whether that worked (if not, its receipt is
-// published without taking the record, and a restart finds it only by
-// the channel's Owed).
-func (c *Service) recordRequest(ctx context.Context, g *payGroup, root hub.Hash) {
-	g.root = root
-	err := c.cfg.Charges.PutChargeRequest(ctx, g.key.provider, root, g.ids, requestRecordTTL)
-	g.recorded = err == nil
+// askRequest records the request about to be sent for g, under its events
+// root and a fresh token, and returns the fence its payment carries. When
+// it must not be sent it returns nil, having queued g again: after a
+// second on a store error, or, when a charge's claim is lost or names a
+// paid request, through the claims (dropGroup).
+func (c *Service) askRequest(ctx context.Context, g *payGroup, root hub.Hash, now time.Time) *hub.ChargeFence {
+	f := hub.ChargeFence{Provider: g.key.provider, Owner: c.cfg.Instance, Token: randomID(), IDs: g.ids}
+	states, err := c.cfg.Charges.AskCharges(ctx, hub.ChargeAsk{ChargeFence: f, Root: root, TTL: requestRecordTTL})
 	if err != nil {
-		c.log.Warn("charge request not recorded", "provider", g.key.provider, "events", len(g.ids), "err", err)
+		c.log.Warn("charge request not recorded, asked again later", "provider", g.key.provider, "events", len(g.ids), "err", err)
+		c.unbusy(g, true, now)
+		return nil
 	}
+	if !allAsked(states) {
+		c.pay.Lock()
+		delete(c.busy, g.key)
+		c.pay.Unlock()
+		c.dropGroup(ctx, g, states)
+		return nil
+	}
+	g.root, g.recorded = root, true
+	return &f
+}
+
+// voidRequest gives up on g's request, sent and unanswered: a void ask
+// (a token never sent) makes it unpayable. It reports whether it did; if
+// not, a charge's claim is lost or names a paid request (dropGroup has
+// handed the charges to the scan), or the store failed (err).
+func (c *Service) voidRequest(ctx context.Context, g *payGroup) (bool, error) {
+	f := hub.ChargeFence{Provider: g.key.provider, Owner: c.cfg.Instance, Token: randomID(), IDs: g.ids}
+	states, err := c.cfg.Charges.AskCharges(ctx, hub.ChargeAsk{ChargeFence: f})
+	if err != nil {
+		return false, err
+	}
+	if !allAsked(states) {
+		c.dropGroup(ctx, g, states)
+		return false, nil
+	}
+	return true, nil
+}
+
+// dropGroup forgets g, whose charges are no longer all this Service's to
+// ask for: a claim was lost (another hubd asks for those), or names a
+// request already paid (its payment is stored). Its claims are released,
+// so the next scan (of this hubd or another) settles the paid ones from
+// the stored payment and asks for the rest again.
+func (c *Service) dropGroup(ctx context.Context, g *payGroup, states []hub.ClaimState) {
+	var lost, paid int
+	for _, s := range states {
+		switch s {
+		case hub.ClaimLost:
+			lost++
+		case hub.ClaimPaid:
+			paid++
+		}
+	}
+	c.log.Info("charge request handed to the scan", "payer", g.key.payer, "provider", g.key.provider,
+		"events", len(g.ids), "claims lost", lost, "paid", paid)
+	c.unhold(g.key.provider, g.ids)
+	if err := c.cfg.Charges.ReleaseCharges(ctx, g.key.provider, g.ids, c.cfg.Instance); err != nil {
+		c.log.Warn("releasing charge claims", "provider", g.key.provider, "err", err)
+	}
+}
+
+func allAsked(states []hub.ClaimState) bool {
+	for _, s := range states {
+		if s != hub.ClaimAsked {
+			return false
+		}
+	}
+	return true
 }
 
 // takeRecorded takes the records of gs, a provider's paid groups, and

@@ -180,18 +180,15 @@ func TestChargingRestartAfterUnmarkedPayment(t *testing.T) {
 	}
 }
 
-// TestChargingRestartPublishesStoredReceipt: the hub stops while its
-// request is out; the device's payment is stored, but no run of charging
-// hears of it. The next run finds the payment among the channel's stored
+// TestChargingRestartPublishesStoredReceipt: the device's payment is
+// stored, but charging stops before it settles the answer (no flush
+// runs). The next run finds the payment among the channel's stored
 // receipts by the request's record, marks the charges paid and publishes
 // that receipt, once, for exactly the request's events; a run after that
 // publishes nothing and asks nothing.
 func TestChargingRestartPublishesStoredReceipt(t *testing.T) {
 	env := newChargeEnv(t, 100_000_000)
 	owed, req := env.askTwo(env.publish("bandwidth"))
-	if err := env.chg.Close(); err != nil { // stopped with the request out
-		t.Fatal(err)
-	}
 	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
 	m.ReqID = &req.ReqID
 	env.payer.Send(m)
@@ -228,4 +225,49 @@ func TestChargingRestartPublishesStoredReceipt(t *testing.T) {
 		t.Fatalf("published %+v again on the next restart", got)
 	}
 	env.payerHearsNothing()
+}
+
+// TestChargingClosedRequestUnpayable: charging stops with its request out
+// and hands the charges on (Close releases their claims); the device's
+// payment of that request, coming after, is refused (request-unknown) and
+// moves nothing, and the next run asks for the charges again and is paid
+// once.
+func TestChargingClosedRequestUnpayable(t *testing.T) {
+	env := newChargeEnv(t, 100_000_000)
+	owed, req := env.askTwo(env.publish("bandwidth"))
+	if err := env.chg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &req.ReqID
+	env.payer.Send(m)
+	if e := chantest.Expect[*wire.ChannelError](env.payer); e.Code != wire.ChanRequestUnknown {
+		t.Fatalf("paying a request of a closed run: %s %s, want %s", e.Code, e.Message, wire.ChanRequestUnknown)
+	}
+	if rec, err := env.h.Store.Channel(context.Background(), env.ch.Op); err != nil || rec.Seq != env.ch.Seq || rec.Paid != env.ch.Paid {
+		t.Fatalf("a refused payment moved the channel: %+v (%v)", rec, err)
+	}
+
+	env.chg = env.newCharging(testInstance)
+	env.chg.Flush(context.Background())
+	again := chantest.Expect[*wire.PaymentRequest](env.payer)
+	if again.Amount != owed || again.ReqID == req.ReqID {
+		t.Fatalf("asked again for %d msat as request %d, want %d msat as a new request (not %d)", again.Amount, again.ReqID, owed, req.ReqID)
+	}
+	m = env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+again.Amount, again.Amount, again.Payee)
+	m.ReqID = &again.ReqID
+	env.payer.Send(m)
+	chantest.Expect[*wire.PayAck](env.payer)
+	chantest.Expect[*wire.ReceiptNotice](env.prov)
+	env.chg.Flush(context.Background())
+	if got := env.pub.take(charging.ProviderMsgReceipt); len(got) != 1 {
+		t.Fatalf("published %d receipts, want one", len(got))
+	}
+	rec, err := env.h.Store.Channel(context.Background(), env.ch.Op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Paid != env.ch.Paid+owed || rec.Owed != 0 {
+		t.Fatalf("channel paid %d owed %d, want paid %d once, owed 0", rec.Paid, rec.Owed, env.ch.Paid+owed)
+	}
 }

@@ -62,6 +62,10 @@ type payMsg struct {
 	EventCount uint32           `json:"event_count"`
 	Memo       string           `json:"memo"`
 	Hold       *[16]byte        `json:"hold,omitempty"`
+	// Fence names the origin's request in the charges' claims: the
+	// holder's store applies the payment only while it is their live
+	// request (hub.PaymentRequest.Fence).
+	Fence *hub.ChargeFence `json:"fence,omitempty"`
 	// Deadline is when the origin stops waiting (its last attempt ends),
 	// less half an attempt: a holder that gets to a request only later
 	// (it was stalled) does not ask the device, since the origin has
@@ -121,7 +125,7 @@ func (r *Router) RequestPayment(ctx context.Context, req hub.PaymentRequest) (ui
 	body, err := json.Marshal(payMsg{
 		Origin: r.cfg.Instance, OriginID: id, Payer: req.Payer, Payee: req.Payee, Channel: req.Channel,
 		Amount: req.Amount, Contract: req.Contract, EventsRoot: req.EventsRoot, EventCount: req.EventCount,
-		Memo: req.Memo, Hold: req.Hold,
+		Memo: req.Memo, Hold: req.Hold, Fence: req.Fence,
 		Deadline: r.clock.Now().Add(time.Duration(r.cfg.Attempts)*r.relay.timeout - r.relay.timeout/2),
 	})
 	if err != nil {
@@ -246,6 +250,7 @@ func (r *Router) servePay(m *nats.Msg) {
 		Listener: &outcomeListener{r: r, key: key},
 		Payer:    pm.Payer, Payee: pm.Payee, Channel: pm.Channel, Amount: pm.Amount,
 		Contract: pm.Contract, EventsRoot: pm.EventsRoot, EventCount: pm.EventCount, Memo: pm.Memo, Hold: pm.Hold,
+		Fence: pm.Fence,
 	})
 	switch {
 	case errors.Is(err, channels.ErrDeviceOffline):

@@ -350,9 +350,20 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 		holdKey, hasHold = s.holdKey(*u.HoldID), "1"
 	}
 	seq := strconv.FormatUint(u.Seq, 10)
-	res, err := scriptReply(ctx, s.rdb, s.chs.payment, []string{s.fundKey(), s.receiptsKey(op), holdKey},
+	keys := []string{s.fundKey(), s.receiptsKey(op), holdKey}
+	fenced := ""
+	if f := u.Fence; f != nil {
+		if err := f.Validate(); err != nil {
+			return 0, fmt.Errorf("redisstore: %w", err)
+		}
+		for _, id := range f.IDs {
+			keys = append(keys, s.chargeClaimKey(f.Provider, id))
+		}
+		fenced = f.Owner + "|" + f.Token
+	}
+	res, err := scriptReply(ctx, s.rdb, s.chs.payment, keys,
 		op, seq, fmtMsat(u.Paid), encodeTime(u.Time), u.DeviceSig[:], member,
-		fmtMsat(u.Amount), hasHold, s.prefix)
+		fmtMsat(u.Amount), hasHold, s.prefix, fenced)
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: apply payment %s seq %d: %w", op, u.Seq, err)
 	}
@@ -367,6 +378,8 @@ func (s *Store) ApplyPayment(ctx context.Context, u hub.PaymentUpdate) (msat.Amo
 		err = fmt.Errorf("%w: channel %s", hub.ErrNotFound, op)
 	case "seq":
 		err = fmt.Errorf("%w: channel %s is at seq %s, update is %d", hub.ErrSeqConflict, op, at(res, 1), u.Seq)
+	case "superseded":
+		err = fmt.Errorf("%w: %d charges of %s", hub.ErrChargeFenced, len(u.Fence.IDs), u.Fence.Provider)
 	default:
 		if err = holdRefusal(res, *u.HoldID); err == nil {
 			err = fmt.Errorf("unexpected script reply %q", res)

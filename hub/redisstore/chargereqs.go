@@ -2,10 +2,12 @@ package redisstore
 
 import (
 	"context"
+	_ "embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,17 +21,55 @@ func (s *Store) chargeReqKey(provider string, root hub.Hash) string {
 	return s.prefix + "chgr:" + provider + "\x00" + hex.EncodeToString(root[:])
 }
 
-// PutChargeRequest records the event ids under (provider, root) for ttl
-// (SET … PX).
-func (s *Store) PutChargeRequest(ctx context.Context, provider string, root hub.Hash, ids []string, ttl time.Duration) error {
-	doc, err := json.Marshal(ids)
+//go:embed chargeask.lua
+var chargeAskSource string
+
+var chargeAskScript = redis.NewScript(chargeAskSource)
+
+// AskCharges checks and names the claims and records the request in one
+// script run (chargeask.lua): Redis runs it atomically, as it does the
+// fenced payment that checks them.
+func (s *Store) AskCharges(ctx context.Context, a hub.ChargeAsk) ([]hub.ClaimState, error) {
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("redisstore: %w", err)
+	}
+	keys := make([]string, 0, 1+len(a.IDs))
+	var doc []byte
+	if a.Root != (hub.Hash{}) {
+		if a.TTL < time.Millisecond {
+			return nil, fmt.Errorf("redisstore: %w: a charge request needs a ttl of 1 ms or more", hub.ErrInvalid)
+		}
+		var err error
+		if doc, err = json.Marshal(a.IDs); err != nil {
+			return nil, fmt.Errorf("redisstore: encode charge request: %w", err)
+		}
+		keys = append(keys, s.chargeReqKey(a.Provider, a.Root))
+	} else {
+		keys = append(keys, s.chargeClaimKey(a.Provider, a.IDs[0]))
+	}
+	for _, id := range a.IDs {
+		keys = append(keys, s.chargeClaimKey(a.Provider, id))
+	}
+	res, err := scriptReply(ctx, s.rdb, chargeAskScript, keys,
+		a.Owner, a.Token, string(doc), strconv.FormatInt(a.TTL.Milliseconds(), 10))
 	if err != nil {
-		return fmt.Errorf("redisstore: encode charge request: %w", err)
+		return nil, fmt.Errorf("redisstore: ask charges of %s: %w", a.Provider, err)
 	}
-	if err := s.rdb.SetArgs(ctx, s.chargeReqKey(provider, root), doc, redis.SetArgs{TTL: ttl}).Err(); err != nil {
-		return fmt.Errorf("redisstore: put charge request of %s: %w", provider, err)
+	if len(res) != len(a.IDs) {
+		return nil, fmt.Errorf("redisstore: ask charges of %s: script reply of %d for %d charges", a.Provider, len(res), len(a.IDs))
 	}
-	return nil
+	out := make([]hub.ClaimState, len(res))
+	for i, r := range res {
+		switch r {
+		case "a":
+			out[i] = hub.ClaimAsked
+		case "p":
+			out[i] = hub.ClaimPaid
+		default:
+			out[i] = hub.ClaimLost
+		}
+	}
+	return out, nil
 }
 
 // TakeChargeRequests GETDELs each record in one pipeline: Redis runs each

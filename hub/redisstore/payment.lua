@@ -7,13 +7,19 @@
 -- Numbers are compared as Lua doubles; the Go side keeps every amount and
 -- seq below 2^52 so they are exact.
 --
+-- A payment answering a charge request is fenced: it is applied only
+-- while every charge's claim names the request ('owner|token', see
+-- chargeask.lua), and marks them paid ('|p' appended).
+--
 -- KEYS: 1 funding index, 2 the channel's receipts (sorted set by seq),
---       3 the hold hash (any key when there is no hold)
+--       3 the hold hash (any key when there is no hold), 4.. the fenced
+--       charges' claim keys
 -- ARGV: 1 outpoint, 2 seq, 3 paid, 4 updated (unix ns, '' = zero),
 --       5 device signature, 6 receipt member (8-byte seq || receipt),
---       7 amount, 8 '1' when a hold is captured, 9 key prefix
+--       7 amount, 8 '1' when a hold is captured, 9 key prefix,
+--       10 the claims' value the fence expects ('owner|token')
 -- Reply: {'ok', new owed} | {'notfound'} | {'seq', stored seq} | {'nohold'} |
---        {'hold', why}
+--        {'hold', why} | {'superseded'}
 
 local pid = redis.call('HGET', KEYS[1], ARGV[1])
 if not pid then
@@ -24,6 +30,11 @@ local ck = ARGV[9] .. 'ch:' .. pid
 local stored = redis.call('HGET', ck, 'seq')
 if tonumber(stored) + 1 ~= tonumber(ARGV[2]) then
   return {'seq', stored}
+end
+for i = 4, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[10] then
+    return {'superseded'}
+  end
 end
 local amount = tonumber(ARGV[7])
 if ARGV[8] == '1' then
@@ -53,4 +64,8 @@ elseif amount > 0 then -- Redis refuses the increment '-0'
 end
 redis.call('HSET', ck, 'seq', ARGV[2], 'paid', ARGV[3], 'owed', owed, 'upd', ARGV[4], 'sig', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[6])
+local paid = ARGV[10] .. '|p'
+for i = 4, #KEYS do
+  redis.call('SET', KEYS[i], paid, 'KEEPTTL')
+end
 return {'ok', owed}

@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/btcsuite/btcd/wire"
+
 	"github.com/m2mhub/m2mhub/hub"
+	"github.com/m2mhub/m2mhub/msat"
 )
 
 // runMeteringOwed runs the parts of the metering suite about what charging
@@ -20,6 +23,163 @@ func runMeteringOwed(t *testing.T, open, reopen func(t *testing.T) MeteringStore
 	t.Run("ChargeRequestTakenOnce", func(t *testing.T) { testChargeRequestTakenOnce(t, open(t)) })
 	t.Run("ChargeRequestSurvivesReopen", func(t *testing.T) { testChargeRequestReopen(t, open, reopen) })
 	t.Run("ChargeClaims", func(t *testing.T) { testChargeClaims(t, open(t)) })
+	t.Run("ChargeAskAllOrNothing", func(t *testing.T) { testChargeAskAllOrNothing(t, open(t)) })
+	t.Run("ChargeFence", func(t *testing.T) { testChargeFence(t, open(t)) })
+}
+
+// fence is the fence of owner's request token for prov's charges ids.
+func fence(owner, token string, ids ...string) hub.ChargeFence {
+	return hub.ChargeFence{Provider: "prov", Owner: owner, Token: token, IDs: ids}
+}
+
+// mustAsk claims a's charges for its owner and records the request,
+// failing unless every charge was asked.
+func mustAsk(tb testing.TB, s hub.ChargeStore, a hub.ChargeAsk) {
+	tb.Helper()
+	if _, err := s.ClaimCharges(context.Background(), a.Provider, a.IDs, a.Owner, time.Hour); err != nil {
+		tb.Fatal(err)
+	}
+	assertStates(tb, "asking "+a.Token, ask(tb, s, a), hub.ClaimAsked, len(a.IDs))
+}
+
+func ask(tb testing.TB, s hub.ChargeStore, a hub.ChargeAsk) []hub.ClaimState {
+	tb.Helper()
+	got, err := s.AskCharges(context.Background(), a)
+	if err != nil {
+		tb.Fatalf("AskCharges(%s): %v", a.Token, err)
+	}
+	return got
+}
+
+// assertStates fails unless got is n times want.
+func assertStates(tb testing.TB, what string, got []hub.ClaimState, want hub.ClaimState, n int) {
+	tb.Helper()
+	if len(got) != n || slices.ContainsFunc(got, func(c hub.ClaimState) bool { return c != want }) {
+		tb.Fatalf("%s: claim states %v, want %d × %v", what, got, n, want)
+	}
+}
+
+// testChargeAskAllOrNothing: a request is recorded only when its owner
+// holds every charge; otherwise each charge's state says why and nothing
+// is written: no record, and the claims keep the request they named.
+func testChargeAskAllOrNothing(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	if _, err := s.ClaimCharges(ctx, "prov", []string{"a1", "a2"}, "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimCharges(ctx, "prov", []string{"b1"}, "b", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	got := ask(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t1", "a1", "b1", "n1", "a2"), Root: hub.Hash{1}, TTL: time.Hour})
+	want := []hub.ClaimState{hub.ClaimAsked, hub.ClaimLost, hub.ClaimLost, hub.ClaimAsked}
+	if !slices.Equal(got, want) {
+		t.Fatalf("asking held, another's, unclaimed, held: %v, want %v", got, want)
+	}
+	if r, err := s.TakeChargeRequests(ctx, "prov", []hub.Hash{{1}}); err != nil || r[0] != nil {
+		t.Fatalf("a refused request was recorded: %v (%v)", r, err)
+	}
+	// The refused request named nothing: a payment fenced by it fails.
+	op := newFencedChannel(t, s)
+	u := storetestPayment(op, 1, 10, fence("a", "t1", "a1"))
+	if _, err := s.ApplyPayment(ctx, u); !errors.Is(err, hub.ErrChargeFenced) {
+		t.Fatalf("paying a refused request: %v, want ErrChargeFenced", err)
+	}
+	if _, err := s.AskCharges(ctx, hub.ChargeAsk{ChargeFence: fence("a", "t|2", "a1"), Root: hub.Hash{1}, TTL: time.Hour}); !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("a token with '|': %v, want ErrInvalid", err)
+	}
+	if _, err := s.AskCharges(ctx, hub.ChargeAsk{ChargeFence: fence("a", "t2"), Root: hub.Hash{1}, TTL: time.Hour}); !errors.Is(err, hub.ErrInvalid) {
+		t.Fatalf("a request of no charges: %v, want ErrInvalid", err)
+	}
+}
+
+// newFencedChannel stores an open channel whose payments the fence tests
+// make.
+func newFencedChannel(tb testing.TB, s hub.ChannelStore) wire.OutPoint {
+	tb.Helper()
+	c := NewChannel(tb, "dev")
+	MustPutChannel(tb, s, c)
+	return c.Funding
+}
+
+// storetestPayment is Payment(op, seq, paid) fenced by f.
+func storetestPayment(op wire.OutPoint, seq uint64, paid msat.Amount, f hub.ChargeFence) hub.PaymentUpdate {
+	u := Payment(op, seq, paid)
+	u.Fence = &f
+	return u
+}
+
+// testChargeFence: a payment fenced by a request is applied only while
+// the request is its charges' live one: not once its asker has asked
+// again or given up (a void ask), nor once another owner claims them
+// after a release; a paid request is reported as paid to a later ask,
+// a renewal keeps the request, and a refused payment changes nothing.
+func testChargeFence(t *testing.T, s MeteringStoreUnderTest) {
+	ctx := context.Background()
+	op := newFencedChannel(t, s)
+	seq := uint64(0)
+	pay := func(paid msat.Amount, f hub.ChargeFence) error {
+		t.Helper()
+		_, err := s.ApplyPayment(ctx, storetestPayment(op, seq+1, paid, f))
+		if err == nil {
+			seq++
+		}
+		return err
+	}
+	// Asked again: the first request is superseded.
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t1", "e1", "e2"), Root: hub.Hash{1}, TTL: time.Hour})
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t2", "e1", "e2"), Root: hub.Hash{2}, TTL: time.Hour})
+	if err := pay(10, fence("a", "t1", "e1", "e2")); !errors.Is(err, hub.ErrChargeFenced) {
+		t.Fatalf("paying a superseded request: %v, want ErrChargeFenced", err)
+	}
+	if got := MustChannel(t, s, op); got.Seq != 0 {
+		t.Fatalf("a refused payment moved the channel to seq %d", got.Seq)
+	}
+	// A renewal keeps the live request; its payment marks the claims paid.
+	if _, err := s.ClaimCharges(ctx, "prov", []string{"e1", "e2"}, "a", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := pay(10, fence("a", "t2", "e1", "e2")); err != nil {
+		t.Fatalf("paying the live request: %v", err)
+	}
+	if got := MustChannel(t, s, op); got.Seq != 1 || got.Paid != 10 {
+		t.Fatalf("after the fenced payment: seq %d paid %s, want 1 and 10", got.Seq, got.Paid)
+	}
+	if err := pay(20, fence("a", "t2", "e1", "e2")); !errors.Is(err, hub.ErrChargeFenced) {
+		t.Fatalf("paying a paid request again: %v, want ErrChargeFenced", err)
+	}
+	assertStates(t, "asking paid charges", ask(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t3", "e1", "e2"), Root: hub.Hash{3}, TTL: time.Hour}), hub.ClaimPaid, 2)
+
+	// Given up (a void ask, zero Root): the request cannot be paid.
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t4", "e3"), Root: hub.Hash{4}, TTL: time.Hour})
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("a", "void", "e3")})
+	if err := pay(20, fence("a", "t4", "e3")); !errors.Is(err, hub.ErrChargeFenced) {
+		t.Fatalf("paying a request given up: %v, want ErrChargeFenced", err)
+	}
+
+	// Released and claimed by another: the first owner's request is dead,
+	// even with the same token.
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("a", "t5", "e4"), Root: hub.Hash{5}, TTL: time.Hour})
+	if err := s.ReleaseCharges(ctx, "prov", []string{"e4"}, "a"); err != nil {
+		t.Fatal(err)
+	}
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("b", "t5", "e4"), Root: hub.Hash{6}, TTL: time.Hour})
+	if err := pay(20, fence("a", "t5", "e4")); !errors.Is(err, hub.ErrChargeFenced) {
+		t.Fatalf("paying a request whose charges another owner asked for: %v, want ErrChargeFenced", err)
+	}
+	if err := pay(20, fence("b", "t5", "e4")); err != nil {
+		t.Fatalf("paying the new owner's request: %v", err)
+	}
+	// The records stay for the reload, paid or not.
+	got, err := s.TakeChargeRequests(ctx, "prov", []hub.Hash{{2}, {5}, {6}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got[0], []string{"e1", "e2"}) || !slices.Equal(got[1], []string{"e4"}) || !slices.Equal(got[2], []string{"e4"}) {
+		t.Fatalf("request records %v, want [[e1 e2] [e4] [e4]]", got)
+	}
+	if got := MustChannel(t, s, op); got.Seq != 2 || got.Paid != 20 {
+		t.Fatalf("at the end: seq %d paid %s, want 2 and 20", got.Seq, got.Paid)
+	}
 }
 
 // testChargeClaims: of several owners claiming one charge at once, one
@@ -110,9 +270,7 @@ func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
 		{r2, []string{"e3"}, time.Hour},
 		{r3, []string{"old"}, time.Millisecond}, // expires
 	} {
-		if err := s.PutChargeRequest(ctx, "prov", p.root, p.ids, p.ttl); err != nil {
-			t.Fatal(err)
-		}
+		mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("o", "t", p.ids...), Root: p.root, TTL: p.ttl})
 	}
 	time.Sleep(5 * time.Millisecond) // r3's store-clock lifetime
 	if got, err := s.TakeChargeRequests(ctx, "other", []hub.Hash{r1}); err != nil || got[0] != nil {
@@ -159,9 +317,7 @@ func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
 func testChargeRequestReopen(t *testing.T, open, reopen func(t *testing.T) MeteringStoreUnderTest) {
 	ctx := context.Background()
 	s := open(t)
-	if err := s.PutChargeRequest(ctx, "prov", hub.Hash{7}, []string{"x", "y"}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
+	mustAsk(t, s, hub.ChargeAsk{ChargeFence: fence("o", "t", "x", "y"), Root: hub.Hash{7}, TTL: time.Hour})
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
