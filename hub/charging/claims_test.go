@@ -153,15 +153,11 @@ func TestChargingLostRequestUnpayable(t *testing.T) {
 		t.Fatalf("b asked %+v, want a new request for bw-x's %d msat", second, x.Amount)
 	}
 
-	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+first.Amount, first.Amount, first.Payee)
-	m.ReqID = &first.ReqID
-	env.payer.Send(m)
+	env.answer(first)
 	if e := chantest.Expect[*wire.ChannelError](env.payer); e.Code != wire.ChanRequestUnknown {
 		t.Fatalf("paying a's lost request: %s %s, want %s", e.Code, e.Message, wire.ChanRequestUnknown)
 	}
-	m = env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+second.Amount, second.Amount, second.Payee)
-	m.ReqID = &second.ReqID
-	env.payer.Send(m)
+	env.answer(second)
 	chantest.Expect[*wire.PayAck](env.payer)
 	chantest.Expect[*wire.ReceiptNotice](env.prov)
 	env.chg.Flush(context.Background())

@@ -27,6 +27,15 @@ func (env *chargeEnv) restart() {
 	env.chg = env.newCharging(testInstance)
 }
 
+// answer sends the device's payment of req, from env.ch (which the tests
+// that use it keep as it was before their payments: a refused one leaves
+// the channel there).
+func (env *chargeEnv) answer(req *wire.PaymentRequest) {
+	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
+	m.ReqID = &req.ReqID
+	env.payer.Send(m)
+}
+
 // quiet asserts the payer is sent nothing for a while.
 func (env *chargeEnv) payerHearsNothing() {
 	env.t.Helper()
@@ -238,9 +247,7 @@ func TestChargingClosedRequestUnpayable(t *testing.T) {
 	if err := env.chg.Close(); err != nil {
 		t.Fatal(err)
 	}
-	m := env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+req.Amount, req.Amount, req.Payee)
-	m.ReqID = &req.ReqID
-	env.payer.Send(m)
+	env.answer(req)
 	if e := chantest.Expect[*wire.ChannelError](env.payer); e.Code != wire.ChanRequestUnknown {
 		t.Fatalf("paying a request of a closed run: %s %s, want %s", e.Code, e.Message, wire.ChanRequestUnknown)
 	}
@@ -254,9 +261,7 @@ func TestChargingClosedRequestUnpayable(t *testing.T) {
 	if again.Amount != owed || again.ReqID == req.ReqID {
 		t.Fatalf("asked again for %d msat as request %d, want %d msat as a new request (not %d)", again.Amount, again.ReqID, owed, req.ReqID)
 	}
-	m = env.payer.PayMsg(env.ch, env.ch.Seq+1, env.ch.Paid+again.Amount, again.Amount, again.Payee)
-	m.ReqID = &again.ReqID
-	env.payer.Send(m)
+	env.answer(again)
 	chantest.Expect[*wire.PayAck](env.payer)
 	chantest.Expect[*wire.ReceiptNotice](env.prov)
 	env.chg.Flush(context.Background())
