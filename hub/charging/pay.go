@@ -105,7 +105,8 @@ type payGroup struct {
 	// payee, told to each once the group is paid.
 	shares map[string][]EventShare
 	// root is the events root of the request last sent for the group,
-	// recorded in the store when recorded is set (recordRequest).
+	// recorded in the store, its fence in the charges' claims, when
+	// recorded is set (askRequest).
 	root     hub.Hash
 	recorded bool
 }
