@@ -352,12 +352,14 @@ type ChargeStore interface {
 	// same root again replaces the record.
 	AskCharges(ctx context.Context, a ChargeAsk) ([]ClaimState, error)
 
-	// TakeChargeRequests returns, for each of roots, the ids recorded
-	// under (provider, root) and deletes them, atomically per root: of
-	// several hubd settling one paid request (its asker and a restarted
-	// instance), one takes it and publishes the receipt. An entry is nil
-	// for a root with no live record (never recorded, taken, or
-	// expired).
+	// ChargeRequests returns, for each of roots, the ids recorded under
+	// (provider, root): a hubd that finds a request's payment stored
+	// learns which charges it paid. An entry is nil for a root with no
+	// live record (never recorded, taken, or expired).
+	ChargeRequests(ctx context.Context, provider string, roots []Hash) ([][]string, error)
+	// TakeChargeRequests is ChargeRequests that also deletes the records,
+	// atomically per root: the charges are marked paid, and nothing will
+	// look for the payment again.
 	TakeChargeRequests(ctx context.Context, provider string, roots []Hash) ([][]string, error)
 
 	// ClaimCharges claims provider's charges ids for owner until ttl from

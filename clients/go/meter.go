@@ -2,6 +2,7 @@ package m2mclient
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -88,6 +89,9 @@ type Meter struct {
 	mu       sync.Mutex
 	received []Receipt // verified receipts, for Income
 	shares   []Share   // verified share notices, for Income
+	// seen holds each receipt and share notice delivered, by content
+	// (noticeKey): the hub publishes a receipt at least once.
+	seen map[[32]byte]bool
 }
 
 // NewMeter returns a Meter over cfg.Conn; Close stops its receipt
@@ -320,8 +324,9 @@ type paidReceipt struct {
 
 // Receipts subscribes to receipts.<id> and delivers the hub's notices until
 // ctx ends or Close. A receipt that does not verify against the pinned hub
-// key, or does not cover the events it lists, is logged and dropped. The
-// channel is closed when the subscription ends.
+// key, or does not cover the events it lists, is logged and dropped, and so
+// is a receipt or share notice delivered before (the hub publishes them at
+// least once). The channel is closed when the subscription ends.
 func (m *Meter) Receipts(ctx context.Context) (<-chan Notice, error) {
 	raw := make(chan *nats.Msg, 1024)
 	sub, err := m.cfg.Conn.ChanSubscribe(metering.ReceiptsSubject(m.cfg.ProviderID), raw)
@@ -384,6 +389,9 @@ func (m *Meter) decode(b []byte) []Notice {
 			m.log.Warn("hub notice dropped", "err", err)
 			return nil
 		}
+		if !m.firstTime("share", pm.Receipt) {
+			return nil
+		}
 		m.mu.Lock()
 		m.shares = append(m.shares, sh)
 		m.mu.Unlock()
@@ -399,12 +407,36 @@ func (m *Meter) decode(b []byte) []Notice {
 			m.log.Warn("hub notice dropped", "err", err)
 			continue
 		}
+		if !m.firstTime("receipt", pr.Receipt) {
+			continue
+		}
 		m.mu.Lock()
 		m.received = append(m.received, r)
 		m.mu.Unlock()
 		ns = append(ns, Notice{Receipt: &r})
 	}
 	return ns
+}
+
+// firstTime reports whether the verified notice of kind for hexReceipt
+// is delivered for the first time, and remembers it. The hub publishes a
+// receipt (and its share notices) at least once: a hubd that dies after
+// publishing it but before marking its charges paid leaves it to another,
+// which publishes it again. JetStream drops an identical message within
+// its duplicate window, but not one batched with other receipts.
+func (m *Meter) firstTime(kind, hexReceipt string) bool {
+	k := sha256.Sum256([]byte(kind + "\x00" + hexReceipt))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.seen[k] {
+		m.log.Debug("hub notice delivered again, dropped", "kind", kind)
+		return false
+	}
+	if m.seen == nil {
+		m.seen = map[[32]byte]bool{}
+	}
+	m.seen[k] = true
+	return true
 }
 
 // VerifyReceipt checks a hex receipt as the hub publishes it: signed by the

@@ -1,7 +1,6 @@
 package m2mclient
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -19,20 +18,9 @@ import (
 // it, and paid as the hub's paid time (zero: none sent).
 func shareNotice(t *testing.T, hub *btcec.PrivateKey, event string, receiptTime, paid time.Time, share msat.Amount) []byte {
 	t.Helper()
-	root, n, err := channel.EventsRoot([]string{event})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := channel.Receipt{Seq: 1, Payer: "car", Payee: "cpo", Amount: 1_000_000, Paid: 1_000_000, Time: receiptTime,
-		Contract: [32]byte{1}, EventsRoot: root, EventCount: n, HubKey: [33]byte(hub.PubKey().SerializeCompressed())}
-	if err := r.Sign(hub); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := r.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := map[string]any{"kind": "share", "receipt": hex.EncodeToString(raw), "events": []string{event},
+	receipt := signReceiptHex(t, hub, channel.Receipt{Seq: 1, Payer: "car", Payee: "cpo", Amount: 1_000_000, Paid: 1_000_000,
+		Time: receiptTime, Contract: [32]byte{1}}, event)
+	msg := map[string]any{"kind": "share", "receipt": receipt, "events": []string{event},
 		"shares": []eventShare{{EventID: event, Msat: share}}}
 	if !paid.IsZero() {
 		msg["paid"] = paid

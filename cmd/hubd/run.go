@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -660,10 +661,23 @@ func (b *bus) Healthy(ctx context.Context) error {
 }
 
 // Publish sends receipts and enforcement messages to providers through
-// JetStream, so a provider that was offline reads them later.
+// JetStream, so a provider that was offline reads them later. Each message
+// is named by its subject and content (Nats-Msg-Id): one published again
+// within the stream's duplicate window (a hubd settling a payment whose
+// first settler died after publishing, charging's settleProvider) is
+// stored once.
 func (b *bus) Publish(ctx context.Context, subject string, data []byte) error {
-	_, err := b.js.Publish(ctx, subject, data)
+	_, err := b.js.Publish(ctx, subject, data, jetstream.WithMsgID(contentMsgID(subject, data)))
 	return err
+}
+
+// contentMsgID names a message by its subject and data.
+func contentMsgID(subject string, data []byte) string {
+	h := sha256.New()
+	h.Write([]byte(subject))
+	h.Write([]byte{0})
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // startChain starts btcd in regtest as a child process unless

@@ -88,6 +88,21 @@ func (r chargeReq) put(tx *bolt.Tx) error {
 	return reqs.Put(r.key, append(bytes.Clone(r.exp), r.doc...))
 }
 
+// ChargeRequests reads the live records in one read transaction.
+func (s *Store) ChargeRequests(ctx context.Context, provider string, roots []hub.Hash) ([][]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([][]string, len(roots))
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return readChargeReqs(tx, provider, roots, time.Now(), out, false)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TakeChargeRequests reads and deletes the live records in one
 // transaction.
 func (s *Store) TakeChargeRequests(ctx context.Context, provider string, roots []hub.Hash) ([][]string, error) {
@@ -98,33 +113,41 @@ func (s *Store) TakeChargeRequests(ctx context.Context, provider string, roots [
 	now := time.Now()
 	err := s.commit.do(func(tx *bolt.Tx) error {
 		clear(out)
-		reqs, byExp := tx.Bucket(bucketChargeReqs), tx.Bucket(bucketChargeReqExp)
-		if reqs == nil {
-			return nil
-		}
-		for i, r := range roots {
-			key := chargeReqKey(provider, r)
-			v := reqs.Get(key)
-			if v == nil {
-				continue
-			}
-			live := binary.BigEndian.Uint64(v[:8]) > uint64(now.UnixNano())
-			if live {
-				if err := json.Unmarshal(v[8:], &out[i]); err != nil {
-					return fmt.Errorf("boltstore: decode charge request of %s: %w", provider, err)
-				}
-			}
-			if err := byExp.Delete(append(v[:8:8], key...)); err != nil {
-				return err
-			}
-			if err := reqs.Delete(key); err != nil {
-				return err
-			}
-		}
-		return nil
+		return readChargeReqs(tx, provider, roots, now, out, true)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// readChargeReqs decodes into out the records of roots live at now, and
+// with take deletes every record of roots (live or expired).
+func readChargeReqs(tx *bolt.Tx, provider string, roots []hub.Hash, now time.Time, out [][]string, take bool) error {
+	reqs, byExp := tx.Bucket(bucketChargeReqs), tx.Bucket(bucketChargeReqExp)
+	if reqs == nil {
+		return nil
+	}
+	for i, r := range roots {
+		key := chargeReqKey(provider, r)
+		v := reqs.Get(key)
+		if v == nil {
+			continue
+		}
+		if binary.BigEndian.Uint64(v[:8]) > uint64(now.UnixNano()) {
+			if err := json.Unmarshal(v[8:], &out[i]); err != nil {
+				return fmt.Errorf("boltstore: decode charge request of %s: %w", provider, err)
+			}
+		}
+		if !take {
+			continue
+		}
+		if err := byExp.Delete(append(v[:8:8], key...)); err != nil {
+			return err
+		}
+		if err := reqs.Delete(key); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -13,13 +13,18 @@ import (
 )
 
 // newCharging is a hubd's charging over env's store and channel manager,
-// claiming charges as instance; it is closed at the test's end.
-func (env *chargeEnv) newCharging(instance string) *charging.Service {
+// claiming charges as instance, with opts applied to its Config; it is
+// closed at the test's end.
+func (env *chargeEnv) newCharging(instance string, opts ...func(*charging.Config)) *charging.Service {
 	env.t.Helper()
-	chg, err := charging.New(charging.Config{
+	cfg := charging.Config{
 		Contracts: env.h.Store, Charges: env.h.Store, Devices: env.h.Reg, Channels: env.h.Ch, Freezer: env.h.Reg,
 		Publisher: env.pub, Clock: env.clock, FlushInterval: time.Hour, Logger: chantest.Quiet(), Instance: instance,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	chg, err := charging.New(cfg)
 	if err != nil {
 		env.t.Fatal(err)
 	}

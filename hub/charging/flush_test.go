@@ -111,6 +111,7 @@ func TestStalledRequestHoldsUpNoOtherPayer(t *testing.T) {
 	pay(quick, quickCh, "quick-1")
 	close(chans.release)
 	pay(slow, slowCh, "slow-1")
+	chg.Flush(t.Context()) // the receipts are told before the charges are marked paid
 	for _, id := range []string{"slow-1", "quick-1"} {
 		if c := env.stored(id); c.Status != hub.ChargePaid {
 			t.Fatalf("%s is %s", id, c.Status)

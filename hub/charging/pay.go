@@ -401,9 +401,20 @@ const settleParallel = 16
 // "receipts" message, well under NATS's default 1 MB payload limit.
 const maxReceiptsMsg = 256 << 10
 
-// settleProvider marks one provider's paid groups paid in one store call
-// and publishes their receipts: one "receipt" message for a lone receipt,
-// else "receipts" messages of up to maxReceiptsMsg bytes each.
+// settleProvider settles one provider's paid groups: it publishes their
+// receipts (tellProvider), then marks the charges of the groups told paid,
+// in one store call, and deletes their requests' records.
+//
+// Publishing comes first so that a hubd dying between the two loses no
+// receipt: the charges are still owed, their payment stored and their
+// request's record kept, and whichever hubd claims them next settles them
+// again from the stored payment (scanOwed). The provider may then hear a
+// receipt twice: receipts reach it at least once. JetStream stores a
+// repeat of the same message once within its duplicate window (the hub
+// names each message by its content), and a provider counts a receipt
+// once by its content (the Go client's Meter does). A group whose message
+// could not be published is not marked paid: its claims are released, so
+// a scan publishes it again.
 //
 // The charges' paid time is now, when they are marked, not their
 // receipts' times: settlement posts a charge's fee and shares in the epoch
@@ -415,28 +426,59 @@ const maxReceiptsMsg = 256 << 10
 // start, read atomically with the mark, so a cut between the clock read
 // and the store write cannot leave it in an epoch already built.
 func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) {
+	told, untold := c.tellProvider(ctx, prov, gs, receipts)
+	for _, g := range untold {
+		c.log.Warn("receipt not published, its charges left to the scan", "payer", g.key.payer, "provider", prov, "events", len(g.ids))
+		c.unhold(prov, g.ids)
+		if err := c.cfg.Charges.ReleaseCharges(ctx, prov, g.ids, c.cfg.Instance); err != nil {
+			c.log.Warn("releasing charge claims", "provider", prov, "err", err)
+		}
+	}
+	if len(told) == 0 {
+		return
+	}
 	var ids []string
-	for _, g := range gs {
+	for _, g := range told {
 		ids = append(ids, g.ids...)
 	}
 	paidAt := c.clock.Now().UTC()
 	if err := c.cfg.Charges.SetChargeStatus(ctx, prov, ids, hub.ChargePaid, paidAt); err != nil {
+		// Still owed, with their records: the scan settles them again
+		// once their claims expire.
 		c.log.Error("marking charges paid", "provider", prov, "events", len(ids), "err", err)
-	}
-	if gs = c.takeRecorded(ctx, prov, gs); len(gs) == 0 {
 		return
 	}
-	defer c.tellPayees(ctx, prov, gs, receipts, paidAt)
+	c.dropRecords(ctx, prov, told)
+	c.tellPayees(ctx, prov, told, receipts, paidAt)
+}
+
+// tellProvider publishes the receipts of one provider's paid groups: one
+// "receipt" message for a lone receipt, else "receipts" messages of up to
+// maxReceiptsMsg bytes each. It returns the groups whose message was
+// published and those whose message failed.
+func (c *Service) tellProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) (told, untold []*payGroup) {
 	if len(gs) == 1 {
-		c.publish(ctx, prov, ProviderMessage{
+		err := c.tryPublish(ctx, prov, ProviderMessage{
 			Kind: ProviderMsgReceipt, Receipt: hex.EncodeToString(receipts[gs[0]]), Events: gs[0].ids,
 		})
-		return
+		if err != nil {
+			return nil, gs
+		}
+		return gs, nil
 	}
 	var (
 		batch []PaidReceipt
+		in    []*payGroup // the groups of batch
 		size  int
 	)
+	send := func() {
+		if c.tryPublish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch}) != nil {
+			untold = append(untold, in...)
+		} else {
+			told = append(told, in...)
+		}
+		batch, in, size = nil, nil, 0
+	}
 	for _, g := range gs {
 		r := PaidReceipt{Receipt: hex.EncodeToString(receipts[g]), Events: g.ids}
 		n := len(r.Receipt) + 64
@@ -444,13 +486,14 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 			n += len(id) + 3
 		}
 		if len(batch) > 0 && size+n > maxReceiptsMsg {
-			c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
-			batch, size = nil, 0
+			send()
 		}
 		batch = append(batch, r)
+		in = append(in, g)
 		size += n
 	}
-	c.publish(ctx, prov, ProviderMessage{Kind: ProviderMsgReceipts, Receipts: batch})
+	send()
+	return told, untold
 }
 
 // tellPayees tells each payee of a revenue split of the paid groups' receipts,
@@ -647,13 +690,21 @@ func (c *Service) enforce(ctx context.Context, k unpaidKey, ids []string) {
 	})
 }
 
+// publish publishes m to provider, logging a failure.
 func (c *Service) publish(ctx context.Context, provider string, m ProviderMessage) {
+	_ = c.tryPublish(ctx, provider, m)
+}
+
+// tryPublish publishes m to provider and returns the error it logged.
+func (c *Service) tryPublish(ctx context.Context, provider string, m ProviderMessage) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		c.log.Error("encoding provider message", "err", err)
-		return
+		return err
 	}
 	if err := c.cfg.Publisher.Publish(ctx, ReceiptsSubject(provider), b); err != nil {
 		c.log.Error("publishing to provider", "provider", provider, "kind", m.Kind, "err", err)
+		return err
 	}
+	return nil
 }

@@ -17,11 +17,11 @@ import (
 // (hub.PaymentRequest.Fence). A request its asker superseded (asked
 // again, gave up on) or whose charges another hubd claimed since (its
 // asker died) can no longer be paid; one that was paid is seen paid by
-// any later ask. The record, under the request's events root, also makes
-// a paid request's receipt reach its provider once: whoever settles it
-// (the asker hearing the payment, or a hubd that found the payment
-// stored, scanOwed) first takes the record; only the taker publishes the
-// receipt.
+// any later ask. The record, under the request's events root, tells a
+// hubd that finds the payment stored (scanOwed: its asker died before
+// marking the charges paid) which charges the receipt covers; it is
+// deleted once they are marked paid (dropRecords), after the receipt was
+// published (settleProvider).
 
 // requestRecordTTL is how long a request's record is kept for a payment
 // found later: far beyond RequestTimeout (a request is answered or given
@@ -139,13 +139,10 @@ func allAsked(states []hub.ClaimState) bool {
 	return true
 }
 
-// takeRecorded takes the records of gs, a provider's paid groups, and
-// returns the groups whose receipts this hubd publishes: those it took,
-// and those never recorded. A group whose record another hubd took was
-// published by it. On a store error every group is published: a receipt
-// told twice (the provider sees the same event ids again) beats one never
-// told.
-func (c *Service) takeRecorded(ctx context.Context, prov string, gs []*payGroup) []*payGroup {
+// dropRecords deletes the records of gs, a provider's groups just marked
+// paid: their receipts are told, and nothing will look for their payments
+// again.
+func (c *Service) dropRecords(ctx context.Context, prov string, gs []*payGroup) {
 	var roots []hub.Hash
 	for _, g := range gs {
 		if g.recorded {
@@ -153,24 +150,9 @@ func (c *Service) takeRecorded(ctx context.Context, prov string, gs []*payGroup)
 		}
 	}
 	if len(roots) == 0 {
-		return gs
+		return
 	}
-	taken, err := c.cfg.Charges.TakeChargeRequests(ctx, prov, roots)
-	if err != nil {
-		c.log.Error("taking charge requests", "provider", prov, "err", err)
-		return gs
+	if _, err := c.cfg.Charges.TakeChargeRequests(ctx, prov, roots); err != nil {
+		c.log.Warn("deleting the records of paid charge requests (they expire)", "provider", prov, "err", err)
 	}
-	var out []*payGroup
-	i := 0
-	for _, g := range gs {
-		if !g.recorded {
-			out = append(out, g)
-			continue
-		}
-		if taken[i] != nil {
-			out = append(out, g)
-		}
-		i++
-	}
-	return out
 }

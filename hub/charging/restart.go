@@ -65,8 +65,8 @@ func (c *Service) volume(ctx context.Context, k *contracts.Contract, key volumeK
 // A charge can be owed in the store although its payment went through:
 // its asker stopped between the payment's durable write and marking the
 // charges paid. Such a payment is found among the channel's stored
-// receipts by the request's record (settleStored): its charges are marked
-// paid and its receipt published, once across hubd. The rest are asked
+// receipts by the request's record (settleStored): its receipt is
+// published again and its charges marked paid. The rest are asked
 // for again: no live request holds them (its asker's claim would), and
 // none was paid (its receipt would be stored). The channel's Owed does
 // not tell which charges are paid — every payment on the channel lowers
@@ -121,9 +121,10 @@ func (c *Service) scanOwed(ctx context.Context, first bool) {
 
 // settleStored settles the requests for list's charges (owed on the
 // channel funded by op) whose payments the channel's stored receipts show:
-// each whose record this hubd takes is marked paid and its receipt
-// published to its provider (and shares to split payees), as if the
-// payment had just been heard of. It returns the charges left owed.
+// each whose request's record is found has its receipt published to its
+// provider (and shares to split payees) and its charges marked paid, as if
+// the payment had just been heard of (settleProvider). It returns the
+// charges left owed.
 func (c *Service) settleStored(ctx context.Context, op btcwire.OutPoint, list []hub.Charge) []hub.Charge {
 	rs, err := ChargeReceipts(ctx, c.cfg.Channels, op)
 	if err != nil {
@@ -146,9 +147,9 @@ func (c *Service) settleStored(ctx context.Context, op btcwire.OutPoint, list []
 		for i, r := range byProv[prov] {
 			roots[i] = r.EventsRoot
 		}
-		taken, err := c.cfg.Charges.TakeChargeRequests(ctx, prov, roots)
+		recorded, err := c.cfg.Charges.ChargeRequests(ctx, prov, roots)
 		if err != nil {
-			c.log.Error("taking charge requests of stored payments", "provider", prov, "err", err)
+			c.log.Error("reading charge requests of stored payments", "provider", prov, "err", err)
 			continue
 		}
 		charges := map[string]*hub.Charge{}
@@ -159,11 +160,11 @@ func (c *Service) settleStored(ctx context.Context, op btcwire.OutPoint, list []
 		}
 		var gs []*payGroup
 		receipts := map[*payGroup][]byte{}
-		for i, ids := range taken {
+		for i, ids := range recorded {
 			if ids == nil {
 				continue
 			}
-			g := &payGroup{key: payKey{provider: prov, channel: op}}
+			g := &payGroup{key: payKey{provider: prov, channel: op}, root: roots[i], recorded: true}
 			for _, id := range ids {
 				if ch := charges[id]; ch != nil {
 					g.add(ch)

@@ -72,18 +72,30 @@ func (s *Store) AskCharges(ctx context.Context, a hub.ChargeAsk) ([]hub.ClaimSta
 	return out, nil
 }
 
+// ChargeRequests GETs each record in one pipeline.
+func (s *Store) ChargeRequests(ctx context.Context, provider string, roots []hub.Hash) ([][]string, error) {
+	return s.chargeRequests(ctx, provider, roots, "read", func(p redis.Pipeliner, k string) *redis.StringCmd { return p.Get(ctx, k) })
+}
+
 // TakeChargeRequests GETDELs each record in one pipeline: Redis runs each
 // GETDEL atomically, so one caller gets a record; Redis expires them.
 func (s *Store) TakeChargeRequests(ctx context.Context, provider string, roots []hub.Hash) ([][]string, error) {
+	return s.chargeRequests(ctx, provider, roots, "take", func(p redis.Pipeliner, k string) *redis.StringCmd { return p.GetDel(ctx, k) })
+}
+
+// chargeRequests runs cmd on each root's record key in one pipeline and
+// decodes the records; verb names the operation in errors.
+func (s *Store) chargeRequests(ctx context.Context, provider string, roots []hub.Hash, verb string,
+	cmd func(redis.Pipeliner, string) *redis.StringCmd) ([][]string, error) {
 	cmds := make([]*redis.StringCmd, len(roots))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range roots {
-			cmds[i] = p.GetDel(ctx, s.chargeReqKey(provider, r))
+			cmds[i] = cmd(p, s.chargeReqKey(provider, r))
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("redisstore: take charge requests of %s: %w", provider, err)
+		return nil, fmt.Errorf("redisstore: %s charge requests of %s: %w", verb, provider, err)
 	}
 	out := make([][]string, len(roots))
 	for i, c := range cmds {
@@ -92,7 +104,7 @@ func (s *Store) TakeChargeRequests(ctx context.Context, provider string, roots [
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("redisstore: take charge request of %s: %w", provider, err)
+			return nil, fmt.Errorf("redisstore: %s charge request of %s: %w", verb, provider, err)
 		}
 		if err := json.Unmarshal(doc, &out[i]); err != nil {
 			return nil, fmt.Errorf("redisstore: decode charge request of %s: %w", provider, err)

@@ -256,7 +256,7 @@ func testChargeClaims(t *testing.T, s MeteringStoreUnderTest) {
 // testChargeRequestTakenOnce: a recorded request's ids are taken once, by
 // one of several takers at once; others, an unknown root, another
 // provider's and an expired record give nil; recording a root again
-// replaces its ids.
+// replaces its ids; reading one (ChargeRequests) leaves it.
 func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
 	ctx := context.Background()
 	r1, r2, r3 := hub.Hash{1}, hub.Hash{2}, hub.Hash{3}
@@ -275,6 +275,16 @@ func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
 	time.Sleep(5 * time.Millisecond) // r3's store-clock lifetime
 	if got, err := s.TakeChargeRequests(ctx, "other", []hub.Hash{r1}); err != nil || got[0] != nil {
 		t.Fatalf("another provider took %v (%v)", got, err)
+	}
+	// Reading leaves the records: read twice, then taken below.
+	for range 2 {
+		got, err := s.ChargeRequests(ctx, "prov", []hub.Hash{r1, r2, r3, {9}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got[0], []string{"e1", "e2"}) || !slices.Equal(got[1], []string{"e3"}) || got[2] != nil || got[3] != nil {
+			t.Fatalf("read %v, want [[e1 e2] [e3] nil nil] (the expired and an unknown root nil)", got)
+		}
 	}
 	const takers = 8
 	won := make(chan []string, takers)
@@ -309,6 +319,9 @@ func testChargeRequestTakenOnce(t *testing.T, s MeteringStoreUnderTest) {
 	}
 	if got[0] != nil || !slices.Equal(got[1], []string{"e3"}) || got[2] != nil {
 		t.Fatalf("taken again, the other and the expired: %v, want [nil [e3] nil]", got)
+	}
+	if got, err := s.ChargeRequests(ctx, "prov", []hub.Hash{r1, r2}); err != nil || got[0] != nil || got[1] != nil {
+		t.Fatalf("read after taking: %v (%v), want nothing", got, err)
 	}
 }
 
