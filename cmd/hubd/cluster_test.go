@@ -44,12 +44,9 @@ var (
 	failoverPeriod   = flag.Duration("failover.period", 20*time.Second, "TestClusterFailover: kill -9 one hubd this often")
 	failoverDuration = flag.Duration("failover.duration", 2*time.Minute, "TestClusterFailover: how long the kills go on")
 	// failoverMetered adds a provider publishing metered events through
-	// the kills, each to be receipted once and paid to the msat. Off in
-	// make test: it fails today (every event paid once since the fenced
-	// requests, but a receipt is lost when its instance is killed between
-	// marking the charges paid and publishing it; docs/scaling.md,
-	// Failover).
-	failoverMetered = flag.Bool("failover.metered", false, "TestClusterFailover: also publish metered events through the kills and require each receipted exactly once")
+	// the kills, each to be receipted once (by the provider's Meter,
+	// which drops a receipt the hub publishes again) and paid to the msat.
+	failoverMetered = flag.Bool("failover.metered", true, "TestClusterFailover: also publish metered events through the kills and require each receipted exactly once")
 )
 
 // maxFailover is how soon a device must be paying again after losing its
