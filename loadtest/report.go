@@ -65,8 +65,8 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	c := r.Config
 	p("# m2mhub load test")
 	p("")
-	p("Run of %s: %d devices, %d providers, %s, payment rate %s, event rate %s, batch %d, mix %s, hub: %s.",
-		r.Started, c.Devices, c.Providers, c.Duration, rateText(c.Rate), rateText(c.EventRate), c.Batch, mixText(c.Mix), c.Hub)
+	p("Run of %s: %d devices, %d providers, %s, payment rate %s, event rate %s, batch %d, %s, mix %s, hub: %s.",
+		r.Started, c.Devices, c.Providers, c.Duration, rateText(c.Rate), rateText(c.EventRate), c.Batch, windowText(c.Window), mixText(c.Mix), c.Hub)
 	p("")
 	p("Command: `%s`  ", r.Command)
 	p("Seed: %d  ", r.Seed)
@@ -179,4 +179,12 @@ func mixText(m map[string]int) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// windowText describes the providers' Meter window.
+func windowText(n int) string {
+	if n == 0 {
+		return "no provider window"
+	}
+	return fmt.Sprintf("provider window %d events", n)
 }

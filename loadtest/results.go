@@ -47,6 +47,7 @@ type RunConfig struct {
 	Rate      float64        `json:"rate"`       // payments/s in total, 0 = max
 	EventRate float64        `json:"event_rate"` // events/s in total, 0 = max
 	Batch     int            `json:"batch"`
+	Window    int            `json:"window,omitempty"` // each provider's Meter window, 0 = none
 	Mix       map[string]int `json:"mix"`
 	Hub       string         `json:"hub"` // "child" or the external data dir
 }

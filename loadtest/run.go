@@ -53,6 +53,10 @@ type Config struct {
 	EventRate float64
 	// Batch is events per NATS message (DefaultBatch when zero).
 	Batch int
+	// Window, when set, is each provider's Meter window
+	// (m2mclient.MeterConfig.Window): at most that many of its events
+	// unanswered, so publishing waits for receipts.
+	Window int
 	// Mix weighs the use cases by kind (see ParseMix); nil weighs them
 	// equally.
 	Mix map[string]int
@@ -84,8 +88,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("loadtest: need at least one device and one provider")
 	case c.Duration <= 0:
 		return errors.New("loadtest: duration must be positive")
-	case c.Rate < 0 || c.EventRate < 0:
-		return errors.New("loadtest: rates must not be negative")
+	case c.Rate < 0 || c.EventRate < 0 || c.Window < 0:
+		return errors.New("loadtest: rates and the window must not be negative")
 	case c.HubDir == "" && c.HubdBinary == "":
 		return errors.New("loadtest: a hubd binary is needed to start a hub")
 	}
@@ -121,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		Command: cfg.Command, Seed: cfg.Seed, Started: time.Now().UTC().Format(time.RFC3339),
 		Config: RunConfig{
 			Devices: cfg.Devices, Providers: cfg.Providers, Duration: cfg.Duration.String(),
-			Rate: cfg.Rate, EventRate: cfg.EventRate, Batch: cfg.Batch, Mix: cfg.Mix, Hub: "child",
+			Rate: cfg.Rate, EventRate: cfg.EventRate, Batch: cfg.Batch, Window: cfg.Window, Mix: cfg.Mix, Hub: "child",
 		},
 		Machine: Machine{
 			CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(),

@@ -294,7 +294,7 @@ func (f *fleet) setup(ctx context.Context, st *Setup) error {
 		}
 		p.nc = nc
 		if p.meter, err = m2mclient.NewMeter(m2mclient.MeterConfig{
-			Conn: nc, ProviderID: p.id, Key: p.key, HubKey: f.hubKey, MaxBatch: cfg.Batch, Logger: f.log,
+			Conn: nc, ProviderID: p.id, Key: p.key, HubKey: f.hubKey, MaxBatch: cfg.Batch, Window: cfg.Window, Logger: f.log,
 		}); err != nil {
 			return err
 		}

@@ -30,7 +30,7 @@ func TestSmokeRun(t *testing.T) {
 	defer cancel()
 	var progress bytes.Buffer
 	res, err := Run(ctx, Config{
-		Devices: 20, Providers: 2, Duration: 5 * time.Second, Rate: 200, EventRate: 2000, Batch: 50,
+		Devices: 20, Providers: 2, Duration: 5 * time.Second, Rate: 200, EventRate: 2000, Batch: 50, Window: 1000,
 		Seed: 1, HubdBinary: bin + "/hubd", BaselineDuration: 500 * time.Millisecond,
 		Capacity: 200_000, Command: "smoke", Progress: &progress,
 	})

@@ -1,6 +1,7 @@
 package m2mclient
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -71,6 +72,15 @@ type MeterConfig struct {
 	// Retry is the pause between publish attempts of an unacknowledged
 	// batch.
 	Retry time.Duration
+	// Window, when set, bounds the events published and not answered
+	// yet (by a receipt or an unpaid notice, heard through Receipts,
+	// which must be running): Meter waits while publishing a batch would
+	// take more than Window events outstanding, so a provider that
+	// publishes faster than the hub charges its payers is held back
+	// instead of queueing events in front of the hub. An event counts
+	// for at most WindowTTL (DefaultMeterWindowTTL) without an answer.
+	Window    int
+	WindowTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -90,8 +100,10 @@ type Meter struct {
 	received []Receipt // verified receipts, for Income
 	shares   []Share   // verified share notices, for Income
 	// seen holds each receipt and share notice delivered, by content
-	// (noticeKey): the hub publishes a receipt at least once.
+	// (firstTime): the hub publishes a receipt at least once.
 	seen map[[32]byte]bool
+
+	win *window // nil without MeterConfig.Window
 }
 
 // NewMeter returns a Meter over cfg.Conn; Close stops its receipt
@@ -114,7 +126,20 @@ func NewMeter(cfg MeterConfig) (*Meter, error) {
 		return nil, fmt.Errorf("m2mclient: jetstream: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Meter{cfg: cfg, js: js, log: cfg.Logger, ctx: ctx, cancel: cancel}, nil
+	m := &Meter{cfg: cfg, js: js, log: cfg.Logger, ctx: ctx, cancel: cancel}
+	if cfg.Window > 0 {
+		m.win = newWindow(cfg.Window, cmp.Or(cfg.WindowTTL, DefaultMeterWindowTTL))
+	}
+	return m, nil
+}
+
+// Outstanding is how many events the window counts: published and not
+// answered yet. It is 0 without MeterConfig.Window.
+func (m *Meter) Outstanding() int {
+	if m.win == nil {
+		return 0
+	}
+	return m.win.len()
 }
 
 // Close stops the receipt subscriptions and waits for them.
@@ -132,8 +157,8 @@ func (m *Meter) Close() error {
 // record of charged events. A message of several
 // events carries one batch signature (header M2M-Batch-Sig) instead of one
 // signature per event, unless EventSignatures is set; a lone event is
-// signed itself. It returns once every batch is acknowledged, or ctx's
-// error.
+// signed itself. With a Window, each batch first waits for room in it. It
+// returns once every batch is acknowledged, or ctx's error.
 func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 	for i := range events {
 		e := &events[i]
@@ -162,7 +187,7 @@ func (m *Meter) Meter(ctx context.Context, events ...metering.Event) error {
 				return fmt.Errorf("m2mclient: sign batch: %w", err)
 			}
 		}
-		if err := m.publish(ctx, body, batchSig); err != nil {
+		if err := m.publishWindowed(ctx, events[start:end], body, batchSig); err != nil {
 			return err
 		}
 		start = end
@@ -191,6 +216,34 @@ func (m *Meter) batch(events []metering.Event, start int) (int, []byte, error) {
 			return 0, nil, fmt.Errorf("m2mclient: event %q alone exceeds %d bytes", events[start].ID, metering.MaxBatchBytes)
 		}
 		end = start + (end-start)/2
+	}
+}
+
+// publishWindowed publishes the batch of events once the window has room
+// for them; a batch that fails leaves it.
+func (m *Meter) publishWindowed(ctx context.Context, events []metering.Event, body []byte, batchSig string) error {
+	if m.win == nil {
+		return m.publish(ctx, body, batchSig)
+	}
+	ids := make([]string, len(events))
+	for i := range events {
+		ids[i] = events[i].ID
+	}
+	if err := m.win.acquire(ctx, m.ctx.Done(), ids); err != nil {
+		return err
+	}
+	if err := m.publish(ctx, body, batchSig); err != nil {
+		m.win.release(ids)
+		return err
+	}
+	return nil
+}
+
+// answered drops ids from the window: a receipt or unpaid notice names
+// them.
+func (m *Meter) answered(ids []string) {
+	if m.win != nil {
+		m.win.release(ids)
 	}
 }
 
@@ -373,6 +426,7 @@ func (m *Meter) decode(b []byte) []Notice {
 	}
 	switch pm.Kind {
 	case "unpaid":
+		m.answered(pm.EventIDs)
 		return []Notice{{Unpaid: &Unpaid{Payer: pm.Payer, EventIDs: pm.EventIDs, Reason: pm.Reason, StopService: pm.StopService == "true"}}}
 	case "receipt":
 		pm.Receipts = []paidReceipt{{Receipt: pm.Receipt, Events: pm.Events}}
@@ -407,6 +461,7 @@ func (m *Meter) decode(b []byte) []Notice {
 			m.log.Warn("hub notice dropped", "err", err)
 			continue
 		}
+		m.answered(r.Events)
 		if !m.firstTime("receipt", pr.Receipt) {
 			continue
 		}

@@ -49,6 +49,7 @@ func run() error {
 		rate      = fs.Float64("rate", 0, "channel payments per second over the fleet (0 = as fast as each device can, up to 150/s each)")
 		eventRate = fs.Float64("event-rate", 0, "usage events per second over all providers (0 = as fast as JetStream acknowledges)")
 		batch     = fs.Int("batch", loadtest.DefaultBatch, "usage events per NATS message (batch-signed)")
+		window    = fs.Int("window", 0, "events each provider may have unanswered (its Meter window; 0 = none): publishing waits for receipts")
 		mix       = fs.String("mix", "ev=1,toll=1,bw=1,energy=1", "use-case weights of the providers")
 		seed      = fs.Int64("seed", 1, "seed of the schedule (payees, amounts, event contents)")
 		hubDir    = fs.String("hub", "", "data dir of a running hubd to drive (default: start a hubd child in a temporary dir)")
@@ -76,7 +77,7 @@ func run() error {
 	}
 	cfg := loadtest.Config{
 		Devices: *devices, Providers: *providers, Duration: *duration, Rate: *rate, EventRate: *eventRate,
-		Batch: *batch, Mix: weights, Seed: *seed, HubDir: *hubDir, HubdBinary: *hubdBin,
+		Batch: *batch, Window: *window, Mix: weights, Seed: *seed, HubDir: *hubDir, HubdBinary: *hubdBin,
 		Capacity: btcutil.Amount(*capacity), BaselineDuration: *baseline,
 		Command: commandLine(os.Args), Progress: os.Stderr, ProgressTTY: isTerminal(os.Stderr),
 		Logger: slog.New(slog.DiscardHandler),
