@@ -3,7 +3,6 @@ package m2mclient
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -99,9 +98,9 @@ type Meter struct {
 	mu       sync.Mutex
 	received []Receipt // verified receipts, for Income
 	shares   []Share   // verified share notices, for Income
-	// seen holds each receipt and share notice delivered, by content
-	// (firstTime): the hub publishes a receipt at least once.
-	seen map[[32]byte]bool
+	// seen holds each receipt and share notice delivered (firstTime):
+	// the hub publishes a receipt at least once.
+	seen map[noticeKey]bool
 
 	win *window // nil without MeterConfig.Window
 }
@@ -443,7 +442,7 @@ func (m *Meter) decode(b []byte) []Notice {
 			m.log.Warn("hub notice dropped", "err", err)
 			return nil
 		}
-		if !m.firstTime("share", pm.Receipt) {
+		if !m.firstTime("share", sh.Receipt) {
 			return nil
 		}
 		m.mu.Lock()
@@ -462,7 +461,7 @@ func (m *Meter) decode(b []byte) []Notice {
 			continue
 		}
 		m.answered(r.Events)
-		if !m.firstTime("receipt", pr.Receipt) {
+		if !m.firstTime("receipt", r.Receipt) {
 			continue
 		}
 		m.mu.Lock()
@@ -473,14 +472,20 @@ func (m *Meter) decode(b []byte) []Notice {
 	return ns
 }
 
-// firstTime reports whether the verified notice of kind for hexReceipt
-// is delivered for the first time, and remembers it. The hub publishes a
+// noticeKey names a delivered notice: its kind and its receipt's id.
+type noticeKey struct {
+	kind    string
+	receipt [32]byte
+}
+
+// firstTime reports whether the verified notice of kind for r is
+// delivered for the first time, and remembers it. The hub publishes a
 // receipt (and its share notices) at least once: a hubd that dies after
 // publishing it but before marking its charges paid leaves it to another,
 // which publishes it again. JetStream drops an identical message within
 // its duplicate window, but not one batched with other receipts.
-func (m *Meter) firstTime(kind, hexReceipt string) bool {
-	k := sha256.Sum256([]byte(kind + "\x00" + hexReceipt))
+func (m *Meter) firstTime(kind string, r *channel.Receipt) bool {
+	k := noticeKey{kind, r.ID()}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.seen[k] {
@@ -488,7 +493,7 @@ func (m *Meter) firstTime(kind, hexReceipt string) bool {
 		return false
 	}
 	if m.seen == nil {
-		m.seen = map[[32]byte]bool{}
+		m.seen = map[noticeKey]bool{}
 	}
 	m.seen[k] = true
 	return true

@@ -429,10 +429,7 @@ func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGrou
 	told, untold := c.tellProvider(ctx, prov, gs, receipts)
 	for _, g := range untold {
 		c.log.Warn("receipt not published, its charges left to the scan", "payer", g.key.payer, "provider", prov, "events", len(g.ids))
-		c.unhold(prov, g.ids)
-		if err := c.cfg.Charges.ReleaseCharges(ctx, prov, g.ids, c.cfg.Instance); err != nil {
-			c.log.Warn("releasing charge claims", "provider", prov, "err", err)
-		}
+		c.toScan(ctx, prov, g.ids)
 	}
 	if len(told) == 0 {
 		return

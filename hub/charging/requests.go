@@ -124,9 +124,16 @@ func (c *Service) dropGroup(ctx context.Context, g *payGroup, states []hub.Claim
 	}
 	c.log.Info("charge request handed to the scan", "payer", g.key.payer, "provider", g.key.provider,
 		"events", len(g.ids), "claims lost", lost, "paid", paid)
-	c.unhold(g.key.provider, g.ids)
-	if err := c.cfg.Charges.ReleaseCharges(ctx, g.key.provider, g.ids, c.cfg.Instance); err != nil {
-		c.log.Warn("releasing charge claims", "provider", g.key.provider, "err", err)
+	c.toScan(ctx, g.key.provider, g.ids)
+}
+
+// toScan forgets provider's charges ids and releases their claims, so the
+// next scan (of this hubd or another) claims them at once, without
+// waiting for the claims to expire.
+func (c *Service) toScan(ctx context.Context, provider string, ids []string) {
+	c.unhold(provider, ids)
+	if err := c.cfg.Charges.ReleaseCharges(ctx, provider, ids, c.cfg.Instance); err != nil {
+		c.log.Warn("releasing charge claims", "provider", provider, "err", err)
 	}
 }
 
