@@ -41,27 +41,42 @@ func errorKind(op string, err error) string {
 	return op + ":other"
 }
 
-// batchTimes remembers when each of a provider's batches was published,
-// so a receipt's latency can be measured from the batch its events came in.
+// batchTimes remembers when each of a provider's batches was made and
+// when JetStream acknowledged it, so a receipt's latency can be measured
+// from the batch its events came in: from its making (the wait for room
+// in the provider's window included) and from its acknowledgement (the
+// hub's part alone).
 type batchTimes struct {
 	mu sync.Mutex
-	t  []time.Time
+	t  []batchTime
 }
 
-func (b *batchTimes) set(i int, t time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+type batchTime struct{ made, acked time.Time }
+
+func (b *batchTimes) at(i int) *batchTime {
 	for len(b.t) <= i {
-		b.t = append(b.t, time.Time{})
+		b.t = append(b.t, batchTime{})
 	}
-	b.t[i] = t
+	return &b.t[i]
 }
 
-func (b *batchTimes) get(i int) (time.Time, bool) {
+func (b *batchTimes) made(i int, t time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if i < 0 || i >= len(b.t) || b.t[i].IsZero() {
-		return time.Time{}, false
+	b.at(i).made = t
+}
+
+func (b *batchTimes) acked(i int, t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.at(i).acked = t
+}
+
+func (b *batchTimes) get(i int) (batchTime, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if i < 0 || i >= len(b.t) || b.t[i].made.IsZero() {
+		return batchTime{}, false
 	}
 	return b.t[i], true
 }
@@ -143,7 +158,11 @@ func (f *fleet) drive(ctx context.Context, res *Results) error {
 				}
 				for b, k := range perBatch {
 					if t, ok := times[i].get(b); ok {
-						rec.done(opReceipt, now, now.Sub(t), k)
+						rec.done(opReceipt, now, now.Sub(t.made), k)
+						if !t.acked.IsZero() {
+							// Unset only if the receipt beat the ack back.
+							rec.done(opReceiptAcked, now, now.Sub(t.acked), 0)
+						}
 					} else {
 						rec.fail("event:foreign-receipt", now, k)
 					}
@@ -209,7 +228,7 @@ func (f *fleet) drive(ctx context.Context, res *Results) error {
 			for b := 0; waitUntil(runCtx, next); b++ {
 				t0 := time.Now()
 				evs := sched.batch(b, cfg.Batch, t0)
-				times[i].set(b, t0)
+				times[i].made(b, t0)
 				opCtx, cancel := context.WithTimeout(ctx, opTimeout)
 				err := p.meter.Meter(opCtx, evs...)
 				cancel()
@@ -219,6 +238,7 @@ func (f *fleet) drive(ctx context.Context, res *Results) error {
 					rec.fail(k, end, len(evs))
 					rec.sample(k, err.Error())
 				} else {
+					times[i].acked(b, end)
 					rec.done(opPublish, end, end.Sub(t0), len(evs))
 					published.Add(int64(len(evs)))
 				}
@@ -278,6 +298,7 @@ func (f *fleet) fill(res *Results, rec *recorder, elapsed time.Duration, publish
 	ev.PerSecond = float64(published) / res.ElapsedS
 	ev.Publish, ev.PubHist = Summarize(pub), Histogram(pub)
 	ev.Receipt, ev.ReceiptHist = Summarize(rct), Histogram(rct)
+	ev.ReceiptAcked = Summarize(rec.samples[opReceiptAcked])
 	for _, s := range rec.seconds {
 		ev.Receipted += s.receipted
 	}

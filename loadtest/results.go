@@ -93,11 +93,14 @@ type Events struct {
 	Publish   Percentiles `json:"publish_latency"`
 	PubHist   []Bucket    `json:"publish_histogram"`
 	// Receipted counts events covered by verified hub receipts;
-	// Receipt latency is from the batch's publish to the receipt.
+	// Receipt latency is from the batch's making (before Meter, so a
+	// wait for room in the provider's window counts) to the receipt;
+	// ReceiptAcked from JetStream's ack of the batch, the hub's part.
 	Receipted          int         `json:"receipted"`
 	ReceiptedPerSecond float64     `json:"receipted_per_second"`
 	Receipt            Percentiles `json:"receipt_latency"`
 	ReceiptHist        []Bucket    `json:"receipt_histogram"`
+	ReceiptAcked       Percentiles `json:"receipt_latency_from_ack"`
 }
 
 // Second is one second of the run.

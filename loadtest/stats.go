@@ -85,7 +85,8 @@ type op int
 const (
 	opPay     op = iota // one channel payment, Pay to PayAck
 	opPublish           // one usage batch, publish to JetStream ack
-	opReceipt           // one receipt, batch publish to receipt arrival
+	opReceipt           // one receipt, batch made to receipt arrival
+	opReceiptAcked      // the same receipt, batch's JetStream ack to its arrival
 	opCount
 )
 
