@@ -83,10 +83,10 @@ func Histogram(sorted []int64) []Bucket {
 type op int
 
 const (
-	opPay     op = iota // one channel payment, Pay to PayAck
-	opPublish           // one usage batch, publish to JetStream ack
-	opReceipt           // one receipt, batch made to receipt arrival
-	opReceiptAcked      // the same receipt, batch's JetStream ack to its arrival
+	opPay          op = iota // one channel payment, Pay to PayAck
+	opPublish                // one usage batch, publish to JetStream ack
+	opReceipt                // one receipt, batch made to receipt arrival
+	opReceiptAcked           // the same receipt, batch's JetStream ack to its arrival
 	opCount
 )
 

@@ -109,10 +109,16 @@ type payGroup struct {
 	// recorded is set (askRequest).
 	root     hub.Hash
 	recorded bool
+	// owed is when its first charge was queued, answered when the
+	// payer's answer was heard (ChargeWaits).
+	owed, answered time.Time
 }
 
 // add adds a charge to the group.
-func (g *payGroup) add(ch *hub.Charge) {
+func (g *payGroup) add(ch *hub.Charge, now time.Time) {
+	if g.owed.IsZero() {
+		g.owed = now
+	}
 	g.ids, g.amount = append(g.ids, ch.EventID), g.amount+ch.Amount
 	for _, sh := range ch.Shares {
 		g.addShares(sh.Payee, EventShare{EventID: ch.EventID, Msat: sh.Msat})
@@ -121,6 +127,9 @@ func (g *payGroup) add(ch *hub.Charge) {
 
 // merge adds later's charges, owed while g was being requested, to g.
 func (g *payGroup) merge(later *payGroup) {
+	if g.owed.IsZero() || (!later.owed.IsZero() && later.owed.Before(g.owed)) {
+		g.owed = later.owed
+	}
 	g.ids, g.amount = append(g.ids, later.ids...), g.amount+later.amount
 	for payee, ss := range later.shares {
 		g.addShares(payee, ss...)
@@ -152,6 +161,7 @@ func (c *Service) addOwed(cs []hub.Charge) {
 		return
 	}
 	kick := false
+	now := c.clock.Now()
 	c.pay.Lock()
 	for i := range cs {
 		ch := &cs[i]
@@ -164,7 +174,7 @@ func (c *Service) addOwed(cs []hub.Charge) {
 			g = &payGroup{key: k}
 			c.pending[k] = g
 		}
-		g.add(ch)
+		g.add(ch, now)
 		if g.amount >= c.cfg.FlushThreshold {
 			kick = true
 		}
@@ -184,6 +194,7 @@ func (c *Service) addHeld(ps []plan) {
 	if len(ps) == 0 {
 		return
 	}
+	now := c.clock.Now()
 	c.pay.Lock()
 	for _, p := range ps {
 		ch := &p.charge
@@ -199,7 +210,7 @@ func (c *Service) addHeld(ps []plan) {
 		}
 		// A second event naming the hold is paid with the first (the
 		// hold's remainder bounds both); the CDR is the last one's.
-		g.add(ch)
+		g.add(ch, now)
 		g.session = p.session
 	}
 	c.pay.Unlock()
@@ -329,6 +340,7 @@ func (c *Service) answered() []answerDone {
 				"events", len(g.ids), "reason", ev.message)
 			c.unbusyLocked(g, false, now)
 		} else if g != nil {
+			g.answered = ev.at
 			delete(c.inflight, ev.reqID)
 			delete(c.busy, g.key)
 			answered = append(answered, answerDone{g, ev})
@@ -430,6 +442,7 @@ const maxReceiptsMsg = 256 << 10
 // and the store write cannot leave it in an epoch already built.
 func (c *Service) settleProvider(ctx context.Context, prov string, gs []*payGroup, receipts map[*payGroup][]byte) {
 	told, untold := c.tellProvider(ctx, prov, gs, receipts)
+	c.observeTold(told)
 	for _, g := range untold {
 		c.log.Warn("receipt not published, its charges left to the scan", "payer", g.key.payer, "provider", prov, "events", len(g.ids))
 		c.toScan(ctx, prov, g.ids)

@@ -167,7 +167,7 @@ func (c *Service) settleStored(ctx context.Context, op btcwire.OutPoint, list []
 			g := &payGroup{key: payKey{provider: prov, channel: op}, root: roots[i], recorded: true}
 			for _, id := range ids {
 				if ch := charges[id]; ch != nil {
-					g.add(ch)
+					g.add(ch, time.Time{}) // not owed here: settled from the stored payment
 				}
 				settled[prov+"\x00"+id] = true
 			}

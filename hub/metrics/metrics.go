@@ -129,6 +129,7 @@ type Counters struct {
 	duplicates    prometheus.Counter
 	rejected      *prometheus.CounterVec
 	unpaid        *prometheus.CounterVec
+	chargeWait    *prometheus.HistogramVec
 }
 
 // Metrics holds the hub's metrics and serves them. Through its Counters
@@ -177,6 +178,12 @@ func NewCounters() *Counters {
 	m.duplicates = counter("events_duplicate_total", "Usage events charged before (exactly-once dedup).")
 	m.rejected = counterVec("events_rejected_total", "Usage events refused by charging, by reason.", "reason")
 	m.unpaid = counterVec("events_unpaid_total", "Usage events reported unpaid to their provider (enforcement), by reason.", "reason")
+	m.chargeWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "charge_wait_seconds",
+		Help: "Time a group of owed charges paid by one request waited, by step: owed to requested (request), requested to paid (answer), paid to receipt published (receipt).",
+		// From a flush interval to the request timeout.
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 5, 10, 30},
+	}, []string{"stage"})
 	m.zeroLabels()
 	return m
 }
@@ -206,7 +213,7 @@ func New(cfg Config) (*Metrics, error) {
 
 	for _, c := range []prometheus.Collector{
 		m.payments, m.paidMsat, m.refused, m.payDuration, m.eventsCharged, m.chargedMsat,
-		m.duplicates, m.rejected, m.unpaid, m.scrapeFailures,
+		m.duplicates, m.rejected, m.unpaid, m.chargeWait, m.scrapeFailures,
 		newStateCollector(m),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -254,6 +261,9 @@ func (m *Counters) zeroLabels() {
 	for _, r := range []string{charging.UnpaidCreditLimit, charging.UnpaidNoChannel, charging.UnpaidPolicyRefused, charging.UnpaidFrozen, charging.UnpaidNoAnswer} {
 		m.unpaid.WithLabelValues(r)
 	}
+	for _, stage := range []string{"request", "answer", "receipt"} {
+		m.chargeWait.WithLabelValues(stage)
+	}
 }
 
 // Registry is the registry the metrics live in, for tests and for an
@@ -293,6 +303,14 @@ func (m *Counters) EventDuplicate() { m.duplicates.Inc() }
 
 // EventRejected counts a rejected event by reason.
 func (m *Counters) EventRejected(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// ReceiptPublished observes how long a group of charges waited at each
+// step to its receipt.
+func (m *Counters) ReceiptPublished(w charging.ChargeWaits) {
+	m.chargeWait.WithLabelValues("request").Observe(w.Request.Seconds())
+	m.chargeWait.WithLabelValues("answer").Observe(w.Answer.Seconds())
+	m.chargeWait.WithLabelValues("receipt").Observe(w.Receipt.Seconds())
+}
 
 // EventsUnpaid counts events reported unpaid, by reason.
 func (m *Counters) EventsUnpaid(reason string, n int) {

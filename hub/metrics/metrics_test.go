@@ -207,7 +207,17 @@ func TestMetricsMoveAfterPayment(t *testing.T) {
 		return err == nil && rec.Paid == 5_500
 	})
 
-	after := scrape(t, srv.URL)
+	// The passages' receipt is published after their payment.
+	var after map[string]*dto.MetricFamily
+	hubtest.WaitFor(t, 20*time.Second, "receipt waits observed", func() bool {
+		after = scrape(t, srv.URL)
+		return value(after, "m2mhub_charge_wait_seconds", "stage", "receipt") > value(before, "m2mhub_charge_wait_seconds", "stage", "receipt")
+	})
+	for _, stage := range []string{"request", "answer"} {
+		if got, want := value(after, "m2mhub_charge_wait_seconds", "stage", stage), value(after, "m2mhub_charge_wait_seconds", "stage", "receipt"); got != want || got < 1 {
+			t.Errorf("%s waits observed %v times, receipts %v", stage, got, want)
+		}
+	}
 	if got := value(after, "m2mhub_payments_total") - value(before, "m2mhub_payments_total"); got < 3 {
 		t.Errorf("payments moved by %v, want at least 3", got)
 	}
