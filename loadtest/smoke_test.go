@@ -43,6 +43,11 @@ func TestSmokeRun(t *testing.T) {
 	if res.Events.Published == 0 || res.Events.Receipted != res.Events.Published {
 		t.Fatalf("events published %d, receipted %d", res.Events.Published, res.Events.Receipted)
 	}
+	// Each receipt's latency from its batch's ack is within the one from
+	// its making (the ack comes after the making).
+	if ack, made := res.Events.ReceiptAcked, res.Events.Receipt; ack.Count == 0 || ack.Count > made.Count || ack.Max > made.Max {
+		t.Fatalf("receipt latency from the ack %+v, from the making %+v", ack, made)
+	}
 	if len(res.Errors) != 0 {
 		t.Fatalf("errors %v (%v)", res.Errors, res.ErrorSamples)
 	}
